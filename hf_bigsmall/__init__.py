@@ -1,0 +1,62 @@
+"""hf_bigsmall: turn a big transformer into a small one you can trust.
+
+Distillation, pruning, energy accounting and big-vs-small reports on top of
+`transformers.Trainer`. Public names are imported lazily so that `import hf_bigsmall` stays cheap
+(it does not import torch or transformers until a name that needs them is used).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY_IMPORTS: dict[str, str] = {
+    # distillation
+    "DistillationConfig": "hf_bigsmall.distillation.config",
+    "DistillationTrainer": "hf_bigsmall.distillation.trainer",
+    "make_student": "hf_bigsmall.distillation.student",
+    "kd_loss": "hf_bigsmall.losses",
+    # pruning
+    "MagnitudePruningCallback": "hf_bigsmall.pruning.callback",
+    "sparsity_report": "hf_bigsmall.pruning.masks",
+    "compact": "hf_bigsmall.pruning.compact",
+    # energy
+    "EnergyCallback": "hf_bigsmall.energy.callback",
+    "measure_inference": "hf_bigsmall.energy.inference",
+    # big vs small
+    "compare_models": "hf_bigsmall.reporting.compare",
+    "build_model_card": "hf_bigsmall.hub.card",
+    "push_folder": "hf_bigsmall.hub.push",
+}
+
+__all__ = ["__version__", *_LAZY_IMPORTS]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .distillation.config import DistillationConfig
+    from .distillation.student import make_student
+    from .distillation.trainer import DistillationTrainer
+    from .energy.callback import EnergyCallback
+    from .energy.inference import measure_inference
+    from .hub.card import build_model_card
+    from .hub.push import push_folder
+    from .losses import kd_loss
+    from .pruning.callback import MagnitudePruningCallback
+    from .pruning.compact import compact
+    from .pruning.masks import sparsity_report
+    from .reporting.compare import compare_models
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_IMPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'hf_bigsmall' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

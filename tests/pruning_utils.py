@@ -39,6 +39,4 @@ def training_args(output_dir, **overrides) -> TrainingArguments:
 
 
 def pruning_trainer(model, args, callback, dataset=None) -> Trainer:
-    trainer = Trainer(model=model, args=args, train_dataset=dataset or TokenClassificationData())
-    callback.attach(trainer)
-    return trainer
+    return Trainer(model=model, args=args, train_dataset=dataset or TokenClassificationData(), callbacks=[callback])

@@ -69,6 +69,15 @@ def test_no_drift_with_adamw_accumulation_and_bf16(tmp_path):
     assert sum("loss" in h for h in trainer.state.log_history) == 4  # max_steps 8 / logging_steps 2
 
 
+def test_a_callback_added_after_construction_logs_through_the_given_trainer(tmp_path):
+    trainer = Trainer(model=tiny_bert(), args=training_args(tmp_path, max_steps=2), train_dataset=TokenClassificationData())
+    recorder = RecordLogs()
+    trainer.add_callback(recorder)
+    trainer.add_callback(MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot", trainer=trainer))
+    trainer.train()
+    assert any(logs.get("sparsity/global") == pytest.approx(0.5, abs=1e-4) for logs in recorder.seen)
+
+
 def test_save_and_plain_from_pretrained_round_trip(tmp_path):
     model = tiny_bert()
     callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="linear")

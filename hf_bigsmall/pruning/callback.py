@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
@@ -60,7 +60,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
 
     Sparsity (`sparsity/global`, `sparsity/model`, `sparsity/scheduled` and per block
     `sparsity/layer.3.ffn`, `sparsity/layer.3.attn`) is logged through `trainer.log`, so it reaches
-    `log_history` and every `report_to` integration; the callback needs the trainer for that, see
+    `log_history` and every `report_to` integration. A callback passed as `Trainer(callbacks=[...])`
+    finds its trainer itself; one added later can be given it with `trainer=` or
     [`~MagnitudePruningCallback.attach`].
 
     Example:
@@ -70,8 +71,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     >>> from hf_bigsmall import MagnitudePruningCallback, sparsity_report
 
     >>> pruning = MagnitudePruningCallback(target_sparsity=0.5, schedule="cubic")
-    >>> trainer = Trainer(model=model, args=args, train_dataset=train_dataset)
-    >>> pruning.attach(trainer)
+    >>> trainer = Trainer(model=model, args=args, train_dataset=train_dataset, callbacks=[pruning])
     >>> trainer.train()
     >>> trainer.save_model()  # zeros + config.json "sparsity" block + sparsity_masks.safetensors
     >>> sparsity_report(trainer.model).global_sparsity
@@ -80,7 +80,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     """
 
     def __init__(self, target_sparsity: float | None = 0.5, schedule: str = "cubic", structure: str = "unstructured",
-                 scope: str | None = None, target_modules: list[str] | str | None = None, **kwargs):
+                 scope: str | None = None, target_modules: list[str] | str | None = None, trainer=None, **kwargs):
         self.config = PruningConfig(target_sparsity=target_sparsity, schedule=schedule, structure=structure,
                                     scope=scope, target_modules=target_modules, **kwargs)
         self.trainer = None
@@ -91,6 +91,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         self.last_pruned_step: int | None = None
         self._masked_params: list[tuple[nn.Parameter, torch.Tensor]] = []
         self._warned_unattached = False
+        if trainer is not None:
+            self.attach(trainer)
 
     def attach(self, trainer) -> MagnitudePruningCallback:
         """Register with `trainer` (if not already) and log through `trainer.log`. Returns `self`."""
@@ -98,6 +100,22 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
         return self
+
+    def _find_trainer(self):
+        """The Trainer whose callback list holds this callback: the `self` of a calling frame.
+
+        Events do not carry the trainer, and a callback passed as `Trainer(callbacks=[...])` is
+        created before it; a new instance made on resume (`restore_callback_states_from_checkpoint`)
+        also needs to find it again.
+        """
+        frame = inspect.currentframe()
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            handler = getattr(candidate, "callback_handler", None)
+            if handler is not None and self in getattr(handler, "callbacks", []):
+                return candidate
+            frame = frame.f_back
+        return None
 
     # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict:
@@ -114,11 +132,13 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             unit_groups(model, self.config.structure)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
+        self.trainer = self.trainer or self._find_trainer()
         if model is not None and self.config.target_sparsity is not None:
             self._check_model(extract_model_from_parallel(model))
 
     # ------------------------------------------------------------------ training events
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.trainer = self.trainer or self._find_trainer()
         model = extract_model_from_parallel(model)
         if self.config.target_sparsity is not None:
             self._check_model(model)
@@ -142,8 +162,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if self.trainer is None and not self._warned_unattached:
             self._warned_unattached = True
             logger.warning(
-                "MagnitudePruningCallback is not attached to its trainer: sparsity goes to trainer.state.log_history "
-                "only, not to report_to integrations. Call `callback.attach(trainer)` to log through the trainer."
+                "MagnitudePruningCallback could not find its trainer: sparsity goes to trainer.state.log_history only, "
+                "not to report_to integrations. Pass MagnitudePruningCallback(trainer=...) or call callback.attach(trainer)."
             )
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):

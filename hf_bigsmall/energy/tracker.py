@@ -24,8 +24,19 @@ def source_of(key: str) -> str:
 
 
 def label_sources(readings: dict[str, float] | list[str]) -> str:
-    """`"estimate"`, `"nvml+rapl"`, ...: the sources behind a set of readings, sorted."""
+    """`"estimate"`, `"nvml+rapl"`, ...: the sources behind a set of readings, sorted.
+
+    For a window (a dict), only keys that measured energy in it name it: a meter that failed
+    earlier stays in the readings at zero and should not label later windows.
+    """
+    if isinstance(readings, dict) and any(value > 0 for value in readings.values()):
+        readings = [key for key, value in readings.items() if value > 0]
     return "+".join(sorted({source_of(key) for key in readings})) or "none"
+
+
+def is_estimate(label: str) -> bool:
+    """True when a CPU-time estimate or CodeCarbon's model contributed to a figure."""
+    return any(source in ("estimate", "codecarbon") for source in label.split("+"))
 
 
 class EnergyTracker:
@@ -91,7 +102,7 @@ class EnergyTracker:
 
     @property
     def is_estimate(self) -> bool:
-        return any(source_of(key) in ("estimate", "codecarbon") for key in [*self._frozen, *(m.energy_source + "/" for m in self.meters)])
+        return is_estimate(self.energy_source)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"energy_source": self.energy_source, "meters": self._described}

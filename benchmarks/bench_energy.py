@@ -22,11 +22,31 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 
-def train_seconds(with_energy: bool, steps: int, logging_steps: int) -> float:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, PrinterCallback, Trainer, TrainingArguments
+def timed_energy_callback():
+    """An EnergyCallback that adds up the wall time spent inside its own event hooks."""
+    import time
 
     from hf_bigsmall import EnergyCallback
+
+    class TimedEnergyCallback(EnergyCallback):
+        seconds = 0.0
+
+    for hook in ("on_init_end", "on_train_begin", "on_step_end", "on_log", "on_save", "on_train_end"):
+        def timed(self, *args, _hook=getattr(EnergyCallback, hook), **kwargs):
+            tic = time.perf_counter()
+            try:
+                return _hook(self, *args, **kwargs)
+            finally:
+                type(self).seconds += time.perf_counter() - tic
+
+        setattr(TimedEnergyCallback, hook, timed)
+    return TimedEnergyCallback()
+
+
+def train_seconds(with_energy: bool, steps: int, logging_steps: int) -> tuple[float, float]:
+    """(train_runtime, seconds spent inside EnergyCallback) of one short training."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, PrinterCallback, Trainer, TrainingArguments
 
     class Data(torch.utils.data.Dataset):
         def __init__(self, size=512, seq_len=64):
@@ -47,10 +67,12 @@ def train_seconds(with_energy: bool, steps: int, logging_steps: int) -> float:
         args = TrainingArguments(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=16,
                                  logging_steps=logging_steps, save_strategy="no", report_to="none",
                                  use_cpu=True, disable_tqdm=True, log_level="error")
-        callbacks = [EnergyCallback()] if with_energy else []
-        trainer = Trainer(BertForSequenceClassification(config), args, train_dataset=Data(), callbacks=callbacks)
+        energy = timed_energy_callback() if with_energy else None
+        trainer = Trainer(BertForSequenceClassification(config), args, train_dataset=Data(),
+                          callbacks=[energy] if energy else [])
         trainer.remove_callback(PrinterCallback)  # keep the benchmark's output readable
-        return trainer.train().metrics["train_runtime"]
+        runtime = trainer.train().metrics["train_runtime"]
+        return runtime, type(energy).seconds if energy else 0.0
 
 
 def import_ms(module: str, repeats: int) -> tuple[float, float, list[str]]:
@@ -86,16 +108,23 @@ def main():
 
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     train_seconds(False, 5, options.logging_steps)  # warm-up: first-use costs land in neither side
-    without, with_energy = [], []
-    for _ in range(options.repeats):
-        without.append(train_seconds(False, options.steps, options.logging_steps))
-        with_energy.append(train_seconds(True, options.steps, options.logging_steps))
+    without, with_energy, inside = [], [], []
+    for repeat in range(options.repeats):
+        # alternate which side runs first, so that neither always follows the other
+        for side in ((False, True) if repeat % 2 == 0 else (True, False)):
+            runtime, hook_seconds = train_seconds(side, options.steps, options.logging_steps)
+            if side:
+                with_energy.append(runtime)
+                inside.append(hook_seconds / runtime)
+            else:
+                without.append(runtime)
     base, measured = statistics.median(without), statistics.median(with_energy)
     pair_ratios = [b / a for a, b in zip(without, with_energy)]
     print(f"training, {options.steps} steps, logging every {options.logging_steps}, {options.repeats} interleaved pairs")
     print(f"  without EnergyCallback: median {base / options.steps * 1000:.2f} ms/step")
     print(f"  with EnergyCallback:    median {measured / options.steps * 1000:.2f} ms/step")
     print(f"  ratio of medians {measured / base:.4f}; median of pair ratios {statistics.median(pair_ratios):.4f}")
+    print(f"  time inside EnergyCallback's hooks: median {statistics.median(inside) * 100:.3f}% of train_runtime")
 
     for module in ("hf_bigsmall.energy.inference", "hf_bigsmall.energy.card", "hf_bigsmall.energy.callback"):
         ms, own_ms, heavy = import_ms(module, 5)

@@ -27,6 +27,7 @@ _EMBEDDED_HUB_IDS = {
 _PIPELINE_TAGS = {
     "ForSequenceClassification": "text-classification",
     "ForCausalLM": "text-generation",
+    "LMHeadModel": "text-generation",
     "ForTokenClassification": "token-classification",
     "ForQuestionAnswering": "question-answering",
     "ForMaskedLM": "fill-mask",
@@ -252,8 +253,8 @@ def build_model_card(
     return card
 
 
-def validate_card(card: ModelCard) -> None:
-    """Check a card's metadata as `huggingface_hub` parses it, with no network.
+def validate_card(card: ModelCard | str) -> None:
+    """Check a card (or the text of a `README.md`) as `huggingface_hub` parses it, with no network.
 
     The card is parsed back from its text with errors enabled (so a malformed `model-index` raises),
     `base_model` and `datasets` must be Hub ids, and `co2_eq_emissions.emissions` a number of grams.
@@ -262,7 +263,7 @@ def validate_card(card: ModelCard) -> None:
     from huggingface_hub import ModelCard
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
-    parsed = ModelCard(str(card), ignore_metadata_errors=False)
+    parsed = ModelCard(card if isinstance(card, str) else str(card), ignore_metadata_errors=False)
     data = parsed.data
     for key in ("base_model", "datasets"):
         values = data.get(key) or []

@@ -107,9 +107,12 @@ def add_ratios(models: list[ModelMeasurement], quality_metric: str, lower_is_bet
         }
 
 
-def task_of(config) -> str:
-    """`text-classification` or `text-generation`, from the architecture saved in the config."""
-    architecture = (getattr(config, "architectures", None) or [""])[0]
+def task_of(model_or_config) -> str:
+    """`text-classification` or `text-generation`, from a model's class or a saved config's architecture."""
+    if hasattr(model_or_config, "config"):  # a model never saved has no `architectures` in its config yet
+        architecture, config = type(model_or_config).__name__, model_or_config.config
+    else:
+        architecture, config = (getattr(model_or_config, "architectures", None) or [""])[0], model_or_config
     if architecture.endswith("ForSequenceClassification"):
         return CLASSIFICATION
     if architecture.endswith(("ForCausalLM", "LMHeadModel")):
@@ -314,7 +317,7 @@ def compare_models(
             loaded[name] = (load_model(model), Path(model))
         else:
             loaded[name] = (model.eval(), None)
-    tasks = {task_of(model.config) for model, _ in loaded.values()}
+    tasks = {task_of(model) for model, _ in loaded.values()}
     if len(tasks) != 1:
         raise ValueError(f"All models must have the same task to be compared, got {sorted(tasks)}.")
     task = tasks.pop()

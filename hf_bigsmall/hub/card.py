@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..energy.card import co2_eq_emissions
 from ..reporting.report import REPORT_JSON, markdown_table
 
 if TYPE_CHECKING:
@@ -70,25 +71,6 @@ def _own_row(report: dict[str, Any], model_dir: Path) -> dict[str, Any] | None:
         if row.get("path") and Path(row["path"]).resolve() == model_dir.resolve():
             return row
     return next((row for row in report.get("models", []) if row.get("name") == model_dir.name), None)
-
-
-def co2_eq_emissions(energy: dict[str, Any]) -> dict[str, Any]:
-    """The Hub's `co2_eq_emissions` block (grams CO2eq) from an `energy.json` training record."""
-    try:  # the energy package knows its own record format best
-        from ..energy.card import co2_eq_emissions as energy_co2_eq_emissions
-    except ImportError:
-        energy_co2_eq_emissions = None
-    if energy_co2_eq_emissions is not None:
-        return energy_co2_eq_emissions(energy)
-    block = {
-        "emissions": float(energy["co2_grams"]),
-        "source": f"hf_bigsmall ({energy.get('energy_source', 'unknown')})",
-        "training_type": energy.get("training_type", "fine-tuning"),
-    }
-    for key in ("geographical_location", "hardware_used"):
-        if energy.get(key):
-            block[key] = energy[key]
-    return block
 
 
 def weight_sparsity_per_layer(model_dir: Path) -> dict[str, float]:

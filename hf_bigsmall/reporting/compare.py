@@ -212,43 +212,10 @@ def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreT
 
 
 def _measure_inference(model: PreTrainedModel, tokenized: Dataset, batch_size: int, latency_samples: int):
-    try:
-        from ..energy.inference import measure_inference
-    except ImportError:  # TEMPORARY until the energy package lands: same contract, CPU-time estimate
-        return _provisional_measure_inference(model, tokenized, batch_size, latency_samples)
+    from ..energy.inference import measure_inference
 
     return measure_inference(model, tokenized, batch_size=batch_size, latency_samples=latency_samples,
                              warmup_batches=1)
-
-
-def _provisional_measure_inference(model, tokenized, batch_size, latency_samples):
-    import statistics
-    import time
-    from types import SimpleNamespace
-
-    import torch
-
-    def batch(start, size):
-        rows = tokenized[start:start + size]
-        return {k: torch.nn.utils.rnn.pad_sequence([torch.tensor(x) for x in v], batch_first=True) for k, v in rows.items()}
-
-    with torch.inference_mode():
-        model(**batch(0, batch_size))
-        latencies = []
-        for i in range(min(latency_samples, len(tokenized))):
-            one = batch(i, 1)
-            start = time.perf_counter()
-            model(**one)
-            latencies.append(1000 * (time.perf_counter() - start))
-        start_wall, start_cpu = time.perf_counter(), time.process_time()
-        for i in range(0, len(tokenized), batch_size):
-            model(**batch(i, batch_size))
-        wall, cpu = time.perf_counter() - start_wall, time.process_time() - start_cpu
-    joules = cpu * 3.5
-    latencies.sort()
-    return SimpleNamespace(latency_ms_p50=statistics.median(latencies), latency_ms_p95=latencies[int(0.95 * (len(latencies) - 1))],
-                           throughput_samples_per_s=len(tokenized) / wall, joules_per_sample=joules / len(tokenized),
-                           energy_source="estimate", co2_grams=joules / 3.6e6 * 400, num_samples=len(tokenized))
 
 
 def compare_models(

@@ -89,13 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "quickstart":  # its options come from a dataclass, read by HfArgumentParser
-        return _quickstart(argv[1:])
-    args = build_parser().parse_args(argv)
+    quickstart = bool(argv) and argv[0] == "quickstart"
+    args = None if quickstart else build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        # quickstart's options come from a dataclass, read by HfArgumentParser
+        return _quickstart(argv[1:]) if quickstart else args.handler(args)
     except (ValueError, OSError) as error:  # bad input or unreachable data: say what, without a traceback
-        print(f"hf-bigsmall {args.command}: {error}", file=sys.stderr)
+        print(f"hf-bigsmall {argv[0] if quickstart else args.command}: {error}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,142 @@
+"""Configuration of a distillation run: `TrainingArguments` plus the loss settings."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from ..losses import HIDDEN_LOSSES, KD_LOSSES
+from ..utils.distributed import needs_cpu_process_group
+
+logger = logging.getLogger(__name__)
+
+TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class DistillationConfig(TrainingArguments):
+    r"""
+    [`~transformers.TrainingArguments`] for [`DistillationTrainer`].
+
+    The training loss is a weighted sum of parts, each logged on its own (`loss_kd`, `loss_ce`,
+    `loss_hidden`, `loss_attention`, unweighted):
+
+    `loss = alpha_kd * kd + alpha_ce * ce + alpha_hidden * hidden + alpha_attention * attention`
+
+    Example:
+
+    ```python
+    >>> from hf_bigsmall import DistillationConfig
+    >>> config = DistillationConfig(output_dir="student", temperature=2.0, alpha_kd=0.5, alpha_ce=0.5)
+    >>> config.kd_loss
+    'forward_kl'
+    ```
+    """
+
+    temperature: float = field(
+        default=2.0,
+        metadata={"help": "Softening temperature T > 0 of the soft-target loss; the loss is scaled by T**2."},
+    )
+    alpha_kd: float = field(
+        default=0.5, metadata={"help": "Weight of the soft-target (teacher logits) loss, >= 0."}
+    )
+    alpha_ce: float = field(
+        default=0.5,
+        metadata={"help": "Weight of the ordinary task loss on the labels (cross-entropy), >= 0."},
+    )
+    kd_loss: str = field(
+        default="forward_kl",
+        metadata={
+            "help": "Soft-target divergence: 'forward_kl' (KL(teacher||student), Hinton et al. 2015), "
+            "'reverse_kl' (KL(student||teacher)) or 'jsd' (generalised JSD, Agarwal et al. 2024).",
+            "choices": list(KD_LOSSES),
+        },
+    )
+    jsd_beta: float = field(
+        default=0.5,
+        metadata={"help": "Teacher weight of the JSD mixture, strictly between 0 and 1 (used with kd_loss='jsd')."},
+    )
+    alpha_hidden: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the hidden-state loss between mapped layers, >= 0 (0 turns it off)."},
+    )
+    hidden_loss: str = field(
+        default="mse",
+        metadata={"help": "Hidden-state distance: 'mse' or 'cosine'.", "choices": list(HIDDEN_LOSSES)},
+    )
+    alpha_attention: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the attention-map loss (KL between attention rows, MiniLM), >= 0. Needs "
+            "eager attention: the trainer switches both models to it."
+        },
+    )
+    layer_map: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher layer (0-based) matched by each student layer, one entry per student layer. "
+            "Default: the layers the student was initialised from (make_student), else spread evenly "
+            "with the last layers aligned."
+        },
+    )
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Cast the teacher to this dtype ('float32', 'bfloat16', 'float16'); 'auto' or "
+            "unset keeps it as loaded.",
+        },
+    )
+
+    def __post_init__(self):
+        if needs_cpu_process_group(self.use_cpu):
+            # several processes on a machine without a GPU only form a (gloo) group with use_cpu:
+            # without it each rank would silently train alone on the whole dataset
+            logger.warning("Several processes were launched on a machine without a GPU: setting use_cpu=True.")
+            self.use_cpu = True
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (1 keeps the logits as they are), got {self.temperature}.")
+        weights = {
+            "alpha_kd": self.alpha_kd,
+            "alpha_ce": self.alpha_ce,
+            "alpha_hidden": self.alpha_hidden,
+            "alpha_attention": self.alpha_attention,
+        }
+        negative = {name: value for name, value in weights.items() if value < 0}
+        if negative:
+            raise ValueError(f"loss weights must be >= 0, got {negative}.")
+        if sum(weights.values()) == 0:
+            raise ValueError(
+                "All loss weights are zero, so nothing would be trained: set alpha_kd and/or alpha_ce "
+                "(and optionally alpha_hidden, alpha_attention) to a positive value."
+            )
+        if self.kd_loss not in KD_LOSSES:
+            raise ValueError(f"kd_loss must be one of {KD_LOSSES}, got {self.kd_loss!r}.")
+        if self.kd_loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
+            raise ValueError(
+                f"jsd_beta must be strictly between 0 and 1, got {self.jsd_beta}: at 0 or 1 the "
+                "generalised JSD is identically zero. Use kd_loss='forward_kl' or 'reverse_kl' instead."
+            )
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(f"hidden_loss must be one of {HIDDEN_LOSSES}, got {self.hidden_loss!r}.")
+        if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(f"teacher_dtype must be one of {TEACHER_DTYPES} or unset, got {self.teacher_dtype!r}.")
+        if self.layer_map is not None:
+            self.layer_map = [int(index) for index in self.layer_map]
+            if any(index < 0 for index in self.layer_map):
+                raise ValueError(f"layer_map holds teacher layer indices >= 0, got {self.layer_map}.")
+
+    def loss_settings(self) -> dict:
+        """The loss settings recorded in the student's `config.distillation`."""
+        return {
+            "temperature": self.temperature,
+            "alpha_kd": self.alpha_kd,
+            "alpha_ce": self.alpha_ce,
+            "kd_loss": self.kd_loss,
+            **({"jsd_beta": self.jsd_beta} if self.kd_loss == "jsd" else {}),
+            "alpha_hidden": self.alpha_hidden,
+            "hidden_loss": self.hidden_loss,
+            "alpha_attention": self.alpha_attention,
+        }

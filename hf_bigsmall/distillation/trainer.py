@@ -1,0 +1,295 @@
+"""`DistillationTrainer`: a `transformers.Trainer` that adds a frozen teacher's soft targets."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer_pt_utils import nested_gather
+
+from ..losses import attention_loss, hidden_state_loss, kd_loss
+from .config import DistillationConfig
+from .teacher import (
+    check_layer_map,
+    check_teacher_student,
+    default_layer_map,
+    load_teacher,
+    prepare_deepspeed_teacher,
+)
+
+logger = logging.getLogger(__name__)
+
+PROJECTION_NAME = "distillation_projection"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class DistillationTrainer(Trainer):
+    r"""
+    Trains a student on its task loss plus the soft targets of a frozen teacher (Hinton et al. 2015).
+
+    Only `compute_loss` is overridden: the training loop, callbacks, checkpoints, gradient
+    accumulation, DDP, FSDP and DeepSpeed are the `Trainer`'s own. The teacher is frozen, kept in
+    `eval()` and run under `torch.no_grad()`; it is prepared by accelerate in evaluation mode (mixed
+    precision and device placement, never a DDP wrapper). Under DeepSpeed ZeRO-3 it is sharded by a
+    DeepSpeed inference engine, under ZeRO-1/2 and FSDP each GPU holds one full copy (cast it with
+    `teacher_dtype="bfloat16"` to halve that).
+
+    Each loss part is normalised by `num_items_in_batch` (sequences for classification, target
+    tokens for causal LM), so gradients with gradient accumulation equal those of one big batch.
+    The parts are logged unweighted as `loss_kd`, `loss_ce`, `loss_hidden` and `loss_attention`,
+    averaged over the logging interval like `loss`.
+
+    When `alpha_hidden > 0` and the widths differ, a learned `nn.Linear(student_width,
+    teacher_width)` per mapped layer is added to the student as `model.distillation_projection`, so
+    the optimizer, DDP, checkpoints and resuming handle it; it is saved with the student but is not
+    part of its architecture: `from_pretrained` drops it (with a warning listing the unused keys).
+
+    Args:
+        model (`PreTrainedModel`): the student, with a task head (e.g. from `make_student`).
+        teacher_model (`PreTrainedModel` or `str`): the teacher, or a folder / Hub id / embedded
+            asset name to load it from with the student's kind of head.
+        args (`DistillationConfig`): training and loss settings.
+        **kwargs: everything else `transformers.Trainer` takes (datasets, collator, callbacks...).
+
+    Example:
+
+    ```python
+    >>> from hf_bigsmall import DistillationConfig, DistillationTrainer, make_student
+    >>> student = make_student(teacher, num_layers=3)
+    >>> args = DistillationConfig(output_dir="student", temperature=2.0, alpha_kd=0.5, alpha_ce=0.5)
+    >>> trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
+    ...                               train_dataset=train_dataset, processing_class=tokenizer)
+    >>> trainer.train()
+    ```
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel | None = None,
+        teacher_model: PreTrainedModel | str | os.PathLike | None = None,
+        args: DistillationConfig | None = None,
+        **kwargs: Any,
+    ):
+        if not isinstance(args, DistillationConfig):
+            raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}.")
+        if model is None or teacher_model is None:
+            raise ValueError("DistillationTrainer needs both a student (model=) and a teacher (teacher_model=).")
+        if isinstance(teacher_model, (str, os.PathLike)):
+            teacher_model = load_teacher(teacher_model, model)
+        check_teacher_student(teacher_model, model)
+
+        self.layer_map: list[int] | None = None
+        if args.layer_map is not None or args.alpha_hidden > 0 or args.alpha_attention > 0:
+            self.layer_map = args.layer_map or default_layer_map(model, teacher_model.config.num_hidden_layers)
+            check_layer_map(self.layer_map, model, teacher_model)
+        if args.alpha_attention > 0:
+            # fused attention kernels (sdpa, flash) never materialise the attention probabilities
+            for network in (model, teacher_model):
+                if network.config._attn_implementation != "eager":
+                    network.set_attn_implementation("eager")
+        if args.alpha_hidden > 0:
+            self._add_projection(model, teacher_model)
+
+        teacher_model.requires_grad_(False)
+        teacher_model.eval()
+        if args.teacher_dtype in _DTYPES:
+            teacher_model.to(_DTYPES[args.teacher_dtype])
+        self._record_settings(model, teacher_model, args)
+
+        super().__init__(model=model, args=args, **kwargs)
+        # Our loss divides by `num_items_in_batch`; this makes the Trainer count it for every model
+        # (it otherwise counts only for models whose forward takes loss kwargs).
+        self.model_accepts_loss_kwargs = True
+        self.teacher_model = self._prepare_teacher(teacher_model)
+        self._loss_parts: dict[str, torch.Tensor] = {}
+        self._loss_parts_since_step = 0
+
+    # ------------------------------------------------------------------------------------------
+    # set-up
+    # ------------------------------------------------------------------------------------------
+    def _add_projection(self, student: PreTrainedModel, teacher: PreTrainedModel) -> None:
+        student_width = student.config.get_text_config().hidden_size
+        teacher_width = teacher.config.get_text_config().hidden_size
+        if student_width == teacher_width or hasattr(student, PROJECTION_NAME):
+            return
+        projection = nn.ModuleList(nn.Linear(student_width, teacher_width) for _ in self.layer_map)
+        student.add_module(PROJECTION_NAME, projection.to(next(student.parameters()).device))
+
+    def _record_settings(self, student: PreTrainedModel, teacher: PreTrainedModel, args: DistillationConfig) -> None:
+        record = dict(getattr(student.config, "distillation", None) or {})
+        record.setdefault("teacher", getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__)
+        record.update(args.loss_settings())
+        record["layer_map"] = self.layer_map
+        record["hidden_projection"] = hasattr(student, PROJECTION_NAME)
+        student.config.distillation = record
+
+    def _prepare_teacher(self, teacher: PreTrainedModel) -> nn.Module:
+        if self.is_deepspeed_enabled:
+            return prepare_deepspeed_teacher(teacher, self.accelerator)
+        if self.is_fsdp_enabled:
+            # accelerate leaves device placement to FSDP, which never sees the teacher
+            teacher = teacher.to(self.accelerator.device)
+        return self.accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    # ------------------------------------------------------------------------------------------
+    # loss
+    # ------------------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        args = self.args
+        labels = inputs.get("labels")
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
+        need_hidden = args.alpha_hidden > 0
+        need_attentions = args.alpha_attention > 0
+        extra = {}
+        if need_hidden:
+            extra["output_hidden_states"] = True
+        if need_attentions:
+            extra["output_attentions"] = True
+        outputs = model(**model_inputs, **extra)
+
+        targets = self._prediction_targets(outputs.logits, labels, inputs.get("attention_mask"))
+        student_logits, target_labels, row_mask, position_mask = targets
+        # normalise by the items of the whole accumulated batch when the Trainer counted them, so
+        # GA=2 with batch b gives exactly the gradient of GA=1 with batch 2b
+        normalised = num_items_in_batch is not None and labels is not None
+        parts: dict[str, torch.Tensor] = {}
+        local_rows = row_mask.sum() if row_mask is not None else student_logits.shape[0]
+
+        def scale(total: torch.Tensor, local_count) -> torch.Tensor:
+            denominator = num_items_in_batch if normalised else local_count
+            if torch.is_tensor(denominator):
+                return total / denominator.clamp(min=1).to(total.device)
+            return total / max(denominator, 1)
+
+        if labels is not None:
+            ce = F.cross_entropy(
+                student_logits.float().reshape(-1, student_logits.shape[-1]),
+                target_labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            parts["loss_ce"] = scale(ce, local_rows)
+        elif args.alpha_ce > 0:
+            raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
+
+        if args.alpha_kd > 0 or need_hidden or need_attentions:
+            self.teacher_model.eval()
+            with torch.no_grad():
+                teacher_outputs = self.teacher_model(**model_inputs, **extra)
+            if args.alpha_kd > 0:
+                teacher_logits = self._prediction_targets(teacher_outputs.logits, labels, None)[0]
+                kd = kd_loss(
+                    student_logits, teacher_logits, args.temperature, kind=args.kd_loss,
+                    mask=row_mask, jsd_beta=args.jsd_beta, reduction="sum",
+                )
+                parts["loss_kd"] = scale(kd, local_rows)
+            if need_hidden:
+                per_position = self._hidden_per_position(model, outputs.hidden_states, teacher_outputs.hidden_states)
+                parts["loss_hidden"] = self._reduce_positions(per_position, position_mask, row_mask, scale)
+            if need_attentions:
+                per_position = torch.stack([
+                    attention_loss(outputs.attentions[s], teacher_outputs.attentions[t], reduction="none")
+                    for s, t in enumerate(self.layer_map)
+                ]).mean(0)
+                parts["loss_attention"] = self._reduce_positions(per_position, position_mask, row_mask, scale)
+
+        weights = {"loss_kd": args.alpha_kd, "loss_ce": args.alpha_ce,
+                   "loss_hidden": args.alpha_hidden, "loss_attention": args.alpha_attention}
+        loss = sum(weights[name] * value for name, value in parts.items())
+        if normalised and args.average_tokens_across_devices:
+            # num_items_in_batch then counts the items of every process, and DDP averages the
+            # gradients over processes: undo that average (as Trainer.compute_loss does)
+            loss = loss * self.accelerator.num_processes
+            parts = {name: value * self.accelerator.num_processes for name, value in parts.items()}
+        # tell training_step whether to divide by the accumulation steps (PLATFORM: transformers 5
+        # would otherwise take a per-batch mean as already scaled and double the gradient at GA=2)
+        self.loss_is_scaled_for_ga = normalised
+        if model.training:
+            self._accumulate_parts(parts, normalised)
+        return (loss, outputs) if return_outputs else loss
+
+    def _prediction_targets(self, logits, labels, attention_mask):
+        """Logits aligned with their targets, plus the masks of rows and positions that count.
+
+        Returns `(logits, labels, row_mask, position_mask)`: for causal LM the logits at position t
+        predict token t + 1, so logits drop the last position and labels the first; `row_mask`
+        selects the rows (tokens) that count, `position_mask` (B, T) the positions of the hidden
+        states and attention rows that count. For sequence classification `row_mask` is None.
+        """
+        if logits.dim() == 2:  # sequence classification: one row per sequence
+            return logits, labels, None, None if attention_mask is None else attention_mask.bool()
+        if self._loss_shifts_labels:
+            logits = logits[:, :-1]
+            if labels is not None:
+                target_labels = labels[:, 1:]
+                row_mask = target_labels.ne(-100)
+            else:
+                target_labels = None
+                row_mask = (attention_mask[:, 1:] if attention_mask is not None else torch.ones_like(logits[..., 0])).bool()
+            position_mask = F.pad(row_mask, (0, 1), value=False)  # position t predicts t + 1
+            return logits, target_labels, row_mask, position_mask
+        if labels is not None:
+            row_mask = labels.ne(-100)
+        elif attention_mask is not None:
+            row_mask = attention_mask.bool()
+        else:
+            row_mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+        return logits, labels, row_mask, row_mask
+
+    def _hidden_per_position(self, model, student_hidden, teacher_hidden) -> torch.Tensor:
+        projection = getattr(self.accelerator.unwrap_model(model), PROJECTION_NAME, None)
+        losses = []
+        for student_layer, teacher_layer in enumerate(self.layer_map):
+            # hidden_states[0] is the embedding output, so layer i's output is hidden_states[i + 1]
+            hidden = student_hidden[student_layer + 1]
+            if projection is not None:
+                hidden = projection[student_layer](hidden)
+            losses.append(
+                hidden_state_loss(hidden, teacher_hidden[teacher_layer + 1], self.args.hidden_loss, reduction="none")
+            )
+        return torch.stack(losses).mean(0)
+
+    @staticmethod
+    def _reduce_positions(per_position, position_mask, row_mask, scale):
+        """Sum a (B, T) loss in the units `num_items_in_batch` counts: tokens, or whole sequences."""
+        if position_mask is None:
+            position_mask = torch.ones_like(per_position, dtype=torch.bool)
+        per_position = per_position * position_mask
+        if row_mask is None:  # one item per sequence: mean over its tokens, sum over sequences
+            per_sequence = per_position.sum(1) / position_mask.sum(1).clamp(min=1)
+            return scale(per_sequence.sum(), per_sequence.shape[0])
+        return scale(per_position.sum(), position_mask.sum())
+
+    # ------------------------------------------------------------------------------------------
+    # logging the loss parts through the Trainer
+    # ------------------------------------------------------------------------------------------
+    def _accumulate_parts(self, parts: dict[str, torch.Tensor], normalised: bool) -> None:
+        if not self._loss_parts:
+            self._loss_parts_since_step = self.state.global_step
+        divisor = 1 if normalised else self.current_gradient_accumulation_steps
+        for name, value in parts.items():
+            value = value.detach().float() / divisor
+            previous = self._loss_parts.get(name)
+            self._loss_parts[name] = value if previous is None else previous + value
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the averaged loss parts to the Trainer's training logs, so they reach `log_history`."""
+        if "loss" in logs and self._loss_parts:
+            steps = max(self.state.global_step - self._loss_parts_since_step, 1)
+            for name in sorted(self._loss_parts):
+                # every process logs together (as for `loss`), so the gather is collective
+                total = nested_gather(self._loss_parts[name], self.args.parallel_mode).mean().item()
+                logs[name] = total / steps
+            self._loss_parts = {}
+        super().log(logs, start_time)

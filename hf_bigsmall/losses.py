@@ -1,0 +1,227 @@
+"""Distillation losses as pure functions of tensors.
+
+Every function upcasts to float32 before any softmax or log, so bf16/fp16 logits give the same
+loss as fp32 ones up to rounding, and takes an optional boolean `mask` that selects the positions
+that count (labels != -100, non-padding). They do not know about models or the Trainer: the
+`DistillationTrainer` chooses the reduction so that gradient accumulation stays exact.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+HIDDEN_LOSSES = ("mse", "cosine")
+Reduction = Literal["batchmean", "sum", "none"]
+
+# log-probabilities are clamped to this so that a -inf (a logit of -inf, e.g. a masked vocabulary
+# entry) gives 0 * finite = 0 instead of 0 * inf = nan, in the loss and in its gradient
+_LOG_FLOOR = torch.finfo(torch.float32).min
+
+
+def _select_rows(tensor: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Flatten `(..., C)` to `(N, C)` rows, keeping only rows where `mask` (shape `...`) is true."""
+    rows = tensor.reshape(-1, tensor.shape[-1])
+    if mask is None:
+        return rows
+    if mask.shape != tensor.shape[:-1]:
+        raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits need {tuple(tensor.shape[:-1])}.")
+    return rows[mask.reshape(-1).bool()]
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) for each row of log-probabilities, shape `(N, C) -> (N,)`."""
+    log_p = log_p.clamp(min=_LOG_FLOOR)
+    log_q = log_q.clamp(min=_LOG_FLOOR)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _reduce(per_row: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return per_row.sum()
+    if reduction == "batchmean":
+        # an empty selection (every label masked) is a zero loss, not a 0/0 = nan
+        return per_row.sum() / max(per_row.shape[0], 1)
+    raise ValueError(f"reduction must be 'batchmean', 'sum' or 'none', got {reduction!r}.")
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    temperature: float = 1.0,
+    kind: str = "forward_kl",
+    mask: torch.Tensor | None = None,
+    jsd_beta: float = 0.5,
+    reduction: Reduction = "batchmean",
+) -> torch.Tensor:
+    """Soft-target distillation loss between student and teacher logits (Hinton et al. 2015).
+
+    Both distributions are softened by `temperature` and the divergence is multiplied by
+    `temperature**2`, so the gradients keep their size as the temperature grows (Hinton et al.
+    2015, section 2). With `kind="forward_kl"` and no mask, the result equals
+    `KLDivLoss(reduction="batchmean")(log_softmax(s / T), softmax(t / T)) * T**2` for `(N, C)`
+    logits, the loss of DistilBERT (Sanh et al. 2019). Logits of shape `(B, T, V)` (causal LM) are
+    treated as `B * T` rows, so `batchmean` averages over tokens, not sequences.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(..., C)`):
+            Student logits; any float dtype (upcast to float32).
+        teacher_logits (`torch.Tensor` of shape `(..., C)`):
+            Teacher logits, same shape; no gradient flows into them.
+        temperature (`float`):
+            Softening temperature `T > 0`.
+        kind (`str`):
+            `"forward_kl"`: KL(teacher || student), mode-covering, the classic choice.
+            `"reverse_kl"`: KL(student || teacher), mode-seeking (MiniLLM, Gu et al. 2024).
+            `"jsd"`: generalised Jensen-Shannon divergence of GKD (Agarwal et al. 2024),
+            `beta * KL(t || m) + (1 - beta) * KL(s || m)` with `m = beta * t + (1 - beta) * s`.
+            At `jsd_beta` 0 or 1 the mixture equals one of the two distributions and the value is
+            exactly 0 (finite, but no training signal): use `forward_kl` or `reverse_kl` instead.
+        mask (`torch.Tensor` of shape `(...)`, *optional*):
+            True where a position counts; the others (labels -100, padding) are left out.
+        jsd_beta (`float`):
+            Mixture weight of the teacher for `kind="jsd"`, in `[0, 1]`.
+        reduction (`str`):
+            `"batchmean"` (sum over the selected rows / their number), `"sum"`, or `"none"` (one
+            value per selected row, shape `(N,)`).
+
+    Returns:
+        `torch.Tensor`: a float32 scalar (or `(N,)` with `reduction="none"`).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_bigsmall.losses import kd_loss
+    >>> student, teacher = torch.randn(4, 3), torch.randn(4, 3)
+    >>> kd_loss(student, teacher, temperature=2.0).shape
+    torch.Size([])
+    ```
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if kind not in KD_LOSSES:
+        raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
+        raise ValueError(
+            f"student has {student_logits.shape[-1]} classes/tokens but the teacher has "
+            f"{teacher_logits.shape[-1]}: teacher and student must share the label set or vocabulary."
+        )
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits "
+            f"{tuple(teacher_logits.shape)} differ in shape: feed both the same batch."
+        )
+    student_rows = _select_rows(student_logits, mask).float()
+    teacher_rows = _select_rows(teacher_logits, mask).float().detach()
+    log_s = F.log_softmax(student_rows / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_rows / temperature, dim=-1)
+
+    if kind == "forward_kl":
+        per_row = _kl_rows(log_t, log_s)
+    elif kind == "reverse_kl":
+        per_row = _kl_rows(log_s, log_t)
+    else:
+        if not 0.0 <= jsd_beta <= 1.0:
+            raise ValueError(f"jsd_beta must be in [0, 1], got {jsd_beta}.")
+        # log m = logsumexp(log t + log beta, log s + log(1 - beta)); log 0 = -inf is fine here
+        beta = torch.tensor(jsd_beta, dtype=torch.float32, device=log_s.device)
+        log_m = torch.logsumexp(torch.stack([log_t + beta.log(), log_s + (1 - beta).log()]), dim=0)
+        per_row = jsd_beta * _kl_rows(log_t, log_m) + (1 - jsd_beta) * _kl_rows(log_s, log_m)
+
+    return _reduce(per_row * temperature**2, reduction)
+
+
+def hidden_state_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    kind: str = "mse",
+    mask: torch.Tensor | None = None,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+) -> torch.Tensor:
+    """Distance between student and teacher hidden states, one value per position.
+
+    `"mse"` is the mean squared error over the hidden dimension (TinyBERT, Jiao et al. 2020);
+    `"cosine"` is `1 - cos(student, teacher)`, the hidden-state loss of DistilBERT (Sanh et al.
+    2019). When widths differ, project the student first (the trainer keeps a learned
+    `nn.Linear(student_width, teacher_width)` per mapped layer for this).
+
+    Args:
+        student_hidden (`torch.Tensor` of shape `(B, T, D)`): student hidden states.
+        teacher_hidden (`torch.Tensor` of shape `(B, T, D)`): teacher hidden states (no gradient).
+        kind (`str`): `"mse"` or `"cosine"`.
+        mask (`torch.Tensor` of shape `(B, T)`, *optional*): True where a position counts.
+        reduction (`str`): `"mean"` over the selected positions, `"sum"`, or `"none"` (`(B, T)`,
+            masked positions set to 0).
+    """
+    if kind not in HIDDEN_LOSSES:
+        raise ValueError(f"kind must be one of {HIDDEN_LOSSES}, got {kind!r}.")
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(
+            f"student hidden states {tuple(student_hidden.shape)} and teacher hidden states "
+            f"{tuple(teacher_hidden.shape)} differ: project the student to the teacher's width first."
+        )
+    student_hidden = student_hidden.float()
+    teacher_hidden = teacher_hidden.float().detach()
+    if kind == "mse":
+        per_position = (student_hidden - teacher_hidden).pow(2).mean(-1)
+    else:
+        per_position = 1.0 - F.cosine_similarity(student_hidden, teacher_hidden, dim=-1)
+    return _reduce_positions(per_position, mask, reduction)
+
+
+def attention_loss(
+    student_attentions: torch.Tensor,
+    teacher_attentions: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+) -> torch.Tensor:
+    """KL(teacher || student) between attention distributions, per query position.
+
+    The attention-transfer loss of MiniLM (Wang et al. 2020): for every head and query, the
+    row of attention probabilities over the keys is a distribution. When the numbers of heads
+    differ, both sides are first averaged over heads (the head-mean attention map).
+
+    Args:
+        student_attentions (`torch.Tensor` of shape `(B, H_s, T, T)`): student attention probabilities.
+        teacher_attentions (`torch.Tensor` of shape `(B, H_t, T, T)`): teacher attention probabilities.
+        mask (`torch.Tensor` of shape `(B, T)`, *optional*): True for query positions that count.
+        reduction (`str`): `"mean"` over the selected positions, `"sum"`, or `"none"` (`(B, T)`).
+    """
+    if student_attentions.dim() != 4 or teacher_attentions.dim() != 4:
+        raise ValueError("attentions must have shape (batch, heads, query, key).")
+    if student_attentions.shape[-2:] != teacher_attentions.shape[-2:]:
+        raise ValueError(
+            f"student attentions {tuple(student_attentions.shape)} and teacher attentions "
+            f"{tuple(teacher_attentions.shape)} cover different sequence lengths."
+        )
+    student_attentions = student_attentions.float()
+    teacher_attentions = teacher_attentions.float().detach()
+    if student_attentions.shape[1] != teacher_attentions.shape[1]:
+        student_attentions = student_attentions.mean(1, keepdim=True)
+        teacher_attentions = teacher_attentions.mean(1, keepdim=True)
+    # probabilities are clamped before the log: masked keys have probability exactly 0
+    log_s = student_attentions.clamp(min=1e-12).log()
+    log_t = teacher_attentions.clamp(min=1e-12).log()
+    per_query = (teacher_attentions * (log_t - log_s)).sum(-1)  # (B, H, T)
+    return _reduce_positions(per_query.mean(1), mask, reduction)
+
+
+def _reduce_positions(per_position: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    if mask is not None:
+        if mask.shape != per_position.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but positions have {tuple(per_position.shape)}.")
+        per_position = per_position * mask.to(per_position.dtype)
+    if reduction == "none":
+        return per_position
+    if reduction == "sum":
+        return per_position.sum()
+    if reduction == "mean":
+        count = per_position.numel() if mask is None else mask.sum()
+        return per_position.sum() / (count.clamp(min=1) if torch.is_tensor(count) else max(count, 1))
+    raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")

@@ -1,0 +1,99 @@
+import json
+
+import pytest
+import torch
+from transformers import AutoConfig, BertForSequenceClassification, GPT2LMHeadModel, LlamaForCausalLM
+
+from hf_bigsmall import make_student
+from hf_bigsmall.distillation.student import spread_layers
+from tests.testing_utils import random_token_batch, tiny_bert_config, tiny_gpt2_config, tiny_llama_config
+
+# (model class, config, the layer list inside the model, the name of the layer list in state_dict keys)
+ARCHITECTURES = {
+    "bert": (BertForSequenceClassification, tiny_bert_config, lambda m: m.bert.encoder.layer),
+    "gpt2": (GPT2LMHeadModel, tiny_gpt2_config, lambda m: m.transformer.h),
+    "llama": (LlamaForCausalLM, tiny_llama_config, lambda m: m.model.layers),
+}
+
+
+def test_spread_layers_follows_distilbert():
+    assert spread_layers(12, 6) == [0, 2, 4, 7, 9, 11]
+    assert spread_layers(4, 2) == [0, 3]
+    assert spread_layers(6, 1) == [5]
+    assert spread_layers(4, 4) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_layers_are_copied_from_the_chosen_teacher_layers(arch):
+    model_class, make_config, layers_of = ARCHITECTURES[arch]
+    teacher = model_class(make_config(num_hidden_layers=6) if arch != "gpt2" else make_config(n_layer=6))
+    student = make_student(teacher, num_layers=3, teacher_layers=[1, 3, 5])
+
+    assert type(student) is type(teacher) and student.config.num_hidden_layers == 3
+    assert len(layers_of(student)) == 3
+    for student_index, teacher_index in enumerate([1, 3, 5]):
+        student_layer = layers_of(student)[student_index].state_dict()
+        teacher_layer = layers_of(teacher)[teacher_index].state_dict()
+        assert student_layer.keys() == teacher_layer.keys()
+        for key in student_layer:
+            torch.testing.assert_close(student_layer[key], teacher_layer[key], rtol=0, atol=0)
+    torch.testing.assert_close(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+    head = {k: v for k, v in student.state_dict().items() if k.startswith(("classifier", "lm_head"))}
+    assert head and all(torch.equal(v, teacher.state_dict()[k]) for k, v in head.items())
+    assert student.config.distillation == {
+        "teacher": student.config.distillation["teacher"],
+        "teacher_class": type(teacher).__name__,
+        "teacher_num_layers": 6,
+        "teacher_layers": [1, 3, 5],
+        "initialized_from_teacher": True,
+    }
+    # a student made of all the teacher's layers is the teacher
+    clone = make_student(teacher, num_layers=6)
+    batch = random_token_batch()
+    teacher.eval(), clone.eval()
+    torch.testing.assert_close(clone(**batch).logits, teacher(**batch).logits)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_narrower_student_is_random_and_consistent(arch):
+    model_class, make_config, _ = ARCHITECTURES[arch]
+    teacher = model_class(make_config())
+    student = make_student(teacher, num_layers=2, hidden_size=16)
+    config = student.config
+    assert config.hidden_size == 16 and config.num_hidden_layers == 2
+    assert config.distillation["initialized_from_teacher"] is False
+    if arch == "llama":
+        assert config.head_dim * config.num_attention_heads == 16
+    if arch != "gpt2":  # GPT-2's n_inner=None already follows the width
+        assert config.intermediate_size == teacher.config.intermediate_size // 2
+    out = student(**random_token_batch())
+    assert out.logits.shape[-1] == teacher.config.num_labels if arch == "bert" else teacher.config.vocab_size
+
+
+def test_record_survives_save_and_reload(tmp_path):
+    teacher = BertForSequenceClassification(tiny_bert_config())
+    teacher.config._name_or_path = "org/bert-teacher"
+    make_student(teacher, num_layers=2).save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["distillation"]
+    assert saved["teacher"] == "org/bert-teacher" and saved["teacher_layers"] == [0, 3]
+    assert AutoConfig.from_pretrained(tmp_path).distillation == saved
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"num_layers": 5}, ValueError, "between 1 and the teacher's 4"),
+        ({"num_layers": 0}, ValueError, "between 1"),
+        ({"num_layers": 2, "teacher_layers": [0, 4]}, ValueError, r"\[0, 3\]"),
+        ({"num_layers": 2, "teacher_layers": [0]}, ValueError, "must list 2"),
+        ({"num_layers": 2, "hidden_size": 30}, ValueError, "divisible"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        make_student(BertForSequenceClassification(tiny_bert_config()), **kwargs)
+
+
+def test_not_a_transformers_model_raises():
+    with pytest.raises(TypeError, match="PreTrainedModel"):
+        make_student(torch.nn.Linear(2, 2), num_layers=1)

@@ -27,8 +27,8 @@ _NOT_WEIGHTS = {"sparsity_masks.safetensors", "training_args.bin", "optimizer.pt
 class ModelMeasurement:
     """Everything measured for one model; ratios are against the first (reference) model.
 
-    `sparsity` is the fraction of exact zeros in the weight matrices; `nonzero_parameters` counts
-    every parameter that is not exactly zero.
+    `sparsity` is the fraction of exact zeros in the prunable weights (see `sparsity_report`);
+    `nonzero_parameters` counts every parameter that is not exactly zero.
     """
 
     name: str
@@ -133,24 +133,21 @@ def load_model(path: str | os.PathLike) -> PreTrainedModel:
 
 
 def count_parameters(model: PreTrainedModel) -> tuple[int, int, float]:
-    """(parameters, non-zero parameters, sparsity of the weight matrices).
+    """(parameters, non-zero parameters, sparsity of the prunable weights).
 
-    Tied weights count once, as `model.parameters()` yields them once. Sparsity is measured over the
-    matrices (2-D and up) only: biases and LayerNorm shifts start at exactly zero in a dense model and
-    would otherwise read as pruning.
+    Tied weights count once, as `model.parameters()` yields them once. Sparsity is the pruning
+    package's figure (`sparsity_report(model).global_sparsity`): the zeros in the weights pruning
+    targets (the layers that carry masks, else the Linear layers of the transformer blocks), so
+    embeddings and biases that are zero by construction never read as pruning.
     """
     import torch
 
-    total = nonzero = matrix_elements = matrix_zeros = 0
+    from ..pruning.masks import sparsity_report
+
     with torch.no_grad():
-        for parameter in model.parameters():
-            count = int(torch.count_nonzero(parameter))
-            total += parameter.numel()
-            nonzero += count
-            if parameter.dim() >= 2:
-                matrix_elements += parameter.numel()
-                matrix_zeros += parameter.numel() - count
-    return total, nonzero, matrix_zeros / max(matrix_elements, 1)
+        total = sum(p.numel() for p in model.parameters())
+        nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return total, nonzero, sparsity_report(model).global_sparsity
 
 
 def size_on_disk_mb(model_dir: Path) -> float:

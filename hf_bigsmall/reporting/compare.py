@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ _NOT_WEIGHTS = {"sparsity_masks.safetensors", "training_args.bin", "optimizer.pt
 class ModelMeasurement:
     """Everything measured for one model; ratios are against the first (reference) model.
 
-    `sparsity` is the fraction of exact zeros in the prunable weights (see `sparsity_report`);
+    `sparsity` is the fraction of exact zeros in the pruned weights (see `count_parameters`);
     `nonzero_parameters` counts every parameter that is not exactly zero.
     """
 
@@ -132,22 +133,30 @@ def load_model(path: str | os.PathLike) -> PreTrainedModel:
     return auto_class.from_pretrained(path).eval()
 
 
-def count_parameters(model: PreTrainedModel) -> tuple[int, int, float]:
-    """(parameters, non-zero parameters, sparsity of the prunable weights).
+def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> tuple[int, int, float]:
+    """(parameters, non-zero parameters, sparsity of the pruned weights).
 
     Tied weights count once, as `model.parameters()` yields them once. Sparsity is the pruning
-    package's figure (`sparsity_report(model).global_sparsity`): the zeros in the weights pruning
-    targets (the layers that carry masks, else the Linear layers of the transformer blocks), so
-    embeddings and biases that are zero by construction never read as pruning.
+    package's figure (`sparsity_report(...).global_sparsity`) over the layers that `model_dir`'s
+    `sparsity_masks.safetensors` says were pruned, else over the Linear layers of the transformer
+    blocks, so embeddings and biases that are zero by construction never read as pruning.
     """
     import torch
+    from safetensors import safe_open
 
+    from ..pruning.io import SPARSITY_MASKS_NAME
     from ..pruning.masks import sparsity_report
 
     with torch.no_grad():
         total = sum(p.numel() for p in model.parameters())
         nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    return total, nonzero, sparsity_report(model).global_sparsity
+    target_modules = None
+    masks_file = model_dir / SPARSITY_MASKS_NAME if model_dir is not None else None
+    if masks_file is not None and masks_file.is_file():
+        with safe_open(str(masks_file), framework="pt") as masks:
+            pruned = [name.removesuffix(".weight") for name in masks.keys()]
+        target_modules = "|".join(re.escape(name) for name in pruned) or None
+    return total, nonzero, sparsity_report(model, target_modules).global_sparsity
 
 
 def size_on_disk_mb(model_dir: Path) -> float:
@@ -319,7 +328,7 @@ def compare_models(
 
     measurements = []
     for name, (model, path) in loaded.items():
-        total, nonzero, sparsity = count_parameters(model)
+        total, nonzero, sparsity = count_parameters(model, path)
         if path is None:  # measure what saving it would write
             with tempfile.TemporaryDirectory() as scratch:
                 model.save_pretrained(scratch)

@@ -74,6 +74,8 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         f"- Latency: batch size 1, median and 95th percentile after warm-up; throughput at batch size "
         f"{report['throughput_batch_size']}.",
         f"- Metrics computed with `evaluate` on the same {report['num_samples']:,} samples for every model.",
+        "- Sparsity: exact zeros among the pruned weights (the layers in `sparsity_masks.safetensors`, else the "
+        "Linear layers of the transformer blocks); a compacted model has its pruned units removed instead.",
         f"- Device: {report.get('device', 'cpu')}; threads: {report.get('num_threads', '-')}.",
     ]
     sources = sorted({m["energy_source"] for m in report["models"] if m.get("energy_source")})

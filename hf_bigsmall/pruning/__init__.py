@@ -1,0 +1,8 @@
+"""Magnitude pruning that survives training, saving, resuming and distributed runs; `compact` for speed."""
+
+from .callback import MagnitudePruningCallback
+from .compact import compact
+from .config import PruningConfig
+from .masks import SparsityReport, sparsity_report
+
+__all__ = ["MagnitudePruningCallback", "PruningConfig", "SparsityReport", "compact", "sparsity_report"]

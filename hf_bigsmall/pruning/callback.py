@@ -1,0 +1,364 @@
+"""`MagnitudePruningCallback`: magnitude pruning on any `transformers.Trainer`, masks that hold."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from accelerate.utils import extract_model_from_parallel
+from torch import nn
+from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from .config import PruningConfig
+from .io import (
+    SPARSITY_REWIND_NAME,
+    apply_masks,
+    attach_masks,
+    load_masks,
+    load_tensors,
+    masks_from_zeros,
+    save_tensors,
+)
+from .masks import sparsity_report, structured_masks, targeted_weights, unstructured_masks
+from .schedules import PruningSchedule, build_schedule
+from .targets import find_target_modules, unit_groups
+
+logger = logging.get_logger(__name__)
+
+
+class MagnitudePruningCallback(TrainerCallback, ExportableState):
+    """Prune a model by weight magnitude while it trains, and keep the pruned weights at exactly zero.
+
+    Works with `transformers.Trainer` and any subclass (`DistillationTrainer` included). Masks are
+    re-applied after every optimizer step (`on_optimizer_step`), the gradients and optimizer state
+    of pruned entries are zeroed so AdamW momentum and weight decay cannot revive them, and under
+    DDP the masks are broadcast from rank 0 so every rank holds the same ones. Checkpoints and
+    `trainer.save_model()` hold the zeros, a `sparsity` block in `config.json` and
+    `sparsity_masks.safetensors`; `trainer.train(resume_from_checkpoint=...)` restores masks,
+    schedule position, IMP round and rewind weights.
+
+    Args:
+        target_sparsity (`float` or `None`, defaults to 0.5):
+            Final fraction pruned, in [0, 1): of the targeted weights (unstructured) or of the FFN
+            neurons / attention heads (structured). `None` re-arms the masks of an already pruned
+            checkpoint and prunes nothing more.
+        schedule (`str`, defaults to `"cubic"`):
+            `"one_shot"`, `"linear"`, `"cubic"` (Zhu & Gupta 2017) or `"imp"` (iterative magnitude
+            pruning with rewinding, Frankle & Carbin 2019; Chen et al. 2020 for BERT).
+        structure (`str`, defaults to `"unstructured"`): `"unstructured"`, `"neurons"` or `"heads"`.
+        scope (`str`, *optional*): `"global"` or `"layer"` (default: global for unstructured,
+            layer for structured so that `compact` can shrink the model).
+        target_modules (`list[str]` or `str`, *optional*): name suffixes or a full-match regex.
+        **kwargs: the remaining fields of [`PruningConfig`] (`initial_sparsity`, `start_step`,
+            `end_step`, `pruning_frequency`, `imp_rounds`, `rewind_step`, `steps_per_round`).
+
+    Sparsity (`sparsity/global`, `sparsity/model`, `sparsity/scheduled` and per block
+    `sparsity/layer.3.ffn`, `sparsity/layer.3.attn`) is logged through `trainer.log`, so it reaches
+    `log_history` and every `report_to` integration. A callback passed as `Trainer(callbacks=[...])`
+    finds its trainer itself; one added later can be given it with `trainer=` or
+    [`~MagnitudePruningCallback.attach`].
+
+    Example:
+
+    ```python
+    >>> from transformers import Trainer
+    >>> from hf_bigsmall import MagnitudePruningCallback, sparsity_report
+
+    >>> pruning = MagnitudePruningCallback(target_sparsity=0.5, schedule="cubic")
+    >>> trainer = Trainer(model=model, args=args, train_dataset=train_dataset, callbacks=[pruning])
+    >>> trainer.train()
+    >>> trainer.save_model()  # zeros + config.json "sparsity" block + sparsity_masks.safetensors
+    >>> sparsity_report(trainer.model).global_sparsity
+    0.5
+    ```
+    """
+
+    def __init__(self, target_sparsity: float | None = 0.5, schedule: str = "cubic", structure: str = "unstructured",
+                 scope: str | None = None, target_modules: list[str] | str | None = None, trainer=None, **kwargs):
+        self.config = PruningConfig(target_sparsity=target_sparsity, schedule=schedule, structure=structure,
+                                    scope=scope, target_modules=target_modules, **kwargs)
+        self.trainer = None
+        self.schedule: PruningSchedule | None = None
+        self.masks: dict[str, torch.Tensor] = {}
+        self.rewind_weights: dict[str, torch.Tensor] | None = None
+        self.imp_round = 0
+        self.last_pruned_step: int | None = None
+        self._masked_params: list[tuple[nn.Parameter, torch.Tensor]] = []
+        self._warned_unattached = False
+        if trainer is not None:
+            self.attach(trainer)
+
+    def attach(self, trainer) -> MagnitudePruningCallback:
+        """Register with `trainer` (if not already) and log through `trainer.log`. Returns `self`."""
+        self.trainer = trainer
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        return self
+
+    def _find_trainer(self):
+        """The Trainer whose callback list holds this callback: the `self` of a calling frame.
+
+        Events do not carry the trainer, and a callback passed as `Trainer(callbacks=[...])` is
+        created before it; a new instance made on resume (`restore_callback_states_from_checkpoint`)
+        also needs to find it again.
+        """
+        frame = inspect.currentframe()
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            handler = getattr(candidate, "callback_handler", None)
+            if handler is not None and self in getattr(handler, "callbacks", []):
+                return candidate
+            frame = frame.f_back
+        return None
+
+    # ------------------------------------------------------------------ ExportableState
+    def state(self) -> dict:
+        return {
+            "args": self.config.to_dict(),
+            "attributes": {"imp_round": self.imp_round, "last_pruned_step": self.last_pruned_step},
+        }
+
+    # ------------------------------------------------------------------ validation
+    def _check_model(self, model: nn.Module) -> None:
+        if self.config.structure == "unstructured":
+            find_target_modules(model, self.config.target_modules)
+        else:
+            unit_groups(model, self.config.structure)
+
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        self.trainer = self.trainer or self._find_trainer()
+        if model is not None and self.config.target_sparsity is not None:
+            self._check_model(extract_model_from_parallel(model))
+
+    # ------------------------------------------------------------------ training events
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.trainer = self.trainer or self._find_trainer()
+        model = extract_model_from_parallel(model)
+        if self.config.target_sparsity is not None:
+            self._check_model(model)
+            self.schedule = build_schedule(self.config, state.max_steps)
+        if state.global_step > 0:
+            self._restore(args, state, model)
+        else:
+            self.masks = self._existing_masks(model)
+            if self.schedule is None and not self.masks:
+                raise ValueError(
+                    "target_sparsity=None re-arms the masks of a pruned checkpoint, but this model carries none: "
+                    "load a folder saved by a pruning run, or pass a target_sparsity."
+                )
+            if self.schedule is not None and self.schedule.kind == "imp" and self.schedule.rewind_step == 0:
+                self.rewind_weights = _snapshot(model)
+        if state.is_world_process_zero and self.schedule is not None:
+            print(f"[hf_bigsmall] pruning schedule: {self.schedule.describe()} (max_steps={state.max_steps})")
+        self._arm(model, optimizer)
+        if state.global_step == 0 and self.schedule is not None and self.schedule.is_pruning_step(0):
+            self._prune(model, 0, optimizer)
+        if self.trainer is None and not self._warned_unattached:
+            self._warned_unattached = True
+            logger.warning(
+                "MagnitudePruningCallback could not find its trainer: sparsity goes to trainer.state.log_history only, "
+                "not to report_to integrations. Pass MagnitudePruningCallback(trainer=...) or call callback.attach(trainer)."
+            )
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        # Pruned entries get no gradient, so AdamW moments for them stay exactly zero.
+        with torch.no_grad():
+            for param, mask in self._masked_params:
+                if param.grad is not None:
+                    param.grad.masked_fill_(mask, 0)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # With zero gradients and zero moments AdamW leaves a zero weight at zero; re-zeroing after
+        # every step keeps the masks exact whatever the optimizer does (SGD momentum, custom ones).
+        with torch.no_grad():
+            for param, mask in self._masked_params:
+                param.masked_fill_(mask, 0)
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        if self.schedule is None:
+            if control.should_log:
+                self._log(model, state, control)
+            return
+        model = extract_model_from_parallel(model)
+        step = state.global_step
+        if self.schedule.kind == "imp" and step == self.schedule.rewind_step and self.rewind_weights is None:
+            self.rewind_weights = _snapshot(model)
+        pruned = False
+        if step > 0 and self.schedule.is_pruning_step(step):
+            if self.schedule.kind == "imp":
+                self._save_round(args, model)
+            self._prune(model, step, optimizer)
+            if self.schedule.kind == "imp":
+                self._rewind(model, optimizer)
+            pruned = True
+        if pruned or control.should_log:
+            self._log(model, state, control)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.rewind_weights is not None and args.should_save:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if folder.is_dir():
+                save_tensors(self.rewind_weights, folder / SPARSITY_REWIND_NAME)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.schedule is not None and self.schedule.kind == "imp":
+            self._save_round(args, extract_model_from_parallel(model))
+
+    # ------------------------------------------------------------------ internals
+    def _info(self) -> dict:
+        schedule = self.schedule
+        return {
+            "method": "magnitude",
+            "schedule": self.config.schedule,
+            "structure": self.config.structure,
+            "scope": self.config.scope,
+            "target": self.config.target_sparsity,
+            "target_modules": self.config.target_modules,
+            "start_step": schedule.start_step if schedule else None,
+            "end_step": schedule.end_step if schedule else None,
+            "pruning_frequency": schedule.frequency if schedule else None,
+            "imp_round": self.imp_round if self.config.schedule == "imp" else None,
+            "imp_rounds": self.config.imp_rounds if self.config.schedule == "imp" else None,
+            "rewind_step": self.config.rewind_step if self.config.schedule == "imp" else None,
+            "pruned_at_step": self.last_pruned_step,
+        }
+
+    def _arm(self, model: nn.Module, optimizer=None) -> None:
+        params = dict(model.named_parameters())
+        unknown = sorted(set(self.masks) - set(params))
+        if unknown:
+            raise ValueError(f"Masks name parameters this model does not have: {unknown[:5]}. Was the model changed?")
+        self.masks = {name: mask.to(params[name].device) for name, mask in self.masks.items()}
+        self._masked_params = [(params[name], mask) for name, mask in self.masks.items()]
+        attach_masks(model, self.masks, self._info())
+        apply_masks(model, self.masks)
+        _zero_optimizer_state(optimizer, self._masked_params)
+
+    def _existing_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Masks a model already carries: attached in memory, or saved beside the checkpoint it came from."""
+        if getattr(model, "_sparsity_masks", None):
+            return dict(model._sparsity_masks)
+        source = getattr(model, "name_or_path", "")
+        if source and os.path.isdir(source):
+            masks = load_masks(source)
+            if masks:
+                return masks
+        block = getattr(model.config, "sparsity", None)
+        if isinstance(block, dict) and block.get("per_layer"):
+            modules = {f"{name}.weight" for name in block["per_layer"]}
+            weights = {n: p for n, p in model.named_parameters() if n in modules}
+            return masks_from_zeros(weights)
+        return {}
+
+    def _restore(self, args, state, model: nn.Module) -> None:
+        stored = state.stateful_callbacks.get(type(self).__name__)
+        if isinstance(stored, list):
+            stored = stored[0]
+        if stored is not None:
+            if stored["args"] != self.config.to_dict():
+                changed = {k: (v, stored["args"].get(k)) for k, v in self.config.to_dict().items() if stored["args"].get(k) != v}
+                raise ValueError(
+                    "Resuming with a different pruning configuration than the checkpoint's "
+                    f"(field: (now, checkpoint)): {changed}. Resume with the same MagnitudePruningCallback arguments, "
+                    "or start a new run in another output_dir."
+                )
+            self.imp_round = stored["attributes"].get("imp_round", 0)
+            self.last_pruned_step = stored["attributes"].get("last_pruned_step")
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        self.masks = load_masks(folder)
+        if not self.masks:
+            logger.warning(f"No pruning masks in {folder}: reading them back from the exact zeros of the resumed weights.")
+            self.masks = masks_from_zeros(targeted_weights(model, self.config.target_modules))
+        if self.config.schedule == "imp":
+            rewind_file = folder / SPARSITY_REWIND_NAME
+            if rewind_file.is_file():
+                self.rewind_weights = load_tensors(rewind_file)
+            elif self.schedule is not None and state.global_step > self.schedule.rewind_step:
+                raise ValueError(f"Resuming IMP needs the rewind weights {rewind_file}, which is missing.")
+
+    @torch.no_grad()
+    def _prune(self, model: nn.Module, step: int, optimizer=None) -> None:
+        sparsity = self.schedule.sparsity_at(step)
+        if self.config.structure == "unstructured":
+            weights = targeted_weights(model, self.config.target_modules, prefer_masked=False)
+            masks = unstructured_masks(weights, sparsity, self.config.scope, previous=self.masks)
+        else:
+            masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks)
+        self.masks = _broadcast_from_main(masks)
+        self.last_pruned_step = step
+        self._arm(model, optimizer)
+
+    @torch.no_grad()
+    def _rewind(self, model: nn.Module, optimizer=None) -> None:
+        """Lottery-ticket rewinding: surviving weights go back to their values at `rewind_step`."""
+        params = dict(model.named_parameters())
+        for name, value in self.rewind_weights.items():
+            params[name].copy_(value.to(params[name].device))
+        apply_masks(model, self.masks)
+        if optimizer is not None:
+            # The next round trains the rewound weights from a fresh optimizer, as in Frankle & Carbin 2019.
+            getattr(optimizer, "optimizer", optimizer).state.clear()
+        self.imp_round += 1
+        attach_masks(model, self.masks, self._info())
+
+    def _save_round(self, args, model: nn.Module) -> None:
+        """Keep the trained model of each IMP round in `output_dir/imp-round-{r}`."""
+        if not args.should_save:
+            return
+        target = Path(args.output_dir) / f"imp-round-{self.imp_round}"
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        model.save_pretrained(partial)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(partial, target)
+
+    def _log(self, model: nn.Module, state, control) -> None:
+        report = sparsity_report(extract_model_from_parallel(model))
+        logs = {"sparsity/global": report.global_sparsity, "sparsity/model": report.model_sparsity}
+        if self.schedule is not None:
+            logs["sparsity/scheduled"] = self.schedule.sparsity_at(state.global_step)
+        if self.config.schedule == "imp":
+            logs["sparsity/imp_round"] = self.imp_round
+        logs.update({f"sparsity/{key}": value for key, value in report.grouped().items()})
+        if self.trainer is not None:
+            # Trainer.log clears control.should_log; keep the trainer's own loss log due at this step.
+            should_log = control.should_log
+            self.trainer.log(logs)
+            control.should_log = should_log
+        else:
+            state.log_history.append({**logs, "step": state.global_step})
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: param.detach().cpu().clone() for name, param in model.named_parameters() if param.requires_grad}
+
+
+def _zero_optimizer_state(optimizer, masked_params) -> None:
+    if optimizer is None:
+        return
+    state = getattr(optimizer, "optimizer", optimizer).state
+    with torch.no_grad():
+        for param, mask in masked_params:
+            for value in state.get(param, {}).values():
+                if isinstance(value, torch.Tensor) and value.shape == mask.shape:
+                    value.masked_fill_(mask, 0)
+
+
+def _broadcast_from_main(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Make every rank use rank 0's masks (they agree already when weights agree; this guarantees it)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return masks
+    if torch.distributed.get_world_size() == 1:
+        return masks
+    synced = {}
+    for name in sorted(masks):
+        as_bytes = masks[name].to(torch.uint8)
+        torch.distributed.broadcast(as_bytes, src=0)
+        synced[name] = as_bytes.bool()
+    return synced

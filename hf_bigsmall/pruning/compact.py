@@ -1,0 +1,198 @@
+"""`compact`: turn structured sparsity into a physically smaller dense model.
+
+Zeros alone make nothing faster on dense kernels. Removing whole FFN neurons (rows of the input
+projections, columns of the output projection) or whole attention heads gives smaller matrices,
+hence fewer FLOPs, and a config that plain `from_pretrained` rebuilds at the smaller size:
+
+- FFN neurons compact on BERT, GPT-2 and Llama when the same number is removed in every block
+  (one `intermediate_size` / `n_inner` for all blocks); if blocks differ, the smallest count is
+  removed everywhere and the remaining dead neurons stay as zeros.
+- Attention heads compact on Llama-style models (explicit `head_dim`; the same number of query
+  heads per key/value group, so GQA still divides). BERT and GPT-2 derive the head size from
+  `hidden_size / num_heads` and transformers 5 dropped `pruned_heads`, so their heads cannot shrink
+  and stay loadable: pruned heads stay as zeros with their masks, and a warning says so.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .io import attach_masks, detach_masks, sparsity_block
+from .targets import UnitGroup, _architecture, unit_groups, unit_index
+
+
+def _dead_units(group: UnitGroup, modules: dict[str, nn.Module]) -> list[int]:
+    """Units whose slice of the output projection is all zero: they add exactly nothing to the output."""
+    out_slice = group.slices[-1]
+    weight = modules[out_slice.module_name].weight.detach().movedim(out_slice.dim, 0)
+    weight = weight[out_slice.offset : out_slice.offset + group.num_units * out_slice.size]
+    dead = (weight.reshape(group.num_units, -1) == 0).all(dim=1)
+    return dead.nonzero().flatten().tolist()
+
+
+def _removable(group: UnitGroup, dead: list[int], per_group: int) -> list[int]:
+    if not group.kv_group_size:
+        return dead[:per_group]
+    chosen = []
+    for start in range(0, group.num_units, group.kv_group_size):
+        chosen += [u for u in dead if start <= u < start + group.kv_group_size][:per_group]
+    return chosen
+
+
+def _count(group: UnitGroup, dead: list[int]) -> int:
+    """How many units this block can lose (per key/value group for Llama heads)."""
+    if not group.kv_group_size:
+        return len(dead)
+    return min(
+        sum(start <= u < start + group.kv_group_size for u in dead)
+        for start in range(0, group.num_units, group.kv_group_size)
+    )
+
+
+@torch.no_grad()
+def _keep(module: nn.Module, dim: int, index: torch.Tensor) -> None:
+    """Keep only `index` along `dim` of a Linear/Conv1D weight, slicing the bias with the outputs."""
+    index = index.to(module.weight.device)
+    weight = module.weight.index_select(dim, index).clone()
+    output_dim = 1 if isinstance(module, Conv1D) else 0
+    if module.bias is not None and dim == output_dim:
+        module.bias = nn.Parameter(module.bias.index_select(0, index).clone(), requires_grad=module.bias.requires_grad)
+    module.weight = nn.Parameter(weight, requires_grad=module.weight.requires_grad)
+    if isinstance(module, Conv1D):
+        module.nx, module.nf = weight.shape
+    else:
+        module.out_features, module.in_features = weight.shape
+
+
+def _shrink(model: nn.Module, groups: list[UnitGroup], removed: list[list[int]]) -> None:
+    modules = dict(model.named_modules())
+    for group, units in zip(groups, removed):
+        keep_units = [u for u in range(group.num_units) if u not in set(units)]
+        for unit_slice in group.slices:
+            module = modules[unit_slice.module_name]
+            dim_size = module.weight.shape[unit_slice.dim]
+            covered = set(unit_index(unit_slice, range(group.num_units)))
+            # Entries outside this slice's span (GPT-2 c_attn holds q, k and v side by side) are kept.
+            keep = sorted(set(range(dim_size)) - covered | set(unit_index(unit_slice, keep_units)))
+            _keep(module, unit_slice.dim, torch.tensor(keep, dtype=torch.long))
+
+
+def _compact_structure(model: nn.Module, structure: str, architecture: str) -> tuple[int, int] | None:
+    """Remove dead units of one kind; returns (units before, units after) per block, or None."""
+    groups = unit_groups(model, structure)
+    modules = dict(model.named_modules())
+    dead = [_dead_units(g, modules) for g in groups]
+    per_group = min(_count(g, d) for g, d in zip(groups, dead))
+    if structure == "heads" and architecture != "llama":
+        if any(dead):
+            warnings.warn(
+                f"{architecture.upper()} derives its head size from hidden_size / num_heads and transformers 5 has no "
+                "pruned_heads, so pruned attention heads cannot be removed and still load with plain from_pretrained. "
+                "They stay in place as zeros, with their masks.",
+                stacklevel=3,
+            )
+        return None
+    if per_group == 0:
+        if any(dead):
+            warnings.warn(
+                f"Some blocks have no dead {structure} while others do: nothing removed. Prune with scope='layer' "
+                "so every block loses the same number.",
+                stacklevel=3,
+            )
+        return None
+    removed = [_removable(g, d, per_group) for g, d in zip(groups, dead)]
+    leftover = sum(len(d) for d in dead) - sum(len(r) for r in removed)
+    if leftover:
+        warnings.warn(
+            f"Blocks lost different numbers of {structure}: {per_group} removed from each, {leftover} dead ones "
+            "stay as zeros. Prune with scope='layer' to remove them all.",
+            stacklevel=3,
+        )
+    _shrink(model, groups, removed)
+    config = model.config
+    before = groups[0].num_units
+    if structure == "neurons":
+        after = before - per_group
+        if architecture == "gpt2":
+            config.n_inner = after
+        else:
+            config.intermediate_size = after
+            for module in model.modules():
+                if hasattr(module, "intermediate_size") and hasattr(module, "down_proj"):
+                    module.intermediate_size = after
+    else:
+        num_kv = before // groups[0].kv_group_size
+        after = before - per_group * num_kv
+        config.num_attention_heads = after
+        for module in model.modules():
+            if hasattr(module, "num_key_value_groups") and hasattr(module, "o_proj"):
+                module.num_key_value_groups = after // num_kv
+    return before, after
+
+
+def compact(model: nn.Module) -> nn.Module:
+    """Remove pruned FFN neurons and (on Llama) attention heads, **in place**; returns the same model.
+
+    Units are found from the weights themselves (an all-zero slice of the output projection), so a
+    model reloaded with plain `from_pretrained` compacts as well as one still carrying masks. The
+    outputs are unchanged (up to float summation order), the config records the new sizes, and
+    `save_pretrained` -> plain `from_pretrained` reloads the smaller model. Zeros that cannot be
+    removed (unstructured sparsity, BERT/GPT-2 heads) stay, with their masks.
+
+    Raises:
+        ValueError: if the architecture is not BERT, GPT-2 or Llama-like, or if nothing can be removed
+            (e.g. purely unstructured sparsity, which needs a sparse kernel rather than compaction).
+
+    Example:
+
+    ```python
+    >>> from hf_bigsmall import compact
+    >>> small = compact(trainer.model)  # after MagnitudePruningCallback(structure="neurons", ...)
+    >>> small.save_pretrained("student-compact")  # loads anywhere with AutoModel.from_pretrained
+    ```
+    """
+    architecture = _architecture(model)
+    if architecture is None:
+        raise ValueError(
+            f"compact supports BERT, GPT-2 and Llama-style models; {type(model).__name__} is none of them. "
+            "The masks and zeros are kept."
+        )
+    params_before = model.num_parameters()
+    changes = {}
+    neurons = _compact_structure(model, "neurons", architecture)
+    if neurons:
+        changes["n_inner" if architecture == "gpt2" else "intermediate_size"] = list(neurons)
+    heads = _compact_structure(model, "heads", architecture)
+    if heads:
+        changes["num_attention_heads"] = list(heads)
+    if not changes:
+        raise ValueError(
+            "Nothing to compact: no FFN neuron or (Llama) attention head is entirely zero. Unstructured sparsity "
+            "keeps every matrix its size; prune with structure='neurons' or 'heads' to get a smaller model. "
+            "The model, its zeros and masks are unchanged."
+        )
+    info = dict(getattr(model, "_sparsity_info", None) or getattr(model.config, "sparsity", None) or {})
+    info.pop("per_layer", None)
+    info["compacted"] = {**changes, "params": [params_before, model.num_parameters()]}
+    masks = getattr(model, "_sparsity_masks", None)
+    if masks:
+        params = dict(model.named_parameters())
+        # What is left of the masks is exactly the zeros that compaction could not remove.
+        remaining = {name: params[name].detach() == 0 for name in masks if name in params}
+        remaining = {name: mask for name, mask in remaining.items() if mask.any()}
+        if remaining:
+            attach_masks(model, remaining, info)
+        else:
+            detach_masks(model)
+            model._sparsity_info = info
+    else:
+        model._sparsity_info = info
+    model.config.sparsity = sparsity_block(model)
+    if not getattr(model, "_sparsity_masks", None):
+        model.__dict__.pop("_sparsity_info", None)
+    return model
+

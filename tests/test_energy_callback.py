@@ -1,0 +1,189 @@
+"""EnergyCallback on a few Trainer steps: log_history, energy.json, resume, faults, model card."""
+
+import json
+import logging
+import os
+
+import pytest
+import torch
+from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
+
+from hf_bigsmall import EnergyCallback
+from hf_bigsmall.energy import callback as callback_module
+from hf_bigsmall.energy.meters import CpuTimeEstimateMeter, RaplMeter
+from tests.testing_utils import TINY_VOCAB, tiny_bert_config
+
+
+class TinyClassificationData(torch.utils.data.Dataset):
+    def __init__(self, size=32, seq_len=8):
+        generator = torch.Generator().manual_seed(0)
+        self.input_ids = torch.randint(1, TINY_VOCAB, (size, seq_len), generator=generator)
+        self.labels = torch.randint(0, 2, (size,), generator=generator)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
+
+
+class RecordLogs(TrainerCallback):
+    def __init__(self):
+        self.logs = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs))
+
+
+def make_trainer(tmp_path, energy, max_steps=4, **overrides):
+    kwargs = dict(
+        output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4, per_device_eval_batch_size=8,
+        logging_steps=2, eval_strategy="steps", eval_steps=2, save_strategy="no", report_to="none",
+        use_cpu=True, learning_rate=1e-3, disable_tqdm=True,
+    )
+    kwargs.update(overrides)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config())
+    data = TinyClassificationData()
+    return Trainer(model, TrainingArguments(**kwargs), train_dataset=data, eval_dataset=TinyClassificationData(16),
+                   callbacks=[energy, RecordLogs()])
+
+
+def energy_entries(history, key="energy_joules"):
+    return [entry for entry in history if key in entry]
+
+
+def test_energy_reaches_log_history_and_energy_json(tmp_path):
+    energy = EnergyCallback(cpu_tdp_watts=40, cpu_threads=10, country_iso_code="FRA")
+    trainer = make_trainer(tmp_path, energy)
+    trainer.train()
+    history = trainer.state.log_history
+
+    intervals = energy_entries(history)
+    assert [entry["step"] for entry in intervals] == [2, 4]
+    for entry in intervals:
+        assert entry["energy_source"] == "estimate" and entry["energy_is_estimate"] == 1.0
+        assert entry["energy_joules"] > 0
+        assert entry["energy_kwh"] == pytest.approx(entry["energy_joules"] / 3.6e6)
+        assert entry["co2_grams"] == pytest.approx(entry["energy_kwh"] * 56)
+        assert entry["energy_joules_per_sample"] == pytest.approx(entry["energy_joules"] / 8)  # 2 steps x 4
+    evaluations = energy_entries(history, "eval_energy_joules")
+    assert [entry["step"] for entry in evaluations] == [2, 4]
+    assert all(entry["eval_energy_joules_per_sample"] == pytest.approx(entry["eval_energy_joules"] / 16) for entry in evaluations)
+    (final,) = energy_entries(history, "train_energy_joules")
+    # the training total is the intervals plus what ran after the last log; evaluations are apart
+    assert final["train_energy_joules"] >= sum(entry["energy_joules"] for entry in intervals) - 1e-9
+    assert final["train_energy_joules"] == pytest.approx(intervals[-1]["energy_total_kwh"] * 3.6e6, rel=0.05, abs=0.05)
+
+    # integrations receive numbers only: the label lives in log_history and energy.json
+    recorded = [logs for logs in trainer.callback_handler.callbacks[-2].logs if "energy_joules" in logs]
+    assert recorded and all(isinstance(v, (int, float)) for logs in recorded for v in logs.values())
+
+    record = json.loads((tmp_path / "energy.json").read_text())
+    assert record["schema_version"] == 1 and record["energy_source"] == "estimate" and record["is_estimate"]
+    assert record["energy_joules"] == pytest.approx(final["train_energy_joules"])
+    assert record["co2_grams"] == pytest.approx(final["train_co2_grams"])
+    assert record["num_samples"] == 16 and record["num_processes"] == 1
+    assert record["grid_intensity_g_per_kwh"] == 56 and "FRA" in record["grid_intensity_origin"]
+    assert record["meters"][0]["watts_per_thread"] == 4.0 and record["meters"][0]["origin"] == "user"
+    assert record["evaluation"]["windows"] == 2 and record["evaluation"]["num_samples"] == 32
+    assert record["hardware"]
+
+    prediction = trainer.predict(TinyClassificationData(8))
+    assert prediction.metrics["test_energy_joules"] > 0
+    assert json.loads((tmp_path / "energy.json").read_text())["prediction"]["windows"] == 1
+
+
+def test_totals_survive_resume(tmp_path):
+    first = make_trainer(tmp_path, EnergyCallback(), max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="no")
+    first.train()
+    saved = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
+    saved_totals = saved["stateful_callbacks"]["EnergyCallback"]["attributes"]["totals"]["train"]
+    assert saved_totals["energy_joules"] > 0 and saved_totals["num_samples"] == 8
+    assert json.loads((tmp_path / "checkpoint-2" / "energy.json").read_text())["energy_joules"] == pytest.approx(saved_totals["energy_joules"])
+
+    resumed = make_trainer(tmp_path, EnergyCallback(), max_steps=4, save_strategy="no", eval_strategy="no")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    history = resumed.state.log_history
+    after_resume = [entry for entry in energy_entries(history) if entry["step"] > 2]
+    record = json.loads((tmp_path / "energy.json").read_text())
+    assert record["resumed_from_step"] == 2 and record["num_samples"] == 16
+    # the running total continues from the checkpoint's instead of restarting at zero
+    restored_plus_new = saved_totals["energy_joules"] + sum(e["energy_joules"] for e in after_resume)
+    assert after_resume[-1]["energy_total_kwh"] * 3.6e6 == pytest.approx(restored_plus_new, rel=1e-9)
+    (final,) = energy_entries(history, "train_energy_joules")
+    assert record["energy_joules"] == pytest.approx(final["train_energy_joules"])
+    assert record["energy_joules"] >= restored_plus_new - 1e-12
+
+
+def test_counter_vanishing_mid_run_falls_back_and_keeps_earlier_logs(tmp_path, monkeypatch, caplog):
+    powercap = tmp_path / "powercap" / "intel-rapl:0"
+    powercap.mkdir(parents=True)
+    (powercap / "name").write_text("package-0\n")
+    (powercap / "max_energy_range_uj").write_text("262143328850\n")
+    (powercap / "energy_uj").write_text("0\n")
+    monkeypatch.setattr(callback_module, "select_meters", lambda *a, **k: [RaplMeter(powercap.parent)])
+
+    class RaplTicks(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step <= 2:
+                (powercap / "energy_uj").write_text(f"{state.global_step * 3_000_000}\n")  # 3 J per step
+            elif state.global_step == 3:
+                (powercap / "energy_uj").unlink()  # the counter vanishes
+
+    trainer = make_trainer(tmp_path / "out", EnergyCallback(), max_steps=6, eval_strategy="no")
+    trainer.add_callback(RaplTicks())
+    with caplog.at_level(logging.WARNING, logger="hf_bigsmall.energy"):
+        trainer.train()
+    intervals = energy_entries(trainer.state.log_history)
+    assert [e["step"] for e in intervals] == [2, 4, 6]
+    assert intervals[0]["energy_joules"] == pytest.approx(6.0) and intervals[0]["energy_source"] == "rapl"
+    assert intervals[0]["energy_is_estimate"] == 0.0
+    assert intervals[-1]["energy_source"] == "estimate" and intervals[-1]["energy_is_estimate"] == 1.0
+    record = json.loads((tmp_path / "out" / "energy.json").read_text())
+    assert record["energy_source"] == "estimate+rapl" and record["by_source"]["rapl"] == pytest.approx(6.0)
+    assert record["failures"] and "rapl meter failed" in caplog.text
+
+
+def test_an_error_inside_the_callback_never_stops_training(tmp_path, monkeypatch, caplog):
+    def broken(window):
+        raise RuntimeError("gather exploded")
+
+    monkeypatch.setattr(callback_module, "gather_readings", broken)
+    trainer = make_trainer(tmp_path, EnergyCallback(), eval_strategy="no")
+    with caplog.at_level(logging.ERROR, logger="hf_bigsmall.energy"):
+        trainer.train()
+    assert trainer.state.global_step == 4
+    assert "EnergyCallback stopped measuring" in caplog.text and "gather exploded" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"cpu_tdp_watts": -10}, "positive"),
+        ({"grid_intensity_g_per_kwh": 5e5}, "outside"),
+        ({"backend": "zeus"}, "backend must be one of"),
+        ({"backend": "codecarbon"}, "country_iso_code"),
+        ({"training_type": ""}, "training_type"),
+    ],
+)
+def test_bad_arguments_raise_before_training(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EnergyCallback(**kwargs)
+
+
+def test_model_card_gets_co2_metadata(tmp_path):
+    from huggingface_hub import ModelCard
+
+    energy = EnergyCallback(country_iso_code="SWE", training_type="distillation")
+    trainer = make_trainer(tmp_path, energy, max_steps=2, eval_strategy="no")
+    trainer.train()
+    trainer.create_model_card(model_name="tiny-student")
+    card = ModelCard.load(tmp_path / "README.md")
+    record = json.loads((tmp_path / "energy.json").read_text())
+    co2 = card.data.co2_eq_emissions
+    assert co2["emissions"] == pytest.approx(record["co2_grams"], rel=1e-4)
+    assert co2["training_type"] == "distillation" and co2["geographical_location"] == "SWE"
+    assert co2["source"].startswith("hf_bigsmall EnergyCallback: estimate") and "W per thread" in co2["source"]
+    assert co2["hardware_used"] == record["hardware"]
+    assert "tiny-student" in card.content  # the Trainer's own card is kept

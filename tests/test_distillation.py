@@ -303,3 +303,16 @@ def test_two_processes(tmp_path):
     assert result["student_changed"] and result["students_identical"]
     train_logs = [entry for entry in result["log_history"] if "loss" in entry]
     assert len(train_logs) == 2 and all("loss_kd" in e and "loss_hidden" in e for e in train_logs)
+
+
+@pytest.mark.gpu
+def test_bf16_distillation_on_gpu(tmp_path):
+    teacher, student, dataset = build("gpt2", student_width=16)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, train_dataset=dataset,
+        args=config(tmp_path, use_cpu=False, bf16=True, teacher_dtype="bfloat16", alpha_hidden=1.0),
+    )
+    trainer.train()
+    teacher_parameter = next(trainer.teacher_model.parameters())
+    assert teacher_parameter.is_cuda and teacher_parameter.dtype == torch.bfloat16
+    assert all(torch.isfinite(torch.tensor(e["loss_kd"])) for e in trainer.state.log_history if "loss" in e)

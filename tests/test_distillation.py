@@ -260,7 +260,7 @@ def test_offline_hub_teacher_raises_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _, student, _ = build("gpt2")
     with pytest.raises(ValueError, match="offline"):
-        DistillationTrainer(model=student, teacher_model="openai-community/gpt2", args=config(tmp_path))
+        DistillationTrainer(model=student, teacher_model="hf-bigsmall-tests/teacher-never-cached", args=config(tmp_path))
 
 
 def test_teacher_folder_without_task_head_raises(tmp_path):

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
@@ -87,3 +88,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Distilla
 
 if __name__ == "__main__":
     main(*parse_args())
+    if torch.distributed.is_initialized():
+        # a clean shutdown: otherwise a rank sometimes aborts at interpreter exit under gloo
+        torch.distributed.destroy_process_group()

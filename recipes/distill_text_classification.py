@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -109,3 +110,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Distilla
 
 if __name__ == "__main__":
     main(*parse_args())
+    if torch.distributed.is_initialized():
+        # a clean shutdown: otherwise a rank sometimes aborts at interpreter exit under gloo
+        torch.distributed.destroy_process_group()

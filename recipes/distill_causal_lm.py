@@ -16,6 +16,7 @@ line or a YAML file (every `DistillationConfig` field and the fields below):
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from dataclasses import dataclass, field
@@ -89,5 +90,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Distilla
 if __name__ == "__main__":
     main(*parse_args())
     if torch.distributed.is_initialized():
-        # a clean shutdown: otherwise a rank sometimes aborts at interpreter exit under gloo
+        # free the trainer's DDP reducer while the group is alive, then the group itself: left to
+        # interpreter exit, gloo sometimes aborts or deadlocks tearing them down in the other order
+        gc.collect()
         torch.distributed.destroy_process_group()

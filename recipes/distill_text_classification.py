@@ -16,6 +16,7 @@ come from the command line or a YAML file (every `DistillationConfig` field and 
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,5 +112,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Distilla
 if __name__ == "__main__":
     main(*parse_args())
     if torch.distributed.is_initialized():
-        # a clean shutdown: otherwise a rank sometimes aborts at interpreter exit under gloo
+        # free the trainer's DDP reducer while the group is alive, then the group itself: left to
+        # interpreter exit, gloo sometimes aborts or deadlocks tearing them down in the other order
+        gc.collect()
         torch.distributed.destroy_process_group()

@@ -16,15 +16,17 @@ line or a YAML file (every `DistillationConfig` field and the fields below):
 
 from __future__ import annotations
 
+import gc
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser, default_data_collator
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
+from hf_bigsmall.tasks import parse_recipe_args
 from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
 
 
@@ -77,17 +79,18 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, DistillationConfig]:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ScriptArguments, DistillationConfig))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    parser.set_defaults(
+    defaults = dict(
         output_dir="outputs/distill_causal_lm", num_train_epochs=1.0, learning_rate=1e-4,
         per_device_train_batch_size=8, per_device_eval_batch_size=8, logging_steps=4,
         eval_strategy="no", save_strategy="no", report_to="none", alpha_kd=0.5, alpha_ce=0.5,
     )
-    return parser.parse_args_into_dataclasses(argv)
+    return parse_recipe_args(ScriptArguments, defaults, argv)
 
 
 if __name__ == "__main__":
     main(*parse_args())
+    if torch.distributed.is_initialized():
+        # free the trainer's DDP reducer while the group is alive, then the group itself: left to
+        # interpreter exit, gloo sometimes aborts or deadlocks tearing them down in the other order
+        gc.collect()
+        torch.distributed.destroy_process_group()

@@ -16,19 +16,20 @@ come from the command line or a YAML file (every `DistillationConfig` field and 
 
 from __future__ import annotations
 
+import gc
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,
-    HfArgumentParser,
 )
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
+from hf_bigsmall.tasks import parse_recipe_args
 from hf_bigsmall.tasks.text_classification import accuracy, classification_teacher, load_classification_dataset
 
 
@@ -88,31 +89,30 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     metrics = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
     if trainer.is_world_process_zero():
-        teacher_metrics = json.loads((Path(teacher_path) / "teacher_eval_results.json").read_text()) if (
-            Path(teacher_path) / "teacher_eval_results.json"
-        ).is_file() else {}
         Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        teacher_results = Path(teacher_path) / "teacher_eval_results.json"
+        teacher_accuracy = round(json.loads(teacher_results.read_text())["eval_accuracy"], 3) if teacher_results.is_file() else "n/a"
         print(
-            f"Teacher ({teacher.num_parameters() / 1e6:.1f} M params, accuracy "
-            f"{teacher_metrics.get('eval_accuracy', float('nan')):.3f}): {teacher_path}\n"
-            f"Student ({student.num_parameters() / 1e6:.1f} M params, accuracy {metrics['eval_accuracy']:.3f}): "
+            f"Teacher ({teacher.num_parameters() / 1e6:.1f} M params, eval accuracy {teacher_accuracy}): {teacher_path}\n"
+            f"Student ({student.num_parameters() / 1e6:.1f} M params, eval accuracy {metrics['eval_accuracy']:.3f}): "
             f"{Path(training_args.output_dir).resolve()}"
         )
     return metrics
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, DistillationConfig]:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ScriptArguments, DistillationConfig))
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        return parser.parse_yaml_file(argv[0])
-    parser.set_defaults(
+    defaults = dict(
         output_dir="outputs/distill_text_classification", num_train_epochs=1.0, learning_rate=1e-4,
         per_device_train_batch_size=16, per_device_eval_batch_size=64, logging_steps=10,
         eval_strategy="no", save_strategy="no", report_to="none",
     )
-    return parser.parse_args_into_dataclasses(argv)
+    return parse_recipe_args(ScriptArguments, defaults, argv)
 
 
 if __name__ == "__main__":
     main(*parse_args())
+    if torch.distributed.is_initialized():
+        # free the trainer's DDP reducer while the group is alive, then the group itself: left to
+        # interpreter exit, gloo sometimes aborts or deadlocks tearing them down in the other order
+        gc.collect()
+        torch.distributed.destroy_process_group()

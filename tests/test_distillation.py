@@ -4,7 +4,6 @@ import pytest
 import torch
 from datasets import Dataset
 from transformers import (
-    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     BertForSequenceClassification,
     BertModel,
@@ -260,7 +259,7 @@ def test_offline_hub_teacher_raises_before_training(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     _, student, _ = build("gpt2")
     with pytest.raises(ValueError, match="offline"):
-        DistillationTrainer(model=student, teacher_model="openai-community/gpt2", args=config(tmp_path))
+        DistillationTrainer(model=student, teacher_model="hf-bigsmall-tests/teacher-never-cached", args=config(tmp_path))
 
 
 def test_teacher_folder_without_task_head_raises(tmp_path):
@@ -279,8 +278,7 @@ def test_teacher_loaded_from_folder_and_cast(tmp_path):
     )
     assert next(trainer.teacher_model.parameters()).dtype == torch.bfloat16
     trainer.train()
-    assert AutoModelForCausalLM  # the teacher was loaded with the student's kind of head
-    assert type(trainer.teacher_model).__name__ == "GPT2LMHeadModel"
+    assert isinstance(trainer.teacher_model, GPT2LMHeadModel)  # loaded with the student's kind of head
 
 
 def test_several_cpu_processes_switch_use_cpu_on(tmp_path, monkeypatch):
@@ -292,14 +290,39 @@ def test_several_cpu_processes_switch_use_cpu_on(tmp_path, monkeypatch):
 
 @pytest.mark.multiprocess
 def test_two_processes(tmp_path):
-    from tests.testing_utils import REPO_ROOT, run_accelerate
+    import socket
 
+    from tests.testing_utils import MULTI_CPU_CONFIG, REPO_ROOT, run_accelerate
+
+    # multi_cpu.yaml on a port of our own: two suites launched at once on one machine would
+    # otherwise meet on the default port 29500 and wait for each other forever
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config_file = tmp_path / "multi_cpu.yaml"
+    config_file.write_text(MULTI_CPU_CONFIG.read_text() + f"main_process_port: {port}\n")
     output = tmp_path / "result.json"
-    run_accelerate(REPO_ROOT / "tests" / "scripts" / "distill_ddp.py", str(output))
+    run_accelerate(REPO_ROOT / "tests" / "scripts" / "distill_ddp.py", str(output), config_file=config_file, timeout=300)
     result = json.loads(output.read_text())
     assert result["world_size"] == 2 and result["args_world_size"] == 2
     assert result["student_wrapped_in_ddp"] and not result["teacher_wrapped_in_ddp"]
     assert not result["teacher_training"]
     assert result["student_changed"] and result["students_identical"]
     train_logs = [entry for entry in result["log_history"] if "loss" in entry]
-    assert len(train_logs) == 2 and all("loss_kd" in e and "loss_hidden" in e for e in train_logs)
+    assert len(train_logs) == 2
+    for entry in train_logs:  # parts averaged over 2 steps and 2 processes, exactly as `loss` is
+        weighted = 0.5 * entry["loss_kd"] + 0.5 * entry["loss_ce"] + 1.0 * entry["loss_hidden"]
+        assert entry["loss"] == pytest.approx(weighted, rel=1e-4)
+
+
+@pytest.mark.gpu
+def test_bf16_distillation_on_gpu(tmp_path):
+    teacher, student, dataset = build("gpt2", student_width=16)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, train_dataset=dataset,
+        args=config(tmp_path, use_cpu=False, bf16=True, teacher_dtype="bfloat16", alpha_hidden=1.0),
+    )
+    trainer.train()
+    teacher_parameter = next(trainer.teacher_model.parameters())
+    assert teacher_parameter.is_cuda and teacher_parameter.dtype == torch.bfloat16
+    assert all(torch.isfinite(torch.tensor(e["loss_kd"])) for e in trainer.state.log_history if "loss" in e)

@@ -105,6 +105,13 @@ class DistillationTrainer(Trainer):
         # Our loss divides by `num_items_in_batch`; this makes the Trainer count it for every model
         # (it otherwise counts only for models whose forward takes loss kwargs).
         self.model_accepts_loss_kwargs = True
+        if self.is_fsdp_enabled and hasattr(model, PROJECTION_NAME):
+            # FSDP reshards the student's parameters after its forward; the projection runs after it
+            raise ValueError(
+                "alpha_hidden with a student narrower than the teacher needs a learned projection, which "
+                "FSDP cannot run outside the student's forward: give the student the teacher's width, "
+                "set alpha_hidden=0, or use DeepSpeed (accelerate_configs/deepspeed_zero3.yaml)."
+            )
         self.teacher_model = self._prepare_teacher(teacher_model)
         self._loss_parts: dict[str, torch.Tensor] = {}
         self._loss_parts_since_step = 0

@@ -21,7 +21,7 @@ from ..utils.distributed import needs_cpu_process_group
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
-    from transformers import PreTrainedTokenizerBase
+    from transformers import EvalPrediction, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def label_names(dataset: DatasetDict) -> list[str]:
     return list(dataset["train"].features["labels"].names)
 
 
-def accuracy(eval_prediction) -> dict[str, float]:
+def accuracy(eval_prediction: EvalPrediction) -> dict[str, float]:
     """`compute_metrics` for the Trainer: share of argmax predictions equal to the label."""
     logits, labels = eval_prediction.predictions, eval_prediction.label_ids
     if isinstance(logits, tuple):

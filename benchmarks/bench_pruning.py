@@ -1,6 +1,6 @@
 """Pruning overhead and compacted speed, measured side by side (interleaved A, B, A, B ...).
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_pruning.py [--repeats 5] [--train-steps 12]
+    OMP_NUM_THREADS=2 python benchmarks/bench_pruning.py [--repeats 5] [--train-steps 12] [--part train|inference]
 
 1. Training step time of MiniLM-shaped BERT (6 x 384, 12 heads, 1536 FFN) with and without
    MagnitudePruningCallback (cubic to 50% unstructured, global): steps that only keep the masks
@@ -163,14 +163,7 @@ def csr_matmul(repeats: int) -> tuple[float, float]:
     return statistics.median(dense_t), statistics.median(sparse_t)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--train-steps", type=int, default=12)
-    parser.add_argument("--output-dir", default="/tmp/bench_pruning")
-    args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-
+def train_overhead(args):
     plain, kept, events = [], [], []
     for _ in range(args.repeats):
         plain += train_step_times(False, args.train_steps, args.output_dir)[0]
@@ -187,6 +180,9 @@ def main():
     print(f"| with callback, pruning event (new masks) | {e * 1000:.0f} ms | {e / p:.3f}x |")
     print(f"| 1,000-step run, default schedule (10 events) | | {amortised:.3f}x ({100 * (amortised - 1):+.1f}%) |")
 
+
+
+def inference_speed(args):
     header = "| model | params | latency (1 x 128) | speed-up | throughput (32 x 128) | speed-up |\n|---|---|---|---|---|---|"
     source, minilm = minilm_models()
     print(f"\nMiniLM ({source})\n{header}")
@@ -199,6 +195,20 @@ def main():
     dense_t, sparse_t = csr_matmul(args.repeats)
     print(f"\n1536 x 384 weight, 50% zeros, times 384 x 4096: dense {dense_t * 1000:.2f} ms, "
           f"CSR sparse {sparse_t * 1000:.2f} ms ({dense_t / sparse_t:.2f}x)")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--train-steps", type=int, default=12)
+    parser.add_argument("--output-dir", default="/tmp/bench_pruning")
+    parser.add_argument("--part", choices=["all", "train", "inference"], default="all")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    if args.part in ("all", "train"):
+        train_overhead(args)
+    if args.part in ("all", "inference"):
+        inference_speed(args)
 
 
 if __name__ == "__main__":

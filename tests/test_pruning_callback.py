@@ -195,6 +195,15 @@ def test_bad_targets_fail_when_the_trainer_is_built(tmp_path):
                 callbacks=[callback])
 
 
+def test_structure_the_architecture_does_not_support_fails_when_the_trainer_is_built(tmp_path):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=128, dim=32, n_layers=2, n_heads=4, hidden_dim=64))
+    with pytest.raises(ValueError, match="BERT, GPT-2 and Llama-style blocks.*structure='unstructured'"):
+        Trainer(model=model, args=training_args(tmp_path), train_dataset=TokenClassificationData(),
+                callbacks=[MagnitudePruningCallback(structure="heads")])
+
+
 def test_schedule_past_max_steps_fails_before_the_first_step(tmp_path):
     model = tiny_bert()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

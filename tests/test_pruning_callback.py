@@ -195,6 +195,15 @@ def test_bad_targets_fail_when_the_trainer_is_built(tmp_path):
                 callbacks=[callback])
 
 
+def test_structure_the_architecture_does_not_support_fails_when_the_trainer_is_built(tmp_path):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    model = DistilBertForSequenceClassification(DistilBertConfig(vocab_size=128, dim=32, n_layers=2, n_heads=4, hidden_dim=64))
+    with pytest.raises(ValueError, match="BERT, GPT-2 and Llama-style blocks.*structure='unstructured'"):
+        Trainer(model=model, args=training_args(tmp_path), train_dataset=TokenClassificationData(),
+                callbacks=[MagnitudePruningCallback(structure="heads")])
+
+
 def test_schedule_past_max_steps_fails_before_the_first_step(tmp_path):
     model = tiny_bert()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -202,3 +211,17 @@ def test_schedule_past_max_steps_fails_before_the_first_step(tmp_path):
     with pytest.raises(ValueError, match="max_steps=4"):
         trainer.train()
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_no_drift_on_gpu_with_mixed_precision(tmp_path, precision):
+    model = tiny_bert()
+    callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="cubic")
+    args = training_args(tmp_path, use_cpu=False, gradient_accumulation_steps=2, weight_decay=0.1,
+                         **{precision: True})
+    trainer = pruning_trainer(model, args, callback)
+    trainer.train()
+    assert next(model.parameters()).is_cuda
+    assert masked_entries_are_zero(model, callback.masks)
+    assert sparsity_report(model).global_sparsity == pytest.approx(0.5, abs=1e-4)

@@ -11,7 +11,16 @@ SCOPES = ("global", "layer")
 
 @dataclass
 class PruningConfig:
-    """What to prune, how much, and when. Every field is an argument of `MagnitudePruningCallback`."""
+    """What to prune, how much, and when. Every field is an argument of `MagnitudePruningCallback`.
+
+    Example:
+
+    ```python
+    >>> from hf_bigsmall.pruning import PruningConfig
+    >>> PruningConfig(target_sparsity=0.5, structure="neurons").scope  # structured defaults to per layer
+    'layer'
+    ```
+    """
 
     target_sparsity: float | None = field(
         default=0.5,

@@ -162,6 +162,16 @@ class SparsityReport:
         model_zero_params: exact zeros among them.
         model_sparsity: `model_zero_params / model_params`, the whole-model figure.
         per_layer_counts: `(zeros, entries)` of each targeted weight.
+
+    Example:
+
+    ```python
+    >>> report = sparsity_report(model)
+    >>> report.global_sparsity, report.model_sparsity  # pruned weights only, every parameter
+    (0.5, 0.39)
+    >>> report.grouped()["layer.3.ffn"]
+    0.5
+    ```
     """
 
     total_params: int

@@ -187,3 +187,15 @@ def test_model_card_gets_co2_metadata(tmp_path):
     assert co2["source"].startswith("hf_bigsmall EnergyCallback: estimate") and "W per thread" in co2["source"]
     assert co2["hardware_used"] == record["hardware"]
     assert "tiny-student" in card.content  # the Trainer's own card is kept
+
+
+def test_explicit_trainer_measures_an_evaluation_before_training(tmp_path):
+    trainer = make_trainer(tmp_path, RecordLogs(), eval_strategy="no")
+    energy = EnergyCallback(trainer=trainer)
+    assert energy in trainer.callback_handler.callbacks  # it added itself
+    metrics = trainer.evaluate()
+    assert metrics["eval_energy_joules"] > 0 and metrics["eval_energy_is_estimate"] == 1.0
+    assert metrics["eval_energy_joules_per_sample"] == pytest.approx(metrics["eval_energy_joules"] / 16)
+    assert trainer.state.log_history[-1]["eval_energy_joules"] == metrics["eval_energy_joules"]
+    record = json.loads((tmp_path / "energy.json").read_text())
+    assert record["evaluation"]["windows"] == 1 and record["energy_joules"] == 0.0

@@ -99,9 +99,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
     measured is kept, and the estimate takes over; the callback never stops training.
 
     Args:
-        trainer (`Trainer`, *optional*): the trainer to log through. Needed only when the callback
-            is added with `trainer.add_callback` after construction and evaluation runs before
-            training; a callback passed as `Trainer(callbacks=[...])` finds its trainer itself.
+        trainer (`Trainer`, *optional*): the trainer to log through; the callback adds itself to
+            it. A callback passed as `Trainer(callbacks=[...])` or added with `add_callback` finds
+            its trainer itself (evaluations run before training are then measured only if it was
+            passed at construction).
         backend (`str`, defaults to `"auto"`): CPU meter, one of `"auto"`, `"rapl"`,
             `"estimate"`, `"codecarbon"` (needs `country_iso_code`).
         cpu_tdp_watts (`float`, *optional*), cpu_threads (`int`, *optional*): CPU package TDP and
@@ -179,6 +180,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         `create_model_card` so that the card it writes carries `co2_eq_emissions`.
         """
         self._trainer = trainer
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
         for name, wrapper in (("evaluation_loop", self._measure_evaluation), ("create_model_card", self._create_model_card)):
             method = getattr(trainer, name)
             if isinstance(getattr(method, "_energy_callback", None), EnergyCallback):

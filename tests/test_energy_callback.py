@@ -11,20 +11,8 @@ from transformers import BertForSequenceClassification, Trainer, TrainerCallback
 from hf_bigsmall import EnergyCallback
 from hf_bigsmall.energy import callback as callback_module
 from hf_bigsmall.energy.meters import CpuTimeEstimateMeter, RaplMeter
-from tests.testing_utils import TINY_VOCAB, tiny_bert_config
-
-
-class TinyClassificationData(torch.utils.data.Dataset):
-    def __init__(self, size=32, seq_len=8):
-        generator = torch.Generator().manual_seed(0)
-        self.input_ids = torch.randint(1, TINY_VOCAB, (size, seq_len), generator=generator)
-        self.labels = torch.randint(0, 2, (size,), generator=generator)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
+from tests.scripts.energy_utils import TinyClassificationData
+from tests.testing_utils import tiny_bert_config
 
 
 class RecordLogs(TrainerCallback):

@@ -51,6 +51,7 @@ def test_energy_reaches_log_history_and_energy_json(tmp_path):
     assert [entry["step"] for entry in intervals] == [2, 4]
     for entry in intervals:
         assert entry["energy_source"] == "estimate" and entry["energy_is_estimate"] == 1.0
+        assert entry["energy_estimate_watts_per_thread"] == 4.0
         assert entry["energy_joules"] > 0
         assert entry["energy_kwh"] == pytest.approx(entry["energy_joules"] / 3.6e6)
         assert entry["co2_grams"] == pytest.approx(entry["energy_kwh"] * 56)
@@ -187,3 +188,14 @@ def test_explicit_trainer_measures_an_evaluation_before_training(tmp_path):
     assert trainer.state.log_history[-1]["eval_energy_joules"] == metrics["eval_energy_joules"]
     record = json.loads((tmp_path / "energy.json").read_text())
     assert record["evaluation"]["windows"] == 1 and record["energy_joules"] == 0.0
+
+
+def test_joules_per_token_when_tokens_are_counted(tmp_path):
+    trainer = make_trainer(tmp_path, EnergyCallback(), eval_strategy="no", include_num_input_tokens_seen=True)
+    trainer.train()
+    intervals = energy_entries(trainer.state.log_history)
+    for entry in intervals:  # 2 steps x 4 sequences x 8 tokens per interval
+        assert entry["energy_joules_per_token"] == pytest.approx(entry["energy_joules"] / 64)
+    (final,) = energy_entries(trainer.state.log_history, "train_energy_joules")
+    assert final["train_energy_joules_per_token"] == pytest.approx(final["train_energy_joules"] / 128)
+    assert json.loads((tmp_path / "energy.json").read_text())["num_tokens"] == 128

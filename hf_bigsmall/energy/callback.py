@@ -4,7 +4,8 @@ Windows measured:
 - each logging interval of training: one extra `log_history` entry right after the trainer's own
   (`energy_joules`, `energy_kwh`, `co2_grams`, `energy_joules_per_sample`,
   `energy_joules_per_token` when `include_num_input_tokens_seen` is on, `energy_is_estimate`,
-  and running totals `energy_total_kwh`, `co2_total_grams`);
+  `energy_estimate_watts_per_thread` when the CPU-time estimate is used, and running totals
+  `energy_total_kwh`, `co2_total_grams`);
 - the whole training: an entry after the trainer's final metrics (`train_energy_joules`,
   `train_energy_kwh`, `train_co2_grams`, per sample and per token);
 - each evaluation and prediction: `eval_energy_joules`, `eval_energy_kwh`, `eval_co2_grams`,
@@ -274,6 +275,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
             f"{prefix}co2_grams": self.intensity.co2_grams(joules),
             f"{prefix}energy_is_estimate": float(is_estimate(label)),
         }
+        watts = [m["watts_per_thread"] for m in (self._tracker.describe()["meters"] if self._tracker else []) if "watts_per_thread" in m]
+        if is_estimate(label) and watts:
+            # the estimate's parameter travels with its figures (its origin is in energy.json)
+            figures[f"{prefix}energy_estimate_watts_per_thread"] = watts[-1]
         if samples:
             figures[f"{prefix}energy_joules_per_sample"] = joules / samples
         if tokens:

@@ -64,7 +64,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .card import ENERGY_FILE_NAME, add_co2_to_model_card
+from .card import ENERGY_FILE_NAME, add_co2_to_model_card, load_energy_record
 from .carbon import resolve_grid_intensity
 from .distributed import gather_objects, gather_readings
 from .meters import BACKENDS, select_meters
@@ -411,14 +411,19 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._write(args, state, args.output_dir)
 
     # ---- energy.json and the model card --------------------------------------------------------
-    def record(self, args=None, parts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The `energy.json` content (see the module docstring for the schema)."""
+    def _local_part(self) -> dict[str, Any]:
+        """What this process knows about its meters, to be gathered into `energy.json`."""
+        info = self._tracker.describe() if self._tracker else {"meters": []}
+        return {"meters": info["meters"], "failures": info.get("failures", []),
+                "hardware": self._tracker.hardware() if self._tracker else None}
+
+    def record(self, parts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The `energy.json` content (see the module docstring for the schema); `parts` are the
+        gathered `_local_part()` of every process (default: this process only)."""
         train = self.totals["train"]
         joules, samples = train["energy_joules"], train["num_samples"]
         tokens = self._last_tokens or None
-        tracker_info = self._tracker.describe() if self._tracker else {"meters": [], "failures": []}
-        parts = parts or [{"meters": tracker_info["meters"], "failures": tracker_info.get("failures", []),
-                           "hardware": self._tracker.hardware() if self._tracker else None}]
+        parts = parts or [self._local_part()]
         by_source: dict[str, float] = {}
         for key, value in train["by_device"].items():
             by_source[source_of(key)] = by_source.get(source_of(key), 0.0) + value
@@ -460,13 +465,11 @@ class EnergyCallback(TrainerCallback, ExportableState):
         }
 
     def _write(self, args, state, folder: str, gather: bool = True) -> None:
-        info = self._tracker.describe() if self._tracker else {"meters": []}
-        part = {"meters": info["meters"], "failures": info.get("failures", []),
-                "hardware": self._tracker.hardware() if self._tracker else None}
+        part = self._local_part()
         parts = gather_objects(part) if gather else [part]  # collective: every process is here
         if not state.is_world_process_zero:
             return
-        record = self.record(args, parts)
+        record = self.record(parts)
         record["global_step"] = state.global_step
         os.makedirs(folder, exist_ok=True)
         _atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)
@@ -474,12 +477,17 @@ class EnergyCallback(TrainerCallback, ExportableState):
     def _create_model_card(self, create_model_card, *args, **kwargs):
         """Wraps `trainer.create_model_card` (also run by `push_to_hub`) to add `co2_eq_emissions`."""
         result = create_model_card(*args, **kwargs)
-        trainer = self._trainer
-        if self.add_to_model_card and not self._disabled and trainer.is_world_process_zero():
-            readme = os.path.join(trainer.args.output_dir, "README.md")
-            if os.path.isfile(readme) and self.totals["train"]["energy_joules"] > 0:
-                self._guard("create_model_card", add_co2_to_model_card, readme, self.record(trainer.args))
+        if self.add_to_model_card and self._trainer.is_world_process_zero():
+            self._guard("create_model_card", self._add_co2_to_card, self._trainer.args.output_dir)
         return result
+
+    def _add_co2_to_card(self, output_dir: str) -> None:
+        readme = os.path.join(output_dir, "README.md")
+        written = os.path.join(output_dir, ENERGY_FILE_NAME)
+        # energy.json holds what every process measured; this process alone knows less
+        record = load_energy_record(written) if os.path.isfile(written) else self.record()
+        if os.path.isfile(readme) and record["energy_joules"] > 0:
+            add_co2_to_model_card(readme, record)
 
     # ---- resume ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -83,7 +83,8 @@ def test_energy_reaches_log_history_and_energy_json(tmp_path):
     assert json.loads((tmp_path / "energy.json").read_text())["prediction"]["windows"] == 1
 
 
-def test_totals_survive_resume(tmp_path):
+@pytest.mark.parametrize("restore_callback_states", [False, True])
+def test_totals_survive_resume(tmp_path, restore_callback_states):
     first = make_trainer(tmp_path, EnergyCallback(), max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="no")
     first.train()
     saved = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
@@ -91,7 +92,9 @@ def test_totals_survive_resume(tmp_path):
     assert saved_totals["energy_joules"] > 0 and saved_totals["num_samples"] == 8
     assert json.loads((tmp_path / "checkpoint-2" / "energy.json").read_text())["energy_joules"] == pytest.approx(saved_totals["energy_joules"])
 
-    resumed = make_trainer(tmp_path, EnergyCallback(), max_steps=4, save_strategy="no", eval_strategy="no")
+    # with restore_callback_states_from_checkpoint the Trainer swaps in a new EnergyCallback
+    resumed = make_trainer(tmp_path, EnergyCallback(), max_steps=4, save_strategy="no", eval_strategy="no",
+                           restore_callback_states_from_checkpoint=restore_callback_states)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     history = resumed.state.log_history
     after_resume = [entry for entry in energy_entries(history) if entry["step"] > 2]

@@ -313,15 +313,18 @@ class EnergyCallback(TrainerCallback, ExportableState):
                 "Pass it as EnergyCallback(trainer=...) or call callback.attach(trainer)."
             )
         self._ensure_tracker(args)
-        self.totals["train"] = _empty_totals()["train"]
-        self.resumed_from_step = None
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if isinstance(saved, list):
             saved = saved[0] if saved else None
         if state.global_step > 0 and saved:
-            # resuming: totals from the checkpoint's trainer_state.json, not a fresh start
+            # resuming: totals from the checkpoint's trainer_state.json, not a fresh start. Copied,
+            # never shared: with `restore_callback_states_from_checkpoint` the Trainer hands this
+            # instance the very dict that sits in `state.stateful_callbacks`.
             self.totals = copy.deepcopy(saved["attributes"]["totals"])
             self.resumed_from_step = state.global_step
+        else:
+            self.totals = {**copy.deepcopy(self.totals), "train": _empty_totals()["train"]}
+            self.resumed_from_step = None
         self._mark = self._tracker.read()
         self._unlogged, self._unlogged_samples, self._unlogged_tokens = {}, 0, 0
         self._last_gather_step = state.global_step

@@ -202,3 +202,26 @@ def test_joules_per_token_when_tokens_are_counted(tmp_path):
     (final,) = energy_entries(trainer.state.log_history, "train_energy_joules")
     assert final["train_energy_joules_per_token"] == pytest.approx(final["train_energy_joules"] / 128)
     assert json.loads((tmp_path / "energy.json").read_text())["num_tokens"] == 128
+
+
+def test_push_to_hub_uploads_a_card_with_co2_metadata(tmp_path, monkeypatch):
+    """`Trainer.push_to_hub` rewrites README.md and uploads it at once: the upload must see co2."""
+    import transformers.trainer
+    from huggingface_hub import ModelCard
+
+    uploaded = {}
+
+    class RecordingApi:
+        def upload_folder(self, folder_path, **kwargs):
+            uploaded["card"] = ModelCard.load(os.path.join(folder_path, "README.md"))
+            uploaded["repo_id"] = kwargs["repo_id"]
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", RecordingApi)
+    trainer = make_trainer(tmp_path, EnergyCallback(country_iso_code="DEU"), max_steps=2, eval_strategy="no")
+    trainer.train()
+    trainer.hub_model_id = "someone/tiny-student"  # as init_hf_repo would set it
+    trainer.push_to_hub()
+    record = json.loads((tmp_path / "energy.json").read_text())
+    co2 = uploaded["card"].data.co2_eq_emissions
+    assert uploaded["repo_id"] == "someone/tiny-student"
+    assert co2["emissions"] == pytest.approx(record["co2_grams"], rel=1e-4) and co2["geographical_location"] == "DEU"

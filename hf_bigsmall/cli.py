@@ -1,0 +1,103 @@
+"""The `hf-bigsmall` command: `quickstart`, `compare` and `push`.
+
+```bash
+hf-bigsmall quickstart --fast                      # teacher -> student -> pruned -> compact, measured
+hf-bigsmall compare out/teacher out/student --output_dir out
+hf-bigsmall push out/student me/minilm-rt-student
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .reporting.compare import compare_models
+
+    comparison = compare_models(
+        args.model_dirs, args.dataset, split=args.split, text_column=args.text_column, label_column=args.label_column,
+        max_samples=args.max_samples or None, max_length=args.max_length, batch_size=args.batch_size,
+        latency_samples=args.latency_samples, output_dir=args.output_dir, plots=not args.no_plots,
+    )
+    from .reporting.report import markdown_table
+
+    print(markdown_table(comparison.to_dict()))
+    print(f"\nReport written to {args.output_dir}/report.md (and report.json, plots).")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .hub.push import HubUploadError, push_folder
+
+    try:
+        commit = push_folder(args.model_dir, args.repo_id, token=args.token, private=args.private or None,
+                             revision=args.revision, commit_message=args.commit_message, write_card=not args.no_card)
+    except HubUploadError as error:
+        print(error, file=sys.stderr)
+        return 1
+    print(f"Uploaded {args.model_dir} to {commit.commit_url}")
+    return 0
+
+
+def _quickstart(argv: list[str]) -> int:
+    from transformers import HfArgumentParser
+
+    from .quickstart import QuickstartArguments, run_quickstart
+
+    parser = HfArgumentParser(QuickstartArguments, prog="hf-bigsmall quickstart",
+                              description="Fine-tune a teacher, distill, prune and compact a student, and compare them.")
+    (arguments,) = parser.parse_args_into_dataclasses(argv)
+    run_quickstart(arguments)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hf-bigsmall", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("quickstart", help="the whole big -> small pipeline on an embedded default (see --help)",
+                        add_help=False)
+
+    compare = commands.add_parser("compare", help="measure saved models side by side; the first is the reference")
+    compare.add_argument("model_dirs", nargs="+", help="saved model folders, the teacher first")
+    compare.add_argument("--dataset", default=None,
+                         help="dataset name (embedded/rotten_tomatoes, embedded/hamlet or a Hub id); "
+                              "defaults to the embedded one for the models' task")
+    compare.add_argument("--split", default="test")
+    compare.add_argument("--text_column", default="text")
+    compare.add_argument("--label_column", default="label")
+    compare.add_argument("--max_samples", type=int, default=500, help="0 for the whole split")
+    compare.add_argument("--max_length", type=int, default=128)
+    compare.add_argument("--batch_size", type=int, default=32, help="batch size of the throughput pass")
+    compare.add_argument("--latency_samples", type=int, default=20)
+    compare.add_argument("--output_dir", default="bigsmall_report")
+    compare.add_argument("--no_plots", action="store_true")
+    compare.set_defaults(handler=_compare)
+
+    push = commands.add_parser("push", help="upload a model folder (weights, tokenizer, card, masks, report)")
+    push.add_argument("model_dir")
+    push.add_argument("repo_id")
+    push.add_argument("--token", default=None)
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", default=None)
+    push.add_argument("--commit_message", default=None)
+    push.add_argument("--no_card", action="store_true", help="do not write a README.md card when there is none")
+    push.set_defaults(handler=_push)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    quickstart = bool(argv) and argv[0] == "quickstart"
+    args = None if quickstart else build_parser().parse_args(argv)
+    try:
+        # quickstart's options come from a dataclass, read by HfArgumentParser
+        return _quickstart(argv[1:]) if quickstart else args.handler(args)
+    except (ValueError, OSError) as error:  # bad input or unreachable data: say what, without a traceback
+        print(f"hf-bigsmall {argv[0] if quickstart else args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

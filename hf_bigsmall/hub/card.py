@@ -1,0 +1,261 @@
+"""Model cards that say how a small model was made from a big one, and what it gained and lost.
+
+The card is built with `huggingface_hub`'s own classes (`ModelCard`, `ModelCardData`, `EvalResult`),
+from what the kit writes beside the weights: the `distillation` and `sparsity` blocks of
+`config.json`, `energy.json` (training energy) and `report.json` (the big-vs-small comparison).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..energy.card import co2_eq_emissions
+from ..reporting.report import REPORT_JSON, markdown_table
+
+if TYPE_CHECKING:
+    from huggingface_hub import ModelCard
+
+# Offline assets are published on the Hub under these ids: the card's `base_model` must name a Hub repo.
+_EMBEDDED_HUB_IDS = {
+    "embedded/all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
+    "embedded/SmolLM2-135M": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "embedded/rotten_tomatoes": "cornell-movie-review-data/rotten_tomatoes",
+}
+_PIPELINE_TAGS = {
+    "ForSequenceClassification": "text-classification",
+    "ForCausalLM": "text-generation",
+    "LMHeadModel": "text-generation",
+    "ForTokenClassification": "token-classification",
+    "ForQuestionAnswering": "question-answering",
+    "ForMaskedLM": "fill-mask",
+}
+_METRIC_PRETTY = {"accuracy": "Accuracy", "f1": "F1", "perplexity": "Perplexity"}
+
+_TEMPLATE = """---
+{{ card_data }}
+---
+
+{{ body }}
+"""
+
+
+def hub_id(name: str | None) -> str | None:
+    """The Hub id for a model or dataset name, or None when it is a local path with no Hub id."""
+    if not name:
+        return None
+    name = _EMBEDDED_HUB_IDS.get(name, name)
+    if os.path.exists(name) or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", name) or name.startswith((".", "/")):
+        return None
+    return name
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _find_report(model_dir: Path) -> dict[str, Any] | None:
+    # quickstart writes report.json in the output folder, one level above each model folder
+    for candidate in (model_dir / REPORT_JSON, model_dir.parent / REPORT_JSON):
+        report = _read_json(candidate)
+        if report is not None:
+            return report
+    return None
+
+
+def _own_row(report: dict[str, Any], model_dir: Path) -> dict[str, Any] | None:
+    for row in report.get("models", []):
+        if row.get("path") and Path(row["path"]).resolve() == model_dir.resolve():
+            return row
+    return next((row for row in report.get("models", []) if row.get("name") == model_dir.name), None)
+
+
+def weight_sparsity_per_layer(model_dir: Path) -> dict[str, float]:
+    """Fraction of exact zeros in each saved weight matrix, read from the safetensors files."""
+    from safetensors.numpy import load_file
+
+    per_layer: dict[str, float] = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        if shard.name == "sparsity_masks.safetensors":
+            continue
+        for name, tensor in load_file(shard).items():
+            # embeddings are never pruned; only the weight matrices of the layers say what pruning did
+            if tensor.ndim == 2 and name.endswith(".weight") and "embed" not in name:
+                per_layer[name.removesuffix(".weight")] = float((tensor == 0).mean())
+    return per_layer
+
+
+def _table(rows: list[tuple[str, Any]]) -> list[str]:
+    lines = ["| | |", "| --- | --- |"]
+    return lines + [f"| {key} | {value} |" for key, value in rows]
+
+
+def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str | None) -> list[str]:
+    lines: list[str] = []
+    if distillation:
+        lines += ["### Distillation", "", f"Distilled from `{teacher or distillation.get('teacher')}` "
+                  "(Hinton et al., 2015: the student matches the teacher's softened outputs).", ""]
+        lines += _table([(key.replace("_", " "), f"`{value}`") for key, value in distillation.items()])
+        lines.append("")
+    if sparsity:
+        per_layer = sparsity.get("per_layer") or {}
+        settings = [(k.replace("_", " "), f"`{v}`") for k, v in sparsity.items() if k != "per_layer"]
+        lines += ["### Pruning", "", "Magnitude pruning (Zhu & Gupta, 2017) during training.", ""]
+        lines += _table(settings) + [""]
+        if per_layer:
+            lines += ["Sparsity reached, per layer:", "", "| Layer | Sparsity |", "| --- | --- |"]
+            lines += [f"| `{name}` | {100 * float(value):.1f}% |" for name, value in per_layer.items()]
+            lines.append("")
+    return lines
+
+
+def build_model_card(
+    model_dir: str | os.PathLike,
+    *,
+    repo_id: str | None = None,
+    report: dict[str, Any] | str | os.PathLike | None = None,
+    dataset: str | None = None,
+    base_model: str | None = None,
+    license: str | None = "apache-2.0",
+    language: str | list[str] | None = "en",
+    tags: list[str] | None = None,
+) -> ModelCard:
+    """Build the model card of a saved model folder, checked against the card metadata schema.
+
+    Reads `config.json` (its `distillation` and `sparsity` blocks say how the model was made),
+    `energy.json` for `co2_eq_emissions`, and `report.json` (in the folder or its parent, as the
+    quickstart writes it) for the metrics, `model-index` and the big-vs-small table.
+
+    Args:
+        model_dir: a folder written by `save_pretrained`.
+        repo_id: the Hub repository the card is for (its name becomes the model name).
+        report: a comparison dict or path to a `report.json`; found beside the model when omitted.
+        dataset: evaluation dataset name (defaults to the one in the report).
+        base_model: Hub id of the model this one comes from (defaults to the distillation teacher).
+        license, language, tags: card metadata.
+
+    Returns:
+        A `huggingface_hub.ModelCard`; `card.save(path)` writes it, `card.push_to_hub(repo_id)`
+        uploads it.
+
+    Example:
+
+    ```python
+    from hf_bigsmall import build_model_card
+
+    card = build_model_card("bigsmall_output/student", repo_id="me/minilm-rt-student")
+    card.save("bigsmall_output/student/README.md")
+    ```
+    """
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    model_dir = Path(model_dir)
+    config = _read_json(model_dir / "config.json")
+    if config is None:
+        raise ValueError(f"{model_dir} has no config.json: pass a folder written by `save_pretrained`.")
+    if report is not None and not isinstance(report, dict):
+        report = _read_json(Path(report) if Path(report).is_file() else Path(report) / REPORT_JSON)
+    report = report if report is not None else _find_report(model_dir)
+    row = _own_row(report, model_dir) if report else None
+    distillation, sparsity = config.get("distillation"), config.get("sparsity")
+    energy = _read_json(model_dir / "energy.json")
+
+    teacher = distillation.get("teacher") if distillation else None
+    base_model = hub_id(base_model or teacher)
+    dataset = dataset or (report or {}).get("dataset") or (distillation or {}).get("dataset")
+    architecture = (config.get("architectures") or [""])[0]
+    pipeline_tag = next((tag for suffix, tag in _PIPELINE_TAGS.items() if architecture.endswith(suffix)), None)
+    model_name = (repo_id or model_dir.name).split("/")[-1]
+
+    all_tags = ["hf-bigsmall"]
+    if distillation:
+        all_tags += ["distillation", "knowledge-distillation"]
+    if sparsity:
+        all_tags += ["pruned", "sparse"]
+    all_tags += tags or []
+
+    eval_results = None
+    if row and row.get("metrics") and pipeline_tag and hub_id(dataset):
+        eval_results = [
+            EvalResult(task_type=pipeline_tag, dataset_type=hub_id(dataset), dataset_name=dataset,
+                       dataset_split=report.get("split"), metric_type=name, metric_name=_METRIC_PRETTY.get(name, name),
+                       metric_value=round(float(value), 4))
+            for name, value in row["metrics"].items()
+        ]
+    extra: dict[str, Any] = {}
+    if energy and energy.get("co2_grams") is not None:
+        extra["co2_eq_emissions"] = co2_eq_emissions(energy)
+    card_data = ModelCardData(
+        base_model=base_model,
+        datasets=[hub_id(dataset)] if hub_id(dataset) else None,
+        language=language,
+        license=license,
+        library_name="transformers",
+        pipeline_tag=pipeline_tag,
+        tags=all_tags,
+        metrics=sorted(row["metrics"]) if row and row.get("metrics") else None,
+        model_name=model_name if eval_results else None,
+        eval_results=eval_results,
+        **extra,
+    )
+
+    body = [f"# {model_name}", ""]
+    made = "a distilled" + (" and pruned" if sparsity else "") if distillation else ("a pruned" if sparsity else "a")
+    summary = f"This is {made} `{architecture or config.get('model_type', 'transformers')}` model"
+    summary += f" made from `{teacher}`" if teacher else ""
+    summary += " with hf_bigsmall." if (distillation or sparsity) else "."
+    body += [summary, ""]
+    if row:
+        body += [f"It has {row['nonzero_parameters'] / 1e6:.2f} M non-zero parameters "
+                 f"({100 * row['sparsity']:.1f}% sparse)."
+                 + (f" Against `{report['models'][0]['name']}` it is {row['ratios']['nonzero_smaller']:.2f}x smaller, "
+                    f"{row['ratios']['faster']:.2f}x faster at batch size 1 and keeps "
+                    f"{row['ratios']['quality_pct']:.1f}% of its {report['quality_metric']}."
+                    if row.get("ratios", {}).get("quality_pct") is not None else ""), ""]
+    if sparsity and not sparsity.get("per_layer"):
+        sparsity = {**sparsity, "per_layer": weight_sparsity_per_layer(model_dir)}
+    made_lines = _made_section(distillation, sparsity, teacher)
+    if made_lines:
+        body += ["## How it was made", ""] + made_lines
+    if report:
+        body += ["## Big vs small", "", f"Measured on `{report['dataset']}` ({report['num_samples']:,} samples).", "",
+                 markdown_table(report), ""]
+    if energy:
+        body += ["## Energy", ""] + _table([(k.replace("_", " "), f"`{v}`") for k, v in energy.items()
+                                           if isinstance(v, (int, float, str))]) + [""]
+    loader = architecture or "AutoModel"  # architectures in config.json are transformers class names
+    body += ["## How to use", "", "```python", f"from transformers import {loader}", "",
+             f'model = {loader}.from_pretrained("{repo_id or model_dir}")', "```"]
+
+    card = ModelCard.from_template(card_data, template_str=_TEMPLATE, body="\n".join(body))
+    validate_card(card)
+    return card
+
+
+def validate_card(card: ModelCard | str) -> None:
+    """Check a card (or the text of a `README.md`) as `huggingface_hub` parses it, with no network.
+
+    The card is parsed back from its text with errors enabled (so a malformed `model-index` raises),
+    `base_model` and `datasets` must be Hub ids, and `co2_eq_emissions.emissions` a number of grams.
+    The Hub's own server-side check is `card.validate()`, which needs a network.
+    """
+    from huggingface_hub import ModelCard
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    parsed = ModelCard(card if isinstance(card, str) else str(card), ignore_metadata_errors=False)
+    data = parsed.data
+    for key in ("base_model", "datasets"):
+        values = data.get(key) or []
+        for value in [values] if isinstance(values, str) else values:
+            try:
+                validate_repo_id(value)
+            except HFValidationError as error:
+                raise ValueError(f"card metadata {key}={value!r} is not a Hub id: {error}") from error
+    emissions = data.get("co2_eq_emissions")
+    if emissions is not None and not isinstance(emissions.get("emissions"), (int, float)):
+        raise ValueError(f"card metadata co2_eq_emissions needs a number of grams in 'emissions', got {emissions!r}")
+    if data.eval_results and not data.model_name:
+        raise ValueError("card metadata has eval results but no model name for its model-index")

@@ -1,0 +1,194 @@
+"""`hf-bigsmall quickstart`: a big model made small, measured, in one command that runs offline.
+
+Fine-tune the teacher on the task (reused on a second run), distill a student made with
+`make_student`, prune its feed-forward neurons while distilling on, compact it, then measure all four
+side by side and write everything to one folder:
+
+```
+bigsmall_output/
+  teacher/ student/ student-pruned/ student-compact/   each loads with plain from_pretrained
+  report.md  report.json  quality_vs_size.png  quality_vs_energy.png
+```
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import assets
+
+# (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
+# about 10 minutes on 2 CPU cores by default, a minute or two with --fast
+_BUDGETS = {"default": (100, 150, 100, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
+STAGES = 5
+
+
+@dataclass
+class QuickstartArguments:
+    """Options of `hf-bigsmall quickstart` (each is a `--flag` on the command line)."""
+
+    teacher: str = field(default=assets.MINILM, metadata={
+        "help": "Teacher: a backbone to fine-tune (no task head, like the default MiniLM) or a classifier "
+                "already fine-tuned, as a local folder, a Hub id or an embedded name."})
+    dataset: str = field(default=assets.ROTTEN_TOMATOES, metadata={
+        "help": "Classification dataset with `text` and `label` columns: embedded name or Hub id."})
+    output_dir: str = field(default="bigsmall_output", metadata={"help": "Folder that receives everything."})
+    student_layers: int = field(default=3, metadata={"help": "Transformer layers of the student."})
+    student_hidden_size: int | None = field(default=None, metadata={
+        "help": "Width of the student (default: the teacher's, so it starts from the teacher's weights)."})
+    target_sparsity: float = field(default=0.5, metadata={
+        "help": "Fraction of each FFN layer's neurons pruned, in [0, 1); compaction then removes them."})
+    fast: bool = field(default=False, metadata={"help": "A run of a minute or two (CI, smoke test)."})
+    teacher_steps: int | None = field(default=None, metadata={"help": "Teacher fine-tuning steps."})
+    distill_steps: int | None = field(default=None, metadata={"help": "Distillation steps."})
+    prune_steps: int | None = field(default=None, metadata={"help": "Pruning steps (distillation goes on)."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Limit the training set."})
+    eval_samples: int | None = field(default=None, metadata={"help": "Samples the comparison measures."})
+    batch_size: int | None = field(default=None, metadata={"help": "Training batch size (32; 16 with --fast)."})
+    max_length: int = field(default=64, metadata={"help": "Truncate inputs to this many tokens."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of every stage."})
+    temperature: float = field(default=2.0, metadata={"help": "Distillation temperature."})
+    alpha_kd: float = field(default=0.5, metadata={"help": "Weight of the soft-target loss."})
+    seed: int = field(default=42, metadata={"help": "Random seed."})
+
+    def __post_init__(self):
+        if self.student_layers < 1:
+            raise ValueError(f"student_layers must be at least 1, got {self.student_layers}.")
+        if not 0.0 <= self.target_sparsity < 1.0:
+            raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}.")
+        if not 0.0 <= self.alpha_kd <= 1.0:
+            raise ValueError(f"alpha_kd must be in [0, 1] (the task loss gets 1 - alpha_kd), got {self.alpha_kd}.")
+        teacher_steps, distill_steps, prune_steps, batch_size, eval_samples, latency = _BUDGETS[
+            "fast" if self.fast else "default"]
+        self.teacher_steps = self.teacher_steps or teacher_steps
+        self.distill_steps = self.distill_steps or distill_steps
+        self.prune_steps = self.prune_steps or prune_steps
+        self.batch_size = self.batch_size or batch_size
+        self.eval_samples = self.eval_samples or eval_samples
+        self.latency_samples = latency
+        for name in ("teacher_steps", "distill_steps", "prune_steps", "batch_size", "max_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}.")
+
+
+def _stage(number: int, text: str) -> float:
+    print(f"\n[{number}/{STAGES}] {text}", flush=True)
+    return time.perf_counter()
+
+
+def _done(start: float, where: Path) -> None:
+    print(f"      done in {time.perf_counter() - start:.0f} s -> {where}", flush=True)
+
+
+def _training_arguments(args: QuickstartArguments, output_dir: Path, max_steps: int) -> dict:
+    return dict(
+        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=64, learning_rate=args.learning_rate, warmup_steps=0.1,
+        logging_steps=max(1, max_steps // 5), save_strategy="no", eval_strategy="no", report_to="none",
+        seed=args.seed, disable_tqdm=False,
+    )
+
+
+def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_steps: int, callbacks: list) -> Path:
+    """Train `student` against `teacher`, writing to `<final_dir>.partial` and renaming when complete."""
+    from transformers import DataCollatorWithPadding
+
+    from . import DistillationConfig, DistillationTrainer, EnergyCallback
+
+    partial = final_dir.with_name(final_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    config = DistillationConfig(**_training_arguments(args, partial, max_steps), temperature=args.temperature,
+                                alpha_kd=args.alpha_kd, alpha_ce=1.0 - args.alpha_kd)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=config, train_dataset=dataset["train"],
+        data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
+        callbacks=[EnergyCallback(training_type="distillation"), *callbacks],
+    )
+    trainer.train()
+    trainer.save_model(str(partial))
+    return _publish(partial, final_dir)
+
+
+def _publish(partial: Path, final_dir: Path) -> Path:
+    # a model folder appears only once complete: an interrupted run never leaves a half-written one
+    shutil.rmtree(final_dir, ignore_errors=True)
+    partial.rename(final_dir)
+    return final_dir
+
+
+def run_quickstart(args: QuickstartArguments) -> Path:
+    """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    from . import MagnitudePruningCallback, compact, make_student
+    from .hub.card import build_model_card, hub_id
+    from .reporting.compare import compare_models
+    from .reporting.report import markdown_table
+    from .tasks.text_classification import classification_teacher, load_classification_dataset
+
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    teacher_dir, student_dir = output_dir / "teacher", output_dir / "student"
+    pruned_dir, compact_dir = output_dir / "student-pruned", output_dir / "student-compact"
+    print(f"hf-bigsmall quickstart: {args.teacher} on {args.dataset}"
+          f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}", flush=True)
+
+    start = _stage(1, f"Teacher: fine-tune {args.teacher} ({args.teacher_steps} steps; reused if already there)")
+    tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(args.teacher))
+    dataset = load_classification_dataset(tokenizer, args.dataset, max_length=args.max_length,
+                                          max_train_samples=args.max_train_samples,
+                                          max_eval_samples=args.eval_samples, seed=args.seed)
+    reused = (teacher_dir / "config.json").is_file()
+    teacher_path = classification_teacher(
+        args.teacher, dataset, tokenizer, teacher_dir, max_steps=args.teacher_steps, learning_rate=args.learning_rate,
+        per_device_train_batch_size=args.batch_size, seed=args.seed, disable_tqdm=False)
+    if Path(teacher_path) != teacher_dir:  # a classifier already: copy it so the folder holds every model
+        shutil.copytree(teacher_path, teacher_dir, dirs_exist_ok=True)
+    tokenizer.save_pretrained(teacher_dir)
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
+    if reused:
+        print(f"      reused the teacher fine-tuned by an earlier run in {teacher_dir}", flush=True)
+    _done(start, teacher_dir)
+
+    start = _stage(2, f"Student: {args.student_layers} layers made from the teacher, distilled ({args.distill_steps} steps)")
+    student = make_student(teacher, num_layers=args.student_layers, hidden_size=args.student_hidden_size)
+    _distill(args, student, teacher, dataset, tokenizer, student_dir, args.distill_steps, callbacks=[])
+    _done(start, student_dir)
+
+    start = _stage(3, f"Pruned student: {args.target_sparsity:.0%} of FFN neurons removed by magnitude while "
+                      f"distilling on ({args.prune_steps} steps)")
+    pruning = MagnitudePruningCallback(target_sparsity=args.target_sparsity, schedule="cubic", structure="neurons")
+    student = AutoModelForSequenceClassification.from_pretrained(student_dir)
+    _distill(args, student, teacher, dataset, tokenizer, pruned_dir, args.prune_steps, callbacks=[pruning])
+    _done(start, pruned_dir)
+
+    start = _stage(4, "Compact student: pruned neurons physically removed")
+    compacted = compact(AutoModelForSequenceClassification.from_pretrained(pruned_dir))
+    partial = compact_dir.with_name(compact_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    compacted.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    _publish(partial, compact_dir)
+    _done(start, compact_dir)
+
+    start = _stage(5, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
+    models = {"teacher": teacher_dir, "student": student_dir, "student-pruned": pruned_dir,
+              "student-compact": compact_dir}
+    comparison = compare_models(models, args.dataset, split="test", max_samples=args.eval_samples,
+                                max_length=args.max_length, latency_samples=args.latency_samples, output_dir=output_dir)
+    for folder in models.values():
+        build_model_card(folder, base_model=hub_id(args.teacher), dataset=args.dataset).save(folder / "README.md")
+    _done(start, output_dir / "report.md")
+
+    print("\n" + markdown_table(comparison.to_dict()))
+    print(f"\nEverything is in {output_dir.resolve()}:")
+    for name, folder in models.items():
+        print(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
+    print(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
+    print(f"  plots            {output_dir / 'quality_vs_size.png'}, {output_dir / 'quality_vs_energy.png'}")
+    print(f"Share one with: hf-bigsmall push {compact_dir} <your-name>/<repo>")
+    return output_dir

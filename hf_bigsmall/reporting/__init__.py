@@ -1,0 +1,1 @@
+"""Big-vs-small comparison: measurements, report.md / report.json and plots."""

@@ -1,0 +1,359 @@
+"""Measure a big model and its small versions side by side, on the same data, in one run."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .report import write_report
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+CLASSIFICATION = "text-classification"
+CAUSAL_LM = "text-generation"
+_QUALITY_METRIC = {CLASSIFICATION: "accuracy", CAUSAL_LM: "perplexity"}
+# weights only: optimizer states, Trainer arguments and pruning masks are not part of the model's size
+_NOT_WEIGHTS = {"sparsity_masks.safetensors", "training_args.bin", "optimizer.pt", "scheduler.pt"}
+
+
+@dataclass
+class ModelMeasurement:
+    """Everything measured for one model; ratios are against the first (reference) model.
+
+    `sparsity` is the fraction of exact zeros in the pruned weights (see `count_parameters`);
+    `nonzero_parameters` counts every parameter that is not exactly zero.
+    """
+
+    name: str
+    path: str | None
+    parameters: int
+    nonzero_parameters: int
+    sparsity: float
+    size_on_disk_mb: float
+    metrics: dict[str, float]
+    latency_ms_p50: float
+    latency_ms_p95: float
+    throughput_samples_per_s: float
+    energy_joules_per_sample: float
+    energy_source: str
+    inference_co2_grams_per_1k_samples: float
+    training_energy_kwh: float | None = None
+    training_co2_grams: float | None = None
+    training_energy_source: str | None = None
+    ratios: dict[str, float | None] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    """The result of `compare_models`: `to_dict()` is what `report.json` holds."""
+
+    task: str
+    dataset: str
+    split: str | None
+    num_samples: int
+    quality_metric: str
+    lower_is_better: bool
+    metric_names: list[str]
+    throughput_batch_size: int
+    device: str
+    num_threads: int
+    models: list[ModelMeasurement]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, output_dir: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
+        """Write `report.json`, `report.md` and (if matplotlib is installed) the PNG plots."""
+        from ..utils.import_utils import is_matplotlib_available
+
+        report = self.to_dict()
+        written: dict[str, Path] = {}
+        if plots and is_matplotlib_available():
+            from .plots import plot_comparison
+
+            written.update(plot_comparison(report, output_dir))
+        json_path, md_path = write_report(report, output_dir, plots=[str(p) for p in written.values()])
+        return {"report.json": json_path, "report.md": md_path, **written}
+
+
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    if numerator is None or denominator is None or denominator == 0:
+        return None
+    return numerator / denominator
+
+
+def add_ratios(models: list[ModelMeasurement], quality_metric: str, lower_is_better: bool) -> None:
+    """Fill `ratios` of every model against the first: x smaller, x faster, % of quality kept."""
+    reference = models[0]
+    for model in models:
+        quality, reference_quality = model.metrics.get(quality_metric), reference.metrics.get(quality_metric)
+        # perplexity falls as quality rises, so the kept fraction is reference / model
+        kept = _ratio(reference_quality, quality) if lower_is_better else _ratio(quality, reference_quality)
+        model.ratios = {
+            "smaller": _ratio(reference.parameters, model.parameters),
+            "nonzero_smaller": _ratio(reference.nonzero_parameters, model.nonzero_parameters),
+            "disk_smaller": _ratio(reference.size_on_disk_mb, model.size_on_disk_mb),
+            "faster": _ratio(reference.latency_ms_p50, model.latency_ms_p50),
+            "throughput_gain": _ratio(model.throughput_samples_per_s, reference.throughput_samples_per_s),
+            "less_energy": _ratio(reference.energy_joules_per_sample, model.energy_joules_per_sample),
+            "quality_pct": None if kept is None else 100.0 * kept,
+        }
+
+
+def task_of(model_or_config) -> str:
+    """`text-classification` or `text-generation`, from a model's class or a saved config's architecture."""
+    if hasattr(model_or_config, "config"):  # a model never saved has no `architectures` in its config yet
+        architecture, config = type(model_or_config).__name__, model_or_config.config
+    else:
+        architecture, config = (getattr(model_or_config, "architectures", None) or [""])[0], model_or_config
+    if architecture.endswith("ForSequenceClassification"):
+        return CLASSIFICATION
+    if architecture.endswith(("ForCausalLM", "LMHeadModel")):
+        return CAUSAL_LM
+    raise ValueError(
+        f"Cannot compare a {architecture or config.model_type!r} model: compare_models measures sequence "
+        "classifiers (accuracy, F1) and causal language models (perplexity). Save the model with its task head."
+    )
+
+
+def load_model(path: str | os.PathLike) -> PreTrainedModel:
+    """Load a saved model with its task head, with plain `from_pretrained`."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(path)
+    auto_class = AutoModelForSequenceClassification if task_of(config) == CLASSIFICATION else AutoModelForCausalLM
+    return auto_class.from_pretrained(path).eval()
+
+
+def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> tuple[int, int, float]:
+    """(parameters, non-zero parameters, sparsity of the pruned weights).
+
+    Tied weights count once, as `model.parameters()` yields them once. Sparsity is the pruning
+    package's figure (`sparsity_report(...).global_sparsity`) over the layers that `model_dir`'s
+    `sparsity_masks.safetensors` says were pruned, else over the Linear layers of the transformer
+    blocks, so embeddings and biases that are zero by construction never read as pruning.
+    """
+    import torch
+    from safetensors import safe_open
+
+    from ..pruning.io import SPARSITY_MASKS_NAME
+    from ..pruning.masks import sparsity_report
+
+    with torch.no_grad():
+        total = sum(p.numel() for p in model.parameters())
+        nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    target_modules = None
+    masks_file = model_dir / SPARSITY_MASKS_NAME if model_dir is not None else None
+    if masks_file is not None and masks_file.is_file():
+        with safe_open(str(masks_file), framework="pt") as masks:
+            pruned = [name.removesuffix(".weight") for name in masks.keys()]
+        target_modules = "|".join(re.escape(name) for name in pruned) or None
+    return total, nonzero, sparsity_report(model, target_modules).global_sparsity
+
+
+def size_on_disk_mb(model_dir: Path) -> float:
+    files = [p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") and p.name not in _NOT_WEIGHTS]
+    return sum(p.stat().st_size for p in files) / 2**20
+
+
+def _training_energy(model_dir: Path | None) -> dict[str, Any]:
+    record_path = model_dir / "energy.json" if model_dir else None
+    if record_path is None or not record_path.is_file():
+        return {}
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    return {"training_energy_kwh": record.get("energy_kwh"), "training_co2_grams": record.get("co2_grams"),
+            "training_energy_source": record.get("energy_source")}
+
+
+def _tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, text_column: str,
+              label_column: str, max_length: int) -> Dataset:
+    keep = [label_column] if task == CLASSIFICATION else []
+    return dataset.map(
+        lambda rows: tokenizer(rows[text_column], truncation=True, max_length=max_length),
+        batched=True, remove_columns=[c for c in dataset.column_names if c not in keep],
+    )
+
+
+def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, task: str,
+                     label_column: str = "label", batch_size: int = 32) -> dict[str, float]:
+    """The task metric with the shipped `evaluate` modules: accuracy and F1, or perplexity."""
+    import torch
+
+    from ..metrics import load_metric
+
+    if task == CLASSIFICATION:
+        accuracy, f1 = load_metric("accuracy"), load_metric("f1")
+        num_labels = model.config.num_labels
+    else:
+        perplexity = load_metric("perplexity")
+    input_columns = [c for c in tokenized.column_names if c != label_column]
+    for start in range(0, len(tokenized), batch_size):
+        rows = tokenized[start:start + batch_size]
+        batch = tokenizer.pad({c: rows[c] for c in input_columns}, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**batch).logits
+        if task == CLASSIFICATION:
+            predictions = logits.argmax(-1).tolist()
+            accuracy.add_batch(predictions=predictions, references=rows[label_column])
+            f1.add_batch(predictions=predictions, references=rows[label_column])
+        else:
+            # token t is predicted from tokens < t; padding is never a target
+            targets = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
+            losses = torch.nn.functional.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
+            ).view(targets.shape)
+            perplexity.add_batch(nll_sums=losses.sum(-1).tolist(), num_tokens=(targets != -100).sum(-1).tolist())
+    if task == CLASSIFICATION:
+        f1_kwargs = {"average": "binary"} if num_labels == 2 else {"average": "macro"}
+        return {**accuracy.compute(), **f1.compute(**f1_kwargs)}
+    return perplexity.compute()
+
+
+def _measure_inference(model: PreTrainedModel, tokenized: Dataset, batch_size: int, latency_samples: int):
+    from ..energy.inference import measure_inference
+
+    return measure_inference(model, tokenized, batch_size=batch_size, latency_samples=latency_samples,
+                             warmup_batches=1)
+
+
+def compare_models(
+    models: Sequence[str | os.PathLike | PreTrainedModel] | Mapping[str, str | os.PathLike | PreTrainedModel],
+    eval_dataset: Dataset | str | None = None,
+    *,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    split: str = "test",
+    text_column: str = "text",
+    label_column: str = "label",
+    max_samples: int | None = 500,
+    max_length: int = 128,
+    batch_size: int = 32,
+    latency_samples: int = 20,
+    output_dir: str | os.PathLike | None = None,
+    plots: bool = True,
+) -> Comparison:
+    """Measure models on the same evaluation data: size, quality, latency, throughput and energy.
+
+    The first model is the reference (the teacher): every other model gets its ratios against it.
+    For each model: parameters and non-zero parameters, size on disk, the task metric computed with
+    `evaluate` (accuracy and F1 for sequence classifiers, perplexity for causal LMs), latency p50/p95
+    at batch size 1 and throughput at `batch_size` after warm-up, inference energy per sample with its
+    source (`measure_inference`), and training energy when the folder holds an `energy.json`.
+
+    Args:
+        models: saved model folders or loaded models, as a list (named after their folders) or a
+            `{name: model}` mapping. All must share the task and the tokenizer's vocabulary.
+        eval_dataset: a `datasets.Dataset` with `text_column` (and `label_column` for
+            classification), or a dataset name for `hf_bigsmall.assets.load_text_dataset`
+            (`embedded/rotten_tomatoes`, `embedded/hamlet`, a Hub id). Defaults to the embedded
+            Rotten Tomatoes test split for classifiers and Hamlet for causal LMs.
+        tokenizer: used for every model; defaults to the tokenizer saved in the first model folder.
+        split: split taken when `eval_dataset` is a name.
+        max_samples: evaluate on at most this many samples (all if None).
+        max_length: truncate inputs to this many tokens.
+        batch_size: batch size of the evaluation and throughput passes.
+        latency_samples: number of batch-1 forwards timed for latency.
+        output_dir: if given, write `report.json`, `report.md` and the plots there.
+        plots: draw the PNG plots when writing (needs matplotlib: `pip install "hf-bigsmall[plots]"`).
+
+    Example:
+
+    ```python
+    from hf_bigsmall import compare_models
+
+    comparison = compare_models(["out/teacher", "out/student"], "embedded/rotten_tomatoes", output_dir="out")
+    print(comparison.models[1].ratios["faster"], comparison.models[1].ratios["quality_pct"])
+    ```
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from ..assets import load_text_dataset
+
+    named = dict(models) if isinstance(models, Mapping) else {
+        (Path(m).name if isinstance(m, (str, os.PathLike)) else f"model_{i}"): m for i, m in enumerate(models)
+    }
+    if len(named) < 1 or (not isinstance(models, Mapping) and len(named) != len(models)):
+        raise ValueError("compare_models needs one or more models with distinct names: pass a {name: model} mapping.")
+    loaded: dict[str, tuple[PreTrainedModel, Path | None]] = {}
+    for name, model in named.items():
+        if isinstance(model, (str, os.PathLike)):
+            if not (Path(model) / "config.json").is_file():
+                raise ValueError(f"{model} is not a saved model folder (no config.json).")
+            loaded[name] = (load_model(model), Path(model))
+        else:
+            loaded[name] = (model.eval(), None)
+    tasks = {task_of(model) for model, _ in loaded.values()}
+    if len(tasks) != 1:
+        raise ValueError(f"All models must have the same task to be compared, got {sorted(tasks)}.")
+    task = tasks.pop()
+
+    if tokenizer is None:
+        folder = next((path for _, path in loaded.values() if path is not None), None)
+        if folder is None:
+            raise ValueError("Pass `tokenizer=` when the models are given as objects rather than folders.")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; batches need one
+        tokenizer.pad_token = tokenizer.eos_token
+    vocab_sizes = {model.config.vocab_size for model, _ in loaded.values()}
+    if any(size < len(tokenizer) for size in vocab_sizes):
+        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but a model's vocabulary is {min(vocab_sizes)}: "
+                         "compare models that share the tokenizer (e.g. a teacher and students made with make_student).")
+
+    dataset_name = eval_dataset if isinstance(eval_dataset, str) else None
+    if eval_dataset is None:
+        from .. import assets
+
+        dataset_name = assets.ROTTEN_TOMATOES if task == CLASSIFICATION else assets.HAMLET
+    if dataset_name is not None:
+        eval_dataset = load_text_dataset(dataset_name)[split]
+    else:
+        dataset_name = eval_dataset.info.dataset_name or "custom"
+    missing = [c for c in ([text_column, label_column] if task == CLASSIFICATION else [text_column])
+               if c not in eval_dataset.column_names]
+    if missing:
+        raise ValueError(f"The evaluation dataset has no column(s) {missing} (it has {eval_dataset.column_names}): "
+                         "pass text_column=/label_column=.")
+    if max_samples is not None:
+        eval_dataset = eval_dataset.select(range(min(max_samples, len(eval_dataset))))
+    tokenized = _tokenize(eval_dataset, tokenizer, task, text_column, label_column, max_length)
+    inputs_only = tokenized.remove_columns([c for c in tokenized.column_names if c == label_column])
+
+    measurements = []
+    for name, (model, path) in loaded.items():
+        total, nonzero, sparsity = count_parameters(model, path)
+        if path is None:  # measure what saving it would write
+            with tempfile.TemporaryDirectory() as scratch:
+                model.save_pretrained(scratch)
+                disk_mb = size_on_disk_mb(Path(scratch))
+        else:
+            disk_mb = size_on_disk_mb(path)
+        metrics = evaluate_quality(model, tokenized, tokenizer, task, label_column, batch_size)
+        inference = _measure_inference(model, inputs_only, batch_size, latency_samples)
+        measurements.append(ModelMeasurement(
+            name=name, path=str(path) if path else None, parameters=total, nonzero_parameters=nonzero,
+            sparsity=sparsity, size_on_disk_mb=round(disk_mb, 3), metrics=metrics,
+            latency_ms_p50=inference.latency_ms_p50, latency_ms_p95=inference.latency_ms_p95,
+            throughput_samples_per_s=inference.throughput_samples_per_s,
+            energy_joules_per_sample=inference.joules_per_sample, energy_source=inference.energy_source,
+            inference_co2_grams_per_1k_samples=1000 * inference.co2_grams / max(inference.num_samples, 1),
+            **_training_energy(path),
+        ))
+    quality_metric = _QUALITY_METRIC[task]
+    add_ratios(measurements, quality_metric, lower_is_better=task == CAUSAL_LM)
+    comparison = Comparison(
+        task=task, dataset=str(dataset_name), split=split, num_samples=len(tokenized), quality_metric=quality_metric,
+        lower_is_better=task == CAUSAL_LM, metric_names=sorted(measurements[0].metrics),
+        throughput_batch_size=batch_size, device=str(next(iter(loaded.values()))[0].device),
+        num_threads=torch.get_num_threads(), models=measurements,
+    )
+    if output_dir is not None:
+        comparison.save(output_dir, plots=plots)
+    return comparison

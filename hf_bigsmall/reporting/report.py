@@ -1,0 +1,116 @@
+"""Write a comparison as `report.json` (for tools) and `report.md` (for people).
+
+Both are built from the plain dictionary that `Comparison.to_dict()` returns, so a report read back
+from disk renders exactly like a fresh one (model cards reuse `markdown_table`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def _millions(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1e6:.2f} M"
+
+
+def markdown_table(report: dict[str, Any]) -> str:
+    """The side-by-side table: one row per model, ratios against the first (reference) model."""
+    metric_names = report.get("metric_names") or sorted({k for m in report["models"] for k in m["metrics"]})
+    header = ["Model", "Params", "Non-zero", "Sparsity", "Disk (MB)", *metric_names,
+              "p50 (ms)", "p95 (ms)", "Throughput (/s)", "Energy (J/sample)",
+              "x smaller", "x faster", "% of quality"]
+    rows = [header, ["---"] * len(header)]
+    for model in report["models"]:
+        ratios = model.get("ratios", {})
+        rows.append([
+            f"`{model['name']}`",
+            _millions(model["parameters"]),
+            _millions(model["nonzero_parameters"]),
+            f"{100 * model['sparsity']:.1f}%",
+            _fmt(model.get("size_on_disk_mb"), ".1f"),
+            *[_fmt(model["metrics"].get(name), ".4f") for name in metric_names],
+            _fmt(model.get("latency_ms_p50"), ".2f"),
+            _fmt(model.get("latency_ms_p95"), ".2f"),
+            _fmt(model.get("throughput_samples_per_s"), ".1f"),
+            _fmt(model.get("energy_joules_per_sample"), ".3g"),
+            _fmt(ratios.get("nonzero_smaller"), ".2f"),
+            _fmt(ratios.get("faster"), ".2f"),
+            "-" if ratios.get("quality_pct") is None else f"{ratios['quality_pct']:.1f}%",
+        ])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
+    """The full `report.md`: what was measured, how, the table, energy sources and the plots."""
+    reference = report["models"][0]["name"]
+    lines = [
+        "# Big vs small",
+        "",
+        f"Task `{report['task']}` on `{report['dataset']}` ({report['num_samples']:,} evaluation samples). "
+        f"Ratios are against `{reference}`: *x smaller* compares non-zero parameters, *x faster* the "
+        f"median latency at batch size 1, *% of quality* the {report['quality_metric']}"
+        + (" (lower is better, so the ratio is inverted)." if report.get("lower_is_better") else "."),
+        "",
+        markdown_table(report),
+        "",
+        "## How it was measured",
+        "",
+        f"- Latency: batch size 1, median and 95th percentile after warm-up; throughput at batch size "
+        f"{report['throughput_batch_size']}.",
+        f"- Metrics computed with `evaluate` on the same {report['num_samples']:,} samples for every model.",
+        "- Sparsity: exact zeros among the pruned weights (the layers in `sparsity_masks.safetensors`, else the "
+        "Linear layers of the transformer blocks); a compacted model has its pruned units removed instead.",
+        f"- Device: {report.get('device', 'cpu')}; threads: {report.get('num_threads', '-')}.",
+    ]
+    sources = sorted({m["energy_source"] for m in report["models"] if m.get("energy_source")})
+    if sources:
+        lines.append(f"- Inference energy source: {', '.join(f'`{s}`' for s in sources)}.")
+    trained = [m for m in report["models"] if m.get("training_energy_kwh") is not None]
+    if trained:
+        lines += ["", "## Training energy", "", "| Model | Energy (kWh) | CO2 (g) | Source |", "| --- | --- | --- | --- |"]
+        lines += [f"| `{m['name']}` | {_fmt(m['training_energy_kwh'], '.4g')} | {_fmt(m.get('training_co2_grams'), '.3g')} "
+                  f"| {m.get('training_energy_source') or '-'} |" for m in trained]
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    # A crash mid-write never leaves a truncated report in place of a good one.
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def write_report(report: dict[str, Any], output_dir: str | os.PathLike, plots: list[str] | None = None) -> tuple[Path, Path]:
+    """Write `report.json` and `report.md` into `output_dir`; returns both paths."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = output_dir / REPORT_JSON, output_dir / REPORT_MD
+    _atomic_write(json_path, json.dumps(report, indent=2) + "\n")
+    _atomic_write(md_path, render_markdown(report, plots))
+    return json_path, md_path
+
+
+def load_report(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a `report.json` (or the one inside a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / REPORT_JSON
+    return json.loads(path.read_text(encoding="utf-8"))

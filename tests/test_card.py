@@ -1,0 +1,117 @@
+import json
+
+import pytest
+import torch
+from huggingface_hub import ModelCard
+
+from hf_bigsmall.hub.card import build_model_card, validate_card
+
+from .testing_utils import tiny_bert_config
+
+DISTILLATION = {"teacher": "embedded/all-MiniLM-L6-v2", "teacher_layers": [0, 3], "initialized_from_teacher": True,
+                "temperature": 2.0, "alpha_kd": 0.5, "alpha_ce": 0.5, "kd_loss": "kl"}
+ENERGY = {"energy_joules": 36.0, "energy_kwh": 1e-5, "co2_grams": 0.0042, "energy_source": "cpu-tdp-estimate"}
+
+
+def _report(model_dirs):
+    rows = []
+    for i, path in enumerate(model_dirs):
+        rows.append({"name": path.name, "path": str(path), "parameters": 1000 - 100 * i, "nonzero_parameters": 1000 - 300 * i,
+                     "sparsity": 0.3 * i, "size_on_disk_mb": 1.0, "metrics": {"accuracy": 0.9 - 0.05 * i, "f1": 0.88 - 0.05 * i},
+                     "latency_ms_p50": 10.0 / (i + 1), "latency_ms_p95": 12.0, "throughput_samples_per_s": 100.0,
+                     "energy_joules_per_sample": 0.1, "energy_source": "cpu-tdp-estimate",
+                     "ratios": {"nonzero_smaller": 1000 / (1000 - 300 * i), "faster": i + 1.0,
+                                "quality_pct": 100 * (0.9 - 0.05 * i) / 0.9}})
+    return {"task": "text-classification", "dataset": "embedded/rotten_tomatoes", "split": "test", "num_samples": 200,
+            "quality_metric": "accuracy", "metric_names": ["accuracy", "f1"], "throughput_batch_size": 32, "models": rows}
+
+
+@pytest.fixture
+def student_dir(tmp_path):
+    """A saved pruned student beside its teacher, with the files the kit writes around them."""
+    from transformers import BertForSequenceClassification
+
+    teacher_dir, student_dir = tmp_path / "teacher", tmp_path / "student"
+    BertForSequenceClassification(tiny_bert_config()).save_pretrained(teacher_dir)
+    student = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=2))
+    with torch.no_grad():  # half of one FFN matrix is exactly zero, as magnitude pruning leaves it
+        student.bert.encoder.layer[0].intermediate.dense.weight[:32] = 0
+    student.config.distillation = DISTILLATION
+    student.config.sparsity = {"target_sparsity": 0.5, "structure": "neurons", "schedule": "cubic"}
+    student.save_pretrained(student_dir)
+    (student_dir / "energy.json").write_text(json.dumps(ENERGY))
+    (tmp_path / "report.json").write_text(json.dumps(_report([teacher_dir, student_dir])))
+    return student_dir
+
+
+def test_card_metadata_round_trips_and_validates(student_dir):
+    card = build_model_card(student_dir, repo_id="me/tiny-student")
+    data = ModelCard(str(card), ignore_metadata_errors=False).data  # parse back as the Hub client does
+
+    assert data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert data.datasets == ["cornell-movie-review-data/rotten_tomatoes"]
+    assert data.pipeline_tag == "text-classification"
+    assert {"hf-bigsmall", "distillation", "pruned"} <= set(data.tags)
+    assert data.metrics == ["accuracy", "f1"]
+    assert data.co2_eq_emissions["emissions"] == pytest.approx(ENERGY["co2_grams"])
+    assert data.model_name == "tiny-student"
+    values = {result.metric_type: result.metric_value for result in data.eval_results}
+    assert values == {"accuracy": pytest.approx(0.85), "f1": pytest.approx(0.83)}
+    assert all(r.dataset_split == "test" and r.task_type == "text-classification" for r in data.eval_results)
+
+
+def test_card_text_says_how_the_model_was_made(student_dir):
+    text = build_model_card(student_dir).text
+    assert "## How it was made" in text and "### Distillation" in text and "### Pruning" in text
+    assert "| teacher layers | `[0, 3]` |" in text and "| alpha kd | `0.5` |" in text
+    # the real sparsity per layer is read from the saved weights when the config block has none
+    assert "| `bert.encoder.layer.0.intermediate.dense` | 50.0% |" in text
+    assert "| `bert.encoder.layer.1.intermediate.dense` | 0.0% |" in text
+    # the comparison table, with the student's ratios against the teacher
+    assert "| `student` |" in text and "| `teacher` |" in text
+    assert "94.4%" in text  # 0.85 / 0.9 of the teacher's accuracy
+    assert "BertForSequenceClassification.from_pretrained" in text
+
+
+def test_card_without_provenance_or_report_is_still_valid(tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    from .testing_utils import tiny_gpt2_config
+
+    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(tmp_path / "lm")
+    card = build_model_card(tmp_path / "lm")
+    assert card.data.pipeline_tag == "text-generation"
+    assert card.data.base_model is None and card.data.get("co2_eq_emissions") is None
+    assert "How it was made" not in card.text
+
+
+def test_local_teacher_path_is_not_written_as_base_model(student_dir, tmp_path):
+    config = json.loads((student_dir / "config.json").read_text())
+    config["distillation"]["teacher"] = str(tmp_path / "teacher")
+    (student_dir / "config.json").write_text(json.dumps(config))
+    card = build_model_card(student_dir)
+    assert card.data.base_model is None  # the Hub rejects a base_model that is not a repo id
+    assert str(tmp_path / "teacher") in card.text
+
+
+@pytest.mark.parametrize(
+    "metadata, message",
+    [
+        ("base_model: /home/me/teacher", "not a Hub id"),
+        ("co2_eq_emissions:\n  emissions: lots", "number of grams"),
+        ("model-index:\n- name: x\n  results:\n  - task: {}", "model_index"),
+    ],
+)
+def test_validate_card_rejects_bad_metadata(metadata, message):
+    with pytest.raises(ValueError, match=message):
+        validate_card(f"---\n{metadata}\n---\n\n# card\n")
+
+
+def test_missing_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="no config.json"):
+        build_model_card(tmp_path)
+
+
+@pytest.mark.hub
+def test_card_passes_the_hub_validation(student_dir):
+    build_model_card(student_dir, repo_id="me/tiny-student").validate()  # server-side schema check

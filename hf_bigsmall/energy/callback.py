@@ -4,7 +4,8 @@ Windows measured:
 - each logging interval of training: one extra `log_history` entry right after the trainer's own
   (`energy_joules`, `energy_kwh`, `co2_grams`, `energy_joules_per_sample`,
   `energy_joules_per_token` when `include_num_input_tokens_seen` is on, `energy_is_estimate`,
-  and running totals `energy_total_kwh`, `co2_total_grams`);
+  `energy_estimate_watts_per_thread` when the CPU-time estimate is used, and running totals
+  `energy_total_kwh`, `co2_total_grams`);
 - the whole training: an entry after the trainer's final metrics (`train_energy_joules`,
   `train_energy_kwh`, `train_co2_grams`, per sample and per token);
 - each evaluation and prediction: `eval_energy_joules`, `eval_energy_kwh`, `eval_co2_grams`,
@@ -63,7 +64,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from .card import ENERGY_FILE_NAME, add_co2_to_model_card
+from .card import ENERGY_FILE_NAME, add_co2_to_model_card, load_energy_record
 from .carbon import resolve_grid_intensity
 from .distributed import gather_objects, gather_readings
 from .meters import BACKENDS, select_meters
@@ -99,9 +100,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
     measured is kept, and the estimate takes over; the callback never stops training.
 
     Args:
-        trainer (`Trainer`, *optional*): the trainer to log through. Needed only when the callback
-            is added with `trainer.add_callback` after construction and evaluation runs before
-            training; a callback passed as `Trainer(callbacks=[...])` finds its trainer itself.
+        trainer (`Trainer`, *optional*): the trainer to log through; the callback adds itself to
+            it. A callback passed as `Trainer(callbacks=[...])` or added with `add_callback` finds
+            its trainer itself (evaluations run before training are then measured only if it was
+            passed at construction).
         backend (`str`, defaults to `"auto"`): CPU meter, one of `"auto"`, `"rapl"`,
             `"estimate"`, `"codecarbon"` (needs `country_iso_code`).
         cpu_tdp_watts (`float`, *optional*), cpu_threads (`int`, *optional*): CPU package TDP and
@@ -179,6 +181,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         `create_model_card` so that the card it writes carries `co2_eq_emissions`.
         """
         self._trainer = trainer
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
         for name, wrapper in (("evaluation_loop", self._measure_evaluation), ("create_model_card", self._create_model_card)):
             method = getattr(trainer, name)
             if isinstance(getattr(method, "_energy_callback", None), EnergyCallback):
@@ -271,6 +275,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
             f"{prefix}co2_grams": self.intensity.co2_grams(joules),
             f"{prefix}energy_is_estimate": float(is_estimate(label)),
         }
+        watts = [m["watts_per_thread"] for m in (self._tracker.describe()["meters"] if self._tracker else []) if "watts_per_thread" in m]
+        if is_estimate(label) and watts:
+            # the estimate's parameter travels with its figures (its origin is in energy.json)
+            figures[f"{prefix}energy_estimate_watts_per_thread"] = watts[-1]
         if samples:
             figures[f"{prefix}energy_joules_per_sample"] = joules / samples
         if tokens:
@@ -305,15 +313,18 @@ class EnergyCallback(TrainerCallback, ExportableState):
                 "Pass it as EnergyCallback(trainer=...) or call callback.attach(trainer)."
             )
         self._ensure_tracker(args)
-        self.totals["train"] = _empty_totals()["train"]
-        self.resumed_from_step = None
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if isinstance(saved, list):
             saved = saved[0] if saved else None
         if state.global_step > 0 and saved:
-            # resuming: totals from the checkpoint's trainer_state.json, not a fresh start
+            # resuming: totals from the checkpoint's trainer_state.json, not a fresh start. Copied,
+            # never shared: with `restore_callback_states_from_checkpoint` the Trainer hands this
+            # instance the very dict that sits in `state.stateful_callbacks`.
             self.totals = copy.deepcopy(saved["attributes"]["totals"])
             self.resumed_from_step = state.global_step
+        else:
+            self.totals = {**copy.deepcopy(self.totals), "train": _empty_totals()["train"]}
+            self.resumed_from_step = None
         self._mark = self._tracker.read()
         self._unlogged, self._unlogged_samples, self._unlogged_tokens = {}, 0, 0
         self._last_gather_step = state.global_step
@@ -403,14 +414,19 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._write(args, state, args.output_dir)
 
     # ---- energy.json and the model card --------------------------------------------------------
-    def record(self, args=None, parts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """The `energy.json` content (see the module docstring for the schema)."""
+    def _local_part(self) -> dict[str, Any]:
+        """What this process knows about its meters, to be gathered into `energy.json`."""
+        info = self._tracker.describe() if self._tracker else {"meters": []}
+        return {"meters": info["meters"], "failures": info.get("failures", []),
+                "hardware": self._tracker.hardware() if self._tracker else None}
+
+    def record(self, parts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The `energy.json` content (see the module docstring for the schema); `parts` are the
+        gathered `_local_part()` of every process (default: this process only)."""
         train = self.totals["train"]
         joules, samples = train["energy_joules"], train["num_samples"]
         tokens = self._last_tokens or None
-        tracker_info = self._tracker.describe() if self._tracker else {"meters": [], "failures": []}
-        parts = parts or [{"meters": tracker_info["meters"], "failures": tracker_info.get("failures", []),
-                           "hardware": self._tracker.hardware() if self._tracker else None}]
+        parts = parts or [self._local_part()]
         by_source: dict[str, float] = {}
         for key, value in train["by_device"].items():
             by_source[source_of(key)] = by_source.get(source_of(key), 0.0) + value
@@ -452,13 +468,11 @@ class EnergyCallback(TrainerCallback, ExportableState):
         }
 
     def _write(self, args, state, folder: str, gather: bool = True) -> None:
-        info = self._tracker.describe() if self._tracker else {"meters": []}
-        part = {"meters": info["meters"], "failures": info.get("failures", []),
-                "hardware": self._tracker.hardware() if self._tracker else None}
+        part = self._local_part()
         parts = gather_objects(part) if gather else [part]  # collective: every process is here
         if not state.is_world_process_zero:
             return
-        record = self.record(args, parts)
+        record = self.record(parts)
         record["global_step"] = state.global_step
         os.makedirs(folder, exist_ok=True)
         _atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)
@@ -466,12 +480,17 @@ class EnergyCallback(TrainerCallback, ExportableState):
     def _create_model_card(self, create_model_card, *args, **kwargs):
         """Wraps `trainer.create_model_card` (also run by `push_to_hub`) to add `co2_eq_emissions`."""
         result = create_model_card(*args, **kwargs)
-        trainer = self._trainer
-        if self.add_to_model_card and not self._disabled and trainer.is_world_process_zero():
-            readme = os.path.join(trainer.args.output_dir, "README.md")
-            if os.path.isfile(readme) and self.totals["train"]["energy_joules"] > 0:
-                self._guard("create_model_card", add_co2_to_model_card, readme, self.record(trainer.args))
+        if self.add_to_model_card and self._trainer.is_world_process_zero():
+            self._guard("create_model_card", self._add_co2_to_card, self._trainer.args.output_dir)
         return result
+
+    def _add_co2_to_card(self, output_dir: str) -> None:
+        readme = os.path.join(output_dir, "README.md")
+        written = os.path.join(output_dir, ENERGY_FILE_NAME)
+        # energy.json holds what every process measured; this process alone knows less
+        record = load_energy_record(written) if os.path.isfile(written) else self.record()
+        if os.path.isfile(readme) and record["energy_joules"] > 0:
+            add_co2_to_model_card(readme, record)
 
     # ---- resume ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

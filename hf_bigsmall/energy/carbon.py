@@ -6,10 +6,9 @@ world average; `GridIntensity.origin` records which, and every report shows it.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
-from .meters.base import JOULES_PER_KWH, warn_once
+from .meters.base import JOULES_PER_KWH, float_from_env, warn_once
 
 # Carbon intensity of electricity generation, gCO2eq/kWh, 2023, rounded. Source: Ember, Yearly
 # Electricity Data (also published by Our World in Data, "Carbon intensity of electricity
@@ -66,17 +65,13 @@ def resolve_grid_intensity(
             raise ValueError(f"{problem}. Leave it unset to use the country table or the world average.")
         return GridIntensity(float(grid_intensity_g_per_kwh), "user", country)
 
-    from_env = os.environ.get(INTENSITY_ENV_VAR)
-    if from_env:
-        try:
-            value = float(from_env)
-        except ValueError:
-            problem = f"{INTENSITY_ENV_VAR}={from_env!r} is not a number"
-        else:
-            problem = _check_intensity(value)
-            if problem is None:
-                return GridIntensity(value, "environment", country)
-        warn_once(f"{problem}; ignoring it.")
+    value, problem = float_from_env(INTENSITY_ENV_VAR)
+    if value is not None:
+        problem = _check_intensity(value)
+        if problem is None:
+            return GridIntensity(value, "environment", country)
+    if problem:
+        warn_once(f"{INTENSITY_ENV_VAR}: {problem}; ignoring it.")
 
     if country is not None:
         if country not in GRID_INTENSITY_G_PER_KWH:

@@ -18,20 +18,8 @@ from transformers import BertForSequenceClassification, Trainer, TrainerCallback
 from hf_bigsmall import EnergyCallback
 from hf_bigsmall.energy import callback as callback_module
 from hf_bigsmall.energy.meters import CpuTimeEstimateMeter, RaplMeter
-from tests.testing_utils import TINY_VOCAB, tiny_bert_config
-
-
-class Data(torch.utils.data.Dataset):
-    def __init__(self, size=32):
-        generator = torch.Generator().manual_seed(0)
-        self.input_ids = torch.randint(1, TINY_VOCAB, (size, 8), generator=generator)
-        self.labels = torch.randint(0, 2, (size,), generator=generator)
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return {"input_ids": self.input_ids[index], "labels": self.labels[index]}
+from tests.scripts.energy_utils import TinyClassificationData
+from tests.testing_utils import tiny_bert_config
 
 
 class SharedPackage(TrainerCallback):
@@ -71,7 +59,7 @@ def main():
 
     energy = EnergyCallback()
     torch.manual_seed(0)
-    trainer = Trainer(BertForSequenceClassification(tiny_bert_config()), args, train_dataset=Data(),
+    trainer = Trainer(BertForSequenceClassification(tiny_bert_config()), args, train_dataset=TinyClassificationData(),
                       callbacks=[energy, SharedPackage(energy, powercap, out_dir)])
     trainer.train()
     if trainer.is_world_process_zero():

@@ -10,6 +10,7 @@ package report the same key, and `merge_readings` keeps it once. The first part 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from abc import ABC, abstractmethod
 from typing import Any
@@ -26,6 +27,17 @@ def warn_once(message: str) -> None:
     if message not in _WARNED:
         _WARNED.add(message)
         logger.warning(message)
+
+
+def float_from_env(name: str) -> tuple[float | None, str | None]:
+    """The environment variable `name` as a float, or what is wrong with it (None, None if unset)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return None, None
+    try:
+        return float(raw), None
+    except ValueError:
+        return None, f"{name}={raw!r} is not a number"
 
 
 def hostname() -> str:

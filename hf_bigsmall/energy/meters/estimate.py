@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .base import EnergyMeter, hostname, warn_once
+from .base import EnergyMeter, float_from_env, hostname, warn_once
 
 # Published TDP (W) and hardware threads of common CPUs. Matched as a substring of the model name
 # the kernel reports, longest match first.
@@ -104,17 +104,13 @@ def resolve_cpu_power(
     if cpu_threads is not None:
         raise ValueError("cpu_threads is only used with cpu_tdp_watts: pass both, or neither.")
 
-    from_env = os.environ.get(TDP_ENV_VAR)
-    if from_env:
-        try:
-            tdp = float(from_env)
-        except ValueError:
-            problem = f"{TDP_ENV_VAR}={from_env!r} is not a number"
-        else:
-            problem = _check_tdp(tdp, default_threads)
-            if problem is None:
-                return CpuPowerModel(tdp / default_threads, "environment", cpu_model, tdp, default_threads)
-        warn_once(f"{problem}; ignoring it and using the CPU table or the default instead.")
+    tdp, problem = float_from_env(TDP_ENV_VAR)
+    if tdp is not None:
+        problem = _check_tdp(tdp, default_threads)
+        if problem is None:
+            return CpuPowerModel(tdp / default_threads, "environment", cpu_model, tdp, default_threads)
+    if problem:
+        warn_once(f"{TDP_ENV_VAR}: {problem}; ignoring it and using the CPU table or the default instead.")
 
     if match:
         tdp, threads = CPU_TDP_TABLE[match]

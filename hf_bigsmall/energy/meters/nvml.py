@@ -113,7 +113,8 @@ class NvmlMeter(EnergyMeter):
                 sampler.start()
                 self._samplers[uuid] = sampler
                 self.methods[uuid] = f"power sampled every {sample_interval_s} s"
-        self.names = [str(pynvml.nvmlDeviceGetName(handle)) for handle in self._handles]
+        names = [pynvml.nvmlDeviceGetName(handle) for handle in self._handles]
+        self.names = [name.decode() if isinstance(name, bytes) else str(name) for name in names]  # bytes before v11
 
     def read(self) -> dict[str, float]:
         import torch

@@ -22,7 +22,7 @@ from . import assets
 
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
 # about 10 minutes on 2 CPU cores by default, a minute or two with --fast
-_BUDGETS = {"default": (100, 150, 100, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
+_BUDGETS = {"default": (80, 120, 80, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
 STAGES = 5
 
 

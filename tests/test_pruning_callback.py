@@ -121,22 +121,26 @@ def test_continued_training_rearms_saved_masks(tmp_path):
     assert masked_entries_are_zero(reloaded, first.masks)
 
 
-def run(output_dir, max_steps=8, resume=None, **callback_kwargs):
+def run(output_dir, max_steps=8, resume=None, restore_callback_states=False, **callback_kwargs):
     model = tiny_bert()
     callback = MagnitudePruningCallback(**{"target_sparsity": 0.5, "schedule": "cubic", **callback_kwargs})
-    args = training_args(output_dir, max_steps=max_steps, save_strategy="steps", save_steps=4, learning_rate=5e-3)
+    args = training_args(output_dir, max_steps=max_steps, save_strategy="steps", save_steps=4, learning_rate=5e-3,
+                         restore_callback_states_from_checkpoint=restore_callback_states)
     trainer = pruning_trainer(model, args, callback)
     trainer.train(resume_from_checkpoint=resume)
+    # with restore_callback_states_from_checkpoint the Trainer swaps in a callback rebuilt from the checkpoint
+    callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MagnitudePruningCallback))
     return model, callback
 
 
-@pytest.mark.parametrize("schedule", ["cubic", "imp"])
-def test_kill_and_resume_equals_uninterrupted(tmp_path, schedule):
+@pytest.mark.parametrize("schedule, restore_callback_states", [("cubic", False), ("imp", False), ("imp", True)])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, schedule, restore_callback_states):
     kwargs = {"schedule": schedule, "imp_rounds": 2} if schedule == "imp" else {"schedule": schedule}
     full_model, full_callback = run(tmp_path / "full", **kwargs)
     # The interrupted run: only what was on disk at step 4 survives the kill.
     shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "killed" / "checkpoint-4")
-    resumed_model, resumed_callback = run(tmp_path / "killed", resume=True, **kwargs)
+    resumed_model, resumed_callback = run(tmp_path / "killed", resume=True,
+                                          restore_callback_states=restore_callback_states, **kwargs)
 
     assert set(resumed_callback.masks) == set(full_callback.masks)
     for name, mask in full_callback.masks.items():

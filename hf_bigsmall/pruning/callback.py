@@ -174,8 +174,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                     param.grad.masked_fill_(mask, 0)
 
     def on_optimizer_step(self, args, state, control, **kwargs):
-        # Decoupled weight decay and bias-free updates cannot move a zero, but re-zeroing after every
-        # step makes the masks exact whatever the optimizer does (fused kernels, bf16 rounding).
+        # With zero gradients and zero moments AdamW leaves a zero weight at zero; re-zeroing after
+        # every step keeps the masks exact whatever the optimizer does (SGD momentum, custom ones).
         with torch.no_grad():
             for param, mask in self._masked_params:
                 param.masked_fill_(mask, 0)

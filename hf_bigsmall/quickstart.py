@@ -21,8 +21,8 @@ from pathlib import Path
 from . import assets
 
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
-# about 10 minutes on 2 CPU cores by default, a minute or two with --fast
-_BUDGETS = {"default": (100, 150, 100, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
+# about 6 minutes on a quiet 2-core CPU by default (see BENCHMARKS.md), a minute or two with --fast
+_BUDGETS = {"default": (80, 120, 80, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
 STAGES = 5
 
 
@@ -119,6 +119,16 @@ def _publish(partial: Path, final_dir: Path) -> Path:
     return final_dir
 
 
+def _evaluation_split(dataset_name: str) -> str:
+    # the split the teacher was evaluated on (load_classification_dataset's choice), held out from training
+    splits = assets.load_text_dataset(dataset_name)
+    split = next((name for name in ("validation", "test") if name in splits), None)
+    if split is None:
+        raise ValueError(f"{dataset_name} has no 'validation' or 'test' split to compare the models on "
+                         f"(it has {list(splits)}).")
+    return split
+
+
 def run_quickstart(args: QuickstartArguments) -> Path:
     """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
@@ -136,6 +146,8 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     pruned_dir, compact_dir = output_dir / "student-pruned", output_dir / "student-compact"
     print(f"hf-bigsmall quickstart: {args.teacher} on {args.dataset}"
           f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}", flush=True)
+
+    eval_split = _evaluation_split(args.dataset)  # checked before any training
 
     start = _stage(1, f"Teacher: fine-tune {args.teacher} ({args.teacher_steps} steps; reused if already there)")
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(args.teacher))
@@ -178,8 +190,9 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     start = _stage(5, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
     models = {"teacher": teacher_dir, "student": student_dir, "student-pruned": pruned_dir,
               "student-compact": compact_dir}
-    comparison = compare_models(models, args.dataset, split="test", max_samples=args.eval_samples,
-                                max_length=args.max_length, latency_samples=args.latency_samples, output_dir=output_dir)
+    comparison = compare_models(models, args.dataset, split=eval_split,
+                                max_samples=args.eval_samples, max_length=args.max_length,
+                                latency_samples=args.latency_samples, output_dir=output_dir)
     for folder in models.values():
         build_model_card(folder, base_model=hub_id(args.teacher), dataset=args.dataset).save(folder / "README.md")
     _done(start, output_dir / "report.md")

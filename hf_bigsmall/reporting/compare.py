@@ -238,6 +238,7 @@ def compare_models(
     latency_samples: int = 20,
     output_dir: str | os.PathLike | None = None,
     plots: bool = True,
+    dataset_name: str | None = None,
 ) -> Comparison:
     """Measure models on the same evaluation data: size, quality, latency, throughput and energy.
 
@@ -262,6 +263,7 @@ def compare_models(
         latency_samples: number of batch-1 forwards timed for latency.
         output_dir: if given, write `report.json`, `report.md` and the plots there.
         plots: draw the PNG plots when writing (needs matplotlib: `pip install "hf-bigsmall[plots]"`).
+        dataset_name: the name the report gives a `Dataset` passed as `eval_dataset`.
 
     Example:
 
@@ -307,15 +309,17 @@ def compare_models(
         raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but a model's vocabulary is {min(vocab_sizes)}: "
                          "compare models that share the tokenizer (e.g. a teacher and students made with make_student).")
 
-    dataset_name = eval_dataset if isinstance(eval_dataset, str) else None
     if eval_dataset is None:
         from .. import assets
 
-        dataset_name = assets.ROTTEN_TOMATOES if task == CLASSIFICATION else assets.HAMLET
-    if dataset_name is not None:
-        eval_dataset = load_text_dataset(dataset_name)[split]
+        eval_dataset = assets.ROTTEN_TOMATOES if task == CLASSIFICATION else assets.HAMLET
+    if isinstance(eval_dataset, str):
+        splits = load_text_dataset(eval_dataset)
+        if split not in splits:
+            raise ValueError(f"{eval_dataset} has no {split!r} split (it has {list(splits)}): pass split=.")
+        dataset_name, eval_dataset = eval_dataset, splits[split]
     else:
-        dataset_name = eval_dataset.info.dataset_name or "custom"
+        dataset_name = dataset_name or eval_dataset.info.dataset_name or "custom"
     missing = [c for c in ([text_column, label_column] if task == CLASSIFICATION else [text_column])
                if c not in eval_dataset.column_names]
     if missing:

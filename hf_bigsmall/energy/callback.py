@@ -56,7 +56,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import json
 import os
 from typing import Any
@@ -64,6 +63,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..utils.trainer import find_trainer
 from .card import ENERGY_FILE_NAME, add_co2_to_model_card, load_energy_record
 from .carbon import resolve_grid_intensity
 from .distributed import gather_objects, gather_readings
@@ -192,24 +192,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
             bound._energy_callback = self
             setattr(trainer, name, bound)
 
-    def _find_trainer(self):
-        """The Trainer whose callback list holds this callback, found on the call stack.
-
-        Callbacks passed as `Trainer(callbacks=[...])` are created before the trainer and events
-        do not carry it; the trainer is the `self` of a calling frame.
-        """
-        frame = inspect.currentframe()
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            handler = getattr(candidate, "callback_handler", None)
-            if handler is not None and self in getattr(handler, "callbacks", []):
-                return candidate
-            frame = frame.f_back
-        return None
 
     def _ensure_attached(self) -> None:
         if self._trainer is None:
-            trainer = self._find_trainer()
+            trainer = find_trainer(self)
             if trainer is not None:
                 self.attach(trainer)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import shutil
 from pathlib import Path
@@ -15,6 +14,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..utils.trainer import find_trainer
 from .config import PruningConfig
 from .io import (
     SPARSITY_REWIND_NAME,
@@ -102,21 +102,6 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             trainer.add_callback(self)
         return self
 
-    def _find_trainer(self):
-        """The Trainer whose callback list holds this callback: the `self` of a calling frame.
-
-        Events do not carry the trainer, and a callback passed as `Trainer(callbacks=[...])` is
-        created before it; a new instance made on resume (`restore_callback_states_from_checkpoint`)
-        also needs to find it again.
-        """
-        frame = inspect.currentframe()
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            handler = getattr(candidate, "callback_handler", None)
-            if handler is not None and self in getattr(handler, "callbacks", []):
-                return candidate
-            frame = frame.f_back
-        return None
 
     # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict:
@@ -133,13 +118,13 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             unit_groups(model, self.config.structure)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
-        self.trainer = self.trainer or self._find_trainer()
+        self.trainer = self.trainer or find_trainer(self)
         if model is not None and self.config.target_sparsity is not None:
             self._check_model(extract_model_from_parallel(model))
 
     # ------------------------------------------------------------------ training events
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.trainer = self.trainer or self._find_trainer()
+        self.trainer = self.trainer or find_trainer(self)
         model = extract_model_from_parallel(model)
         if self.config.target_sparsity is not None:
             self._check_model(model)

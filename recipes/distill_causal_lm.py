@@ -16,18 +16,17 @@ line or a YAML file (every `DistillationConfig` field and the fields below):
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
 from hf_bigsmall.tasks import parse_recipe_args
 from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
+from hf_bigsmall.utils.distributed import shutdown_process_group
 
 
 @dataclass
@@ -89,8 +88,4 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Distilla
 
 if __name__ == "__main__":
     main(*parse_args())
-    if torch.distributed.is_initialized():
-        # free the trainer's DDP reducer while the group is alive, then the group itself: left to
-        # interpreter exit, gloo sometimes aborts or deadlocks tearing them down in the other order
-        gc.collect()
-        torch.distributed.destroy_process_group()
+    shutdown_process_group()

@@ -16,12 +16,10 @@ come from the command line or a YAML file (every `DistillationConfig` field and 
 
 from __future__ import annotations
 
-import gc
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -31,6 +29,7 @@ from transformers import (
 from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
 from hf_bigsmall.tasks import parse_recipe_args
 from hf_bigsmall.tasks.text_classification import accuracy, classification_teacher, load_classification_dataset
+from hf_bigsmall.utils.distributed import shutdown_process_group
 
 
 @dataclass
@@ -111,8 +110,4 @@ def parse_args(argv: list[str] | None = None) -> tuple[ScriptArguments, Distilla
 
 if __name__ == "__main__":
     main(*parse_args())
-    if torch.distributed.is_initialized():
-        # free the trainer's DDP reducer while the group is alive, then the group itself: left to
-        # interpreter exit, gloo sometimes aborts or deadlocks tearing them down in the other order
-        gc.collect()
-        torch.distributed.destroy_process_group()
+    shutdown_process_group()

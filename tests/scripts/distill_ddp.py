@@ -4,7 +4,6 @@
 """
 
 import json
-import os
 import sys
 
 import torch
@@ -14,7 +13,7 @@ from transformers import BertForSequenceClassification, set_seed
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, make_student
 from tests.test_distillation import classification_dataset
-from tests.testing_utils import tiny_bert_config
+from tests.testing_utils import exit_launched_rank, tiny_bert_config
 
 
 def main(output_json: str) -> None:
@@ -48,13 +47,7 @@ def main(output_json: str) -> None:
     if dist.get_rank() == 0:
         with open(output_json, "w") as handle:
             json.dump(result, handle)
-    dist.barrier()
-    # Leave without running destructors: tearing down the DDP reducer and the gloo group at
-    # interpreter exit sometimes deadlocks (the group's destructor joins gloo's thread while holding
-    # the GIL that thread needs to free a finished all_gather) or aborts (see PLATFORM.md).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_launched_rank()
 
 
 if __name__ == "__main__":

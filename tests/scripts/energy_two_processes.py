@@ -19,7 +19,7 @@ from hf_bigsmall import EnergyCallback
 from hf_bigsmall.energy import callback as callback_module
 from hf_bigsmall.energy.meters import CpuTimeEstimateMeter, RaplMeter
 from tests.scripts.energy_utils import TinyClassificationData
-from tests.testing_utils import tiny_bert_config
+from tests.testing_utils import exit_launched_rank, tiny_bert_config
 
 
 class SharedPackage(TrainerCallback):
@@ -64,7 +64,7 @@ def main():
     trainer.train()
     if trainer.is_world_process_zero():
         Path(out_dir, "log_history.json").write_text(json.dumps(trainer.state.log_history))
-    torch.distributed.destroy_process_group()
+    exit_launched_rank()
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from hf_bigsmall import MagnitudePruningCallback
 from tests.pruning_utils import pruning_trainer, tiny_bert, training_args
+from tests.testing_utils import exit_launched_rank
 
 
 def main(output_dir: Path) -> None:
@@ -32,8 +33,7 @@ def main(output_dir: Path) -> None:
     tensors.update({f"param::{n}": p.detach().contiguous() for n, p in model.named_parameters()})
     save_file(tensors, str(output_dir / f"rank{state.process_index}.safetensors"))
     (output_dir / f"rank{state.process_index}.json").write_text(json.dumps({"world_size": state.num_processes}))
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    exit_launched_rank()
 
 
 if __name__ == "__main__":

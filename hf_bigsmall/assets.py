@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from datasets import Dataset, DatasetDict
+    from datasets import DatasetDict
 
 EMBEDDED_PREFIX = "embedded/"
 MINILM = "embedded/all-MiniLM-L6-v2"

@@ -10,7 +10,7 @@ from transformers import BertForSequenceClassification, Trainer, TrainerCallback
 
 from hf_bigsmall import EnergyCallback
 from hf_bigsmall.energy import callback as callback_module
-from hf_bigsmall.energy.meters import CpuTimeEstimateMeter, RaplMeter
+from hf_bigsmall.energy.meters import RaplMeter
 from tests.scripts.energy_utils import TinyClassificationData
 from tests.testing_utils import tiny_bert_config
 

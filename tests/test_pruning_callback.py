@@ -225,3 +225,21 @@ def test_no_drift_on_gpu_with_mixed_precision(tmp_path, precision):
     assert next(model.parameters()).is_cuda
     assert masked_entries_are_zero(model, callback.masks)
     assert sparsity_report(model).global_sparsity == pytest.approx(0.5, abs=1e-4)
+
+
+def test_distillation_projection_is_not_pruned(tmp_path):
+    from hf_bigsmall import DistillationConfig, DistillationTrainer, make_student
+
+    teacher = tiny_bert(seed=1)
+    student = make_student(teacher, num_layers=2, hidden_size=16, num_attention_heads=4, intermediate_size=32)
+    args = DistillationConfig(**training_args(tmp_path, max_steps=4).to_dict() | {"alpha_hidden": 1.0})
+    callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
+                                  train_dataset=TokenClassificationData(), callbacks=[callback])
+    trainer.train()
+
+    projection = student.distillation_projection  # widths 16 -> 32, trained with the student
+    assert not any(name.startswith("distillation_projection") for name in callback.masks)
+    assert all(bool((p != 0).all()) for p in projection.parameters())
+    assert any(name.startswith("bert.encoder.layer.") for name in callback.masks)
+    assert sparsity_report(student).global_sparsity == pytest.approx(0.5, abs=1e-3)

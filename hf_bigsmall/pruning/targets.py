@@ -20,6 +20,9 @@ from transformers.pytorch_utils import Conv1D
 # A block index in a module path: "bert.encoder.layer.3.output.dense" -> 3
 _BLOCK_INDEX = re.compile(r"\.(\d+)\.")
 _ATTENTION_WORDS = ("attn", "attention")
+# Modules attached to a model only to train it, never part of its architecture: the default
+# targets leave them dense (DistillationTrainer's width projections, `distillation_projection.N`).
+TRAINING_ONLY_MODULES = ("distillation_projection",)
 
 
 def is_prunable_layer(module: nn.Module) -> bool:
@@ -42,7 +45,7 @@ def find_target_modules(model: nn.Module, target_modules: list[str] | str | None
     Args:
         model: the (unwrapped) model.
         target_modules: `None` for the default (Linear/Conv1D layers inside the transformer blocks,
-            excluding output embeddings); a list of name suffixes (`["query", "value"]`, as in peft);
+            excluding output embeddings and `TRAINING_ONLY_MODULES`); a list of name suffixes (`["query", "value"]`, as in peft);
             or a single string used as a regular expression that must match the full module name.
 
     Raises:
@@ -55,7 +58,11 @@ def find_target_modules(model: nn.Module, target_modules: list[str] | str | None
         if not is_prunable_layer(module):
             continue
         if target_modules is None:
-            selected = _BLOCK_INDEX.search(f".{name}.") is not None and module is not output_embeddings
+            selected = (
+                _BLOCK_INDEX.search(f".{name}.") is not None
+                and module is not output_embeddings
+                and name.split(".")[0] not in TRAINING_ONLY_MODULES
+            )
         elif isinstance(target_modules, str):
             selected = re.fullmatch(target_modules, name) is not None
         else:

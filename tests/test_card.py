@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from .testing_utils import tiny_bert_config
 
 DISTILLATION = {"teacher": "embedded/all-MiniLM-L6-v2", "teacher_layers": [0, 3], "initialized_from_teacher": True,
                 "temperature": 2.0, "alpha_kd": 0.5, "alpha_ce": 0.5, "kd_loss": "kl"}
-ENERGY = {"energy_joules": 36.0, "energy_kwh": 1e-5, "co2_grams": 0.0042, "energy_source": "cpu-tdp-estimate"}
+ENERGY = {"energy_joules": 36.0, "energy_kwh": 1e-5, "co2_grams": 0.0042, "energy_source": "estimate"}
 
 
 def _report(model_dirs):
@@ -19,7 +20,7 @@ def _report(model_dirs):
         rows.append({"name": path.name, "path": str(path), "parameters": 1000 - 100 * i, "nonzero_parameters": 1000 - 300 * i,
                      "sparsity": 0.3 * i, "size_on_disk_mb": 1.0, "metrics": {"accuracy": 0.9 - 0.05 * i, "f1": 0.88 - 0.05 * i},
                      "latency_ms_p50": 10.0 / (i + 1), "latency_ms_p95": 12.0, "throughput_samples_per_s": 100.0,
-                     "energy_joules_per_sample": 0.1, "energy_source": "cpu-tdp-estimate",
+                     "energy_joules_per_sample": 0.1, "energy_source": "estimate",
                      "ratios": {"nonzero_smaller": 1000 / (1000 - 300 * i), "faster": i + 1.0,
                                 "quality_pct": 100 * (0.9 - 0.05 * i) / 0.9}})
     return {"task": "text-classification", "dataset": "embedded/rotten_tomatoes", "split": "test", "num_samples": 200,
@@ -115,3 +116,86 @@ def test_missing_config_is_a_clear_error(tmp_path):
 @pytest.mark.hub
 def test_card_passes_the_hub_validation(student_dir):
     build_model_card(student_dir, repo_id="me/tiny-student").validate()  # server-side schema check
+
+
+def _token_dataset(size=16):
+    from tests.pruning_utils import TokenClassificationData
+
+    return TokenClassificationData(size=size)
+
+
+def _record_upload(monkeypatch):
+    """Stand in for the Hub in `Trainer.push_to_hub`: keep the card as it is when the folder is uploaded."""
+    import transformers.trainer
+
+    uploaded = {}
+
+    class RecordingApi:
+        def upload_folder(self, folder_path, **kwargs):
+            uploaded["readme"] = (Path(folder_path) / "README.md").read_text(encoding="utf-8")
+            uploaded["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", RecordingApi)
+    return uploaded
+
+
+def test_distillation_trainer_push_to_hub_uploads_the_kit_card(tmp_path, monkeypatch):
+    from transformers import BertForSequenceClassification
+
+    from hf_bigsmall import DistillationConfig, DistillationTrainer, EnergyCallback, MagnitudePruningCallback, make_student
+
+    uploaded = _record_upload(monkeypatch)
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config())
+    teacher.config._name_or_path = "someone/tiny-teacher"  # as from_pretrained of a Hub id records it
+    student = make_student(teacher, num_layers=2)
+    args = DistillationConfig(output_dir=str(tmp_path), max_steps=4, per_device_train_batch_size=4, report_to="none",
+                              save_strategy="no", use_cpu=True, disable_tqdm=True, hub_model_id="someone/tiny-student")
+    pruning = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=_token_dataset(),
+                                  callbacks=[pruning, EnergyCallback(country_iso_code="FRA")])
+    trainer.train()
+    trainer.hub_model_id = "someone/tiny-student"  # as init_hf_repo would set it
+    trainer.push_to_hub(dataset="cornell-movie-review-data/rotten_tomatoes")
+
+    validate_card(uploaded["readme"])
+    card = ModelCard(uploaded["readme"])
+    assert card.data.base_model == "someone/tiny-teacher"
+    assert {"hf-bigsmall", "distillation", "pruned", "generated_from_trainer"} <= set(card.data.tags)
+    assert card.data.datasets == ["cornell-movie-review-data/rotten_tomatoes"]
+    assert card.data.co2_eq_emissions["emissions"] > 0
+    assert card.data.co2_eq_emissions["training_type"] == "distillation"  # told by the trainer, not by hand
+    assert 'from_pretrained("someone/tiny-student")' in card.text and "| imp round |" not in card.text
+    # how it was made, with the sparsity measured in the saved weights, and the Trainer's sections kept
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "### Distillation" in card.text and "### Pruning" in card.text
+    assert f"`{saved['distillation']['teacher_layers']}`" in card.text
+    layer_line = "| `bert.encoder.layer.0.intermediate.dense` |"
+    assert layer_line in card.text
+    assert "### Training hyperparameters" in card.text and "### Framework versions" in card.text
+    assert card.text.count("# tiny-student") == 1
+    assert "sparsity_masks.safetensors" in uploaded["files"] and "energy.json" in uploaded["files"]
+
+
+def test_plain_trainer_with_pruning_callback_writes_the_kit_card(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from hf_bigsmall import MagnitudePruningCallback
+    from tests.pruning_utils import tiny_bert
+
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to="none",
+                             save_strategy="no", use_cpu=True, disable_tqdm=True)
+    trainer = Trainer(model=tiny_bert(), args=args, train_dataset=_token_dataset(),
+                      callbacks=[MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot")])
+    trainer.create_model_card()  # before anything is saved: the Trainer's draft stays, nothing breaks
+    assert "hf-bigsmall" not in (ModelCard.load(tmp_path / "README.md").data.tags or [])
+
+    trainer.train()
+    trainer.save_model()
+    trainer.create_model_card(model_name="pruned-bert", tags=["my-tag"])
+    card = ModelCard.load(tmp_path / "README.md")
+    validate_card(str(card))
+    assert {"hf-bigsmall", "pruned", "my-tag"} <= set(card.data.tags) and "distillation" not in card.data.tags
+    assert "# pruned-bert" in card.text and "### Pruning" in card.text and "`one_shot`" in card.text
+    assert "### Training hyperparameters" in card.text
+    assert not (tmp_path / "README.md.tmp").exists()

@@ -28,7 +28,7 @@ def model_dir(tmp_path):
     model.save_pretrained(folder)
     (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]))
     save_file({"bert.encoder.layer.0.intermediate.dense.weight": torch.ones(64, 32)}, folder / "sparsity_masks.safetensors")
-    (folder / "energy.json").write_text(json.dumps({"energy_kwh": 1e-6, "co2_grams": 0.0004, "energy_source": "cpu-tdp-estimate"}))
+    (folder / "energy.json").write_text(json.dumps({"energy_kwh": 1e-6, "co2_grams": 0.0004, "energy_source": "estimate"}))
     (folder / "report.md").write_text("# Big vs small\n")
     (folder / "checkpoint-10").mkdir()
     (folder / "checkpoint-10" / "optimizer.pt").write_bytes(b"state")

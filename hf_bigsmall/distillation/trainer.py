@@ -68,6 +68,9 @@ class DistillationTrainer(Trainer):
     ```
     """
 
+    # its create_model_card writes the kit's card; the pruning callback need not wrap it
+    writes_kit_card = True
+
     def __init__(
         self,
         model: PreTrainedModel | None = None,
@@ -300,3 +303,16 @@ class DistillationTrainer(Trainer):
                 logs[name] = total / steps
             self._loss_parts = {}
         super().log(logs, start_time)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Write the Trainer's card, then make it say how the student was distilled (and pruned).
+
+        `push_to_hub` calls this after saving the model. The card gets the teacher as
+        `base_model`, the teacher layers and loss settings from `config.distillation`, the measured
+        sparsity when a pruning callback ran, and `co2_eq_emissions` when `energy.json` exists;
+        the Trainer's hyperparameters and results stay below (see `hf_bigsmall.hub.card.write_trainer_card`).
+        """
+        super().create_model_card(*args, **kwargs)
+        from ..hub.card import write_trainer_card
+
+        write_trainer_card(self, *args, **kwargs)

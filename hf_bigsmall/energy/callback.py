@@ -111,8 +111,9 @@ class EnergyCallback(TrainerCallback, ExportableState):
         grid_intensity_g_per_kwh (`float`, *optional*): gCO2eq per kWh of your electricity.
         country_iso_code (`str`, *optional*): ISO 3166-1 alpha-3 country, for the intensity table
             and the model card's `geographical_location`.
-        training_type (`str`, defaults to `"fine-tuning"`): written to the model card
-            (`"pre-training"`, `"fine-tuning"`, `"distillation"`, ...).
+        training_type (`str`, *optional*): written to the model card (`"pre-training"`,
+            `"fine-tuning"`, `"distillation"`, ...); by default `"distillation"` when the trainer
+            has a `teacher_model` (`DistillationTrainer`), else `"fine-tuning"`.
         add_to_model_card (`bool`, defaults to `True`): add `co2_eq_emissions` to the README.md that
             `trainer.create_model_card()` and `trainer.push_to_hub()` write.
 
@@ -137,14 +138,14 @@ class EnergyCallback(TrainerCallback, ExportableState):
         cpu_threads: int | None = None,
         grid_intensity_g_per_kwh: float | None = None,
         country_iso_code: str | None = None,
-        training_type: str = "fine-tuning",
+        training_type: str | None = None,
         add_to_model_card: bool = True,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
         if backend == "codecarbon" and not country_iso_code:
             raise ValueError("backend='codecarbon' needs country_iso_code (e.g. 'FRA'): it runs offline and never guesses.")
-        if not isinstance(training_type, str) or not training_type:
+        if training_type is not None and (not isinstance(training_type, str) or not training_type):
             raise ValueError(f"training_type must be a non-empty string such as 'fine-tuning', got {training_type!r}.")
         resolve_cpu_power(cpu_tdp_watts, cpu_threads)  # raises ValueError on a bad TDP, before training
         self.intensity = resolve_grid_intensity(grid_intensity_g_per_kwh, country_iso_code)
@@ -192,6 +193,9 @@ class EnergyCallback(TrainerCallback, ExportableState):
             bound._energy_callback = self
             setattr(trainer, name, bound)
 
+
+    def _default_training_type(self) -> str:
+        return "distillation" if getattr(self._trainer, "teacher_model", None) is not None else "fine-tuning"
 
     def _ensure_attached(self) -> None:
         if self._trainer is None:
@@ -444,7 +448,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
             "country_iso_code": self.intensity.country_iso_code,
             "hardware": " | ".join(sorted({p["hardware"] for p in parts if p.get("hardware")})),
             "num_processes": len(parts),
-            "training_type": self.training_type,
+            "training_type": self.training_type or self._default_training_type(),
             "global_step": getattr(getattr(self._trainer, "state", None), "global_step", None),
             "resumed_from_step": self.resumed_from_step,
             "meters": meters,

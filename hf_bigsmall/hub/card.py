@@ -88,9 +88,14 @@ def weight_sparsity_per_layer(model_dir: Path) -> dict[str, float]:
     return per_layer
 
 
+def _value(value: Any) -> str:
+    return f"`{value:.4g}`" if isinstance(value, float) else f"`{value}`"
+
+
 def _table(rows: list[tuple[str, Any]]) -> list[str]:
+    """A two-column Markdown table of settings; unset (None) settings are left out."""
     lines = ["| | |", "| --- | --- |"]
-    return lines + [f"| {key} | {value} |" for key, value in rows]
+    return lines + [f"| {key.replace('_', ' ')} | {_value(value)} |" for key, value in rows if value is not None]
 
 
 def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str | None) -> list[str]:
@@ -98,11 +103,11 @@ def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str
     if distillation:
         lines += ["### Distillation", "", f"Distilled from `{teacher or distillation.get('teacher')}` "
                   "(Hinton et al., 2015: the student matches the teacher's softened outputs).", ""]
-        lines += _table([(key.replace("_", " "), f"`{value}`") for key, value in distillation.items()])
+        lines += _table(list(distillation.items()))
         lines.append("")
     if sparsity:
         per_layer = sparsity.get("per_layer") or {}
-        settings = [(k.replace("_", " "), f"`{v}`") for k, v in sparsity.items() if k != "per_layer"]
+        settings = [(k, v) for k, v in sparsity.items() if k != "per_layer"]
         lines += ["### Pruning", "", "Magnitude pruning (Zhu & Gupta, 2017) during training.", ""]
         lines += _table(settings) + [""]
         if per_layer:
@@ -224,8 +229,7 @@ def build_model_card(
         body += ["## Big vs small", "", f"Measured on `{report['dataset']}` ({report['num_samples']:,} samples).", "",
                  markdown_table(report), ""]
     if energy:
-        body += ["## Energy", ""] + _table([(k.replace("_", " "), f"`{v}`") for k, v in energy.items()
-                                           if isinstance(v, (int, float, str))]) + [""]
+        body += ["## Energy", ""] + _table([(k, v) for k, v in energy.items() if isinstance(v, (int, float, str))]) + [""]
     loader = architecture or "AutoModel"  # architectures in config.json are transformers class names
     body += ["## How to use", "", "```python", f"from transformers import {loader}", "",
              f'model = {loader}.from_pretrained("{repo_id or model_dir}")', "```"]
@@ -259,3 +263,84 @@ def validate_card(card: ModelCard | str) -> None:
         raise ValueError(f"card metadata co2_eq_emissions needs a number of grams in 'emissions', got {emissions!r}")
     if data.eval_results and not data.model_name:
         raise ValueError("card metadata has eval results but no model name for its model-index")
+
+
+_TRAINER_SECTIONS = "## Training procedure"
+# `Trainer.create_model_card`'s parameters, in order, so positional arguments can be named
+_CREATE_MODEL_CARD_ARGS = ("language", "license", "tags", "model_name", "finetuned_from", "tasks", "dataset_tags",
+                           "dataset", "dataset_args")
+
+
+def use_kit_card(trainer) -> None:
+    """Make `trainer.create_model_card` (and so `trainer.push_to_hub`) write the kit's card.
+
+    Wraps the method on this trainer instance, once, so that `write_trainer_card` runs after the
+    Trainer's draft. `DistillationTrainer` does this in its own `create_model_card`; the pruning
+    callback calls this for the plain `Trainer` it is attached to.
+    """
+    if getattr(type(trainer), "writes_kit_card", False) or getattr(trainer.create_model_card, "_kit_card", False):
+        return
+    original = trainer.create_model_card
+
+    def create_model_card(*args, **kwargs):
+        original(*args, **kwargs)
+        write_trainer_card(trainer, *args, **kwargs)
+
+    create_model_card.__doc__ = original.__doc__
+    create_model_card._kit_card = True
+    trainer.create_model_card = create_model_card
+
+
+def write_trainer_card(trainer, *args: Any, **kwargs: Any) -> Path | None:
+    """Turn the draft card `Trainer.create_model_card` just wrote into the kit's card, in place.
+
+    The card of `build_model_card` (how the model was distilled and pruned, measured sparsity,
+    `co2_eq_emissions`, the big-vs-small table when a report exists) replaces the draft's header,
+    and the draft's "Training procedure" sections (hyperparameters, results, framework versions)
+    are kept below it. Runs on the main process only. It needs the model saved in `output_dir`
+    (as `push_to_hub` does before writing the card); otherwise, or if anything fails, the draft is
+    left as it was and a warning says why: a card never stops a save or an upload.
+
+    Takes the arguments of `Trainer.create_model_card` (`language`, `license`, `tags`,
+    `model_name`, `finetuned_from`, `dataset`, ...); the task is read from the model instead.
+    Returns the path of the card written, or None.
+    """
+    from transformers.utils import logging
+
+    logger = logging.get_logger(__name__)
+    options = dict(zip(_CREATE_MODEL_CARD_ARGS, args)) | kwargs
+    if not trainer.is_world_process_zero():
+        return None
+    output_dir = Path(trainer.args.output_dir)
+    readme = output_dir / "README.md"
+    if not (output_dir / "config.json").is_file():
+        logger.warning(f"No model saved in {output_dir} yet, so its card keeps the Trainer's draft: "
+                       "call `trainer.save_model()` before `create_model_card()`.")
+        return None
+    try:
+        from huggingface_hub import ModelCard
+
+        draft = ModelCard.load(readme) if readme.is_file() else None
+        tags = options.get("tags")
+        tags = [tags] if isinstance(tags, str) else list(tags or [])
+        tags += [tag for tag in (draft.data.tags or []) if tag not in tags] if draft else []
+        dataset = options.get("dataset")
+        dataset = dataset[0] if isinstance(dataset, (list, tuple)) and dataset else dataset
+        # `push_to_hub` passes the last part of `hub_model_id` as model_name: use the full id when they agree
+        model_name, hub_model_id = options.get("model_name"), getattr(trainer.args, "hub_model_id", None)
+        same = hub_model_id and (model_name is None or hub_model_id.split("/")[-1] == model_name)
+        card = build_model_card(
+            output_dir, repo_id=hub_model_id if same else model_name,
+            dataset=dataset, base_model=options.get("finetuned_from"), license=options.get("license") or "apache-2.0",
+            language=options.get("language") or "en", tags=tags,
+        )
+        text = str(card)
+        if draft is not None and _TRAINER_SECTIONS in draft.text:
+            text = text.rstrip("\n") + "\n\n" + draft.text[draft.text.index(_TRAINER_SECTIONS):]
+        temporary = readme.with_name("README.md.tmp")
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, readme)  # never a half-written card
+        return readme
+    except Exception as error:  # noqa: BLE001 - the card is documentation; the save or upload goes on
+        logger.warning(f"Kept the Trainer's draft model card in {readme}: building the hf_bigsmall card failed ({error!r}).")
+        return None

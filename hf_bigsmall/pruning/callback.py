@@ -14,6 +14,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..hub.card import use_kit_card
 from ..utils.trainer import find_trainer
 from .config import PruningConfig
 from .io import (
@@ -96,11 +97,22 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             self.attach(trainer)
 
     def attach(self, trainer) -> MagnitudePruningCallback:
-        """Register with `trainer` (if not already) and log through `trainer.log`. Returns `self`."""
+        """Register with `trainer` (if not already) and log through `trainer.log`. Returns `self`.
+
+        The trainer's `create_model_card` (run by `push_to_hub`) then writes the kit's card, which
+        states the schedule and the sparsity measured per layer.
+        """
         self.trainer = trainer
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
+        use_kit_card(trainer)
         return self
+
+    def _find_trainer(self) -> None:
+        if self.trainer is None:
+            trainer = find_trainer(self)
+            if trainer is not None:
+                self.attach(trainer)
 
 
     # ------------------------------------------------------------------ ExportableState
@@ -118,13 +130,13 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             unit_groups(model, self.config.structure)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
-        self.trainer = self.trainer or find_trainer(self)
+        self._find_trainer()
         if model is not None and self.config.target_sparsity is not None:
             self._check_model(extract_model_from_parallel(model))
 
     # ------------------------------------------------------------------ training events
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self.trainer = self.trainer or find_trainer(self)
+        self._find_trainer()
         model = extract_model_from_parallel(model)
         if self.config.target_sparsity is not None:
             self._check_model(model)

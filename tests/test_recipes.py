@@ -109,6 +109,35 @@ def test_causal_lm_recipe_on_hamlet_with_a_gpt2_teacher(tmp_path):
     assert record["teacher_layers"] == [0, 3] and record["kd_loss"] == "forward_kl"
 
 
+
+@pytest.mark.multiprocess
+@requires_gpt2_tokenizer
+@requires_scattertext
+def test_causal_lm_recipe_under_multi_cpu_launch(tmp_path):
+    """The recipe as its docstring launches it, with multi_cpu.yaml: two ranks really train together."""
+    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+
+    from hf_bigsmall import assets
+    from tests.testing_utils import run_accelerate, tiny_gpt2_config
+
+    tokenizer = GPT2TokenizerFast.from_pretrained(assets.gpt2_tokenizer_path())
+    teacher = GPT2LMHeadModel(tiny_gpt2_config(vocab_size=len(tokenizer), bos_token_id=50256, eos_token_id=50256))
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+
+    result = run_accelerate(
+        REPO_ROOT / "recipes" / "distill_causal_lm.py",
+        "--teacher_model_name_or_path", tmp_path / "teacher", "--output_dir", tmp_path / "student",
+        "--student_num_layers", "2", "--block_size", "32", "--max_train_samples", "16", "--max_eval_samples", "4",
+        "--per_device_train_batch_size", "4", "--max_steps", "2", "--log_level", "info", timeout=300,
+    )
+    output = result.stdout + result.stderr
+    # 4 sequences per device x 2 processes: only a real 2-rank group reports 8 (no --use_cpu passed:
+    # DistillationConfig turns it on by itself on a machine without a GPU)
+    assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in output
+    assert json.loads((tmp_path / "student" / "eval_results.json").read_text())["eval_loss"] > 0
+    assert output.count("Student (") == 1  # only the main process reports
+
 @pytest.mark.slow
 @requires_smollm2
 @requires_scattertext

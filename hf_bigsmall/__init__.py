@@ -23,6 +23,7 @@ _LAZY_IMPORTS: dict[str, str] = {
     "MagnitudePruningCallback": "hf_bigsmall.pruning.callback",
     "sparsity_report": "hf_bigsmall.pruning.masks",
     "compact": "hf_bigsmall.pruning.compact",
+    "trim_vocabulary": "hf_bigsmall.pruning.vocabulary",
     # energy
     "EnergyCallback": "hf_bigsmall.energy.callback",
     "measure_inference": "hf_bigsmall.energy.inference",
@@ -46,6 +47,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .pruning.callback import MagnitudePruningCallback
     from .pruning.compact import compact
     from .pruning.masks import sparsity_report
+    from .pruning.vocabulary import trim_vocabulary
     from .reporting.compare import compare_models
 
 

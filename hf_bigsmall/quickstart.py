@@ -6,9 +6,12 @@ side by side and write everything to one folder:
 
 ```
 bigsmall_output/
-  teacher/ student/ student-pruned/ student-compact/   each loads with plain from_pretrained
+  teacher/ student/ student-pruned/ student-compact/ student-trimmed/   each loads with plain from_pretrained
   report.md  report.json  quality_vs_size.png  quality_vs_energy.png
 ```
+
+`student-trimmed` is the compacted student with its vocabulary trimmed to the tokens of the
+training texts (`--no_trim_vocabulary` leaves it out).
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class QuickstartArguments:
         "help": "Width of the student (default: the teacher's, so it starts from the teacher's weights)."})
     target_sparsity: float = field(default=0.5, metadata={
         "help": "Fraction of each FFN layer's neurons pruned, in [0, 1); compaction then removes them."})
+    trim_vocabulary: bool = field(default=True, metadata={
+        "help": "Also write student-trimmed: the compacted student keeping only the tokens of the training "
+                "texts (WordPiece teachers such as BERT and MiniLM)."})
     fast: bool = field(default=False, metadata={"help": "A run of a minute or two (CI, smoke test)."})
     teacher_steps: int | None = field(default=None, metadata={"help": "Teacher fine-tuning steps."})
     distill_steps: int | None = field(default=None, metadata={"help": "Distillation steps."})
@@ -144,6 +150,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     teacher_dir, student_dir = output_dir / "teacher", output_dir / "student"
     pruned_dir, compact_dir = output_dir / "student-pruned", output_dir / "student-compact"
+    trimmed_dir = output_dir / "student-trimmed"
     print(f"hf-bigsmall quickstart: {args.teacher} on {args.dataset}"
           f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}", flush=True)
 
@@ -178,18 +185,33 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     _distill(args, student, teacher, dataset, tokenizer, pruned_dir, args.prune_steps, callbacks=[pruning])
     _done(start, pruned_dir)
 
-    start = _stage(4, "Compact student: pruned neurons physically removed")
+    start = _stage(4, "Compact student: pruned neurons physically removed"
+                      + (", then the vocabulary trimmed to the training texts" if args.trim_vocabulary else ""))
     compacted = compact(AutoModelForSequenceClassification.from_pretrained(pruned_dir))
     partial = compact_dir.with_name(compact_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     compacted.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     _publish(partial, compact_dir)
+    models = {"teacher": teacher_dir, "student": student_dir, "student-pruned": pruned_dir,
+              "student-compact": compact_dir}
+    if args.trim_vocabulary:
+        from .pruning.vocabulary import trim_vocabulary
+
+        texts = assets.load_text_dataset(args.dataset)["train"]["text"]
+        trimmed, trimmed_tokenizer = trim_vocabulary(compacted, tokenizer, texts)
+        partial = trimmed_dir.with_name(trimmed_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        trimmed.save_pretrained(partial)
+        trimmed_tokenizer.save_pretrained(partial)
+        _publish(partial, trimmed_dir)
+        models["student-trimmed"] = trimmed_dir
+        record = trimmed.config.vocabulary_trimming
+        print(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
+              f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}", flush=True)
     _done(start, compact_dir)
 
     start = _stage(5, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
-    models = {"teacher": teacher_dir, "student": student_dir, "student-pruned": pruned_dir,
-              "student-compact": compact_dir}
     comparison = compare_models(models, args.dataset, split=eval_split,
                                 max_samples=args.eval_samples, max_length=args.max_length,
                                 latency_samples=args.latency_samples, output_dir=output_dir)
@@ -203,5 +225,5 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         print(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
     print(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
     print(f"  plots            {output_dir / 'quality_vs_size.png'}, {output_dir / 'quality_vs_energy.png'}")
-    print(f"Share one with: hf-bigsmall push {compact_dir} <your-name>/<repo>")
+    print(f"Share one with: hf-bigsmall push {list(models.values())[-1]} <your-name>/<repo>")
     return output_dir

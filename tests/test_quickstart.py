@@ -9,7 +9,7 @@ from .hub_server import LoopbackHub
 from .test_compare import _save_tokenizer
 from .testing_utils import requires_minilm, requires_scattertext, tiny_bert_config
 
-MODELS = ("teacher", "student", "student-pruned", "student-compact")
+MODELS = ("teacher", "student", "student-pruned", "student-compact", "student-trimmed")
 
 
 @requires_scattertext
@@ -100,3 +100,22 @@ def test_quickstart_fast_writes_a_complete_folder(quickstart_output):
     with torch.no_grad():
         torch.testing.assert_close(pruned(**batch).logits, compacted(**batch).logits, atol=1e-4, rtol=1e-4)
     assert rows["teacher"]["ratios"]["quality_pct"] == 100.0
+
+    # the trimmed student is the compacted one with only the training texts' tokens: same function on
+    # a training text, a smaller embedding, and its own tokenizer (which the comparison used)
+    from transformers import AutoTokenizer
+
+    from hf_bigsmall import assets
+
+    trimmed = models["student-trimmed"]
+    record = trimmed.config.vocabulary_trimming
+    assert record["original_vocab_size"] == compacted.config.vocab_size > record["vocab_size"] == trimmed.config.vocab_size
+    removed_rows = compacted.config.vocab_size - trimmed.config.vocab_size
+    assert rows["student-compact"]["parameters"] - rows["student-trimmed"]["parameters"] == removed_rows * hidden
+    text = assets.load_text_dataset("embedded/rotten_tomatoes")["train"]["text"][0]
+    full, small = AutoTokenizer.from_pretrained(out / "student-compact"), AutoTokenizer.from_pretrained(out / "student-trimmed")
+    assert len(small) == trimmed.config.vocab_size
+    with torch.no_grad():
+        torch.testing.assert_close(compacted(**full(text, return_tensors="pt")).logits,
+                                   trimmed(**small(text, return_tensors="pt")).logits, atol=1e-4, rtol=1e-4)
+    assert "### Vocabulary" in (out / "student-trimmed" / "README.md").read_text()

@@ -98,7 +98,8 @@ def _table(rows: list[tuple[str, Any]]) -> list[str]:
     return lines + [f"| {key.replace('_', ' ')} | {_value(value)} |" for key, value in rows if value is not None]
 
 
-def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str | None) -> list[str]:
+def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str | None,
+                  trimming: dict | None = None) -> list[str]:
     lines: list[str] = []
     if distillation:
         lines += ["### Distillation", "", f"Distilled from `{teacher or distillation.get('teacher')}` "
@@ -114,6 +115,11 @@ def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str
             lines += ["Sparsity reached, per layer:", "", "| Layer | Sparsity |", "| --- | --- |"]
             lines += [f"| `{name}` | {100 * float(value):.1f}% |" for name, value in per_layer.items()]
             lines.append("")
+    if trimming:
+        lines += ["### Vocabulary", "",
+                  f"The vocabulary was trimmed from {trimming['original_vocab_size']:,} to {trimming['vocab_size']:,} "
+                  f"tokens, those used by {trimming['num_texts']:,} training texts (special tokens kept). Words made "
+                  "of other pieces are split into kept pieces or read as the unknown token.", ""]
     return lines
 
 
@@ -222,7 +228,7 @@ def build_model_card(
                     if row.get("ratios", {}).get("quality_pct") is not None else ""), ""]
     if sparsity and not sparsity.get("per_layer"):
         sparsity = {**sparsity, "per_layer": weight_sparsity_per_layer(model_dir)}
-    made_lines = _made_section(distillation, sparsity, teacher)
+    made_lines = _made_section(distillation, sparsity, teacher, config.get("vocabulary_trimming"))
     if made_lines:
         body += ["## How it was made", ""] + made_lines
     if report:

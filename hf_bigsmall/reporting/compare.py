@@ -173,6 +173,46 @@ def _training_energy(model_dir: Path | None) -> dict[str, Any]:
             "training_energy_source": record.get("energy_source")}
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+
+
+def _tokenizers_for(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
+                    tokenizer: PreTrainedTokenizerBase | None) -> dict[str, PreTrainedTokenizerBase]:
+    """The tokenizer of each model: `tokenizer` for all when given, else each folder's own.
+
+    A folder without tokenizer files, or a model passed as an object, takes the first folder's
+    tokenizer (students made with `make_student` share the teacher's). Models with a trimmed
+    vocabulary (`trim_vocabulary`) carry their own and are measured with it.
+    """
+    from transformers import AutoTokenizer
+
+    if tokenizer is not None:
+        chosen = {name: tokenizer for name in loaded}
+    else:
+        own = {name: AutoTokenizer.from_pretrained(path) for name, (_, path) in loaded.items()
+               if path is not None and any((path / f).is_file() for f in _TOKENIZER_FILES)}
+        if not own:
+            raise ValueError("No model folder holds a tokenizer: pass `tokenizer=` (or save the tokenizer beside "
+                             "the first model).")
+        default = next(iter(own.values()))
+        chosen = {name: own.get(name, default) for name in loaded}
+    for model_tokenizer in chosen.values():
+        if model_tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; batches need one
+            model_tokenizer.pad_token = model_tokenizer.eos_token
+    return chosen
+
+
+def _vocabulary_key(tokenizer: PreTrainedTokenizerBase) -> str:
+    import hashlib
+
+    cached = getattr(tokenizer, "_bigsmall_vocabulary_key", None)
+    if cached is None:
+        vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+        cached = hashlib.sha1(vocabulary.encode("utf-8")).hexdigest()
+        tokenizer._bigsmall_vocabulary_key = cached
+    return cached
+
+
 def _tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, text_column: str,
               label_column: str, max_length: int) -> Dataset:
     keep = [label_column] if task == CLASSIFICATION else []
@@ -250,12 +290,14 @@ def compare_models(
 
     Args:
         models: saved model folders or loaded models, as a list (named after their folders) or a
-            `{name: model}` mapping. All must share the task and the tokenizer's vocabulary.
+            `{name: model}` mapping. All must share the task; classifiers may have different
+            vocabularies (a student with a trimmed vocabulary is measured with its own tokenizer).
         eval_dataset: a `datasets.Dataset` with `text_column` (and `label_column` for
             classification), or a dataset name for `hf_bigsmall.assets.load_text_dataset`
             (`embedded/rotten_tomatoes`, `embedded/hamlet`, a Hub id). Defaults to the embedded
             Rotten Tomatoes test split for classifiers and Hamlet for causal LMs.
-        tokenizer: used for every model; defaults to the tokenizer saved in the first model folder.
+        tokenizer: used for every model; by default each folder's own tokenizer (a folder without
+            one, or a model object, takes the first folder's).
         split: split taken when `eval_dataset` is a name.
         max_samples: evaluate on at most this many samples (all if None).
         max_length: truncate inputs to this many tokens.
@@ -275,7 +317,6 @@ def compare_models(
     ```
     """
     import torch
-    from transformers import AutoTokenizer
 
     from ..assets import load_text_dataset
 
@@ -297,17 +338,17 @@ def compare_models(
         raise ValueError(f"All models must have the same task to be compared, got {sorted(tasks)}.")
     task = tasks.pop()
 
-    if tokenizer is None:
-        folder = next((path for _, path in loaded.values() if path is not None), None)
-        if folder is None:
-            raise ValueError("Pass `tokenizer=` when the models are given as objects rather than folders.")
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    if tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; batches need one
-        tokenizer.pad_token = tokenizer.eos_token
-    vocab_sizes = {model.config.vocab_size for model, _ in loaded.values()}
-    if any(size < len(tokenizer) for size in vocab_sizes):
-        raise ValueError(f"The tokenizer has {len(tokenizer)} tokens but a model's vocabulary is {min(vocab_sizes)}: "
-                         "compare models that share the tokenizer (e.g. a teacher and students made with make_student).")
+    tokenizers = _tokenizers_for(loaded, tokenizer)
+    for name, (model, _) in loaded.items():
+        if model.config.vocab_size < len(tokenizers[name]):
+            raise ValueError(
+                f"Model {name!r} has a vocabulary of {model.config.vocab_size} but its tokenizer has "
+                f"{len(tokenizers[name])} tokens: save each model with the tokenizer it was trained with "
+                "(students made with make_student share the teacher's)."
+            )
+    if task == CAUSAL_LM and len({_vocabulary_key(t) for t in tokenizers.values()}) > 1:
+        raise ValueError("Causal LMs with different tokenizers cannot be compared: perplexity per token depends on "
+                         "the tokenization. Compare models that share one tokenizer.")
 
     if eval_dataset is None:
         from .. import assets
@@ -327,11 +368,18 @@ def compare_models(
                          "pass text_column=/label_column=.")
     if max_samples is not None:
         eval_dataset = eval_dataset.select(range(min(max_samples, len(eval_dataset))))
-    tokenized = _tokenize(eval_dataset, tokenizer, task, text_column, label_column, max_length)
-    inputs_only = tokenized.remove_columns([c for c in tokenized.column_names if c == label_column])
+    tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
+    for model_tokenizer in tokenizers.values():
+        key = _vocabulary_key(model_tokenizer)
+        if key not in tokenized_by_vocabulary:
+            tokenized_by_vocabulary[key] = _tokenize(eval_dataset, model_tokenizer, task, text_column, label_column,
+                                                     max_length)
 
     measurements = []
     for name, (model, path) in loaded.items():
+        tokenizer = tokenizers[name]
+        tokenized = tokenized_by_vocabulary[_vocabulary_key(tokenizer)]
+        inputs_only = tokenized.remove_columns([c for c in tokenized.column_names if c == label_column])
         total, nonzero, sparsity = count_parameters(model, path)
         if path is None:  # measure what saving it would write
             with tempfile.TemporaryDirectory() as scratch:

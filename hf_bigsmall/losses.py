@@ -39,6 +39,21 @@ def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def _divergence_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, temperature: float, kind: str,
+                     jsd_beta: float) -> torch.Tensor:
+    """Per-row divergence of softened distributions, `(N, C) -> (N,)`, computed in float32."""
+    log_s = F.log_softmax(student_rows.float() / temperature, dim=-1)
+    log_t = F.log_softmax(teacher_rows.float() / temperature, dim=-1)
+    if kind == "forward_kl":
+        return _kl_rows(log_t, log_s)
+    if kind == "reverse_kl":
+        return _kl_rows(log_s, log_t)
+    # log m = logsumexp(log t + log beta, log s + log(1 - beta)); log 0 = -inf is fine here
+    beta = torch.tensor(jsd_beta, dtype=torch.float32, device=log_s.device)
+    log_m = torch.logsumexp(torch.stack([log_t + beta.log(), log_s + (1 - beta).log()]), dim=0)
+    return jsd_beta * _kl_rows(log_t, log_m) + (1 - jsd_beta) * _kl_rows(log_s, log_m)
+
+
 def _reduce(per_row: torch.Tensor, reduction: Reduction) -> torch.Tensor:
     if reduction == "none":
         return per_row
@@ -58,6 +73,7 @@ def kd_loss(
     mask: torch.Tensor | None = None,
     jsd_beta: float = 0.5,
     reduction: Reduction = "batchmean",
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Soft-target distillation loss between student and teacher logits (Hinton et al. 2015).
 
@@ -89,6 +105,11 @@ def kd_loss(
         reduction (`str`):
             `"batchmean"` (sum over the selected rows / their number), `"sum"`, or `"none"` (one
             value per selected row, shape `(N,)`).
+        chunk_size (`int`, *optional*):
+            Compute the divergence over this many rows at a time and recompute each chunk in the
+            backward pass (activation checkpointing), so the float32 softmaxes of all rows are never
+            held at once: for token-level distillation over a large vocabulary. Same value and
+            gradient; `None` computes all rows at once.
 
     Returns:
         `torch.Tensor`: a float32 scalar (or `(N,)` with `reduction="none"`).
@@ -117,23 +138,25 @@ def kd_loss(
             f"student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ in shape: feed both the same batch."
         )
-    student_rows = _select_rows(student_logits, mask).float()
-    teacher_rows = _select_rows(teacher_logits, mask).float().detach()
-    log_s = F.log_softmax(student_rows / temperature, dim=-1)
-    log_t = F.log_softmax(teacher_rows / temperature, dim=-1)
-
-    if kind == "forward_kl":
-        per_row = _kl_rows(log_t, log_s)
-    elif kind == "reverse_kl":
-        per_row = _kl_rows(log_s, log_t)
+    if kind == "jsd" and not 0.0 <= jsd_beta <= 1.0:
+        raise ValueError(f"jsd_beta must be in [0, 1], got {jsd_beta}.")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
+    student_rows = _select_rows(student_logits, mask)
+    teacher_rows = _select_rows(teacher_logits, mask).detach()
+    if chunk_size is None or student_rows.shape[0] <= chunk_size:
+        per_row = _divergence_rows(student_rows, teacher_rows, temperature, kind, jsd_beta)
     else:
-        if not 0.0 <= jsd_beta <= 1.0:
-            raise ValueError(f"jsd_beta must be in [0, 1], got {jsd_beta}.")
-        # log m = logsumexp(log t + log beta, log s + log(1 - beta)); log 0 = -inf is fine here
-        beta = torch.tensor(jsd_beta, dtype=torch.float32, device=log_s.device)
-        log_m = torch.logsumexp(torch.stack([log_t + beta.log(), log_s + (1 - beta).log()]), dim=0)
-        per_row = jsd_beta * _kl_rows(log_t, log_m) + (1 - jsd_beta) * _kl_rows(log_s, log_m)
+        from torch.utils.checkpoint import checkpoint
 
+        # With autograd, each chunk's float32 softmaxes are recomputed in the backward pass instead of
+        # being kept: the peak holds one chunk's intermediates, not several copies of all the logits.
+        recompute = torch.is_grad_enabled() and student_rows.requires_grad
+        per_row = torch.cat([
+            checkpoint(_divergence_rows, student, teacher, temperature, kind, jsd_beta, use_reentrant=False)
+            if recompute else _divergence_rows(student, teacher, temperature, kind, jsd_beta)
+            for student, teacher in zip(student_rows.split(chunk_size), teacher_rows.split(chunk_size))
+        ])
     return _reduce(per_row * temperature**2, reduction)
 
 

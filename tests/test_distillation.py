@@ -124,6 +124,7 @@ class GradientRecorder(TrainerCallback):
     [
         ("bert", {"alpha_hidden": 1.0, "alpha_attention": 1.0}),
         ("gpt2", {"alpha_hidden": 1.0}),
+        ("gpt2", {"alpha_hidden": 1.0, "kd_chunk_size": 5}),  # token KD over chunks of 5 positions
     ],
 )
 def test_gradient_accumulation_is_exact(tmp_path, arch, overrides):

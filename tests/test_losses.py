@@ -100,7 +100,8 @@ def test_minus_inf_logits_do_not_give_nan():
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"temperature": 0.0}, "temperature"), ({"kind": "kl"}, "kind"), ({"kind": "jsd", "jsd_beta": 1.5}, "jsd_beta")],
+    [({"temperature": 0.0}, "temperature"), ({"kind": "kl"}, "kind"), ({"kind": "jsd", "jsd_beta": 1.5}, "jsd_beta"),
+     ({"chunk_size": 0}, "chunk_size")],
 )
 def test_bad_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -134,3 +135,21 @@ def test_attention_loss_is_kl_of_attention_rows():
     assert attention_loss(teacher, teacher.clone()).abs() < 1e-6
     # different head counts compare head-mean maps
     assert torch.isfinite(attention_loss(student[:, :2], teacher))
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chunked_loss_equals_the_whole(kind, dtype):
+    student = _logits(3, 17, 50, dtype=dtype).requires_grad_()
+    teacher = _logits(3, 17, 50, seed=1, dtype=dtype)
+    mask = torch.rand(3, 17, generator=torch.Generator().manual_seed(2)) > 0.3
+    whole = kd_loss(student, teacher, 2.0, kind=kind, mask=mask, reduction="sum")
+    (whole_grad,) = torch.autograd.grad(whole, student)
+    for chunk_size in (1, 4, 1000):
+        chunked = kd_loss(student, teacher, 2.0, kind=kind, mask=mask, reduction="sum", chunk_size=chunk_size)
+        (chunked_grad,) = torch.autograd.grad(chunked, student)
+        torch.testing.assert_close(chunked, whole)
+        torch.testing.assert_close(chunked_grad, whole_grad)
+    per_row = kd_loss(student.detach(), teacher, 2.0, kind=kind, mask=mask, reduction="none", chunk_size=4)
+    assert per_row.shape == (int(mask.sum()),)
+    torch.testing.assert_close(per_row.sum(), whole.detach())

@@ -58,6 +58,12 @@ class DistillationConfig(TrainingArguments):
         default=0.5,
         metadata={"help": "Teacher weight of the JSD mixture, strictly between 0 and 1 (used with kd_loss='jsd')."},
     )
+    kd_chunk_size: int | None = field(
+        default=None,
+        metadata={"help": "Rows (tokens) of logits per chunk of the soft-target loss, each recomputed in the "
+                  "backward pass so large-vocabulary KD does not hold several float32 copies of all logits. "
+                  "Default: chunks of about 4M logits (16 MB) when the logits are larger than that."},
+    )
     alpha_hidden: float = field(
         default=0.0,
         metadata={"help": "Weight of the hidden-state loss between mapped layers, >= 0 (0 turns it off)."},
@@ -119,6 +125,9 @@ class DistillationConfig(TrainingArguments):
                 f"jsd_beta must be strictly between 0 and 1, got {self.jsd_beta}: at 0 or 1 the "
                 "generalised JSD is identically zero. Use kd_loss='forward_kl' or 'reverse_kl' instead."
             )
+        if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
+            raise ValueError(f"kd_chunk_size must be a positive number of rows (or unset for automatic), "
+                             f"got {self.kd_chunk_size}.")
         if self.hidden_loss not in HIDDEN_LOSSES:
             raise ValueError(f"hidden_loss must be one of {HIDDEN_LOSSES}, got {self.hidden_loss!r}.")
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:

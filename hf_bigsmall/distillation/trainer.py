@@ -25,6 +25,8 @@ from .teacher import (
 logger = logging.getLogger(__name__)
 
 PROJECTION_NAME = "distillation_projection"
+# logits per chunk of the soft-target loss when `kd_chunk_size` is unset: 16 MB of float32
+KD_CHUNK_LOGITS = 2**22
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -202,6 +204,7 @@ class DistillationTrainer(Trainer):
                 kd = kd_loss(
                     student_logits, teacher_logits, args.temperature, kind=args.kd_loss,
                     mask=row_mask, jsd_beta=args.jsd_beta, reduction="sum",
+                    chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
                 )
                 parts["loss_kd"] = scale(kd, local_rows)
             if need_hidden:

@@ -2,7 +2,8 @@
 
 `compare` measures one model after the other; on a machine shared with other work, a burst of load
 can land on one of them. This re-measures the models of a quickstart folder in rounds
-(teacher, student, pruned, compact, teacher, ...) and prints the medians and the ratios to the teacher.
+(teacher, student, pruned, compact, trimmed, teacher, ...) and prints the medians and the ratios to
+the teacher. Each model reads the same texts through its own tokenizer (the trimmed student's differs).
 
     python benchmarks/bigsmall_speed.py bigsmall_output --rounds 5
 """
@@ -13,7 +14,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-MODELS = ("teacher", "student", "student-pruned", "student-compact")
+MODELS = ("teacher", "student", "student-pruned", "student-compact", "student-trimmed")
 
 
 def main() -> None:
@@ -31,15 +32,18 @@ def main() -> None:
     from hf_bigsmall.assets import ROTTEN_TOMATOES, load_text_dataset
     from hf_bigsmall.reporting.compare import load_model
 
-    tokenizer = AutoTokenizer.from_pretrained(args.output_dir / "teacher")
     texts = load_text_dataset(ROTTEN_TOMATOES)["test"].select(range(args.samples))
-    data = texts.map(lambda rows: tokenizer(rows["text"], truncation=True, max_length=64), batched=True,
-                     remove_columns=texts.column_names)
-    models = {name: load_model(args.output_dir / name) for name in MODELS}
-    results: dict[str, dict[str, list[float]]] = {name: {"p50": [], "p95": [], "tput": [], "jps": []} for name in MODELS}
+    names = [name for name in MODELS if (args.output_dir / name / "config.json").is_file()]
+    models = {name: load_model(args.output_dir / name) for name in names}
+    data = {}
+    for name in names:
+        tokenizer = AutoTokenizer.from_pretrained(args.output_dir / name)
+        data[name] = texts.map(lambda rows: tokenizer(rows["text"], truncation=True, max_length=64), batched=True,
+                               remove_columns=texts.column_names)
+    results: dict[str, dict[str, list[float]]] = {name: {"p50": [], "p95": [], "tput": [], "jps": []} for name in names}
     for round_index in range(args.rounds):
         for name, model in models.items():
-            measured = measure_inference(model, data, batch_size=32, latency_samples=args.latency_samples)
+            measured = measure_inference(model, data[name], batch_size=32, latency_samples=args.latency_samples)
             for key, value in (("p50", measured.latency_ms_p50), ("p95", measured.latency_ms_p95),
                                ("tput", measured.throughput_samples_per_s), ("jps", measured.joules_per_sample)):
                 results[name][key].append(value)

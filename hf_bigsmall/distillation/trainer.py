@@ -236,22 +236,24 @@ class DistillationTrainer(Trainer):
         """Logits aligned with their targets, plus the masks of rows and positions that count.
 
         Returns `(logits, labels, row_mask, position_mask)`: for causal LM the logits at position t
-        predict token t + 1, so logits drop the last position and labels the first; `row_mask`
-        selects the rows (tokens) that count, `position_mask` (B, T) the positions of the hidden
-        states and attention rows that count. For sequence classification `row_mask` is None.
+        predict token t + 1, so the labels are shifted left (the last position gets -100);
+        `row_mask` (B, T) selects the positions whose logits count, and `position_mask` (the same
+        for causal LM) the positions of the hidden states and attention rows that count. For
+        sequence classification `row_mask` is None.
         """
         if logits.dim() == 2:  # sequence classification: one row per sequence
             return logits, labels, None, None if attention_mask is None else attention_mask.bool()
         if self._loss_shifts_labels:
-            logits = logits[:, :-1]
+            # position t predicts token t + 1: the targets are shifted, not the logits, so the (large)
+            # logits are never copied; the last position has no target
             if labels is not None:
-                target_labels = labels[:, 1:]
+                target_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
                 row_mask = target_labels.ne(-100)
             else:
                 target_labels = None
-                row_mask = (attention_mask[:, 1:] if attention_mask is not None else torch.ones_like(logits[..., 0])).bool()
-            position_mask = F.pad(row_mask, (0, 1), value=False)  # position t predicts t + 1
-            return logits, target_labels, row_mask, position_mask
+                following = attention_mask[:, 1:] if attention_mask is not None else logits.new_ones(logits.shape[:2])[:, 1:]
+                row_mask = F.pad(following.bool(), (0, 1), value=False)
+            return logits, target_labels, row_mask, row_mask
         if labels is not None:
             row_mask = labels.ne(-100)
         elif attention_mask is not None:

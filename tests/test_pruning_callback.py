@@ -133,13 +133,17 @@ def run(output_dir, max_steps=8, resume=None, restore_callback_states=False, **c
     return model, callback
 
 
-@pytest.mark.parametrize("schedule, restore_callback_states", [("cubic", False), ("imp", False), ("imp", True)])
-def test_kill_and_resume_equals_uninterrupted(tmp_path, schedule, restore_callback_states):
+@pytest.mark.parametrize("schedule, restore_callback_states, moved", [
+    ("cubic", False, False), ("imp", False, False), ("imp", True, False), ("imp", False, True),
+])
+def test_kill_and_resume_equals_uninterrupted(tmp_path, schedule, restore_callback_states, moved):
     kwargs = {"schedule": schedule, "imp_rounds": 2} if schedule == "imp" else {"schedule": schedule}
     full_model, full_callback = run(tmp_path / "full", **kwargs)
-    # The interrupted run: only what was on disk at step 4 survives the kill.
-    shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "killed" / "checkpoint-4")
-    resumed_model, resumed_callback = run(tmp_path / "killed", resume=True,
+    # The interrupted run: only what was on disk at step 4 survives the kill; `moved`: the checkpoint
+    # was copied to another machine or folder and is resumed from there by path
+    checkpoint = tmp_path / ("moved" if moved else "killed") / "checkpoint-4"
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", checkpoint)
+    resumed_model, resumed_callback = run(tmp_path / "killed", resume=str(checkpoint) if moved else True,
                                           restore_callback_states=restore_callback_states, **kwargs)
 
     assert set(resumed_callback.masks) == set(full_callback.masks)

@@ -15,7 +15,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..hub.card import use_kit_card
-from ..utils.trainer import find_trainer
+from ..utils.trainer import find_trainer, resumed_checkpoint
 from .config import PruningConfig
 from .io import (
     SPARSITY_REWIND_NAME,
@@ -271,7 +271,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 )
             self.imp_round = stored["attributes"].get("imp_round", 0)
             self.last_pruned_step = stored["attributes"].get("last_pruned_step")
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        resumed = resumed_checkpoint(self.trainer) if self.trainer is not None else None
+        folder = Path(resumed) if resumed else Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         self.masks = load_masks(folder)
         if not self.masks:
             logger.warning(f"No pruning masks in {folder}: reading them back from the exact zeros of the resumed weights.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
 
@@ -27,4 +28,25 @@ def find_trainer(callback: Any) -> Any | None:
         return None
     finally:
         # Frames hold references to their locals; drop ours so no cycle keeps the trainer alive.
+        del frame
+
+
+def resumed_checkpoint(trainer: Any) -> str | None:
+    """The folder `trainer.train(resume_from_checkpoint=...)` is resuming from, or None.
+
+    The Trainer does not keep the path it resumes from; its training loop holds it as the local
+    `resume_from_checkpoint` (already resolved when `True` was passed). Callbacks that saved files
+    beside a checkpoint read them from there, wherever the checkpoint was moved.
+    """
+    frame = inspect.currentframe()
+    try:
+        frame = frame.f_back if frame is not None else None
+        while frame is not None:
+            if frame.f_locals.get("self") is trainer:
+                value = frame.f_locals.get("resume_from_checkpoint")
+                if isinstance(value, (str, os.PathLike)):
+                    return os.fspath(value)
+            frame = frame.f_back
+        return None
+    finally:
         del frame

@@ -158,6 +158,13 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
     start = _stage(1, f"Teacher: fine-tune {args.teacher} ({args.teacher_steps} steps; reused if already there)")
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(args.teacher))
+    if args.trim_vocabulary:
+        from .pruning.vocabulary import trimming_unsupported
+
+        reason = trimming_unsupported(tokenizer)
+        if reason is not None:  # on by default: say so and go on without it
+            print(f"      vocabulary trimming skipped: {reason}", flush=True)
+            args.trim_vocabulary = False
     dataset = load_classification_dataset(tokenizer, args.dataset, max_length=args.max_length,
                                           max_train_samples=args.max_train_samples,
                                           max_eval_samples=args.eval_samples, seed=args.seed)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from hf_bigsmall.pruning.vocabulary import trim_vocabulary, used_token_ids
+from hf_bigsmall.pruning.vocabulary import trim_vocabulary, trimming_unsupported, used_token_ids
 
 from .test_compare import WORDS, _dataset, _direct_predictions, _save_tokenizer
 from .testing_utils import requires_minilm, requires_scattertext, tiny_bert_config
@@ -79,6 +79,7 @@ def test_bad_input_is_rejected_before_the_model_changes(tmp_path):
     bpe = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[])))
     with pytest.raises(ValueError, match="WordPiece"):
         trim_vocabulary(model, bpe, TRAIN_TEXTS)
+    assert "WordPiece" in trimming_unsupported(bpe) and trimming_unsupported(tokenizer) is None  # the quickstart asks first
     with pytest.raises(ValueError, match="LM head"):
         trim_vocabulary(BertForMaskedLM(tiny_bert_config(vocab_size=len(tokenizer))), tokenizer, TRAIN_TEXTS)
     with pytest.raises(ValueError, match="tokenizer the model was trained with"):

@@ -44,6 +44,15 @@ def _backend_json(tokenizer) -> dict[str, Any]:
     return data
 
 
+def trimming_unsupported(tokenizer) -> str | None:
+    """Why `trim_vocabulary` cannot trim this tokenizer's vocabulary, or None when it can."""
+    try:
+        _backend_json(tokenizer)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
 def used_token_ids(tokenizer, texts: Iterable[str], min_count: int = 1, batch_size: int = 1000) -> list[int]:
     """Ids of the tokens that occur at least `min_count` times in `texts` (no truncation), sorted."""
     counts: Counter[int] = Counter()

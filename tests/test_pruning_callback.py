@@ -247,3 +247,26 @@ def test_distillation_projection_is_not_pruned(tmp_path):
     assert all(bool((p != 0).all()) for p in projection.parameters())
     assert any(name.startswith("bert.encoder.layer.") for name in callback.masks)
     assert sparsity_report(student).global_sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_imp_restarts_the_learning_rate_schedule_each_round(tmp_path, restart):
+    class RecordLearningRate(TrainerCallback):
+        rates = []
+
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            self.rates.append(optimizer.param_groups[0]["lr"])  # the rate this optimizer step uses
+
+    recorder = RecordLearningRate()
+    callback = MagnitudePruningCallback(target_sparsity=0.75, schedule="imp", imp_rounds=2, steps_per_round=3,
+                                        imp_restart_lr=restart)
+    args = training_args(tmp_path, max_steps=9, learning_rate=0.01, lr_scheduler_type="linear", warmup_steps=0)
+    trainer = pruning_trainer(tiny_bert(), args, callback)
+    trainer.add_callback(recorder)
+    trainer.train()
+    if restart:  # three rounds of 3 steps, each rewound to initialisation: linear decay within each round
+        expected = [0.01 * (3 - position) / 3 for position in range(3)] * 3
+    else:  # one linear decay over the 9 steps
+        expected = [0.01 * (9 - step) / 9 for step in range(9)]
+    assert recorder.rates == pytest.approx(expected)
+    assert callback.imp_round == 2

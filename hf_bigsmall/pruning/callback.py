@@ -27,7 +27,7 @@ from .io import (
     save_tensors,
 )
 from .masks import sparsity_report, structured_masks, targeted_weights, unstructured_masks
-from .schedules import PruningSchedule, build_schedule
+from .schedules import PruningSchedule, build_schedule, restart_lr_each_round
 from .targets import find_target_modules, unit_groups
 
 logger = logging.get_logger(__name__)
@@ -152,6 +152,10 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 )
             if self.schedule is not None and self.schedule.kind == "imp" and self.schedule.rewind_step == 0:
                 self.rewind_weights = _snapshot(model)
+        if self.schedule is not None and self.schedule.kind == "imp" and self.config.imp_restart_lr:
+            if not restart_lr_each_round(kwargs.get("lr_scheduler"), self.schedule, args, state.max_steps):
+                logger.warning("IMP: the learning-rate schedule is not a LambdaLR, so it is not restarted in each "
+                               "round; pass imp_restart_lr=False to silence this.")
         if state.is_world_process_zero and self.schedule is not None:
             print(f"[hf_bigsmall] pruning schedule: {self.schedule.describe()} (max_steps={state.max_steps})")
         self._arm(model, optimizer)

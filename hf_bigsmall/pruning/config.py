@@ -61,6 +61,10 @@ class PruningConfig:
     steps_per_round: int | None = field(
         default=None, metadata={"help": "IMP: training steps per round; default max_steps // (imp_rounds + 1)."}
     )
+    imp_restart_lr: bool = field(
+        default=True, metadata={"help": "IMP: restart the Trainer's learning-rate schedule (warmup and decay) in "
+                                "every round, from the position of rewind_step, so each round trains alike."}
+    )
 
     def __post_init__(self):
         if self.target_sparsity is not None:

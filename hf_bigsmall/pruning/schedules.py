@@ -124,3 +124,43 @@ def build_schedule(config: PruningConfig, max_steps: int) -> PruningSchedule:
         )
     frequency = config.pruning_frequency or max(1, (end - start) // 10)
     return PruningSchedule(config.schedule, target, config.initial_sparsity, start, end, frequency)
+
+
+def restart_lr_each_round(lr_scheduler, schedule: PruningSchedule, args, max_steps: int) -> bool:
+    """Make a Trainer's `LambdaLR` schedule start again in every IMP round. Returns False if it cannot.
+
+    Round r covers steps [r * steps_per_round, (r + 1) * steps_per_round) (the last one runs to
+    `max_steps`). Its weights are rewound to `rewind_step`, so its learning rate follows the
+    Trainer's schedule (`lr_scheduler_type`, warmup) for a run of the round's length from that
+    position. Only the multiplier functions are replaced: the scheduler's step count and state
+    (checkpoints, resume) are the Trainer's own.
+    """
+    import torch
+    from torch.optim.lr_scheduler import LambdaLR
+    from transformers import get_scheduler
+
+    if not isinstance(lr_scheduler, LambdaLR):
+        return False
+    per_round, rewind, rounds = schedule.steps_per_round, schedule.rewind_step, schedule.rounds
+    factors: dict[int, object] = {}
+
+    def factor(length: int):
+        if length not in factors:  # the Trainer's own schedule for a run of `length` steps
+            scratch = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+            factors[length] = get_scheduler(
+                args.lr_scheduler_type, scratch, num_warmup_steps=args.get_warmup_steps(length),
+                num_training_steps=length, scheduler_specific_kwargs=args.lr_scheduler_kwargs,
+            ).lr_lambdas[0]
+        return factors[length]
+
+    def lr_lambda(step: int) -> float:
+        round_index = min(step // per_round, rounds)
+        start = round_index * per_round
+        end = start + per_round if round_index < rounds else max(max_steps, start + 1)
+        offset = rewind if round_index > 0 else 0
+        return factor(end - start + offset)(step - start + offset)
+
+    lr_scheduler.lr_lambdas = [lr_lambda] * len(lr_scheduler.lr_lambdas)
+    for group, base_lr in zip(lr_scheduler.optimizer.param_groups, lr_scheduler.base_lrs):
+        group["lr"] = base_lr * lr_lambda(lr_scheduler.last_epoch)  # the rate of the next step follows at once
+    return True

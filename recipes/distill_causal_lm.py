@@ -24,13 +24,13 @@ from pathlib import Path
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
-from hf_bigsmall.tasks import parse_recipe_args
+from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
 from hf_bigsmall.utils.distributed import shutdown_process_group
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(CompressionArguments):
     teacher_model_name_or_path: str = field(
         default=assets.SMOLLM2, metadata={"help": "Teacher: a folder, a Hub id (gpt2) or an embedded asset."}
     )
@@ -62,17 +62,22 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=training_args, train_dataset=dataset["train"],
         eval_dataset=dataset["eval"], data_collator=default_data_collator, processing_class=tokenizer,
+        callbacks=script_args.callbacks(),
     )
     trainer.train()
     metrics = trainer.evaluate()
     metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))  # eval_loss holds the weighted sum
     trainer.save_model(training_args.output_dir)
+    trainer.create_model_card(dataset=script_args.dataset_name)  # README.md: how the student was made
+    compacted = script_args.save_compacted(trainer, dataset=script_args.dataset_name)
     if trainer.is_world_process_zero():
         Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
         print(
             f"Teacher ({teacher.num_parameters() / 1e6:.1f} M params): {teacher_path}\n"
             f"Student ({student.num_parameters() / 1e6:.1f} M params, eval loss {metrics['eval_loss']:.3f}): "
             f"{Path(training_args.output_dir).resolve()}"
+            + (f"\nCompacted student: {compacted.resolve()}"
+               if compacted else "")
         )
     return metrics
 

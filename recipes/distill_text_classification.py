@@ -27,13 +27,13 @@ from transformers import (
 )
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
-from hf_bigsmall.tasks import parse_recipe_args
+from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.text_classification import accuracy, classification_teacher, load_classification_dataset
 from hf_bigsmall.utils.distributed import shutdown_process_group
 
 
 @dataclass
-class ScriptArguments:
+class ScriptArguments(CompressionArguments):
     teacher_model_name_or_path: str = field(
         default=assets.MINILM,
         metadata={"help": "Teacher: a folder, a Hub id or an embedded asset. Fine-tuned first if it has no classification head."},
@@ -82,11 +82,13 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=training_args, train_dataset=dataset["train"],
         eval_dataset=dataset["eval"], data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer, compute_metrics=accuracy,
+        processing_class=tokenizer, compute_metrics=accuracy, callbacks=script_args.callbacks(),
     )
     trainer.train()
     metrics = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
+    trainer.create_model_card(dataset=script_args.dataset_name)  # README.md: how the student was made
+    compacted = script_args.save_compacted(trainer, dataset=script_args.dataset_name)
     if trainer.is_world_process_zero():
         Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
         teacher_results = Path(teacher_path) / "teacher_eval_results.json"
@@ -95,6 +97,8 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
             f"Teacher ({teacher.num_parameters() / 1e6:.1f} M params, eval accuracy {teacher_accuracy}): {teacher_path}\n"
             f"Student ({student.num_parameters() / 1e6:.1f} M params, eval accuracy {metrics['eval_accuracy']:.3f}): "
             f"{Path(training_args.output_dir).resolve()}"
+            + (f"\nCompacted student: {compacted.resolve()}"
+               if compacted else "")
         )
     return metrics
 

@@ -199,3 +199,12 @@ def test_plain_trainer_with_pruning_callback_writes_the_kit_card(tmp_path):
     assert "# pruned-bert" in card.text and "### Pruning" in card.text and "`one_shot`" in card.text
     assert "### Training hyperparameters" in card.text
     assert not (tmp_path / "README.md.tmp").exists()
+
+
+def test_hub_ids_of_names():
+    from hf_bigsmall.hub.card import hub_id
+
+    assert hub_id("embedded/rotten_tomatoes") == "cornell-movie-review-data/rotten_tomatoes"
+    assert hub_id("embedded/hamlet") is None  # shipped in a package, not published on the Hub
+    assert hub_id("gpt2") == "gpt2" and hub_id("me/model") == "me/model"
+    assert hub_id("/tmp/local/folder") is None and hub_id(None) is None

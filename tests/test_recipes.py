@@ -31,6 +31,8 @@ def test_recipe_opens_with_its_launch_line(name):
     [
         ("distill_text_classification", "distill_text_classification", {"student_num_layers": 3, "max_train_samples": 600}),
         ("distill_text_classification", "distill_bert_base", {"teacher_model_name_or_path": "bert-base-uncased"}),
+        ("distill_text_classification", "distill_prune_text_classification",
+         {"target_sparsity": 0.5, "pruning_structure": "neurons", "compact": True}),
         ("distill_causal_lm", "distill_causal_lm", {"student_num_layers": 8, "block_size": 128}),
         ("distill_causal_lm", "distill_gpt2", {"teacher_model_name_or_path": "gpt2", "max_train_samples": -1}),
     ],
@@ -52,6 +54,8 @@ def test_command_line_parses_distillation_fields():
     assert training_args.output_dir == "outputs/distill_text_classification"
     with pytest.raises(ValueError, match="temperature"):
         load_recipe("distill_text_classification").parse_args(["--temperature", "0"])
+    with pytest.raises(ValueError, match="--compact removes pruned neurons"):
+        load_recipe("distill_causal_lm").parse_args(["--compact", "--target_sparsity", "0.5"])
 
 
 @requires_minilm
@@ -108,10 +112,32 @@ def test_causal_lm_recipe_on_hamlet_with_a_gpt2_teacher(tmp_path):
         "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "student"),
         "--student_num_layers", "2", "--block_size", "32", "--max_train_samples", "16", "--max_eval_samples", "4",
         "--per_device_train_batch_size", "4", "--max_steps", "3", "--use_cpu",
+        "--target_sparsity", "0.5", "--pruning_structure", "neurons", "--pruning_schedule", "one_shot", "--compact",
     ]))
     assert metrics["eval_loss"] > 0 and metrics["eval_perplexity"] > 1
-    record = json.loads((tmp_path / "student" / "config.json").read_text())["distillation"]
+    assert metrics["eval_energy_joules"] > 0  # EnergyCallback is on by default in the recipes
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())
+    record = saved["distillation"]
     assert record["teacher_layers"] == [0, 3] and record["kd_loss"] == "forward_kl"
+    assert saved["sparsity"]["structure"] == "neurons" and saved["sparsity"]["global_sparsity"] == pytest.approx(0.5)
+    assert (tmp_path / "student" / "energy.json").is_file()
+    from hf_bigsmall.hub.card import validate_card
+
+    for folder in (tmp_path / "student", tmp_path / "student" / "compact"):  # each saved model has its card
+        card = (folder / "README.md").read_text()
+        validate_card(card)
+        assert "### Distillation" in card and "### Pruning" in card
+        assert "embedded/hamlet\n" not in card.split("---")[1]  # no Hub id for it, so no `datasets:` entry
+
+    # --compact: the same student with half of its FFN neurons removed, loadable by plain from_pretrained
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    pruned = AutoModelForCausalLM.from_pretrained(tmp_path / "student").eval()
+    compacted = AutoModelForCausalLM.from_pretrained(tmp_path / "student" / "compact").eval()
+    assert compacted.config.n_inner == 4 * pruned.config.n_embd // 2
+    ids = AutoTokenizer.from_pretrained(tmp_path / "student" / "compact")("To be, or not to be", return_tensors="pt")
+    with torch.no_grad():
+        torch.testing.assert_close(compacted(**ids).logits, pruned(**ids).logits, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.multiprocess

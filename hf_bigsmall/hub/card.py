@@ -47,6 +47,8 @@ def hub_id(name: str | None) -> str | None:
     """The Hub id for a model or dataset name, or None when it is a local path with no Hub id."""
     if not name:
         return None
+    if name.startswith("embedded/") and name not in _EMBEDDED_HUB_IDS:
+        return None  # an offline asset with no published copy on the Hub (e.g. embedded/hamlet)
     name = _EMBEDDED_HUB_IDS.get(name, name)
     if os.path.exists(name) or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", name) or name.startswith((".", "/")):
         return None

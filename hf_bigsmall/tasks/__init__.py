@@ -3,7 +3,71 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from ..pruning.config import SCHEDULES, STRUCTURES
+
+
+@dataclass
+class CompressionArguments:
+    """Recipe options shared by every task: prune while distilling, compact, measure energy.
+
+    A recipe's own `ScriptArguments` subclass this, so `--target_sparsity 0.5 --pruning_structure
+    neurons --compact` works on any of them, from the command line or a YAML file.
+    """
+
+    target_sparsity: float | None = field(default=None, metadata={
+        "help": "Prune the student by weight magnitude while it is distilled, to this fraction of its block "
+                "weights (unset: no pruning)."})
+    pruning_structure: str = field(default="unstructured", metadata={
+        "help": "What is pruned: single weights, whole FFN neurons or attention heads.", "choices": list(STRUCTURES)})
+    pruning_schedule: str = field(default="cubic", metadata={
+        "help": "How sparsity grows during training.", "choices": list(SCHEDULES)})
+    compact: bool = field(default=False, metadata={
+        "help": "Also save <output_dir>/compact: the pruned student with its pruned neurons (and Llama heads) "
+                "physically removed, loadable with plain from_pretrained. Needs structured pruning."})
+    measure_energy: bool = field(default=True, metadata={
+        "help": "Measure the energy and CO2 of training and evaluation with EnergyCallback (logs, energy.json, "
+                "co2_eq_emissions in the model card)."})
+    country_iso_code: str | None = field(default=None, metadata={
+        "help": "ISO 3166-1 alpha-3 country for the grid's carbon intensity (default: world average)."})
+
+    def __post_init__(self):
+        if self.compact and (self.target_sparsity is None or self.pruning_structure == "unstructured"):
+            raise ValueError("--compact removes pruned neurons or heads: also pass --target_sparsity and "
+                             "--pruning_structure neurons (or heads).")
+
+    def callbacks(self) -> list:
+        """The callbacks these options ask for, to pass as `Trainer(callbacks=...)`."""
+        from ..energy.callback import EnergyCallback
+        from ..pruning.callback import MagnitudePruningCallback
+
+        callbacks: list = []
+        if self.measure_energy:
+            callbacks.append(EnergyCallback(country_iso_code=self.country_iso_code))
+        if self.target_sparsity is not None:
+            callbacks.append(MagnitudePruningCallback(
+                target_sparsity=self.target_sparsity, schedule=self.pruning_schedule, structure=self.pruning_structure))
+        return callbacks
+
+    def save_compacted(self, trainer, dataset: str | None = None) -> Path | None:
+        """With `compact`, save the compacted copy of the trained student, with its card, in `<output_dir>/compact`."""
+        if not self.compact or not trainer.is_world_process_zero():
+            return None
+        from ..hub.card import build_model_card
+        from ..pruning.compact import compact
+        from ..reporting.compare import load_model
+
+        output_dir = Path(trainer.args.output_dir)
+        compacted = compact(load_model(output_dir))  # the student as saved, without the trainer's hooks
+        target = output_dir / "compact"
+        compacted.save_pretrained(target)
+        if trainer.processing_class is not None:
+            trainer.processing_class.save_pretrained(target)
+        build_model_card(target, dataset=dataset).save(target / "README.md")
+        return target
 
 
 def parse_recipe_args(script_arguments_class: type, defaults: dict[str, Any], argv: list[str] | None = None):

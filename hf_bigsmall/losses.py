@@ -57,8 +57,8 @@ def _divergence_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, tem
 
 
 def _chunk_rows(rows: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """The rows of one chunk that count (a view when all do)."""
-    return rows if keep is None or bool(keep.all()) else rows[keep]
+    """The rows of one chunk that count (`keep` None: all of them, as a view)."""
+    return rows if keep is None else rows[keep]
 
 
 def _divergence_chunk(student, teacher, keep, temperature, kind, jsd_beta) -> torch.Tensor:
@@ -84,10 +84,11 @@ class _ChunkedForwardKL(torch.autograd.Function):
             chunk_keep = None if keep is None else keep[rows]
             log_s = F.log_softmax(_chunk_rows(student_rows[rows], chunk_keep).float() / temperature, dim=-1)
             log_t = F.log_softmax(_chunk_rows(teacher_rows[rows], chunk_keep).float() / temperature, dim=-1)
-            per_row.append(_kl_rows(log_t, log_s))
+            p_t = log_t.exp()  # shared by the loss and its gradient
+            per_row.append((p_t * (log_t.clamp_(min=_LOG_FLOOR) - log_s.clamp(min=_LOG_FLOOR))).sum(-1))
             if needs_grad:
-                chunk_grad = log_s.exp_().sub_(log_t.exp_()).div_(temperature)
-                if chunk_keep is None or bool(chunk_keep.all()):
+                chunk_grad = log_s.exp_().sub_(p_t).div_(temperature)
+                if chunk_keep is None:
                     grad[rows] = chunk_grad
                 else:
                     grad[rows][chunk_keep] = chunk_grad.to(grad.dtype)
@@ -207,6 +208,7 @@ def kd_loss(
             if mask.shape != student_logits.shape[:-1]:
                 raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits need {tuple(student_logits.shape[:-1])}.")
             keep = mask.reshape(-1).bool()
+            keep = None if bool(keep.all()) else keep  # checked once, not per chunk
         if kind == "forward_kl":
             per_row = _ChunkedForwardKL.apply(student_rows, teacher_rows, keep, temperature, chunk_size)
         else:

@@ -66,7 +66,8 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     )
     trainer.train()
     metrics = trainer.evaluate()
-    metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50.0))  # eval_loss holds the weighted sum
+    # eval_loss is the weighted training objective; the student's perplexity comes from its own CE
+    metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss_ce"], 50.0))
     trainer.save_model(training_args.output_dir)
     trainer.create_model_card(dataset=script_args.dataset_name)  # README.md: how the student was made
     compacted = script_args.save_compacted(trainer, dataset=script_args.dataset_name)

@@ -107,6 +107,12 @@ def test_training_moves_student_and_never_teacher(tmp_path, arch, student_width,
         assert entry["loss"] == pytest.approx(sum(weights[n] * entry[n] for n in expected), rel=1e-4)
     assert hasattr(student, PROJECTION_NAME) == bool(student_width and overrides.get("alpha_hidden"))
 
+    # evaluation reports the parts of eval_loss too (and they never leak into the training logs)
+    metrics = trainer.evaluate(dataset, metric_key_prefix="eval")
+    assert metrics["eval_loss"] == pytest.approx(sum(weights[n] * metrics[f"eval_{n}"] for n in expected), rel=1e-4)
+    assert trainer.state.log_history[-1]["eval_loss_kd"] == metrics["eval_loss_kd"]
+    assert {f"test_{n}" for n in expected} <= trainer.predict(dataset).metrics.keys()
+
 
 class GradientRecorder(TrainerCallback):
     """Keeps the accumulated gradient seen right before the first optimizer step."""

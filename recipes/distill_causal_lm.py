@@ -75,7 +75,7 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
         Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
         print(
             f"Teacher ({teacher.num_parameters() / 1e6:.1f} M params): {teacher_path}\n"
-            f"Student ({student.num_parameters() / 1e6:.1f} M params, eval loss {metrics['eval_loss']:.3f}): "
+            f"Student ({student.num_parameters() / 1e6:.1f} M params, eval perplexity {metrics['eval_perplexity']:.1f}): "
             f"{Path(training_args.output_dir).resolve()}"
             + (f"\nCompacted student: {compacted.resolve()}"
                if compacted else "")

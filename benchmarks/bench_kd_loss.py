@@ -19,7 +19,8 @@ import time
 
 import torch
 
-from hf_bigsmall.losses import kd_loss
+from hf_bigsmall.distillation.trainer import KD_CHUNK_LOGITS
+from hf_bigsmall.losses import KD_LOSSES, kd_loss
 
 MODES = ("chunked", "whole")
 
@@ -56,8 +57,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=4)
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--vocab", type=int, default=49152)
-    parser.add_argument("--kind", default="forward_kl", choices=["forward_kl", "reverse_kl", "jsd"])
-    parser.add_argument("--chunk_logits", type=int, default=2**22, help="logits per chunk (the trainer's default)")
+    parser.add_argument("--kind", default="forward_kl", choices=list(KD_LOSSES))
+    parser.add_argument("--chunk_logits", type=int, default=KD_CHUNK_LOGITS, help="logits per chunk (the trainer's default)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--memory_of", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()

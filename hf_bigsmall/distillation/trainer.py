@@ -342,6 +342,7 @@ class DistillationTrainer(Trainer):
             student_logits, inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"],
             inputs["teacher_tail_logprob"], args.temperature, kind=args.kd_loss, mask=mask,
             jsd_beta=args.jsd_beta, reduction="sum",
+            chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
         )
 
     def evaluation_loop(self, *args, **kwargs):

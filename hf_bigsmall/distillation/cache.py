@@ -522,7 +522,10 @@ def load_teacher_logits(cache_dir: str | os.PathLike, dataset: Dataset, verify: 
     summary = {key: value for key, value in record.items() if key != "shards"}
     summary["path"] = str(cache_dir)
     combined.info.description = _RECORD_PREFIX + json.dumps(summary)
-    return combined.with_format(None).with_format("numpy", columns=list(cached.column_names), output_all_columns=True)
+    # numbers as numpy arrays (no Python lists per value); packed binary values stay `bytes`, since
+    # numpy's bytes type would strip trailing zero bytes off a compressed stream
+    numeric = [name for name in cached.column_names if getattr(cached.features[name], "dtype", "") != "large_binary"]
+    return combined.with_format(None).with_format("numpy", columns=numeric, output_all_columns=True)
 
 
 def cache_record(dataset: Any) -> dict | None:

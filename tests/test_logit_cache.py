@@ -210,6 +210,9 @@ def test_mismatched_student_and_missing_cache_are_refused(gpt2_cache, tmp_path):
     with pytest.raises(ValueError, match="does not exist: this is not a teacher-logit cache"):
         DistillationTrainer(model=student, teacher_model=None, train_dataset=dataset,
                             args=config(tmp_path, teacher_logits=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="both teacher_model and teacher_logits"):
+        DistillationTrainer(model=student, teacher_model=GPT2LMHeadModel(tiny_gpt2_config()), train_dataset=dataset,
+                            args=config(tmp_path, teacher_logits=str(folder)))
     # another teacher's cache in the same folder is never mixed in
     other_teacher = GPT2LMHeadModel(tiny_gpt2_config())
     with pytest.raises(ValueError, match="another teacher, dataset or top_k"):

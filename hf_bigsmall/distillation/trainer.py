@@ -120,6 +120,9 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 "set alpha_hidden=0, or use DeepSpeed (accelerate_configs/deepspeed_zero3.yaml)."
             )
         self.teacher_model = self._prepare_teacher(teacher_model)
+        # whether position t predicts token t + 1; the rule the Trainer applies when it counts
+        # `num_items_in_batch` over `labels[..., 1:]`, computed here from public pieces
+        self.shifts_labels = _loss_shifts_labels(model)
         self._loss_parts: dict[str, torch.Tensor] = {}
         self._loss_parts_since_step = 0
         self._eval_parts: dict[str, torch.Tensor] = {}  # per-batch means x sequences, over an evaluation
@@ -273,7 +276,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         """
         if logits.dim() == 2:  # sequence classification: one row per sequence
             return logits, labels, None, None if attention_mask is None else attention_mask.bool()
-        if self._loss_shifts_labels:
+        if self.shifts_labels:
             # position t predicts token t + 1: the targets are shifted, not the logits, so the (large)
             # logits are never copied; the last position has no target
             if labels is not None:
@@ -338,3 +341,11 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 logs[name] = total / steps
             self._loss_parts = {}
         super().log(logs, start_time)
+
+
+def _loss_shifts_labels(model: nn.Module) -> bool:
+    """True for models whose loss shifts the labels (decoder-only causal LMs), as the Trainer decides it."""
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
+
+    is_encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    return LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not is_encoder_decoder

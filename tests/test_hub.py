@@ -122,6 +122,15 @@ def test_failed_upload_adds_no_card_and_the_retry_keeps_every_option(model_dir, 
     assert (model_dir / "README.md").is_file()  # written once the commit landed, as uploaded
 
 
+def test_cli_push_offline_fails_without_touching_the_folder(model_dir, capsys):
+    from hf_bigsmall import cli
+
+    before = _snapshot(model_dir)  # the suite runs with HF_HUB_OFFLINE=1: the upload cannot start
+    assert cli.main(["push", str(model_dir), "me/tiny-student", "--revision", "dev"]) == 1
+    assert _snapshot(model_dir) == before and not (model_dir / "README.md").exists()
+    assert f"hf-bigsmall push {model_dir} me/tiny-student --revision dev` again" in capsys.readouterr().err
+
+
 def test_leftovers_of_interrupted_writes_and_imp_rounds_stay_local(model_dir, hub_online):
     (model_dir / "energy.json.tmp").write_text("{")
     (model_dir / "quality_vs_size.partial.png").write_bytes(b"half a png")

@@ -83,7 +83,10 @@ def test_energy_reaches_log_history_and_energy_json(tmp_path):
     assert json.loads((tmp_path / "energy.json").read_text())["prediction"]["windows"] == 1
 
 
-def test_a_plain_trainer_gets_training_and_its_evaluations_from_the_events_alone(tmp_path, caplog):
+def test_a_plain_trainer_gets_training_and_its_evaluations_from_the_events_alone(tmp_path, caplog, monkeypatch):
+    from hf_bigsmall.energy.meters import base
+
+    monkeypatch.setattr(base, "_WARNED", set())  # warned once per process: another test may have seen it
     energy = EnergyCallback(cpu_tdp_watts=40, cpu_threads=10)
     trainer = make_trainer(tmp_path, energy, trainer_class=Trainer)
     with caplog.at_level(logging.WARNING, logger="hf_bigsmall.energy"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import inspect
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -115,12 +116,14 @@ class BigSmallTrainerMixin:
         with self._running():
             return super().push_to_hub(*args, **kwargs)
 
-    def evaluation_loop(self, dataloader, description: str, prediction_loss_only: bool | None = None,
-                        ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"):
-        self._call_kit_event("on_evaluation_loop_begin", description=description, metric_key_prefix=metric_key_prefix)
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        self._call_kit_event("on_evaluation_loop_end", description=description, metric_key_prefix=metric_key_prefix,
-                             output=output)
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        # named through the Trainer's own signature, so a parameter added upstream passes through
+        named = inspect.signature(super().evaluation_loop).bind(*args, **kwargs).arguments
+        description = named.get("description", "Evaluation")
+        prefix = named.get("metric_key_prefix", "eval")
+        self._call_kit_event("on_evaluation_loop_begin", description=description, metric_key_prefix=prefix)
+        output = super().evaluation_loop(*args, **kwargs)
+        self._call_kit_event("on_evaluation_loop_end", description=description, metric_key_prefix=prefix, output=output)
         return output
 
     def save_model(self, output_dir: str | None = None, *args: Any, **kwargs: Any) -> None:

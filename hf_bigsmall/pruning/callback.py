@@ -39,9 +39,10 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     """Prune a model by weight magnitude while it trains, and keep the pruned weights at exactly zero.
 
     Works with `transformers.Trainer` and any subclass (`DistillationTrainer` included), through
-    the Trainer's documented callback events. Masks are re-applied after every optimizer step (`on_optimizer_step`), the gradients and optimizer state
-    of pruned entries are zeroed so AdamW momentum and weight decay cannot revive them, and under
-    DDP the masks are broadcast from rank 0 so every rank holds the same ones. Checkpoints and
+    the Trainer's documented callback events. Masks are re-applied after every optimizer step
+    (`on_optimizer_step`), the gradients and optimizer state of pruned entries are zeroed so AdamW
+    momentum and weight decay cannot revive them, and under DDP the masks are broadcast from rank 0
+    so every rank holds the same ones. Checkpoints and
     `trainer.save_model()` hold the zeros, a `sparsity` block in `config.json` and
     `sparsity_masks.safetensors` (written into `output_dir` at the end of training);
     `trainer.train(resume_from_checkpoint=...)` restores masks, schedule position, IMP round and

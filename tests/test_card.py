@@ -205,7 +205,7 @@ def test_the_seam_writes_the_kit_card_once_with_every_callback(tmp_path, monkeyp
     from transformers import BertForSequenceClassification
 
     import hf_bigsmall
-    from hf_bigsmall import DistillationConfig, EnergyCallback, MagnitudePruningCallback, make_student
+    from hf_bigsmall import DistillationConfig, EnergyCallback, MagnitudePruningCallback
     from tests.pruning_utils import tiny_bert
 
     args = DistillationConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to="none",
@@ -214,7 +214,8 @@ def test_the_seam_writes_the_kit_card_once_with_every_callback(tmp_path, monkeyp
     if trainer_name == "DistillationTrainer":
         torch.manual_seed(0)
         teacher = BertForSequenceClassification(tiny_bert_config())
-        trainer = hf_bigsmall.DistillationTrainer(model=make_student(teacher, num_layers=2), teacher_model=teacher, args=args,
+        trainer = hf_bigsmall.DistillationTrainer(model=hf_bigsmall.make_student(teacher, num_layers=2),
+                                                  teacher_model=teacher, args=args,
                                                   train_dataset=_token_dataset(), callbacks=callbacks)
     else:
         trainer = hf_bigsmall.BigSmallTrainer(model=tiny_bert(), args=args, train_dataset=_token_dataset(), callbacks=callbacks)

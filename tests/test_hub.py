@@ -114,7 +114,7 @@ def test_failed_upload_adds_no_card_and_the_retry_keeps_every_option(model_dir, 
         # the retry, run as written (the token from the environment), lands on the same revision
         monkeypatch.setenv("HF_TOKEN", "hf_loopback")
         argv = [w.replace("$HF_TOKEN", "hf_loopback") for w in words[2:]]
-        import huggingface_hub.constants as constants
+        from huggingface_hub import constants
 
         monkeypatch.setattr(constants, "ENDPOINT", hub.url)
         assert cli.main(argv) == 0

@@ -101,19 +101,19 @@ def test_pruning_a_pruned_model_again_keeps_its_masks(tmp_path):
     reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned")
     again = MagnitudePruningCallback(target_sparsity=0.7, schedule="cubic", end_step=6)  # initial_sparsity=0
 
-    class OldMasksHold(TrainerCallback):
-        failures = []
+    failures = []
 
+    class OldMasksHold(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             params = dict(reloaded.named_parameters())
             for name, mask in old_masks.items():
                 if not (bool((params[name][mask] == 0).all()) and bool(again.masks[name][mask].all())):
-                    self.failures.append((state.global_step, name))
+                    failures.append((state.global_step, name))
 
     trainer = pruning_trainer(reloaded, training_args(tmp_path / "second", max_steps=8), again)
     trainer.add_callback(OldMasksHold())
     trainer.train()
-    assert OldMasksHold.failures == []
+    assert failures == []
     pruned = sum(int(mask.sum()) for mask in again.masks.values())
     assert pruned / sum(mask.numel() for mask in again.masks.values()) == pytest.approx(0.7, abs=1e-3)
 

@@ -59,6 +59,7 @@ class ScriptArguments(CompressionArguments):
 
 
 def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dict:
+    script_args.check_teacher(script_args.teacher_model_name_or_path)  # before anything trains
     teacher_name = script_args.teacher_model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(teacher_name))
     dataset = load_classification_dataset(

@@ -1,6 +1,7 @@
 """`hf-bigsmall quickstart`: a big model made small, measured, in one command that runs offline.
 
-Fine-tune the teacher on the task (reused on a second run), distill a student made with
+Fine-tune the teacher on the task (reused by a second run made from the same teacher, data and
+settings; anything else trains it again, saying why), distill a student made with
 `make_student`, prune its feed-forward neurons while distilling on, compact it, then measure all four
 side by side and write everything to one folder:
 
@@ -143,7 +144,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     from .hub.card import build_model_card, hub_id
     from .reporting.compare import compare_models
     from .reporting.report import markdown_table
-    from .tasks.text_classification import classification_teacher, load_classification_dataset
+    from .tasks.text_classification import TEACHER_INPUTS_NAME, classification_teacher, load_classification_dataset
 
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -156,7 +157,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
     eval_split = _evaluation_split(args.dataset)  # checked before any training
 
-    start = _stage(1, f"Teacher: fine-tune {args.teacher} ({args.teacher_steps} steps; reused if already there)")
+    start = _stage(1, f"Teacher: fine-tune {args.teacher} ({args.teacher_steps} steps; reused if made from the same inputs)")
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(args.teacher))
     if args.trim_vocabulary:
         from .pruning.vocabulary import trimming_unsupported
@@ -168,16 +169,25 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     dataset = load_classification_dataset(tokenizer, args.dataset, max_length=args.max_length,
                                           max_train_samples=args.max_train_samples,
                                           max_eval_samples=args.eval_samples, seed=args.seed)
-    reused = (teacher_dir / "config.json").is_file()
+    inputs_record = teacher_dir / TEACHER_INPUTS_NAME  # what made the teacher: reused only if the inputs match
+    recorded = inputs_record.read_text() if inputs_record.is_file() else None
+    earlier = (teacher_dir / "config.json").is_file()
     teacher_path = classification_teacher(
         args.teacher, dataset, tokenizer, teacher_dir, max_steps=args.teacher_steps, learning_rate=args.learning_rate,
         per_device_train_batch_size=args.batch_size, seed=args.seed, disable_tqdm=False)
+    reused = recorded is not None and inputs_record.is_file() and inputs_record.read_text() == recorded
     if Path(teacher_path) != teacher_dir:  # a classifier already: copy it so the folder holds every model
-        shutil.copytree(teacher_path, teacher_dir, dirs_exist_ok=True)
+        partial = teacher_dir.with_name(teacher_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(teacher_path, partial)
+        _publish(partial, teacher_dir)  # nothing left of an earlier run's teacher
     tokenizer.save_pretrained(teacher_dir)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
     if reused:
         print(f"      reused the teacher fine-tuned by an earlier run in {teacher_dir}", flush=True)
+    elif earlier:
+        print(f"      replaced the teacher an earlier run left in {teacher_dir}: it was made from other inputs",
+              flush=True)
     _done(start, teacher_dir)
 
     start = _stage(2, f"Student: {args.student_layers} layers made from the teacher, distilled ({args.distill_steps} steps)")

@@ -119,3 +119,20 @@ def test_quickstart_fast_writes_a_complete_folder(quickstart_output):
         torch.testing.assert_close(compacted(**full(text, return_tensors="pt")).logits,
                                    trimmed(**small(text, return_tensors="pt")).logits, atol=1e-4, rtol=1e-4)
     assert "### Vocabulary" in (out / "student-trimmed" / "README.md").read_text()
+
+
+@requires_scattertext
+def test_second_quickstart_with_another_teacher_trains_it_again(tmp_path, capsys):
+    """The same output folder, another --teacher: the first teacher is not silently reused."""
+    from .test_teacher_reuse import save_backbone
+
+    save_backbone(tmp_path / "small")
+    save_backbone(tmp_path / "wide", hidden_size=48)
+    fast = ["--fast", "--eval_samples", "16", "--max_train_samples", "64", "--output_dir", str(tmp_path / "out")]
+    assert main(["quickstart", "--teacher", str(tmp_path / "small"), *fast]) == 0
+    capsys.readouterr()
+    assert main(["quickstart", "--teacher", str(tmp_path / "wide"), *fast]) == 0
+    output = capsys.readouterr().out
+    assert "replaced the teacher an earlier run left" in output and "reused the teacher" not in output
+    for name in ("teacher", "student"):
+        assert json.loads((tmp_path / "out" / name / "config.json").read_text())["hidden_size"] == 48

@@ -11,6 +11,11 @@ bigsmall_output/
   report.md  report.json  quality_vs_size.png  quality_vs_energy.png
 ```
 
+Every training run is measured with `EnergyCallback` (the teacher's fine-tuning included: its
+`energy.json` stays with it when a later run reuses it), and every model folder gets an
+`emissions.json` (`hf_bigsmall.energy.lineage`): its own run plus the runs of the models it was made
+from, which its card's `co2_eq_emissions` and the report state.
+
 `student-trimmed` is the compacted student with its vocabulary trimmed to the tokens of the
 training texts (`--no_trim_vocabulary` leaves it out).
 """
@@ -28,6 +33,15 @@ from . import assets
 # about 4 minutes on a quiet 2-core CPU by default (6 under load) (see BENCHMARKS.md), a minute or two with --fast
 _BUDGETS = {"default": (80, 120, 80, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
 STAGES = 5
+# model -> (the models it was made from, how it was made, whether that trains); a distilled model's
+# teacher is one of its ancestors
+_LINEAGE = {
+    "teacher": ((), "fine-tuning", True),
+    "student": (("teacher",), "distillation", True),
+    "student-pruned": (("student", "teacher"), "pruning while distilling", True),
+    "student-compact": (("student-pruned",), "compaction", False),
+    "student-trimmed": (("student-compact",), "vocabulary trimming", False),
+}
 
 
 @dataclass
@@ -140,7 +154,8 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from . import MagnitudePruningCallback, compact, make_student
+    from . import EnergyCallback, MagnitudePruningCallback, compact, make_student
+    from .energy.lineage import build_lineage, save_lineage
     from .hub.card import build_model_card, hub_id
     from .reporting.compare import compare_models
     from .reporting.report import markdown_table
@@ -174,9 +189,11 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     earlier = (teacher_dir / "config.json").is_file()
     teacher_path = classification_teacher(
         args.teacher, dataset, tokenizer, teacher_dir, max_steps=args.teacher_steps, learning_rate=args.learning_rate,
-        per_device_train_batch_size=args.batch_size, seed=args.seed, disable_tqdm=False)
+        per_device_train_batch_size=args.batch_size, seed=args.seed, disable_tqdm=False,
+        callbacks=[EnergyCallback(training_type="fine-tuning")])  # what the big model cost, kept in its energy.json
     reused = recorded is not None and inputs_record.is_file() and inputs_record.read_text() == recorded
-    if Path(teacher_path) != teacher_dir:  # a classifier already: copy it so the folder holds every model
+    copied = Path(teacher_path) != teacher_dir
+    if copied:  # a classifier already: copy it so the folder holds every model
         partial = teacher_dir.with_name(teacher_dir.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         shutil.copytree(teacher_path, partial)
@@ -227,6 +244,13 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         print(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
               f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}", flush=True)
     _done(start, compact_dir)
+
+    # every model carries the emissions of the runs it came from: its own plus its ancestors'
+    for name, folder in models.items():
+        parents, run, trained = _LINEAGE[name]
+        if name == "teacher" and copied:
+            run = "fine-tuned before this run"  # its energy.json, if it came with one, counts
+        save_lineage(folder, build_lineage(folder, [models[p] for p in parents], name=name, run=run, trained=trained))
 
     start = _stage(5, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
     comparison = compare_models(models, args.dataset, split=eval_split,

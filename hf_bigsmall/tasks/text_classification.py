@@ -164,6 +164,7 @@ def train_teacher(
     learning_rate: float = 1e-4,
     per_device_train_batch_size: int = 16,
     seed: int = 42,
+    callbacks: list | None = None,
     **training_kwargs,
 ) -> Path:
     """Fine-tune a classification teacher from a checkpoint without a task head, and save it.
@@ -180,6 +181,8 @@ def train_teacher(
         dataset: the output of `load_classification_dataset` (`train`, `eval`, `labels`).
         tokenizer: the teacher's tokenizer (saved with it).
         output_dir: where the fine-tuned teacher goes.
+        callbacks: `TrainerCallback`s for the fine-tuning, e.g. an `EnergyCallback` (its `energy.json`
+            is saved with the teacher, so the emissions of making it stay known when it is reused).
         **training_kwargs: more `TrainingArguments` (e.g. `max_steps`, `bf16`).
 
     Returns:
@@ -224,7 +227,7 @@ def train_teacher(
     trainer = Trainer(
         model=model, args=TrainingArguments(**defaults), train_dataset=dataset["train"],
         eval_dataset=dataset["eval"], data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer, compute_metrics=accuracy,
+        processing_class=tokenizer, compute_metrics=accuracy, callbacks=callbacks,
     )
     trainer.train()
     metrics = trainer.evaluate()

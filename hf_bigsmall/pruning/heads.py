@@ -83,7 +83,7 @@ def choose_heads(groups: list[UnitGroup], scores: list[torch.Tensor], sparsity: 
                 break
             taken[i] = j + 1  # step costs never decrease within a block, so earlier steps are taken already
             pruned += shapes[i][0]
-    if pruned < target:
+    if pruned < target and all(n >= most for n, (_, most) in zip(taken, shapes)):
         logger.warning(
             f"Head pruning stops at {pruned} of {target} heads: every block keeps at least one query head per "
             "key/value group (a block with no head cannot be built). Prune FFN neurons as well to go further."

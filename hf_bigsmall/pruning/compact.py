@@ -233,7 +233,7 @@ def compact(model: nn.Module) -> nn.Module:
             "smaller model. The model, its zeros and masks are unchanged."
         )
     for reason in kept:  # something was removed; say what stays
-        warnings.warn(f"compact kept some pruned units as zeros, with their masks. {reason}", stacklevel=2)
+        warnings.warn(f"compact removed what it could and kept the rest: {reason}", stacklevel=2)
     info = dict(getattr(model, "_sparsity_info", None) or getattr(model.config, "sparsity", None) or {})
     info.pop("per_layer", None)
     info["compacted"] = {**changes, "params": [params_before, model.num_parameters()]}

@@ -40,7 +40,7 @@ class ScriptArguments(CompressionArguments):
     )
     teacher_output_dir: str | None = field(
         default=None,
-        metadata={"help": "Where a fine-tuned teacher is saved and reused from (default: <output_dir>/teacher)."},
+        metadata={"help": "Where a fine-tuned teacher is saved, and reused from by a run with the same inputs (default: <output_dir>/teacher)."},
     )
     teacher_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs of teacher fine-tuning."})
     teacher_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of teacher fine-tuning."})

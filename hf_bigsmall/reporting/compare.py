@@ -181,7 +181,7 @@ def _training_energy(model_dir: Path | None) -> dict[str, Any]:
                        training_energy_source=record.get("energy_source"))
     lineage = load_lineage(model_dir)
     if lineage:
-        runs = [{k: run.get(k) for k in ("model", "relation", "run", "energy_kwh", "co2_grams", "energy_source")}
+        runs = [{k: run.get(k) for k in ("model", "relation", "run", "trained", "energy_kwh", "co2_grams", "energy_source")}
                 for run in lineage["runs"]]
         figures.update(lineage_energy_kwh=lineage.get("energy_kwh"), lineage_co2_grams=lineage.get("co2_grams"),
                        lineage_runs=runs)

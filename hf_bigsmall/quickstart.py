@@ -159,7 +159,11 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     from .hub.card import build_model_card, hub_id
     from .reporting.compare import compare_models
     from .reporting.report import markdown_table
-    from .tasks.text_classification import TEACHER_INPUTS_NAME, classification_teacher, load_classification_dataset
+    from .tasks.text_classification import (
+        TEACHER_INPUTS_NAME,
+        classification_teacher,
+        load_classification_dataset,
+    )
 
     set_seed(args.seed)
     output_dir = Path(args.output_dir)

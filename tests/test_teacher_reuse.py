@@ -3,8 +3,6 @@
 import json
 import logging
 
-import pytest
-
 from .test_compare import _save_tokenizer
 from .testing_utils import requires_scattertext, tiny_bert_config
 
@@ -20,7 +18,11 @@ def save_backbone(folder, **overrides):
 
 @requires_scattertext
 def test_teacher_is_reused_only_when_made_from_the_same_inputs(tmp_path, caplog):
-    from hf_bigsmall.tasks.text_classification import TEACHER_INPUTS_NAME, load_classification_dataset, train_teacher
+    from hf_bigsmall.tasks.text_classification import (
+        TEACHER_INPUTS_NAME,
+        load_classification_dataset,
+        train_teacher,
+    )
 
     tokenizer = save_backbone(tmp_path / "small")
     save_backbone(tmp_path / "wide", hidden_size=48)

@@ -164,6 +164,6 @@ def lineage_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"| {entry.get('run') or '-'} | `{entry['model']}` | {entry['relation']} | {kwh} | {grams} "
                      f"| {entry.get('energy_source') or '-'} |")
     if record.get("co2_grams") is not None:
-        lines += ["", f"Total: {record['co2_grams']:.3g} g CO2eq ({record['energy_kwh']:.4g} kWh), "
-                      f"{record['how']}."]
+        total = f"Total: {record['co2_grams']:.3g} g CO2eq ({record['energy_kwh']:.4g} kWh), {record['how']}."
+        lines += ["", total]
     return lines

@@ -84,11 +84,11 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
     trained = [m for m in report["models"]
                if m.get("training_energy_kwh") is not None or m.get("lineage_energy_kwh") is not None]
     if trained:
-        lines += ["", "## Training energy", "",
-                  "*Own run* is the model's own training; *with ancestors* adds the runs of the models it was made "
-                  "from (a student's teacher fine-tuning, a compacted model's pruning and distillation), each counted "
-                  "once. Compaction and vocabulary trimming train nothing. Pretraining of the original checkpoint is "
-                  "not included.", "",
+        how = ("*Own run* is the model's own training; *with ancestors* adds the runs of the models it was made "
+               "from (a student's teacher fine-tuning, a compacted model's pruning and distillation), each counted "
+               "once. Compaction and vocabulary trimming train nothing. Pretraining of the original checkpoint is "
+               "not included.")
+        lines += ["", "## Training energy", "", how, "",
                   "| Model | Own run (kWh) | Own CO2 (g) | With ancestors (kWh) | With ancestors CO2 (g) | Made from | Source |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         for m in trained:

@@ -153,7 +153,13 @@ def teacher_differences(output_dir: str | os.PathLike, fingerprint: dict[str, An
     record_path = output_dir / TEACHER_INPUTS_NAME
     if not record_path.is_file():
         return [f"{output_dir} has no {TEACHER_INPUTS_NAME}, so what made that teacher is unknown"]
-    saved = json.loads(record_path.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # truncated or damaged: as good as no record, never a crash
+        saved = None
+    if not isinstance(saved, dict):
+        return [f"{record_path} cannot be read as a record of inputs (damaged or truncated), so what made that "
+                "teacher is unknown"]
     return [f"{key}: {saved.get(key)!r} then, {value!r} now" for key, value in fingerprint.items() if saved.get(key) != value]
 
 

@@ -106,3 +106,13 @@ def test_a_damaged_record_raises_a_value_error_naming_it(tmp_path, name):
     (parent / name).write_text('{"runs": [')
     with pytest.raises(ValueError, match=f"{name}.*truncated or damaged"):
         build_lineage(child, [parent])
+
+
+def test_a_card_never_states_nan_emissions(tmp_path):
+    _save(tmp_path / "model", float("nan"))  # an energy.json with NaN figures and no emissions.json
+    card = build_model_card(tmp_path / "model", energy=True)
+    assert "co2_eq_emissions" not in card.data.to_dict()
+    from hf_bigsmall.energy.card import co2_eq_emissions
+
+    with pytest.raises(ValueError, match="not a finite number"):
+        co2_eq_emissions(tmp_path / "model")

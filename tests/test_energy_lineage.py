@@ -116,3 +116,9 @@ def test_a_card_never_states_nan_emissions(tmp_path):
 
     with pytest.raises(ValueError, match="not a finite number"):
         co2_eq_emissions(tmp_path / "model")
+
+
+def test_the_report_never_states_nan_training_energy(tmp_path):
+    _save(tmp_path / "model", float("nan"))
+    figures = _training_energy(tmp_path / "model")
+    assert figures["training_energy_kwh"] is None and figures["training_co2_grams"] is None

@@ -51,7 +51,7 @@ def _read_record(path: Path, fix: str) -> dict[str, Any]:
     except (OSError, ValueError) as error:
         raise ValueError(f"Cannot read {path} ({error}): it is truncated or damaged. {fix}") from error
     if not isinstance(record, dict):
-        raise ValueError(f"{path} is not a JSON object: it is damaged. {fix}")
+        raise ValueError(f"{path} is not a JSON object: it is damaged. {fix}")  # noqa: TRY004 - a damaged file
     return record
 
 
@@ -70,7 +70,8 @@ def load_lineage(model_dir: str | os.PathLike) -> dict[str, Any] | None:
     record = _read_record(path, f"Delete it and build the record again with build_lineage (from the {ENERGY_FILE_NAME} "
                                 "files of the model and the models it was made from).")
     if not isinstance(record.get("runs"), list):
-        raise ValueError(f"{path} lists no runs: it is damaged. Delete it and build the record again with build_lineage.")
+        raise ValueError(  # noqa: TRY004 - a damaged file, not an argument of the wrong type
+            f"{path} lists no runs: it is damaged. Delete it and build the record again with build_lineage.")
     return record
 
 

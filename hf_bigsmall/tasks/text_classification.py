@@ -158,8 +158,8 @@ def teacher_differences(output_dir: str | os.PathLike, fingerprint: dict[str, An
     except (OSError, ValueError):  # truncated or damaged: as good as no record, never a crash
         saved = None
     if not isinstance(saved, dict):
-        return [f"{record_path} cannot be read as a record of inputs (damaged or truncated), so what made that "
-                "teacher is unknown"]
+        return [(f"{record_path} cannot be read as a record of inputs (damaged or truncated), so what made that "
+                 "teacher is unknown")]
     return [f"{key}: {saved.get(key)!r} then, {value!r} now" for key, value in fingerprint.items() if saved.get(key) != value]
 
 

@@ -68,3 +68,24 @@ def test_a_damaged_teacher_inputs_record_means_retrain_not_a_crash(tmp_path, con
     (tmp_path / TEACHER_INPUTS_NAME).write_text(content)
     differences = teacher_differences(tmp_path, {"backbone": {"name": "small"}})
     assert len(differences) == 1 and "cannot be read" in differences[0] and TEACHER_INPUTS_NAME in differences[0]
+
+
+def test_new_backbone_weights_saved_over_the_old_ones_change_the_fingerprint(tmp_path):
+    import datasets
+    import torch
+    from transformers import BertModel
+
+    from hf_bigsmall.tasks.text_classification import teacher_fingerprint
+
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int64")),
+                                  "labels": datasets.ClassLabel(names=["neg", "pos"])})
+    data = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"input_ids": [[1, 2]], "labels": [0]},
+                                                                     features=features)})
+    folder = tmp_path / "backbone"
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config()).save_pretrained(folder)
+    before = teacher_fingerprint(folder, data)
+    assert teacher_fingerprint(folder, data) == before  # nothing changed: the teacher may be reused
+    torch.manual_seed(1)
+    BertModel(tiny_bert_config()).save_pretrained(folder)  # same shapes, so the same file sizes
+    assert teacher_fingerprint(folder, data)["backbone"] != before["backbone"]

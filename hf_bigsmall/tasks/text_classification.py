@@ -115,7 +115,7 @@ def teacher_fingerprint(model_name_or_path: str | os.PathLike, dataset: DatasetD
     """What a fine-tuned teacher was made from, small enough to store beside it (`teacher_inputs.json`).
 
     The backbone (its name, and for a local folder a digest of its absolute path, `config.json` and
-    weight file sizes), the label names, a digest of the tokenised training split (so the dataset, the sample
+    the weight files' sizes and modification times), the label names, a digest of the tokenised training split (so the dataset, the sample
     limit, the shuffle seed, `max_length` and the tokenizer all count) and the training arguments
     that shape the weights.
     """
@@ -126,7 +126,10 @@ def teacher_fingerprint(model_name_or_path: str | os.PathLike, dataset: DatasetD
         if not assets.is_embedded(name):
             backbone["name"] = folder.resolve().name  # the full path only enters the digest: the record may be shared
         config = folder / "config.json"
-        weights = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+        # sizes alone miss new weights of the same shape saved over the old ones; the modification time
+        # catches them without reading gigabytes (a copy elsewhere differs by its path already)
+        weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
+                         if p.suffix in (".safetensors", ".bin"))
         where = b"" if assets.is_embedded(name) else str(folder.resolve()).encode()
         backbone["files"] = _file_digest(where, config.read_bytes() if config.is_file() else b"",
                                          json.dumps(weights).encode())

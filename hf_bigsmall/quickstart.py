@@ -63,6 +63,13 @@ class QuickstartArguments:
     def __post_init__(self):
         if self.student_layers < 1:
             raise ValueError(f"student_layers must be at least 1, got {self.student_layers}.")
+        from .utils.checks import check_finite
+
+        check_finite("target_sparsity", self.target_sparsity, "in [0, 1)")
+        check_finite("alpha_kd", self.alpha_kd, "in [0, 1]")
+        for name in ("learning_rate", "temperature"):
+            if check_finite(name, getattr(self, name), "> 0") <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
         if not 0.0 <= self.target_sparsity < 1.0:
             raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}.")
         if not 0.0 <= self.alpha_kd <= 1.0:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from ..losses import HIDDEN_LOSSES, KD_LOSSES
+from ..utils.checks import check_finite
 from ..utils.distributed import needs_cpu_process_group
 
 logger = logging.getLogger(__name__)
@@ -102,6 +103,10 @@ class DistillationConfig(TrainingArguments):
             logger.warning("Several processes were launched on a machine without a GPU: setting use_cpu=True.")
             self.use_cpu = True
         super().__post_init__()
+        check_finite("temperature", self.temperature, "> 0")
+        for name in ("alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attention"):
+            check_finite(name, getattr(self, name), ">= 0")
+        check_finite("jsd_beta", self.jsd_beta, "strictly between 0 and 1")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (1 keeps the logits as they are), got {self.temperature}.")
         weights = {

@@ -10,6 +10,7 @@ package report the same key, and `merge_readings` keeps it once. The first part 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -35,9 +36,11 @@ def float_from_env(name: str) -> tuple[float | None, str | None]:
     if not raw:
         return None, None
     try:
-        return float(raw), None
+        value = float(raw)
     except ValueError:
         return None, f"{name}={raw!r} is not a number"
+    # float() reads "nan" and "inf", which no range check would catch
+    return (value, None) if math.isfinite(value) else (None, f"{name}={raw!r} is not a finite number")
 
 
 def hostname() -> str:

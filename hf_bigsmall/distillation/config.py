@@ -107,6 +107,9 @@ class DistillationConfig(TrainingArguments):
         for name in ("alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attention"):
             check_finite(name, getattr(self, name), ">= 0")
         check_finite("jsd_beta", self.jsd_beta, "strictly between 0 and 1")
+        # the task loss applies label smoothing as the Trainer's LabelSmoother does
+        if not 0.0 <= check_finite("label_smoothing_factor", self.label_smoothing_factor, "in [0, 1)") < 1.0:
+            raise ValueError(f"label_smoothing_factor must be in [0, 1) (0 turns it off), got {self.label_smoothing_factor}.")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (1 keeps the logits as they are), got {self.temperature}.")
         weights = {

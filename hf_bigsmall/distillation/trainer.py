@@ -18,8 +18,10 @@ from .teacher import (
     check_layer_map,
     check_teacher_student,
     default_layer_map,
+    head_kind,
     load_teacher,
     prepare_deepspeed_teacher,
+    teacher_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,9 @@ class DistillationTrainer(Trainer):
                 "set alpha_hidden=0, or use DeepSpeed (accelerate_configs/deepspeed_zero3.yaml)."
             )
         self.teacher_model = self._prepare_teacher(teacher_model)
+        # A causal LM's logits at position t predict token t + 1. Decided from the head here: the
+        # Trainer's own guess reads the class name and misses GPT2LMHeadModel.
+        self._causal_shift = head_kind(model) == "AutoModelForCausalLM" and not model.config.is_encoder_decoder
         self._loss_parts: dict[str, torch.Tensor] = {}
         self._loss_parts_since_step = 0
         self._eval_parts: dict[str, torch.Tensor] = {}  # per-batch means x sequences, over an evaluation
@@ -137,7 +142,7 @@ class DistillationTrainer(Trainer):
 
     def _record_settings(self, student: PreTrainedModel, teacher: PreTrainedModel, args: DistillationConfig) -> None:
         record = dict(getattr(student.config, "distillation", None) or {})
-        record.setdefault("teacher", getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__)
+        record.setdefault("teacher", teacher_name(teacher))
         record.update(args.loss_settings())
         record["layer_map"] = self.layer_map
         record["hidden_projection"] = hasattr(student, PROJECTION_NAME)
@@ -180,6 +185,7 @@ class DistillationTrainer(Trainer):
         normalised = num_items_in_batch is not None and labels is not None
         parts: dict[str, torch.Tensor] = {}
         local_rows = row_mask.sum() if row_mask is not None else student_logits.shape[0]
+        local_labels = target_labels.ne(-100).sum() if row_mask is not None and labels is not None else local_rows
 
         def scale(total: torch.Tensor, local_count) -> torch.Tensor:
             denominator = num_items_in_batch if normalised else local_count
@@ -188,13 +194,16 @@ class DistillationTrainer(Trainer):
             return total / max(denominator, 1)
 
         if labels is not None:
+            # label smoothing as the Trainer's LabelSmoother does it: (1 - eps) * nll + eps * the
+            # mean over classes of -log p, over the positions that count (Szegedy et al. 2016)
             ce = F.cross_entropy(
                 student_logits.float().reshape(-1, student_logits.shape[-1]),
                 target_labels.reshape(-1),
                 ignore_index=-100,
                 reduction="sum",
+                label_smoothing=args.label_smoothing_factor,
             )
-            parts["loss_ce"] = scale(ce, local_rows)
+            parts["loss_ce"] = scale(ce, local_labels)
         elif args.alpha_ce > 0:
             raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
 
@@ -266,29 +275,29 @@ class DistillationTrainer(Trainer):
 
         Returns `(logits, labels, row_mask, position_mask)`: for causal LM the logits at position t
         predict token t + 1, so the labels are shifted left (the last position gets -100);
-        `row_mask` (B, T) selects the positions whose logits count, and `position_mask` (the same
-        for causal LM) the positions of the hidden states and attention rows that count. For
-        sequence classification `row_mask` is None.
+        `row_mask` (B, T) selects the positions whose logits the teacher is matched on, and
+        `position_mask` (the same for causal LM) the positions of the hidden states and attention
+        rows that count. A position counts when its target is a label (not -100) and, with an
+        attention mask, both it and the token it predicts are real tokens: a collator that pads
+        with labels left in place never has the student copy the teacher on padding. The task
+        loss follows the labels alone, as the model's own loss does. For sequence classification
+        `row_mask` is None.
         """
         if logits.dim() == 2:  # sequence classification: one row per sequence
             return logits, labels, None, None if attention_mask is None else attention_mask.bool()
-        if self._loss_shifts_labels:
+        real = attention_mask.bool() if attention_mask is not None else None
+        if self._causal_shift:
             # position t predicts token t + 1: the targets are shifted, not the logits, so the (large)
             # logits are never copied; the last position has no target
-            if labels is not None:
-                target_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
-                row_mask = target_labels.ne(-100)
-            else:
-                target_labels = None
-                following = attention_mask[:, 1:] if attention_mask is not None else logits.new_ones(logits.shape[:2])[:, 1:]
-                row_mask = F.pad(following.bool(), (0, 1), value=False)
+            target_labels = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
+            row_mask = logits.new_ones(logits.shape[:2], dtype=torch.bool) if labels is None else target_labels.ne(-100)
+            row_mask[:, -1] = False
+            if real is not None:
+                row_mask = row_mask & real & F.pad(real[:, 1:], (0, 1), value=False)
             return logits, target_labels, row_mask, row_mask
-        if labels is not None:
-            row_mask = labels.ne(-100)
-        elif attention_mask is not None:
-            row_mask = attention_mask.bool()
-        else:
-            row_mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+        row_mask = labels.ne(-100) if labels is not None else logits.new_ones(logits.shape[:-1], dtype=torch.bool)
+        if real is not None:
+            row_mask = row_mask & real
         return logits, labels, row_mask, row_mask
 
     def _hidden_per_position(self, model, student_hidden, teacher_hidden) -> torch.Tensor:

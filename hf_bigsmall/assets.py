@@ -137,10 +137,31 @@ def gpt2_tokenizer_path() -> Path:
     return target
 
 
+def _could_be_hub_id(name: str) -> bool:
+    """True when `name` has the shape of a Hub repo id; a path such as `/x/y`, `./x` or `a/b/c` has not."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> str:
-    """Map an embedded asset name to its local folder; pass paths and Hub ids through unchanged."""
+    """Map an embedded asset name to its local folder; pass paths and Hub ids through unchanged.
+
+    A name that cannot be a Hub id (an absolute or dotted path, more than one `/`) and names no
+    existing file or folder raises a `ValueError` that says the folder does not exist.
+    """
     name = str(name_or_path)
     if not is_embedded(name):
+        if not os.path.exists(name) and not _could_be_hub_id(name):
+            raise ValueError(
+                f"The model folder {name!r} does not exist ({os.path.abspath(name)}): check the path, or pass "
+                "a Hub id (`organisation/name`) or an embedded name such as "
+                f"{MINILM!r}."
+            )
         return name
     resolvers = {MINILM: minilm_path, SMOLLM2: smollm2_path, GPT2_TOKENIZER: gpt2_tokenizer_path}
     if name not in resolvers:

@@ -68,6 +68,16 @@ def load_teacher(name_or_path: str | os.PathLike, student: PreTrainedModel) -> P
     return teacher
 
 
+def teacher_name(teacher: PreTrainedModel) -> str:
+    """How a student records its teacher: the Hub id or folder it was loaded from, else its class.
+
+    A local folder is recorded by its absolute path: a relative one would read as a Hub id (the
+    card's `base_model`) once the working directory changes.
+    """
+    name = getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__
+    return os.path.abspath(name) if os.path.isdir(name) else name
+
+
 def _is_backbone_key(model: PreTrainedModel, key: str) -> bool:
     prefix = getattr(model, "base_model_prefix", "")
     return bool(prefix) and key.startswith(prefix + ".") and "pooler" not in key

@@ -177,7 +177,9 @@ def build_model_card(
     energy = _read_json(model_dir / "energy.json")
 
     teacher = distillation.get("teacher") if distillation else None
-    base_model = hub_id(base_model or teacher)
+    # a teacher built in memory is recorded by its class name, which is no Hub id
+    named_teacher = teacher if teacher != (distillation or {}).get("teacher_class") else None
+    base_model = hub_id(base_model or named_teacher)
     dataset = dataset or (report or {}).get("dataset") or (distillation or {}).get("dataset")
     architecture = (config.get("architectures") or [""])[0]
     pipeline_tag = next((tag for suffix, tag in _PIPELINE_TAGS.items() if architecture.endswith(suffix)), None)

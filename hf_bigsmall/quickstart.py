@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import assets
+from .utils.files import fresh_partial_dir, publish_dir, publishing
 
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
 # about 4 minutes on a quiet 2-core CPU by default (6 under load) (see BENCHMARKS.md), a minute or two with --fast
@@ -111,8 +112,7 @@ def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_st
 
     from . import DistillationConfig, DistillationTrainer, EnergyCallback
 
-    partial = final_dir.with_name(final_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = fresh_partial_dir(final_dir)
     config = DistillationConfig(**_training_arguments(args, partial, max_steps), temperature=args.temperature,
                                 alpha_kd=args.alpha_kd, alpha_ce=1.0 - args.alpha_kd)
     trainer = DistillationTrainer(
@@ -122,14 +122,8 @@ def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_st
     )
     trainer.train()
     trainer.save_model(str(partial))
-    return _publish(partial, final_dir)
-
-
-def _publish(partial: Path, final_dir: Path) -> Path:
     # a model folder appears only once complete: an interrupted run never leaves a half-written one
-    shutil.rmtree(final_dir, ignore_errors=True)
-    partial.rename(final_dir)
-    return final_dir
+    return publish_dir(partial, final_dir)
 
 
 def _evaluation_split(dataset_name: str) -> str:
@@ -202,11 +196,9 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     start = _stage(4, "Compact student: pruned neurons physically removed"
                       + (", then the vocabulary trimmed to the training texts" if args.trim_vocabulary else ""))
     compacted = compact(AutoModelForSequenceClassification.from_pretrained(pruned_dir))
-    partial = compact_dir.with_name(compact_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    compacted.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    _publish(partial, compact_dir)
+    with publishing(compact_dir) as partial:
+        compacted.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     models = {"teacher": teacher_dir, "student": student_dir, "student-pruned": pruned_dir,
               "student-compact": compact_dir}
     if args.trim_vocabulary:
@@ -214,11 +206,9 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
         texts = assets.load_text_dataset(args.dataset)["train"]["text"]
         trimmed, trimmed_tokenizer = trim_vocabulary(compacted, tokenizer, texts)
-        partial = trimmed_dir.with_name(trimmed_dir.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        trimmed.save_pretrained(partial)
-        trimmed_tokenizer.save_pretrained(partial)
-        _publish(partial, trimmed_dir)
+        with publishing(trimmed_dir) as partial:
+            trimmed.save_pretrained(partial)
+            trimmed_tokenizer.save_pretrained(partial)
         models["student-trimmed"] = trimmed_dir
         record = trimmed.config.vocabulary_trimming
         print(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "

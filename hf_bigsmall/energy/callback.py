@@ -56,13 +56,13 @@ from __future__ import annotations
 
 import copy
 import functools
-import json
 import os
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..utils.files import atomic_write_json
 from ..utils.trainer import find_trainer
 from .card import ENERGY_FILE_NAME, add_co2_to_model_card, load_energy_record
 from .carbon import resolve_grid_intensity
@@ -82,13 +82,6 @@ def _empty_totals() -> dict[str, Any]:
         "prediction": {"energy_joules": 0.0, "num_samples": 0, "windows": 0},
         "sources": [],
     }
-
-
-def _atomic_write_json(path: str, data: dict[str, Any]) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(data, file, indent=2)
-    os.replace(temporary, path)  # readers never see a half-written file
 
 
 class EnergyCallback(TrainerCallback, ExportableState):
@@ -465,7 +458,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         record = self.record(parts)
         record["global_step"] = state.global_step
         os.makedirs(folder, exist_ok=True)
-        _atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)
+        atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)  # readers never see half a file
 
     def _create_model_card(self, create_model_card, *args, **kwargs):
         """Wraps `trainer.create_model_card` (also run by `push_to_hub`) to add `co2_eq_emissions`."""

@@ -13,10 +13,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..utils.checks import check_finite
 from .carbon import resolve_grid_intensity
 from .meters import select_meters
 from .meters.base import JOULES_PER_KWH
-from ..utils.checks import check_finite
 from .tracker import EnergyTracker, subtract
 
 # Columns that are targets, not inputs: passing them would make the model compute a loss too.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..energy.card import co2_eq_emissions
 from ..reporting.report import REPORT_JSON, markdown_table
+from ..utils.files import atomic_write_text
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -347,9 +348,7 @@ def write_trainer_card(trainer, *args: Any, **kwargs: Any) -> Path | None:
         text = str(card)
         if draft is not None and _TRAINER_SECTIONS in draft.text:
             text = text.rstrip("\n") + "\n\n" + draft.text[draft.text.index(_TRAINER_SECTIONS):]
-        temporary = readme.with_name("README.md.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, readme)  # never a half-written card
+        atomic_write_text(readme, text)
         return readme
     except Exception as error:  # noqa: BLE001 - the card is documentation; the save or upload goes on
         logger.warning(f"Kept the Trainer's draft model card in {readme}: building the hf_bigsmall card failed ({error!r}).")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -15,6 +14,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..hub.card import use_kit_card
+from ..utils.files import publishing
 from ..utils.trainer import find_trainer, resumed_checkpoint
 from .config import PruningConfig
 from .io import (
@@ -318,11 +318,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if not args.should_save:
             return
         target = Path(args.output_dir) / f"imp-round-{self.imp_round}"
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(partial, target)
+        with publishing(target) as partial:
+            model.save_pretrained(partial)
 
     def _log(self, model: nn.Module, state, control) -> None:
         report = sparsity_report(extract_model_from_parallel(model))

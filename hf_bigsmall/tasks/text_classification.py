@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from .. import assets
 from ..utils.distributed import needs_cpu_process_group
+from ..utils.files import atomic_write_json, fresh_partial_dir, publish_dir
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -153,7 +153,7 @@ def train_teacher(
         # decoder classifiers (GPT-2, Llama) read the last non-padding token, so they need the id
         pad_token_id=tokenizer.pad_token_id,
     )
-    partial = output_dir.with_name(output_dir.name + ".partial")
+    partial = fresh_partial_dir(output_dir)
     defaults = dict(
         output_dir=str(partial), num_train_epochs=num_train_epochs, learning_rate=learning_rate,
         per_device_train_batch_size=per_device_train_batch_size, per_device_eval_batch_size=64,
@@ -171,9 +171,8 @@ def train_teacher(
     metrics = trainer.evaluate()
     trainer.save_model(str(partial))
     if trainer.is_world_process_zero():
-        (partial / "teacher_eval_results.json").write_text(json.dumps(metrics, indent=2))
-        shutil.rmtree(output_dir, ignore_errors=True)
-        partial.rename(output_dir)
+        atomic_write_json(partial / "teacher_eval_results.json", metrics)
+        publish_dir(partial, output_dir)
     trainer.accelerator.wait_for_everyone()
     return output_dir
 

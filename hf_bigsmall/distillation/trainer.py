@@ -14,6 +14,7 @@ from transformers.trainer_pt_utils import nested_gather
 
 from ..losses import attention_loss, hidden_state_loss, kd_loss
 from .config import DistillationConfig
+from .data_checks import check_dataset
 from .teacher import (
     check_layer_map,
     check_teacher_student,
@@ -109,6 +110,10 @@ class DistillationTrainer(Trainer):
             teacher_model.to(_DTYPES[args.teacher_dtype])
         self._record_settings(model, teacher_model, args)
 
+        for split in ("train_dataset", "eval_dataset"):  # before the Trainer makes output_dir: see data_checks
+            datasets = kwargs.get(split)
+            for dataset in datasets.values() if isinstance(datasets, dict) else [datasets]:
+                check_dataset(dataset, split, model, teacher_model, args.alpha_ce, kwargs.get("data_collator"))
         super().__init__(model=model, args=args, **kwargs)
         # Our loss divides by `num_items_in_batch`; this makes the Trainer count it for every model
         # (it otherwise counts only for models whose forward takes loss kwargs).

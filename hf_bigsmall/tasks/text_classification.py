@@ -66,6 +66,9 @@ def load_classification_dataset(
     for name, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
         if limit is not None and limit < len(splits[name]):
             splits[name] = splits[name].shuffle(seed=seed).select(range(limit))
+        if len(splits[name]) == 0:
+            raise ValueError(f"the {name} split of {dataset_name!r} is empty: a classifier needs examples to train "
+                             "and evaluate on (check max_train_samples / max_eval_samples).")
     if not isinstance(splits["train"].features[label_column], ClassLabel):
         splits = splits.class_encode_column(label_column)
 

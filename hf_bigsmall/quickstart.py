@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import assets
+from .utils.console import echo
 from .utils.files import fresh_partial_dir, publish_dir, publishing
 
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
@@ -89,12 +90,12 @@ class QuickstartArguments:
 
 
 def _stage(number: int, text: str) -> float:
-    print(f"\n[{number}/{STAGES}] {text}", flush=True)
+    echo(f"\n[{number}/{STAGES}] {text}")
     return time.perf_counter()
 
 
 def _done(start: float, where: Path) -> None:
-    print(f"      done in {time.perf_counter() - start:.0f} s -> {where}", flush=True)
+    echo(f"      done in {time.perf_counter() - start:.0f} s -> {where}")
 
 
 def _training_arguments(args: QuickstartArguments, output_dir: Path, max_steps: int) -> dict:
@@ -151,8 +152,8 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     teacher_dir, student_dir = output_dir / "teacher", output_dir / "student"
     pruned_dir, compact_dir = output_dir / "student-pruned", output_dir / "student-compact"
     trimmed_dir = output_dir / "student-trimmed"
-    print(f"hf-bigsmall quickstart: {args.teacher} on {args.dataset}"
-          f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}", flush=True)
+    echo(f"hf-bigsmall quickstart: {args.teacher} on {args.dataset}"
+          f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
 
     eval_split = _evaluation_split(args.dataset)  # checked before any training
 
@@ -163,7 +164,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
         reason = trimming_unsupported(tokenizer)
         if reason is not None:  # on by default: say so and go on without it
-            print(f"      vocabulary trimming skipped: {reason}", flush=True)
+            echo(f"      vocabulary trimming skipped: {reason}")
             args.trim_vocabulary = False
     dataset = load_classification_dataset(tokenizer, args.dataset, max_length=args.max_length,
                                           max_train_samples=args.max_train_samples,
@@ -178,7 +179,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     tokenizer.save_pretrained(teacher_dir)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
     if reused:
-        print(f"      reused the teacher fine-tuned by an earlier run in {teacher_dir}", flush=True)
+        echo(f"      reused the teacher fine-tuned by an earlier run in {teacher_dir}")
     _done(start, teacher_dir)
 
     start = _stage(2, f"Student: {args.student_layers} layers made from the teacher, distilled ({args.distill_steps} steps)")
@@ -211,8 +212,8 @@ def run_quickstart(args: QuickstartArguments) -> Path:
             trimmed_tokenizer.save_pretrained(partial)
         models["student-trimmed"] = trimmed_dir
         record = trimmed.config.vocabulary_trimming
-        print(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
-              f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}", flush=True)
+        echo(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
+              f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}")
     _done(start, compact_dir)
 
     start = _stage(5, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
@@ -223,11 +224,11 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         build_model_card(folder, base_model=hub_id(args.teacher), dataset=args.dataset).save(folder / "README.md")
     _done(start, output_dir / "report.md")
 
-    print("\n" + markdown_table(comparison.to_dict()))
-    print(f"\nEverything is in {output_dir.resolve()}:")
+    echo("\n" + markdown_table(comparison.to_dict()))
+    echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
-        print(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
-    print(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
-    print(f"  plots            {output_dir / 'quality_vs_size.png'}, {output_dir / 'quality_vs_energy.png'}")
-    print(f"Share one with: hf-bigsmall push {list(models.values())[-1]} <your-name>/<repo>")
+        echo(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
+    echo(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
+    echo(f"  plots            {output_dir / 'quality_vs_size.png'}, {output_dir / 'quality_vs_energy.png'}")
+    echo(f"Share one with: hf-bigsmall push {list(models.values())[-1]} <your-name>/<repo>")
     return output_dir

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.utils import logging
 
 from ..losses import HIDDEN_LOSSES, KD_LOSSES
 from ..utils.checks import check_finite
 from ..utils.distributed import needs_cpu_process_group
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 

@@ -157,7 +157,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 logger.warning("IMP: the learning-rate schedule is not a LambdaLR, so it is not restarted in each "
                                "round; pass imp_restart_lr=False to silence this.")
         if state.is_world_process_zero and self.schedule is not None:
-            print(f"[hf_bigsmall] pruning schedule: {self.schedule.describe()} (max_steps={state.max_steps})")
+            logger.info(f"Pruning schedule: {self.schedule.describe()} (max_steps={state.max_steps})")
         self._arm(model, optimizer)
         if state.global_step == 0 and self.schedule is not None and self.schedule.is_pruning_step(0):
             self._prune(model, 0, optimizer)

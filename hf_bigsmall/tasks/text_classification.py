@@ -8,12 +8,12 @@ Embedded offline defaults: `assets.ROTTEN_TOMATOES` (4,866 labelled review snipp
 from __future__ import annotations
 
 import json
-import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from transformers.utils import logging
 
 from .. import assets
 from ..utils.distributed import needs_cpu_process_group
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from datasets import DatasetDict
     from transformers import EvalPrediction, PreTrainedTokenizerBase
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 
 def load_classification_dataset(

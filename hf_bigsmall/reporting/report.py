@@ -102,10 +102,3 @@ def write_report(report: dict[str, Any], output_dir: str | os.PathLike, plots: l
     atomic_write_text(md_path, render_markdown(report, plots))
     return json_path, md_path
 
-
-def load_report(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a `report.json` (or the one inside a folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / REPORT_JSON
-    return json.loads(path.read_text(encoding="utf-8"))

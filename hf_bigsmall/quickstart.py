@@ -129,8 +129,10 @@ def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_st
 
 def _evaluation_split(dataset_name: str) -> str:
     # the split the teacher was evaluated on (load_classification_dataset's choice), held out from training
+    from .utils.heads import evaluation_split
+
     splits = assets.load_text_dataset(dataset_name)
-    split = next((name for name in ("validation", "test") if name in splits), None)
+    split = evaluation_split(splits)
     if split is None:
         raise ValueError(f"{dataset_name} has no 'validation' or 'test' split to compare the models on "
                          f"(it has {list(splits)}).")

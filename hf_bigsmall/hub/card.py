@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..energy.card import co2_eq_emissions
 from ..reporting.report import REPORT_JSON, markdown_table
 from ..utils.files import atomic_write_text
+from ..utils.heads import task_head
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -25,14 +26,6 @@ _EMBEDDED_HUB_IDS = {
     "embedded/all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
     "embedded/SmolLM2-135M": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "embedded/rotten_tomatoes": "cornell-movie-review-data/rotten_tomatoes",
-}
-_PIPELINE_TAGS = {
-    "ForSequenceClassification": "text-classification",
-    "ForCausalLM": "text-generation",
-    "LMHeadModel": "text-generation",
-    "ForTokenClassification": "token-classification",
-    "ForQuestionAnswering": "question-answering",
-    "ForMaskedLM": "fill-mask",
 }
 _METRIC_PRETTY = {"accuracy": "Accuracy", "f1": "F1", "perplexity": "Perplexity"}
 
@@ -183,7 +176,8 @@ def build_model_card(
     base_model = hub_id(base_model or named_teacher)
     dataset = dataset or (report or {}).get("dataset") or (distillation or {}).get("dataset")
     architecture = (config.get("architectures") or [""])[0]
-    pipeline_tag = next((tag for suffix, tag in _PIPELINE_TAGS.items() if architecture.endswith(suffix)), None)
+    head = task_head(architecture)
+    pipeline_tag = head.pipeline_tag if head is not None else None
     model_name = (repo_id or model_dir.name).split("/")[-1]
 
     all_tags = ["hf-bigsmall"]

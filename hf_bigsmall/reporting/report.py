@@ -6,7 +6,6 @@ from disk renders exactly like a fresh one (model cards reuse `markdown_table`).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any

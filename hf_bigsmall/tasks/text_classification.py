@@ -18,6 +18,7 @@ from transformers.utils import logging
 from .. import assets
 from ..utils.distributed import needs_cpu_process_group
 from ..utils.files import atomic_write_json, fresh_partial_dir, publish_dir
+from ..utils.heads import evaluation_split
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -52,7 +53,7 @@ def load_classification_dataset(
     raw = assets.load_text_dataset(dataset_name)
     if "train" not in raw:
         raise ValueError(f"dataset {dataset_name!r} has no 'train' split (splits: {list(raw)}).")
-    eval_split = next((name for name in ("validation", "test") if name in raw), None)
+    eval_split = evaluation_split(raw)
     if eval_split is None:
         raw = raw["train"].train_test_split(test_size=0.1, seed=seed)
         eval_split = "test"

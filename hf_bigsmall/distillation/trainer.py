@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_pt_utils import nested_gather
+from transformers.utils import logging
 
 from ..losses import attention_loss, hidden_state_loss, kd_loss
 from .config import DistillationConfig
@@ -25,7 +24,7 @@ from .teacher import (
     teacher_name,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 PROJECTION_NAME = "distillation_projection"
 # logits per chunk of the soft-target loss when `kd_chunk_size` is unset: 16 MB of float32
@@ -99,8 +98,7 @@ class DistillationTrainer(Trainer):
         if args.alpha_attention > 0:
             # fused attention kernels (sdpa, flash) never materialise the attention probabilities
             for network in (model, teacher_model):
-                if network.config._attn_implementation != "eager":
-                    network.set_attn_implementation("eager")
+                network.set_attn_implementation("eager")
         if args.alpha_hidden > 0:
             self._add_projection(model, teacher_model)
 
@@ -242,8 +240,9 @@ class DistillationTrainer(Trainer):
             # gradients over processes: undo that average (as Trainer.compute_loss does)
             loss = loss * self.accelerator.num_processes
             parts = {name: value * self.accelerator.num_processes for name, value in parts.items()}
-        # tell training_step whether to divide by the accumulation steps (PLATFORM: transformers 5
-        # would otherwise take a per-batch mean as already scaled and double the gradient at GA=2)
+        # tell training_step whether to divide by the accumulation steps: since v5 models' forward
+        # takes **kwargs, the Trainer would otherwise take a per-batch mean as already scaled and
+        # double the gradient at GA=2 (transformers < 5.19 reads model_accepts_loss_kwargs instead)
         self.loss_is_scaled_for_ga = normalised
         if model.training:
             self._accumulate_parts(parts, normalised)
@@ -267,10 +266,9 @@ class DistillationTrainer(Trainer):
         if self._eval_parts:
             # every process evaluates, so the gathers are collective
             device = next(iter(self._eval_parts.values())).device
-            sequences = nested_gather(torch.tensor(float(self._eval_sequences), device=device),
-                                      self.args.parallel_mode).sum()
+            sequences = self.accelerator.gather(torch.tensor(float(self._eval_sequences), device=device)).sum()
             for name in sorted(self._eval_parts):
-                total = nested_gather(self._eval_parts[name], self.args.parallel_mode).sum()
+                total = self.accelerator.gather(self._eval_parts[name]).sum()
                 output.metrics[f"{prefix}_{name}"] = (total / sequences.clamp(min=1)).item()
         self._eval_parts, self._eval_sequences = {}, 0
         return output
@@ -347,7 +345,7 @@ class DistillationTrainer(Trainer):
             steps = max(self.state.global_step - self._loss_parts_since_step, 1)
             for name in sorted(self._loss_parts):
                 # every process logs together (as for `loss`), so the gather is collective
-                total = nested_gather(self._loss_parts[name], self.args.parallel_mode).mean().item()
+                total = self.accelerator.gather(self._loss_parts[name]).mean().item()
                 logs[name] = total / steps
             self._loss_parts = {}
         super().log(logs, start_time)

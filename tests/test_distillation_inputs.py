@@ -180,3 +180,20 @@ def test_rotary_models_have_no_position_table_to_overflow():
     assert learned_positions(GPT2LMHeadModel(tiny_gpt2_config())) == 64
     assert learned_positions(BertForSequenceClassification(tiny_bert_config())) == 64
     assert learned_positions(LlamaForCausalLM(tiny_llama_config())) is None
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_causal_task_loss_is_the_models_own_shifted_loss(tmp_path, arch):
+    """GPT2LMHeadModel leaves `loss_type` unset, which the Trainer's shift rule reads: the shift comes from the head."""
+    from transformers import LlamaForCausalLM
+
+    from tests.testing_utils import tiny_llama_config
+
+    teacher = GPT2LMHeadModel(tiny_gpt2_config()) if arch == "gpt2" else LlamaForCausalLM(tiny_llama_config())
+    student = make_student(teacher, num_layers=2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path, alpha_kd=0.0, alpha_ce=1.0))
+    batch = padded_causal_batch(pad_labels=False)
+    _, parts = loss_parts(trainer, batch)
+    with torch.no_grad():
+        own = student(**batch).loss
+    assert parts["loss_ce"] == pytest.approx(float(own), rel=1e-5)

@@ -21,7 +21,6 @@ Distil from cached teacher logits (the teacher runs once over the training set, 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
 from hf_bigsmall.tasks.teacher_logits import TeacherLogitsArguments
 from hf_bigsmall.utils.distributed import shutdown_process_group
+from hf_bigsmall.utils.files import atomic_write_json
 
 
 @dataclass
@@ -53,6 +53,7 @@ class ScriptArguments(TeacherLogitsArguments, CompressionArguments):
 
 
 def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dict:
+    script_args.check_teacher(script_args.teacher_model_name_or_path)  # before anything trains
     teacher_path = assets.resolve_model(script_args.teacher_model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     dataset = load_causal_lm_dataset(
@@ -81,7 +82,7 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     trainer.create_model_card(dataset=script_args.dataset_name)  # README.md: how the student was made
     compacted = script_args.save_compacted(trainer, dataset=script_args.dataset_name)
     if trainer.is_world_process_zero():
-        Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(Path(training_args.output_dir, "eval_results.json"), metrics)
         print(
             f"Teacher ({teacher.num_parameters() / 1e6:.1f} M params): {teacher_path}\n"
             f"Student ({student.num_parameters() / 1e6:.1f} M params, eval perplexity {metrics['eval_perplexity']:.1f}): "

@@ -36,6 +36,7 @@ from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.teacher_logits import TeacherLogitsArguments
 from hf_bigsmall.tasks.text_classification import accuracy, classification_teacher, load_classification_dataset
 from hf_bigsmall.utils.distributed import shutdown_process_group
+from hf_bigsmall.utils.files import atomic_write_json
 
 
 @dataclass
@@ -46,7 +47,7 @@ class ScriptArguments(TeacherLogitsArguments, CompressionArguments):
     )
     teacher_output_dir: str | None = field(
         default=None,
-        metadata={"help": "Where a fine-tuned teacher is saved and reused from (default: <output_dir>/teacher)."},
+        metadata={"help": "Where a fine-tuned teacher is saved, and reused from by a run with the same inputs (default: <output_dir>/teacher)."},
     )
     teacher_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs of teacher fine-tuning."})
     teacher_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of teacher fine-tuning."})
@@ -65,6 +66,7 @@ class ScriptArguments(TeacherLogitsArguments, CompressionArguments):
 
 
 def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dict:
+    script_args.check_teacher(script_args.teacher_model_name_or_path)  # before anything trains
     teacher_name = script_args.teacher_model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(teacher_name))
     dataset = load_classification_dataset(
@@ -99,7 +101,7 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     trainer.create_model_card(dataset=script_args.dataset_name)  # README.md: how the student was made
     compacted = script_args.save_compacted(trainer, dataset=script_args.dataset_name)
     if trainer.is_world_process_zero():
-        Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(Path(training_args.output_dir, "eval_results.json"), metrics)
         teacher_results = Path(teacher_path) / "teacher_eval_results.json"
         teacher_accuracy = round(json.loads(teacher_results.read_text())["eval_accuracy"], 3) if teacher_results.is_file() else "n/a"
         print(

@@ -258,9 +258,7 @@ def _first_gradient(tmp_path, arch, cached, batch_size=4, accumulation=1, top_k=
     return recorder.gradients, trainer.state.log_history[0], trainer
 
 
-# GPT-2 is left out: its `loss_type` is None in transformers 5, so the Trainer (and the online
-# path) does not shift its labels, while the cache holds next-token targets as a causal LM needs
-@pytest.mark.parametrize("arch", ["bert", "llama"])
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
 def test_full_vocabulary_cache_trains_exactly_like_the_online_teacher(tmp_path, arch):
     online, online_logs, _ = _first_gradient(tmp_path, arch, cached=False)
     cached, cached_logs, trainer = _first_gradient(tmp_path, arch, cached=True)

@@ -1,13 +1,14 @@
 """compact: structured sparsity becomes a smaller model with the same outputs that reloads plainly."""
 
 import json
+import warnings
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from hf_bigsmall import MagnitudePruningCallback, compact, sparsity_report
-from hf_bigsmall.pruning.io import apply_masks, attach_masks
+from hf_bigsmall.pruning.io import apply_masks, attach_masks, save_pruned_model
 from hf_bigsmall.pruning.masks import structured_masks, targeted_weights, unstructured_masks
 from tests.pruning_utils import pruning_trainer, tiny_bert, training_args
 from tests.test_pruning_masks import build
@@ -67,11 +68,18 @@ def test_compact_after_training_with_the_callback(tmp_path):
         torch.testing.assert_close(model(**batch).logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bert_heads_cannot_shrink_so_they_stay_masked():
-    model = masked("bert", "heads")
+@pytest.mark.parametrize("architecture", ["bert", "gpt2"])
+def test_bert_and_gpt2_heads_cannot_shrink_so_they_stay_masked(architecture):
+    model = masked(architecture, "heads")
     zeros = sparsity_report(model).zero_params
-    with pytest.warns(UserWarning, match="cannot be removed"), pytest.raises(ValueError, match="Nothing to compact"):
-        compact(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one clear error, no warning before it
+        with pytest.raises(ValueError, match="Nothing to compact") as error:
+            compact(model)
+    message = str(error.value)
+    # the reason, and advice that does not contradict it (no "prune with ... 'heads'")
+    assert "heads cannot be removed" in message and "prune structure='neurons'" in message
+    assert "'heads'" not in message
     assert model.config.num_attention_heads == 4 and sparsity_report(model).zero_params == zeros
     assert model._sparsity_masks  # masks kept
 
@@ -86,7 +94,7 @@ def test_neurons_and_heads_together_keep_head_masks_on_bert(tmp_path):
     assert model.config.intermediate_size == 32
     remaining = model._sparsity_masks
     assert remaining and all("attention" in name for name in remaining)
-    model.save_pretrained(tmp_path)
+    save_pruned_model(model, tmp_path)
     assert (tmp_path / "sparsity_masks.safetensors").is_file()
 
 

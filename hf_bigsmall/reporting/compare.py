@@ -11,14 +11,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_head
 from .report import write_report
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-CLASSIFICATION = "text-classification"
-CAUSAL_LM = "text-generation"
+CLASSIFICATION = TEXT_CLASSIFICATION
+CAUSAL_LM = TEXT_GENERATION
 _QUALITY_METRIC = {CLASSIFICATION: "accuracy", CAUSAL_LM: "perplexity"}
 # weights only: optimizer states, Trainer arguments and pruning masks are not part of the model's size
 _NOT_WEIGHTS = {"sparsity_masks.safetensors", "training_args.bin", "optimizer.pt", "scheduler.pt"}
@@ -48,6 +49,10 @@ class ModelMeasurement:
     training_energy_kwh: float | None = None
     training_co2_grams: float | None = None
     training_energy_source: str | None = None
+    # this model's own training run plus those of the models it was made from (`emissions.json`)
+    lineage_energy_kwh: float | None = None
+    lineage_co2_grams: float | None = None
+    lineage_runs: list[dict[str, Any]] | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -114,10 +119,9 @@ def task_of(model_or_config) -> str:
         architecture, config = type(model_or_config).__name__, model_or_config.config
     else:
         architecture, config = (getattr(model_or_config, "architectures", None) or [""])[0], model_or_config
-    if architecture.endswith("ForSequenceClassification"):
-        return CLASSIFICATION
-    if architecture.endswith(("ForCausalLM", "LMHeadModel")):
-        return CAUSAL_LM
+    head = task_head(architecture)
+    if head is not None and head.pipeline_tag in (CLASSIFICATION, CAUSAL_LM):
+        return head.pipeline_tag
     raise ValueError(
         f"Cannot compare a {architecture or config.model_type!r} model: compare_models measures sequence "
         "classifiers (accuracy, F1) and causal language models (perplexity). Save the model with its task head."
@@ -165,12 +169,24 @@ def size_on_disk_mb(model_dir: Path) -> float:
 
 
 def _training_energy(model_dir: Path | None) -> dict[str, Any]:
-    record_path = model_dir / "energy.json" if model_dir else None
-    if record_path is None or not record_path.is_file():
+    from ..energy.lineage import _finite, load_lineage
+
+    if model_dir is None:
         return {}
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    return {"training_energy_kwh": record.get("energy_kwh"), "training_co2_grams": record.get("co2_grams"),
-            "training_energy_source": record.get("energy_source")}
+    figures: dict[str, Any] = {}
+    record_path = model_dir / "energy.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        # a NaN or inf figure (a damaged record) is no figure, as in emissions.json
+        figures.update(training_energy_kwh=_finite(record.get("energy_kwh")), training_co2_grams=_finite(record.get("co2_grams")),
+                       training_energy_source=record.get("energy_source"))
+    lineage = load_lineage(model_dir)
+    if lineage:
+        runs = [{k: run.get(k) for k in ("model", "relation", "run", "trained", "energy_kwh", "co2_grams", "energy_source")}
+                for run in lineage["runs"]]
+        figures.update(lineage_energy_kwh=lineage.get("energy_kwh"), lineage_co2_grams=lineage.get("co2_grams"),
+                       lineage_runs=runs)
+    return figures
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")

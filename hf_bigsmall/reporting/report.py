@@ -6,10 +6,11 @@ from disk renders exactly like a fresh one (model cards reuse `markdown_table`).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from ..utils.files import atomic_write_json, atomic_write_text
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -81,21 +82,25 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
     sources = sorted({m["energy_source"] for m in report["models"] if m.get("energy_source")})
     if sources:
         lines.append(f"- Inference energy source: {', '.join(f'`{s}`' for s in sources)}.")
-    trained = [m for m in report["models"] if m.get("training_energy_kwh") is not None]
+    trained = [m for m in report["models"]
+               if m.get("training_energy_kwh") is not None or m.get("lineage_energy_kwh") is not None]
     if trained:
-        lines += ["", "## Training energy", "", "| Model | Energy (kWh) | CO2 (g) | Source |", "| --- | --- | --- | --- |"]
-        lines += [f"| `{m['name']}` | {_fmt(m['training_energy_kwh'], '.4g')} | {_fmt(m.get('training_co2_grams'), '.3g')} "
-                  f"| {m.get('training_energy_source') or '-'} |" for m in trained]
+        how = ("*Own run* is the model's own training; *with ancestors* adds the runs of the models it was made "
+               "from (a student's teacher fine-tuning, a compacted model's pruning and distillation), each counted "
+               "once. Compaction and vocabulary trimming train nothing. Pretraining of the original checkpoint is "
+               "not included.")
+        lines += ["", "## Training energy", "", how, "",
+                  "| Model | Own run (kWh) | Own CO2 (g) | With ancestors (kWh) | With ancestors CO2 (g) | Made from | Source |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for m in trained:
+            made_from = " + ".join(f"`{r['model']}`" for r in m.get("lineage_runs") or [] if r["relation"] == "ancestor")
+            lines.append(f"| `{m['name']}` | {_fmt(m.get('training_energy_kwh'), '.4g')} "
+                         f"| {_fmt(m.get('training_co2_grams'), '.3g')} | {_fmt(m.get('lineage_energy_kwh'), '.4g')} "
+                         f"| {_fmt(m.get('lineage_co2_grams'), '.3g')} | {made_from or '-'} "
+                         f"| {m.get('training_energy_source') or '-'} |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # A crash mid-write never leaves a truncated report in place of a good one.
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
 
 
 def write_report(report: dict[str, Any], output_dir: str | os.PathLike, plots: list[str] | None = None) -> tuple[Path, Path]:
@@ -103,14 +108,7 @@ def write_report(report: dict[str, Any], output_dir: str | os.PathLike, plots: l
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / REPORT_JSON, output_dir / REPORT_MD
-    _atomic_write(json_path, json.dumps(report, indent=2) + "\n")
-    _atomic_write(md_path, render_markdown(report, plots))
+    atomic_write_json(json_path, report)
+    atomic_write_text(md_path, render_markdown(report, plots))
     return json_path, md_path
 
-
-def load_report(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a `report.json` (or the one inside a folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / REPORT_JSON
-    return json.loads(path.read_text(encoding="utf-8"))

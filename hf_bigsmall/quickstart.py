@@ -242,8 +242,8 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     if args.cache_teacher_logits:  # the teacher runs once here; both distillation stages read its logits
         distill_teacher = None
         distill_data = {"train": _cached_train_dataset(args, teacher, dataset["train"], output_dir / "teacher_logits")}
-        print(f"      teacher logits cached for {len(distill_data['train']):,} training rows -> "
-              f"{output_dir / 'teacher_logits'}", flush=True)
+        echo(f"      teacher logits cached for {len(distill_data['train']):,} training rows -> "
+             f"{output_dir / 'teacher_logits'}")
     _distill(args, student, distill_teacher, distill_data, tokenizer, student_dir, args.distill_steps, callbacks=[])
     _done(start, student_dir)
 

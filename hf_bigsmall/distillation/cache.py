@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
 import shutil
@@ -43,13 +42,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from transformers.utils import logging
 
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
     from transformers import PreTrainedModel
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"

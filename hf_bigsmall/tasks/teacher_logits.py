@@ -30,7 +30,7 @@ class TeacherLogitsArguments:
     cache_top_k: int = field(default=128, metadata={
         "help": "Log-probabilities kept per target token in a causal LM cache (the vocabulary size is exact)."})
     cache_logprob_dtype: str = field(default="uint8", metadata={
-        "help": "Storage of the cached log-probabilities: 'uint8' (packed, about 275 bytes per token at k=128), "
+        "help": "Storage of the cached log-probabilities: 'uint8' (packed, about 278 bytes per token at k=128), "
                 "'float16', 'bfloat16' or 'float32'.", "choices": list(LOGPROB_DTYPES)})
 
     def teacher_logits_dataset(self, teacher: PreTrainedModel, train_dataset: Dataset,

@@ -255,3 +255,89 @@ def test_masks_survive_a_healing_distillation_with_gradient_accumulation(tmp_pat
     assert sparsity_report(student).global_sparsity == pytest.approx(0.5)
     assert all(not torch.equal(before[n], student.get_parameter(n).detach()) for n in masks)
     assert all(torch.equal(p, teacher.get_parameter(n)) for n, p in teacher_before.items())  # the teacher is untouched
+
+
+# ------------------------------------------------------------------------- Wanda and N:M in the callback
+def pruning_run(tmp_path, callback, model=None, max_steps=8):
+    model = model or tiny_llama()
+    args = DistillationConfig(output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4,
+                              learning_rate=1e-2, report_to="none", save_strategy="no", use_cpu=True,
+                              logging_steps=1, disable_tqdm=True)
+    trainer = Trainer(model=model, args=args, train_dataset=causal_blocks(), callbacks=[callback])
+    trainer.train()
+    return trainer
+
+
+def test_callback_wanda_one_shot_equals_prune_one_shot(tmp_path):
+    reference = prune_one_shot(tiny_llama(), calibration_rows(), sparsity=0.5, num_samples=8, seq_len=32)
+    callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot", criterion="wanda",
+                                        calibration_dataset=calibration_rows(), calibration_samples=8,
+                                        calibration_seq_len=32)
+    trainer = pruning_run(tmp_path, callback, max_steps=2)
+    assert callback.config.scope == "row"
+    for name, mask in reference._sparsity_masks.items():
+        assert torch.equal(callback.masks[name], mask), name
+    assert trainer.model._sparsity_info["method"] == "wanda"
+
+
+def test_callback_gradual_wanda_ends_with_every_row_at_the_target(tmp_path):
+    callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="cubic", end_step=6, pruning_frequency=2,
+                                        criterion="wanda", calibration_dataset=calibration_rows(),
+                                        calibration_samples=4, calibration_seq_len=32)
+    trainer = pruning_run(tmp_path, callback)
+    scheduled = [entry["sparsity/global"] for entry in trainer.state.log_history if "sparsity/global" in entry]
+    assert any(0 < value < 0.5 for value in scheduled) and scheduled[-1] == pytest.approx(0.5)
+    for name, module in find_targets(trainer.model).items():
+        zeros = module.weight == 0
+        assert (zeros.sum(dim=1) == zeros.shape[1] // 2).all(), name
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda"])
+def test_callback_n_m_structure_ramps_to_exactly_n_of_every_m(tmp_path, criterion):
+    callback = MagnitudePruningCallback(target_sparsity=0.5, structure="2:4", schedule="linear", end_step=6,
+                                        pruning_frequency=2, criterion=criterion,
+                                        calibration_dataset=calibration_rows() if criterion == "wanda" else None,
+                                        calibration_samples=4, calibration_seq_len=32)
+    trainer = pruning_run(tmp_path, callback)
+    logged = {round(entry["sparsity/global"], 4) for entry in trainer.state.log_history if "sparsity/global" in entry}
+    assert 0.25 in logged and 0.5 in logged  # 1 of 4 on the way, then 2 of 4
+    for name, module in find_targets(trainer.model).items():
+        blocks = (module.weight == 0).reshape(module.weight.shape[0], -1, 4).sum(-1)
+        assert (blocks == 2).all(), name
+
+
+def find_targets(model):
+    from hf_bigsmall.pruning.targets import find_target_modules
+
+    return find_target_modules(model)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"criterion": "wanda"}, "needs calibration_dataset"),
+        ({"criterion": "wanda", "structure": "neurons", "calibration_dataset": [1]}, "scores single weights"),
+        ({"criterion": "sparsegpt"}, "choose one of"),
+        ({"structure": "2:4", "target_sparsity": 0.3}, "target_sparsity=0.5"),
+        ({"structure": "4:4"}, "0 < N < M"),
+        ({"structure": "neurons", "scope": "row"}, "structure='unstructured'"),
+    ],
+)
+def test_callback_bad_criterion_or_pattern_is_refused_at_construction(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        MagnitudePruningCallback(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        ({"structure": "2:3", "target_sparsity": 2 / 3}, "not a multiple of M=3"),
+        ({"criterion": "wanda", "calibration_dataset": [{"input_ids": [1, TINY_VOCAB + 1]}]}, "another tokenizer"),
+        ({"criterion": "wanda", "calibration_dataset": []}, "empty"),
+    ],
+)
+def test_callback_bad_model_or_calibration_fails_when_the_trainer_is_built(tmp_path, kwargs, words):
+    model = tiny_llama()
+    args = DistillationConfig(output_dir=str(tmp_path), max_steps=2, report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match=words):
+        Trainer(model=model, args=args, train_dataset=causal_blocks(), callbacks=[MagnitudePruningCallback(**kwargs)])

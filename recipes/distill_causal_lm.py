@@ -29,7 +29,14 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator
 
-from hf_bigsmall import DistillationConfig, DistillationTrainer, MagnitudePruningCallback, assets, make_student, prune_one_shot
+from hf_bigsmall import (
+    DistillationConfig,
+    DistillationTrainer,
+    MagnitudePruningCallback,
+    assets,
+    make_student,
+    prune_one_shot,
+)
 from hf_bigsmall.pruning.calibration import prepare_calibration
 from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.causal_lm import held_out_perplexity, load_causal_lm_dataset

@@ -12,7 +12,13 @@ from torch import nn
 from transformers import GPT2LMHeadModel, LlamaForCausalLM, Trainer
 from transformers.pytorch_utils import Conv1D
 
-from hf_bigsmall import DistillationConfig, DistillationTrainer, MagnitudePruningCallback, prune_one_shot, sparsity_report
+from hf_bigsmall import (
+    DistillationConfig,
+    DistillationTrainer,
+    MagnitudePruningCallback,
+    prune_one_shot,
+    sparsity_report,
+)
 from hf_bigsmall.pruning.calibration import CalibrationData
 from hf_bigsmall.pruning.io import SPARSITY_MASKS_NAME, load_masks
 from tests.testing_utils import TINY_VOCAB, tiny_gpt2_config, tiny_llama_config
@@ -143,7 +149,7 @@ def test_wanda_and_magnitude_differ_where_activations_are_uneven():
     prune_one_shot(wanda, calibration_rows(), method="wanda", num_samples=8, seq_len=32)
     prune_one_shot(magnitude, method="magnitude", scope="row")
     name = "model.layers.0.self_attn.q_proj.weight"
-    kept_on_loud_channels = lambda model: int((~model._sparsity_masks[name][:, :4]).sum())  # noqa: E731
+    kept_on_loud_channels = lambda model: int((~model._sparsity_masks[name][:, :4]).sum())
     assert kept_on_loud_channels(wanda) > kept_on_loud_channels(magnitude) + 16
 
 

@@ -18,7 +18,8 @@ from .calibration import (
 )
 from .io import apply_masks, attach_masks
 from .targets import find_target_modules
-from .wanda import CRITERIA, ONE_SHOT_SCOPES, check_pattern_fits, criterion_masks, parse_pattern
+from .config import CRITERIA
+from .wanda import ONE_SHOT_SCOPES, check_pattern_fits, criterion_masks, parse_pattern
 
 logger = logging.get_logger(__name__)
 

@@ -76,9 +76,9 @@ class ScriptArguments(CompressionArguments):
         if self.one_shot_method != "none" and self.target_sparsity is not None:
             raise ValueError("--one_shot_method prunes the student before distilling it and --target_sparsity prunes it "
                              "while distilling: pass one of them (--one_shot_method none for gradual pruning).")
-        if self.one_shot_method == "none" and self.student_num_layers is None:
-            raise ValueError("Without one-shot pruning the student needs fewer layers than the teacher: pass "
-                             "--student_num_layers (e.g. 8), or --one_shot_method wanda.")
+        if self.one_shot_method == "none" and self.student_num_layers is None and self.target_sparsity is None:
+            raise ValueError("Without pruning the student would be a copy of the teacher: pass --student_num_layers "
+                             "(e.g. 8), --one_shot_method wanda, or --target_sparsity.")
 
 def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dict:
     script_args.check_teacher(script_args.teacher_model_name_or_path)  # before anything trains

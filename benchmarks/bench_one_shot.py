@@ -88,7 +88,8 @@ def main(argv=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=args.block_size, max_eval_samples=args.eval_blocks)
     held_out = data["eval"]
-    heal_blocks = data["train"].select(range(len(data["train"]) - args.heal_steps * args.heal_batch, len(data["train"])))
+    heal_count = args.heal_steps * args.heal_batch  # the last training blocks, apart from most calibration windows
+    heal_blocks = data["train"].select(range(len(data["train"]) - heal_count, len(data["train"]))) if heal_count else None
     dense = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     results = {
         "machine": f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",

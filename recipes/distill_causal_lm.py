@@ -22,7 +22,6 @@ file (every `DistillationConfig` field and the fields below):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from hf_bigsmall.pruning.calibration import prepare_calibration
 from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.causal_lm import held_out_perplexity, load_causal_lm_dataset
 from hf_bigsmall.utils.distributed import shutdown_process_group
+from hf_bigsmall.utils.files import atomic_write_json
 
 
 @dataclass
@@ -79,6 +79,7 @@ class ScriptArguments(CompressionArguments):
         if self.one_shot_method == "none" and self.student_num_layers is None and self.target_sparsity is None:
             raise ValueError("Without pruning the student would be a copy of the teacher: pass --student_num_layers "
                              "(e.g. 8), --one_shot_method wanda, or --target_sparsity.")
+
 
 def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dict:
     script_args.check_teacher(script_args.teacher_model_name_or_path)  # before anything trains
@@ -125,7 +126,7 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     trainer.create_model_card(dataset=script_args.dataset_name)  # README.md: how the student was made
     compacted = script_args.save_compacted(trainer, dataset=script_args.dataset_name)
     if trainer.is_world_process_zero():
-        Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(Path(training_args.output_dir, "eval_results.json"), metrics)
         nonzero = sum(int(p.count_nonzero()) for p in student.parameters())
         tokens = sum(int((torch.tensor(row) != -100).sum()) - 1 for row in dataset["eval"]["labels"])
         print(

@@ -17,6 +17,7 @@ from hf_bigsmall import (
     DistillationTrainer,
     MagnitudePruningCallback,
     prune_one_shot,
+    save_pruned_model,
     sparsity_report,
 )
 from hf_bigsmall.pruning.calibration import CalibrationData
@@ -214,7 +215,7 @@ def test_saved_model_reloads_with_plain_from_pretrained_and_rearms(tmp_path):
     model = tiny_llama()
     prune_one_shot(model, calibration_rows(), sparsity=None, pattern="2:4", num_samples=8, seq_len=32)
     masks = {name: mask.clone() for name, mask in model._sparsity_masks.items()}
-    model.save_pretrained(tmp_path / "pruned")
+    save_pruned_model(model, tmp_path / "pruned")
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
     assert config["sparsity"]["method"] == "wanda" and config["sparsity"]["structure"] == "2:4"
     assert config["sparsity"]["calibration"] == {"num_samples": 8, "seq_len": 32, "num_tokens": 256}
@@ -238,10 +239,10 @@ def test_saved_model_reloads_with_plain_from_pretrained_and_rearms(tmp_path):
     assert_masks_hold(reloaded, masks)
     changed = [n for n in masks if not torch.equal(before[n], reloaded.get_parameter(n).detach())]
     assert changed, "the healing run did not train the pruned layers"
-    trainer.save_model(tmp_path / "healed")
-    healed = json.loads((tmp_path / "healed" / "config.json").read_text())["sparsity"]
+    trainer.save_model()  # a plain Trainer's callback writes the pruning record into output_dir
+    healed = json.loads((tmp_path / "heal" / "config.json").read_text())["sparsity"]
     assert healed["method"] == "wanda" and healed["structure"] == "2:4"  # how it was pruned is kept
-    assert (tmp_path / "healed" / SPARSITY_MASKS_NAME).is_file()
+    assert (tmp_path / "heal" / SPARSITY_MASKS_NAME).is_file()
 
 
 def test_masks_survive_a_healing_distillation_with_gradient_accumulation(tmp_path):

@@ -75,8 +75,8 @@ def prune_one_shot(
 
     The targets are those of `MagnitudePruningCallback` (Linear/Conv1D layers inside the
     transformer blocks, or `target_modules`). The pruned model carries the callback's masks, so
-    `model.save_pretrained` writes the zeros, a `sparsity` block in `config.json` and
-    `sparsity_masks.safetensors`, and a healing fine-tune with
+    `save_pruned_model(model, folder)` writes the zeros, a `sparsity` block in `config.json` and
+    `sparsity_masks.safetensors` (as a Trainer with the callback does), and a healing fine-tune with
     `MagnitudePruningCallback(target_sparsity=None)` keeps exactly these zeros. Masks the model
     already carries stay pruned.
 
@@ -112,13 +112,13 @@ def prune_one_shot(
     Example:
 
     ```python
-    >>> from hf_bigsmall import assets, prune_one_shot, sparsity_report
+    >>> from hf_bigsmall import assets, prune_one_shot, save_pruned_model, sparsity_report
     >>> from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
     >>> calibration = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=512)["train"]
     >>> prune_one_shot(model, calibration, sparsity=0.5, method="wanda")
     >>> sparsity_report(model).global_sparsity
     0.5
-    >>> model.save_pretrained("out/wanda-50")  # zeros + "sparsity" block + sparsity_masks.safetensors
+    >>> save_pruned_model(model, "out/wanda-50")  # zeros + "sparsity" block + sparsity_masks.safetensors
     ```
     """
     if method not in CRITERIA:

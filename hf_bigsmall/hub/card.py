@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..energy.card import co2_eq_emissions
 from ..energy.lineage import lineage_co2_eq_emissions, lineage_lines, load_lineage
-from ..reporting.report import REPORT_JSON, markdown_table
+from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines
 from ..utils.files import atomic_write_text
 from ..utils.heads import task_head
 
@@ -242,7 +242,7 @@ def build_model_card(
         body += ["## How it was made", ""] + made_lines
     if report:
         body += ["## Big vs small", "", f"Measured on `{report['dataset']}` ({report['num_samples']:,} samples).", "",
-                 markdown_table(report), ""]
+                 markdown_table(report), *perplexity_lines(report), ""]
     if energy:
         body += ["## Energy", ""] + _table([(k, v) for k, v in energy.items() if isinstance(v, (int, float, str))]) + [""]
     if lineage:

@@ -7,11 +7,15 @@ side by side and write everything to one folder:
 ```
 bigsmall_output/
   teacher/ student/ student-pruned/ student-compact/ student-trimmed/   each loads with plain from_pretrained
-  report.md  report.json  quality_vs_size.png  quality_vs_energy.png
+  student-int8/ teacher-int8/          ONNX Runtime int8: onnxruntime.InferenceSession("<folder>/model.onnx")
+  report.md  report.json  quality_vs_latency.png  quality_vs_size.png  quality_vs_energy.png
 ```
 
 `student-trimmed` is the compacted student with its vocabulary trimmed to the tokens of the
-training texts (`--no_trim_vocabulary` leaves it out).
+training texts (`--no_trim_vocabulary` leaves it out). `student-int8` and `teacher-int8` are the
+compacted student and the teacher quantized to int8 for the CPU (`hf_bigsmall.quantization`), so the
+report answers whether the small model beats simply quantizing the big one (`--no_quantize` leaves
+them out).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from . import assets
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
 # about 4 minutes on a quiet 2-core CPU by default (6 under load) (see BENCHMARKS.md), a minute or two with --fast
 _BUDGETS = {"default": (80, 120, 80, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
-STAGES = 5
+STAGES = 6
 
 
 @dataclass
@@ -47,6 +51,9 @@ class QuickstartArguments:
     trim_vocabulary: bool = field(default=True, metadata={
         "help": "Also write student-trimmed: the compacted student keeping only the tokens of the training "
                 "texts (WordPiece teachers such as BERT and MiniLM)."})
+    quantize: bool = field(default=True, metadata={
+        "help": "Also write student-int8 and teacher-int8: the compacted student and the teacher quantized to "
+                "int8 with ONNX Runtime (needs `pip install \"hf-bigsmall[onnx]\"`)."})
     fast: bool = field(default=False, metadata={"help": "A run of a minute or two (CI, smoke test)."})
     teacher_steps: int | None = field(default=None, metadata={"help": "Teacher fine-tuning steps."})
     distill_steps: int | None = field(default=None, metadata={"help": "Distillation steps."})
@@ -135,12 +142,31 @@ def _evaluation_split(dataset_name: str) -> str:
     return split
 
 
+def _quantize_stage(args: QuickstartArguments, teacher_dir: Path, compact_dir: Path, output_dir: Path) -> dict[str, Path]:
+    """Stage 5: the compacted student and the teacher, int8 on the CPU; {} when --no_quantize or no backend."""
+    from .utils.import_utils import is_onnxruntime_available
+
+    if not args.quantize:
+        return {}
+    start = _stage(5, "Quantized: the compacted student and the teacher, int8 with ONNX Runtime")
+    if not is_onnxruntime_available():  # on by default: say so and go on without it
+        print('      quantization skipped: ONNX Runtime is not installed (pip install "hf-bigsmall[onnx]")', flush=True)
+        return {}
+    from .quantization import quantize
+
+    quantized = {"student-int8": quantize(compact_dir, output_dir / "student-int8"),
+                 "teacher-int8": quantize(teacher_dir, output_dir / "teacher-int8")}
+    _done(start, quantized["student-int8"])
+    return quantized
+
+
 def run_quickstart(args: QuickstartArguments) -> Path:
     """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from . import MagnitudePruningCallback, compact, make_student
     from .hub.card import build_model_card, hub_id
+    from .quantization.config import is_onnx_folder
     from .reporting.compare import compare_models
     from .reporting.report import markdown_table
     from .tasks.text_classification import classification_teacher, load_classification_dataset
@@ -217,8 +243,9 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         print(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
               f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}", flush=True)
     _done(start, compact_dir)
+    models.update(_quantize_stage(args, teacher_dir, compact_dir, output_dir))
 
-    start = _stage(5, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
+    start = _stage(6, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
     comparison = compare_models(models, args.dataset, split=eval_split,
                                 max_samples=args.eval_samples, max_length=args.max_length,
                                 latency_samples=args.latency_samples, output_dir=output_dir)
@@ -229,8 +256,11 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     print("\n" + markdown_table(comparison.to_dict()))
     print(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
-        print(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
+        loads = "ONNX Runtime int8" if is_onnx_folder(folder) else "from_pretrained-ready"
+        print(f"  {name:<16} {folder}/  ({loads}, README.md model card)")
     print(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
-    print(f"  plots            {output_dir / 'quality_vs_size.png'}, {output_dir / 'quality_vs_energy.png'}")
-    print(f"Share one with: hf-bigsmall push {list(models.values())[-1]} <your-name>/<repo>")
+    print(f"  plots            {output_dir / 'quality_vs_latency.png'}, {output_dir / 'quality_vs_size.png'}, "
+          f"{output_dir / 'quality_vs_energy.png'}")
+    students = [folder for name, folder in models.items() if name.startswith("student")]
+    print(f"Share one with: hf-bigsmall push {students[-1]} <your-name>/<repo>")
     return output_dir

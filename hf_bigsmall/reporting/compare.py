@@ -49,6 +49,11 @@ class ModelMeasurement:
     training_co2_grams: float | None = None
     training_energy_source: str | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
+    # energy per 1,000 queries (one query = one evaluation sample), and per token the model reads
+    inference_kwh_per_1k_samples: float | None = None
+    energy_joules_per_token: float | None = None
+    # the `quantization` record of config.json (method, backend, device, source) for a quantized model
+    quantization: dict[str, Any] | None = None
 
 
 @dataclass
@@ -110,6 +115,8 @@ def add_ratios(models: list[ModelMeasurement], quality_metric: str, lower_is_bet
 
 def task_of(model_or_config) -> str:
     """`text-classification` or `text-generation`, from a model's class or a saved config's architecture."""
+    if getattr(model_or_config, "task", None) in _QUALITY_METRIC:  # a runner (OnnxModelRunner) knows its task
+        return model_or_config.task
     if hasattr(model_or_config, "config"):  # a model never saved has no `architectures` in its config yet
         architecture, config = type(model_or_config).__name__, model_or_config.config
     else:
@@ -125,9 +132,19 @@ def task_of(model_or_config) -> str:
 
 
 def load_model(path: str | os.PathLike) -> PreTrainedModel:
-    """Load a saved model with its task head, with plain `from_pretrained`."""
+    """Load a saved model with its task head, with plain `from_pretrained`.
+
+    A folder that `quantize` wrote for ONNX Runtime loads as an `OnnxModelRunner` instead: it is
+    called like a model (keyword tensors in, `.logits` out), so everything below measures it alike.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from ..quantization.config import is_onnx_folder
+
+    if is_onnx_folder(path):
+        from ..quantization.runner import OnnxModelRunner
+
+        return OnnxModelRunner(path)
     config = AutoConfig.from_pretrained(path)
     auto_class = AutoModelForSequenceClassification if task_of(config) == CLASSIFICATION else AutoModelForCausalLM
     return auto_class.from_pretrained(path).eval()
@@ -147,6 +164,8 @@ def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> t
     from ..pruning.io import SPARSITY_MASKS_NAME
     from ..pruning.masks import sparsity_report
 
+    if hasattr(model, "parameter_counts"):  # a runner without torch parameters reports the model it runs
+        return model.parameter_counts()
     with torch.no_grad():
         total = sum(p.numel() for p in model.parameters())
         nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
@@ -160,7 +179,9 @@ def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> t
 
 
 def size_on_disk_mb(model_dir: Path) -> float:
-    files = [p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") and p.name not in _NOT_WEIGHTS]
+    files = [p for p in model_dir.iterdir()
+             if (p.suffix in (".safetensors", ".bin", ".onnx") or p.name.endswith(".onnx.data"))
+             and p.name not in _NOT_WEIGHTS]
     return sum(p.stat().st_size for p in files) / 2**20
 
 
@@ -259,6 +280,17 @@ def _measure_inference(model: PreTrainedModel, tokenized: Dataset, batch_size: i
 
     return measure_inference(model, tokenized, batch_size=batch_size, latency_samples=latency_samples,
                              warmup_batches=1)
+
+
+def _energy_per_query(joules_per_sample: float, tokenized: Dataset, task: str) -> dict[str, float | None]:
+    """kWh per 1,000 queries, and for causal LMs joules per token read (the tokens of the samples measured)."""
+    from ..energy.meters.base import JOULES_PER_KWH
+
+    per_token = None
+    if task == CAUSAL_LM and len(tokenized):
+        tokens_per_sample = sum(len(ids) for ids in tokenized["input_ids"]) / len(tokenized)
+        per_token = joules_per_sample / tokens_per_sample if tokens_per_sample else None
+    return {"inference_kwh_per_1k_samples": 1000 * joules_per_sample / JOULES_PER_KWH, "energy_joules_per_token": per_token}
 
 
 def compare_models(
@@ -393,7 +425,8 @@ def compare_models(
             throughput_samples_per_s=inference.throughput_samples_per_s,
             energy_joules_per_sample=inference.joules_per_sample, energy_source=inference.energy_source,
             inference_co2_grams_per_1k_samples=1000 * inference.co2_grams / max(inference.num_samples, 1),
-            **_training_energy(path),
+            **_training_energy(path), **_energy_per_query(inference.joules_per_sample, inputs_only, task),
+            quantization=getattr(model.config, "quantization", None),
         ))
     quality_metric = _QUALITY_METRIC[task]
     add_ratios(measurements, quality_metric, lower_is_better=task == CAUSAL_LM)

@@ -19,6 +19,9 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "gguf": ("gguf", "loading GGUF checkpoints such as the embedded SmolLM2"),
     "deepspeed": ("deepspeed", "DeepSpeed ZeRO training"),
     "sklearn": ("quickstart", "F1 and accuracy metrics"),
+    "onnx": ("onnx", "exporting models to ONNX for int8 quantization on CPU"),
+    "onnxruntime": ("onnx", "int8 quantization and inference on CPU with ONNX Runtime"),
+    "torchao": ("torchao", "int8/int4 weight-only quantization on CUDA with torchao"),
 }
 
 
@@ -53,6 +56,14 @@ def is_deepspeed_available() -> bool:
 
 def is_sklearn_available() -> bool:
     return _is_package_available("sklearn")
+
+
+def is_onnxruntime_available() -> bool:
+    return _is_package_available("onnxruntime") and _is_package_available("onnx")
+
+
+def is_torchao_available() -> bool:
+    return _is_package_available("torchao")
 
 
 def require(import_name: str) -> None:

@@ -174,12 +174,3 @@ def test_compare_on_minilm_and_rotten_tomatoes(tmp_path):
         p.numel() for p in teacher.bert.encoder.layer[0].parameters())
     assert 0.0 <= student_row.metrics["accuracy"] <= 1.0
     assert (tmp_path / "report.md").is_file() and (tmp_path / "quality_vs_size.png").is_file()
-
-
-def test_labels_of_coinciding_points_are_stacked():
-    from hf_bigsmall.reporting.plots import _label_shifts
-
-    points = [("teacher", 22.7, 0.90), ("student", 17.4, 0.88), ("pruned", 15.6, 0.88), ("compact", 15.6, 0.88)]
-    labels = [f"{name} (0.9)" for name, _, _ in points]
-    assert _label_shifts(labels, points) == [0, 0, 1, 2]
-    assert _label_shifts(labels[:2], [("a", 1.0, 0.5), ("b", 20.0, 0.9)]) == [0, 0]

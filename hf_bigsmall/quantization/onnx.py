@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,20 @@ def _max_difference(reference, candidate, attention_mask, causal: bool) -> float
     return float(difference.max())
 
 
+def _export(module, args: tuple, path: Path, input_names: list[str], dynamic_axes: dict) -> None:
+    import torch
+
+    with warnings.catch_warnings():
+        # the trace's warnings about Python values it froze are answered by the check on padded inputs
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message=".*aten::index operator of advanced indexing.*")
+        # the TorchScript exporter: it needs no extra package (the torch.export one needs onnxscript) and
+        # handles the transformers models the kit trains (BERT, GPT-2, Llama)
+        torch.onnx.export(module, args, str(path), dynamo=False, input_names=input_names, output_names=["logits"],
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True)
+
+
 def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
                      task: str) -> dict[str, Any]:
     """Export `model` (fp32, CPU) to ONNX, check it, quantize to int8 into `output_dir / model.onnx`.
@@ -119,13 +134,8 @@ def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     with tempfile.TemporaryDirectory(dir=output_dir) as scratch:
         fp32_path = Path(scratch) / "model-fp32.onnx"
         try:
-            # the TorchScript exporter: it needs no extra package and handles the transformers models
-            # the kit trains (BERT, GPT-2, Llama); the trace is checked on padded inputs right below
-            torch.onnx.export(
-                _logits_module(model, input_names, causal), tuple(probe[name] for name in input_names),
-                str(fp32_path), dynamo=False, input_names=input_names, output_names=["logits"],
-                dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True,
-            )
+            _export(_logits_module(model, input_names, causal), tuple(probe[name] for name in input_names),
+                    fp32_path, input_names, dynamic_axes)
         except Exception as error:  # noqa: BLE001 - any tracing failure means this model type cannot be exported
             raise ValueError(f"ONNX export of {type(model).__name__} ({model.config.model_type}) failed: {error}. "
                              "ONNX Runtime int8 needs a model that torch.onnx can trace; on a GPU, "

@@ -328,3 +328,14 @@ def test_torchao_quantized_folder_reloads_with_plain_from_pretrained(tmp_path, m
     assert (logits - expected).abs().max() < 0.1 * expected.abs().max() + 0.05
     fp32_size = (tmp_path / "fp32" / "model.safetensors").stat().st_size
     assert fp32_size / sum(f.stat().st_size for f in output.glob("*.safetensors")) > 2  # integer weights stored
+
+
+@requires_onnxruntime
+def test_cli_quantize_writes_the_folder_and_says_how_to_load_it(saved_classifier, capsys):
+    from hf_bigsmall.cli import main
+
+    output = saved_classifier.parent / "cli-int8"
+    assert main(["quantize", str(saved_classifier), str(output)]) == 0
+    assert is_onnx_folder(output) and f'onnxruntime.InferenceSession("{output}/model.onnx")' in capsys.readouterr().out
+    assert main(["quantize", str(output), str(saved_classifier.parent / "again")]) == 2
+    assert "already quantized" in capsys.readouterr().err

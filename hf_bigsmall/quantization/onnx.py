@@ -10,6 +10,7 @@ al., 2019, "Q8BERT"; Jacob et al., 2018 for the integer arithmetic). The folder 
 from __future__ import annotations
 
 import inspect
+import logging as pylogging
 import tempfile
 import warnings
 from pathlib import Path
@@ -80,6 +81,12 @@ def probe_batch(tokenizer: PreTrainedTokenizerBase, input_names: list[str]) -> d
     return batch
 
 
+def _drop_preprocessing_hint(record: pylogging.LogRecord) -> bool:
+    # ONNX Runtime suggests shape-inference pre-processing on every call (its root-logger warning); it
+    # matters for static quantization of vision graphs, not for this dynamic int8 of exported transformers
+    return "pre-processing before quantization" not in record.getMessage()
+
+
 def _max_difference(reference, candidate, attention_mask, causal: bool) -> float:
     import numpy as np
 
@@ -148,7 +155,12 @@ def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                              "this model type cannot be quantized with ONNX Runtime here.")
         quantized_path = output_dir / ONNX_FILE
         # int8 weights are symmetric (ONNX Runtime's default for QInt8), so pruned zeros stay exact zeros
-        quantize_dynamic(str(fp32_path), str(quantized_path), weight_type=QuantType.QInt8)
+        root = pylogging.getLogger()
+        root.addFilter(_drop_preprocessing_hint)
+        try:
+            quantize_dynamic(str(fp32_path), str(quantized_path), weight_type=QuantType.QInt8)
+        finally:
+            root.removeFilter(_drop_preprocessing_hint)
     session = onnxruntime.InferenceSession(str(quantized_path), providers=["CPUExecutionProvider"])
     int8_difference = _max_difference(reference, session.run(["logits"], feed)[0], mask, causal)
     logger.info(f"Exported {type(model).__name__} to ONNX (max logit difference {export_difference:.2g}) and "

@@ -25,7 +25,8 @@ _BACKENDS = {"cpu": ("onnxruntime",), "cuda": ("torchao",)}
 _EXTRA = {"onnxruntime": "onnx", "torchao": "torchao"}
 # what each (backend, method) does, as the config and the model card state it
 SCHEMES = {
-    ("onnxruntime", "int8"): "dynamic quantization: int8 weights, activations quantized to int8 at run time",
+    ("onnxruntime", "int8"): "dynamic quantization: int8 weights (a scale per output channel), activations "
+                             "quantized to int8 at run time",
     ("torchao", "int8"): "int8 weight-only (Int8WeightOnlyConfig)",
     ("torchao", "int4"): "int4 weight-only, groups of 128 (Int4WeightOnlyConfig)",
 }

@@ -154,11 +154,14 @@ def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                              f"difference {export_difference:.3g}): the trace froze a data-dependent branch, so "
                              "this model type cannot be quantized with ONNX Runtime here.")
         quantized_path = output_dir / ONNX_FILE
-        # int8 weights are symmetric (ONNX Runtime's default for QInt8), so pruned zeros stay exact zeros
+        # int8 weights are symmetric (ONNX Runtime's default for QInt8), so pruned zeros stay exact zeros;
+        # a scale per output channel rather than per matrix: on the quickstart's compacted student it halved
+        # the largest logit change and raised agreement with fp32 from 95.7% to 97.7% of the test
+        # reviews, at the same speed (BENCHMARKS.md, "Quantization")
         root = pylogging.getLogger()
         root.addFilter(_drop_preprocessing_hint)
         try:
-            quantize_dynamic(str(fp32_path), str(quantized_path), weight_type=QuantType.QInt8)
+            quantize_dynamic(str(fp32_path), str(quantized_path), weight_type=QuantType.QInt8, per_channel=True)
         finally:
             root.removeFilter(_drop_preprocessing_hint)
     session = onnxruntime.InferenceSession(str(quantized_path), providers=["CPUExecutionProvider"])

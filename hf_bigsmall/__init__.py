@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY_IMPORTS: dict[str, str] = {
+    # the seam between a Trainer and the kit's callbacks
+    "BigSmallTrainerMixin": "hf_bigsmall.utils.trainer",
+    "BigSmallTrainer": "hf_bigsmall.utils.trainer",
     # distillation
     "DistillationConfig": "hf_bigsmall.distillation.config",
     "DistillationTrainer": "hf_bigsmall.distillation.trainer",
@@ -23,6 +26,7 @@ _LAZY_IMPORTS: dict[str, str] = {
     "MagnitudePruningCallback": "hf_bigsmall.pruning.callback",
     "sparsity_report": "hf_bigsmall.pruning.masks",
     "compact": "hf_bigsmall.pruning.compact",
+    "save_pruned_model": "hf_bigsmall.pruning.io",
     "trim_vocabulary": "hf_bigsmall.pruning.vocabulary",
     # energy
     "EnergyCallback": "hf_bigsmall.energy.callback",
@@ -48,10 +52,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .losses import kd_loss
     from .pruning.callback import MagnitudePruningCallback
     from .pruning.compact import compact
+    from .pruning.io import save_pruned_model
     from .pruning.masks import sparsity_report
     from .pruning.vocabulary import trim_vocabulary
     from .quantization.quantize import quantize
     from .reporting.compare import compare_models
+    from .utils.trainer import BigSmallTrainer, BigSmallTrainerMixin
 
 
 def __getattr__(name: str) -> Any:

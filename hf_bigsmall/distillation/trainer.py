@@ -13,6 +13,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.trainer_pt_utils import nested_gather
 
 from ..losses import attention_loss, hidden_state_loss, kd_loss
+from ..utils.trainer import BigSmallTrainerMixin
 from .config import DistillationConfig
 from .teacher import (
     check_layer_map,
@@ -30,12 +31,15 @@ KD_CHUNK_LOGITS = 2**22
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     r"""
     Trains a student on its task loss plus the soft targets of a frozen teacher (Hinton et al. 2015).
 
-    The loss is `compute_loss`'s; `log`, `evaluation_loop` and `create_model_card` call the
-    Trainer's own and only add to what it reports. The training loop, callbacks, checkpoints,
+    The loss is `compute_loss`'s; `log` and `evaluation_loop` call the Trainer's own and only add
+    to what it reports. It includes [`BigSmallTrainerMixin`], so the kit's callbacks log through it,
+    measure its evaluations, save masks with `save_model`, and `create_model_card` (also run by
+    `push_to_hub`) writes the kit's card: teacher as `base_model`, distillation and pruning
+    settings, `co2_eq_emissions`. The training loop, callbacks, checkpoints,
     gradient accumulation, DDP, FSDP and DeepSpeed are the `Trainer`'s own. The teacher is frozen, kept in
     `eval()` and run under `torch.no_grad()`; it is prepared by accelerate in evaluation mode (mixed
     precision and device placement, never a DDP wrapper). Under DeepSpeed ZeRO-3 it is sharded by a
@@ -70,9 +74,6 @@ class DistillationTrainer(Trainer):
     >>> trainer.train()
     ```
     """
-
-    # its create_model_card writes the kit's card; the pruning callback need not wrap it
-    writes_kit_card = True
 
     def __init__(
         self,
@@ -119,6 +120,9 @@ class DistillationTrainer(Trainer):
                 "set alpha_hidden=0, or use DeepSpeed (accelerate_configs/deepspeed_zero3.yaml)."
             )
         self.teacher_model = self._prepare_teacher(teacher_model)
+        # whether position t predicts token t + 1; the rule the Trainer applies when it counts
+        # `num_items_in_batch` over `labels[..., 1:]`, computed here from public pieces
+        self.shifts_labels = _loss_shifts_labels(model)
         self._loss_parts: dict[str, torch.Tensor] = {}
         self._loss_parts_since_step = 0
         self._eval_parts: dict[str, torch.Tensor] = {}  # per-batch means x sequences, over an evaluation
@@ -272,7 +276,7 @@ class DistillationTrainer(Trainer):
         """
         if logits.dim() == 2:  # sequence classification: one row per sequence
             return logits, labels, None, None if attention_mask is None else attention_mask.bool()
-        if self._loss_shifts_labels:
+        if self.shifts_labels:
             # position t predicts token t + 1: the targets are shifted, not the logits, so the (large)
             # logits are never copied; the last position has no target
             if labels is not None:
@@ -338,15 +342,10 @@ class DistillationTrainer(Trainer):
             self._loss_parts = {}
         super().log(logs, start_time)
 
-    def create_model_card(self, *args, **kwargs) -> None:
-        """Write the Trainer's card, then make it say how the student was distilled (and pruned).
 
-        `push_to_hub` calls this after saving the model. The card gets the teacher as
-        `base_model`, the teacher layers and loss settings from `config.distillation`, the measured
-        sparsity when a pruning callback ran, and `co2_eq_emissions` when `energy.json` exists;
-        the Trainer's hyperparameters and results stay below (see `hf_bigsmall.hub.card.write_trainer_card`).
-        """
-        super().create_model_card(*args, **kwargs)
-        from ..hub.card import write_trainer_card
+def _loss_shifts_labels(model: nn.Module) -> bool:
+    """True for models whose loss shifts the labels (decoder-only causal LMs), as the Trainer decides it."""
+    from transformers.loss.loss_utils import LOSS_MAPPING, ForCausalLMLoss
 
-        write_trainer_card(self, *args, **kwargs)
+    is_encoder_decoder = getattr(getattr(model, "config", None), "is_encoder_decoder", False)
+    return LOSS_MAPPING.get(getattr(model, "loss_type", None)) is ForCausalLMLoss and not is_encoder_decoder

@@ -193,9 +193,11 @@ def train_teacher(
     from transformers import (
         AutoModelForSequenceClassification,
         DataCollatorWithPadding,
-        Trainer,
         TrainingArguments,
     )
+
+    # the kit's callbacks passed in log through it and measure its evaluate()
+    from ..utils.trainer import BigSmallTrainer
 
     output_dir = Path(output_dir)
     names = label_names(dataset)
@@ -226,7 +228,7 @@ def train_teacher(
     defaults.update(training_kwargs)
     if needs_cpu_process_group(defaults.get("use_cpu", False)):
         defaults["use_cpu"] = True
-    trainer = Trainer(
+    trainer = BigSmallTrainer(
         model=model, args=TrainingArguments(**defaults), train_dataset=dataset["train"],
         eval_dataset=dataset["eval"], data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer, compute_metrics=accuracy, callbacks=callbacks,

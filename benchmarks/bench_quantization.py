@@ -25,7 +25,12 @@ from pathlib import Path
 
 def _onnx_fp32_folder(model, tokenizer, source: Path, scratch: Path) -> Path:
     """The compacted student exported to ONNX without quantization, as a folder OnnxModelRunner loads."""
-    from hf_bigsmall.quantization.onnx import _export, _logits_module, model_input_names, probe_batch
+    from hf_bigsmall.quantization.onnx import (
+        _export,
+        _logits_module,
+        model_input_names,
+        probe_batch,
+    )
 
     folder = scratch / "student-compact-onnx-fp32"
     folder.mkdir()
@@ -57,7 +62,11 @@ def _candidates(output_dir: Path, scratch: Path) -> dict:
     candidates["onnxruntime fp32"] = OnnxModelRunner(_onnx_fp32_folder(fp32, tokenizer, source, scratch))
     candidates["onnxruntime int8 (student-int8)"] = OnnxModelRunner(output_dir / "student-int8")
     if is_torchao_available():
-        from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+        from torchao.quantization import (
+            Int8DynamicActivationInt8WeightConfig,
+            Int8WeightOnlyConfig,
+            quantize_,
+        )
 
         for label, config in (("torchao int8 dynamic", Int8DynamicActivationInt8WeightConfig()),
                               ("torchao int8 weight-only", Int8WeightOnlyConfig())):

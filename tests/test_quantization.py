@@ -4,10 +4,22 @@ import numpy as np
 import pytest
 import torch
 
-from hf_bigsmall.quantization import OnnxModelRunner, is_onnx_folder, plan_quantization, quantization_of, quantize
+from hf_bigsmall.quantization import (
+    OnnxModelRunner,
+    is_onnx_folder,
+    plan_quantization,
+    quantization_of,
+    quantize,
+)
 
 from .test_compare import _dataset, _save_tokenizer
-from .testing_utils import requires_minilm, requires_package, tiny_bert_config, tiny_gpt2_config, tiny_llama_config
+from .testing_utils import (
+    requires_minilm,
+    requires_package,
+    tiny_bert_config,
+    tiny_gpt2_config,
+    tiny_llama_config,
+)
 
 requires_onnxruntime = requires_package("onnxruntime", '"hf-bigsmall[onnx]"')
 TEXTS = ["w1 w2 w3", "w4 w5 w6 w7 w8 w9 w10 w11", "w12"]
@@ -151,7 +163,7 @@ def test_model_card_of_an_onnx_folder_says_how_it_was_quantized_and_its_snippet_
     assert "### Quantization" in card.text and "| backend | `onnxruntime` |" in card.text
     snippet = card.text.split("```python\n")[-1].split("```")[0]
     namespace: dict = {}
-    exec(snippet, namespace)  # the card's own "How to use" code
+    exec(snippet, namespace)  # noqa: S102 - the card's own "How to use" code, written by us
     assert namespace["logits"].shape == (1, 2)
 
 
@@ -179,10 +191,10 @@ def test_missing_backend_names_the_extra(saved_classifier, monkeypatch):
 
 
 @pytest.mark.parametrize("request_, message", [
-    (dict(method="int4", device="cpu"), "int4 weight-only quantization has no fast kernels on CPU"),
-    (dict(method="int3"), "method must be one of"),
-    (dict(device="tpu"), "device must be one of"),
-    (dict(backend="torchao", device="cpu"), "backend 'torchao' does not serve device 'cpu'"),
+    ({"method": "int4", "device": "cpu"}, "int4 weight-only quantization has no fast kernels on CPU"),
+    ({"method": "int3"}, "method must be one of"),
+    ({"device": "tpu"}, "device must be one of"),
+    ({"backend": "torchao", "device": "cpu"}, "backend 'torchao' does not serve device 'cpu'"),
 ])
 def test_bad_requests_raise_before_anything_is_written(saved_classifier, request_, message):
     output = saved_classifier.parent / "out"

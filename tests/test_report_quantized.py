@@ -4,7 +4,11 @@ import itertools
 
 import pytest
 
-from hf_bigsmall.reporting.report import markdown_table, render_markdown, student_vs_quantized_teacher
+from hf_bigsmall.reporting.report import (
+    markdown_table,
+    render_markdown,
+    student_vs_quantized_teacher,
+)
 
 NAMES = ["teacher", "student", "student-pruned", "student-compact", "student-trimmed", "student-int8", "teacher-int8"]
 
@@ -12,19 +16,19 @@ NAMES = ["teacher", "student", "student-pruned", "student-compact", "student-tri
 def _report(latency, accuracy, causal=False):
     models = []
     for name, p50, quality in zip(NAMES, latency, accuracy):
-        models.append(dict(
-            name=name, path=f"/out/{name}", parameters=10_000_000, nonzero_parameters=9_000_000, sparsity=0.0,
-            size_on_disk_mb=40.0 if "int8" not in name else 10.0, metrics={"perplexity" if causal else "accuracy": quality},
-            latency_ms_p50=p50, latency_ms_p95=p50 * 1.2, throughput_samples_per_s=100.0, energy_joules_per_sample=p50 / 100,
-            inference_kwh_per_1k_samples=1000 * p50 / 100 / 3.6e6, energy_joules_per_token=p50 / 1000 if causal else None,
-            energy_source="estimate", ratios={},
-            quantization={"method": "int8", "backend": "onnxruntime", "device": "cpu", "source": "/out/" + name[:-5]}
+        models.append({
+            "name": name, "path": f"/out/{name}", "parameters": 10_000_000, "nonzero_parameters": 9_000_000, "sparsity": 0.0,
+            "size_on_disk_mb": 40.0 if "int8" not in name else 10.0, "metrics": {"perplexity" if causal else "accuracy": quality},
+            "latency_ms_p50": p50, "latency_ms_p95": p50 * 1.2, "throughput_samples_per_s": 100.0, "energy_joules_per_sample": p50 / 100,
+            "inference_kwh_per_1k_samples": 1000 * p50 / 100 / 3.6e6, "energy_joules_per_token": p50 / 1000 if causal else None,
+            "energy_source": "estimate", "ratios": {},
+            "quantization": {"method": "int8", "backend": "onnxruntime", "device": "cpu", "source": "/out/" + name[:-5]}
             if name.endswith("-int8") else None,
-        ))
-    return dict(task="text-generation" if causal else "text-classification", dataset="embedded/rotten_tomatoes",
-                split="test", num_samples=500, quality_metric="perplexity" if causal else "accuracy",
-                lower_is_better=causal, metric_names=["perplexity" if causal else "accuracy"], throughput_batch_size=32,
-                device="cpu", num_threads=2, models=models)
+        })
+    return {"task": "text-generation" if causal else "text-classification", "dataset": "embedded/rotten_tomatoes",
+                "split": "test", "num_samples": 500, "quality_metric": "perplexity" if causal else "accuracy",
+                "lower_is_better": causal, "metric_names": ["perplexity" if causal else "accuracy"], "throughput_batch_size": 32,
+                "device": "cpu", "num_threads": 2, "models": models}
 
 
 # models that crowd together: a pruned model and its compacted copies share accuracy and nearly their latency
@@ -65,8 +69,8 @@ def test_table_reports_kwh_per_thousand_queries_and_joules_per_token_for_causal_
      "**Yes.** `student-int8` is 3.00x faster than `teacher-int8`"),
     # every student is more than half a point worse: no, even though faster
     ([20.0, 9.8, 9.7, 6.1, 6.0, 1.2, 3.5], [0.85, 0.80, 0.79, 0.79, 0.79, 0.787, 0.848],
-     "**No.** No student reaches the accuracy of `teacher-int8` (0.8480, within 0.5 point): the best, `student`, "
-     "has 0.8000; the fastest, `student-int8` (accuracy 0.7870), is 2.92x faster"),
+     ("**No.** No student reaches the accuracy of `teacher-int8` (0.8480, within 0.5 point): the best, `student`, "
+     "has 0.8000; the fastest, `student-int8` (accuracy 0.7870), is 2.92x faster")),
     # as good but slower than the quantized teacher: no
     ([20.0, 9.8, 9.7, 6.1, 6.0, 5.0, 3.0], [0.85, 0.80, 0.79, 0.79, 0.79, 0.86, 0.848],
      "**No.** `student-int8`, the fastest model at least as good as `teacher-int8`, is not faster"),

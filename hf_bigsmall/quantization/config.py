@@ -79,8 +79,8 @@ def plan_quantization(method: str = "int8", device: str = "cpu", backend: str = 
         import torch
 
         if not torch.cuda.is_available():
-            raise ValueError(f"device='cuda' but no CUDA GPU is visible: quantize for the CPU with "
-                             f"method='int8', device='cpu', or run on a GPU machine.")
+            raise ValueError("device='cuda' but no CUDA GPU is visible: quantize for the CPU with "
+                             "method='int8', device='cpu', or run on a GPU machine.")
         capability = torch.cuda.get_device_capability()
         if method == "int4" and capability < _INT4_MIN_CAPABILITY:
             raise ValueError(f"int4 weight-only needs a GPU of compute capability {_INT4_MIN_CAPABILITY} or newer "

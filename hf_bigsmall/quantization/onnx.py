@@ -143,7 +143,7 @@ def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         try:
             _export(_logits_module(model, input_names, causal), tuple(probe[name] for name in input_names),
                     fp32_path, input_names, dynamic_axes)
-        except Exception as error:  # noqa: BLE001 - any tracing failure means this model type cannot be exported
+        except Exception as error:  # any tracing failure means this model type cannot be exported
             raise ValueError(f"ONNX export of {type(model).__name__} ({model.config.model_type}) failed: {error}. "
                              "ONNX Runtime int8 needs a model that torch.onnx can trace; on a GPU, "
                              "quantize with device='cuda' (torchao) instead.") from error

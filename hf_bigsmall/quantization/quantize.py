@@ -79,7 +79,12 @@ def quantize(
     session = onnxruntime.InferenceSession(f"{folder}/model.onnx")
     ```
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     from ..reporting.compare import CLASSIFICATION, count_parameters, task_of
 

@@ -59,13 +59,13 @@ folder), schema version 1:
 from __future__ import annotations
 
 import copy
-import json
 import os
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..utils.files import atomic_write_json
 from ..utils.trainer import running_trainer
 from .card import ENERGY_FILE_NAME
 from .carbon import resolve_grid_intensity
@@ -85,13 +85,6 @@ def _empty_totals() -> dict[str, Any]:
         "prediction": {"energy_joules": 0.0, "num_samples": 0, "windows": 0},
         "sources": [],
     }
-
-
-def _atomic_write_json(path: str, data: dict[str, Any]) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(data, file, indent=2)
-    os.replace(temporary, path)  # readers never see a half-written file
 
 
 class EnergyCallback(TrainerCallback, ExportableState):
@@ -461,7 +454,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._global_step = state.global_step
         record = self.record(parts)
         os.makedirs(folder, exist_ok=True)
-        _atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)
+        atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)  # readers never see half a file
 
     # ---- resume ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from ..energy.card import co2_eq_emissions
 from ..energy.lineage import lineage_co2_eq_emissions, lineage_lines, load_lineage
 from ..reporting.report import REPORT_JSON, markdown_table
+from ..utils.files import atomic_write_text
+from ..utils.heads import task_head
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -25,14 +27,6 @@ _EMBEDDED_HUB_IDS = {
     "embedded/all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
     "embedded/SmolLM2-135M": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "embedded/rotten_tomatoes": "cornell-movie-review-data/rotten_tomatoes",
-}
-_PIPELINE_TAGS = {
-    "ForSequenceClassification": "text-classification",
-    "ForCausalLM": "text-generation",
-    "LMHeadModel": "text-generation",
-    "ForTokenClassification": "token-classification",
-    "ForQuestionAnswering": "question-answering",
-    "ForMaskedLM": "fill-mask",
 }
 _METRIC_PRETTY = {"accuracy": "Accuracy", "f1": "F1", "perplexity": "Perplexity"}
 
@@ -190,10 +184,13 @@ def build_model_card(
     energy = _read_json(model_dir / "energy.json") if energy else None
 
     teacher = distillation.get("teacher") if distillation else None
-    base_model = hub_id(base_model or teacher)
+    # a teacher built in memory is recorded by its class name, which is no Hub id
+    named_teacher = teacher if teacher != (distillation or {}).get("teacher_class") else None
+    base_model = hub_id(base_model or named_teacher)
     dataset = dataset or (report or {}).get("dataset") or (distillation or {}).get("dataset")
     architecture = (config.get("architectures") or [""])[0]
-    pipeline_tag = next((tag for suffix, tag in _PIPELINE_TAGS.items() if architecture.endswith(suffix)), None)
+    head = task_head(architecture)
+    pipeline_tag = head.pipeline_tag if head is not None else None
     model_name = (repo_id or model_dir.name).split("/")[-1]
 
     all_tags = ["hf-bigsmall"]
@@ -386,9 +383,7 @@ def write_trainer_card(trainer, *args: Any, **kwargs: Any) -> Path | None:
             text = str(card)
             if _TRAINER_SECTIONS in draft.text:
                 text = text.rstrip("\n") + "\n\n" + draft.text[draft.text.index(_TRAINER_SECTIONS):]
-        temporary = readme.with_name("README.md.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, readme)  # never a half-written card
+        atomic_write_text(readme, text)  # never a half-written card
         return readme
     except Exception as error:  # noqa: BLE001 - the card is documentation; the save or upload goes on
         logger.warning(f"Building the hf_bigsmall card for {readme} failed ({error!r}); the Trainer's draft is written instead.")

@@ -7,6 +7,8 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..utils.files import atomic_write_text
+
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
@@ -137,7 +139,5 @@ def push_folder(
         ) from error
     if card_text is not None:
         # what was uploaded is also what stays on disk
-        temporary = folder / "README.md.tmp"
-        temporary.write_text(card_text, encoding="utf-8")
-        os.replace(temporary, folder / "README.md")
+        atomic_write_text(folder / "README.md", card_text)
     return commit

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -14,6 +13,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..utils.files import publishing
 from ..utils.trainer import running_trainer
 from .config import PruningConfig
 from .io import (
@@ -138,7 +138,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 logger.warning("IMP: the learning-rate schedule is not a LambdaLR, so it is not restarted in each "
                                "round; pass imp_restart_lr=False to silence this.")
         if state.is_world_process_zero and self.schedule is not None:
-            print(f"[hf_bigsmall] pruning schedule: {self.schedule.describe()} (max_steps={state.max_steps})")
+            logger.info(f"Pruning schedule: {self.schedule.describe()} (max_steps={state.max_steps})")
         self._arm(model, optimizer)
         if state.global_step == 0 and self.schedule is not None and self.schedule.is_pruning_step(0):
             self._prune(model, 0, optimizer)
@@ -362,11 +362,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if not args.should_save:
             return
         target = Path(args.output_dir) / f"imp-round-{self.imp_round}"
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        save_pruned_model(model, partial)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(partial, target)
+        with publishing(target) as partial:
+            save_pruned_model(model, partial)
 
     def _log(self, model: nn.Module, state, control) -> None:
         report = sparsity_report(extract_model_from_parallel(model))

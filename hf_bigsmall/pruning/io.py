@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..utils.files import atomic_write
 from .masks import sparsity_report
 
 SPARSITY_MASKS_NAME = "sparsity_masks.safetensors"
@@ -30,9 +31,8 @@ SPARSITY_REWIND_NAME = "sparsity_rewind.safetensors"
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     # Write to a temporary name then rename, so a crash never leaves a truncated file in place.
-    partial = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
-    os.replace(partial, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda partial: save_file(tensors, str(partial), metadata=metadata))
 
 
 def save_masks(masks: dict[str, torch.Tensor], save_directory: str | os.PathLike) -> Path:

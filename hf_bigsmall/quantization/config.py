@@ -85,10 +85,12 @@ def plan_quantization(method: str = "int8", device: str = "cpu", backend: str = 
         if method == "int4" and capability < _INT4_MIN_CAPABILITY:
             raise ValueError(f"int4 weight-only needs a GPU of compute capability {_INT4_MIN_CAPABILITY} or newer "
                              f"(its kernels use bf16 tensor cores); this one has {capability}: use method='int8'.")
-    if backend == "onnxruntime":
+    from ..utils.import_utils import is_onnxruntime_available, is_torchao_available
+
+    if backend == "onnxruntime" and not is_onnxruntime_available():
         require("onnx")
         require("onnxruntime")
-    else:
+    if backend == "torchao" and not is_torchao_available():
         require("torchao")
     return QuantizationPlan(method=method, device=device, backend=backend)
 

@@ -10,7 +10,6 @@ al., 2019, "Q8BERT"; Jacob et al., 2018 for the integer arithmetic). The folder 
 from __future__ import annotations
 
 import inspect
-import logging as pylogging
 import tempfile
 import warnings
 from pathlib import Path
@@ -79,12 +78,6 @@ def probe_batch(tokenizer: PreTrainedTokenizerBase, input_names: list[str]) -> d
             rows.append(values + [pad] * (longest - len(values)))
         batch[name] = torch.tensor(rows, dtype=torch.long)
     return batch
-
-
-def _drop_preprocessing_hint(record: pylogging.LogRecord) -> bool:
-    # ONNX Runtime suggests shape-inference pre-processing on every call (its root-logger warning); it
-    # matters for static quantization of vision graphs, not for this dynamic int8 of exported transformers
-    return "pre-processing before quantization" not in record.getMessage()
 
 
 def _max_difference(reference, candidate, attention_mask, causal: bool) -> float:
@@ -158,12 +151,7 @@ def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
         # a scale per output channel rather than per matrix: on the quickstart's compacted student it halved
         # the largest logit change and raised agreement with fp32 from 95.7% to 97.7% of the test
         # reviews, at the same speed (BENCHMARKS.md, "Quantization")
-        root = pylogging.getLogger()
-        root.addFilter(_drop_preprocessing_hint)
-        try:
-            quantize_dynamic(str(fp32_path), str(quantized_path), weight_type=QuantType.QInt8, per_channel=True)
-        finally:
-            root.removeFilter(_drop_preprocessing_hint)
+        quantize_dynamic(str(fp32_path), str(quantized_path), weight_type=QuantType.QInt8, per_channel=True)
     session = onnxruntime.InferenceSession(str(quantized_path), providers=["CPUExecutionProvider"])
     int8_difference = _max_difference(reference, session.run(["logits"], feed)[0], mask, causal)
     logger.info(f"Exported {type(model).__name__} to ONNX (max logit difference {export_difference:.2g}) and "

@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..utils.files import atomic_write
+
 QUALITY_VS_LATENCY = "quality_vs_latency.png"
 QUALITY_VS_SIZE = "quality_vs_size.png"
 QUALITY_VS_ENERGY = "quality_vs_energy.png"
@@ -69,9 +71,8 @@ def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path:
     axes.set_xlim(left=0)
     figure.tight_layout()
     _separate_labels(figure, axes, annotations, marker_radius_pt=MARKER_SIZE ** 0.5 / 2)
-    partial = path.with_name(path.stem + ".partial.png")
-    figure.savefig(partial)
-    os.replace(partial, path)
+    # the format is named: matplotlib would read it from the `.partial` suffix
+    atomic_write(path, lambda partial: figure.savefig(partial, format=path.suffix.lstrip(".")))
     return figure
 
 

@@ -52,12 +52,12 @@ def _quantize(args: argparse.Namespace) -> int:
         folder = quantize(args.model_dir, args.output_dir, method=args.method, device=args.device,
                           backend=args.backend)
     except ImportError as error:  # the backend's extra is missing: the message says what to install
-        print(f"hf-bigsmall quantize: {error}", file=sys.stderr)
+        echo(f"hf-bigsmall quantize: {error}", error=True)
         return 2
     backend = "torchao" if args.device == "cuda" else "onnxruntime"
     task = "ForCausalLM" if "ForCausalLM" in (folder / "config.json").read_text() else "ForSequenceClassification"
-    print(f"Quantized {args.model_dir} -> {folder}\nLoad it with: "
-          + LOADING[backend].format(path=folder, auto_class=f"AutoModel{task}"))
+    echo(f"Quantized {args.model_dir} -> {folder}\nLoad it with: "
+         + LOADING[backend].format(path=folder, auto_class=f"AutoModel{task}"))
     return 0
 
 

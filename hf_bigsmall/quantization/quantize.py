@@ -8,6 +8,7 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from ..utils.files import fresh_partial_dir, publish_dir
 from .config import QUANTIZATION_KEY, plan_quantization, quantization_of
 
 logger = logging.get_logger(__name__)
@@ -106,8 +107,7 @@ def quantize(
     record = {"method": plan.method, "scheme": plan.scheme, "backend": plan.backend, "device": plan.device,
               "source": str(model_dir)}
 
-    partial = output_dir.with_name(output_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = fresh_partial_dir(output_dir)
     partial.mkdir(parents=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -128,11 +128,10 @@ def quantize(
 
             quantize_torchao(model_dir, partial, plan.method, auto_class, record)
         tokenizer.save_pretrained(partial)
-    except BaseException:
+    except BaseException:  # a failed export or save leaves no half-written folder behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    shutil.rmtree(output_dir, ignore_errors=True)
-    partial.rename(output_dir)
+    publish_dir(partial, output_dir)
     logger.info(f"Quantized {model_dir} ({plan.method}, {plan.backend}, {plan.device}) -> {output_dir}; load with "
                 + LOADING[plan.backend].format(path=output_dir, auto_class=auto_class.__name__))
     return output_dir

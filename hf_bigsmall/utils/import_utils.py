@@ -40,9 +40,14 @@ def is_matplotlib_available() -> bool:
     return _is_package_available("matplotlib")
 
 
-    "onnx": ("onnx", "exporting models to ONNX for int8 quantization on CPU"),
-    "onnxruntime": ("onnx", "int8 quantization and inference on CPU with ONNX Runtime"),
-    "torchao": ("torchao", "int8/int4 weight-only quantization on CUDA with torchao"),
+def is_onnxruntime_available() -> bool:
+    return _is_package_available("onnxruntime") and _is_package_available("onnx")
+
+
+def is_torchao_available() -> bool:
+    return _is_package_available("torchao")
+
+
 def require(import_name: str) -> None:
     """Raise an `ImportError` that names the extra to install if `import_name` is missing."""
     if _is_package_available(import_name):

@@ -32,6 +32,8 @@ _LAZY_IMPORTS: dict[str, str] = {
     # energy
     "EnergyCallback": "hf_bigsmall.energy.callback",
     "measure_inference": "hf_bigsmall.energy.inference",
+    # quantization
+    "quantize": "hf_bigsmall.quantization.quantize",
     # big vs small
     "compare_models": "hf_bigsmall.reporting.compare",
     "build_model_card": "hf_bigsmall.hub.card",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .pruning.masks import sparsity_report
     from .pruning.one_shot import prune_one_shot
     from .pruning.vocabulary import trim_vocabulary
+    from .quantization.quantize import quantize
     from .reporting.compare import compare_models
     from .utils.trainer import BigSmallTrainer, BigSmallTrainerMixin
 

@@ -4,6 +4,7 @@
 hf-bigsmall quickstart --fast                      # teacher -> student -> pruned -> compact, measured
 hf-bigsmall compare out/teacher out/student --output_dir out
 hf-bigsmall push out/student me/minilm-rt-student
+hf-bigsmall quantize out/student-compact out/student-int8     # int8 for the CPU (ONNX Runtime)
 ```
 """
 
@@ -41,6 +42,23 @@ def _push(args: argparse.Namespace) -> int:
         echo(error, error=True)
         return 1
     echo(f"Uploaded {args.model_dir} to {commit.commit_url}")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from .quantization import quantize
+    from .quantization.quantize import LOADING
+
+    try:
+        folder = quantize(args.model_dir, args.output_dir, method=args.method, device=args.device,
+                          backend=args.backend)
+    except ImportError as error:  # the backend's extra is missing: the message says what to install
+        echo(f"hf-bigsmall quantize: {error}", error=True)
+        return 2
+    backend = "torchao" if args.device == "cuda" else "onnxruntime"
+    task = "ForCausalLM" if "ForCausalLM" in (folder / "config.json").read_text() else "ForSequenceClassification"
+    echo(f"Quantized {args.model_dir} -> {folder}\nLoad it with: "
+         + LOADING[backend].format(path=folder, auto_class=f"AutoModel{task}"))
     return 0
 
 
@@ -87,6 +105,14 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit_message", default=None)
     push.add_argument("--no_card", action="store_true", help="do not write a README.md card when there is none")
     push.set_defaults(handler=_push)
+
+    quantize = commands.add_parser("quantize", help="int8 for the CPU (ONNX Runtime), int8/int4 for CUDA (torchao)")
+    quantize.add_argument("model_dir", help="a saved classifier or causal LM, with its tokenizer")
+    quantize.add_argument("output_dir", help="the new folder")
+    quantize.add_argument("--method", default="int8", choices=["int8", "int4"])
+    quantize.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model will run")
+    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torchao"])
+    quantize.set_defaults(handler=_quantize)
     return parser
 
 

@@ -52,12 +52,17 @@ class ModelMeasurement:
     # causal LMs only: batch-1 generation with the KV cache (see `measure_generation`)
     prefill_ms_p50: float | None = None
     decode_tokens_per_s: float | None = None
-    energy_joules_per_token: float | None = None
+    decode_joules_per_token: float | None = None
     # this model's own training run plus those of the models it was made from (`emissions.json`)
     lineage_energy_kwh: float | None = None
     lineage_co2_grams: float | None = None
     lineage_runs: list[dict[str, Any]] | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
+    # energy per 1,000 queries (one query = one evaluation sample), and per token the model reads
+    inference_kwh_per_1k_samples: float | None = None
+    energy_joules_per_token: float | None = None
+    # the `quantization` record of config.json (method, backend, device, source) for a quantized model
+    quantization: dict[str, Any] | None = None
 
 
 @dataclass
@@ -122,6 +127,8 @@ def add_ratios(models: list[ModelMeasurement], quality_metric: str, lower_is_bet
 
 def task_of(model_or_config) -> str:
     """`text-classification` or `text-generation`, from a model's class or a saved config's architecture."""
+    if getattr(model_or_config, "task", None) in _QUALITY_METRIC:  # a runner (OnnxModelRunner) knows its task
+        return model_or_config.task
     if hasattr(model_or_config, "config"):  # a model never saved has no `architectures` in its config yet
         architecture, config = type(model_or_config).__name__, model_or_config.config
     else:
@@ -136,9 +143,19 @@ def task_of(model_or_config) -> str:
 
 
 def load_model(path: str | os.PathLike) -> PreTrainedModel:
-    """Load a saved model with its task head, with plain `from_pretrained`."""
+    """Load a saved model with its task head, with plain `from_pretrained`.
+
+    A folder that `quantize` wrote for ONNX Runtime loads as an `OnnxModelRunner` instead: it is
+    called like a model (keyword tensors in, `.logits` out), so everything below measures it alike.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from ..quantization.config import is_onnx_folder
+
+    if is_onnx_folder(path):
+        from ..quantization.runner import OnnxModelRunner
+
+        return OnnxModelRunner(path)
     config = AutoConfig.from_pretrained(path)
     auto_class = AutoModelForSequenceClassification if task_of(config) == CLASSIFICATION else AutoModelForCausalLM
     return auto_class.from_pretrained(path).eval()
@@ -158,6 +175,8 @@ def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> t
     from ..pruning.io import SPARSITY_MASKS_NAME
     from ..pruning.masks import sparsity_report
 
+    if hasattr(model, "parameter_counts"):  # a runner without torch parameters reports the model it runs
+        return model.parameter_counts()
     with torch.no_grad():
         total = sum(p.numel() for p in model.parameters())
         nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
@@ -171,7 +190,9 @@ def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> t
 
 
 def size_on_disk_mb(model_dir: Path) -> float:
-    files = [p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") and p.name not in _NOT_WEIGHTS]
+    files = [p for p in model_dir.iterdir()
+             if (p.suffix in (".safetensors", ".bin", ".onnx") or p.name.endswith(".onnx.data"))
+             and p.name not in _NOT_WEIGHTS]
     return sum(p.stat().st_size for p in files) / 2**20
 
 
@@ -293,6 +314,17 @@ def _generation_prompts(tokenized: Dataset, num_prompts: int, prompt_tokens: int
         raise ValueError("No evaluation text has two tokens or more: nothing to generate from.")
     length = min(prompt_tokens, *(len(ids) for ids in rows))
     return torch.tensor([ids[:length] for ids in rows], dtype=torch.long)
+
+
+def _energy_per_query(joules_per_sample: float, tokenized: Dataset, task: str) -> dict[str, float | None]:
+    """kWh per 1,000 queries, and for causal LMs joules per token read (the tokens of the samples measured)."""
+    from ..energy.meters.base import JOULES_PER_KWH
+
+    per_token = None
+    if task == CAUSAL_LM and len(tokenized):
+        tokens_per_sample = sum(len(ids) for ids in tokenized["input_ids"]) / len(tokenized)
+        per_token = joules_per_sample / tokens_per_sample if tokens_per_sample else None
+    return {"inference_kwh_per_1k_samples": 1000 * joules_per_sample / JOULES_PER_KWH, "energy_joules_per_token": per_token}
 
 
 def compare_models(
@@ -431,13 +463,14 @@ def compare_models(
         metrics = evaluate_quality(model, tokenized, tokenizer, task, label_column, batch_size)
         inference = _measure_inference(model, inputs_only, batch_size, latency_samples)
         generated = {}
-        if task == CAUSAL_LM:
+        # An ONNX export runs one forward without a KV cache: it has no generation to time (its columns stay empty).
+        if task == CAUSAL_LM and hasattr(model, "generate"):
             from ..energy.generation import measure_generation
 
             result = measure_generation(model, _generation_prompts(tokenized, generation_prompts, prompt_tokens),
                                         new_tokens=new_tokens)
             generated = {"prefill_ms_p50": result.prefill_ms_p50, "decode_tokens_per_s": result.decode_tokens_per_s,
-                         "energy_joules_per_token": result.joules_per_token}
+                         "decode_joules_per_token": result.joules_per_token}
             generation = {"num_prompts": result.num_prompts, "prompt_tokens": result.prompt_tokens,
                           "new_tokens": result.new_tokens}
         measurements.append(ModelMeasurement(
@@ -448,6 +481,8 @@ def compare_models(
             energy_joules_per_sample=inference.joules_per_sample, energy_source=inference.energy_source,
             inference_co2_grams_per_1k_samples=1000 * inference.co2_grams / max(inference.num_samples, 1),
             **_training_energy(path), **generated,
+            **_energy_per_query(inference.joules_per_sample, inputs_only, task),
+            quantization=getattr(model.config, "quantization", None),
         ))
     quality_metric = _QUALITY_METRIC[task]
     add_ratios(measurements, quality_metric, lower_is_better=task == CAUSAL_LM)

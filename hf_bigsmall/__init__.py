@@ -24,6 +24,8 @@ _LAZY_IMPORTS: dict[str, str] = {
     "sparsity_report": "hf_bigsmall.pruning.masks",
     "compact": "hf_bigsmall.pruning.compact",
     "trim_vocabulary": "hf_bigsmall.pruning.vocabulary",
+    "compute_importance": "hf_bigsmall.pruning.importance",
+    "prune_width": "hf_bigsmall.pruning.width",
     # energy
     "EnergyCallback": "hf_bigsmall.energy.callback",
     "measure_inference": "hf_bigsmall.energy.inference",
@@ -46,8 +48,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .losses import kd_loss
     from .pruning.callback import MagnitudePruningCallback
     from .pruning.compact import compact
+    from .pruning.importance import compute_importance
     from .pruning.masks import sparsity_report
     from .pruning.vocabulary import trim_vocabulary
+    from .pruning.width import prune_width
     from .reporting.compare import compare_models
 
 

@@ -3,7 +3,12 @@
 from .callback import MagnitudePruningCallback
 from .compact import compact
 from .config import PruningConfig
+from .importance import Importance, compute_importance
 from .masks import SparsityReport, sparsity_report
 from .vocabulary import trim_vocabulary
+from .width import importance_masks, prune_width
 
-__all__ = ["MagnitudePruningCallback", "PruningConfig", "SparsityReport", "compact", "sparsity_report", "trim_vocabulary"]
+__all__ = [
+    "Importance", "MagnitudePruningCallback", "PruningConfig", "SparsityReport", "compact", "compute_importance",
+    "importance_masks", "prune_width", "sparsity_report", "trim_vocabulary",
+]

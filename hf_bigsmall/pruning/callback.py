@@ -56,6 +56,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         scope (`str`, *optional*): `"global"` or `"layer"` (default: global for unstructured,
             layer for structured so that `compact` can shrink the model).
         target_modules (`list[str]` or `str`, *optional*): name suffixes or a full-match regex.
+        importance ([`~pruning.importance.Importance`], *optional*): with `criterion="activation"`, the
+            activation importance (`compute_importance` on calibration data) that ranks the units.
         **kwargs: the remaining fields of [`PruningConfig`] (`initial_sparsity`, `start_step`,
             `end_step`, `pruning_frequency`, `imp_rounds`, `rewind_step`, `steps_per_round`).
 
@@ -81,9 +83,13 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     """
 
     def __init__(self, target_sparsity: float | None = 0.5, schedule: str = "cubic", structure: str = "unstructured",
-                 scope: str | None = None, target_modules: list[str] | str | None = None, trainer=None, **kwargs):
+                 scope: str | None = None, target_modules: list[str] | str | None = None, trainer=None,
+                 importance=None, **kwargs):
         self.config = PruningConfig(target_sparsity=target_sparsity, schedule=schedule, structure=structure,
                                     scope=scope, target_modules=target_modules, **kwargs)
+        if self.config.criterion == "activation" and importance is None:
+            raise ValueError("criterion='activation' needs importance=compute_importance(model, calibration_dataset).")
+        self.importance = importance
         self.trainer = None
         self.schedule: PruningSchedule | None = None
         self.masks: dict[str, torch.Tensor] = {}
@@ -295,7 +301,12 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             weights = targeted_weights(model, self.config.target_modules, prefer_masked=False)
             masks = unstructured_masks(weights, sparsity, self.config.scope, previous=self.masks)
         else:
-            masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks)
+            scores = None
+            if self.config.criterion == "activation":
+                table = self.importance.neurons if self.config.structure == "neurons" else self.importance.heads
+                scores = list(table)
+            masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks,
+                                     unit_scores=scores)
         self.masks = _broadcast_from_main(masks)
         self.last_pruned_step = step
         self._arm(model, optimizer)

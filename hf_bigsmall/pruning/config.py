@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 SCHEDULES = ("one_shot", "linear", "cubic", "imp")
 STRUCTURES = ("unstructured", "neurons", "heads")
 SCOPES = ("global", "layer")
+CRITERIA = ("magnitude", "activation")
 
 
 @dataclass
@@ -38,6 +39,11 @@ class PruningConfig:
         default=None,
         metadata={"help": "global (one threshold over all targets) or layer (the same fraction everywhere). "
                           "Defaults to global for unstructured and layer for neurons/heads, which compact."},
+    )
+    criterion: str = field(
+        default="magnitude",
+        metadata={"help": "How structured units are ranked: magnitude (L1 norm of their weights) or activation "
+                          "(importance measured on calibration data, Minitron; pass importance= to the callback)."},
     )
     target_modules: list[str] | str | None = field(
         default=None,
@@ -82,6 +88,10 @@ class PruningConfig:
         for name, allowed in (("schedule", SCHEDULES), ("structure", STRUCTURES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported: choose one of {allowed}.")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"criterion={self.criterion!r} is not supported: choose one of {CRITERIA}.")
+        if self.criterion == "activation" and self.structure == "unstructured":
+            raise ValueError("criterion='activation' ranks FFN neurons or heads: use structure='neurons' or 'heads'.")
         if self.scope is None:
             self.scope = "global" if self.structure == "unstructured" else "layer"
         if self.scope not in SCOPES:

@@ -182,6 +182,7 @@ def test_pruned_model_reloads_with_plain_from_pretrained(arch, targets, tmp_path
         ("llama", dict(num_attention_heads=3), "not a multiple"),
         ("llama", dict(hidden_size=0), "every hidden channel"),
         ("llama", dict(intermediate_size=100), "more than"),
+        ("llama", dict(hidden_size=30), "multiple of 4"),
         ("gpt2", dict(hidden_size=16), "head size"),
         ("gpt2", dict(num_attention_heads=2), "head size"),
     ],

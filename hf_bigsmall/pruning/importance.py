@@ -219,8 +219,11 @@ class _Accumulator:
         self.mask: torch.Tensor | None = None  # (batch, seq) bool, the tokens that count
 
     def add(self, key: str, values: torch.Tensor) -> None:
-        """`values`: `(batch, seq, ...)`; the valid tokens' values are summed over tokens."""
-        flat = values[self.mask].double().sum(dim=0).cpu()
+        """`values`: `(batch, seq, units)`; the valid tokens' values are summed over tokens."""
+        if self.mask is not None and not self.mask.all():
+            values = values * self.mask.unsqueeze(-1).to(values.dtype)
+        # sum in the activations' precision (one pass, no copy), accumulate across batches in float64
+        flat = values.sum(dim=(0, 1)).double().cpu()
         self.sums[key] = self.sums[key] + flat if key in self.sums else flat
 
     def mean(self, key: str) -> torch.Tensor:
@@ -352,13 +355,16 @@ def compute_importance(
         was_training = model.training
         model.eval()
         device = next(model.parameters()).device
+        # the body alone (embeddings, blocks, final norm): the LM head's logits are a fifth of
+        # SmolLM2's FLOPs and no importance needs them
+        body = getattr(model, "base_model", model)
         num_samples_seen = 0
         try:
             for batch in batches:
                 stats.mask = batch["attention_mask"].bool().to(device)
                 stats.tokens += int(stats.mask.sum())
                 num_samples_seen += batch["input_ids"].shape[0]
-                model(**{name: tensor.to(device) for name, tensor in batch.items()}, use_cache=False)
+                body(**{name: tensor.to(device) for name, tensor in batch.items()}, use_cache=False)
         finally:
             model.train(was_training)
     finally:

@@ -129,6 +129,18 @@ def _validate_targets(model, architecture, intermediate_size, num_attention_head
                 f"{new_heads} heads in {new_kv} groups needs {new_heads // new_kv} query heads per group, but each "
                 f"group has {heads // kv_heads}: keep more groups or fewer heads."
             )
+        # the saved config must pass its own class's checks, or plain from_pretrained refuses it
+        # (LlamaConfig wants hidden_size to be a multiple of num_attention_heads)
+        changes = {"num_attention_heads": new_heads, "num_key_value_heads": new_kv, "head_dim": head_dim,
+                   "hidden_size": hidden_size or config.hidden_size}
+        try:
+            type(config).from_dict({**config.to_dict(), **changes})
+        except Exception as error:  # the config classes raise their own validation errors
+            raise ValueError(
+                f"{type(config).__name__} rejects hidden_size={changes['hidden_size']} with "
+                f"num_attention_heads={new_heads}: {str(error).strip().splitlines()[-1].strip()} Pick a hidden_size "
+                f"that is a multiple of {new_heads}."
+            ) from None
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ _LAZY_IMPORTS: dict[str, str] = {
     "kd_loss": "hf_bigsmall.losses",
     # pruning
     "MagnitudePruningCallback": "hf_bigsmall.pruning.callback",
+    "prune_one_shot": "hf_bigsmall.pruning.one_shot",
     "sparsity_report": "hf_bigsmall.pruning.masks",
     "compact": "hf_bigsmall.pruning.compact",
     "trim_vocabulary": "hf_bigsmall.pruning.vocabulary",
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .pruning.compact import compact
     from .pruning.importance import compute_importance
     from .pruning.masks import sparsity_report
+    from .pruning.one_shot import prune_one_shot
     from .pruning.vocabulary import trim_vocabulary
     from .pruning.width import prune_width
     from .reporting.compare import compare_models

@@ -234,3 +234,9 @@ def test_callback_activation_criterion(tmp_path):
     Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
     assert callback.masks.keys() == expected.keys()
     assert all(torch.equal(callback.masks[name].cpu(), expected[name]) for name in expected)
+    # or measured by the callback itself from calibration rows
+    model = _model("llama")
+    callback = MagnitudePruningCallback(target_sparsity=0.25, schedule="one_shot", structure="neurons",
+                                        criterion="activation", calibration_dataset=_calibration(), calibration_samples=12)
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+    assert all(torch.equal(callback.masks[name].cpu(), expected[name]) for name in expected)

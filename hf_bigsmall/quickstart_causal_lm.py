@@ -61,6 +61,9 @@ class CausalLMQuickstartArguments:
     alpha_kd: float = field(default=1.0, metadata={
         "help": "Weight of the teacher's soft targets; the next-token loss gets 1 - alpha_kd. Minitron heals with "
                 "logit distillation alone."})
+    alpha_hidden: float = field(default=0.0, metadata={
+        "help": "Weight of hidden-state distillation between each kept block and the teacher block it came from "
+                "(0: logits only). Needs the teacher's hidden_size."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
     def __post_init__(self):
@@ -77,6 +80,9 @@ class CausalLMQuickstartArguments:
         for name in ("calibration_samples", "batch_size", "block_size", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}.")
+        if self.alpha_hidden and self.hidden_size is not None:
+            raise ValueError("alpha_hidden compares hidden states of the teacher's width: leave hidden_size unset "
+                             "or set alpha_hidden=0.")
         if self.heal_steps < 0:
             raise ValueError(f"heal_steps must be >= 0, got {self.heal_steps}.")
         if self.student_layers is not None and self.student_layers < 1:
@@ -198,7 +204,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
         learning_rate=args.learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine",
         logging_steps=max(1, args.heal_steps // 10), save_strategy="no", eval_strategy="no", report_to="none",
         seed=args.seed, temperature=args.temperature, alpha_kd=args.alpha_kd, alpha_ce=1.0 - args.alpha_kd,
-        disable_tqdm=False,
+        alpha_hidden=args.alpha_hidden, disable_tqdm=False,
     )
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=config, train_dataset=dataset["train"],

@@ -38,7 +38,7 @@ def _layers(model):
 @pytest.mark.parametrize("arch", MODELS)
 def test_importance_shapes_and_save(arch, tmp_path):
     model = _model(arch)
-    importance = compute_importance(model, _calibration())
+    importance = compute_importance(model, _calibration(), seq_len=10)
     heads = 4
     assert importance.neurons.shape == (4, 64 if arch == "llama" else 128)
     assert importance.heads.shape == (4, heads) and importance.channels.shape == (32,)
@@ -58,7 +58,7 @@ def test_padding_tokens_do_not_count():
     ids = _calibration(4, 10)
     rows = [{"input_ids": ids[i].tolist(), "attention_mask": [1] * 10} for i in range(4)]
     padded = [{"input_ids": r["input_ids"] + [5, 7], "attention_mask": r["attention_mask"] + [0, 0]} for r in rows]
-    plain, with_padding = compute_importance(model, rows), compute_importance(model, padded)
+    plain, with_padding = compute_importance(model, rows, seq_len=10), compute_importance(model, padded, seq_len=10)
     assert with_padding.num_tokens == plain.num_tokens == 40
     torch.testing.assert_close(with_padding.neurons, plain.neurons)
     torch.testing.assert_close(with_padding.blocks, plain.blocks)
@@ -202,7 +202,7 @@ def test_bad_calibration_and_config_raise():
         compute_importance(model, _calibration() + TINY_VOCAB)
     from datasets import Dataset
 
-    with pytest.raises(ValueError, match="tokenize it"):
+    with pytest.raises(TypeError, match="tokenize it"):
         compute_importance(model, Dataset.from_dict({"text": ["a b c"]}))
     model.config.num_key_value_heads = None
     with pytest.raises(ValueError, match="num_key_value_heads"):

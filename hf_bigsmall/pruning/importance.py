@@ -34,6 +34,8 @@ logger = logging.get_logger(__name__)
 
 IMPORTANCE_NAME = "importance.json"
 IMPORTANCE_PLOT_NAME = "importance.png"
+# tokens per calibration window: 128 windows of 128 tokens are 16k tokens, one pass of the model body
+DEFAULT_SEQ_LEN = 128
 
 
 @dataclass
@@ -155,94 +157,35 @@ def plot_importance(importance: Importance, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-# ---------------------------------------------------------------------------- calibration batches
-def calibration_batches(
-    calibration_dataset, model: nn.Module, num_samples: int | None = 128, batch_size: int = 8
-) -> list[dict[str, torch.Tensor]]:
-    """Batches of `input_ids` (and `attention_mask`) from a tokenized dataset, checked against the model.
-
-    Accepts a `datasets.Dataset` (or list of rows) with an `input_ids` column, e.g. the `train`
-    split of `load_causal_lm_dataset(tokenizer, ...)`, or a `(num_samples, seq_len)` tensor of ids.
-
-    Raises:
-        ValueError: no `input_ids` (raw text), ids outside the model's vocabulary (data tokenized
-            with another tokenizer), or an empty dataset.
-    """
-    if isinstance(calibration_dataset, torch.Tensor):
-        rows = [{"input_ids": row} for row in calibration_dataset]
-    else:
-        columns = getattr(calibration_dataset, "column_names", None)
-        if columns is not None and "input_ids" not in columns:
-            raise ValueError(
-                f"calibration_dataset has no `input_ids` column (columns: {columns}): tokenize it with the model's "
-                "tokenizer first, e.g. load_causal_lm_dataset(tokenizer, assets.NEWS)['train']."
-            )
-        rows = calibration_dataset
-    if num_samples is not None and len(rows) > num_samples:
-        rows = rows.select(range(num_samples)) if hasattr(rows, "select") else rows[:num_samples]
-    rows = [rows[i] for i in range(len(rows))]
-    if not rows:
-        raise ValueError("calibration_dataset is empty: pass at least one tokenized sample.")
-    if "input_ids" not in rows[0]:
-        raise ValueError("calibration samples need `input_ids`: tokenize them with the model's tokenizer first.")
-    vocab_size = model.get_input_embeddings().num_embeddings
-    batches = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        ids = [torch.as_tensor(row["input_ids"], dtype=torch.long) for row in chunk]
-        length = max(len(i) for i in ids)
-        input_ids = torch.zeros(len(ids), length, dtype=torch.long)
-        attention_mask = torch.zeros(len(ids), length, dtype=torch.long)
-        for row, (token_ids, sample) in enumerate(zip(ids, chunk)):
-            input_ids[row, : len(token_ids)] = token_ids
-            given = sample.get("attention_mask") if isinstance(sample, Mapping) else None
-            attention_mask[row, : len(token_ids)] = torch.as_tensor(given) if given is not None else 1
-        batches.append({"input_ids": input_ids, "attention_mask": attention_mask})
-    largest = max(int(batch["input_ids"].max()) for batch in batches)
-    smallest = min(int(batch["input_ids"].min()) for batch in batches)
-    if largest >= vocab_size or smallest < 0:
-        raise ValueError(
-            f"calibration ids reach {largest} but the model's vocabulary has {vocab_size} tokens: the data was "
-            "tokenized with another tokenizer. Tokenize it with the model's own tokenizer "
-            "(AutoTokenizer.from_pretrained(<model folder>))."
-        )
-    return batches
-
-
 # ---------------------------------------------------------------------------- measuring
 class _Accumulator:
-    """Token-weighted running sums of per-unit statistics, on float64 so 16k tokens add up exactly enough."""
+    """Running sums over tokens of per-unit statistics (float64 across batches)."""
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
-        self.tokens = 0
-        self.mask: torch.Tensor | None = None  # (batch, seq) bool, the tokens that count
 
     def add(self, key: str, values: torch.Tensor) -> None:
-        """`values`: `(batch, seq, units)`; the valid tokens' values are summed over tokens."""
-        if self.mask is not None and not self.mask.all():
-            values = values * self.mask.unsqueeze(-1).to(values.dtype)
-        # sum in the activations' precision (one pass, no copy), accumulate across batches in float64
+        """`values`: `(batch, seq, units)`, summed over the tokens. Calibration windows hold no padding."""
         flat = values.sum(dim=(0, 1)).double().cpu()
         self.sums[key] = self.sums[key] + flat if key in self.sums else flat
 
-    def mean(self, key: str) -> torch.Tensor:
-        return (self.sums[key] / max(self.tokens, 1)).float()
+    def mean(self, key: str, tokens: int) -> torch.Tensor:
+        return (self.sums[key] / max(tokens, 1)).float()
 
 
 def _block_paths(model: nn.Module, architecture: str) -> list[str]:
     return _block_prefixes(model, "self_attn.q_proj" if architecture == "llama" else "attn.c_attn")
 
 
-def _norm_modules(model: nn.Module) -> list[nn.Module]:
-    """Every LayerNorm / RMSNorm whose output has the hidden width (block norms and the final norm)."""
+def _norm_modules(model: nn.Module) -> list[str]:
+    """Names of every LayerNorm / RMSNorm of the hidden width (block norms and the final norm)."""
     hidden = model.get_input_embeddings().embedding_dim
     norms = []
-    for _, module in model.named_modules():
+    for name, module in model.named_modules():
         weight = getattr(module, "weight", None)
         is_norm = isinstance(module, nn.LayerNorm) or type(module).__name__.endswith("RMSNorm")
         if is_norm and weight is not None and weight.dim() == 1 and weight.numel() == hidden:
-            norms.append(module)
+            norms.append(name)
     return norms
 
 
@@ -273,29 +216,36 @@ def _head_layout(model: nn.Module, architecture: str) -> tuple[int, int, int]:
 def compute_importance(
     model: nn.Module,
     calibration_dataset,
-    num_samples: int | None = 128,
+    num_samples: int = 128,
+    seq_len: int | None = None,
     batch_size: int = 8,
+    tokenizer=None,
 ) -> Importance:
     """Measure the activation importance of every FFN neuron, head, KV group, hidden channel and block.
 
-    One pass of the model over the calibration data, with forward hooks that read the input of each
-    output projection (neurons, heads), the output of each norm (channels), and each block's input
-    and output (Block Influence). Padding tokens (`attention_mask == 0`) are left out of every mean.
-    The model is not changed.
+    One pass of the model body over the calibration windows (`calibration.run_calibration`), with
+    forward hooks that read the input of each output projection (neurons, heads), the output of
+    each norm (channels), and each block's input and output (Block Influence). The model is not
+    changed.
 
     Args:
         model (`PreTrainedModel`): a GPT-2 or Llama-style causal LM (any head on those bodies works).
-        calibration_dataset: tokenized samples with `input_ids` (a `datasets.Dataset`, a list of
-            rows or a tensor of ids), e.g. `load_causal_lm_dataset(tokenizer, assets.NEWS)["train"]`.
-        num_samples (`int`, *optional*, defaults to 128): samples used (`None`: all of them).
-        batch_size (`int`, defaults to 8): samples per forward pass.
+        calibration_dataset: tokenized rows with `input_ids` (a `datasets.Dataset`, a list of rows or
+            a tensor of ids), e.g. `load_causal_lm_dataset(tokenizer, assets.NEWS)["train"]`, raw text
+            with `tokenizer=`, or a prepared `CalibrationData`.
+        num_samples (`int`, defaults to 128): calibration windows.
+        seq_len (`int`, *optional*): tokens per window; default 128 (or the model's positions if fewer),
+            so 128 x 128 = 16k tokens by default.
+        batch_size (`int`, defaults to 8): windows per forward pass.
+        tokenizer (*optional*): tokenizes a raw text dataset.
 
     Returns:
         [`Importance`].
 
     Raises:
-        ValueError: an unsupported architecture or missing config fields (named), raw text, or ids
-            outside the vocabulary (data of another tokenizer), before anything runs.
+        ValueError: an unsupported architecture or missing config fields (named), or ids outside the
+            vocabulary (data of another tokenizer), before anything runs.
+        TypeError: rows without `input_ids` and no tokenizer.
 
     Example:
 
@@ -308,15 +258,18 @@ def compute_importance(
     >>> importance.save("out/student")
     ```
     """
+    from .calibration import model_max_positions, prepare_calibration, run_calibration
+
     architecture = _architecture(model)
     _check_fields(model, architecture)
-    batches = calibration_batches(calibration_dataset, model, num_samples=num_samples, batch_size=batch_size)
-    modules = dict(model.named_modules())
+    if seq_len is None:
+        seq_len = min(DEFAULT_SEQ_LEN, model_max_positions(model) or DEFAULT_SEQ_LEN)
+    calibration = prepare_calibration(calibration_dataset, num_samples=num_samples, seq_len=seq_len,
+                                      batch_size=batch_size, model=model, tokenizer=tokenizer)
     blocks = _block_paths(model, architecture)
     heads, kv_heads, head_dim = _head_layout(model, architecture)
     group_size = heads // kv_heads
     stats = _Accumulator()
-    handles = []
 
     def on_intermediate(key):
         def hook(module, args):
@@ -336,49 +289,32 @@ def compute_importance(
         stats.add("channels", output.abs())
 
     def on_block(key):
-        def hook(module, args, kwargs, output):
-            hidden_in = args[0] if args else kwargs["hidden_states"]
+        def hook(module, args, output):
+            # GPT-2 and Llama blocks take hidden_states first, positionally
             hidden_out = output[0] if isinstance(output, (tuple, list)) else output
-            cosine = torch.nn.functional.cosine_similarity(hidden_in.float(), hidden_out.float(), dim=-1)
+            cosine = torch.nn.functional.cosine_similarity(args[0].float(), hidden_out.float(), dim=-1)
             stats.add(f"{key}.influence", (1.0 - cosine).unsqueeze(-1))
         return hook
 
     ffn_out = "mlp.down_proj" if architecture == "llama" else "mlp.c_proj"
     attn_out = "self_attn.o_proj" if architecture == "llama" else "attn.c_proj"
-    try:
-        for index, prefix in enumerate(blocks):
-            handles.append(modules[f"{prefix}.{ffn_out}"].register_forward_pre_hook(on_intermediate(f"{index}.neurons")))
-            handles.append(modules[f"{prefix}.{attn_out}"].register_forward_pre_hook(on_heads(str(index))))
-            handles.append(modules[prefix].register_forward_hook(on_block(str(index)), with_kwargs=True))
-        for norm in _norm_modules(model):
-            handles.append(norm.register_forward_hook(on_norm))
-        was_training = model.training
-        model.eval()
-        device = next(model.parameters()).device
-        # the body alone (embeddings, blocks, final norm): the LM head's logits are a fifth of
-        # SmolLM2's FLOPs and no importance needs them
-        body = getattr(model, "base_model", model)
-        num_samples_seen = 0
-        try:
-            for batch in batches:
-                stats.mask = batch["attention_mask"].bool().to(device)
-                stats.tokens += int(stats.mask.sum())
-                num_samples_seen += batch["input_ids"].shape[0]
-                body(**{name: tensor.to(device) for name, tensor in batch.items()}, use_cache=False)
-        finally:
-            model.train(was_training)
-    finally:
-        for handle in handles:
-            handle.remove()
+    pre_hooks, hooks = {}, {}
+    for index, prefix in enumerate(blocks):
+        pre_hooks[f"{prefix}.{ffn_out}"] = on_intermediate(f"{index}.neurons")
+        pre_hooks[f"{prefix}.{attn_out}"] = on_heads(str(index))
+        hooks[prefix] = on_block(str(index))
+    for name in _norm_modules(model):
+        hooks[name] = on_norm
+    tokens = run_calibration(model, calibration, forward_hooks=hooks, forward_pre_hooks=pre_hooks)
     count = len(blocks)
     importance = Importance(
-        neurons=torch.stack([stats.mean(f"{i}.neurons") for i in range(count)]),
-        heads=torch.stack([stats.mean(f"{i}.heads") for i in range(count)]),
-        kv_groups=torch.stack([stats.mean(f"{i}.kv") for i in range(count)]) if architecture == "llama" else None,
-        channels=stats.mean("channels"),
-        blocks=torch.cat([stats.mean(f"{i}.influence") for i in range(count)]),
-        num_samples=num_samples_seen,
-        num_tokens=stats.tokens,
+        neurons=torch.stack([stats.mean(f"{i}.neurons", tokens) for i in range(count)]),
+        heads=torch.stack([stats.mean(f"{i}.heads", tokens) for i in range(count)]),
+        kv_groups=torch.stack([stats.mean(f"{i}.kv", tokens) for i in range(count)]) if architecture == "llama" else None,
+        channels=stats.mean("channels", tokens),
+        blocks=torch.cat([stats.mean(f"{i}.influence", tokens) for i in range(count)]),
+        num_samples=calibration.num_samples,
+        num_tokens=tokens,
     )
-    logger.info("importance measured on %d samples (%d tokens) over %d blocks", num_samples_seen, stats.tokens, count)
+    logger.info("importance measured on %d windows (%d tokens) over %d blocks", calibration.num_samples, tokens, count)
     return importance

@@ -139,6 +139,22 @@ def test_perplexity_of_causal_lms_equals_a_direct_computation(tmp_path):
     assert comparison.lower_is_better
     expected_pct = 100 * comparison.models[0].metrics["perplexity"] / comparison.models[1].metrics["perplexity"]
     assert comparison.models[1].ratios["quality_pct"] == pytest.approx(expected_pct)
+    # both perplexities on the same tokens, the teacher's beside the student's
+    assert comparison.eval_tokens == tokens
+    assert comparison.generation == {"num_prompts": 3, "prompt_tokens": min(64, *(len(tokenizer(t)["input_ids"])
+                                                                                    for t in texts[:3])),
+                                     "new_tokens": 32}
+    for measured in comparison.models:
+        assert measured.prefill_ms_p50 > 0 and measured.decode_tokens_per_s > 0 and measured.energy_joules_per_token > 0
+    assert comparison.models[1].ratios["decode_faster"] == pytest.approx(
+        comparison.models[1].decode_tokens_per_s / comparison.models[0].decode_tokens_per_s)
+    from hf_bigsmall.reporting.report import render_markdown
+
+    markdown = render_markdown(comparison.to_dict())
+    assert "| Prefill (ms) | Decode (tok/s) | Energy (J/token) |" in markdown
+    big_ppl, small_ppl = (m.metrics["perplexity"] for m in comparison.models)
+    assert (f"Held-out perplexity on the same {tokens:,} tokens of `custom`: `big` (reference) {big_ppl:.2f}; "
+            f"`small` {small_ppl:.2f} ({small_ppl / big_ppl:.2f}x the reference's).") in markdown
 
 
 def test_bad_input_is_rejected(compared, tmp_path):

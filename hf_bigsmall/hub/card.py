@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..energy.card import co2_eq_emissions
-from ..reporting.report import REPORT_JSON, markdown_table
+from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -235,7 +235,7 @@ def build_model_card(
         body += ["## How it was made", ""] + made_lines
     if report:
         body += ["## Big vs small", "", f"Measured on `{report['dataset']}` ({report['num_samples']:,} samples).", "",
-                 markdown_table(report), ""]
+                 markdown_table(report), *perplexity_lines(report), ""]
     if energy:
         body += ["## Energy", ""] + _table([(k, v) for k, v in energy.items() if isinstance(v, (int, float, str))]) + [""]
     loader = architecture or "AutoModel"  # architectures in config.json are transformers class names

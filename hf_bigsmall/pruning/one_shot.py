@@ -9,9 +9,14 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .calibration import DEFAULT_NUM_SAMPLES, CalibrationData, collect_input_statistics, prepare_calibration
+from .calibration import (
+    DEFAULT_NUM_SAMPLES,
+    CalibrationData,
+    InputStatistics,
+    collect_input_statistics,
+    prepare_calibration,
+)
 from .io import apply_masks, attach_masks
-from .masks import sparsity_report
 from .targets import find_target_modules
 from .wanda import CRITERIA, ONE_SHOT_SCOPES, check_pattern_fits, criterion_masks, parse_pattern
 
@@ -81,8 +86,10 @@ def prune_one_shot(
     Args:
         model: a `PreTrainedModel` (Llama, GPT-2, BERT, ...), pruned in place.
         calibration_dataset: tokenized rows (e.g. `load_causal_lm_dataset(tokenizer, assets.NEWS)["train"]`),
-            raw text with `tokenizer=`, or a [`~hf_bigsmall.pruning.calibration.CalibrationData`].
-            Needed by Wanda; magnitude ignores it.
+            raw text with `tokenizer=`, a [`~hf_bigsmall.pruning.calibration.CalibrationData`], or the
+            [`~hf_bigsmall.pruning.calibration.InputStatistics`] of an earlier `collect_input_statistics`
+            on this dense model (one calibration pass for several sparsities or patterns). Needed by
+            Wanda; magnitude ignores it.
         sparsity: fraction pruned, in [0, 1); with a pattern, `N/M` or `None`.
         method: `"wanda"` or `"magnitude"`.
         pattern: `None` (unstructured) or `"N:M"`, N pruned of every M, `0 < N < M`, M dividing every
@@ -123,8 +130,14 @@ def prune_one_shot(
     targets = _targets(model, target_modules)
     if pattern is not None:
         check_pattern_fits(targets, pattern)
-    calibration = None
-    if method == "wanda":
+    calibration = statistics = None
+    if method == "wanda" and isinstance(calibration_dataset, InputStatistics):
+        statistics = calibration_dataset
+        missing = sorted(set(targets) - set(statistics.squared_norms))
+        if missing:
+            raise ValueError(f"The statistics given cover no layer {missing[:3]}: collect them with the same "
+                             "target_modules.")
+    elif method == "wanda":
         if calibration_dataset is None:
             raise ValueError(
                 "method='wanda' needs calibration_dataset: a few hundred tokenized rows of text like the model's use, "
@@ -137,7 +150,8 @@ def prune_one_shot(
         logger.info("method='magnitude' scores weights alone: the calibration dataset is not used.")
 
     started = time.perf_counter()
-    statistics = collect_input_statistics(model, calibration, target_modules) if calibration is not None else None
+    if calibration is not None:
+        statistics = collect_input_statistics(model, calibration, target_modules)
     calibrated = time.perf_counter()
     params = dict(model.named_parameters())
     previous = {name: mask.to(params[name].device) for name, mask in (getattr(model, "_sparsity_masks", None) or {}).items()
@@ -159,10 +173,10 @@ def prune_one_shot(
     with torch.no_grad():
         attach_masks(model, masks, info)
         apply_masks(model, masks)
-    report = sparsity_report(model)
+    pruned = sum(int(mask.sum()) for mask in masks.values())
+    total = sum(mask.numel() for mask in masks.values())
     logger.info(
-        f"prune_one_shot({method}, {pattern or f'{sparsity:.0%} per {scope}'}): {report.global_sparsity:.1%} of "
-        f"{report.total_params:,} weights are zero; calibration {calibrated - started:.1f} s, masks "
-        f"{time.perf_counter() - calibrated:.1f} s."
+        f"prune_one_shot({method}, {pattern or f'{sparsity:.0%} per {scope}'}): {pruned / total:.1%} of {total:,} "
+        f"weights pruned; calibration {calibrated - started:.1f} s, masks {time.perf_counter() - calibrated:.1f} s."
     )
     return model

@@ -48,6 +48,10 @@ class ModelMeasurement:
     training_energy_kwh: float | None = None
     training_co2_grams: float | None = None
     training_energy_source: str | None = None
+    # causal LMs only: batch-1 generation with the KV cache (see `measure_generation`)
+    prefill_ms_p50: float | None = None
+    decode_tokens_per_s: float | None = None
+    energy_joules_per_token: float | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -66,6 +70,8 @@ class Comparison:
     device: str
     num_threads: int
     models: list[ModelMeasurement]
+    eval_tokens: int | None = None  # causal LMs: predicted tokens behind every model's perplexity
+    generation: dict[str, int] | None = None  # causal LMs: num_prompts, prompt_tokens, new_tokens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -105,6 +111,7 @@ def add_ratios(models: list[ModelMeasurement], quality_metric: str, lower_is_bet
             "throughput_gain": _ratio(model.throughput_samples_per_s, reference.throughput_samples_per_s),
             "less_energy": _ratio(reference.energy_joules_per_sample, model.energy_joules_per_sample),
             "quality_pct": None if kept is None else 100.0 * kept,
+            "decode_faster": _ratio(model.decode_tokens_per_s, reference.decode_tokens_per_s),
         }
 
 
@@ -261,6 +268,17 @@ def _measure_inference(model: PreTrainedModel, tokenized: Dataset, batch_size: i
                              warmup_batches=1)
 
 
+def _generation_prompts(tokenized: Dataset, num_prompts: int, prompt_tokens: int):
+    """The first `num_prompts` evaluation rows cut to one common length (at most `prompt_tokens`)."""
+    import torch
+
+    rows = [ids for ids in tokenized["input_ids"] if len(ids) >= 2][:max(num_prompts, 1)]
+    if not rows:
+        raise ValueError("No evaluation text has two tokens or more: nothing to generate from.")
+    length = min(prompt_tokens, *(len(ids) for ids in rows))
+    return torch.tensor([ids[:length] for ids in rows], dtype=torch.long)
+
+
 def compare_models(
     models: Sequence[str | os.PathLike | PreTrainedModel] | Mapping[str, str | os.PathLike | PreTrainedModel],
     eval_dataset: Dataset | str | None = None,
@@ -276,6 +294,9 @@ def compare_models(
     output_dir: str | os.PathLike | None = None,
     plots: bool = True,
     dataset_name: str | None = None,
+    generation_prompts: int = 3,
+    prompt_tokens: int = 64,
+    new_tokens: int = 32,
 ) -> Comparison:
     """Measure models on the same evaluation data: size, quality, latency, throughput and energy.
 
@@ -283,7 +304,11 @@ def compare_models(
     For each model: parameters and non-zero parameters, size on disk, the task metric computed with
     `evaluate` (accuracy and F1 for sequence classifiers, perplexity for causal LMs), latency p50/p95
     at batch size 1 and throughput at `batch_size` after warm-up, inference energy per sample with its
-    source (`measure_inference`), and training energy when the folder holds an `energy.json`.
+    source (`measure_inference`), and training energy when the folder holds an `energy.json`. Causal LMs
+    also get batch-1 generation with the KV cache (`measure_generation`): prefill latency, decode
+    tokens/s and energy per generated token, from the same prompts for every model; every model's
+    perplexity is computed on the same tokens (they must share the tokenizer), so the teacher's
+    stands beside the student's.
 
     Args:
         models: saved model folders or loaded models, as a list (named after their folders) or a
@@ -291,8 +316,9 @@ def compare_models(
             vocabularies (a student with a trimmed vocabulary is measured with its own tokenizer).
         eval_dataset: a `datasets.Dataset` with `text_column` (and `label_column` for
             classification), or a dataset name for `hf_bigsmall.assets.load_text_dataset`
-            (`embedded/rotten_tomatoes`, `embedded/hamlet`, a Hub id). Defaults to the embedded
-            Rotten Tomatoes test split for classifiers and Hamlet for causal LMs.
+            (`embedded/rotten_tomatoes`, `embedded/news`, a Hub id). Defaults to the embedded
+            Rotten Tomatoes test split for classifiers and the news corpus' fixed held-out split for
+            causal LMs.
         tokenizer: used for every model; by default each folder's own tokenizer (a folder without
             one, or a model object, takes the first folder's).
         split: split taken when `eval_dataset` is a name.
@@ -303,6 +329,8 @@ def compare_models(
         output_dir: if given, write `report.json`, `report.md` and the plots there.
         plots: draw the PNG plots when writing (needs matplotlib: `pip install "hf-bigsmall[plots]"`).
         dataset_name: the name the report gives a `Dataset` passed as `eval_dataset`.
+        generation_prompts, prompt_tokens, new_tokens: causal LMs: generate `new_tokens` after each
+            of the first `generation_prompts` evaluation texts cut to `prompt_tokens` tokens.
 
     Example:
 
@@ -351,7 +379,7 @@ def compare_models(
     if eval_dataset is None:
         from .. import assets
 
-        eval_dataset = assets.ROTTEN_TOMATOES if task == CLASSIFICATION else assets.HAMLET
+        eval_dataset = assets.ROTTEN_TOMATOES if task == CLASSIFICATION else assets.NEWS
     if isinstance(eval_dataset, str):
         splits = load_text_dataset(eval_dataset)
         if split not in splits:
@@ -372,7 +400,7 @@ def compare_models(
             tokenized_by_vocabulary[key] = _tokenize(eval_dataset, tokenizers[name], task, text_column, label_column,
                                                      max_length)
 
-    measurements = []
+    measurements, generation = [], None
     for name, (model, path) in loaded.items():
         tokenizer = tokenizers[name]
         tokenized = tokenized_by_vocabulary[vocabulary[name]]
@@ -386,6 +414,16 @@ def compare_models(
             disk_mb = size_on_disk_mb(path)
         metrics = evaluate_quality(model, tokenized, tokenizer, task, label_column, batch_size)
         inference = _measure_inference(model, inputs_only, batch_size, latency_samples)
+        generated = {}
+        if task == CAUSAL_LM:
+            from ..energy.generation import measure_generation
+
+            result = measure_generation(model, _generation_prompts(tokenized, generation_prompts, prompt_tokens),
+                                        new_tokens=new_tokens)
+            generated = {"prefill_ms_p50": result.prefill_ms_p50, "decode_tokens_per_s": result.decode_tokens_per_s,
+                         "energy_joules_per_token": result.joules_per_token}
+            generation = {"num_prompts": result.num_prompts, "prompt_tokens": result.prompt_tokens,
+                          "new_tokens": result.new_tokens}
         measurements.append(ModelMeasurement(
             name=name, path=str(path) if path else None, parameters=total, nonzero_parameters=nonzero,
             sparsity=sparsity, size_on_disk_mb=round(disk_mb, 3), metrics=metrics,
@@ -393,7 +431,7 @@ def compare_models(
             throughput_samples_per_s=inference.throughput_samples_per_s,
             energy_joules_per_sample=inference.joules_per_sample, energy_source=inference.energy_source,
             inference_co2_grams_per_1k_samples=1000 * inference.co2_grams / max(inference.num_samples, 1),
-            **_training_energy(path),
+            **_training_energy(path), **generated,
         ))
     quality_metric = _QUALITY_METRIC[task]
     add_ratios(measurements, quality_metric, lower_is_better=task == CAUSAL_LM)
@@ -402,6 +440,8 @@ def compare_models(
         lower_is_better=task == CAUSAL_LM, metric_names=sorted(measurements[0].metrics),
         throughput_batch_size=batch_size, device=str(next(iter(loaded.values()))[0].device),
         num_threads=torch.get_num_threads(), models=measurements,
+        eval_tokens=sum(max(len(ids) - 1, 0) for ids in tokenized["input_ids"]) if task == CAUSAL_LM else None,
+        generation=generation,
     )
     if output_dir is not None:
         comparison.save(output_dir, plots=plots)

@@ -32,12 +32,20 @@ def _millions(value: int | None) -> str:
 def markdown_table(report: dict[str, Any]) -> str:
     """The side-by-side table: one row per model, ratios against the first (reference) model."""
     metric_names = report.get("metric_names") or sorted({k for m in report["models"] for k in m["metrics"]})
+    generation = any(m.get("decode_tokens_per_s") is not None for m in report["models"])
     header = ["Model", "Params", "Non-zero", "Sparsity", "Disk (MB)", *metric_names,
-              "p50 (ms)", "p95 (ms)", "Throughput (/s)", "Energy (J/sample)",
-              "x smaller", "x faster", "% of quality"]
+              "p50 (ms)", "p95 (ms)", "Throughput (/s)", "Energy (J/sample)"]
+    if generation:
+        header += ["Prefill (ms)", "Decode (tok/s)", "Energy (J/token)"]
+    header += ["x smaller", "x faster", *(["x faster decode"] if generation else []), "% of quality"]
     rows = [header, ["---"] * len(header)]
     for model in report["models"]:
         ratios = model.get("ratios", {})
+        generation_cells = [
+            _fmt(model.get("prefill_ms_p50"), ".1f"),
+            _fmt(model.get("decode_tokens_per_s"), ".1f"),
+            _fmt(model.get("energy_joules_per_token"), ".3g"),
+        ] if generation else []
         rows.append([
             f"`{model['name']}`",
             _millions(model["parameters"]),
@@ -49,11 +57,30 @@ def markdown_table(report: dict[str, Any]) -> str:
             _fmt(model.get("latency_ms_p95"), ".2f"),
             _fmt(model.get("throughput_samples_per_s"), ".1f"),
             _fmt(model.get("energy_joules_per_sample"), ".3g"),
+            *generation_cells,
             _fmt(ratios.get("nonzero_smaller"), ".2f"),
             _fmt(ratios.get("faster"), ".2f"),
+            *([_fmt(ratios.get("decode_faster"), ".2f")] if generation else []),
             "-" if ratios.get("quality_pct") is None else f"{ratios['quality_pct']:.1f}%",
         ])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def perplexity_lines(report: dict[str, Any]) -> list[str]:
+    """For causal LMs: every model's perplexity beside the reference's, on the same tokens."""
+    if report.get("quality_metric") != "perplexity" or len(report["models"]) < 2:
+        return []
+    reference = report["models"][0]
+    base = reference["metrics"].get("perplexity")
+    tokens = report.get("eval_tokens")
+    lines = ["", f"Held-out perplexity on the same {f'{tokens:,} ' if tokens else ''}tokens of `{report['dataset']}`: "
+             f"`{reference['name']}` (reference) {_fmt(base, '.2f')}"]
+    for model in report["models"][1:]:
+        value = model["metrics"].get("perplexity")
+        times = f" ({value / base:.2f}x the reference's)" if value is not None and base else ""
+        lines[-1] += f"; `{model['name']}` {_fmt(value, '.2f')}{times}"
+    lines[-1] += "."
+    return lines
 
 
 def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
@@ -68,6 +95,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         + (" (lower is better, so the ratio is inverted)." if report.get("lower_is_better") else "."),
         "",
         markdown_table(report),
+        *perplexity_lines(report),
         "",
         "## How it was measured",
         "",
@@ -78,6 +106,12 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         "Linear layers of the transformer blocks); a compacted model has its pruned units removed instead.",
         f"- Device: {report.get('device', 'cpu')}; threads: {report.get('num_threads', '-')}.",
     ]
+    if report.get("generation"):
+        g = report["generation"]
+        lines.append(
+            f"- Generation: batch size 1, greedy with the KV cache, {g['new_tokens']} new tokens after each of "
+            f"{g['num_prompts']} prompts of {g['prompt_tokens']} tokens (the same for every model); prefill is the "
+            "prompt's forward, decode tokens/s and energy per token cover the new tokens only.")
     sources = sorted({m["energy_source"] for m in report["models"] if m.get("energy_source")})
     if sources:
         lines.append(f"- Inference energy source: {', '.join(f'`{s}`' for s in sources)}.")

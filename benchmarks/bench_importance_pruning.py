@@ -1,6 +1,7 @@
 """SmolLM2-135M made smaller by importance and healed by distillation, against two baselines.
 
-    python benchmarks/bench_importance_pruning.py --heal_steps 64 --output importance_bench.json
+    python benchmarks/bench_importance_pruning.py --heal_steps 40 --output importance_bench.json
+    python benchmarks/bench_importance_pruning.py --importance_only   # time compute_importance alone
 
 Measured in one run, with the same students' shape and the same training tokens for all three:
   A. importance: the blocks of highest Block Influence and the FFN neurons of highest activation,
@@ -100,6 +101,9 @@ def main() -> None:
     parser.add_argument("--decode_tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--importance", default=None,
+                        help="folder or importance.json saved earlier: reuse it instead of measuring (not timed)")
+    parser.add_argument("--importance_only", action="store_true", help="time compute_importance and stop")
     parser.add_argument("--output", default="importance_bench.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -107,7 +111,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_bigsmall import assets, make_student
-    from hf_bigsmall.pruning.importance import compute_importance
+    from hf_bigsmall.pruning.importance import Importance, compute_importance
     from hf_bigsmall.pruning.width import prune_width
     from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
 
@@ -126,11 +130,17 @@ def main() -> None:
     step = max(1, len(data["eval"]) // args.eval_blocks)
     eval_blocks = torch.tensor(data["eval"].select(range(0, step * args.eval_blocks, step))["input_ids"])
 
-    start = time.perf_counter()
-    importance = compute_importance(teacher, data["train"], num_samples=args.calibration_samples,
-                                    seq_len=args.block_size)
-    record(importance_seconds=time.perf_counter() - start, importance_load=os.getloadavg(),
-           least_important_blocks=importance.blocks.argsort().tolist())
+    if args.importance:
+        importance = Importance.load(args.importance)
+    else:
+        start = time.perf_counter()
+        importance = compute_importance(teacher, data["train"], num_samples=args.calibration_samples,
+                                        seq_len=args.block_size)
+        record(importance_seconds=time.perf_counter() - start, importance_load=os.getloadavg())
+        importance.save(Path(args.output).with_suffix(""))
+        if args.importance_only:
+            return
+    record(least_important_blocks=importance.blocks.argsort().tolist())
     record(teacher={"non_embedding_params": non_embedding(teacher), "perplexity": perplexity(teacher, eval_blocks)})
 
     def build(selection):

@@ -89,8 +89,12 @@ class Importance:
 
     def to_dict(self) -> dict[str, Any]:
         def rounded(tensor: torch.Tensor | None):
-            return None if tensor is None else [round(float(v), 6) for v in tensor.flatten()] if tensor.dim() == 1 \
-                else [rounded(row) for row in tensor]
+            # 5 significant digits: rankings survive, and SmolLM2's 46k neurons stay a few hundred KB
+            if tensor is None:
+                return None
+            if tensor.dim() == 1:
+                return [float(f"{value:.5g}") for value in tensor.tolist()]
+            return [rounded(row) for row in tensor]
 
         return {
             "layers": self.layers, "num_samples": self.num_samples, "num_tokens": self.num_tokens,

@@ -1,6 +1,7 @@
 """`hf-bigsmall quickstart`: a big model made small, measured, in one command that runs offline.
 
-Fine-tune the teacher on the task (reused on a second run), distill a student made with
+Fine-tune the teacher on the task (reused by a second run made from the same teacher, data and
+settings; anything else trains it again, saying why), distill a student made with
 `make_student`, prune its feed-forward neurons while distilling on, compact it, then measure all four
 side by side and write everything to one folder:
 
@@ -9,6 +10,11 @@ bigsmall_output/
   teacher/ student/ student-pruned/ student-compact/ student-trimmed/   each loads with plain from_pretrained
   report.md  report.json  quality_vs_size.png  quality_vs_energy.png
 ```
+
+Every training run is measured with `EnergyCallback` (the teacher's fine-tuning included: its
+`energy.json` stays with it when a later run reuses it), and every model folder gets an
+`emissions.json` (`hf_bigsmall.energy.lineage`): its own run plus the runs of the models it was made
+from, which its card's `co2_eq_emissions` and the report state.
 
 `student-trimmed` is the compacted student with its vocabulary trimmed to the tokens of the
 training texts (`--no_trim_vocabulary` leaves it out).
@@ -27,6 +33,15 @@ from . import assets
 # about 4 minutes on a quiet 2-core CPU by default (6 under load) (see BENCHMARKS.md), a minute or two with --fast
 _BUDGETS = {"default": (80, 120, 80, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
 STAGES = 5
+# model -> (the models it was made from, how it was made, whether that trains); a distilled model's
+# teacher is one of its ancestors
+_LINEAGE = {
+    "teacher": ((), "fine-tuning", True),
+    "student": (("teacher",), "distillation", True),
+    "student-pruned": (("student", "teacher"), "pruning while distilling", True),
+    "student-compact": (("student-pruned",), "compaction", False),
+    "student-trimmed": (("student-compact",), "vocabulary trimming", False),
+}
 
 
 @dataclass
@@ -139,11 +154,16 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
-    from . import MagnitudePruningCallback, compact, make_student
+    from . import EnergyCallback, MagnitudePruningCallback, compact, make_student
+    from .energy.lineage import build_lineage, save_lineage
     from .hub.card import build_model_card, hub_id
     from .reporting.compare import compare_models
     from .reporting.report import markdown_table
-    from .tasks.text_classification import classification_teacher, load_classification_dataset
+    from .tasks.text_classification import (
+        TEACHER_INPUTS_NAME,
+        classification_teacher,
+        load_classification_dataset,
+    )
 
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
@@ -156,7 +176,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
     eval_split = _evaluation_split(args.dataset)  # checked before any training
 
-    start = _stage(1, f"Teacher: fine-tune {args.teacher} ({args.teacher_steps} steps; reused if already there)")
+    start = _stage(1, f"Teacher: fine-tune {args.teacher} ({args.teacher_steps} steps; reused if made from the same inputs)")
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(args.teacher))
     if args.trim_vocabulary:
         from .pruning.vocabulary import trimming_unsupported
@@ -168,16 +188,27 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     dataset = load_classification_dataset(tokenizer, args.dataset, max_length=args.max_length,
                                           max_train_samples=args.max_train_samples,
                                           max_eval_samples=args.eval_samples, seed=args.seed)
-    reused = (teacher_dir / "config.json").is_file()
+    inputs_record = teacher_dir / TEACHER_INPUTS_NAME  # what made the teacher: reused only if the inputs match
+    recorded = inputs_record.read_text() if inputs_record.is_file() else None
+    earlier = (teacher_dir / "config.json").is_file()
     teacher_path = classification_teacher(
         args.teacher, dataset, tokenizer, teacher_dir, max_steps=args.teacher_steps, learning_rate=args.learning_rate,
-        per_device_train_batch_size=args.batch_size, seed=args.seed, disable_tqdm=False)
-    if Path(teacher_path) != teacher_dir:  # a classifier already: copy it so the folder holds every model
-        shutil.copytree(teacher_path, teacher_dir, dirs_exist_ok=True)
+        per_device_train_batch_size=args.batch_size, seed=args.seed, disable_tqdm=False,
+        callbacks=[EnergyCallback(training_type="fine-tuning")])  # what the big model cost, kept in its energy.json
+    reused = recorded is not None and inputs_record.is_file() and inputs_record.read_text() == recorded
+    copied = Path(teacher_path) != teacher_dir
+    if copied:  # a classifier already: copy it so the folder holds every model
+        partial = teacher_dir.with_name(teacher_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        shutil.copytree(teacher_path, partial)
+        _publish(partial, teacher_dir)  # nothing left of an earlier run's teacher
     tokenizer.save_pretrained(teacher_dir)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
     if reused:
         print(f"      reused the teacher fine-tuned by an earlier run in {teacher_dir}", flush=True)
+    elif earlier:
+        print(f"      replaced the teacher an earlier run left in {teacher_dir}: it was made from other inputs",
+              flush=True)
     _done(start, teacher_dir)
 
     start = _stage(2, f"Student: {args.student_layers} layers made from the teacher, distilled ({args.distill_steps} steps)")
@@ -217,6 +248,13 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         print(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
               f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}", flush=True)
     _done(start, compact_dir)
+
+    # every model carries the emissions of the runs it came from: its own plus its ancestors'
+    for name, folder in models.items():
+        parents, run, trained = _LINEAGE[name]
+        if name == "teacher" and copied:
+            run = "fine-tuned before this run"  # its energy.json, if it came with one, counts
+        save_lineage(folder, build_lineage(folder, [models[p] for p in parents], name=name, run=run, trained=trained))
 
     start = _stage(5, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
     comparison = compare_models(models, args.dataset, split=eval_split,

@@ -47,6 +47,7 @@ class ScriptArguments(CompressionArguments):
 
 
 def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dict:
+    script_args.check_teacher(script_args.teacher_model_name_or_path)  # before anything trains
     teacher_path = assets.resolve_model(script_args.teacher_model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(teacher_path)
     dataset = load_causal_lm_dataset(

@@ -40,7 +40,7 @@ class ScriptArguments(CompressionArguments):
     )
     teacher_output_dir: str | None = field(
         default=None,
-        metadata={"help": "Where a fine-tuned teacher is saved and reused from (default: <output_dir>/teacher)."},
+        metadata={"help": "Where a fine-tuned teacher is saved, and reused from by a run with the same inputs (default: <output_dir>/teacher)."},
     )
     teacher_num_train_epochs: float = field(default=1.0, metadata={"help": "Epochs of teacher fine-tuning."})
     teacher_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of teacher fine-tuning."})
@@ -59,6 +59,7 @@ class ScriptArguments(CompressionArguments):
 
 
 def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dict:
+    script_args.check_teacher(script_args.teacher_model_name_or_path)  # before anything trains
     teacher_name = script_args.teacher_model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(teacher_name))
     dataset = load_classification_dataset(

@@ -1,6 +1,7 @@
 """compact: structured sparsity becomes a smaller model with the same outputs that reloads plainly."""
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -67,11 +68,18 @@ def test_compact_after_training_with_the_callback(tmp_path):
         torch.testing.assert_close(model(**batch).logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bert_heads_cannot_shrink_so_they_stay_masked():
-    model = masked("bert", "heads")
+@pytest.mark.parametrize("architecture", ["bert", "gpt2"])
+def test_bert_and_gpt2_heads_cannot_shrink_so_they_stay_masked(architecture):
+    model = masked(architecture, "heads")
     zeros = sparsity_report(model).zero_params
-    with pytest.warns(UserWarning, match="cannot be removed"), pytest.raises(ValueError, match="Nothing to compact"):
-        compact(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one clear error, no warning before it
+        with pytest.raises(ValueError, match="Nothing to compact") as error:
+            compact(model)
+    message = str(error.value)
+    # the reason, and advice that does not contradict it (no "prune with ... 'heads'")
+    assert "heads cannot be removed" in message and "prune structure='neurons'" in message
+    assert "'heads'" not in message
     assert model.config.num_attention_heads == 4 and sparsity_report(model).zero_params == zeros
     assert model._sparsity_masks  # masks kept
 

@@ -43,6 +43,25 @@ def test_cli_reports_bad_input_without_a_traceback(tmp_path, capsys):
     assert "target_sparsity must be in [0, 1)" in capsys.readouterr().err
 
 
+def assert_emissions_of_the_lineage(out, rows):
+    """The teacher's fine-tuning is measured, and every model's card carries the runs it came from."""
+    from huggingface_hub import ModelCard
+
+    assert (out / "teacher" / "energy.json").is_file() and rows["teacher"]["training_energy_kwh"] > 0
+    own = {name: rows[name]["training_co2_grams"] for name in ("teacher", "student", "student-pruned")}
+    assert all(grams > 0 for grams in own.values())
+    expected = {"teacher": own["teacher"], "student": own["teacher"] + own["student"]}
+    expected["student-pruned"] = expected["student"] + own["student-pruned"]  # the teacher counted once
+    expected["student-compact"] = expected["student-trimmed"] = expected["student-pruned"]
+    for name, grams in expected.items():
+        card = ModelCard.load(out / name / "README.md").data.co2_eq_emissions
+        assert card["emissions"] == pytest.approx(grams, rel=1e-4), name
+        assert rows[name]["lineage_co2_grams"] == pytest.approx(grams), name
+        if name != "teacher":
+            assert card["source"].startswith("sum of the runs this model came from"), name
+    assert "With ancestors" in (out / "report.md").read_text()
+
+
 @pytest.fixture(scope="module")
 def quickstart_output(tmp_path_factory):
     output = tmp_path_factory.mktemp("quickstart") / "out"
@@ -79,6 +98,7 @@ def test_quickstart_fast_writes_a_complete_folder(quickstart_output):
         validate_card((out / name / "README.md").read_text())
     assert (out / "student-pruned" / "sparsity_masks.safetensors").is_file()
     assert (out / "student" / "energy.json").is_file()
+    assert_emissions_of_the_lineage(out, rows)
 
     # the student has 3 of the teacher's 6 layers; pruning zeroed half of its FFN neurons, and
     # compaction removed exactly those, leaving the same function in fewer parameters
@@ -119,3 +139,22 @@ def test_quickstart_fast_writes_a_complete_folder(quickstart_output):
         torch.testing.assert_close(compacted(**full(text, return_tensors="pt")).logits,
                                    trimmed(**small(text, return_tensors="pt")).logits, atol=1e-4, rtol=1e-4)
     assert "### Vocabulary" in (out / "student-trimmed" / "README.md").read_text()
+
+
+@requires_scattertext
+def test_second_quickstart_with_another_teacher_trains_it_again(tmp_path, capsys):
+    """The same output folder, another --teacher: the first teacher is not silently reused."""
+    from .test_teacher_reuse import save_backbone
+
+    save_backbone(tmp_path / "small")
+    save_backbone(tmp_path / "wide", hidden_size=48)
+    fast = ["--fast", "--eval_samples", "16", "--max_train_samples", "64", "--output_dir", str(tmp_path / "out")]
+    assert main(["quickstart", "--teacher", str(tmp_path / "small"), *fast]) == 0
+    capsys.readouterr()
+    assert main(["quickstart", "--teacher", str(tmp_path / "wide"), *fast]) == 0
+    output = capsys.readouterr().out
+    assert "replaced the teacher an earlier run left" in output and "reused the teacher" not in output
+    for name in ("teacher", "student"):
+        assert json.loads((tmp_path / "out" / name / "config.json").read_text())["hidden_size"] == 48
+    rows = {m["name"]: m for m in json.loads((tmp_path / "out" / "report.json").read_text())["models"]}
+    assert_emissions_of_the_lineage(tmp_path / "out", rows)

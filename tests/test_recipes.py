@@ -201,3 +201,27 @@ def test_classification_teacher_from_a_gpt2_backbone(tmp_path):
         padded = teacher(**tokenizer(texts, padding=True, return_tensors="pt")).logits
         alone = teacher(**tokenizer(texts[0], return_tensors="pt")).logits
     torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("recipe, model_type", [("distill_text_classification", "bert"), ("distill_causal_lm", "gpt2")])
+def test_compacting_bert_or_gpt2_heads_is_refused_before_training(tmp_path, recipe, model_type):
+    """BERT and GPT-2 configs cannot describe fewer heads: say so at once, not after the whole run."""
+    from transformers import AutoConfig
+
+    AutoConfig.for_model(model_type).save_pretrained(tmp_path / "teacher")  # a config is all the check reads
+    module = load_recipe(recipe)
+    args = module.parse_args(["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--output_dir",
+                              str(tmp_path / "out"), "--target_sparsity", "0.5", "--pruning_structure", "heads",
+                              "--compact"])
+    with pytest.raises(ValueError, match="--compact cannot remove attention heads from a .* --pruning_structure neurons"):
+        module.main(*args)
+    assert not (tmp_path / "out").exists()  # nothing trained, nothing written
+
+
+def test_compacting_llama_heads_passes_the_recipe_check(tmp_path):
+    from tests.testing_utils import tiny_llama_config
+
+    tiny_llama_config().save_pretrained(tmp_path)
+    script_args, _ = load_recipe("distill_causal_lm").parse_args(
+        ["--target_sparsity", "0.5", "--pruning_structure", "heads", "--compact"])
+    script_args.check_teacher(str(tmp_path))  # no error: Llama configs state head_dim

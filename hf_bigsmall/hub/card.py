@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..energy.card import co2_eq_emissions
+from ..energy.lineage import lineage_co2_eq_emissions, lineage_lines, load_lineage
 from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines
 
 if TYPE_CHECKING:
@@ -139,7 +140,8 @@ def build_model_card(
     """Build the model card of a saved model folder, checked against the card metadata schema.
 
     Reads `config.json` (its `distillation` and `sparsity` blocks say how the model was made),
-    `energy.json` for `co2_eq_emissions`, and `report.json` (in the folder or its parent, as the
+    `energy.json` (its training run) and `emissions.json` (that run plus the runs of the models it
+    came from, see `hf_bigsmall.energy.lineage`; when present its total is `co2_eq_emissions`), and `report.json` (in the folder or its parent, as the
     quickstart writes it) for the metrics, `model-index` and the big-vs-small table.
 
     Args:
@@ -198,8 +200,12 @@ def build_model_card(
                        metric_value=round(float(value), 4))
             for name, value in row["metrics"].items()
         ]
+    lineage = load_lineage(model_dir)
     extra: dict[str, Any] = {}
-    if energy and energy.get("co2_grams") is not None:
+    if lineage and lineage.get("co2_grams") is not None:
+        # the runs this model came from (its own and its ancestors'), summed, and the source says how
+        extra["co2_eq_emissions"] = lineage_co2_eq_emissions(lineage)
+    elif energy and energy.get("co2_grams") is not None:
         extra["co2_eq_emissions"] = co2_eq_emissions(energy)
     card_data = ModelCardData(
         base_model=base_model,
@@ -238,6 +244,8 @@ def build_model_card(
                  markdown_table(report), *perplexity_lines(report), ""]
     if energy:
         body += ["## Energy", ""] + _table([(k, v) for k, v in energy.items() if isinstance(v, (int, float, str))]) + [""]
+    if lineage:
+        body += ["## Emissions of the runs it came from", ""] + lineage_lines(lineage) + [""]
     loader = architecture or "AutoModel"  # architectures in config.json are transformers class names
     body += ["## How to use", "", "```python", f"from transformers import {loader}", "",
              f'model = {loader}.from_pretrained("{repo_id or model_dir}")', "```"]

@@ -7,14 +7,17 @@ hence fewer FLOPs, and a config that plain `from_pretrained` rebuilds at the sma
 - FFN neurons compact on BERT, GPT-2 and Llama when the same number is removed in every block
   (one `intermediate_size` / `n_inner` for all blocks); if blocks differ, the smallest count is
   removed everywhere and the remaining dead neurons stay as zeros.
-- Attention heads compact on Llama-style models (explicit `head_dim`; the same number of query
-  heads per key/value group, so GQA still divides). BERT and GPT-2 derive the head size from
+- Attention heads compact on Llama-style models (explicit `head_dim`): under GQA the same number of
+  query heads leaves every key/value group, so GQA still divides; without GQA each head's key and
+  value go with it. Every block keeps at least one head (per key/value group); blocks that lost
+  more than the fewest keep their extra dead heads as zeros. BERT and GPT-2 derive the head size from
   `hidden_size / num_heads` and transformers 5 dropped `pruned_heads`, so their heads cannot shrink
   and stay loadable: pruned heads stay as zeros with their masks, and a warning says so.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -36,7 +39,7 @@ def _dead_units(group: UnitGroup, modules: dict[str, nn.Module]) -> list[int]:
 
 def _removable(group: UnitGroup, dead: list[int], per_group: int) -> list[int]:
     if not group.kv_group_size:
-        return dead[:per_group]
+        return dead[:per_group]  # per_group is one below the block's units at most: a block keeps one
     chosen = []
     for start in range(0, group.num_units, group.kv_group_size):
         chosen += [u for u in dead if start <= u < start + group.kv_group_size][:per_group]
@@ -44,11 +47,15 @@ def _removable(group: UnitGroup, dead: list[int], per_group: int) -> list[int]:
 
 
 def _count(group: UnitGroup, dead: list[int]) -> int:
-    """How many units this block can lose (per key/value group for Llama heads)."""
+    """How many units this block can lose (per key/value group for Llama GQA heads).
+
+    Heads always leave one standing (per key/value group): a block with no head, or a key/value head
+    that no query reads, is not a model the config can describe.
+    """
     if not group.kv_group_size:
-        return len(dead)
+        return min(len(dead), group.num_units - 1) if group.structure == "heads" else len(dead)
     return min(
-        sum(start <= u < start + group.kv_group_size for u in dead)
+        min(sum(start <= u < start + group.kv_group_size for u in dead), group.kv_group_size - 1)
         for start in range(0, group.num_units, group.kv_group_size)
     )
 
@@ -81,35 +88,78 @@ def _shrink(model: nn.Module, groups: list[UnitGroup], removed: list[list[int]])
             _keep(module, unit_slice.dim, torch.tensor(keep, dtype=torch.long))
 
 
-def _compact_structure(model: nn.Module, structure: str, architecture: str) -> tuple[int, int] | None:
-    """Remove dead units of one kind; returns (units before, units after) per block, or None."""
+def heads_can_be_removed(config) -> bool:
+    """True if the config states its head size (`head_dim`, as Llama's does), so fewer heads still load.
+
+    BERT and GPT-2 derive the head size from `hidden_size / num_heads`, and transformers 5 has no
+    `pruned_heads`: a model with fewer heads cannot be described by their stock config.
+    """
+    return getattr(config, "head_dim", None) is not None and getattr(config, "num_key_value_heads", None) is not None
+
+
+def _head_counts(group: UnitGroup, per_group: int) -> tuple[int, int]:
+    """`(num_attention_heads, num_key_value_heads)` after removing `per_group` heads (per KV group under GQA)."""
+    if group.kv_group_size:
+        num_kv = group.num_units // group.kv_group_size
+        return group.num_units - per_group * num_kv, num_kv
+    return group.num_units - per_group, group.num_units - per_group
+
+
+def _loadable_head_count(config, group: UnitGroup, per_group: int) -> int:
+    """The most heads (up to `per_group` per KV group) whose removal leaves a config that still validates.
+
+    transformers' LlamaConfig asks `hidden_size % num_attention_heads == 0` even with an explicit
+    `head_dim`, so 4 heads of a 32-wide model can go to 2 or 1 but not to 3.
+    """
+    for count in range(per_group, 0, -1):
+        candidate = copy.deepcopy(config)
+        candidate.num_attention_heads, candidate.num_key_value_heads = _head_counts(group, count)
+        try:
+            if hasattr(candidate, "validate"):
+                candidate.validate()
+        except Exception:  # noqa: BLE001, S112 - huggingface_hub's strict-dataclass errors are no ValueError
+            continue  # this count would not load: try removing fewer
+        return count
+    return 0
+
+
+def _compact_structure(model: nn.Module, structure: str, architecture: str) -> tuple[int, int] | str | None:
+    """Remove dead units of one kind.
+
+    Returns `(units before, units after)` per block; or, when dead units exist but none can be
+    removed, the reason as a sentence; or None when there are no dead units of this kind.
+    """
     groups = unit_groups(model, structure)
     modules = dict(model.named_modules())
     dead = [_dead_units(g, modules) for g in groups]
+    if not any(dead):
+        return None
     per_group = min(_count(g, d) for g, d in zip(groups, dead))
     if structure == "heads" and architecture != "llama":
-        if any(dead):
-            warnings.warn(
-                f"{architecture.upper()} derives its head size from hidden_size / num_heads and transformers 5 has no "
-                "pruned_heads, so pruned attention heads cannot be removed and still load with plain from_pretrained. "
-                "They stay in place as zeros, with their masks.",
-                stacklevel=3,
-            )
-        return None
+        return (f"{architecture.upper()} derives its head size from hidden_size / num_heads and transformers 5 has no "
+                "pruned_heads, so pruned attention heads cannot be removed and still load with plain from_pretrained; "
+                "they stay in place as zeros, with their masks.")
     if per_group == 0:
-        if any(dead):
-            warnings.warn(
-                f"Some blocks have no dead {structure} while others do: nothing removed. Prune with scope='layer' "
-                "so every block loses the same number.",
-                stacklevel=3,
-            )
-        return None
+        return (f"some blocks have no removable dead {structure} while others do, and the config holds one size for "
+                "every block: nothing removed. Prune with scope='layer' so every block loses the same number "
+                "(attention blocks always keep one head per key/value group).")
+    why = "blocks lost different numbers and the config holds one size for every block"
+    if structure == "heads":
+        loadable = _loadable_head_count(model.config, groups[0], per_group)
+        if loadable < per_group:
+            why = (f"a config with fewer heads would not load: {type(model.config).__name__} checks that hidden_size "
+                   "is a multiple of num_attention_heads")
+        per_group = loadable
+        if per_group == 0:
+            return (f"a config with fewer heads would not load: {type(model.config).__name__} checks that "
+                    f"hidden_size ({model.config.hidden_size}) is a multiple of num_attention_heads, and no head count "
+                    "reachable by removing the dead heads is; they stay in place as zeros, with their masks.")
     removed = [_removable(g, d, per_group) for g, d in zip(groups, dead)]
     leftover = sum(len(d) for d in dead) - sum(len(r) for r in removed)
     if leftover:
         warnings.warn(
-            f"Blocks lost different numbers of {structure}: {per_group} removed from each, {leftover} dead ones "
-            "stay as zeros. Prune with scope='layer' to remove them all.",
+            f"{per_group} dead {structure} removed from each block ({why}); the other {leftover} dead ones stay as "
+            "zeros." + (" Prune with scope='layer' to remove them all." if structure == "neurons" else ""),
             stacklevel=3,
         )
     _shrink(model, groups, removed)
@@ -125,9 +175,11 @@ def _compact_structure(model: nn.Module, structure: str, architecture: str) -> t
                 if hasattr(module, "intermediate_size") and hasattr(module, "down_proj"):
                     module.intermediate_size = after
     else:
-        num_kv = before // groups[0].kv_group_size
-        after = before - per_group * num_kv
-        config.num_attention_heads = after
+        # under GQA the same number of query heads left every key/value group; without it each
+        # head's key and value went with it
+        after, num_kv = _head_counts(groups[0], per_group)
+        config.num_attention_heads, config.num_key_value_heads = after, num_kv
+        config.head_dim = groups[0].slices[0].size  # explicit, or a reload derives it from the new head count
         for module in model.modules():
             if hasattr(module, "num_key_value_groups") and hasattr(module, "o_proj"):
                 module.num_key_value_groups = after // num_kv
@@ -162,19 +214,26 @@ def compact(model: nn.Module) -> nn.Module:
             "The masks and zeros are kept."
         )
     params_before = model.num_parameters()
-    changes = {}
-    neurons = _compact_structure(model, "neurons", architecture)
-    if neurons:
-        changes["n_inner" if architecture == "gpt2" else "intermediate_size"] = list(neurons)
-    heads = _compact_structure(model, "heads", architecture)
-    if heads:
-        changes["num_attention_heads"] = list(heads)
+    changes, kept = {}, []
+    for structure, field_name in (("neurons", "n_inner" if architecture == "gpt2" else "intermediate_size"),
+                                  ("heads", "num_attention_heads")):
+        result = _compact_structure(model, structure, architecture)
+        if isinstance(result, tuple):
+            changes[field_name] = list(result)
+        elif isinstance(result, str):
+            kept.append(f"{structure}: {result}")
     if not changes:
+        if kept:
+            raise ValueError("Nothing to compact. " + " ".join(kept) + " The model, its zeros and masks are unchanged."
+                             + (" For a smaller BERT or GPT-2, prune structure='neurons'." if architecture != "llama"
+                                else ""))
         raise ValueError(
-            "Nothing to compact: no FFN neuron or (Llama) attention head is entirely zero. Unstructured sparsity "
-            "keeps every matrix its size; prune with structure='neurons' or 'heads' to get a smaller model. "
-            "The model, its zeros and masks are unchanged."
+            "Nothing to compact: no FFN neuron or attention head is entirely zero. Unstructured sparsity keeps "
+            "every matrix its size; prune with structure='neurons' (or 'heads' on Llama-style models) to get a "
+            "smaller model. The model, its zeros and masks are unchanged."
         )
+    for reason in kept:  # something was removed; say what stays
+        warnings.warn(f"compact removed what it could and kept the rest: {reason}", stacklevel=2)
     info = dict(getattr(model, "_sparsity_info", None) or getattr(model.config, "sparsity", None) or {})
     info.pop("per_layer", None)
     info["compacted"] = {**changes, "params": [params_before, model.num_parameters()]}

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from .heads import choose_heads
 from .targets import UnitGroup, find_target_modules, layer_key, unit_groups, unit_index
 
 
@@ -95,18 +96,6 @@ def _unit_scores(group: UnitGroup, weights: dict[str, torch.Tensor], previous: d
     return scores.masked_fill(dead, -1.0)
 
 
-def _lowest(scores: torch.Tensor, count: int, kv_group_size: int | None) -> list[int]:
-    if not kv_group_size:
-        return torch.topk(scores, count, largest=False).indices.tolist()
-    # Llama GQA: the same number of query heads leaves every key/value group.
-    per_group = count // (scores.numel() // kv_group_size)
-    chosen = []
-    for start in range(0, scores.numel(), kv_group_size):
-        local = torch.topk(scores[start : start + kv_group_size], per_group, largest=False).indices
-        chosen += (local + start).tolist()
-    return chosen
-
-
 @torch.no_grad()
 def structured_masks(
     model: nn.Module,
@@ -124,9 +113,10 @@ def structured_masks(
 
     With `scope="layer"` every block loses the same number of units, so `compact` can turn the
     masks into a smaller `intermediate_size` (or fewer heads on Llama). With `"global"` one
-    threshold runs over all blocks. Llama heads are pruned evenly inside each key/value group.
-    `unit_scores` (one `(num_units,)` tensor per block, e.g. activation importance) replaces the
-    weight norms as the criterion.
+    threshold runs over all blocks. Heads are chosen by `choose_heads`: the fraction is of all the
+    model's heads, no block loses every head, and Llama GQA blocks lose the same number of query
+    heads in each key/value group. `unit_scores` (one `(num_units,)` tensor per block, e.g.
+    activation importance) replaces the weight norms as the criterion.
     """
     previous = previous or {}
     groups = unit_groups(model, structure)
@@ -139,19 +129,16 @@ def structured_masks(
         )
     given = unit_scores or [None] * len(groups)
     all_scores = [_unit_scores(g, weights, previous, s) for g, s in zip(groups, given)]
-    if scope == "global":
+    if structure == "heads":
+        chosen = choose_heads(groups, all_scores, sparsity, scope)
+    elif scope == "global":
         flat = torch.cat(all_scores)
         chosen_flat = set(torch.topk(flat, _pruned_count(flat.numel(), sparsity), largest=False).indices.tolist())
         offsets = [sum(g.num_units for g in groups[:i]) for i in range(len(groups))]
         chosen = [[u for u in range(g.num_units) if u + off in chosen_flat] for g, off in zip(groups, offsets)]
     else:
-        chosen = []
-        for group, scores in zip(groups, all_scores):
-            count = _pruned_count(group.num_units, sparsity)
-            if group.kv_group_size:
-                num_kv = group.num_units // group.kv_group_size
-                count = round(sparsity * group.kv_group_size) * num_kv
-            chosen.append(_lowest(scores, count, group.kv_group_size))
+        chosen = [torch.topk(scores, _pruned_count(group.num_units, sparsity), largest=False).indices.tolist()
+                  for group, scores in zip(groups, all_scores)]
     masks = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in weights.items()}
     for group, units in zip(groups, chosen):
         for unit_slice in group.slices:

@@ -180,9 +180,13 @@ def unit_groups(model: nn.Module, structure: str) -> list[UnitGroup]:
                 slices.append(UnitSlice(f"{prefix}.mlp.down_proj", 1))
                 groups.append(UnitGroup(layer, structure, config.intermediate_size, slices))
             else:
-                # Only query heads and their o_proj columns: key/value heads are shared (GQA).
-                slices = [UnitSlice(f"{prefix}.self_attn.q_proj", 0, head_dim), UnitSlice(f"{prefix}.self_attn.o_proj", 1, head_dim)]
-                groups.append(UnitGroup(layer, structure, heads, slices, kv_group_size=heads // kv_heads))
+                slices = [UnitSlice(f"{prefix}.self_attn.q_proj", 0, head_dim)]
+                if kv_heads == heads:  # no GQA: each head owns its key and value, which go with it
+                    slices += [UnitSlice(f"{prefix}.self_attn.{p}", 0, head_dim) for p in ("k_proj", "v_proj")]
+                # under GQA only query heads and their o_proj columns: key/value heads are shared
+                slices.append(UnitSlice(f"{prefix}.self_attn.o_proj", 1, head_dim))
+                groups.append(UnitGroup(layer, structure, heads, slices,
+                                        kv_group_size=heads // kv_heads if kv_heads < heads else None))
     if not groups:
         raise ValueError(f"Found no transformer blocks to prune by {structure!r} in {type(model).__name__}.")
     return groups

@@ -52,6 +52,10 @@ class ModelMeasurement:
     prefill_ms_p50: float | None = None
     decode_tokens_per_s: float | None = None
     energy_joules_per_token: float | None = None
+    # this model's own training run plus those of the models it was made from (`emissions.json`)
+    lineage_energy_kwh: float | None = None
+    lineage_co2_grams: float | None = None
+    lineage_runs: list[dict[str, Any]] | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
 
 
@@ -172,12 +176,23 @@ def size_on_disk_mb(model_dir: Path) -> float:
 
 
 def _training_energy(model_dir: Path | None) -> dict[str, Any]:
-    record_path = model_dir / "energy.json" if model_dir else None
-    if record_path is None or not record_path.is_file():
+    from ..energy.lineage import load_lineage
+
+    if model_dir is None:
         return {}
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    return {"training_energy_kwh": record.get("energy_kwh"), "training_co2_grams": record.get("co2_grams"),
-            "training_energy_source": record.get("energy_source")}
+    figures: dict[str, Any] = {}
+    record_path = model_dir / "energy.json"
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        figures.update(training_energy_kwh=record.get("energy_kwh"), training_co2_grams=record.get("co2_grams"),
+                       training_energy_source=record.get("energy_source"))
+    lineage = load_lineage(model_dir)
+    if lineage:
+        runs = [{k: run.get(k) for k in ("model", "relation", "run", "trained", "energy_kwh", "co2_grams", "energy_source")}
+                for run in lineage["runs"]]
+        figures.update(lineage_energy_kwh=lineage.get("energy_kwh"), lineage_co2_grams=lineage.get("co2_grams"),
+                       lineage_runs=runs)
+    return figures
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")

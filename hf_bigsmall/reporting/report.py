@@ -115,11 +115,22 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
     sources = sorted({m["energy_source"] for m in report["models"] if m.get("energy_source")})
     if sources:
         lines.append(f"- Inference energy source: {', '.join(f'`{s}`' for s in sources)}.")
-    trained = [m for m in report["models"] if m.get("training_energy_kwh") is not None]
+    trained = [m for m in report["models"]
+               if m.get("training_energy_kwh") is not None or m.get("lineage_energy_kwh") is not None]
     if trained:
-        lines += ["", "## Training energy", "", "| Model | Energy (kWh) | CO2 (g) | Source |", "| --- | --- | --- | --- |"]
-        lines += [f"| `{m['name']}` | {_fmt(m['training_energy_kwh'], '.4g')} | {_fmt(m.get('training_co2_grams'), '.3g')} "
-                  f"| {m.get('training_energy_source') or '-'} |" for m in trained]
+        how = ("*Own run* is the model's own training; *with ancestors* adds the runs of the models it was made "
+               "from (a student's teacher fine-tuning, a compacted model's pruning and distillation), each counted "
+               "once. Compaction and vocabulary trimming train nothing. Pretraining of the original checkpoint is "
+               "not included.")
+        lines += ["", "## Training energy", "", how, "",
+                  "| Model | Own run (kWh) | Own CO2 (g) | With ancestors (kWh) | With ancestors CO2 (g) | Made from | Source |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for m in trained:
+            made_from = " + ".join(f"`{r['model']}`" for r in m.get("lineage_runs") or [] if r["relation"] == "ancestor")
+            lines.append(f"| `{m['name']}` | {_fmt(m.get('training_energy_kwh'), '.4g')} "
+                         f"| {_fmt(m.get('training_co2_grams'), '.3g')} | {_fmt(m.get('lineage_energy_kwh'), '.4g')} "
+                         f"| {_fmt(m.get('lineage_co2_grams'), '.3g')} | {made_from or '-'} "
+                         f"| {m.get('training_energy_source') or '-'} |")
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"

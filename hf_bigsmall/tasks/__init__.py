@@ -27,7 +27,8 @@ class CompressionArguments:
         "help": "How sparsity grows during training.", "choices": list(SCHEDULES)})
     compact: bool = field(default=False, metadata={
         "help": "Also save <output_dir>/compact: the pruned student with its pruned neurons (and Llama heads) "
-                "physically removed, loadable with plain from_pretrained. Needs structured pruning."})
+                "physically removed, loadable with plain from_pretrained. Needs structured pruning; heads only on "
+                "Llama-style models (BERT and GPT-2 configs cannot describe fewer heads: refused before training)."})
     measure_energy: bool = field(default=True, metadata={
         "help": "Measure the energy and CO2 of training and evaluation with EnergyCallback (logs, energy.json, "
                 "co2_eq_emissions in the model card)."})
@@ -38,6 +39,29 @@ class CompressionArguments:
         if self.compact and (self.target_sparsity is None or self.pruning_structure == "unstructured"):
             raise ValueError("--compact removes pruned neurons or heads: also pass --target_sparsity and "
                              "--pruning_structure neurons (or heads).")
+
+    def check_teacher(self, teacher_name_or_path: str) -> None:
+        """Refuse, before any training, options this teacher's architecture cannot honour.
+
+        `--compact` with `--pruning_structure heads` needs a config that states its head size (Llama
+        style): BERT and GPT-2 derive it from `hidden_size / num_heads`, so their pruned heads can only
+        stay as zeros and there would be nothing to compact after the whole run.
+        """
+        if not (self.compact and self.target_sparsity is not None and self.pruning_structure == "heads"):
+            return
+        from transformers import AutoConfig
+
+        from ..assets import resolve_model
+        from ..pruning.compact import heads_can_be_removed
+
+        config = AutoConfig.from_pretrained(resolve_model(teacher_name_or_path))
+        if not heads_can_be_removed(config):
+            raise ValueError(
+                f"--compact cannot remove attention heads from a {config.model_type} model: its config derives the "
+                "head size from hidden_size / num_heads, so pruned heads stay in place as zeros. Use "
+                "--pruning_structure neurons to get a smaller model, or drop --compact to keep the heads pruned as "
+                "zeros (Llama-style models, with an explicit head_dim, can compact heads)."
+            )
 
     def callbacks(self) -> list:
         """The callbacks these options ask for, to pass as `Trainer(callbacks=...)`."""

@@ -7,12 +7,13 @@ Embedded offline defaults: `assets.ROTTEN_TOMATOES` (4,866 labelled review snipp
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -98,6 +99,64 @@ def has_classification_head(name_or_path: str | os.PathLike) -> bool:
     return any(name.endswith("ForSequenceClassification") for name in (config.architectures or []))
 
 
+TEACHER_INPUTS_NAME = "teacher_inputs.json"
+# TrainingArguments that change how a run looks, not what it trains
+_PRESENTATION_ONLY = {"disable_tqdm", "logging_steps", "report_to", "log_level", "output_dir"}
+
+
+def _file_digest(*chunks: bytes) -> str:
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def teacher_fingerprint(model_name_or_path: str | os.PathLike, dataset: DatasetDict, **training: Any) -> dict[str, Any]:
+    """What a fine-tuned teacher was made from, small enough to store beside it (`teacher_inputs.json`).
+
+    The backbone (its name, and for a local folder a digest of its absolute path, `config.json` and
+    weight file sizes), the label names, a digest of the tokenised training split (so the dataset, the sample
+    limit, the shuffle seed, `max_length` and the tokenizer all count) and the training arguments
+    that shape the weights.
+    """
+    name = str(model_name_or_path)
+    backbone: dict[str, Any] = {"name": name}
+    folder = Path(assets.resolve_model(name))
+    if folder.is_dir():
+        if not assets.is_embedded(name):
+            backbone["name"] = folder.resolve().name  # the full path only enters the digest: the record may be shared
+        config = folder / "config.json"
+        weights = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+        where = b"" if assets.is_embedded(name) else str(folder.resolve()).encode()
+        backbone["files"] = _file_digest(where, config.read_bytes() if config.is_file() else b"",
+                                         json.dumps(weights).encode())
+    train = dataset["train"].select_columns(["input_ids", "labels"])[:]
+    fingerprint = {
+        "backbone": backbone,
+        "labels": label_names(dataset),
+        "train_samples": len(dataset["train"]),
+        "train_data": _file_digest(json.dumps(train["input_ids"]).encode(), json.dumps(train["labels"]).encode()),
+        "training": {key: training[key] for key in sorted(training) if key not in _PRESENTATION_ONLY},
+    }
+    return json.loads(json.dumps(fingerprint, default=str))  # as it reads back from the file
+
+
+def teacher_differences(output_dir: str | os.PathLike, fingerprint: dict[str, Any]) -> list[str] | None:
+    """Why the teacher saved in `output_dir` was not made from `fingerprint`'s inputs.
+
+    Returns None when there is no saved teacher, `[]` when it may be reused, else one line per
+    input that differs (or a line saying the folder has no record of its inputs).
+    """
+    output_dir = Path(output_dir)
+    if not (output_dir / "config.json").is_file():
+        return None
+    record_path = output_dir / TEACHER_INPUTS_NAME
+    if not record_path.is_file():
+        return [f"{output_dir} has no {TEACHER_INPUTS_NAME}, so what made that teacher is unknown"]
+    saved = json.loads(record_path.read_text(encoding="utf-8"))
+    return [f"{key}: {saved.get(key)!r} then, {value!r} now" for key, value in fingerprint.items() if saved.get(key) != value]
+
+
 def train_teacher(
     model_name_or_path: str | os.PathLike,
     dataset: DatasetDict,
@@ -107,13 +166,15 @@ def train_teacher(
     learning_rate: float = 1e-4,
     per_device_train_batch_size: int = 16,
     seed: int = 42,
+    callbacks: list | None = None,
     **training_kwargs,
 ) -> Path:
     """Fine-tune a classification teacher from a checkpoint without a task head, and save it.
 
-    A second call with the same `output_dir` finds the saved teacher and returns at once, as long
-    as it was trained on the same labels (otherwise a `ValueError` says to pick another folder). The
-    checkpoint is written to `<output_dir>.partial` and renamed when complete, so an interrupted
+    A second call with the same `output_dir` finds the saved teacher and returns at once if it was
+    made from the same inputs (`teacher_fingerprint`, stored as `teacher_inputs.json`): another
+    backbone, dataset, sample limit, `max_length` or training argument is reported as a warning
+    naming what differs, and the teacher is trained again in its place. The checkpoint is written to `<output_dir>.partial` and renamed when complete, so an interrupted
     run never leaves a half-written teacher that a later run would trust. Under several processes
     every rank trains (DDP) and the main process saves.
 
@@ -122,6 +183,8 @@ def train_teacher(
         dataset: the output of `load_classification_dataset` (`train`, `eval`, `labels`).
         tokenizer: the teacher's tokenizer (saved with it).
         output_dir: where the fine-tuned teacher goes.
+        callbacks: `TrainerCallback`s for the fine-tuning, e.g. an `EnergyCallback` (its `energy.json`
+            is saved with the teacher, so the emissions of making it stay known when it is reused).
         **training_kwargs: more `TrainingArguments` (e.g. `max_steps`, `bf16`).
 
     Returns:
@@ -137,15 +200,16 @@ def train_teacher(
     output_dir = Path(output_dir)
     names = label_names(dataset)
     id2label = dict(enumerate(names))
-    if (output_dir / "config.json").is_file():
-        saved = json.loads((output_dir / "config.json").read_text())
-        if {int(k): v for k, v in saved.get("id2label", {}).items()} != id2label:
-            raise ValueError(
-                f"{output_dir} holds a teacher trained on labels {saved.get('id2label')}, not {id2label}: "
-                "choose another teacher_output_dir or delete that folder."
-            )
+    fingerprint = teacher_fingerprint(
+        model_name_or_path, dataset, num_train_epochs=num_train_epochs, learning_rate=learning_rate,
+        per_device_train_batch_size=per_device_train_batch_size, seed=seed, **training_kwargs)
+    differences = teacher_differences(output_dir, fingerprint)
+    if differences == []:
         logger.info("Reusing the fine-tuned teacher in %s", output_dir)
         return output_dir
+    if differences:
+        logger.warning("The teacher in %s was not made from these inputs, so it is trained again in its place: %s",
+                       output_dir, "; ".join(differences))
 
     model = AutoModelForSequenceClassification.from_pretrained(
         assets.resolve_model(model_name_or_path),
@@ -165,13 +229,14 @@ def train_teacher(
     trainer = Trainer(
         model=model, args=TrainingArguments(**defaults), train_dataset=dataset["train"],
         eval_dataset=dataset["eval"], data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer, compute_metrics=accuracy,
+        processing_class=tokenizer, compute_metrics=accuracy, callbacks=callbacks,
     )
     trainer.train()
     metrics = trainer.evaluate()
     trainer.save_model(str(partial))
     if trainer.is_world_process_zero():
         (partial / "teacher_eval_results.json").write_text(json.dumps(metrics, indent=2))
+        (partial / TEACHER_INPUTS_NAME).write_text(json.dumps(fingerprint, indent=2))
         shutil.rmtree(output_dir, ignore_errors=True)
         partial.rename(output_dir)
     trainer.accelerator.wait_for_everyone()

@@ -172,7 +172,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     layers = args.student_layers or _default_layers(depth)
     if layers > depth:
         raise ValueError(f"student_layers={layers} is more than the teacher's {depth} layers.")
-    intermediate_size = args.intermediate_size or _default_intermediate(teacher)
+    intermediate_size = _default_intermediate(teacher) if args.intermediate_size is None else args.intermediate_size
     widths = dict(intermediate_size=intermediate_size, num_attention_heads=args.num_attention_heads,
                   num_key_value_heads=args.num_key_value_heads, hidden_size=args.hidden_size)
     widths = {name: value for name, value in widths.items() if value is not None}

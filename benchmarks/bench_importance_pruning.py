@@ -2,6 +2,7 @@
 
     python benchmarks/bench_importance_pruning.py --heal_steps 40 --output importance_bench.json
     python benchmarks/bench_importance_pruning.py --importance_only   # time compute_importance alone
+    python benchmarks/bench_importance_pruning.py --speed_only --threads 1 --rounds 5   # generation speed alone
 
 Measured in one run, with the same students' shape and the same training tokens for all three:
   A. importance: the blocks of highest Block Influence and the FFN neurons of highest activation,
@@ -48,23 +49,36 @@ def perplexity(model, blocks: torch.Tensor, batch_size: int = 8) -> float:
 
 @torch.no_grad()
 def generation_speed(models: dict, prompt: torch.Tensor, new_tokens: int, rounds: int) -> dict:
-    """Median prefill latency (ms) and decode tokens/s at batch 1, models timed in turn each round."""
-    times = {name: {"prefill": [], "decode": []} for name in models}
-    for name, model in models.items():  # warm-up
+    """Prefill latency and decode tokens/s at batch 1, models timed in turn each round (medians).
+
+    Each is measured twice: on the wall clock, and on the process's CPU time (`time.process_time`).
+    On a machine shared with other jobs the wall clock mostly measures the others; the CPU time
+    the process itself spent (with one thread, `--threads 1`) is what the model costs.
+    """
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    times = {name: {f"{kind}_{clock}": [] for kind in ("prefill", "decode") for clock in clocks} for name in models}
+    for model in models.values():  # warm-up
         model.eval()
         model.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)
     for _ in range(rounds):
         for name, model in models.items():
-            start = time.perf_counter()
+            start = {clock: read() for clock, read in clocks.items()}
             model(input_ids=prompt, use_cache=True)
-            prefill = time.perf_counter() - start
-            start = time.perf_counter()
+            prefill = {clock: read() - start[clock] for clock, read in clocks.items()}
+            start = {clock: read() for clock, read in clocks.items()}
             model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-            total = time.perf_counter() - start
-            times[name]["prefill"].append(prefill)
-            times[name]["decode"].append(new_tokens / max(total - prefill, 1e-9))
-    return {name: {"prefill_ms": 1000 * statistics.median(t["prefill"]),
-                   "decode_tokens_per_s": statistics.median(t["decode"])} for name, t in times.items()}
+            for clock, read in clocks.items():
+                total = read() - start[clock]
+                times[name][f"prefill_{clock}"].append(prefill[clock])
+                # generate runs the prefill again: take it out, leaving the decode steps
+                times[name][f"decode_{clock}"].append(new_tokens / max(total - prefill[clock], 1e-9))
+    result = {}
+    for name, measured in times.items():
+        result[name] = {}
+        for clock in clocks:
+            result[name][f"prefill_ms_{clock}"] = 1000 * statistics.median(measured[f"prefill_{clock}"])
+            result[name][f"decode_tokens_per_s_{clock}"] = statistics.median(measured[f"decode_{clock}"])
+    return result
 
 
 def heal(student, teacher, train, steps: int, batch_size: int, learning_rate: float, use_kd: bool, output_dir: str):
@@ -104,6 +118,11 @@ def main() -> None:
     parser.add_argument("--importance", default=None,
                         help="folder or importance.json saved earlier: reuse it instead of measuring (not timed)")
     parser.add_argument("--importance_only", action="store_true", help="time compute_importance and stop")
+    parser.add_argument("--speed_only", action="store_true", help="time generation and stop")
+    parser.add_argument("--runs", default="importance+kd,even+kd,importance+ce",
+                        help="which students to heal (one process per run lets them share a loaded machine)")
+    parser.add_argument("--skip_speed", action="store_true")
+    parser.add_argument("--skip_teacher", action="store_true")
     parser.add_argument("--output", default="importance_bench.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -141,7 +160,9 @@ def main() -> None:
         if args.importance_only:
             return
     record(least_important_blocks=importance.blocks.argsort().tolist())
-    record(teacher={"non_embedding_params": non_embedding(teacher), "perplexity": perplexity(teacher, eval_blocks)})
+    if not args.speed_only and not args.skip_teacher:
+        record(teacher={"non_embedding_params": non_embedding(teacher),
+                        "perplexity": perplexity(teacher, eval_blocks)})
 
     def build(selection):
         student = make_student(teacher, args.student_layers, teacher_layers=selection, importance=importance)
@@ -152,14 +173,20 @@ def main() -> None:
 
     # speed depends on the shape only, which the three students share: timed before any healing
     prompt = eval_blocks[:1, :32]
-    speed = generation_speed({"teacher": teacher, "student": build("importance")}, prompt, args.decode_tokens,
-                             args.rounds)
-    speed["decode_speedup"] = speed["student"]["decode_tokens_per_s"] / speed["teacher"]["decode_tokens_per_s"]
-    speed["prefill_speedup"] = speed["teacher"]["prefill_ms"] / speed["student"]["prefill_ms"]
-    record(speed=speed, speed_load=os.getloadavg())
+    speed = {} if args.skip_speed else generation_speed({"teacher": teacher, "student": build("importance")}, prompt,
+                                                        args.decode_tokens, args.rounds)
+    for clock in ("wall", "cpu") if speed else ():
+        speed[f"decode_speedup_{clock}"] = (speed["student"][f"decode_tokens_per_s_{clock}"]
+                                            / speed["teacher"][f"decode_tokens_per_s_{clock}"])
+        speed[f"prefill_speedup_{clock}"] = speed["teacher"][f"prefill_ms_{clock}"] / speed["student"][f"prefill_ms_{clock}"]
+    if speed:
+        record(speed=speed, speed_load=os.getloadavg())
+    if args.speed_only:
+        return
 
     runs = {"importance+kd": ("importance", True), "even+kd": (None, True), "importance+ce": ("importance", False)}
-    for name, (selection, use_kd) in runs.items():
+    for name in args.runs.split(","):
+        selection, use_kd = runs[name]
         student = build(selection)
         before = perplexity(student, eval_blocks)
         seconds = heal(student, teacher, train, args.heal_steps, args.batch_size, args.learning_rate, use_kd,

@@ -152,10 +152,12 @@ def main() -> None:
     if args.importance:
         importance = Importance.load(args.importance)
     else:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         importance = compute_importance(teacher, data["train"], num_samples=args.calibration_samples,
                                         seq_len=args.block_size)
-        record(importance_seconds=time.perf_counter() - start, importance_load=os.getloadavg())
+        # CPU seconds of this process: with --threads N, about N x the wall time of a quiet machine
+        record(importance_seconds=time.perf_counter() - start, importance_cpu_seconds=time.process_time() - cpu_start,
+               importance_load=os.getloadavg())
         importance.save(Path(args.output).with_suffix(""))
         if args.importance_only:
             return

@@ -154,8 +154,8 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     from . import DistillationConfig, DistillationTrainer, EnergyCallback, make_student
     from .hub.card import build_model_card, hub_id
     from .pruning.importance import compute_importance
-    from .pruning.width import _validate_targets, prune_width
     from .pruning.targets import _architecture
+    from .pruning.width import _validate_targets, prune_width
     from .reporting.compare import compare_models
     from .reporting.report import markdown_table
     from .tasks.causal_lm import load_causal_lm_dataset

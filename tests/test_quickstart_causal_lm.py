@@ -54,7 +54,7 @@ def test_causal_lm_quickstart_fast_writes_a_complete_folder(tmp_path):
     out = tmp_path / "out"
     assert main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama",
                  "--intermediate_size", "96", "--output_dir", str(out)]) == 0
-    rows = _check_folder(out, teacher_layers=4, student_layers=3)
+    _check_folder(out, teacher_layers=4, student_layers=3)
     config = json.loads((out / "student" / "config.json").read_text())
     assert config["intermediate_size"] == 96 and config["width_pruning"]["intermediate_size"] == [128, 96]
 

@@ -133,9 +133,11 @@ def _validate_targets(model, architecture, intermediate_size, num_attention_head
         # (LlamaConfig wants hidden_size to be a multiple of num_attention_heads)
         changes = {"num_attention_heads": new_heads, "num_key_value_heads": new_kv, "head_dim": head_dim,
                    "hidden_size": hidden_size or config.hidden_size}
+        from huggingface_hub.errors import StrictDataclassError
+
         try:
             type(config).from_dict({**config.to_dict(), **changes})
-        except Exception as error:  # the config classes raise their own validation errors
+        except (ValueError, TypeError, StrictDataclassError) as error:  # transformers 5 configs validate strictly
             raise ValueError(
                 f"{type(config).__name__} rejects hidden_size={changes['hidden_size']} with "
                 f"num_attention_heads={new_heads}: {str(error).strip().splitlines()[-1].strip()} Pick a hidden_size "
@@ -263,7 +265,7 @@ def prune_width(
         logger.warning("prune_width: every target equals the model's width; nothing was removed.")
         return model
     record["params"] = [params_before, model.num_parameters()]
-    record["criterion"] = "activation importance (Minitron), %d calibration samples" % importance.num_samples
+    record["criterion"] = f"activation importance (Minitron), {importance.num_samples} calibration samples"
     config.width_pruning = record
     return model
 

@@ -46,7 +46,9 @@ def timed_energy_callback():
 def train_seconds(with_energy: bool, steps: int, logging_steps: int) -> tuple[float, float]:
     """(train_runtime, seconds spent inside EnergyCallback) of one short training."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, PrinterCallback, Trainer, TrainingArguments
+    from transformers import BertConfig, BertForSequenceClassification, PrinterCallback, TrainingArguments
+
+    from hf_bigsmall import BigSmallTrainer  # the full path: figures go through trainer.log
 
     class Data(torch.utils.data.Dataset):
         def __init__(self, size=512, seq_len=64):
@@ -68,8 +70,8 @@ def train_seconds(with_energy: bool, steps: int, logging_steps: int) -> tuple[fl
                                  logging_steps=logging_steps, save_strategy="no", report_to="none",
                                  use_cpu=True, disable_tqdm=True, log_level="error")
         energy = timed_energy_callback() if with_energy else None
-        trainer = Trainer(BertForSequenceClassification(config), args, train_dataset=Data(),
-                          callbacks=[energy] if energy else [])
+        trainer = BigSmallTrainer(BertForSequenceClassification(config), args, train_dataset=Data(),
+                                  callbacks=[energy] if energy else [])
         trainer.remove_callback(PrinterCallback)  # keep the benchmark's output readable
         runtime = trainer.train().metrics["train_runtime"]
         return runtime, type(energy).seconds if energy else 0.0

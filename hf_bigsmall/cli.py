@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .utils.console import echo
+
 
 def _compare(args: argparse.Namespace) -> int:
     from .reporting.compare import compare_models
@@ -24,9 +26,9 @@ def _compare(args: argparse.Namespace) -> int:
     )
     from .reporting.report import markdown_table, perplexity_lines
 
-    print(markdown_table(comparison.to_dict()))
-    print("\n".join(perplexity_lines(comparison.to_dict())))
-    print(f"\nReport written to {args.output_dir}/report.md (and report.json, plots).")
+    echo(markdown_table(comparison.to_dict()))
+    echo("\n".join(perplexity_lines(comparison.to_dict())))
+    echo(f"\nReport written to {args.output_dir}/report.md (and report.json, plots).")
     return 0
 
 
@@ -37,9 +39,9 @@ def _push(args: argparse.Namespace) -> int:
         commit = push_folder(args.model_dir, args.repo_id, token=args.token, private=args.private or None,
                              revision=args.revision, commit_message=args.commit_message, write_card=not args.no_card)
     except HubUploadError as error:
-        print(error, file=sys.stderr)
+        echo(error, error=True)
         return 1
-    print(f"Uploaded {args.model_dir} to {commit.commit_url}")
+    echo(f"Uploaded {args.model_dir} to {commit.commit_url}")
     return 0
 
 
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         # quickstart's options come from a dataclass, read by HfArgumentParser
         return _quickstart(argv[1:]) if quickstart else args.handler(args)
     except (ValueError, OSError) as error:  # bad input or unreachable data: say what, without a traceback
-        print(f"hf-bigsmall {argv[0] if quickstart else args.command}: {error}", file=sys.stderr)
+        echo(f"hf-bigsmall {argv[0] if quickstart else args.command}: {error}", error=True)
         return 2
 
 

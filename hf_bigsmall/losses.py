@@ -8,6 +8,7 @@ that count (labels != -100, non-padding). They do not know about models or the T
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -176,8 +177,8 @@ def kd_loss(
     torch.Size([])
     ```
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}.")
     if kind not in KD_LOSSES:
         raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
     if student_logits.shape[-1] != teacher_logits.shape[-1]:

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import assets
+from .utils.console import echo
+from .utils.files import fresh_partial_dir, publish_dir, publishing
 
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
 # about 4 minutes on a quiet 2-core CPU by default (6 under load) (see BENCHMARKS.md), a minute or two with --fast
@@ -78,6 +80,13 @@ class QuickstartArguments:
     def __post_init__(self):
         if self.student_layers < 1:
             raise ValueError(f"student_layers must be at least 1, got {self.student_layers}.")
+        from .utils.checks import check_finite
+
+        check_finite("target_sparsity", self.target_sparsity, "in [0, 1)")
+        check_finite("alpha_kd", self.alpha_kd, "in [0, 1]")
+        for name in ("learning_rate", "temperature"):
+            if check_finite(name, getattr(self, name), "> 0") <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}.")
         if not 0.0 <= self.target_sparsity < 1.0:
             raise ValueError(f"target_sparsity must be in [0, 1), got {self.target_sparsity}.")
         if not 0.0 <= self.alpha_kd <= 1.0:
@@ -96,12 +105,12 @@ class QuickstartArguments:
 
 
 def _stage(number: int, text: str) -> float:
-    print(f"\n[{number}/{STAGES}] {text}", flush=True)
+    echo(f"\n[{number}/{STAGES}] {text}")
     return time.perf_counter()
 
 
 def _done(start: float, where: Path) -> None:
-    print(f"      done in {time.perf_counter() - start:.0f} s -> {where}", flush=True)
+    echo(f"      done in {time.perf_counter() - start:.0f} s -> {where}")
 
 
 def _training_arguments(args: QuickstartArguments, output_dir: Path, max_steps: int) -> dict:
@@ -119,8 +128,7 @@ def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_st
 
     from . import DistillationConfig, DistillationTrainer, EnergyCallback
 
-    partial = final_dir.with_name(final_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = fresh_partial_dir(final_dir)
     config = DistillationConfig(**_training_arguments(args, partial, max_steps), temperature=args.temperature,
                                 alpha_kd=args.alpha_kd, alpha_ce=1.0 - args.alpha_kd)
     trainer = DistillationTrainer(
@@ -130,20 +138,16 @@ def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_st
     )
     trainer.train()
     trainer.save_model(str(partial))
-    return _publish(partial, final_dir)
-
-
-def _publish(partial: Path, final_dir: Path) -> Path:
     # a model folder appears only once complete: an interrupted run never leaves a half-written one
-    shutil.rmtree(final_dir, ignore_errors=True)
-    partial.rename(final_dir)
-    return final_dir
+    return publish_dir(partial, final_dir)
 
 
 def _evaluation_split(dataset_name: str) -> str:
     # the split the teacher was evaluated on (load_classification_dataset's choice), held out from training
+    from .utils.heads import evaluation_split
+
     splits = assets.load_text_dataset(dataset_name)
-    split = next((name for name in ("validation", "test") if name in splits), None)
+    split = evaluation_split(splits)
     if split is None:
         raise ValueError(f"{dataset_name} has no 'validation' or 'test' split to compare the models on "
                          f"(it has {list(splits)}).")
@@ -167,12 +171,11 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     teacher_dir, student_dir = output_dir / "teacher", output_dir / "student"
     pruned_dir, compact_dir = output_dir / "student-pruned", output_dir / "student-compact"
     trimmed_dir = output_dir / "student-trimmed"
-    print(f"hf-bigsmall quickstart: {args.teacher} on {args.dataset}"
-          f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}", flush=True)
+    echo(f"hf-bigsmall quickstart: {args.teacher} on {args.dataset}"
+          f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
 
     eval_split = _evaluation_split(args.dataset)  # checked before any training
 
@@ -183,11 +186,12 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
         reason = trimming_unsupported(tokenizer)
         if reason is not None:  # on by default: say so and go on without it
-            print(f"      vocabulary trimming skipped: {reason}", flush=True)
+            echo(f"      vocabulary trimming skipped: {reason}")
             args.trim_vocabulary = False
     dataset = load_classification_dataset(tokenizer, args.dataset, max_length=args.max_length,
                                           max_train_samples=args.max_train_samples,
                                           max_eval_samples=args.eval_samples, seed=args.seed)
+    output_dir.mkdir(parents=True, exist_ok=True)  # only once the dataset is known to be usable
     inputs_record = teacher_dir / TEACHER_INPUTS_NAME  # what made the teacher: reused only if the inputs match
     recorded = inputs_record.read_text() if inputs_record.is_file() else None
     earlier = (teacher_dir / "config.json").is_file()
@@ -198,17 +202,14 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     reused = recorded is not None and inputs_record.is_file() and inputs_record.read_text() == recorded
     copied = Path(teacher_path) != teacher_dir
     if copied:  # a classifier already: copy it so the folder holds every model
-        partial = teacher_dir.with_name(teacher_dir.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        shutil.copytree(teacher_path, partial)
-        _publish(partial, teacher_dir)  # nothing left of an earlier run's teacher
+        with publishing(teacher_dir) as partial:  # nothing left of an earlier run's teacher
+            shutil.copytree(teacher_path, partial)
     tokenizer.save_pretrained(teacher_dir)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
     if reused:
-        print(f"      reused the teacher fine-tuned by an earlier run in {teacher_dir}", flush=True)
+        echo(f"      reused the teacher fine-tuned by an earlier run in {teacher_dir}")
     elif earlier:
-        print(f"      replaced the teacher an earlier run left in {teacher_dir}: it was made from other inputs",
-              flush=True)
+        echo(f"      replaced the teacher an earlier run left in {teacher_dir}: it was made from other inputs")
     _done(start, teacher_dir)
 
     start = _stage(2, f"Student: {args.student_layers} layers made from the teacher, distilled ({args.distill_steps} steps)")
@@ -226,11 +227,9 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     start = _stage(4, "Compact student: pruned neurons physically removed"
                       + (", then the vocabulary trimmed to the training texts" if args.trim_vocabulary else ""))
     compacted = compact(AutoModelForSequenceClassification.from_pretrained(pruned_dir))
-    partial = compact_dir.with_name(compact_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    compacted.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    _publish(partial, compact_dir)
+    with publishing(compact_dir) as partial:
+        compacted.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
     models = {"teacher": teacher_dir, "student": student_dir, "student-pruned": pruned_dir,
               "student-compact": compact_dir}
     if args.trim_vocabulary:
@@ -238,15 +237,13 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
         texts = assets.load_text_dataset(args.dataset)["train"]["text"]
         trimmed, trimmed_tokenizer = trim_vocabulary(compacted, tokenizer, texts)
-        partial = trimmed_dir.with_name(trimmed_dir.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        trimmed.save_pretrained(partial)
-        trimmed_tokenizer.save_pretrained(partial)
-        _publish(partial, trimmed_dir)
+        with publishing(trimmed_dir) as partial:
+            trimmed.save_pretrained(partial)
+            trimmed_tokenizer.save_pretrained(partial)
         models["student-trimmed"] = trimmed_dir
         record = trimmed.config.vocabulary_trimming
-        print(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
-              f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}", flush=True)
+        echo(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
+              f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}")
     _done(start, compact_dir)
 
     # every model carries the emissions of the runs it came from: its own plus its ancestors'
@@ -264,11 +261,11 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         build_model_card(folder, base_model=hub_id(args.teacher), dataset=args.dataset).save(folder / "README.md")
     _done(start, output_dir / "report.md")
 
-    print("\n" + markdown_table(comparison.to_dict()))
-    print(f"\nEverything is in {output_dir.resolve()}:")
+    echo("\n" + markdown_table(comparison.to_dict()))
+    echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
-        print(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
-    print(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
-    print(f"  plots            {output_dir / 'quality_vs_size.png'}, {output_dir / 'quality_vs_energy.png'}")
-    print(f"Share one with: hf-bigsmall push {list(models.values())[-1]} <your-name>/<repo>")
+        echo(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
+    echo(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
+    echo(f"  plots            {output_dir / 'quality_vs_size.png'}, {output_dir / 'quality_vs_energy.png'}")
+    echo(f"Share one with: hf-bigsmall push {list(models.values())[-1]} <your-name>/<repo>")
     return output_dir

@@ -17,13 +17,13 @@ bigsmall_output/
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import assets
+from .utils.console import echo
+from .utils.files import atomic_write_json, fresh_partial_dir, publish_dir, publishing
 
 # (calibration samples, healing steps, batch size, evaluation articles, latency samples)
 _BUDGETS = {"default": (128, 120, 4, 64, 10), "fast": (8, 2, 2, 6, 2)}
@@ -104,24 +104,21 @@ def tiny_random_llama(tokenizer):
 
 
 def _stage(number: int, text: str) -> float:
-    print(f"\n[{number}/{STAGES}] {text}", flush=True)
+    echo(f"\n[{number}/{STAGES}] {text}")
     return time.perf_counter()
 
 
 def _done(start: float, where: Path) -> None:
-    print(f"      done in {time.perf_counter() - start:.0f} s -> {where}", flush=True)
+    echo(f"      done in {time.perf_counter() - start:.0f} s -> {where}")
 
 
 def _save(model, tokenizer, folder: Path, importance=None) -> Path:
     """Write a model folder through `<folder>.partial`, so an interrupted run never leaves half of one."""
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    if importance is not None:
-        importance.save(partial)
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    with publishing(folder) as partial:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        if importance is not None:
+            importance.save(partial)
     return folder
 
 
@@ -163,8 +160,8 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     teacher_dir, pruned_dir, student_dir = output_dir / "teacher", output_dir / "student-pruned", output_dir / "student"
-    print(f"hf-bigsmall quickstart --task causal-lm: {args.teacher} on {args.dataset}"
-          f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}", flush=True)
+    echo(f"hf-bigsmall quickstart --task causal-lm: {args.teacher} on {args.dataset}"
+          f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
 
     start = _stage(1, f"Teacher and data: {args.teacher}, {args.dataset} in blocks of {args.block_size} tokens")
     teacher, tokenizer = _teacher(args)
@@ -190,7 +187,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     importance = compute_importance(teacher, dataset["train"], num_samples=args.calibration_samples)
     importance.save(output_dir)
     order = importance.blocks.argsort().tolist()
-    print(f"      least important blocks (Block Influence): {order[: depth - layers]}", flush=True)
+    echo(f"      least important blocks (Block Influence): {order[: depth - layers]}")
     _done(start, output_dir / "importance.json")
 
     start = _stage(3, f"Prune: keep the {layers} most important of {depth} blocks"
@@ -205,8 +202,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
 
     start = _stage(4, f"Heal: distil from the unpruned teacher, {args.heal_steps} steps of {args.batch_size} x "
                       f"{args.block_size} tokens ({heal_samples * args.block_size:,} tokens)")
-    partial = student_dir.with_name(student_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = fresh_partial_dir(student_dir)
     config = DistillationConfig(
         output_dir=str(partial), max_steps=max(args.heal_steps, 1), per_device_train_batch_size=args.batch_size,
         learning_rate=args.learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine",
@@ -223,8 +219,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
         trainer.train()
     trainer.save_model(str(partial))
     kept.save(partial)
-    shutil.rmtree(student_dir, ignore_errors=True)
-    partial.rename(student_dir)
+    publish_dir(partial, student_dir)
     _done(start, student_dir)
 
     start = _stage(5, f"Compare: perplexity on {args.eval_samples} held-out articles, size, prefill latency, decode "
@@ -240,13 +235,13 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     summary = {"teacher_layers": student.config.distillation["teacher_layers"], "widths": widths,
                "heal_tokens": heal_samples * args.block_size if args.heal_steps else 0,
                "calibration_samples": importance.num_samples}
-    (output_dir / "pruning.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(output_dir / "pruning.json", summary)
     _done(start, output_dir / "report.md")
 
-    print("\n" + markdown_table(comparison.to_dict()))
-    print(f"\nEverything is in {output_dir.resolve()}:")
+    echo("\n" + markdown_table(comparison.to_dict()))
+    echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
-        print(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
-    print(f"  importance       {output_dir / 'importance.json'}, {output_dir / 'importance.png'}")
-    print(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
+        echo(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
+    echo(f"  importance       {output_dir / 'importance.json'}, {output_dir / 'importance.png'}")
+    echo(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
     return output_dir

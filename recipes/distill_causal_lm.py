@@ -16,7 +16,6 @@ line or a YAML file (every `DistillationConfig` field and the fields below):
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_st
 from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
 from hf_bigsmall.utils.distributed import shutdown_process_group
+from hf_bigsmall.utils.files import atomic_write_json
 
 
 @dataclass
@@ -73,7 +73,7 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     trainer.create_model_card(dataset=script_args.dataset_name)  # README.md: how the student was made
     compacted = script_args.save_compacted(trainer, dataset=script_args.dataset_name)
     if trainer.is_world_process_zero():
-        Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(Path(training_args.output_dir, "eval_results.json"), metrics)
         print(
             f"Teacher ({teacher.num_parameters() / 1e6:.1f} M params): {teacher_path}\n"
             f"Student ({student.num_parameters() / 1e6:.1f} M params, eval perplexity {metrics['eval_perplexity']:.1f}): "

@@ -30,6 +30,7 @@ from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_st
 from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.text_classification import accuracy, classification_teacher, load_classification_dataset
 from hf_bigsmall.utils.distributed import shutdown_process_group
+from hf_bigsmall.utils.files import atomic_write_json
 
 
 @dataclass
@@ -91,7 +92,7 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     trainer.create_model_card(dataset=script_args.dataset_name)  # README.md: how the student was made
     compacted = script_args.save_compacted(trainer, dataset=script_args.dataset_name)
     if trainer.is_world_process_zero():
-        Path(training_args.output_dir, "eval_results.json").write_text(json.dumps(metrics, indent=2))
+        atomic_write_json(Path(training_args.output_dir, "eval_results.json"), metrics)
         teacher_results = Path(teacher_path) / "teacher_eval_results.json"
         teacher_accuracy = round(json.loads(teacher_results.read_text())["eval_accuracy"], 3) if teacher_results.is_file() else "n/a"
         print(

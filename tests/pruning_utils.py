@@ -38,5 +38,6 @@ def training_args(output_dir, **overrides) -> TrainingArguments:
     return TrainingArguments(**kwargs)
 
 
-def pruning_trainer(model, args, callback, dataset=None) -> Trainer:
-    return Trainer(model=model, args=args, train_dataset=dataset or TokenClassificationData(), callbacks=[callback])
+def pruning_trainer(model, args, callback, dataset=None, trainer_class=Trainer, **kwargs) -> Trainer:
+    return trainer_class(model=model, args=args, train_dataset=dataset or TokenClassificationData(), callbacks=[callback],
+                         **kwargs)

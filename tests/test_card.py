@@ -177,7 +177,69 @@ def test_distillation_trainer_push_to_hub_uploads_the_kit_card(tmp_path, monkeyp
     assert "sparsity_masks.safetensors" in uploaded["files"] and "energy.json" in uploaded["files"]
 
 
-def test_plain_trainer_with_pruning_callback_writes_the_kit_card(tmp_path):
+def _count_readme_writes(monkeypatch) -> list[str]:
+    """Record every write of a README.md: opened for writing, or renamed into place."""
+    import builtins
+    import os
+
+    writes = []
+    real_open, real_replace = builtins.open, os.replace
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file).endswith("README.md") and any(m in mode for m in "wax"):
+            writes.append("open")
+        return real_open(file, mode, *args, **kwargs)
+
+    def counting_replace(source, target, *args, **kwargs):
+        if os.fspath(target).endswith("README.md"):
+            writes.append("replace")
+        return real_replace(source, target, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    monkeypatch.setattr(os, "replace", counting_replace)
+    return writes
+
+
+@pytest.mark.parametrize("trainer_name", ["BigSmallTrainer", "DistillationTrainer"])
+def test_the_seam_writes_the_kit_card_once_with_every_callback(tmp_path, monkeypatch, trainer_name):
+    from transformers import BertForSequenceClassification
+
+    import hf_bigsmall
+    from hf_bigsmall import DistillationConfig, EnergyCallback, MagnitudePruningCallback
+    from tests.pruning_utils import tiny_bert
+
+    args = DistillationConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, report_to="none",
+                              save_strategy="no", use_cpu=True, disable_tqdm=True)
+    callbacks = [MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot"), EnergyCallback(country_iso_code="FRA")]
+    if trainer_name == "DistillationTrainer":
+        torch.manual_seed(0)
+        teacher = BertForSequenceClassification(tiny_bert_config())
+        trainer = hf_bigsmall.DistillationTrainer(model=hf_bigsmall.make_student(teacher, num_layers=2),
+                                                  teacher_model=teacher, args=args,
+                                                  train_dataset=_token_dataset(), callbacks=callbacks)
+    else:
+        trainer = hf_bigsmall.BigSmallTrainer(model=tiny_bert(), args=args, train_dataset=_token_dataset(), callbacks=callbacks)
+    trainer.create_model_card()  # before anything is saved: the Trainer's draft, nothing breaks
+    assert "hf-bigsmall" not in (ModelCard.load(tmp_path / "README.md").data.tags or [])
+
+    trainer.train()
+    trainer.save_model()
+    assert (tmp_path / "sparsity_masks.safetensors").is_file()
+    writes = _count_readme_writes(monkeypatch)
+    trainer.create_model_card(model_name="pruned-bert", tags=["my-tag"])
+    assert writes == ["replace"]  # one atomic write, however many kit callbacks are attached
+    card = ModelCard.load(tmp_path / "README.md")
+    validate_card(str(card))
+    assert {"hf-bigsmall", "pruned", "my-tag", "generated_from_trainer"} <= set(card.data.tags)
+    assert ("distillation" in card.data.tags) == (trainer_name == "DistillationTrainer")
+    assert "# pruned-bert" in card.text and "### Pruning" in card.text and "`one_shot`" in card.text
+    assert card.data.co2_eq_emissions["geographical_location"] == "FRA"
+    assert "### Training hyperparameters" in card.text and card.text.count("## Training procedure") == 1
+    assert not (tmp_path / "README.md.tmp").exists()
+
+
+def test_a_plain_trainer_keeps_its_own_card(tmp_path):
+    """Without the seam nothing of the Trainer's is replaced: its draft card is what it writes."""
     from transformers import Trainer, TrainingArguments
 
     from hf_bigsmall import MagnitudePruningCallback
@@ -187,18 +249,13 @@ def test_plain_trainer_with_pruning_callback_writes_the_kit_card(tmp_path):
                              save_strategy="no", use_cpu=True, disable_tqdm=True)
     trainer = Trainer(model=tiny_bert(), args=args, train_dataset=_token_dataset(),
                       callbacks=[MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot")])
-    trainer.create_model_card()  # before anything is saved: the Trainer's draft stays, nothing breaks
-    assert "hf-bigsmall" not in (ModelCard.load(tmp_path / "README.md").data.tags or [])
-
     trainer.train()
     trainer.save_model()
-    trainer.create_model_card(model_name="pruned-bert", tags=["my-tag"])
-    card = ModelCard.load(tmp_path / "README.md")
-    validate_card(str(card))
-    assert {"hf-bigsmall", "pruned", "my-tag"} <= set(card.data.tags) and "distillation" not in card.data.tags
-    assert "# pruned-bert" in card.text and "### Pruning" in card.text and "`one_shot`" in card.text
-    assert "### Training hyperparameters" in card.text
-    assert not (tmp_path / "README.md.tmp").exists()
+    assert type(trainer).create_model_card is Trainer.create_model_card and "create_model_card" not in vars(trainer)
+    trainer.create_model_card(model_name="pruned-bert")
+    assert "hf-bigsmall" not in (ModelCard.load(tmp_path / "README.md").data.tags or [])
+    # the kit's card for that folder is one call away
+    assert "### Pruning" in build_model_card(tmp_path).text
 
 
 def test_hub_ids_of_names():

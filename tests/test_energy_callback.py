@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertForSequenceClassification, Trainer, TrainerCallback, TrainingArguments
 
-from hf_bigsmall import EnergyCallback
+from hf_bigsmall import BigSmallTrainer, EnergyCallback
 from hf_bigsmall.energy import callback as callback_module
 from hf_bigsmall.energy.meters import RaplMeter
 from tests.scripts.energy_utils import TinyClassificationData
@@ -23,7 +23,7 @@ class RecordLogs(TrainerCallback):
         self.logs.append(dict(logs))
 
 
-def make_trainer(tmp_path, energy, max_steps=4, **overrides):
+def make_trainer(tmp_path, energy, max_steps=4, trainer_class=BigSmallTrainer, **overrides):
     kwargs = dict(
         output_dir=str(tmp_path), max_steps=max_steps, per_device_train_batch_size=4, per_device_eval_batch_size=8,
         logging_steps=2, eval_strategy="steps", eval_steps=2, save_strategy="no", report_to="none",
@@ -33,8 +33,8 @@ def make_trainer(tmp_path, energy, max_steps=4, **overrides):
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config())
     data = TinyClassificationData()
-    return Trainer(model, TrainingArguments(**kwargs), train_dataset=data, eval_dataset=TinyClassificationData(16),
-                   callbacks=[energy, RecordLogs()])
+    return trainer_class(model, TrainingArguments(**kwargs), train_dataset=data, eval_dataset=TinyClassificationData(16),
+                         callbacks=[energy, RecordLogs()])
 
 
 def energy_entries(history, key="energy_joules"):
@@ -81,6 +81,33 @@ def test_energy_reaches_log_history_and_energy_json(tmp_path):
     prediction = trainer.predict(TinyClassificationData(8))
     assert prediction.metrics["test_energy_joules"] > 0
     assert json.loads((tmp_path / "energy.json").read_text())["prediction"]["windows"] == 1
+
+
+def test_a_plain_trainer_gets_training_and_its_evaluations_from_the_events_alone(tmp_path, caplog, monkeypatch):
+    from hf_bigsmall.energy.meters import base
+
+    monkeypatch.setattr(base, "_WARNED", set())  # warned once per process: another test may have seen it
+    energy = EnergyCallback(cpu_tdp_watts=40, cpu_threads=10)
+    trainer = make_trainer(tmp_path, energy, trainer_class=Trainer)
+    with caplog.at_level(logging.WARNING, logger="hf_bigsmall.energy"):
+        trainer.train()
+    assert "plain Trainer" in caplog.text and "BigSmallTrainerMixin" in caplog.text
+    history = trainer.state.log_history
+    intervals = energy_entries(history)
+    assert [entry["step"] for entry in intervals] == [2, 4] and all(e["energy_joules"] > 0 for e in intervals)
+    assert all(e["energy_source"] == "estimate" for e in intervals)
+    evaluations = energy_entries(history, "eval_energy_joules")  # measured from the step that triggered them
+    assert [entry["step"] for entry in evaluations] == [2, 4]
+    assert all(e["eval_energy_joules_per_sample"] == pytest.approx(e["eval_energy_joules"] / 16) for e in evaluations)
+    (final,) = energy_entries(history, "train_energy_joules")
+    record = json.loads((tmp_path / "energy.json").read_text())
+    assert record["energy_joules"] == pytest.approx(final["train_energy_joules"])
+    assert record["evaluation"]["windows"] == 2 and record["evaluation"]["num_samples"] == 32
+    # what integrations receive is the Trainer's own logs only: that needs the seam
+    recorder = next(c for c in trainer.callback_handler.callbacks if isinstance(c, RecordLogs))
+    assert not any("energy_joules" in logs for logs in recorder.logs)
+    # an evaluate() outside training has no start event: not measured, rather than measured wrong
+    assert "eval_energy_joules" not in trainer.evaluate()
 
 
 @pytest.mark.parametrize("restore_callback_states", [False, True])
@@ -181,10 +208,9 @@ def test_model_card_gets_co2_metadata(tmp_path):
     assert "tiny-student" in card.content  # the Trainer's own card is kept
 
 
-def test_explicit_trainer_measures_an_evaluation_before_training(tmp_path):
+def test_the_seam_measures_an_evaluation_before_training(tmp_path):
     trainer = make_trainer(tmp_path, RecordLogs(), eval_strategy="no")
-    energy = EnergyCallback(trainer=trainer)
-    assert energy in trainer.callback_handler.callbacks  # it added itself
+    trainer.add_callback(EnergyCallback())
     metrics = trainer.evaluate()
     assert metrics["eval_energy_joules"] > 0 and metrics["eval_energy_is_estimate"] == 1.0
     assert metrics["eval_energy_joules_per_sample"] == pytest.approx(metrics["eval_energy_joules"] / 16)

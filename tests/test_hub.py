@@ -81,7 +81,7 @@ def test_failed_upload_leaves_folder_intact_and_says_what_to_retry(model_dir, hu
     (model_dir / "README.md").write_text("---\nlicense: mit\n---\n\n# card\n")
     before = _snapshot(model_dir)
     with LoopbackHub(fail_commits=1) as hub:
-        with pytest.raises(HubUploadError, match=r"hf-bigsmall push .* me/tiny-student` again") as error:
+        with pytest.raises(HubUploadError, match=r"hf-bigsmall push .* me/tiny-student.*` again") as error:
             push_folder(model_dir, "me/tiny-student", token="hf_loopback", endpoint=hub.url)
         assert "Nothing in" in str(error.value) and "403" in str(error.value)
         assert hub.files("me/tiny-student") == {} and hub.commits == []
@@ -89,6 +89,65 @@ def test_failed_upload_leaves_folder_intact_and_says_what_to_retry(model_dir, hu
 
         push_folder(model_dir, "me/tiny-student", token="hf_loopback", endpoint=hub.url)  # the retry lands
         assert "model.safetensors" in hub.files("me/tiny-student")
+
+
+def test_failed_upload_adds_no_card_and_the_retry_keeps_every_option(model_dir, hub_online, monkeypatch):
+    """The folder has no README.md: the card built for the upload must not stay behind when it fails."""
+    import shlex
+
+    from hf_bigsmall import cli
+
+    before = _snapshot(model_dir)
+    with LoopbackHub(fail_commits=1) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        with pytest.raises(HubUploadError) as error:
+            push_folder(model_dir, "me/tiny-student", token="hf_secret_token", endpoint=hub.url, revision="v2",
+                        private=True, commit_message="second try")
+        assert _snapshot(model_dir) == before and not (model_dir / "README.md").exists()
+        retry = str(error.value).split("run `")[1].split("` again")[0]
+        assert "hf_secret_token" not in str(error.value)
+        words = shlex.split(retry)
+        assert words[:2] == [f"HF_ENDPOINT={hub.url}", "hf-bigsmall"]
+        assert words[words.index("--revision") + 1] == "v2" and "--private" in words
+        assert words[words.index("--commit_message") + 1] == "second try"
+
+        # the retry, run as written (the token from the environment), lands on the same revision
+        monkeypatch.setenv("HF_TOKEN", "hf_loopback")
+        argv = [w.replace("$HF_TOKEN", "hf_loopback") for w in words[2:]]
+        from huggingface_hub import constants
+
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        assert cli.main(argv) == 0
+        assert hub.commits[-1]["revision"] == "v2" and hub.commits[-1]["summary"] == "second try"
+    assert (model_dir / "README.md").is_file()  # written once the commit landed, as uploaded
+
+
+def test_cli_push_offline_fails_without_touching_the_folder(model_dir, capsys):
+    from hf_bigsmall import cli
+
+    before = _snapshot(model_dir)  # the suite runs with HF_HUB_OFFLINE=1: the upload cannot start
+    assert cli.main(["push", str(model_dir), "me/tiny-student", "--revision", "dev"]) == 1
+    assert _snapshot(model_dir) == before and not (model_dir / "README.md").exists()
+    assert f"hf-bigsmall push {model_dir} me/tiny-student --revision dev` again" in capsys.readouterr().err
+
+
+def test_leftovers_of_interrupted_writes_and_imp_rounds_stay_local(model_dir, hub_online):
+    (model_dir / "energy.json.tmp").write_text("{")
+    (model_dir / "quality_vs_size.partial.png").write_bytes(b"half a png")
+    (model_dir / "quality_vs_size.png").write_bytes(b"a png")
+    (model_dir / "student.partial").mkdir()
+    (model_dir / "student.partial" / "config.json").write_text("{}")
+    for name in ("imp-round-0", "imp-round-1"):
+        (model_dir / name).mkdir()
+        (model_dir / name / "model.safetensors").write_bytes(b"weights")
+    (model_dir / "runs").mkdir()
+    (model_dir / "runs" / "events.out").write_bytes(b"log")
+    with LoopbackHub() as hub:
+        push_folder(model_dir, "me/tiny-student", token="hf_loopback", endpoint=hub.url)
+    files = set(hub.files("me/tiny-student"))
+    assert "quality_vs_size.png" in files and "model.safetensors" in files
+    assert not [f for f in files if f.endswith(".tmp") or ".partial" in f or f.startswith(("imp-round-", "runs/",
+                                                                                          "checkpoint-"))], files
 
 
 @pytest.mark.parametrize("repo_id, message", [("not a repo id!", "not a valid Hub repository id")])

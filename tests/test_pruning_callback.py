@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback
 
-from hf_bigsmall import MagnitudePruningCallback, sparsity_report
+from hf_bigsmall import BigSmallTrainer, MagnitudePruningCallback, sparsity_report
 from tests.pruning_utils import TokenClassificationData, pruning_trainer, tiny_bert, training_args
 from tests.testing_utils import random_token_batch
 
@@ -33,7 +33,7 @@ def test_no_drift_with_adamw_accumulation_and_bf16(tmp_path):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     callback = MagnitudePruningCallback(target_sparsity=0.6, schedule="cubic")
     args = training_args(tmp_path, gradient_accumulation_steps=2, bf16=True, weight_decay=0.1, optim="adamw_torch")
-    trainer = pruning_trainer(model, args, callback)
+    trainer = pruning_trainer(model, args, callback, trainer_class=BigSmallTrainer)
     recorder = RecordLogs()
     trainer.add_callback(recorder)
 
@@ -69,13 +69,19 @@ def test_no_drift_with_adamw_accumulation_and_bf16(tmp_path):
     assert sum("loss" in h for h in trainer.state.log_history) == 4  # max_steps 8 / logging_steps 2
 
 
-def test_a_callback_added_after_construction_logs_through_the_given_trainer(tmp_path):
-    trainer = Trainer(model=tiny_bert(), args=training_args(tmp_path, max_steps=2), train_dataset=TokenClassificationData())
+@pytest.mark.parametrize("trainer_class", [Trainer, BigSmallTrainer])
+def test_a_callback_added_after_construction_logs_where_its_trainer_allows(tmp_path, trainer_class):
+    trainer = trainer_class(model=tiny_bert(), args=training_args(tmp_path, max_steps=2),
+                            train_dataset=TokenClassificationData())
     recorder = RecordLogs()
     trainer.add_callback(recorder)
-    trainer.add_callback(MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot", trainer=trainer))
+    trainer.add_callback(MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot"))
     trainer.train()
-    assert any(logs.get("sparsity/global") == pytest.approx(0.5, abs=1e-4) for logs in recorder.seen)
+    history = [h for h in trainer.state.log_history if "sparsity/global" in h]
+    assert history and history[0]["sparsity/global"] == pytest.approx(0.5, abs=1e-4)
+    # only through the seam do the figures reach what integrations receive
+    reached = any(logs.get("sparsity/global") == pytest.approx(0.5, abs=1e-4) for logs in recorder.seen)
+    assert reached == (trainer_class is BigSmallTrainer)
 
 
 def test_save_and_plain_from_pretrained_round_trip(tmp_path):
@@ -121,12 +127,14 @@ def test_continued_training_rearms_saved_masks(tmp_path):
     assert masked_entries_are_zero(reloaded, first.masks)
 
 
-def run(output_dir, max_steps=8, resume=None, restore_callback_states=False, **callback_kwargs):
+def run(output_dir, max_steps=8, resume=None, restore_callback_states=False, trainer_class=Trainer, args_resume=None,
+        **callback_kwargs):
     model = tiny_bert()
     callback = MagnitudePruningCallback(**{"target_sparsity": 0.5, "schedule": "cubic", **callback_kwargs})
     args = training_args(output_dir, max_steps=max_steps, save_strategy="steps", save_steps=4, learning_rate=5e-3,
-                         restore_callback_states_from_checkpoint=restore_callback_states)
-    trainer = pruning_trainer(model, args, callback)
+                         restore_callback_states_from_checkpoint=restore_callback_states,
+                         resume_from_checkpoint=args_resume)
+    trainer = pruning_trainer(model, args, callback, trainer_class=trainer_class)
     trainer.train(resume_from_checkpoint=resume)
     # with restore_callback_states_from_checkpoint the Trainer swaps in a callback rebuilt from the checkpoint
     callback = next(c for c in trainer.callback_handler.callbacks if isinstance(c, MagnitudePruningCallback))
@@ -134,17 +142,21 @@ def run(output_dir, max_steps=8, resume=None, restore_callback_states=False, **c
 
 
 @pytest.mark.parametrize("schedule, restore_callback_states, moved", [
-    ("cubic", False, False), ("imp", False, False), ("imp", True, False), ("imp", False, True),
+    ("cubic", False, None), ("imp", False, None), ("imp", True, None), ("imp", False, "seam"), ("imp", True, "seam"),
+    ("imp", False, "args"),
 ])
 def test_kill_and_resume_equals_uninterrupted(tmp_path, schedule, restore_callback_states, moved):
     kwargs = {"schedule": schedule, "imp_rounds": 2} if schedule == "imp" else {"schedule": schedule}
     full_model, full_callback = run(tmp_path / "full", **kwargs)
     # The interrupted run: only what was on disk at step 4 survives the kill; `moved`: the checkpoint
-    # was copied to another machine or folder and is resumed from there by path
+    # was copied to another machine or folder and is resumed from there by path, found by the seam
+    # (BigSmallTrainer records the path train() got) or, under a plain Trainer, by args.resume_from_checkpoint
     checkpoint = tmp_path / ("moved" if moved else "killed") / "checkpoint-4"
     shutil.copytree(tmp_path / "full" / "checkpoint-4", checkpoint)
-    resumed_model, resumed_callback = run(tmp_path / "killed", resume=str(checkpoint) if moved else True,
-                                          restore_callback_states=restore_callback_states, **kwargs)
+    resumed_model, resumed_callback = run(
+        tmp_path / "killed", resume=str(checkpoint) if moved else True, restore_callback_states=restore_callback_states,
+        trainer_class=BigSmallTrainer if moved == "seam" else Trainer, args_resume=str(checkpoint) if moved == "args" else None,
+        **kwargs)
 
     assert set(resumed_callback.masks) == set(full_callback.masks)
     for name, mask in full_callback.masks.items():

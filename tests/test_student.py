@@ -66,8 +66,11 @@ def test_narrower_student_is_random_and_consistent(arch):
         assert config.head_dim * config.num_attention_heads == 16
     if arch != "gpt2":  # GPT-2's n_inner=None already follows the width
         assert config.intermediate_size == teacher.config.intermediate_size // 2
-    out = student(**random_token_batch())
-    assert out.logits.shape[-1] == teacher.config.num_labels if arch == "bert" else teacher.config.vocab_size
+    batch = random_token_batch()
+    out = student(**batch)
+    batch_size, seq_len = batch["input_ids"].shape
+    expected = (batch_size, teacher.config.num_labels) if arch == "bert" else (batch_size, seq_len, teacher.config.vocab_size)
+    assert tuple(out.logits.shape) == expected
 
 
 def test_record_survives_save_and_reload(tmp_path):

@@ -117,7 +117,7 @@ def exit_launched_rank() -> None:
 
     Every rank waits for the others, then leaves with `os._exit(0)`: tearing down the DDP reducer
     and the gloo group at interpreter exit sometimes deadlocks (the group's destructor joins gloo's
-    thread while holding the GIL that thread needs) or aborts with SIGABRT (see PLATFORM.md).
+    thread while holding the GIL that thread needs) or aborts with SIGABRT.
     """
     import torch.distributed as dist
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
+from transformers.utils import logging
 
 from ..losses import HIDDEN_LOSSES, KD_LOSSES
+from ..utils.checks import check_finite
 from ..utils.distributed import needs_cpu_process_group
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 TEACHER_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -102,6 +103,13 @@ class DistillationConfig(TrainingArguments):
             logger.warning("Several processes were launched on a machine without a GPU: setting use_cpu=True.")
             self.use_cpu = True
         super().__post_init__()
+        check_finite("temperature", self.temperature, "> 0")
+        for name in ("alpha_kd", "alpha_ce", "alpha_hidden", "alpha_attention"):
+            check_finite(name, getattr(self, name), ">= 0")
+        check_finite("jsd_beta", self.jsd_beta, "strictly between 0 and 1")
+        # the task loss applies label smoothing as the Trainer's LabelSmoother does
+        if not 0.0 <= check_finite("label_smoothing_factor", self.label_smoothing_factor, "in [0, 1)") < 1.0:
+            raise ValueError(f"label_smoothing_factor must be in [0, 1) (0 turns it off), got {self.label_smoothing_factor}.")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0 (1 keeps the logits as they are), got {self.temperature}.")
         weights = {

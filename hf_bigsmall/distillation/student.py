@@ -8,6 +8,8 @@ import re
 import torch
 from transformers import PreTrainedModel
 
+from .teacher import teacher_name
+
 # `encoder.layer.3.` (BERT), `transformer.h.3.` (GPT-2), `model.layers.3.` (Llama, Mistral, Qwen...)
 _LAYER_KEY = re.compile(r"(^|\.)(layer|layers|h|block|blocks)\.(\d+)\.")
 
@@ -120,7 +122,7 @@ def make_student(
     same_width = config.hidden_size == width and config.num_attention_heads == teacher_config.num_attention_heads
     initialized = bool(initialize_from_teacher and same_width)
     config.distillation = {
-        "teacher": getattr(teacher_config, "_name_or_path", "") or type(teacher).__name__,
+        "teacher": teacher_name(teacher),
         "teacher_class": type(teacher).__name__,
         "teacher_num_layers": depth,
         "teacher_layers": teacher_layers,

@@ -9,24 +9,13 @@ import torch
 from transformers import PreTrainedModel
 
 from .. import assets
-
-# class-name suffix of a task head -> the Auto class that loads it
-_HEADS = {
-    "ForSequenceClassification": "AutoModelForSequenceClassification",
-    "ForCausalLM": "AutoModelForCausalLM",
-    "LMHeadModel": "AutoModelForCausalLM",  # GPT2LMHeadModel
-    "ForTokenClassification": "AutoModelForTokenClassification",
-    "ForMaskedLM": "AutoModelForMaskedLM",
-}
+from ..utils.heads import task_head
 
 
 def head_kind(model: PreTrainedModel) -> str | None:
-    """The Auto class name of `model`'s task head, or None for a bare backbone (no logits)."""
-    name = type(model).__name__
-    for suffix, auto_class in _HEADS.items():
-        if name.endswith(suffix):
-            return auto_class
-    return None
+    """The Auto class name of `model`'s task head, or None when it returns no `logits` (a bare backbone)."""
+    head = task_head(type(model).__name__)
+    return head.auto_class if head is not None and head.returns_logits else None
 
 
 def load_teacher(name_or_path: str | os.PathLike, student: PreTrainedModel) -> PreTrainedModel:
@@ -66,6 +55,16 @@ def load_teacher(name_or_path: str | os.PathLike, student: PreTrainedModel) -> P
             "first (hf_bigsmall.tasks.text_classification.train_teacher does this for classification)."
         )
     return teacher
+
+
+def teacher_name(teacher: PreTrainedModel) -> str:
+    """How a student records its teacher: the Hub id or folder it was loaded from, else its class.
+
+    A local folder is recorded by its absolute path: a relative one would read as a Hub id (the
+    card's `base_model`) once the working directory changes.
+    """
+    name = getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__
+    return os.path.abspath(name) if os.path.isdir(name) else name
 
 
 def _is_backbone_key(model: PreTrainedModel, key: str) -> bool:

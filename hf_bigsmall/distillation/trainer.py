@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -10,19 +9,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_pt_utils import nested_gather
+from transformers.utils import logging
 
 from ..losses import attention_loss, hidden_state_loss, kd_loss
+from ..utils.trainer import BigSmallTrainerMixin
 from .config import DistillationConfig
+from .data_checks import check_dataset
 from .teacher import (
     check_layer_map,
     check_teacher_student,
     default_layer_map,
+    head_kind,
     load_teacher,
     prepare_deepspeed_teacher,
+    teacher_name,
 )
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 PROJECTION_NAME = "distillation_projection"
 # logits per chunk of the soft-target loss when `kd_chunk_size` is unset: 16 MB of float32
@@ -30,12 +33,15 @@ KD_CHUNK_LOGITS = 2**22
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class DistillationTrainer(Trainer):
+class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     r"""
     Trains a student on its task loss plus the soft targets of a frozen teacher (Hinton et al. 2015).
 
-    The loss is `compute_loss`'s; `log`, `evaluation_loop` and `create_model_card` call the
-    Trainer's own and only add to what it reports. The training loop, callbacks, checkpoints,
+    The loss is `compute_loss`'s; `log` and `evaluation_loop` call the Trainer's own and only add
+    to what it reports. It includes [`BigSmallTrainerMixin`], so the kit's callbacks log through it,
+    measure its evaluations, save masks with `save_model`, and `create_model_card` (also run by
+    `push_to_hub`) writes the kit's card: teacher as `base_model`, distillation and pruning
+    settings, `co2_eq_emissions`. The training loop, callbacks, checkpoints,
     gradient accumulation, DDP, FSDP and DeepSpeed are the `Trainer`'s own. The teacher is frozen, kept in
     `eval()` and run under `torch.no_grad()`; it is prepared by accelerate in evaluation mode (mixed
     precision and device placement, never a DDP wrapper). Under DeepSpeed ZeRO-3 it is sharded by a
@@ -71,9 +77,6 @@ class DistillationTrainer(Trainer):
     ```
     """
 
-    # its create_model_card writes the kit's card; the pruning callback need not wrap it
-    writes_kit_card = True
-
     def __init__(
         self,
         model: PreTrainedModel | None = None,
@@ -96,8 +99,7 @@ class DistillationTrainer(Trainer):
         if args.alpha_attention > 0:
             # fused attention kernels (sdpa, flash) never materialise the attention probabilities
             for network in (model, teacher_model):
-                if network.config._attn_implementation != "eager":
-                    network.set_attn_implementation("eager")
+                network.set_attn_implementation("eager")
         if args.alpha_hidden > 0:
             self._add_projection(model, teacher_model)
 
@@ -107,6 +109,10 @@ class DistillationTrainer(Trainer):
             teacher_model.to(_DTYPES[args.teacher_dtype])
         self._record_settings(model, teacher_model, args)
 
+        for split in ("train_dataset", "eval_dataset"):  # before the Trainer makes output_dir: see data_checks
+            datasets = kwargs.get(split)
+            for dataset in datasets.values() if isinstance(datasets, dict) else [datasets]:
+                check_dataset(dataset, split, model, teacher_model, args.alpha_ce, kwargs.get("data_collator"))
         super().__init__(model=model, args=args, **kwargs)
         # Our loss divides by `num_items_in_batch`; this makes the Trainer count it for every model
         # (it otherwise counts only for models whose forward takes loss kwargs).
@@ -119,6 +125,9 @@ class DistillationTrainer(Trainer):
                 "set alpha_hidden=0, or use DeepSpeed (accelerate_configs/deepspeed_zero3.yaml)."
             )
         self.teacher_model = self._prepare_teacher(teacher_model)
+        # whether position t predicts token t + 1 (a decoder-only causal LM), decided from the head:
+        # the Trainer's own rule reads `loss_type`, which GPT2LMHeadModel leaves unset
+        self.shifts_labels = head_kind(model) == "AutoModelForCausalLM" and not model.config.is_encoder_decoder
         self._loss_parts: dict[str, torch.Tensor] = {}
         self._loss_parts_since_step = 0
         self._eval_parts: dict[str, torch.Tensor] = {}  # per-batch means x sequences, over an evaluation
@@ -137,7 +146,7 @@ class DistillationTrainer(Trainer):
 
     def _record_settings(self, student: PreTrainedModel, teacher: PreTrainedModel, args: DistillationConfig) -> None:
         record = dict(getattr(student.config, "distillation", None) or {})
-        record.setdefault("teacher", getattr(teacher.config, "_name_or_path", "") or type(teacher).__name__)
+        record.setdefault("teacher", teacher_name(teacher))
         record.update(args.loss_settings())
         record["layer_map"] = self.layer_map
         record["hidden_projection"] = hasattr(student, PROJECTION_NAME)
@@ -180,6 +189,7 @@ class DistillationTrainer(Trainer):
         normalised = num_items_in_batch is not None and labels is not None
         parts: dict[str, torch.Tensor] = {}
         local_rows = row_mask.sum() if row_mask is not None else student_logits.shape[0]
+        local_labels = target_labels.ne(-100).sum() if row_mask is not None and labels is not None else local_rows
 
         def scale(total: torch.Tensor, local_count) -> torch.Tensor:
             denominator = num_items_in_batch if normalised else local_count
@@ -188,13 +198,16 @@ class DistillationTrainer(Trainer):
             return total / max(denominator, 1)
 
         if labels is not None:
+            # label smoothing as the Trainer's LabelSmoother does it: (1 - eps) * nll + eps * the
+            # mean over classes of -log p, over the positions that count (Szegedy et al. 2016)
             ce = F.cross_entropy(
                 student_logits.float().reshape(-1, student_logits.shape[-1]),
                 target_labels.reshape(-1),
                 ignore_index=-100,
                 reduction="sum",
+                label_smoothing=args.label_smoothing_factor,
             )
-            parts["loss_ce"] = scale(ce, local_rows)
+            parts["loss_ce"] = scale(ce, local_labels)
         elif args.alpha_ce > 0:
             raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
 
@@ -228,8 +241,9 @@ class DistillationTrainer(Trainer):
             # gradients over processes: undo that average (as Trainer.compute_loss does)
             loss = loss * self.accelerator.num_processes
             parts = {name: value * self.accelerator.num_processes for name, value in parts.items()}
-        # tell training_step whether to divide by the accumulation steps (PLATFORM: transformers 5
-        # would otherwise take a per-batch mean as already scaled and double the gradient at GA=2)
+        # tell training_step whether to divide by the accumulation steps: since v5 models' forward
+        # takes **kwargs, the Trainer would otherwise take a per-batch mean as already scaled and
+        # double the gradient at GA=2 (transformers < 5.19 reads model_accepts_loss_kwargs instead)
         self.loss_is_scaled_for_ga = normalised
         if model.training:
             self._accumulate_parts(parts, normalised)
@@ -253,10 +267,9 @@ class DistillationTrainer(Trainer):
         if self._eval_parts:
             # every process evaluates, so the gathers are collective
             device = next(iter(self._eval_parts.values())).device
-            sequences = nested_gather(torch.tensor(float(self._eval_sequences), device=device),
-                                      self.args.parallel_mode).sum()
+            sequences = self.accelerator.gather(torch.tensor(float(self._eval_sequences), device=device)).sum()
             for name in sorted(self._eval_parts):
-                total = nested_gather(self._eval_parts[name], self.args.parallel_mode).sum()
+                total = self.accelerator.gather(self._eval_parts[name]).sum()
                 output.metrics[f"{prefix}_{name}"] = (total / sequences.clamp(min=1)).item()
         self._eval_parts, self._eval_sequences = {}, 0
         return output
@@ -266,29 +279,29 @@ class DistillationTrainer(Trainer):
 
         Returns `(logits, labels, row_mask, position_mask)`: for causal LM the logits at position t
         predict token t + 1, so the labels are shifted left (the last position gets -100);
-        `row_mask` (B, T) selects the positions whose logits count, and `position_mask` (the same
-        for causal LM) the positions of the hidden states and attention rows that count. For
-        sequence classification `row_mask` is None.
+        `row_mask` (B, T) selects the positions whose logits the teacher is matched on, and
+        `position_mask` (the same for causal LM) the positions of the hidden states and attention
+        rows that count. A position counts when its target is a label (not -100) and, with an
+        attention mask, both it and the token it predicts are real tokens: a collator that pads
+        with labels left in place never has the student copy the teacher on padding. The task
+        loss follows the labels alone, as the model's own loss does. For sequence classification
+        `row_mask` is None.
         """
         if logits.dim() == 2:  # sequence classification: one row per sequence
             return logits, labels, None, None if attention_mask is None else attention_mask.bool()
-        if self._loss_shifts_labels:
+        real = attention_mask.bool() if attention_mask is not None else None
+        if self.shifts_labels:
             # position t predicts token t + 1: the targets are shifted, not the logits, so the (large)
             # logits are never copied; the last position has no target
-            if labels is not None:
-                target_labels = F.pad(labels[:, 1:], (0, 1), value=-100)
-                row_mask = target_labels.ne(-100)
-            else:
-                target_labels = None
-                following = attention_mask[:, 1:] if attention_mask is not None else logits.new_ones(logits.shape[:2])[:, 1:]
-                row_mask = F.pad(following.bool(), (0, 1), value=False)
+            target_labels = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
+            row_mask = logits.new_ones(logits.shape[:2], dtype=torch.bool) if labels is None else target_labels.ne(-100)
+            row_mask[:, -1] = False
+            if real is not None:
+                row_mask = row_mask & real & F.pad(real[:, 1:], (0, 1), value=False)
             return logits, target_labels, row_mask, row_mask
-        if labels is not None:
-            row_mask = labels.ne(-100)
-        elif attention_mask is not None:
-            row_mask = attention_mask.bool()
-        else:
-            row_mask = torch.ones(logits.shape[:-1], dtype=torch.bool, device=logits.device)
+        row_mask = labels.ne(-100) if labels is not None else logits.new_ones(logits.shape[:-1], dtype=torch.bool)
+        if real is not None:
+            row_mask = row_mask & real
         return logits, labels, row_mask, row_mask
 
     def _hidden_per_position(self, model, student_hidden, teacher_hidden) -> torch.Tensor:
@@ -333,20 +346,7 @@ class DistillationTrainer(Trainer):
             steps = max(self.state.global_step - self._loss_parts_since_step, 1)
             for name in sorted(self._loss_parts):
                 # every process logs together (as for `loss`), so the gather is collective
-                total = nested_gather(self._loss_parts[name], self.args.parallel_mode).mean().item()
+                total = self.accelerator.gather(self._loss_parts[name]).mean().item()
                 logs[name] = total / steps
             self._loss_parts = {}
         super().log(logs, start_time)
-
-    def create_model_card(self, *args, **kwargs) -> None:
-        """Write the Trainer's card, then make it say how the student was distilled (and pruned).
-
-        `push_to_hub` calls this after saving the model. The card gets the teacher as
-        `base_model`, the teacher layers and loss settings from `config.distillation`, the measured
-        sparsity when a pruning callback ran, and `co2_eq_emissions` when `energy.json` exists;
-        the Trainer's hyperparameters and results stay below (see `hf_bigsmall.hub.card.write_trainer_card`).
-        """
-        super().create_model_card(*args, **kwargs)
-        from ..hub.card import write_trainer_card
-
-        write_trainer_card(self, *args, **kwargs)

@@ -12,7 +12,11 @@ Windows measured:
   `eval_energy_joules_per_sample`, `eval_energy_is_estimate` (the prefix follows
   `metric_key_prefix`) added to the metrics the Trainer logs and returns.
 
-Values go through `trainer.log`, so they reach `log_history` and every `report_to` integration.
+Under a trainer with `BigSmallTrainerMixin` (`DistillationTrainer`, `BigSmallTrainer`), values go
+through `trainer.log`, so they reach `log_history` and every `report_to` integration, and every
+`evaluate`/`predict` call is a window. Under a plain `Trainer` the callback has its events only:
+entries are appended to `state.log_history` (not sent to integrations), and only evaluations run
+during training are measured (from the step that triggers them to `on_evaluate`).
 Integrations take numbers only (TensorBoard and MLflow drop strings with a warning at every step),
 so `energy_source` travels as a number, `energy_is_estimate` (1.0 when any CPU-time estimate or
 CodeCarbon figure is included), and its label is added to this callback's own `log_history`
@@ -55,16 +59,15 @@ folder), schema version 1:
 from __future__ import annotations
 
 import copy
-import functools
-import json
 import os
 from typing import Any
 
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from ..utils.trainer import find_trainer
-from .card import ENERGY_FILE_NAME, add_co2_to_model_card, load_energy_record
+from ..utils.files import atomic_write_json
+from ..utils.trainer import running_trainer
+from .card import ENERGY_FILE_NAME
 from .carbon import resolve_grid_intensity
 from .distributed import gather_objects, gather_readings
 from .meters import BACKENDS, select_meters
@@ -84,13 +87,6 @@ def _empty_totals() -> dict[str, Any]:
     }
 
 
-def _atomic_write_json(path: str, data: dict[str, Any]) -> None:
-    temporary = f"{path}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(data, file, indent=2)
-    os.replace(temporary, path)  # readers never see a half-written file
-
-
 class EnergyCallback(TrainerCallback, ExportableState):
     """Measures the energy and CO2 of training, evaluation and prediction and logs them.
 
@@ -99,11 +95,9 @@ class EnergyCallback(TrainerCallback, ExportableState):
     with the watts per thread it assumed. A meter failing mid-run is reported once, what it
     measured is kept, and the estimate takes over; the callback never stops training.
 
+    What a plain `Trainer` gets and what needs [`BigSmallTrainerMixin`] is in the module docstring.
+
     Args:
-        trainer (`Trainer`, *optional*): the trainer to log through; the callback adds itself to
-            it. A callback passed as `Trainer(callbacks=[...])` or added with `add_callback` finds
-            its trainer itself (evaluations run before training are then measured only if it was
-            passed at construction).
         backend (`str`, defaults to `"auto"`): CPU meter, one of `"auto"`, `"rapl"`,
             `"estimate"`, `"codecarbon"` (needs `country_iso_code`).
         cpu_tdp_watts (`float`, *optional*), cpu_threads (`int`, *optional*): CPU package TDP and
@@ -115,14 +109,13 @@ class EnergyCallback(TrainerCallback, ExportableState):
             `"fine-tuning"`, `"distillation"`, ...); by default `"distillation"` when the trainer
             has a `teacher_model` (`DistillationTrainer`), else `"fine-tuning"`.
         add_to_model_card (`bool`, defaults to `True`): add `co2_eq_emissions` to the README.md that
-            `trainer.create_model_card()` and `trainer.push_to_hub()` write.
+            `create_model_card()` and `push_to_hub()` of a `BigSmallTrainerMixin` trainer write.
 
     Example:
 
     ```python
-    >>> from transformers import Trainer
-    >>> from hf_bigsmall import EnergyCallback
-    >>> trainer = Trainer(model, args, train_dataset=train, callbacks=[EnergyCallback(country_iso_code="FRA")])
+    >>> from hf_bigsmall import BigSmallTrainer, EnergyCallback
+    >>> trainer = BigSmallTrainer(model, args, train_dataset=train, callbacks=[EnergyCallback(country_iso_code="FRA")])
     >>> trainer.train()
     >>> [entry["energy_joules"] for entry in trainer.state.log_history if "energy_joules" in entry]
     >>> # output_dir/energy.json holds the totals, the meters and the grid intensity used
@@ -131,7 +124,6 @@ class EnergyCallback(TrainerCallback, ExportableState):
 
     def __init__(
         self,
-        trainer=None,
         *,
         backend: str = "auto",
         cpu_tdp_watts: float | None = None,
@@ -159,7 +151,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
 
         self.totals = _empty_totals()
         self.resumed_from_step: int | None = None
-        self._trainer = None
+        self._training_type_seen = "fine-tuning"
+        self._global_step: int | None = None
         self._tracker: EnergyTracker | None = None
         self._mark: dict[str, float] = {}
         self._unlogged: dict[str, float] = {}  # gathered training energy not yet in an interval log
@@ -170,38 +163,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._training = False
         self._logging = False
         self._disabled = False
-        if trainer is not None:
-            self.attach(trainer)
-
-    # ---- Trainer wiring -------------------------------------------------------------------
-    def attach(self, trainer) -> None:
-        """Log through `trainer` and measure its evaluations and predictions.
-
-        The Trainer fires no event when an evaluation starts, so its `evaluation_loop` (shared by
-        `evaluate` and `predict`) is wrapped on this instance to open and close the window, and
-        `create_model_card` so that the card it writes carries `co2_eq_emissions`.
-        """
-        self._trainer = trainer
-        if self not in trainer.callback_handler.callbacks:
-            trainer.add_callback(self)
-        for name, wrapper in (("evaluation_loop", self._measure_evaluation), ("create_model_card", self._create_model_card)):
-            method = getattr(trainer, name)
-            if isinstance(getattr(method, "_energy_callback", None), EnergyCallback):
-                method = method.__wrapped__  # replace the wrapper of an earlier EnergyCallback
-            bound = functools.partial(wrapper, method)
-            functools.update_wrapper(bound, method)
-            bound._energy_callback = self
-            setattr(trainer, name, bound)
-
-
-    def _default_training_type(self) -> str:
-        return "distillation" if getattr(self._trainer, "teacher_model", None) is not None else "fine-tuning"
-
-    def _ensure_attached(self) -> None:
-        if self._trainer is None:
-            trainer = find_trainer(self)
-            if trainer is not None:
-                self.attach(trainer)
+        self._pending_evaluation: dict[str, float] | None = None  # plain Trainer: start of an evaluation in training
+        self._window_starts: list[dict[str, float] | None] = []  # open evaluation_loop windows (nested: a stack)
 
     def _ensure_tracker(self, args) -> EnergyTracker:
         if self._tracker is None:
@@ -276,12 +239,17 @@ class EnergyCallback(TrainerCallback, ExportableState):
         return figures
 
     def _log(self, state, figures: dict[str, float], label: str) -> None:
-        """Log numbers through the trainer, then add the source label to that history entry."""
-        if self._trainer is None:
+        """Log numbers through the trainer, then add the source label to that history entry.
+
+        Without a `BigSmallTrainerMixin` trainer running, the entry goes to `log_history` only.
+        """
+        trainer = running_trainer(self)
+        if trainer is None:
+            state.log_history.append({**figures, "energy_source": label, "step": state.global_step})
             return
         self._logging = True
         try:
-            self._trainer.log(dict(figures))
+            trainer.log(dict(figures))
         finally:
             self._logging = False
         entry = state.log_history[-1] if state.log_history else {}
@@ -289,19 +257,18 @@ class EnergyCallback(TrainerCallback, ExportableState):
             entry["energy_source"] = label
 
     # ---- events ------------------------------------------------------------------------------
-    def on_init_end(self, args, state, control, **kwargs):
-        self._guard("on_init_end", self._ensure_attached)
-
     def on_train_begin(self, args, state, control, **kwargs):
         self._guard("on_train_begin", self._train_begin, args, state)
 
     def _train_begin(self, args, state) -> None:
-        self._ensure_attached()
-        if self._trainer is None:
+        trainer = running_trainer(self)
+        if trainer is None:
             warn_once(
-                "EnergyCallback could not find its Trainer: energy goes to energy.json only. "
-                "Pass it as EnergyCallback(trainer=...) or call callback.attach(trainer)."
+                "EnergyCallback under a plain Trainer: energy goes to log_history and energy.json but not to report_to "
+                "integrations, and evaluations outside training are not measured. Mix hf_bigsmall.BigSmallTrainerMixin "
+                "into the trainer class (or use BigSmallTrainer) for both."
             )
+        self._training_type_seen = "distillation" if getattr(trainer, "teacher_model", None) is not None else "fine-tuning"
         self._ensure_tracker(args)
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if isinstance(saved, list):
@@ -328,6 +295,21 @@ class EnergyCallback(TrainerCallback, ExportableState):
                 # the checkpoint's trainer_state.json is written before on_save: bring totals up
                 # to this step now, on every process (gathering is collective)
                 self._guard("on_step_end", self._gather_training, args, state)
+            if control.should_evaluate and self._training:
+                # the evaluation comes next; a plain Trainer fires no event when it starts
+                self._guard("on_step_end", self._gather_training, args, state)
+                self._pending_evaluation = dict(self._mark)
+
+    def on_evaluate(self, args, state, control, metrics=None, eval_dataloader=None, **kwargs):
+        start, self._pending_evaluation = self._pending_evaluation, None
+        if start is None or metrics is None or self._disabled:
+            return  # measured by a BigSmallTrainerMixin evaluation_loop, or not in training
+        prefix = next((key[: -len("_runtime")] for key in metrics if key.endswith("_runtime")), "eval")
+        samples = _dataset_size(eval_dataloader)
+        if samples is None:
+            samples = round(metrics.get(f"{prefix}_samples_per_second", 0.0) * metrics.get(f"{prefix}_runtime", 0.0))
+        # the Trainer logged `metrics` before this event: the figures go in their own entry
+        self._guard("on_evaluate", self._window_end, args, state, start, "evaluation", prefix, metrics, samples, True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self._logging or not self._training or logs is None:
@@ -366,19 +348,24 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._training = False
             self._guard("on_train_end", self._write, args, state, args.output_dir)
 
-    def _measure_evaluation(self, evaluation_loop, *args, **kwargs):
-        """Wraps `trainer.evaluation_loop`: the evaluation or prediction is one window."""
-        if self._disabled:
-            return evaluation_loop(*args, **kwargs)
-        trainer = self._trainer
-        prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-        description = kwargs.get("description", args[1] if len(args) > 1 else "Evaluation")
+    # ---- BigSmallTrainerMixin events: every evaluation and prediction is one window ---------------
+    def on_evaluation_loop_begin(self, args, state, control, description: str = "Evaluation",
+                                 metric_key_prefix: str = "eval", **kwargs):
+        self._pending_evaluation = None  # measured here, not from the step that triggered it
+        if not self._training:
+            trainer = running_trainer(self)
+            self._training_type_seen = "distillation" if getattr(trainer, "teacher_model", None) is not None else "fine-tuning"
+        self._window_starts.append(self._guard("evaluation start", self._window_start, args, state))
+
+    def on_evaluation_loop_end(self, args, state, control, output=None, description: str = "Evaluation",
+                               metric_key_prefix: str = "eval", **kwargs):
+        start = self._window_starts.pop() if self._window_starts else None
+        if start is None or output is None:
+            return
         phase = "prediction" if description == "Prediction" else "evaluation"
-        start = self._guard("evaluation start", self._window_start, trainer.args, trainer.state)
-        output = evaluation_loop(*args, **kwargs)
-        if start is not None:
-            self._guard("evaluation end", self._window_end, trainer.args, trainer.state, start, phase, prefix, output)
-        return output
+        # added to the metrics the Trainer logs and returns, so they are logged with them
+        self._guard("evaluation end", self._window_end, args, state, start, phase, metric_key_prefix, output.metrics,
+                    int(output.num_samples or 0), False)
 
     def _window_start(self, args, state) -> dict[str, float]:
         if self._training:
@@ -386,20 +373,22 @@ class EnergyCallback(TrainerCallback, ExportableState):
             return self._mark
         return self._ensure_tracker(args).read()
 
-    def _window_end(self, args, state, start, phase, prefix, output) -> None:
+    def _window_end(self, args, state, start, phase, prefix, metrics, samples, log_separately) -> None:
         reading = self._tracker.read()
         if self._training:
             self._mark = reading
         merged = gather_readings(subtract(reading, start))
         joules = sum(merged.values())
-        samples = int(output.num_samples or 0)
         totals = self.totals[phase]
         totals["energy_joules"] += joules
         totals["num_samples"] += samples
         totals["windows"] += 1
         self._note_sources(merged)
-        # added to the metrics the Trainer logs and returns, so they are logged with them
-        output.metrics.update(self._figures(f"{prefix}_", joules, samples, None, label_sources(merged)))
+        label = label_sources(merged)
+        figures = self._figures(f"{prefix}_", joules, samples, None, label)
+        metrics.update(figures)
+        if log_separately:
+            self._log(state, figures, label)
         if not self._training:
             self._write(args, state, args.output_dir)
 
@@ -448,8 +437,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
             "country_iso_code": self.intensity.country_iso_code,
             "hardware": " | ".join(sorted({p["hardware"] for p in parts if p.get("hardware")})),
             "num_processes": len(parts),
-            "training_type": self.training_type or self._default_training_type(),
-            "global_step": getattr(getattr(self._trainer, "state", None), "global_step", None),
+            "training_type": self.training_type or self._training_type_seen,
+            "global_step": self._global_step,
             "resumed_from_step": self.resumed_from_step,
             "meters": meters,
             "failures": [f for part in parts for f in part.get("failures", [])],
@@ -462,25 +451,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
         parts = gather_objects(part) if gather else [part]  # collective: every process is here
         if not state.is_world_process_zero:
             return
+        self._global_step = state.global_step
         record = self.record(parts)
-        record["global_step"] = state.global_step
         os.makedirs(folder, exist_ok=True)
-        _atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)
-
-    def _create_model_card(self, create_model_card, *args, **kwargs):
-        """Wraps `trainer.create_model_card` (also run by `push_to_hub`) to add `co2_eq_emissions`."""
-        result = create_model_card(*args, **kwargs)
-        if self.add_to_model_card and self._trainer.is_world_process_zero():
-            self._guard("create_model_card", self._add_co2_to_card, self._trainer.args.output_dir)
-        return result
-
-    def _add_co2_to_card(self, output_dir: str) -> None:
-        readme = os.path.join(output_dir, "README.md")
-        written = os.path.join(output_dir, ENERGY_FILE_NAME)
-        # energy.json holds what every process measured; this process alone knows less
-        record = load_energy_record(written) if os.path.isfile(written) else self.record()
-        if os.path.isfile(readme) and record["energy_joules"] > 0:
-            add_co2_to_model_card(readme, record)
+        atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)  # readers never see half a file
 
     # ---- resume ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -496,3 +470,10 @@ class EnergyCallback(TrainerCallback, ExportableState):
             },
             "attributes": {"totals": copy.deepcopy(self.totals)},
         }
+
+
+def _dataset_size(dataloader) -> int | None:
+    try:
+        return len(dataloader.dataset)
+    except (AttributeError, TypeError):  # no dataloader, or an iterable dataset
+        return None

@@ -62,7 +62,7 @@ def resolve_grid_intensity(
     if grid_intensity_g_per_kwh is not None:
         problem = _check_intensity(grid_intensity_g_per_kwh)
         if problem:
-            raise ValueError(f"{problem}. Leave it unset to use the country table or the world average.")
+            raise ValueError(f"grid_intensity_g_per_kwh: {problem}. Leave it unset to use the country table or the world average.")
         return GridIntensity(float(grid_intensity_g_per_kwh), "user", country)
 
     value, problem = float_from_env(INTENSITY_ENV_VAR)

@@ -13,6 +13,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from ..utils.files import atomic_write
+
 ENERGY_FILE_NAME = "energy.json"
 
 
@@ -82,6 +84,4 @@ def add_co2_to_model_card(readme_path: str | os.PathLike, record: Mapping[str, A
 
     card = ModelCard.load(readme_path)
     card.data.co2_eq_emissions = co2_eq_emissions(record, **kwargs)
-    temporary = f"{os.fspath(readme_path)}.tmp"
-    card.save(temporary)
-    os.replace(temporary, readme_path)  # a failure never leaves a half-written card
+    atomic_write(readme_path, card.save)  # a failure never leaves a half-written card

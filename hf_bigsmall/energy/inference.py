@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..utils.checks import check_finite
 from .carbon import resolve_grid_intensity
 from .meters import select_meters
 from .meters.base import JOULES_PER_KWH
@@ -204,6 +205,8 @@ def measure_inference(
     for name, value, low in (("batch_size", batch_size, 1), ("latency_samples", latency_samples, 0), ("warmup_batches", warmup_batches, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    if check_finite("min_duration_s", min_duration_s, ">= 0 (seconds)") < 0:
+        raise ValueError(f"min_duration_s must be >= 0 seconds, got {min_duration_s}.")
     if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
         raise ValueError(f"max_samples must be a positive integer or None, got {max_samples!r}.")
     intensity = resolve_grid_intensity(grid_intensity_g_per_kwh, country_iso_code)

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..utils.files import atomic_write_json
 from .card import ENERGY_FILE_NAME, describe_source
 
 LINEAGE_FILE_NAME = "emissions.json"
@@ -124,10 +125,7 @@ def build_lineage(
 def save_lineage(model_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Write `record` as `model_dir/emissions.json`, atomically."""
     path = Path(model_dir) / LINEAGE_FILE_NAME
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)  # readers never see a half-written record
-    return path
+    return atomic_write_json(path, record)  # readers never see a half-written record
 
 
 def lineage_co2_eq_emissions(record: dict[str, Any]) -> dict[str, Any] | None:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 from ..energy.card import co2_eq_emissions
 from ..energy.lineage import lineage_co2_eq_emissions, lineage_lines, load_lineage
 from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines
+from ..utils.files import atomic_write_text
+from ..utils.heads import task_head
 
 if TYPE_CHECKING:
     from huggingface_hub import ModelCard
@@ -25,14 +27,6 @@ _EMBEDDED_HUB_IDS = {
     "embedded/all-MiniLM-L6-v2": "sentence-transformers/all-MiniLM-L6-v2",
     "embedded/SmolLM2-135M": "HuggingFaceTB/SmolLM2-135M-Instruct",
     "embedded/rotten_tomatoes": "cornell-movie-review-data/rotten_tomatoes",
-}
-_PIPELINE_TAGS = {
-    "ForSequenceClassification": "text-classification",
-    "ForCausalLM": "text-generation",
-    "LMHeadModel": "text-generation",
-    "ForTokenClassification": "token-classification",
-    "ForQuestionAnswering": "question-answering",
-    "ForMaskedLM": "fill-mask",
 }
 _METRIC_PRETTY = {"accuracy": "Accuracy", "f1": "F1", "perplexity": "Perplexity"}
 
@@ -136,6 +130,7 @@ def build_model_card(
     license: str | None = "apache-2.0",
     language: str | list[str] | None = "en",
     tags: list[str] | None = None,
+    energy: bool = True,
 ) -> ModelCard:
     """Build the model card of a saved model folder, checked against the card metadata schema.
 
@@ -151,6 +146,7 @@ def build_model_card(
         dataset: evaluation dataset name (defaults to the one in the report).
         base_model: Hub id of the model this one comes from (defaults to the distillation teacher).
         license, language, tags: card metadata.
+        energy: add `co2_eq_emissions` and the energy section from `energy.json` when it exists.
 
     Returns:
         A `huggingface_hub.ModelCard`; `card.save(path)` writes it, `card.push_to_hub(repo_id)`
@@ -176,13 +172,16 @@ def build_model_card(
     report = report if report is not None else _find_report(model_dir)
     row = _own_row(report, model_dir) if report else None
     distillation, sparsity = config.get("distillation"), config.get("sparsity")
-    energy = _read_json(model_dir / "energy.json")
+    energy = _read_json(model_dir / "energy.json") if energy else None
 
     teacher = distillation.get("teacher") if distillation else None
-    base_model = hub_id(base_model or teacher)
+    # a teacher built in memory is recorded by its class name, which is no Hub id
+    named_teacher = teacher if teacher != (distillation or {}).get("teacher_class") else None
+    base_model = hub_id(base_model or named_teacher)
     dataset = dataset or (report or {}).get("dataset") or (distillation or {}).get("dataset")
     architecture = (config.get("architectures") or [""])[0]
-    pipeline_tag = next((tag for suffix, tag in _PIPELINE_TAGS.items() if architecture.endswith(suffix)), None)
+    head = task_head(architecture)
+    pipeline_tag = head.pipeline_tag if head is not None else None
     model_name = (repo_id or model_dir.name).split("/")[-1]
 
     all_tags = ["hf-bigsmall"]
@@ -287,41 +286,44 @@ _CREATE_MODEL_CARD_ARGS = ("language", "license", "tags", "model_name", "finetun
                            "dataset", "dataset_args")
 
 
-def use_kit_card(trainer) -> None:
-    """Make `trainer.create_model_card` (and so `trainer.push_to_hub`) write the kit's card.
+def _trainer_draft(trainer, options: dict[str, Any], existing: ModelCard | None) -> ModelCard:
+    """The card `Trainer.create_model_card` would write, built in memory with the class it uses."""
+    from huggingface_hub import ModelCard
+    from transformers.modelcard import TrainingSummary
 
-    Wraps the method on this trainer instance, once, so that `write_trainer_card` runs after the
-    Trainer's draft. `DistillationTrainer` does this in its own `create_model_card`; the pruning
-    callback calls this for the plain `Trainer` it is attached to.
-    """
-    if getattr(type(trainer), "writes_kit_card", False) or getattr(trainer.create_model_card, "_kit_card", False):
-        return
-    original = trainer.create_model_card
+    tags = options.get("tags")
+    tags = [tags] if isinstance(tags, str) else list(tags) if tags is not None else None
+    if tags is not None and existing is not None:
+        tags += [tag for tag in (existing.data.tags or []) if tag not in tags]  # as the Trainer keeps them
+    summary = TrainingSummary.from_trainer(trainer, **{**{k: v for k, v in options.items() if k in _CREATE_MODEL_CARD_ARGS},
+                                                       "tags": tags})
+    return ModelCard(summary.to_model_card())
 
-    def create_model_card(*args, **kwargs):
-        original(*args, **kwargs)
-        write_trainer_card(trainer, *args, **kwargs)
 
-    create_model_card.__doc__ = original.__doc__
-    create_model_card._kit_card = True
-    trainer.create_model_card = create_model_card
+def _writes_energy(trainer) -> bool:
+    from ..energy.callback import EnergyCallback
+
+    return all(cb.add_to_model_card for cb in trainer.callback_handler.callbacks if isinstance(cb, EnergyCallback))
 
 
 def write_trainer_card(trainer, *args: Any, **kwargs: Any) -> Path | None:
-    """Turn the draft card `Trainer.create_model_card` just wrote into the kit's card, in place.
+    """Write `output_dir/README.md` once: the kit's card, with the Trainer's training sections below.
 
     The card of `build_model_card` (how the model was distilled and pruned, measured sparsity,
-    `co2_eq_emissions`, the big-vs-small table when a report exists) replaces the draft's header,
-    and the draft's "Training procedure" sections (hyperparameters, results, framework versions)
-    are kept below it. Runs on the main process only. It needs the model saved in `output_dir`
-    (as `push_to_hub` does before writing the card); otherwise, or if anything fails, the draft is
-    left as it was and a warning says why: a card never stops a save or an upload.
+    `co2_eq_emissions`, the big-vs-small table when a report exists) is followed by the "Training
+    procedure" sections (hyperparameters, results, framework versions) of the draft that
+    `Trainer.create_model_card` makes, built in memory with the same `TrainingSummary`, so the file
+    is written one time, atomically. Before a model is saved in `output_dir`, the draft itself is
+    the card (with `co2_eq_emissions` when `energy.json` is there). Runs on the main process only.
 
     Takes the arguments of `Trainer.create_model_card` (`language`, `license`, `tags`,
     `model_name`, `finetuned_from`, `dataset`, ...); the task is read from the model instead.
-    Returns the path of the card written, or None.
+    Returns the path written, or None when nothing was (another process, or building the card
+    failed: a warning says why, and the caller may fall back to the Trainer's own draft).
     """
     from transformers.utils import logging
+
+    from ..energy.card import ENERGY_FILE_NAME, co2_eq_emissions
 
     logger = logging.get_logger(__name__)
     options = dict(zip(_CREATE_MODEL_CARD_ARGS, args)) | kwargs
@@ -329,34 +331,37 @@ def write_trainer_card(trainer, *args: Any, **kwargs: Any) -> Path | None:
         return None
     output_dir = Path(trainer.args.output_dir)
     readme = output_dir / "README.md"
-    if not (output_dir / "config.json").is_file():
-        logger.warning(f"No model saved in {output_dir} yet, so its card keeps the Trainer's draft: "
-                       "call `trainer.save_model()` before `create_model_card()`.")
-        return None
+    energy = _writes_energy(trainer)
     try:
         from huggingface_hub import ModelCard
 
-        draft = ModelCard.load(readme) if readme.is_file() else None
-        tags = options.get("tags")
-        tags = [tags] if isinstance(tags, str) else list(tags or [])
-        tags += [tag for tag in (draft.data.tags or []) if tag not in tags] if draft else []
-        dataset = options.get("dataset")
-        dataset = dataset[0] if isinstance(dataset, (list, tuple)) and dataset else dataset
-        # `push_to_hub` passes the last part of `hub_model_id` as model_name: use the full id when they agree
-        model_name, hub_model_id = options.get("model_name"), getattr(trainer.args, "hub_model_id", None)
-        same = hub_model_id and (model_name is None or hub_model_id.split("/")[-1] == model_name)
-        card = build_model_card(
-            output_dir, repo_id=hub_model_id if same else model_name,
-            dataset=dataset, base_model=options.get("finetuned_from"), license=options.get("license") or "apache-2.0",
-            language=options.get("language") or "en", tags=tags,
-        )
-        text = str(card)
-        if draft is not None and _TRAINER_SECTIONS in draft.text:
-            text = text.rstrip("\n") + "\n\n" + draft.text[draft.text.index(_TRAINER_SECTIONS):]
-        temporary = readme.with_name("README.md.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, readme)  # never a half-written card
+        existing = ModelCard.load(readme) if readme.is_file() else None
+        draft = _trainer_draft(trainer, options, existing)
+        if not (output_dir / "config.json").is_file():
+            logger.warning(f"No model saved in {output_dir} yet, so its card is the Trainer's draft: "
+                           "call `trainer.save_model()` before `create_model_card()`.")
+            if energy and (output_dir / ENERGY_FILE_NAME).is_file():
+                draft.data.co2_eq_emissions = co2_eq_emissions(output_dir / ENERGY_FILE_NAME)
+            text = str(draft)
+        else:
+            tags = options.get("tags")
+            tags = [tags] if isinstance(tags, str) else list(tags or [])
+            tags += [tag for tag in (draft.data.tags or []) if tag not in tags]
+            dataset = options.get("dataset")
+            dataset = dataset[0] if isinstance(dataset, (list, tuple)) and dataset else dataset
+            # `push_to_hub` passes the last part of `hub_model_id` as model_name: use the full id when they agree
+            model_name, hub_model_id = options.get("model_name"), getattr(trainer.args, "hub_model_id", None)
+            same = hub_model_id and (model_name is None or hub_model_id.split("/")[-1] == model_name)
+            card = build_model_card(
+                output_dir, repo_id=hub_model_id if same else model_name,
+                dataset=dataset, base_model=options.get("finetuned_from"), license=options.get("license") or "apache-2.0",
+                language=options.get("language") or "en", tags=tags, energy=energy,
+            )
+            text = str(card)
+            if _TRAINER_SECTIONS in draft.text:
+                text = text.rstrip("\n") + "\n\n" + draft.text[draft.text.index(_TRAINER_SECTIONS):]
+        atomic_write_text(readme, text)  # never a half-written card
         return readme
     except Exception as error:  # noqa: BLE001 - the card is documentation; the save or upload goes on
-        logger.warning(f"Kept the Trainer's draft model card in {readme}: building the hf_bigsmall card failed ({error!r}).")
+        logger.warning(f"Building the hf_bigsmall card for {readme} failed ({error!r}); the Trainer's draft is written instead.")
         return None

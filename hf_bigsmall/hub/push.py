@@ -3,15 +3,49 @@
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from ..utils.files import atomic_write_text
 
 if TYPE_CHECKING:
     from huggingface_hub import CommitInfo
 
-# Intermediate Trainer checkpoints, logs and half-written files are never part of a shared model.
-IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", "runs/**", "*.partial", "*.partial/**", ".*", ".*/**",
-                   "__pycache__/**"]
+# Never part of a shared model: Trainer checkpoints and logs, the model of each IMP round, and what a
+# write in progress or an interrupted one leaves (`*.tmp` of atomic writes, `*.partial*` files and
+# folders published by rename). Matched with fnmatch on paths relative to the folder, where `*`
+# also crosses `/`.
+IGNORE_PATTERNS = ["checkpoint-*", "*/checkpoint-*", "imp-round-*", "*/imp-round-*", "runs/*", "*.partial", "*.partial.*",
+                   "*.partial/*", "*.tmp", "*.tmp/*", ".*", "*/.*", "__pycache__/*", "*/__pycache__/*"]
+
+
+def retry_command(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool | None = None,
+                  revision: str | None = None, commit_message: str | None = None, endpoint: str | None = None,
+                  write_card: bool = True) -> str:
+    """The `hf-bigsmall push` command line that repeats an upload with the same options (never the token itself)."""
+    words = ["hf-bigsmall", "push", os.fspath(folder), repo_id]
+    if private:
+        words.append("--private")
+    if revision is not None:
+        words += ["--revision", revision]
+    if commit_message is not None:
+        words += ["--commit_message", commit_message]
+    if not write_card:
+        words.append("--no_card")
+    line = shlex.join(words)
+    if token is not None:
+        line += ' --token "$HF_TOKEN"'  # the token given, which an error message must not print
+    if endpoint is not None:
+        line = f"HF_ENDPOINT={shlex.quote(endpoint)} {line}"
+    return line
+
+
+def _files_to_upload(folder: Path) -> list[str]:
+    from huggingface_hub.utils import filter_repo_objects
+
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return list(filter_repo_objects(paths, ignore_patterns=IGNORE_PATTERNS))
 
 
 class HubUploadError(RuntimeError):
@@ -32,12 +66,15 @@ def push_folder(
     """Upload everything a saved model folder holds to `repo_id`, as a single commit.
 
     Weights, tokenizer, `sparsity_masks.safetensors`, `energy.json`, `report.md`/`report.json` and
-    plots go up as they are. If the folder has no `README.md`, a model card is built first with
-    [`build_model_card`] (from the folder's `distillation`/`sparsity` config blocks, `energy.json`
-    and `report.json`) and written into the folder, so what is uploaded is also what stays on disk.
+    plots go up as they are; checkpoints, IMP round folders, logs and leftovers of interrupted
+    writes (`*.tmp`, `*.partial*`) stay local (`IGNORE_PATTERNS`). If the folder has no `README.md`,
+    a model card is built with [`build_model_card`] (from the folder's `distillation`/`sparsity`
+    config blocks, `energy.json` and `report.json`), uploaded, and written into the folder once the
+    commit has landed, so what is uploaded is also what stays on disk.
 
     The upload is one commit: it lands whole or not at all. On failure nothing in `folder` is
-    changed or removed and a [`HubUploadError`] says what to retry.
+    changed, added or removed and a [`HubUploadError`] gives the command that retries it with the
+    same options (`--revision`, `--private`, ...).
 
     Args:
         folder: a folder written by `save_pretrained` (it must hold `config.json`).
@@ -71,25 +108,36 @@ def push_folder(
         validate_repo_id(repo_id)
     except HFValidationError as error:
         raise ValueError(f"{repo_id!r} is not a valid Hub repository id ('namespace/name'): {error}") from error
+    card_text = None
     if write_card and not (folder / "README.md").is_file():
         from .card import build_model_card
 
-        build_model_card(folder, repo_id=repo_id).save(folder / "README.md")
+        # kept in memory until the commit has landed: a failed upload leaves the folder as it was
+        card_text = str(build_model_card(folder, repo_id=repo_id))
+
+    from huggingface_hub import CommitOperationAdd
 
     api = HfApi(endpoint=endpoint, token=token)
-    retry = f"`hf-bigsmall push {folder} {repo_id}`"
+    retry = retry_command(folder, repo_id, token=token, private=private, revision=revision,
+                          commit_message=commit_message, endpoint=endpoint, write_card=write_card)
+    operations = [CommitOperationAdd(path_in_repo=path, path_or_fileobj=folder / path) for path in _files_to_upload(folder)]
+    if card_text is not None:
+        operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text.encode("utf-8")))
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
-        return api.upload_folder(
+        commit = api.create_commit(
             repo_id=repo_id,
-            folder_path=folder,
+            operations=operations,
             revision=revision,
             commit_message=commit_message or f"Upload {folder.name} with hf_bigsmall",
-            ignore_patterns=IGNORE_PATTERNS,
         )
     except Exception as error:  # any transport or Hub error: the local folder was only read
         raise HubUploadError(
             f"Uploading {folder} to {repo_id} failed: {error}\n"
             f"Nothing in {folder} was changed and no partial commit was made. Check the token has write "
-            f"access to {repo_id.split('/')[0]!r} and the Hub is reachable, then run {retry} again."
+            f"access to {repo_id.split('/')[0]!r} and the Hub is reachable, then run `{retry}` again."
         ) from error
+    if card_text is not None:
+        # what was uploaded is also what stays on disk
+        atomic_write_text(folder / "README.md", card_text)
+    return commit

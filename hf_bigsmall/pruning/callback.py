@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -14,8 +13,8 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from ..hub.card import use_kit_card
-from ..utils.trainer import find_trainer, resumed_checkpoint
+from ..utils.files import publishing
+from ..utils.trainer import running_trainer
 from .config import PruningConfig
 from .io import (
     SPARSITY_REWIND_NAME,
@@ -24,7 +23,10 @@ from .io import (
     load_masks,
     load_tensors,
     masks_from_zeros,
+    save_pruned_model,
     save_tensors,
+    sparsity_block,
+    write_masks,
 )
 from .masks import sparsity_report, structured_masks, targeted_weights, unstructured_masks
 from .schedules import PruningSchedule, build_schedule, restart_lr_each_round
@@ -37,13 +39,15 @@ logger = logging.get_logger(__name__)
 class MagnitudePruningCallback(TrainerCallback, ExportableState):
     """Prune a model by weight magnitude while it trains, and keep the pruned weights at exactly zero.
 
-    Works with `transformers.Trainer` and any subclass (`DistillationTrainer` included). Masks are
-    re-applied after every optimizer step (`on_optimizer_step`), the gradients and optimizer state
-    of pruned entries are zeroed so AdamW momentum and weight decay cannot revive them, and under
-    DDP the masks are broadcast from rank 0 so every rank holds the same ones. Checkpoints and
+    Works with `transformers.Trainer` and any subclass (`DistillationTrainer` included), through
+    the Trainer's documented callback events. Masks are re-applied after every optimizer step
+    (`on_optimizer_step`), the gradients and optimizer state of pruned entries are zeroed so AdamW
+    momentum and weight decay cannot revive them, and under DDP the masks are broadcast from rank 0
+    so every rank holds the same ones. Checkpoints and
     `trainer.save_model()` hold the zeros, a `sparsity` block in `config.json` and
-    `sparsity_masks.safetensors`; `trainer.train(resume_from_checkpoint=...)` restores masks,
-    schedule position, IMP round and rewind weights.
+    `sparsity_masks.safetensors` (written into `output_dir` at the end of training);
+    `trainer.train(resume_from_checkpoint=...)` restores masks, schedule position, IMP round and
+    rewind weights. Masks only ever grow: pruning an already pruned model keeps its masks.
 
     Args:
         target_sparsity (`float` or `None`, defaults to 0.5):
@@ -72,10 +76,11 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             `end_step`, `pruning_frequency`, `imp_rounds`, `rewind_step`, `steps_per_round`).
 
     Sparsity (`sparsity/global`, `sparsity/model`, `sparsity/scheduled` and per block
-    `sparsity/layer.3.ffn`, `sparsity/layer.3.attn`) is logged through `trainer.log`, so it reaches
-    `log_history` and every `report_to` integration. A callback passed as `Trainer(callbacks=[...])`
-    finds its trainer itself; one added later can be given it with `trainer=` or
-    [`~MagnitudePruningCallback.attach`].
+    `sparsity/layer.3.ffn`, `sparsity/layer.3.attn`) is logged to `log_history`; under a trainer
+    with [`BigSmallTrainerMixin`] it goes through `trainer.log` and so reaches every `report_to`
+    integration, `trainer.save_model(folder)` writes the masks into any folder, a resumed run
+    reads them from the checkpoint it resumes wherever it was moved, and `create_model_card`
+    writes the kit's card.
 
     Example:
 
@@ -93,7 +98,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     """
 
     def __init__(self, target_sparsity: float | None = 0.5, schedule: str = "cubic", structure: str = "unstructured",
-                 scope: str | None = None, target_modules: list[str] | str | None = None, trainer=None,
+                 scope: str | None = None, target_modules: list[str] | str | None = None,
                  criterion: str = "magnitude", calibration_dataset=None, importance=None, **kwargs):
         self.config = PruningConfig(target_sparsity=target_sparsity, schedule=schedule, structure=structure,
                                     scope=scope, target_modules=target_modules, criterion=criterion, **kwargs)
@@ -107,7 +112,6 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         self.calibration_dataset = calibration_dataset
         self._calibration = None  # prepared (and checked against the model) once the model is known
         self._inherited_info: dict | None = None
-        self.trainer = None
         self.schedule: PruningSchedule | None = None
         self.masks: dict[str, torch.Tensor] = {}
         self.rewind_weights: dict[str, torch.Tensor] | None = None
@@ -115,28 +119,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         self.last_pruned_step: int | None = None
         self._masked_params: list[tuple[nn.Parameter, torch.Tensor]] = []  # (param, bool mask)
         self._keep: list[tuple[nn.Parameter, torch.Tensor]] = []  # (param, 0/1 in the param's dtype)
-        self._warned_unattached = False
-        if trainer is not None:
-            self.attach(trainer)
-
-    def attach(self, trainer) -> MagnitudePruningCallback:
-        """Register with `trainer` (if not already) and log through `trainer.log`. Returns `self`.
-
-        The trainer's `create_model_card` (run by `push_to_hub`) then writes the kit's card, which
-        states the schedule and the sparsity measured per layer.
-        """
-        self.trainer = trainer
-        if self not in trainer.callback_handler.callbacks:
-            trainer.add_callback(self)
-        use_kit_card(trainer)
-        return self
-
-    def _find_trainer(self) -> None:
-        if self.trainer is None:
-            trainer = find_trainer(self)
-            if trainer is not None:
-                self.attach(trainer)
-
+        self._masks_saved_to: tuple[str, int] | None = None  # (folder, step) already holding the masks
 
     # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict:
@@ -160,13 +143,11 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 self.calibration_dataset, self.config.calibration_samples, self.config.calibration_seq_len, model=model)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
-        self._find_trainer()
         if model is not None and self.config.target_sparsity is not None:
             self._check_model(extract_model_from_parallel(model))
 
     # ------------------------------------------------------------------ training events
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
-        self._find_trainer()
         model = extract_model_from_parallel(model)
         if self.config.target_sparsity is not None:
             self._check_model(model)
@@ -187,15 +168,15 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 logger.warning("IMP: the learning-rate schedule is not a LambdaLR, so it is not restarted in each "
                                "round; pass imp_restart_lr=False to silence this.")
         if state.is_world_process_zero and self.schedule is not None:
-            print(f"[hf_bigsmall] pruning schedule: {self.schedule.describe()} (max_steps={state.max_steps})")
+            logger.info(f"Pruning schedule: {self.schedule.describe()} (max_steps={state.max_steps})")
         self._arm(model, optimizer)
         if state.global_step == 0 and self.schedule is not None and self.schedule.is_pruning_step(0):
             self._prune(model, 0, optimizer)
-        if self.trainer is None and not self._warned_unattached:
-            self._warned_unattached = True
-            logger.warning(
-                "MagnitudePruningCallback could not find its trainer: sparsity goes to trainer.state.log_history only, "
-                "not to report_to integrations. Pass MagnitudePruningCallback(trainer=...) or call callback.attach(trainer)."
+        if running_trainer(self) is None:
+            logger.warning_once(
+                "MagnitudePruningCallback under a plain Trainer: sparsity goes to trainer.state.log_history but not to "
+                "report_to integrations, and masks are saved into checkpoints and output_dir only. Mix "
+                "hf_bigsmall.BigSmallTrainerMixin into the trainer class (or use BigSmallTrainer) for both."
             )
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -215,11 +196,14 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 param.mul_(keep)
 
     def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        model = extract_model_from_parallel(model)
+        if control.should_save:
+            # the checkpoint is written right after this event: its config.json gets the block as measured now
+            model.config.sparsity = sparsity_block(model)
         if self.schedule is None:
             if control.should_log:
                 self._log(model, state, control)
             return
-        model = extract_model_from_parallel(model)
         step = state.global_step
         if self.schedule.kind == "imp" and step == self.schedule.rewind_step and self.rewind_weights is None:
             self.rewind_weights = _snapshot(model)
@@ -231,18 +215,56 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             if self.schedule.kind == "imp":
                 self._rewind(model, optimizer)
             pruned = True
+            if control.should_save:
+                model.config.sparsity = sparsity_block(model)
         if pruned or control.should_log:
             self._log(model, state, control)
 
-    def on_save(self, args, state, control, **kwargs):
-        if self.rewind_weights is not None and args.should_save:
-            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-            if folder.is_dir():
-                save_tensors(self.rewind_weights, folder / SPARSITY_REWIND_NAME)
+    def on_save(self, args, state, control, model=None, **kwargs):
+        # the checkpoint the Trainer just wrote is args.output_dir/checkpoint-{global_step}
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if not (args.should_save and folder.is_dir()):
+            return
+        if self._masks_saved_to != (str(folder), state.global_step):  # not yet by BigSmallTrainerMixin.save_model
+            write_masks(extract_model_from_parallel(model), folder)
+        if self.rewind_weights is not None:
+            save_tensors(self.rewind_weights, folder / SPARSITY_REWIND_NAME)
+
+    def on_model_save(self, args, state, control, model=None, output_dir=None, **kwargs):
+        """`BigSmallTrainerMixin.save_model` saved the model into `output_dir`: the masks go beside it."""
+        if model is None or output_dir is None or not args.should_save:
+            return
+        write_masks(extract_model_from_parallel(model), output_dir)
+        self._masks_saved_to = (str(Path(output_dir)), state.global_step)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        model = extract_model_from_parallel(model)
         if self.schedule is not None and self.schedule.kind == "imp":
-            self._save_round(args, extract_model_from_parallel(model))
+            self._save_round(args, model)
+        if args.load_best_model_at_end and state.best_model_checkpoint:
+            self._adopt_best_checkpoint(model, Path(state.best_model_checkpoint))
+        model.config.sparsity = sparsity_block(model)
+        if args.should_save:
+            # `trainer.save_model()` after training writes weights and config.json here; the masks wait beside them
+            os.makedirs(args.output_dir, exist_ok=True)
+            write_masks(model, args.output_dir)
+
+    def _adopt_best_checkpoint(self, model: nn.Module, folder: Path) -> None:
+        """`load_best_model_at_end` put the best checkpoint's weights back: use that checkpoint's masks too.
+
+        The final masks belong to the last step; the best checkpoint may be denser. Saving its
+        weights with the final masks would call weights pruned that are not, and re-arming them
+        would zero weights that were never pruned.
+        """
+        masks = load_masks(folder, model=model)
+        if not masks:
+            masks = masks_from_zeros(targeted_weights(model, self.config.target_modules))
+        self.masks = masks
+        saved = _read_sparsity_block(folder)
+        for key in ("imp_round", "pruned_at_step"):
+            if key in saved:
+                setattr(self, "last_pruned_step" if key == "pruned_at_step" else key, saved[key])
+        self._arm(model)
 
     # ------------------------------------------------------------------ internals
     def _info(self) -> dict:
@@ -285,11 +307,14 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if getattr(model, "_sparsity_masks", None):
             return dict(model._sparsity_masks)
         source = getattr(model, "name_or_path", "")
-        if source and os.path.isdir(source):
-            masks = load_masks(source)
+        block = getattr(model.config, "sparsity", None)
+        # a model saved with no masks left (fully compacted) says so in its block: a masks file still
+        # in the folder is then a leftover of the save before, with the old shapes
+        saved_without_masks = isinstance(block, dict) and "masks_file" in block and block["masks_file"] is None
+        if source and os.path.isdir(source) and not saved_without_masks:
+            masks = load_masks(source, model=model)
             if masks:
                 return masks
-        block = getattr(model.config, "sparsity", None)
         if isinstance(block, dict) and block.get("per_layer"):
             modules = {f"{name}.weight" for name in block["per_layer"]}
             weights = {n: p for n, p in model.named_parameters() if n in modules}
@@ -310,9 +335,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 )
             self.imp_round = stored["attributes"].get("imp_round", 0)
             self.last_pruned_step = stored["attributes"].get("last_pruned_step")
-        resumed = resumed_checkpoint(self.trainer) if self.trainer is not None else None
-        folder = Path(resumed) if resumed else Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
-        self.masks = load_masks(folder)
+        folder = self._resumed_folder(args, state)
+        self.masks = load_masks(folder, model=model)
         if not self.masks:
             logger.warning(f"No pruning masks in {folder}: reading them back from the exact zeros of the resumed weights.")
             self.masks = masks_from_zeros(targeted_weights(model, self.config.target_modules))
@@ -322,6 +346,22 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 self.rewind_weights = load_tensors(rewind_file)
             elif self.schedule is not None and state.global_step > self.schedule.rewind_step:
                 raise ValueError(f"Resuming IMP needs the rewind weights {rewind_file}, which is missing.")
+
+    def _resumed_folder(self, args, state) -> Path:
+        """The checkpoint this run resumes from.
+
+        A `BigSmallTrainerMixin` trainer records the folder `train(resume_from_checkpoint=...)` was
+        given. Otherwise `args.resume_from_checkpoint` when it names a folder (the recipes set it),
+        else `output_dir/checkpoint-{global_step}`, the folder `resume_from_checkpoint=True` picks.
+        """
+        trainer = running_trainer(self)
+        candidates = [getattr(trainer, "resumed_checkpoint", None), args.resume_from_checkpoint]
+        for candidate in candidates:
+            if isinstance(candidate, (str, os.PathLike)) and Path(candidate).is_dir():
+                saved = _read_trainer_state_step(Path(candidate))
+                if saved is None or saved == state.global_step:
+                    return Path(candidate)
+        return Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
 
     @torch.no_grad()
     def _prune(self, model: nn.Module, step: int, optimizer=None) -> None:
@@ -344,6 +384,10 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 scores = list(table)
             masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks,
                                      unit_scores=scores)
+        # Masks only ever grow: a scheduled sparsity below what the model already has (a pruned model
+        # pruned again from initial_sparsity=0) keeps every weight pruned before.
+        for name, previous in self.masks.items():
+            masks[name] = masks[name] | previous.to(masks[name].device) if name in masks else previous
         self.masks = _broadcast_from_main(masks)
         self.last_pruned_step = step
         self._arm(model, optimizer)
@@ -384,11 +428,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if not args.should_save:
             return
         target = Path(args.output_dir) / f"imp-round-{self.imp_round}"
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        model.save_pretrained(partial)
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(partial, target)
+        with publishing(target) as partial:
+            save_pruned_model(model, partial)
 
     def _log(self, model: nn.Module, state, control) -> None:
         report = sparsity_report(extract_model_from_parallel(model))
@@ -398,13 +439,33 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if self.config.schedule == "imp":
             logs["sparsity/imp_round"] = self.imp_round
         logs.update({f"sparsity/{key}": value for key, value in report.grouped().items()})
-        if self.trainer is not None:
+        trainer = running_trainer(self)
+        if trainer is not None:
             # Trainer.log clears control.should_log; keep the trainer's own loss log due at this step.
             should_log = control.should_log
-            self.trainer.log(logs)
+            trainer.log(logs)
             control.should_log = should_log
         else:
             state.log_history.append({**logs, "step": state.global_step})
+
+
+def _read_json_file(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_sparsity_block(folder: Path) -> dict:
+    block = _read_json_file(folder / "config.json").get("sparsity")
+    return block if isinstance(block, dict) else {}
+
+
+def _read_trainer_state_step(folder: Path) -> int | None:
+    step = _read_json_file(folder / "trainer_state.json").get("global_step")
+    return step if isinstance(step, int) else None
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

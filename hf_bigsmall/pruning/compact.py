@@ -193,7 +193,8 @@ def compact(model: nn.Module) -> nn.Module:
     model reloaded with plain `from_pretrained` compacts as well as one still carrying masks. The
     outputs are unchanged (up to float summation order), the config records the new sizes, and
     `save_pretrained` -> plain `from_pretrained` reloads the smaller model. Zeros that cannot be
-    removed (unstructured sparsity, BERT/GPT-2 heads) stay, with their masks.
+    removed (unstructured sparsity, BERT/GPT-2 heads) stay, with their masks: save with
+    [`save_pruned_model`] to keep those masks and to replace a masks file of the old shapes.
 
     Raises:
         ValueError: if the architecture is not BERT, GPT-2 or Llama-like, or if nothing can be removed
@@ -202,9 +203,9 @@ def compact(model: nn.Module) -> nn.Module:
     Example:
 
     ```python
-    >>> from hf_bigsmall import compact
+    >>> from hf_bigsmall import compact, save_pruned_model
     >>> small = compact(trainer.model)  # after MagnitudePruningCallback(structure="neurons", ...)
-    >>> small.save_pretrained("student-compact")  # loads anywhere with AutoModel.from_pretrained
+    >>> save_pruned_model(small, "student-compact")  # loads anywhere with AutoModel.from_pretrained
     ```
     """
     architecture = _architecture(model)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
+from ..utils.checks import check_finite
+
 SCHEDULES = ("one_shot", "linear", "cubic", "imp")
 # and any "N:M" pattern such as "2:4": N pruned of every M consecutive input weights of a row
 STRUCTURES = ("unstructured", "neurons", "heads")
@@ -91,11 +93,13 @@ class PruningConfig:
         if self.target_sparsity is not None:
             if isinstance(self.target_sparsity, bool) or not isinstance(self.target_sparsity, (int, float)):
                 raise TypeError(f"target_sparsity must be a float in [0, 1), got {self.target_sparsity!r}.")
+            check_finite("target_sparsity", self.target_sparsity, "in [0, 1)")
             if not 0.0 <= self.target_sparsity < 1.0:
                 raise ValueError(
                     f"target_sparsity={self.target_sparsity} is outside [0, 1): pass the fraction to prune, "
                     "e.g. 0.5 for half of the weights."
                 )
+        check_finite("initial_sparsity", self.initial_sparsity, f"in [0, target_sparsity={self.target_sparsity}]")
         if not 0.0 <= self.initial_sparsity <= (self.target_sparsity or 0.0):
             raise ValueError(
                 f"initial_sparsity={self.initial_sparsity} must be in [0, target_sparsity={self.target_sparsity}]."

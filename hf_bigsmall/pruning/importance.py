@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from ..utils.files import atomic_write_text
 from .targets import _architecture, _block_prefixes
 
 logger = logging.get_logger(__name__)
@@ -118,10 +119,7 @@ class Importance:
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / IMPORTANCE_NAME
-        partial = path.with_name(path.name + ".partial")
-        partial.write_text(json.dumps(self.to_dict()))
-        partial.replace(path)
+        path = atomic_write_text(directory / IMPORTANCE_NAME, json.dumps(self.to_dict()))
         if plot and is_matplotlib_available():
             plot_importance(self, directory / IMPORTANCE_PLOT_NAME)
         return path

@@ -7,18 +7,22 @@ A pruned checkpoint is a plain transformers checkpoint whose weights hold exact 
   sparsity global and per layer, IMP round), read by model cards and by hf_bigsmall;
 - `sparsity_masks.safetensors` holds the boolean masks (`True` = pruned), keyed by parameter name,
   so continued training with hf_bigsmall re-arms exactly the same masks.
+
+Inside a Trainer the pruning callback writes both (`on_save` for checkpoints, the end of training
+and `BigSmallTrainerMixin.save_model` for `output_dir`); outside one, [`save_pruned_model`] does.
 """
 
 from __future__ import annotations
 
 import os
-import types
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..utils.files import atomic_write
 from .masks import sparsity_report
 
 SPARSITY_MASKS_NAME = "sparsity_masks.safetensors"
@@ -27,9 +31,8 @@ SPARSITY_REWIND_NAME = "sparsity_rewind.safetensors"
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     # Write to a temporary name then rename, so a crash never leaves a truncated file in place.
-    partial = path.with_name(path.name + ".partial")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(partial), metadata=metadata)
-    os.replace(partial, path)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda partial: save_file(tensors, str(partial), metadata=metadata))
 
 
 def save_masks(masks: dict[str, torch.Tensor], save_directory: str | os.PathLike) -> Path:
@@ -38,12 +41,39 @@ def save_masks(masks: dict[str, torch.Tensor], save_directory: str | os.PathLike
     return path
 
 
-def load_masks(directory: str | os.PathLike, device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-    """Load `sparsity_masks.safetensors` from a checkpoint folder (`{}` if there is none)."""
+def load_masks(directory: str | os.PathLike, device: torch.device | str | None = None,
+               model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """Load `sparsity_masks.safetensors` from a checkpoint folder (`{}` if there is none).
+
+    With `model`, the masks are checked against it: every name must be one of its parameters, with
+    the same shape, and every mask boolean. A file that cannot be read (truncated, corrupted) or
+    does not fit raises a `ValueError` that names it and says what to do, before anything changes.
+    """
     path = Path(directory) / SPARSITY_MASKS_NAME
     if not path.is_file():
         return {}
-    masks = load_file(str(path))
+    fix = (f"Delete {path} to read the masks back from the exact zeros of the saved weights, or resume from "
+           "another checkpoint.")
+    try:
+        masks = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise ValueError(f"Cannot read the pruning masks {path} ({error}): the file is truncated or corrupted. {fix}") from error
+    if model is not None:
+        params = dict(model.named_parameters())
+        unknown = sorted(set(masks) - set(params))
+        if unknown:
+            raise ValueError(f"The pruning masks {path} name parameters this model does not have ({unknown[:3]}): "
+                             f"they were saved for another model. {fix}")
+        wrong = [(name, tuple(mask.shape), tuple(params[name].shape)) for name, mask in masks.items()
+                 if mask.shape != params[name].shape]
+        if wrong:
+            name, saved, now = wrong[0]
+            raise ValueError(f"The pruning masks {path} do not fit this model: {name} has shape {saved} in the file and "
+                             f"{now} in the model ({len(wrong)} such tensors; was the model compacted and saved without "
+                             f"hf_bigsmall.save_pruned_model?). {fix}")
+        not_bool = sorted(name for name, mask in masks.items() if mask.dtype != torch.bool)
+        if not_bool:
+            raise ValueError(f"The pruning masks {path} hold non-boolean tensors ({not_bool[:3]}). {fix}")
     return {name: mask.to(device) if device is not None else mask for name, mask in masks.items()}
 
 
@@ -70,31 +100,52 @@ def sparsity_block(model: nn.Module) -> dict:
     return info
 
 
-def _save_pretrained_with_sparsity(self, save_directory, *args, is_main_process: bool = True, **kwargs):
-    """`save_pretrained`, plus the `sparsity` block in config.json and the masks file beside the weights."""
-    self.config.sparsity = sparsity_block(self)
-    type(self).save_pretrained(self, save_directory, *args, is_main_process=is_main_process, **kwargs)
-    if is_main_process and self._sparsity_masks:
-        save_masks(self._sparsity_masks, save_directory)
+def save_pruned_model(model: nn.Module, save_directory: str | os.PathLike, **kwargs) -> Path:
+    """`model.save_pretrained(save_directory, **kwargs)`, plus the pruning record beside the weights.
+
+    The `sparsity` block of `config.json` is measured on the weights now, and
+    `sparsity_masks.safetensors` holds the masks the model carries. A model without masks (a fully
+    compacted one) removes a masks file left in the folder by an earlier save, so that re-arming
+    never reads masks of other shapes. Use it for models saved outside a Trainer (after `compact`
+    or `trim_vocabulary`); Trainer checkpoints and `BigSmallTrainerMixin.save_model` do the same.
+
+    Example:
+
+    ```python
+    >>> from hf_bigsmall import compact, save_pruned_model
+    >>> save_pruned_model(compact(model), "student-pruned")  # over its pruned folder, masks stay consistent
+    ```
+    """
+    model.config.sparsity = sparsity_block(model)
+    model.save_pretrained(save_directory, **kwargs)
+    if kwargs.get("is_main_process", True):
+        write_masks(model, save_directory)
+    return Path(save_directory)
+
+
+def write_masks(model: nn.Module, save_directory: str | os.PathLike) -> None:
+    """Write the model's masks into `save_directory`, or remove a stale masks file when it has none."""
+    masks = getattr(model, "_sparsity_masks", None)
+    if masks:
+        save_masks(masks, save_directory)
+    else:
+        (Path(save_directory) / SPARSITY_MASKS_NAME).unlink(missing_ok=True)
 
 
 def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor], info: dict | None = None) -> None:
-    """Attach masks and pruning metadata to a model so every save writes them.
+    """Record masks and pruning metadata on a model, for `sparsity_block` and the savers above.
 
-    The masks are plain attributes (not buffers), so the weights file keeps exactly the keys of the
-    original architecture. `save_pretrained` is bound on the instance (as accelerate binds a
-    wrapped `forward`), which covers Trainer checkpoints, `trainer.save_model()` and direct calls.
+    Plain attributes (not buffers), so the weights file keeps exactly the keys of the original
+    architecture. Nothing of the model's own is replaced: saving the masks is the job of the
+    pruning callback or of [`save_pruned_model`].
     """
     model._sparsity_masks = masks
     if info is not None:
         model._sparsity_info = info
-    if not isinstance(model.__dict__.get("save_pretrained"), types.MethodType):
-        model.save_pretrained = types.MethodType(_save_pretrained_with_sparsity, model)
 
 
 def detach_masks(model: nn.Module) -> None:
-    """Forget the masks and restore the class's `save_pretrained`."""
-    model.__dict__.pop("save_pretrained", None)
+    """Forget the masks and pruning metadata recorded on a model."""
     model.__dict__.pop("_sparsity_masks", None)
     model.__dict__.pop("_sparsity_info", None)
 

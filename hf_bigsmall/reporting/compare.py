@@ -11,14 +11,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_head
 from .report import write_report
 
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-CLASSIFICATION = "text-classification"
-CAUSAL_LM = "text-generation"
+CLASSIFICATION = TEXT_CLASSIFICATION
+CAUSAL_LM = TEXT_GENERATION
 _QUALITY_METRIC = {CLASSIFICATION: "accuracy", CAUSAL_LM: "perplexity"}
 # weights only: optimizer states, Trainer arguments and pruning masks are not part of the model's size
 _NOT_WEIGHTS = {"sparsity_masks.safetensors", "training_args.bin", "optimizer.pt", "scheduler.pt"}
@@ -125,10 +126,9 @@ def task_of(model_or_config) -> str:
         architecture, config = type(model_or_config).__name__, model_or_config.config
     else:
         architecture, config = (getattr(model_or_config, "architectures", None) or [""])[0], model_or_config
-    if architecture.endswith("ForSequenceClassification"):
-        return CLASSIFICATION
-    if architecture.endswith(("ForCausalLM", "LMHeadModel")):
-        return CAUSAL_LM
+    head = task_head(architecture)
+    if head is not None and head.pipeline_tag in (CLASSIFICATION, CAUSAL_LM):
+        return head.pipeline_tag
     raise ValueError(
         f"Cannot compare a {architecture or config.model_type!r} model: compare_models measures sequence "
         "classifiers (accuracy, F1) and causal language models (perplexity). Save the model with its task head."

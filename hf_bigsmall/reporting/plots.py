@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..utils.files import atomic_write
+
 QUALITY_VS_SIZE = "quality_vs_size.png"
 QUALITY_VS_ENERGY = "quality_vs_energy.png"
 
@@ -61,9 +63,8 @@ def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path:
     axes.margins(x=0.25, y=0.2)
     axes.set_xlim(left=0)
     figure.tight_layout()
-    partial = path.with_name(path.stem + ".partial.png")
-    figure.savefig(partial)
-    os.replace(partial, path)
+    # the format is named: matplotlib would read it from the `.partial` suffix
+    atomic_write(path, lambda partial: figure.savefig(partial, format=path.suffix.lstrip(".")))
 
 
 def plot_comparison(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:

@@ -6,10 +6,11 @@ from disk renders exactly like a fresh one (model cards reuse `markdown_table`).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
+
+from ..utils.files import atomic_write_json, atomic_write_text
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -136,26 +137,12 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    # A crash mid-write never leaves a truncated report in place of a good one.
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
-
-
 def write_report(report: dict[str, Any], output_dir: str | os.PathLike, plots: list[str] | None = None) -> tuple[Path, Path]:
     """Write `report.json` and `report.md` into `output_dir`; returns both paths."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / REPORT_JSON, output_dir / REPORT_MD
-    _atomic_write(json_path, json.dumps(report, indent=2) + "\n")
-    _atomic_write(md_path, render_markdown(report, plots))
+    atomic_write_json(json_path, report)
+    atomic_write_text(md_path, render_markdown(report, plots))
     return json_path, md_path
 
-
-def load_report(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a `report.json` (or the one inside a folder)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / REPORT_JSON
-    return json.loads(path.read_text(encoding="utf-8"))

@@ -10,6 +10,7 @@ from itertools import chain
 from typing import TYPE_CHECKING
 
 from .. import assets
+from ..utils.heads import evaluation_split
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -50,7 +51,7 @@ def load_causal_lm_dataset(
 
     kwargs = {"name": dataset_config_name} if dataset_config_name else {}
     raw = assets.load_text_dataset(dataset_name, **kwargs)
-    eval_split = next((name for name in ("validation", "test") if name in raw), None)
+    eval_split = evaluation_split(raw)
     if eval_split is None:
         raw = raw["train"].train_test_split(test_size=0.1, seed=seed, shuffle=False)
         eval_split = "test"

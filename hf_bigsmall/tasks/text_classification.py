@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from transformers.utils import logging
 
 from .. import assets
 from ..utils.distributed import needs_cpu_process_group
+from ..utils.files import atomic_write_json, atomic_write_text, fresh_partial_dir, publish_dir
+from ..utils.heads import evaluation_split
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
     from transformers import EvalPrediction, PreTrainedTokenizerBase
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 
 
 def load_classification_dataset(
@@ -53,7 +54,7 @@ def load_classification_dataset(
     raw = assets.load_text_dataset(dataset_name)
     if "train" not in raw:
         raise ValueError(f"dataset {dataset_name!r} has no 'train' split (splits: {list(raw)}).")
-    eval_split = next((name for name in ("validation", "test") if name in raw), None)
+    eval_split = evaluation_split(raw)
     if eval_split is None:
         raw = raw["train"].train_test_split(test_size=0.1, seed=seed)
         eval_split = "test"
@@ -67,6 +68,9 @@ def load_classification_dataset(
     for name, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
         if limit is not None and limit < len(splits[name]):
             splits[name] = splits[name].shuffle(seed=seed).select(range(limit))
+        if len(splits[name]) == 0:
+            raise ValueError(f"the {name} split of {dataset_name!r} is empty: a classifier needs examples to train "
+                             "and evaluate on (check max_train_samples / max_eval_samples).")
     if not isinstance(splits["train"].features[label_column], ClassLabel):
         splits = splits.class_encode_column(label_column)
 
@@ -193,9 +197,11 @@ def train_teacher(
     from transformers import (
         AutoModelForSequenceClassification,
         DataCollatorWithPadding,
-        Trainer,
         TrainingArguments,
     )
+
+    # the kit's callbacks passed in log through it and measure its evaluate()
+    from ..utils.trainer import BigSmallTrainer
 
     output_dir = Path(output_dir)
     names = label_names(dataset)
@@ -217,7 +223,7 @@ def train_teacher(
         # decoder classifiers (GPT-2, Llama) read the last non-padding token, so they need the id
         pad_token_id=tokenizer.pad_token_id,
     )
-    partial = output_dir.with_name(output_dir.name + ".partial")
+    partial = fresh_partial_dir(output_dir)
     defaults = dict(
         output_dir=str(partial), num_train_epochs=num_train_epochs, learning_rate=learning_rate,
         per_device_train_batch_size=per_device_train_batch_size, per_device_eval_batch_size=64,
@@ -226,7 +232,7 @@ def train_teacher(
     defaults.update(training_kwargs)
     if needs_cpu_process_group(defaults.get("use_cpu", False)):
         defaults["use_cpu"] = True
-    trainer = Trainer(
+    trainer = BigSmallTrainer(
         model=model, args=TrainingArguments(**defaults), train_dataset=dataset["train"],
         eval_dataset=dataset["eval"], data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer, compute_metrics=accuracy, callbacks=callbacks,
@@ -235,10 +241,9 @@ def train_teacher(
     metrics = trainer.evaluate()
     trainer.save_model(str(partial))
     if trainer.is_world_process_zero():
-        (partial / "teacher_eval_results.json").write_text(json.dumps(metrics, indent=2))
-        (partial / TEACHER_INPUTS_NAME).write_text(json.dumps(fingerprint, indent=2))
-        shutil.rmtree(output_dir, ignore_errors=True)
-        partial.rename(output_dir)
+        atomic_write_json(partial / "teacher_eval_results.json", metrics)
+        atomic_write_text(partial / TEACHER_INPUTS_NAME, json.dumps(fingerprint, indent=2))
+        publish_dir(partial, output_dir)
     trainer.accelerator.wait_for_everyone()
     return output_dir
 

@@ -13,12 +13,10 @@ from functools import lru_cache
 # import name -> (pip extra of hf-bigsmall, what it is for)
 _EXTRAS: dict[str, tuple[str, str]] = {
     "pynvml": ("energy", "reading NVIDIA GPU energy counters (NVML)"),
-    "psutil": ("energy", "reading process CPU time and memory"),
     "codecarbon": ("codecarbon", "the CodeCarbon cross-check backend"),
     "matplotlib": ("plots", "drawing the comparison plots"),
     "gguf": ("gguf", "loading GGUF checkpoints such as the embedded SmolLM2"),
     "deepspeed": ("deepspeed", "DeepSpeed ZeRO training"),
-    "sklearn": ("quickstart", "F1 and accuracy metrics"),
 }
 
 
@@ -31,28 +29,12 @@ def is_pynvml_available() -> bool:
     return _is_package_available("pynvml")
 
 
-def is_psutil_available() -> bool:
-    return _is_package_available("psutil")
-
-
 def is_codecarbon_available() -> bool:
     return _is_package_available("codecarbon")
 
 
 def is_matplotlib_available() -> bool:
     return _is_package_available("matplotlib")
-
-
-def is_gguf_available() -> bool:
-    return _is_package_available("gguf")
-
-
-def is_deepspeed_available() -> bool:
-    return _is_package_available("deepspeed")
-
-
-def is_sklearn_available() -> bool:
-    return _is_package_available("sklearn")
 
 
 def require(import_name: str) -> None:

@@ -1,52 +1,147 @@
-"""Helpers shared by the callbacks that need the `Trainer` they are attached to."""
+"""`BigSmallTrainerMixin`: the one seam between a `transformers.Trainer` and the kit's callbacks.
+
+`MagnitudePruningCallback` and `EnergyCallback` do their core work through documented
+`TrainerCallback` events alone (the model, optimizer and scheduler they receive, `state`,
+`args.output_dir` + `state.global_step` for the checkpoint just saved). Four things have no
+event: logging through `Trainer.log` (so figures reach every `report_to` integration), the start
+of an `evaluate`/`predict` call, a `save_model` outside a checkpoint, and the folder a resumed
+run comes from. A trainer class that mixes in `BigSmallTrainerMixin` provides them by overriding
+public `Trainer` methods, and tells the kit's callbacks through the methods below.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import inspect
 import os
+from collections.abc import Iterator
 from typing import Any
 
+from transformers import Trainer
+from transformers.trainer_utils import get_last_checkpoint
 
-def find_trainer(callback: Any) -> Any | None:
-    """Return the `Trainer` whose callback list holds `callback`, found on the call stack.
+# The mixin trainer whose `train`/`evaluate`/`predict`/`save_model`/`push_to_hub` is running. A
+# context variable rather than a reference kept by each callback: `restore_callback_states_from_
+# checkpoint` replaces the callbacks with new instances in the middle of `train()`.
+_RUNNING: contextvars.ContextVar[Any] = contextvars.ContextVar("hf_bigsmall_running_trainer", default=None)
 
-    `TrainerCallback` events do not carry the trainer, and a callback passed as
-    `Trainer(callbacks=[...])` is created before it (as is the new instance made by
-    `restore_callback_states_from_checkpoint` on resume). Every event is called from a trainer
-    method, so the trainer is the `self` of a calling frame whose `callback_handler` lists the
-    callback. Returns `None` when no such frame exists (the callback is driven by hand).
+
+def running_trainer(callback: Any) -> Any | None:
+    """The `BigSmallTrainerMixin` trainer running now whose callback list holds `callback`, or None.
+
+    None under a plain `Trainer`, or when the callback is driven by hand: kit callbacks then do
+    what the documented events allow (see the README section "Plain Trainer or the seam").
     """
-    frame = inspect.currentframe()
-    try:
-        frame = frame.f_back if frame is not None else None
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            handler = getattr(candidate, "callback_handler", None)
-            if handler is not None and any(c is callback for c in getattr(handler, "callbacks", [])):
-                return candidate
-            frame = frame.f_back
+    trainer = _RUNNING.get()
+    if trainer is None or not any(c is callback for c in trainer.callback_handler.callbacks):
         return None
-    finally:
-        # Frames hold references to their locals; drop ours so no cycle keeps the trainer alive.
-        del frame
+    return trainer
 
 
-def resumed_checkpoint(trainer: Any) -> str | None:
-    """The folder `trainer.train(resume_from_checkpoint=...)` is resuming from, or None.
+def _resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
+    """The folder `Trainer.train(resume_from_checkpoint=...)` resumes from (`True`: the last in output_dir)."""
+    if isinstance(resume_from_checkpoint, bool):
+        return get_last_checkpoint(output_dir) if resume_from_checkpoint and os.path.isdir(output_dir) else None
+    return os.fspath(resume_from_checkpoint) if resume_from_checkpoint is not None else None
 
-    The Trainer does not keep the path it resumes from; its training loop holds it as the local
-    `resume_from_checkpoint` (already resolved when `True` was passed). Callbacks that saved files
-    beside a checkpoint read them from there, wherever the checkpoint was moved.
+
+class BigSmallTrainerMixin:
+    """Mix into a `Trainer` class to give the kit's callbacks what the Trainer's events do not carry.
+
+    Put it first in the bases: `class MyTrainer(BigSmallTrainerMixin, Trainer)` (or use
+    [`BigSmallTrainer`], which is exactly that; `DistillationTrainer` has it built in). It overrides
+    public `Trainer` methods only, each calling the Trainer's own:
+
+    - `train`, `evaluate`, `predict`, `push_to_hub`: mark this trainer as running, so kit callbacks
+      log through `Trainer.log` (reaching every `report_to` integration) instead of appending to
+      `state.log_history` only. `train` also records `resumed_checkpoint`, the folder it resumes
+      from, where the pruning callback reads its masks wherever that checkpoint was moved.
+    - `evaluation_loop`: calls `on_evaluation_loop_begin(args, state, control, description=...,
+      metric_key_prefix=...)` and `on_evaluation_loop_end(..., output=...)` on the callbacks that
+      define them, so every evaluation and prediction is a measured energy window.
+    - `save_model`: then calls `on_model_save(args, state, control, model=..., output_dir=...)`,
+      so `trainer.save_model()` writes `sparsity_masks.safetensors` beside the weights.
+    - `create_model_card` (also run by `push_to_hub`): writes README.md once, as the kit's card
+      (how the model was distilled and pruned, `co2_eq_emissions` from `energy.json`) with the
+      Trainer's training sections kept below; see `hf_bigsmall.hub.card.write_trainer_card`.
+
+    Example:
+
+    ```python
+    >>> from transformers import Trainer
+    >>> from hf_bigsmall import BigSmallTrainerMixin, EnergyCallback, MagnitudePruningCallback
+
+    >>> class MyTrainer(BigSmallTrainerMixin, Trainer):
+    ...     pass
+    >>> trainer = MyTrainer(model=model, args=args, train_dataset=train, eval_dataset=test,
+    ...                     callbacks=[MagnitudePruningCallback(target_sparsity=0.5), EnergyCallback()])
+    >>> trainer.train()
+    >>> trainer.save_model()  # weights with zeros, config.json "sparsity", sparsity_masks.safetensors
+    >>> trainer.create_model_card()  # README.md with the pruning section and co2_eq_emissions
+    ```
     """
-    frame = inspect.currentframe()
-    try:
-        frame = frame.f_back if frame is not None else None
-        while frame is not None:
-            if frame.f_locals.get("self") is trainer:
-                value = frame.f_locals.get("resume_from_checkpoint")
-                if isinstance(value, (str, os.PathLike)):
-                    return os.fspath(value)
-            frame = frame.f_back
-        return None
-    finally:
-        del frame
+
+    #: The checkpoint folder the last `train()` call resumed from, or None.
+    resumed_checkpoint: str | None = None
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[None]:
+        token = _RUNNING.set(self)
+        try:
+            yield
+        finally:
+            _RUNNING.reset(token)
+
+    def _call_kit_event(self, event: str, **kwargs: Any) -> None:
+        for callback in list(self.callback_handler.callbacks):
+            hook = getattr(callback, event, None)
+            if callable(hook):
+                hook(self.args, self.state, self.control, **kwargs)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        self.resumed_checkpoint = _resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        with self._running():
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def evaluate(self, *args: Any, **kwargs: Any):
+        with self._running():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args: Any, **kwargs: Any):
+        with self._running():
+            return super().predict(*args, **kwargs)
+
+    def push_to_hub(self, *args: Any, **kwargs: Any):
+        with self._running():
+            return super().push_to_hub(*args, **kwargs)
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        # named through the Trainer's own signature, so a parameter added upstream passes through
+        named = inspect.signature(super().evaluation_loop).bind(*args, **kwargs).arguments
+        description = named.get("description", "Evaluation")
+        prefix = named.get("metric_key_prefix", "eval")
+        self._call_kit_event("on_evaluation_loop_begin", description=description, metric_key_prefix=prefix)
+        output = super().evaluation_loop(*args, **kwargs)
+        self._call_kit_event("on_evaluation_loop_end", description=description, metric_key_prefix=prefix, output=output)
+        return output
+
+    def save_model(self, output_dir: str | None = None, *args: Any, **kwargs: Any) -> None:
+        super().save_model(output_dir, *args, **kwargs)
+        with self._running():
+            self._call_kit_event("on_model_save", model=self.model, output_dir=output_dir or self.args.output_dir)
+
+    def create_model_card(self, *args: Any, **kwargs: Any) -> None:
+        """Write README.md once: the kit's card with the Trainer's training sections kept below it.
+
+        Takes the arguments of `Trainer.create_model_card`. Before the model is saved in
+        `output_dir` there is nothing to describe, and the Trainer's own draft is written instead.
+        """
+        from ..hub.card import write_trainer_card
+
+        if write_trainer_card(self, *args, **kwargs) is None:
+            super().create_model_card(*args, **kwargs)
+
+
+class BigSmallTrainer(BigSmallTrainerMixin, Trainer):
+    """A `transformers.Trainer` with [`BigSmallTrainerMixin`]: the kit's callbacks get everything they offer."""

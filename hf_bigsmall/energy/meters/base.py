@@ -9,13 +9,15 @@ package report the same key, and `merge_readings` keeps it once. The first part 
 
 from __future__ import annotations
 
-import logging
+import math
 import os
 import socket
 from abc import ABC, abstractmethod
 from typing import Any
 
-logger = logging.getLogger("hf_bigsmall.energy")
+from transformers.utils import logging
+
+logger = logging.get_logger("hf_bigsmall.energy")
 
 JOULES_PER_KWH = 3.6e6
 
@@ -23,7 +25,11 @@ _WARNED: set[str] = set()
 
 
 def warn_once(message: str) -> None:
-    """Log `message` as a warning the first time it is seen in this process only."""
+    """Log `message` as a warning the first time it is seen in this process only.
+
+    The same as the transformers logger's `warning_once`, with a set that can be emptied, so a
+    new run in the same process (or a test) hears about a meter failing again.
+    """
     if message not in _WARNED:
         _WARNED.add(message)
         logger.warning(message)
@@ -35,9 +41,11 @@ def float_from_env(name: str) -> tuple[float | None, str | None]:
     if not raw:
         return None, None
     try:
-        return float(raw), None
+        value = float(raw)
     except ValueError:
         return None, f"{name}={raw!r} is not a number"
+    # float() reads "nan" and "inf", which no range check would catch
+    return (value, None) if math.isfinite(value) else (None, f"{name}={raw!r} is not a finite number")
 
 
 def hostname() -> str:

@@ -1,0 +1,81 @@
+"""What pyproject.toml promises: the dependency floors hold here, and every extra installs something the kit uses."""
+
+import importlib.metadata
+import re
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from tests.testing_utils import REPO_ROOT
+
+tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+PACKAGE = REPO_ROOT / "hf_bigsmall"
+# distribution -> the module the kit imports from it
+IMPORT_NAMES = {"nvidia-ml-py": "pynvml", "codecarbon": "codecarbon", "matplotlib": "matplotlib", "gguf": "gguf",
+                "deepspeed": "deepspeed"}
+
+
+def _requirements(strings):
+    return {Requirement(s).name: Requirement(s) for s in strings if not s.startswith("hf-bigsmall")}
+
+
+def _source() -> str:
+    return "\n".join(path.read_text(encoding="utf-8") for path in PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("name", ["transformers", "accelerate", "datasets", "huggingface_hub", "safetensors", "torch"])
+def test_installed_versions_meet_the_declared_floors(name):
+    requirement = _requirements(PROJECT["dependencies"])[name]
+    installed = Version(importlib.metadata.version(name))
+    assert requirement.specifier.contains(installed, prereleases=True), (name, str(installed), str(requirement))
+
+
+def test_transformers_floor_is_the_tested_one():
+    # README ("Supported versions") says how this floor was tested; keep both in step
+    floor = next(s.version for s in _requirements(PROJECT["dependencies"])["transformers"].specifier if s.operator == ">=")
+    assert f"transformers>={floor}" in (REPO_ROOT / "README.md").read_text()
+
+
+def test_every_extra_installs_a_package_the_kit_imports():
+    source = _source()
+    for extra, requirements in PROJECT["optional-dependencies"].items():
+        if extra in ("test", "all"):
+            continue
+        for name in _requirements(requirements):
+            module = IMPORT_NAMES.get(name, name)
+            used = re.search(rf"^\s*(import|from) {module}\b", source, re.MULTILINE) or f'require("{module}")' in source
+            assert used, f"extra [{extra}] installs {name}, which hf_bigsmall never imports"
+
+
+def test_every_availability_check_is_used():
+    from hf_bigsmall.utils import import_utils
+
+    checks = [name for name in dir(import_utils) if re.fullmatch(r"is_\w+_available", name)]
+    source = _source().replace((PACKAGE / "utils" / "import_utils.py").read_text(encoding="utf-8"), "")
+    assert checks and [name for name in checks if name not in source] == []
+
+
+def _calls_and_imports():
+    import ast
+
+    for path in sorted(PACKAGE.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            yield path.relative_to(REPO_ROOT).as_posix(), node
+
+
+def test_library_code_logs_through_transformers_and_never_prints():
+    import ast
+
+    prints, stdlib_loggers = [], []
+    for where, node in _calls_and_imports():
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            prints.append(where)
+        if isinstance(node, ast.Import) and any(alias.name == "logging" for alias in node.names):
+            stdlib_loggers.append(where)
+    # the command line's output goes through one function
+    assert prints == ["hf_bigsmall/utils/console.py"]
+    assert stdlib_loggers == []

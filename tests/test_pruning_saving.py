@@ -1,0 +1,144 @@
+"""What a pruning run leaves on disk stays consistent: best-model reloads, damaged masks, pruning
+again, compacting over a pruned folder."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification, Trainer, TrainerCallback
+
+from hf_bigsmall import BigSmallTrainer, MagnitudePruningCallback, compact, save_pruned_model
+from hf_bigsmall.pruning.io import SPARSITY_MASKS_NAME
+from tests.pruning_utils import TokenClassificationData, pruning_trainer, tiny_bert, training_args
+
+
+def zeros_of(weights: dict[str, torch.Tensor], names) -> dict[str, torch.Tensor]:
+    return {name: weights[name] == 0 for name in names}
+
+
+@pytest.mark.parametrize("trainer_class", [Trainer, BigSmallTrainer])
+def test_best_model_at_end_is_saved_with_its_own_masks(tmp_path, trainer_class):
+    evaluations = []
+
+    def first_is_best(prediction):  # the densest checkpoint wins, so the final masks do not fit it
+        evaluations.append(1)
+        return {"score": -float(len(evaluations))}
+
+    callback = MagnitudePruningCallback(target_sparsity=0.6, schedule="cubic", end_step=6)
+    args = training_args(tmp_path, max_steps=8, eval_strategy="steps", eval_steps=2, save_strategy="steps",
+                         save_steps=2, load_best_model_at_end=True, metric_for_best_model="score",
+                         greater_is_better=True)
+    trainer = pruning_trainer(tiny_bert(), args, callback, trainer_class=trainer_class,
+                              eval_dataset=TokenClassificationData(size=8), compute_metrics=first_is_best)
+    trainer.train()
+    assert trainer.state.best_model_checkpoint.endswith("checkpoint-2")
+    trainer.save_model()
+
+    best_masks = load_file(str(tmp_path / "checkpoint-2" / SPARSITY_MASKS_NAME))
+    saved_masks = load_file(str(tmp_path / SPARSITY_MASKS_NAME))
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    assert set(saved_masks) == set(best_masks)
+    assert all(torch.equal(saved_masks[name], best_masks[name]) for name in best_masks)
+    # the masks say exactly which saved weights are zero, and the config block measures those weights
+    assert all(torch.equal(saved_masks[name], weights[name] == 0) for name in saved_masks)
+    pruned = sum(int(mask.sum()) for mask in saved_masks.values())
+    total = sum(mask.numel() for mask in saved_masks.values())
+    block = json.loads((tmp_path / "config.json").read_text())["sparsity"]
+    assert block["global_sparsity"] == pytest.approx(pruned / total, abs=1e-6) and block["global_sparsity"] < 0.5
+
+    # re-arming the saved model zeroes nothing that was not pruned
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    nonzero_before = sum(int((p != 0).sum()) for p in reloaded.parameters())
+    rearm = MagnitudePruningCallback(target_sparsity=None)
+    pruning_trainer(reloaded, training_args(tmp_path / "again", max_steps=1, learning_rate=0.0), rearm).train()
+    assert sum(int((p != 0).sum()) for p in reloaded.parameters()) == nonzero_before
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _garble(path):
+    path.write_bytes(b"\x00\x01not a safetensors file" * 10)
+
+
+def _wrong_shape(path):
+    masks = load_file(str(path))
+    name = next(iter(masks))
+    masks[name] = torch.zeros(3, 5, dtype=torch.bool)
+    save_file(masks, str(path))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (_truncate, "truncated or corrupted"), (_garble, "truncated or corrupted"), (_wrong_shape, "do not fit this model"),
+])
+def test_damaged_masks_on_resume_name_the_file_and_the_fix(tmp_path, damage, message):
+    args = training_args(tmp_path, max_steps=8, save_strategy="steps", save_steps=4)
+    callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="cubic", end_step=6)
+    pruning_trainer(tiny_bert(), args, callback).train()
+    shutil.rmtree(tmp_path / "checkpoint-8")  # killed after the step-4 checkpoint
+    masks_file = tmp_path / "checkpoint-4" / SPARSITY_MASKS_NAME
+    damage(masks_file)
+    damaged = masks_file.read_bytes()
+
+    resumed = pruning_trainer(tiny_bert(), args, MagnitudePruningCallback(target_sparsity=0.5, schedule="cubic", end_step=6))
+    with pytest.raises(ValueError, match=message) as error:
+        resumed.train(resume_from_checkpoint=True)
+    assert str(masks_file) in str(error.value) and "Delete" in str(error.value)
+    assert masks_file.read_bytes() == damaged and not (tmp_path / "checkpoint-8").exists()
+
+
+def test_pruning_a_pruned_model_again_keeps_its_masks(tmp_path):
+    first = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot")
+    model = tiny_bert()
+    pruning_trainer(model, training_args(tmp_path / "first", max_steps=2), first).train()
+    save_pruned_model(model, tmp_path / "pruned")
+    old_masks = {name: mask.clone() for name, mask in first.masks.items()}
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "pruned")
+    again = MagnitudePruningCallback(target_sparsity=0.7, schedule="cubic", end_step=6)  # initial_sparsity=0
+
+    failures = []
+
+    class OldMasksHold(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            params = dict(reloaded.named_parameters())
+            for name, mask in old_masks.items():
+                if not (bool((params[name][mask] == 0).all()) and bool(again.masks[name][mask].all())):
+                    failures.append((state.global_step, name))
+
+    trainer = pruning_trainer(reloaded, training_args(tmp_path / "second", max_steps=8), again)
+    trainer.add_callback(OldMasksHold())
+    trainer.train()
+    assert failures == []
+    pruned = sum(int(mask.sum()) for mask in again.masks.values())
+    assert pruned / sum(mask.numel() for mask in again.masks.values()) == pytest.approx(0.7, abs=1e-3)
+
+
+@pytest.mark.parametrize("saver", ["save_pruned_model", "save_pretrained"])
+def test_compacting_over_the_pruned_folder_leaves_no_stale_masks(tmp_path, saver):
+    folder = tmp_path / "pruned"
+    model = tiny_bert()
+    trainer = pruning_trainer(model, training_args(tmp_path / "run", max_steps=2, save_strategy="no"),
+                              MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot", structure="neurons"),
+                              trainer_class=BigSmallTrainer)
+    trainer.train()
+    trainer.save_model(str(folder))
+    assert (folder / SPARSITY_MASKS_NAME).is_file()
+
+    small = compact(AutoModelForSequenceClassification.from_pretrained(folder))
+    if saver == "save_pruned_model":
+        save_pruned_model(small, folder)
+        assert not (folder / SPARSITY_MASKS_NAME).exists()  # nothing left to mask: the old file is gone
+    else:
+        small.save_pretrained(folder)  # a plain save leaves the file; config.json says it is not this model's
+
+    reloaded = AutoModelForSequenceClassification.from_pretrained(folder)
+    assert reloaded.config.intermediate_size < tiny_bert().config.intermediate_size
+    rearm = MagnitudePruningCallback(target_sparsity=None)
+    pruning_trainer(reloaded, training_args(tmp_path / "again", max_steps=2), rearm).train()
+    params = dict(reloaded.named_parameters())
+    assert rearm.masks and all(mask.shape == params[name].shape for name, mask in rearm.masks.items())

@@ -12,9 +12,16 @@ from torch import nn
 from transformers import GPT2LMHeadModel, LlamaForCausalLM, Trainer
 from transformers.pytorch_utils import Conv1D
 
-from hf_bigsmall import DistillationConfig, DistillationTrainer, MagnitudePruningCallback, prune_one_shot, sparsity_report
+from hf_bigsmall import (
+    DistillationConfig,
+    DistillationTrainer,
+    MagnitudePruningCallback,
+    prune_one_shot,
+    sparsity_report,
+)
 from hf_bigsmall.pruning.calibration import CalibrationData
-from hf_bigsmall.pruning.io import SPARSITY_MASKS_NAME, load_masks
+from hf_bigsmall.pruning.io import SPARSITY_MASKS_NAME, load_masks, save_pruned_model
+from hf_bigsmall.utils.trainer import BigSmallTrainer
 from tests.testing_utils import TINY_VOCAB, tiny_gpt2_config, tiny_llama_config
 
 # ------------------------------------------------------------------------- a Linear with known activations
@@ -208,7 +215,7 @@ def test_saved_model_reloads_with_plain_from_pretrained_and_rearms(tmp_path):
     model = tiny_llama()
     prune_one_shot(model, calibration_rows(), sparsity=None, pattern="2:4", num_samples=8, seq_len=32)
     masks = {name: mask.clone() for name, mask in model._sparsity_masks.items()}
-    model.save_pretrained(tmp_path / "pruned")
+    save_pruned_model(model, tmp_path / "pruned")
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
     assert config["sparsity"]["method"] == "wanda" and config["sparsity"]["structure"] == "2:4"
     assert config["sparsity"]["calibration"] == {"num_samples": 8, "seq_len": 32, "num_tokens": 256}
@@ -226,8 +233,9 @@ def test_saved_model_reloads_with_plain_from_pretrained_and_rearms(tmp_path):
     args = DistillationConfig(output_dir=str(tmp_path / "heal"), max_steps=4, per_device_train_batch_size=4,
                               learning_rate=1e-2, report_to="none", save_strategy="no", use_cpu=True,
                               alpha_kd=0.0, alpha_ce=1.0, disable_tqdm=True)
-    trainer = Trainer(model=reloaded, args=args, train_dataset=causal_blocks(),
-                      callbacks=[MagnitudePruningCallback(target_sparsity=None)])
+    # the kit's Trainer writes the masks file beside the weights (a plain Trainer writes the zeros only)
+    trainer = BigSmallTrainer(model=reloaded, args=args, train_dataset=causal_blocks(),
+                              callbacks=[MagnitudePruningCallback(target_sparsity=None)])
     trainer.train()
     assert_masks_hold(reloaded, masks)
     changed = [n for n in masks if not torch.equal(before[n], reloaded.get_parameter(n).detach())]

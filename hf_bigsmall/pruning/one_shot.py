@@ -74,7 +74,7 @@ def prune_one_shot(
 
     The targets are those of `MagnitudePruningCallback` (Linear/Conv1D layers inside the
     transformer blocks, or `target_modules`). The pruned model carries the callback's masks, so
-    `model.save_pretrained` writes the zeros, a `sparsity` block in `config.json` and
+    `save_pruned_model(model, folder)` writes the zeros, a `sparsity` block in `config.json` and
     `sparsity_masks.safetensors`, and a healing fine-tune with
     `MagnitudePruningCallback(target_sparsity=None)` keeps exactly these zeros. Masks the model
     already carries stay pruned.
@@ -117,7 +117,7 @@ def prune_one_shot(
     >>> prune_one_shot(model, calibration, sparsity=0.5, method="wanda")
     >>> sparsity_report(model).global_sparsity
     0.5
-    >>> model.save_pretrained("out/wanda-50")  # zeros + "sparsity" block + sparsity_masks.safetensors
+    >>> save_pruned_model(model, "out/wanda-50")  # zeros + "sparsity" block + sparsity_masks.safetensors
     ```
     """
     if method not in CRITERIA:

@@ -251,3 +251,25 @@ def test_push_to_hub_uploads_a_card_with_co2_metadata(tmp_path, monkeypatch):
     co2 = uploaded["card"].data.co2_eq_emissions
     assert uploaded["repo_id"] == "someone/tiny-student"
     assert co2["emissions"] == pytest.approx(record["co2_grams"], rel=1e-4) and co2["geographical_location"] == "DEU"
+
+
+def test_training_stopped_by_an_exception_is_written_and_a_later_evaluate_is_its_own_window(tmp_path):
+    from tests.pruning_utils import TokenClassificationData, tiny_bert, training_args
+
+    class Interrupt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                raise KeyboardInterrupt
+
+    energy = EnergyCallback()
+    trainer = BigSmallTrainer(model=tiny_bert(), args=training_args(tmp_path, max_steps=4),
+                              train_dataset=TokenClassificationData(), eval_dataset=TokenClassificationData(8),
+                              callbacks=[energy, Interrupt()])
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    record = json.loads((tmp_path / "energy.json").read_text())  # what the two steps used is not lost
+    assert record["global_step"] == 2 and record["num_samples"] == 8 and record["energy_joules"] > 0
+    trainer.remove_callback(Interrupt)
+    trainer.evaluate()
+    record = json.loads((tmp_path / "energy.json").read_text())
+    assert record["evaluation"]["windows"] == 1 and record["num_samples"] == 8

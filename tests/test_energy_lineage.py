@@ -76,3 +76,49 @@ def test_cards_and_report_state_the_emissions_of_the_lineage(family):
     assert rows["student-compact"]["lineage_co2_grams"] == pytest.approx(7e-4 * GRID)
     markdown = render_markdown(report)
     assert "With ancestors" in markdown and "| `student-compact` | - | - | 0.0007 |" in markdown
+
+
+def test_models_that_only_share_a_folder_name_are_two_runs(tmp_path):
+    teacher, student = tmp_path / "teacher" / "final", tmp_path / "student" / "final"
+    _save(teacher, 4e-4)
+    _save(student, 2e-4, "distillation")
+    save_lineage(teacher, build_lineage(teacher, run="fine-tuning"))
+    record = build_lineage(student, [teacher], run="distillation")  # both named "final" by default
+    assert record["energy_kwh"] == pytest.approx(6e-4) and len(record["runs"]) == 2
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_run_whose_figures_are_not_finite_counts_as_not_measured(tmp_path, bad):
+    parent, child = tmp_path / "teacher", tmp_path / "student"
+    _save(parent, bad)
+    _save(child, 2e-4, "distillation")
+    assert build_lineage(parent)["co2_grams"] is None  # no NaN total, so no NaN co2_eq_emissions on a card
+    record = build_lineage(child, [parent])
+    assert record["energy_kwh"] == pytest.approx(2e-4) and record["co2_grams"] == pytest.approx(2e-4 * GRID)
+    assert record["runs"][1]["energy_kwh"] is None
+
+
+@pytest.mark.parametrize("name", ["emissions.json", "energy.json"])
+def test_a_damaged_record_raises_a_value_error_naming_it(tmp_path, name):
+    parent, child = tmp_path / "teacher", tmp_path / "student"
+    _save(parent, 4e-4)
+    _save(child, 2e-4, "distillation")
+    (parent / name).write_text('{"runs": [')
+    with pytest.raises(ValueError, match=f"{name}.*truncated or damaged"):
+        build_lineage(child, [parent])
+
+
+def test_a_card_never_states_nan_emissions(tmp_path):
+    _save(tmp_path / "model", float("nan"))  # an energy.json with NaN figures and no emissions.json
+    card = build_model_card(tmp_path / "model", energy=True)
+    assert "co2_eq_emissions" not in card.data.to_dict()
+    from hf_bigsmall.energy.card import co2_eq_emissions
+
+    with pytest.raises(ValueError, match="not a finite number"):
+        co2_eq_emissions(tmp_path / "model")
+
+
+def test_the_report_never_states_nan_training_energy(tmp_path):
+    _save(tmp_path / "model", float("nan"))
+    figures = _training_energy(tmp_path / "model")
+    assert figures["training_energy_kwh"] is None and figures["training_co2_grams"] is None

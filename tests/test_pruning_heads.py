@@ -161,3 +161,14 @@ def test_real_smollm2_half_of_its_heads_pruned_and_compacted():
     assert model.config.num_attention_heads == 6 and model.config.num_key_value_heads == 3
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_compact_of_heads_pruned_in_fewer_steps_than_blocks_gives_advice_that_works():
+    # 20% of 2 x 6 heads is one step of 3 (one per key/value group): scope='layer' puts it in one block
+    model = llama(heads=6, kv_heads=3, layers=2)
+    assert sorted(map(len, prune(model, 0.2, "layer"))) == [0, 3]
+    with pytest.raises(ValueError, match="multiple of 0.5") as error:
+        compact(model)
+    assert "Prune with scope='layer' so every block" not in str(error.value)  # it was pruned with scope='layer'
+    prune(model, 0.5, "layer")  # the advice followed: compact removes a step from each block
+    assert compact(model).config.num_attention_heads == 3

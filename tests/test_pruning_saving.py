@@ -142,3 +142,31 @@ def test_compacting_over_the_pruned_folder_leaves_no_stale_masks(tmp_path, saver
     pruning_trainer(reloaded, training_args(tmp_path / "again", max_steps=2), rearm).train()
     params = dict(reloaded.named_parameters())
     assert rearm.masks and all(mask.shape == params[name].shape for name, mask in rearm.masks.items())
+
+
+@pytest.mark.parametrize("trainer_class", [Trainer, BigSmallTrainer])
+def test_pushes_during_training_carry_the_masks_of_the_weights_they_upload(tmp_path, monkeypatch, trainer_class):
+    import transformers.utils.hub
+    from huggingface_hub import constants
+    from safetensors.torch import load
+
+    from tests.hub_server import LoopbackHub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(transformers.utils.hub, "_hf_api", None)  # a fresh client for this hub's address
+    with LoopbackHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        args = training_args(tmp_path, max_steps=4, save_strategy="steps", save_steps=2, push_to_hub=True,
+                             hub_model_id="me/pruned", hub_token="hf_loopback", hub_strategy="checkpoint")
+        callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="linear", start_step=0, end_step=4,
+                                            pruning_frequency=1)
+        trainer = pruning_trainer(tiny_bert(), args, callback, trainer_class=trainer_class)
+        trainer.train()
+        trainer.push_in_progress.wait_until_done()
+        files = hub.files("me/pruned")
+    for prefix in ("", "last-checkpoint/"):  # the model at the top, and the checkpoint resumable from the Hub
+        assert f"{prefix}{SPARSITY_MASKS_NAME}" in files, sorted(files)
+        masks, weights = load(files[f"{prefix}{SPARSITY_MASKS_NAME}"]), load(files[f"{prefix}model.safetensors"])
+        assert all(bool((weights[name][mask] == 0).all()) for name, mask in masks.items())
+        pruned = sum(int(mask.sum()) for mask in masks.values()) / sum(mask.numel() for mask in masks.values())
+        assert pruned == pytest.approx(json.loads(files[f"{prefix}config.json"])["sparsity"]["global_sparsity"], abs=1e-3)

@@ -3,6 +3,8 @@
 import json
 import logging
 
+import pytest
+
 from .test_compare import _save_tokenizer
 from .testing_utils import requires_scattertext, tiny_bert_config
 
@@ -56,3 +58,34 @@ def test_teacher_is_reused_only_when_made_from_the_same_inputs(tmp_path, caplog)
     (out / TEACHER_INPUTS_NAME).unlink()  # a folder that does not say what made it is not trusted either
     hidden, log = train("wide", learning_rate=1e-3)
     assert f"has no {TEACHER_INPUTS_NAME}" in log and (out / TEACHER_INPUTS_NAME).is_file()
+
+
+@pytest.mark.parametrize("content", ['{"backbone": {"na', "", "[1, 2]", "null"])
+def test_a_damaged_teacher_inputs_record_means_retrain_not_a_crash(tmp_path, content):
+    from hf_bigsmall.tasks.text_classification import TEACHER_INPUTS_NAME, teacher_differences
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / TEACHER_INPUTS_NAME).write_text(content)
+    differences = teacher_differences(tmp_path, {"backbone": {"name": "small"}})
+    assert len(differences) == 1 and "cannot be read" in differences[0] and TEACHER_INPUTS_NAME in differences[0]
+
+
+def test_new_backbone_weights_saved_over_the_old_ones_change_the_fingerprint(tmp_path):
+    import datasets
+    import torch
+    from transformers import BertModel
+
+    from hf_bigsmall.tasks.text_classification import teacher_fingerprint
+
+    features = datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int64")),
+                                  "labels": datasets.ClassLabel(names=["neg", "pos"])})
+    data = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"input_ids": [[1, 2]], "labels": [0]},
+                                                                     features=features)})
+    folder = tmp_path / "backbone"
+    torch.manual_seed(0)
+    BertModel(tiny_bert_config()).save_pretrained(folder)
+    before = teacher_fingerprint(folder, data)
+    assert teacher_fingerprint(folder, data) == before  # nothing changed: the teacher may be reused
+    torch.manual_seed(1)
+    BertModel(tiny_bert_config()).save_pretrained(folder)  # same shapes, so the same file sizes
+    assert teacher_fingerprint(folder, data)["backbone"] != before["backbone"]

@@ -348,6 +348,22 @@ class EnergyCallback(TrainerCallback, ExportableState):
             self._training = False
             self._guard("on_train_end", self._write, args, state, args.output_dir)
 
+    def on_train_abort(self, args, state, control, **kwargs):
+        """`BigSmallTrainerMixin.train` ended by an exception: training is over, so a later `evaluate()` is a
+        window of its own and writes `energy.json`. In one process the energy used up to the exception is
+        written now, as at the end of training; with several, nothing that needs the others is attempted
+        (they may be gone)."""
+        if not self._training:
+            return
+        self._training = False
+        self._pending_evaluation = None
+        if args.world_size == 1:
+            self._guard("on_train_abort", self._write_aborted, args, state)
+
+    def _write_aborted(self, args, state) -> None:
+        self._gather_training(args, state)
+        self._write(args, state, args.output_dir)
+
     # ---- BigSmallTrainerMixin events: every evaluation and prediction is one window ---------------
     def on_evaluation_loop_begin(self, args, state, control, description: str = "Evaluation",
                                  metric_key_prefix: str = "eval", **kwargs):

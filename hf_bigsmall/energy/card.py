@@ -9,6 +9,7 @@ obtained, so an estimate is never shown as a measurement.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -64,6 +65,10 @@ def co2_eq_emissions(
         record = load_energy_record(record)
     if "co2_grams" not in record:
         raise ValueError("This record has no co2_grams: pass the energy.json an EnergyCallback wrote.")
+    grams = record["co2_grams"]
+    if isinstance(grams, bool) or not isinstance(grams, (int, float)) or not math.isfinite(grams):
+        raise ValueError(f"This record's co2_grams is {grams!r}, not a finite number of grams: the record is damaged; "
+                         "measure the run again (a card never states NaN emissions).")
     metadata: dict[str, Any] = {
         "emissions": float(f"{float(record['co2_grams']):.6g}"),  # 6 significant figures
         "source": describe_source(record),

@@ -2,8 +2,9 @@
 
 A distilled student costs its own distillation run *and* the fine-tuning of the teacher it learned
 from; a compacted or vocabulary-trimmed copy costs nothing more to make (no training) but carries
-everything before it. `emissions.json` lists each run once (by model name: the models of one
-lineage have distinct names) and adds them up:
+everything before it. `emissions.json` lists each run once (a run reached by two paths, like the
+teacher through the student and directly, has the same model name and figures; two models that
+only share a folder name are two runs) and adds them up:
 
 ```
 {
@@ -22,13 +23,15 @@ lineage have distinct names) and adds them up:
 }
 ```
 
-A run that was not measured here (a teacher that came already fine-tuned) is listed with `null`
-figures and left out of the sums; pretraining of the original checkpoint is never included.
+A run that was not measured here (a teacher that came already fine-tuned), or whose figures are
+not finite numbers, is listed with `null` figures and left out of the sums; pretraining of the
+original checkpoint is never included.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,10 +46,39 @@ HOW_THEY_ADD_UP = ("this model's own training run plus the runs of the models it
                    "runs that were not measured here, and the pretraining of the original checkpoint, are not included")
 
 
+def _read_record(path: Path, fix: str) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"Cannot read {path} ({error}): it is truncated or damaged. {fix}") from error
+    if not isinstance(record, dict):
+        raise ValueError(f"{path} is not a JSON object: it is damaged. {fix}")  # noqa: TRY004 - a damaged file
+    return record
+
+
+def _finite(value: Any) -> float | None:
+    """A figure that can be added up, or None (NaN or inf would turn every sum into NaN)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
 def load_lineage(model_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The `emissions.json` of a model folder, or None."""
+    """The `emissions.json` of a model folder, or None; a damaged one raises a `ValueError` naming it."""
     path = Path(model_dir) / LINEAGE_FILE_NAME
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = _read_record(path, f"Delete it and build the record again with build_lineage (from the {ENERGY_FILE_NAME} "
+                                "files of the model and the models it was made from).")
+    if not isinstance(record.get("runs"), list):
+        raise ValueError(  # noqa: TRY004 - a damaged file, not an argument of the wrong type
+            f"{path} lists no runs: it is damaged. Delete it and build the record again with build_lineage.")
+    return record
+
+
+def _run_key(entry: dict[str, Any]) -> tuple:
+    # not the `run` label, which a record built before its parent's emissions.json may lack
+    return entry.get("model"), entry.get("energy_kwh"), entry.get("co2_grams")
 
 
 def _own_run(model_dir: Path, name: str, run: str | None) -> dict[str, Any]:
@@ -54,8 +86,8 @@ def _own_run(model_dir: Path, name: str, run: str | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"model": name, "run": run}
     if not energy_path.is_file():
         return {**entry, "energy_kwh": None, "co2_grams": None, "energy_source": None, "training_type": None}
-    record = json.loads(energy_path.read_text(encoding="utf-8"))
-    return {**entry, "energy_kwh": record.get("energy_kwh"), "co2_grams": record.get("co2_grams"),
+    record = _read_record(energy_path, "Delete it to list this run as not measured, or measure the run again.")
+    return {**entry, "energy_kwh": _finite(record.get("energy_kwh")), "co2_grams": _finite(record.get("co2_grams")),
             "energy_source": record.get("energy_source"), "training_type": record.get("training_type"),
             "is_estimate": bool(record.get("is_estimate")), "source": describe_source(record),
             "hardware": record.get("hardware"), "country_iso_code": record.get("country_iso_code")}
@@ -96,13 +128,15 @@ def build_lineage(
     """
     model_dir = Path(model_dir)
     own = {**_own_run(model_dir, name or model_dir.name, run), "relation": "own", "trained": trained}
-    runs, seen = [own], {own["model"]}
+    runs, seen = [own], {_run_key(own)}
     for parent in parents:
         parent = Path(parent)
         inherited = load_lineage(parent) or build_lineage(parent)
         for entry in inherited["runs"]:
-            if entry["model"] not in seen:  # a model reached by two paths (the teacher) counts once
-                seen.add(entry["model"])
+            entry = {**entry, "energy_kwh": _finite(entry.get("energy_kwh")), "co2_grams": _finite(entry.get("co2_grams"))}
+            # a run reached by two paths (the teacher) counts once; folders that only share a name do not
+            if _run_key(entry) not in seen:
+                seen.add(_run_key(entry))
                 runs.append({**entry, "relation": "ancestor"})
 
     def total(key: str, entries: list[dict[str, Any]]) -> float | None:

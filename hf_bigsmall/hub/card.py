@@ -8,6 +8,7 @@ from what the kit writes beside the weights: the `distillation` and `sparsity` b
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -204,7 +205,8 @@ def build_model_card(
     if lineage and lineage.get("co2_grams") is not None:
         # the runs this model came from (its own and its ancestors'), summed, and the source says how
         extra["co2_eq_emissions"] = lineage_co2_eq_emissions(lineage)
-    elif energy and energy.get("co2_grams") is not None:
+    elif energy and isinstance(energy.get("co2_grams"), (int, float)) and math.isfinite(energy["co2_grams"]):
+        # a NaN or inf figure (a damaged record) states nothing, rather than `emissions: .nan` on the Hub
         extra["co2_eq_emissions"] = co2_eq_emissions(energy)
     card_data = ModelCardData(
         base_model=base_model,

@@ -230,6 +230,21 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if self.rewind_weights is not None:
             save_tensors(self.rewind_weights, folder / SPARSITY_REWIND_NAME)
 
+    def on_push_begin(self, args, state, control, model=None, **kwargs):
+        """A push during training (`push_to_hub=True`) uploads `output_dir`, into which the Trainer has just
+        copied the weights and config.json of the checkpoint it saved, and with `hub_strategy="checkpoint"`
+        that checkpoint too, both before `on_save`: the masks of those weights go with them."""
+        if model is None or not args.should_save:
+            return
+        model = extract_model_from_parallel(model)
+        write_masks(model, args.output_dir)  # also removes a masks file an earlier save left there
+        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if folder.is_dir() and self._masks_saved_to != (str(folder), state.global_step):
+            write_masks(model, folder)
+            self._masks_saved_to = (str(folder), state.global_step)
+            if self.rewind_weights is not None:
+                save_tensors(self.rewind_weights, folder / SPARSITY_REWIND_NAME)
+
     def on_model_save(self, args, state, control, model=None, output_dir=None, **kwargs):
         """`BigSmallTrainerMixin.save_model` saved the model into `output_dir`: the masks go beside it."""
         if model is None or output_dir is None or not args.should_save:

@@ -140,9 +140,15 @@ def _compact_structure(model: nn.Module, structure: str, architecture: str) -> t
                 "pruned_heads, so pruned attention heads cannot be removed and still load with plain from_pretrained; "
                 "they stay in place as zeros, with their masks.")
     if per_group == 0:
+        if structure == "heads":
+            # scope='layer' alone does not even heads out: it keeps blocks within one step of each other
+            step = groups[0].num_units // groups[0].kv_group_size if groups[0].kv_group_size else 1
+            return ("some blocks have no removable dead heads while others do, and the config holds one head count for "
+                    "every block: nothing removed. Heads leave a block in steps of one query head per key/value group "
+                    f"({step} of its {groups[0].num_units}); prune with scope='layer' and a target_sparsity that gives "
+                    f"every block the same number of steps (a multiple of {step / groups[0].num_units:.4g}).")
         return (f"some blocks have no removable dead {structure} while others do, and the config holds one size for "
-                "every block: nothing removed. Prune with scope='layer' so every block loses the same number "
-                "(attention blocks always keep one head per key/value group).")
+                "every block: nothing removed. Prune with scope='layer' so every block loses the same number.")
     why = "blocks lost different numbers and the config holds one size for every block"
     if structure == "heads":
         loadable = _loadable_head_count(model.config, groups[0], per_group)

@@ -176,7 +176,7 @@ def size_on_disk_mb(model_dir: Path) -> float:
 
 
 def _training_energy(model_dir: Path | None) -> dict[str, Any]:
-    from ..energy.lineage import load_lineage
+    from ..energy.lineage import _finite, load_lineage
 
     if model_dir is None:
         return {}
@@ -184,7 +184,8 @@ def _training_energy(model_dir: Path | None) -> dict[str, Any]:
     record_path = model_dir / "energy.json"
     if record_path.is_file():
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        figures.update(training_energy_kwh=record.get("energy_kwh"), training_co2_grams=record.get("co2_grams"),
+        # a NaN or inf figure (a damaged record) is no figure, as in emissions.json
+        figures.update(training_energy_kwh=_finite(record.get("energy_kwh")), training_co2_grams=_finite(record.get("co2_grams")),
                        training_energy_source=record.get("energy_source"))
     lineage = load_lineage(model_dir)
     if lineage:

@@ -119,7 +119,7 @@ def teacher_fingerprint(model_name_or_path: str | os.PathLike, dataset: DatasetD
     """What a fine-tuned teacher was made from, small enough to store beside it (`teacher_inputs.json`).
 
     The backbone (its name, and for a local folder a digest of its absolute path, `config.json` and
-    weight file sizes), the label names, a digest of the tokenised training split (so the dataset, the sample
+    the weight files' sizes and modification times), the label names, a digest of the tokenised training split (so the dataset, the sample
     limit, the shuffle seed, `max_length` and the tokenizer all count) and the training arguments
     that shape the weights.
     """
@@ -130,7 +130,10 @@ def teacher_fingerprint(model_name_or_path: str | os.PathLike, dataset: DatasetD
         if not assets.is_embedded(name):
             backbone["name"] = folder.resolve().name  # the full path only enters the digest: the record may be shared
         config = folder / "config.json"
-        weights = sorted((p.name, p.stat().st_size) for p in folder.iterdir() if p.suffix in (".safetensors", ".bin"))
+        # sizes alone miss new weights of the same shape saved over the old ones; the modification time
+        # catches them without reading gigabytes (a copy elsewhere differs by its path already)
+        weights = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
+                         if p.suffix in (".safetensors", ".bin"))
         where = b"" if assets.is_embedded(name) else str(folder.resolve()).encode()
         backbone["files"] = _file_digest(where, config.read_bytes() if config.is_file() else b"",
                                          json.dumps(weights).encode())
@@ -157,7 +160,13 @@ def teacher_differences(output_dir: str | os.PathLike, fingerprint: dict[str, An
     record_path = output_dir / TEACHER_INPUTS_NAME
     if not record_path.is_file():
         return [f"{output_dir} has no {TEACHER_INPUTS_NAME}, so what made that teacher is unknown"]
-    saved = json.loads(record_path.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # truncated or damaged: as good as no record, never a crash
+        saved = None
+    if not isinstance(saved, dict):
+        return [(f"{record_path} cannot be read as a record of inputs (damaged or truncated), so what made that "
+                 "teacher is unknown")]
     return [f"{key}: {saved.get(key)!r} then, {value!r} now" for key, value in fingerprint.items() if saved.get(key) != value]
 
 

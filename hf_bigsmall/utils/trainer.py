@@ -2,10 +2,10 @@
 
 `MagnitudePruningCallback` and `EnergyCallback` do their core work through documented
 `TrainerCallback` events alone (the model, optimizer and scheduler they receive, `state`,
-`args.output_dir` + `state.global_step` for the checkpoint just saved). Four things have no
+`args.output_dir` + `state.global_step` for the checkpoint just saved). Five things have no
 event: logging through `Trainer.log` (so figures reach every `report_to` integration), the start
-of an `evaluate`/`predict` call, a `save_model` outside a checkpoint, and the folder a resumed
-run comes from. A trainer class that mixes in `BigSmallTrainerMixin` provides them by overriding
+of an `evaluate`/`predict` call, a `save_model` outside a checkpoint, the folder a resumed run
+comes from, and a `train` that ends by an exception. A trainer class that mixes in `BigSmallTrainerMixin` provides them by overriding
 public `Trainer` methods, and tells the kit's callbacks through the methods below.
 """
 
@@ -56,7 +56,10 @@ class BigSmallTrainerMixin:
     - `train`, `evaluate`, `predict`, `push_to_hub`: mark this trainer as running, so kit callbacks
       log through `Trainer.log` (reaching every `report_to` integration) instead of appending to
       `state.log_history` only. `train` also records `resumed_checkpoint`, the folder it resumes
-      from, where the pruning callback reads its masks wherever that checkpoint was moved.
+      from, where the pruning callback reads its masks wherever that checkpoint was moved. When
+      `train` ends by an exception it calls `on_train_abort(args, state, control)` on the callbacks
+      that define it, so an `EnergyCallback` stops counting training (and in one process writes the
+      energy used so far) before it re-raises.
     - `evaluation_loop`: calls `on_evaluation_loop_begin(args, state, control, description=...,
       metric_key_prefix=...)` and `on_evaluation_loop_end(..., output=...)` on the callbacks that
       define them, so every evaluation and prediction is a measured energy window.
@@ -102,7 +105,12 @@ class BigSmallTrainerMixin:
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         self.resumed_checkpoint = _resolve_checkpoint(resume_from_checkpoint, self.args.output_dir)
         with self._running():
-            return super().train(resume_from_checkpoint, *args, **kwargs)
+            try:
+                return super().train(resume_from_checkpoint, *args, **kwargs)
+            except BaseException:
+                # no Trainer event says that training stopped here (KeyboardInterrupt, an error in a step)
+                self._call_kit_event("on_train_abort")
+                raise
 
     def evaluate(self, *args: Any, **kwargs: Any):
         with self._running():

@@ -88,7 +88,8 @@ def main(argv=None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=args.block_size, max_eval_samples=args.eval_blocks)
     held_out = data["eval"]
-    heal_blocks = data["train"].select(range(len(data["train"]) - args.heal_steps * args.heal_batch, len(data["train"])))
+    heal_count = args.heal_steps * args.heal_batch  # the last training blocks, apart from most calibration windows
+    heal_blocks = data["train"].select(range(len(data["train"]) - heal_count, len(data["train"]))) if heal_count else None
     dense = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     results = {
         "machine": f"{os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}",
@@ -115,7 +116,7 @@ def main(argv=None) -> dict:
         name = f"{method}-{pattern or '50%'}"
         model = copy.deepcopy(dense).requires_grad_(True)  # the dense teacher of an earlier heal is frozen
         load = os.getloadavg()[0]
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         calibration, reused = None, statistics is not None
         if method == "wanda" and statistics is None:
             # one calibration pass of the dense model serves every Wanda variant (same statistics)
@@ -125,7 +126,10 @@ def main(argv=None) -> dict:
         prune_one_shot(model, statistics if method == "wanda" else None, sparsity=None if pattern else 0.5,
                        method=method, pattern=pattern)
         prune_seconds = time.perf_counter() - start
-        entry = {"prune_seconds": round(prune_seconds, 1), "load_during_prune": load,
+        # CPU seconds of this process (all threads): on a shared machine the wall time mostly measures
+        # the other jobs, while CPU time / threads estimates the wall time on an idle one
+        entry = {"prune_seconds": round(prune_seconds, 1), "prune_cpu_seconds": round(time.process_time() - cpu_start, 1),
+                 "load_during_prune": load,
                  "calibration_reused": method == "wanda" and reused,
                  "sparsity": sparsity_report(model).global_sparsity, "perplexity": perplexity(model, held_out)}
         print(f"{name}: {entry['perplexity']:.2f} (pruned in {prune_seconds:.0f} s)", flush=True)

@@ -17,11 +17,11 @@ from hf_bigsmall import (
     DistillationTrainer,
     MagnitudePruningCallback,
     prune_one_shot,
+    save_pruned_model,
     sparsity_report,
 )
 from hf_bigsmall.pruning.calibration import CalibrationData
-from hf_bigsmall.pruning.io import SPARSITY_MASKS_NAME, load_masks, save_pruned_model
-from hf_bigsmall.utils.trainer import BigSmallTrainer
+from hf_bigsmall.pruning.io import SPARSITY_MASKS_NAME, load_masks
 from tests.testing_utils import TINY_VOCAB, tiny_gpt2_config, tiny_llama_config
 
 # ------------------------------------------------------------------------- a Linear with known activations
@@ -150,7 +150,7 @@ def test_wanda_and_magnitude_differ_where_activations_are_uneven():
     prune_one_shot(wanda, calibration_rows(), method="wanda", num_samples=8, seq_len=32)
     prune_one_shot(magnitude, method="magnitude", scope="row")
     name = "model.layers.0.self_attn.q_proj.weight"
-    kept_on_loud_channels = lambda model: int((~model._sparsity_masks[name][:, :4]).sum())  # noqa: E731
+    kept_on_loud_channels = lambda model: int((~model._sparsity_masks[name][:, :4]).sum())
     assert kept_on_loud_channels(wanda) > kept_on_loud_channels(magnitude) + 16
 
 
@@ -233,17 +233,16 @@ def test_saved_model_reloads_with_plain_from_pretrained_and_rearms(tmp_path):
     args = DistillationConfig(output_dir=str(tmp_path / "heal"), max_steps=4, per_device_train_batch_size=4,
                               learning_rate=1e-2, report_to="none", save_strategy="no", use_cpu=True,
                               alpha_kd=0.0, alpha_ce=1.0, disable_tqdm=True)
-    # the kit's Trainer writes the masks file beside the weights (a plain Trainer writes the zeros only)
-    trainer = BigSmallTrainer(model=reloaded, args=args, train_dataset=causal_blocks(),
-                              callbacks=[MagnitudePruningCallback(target_sparsity=None)])
+    trainer = Trainer(model=reloaded, args=args, train_dataset=causal_blocks(),
+                      callbacks=[MagnitudePruningCallback(target_sparsity=None)])
     trainer.train()
     assert_masks_hold(reloaded, masks)
     changed = [n for n in masks if not torch.equal(before[n], reloaded.get_parameter(n).detach())]
     assert changed, "the healing run did not train the pruned layers"
-    trainer.save_model(tmp_path / "healed")
-    healed = json.loads((tmp_path / "healed" / "config.json").read_text())["sparsity"]
+    trainer.save_model()  # a plain Trainer's callback writes the pruning record into output_dir
+    healed = json.loads((tmp_path / "heal" / "config.json").read_text())["sparsity"]
     assert healed["method"] == "wanda" and healed["structure"] == "2:4"  # how it was pruned is kept
-    assert (tmp_path / "healed" / SPARSITY_MASKS_NAME).is_file()
+    assert (tmp_path / "heal" / SPARSITY_MASKS_NAME).is_file()
 
 
 def test_masks_survive_a_healing_distillation_with_gradient_accumulation(tmp_path):

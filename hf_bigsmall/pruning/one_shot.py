@@ -18,7 +18,8 @@ from .calibration import (
 )
 from .io import apply_masks, attach_masks
 from .targets import find_target_modules
-from .wanda import CRITERIA, ONE_SHOT_SCOPES, check_pattern_fits, criterion_masks, parse_pattern
+from .config import CRITERIA
+from .wanda import ONE_SHOT_SCOPES, check_pattern_fits, criterion_masks, parse_pattern
 
 logger = logging.get_logger(__name__)
 
@@ -75,7 +76,7 @@ def prune_one_shot(
     The targets are those of `MagnitudePruningCallback` (Linear/Conv1D layers inside the
     transformer blocks, or `target_modules`). The pruned model carries the callback's masks, so
     `save_pruned_model(model, folder)` writes the zeros, a `sparsity` block in `config.json` and
-    `sparsity_masks.safetensors`, and a healing fine-tune with
+    `sparsity_masks.safetensors` (as a Trainer with the callback does), and a healing fine-tune with
     `MagnitudePruningCallback(target_sparsity=None)` keeps exactly these zeros. Masks the model
     already carries stay pruned.
 
@@ -111,7 +112,7 @@ def prune_one_shot(
     Example:
 
     ```python
-    >>> from hf_bigsmall import assets, prune_one_shot, sparsity_report
+    >>> from hf_bigsmall import assets, prune_one_shot, save_pruned_model, sparsity_report
     >>> from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
     >>> calibration = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=512)["train"]
     >>> prune_one_shot(model, calibration, sparsity=0.5, method="wanda")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import _PATTERN, CRITERIA
+from .config import _PATTERN
 from .masks import _lowest_k, _pruned_count
 
 ONE_SHOT_SCOPES = ("row", "layer", "global")

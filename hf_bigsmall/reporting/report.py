@@ -74,8 +74,9 @@ def perplexity_lines(report: dict[str, Any]) -> list[str]:
     reference = report["models"][0]
     base = reference["metrics"].get("perplexity")
     tokens = report.get("eval_tokens")
-    lines = ["", f"Held-out perplexity on the same {f'{tokens:,} ' if tokens else ''}tokens of `{report['dataset']}`: "
-             f"`{reference['name']}` (reference) {_fmt(base, '.2f')}"]
+    sentence = (f"Held-out perplexity on the same {f'{tokens:,} ' if tokens else ''}tokens of `{report['dataset']}`: "
+                f"`{reference['name']}` (reference) {_fmt(base, '.2f')}")
+    lines = ["", sentence]
     for model in report["models"][1:]:
         value = model["metrics"].get("perplexity")
         times = f" ({value / base:.2f}x the reference's)" if value is not None and base else ""

@@ -2,6 +2,7 @@
 
 ```bash
 hf-bigsmall quickstart --fast                      # teacher -> student -> pruned -> compact, measured
+hf-bigsmall quickstart --task causal-lm            # SmolLM2 pruned by importance, healed by distillation
 hf-bigsmall compare out/teacher out/student --output_dir out
 hf-bigsmall push out/student me/minilm-rt-student
 hf-bigsmall quantize out/student-compact out/student-int8     # int8 for the CPU (ONNX Runtime)
@@ -62,9 +63,26 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quickstart_task(argv: list[str]) -> str:
+    for index, argument in enumerate(argv):
+        if argument == "--task" and index + 1 < len(argv):
+            return argv[index + 1]
+        if argument.startswith("--task="):
+            return argument.split("=", 1)[1]
+    return "text-classification"
+
+
 def _quickstart(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
+    if _quickstart_task(argv) == "causal-lm":
+        from .quickstart_causal_lm import CausalLMQuickstartArguments, run_causal_lm_quickstart
+
+        parser = HfArgumentParser(CausalLMQuickstartArguments, prog="hf-bigsmall quickstart --task causal-lm",
+                                  description="Prune an LLM by importance, heal it by distillation, and compare.")
+        (arguments,) = parser.parse_args_into_dataclasses(argv)
+        run_causal_lm_quickstart(arguments)
+        return 0
     from .quickstart import QuickstartArguments, run_quickstart
 
     parser = HfArgumentParser(QuickstartArguments, prog="hf-bigsmall quickstart",

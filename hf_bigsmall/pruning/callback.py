@@ -63,10 +63,15 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         scope (`str`, *optional*): `"global"`, `"layer"` or `"row"` (default: global for unstructured
             magnitude, row for Wanda, layer for structured so that `compact` can shrink the model).
         target_modules (`list[str]` or `str`, *optional*): name suffixes or a full-match regex.
-        criterion (`str`, defaults to `"magnitude"`): `"magnitude"` or `"wanda"` (`|W_ij| * ||X_j||_2`
-            over `calibration_dataset`, recomputed at every pruning event; Sun et al. 2023).
+        criterion (`str`, defaults to `"magnitude"`): `"magnitude"`, `"wanda"` (`|W_ij| * ||X_j||_2`
+            over `calibration_dataset`, recomputed at every pruning event; Sun et al. 2023) or
+            `"activation"` (FFN neurons / heads ranked by their activations, Minitron; with
+            `structure="neurons"` or `"heads"`).
         calibration_dataset (*optional*): tokenized rows for Wanda (see
-            [`~hf_bigsmall.pruning.calibration.prepare_calibration`]), checked when the trainer is built.
+            [`~hf_bigsmall.pruning.calibration.prepare_calibration`]), checked when the trainer is built;
+            for `"activation"`, the samples `compute_importance` measures at the first pruning event.
+        importance ([`~pruning.importance.Importance`], *optional*): with `criterion="activation"`, an
+            importance already measured (`compute_importance`), used instead of `calibration_dataset`.
         **kwargs: the remaining fields of [`PruningConfig`] (`initial_sparsity`, `start_step`,
             `end_step`, `pruning_frequency`, `imp_rounds`, `rewind_step`, `steps_per_round`).
 
@@ -94,12 +99,16 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
 
     def __init__(self, target_sparsity: float | None = 0.5, schedule: str = "cubic", structure: str = "unstructured",
                  scope: str | None = None, target_modules: list[str] | str | None = None,
-                 criterion: str = "magnitude", calibration_dataset=None, **kwargs):
+                 criterion: str = "magnitude", calibration_dataset=None, importance=None, **kwargs):
         self.config = PruningConfig(target_sparsity=target_sparsity, schedule=schedule, structure=structure,
                                     scope=scope, target_modules=target_modules, criterion=criterion, **kwargs)
         if criterion == "wanda" and target_sparsity is not None and calibration_dataset is None:
             raise ValueError("criterion='wanda' needs calibration_dataset= (tokenized rows of text like the training "
                              "data), or use criterion='magnitude'.")
+        if criterion == "activation" and target_sparsity is not None and importance is None and calibration_dataset is None:
+            raise ValueError("criterion='activation' needs importance=compute_importance(model, calibration_dataset) "
+                             "or calibration_dataset= (tokenized rows of text like the training data).")
+        self.importance = importance
         self.calibration_dataset = calibration_dataset
         self._calibration = None  # prepared (and checked against the model) once the model is known
         self._inherited_info: dict | None = None
@@ -379,7 +388,17 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             weights = targeted_weights(model, self.config.target_modules, prefer_masked=False)
             masks = unstructured_masks(weights, sparsity, self.config.scope, previous=self.masks)
         else:
-            masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks)
+            scores = None
+            if self.config.criterion == "activation":
+                if self.importance is None:  # measured once, on the model as it is at the first pruning event
+                    from .importance import compute_importance
+
+                    self.importance = compute_importance(model, self.calibration_dataset,
+                                                         num_samples=self.config.calibration_samples)
+                table = self.importance.neurons if self.config.structure == "neurons" else self.importance.heads
+                scores = list(table)
+            masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks,
+                                     unit_scores=scores)
         # Masks only ever grow: a scheduled sparsity below what the model already has (a pruned model
         # pruned again from initial_sparsity=0) keeps every weight pruned before.
         for name, previous in self.masks.items():

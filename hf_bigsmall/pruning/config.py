@@ -12,7 +12,7 @@ SCHEDULES = ("one_shot", "linear", "cubic", "imp")
 STRUCTURES = ("unstructured", "neurons", "heads")
 # "row": every output row loses the same fraction (Wanda's comparison group; unstructured only)
 SCOPES = ("global", "layer", "row")
-CRITERIA = ("magnitude", "wanda")
+CRITERIA = ("magnitude", "wanda", "activation")
 _PATTERN = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
 
 
@@ -53,8 +53,10 @@ class PruningConfig:
     )
     criterion: str = field(
         default="magnitude",
-        metadata={"help": "magnitude (|W|) or wanda (|W| x the input channel's activation norm on a calibration "
-                          "set, Sun et al. 2023; needs calibration_dataset). Unstructured and N:M only."},
+        metadata={"help": "magnitude (|W|), wanda (|W| x the input channel's activation norm on a calibration "
+                          "set, Sun et al. 2023; needs calibration_dataset; unstructured and N:M only) or activation "
+                          "(FFN neurons / heads ranked by their activations on a calibration set, Minitron; needs "
+                          "importance= or calibration_dataset; neurons and heads only)."},
     )
     calibration_samples: int = field(default=128, metadata={"help": "Wanda: calibration windows per pruning event."})
     calibration_seq_len: int | None = field(
@@ -118,6 +120,8 @@ class PruningConfig:
         if self.criterion == "wanda" and self.structure in ("neurons", "heads"):
             raise ValueError("criterion='wanda' scores single weights: use structure='unstructured' or an 'N:M' "
                              "pattern, or criterion='magnitude' for neurons and heads.")
+        if self.criterion == "activation" and self.structure not in ("neurons", "heads"):
+            raise ValueError("criterion='activation' ranks FFN neurons or heads: use structure='neurons' or 'heads'.")
         if self.scope is None:
             if self.structure == "unstructured":
                 self.scope = "row" if self.criterion == "wanda" else "global"

@@ -14,7 +14,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-MODELS = ("teacher", "student", "student-pruned", "student-compact", "student-trimmed")
+MODELS = ("teacher", "student", "student-pruned", "student-compact", "student-trimmed", "student-int8", "teacher-int8")
 
 
 def main() -> None:

@@ -27,13 +27,18 @@ _LAZY_IMPORTS: dict[str, str] = {
     "kd_loss": "hf_bigsmall.losses",
     # pruning
     "MagnitudePruningCallback": "hf_bigsmall.pruning.callback",
+    "prune_one_shot": "hf_bigsmall.pruning.one_shot",
     "sparsity_report": "hf_bigsmall.pruning.masks",
     "compact": "hf_bigsmall.pruning.compact",
     "save_pruned_model": "hf_bigsmall.pruning.io",
     "trim_vocabulary": "hf_bigsmall.pruning.vocabulary",
+    "compute_importance": "hf_bigsmall.pruning.importance",
+    "prune_width": "hf_bigsmall.pruning.width",
     # energy
     "EnergyCallback": "hf_bigsmall.energy.callback",
     "measure_inference": "hf_bigsmall.energy.inference",
+    # quantization
+    "quantize": "hf_bigsmall.quantization.quantize",
     # big vs small
     "compare_models": "hf_bigsmall.reporting.compare",
     "build_model_card": "hf_bigsmall.hub.card",
@@ -55,9 +60,13 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .losses import kd_loss
     from .pruning.callback import MagnitudePruningCallback
     from .pruning.compact import compact
+    from .pruning.importance import compute_importance
     from .pruning.io import save_pruned_model
     from .pruning.masks import sparsity_report
+    from .pruning.one_shot import prune_one_shot
     from .pruning.vocabulary import trim_vocabulary
+    from .pruning.width import prune_width
+    from .quantization.quantize import quantize
     from .reporting.compare import compare_models
     from .utils.trainer import BigSmallTrainer, BigSmallTrainerMixin
 

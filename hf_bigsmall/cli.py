@@ -2,8 +2,10 @@
 
 ```bash
 hf-bigsmall quickstart --fast                      # teacher -> student -> pruned -> compact, measured
+hf-bigsmall quickstart --task causal-lm            # SmolLM2 pruned by importance, healed by distillation
 hf-bigsmall compare out/teacher out/student --output_dir out
 hf-bigsmall push out/student me/minilm-rt-student
+hf-bigsmall quantize out/student-compact out/student-int8     # int8 for the CPU (ONNX Runtime)
 ```
 """
 
@@ -23,9 +25,10 @@ def _compare(args: argparse.Namespace) -> int:
         max_samples=args.max_samples or None, max_length=args.max_length, batch_size=args.batch_size,
         latency_samples=args.latency_samples, output_dir=args.output_dir, plots=not args.no_plots,
     )
-    from .reporting.report import markdown_table
+    from .reporting.report import markdown_table, perplexity_lines
 
     echo(markdown_table(comparison.to_dict()))
+    echo("\n".join(perplexity_lines(comparison.to_dict())))
     echo(f"\nReport written to {args.output_dir}/report.md (and report.json, plots).")
     return 0
 
@@ -43,9 +46,43 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quantize(args: argparse.Namespace) -> int:
+    from .quantization import quantize
+    from .quantization.quantize import LOADING
+
+    try:
+        folder = quantize(args.model_dir, args.output_dir, method=args.method, device=args.device,
+                          backend=args.backend)
+    except ImportError as error:  # the backend's extra is missing: the message says what to install
+        echo(f"hf-bigsmall quantize: {error}", error=True)
+        return 2
+    backend = "torchao" if args.device == "cuda" else "onnxruntime"
+    task = "ForCausalLM" if "ForCausalLM" in (folder / "config.json").read_text() else "ForSequenceClassification"
+    echo(f"Quantized {args.model_dir} -> {folder}\nLoad it with: "
+         + LOADING[backend].format(path=folder, auto_class=f"AutoModel{task}"))
+    return 0
+
+
+def _quickstart_task(argv: list[str]) -> str:
+    for index, argument in enumerate(argv):
+        if argument == "--task" and index + 1 < len(argv):
+            return argv[index + 1]
+        if argument.startswith("--task="):
+            return argument.split("=", 1)[1]
+    return "text-classification"
+
+
 def _quickstart(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
+    if _quickstart_task(argv) == "causal-lm":
+        from .quickstart_causal_lm import CausalLMQuickstartArguments, run_causal_lm_quickstart
+
+        parser = HfArgumentParser(CausalLMQuickstartArguments, prog="hf-bigsmall quickstart --task causal-lm",
+                                  description="Prune an LLM by importance, heal it by distillation, and compare.")
+        (arguments,) = parser.parse_args_into_dataclasses(argv)
+        run_causal_lm_quickstart(arguments)
+        return 0
     from .quickstart import QuickstartArguments, run_quickstart
 
     parser = HfArgumentParser(QuickstartArguments, prog="hf-bigsmall quickstart",
@@ -86,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--commit_message", default=None)
     push.add_argument("--no_card", action="store_true", help="do not write a README.md card when there is none")
     push.set_defaults(handler=_push)
+
+    quantize = commands.add_parser("quantize", help="int8 for the CPU (ONNX Runtime), int8/int4 for CUDA (torchao)")
+    quantize.add_argument("model_dir", help="a saved classifier or causal LM, with its tokenizer")
+    quantize.add_argument("output_dir", help="the new folder")
+    quantize.add_argument("--method", default="int8", choices=["int8", "int4"])
+    quantize.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model will run")
+    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torchao"])
+    quantize.set_defaults(handler=_quantize)
     return parser
 
 

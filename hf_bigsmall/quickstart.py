@@ -8,8 +8,9 @@ side by side and write everything to one folder:
 ```
 bigsmall_output/
   teacher/ student/ student-pruned/ student-compact/ student-trimmed/   each loads with plain from_pretrained
+  student-int8/ teacher-int8/          ONNX Runtime int8: onnxruntime.InferenceSession("<folder>/model.onnx")
   teacher_logits/   the teacher's logits, cached once for both distillation stages
-  report.md  report.json  quality_vs_size.png  quality_vs_energy.png
+  report.md  report.json  quality_vs_latency.png  quality_vs_size.png  quality_vs_energy.png
 ```
 
 Every training run is measured with `EnergyCallback` (the teacher's fine-tuning included: its
@@ -18,7 +19,10 @@ Every training run is measured with `EnergyCallback` (the teacher's fine-tuning 
 from, which its card's `co2_eq_emissions` and the report state.
 
 `student-trimmed` is the compacted student with its vocabulary trimmed to the tokens of the
-training texts (`--no_trim_vocabulary` leaves it out).
+training texts (`--no_trim_vocabulary` leaves it out). `student-int8` and `teacher-int8` are the
+compacted student and the teacher quantized to int8 for the CPU (`hf_bigsmall.quantization`), so the
+report answers whether the small model beats simply quantizing the big one (`--no_quantize` leaves
+them out).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from .utils.files import fresh_partial_dir, publish_dir, publishing
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
 # about 4 minutes on a quiet 2-core CPU by default (6 under load) (see BENCHMARKS.md), a minute or two with --fast
 _BUDGETS = {"default": (80, 120, 80, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
-STAGES = 5
+STAGES = 6
 # model -> (the models it was made from, how it was made, whether that trains); a distilled model's
 # teacher is one of its ancestors
 _LINEAGE = {
@@ -44,6 +48,8 @@ _LINEAGE = {
     "student-pruned": (("student", "teacher"), "pruning while distilling", True),
     "student-compact": (("student-pruned",), "compaction", False),
     "student-trimmed": (("student-compact",), "vocabulary trimming", False),
+    "student-int8": (("student-compact",), "int8 quantization", False),
+    "teacher-int8": (("teacher",), "int8 quantization", False),
 }
 
 
@@ -68,6 +74,9 @@ class QuickstartArguments:
     cache_teacher_logits: bool = field(default=True, metadata={
         "help": "Run the teacher once over the training rows both distillation stages draw from and distil from its "
                 "cached logits (teacher_logits/), instead of running it at every step of both stages."})
+    quantize: bool = field(default=True, metadata={
+        "help": "Also write student-int8 and teacher-int8: the compacted student and the teacher quantized to "
+                "int8 with ONNX Runtime (needs `pip install \"hf-bigsmall[onnx]\"`)."})
     fast: bool = field(default=False, metadata={"help": "A run of a minute or two (CI, smoke test)."})
     teacher_steps: int | None = field(default=None, metadata={"help": "Teacher fine-tuning steps."})
     distill_steps: int | None = field(default=None, metadata={"help": "Distillation steps."})
@@ -178,6 +187,24 @@ def _evaluation_split(dataset_name: str) -> str:
     return split
 
 
+def _quantize_stage(args: QuickstartArguments, teacher_dir: Path, compact_dir: Path, output_dir: Path) -> dict[str, Path]:
+    """Stage 5: the compacted student and the teacher, int8 on the CPU; {} when --no_quantize or no backend."""
+    from .utils.import_utils import is_onnxruntime_available
+
+    if not args.quantize:
+        return {}
+    start = _stage(5, "Quantized: the compacted student and the teacher, int8 with ONNX Runtime")
+    if not is_onnxruntime_available():  # on by default: say so and go on without it
+        echo('      quantization skipped: ONNX Runtime is not installed (pip install "hf-bigsmall[onnx]")')
+        return {}
+    from .quantization import quantize
+
+    quantized = {"student-int8": quantize(compact_dir, output_dir / "student-int8"),
+                 "teacher-int8": quantize(teacher_dir, output_dir / "teacher-int8")}
+    _done(start, quantized["student-int8"])
+    return quantized
+
+
 def run_quickstart(args: QuickstartArguments) -> Path:
     """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
@@ -185,6 +212,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     from . import EnergyCallback, MagnitudePruningCallback, compact, make_student
     from .energy.lineage import build_lineage, save_lineage
     from .hub.card import build_model_card, hub_id
+    from .quantization.config import is_onnx_folder
     from .reporting.compare import compare_models
     from .reporting.report import markdown_table
     from .tasks.text_classification import (
@@ -275,6 +303,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         echo(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
               f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}")
     _done(start, compact_dir)
+    models.update(_quantize_stage(args, teacher_dir, compact_dir, output_dir))
 
     # every model carries the emissions of the runs it came from: its own plus its ancestors'
     for name, folder in models.items():
@@ -283,7 +312,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
             run = "fine-tuned before this run"  # its energy.json, if it came with one, counts
         save_lineage(folder, build_lineage(folder, [models[p] for p in parents], name=name, run=run, trained=trained))
 
-    start = _stage(5, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
+    start = _stage(6, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
     comparison = compare_models(models, args.dataset, split=eval_split,
                                 max_samples=args.eval_samples, max_length=args.max_length,
                                 latency_samples=args.latency_samples, output_dir=output_dir)
@@ -294,8 +323,11 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     echo("\n" + markdown_table(comparison.to_dict()))
     echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
-        echo(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
+        loads = "ONNX Runtime int8" if is_onnx_folder(folder) else "from_pretrained-ready"
+        echo(f"  {name:<16} {folder}/  ({loads}, README.md model card)")
     echo(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
-    echo(f"  plots            {output_dir / 'quality_vs_size.png'}, {output_dir / 'quality_vs_energy.png'}")
-    echo(f"Share one with: hf-bigsmall push {list(models.values())[-1]} <your-name>/<repo>")
+    echo(f"  plots            {output_dir / 'quality_vs_latency.png'}, {output_dir / 'quality_vs_size.png'}, "
+          f"{output_dir / 'quality_vs_energy.png'}")
+    students = [folder for name, folder in models.items() if name.startswith("student")]
+    echo(f"Share one with: hf-bigsmall push {students[-1]} <your-name>/<repo>")
     return output_dir

@@ -139,6 +139,22 @@ def test_perplexity_of_causal_lms_equals_a_direct_computation(tmp_path):
     assert comparison.lower_is_better
     expected_pct = 100 * comparison.models[0].metrics["perplexity"] / comparison.models[1].metrics["perplexity"]
     assert comparison.models[1].ratios["quality_pct"] == pytest.approx(expected_pct)
+    # both perplexities on the same tokens, the teacher's beside the student's
+    assert comparison.eval_tokens == tokens
+    assert comparison.generation == {"num_prompts": 3, "prompt_tokens": min(64, *(len(tokenizer(t)["input_ids"])
+                                                                                    for t in texts[:3])),
+                                     "new_tokens": 32}
+    for measured in comparison.models:
+        assert measured.prefill_ms_p50 > 0 and measured.decode_tokens_per_s > 0 and measured.decode_joules_per_token > 0
+    assert comparison.models[1].ratios["decode_faster"] == pytest.approx(
+        comparison.models[1].decode_tokens_per_s / comparison.models[0].decode_tokens_per_s)
+    from hf_bigsmall.reporting.report import render_markdown
+
+    markdown = render_markdown(comparison.to_dict())
+    assert "| Prefill (ms) | Decode (tok/s) | Decode (J/token) |" in markdown
+    big_ppl, small_ppl = (m.metrics["perplexity"] for m in comparison.models)
+    assert (f"Held-out perplexity on the same {tokens:,} tokens of `custom`: `big` (reference) {big_ppl:.2f}; "
+            f"`small` {small_ppl:.2f} ({small_ppl / big_ppl:.2f}x the reference's).") in markdown
 
 
 def test_bad_input_is_rejected(compared, tmp_path):
@@ -181,12 +197,3 @@ def test_compare_on_minilm_and_rotten_tomatoes(tmp_path):
     expected = (predictions == torch.tensor(list(test["label"]))).float().mean().item()
     assert student_row.metrics["accuracy"] == pytest.approx(expected)
     assert (tmp_path / "report.md").is_file() and (tmp_path / "quality_vs_size.png").is_file()
-
-
-def test_labels_of_coinciding_points_are_stacked():
-    from hf_bigsmall.reporting.plots import _label_shifts
-
-    points = [("teacher", 22.7, 0.90), ("student", 17.4, 0.88), ("pruned", 15.6, 0.88), ("compact", 15.6, 0.88)]
-    labels = [f"{name} (0.9)" for name, _, _ in points]
-    assert _label_shifts(labels, points) == [0, 0, 1, 2]
-    assert _label_shifts(labels[:2], [("a", 1.0, 0.5), ("b", 20.0, 0.9)]) == [0, 0]

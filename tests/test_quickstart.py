@@ -10,6 +10,7 @@ from .test_compare import _save_tokenizer
 from .testing_utils import requires_minilm, requires_scattertext, tiny_bert_config
 
 MODELS = ("teacher", "student", "student-pruned", "student-compact", "student-trimmed")
+QUANTIZED = ("student-int8", "teacher-int8")  # ONNX Runtime folders, measured beside the others
 
 
 @requires_scattertext
@@ -81,7 +82,7 @@ def test_quickstart_fast_writes_a_complete_folder(quickstart_output):
 
     out = quickstart_output
     report = json.loads((out / "report.json").read_text())
-    assert [m["name"] for m in report["models"]] == list(MODELS)
+    assert [m["name"] for m in report["models"]] == [*MODELS, *QUANTIZED]
     for name in ("quality_vs_size.png", "quality_vs_energy.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and imread(out / name).ndim == 3
     assert "| `student-compact` |" in (out / "report.md").read_text()
@@ -139,6 +140,44 @@ def test_quickstart_fast_writes_a_complete_folder(quickstart_output):
         torch.testing.assert_close(compacted(**full(text, return_tensors="pt")).logits,
                                    trimmed(**small(text, return_tensors="pt")).logits, atol=1e-4, rtol=1e-4)
     assert "### Vocabulary" in (out / "student-trimmed" / "README.md").read_text()
+
+
+@requires_minilm
+@requires_scattertext
+def test_quickstart_quantizes_the_compact_student_and_the_teacher(quickstart_output):
+    from pathlib import Path
+
+    from matplotlib.image import imread
+
+    from hf_bigsmall.hub.card import validate_card
+    from hf_bigsmall.quantization import OnnxModelRunner, is_onnx_folder
+
+    out = quickstart_output
+    rows = {m["name"]: m for m in json.loads((out / "report.json").read_text())["models"]}
+    for name, source in (("student-int8", "student-compact"), ("teacher-int8", "teacher")):
+        row, fp32 = rows[name], rows[source]
+        assert is_onnx_folder(out / name)
+        assert (row["quantization"]["method"], row["quantization"]["backend"]) == ("int8", "onnxruntime")
+        assert Path(row["quantization"]["source"]).name == source and row["parameters"] == fp32["parameters"]
+        assert fp32["size_on_disk_mb"] / row["size_on_disk_mb"] > 3.5
+        assert row["latency_ms_p50"] > 0 and row["inference_kwh_per_1k_samples"] > 0 and row["energy_source"]
+        card = (out / name / "README.md").read_text()
+        validate_card(card)
+        assert "onnxruntime.InferenceSession" in card and "### Quantization" in card
+        # quantizing runs no training: the int8 model carries exactly its source's emissions
+        assert row["lineage_co2_grams"] == pytest.approx(fp32["lineage_co2_grams"])
+    # the student-int8 runs on the compacted student's tokens and gives nearly its logits
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out / "student-int8")
+    batch = tokenizer(["a warm, funny and moving film", "tedious"], padding=True, return_tensors="pt")
+    compacted = AutoModelForSequenceClassification.from_pretrained(out / "student-compact").eval()
+    with torch.no_grad():
+        expected = compacted(**batch).logits
+    assert (OnnxModelRunner(out / "student-int8")(**batch).logits - expected).abs().max() < 0.1
+    assert imread(out / "quality_vs_latency.png").ndim == 3
+    report_md = (out / "report.md").read_text()
+    assert "## Small model, or the big one quantized?" in report_md and "teacher-int8" in report_md
 
 
 @requires_minilm

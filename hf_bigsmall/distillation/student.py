@@ -31,8 +31,10 @@ def make_student(
     hidden_size: int | None = None,
     intermediate_size: int | None = None,
     num_attention_heads: int | None = None,
-    teacher_layers: list[int] | None = None,
+    teacher_layers: list[int] | str | None = None,
     initialize_from_teacher: bool = True,
+    calibration_dataset=None,
+    importance=None,
 ) -> PreTrainedModel:
     """Derive a smaller model of the teacher's class and family from the teacher's config.
 
@@ -54,9 +56,15 @@ def make_student(
         intermediate_size (`int`, *optional*): feed-forward width; default the teacher's, scaled
             with `hidden_size` when that changes.
         num_attention_heads (`int`, *optional*): default the teacher's.
-        teacher_layers (`list[int]`, *optional*): teacher layers to copy, one per student layer;
-            default `spread_layers(teacher_layers, num_layers)`.
+        teacher_layers (`list[int]` or `"importance"`, *optional*): teacher layers to copy, one per
+            student layer; default `spread_layers(teacher_layers, num_layers)`. `"importance"` keeps
+            the `num_layers` blocks of highest Block Influence (ShortGPT, Men et al. 2024: the blocks
+            that change their input most), measured on `calibration_dataset` (GPT-2 and Llama-style).
         initialize_from_teacher (`bool`): copy the teacher's weights when widths match.
+        calibration_dataset (*optional*): tokenized samples (`input_ids`) for `teacher_layers="importance"`,
+            e.g. `load_causal_lm_dataset(tokenizer, assets.NEWS)["train"]`; 128 samples are used.
+        importance ([`~pruning.importance.Importance`], *optional*): an importance already measured on
+            the teacher, used instead of `calibration_dataset`.
 
     Example:
 
@@ -78,6 +86,9 @@ def make_student(
         raise ValueError(f"num_layers must be between 1 and the teacher's {depth} layers, got {num_layers}.")
     if teacher_layers is None:
         teacher_layers = spread_layers(depth, num_layers)
+    selection = "evenly spaced" if not isinstance(teacher_layers, str) else teacher_layers
+    if isinstance(teacher_layers, str):
+        teacher_layers = _important_layers(teacher, num_layers, teacher_layers, calibration_dataset, importance)
     teacher_layers = [int(index) for index in teacher_layers]
     if len(teacher_layers) != num_layers or not all(0 <= index < depth for index in teacher_layers):
         raise ValueError(
@@ -117,10 +128,34 @@ def make_student(
         "teacher_layers": teacher_layers,
         "initialized_from_teacher": initialized,
     }
+    if selection == "importance":
+        config.distillation["layer_selection"] = "block influence (ShortGPT)"
     student = type(teacher)(config)
     if initialized:
         _copy_teacher_weights(student, teacher, teacher_layers)
     return student.to(next(teacher.parameters()).dtype)
+
+
+def _important_layers(teacher, num_layers: int, how: str, calibration_dataset, importance) -> list[int]:
+    """The `num_layers` teacher blocks of highest Block Influence, in model order."""
+    if how != "importance":
+        raise ValueError(f"teacher_layers must be a list of layer indices or 'importance', got {how!r}.")
+    if importance is None:
+        if calibration_dataset is None:
+            raise ValueError(
+                "teacher_layers='importance' needs calibration_dataset= (tokenized samples, e.g. "
+                "load_causal_lm_dataset(tokenizer, assets.NEWS)['train']) or importance=compute_importance(...)."
+            )
+        from ..pruning.importance import compute_importance
+
+        importance = compute_importance(teacher, calibration_dataset)
+    if len(importance.blocks) != _num_layers(teacher.config):
+        raise ValueError(
+            f"importance covers {len(importance.blocks)} blocks but the teacher has {_num_layers(teacher.config)}: "
+            "measure it on this teacher."
+        )
+    keep = torch.topk(importance.blocks, num_layers).indices.sort().values
+    return [importance.layers[i] for i in keep.tolist()]
 
 
 def _num_layers(config) -> int:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..energy.card import co2_eq_emissions
 from ..energy.lineage import lineage_co2_eq_emissions, lineage_lines, load_lineage
-from ..reporting.report import REPORT_JSON, markdown_table
+from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines
 from ..utils.files import atomic_write_text
 from ..utils.heads import task_head
 
@@ -132,6 +132,15 @@ def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str
     return lines
 
 
+def _quantization_section(quantization: dict | None) -> list[str]:
+    if not quantization:
+        return []
+    settings = [(key, quantization.get(key)) for key in ("method", "scheme", "backend", "backend_version", "device",
+                                                          "format", "source", "int8_max_logit_change")]
+    return ["### Quantization", "", "Quantized after training; the weights stored are integers.", "",
+            *_table(settings), ""]
+
+
 def build_model_card(
     model_dir: str | os.PathLike,
     *,
@@ -201,6 +210,9 @@ def build_model_card(
         all_tags += ["distillation", "knowledge-distillation"]
     if sparsity:
         all_tags += ["pruned", "sparse"]
+    quantization = config.get("quantization")
+    if quantization:
+        all_tags += ["quantized", quantization["method"], *(["onnx"] if quantization.get("format") == "onnx" else [])]
     all_tags += tags or []
 
     eval_results = None
@@ -224,7 +236,7 @@ def build_model_card(
         datasets=[hub_id(dataset)] if hub_id(dataset) else None,
         language=language,
         license=license,
-        library_name="transformers",
+        library_name="onnx" if (quantization or {}).get("format") == "onnx" else "transformers",
         pipeline_tag=pipeline_tag,
         tags=all_tags,
         metrics=sorted(row["metrics"]) if row and row.get("metrics") else None,
@@ -237,7 +249,9 @@ def build_model_card(
     made = "a distilled" + (" and pruned" if sparsity else "") if distillation else ("a pruned" if sparsity else "a")
     summary = f"This is {made} `{architecture or config.get('model_type', 'transformers')}` model"
     summary += f" made from `{teacher}`" if teacher else ""
-    summary += " with hf_bigsmall." if (distillation or sparsity) else "."
+    if quantization:
+        summary += f", quantized to {quantization['method']} with {quantization['backend']} for {quantization['device']},"
+    summary += " with hf_bigsmall." if (distillation or sparsity or quantization) else "."
     body += [summary, ""]
     if row:
         body += [f"It has {row['nonzero_parameters'] / 1e6:.2f} M non-zero parameters "
@@ -249,18 +263,27 @@ def build_model_card(
     if sparsity and not sparsity.get("per_layer"):
         sparsity = {**sparsity, "per_layer": weight_sparsity_per_layer(model_dir)}
     made_lines = _made_section(distillation, sparsity, teacher, config.get("vocabulary_trimming"))
+    made_lines += _quantization_section(quantization)
     if made_lines:
         body += ["## How it was made", ""] + made_lines
     if report:
         body += ["## Big vs small", "", f"Measured on `{report['dataset']}` ({report['num_samples']:,} samples).", "",
-                 markdown_table(report), ""]
+                 markdown_table(report), *perplexity_lines(report), ""]
     if energy:
         body += ["## Energy", ""] + _table([(k, v) for k, v in energy.items() if isinstance(v, (int, float, str))]) + [""]
     if lineage:
         body += ["## Emissions of the runs it came from", ""] + lineage_lines(lineage) + [""]
     loader = architecture or "AutoModel"  # architectures in config.json are transformers class names
-    body += ["## How to use", "", "```python", f"from transformers import {loader}", "",
-             f'model = {loader}.from_pretrained("{repo_id or model_dir}")', "```"]
+    if (quantization or {}).get("format") == "onnx":
+        where = repo_id or model_dir  # from the Hub: snapshot_download(repo_id) first, then this folder
+        body += ["## How to use", "", "```python", "import onnxruntime", "from transformers import AutoTokenizer", "",
+                 f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
+                 f'session = onnxruntime.InferenceSession("{where}/{quantization.get("file", "model.onnx")}")',
+                 'logits = session.run(["logits"], dict(tokenizer("Some text", return_tensors="np")))[0]', "```"]
+    else:
+        body += ["## How to use", "", "```python", f"from transformers import {loader}", "",
+                 f'model = {loader}.from_pretrained("{repo_id or model_dir}"'
+                 + (', device_map="cuda"' if quantization else "") + ")", "```"]
 
     card = ModelCard.from_template(card_data, template_str=_TEMPLATE, body="\n".join(body))
     validate_card(card)

@@ -31,6 +31,7 @@ from .io import (
 from .masks import sparsity_report, structured_masks, targeted_weights, unstructured_masks
 from .schedules import PruningSchedule, build_schedule, restart_lr_each_round
 from .targets import find_target_modules, unit_groups
+from .wanda import check_pattern_fits, criterion_masks
 
 logger = logging.get_logger(__name__)
 
@@ -56,10 +57,21 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         schedule (`str`, defaults to `"cubic"`):
             `"one_shot"`, `"linear"`, `"cubic"` (Zhu & Gupta 2017) or `"imp"` (iterative magnitude
             pruning with rewinding, Frankle & Carbin 2019; Chen et al. 2020 for BERT).
-        structure (`str`, defaults to `"unstructured"`): `"unstructured"`, `"neurons"` or `"heads"`.
-        scope (`str`, *optional*): `"global"` or `"layer"` (default: global for unstructured,
-            layer for structured so that `compact` can shrink the model).
+        structure (`str`, defaults to `"unstructured"`): `"unstructured"`, `"neurons"`, `"heads"`, or
+            an N:M pattern such as `"2:4"` (N pruned of every M consecutive input weights of each row;
+            `target_sparsity` is then N/M, and a gradual schedule prunes `floor(s * M)` per block on the way).
+        scope (`str`, *optional*): `"global"`, `"layer"` or `"row"` (default: global for unstructured
+            magnitude, row for Wanda, layer for structured so that `compact` can shrink the model).
         target_modules (`list[str]` or `str`, *optional*): name suffixes or a full-match regex.
+        criterion (`str`, defaults to `"magnitude"`): `"magnitude"`, `"wanda"` (`|W_ij| * ||X_j||_2`
+            over `calibration_dataset`, recomputed at every pruning event; Sun et al. 2023) or
+            `"activation"` (FFN neurons / heads ranked by their activations, Minitron; with
+            `structure="neurons"` or `"heads"`).
+        calibration_dataset (*optional*): tokenized rows for Wanda (see
+            [`~hf_bigsmall.pruning.calibration.prepare_calibration`]), checked when the trainer is built;
+            for `"activation"`, the samples `compute_importance` measures at the first pruning event.
+        importance ([`~pruning.importance.Importance`], *optional*): with `criterion="activation"`, an
+            importance already measured (`compute_importance`), used instead of `calibration_dataset`.
         **kwargs: the remaining fields of [`PruningConfig`] (`initial_sparsity`, `start_step`,
             `end_step`, `pruning_frequency`, `imp_rounds`, `rewind_step`, `steps_per_round`).
 
@@ -86,9 +98,20 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     """
 
     def __init__(self, target_sparsity: float | None = 0.5, schedule: str = "cubic", structure: str = "unstructured",
-                 scope: str | None = None, target_modules: list[str] | str | None = None, **kwargs):
+                 scope: str | None = None, target_modules: list[str] | str | None = None,
+                 criterion: str = "magnitude", calibration_dataset=None, importance=None, **kwargs):
         self.config = PruningConfig(target_sparsity=target_sparsity, schedule=schedule, structure=structure,
-                                    scope=scope, target_modules=target_modules, **kwargs)
+                                    scope=scope, target_modules=target_modules, criterion=criterion, **kwargs)
+        if criterion == "wanda" and target_sparsity is not None and calibration_dataset is None:
+            raise ValueError("criterion='wanda' needs calibration_dataset= (tokenized rows of text like the training "
+                             "data), or use criterion='magnitude'.")
+        if criterion == "activation" and target_sparsity is not None and importance is None and calibration_dataset is None:
+            raise ValueError("criterion='activation' needs importance=compute_importance(model, calibration_dataset) "
+                             "or calibration_dataset= (tokenized rows of text like the training data).")
+        self.importance = importance
+        self.calibration_dataset = calibration_dataset
+        self._calibration = None  # prepared (and checked against the model) once the model is known
+        self._inherited_info: dict | None = None
         self.schedule: PruningSchedule | None = None
         self.masks: dict[str, torch.Tensor] = {}
         self.rewind_weights: dict[str, torch.Tensor] | None = None
@@ -107,10 +130,17 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
 
     # ------------------------------------------------------------------ validation
     def _check_model(self, model: nn.Module) -> None:
-        if self.config.structure == "unstructured":
-            find_target_modules(model, self.config.target_modules)
-        else:
+        if self.config.structure in ("neurons", "heads"):
             unit_groups(model, self.config.structure)
+            return
+        targets = find_target_modules(model, self.config.target_modules)
+        if self.config.pattern is not None:
+            check_pattern_fits(targets, self.config.structure)
+        if self.config.criterion == "wanda" and self._calibration is None:
+            from .calibration import prepare_calibration
+
+            self._calibration = prepare_calibration(
+                self.calibration_dataset, self.config.calibration_samples, self.config.calibration_seq_len, model=model)
 
     def on_init_end(self, args, state, control, model=None, **kwargs):
         if model is not None and self.config.target_sparsity is not None:
@@ -254,8 +284,10 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ internals
     def _info(self) -> dict:
         schedule = self.schedule
+        if schedule is None and self._inherited_info:
+            return dict(self._inherited_info)  # re-armed: the block still says how the model was pruned
         return {
-            "method": "magnitude",
+            "method": self.config.criterion,
             "schedule": self.config.schedule,
             "structure": self.config.structure,
             "scope": self.config.scope,
@@ -268,6 +300,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             "imp_rounds": self.config.imp_rounds if self.config.schedule == "imp" else None,
             "rewind_step": self.config.rewind_step if self.config.schedule == "imp" else None,
             "pruned_at_step": self.last_pruned_step,
+            "calibration": self._calibration.describe() if self._calibration is not None else None,
         }
 
     def _arm(self, model: nn.Module, optimizer=None) -> None:
@@ -284,6 +317,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
 
     def _existing_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Masks a model already carries: attached in memory, or saved beside the checkpoint it came from."""
+        block = getattr(model, "_sparsity_info", None) or getattr(model.config, "sparsity", None)
+        self._inherited_info = dict(block) if isinstance(block, dict) else None
         if getattr(model, "_sparsity_masks", None):
             return dict(model._sparsity_masks)
         source = getattr(model, "name_or_path", "")
@@ -346,11 +381,24 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     @torch.no_grad()
     def _prune(self, model: nn.Module, step: int, optimizer=None) -> None:
         sparsity = self.schedule.sparsity_at(step)
-        if self.config.structure == "unstructured":
+        config = self.config
+        if config.criterion == "wanda" or config.pattern is not None or config.scope == "row":
+            masks = self._criterion_masks(model, sparsity)
+        elif config.structure == "unstructured":
             weights = targeted_weights(model, self.config.target_modules, prefer_masked=False)
             masks = unstructured_masks(weights, sparsity, self.config.scope, previous=self.masks)
         else:
-            masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks)
+            scores = None
+            if self.config.criterion == "activation":
+                if self.importance is None:  # measured once, on the model as it is at the first pruning event
+                    from .importance import compute_importance
+
+                    self.importance = compute_importance(model, self.calibration_dataset,
+                                                         num_samples=self.config.calibration_samples)
+                table = self.importance.neurons if self.config.structure == "neurons" else self.importance.heads
+                scores = list(table)
+            masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks,
+                                     unit_scores=scores)
         # Masks only ever grow: a scheduled sparsity below what the model already has (a pruned model
         # pruned again from initial_sparsity=0) keeps every weight pruned before.
         for name, previous in self.masks.items():
@@ -358,6 +406,24 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         self.masks = _broadcast_from_main(masks)
         self.last_pruned_step = step
         self._arm(model, optimizer)
+
+    def _criterion_masks(self, model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+        """Wanda or magnitude masks per row, per layer, globally or N:M (see `wanda.criterion_masks`)."""
+        targets = find_target_modules(model, self.config.target_modules)
+        squared_norms = None
+        if self.config.criterion == "wanda":
+            from .calibration import collect_input_statistics
+
+            # Recomputed at every event: the activations change as the model trains and is pruned.
+            squared_norms = collect_input_statistics(model, self._calibration, self.config.target_modules).squared_norms
+        pattern_n = None
+        if self.config.pattern is not None:
+            # A gradual N:M schedule prunes floor(s * M) of every M inputs, reaching N at the target s = N/M.
+            n, m = self.config.pattern
+            pattern_n = min(n, int(sparsity * m + 1e-9))
+        previous = {name: mask for name, mask in self.masks.items() if name.removesuffix(".weight") in targets}
+        return criterion_masks(targets, sparsity, self.config.scope, squared_norms,
+                               self.config.structure if self.config.pattern else None, previous, pattern_n=pattern_n)
 
     @torch.no_grad()
     def _rewind(self, model: nn.Module, optimizer=None) -> None:

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 
 from ..utils.checks import check_finite
 
 SCHEDULES = ("one_shot", "linear", "cubic", "imp")
+# and any "N:M" pattern such as "2:4": N pruned of every M consecutive input weights of a row
 STRUCTURES = ("unstructured", "neurons", "heads")
-SCOPES = ("global", "layer")
+# "row": every output row loses the same fraction (Wanda's comparison group; unstructured only)
+SCOPES = ("global", "layer", "row")
+CRITERIA = ("magnitude", "wanda", "activation")
+_PATTERN = re.compile(r"\s*(\d+)\s*:\s*(\d+)\s*")
 
 
 @dataclass
@@ -35,11 +40,27 @@ class PruningConfig:
         metadata={"help": "one_shot, linear, cubic (gradual magnitude pruning, Zhu & Gupta 2017) or imp "
                           "(iterative magnitude pruning with rewinding, Frankle & Carbin 2019)."},
     )
-    structure: str = field(default="unstructured", metadata={"help": "unstructured, neurons (FFN) or heads."})
+    structure: str = field(
+        default="unstructured",
+        metadata={"help": "unstructured, neurons (FFN), heads, or an N:M pattern such as 2:4 (N pruned of every M "
+                          "consecutive input weights of a row; target_sparsity must then be N/M)."},
+    )
     scope: str | None = field(
         default=None,
-        metadata={"help": "global (one threshold over all targets) or layer (the same fraction everywhere). "
-                          "Defaults to global for unstructured and layer for neurons/heads, which compact."},
+        metadata={"help": "global (one threshold over all targets), layer (the same fraction everywhere) or row "
+                          "(the same fraction of every output row, unstructured only). Defaults to global for "
+                          "unstructured magnitude, row for Wanda, layer for neurons/heads, which compact."},
+    )
+    criterion: str = field(
+        default="magnitude",
+        metadata={"help": "magnitude (|W|), wanda (|W| x the input channel's activation norm on a calibration "
+                          "set, Sun et al. 2023; needs calibration_dataset; unstructured and N:M only) or activation "
+                          "(FFN neurons / heads ranked by their activations on a calibration set, Minitron; needs "
+                          "importance= or calibration_dataset; neurons and heads only)."},
+    )
+    calibration_samples: int = field(default=128, metadata={"help": "Wanda: calibration windows per pruning event."})
+    calibration_seq_len: int | None = field(
+        default=None, metadata={"help": "Wanda: tokens per calibration window (default 512 or the model's positions)."}
     )
     target_modules: list[str] | str | None = field(
         default=None,
@@ -83,15 +104,37 @@ class PruningConfig:
             raise ValueError(
                 f"initial_sparsity={self.initial_sparsity} must be in [0, target_sparsity={self.target_sparsity}]."
             )
-        for name, allowed in (("schedule", SCHEDULES), ("structure", STRUCTURES)):
+        for name, allowed in (("schedule", SCHEDULES), ("criterion", CRITERIA)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not supported: choose one of {allowed}.")
+        if self.structure not in STRUCTURES and self.pattern is None:
+            raise ValueError(f"structure={self.structure!r} is not supported: choose one of {STRUCTURES} or an "
+                             "'N:M' pattern such as '2:4'.")
+        if self.pattern is not None:
+            n, m = self.pattern
+            if not 0 < n < m:
+                raise ValueError(f"structure={self.structure!r} needs 0 < N < M (N pruned of every M weights), e.g. '2:4'.")
+            if self.target_sparsity is not None and abs(self.target_sparsity - n / m) > 1e-9:
+                raise ValueError(f"structure={self.structure!r} prunes {n}/{m} = {n / m:g} of the weights: pass "
+                                 f"target_sparsity={n / m:g} (or None to re-arm), not {self.target_sparsity}.")
+        if self.criterion == "wanda" and self.structure in ("neurons", "heads"):
+            raise ValueError("criterion='wanda' scores single weights: use structure='unstructured' or an 'N:M' "
+                             "pattern, or criterion='magnitude' for neurons and heads.")
+        if self.criterion == "activation" and self.structure not in ("neurons", "heads"):
+            raise ValueError("criterion='activation' ranks FFN neurons or heads: use structure='neurons' or 'heads'.")
         if self.scope is None:
-            self.scope = "global" if self.structure == "unstructured" else "layer"
+            if self.structure == "unstructured":
+                self.scope = "row" if self.criterion == "wanda" else "global"
+            else:
+                self.scope = "layer"
         if self.scope not in SCOPES:
             raise ValueError(f"scope={self.scope!r} is not supported: choose one of {SCOPES}.")
+        if self.scope == "row" and self.structure in ("neurons", "heads"):
+            raise ValueError("scope='row' compares the weights of each output row: use it with structure='unstructured'.")
         if self.schedule == "imp" and self.structure != "unstructured":
             raise ValueError("schedule='imp' prunes unstructured weights; use structure='unstructured'.")
+        if self.calibration_samples < 1:
+            raise ValueError(f"calibration_samples must be >= 1, got {self.calibration_samples}.")
         if isinstance(self.target_modules, tuple):
             self.target_modules = list(self.target_modules)
         for name in ("start_step", "rewind_step"):
@@ -103,6 +146,12 @@ class PruningConfig:
                 raise ValueError(f"{name} must be >= 1 (or None for the default), got {value}.")
         if self.imp_rounds < 1:
             raise ValueError(f"imp_rounds must be >= 1, got {self.imp_rounds}.")
+
+    @property
+    def pattern(self) -> tuple[int, int] | None:
+        """`(N, M)` when `structure` is an N:M pattern, else None."""
+        match = _PATTERN.fullmatch(self.structure) if isinstance(self.structure, str) else None
+        return (int(match.group(1)), int(match.group(2))) if match else None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -77,8 +77,9 @@ def unstructured_masks(
     return masks
 
 
-def _unit_scores(group: UnitGroup, weights: dict[str, torch.Tensor], previous: dict[str, torch.Tensor]) -> torch.Tensor:
-    """L1 norm of every weight that belongs to a unit; units already pruned score -1."""
+def _unit_scores(group: UnitGroup, weights: dict[str, torch.Tensor], previous: dict[str, torch.Tensor],
+                 given: torch.Tensor | None = None) -> torch.Tensor:
+    """L1 norm of every weight that belongs to a unit (or the `given` scores); units already pruned score -1."""
     scores = torch.zeros(group.num_units)
     dead = torch.zeros(group.num_units, dtype=torch.bool)
     for unit_slice in group.slices:
@@ -90,6 +91,8 @@ def _unit_scores(group: UnitGroup, weights: dict[str, torch.Tensor], previous: d
             pruned = previous[unit_slice.module_name].movedim(unit_slice.dim, 0)
             pruned = pruned[unit_slice.offset : unit_slice.offset + group.num_units * unit_slice.size]
             dead |= pruned.reshape(group.num_units, -1).all(dim=1).cpu()
+    if given is not None:
+        scores = given.detach().float().cpu()
     return scores.masked_fill(dead, -1.0)
 
 
@@ -100,8 +103,9 @@ def structured_masks(
     sparsity: float,
     scope: str = "layer",
     previous: dict[str, torch.Tensor] | None = None,
+    unit_scores: list[torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Prune whole FFN neurons or attention heads with the smallest L1 norm.
+    """Prune whole FFN neurons or attention heads with the smallest L1 norm (or the smallest `unit_scores`).
 
     The importance of a unit is the L1 norm of all the weights it owns (its rows in the input
     projections and its columns in the output projection), the magnitude criterion of Li et al.
@@ -111,13 +115,20 @@ def structured_masks(
     masks into a smaller `intermediate_size` (or fewer heads on Llama). With `"global"` one
     threshold runs over all blocks. Heads are chosen by `choose_heads`: the fraction is of all the
     model's heads, no block loses every head, and Llama GQA blocks lose the same number of query
-    heads in each key/value group.
+    heads in each key/value group. `unit_scores` (one `(num_units,)` tensor per block, e.g.
+    activation importance) replaces the weight norms as the criterion.
     """
     previous = previous or {}
     groups = unit_groups(model, structure)
     modules = dict(model.named_modules())
     weights = {s.module_name: modules[s.module_name].weight for g in groups for s in g.slices}
-    all_scores = [_unit_scores(g, weights, previous) for g in groups]
+    if unit_scores is not None and [len(s) for s in unit_scores] != [g.num_units for g in groups]:
+        raise ValueError(
+            f"unit_scores give {[len(s) for s in unit_scores]} units per block but the model has "
+            f"{[g.num_units for g in groups]} {structure}: score this model."
+        )
+    given = unit_scores or [None] * len(groups)
+    all_scores = [_unit_scores(g, weights, previous, s) for g, s in zip(groups, given)]
     if structure == "heads":
         chosen = choose_heads(groups, all_scores, sparsity, scope)
     elif scope == "global":

@@ -49,11 +49,20 @@ class ModelMeasurement:
     training_energy_kwh: float | None = None
     training_co2_grams: float | None = None
     training_energy_source: str | None = None
+    # causal LMs only: batch-1 generation with the KV cache (see `measure_generation`)
+    prefill_ms_p50: float | None = None
+    decode_tokens_per_s: float | None = None
+    decode_joules_per_token: float | None = None
     # this model's own training run plus those of the models it was made from (`emissions.json`)
     lineage_energy_kwh: float | None = None
     lineage_co2_grams: float | None = None
     lineage_runs: list[dict[str, Any]] | None = None
     ratios: dict[str, float | None] = field(default_factory=dict)
+    # energy per 1,000 queries (one query = one evaluation sample), and per token the model reads
+    inference_kwh_per_1k_samples: float | None = None
+    energy_joules_per_token: float | None = None
+    # the `quantization` record of config.json (method, backend, device, source) for a quantized model
+    quantization: dict[str, Any] | None = None
 
 
 @dataclass
@@ -71,6 +80,8 @@ class Comparison:
     device: str
     num_threads: int
     models: list[ModelMeasurement]
+    eval_tokens: int | None = None  # causal LMs: predicted tokens behind every model's perplexity
+    generation: dict[str, int] | None = None  # causal LMs: num_prompts, prompt_tokens, new_tokens
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,11 +121,14 @@ def add_ratios(models: list[ModelMeasurement], quality_metric: str, lower_is_bet
             "throughput_gain": _ratio(model.throughput_samples_per_s, reference.throughput_samples_per_s),
             "less_energy": _ratio(reference.energy_joules_per_sample, model.energy_joules_per_sample),
             "quality_pct": None if kept is None else 100.0 * kept,
+            "decode_faster": _ratio(model.decode_tokens_per_s, reference.decode_tokens_per_s),
         }
 
 
 def task_of(model_or_config) -> str:
     """`text-classification` or `text-generation`, from a model's class or a saved config's architecture."""
+    if getattr(model_or_config, "task", None) in _QUALITY_METRIC:  # a runner (OnnxModelRunner) knows its task
+        return model_or_config.task
     if hasattr(model_or_config, "config"):  # a model never saved has no `architectures` in its config yet
         architecture, config = type(model_or_config).__name__, model_or_config.config
     else:
@@ -129,9 +143,19 @@ def task_of(model_or_config) -> str:
 
 
 def load_model(path: str | os.PathLike) -> PreTrainedModel:
-    """Load a saved model with its task head, with plain `from_pretrained`."""
+    """Load a saved model with its task head, with plain `from_pretrained`.
+
+    A folder that `quantize` wrote for ONNX Runtime loads as an `OnnxModelRunner` instead: it is
+    called like a model (keyword tensors in, `.logits` out), so everything below measures it alike.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    from ..quantization.config import is_onnx_folder
+
+    if is_onnx_folder(path):
+        from ..quantization.runner import OnnxModelRunner
+
+        return OnnxModelRunner(path)
     config = AutoConfig.from_pretrained(path)
     auto_class = AutoModelForSequenceClassification if task_of(config) == CLASSIFICATION else AutoModelForCausalLM
     return auto_class.from_pretrained(path).eval()
@@ -151,6 +175,8 @@ def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> t
     from ..pruning.io import SPARSITY_MASKS_NAME
     from ..pruning.masks import sparsity_report
 
+    if hasattr(model, "parameter_counts"):  # a runner without torch parameters reports the model it runs
+        return model.parameter_counts()
     with torch.no_grad():
         total = sum(p.numel() for p in model.parameters())
         nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
@@ -164,7 +190,9 @@ def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> t
 
 
 def size_on_disk_mb(model_dir: Path) -> float:
-    files = [p for p in model_dir.iterdir() if p.suffix in (".safetensors", ".bin") and p.name not in _NOT_WEIGHTS]
+    files = [p for p in model_dir.iterdir()
+             if (p.suffix in (".safetensors", ".bin", ".onnx") or p.name.endswith(".onnx.data"))
+             and p.name not in _NOT_WEIGHTS]
     return sum(p.stat().st_size for p in files) / 2**20
 
 
@@ -277,6 +305,28 @@ def _measure_inference(model: PreTrainedModel, tokenized: Dataset, batch_size: i
                              warmup_batches=1)
 
 
+def _generation_prompts(tokenized: Dataset, num_prompts: int, prompt_tokens: int):
+    """The first `num_prompts` evaluation rows cut to one common length (at most `prompt_tokens`)."""
+    import torch
+
+    rows = [ids for ids in tokenized["input_ids"] if len(ids) >= 2][:max(num_prompts, 1)]
+    if not rows:
+        raise ValueError("No evaluation text has two tokens or more: nothing to generate from.")
+    length = min(prompt_tokens, *(len(ids) for ids in rows))
+    return torch.tensor([ids[:length] for ids in rows], dtype=torch.long)
+
+
+def _energy_per_query(joules_per_sample: float, tokenized: Dataset, task: str) -> dict[str, float | None]:
+    """kWh per 1,000 queries, and for causal LMs joules per token read (the tokens of the samples measured)."""
+    from ..energy.meters.base import JOULES_PER_KWH
+
+    per_token = None
+    if task == CAUSAL_LM and len(tokenized):
+        tokens_per_sample = sum(len(ids) for ids in tokenized["input_ids"]) / len(tokenized)
+        per_token = joules_per_sample / tokens_per_sample if tokens_per_sample else None
+    return {"inference_kwh_per_1k_samples": 1000 * joules_per_sample / JOULES_PER_KWH, "energy_joules_per_token": per_token}
+
+
 def compare_models(
     models: Sequence[str | os.PathLike | PreTrainedModel] | Mapping[str, str | os.PathLike | PreTrainedModel],
     eval_dataset: Dataset | str | None = None,
@@ -292,6 +342,9 @@ def compare_models(
     output_dir: str | os.PathLike | None = None,
     plots: bool = True,
     dataset_name: str | None = None,
+    generation_prompts: int = 3,
+    prompt_tokens: int = 64,
+    new_tokens: int = 32,
 ) -> Comparison:
     """Measure models on the same evaluation data: size, quality, latency, throughput and energy.
 
@@ -299,7 +352,11 @@ def compare_models(
     For each model: parameters and non-zero parameters, size on disk, the task metric computed with
     `evaluate` (accuracy and F1 for sequence classifiers, perplexity for causal LMs), latency p50/p95
     at batch size 1 and throughput at `batch_size` after warm-up, inference energy per sample with its
-    source (`measure_inference`), and training energy when the folder holds an `energy.json`.
+    source (`measure_inference`), and training energy when the folder holds an `energy.json`. Causal LMs
+    also get batch-1 generation with the KV cache (`measure_generation`): prefill latency, decode
+    tokens/s and energy per generated token, from the same prompts for every model; every model's
+    perplexity is computed on the same tokens (they must share the tokenizer), so the teacher's
+    stands beside the student's.
 
     Args:
         models: saved model folders or loaded models, as a list (named after their folders) or a
@@ -307,8 +364,9 @@ def compare_models(
             vocabularies (a student with a trimmed vocabulary is measured with its own tokenizer).
         eval_dataset: a `datasets.Dataset` with `text_column` (and `label_column` for
             classification), or a dataset name for `hf_bigsmall.assets.load_text_dataset`
-            (`embedded/rotten_tomatoes`, `embedded/hamlet`, a Hub id). Defaults to the embedded
-            Rotten Tomatoes test split for classifiers and Hamlet for causal LMs.
+            (`embedded/rotten_tomatoes`, `embedded/news`, a Hub id). Defaults to the embedded
+            Rotten Tomatoes test split for classifiers and the news corpus' fixed held-out split for
+            causal LMs.
         tokenizer: used for every model; by default each folder's own tokenizer (a folder without
             one, or a model object, takes the first folder's).
         split: split taken when `eval_dataset` is a name.
@@ -319,6 +377,8 @@ def compare_models(
         output_dir: if given, write `report.json`, `report.md` and the plots there.
         plots: draw the PNG plots when writing (needs matplotlib: `pip install "hf-bigsmall[plots]"`).
         dataset_name: the name the report gives a `Dataset` passed as `eval_dataset`.
+        generation_prompts, prompt_tokens, new_tokens: causal LMs: generate `new_tokens` after each
+            of the first `generation_prompts` evaluation texts cut to `prompt_tokens` tokens.
 
     Example:
 
@@ -367,7 +427,7 @@ def compare_models(
     if eval_dataset is None:
         from .. import assets
 
-        eval_dataset = assets.ROTTEN_TOMATOES if task == CLASSIFICATION else assets.HAMLET
+        eval_dataset = assets.ROTTEN_TOMATOES if task == CLASSIFICATION else assets.NEWS
     if isinstance(eval_dataset, str):
         splits = load_text_dataset(eval_dataset)
         if split not in splits:
@@ -388,7 +448,7 @@ def compare_models(
             tokenized_by_vocabulary[key] = _tokenize(eval_dataset, tokenizers[name], task, text_column, label_column,
                                                      max_length)
 
-    measurements = []
+    measurements, generation = [], None
     for name, (model, path) in loaded.items():
         tokenizer = tokenizers[name]
         tokenized = tokenized_by_vocabulary[vocabulary[name]]
@@ -402,6 +462,17 @@ def compare_models(
             disk_mb = size_on_disk_mb(path)
         metrics = evaluate_quality(model, tokenized, tokenizer, task, label_column, batch_size)
         inference = _measure_inference(model, inputs_only, batch_size, latency_samples)
+        generated = {}
+        # An ONNX export runs one forward without a KV cache: it has no generation to time (its columns stay empty).
+        if task == CAUSAL_LM and hasattr(model, "generate"):
+            from ..energy.generation import measure_generation
+
+            result = measure_generation(model, _generation_prompts(tokenized, generation_prompts, prompt_tokens),
+                                        new_tokens=new_tokens)
+            generated = {"prefill_ms_p50": result.prefill_ms_p50, "decode_tokens_per_s": result.decode_tokens_per_s,
+                         "decode_joules_per_token": result.joules_per_token}
+            generation = {"num_prompts": result.num_prompts, "prompt_tokens": result.prompt_tokens,
+                          "new_tokens": result.new_tokens}
         measurements.append(ModelMeasurement(
             name=name, path=str(path) if path else None, parameters=total, nonzero_parameters=nonzero,
             sparsity=sparsity, size_on_disk_mb=round(disk_mb, 3), metrics=metrics,
@@ -409,7 +480,9 @@ def compare_models(
             throughput_samples_per_s=inference.throughput_samples_per_s,
             energy_joules_per_sample=inference.joules_per_sample, energy_source=inference.energy_source,
             inference_co2_grams_per_1k_samples=1000 * inference.co2_grams / max(inference.num_samples, 1),
-            **_training_energy(path),
+            **_training_energy(path), **generated,
+            **_energy_per_query(inference.joules_per_sample, inputs_only, task),
+            quantization=getattr(model.config, "quantization", None),
         ))
     quality_metric = _QUALITY_METRIC[task]
     add_ratios(measurements, quality_metric, lower_is_better=task == CAUSAL_LM)
@@ -418,6 +491,8 @@ def compare_models(
         lower_is_better=task == CAUSAL_LM, metric_names=sorted(measurements[0].metrics),
         throughput_batch_size=batch_size, device=str(next(iter(loaded.values()))[0].device),
         num_threads=torch.get_num_threads(), models=measurements,
+        eval_tokens=sum(max(len(ids) - 1, 0) for ids in tokenized["input_ids"]) if task == CAUSAL_LM else None,
+        generation=generation,
     )
     if output_dir is not None:
         comparison.save(output_dir, plots=plots)

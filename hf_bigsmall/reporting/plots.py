@@ -1,4 +1,4 @@
-"""PNG plots of a comparison: quality against size, and quality against energy per sample.
+"""PNG plots of a comparison: quality against latency, against size, and against energy per sample.
 
 matplotlib is optional (`pip install "hf-bigsmall[plots]"`) and imported only here. Figures are drawn
 on the Agg canvas directly, so the user's pyplot backend and open figures are left alone.
@@ -12,35 +12,40 @@ from typing import Any
 
 from ..utils.files import atomic_write
 
+QUALITY_VS_LATENCY = "quality_vs_latency.png"
 QUALITY_VS_SIZE = "quality_vs_size.png"
 QUALITY_VS_ENERGY = "quality_vs_energy.png"
+MARKER_SIZE = 90  # points squared, as matplotlib's scatter takes it
 
 
-def _label_shifts(labels: list[str], points: list[tuple[str, float, float]]) -> list[int]:
-    """Lines to move each label down so that labels of points close together do not overlap.
+def _separate_labels(figure, axes, annotations: list, marker_radius_pt: float) -> None:
+    """Move each label until its drawn box overlaps no marker and no label placed before it.
 
-    A pruned model and its compacted copy often sit on the same spot (same non-zero count, same
-    accuracy); their labels are stacked instead of printed over each other. Positions are taken as
-    fractions of the axes (x from 0, as drawn), a label as about 1/55 of the axes width per character.
+    This measures the rendered text rather than guessing from character counts, so labels of
+    models that sit close together (a student and its int8 copy, a pruned model and its compacted
+    copy) never print over each other or over a point, whatever their length or the font. Tries
+    beside the point, then below, above, and further out.
     """
-    xs, ys = [x for _, x, _ in points], [y for _, _, y in points]
-    x_span = max(xs) * 1.3 or 1.0
-    y_span = (max(ys) - min(ys)) * 1.4 or 1.0
-    shifts: list[int] = []
-    for i, (_, x, y) in enumerate(points):
-        near = []
-        for j, (_, x2, y2) in enumerate(points[:i]):
-            left_label = labels[j] if x2 <= x else labels[i]  # labels run rightwards from their point
-            if abs(x - x2) / x_span < len(left_label) / 55 and abs(y - y2) / y_span < 0.07:
-                near.append(shifts[j])
-        shift = 0
-        while shift in near:
-            shift += 1
-        shifts.append(shift)
-    return shifts
+    from matplotlib.transforms import Bbox
+
+    renderer = figure.canvas.get_renderer()
+    radius = marker_radius_pt * figure.dpi / 72
+    placed = []
+    for annotation in annotations:
+        x, y = axes.transData.transform(annotation.xy)
+        placed.append(Bbox.from_extents(x - radius, y - radius, x + radius, y + radius))
+    for annotation in annotations:
+        x_offset, y_offset = annotation.xyann
+        for step in range(4 * len(annotations) + 1):
+            annotation.xyann = (x_offset, y_offset + (-1) ** step * 13 * ((step + 1) // 2))
+            box = annotation.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                break
+        placed.append(box)
 
 
-def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path: Path, x_scale: float = 1.0) -> None:
+def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path: Path, x_scale: float = 1.0):
+    """Draw one plot of quality against `x_key` into `path`; returns the matplotlib figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -51,10 +56,12 @@ def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path:
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
     colors = [f"C{i}" for i in range(len(points))]
-    axes.scatter([x for _, x, _ in points], [y for _, _, y in points], s=90, c=colors, zorder=3)
+    axes.scatter([x for _, x, _ in points], [y for _, _, y in points], s=MARKER_SIZE, c=colors, zorder=3)
     labels = [f"{name} ({y:.3g})" for name, _, y in points]
-    for label, (_, x, y), color, shift in zip(labels, points, colors, _label_shifts(labels, points)):
-        axes.annotate(label, (x, y), xytext=(7, 6 - 13 * shift), textcoords="offset points", fontsize=10, color=color)
+    annotations = [
+        axes.annotate(label, (x, y), xytext=(7, 6), textcoords="offset points", fontsize=10, color=color)
+        for label, (_, x, y), color in zip(labels, points, colors)
+    ]
     axes.set_xlabel(x_label)
     axes.set_ylabel(f"{metric} ({'lower' if report.get('lower_is_better') else 'higher'} is better)")
     axes.set_title(title)
@@ -63,12 +70,14 @@ def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path:
     axes.margins(x=0.25, y=0.2)
     axes.set_xlim(left=0)
     figure.tight_layout()
+    _separate_labels(figure, axes, annotations, marker_radius_pt=MARKER_SIZE ** 0.5 / 2)
     # the format is named: matplotlib would read it from the `.partial` suffix
     atomic_write(path, lambda partial: figure.savefig(partial, format=path.suffix.lstrip(".")))
+    return figure
 
 
 def plot_comparison(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Draw `quality_vs_size.png` and `quality_vs_energy.png` (one labelled point per model)."""
+    """Draw `quality_vs_latency.png`, `quality_vs_size.png` and `quality_vs_energy.png` (a labelled point per model)."""
     from ..utils.import_utils import require
 
     require("matplotlib")
@@ -77,8 +86,11 @@ def plot_comparison(report: dict[str, Any], output_dir: str | os.PathLike) -> di
     dataset = f"{report['dataset']}, {report['num_samples']:,} samples"
     sources = sorted({m["energy_source"] for m in report["models"] if m.get("energy_source")})
     size_path, energy_path = output_dir / QUALITY_VS_SIZE, output_dir / QUALITY_VS_ENERGY
-    _scatter(report, "nonzero_parameters", "non-zero parameters (millions)",
-             f"Quality vs size ({dataset})", size_path, x_scale=1e-6)
+    latency_path = output_dir / QUALITY_VS_LATENCY
+    _scatter(report, "latency_ms_p50", f"latency at batch size 1, median (ms, {report.get('device', 'cpu')})",
+             f"Quality vs latency ({dataset})", latency_path)
+    # size on disk, not parameter count: an int8 model has the parameters of its fp32 source in a quarter of the bytes
+    _scatter(report, "size_on_disk_mb", "size on disk (MB, weights)", f"Quality vs size ({dataset})", size_path)
     _scatter(report, "energy_joules_per_sample", f"inference energy per sample (J, {', '.join(sources) or 'n/a'})",
              f"Quality vs energy ({dataset})", energy_path)
-    return {QUALITY_VS_SIZE: size_path, QUALITY_VS_ENERGY: energy_path}
+    return {QUALITY_VS_LATENCY: latency_path, QUALITY_VS_SIZE: size_path, QUALITY_VS_ENERGY: energy_path}

@@ -33,12 +33,22 @@ def _millions(value: int | None) -> str:
 def markdown_table(report: dict[str, Any]) -> str:
     """The side-by-side table: one row per model, ratios against the first (reference) model."""
     metric_names = report.get("metric_names") or sorted({k for m in report["models"] for k in m["metrics"]})
+    generation = any(m.get("decode_tokens_per_s") is not None for m in report["models"])
+    per_token = any(m.get("energy_joules_per_token") is not None for m in report["models"])
     header = ["Model", "Params", "Non-zero", "Sparsity", "Disk (MB)", *metric_names,
-              "p50 (ms)", "p95 (ms)", "Throughput (/s)", "Energy (J/sample)",
-              "x smaller", "x faster", "% of quality"]
+              "p50 (ms)", "p95 (ms)", "Throughput (/s)", "Energy (J/sample)", "kWh / 1k queries",
+              *(["J/token read"] if per_token else [])]
+    if generation:
+        header += ["Prefill (ms)", "Decode (tok/s)", "Decode (J/token)"]
+    header += ["x smaller", "x faster", *(["x faster decode"] if generation else []), "% of quality"]
     rows = [header, ["---"] * len(header)]
     for model in report["models"]:
         ratios = model.get("ratios", {})
+        generation_cells = [
+            _fmt(model.get("prefill_ms_p50"), ".1f"),
+            _fmt(model.get("decode_tokens_per_s"), ".1f"),
+            _fmt(model.get("decode_joules_per_token"), ".3g"),
+        ] if generation else []
         rows.append([
             f"`{model['name']}`",
             _millions(model["parameters"]),
@@ -50,11 +60,94 @@ def markdown_table(report: dict[str, Any]) -> str:
             _fmt(model.get("latency_ms_p95"), ".2f"),
             _fmt(model.get("throughput_samples_per_s"), ".1f"),
             _fmt(model.get("energy_joules_per_sample"), ".3g"),
+            _fmt(model.get("inference_kwh_per_1k_samples"), ".3g"),
+            *([_fmt(model.get("energy_joules_per_token"), ".3g")] if per_token else []),
+            *generation_cells,
             _fmt(ratios.get("nonzero_smaller"), ".2f"),
             _fmt(ratios.get("faster"), ".2f"),
+            *([_fmt(ratios.get("decode_faster"), ".2f")] if generation else []),
             "-" if ratios.get("quality_pct") is None else f"{ratios['quality_pct']:.1f}%",
         ])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def perplexity_lines(report: dict[str, Any]) -> list[str]:
+    """For causal LMs: every model's perplexity beside the reference's, on the same tokens."""
+    if report.get("quality_metric") != "perplexity" or len(report["models"]) < 2:
+        return []
+    reference = report["models"][0]
+    base = reference["metrics"].get("perplexity")
+    tokens = report.get("eval_tokens")
+    sentence = (f"Held-out perplexity on the same {f'{tokens:,} ' if tokens else ''}tokens of `{report['dataset']}`: "
+                f"`{reference['name']}` (reference) {_fmt(base, '.2f')}")
+    lines = ["", sentence]
+    for model in report["models"][1:]:
+        value = model["metrics"].get("perplexity")
+        times = f" ({value / base:.2f}x the reference's)" if value is not None and base else ""
+        lines[-1] += f"; `{model['name']}` {_fmt(value, '.2f')}{times}"
+    lines[-1] += "."
+    return lines
+
+
+# "equal quality" in the verdict: within half a point of accuracy (as the quantization targets), 1% of perplexity
+_EQUAL_ACCURACY, _EQUAL_PERPLEXITY_RATIO = 0.005, 1.01
+
+
+def _quantized_reference(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The reference model quantized (the quickstart's `teacher-int8`): what a user would do instead."""
+    reference = report["models"][0]
+    for model in report["models"][1:]:
+        source = (model.get("quantization") or {}).get("source")
+        if source and reference.get("path") and Path(source).resolve() == Path(reference["path"]).resolve():
+            return model
+    return next((m for m in report["models"][1:] if m["name"] == f"{reference['name']}-int8"), None)
+
+
+def student_vs_quantized_teacher(report: dict[str, Any]) -> str | None:
+    """One plain sentence, from the report's own numbers: does the best student beat the quantized teacher
+    on speed (p50 latency at batch size 1) at equal or better quality? None without a quantized teacher."""
+    rival = _quantized_reference(report)
+    students = [m for m in report["models"][1:] if m is not rival]
+    metric, lower = report["quality_metric"], report.get("lower_is_better", False)
+    if rival is None or not students or rival["metrics"].get(metric) is None:
+        return None
+
+    def quality(model: dict[str, Any]) -> float:
+        return model["metrics"].get(metric, float("nan"))
+
+    def at_least_as_good(model: dict[str, Any]) -> bool:
+        if lower:
+            return quality(model) <= quality(rival) * _EQUAL_PERPLEXITY_RATIO
+        return quality(model) >= quality(rival) - _EQUAL_ACCURACY
+
+    tolerance = "1%" if lower else "0.5 point"
+    good = [m for m in students if at_least_as_good(m)]
+    if good:
+        best = min(good, key=lambda m: m["latency_ms_p50"])
+        speedup = rival["latency_ms_p50"] / best["latency_ms_p50"]
+        figures = (f"(p50 {best['latency_ms_p50']:.2f} ms against {rival['latency_ms_p50']:.2f} ms) with {metric} "
+                   f"{quality(best):.4f} against {quality(rival):.4f} (equal within {tolerance}, or better)")
+        if speedup > 1:
+            return (f"**Yes.** `{best['name']}` is {speedup:.2f}x faster than `{rival['name']}` at batch size 1 "
+                    + figures + ".")
+        return (f"**No.** `{best['name']}`, the fastest model at least as good as `{rival['name']}`, is not faster "
+                + figures + ".")
+    best = (min if lower else max)(students, key=quality)
+    fastest = min(students, key=lambda m: m["latency_ms_p50"])
+    verdict = (f"**No.** No student reaches the {metric} of `{rival['name']}` ({quality(rival):.4f}, within {tolerance}): "
+               f"the best, `{best['name']}`, has {quality(best):.4f}")
+    if fastest["latency_ms_p50"] < rival["latency_ms_p50"]:
+        return verdict + (f"; the fastest, `{fastest['name']}` ({metric} {quality(fastest):.4f}), is "
+                          f"{rival['latency_ms_p50'] / fastest['latency_ms_p50']:.2f}x faster at batch size 1.")
+    return verdict + ", and none is faster at batch size 1."
+
+
+def _verdict_section(report: dict[str, Any]) -> list[str]:
+    verdict = student_vs_quantized_teacher(report)
+    if verdict is None:
+        return []
+    return ["## Small model, or the big one quantized?", "",
+            "Does the best student beat the quantized teacher on speed at equal or better quality? " + verdict, ""]
 
 
 def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
@@ -69,7 +162,9 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         + (" (lower is better, so the ratio is inverted)." if report.get("lower_is_better") else "."),
         "",
         markdown_table(report),
+        *perplexity_lines(report),
         "",
+        *_verdict_section(report),
         "## How it was measured",
         "",
         f"- Latency: batch size 1, median and 95th percentile after warm-up; throughput at batch size "
@@ -79,6 +174,19 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         "Linear layers of the transformer blocks); a compacted model has its pruned units removed instead.",
         f"- Device: {report.get('device', 'cpu')}; threads: {report.get('num_threads', '-')}.",
     ]
+    if report.get("generation"):
+        g = report["generation"]
+        lines.append(
+            f"- Generation: batch size 1, greedy with the KV cache, {g['new_tokens']} new tokens after each of "
+            f"{g['num_prompts']} prompts of {g['prompt_tokens']} tokens (the same for every model); prefill is the "
+            "prompt's forward, decode tokens/s and energy per token cover the new tokens only.")
+    quantized = [m for m in report["models"] if m.get("quantization")]
+    if quantized:
+        lines.append("- Quantized: " + "; ".join(
+            f"`{m['name']}` {m['quantization'].get('method')} with {m['quantization'].get('backend')} on "
+            f"{m['quantization'].get('device')} ({m['quantization'].get('scheme', '')})" for m in quantized)
+            + ". ONNX models run in ONNX Runtime with as many threads as PyTorch, on the same batches and timers"
+            + ("; exported without a KV cache, they have no generation figures." if report.get("generation") else "."))
     sources = sorted({m["energy_source"] for m in report["models"] if m.get("energy_source")})
     if sources:
         lines.append(f"- Inference energy source: {', '.join(f'`{s}`' for s in sources)}.")

@@ -17,6 +17,9 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "matplotlib": ("plots", "drawing the comparison plots"),
     "gguf": ("gguf", "loading GGUF checkpoints such as the embedded SmolLM2"),
     "deepspeed": ("deepspeed", "DeepSpeed ZeRO training"),
+    "onnx": ("onnx", "exporting models to ONNX for int8 quantization on CPU"),
+    "onnxruntime": ("onnx", "int8 quantization and inference on CPU with ONNX Runtime"),
+    "torchao": ("torchao", "int8/int4 weight-only quantization on CUDA with torchao"),
 }
 
 
@@ -35,6 +38,14 @@ def is_codecarbon_available() -> bool:
 
 def is_matplotlib_available() -> bool:
     return _is_package_available("matplotlib")
+
+
+def is_onnxruntime_available() -> bool:
+    return _is_package_available("onnxruntime") and _is_package_available("onnx")
+
+
+def is_torchao_available() -> bool:
+    return _is_package_available("torchao")
 
 
 def require(import_name: str) -> None:

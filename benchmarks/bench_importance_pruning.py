@@ -1,0 +1,209 @@
+"""SmolLM2-135M made smaller by importance and healed by distillation, against two baselines.
+
+    python benchmarks/bench_importance_pruning.py --heal_steps 40 --output importance_bench.json
+    python benchmarks/bench_importance_pruning.py --importance_only   # time compute_importance alone
+    python benchmarks/bench_importance_pruning.py --speed_only --threads 1 --rounds 5   # generation speed alone
+
+Measured in one run, with the same students' shape and the same training tokens for all three:
+  A. importance: the blocks of highest Block Influence and the FFN neurons of highest activation,
+     healed by logit distillation from the unpruned teacher (Minitron's recipe);
+  a. evenly spaced blocks (make_student's default), same FFN pruning, same distillation;
+  b. importance pruning as in A, healed by plain next-token cross-entropy.
+For each: held-out perplexity on the news test split (before and after healing), non-embedding
+parameters, and against the teacher at batch 1 on CPU: prefill latency and decode tokens/s,
+timed interleaved (teacher, student, teacher, ...) so a shared machine's load hits both alike.
+The time of `compute_importance` on 128 calibration windows is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def non_embedding(model) -> int:
+    return model.num_parameters() - model.get_input_embeddings().weight.numel()
+
+
+@torch.no_grad()
+def perplexity(model, blocks: torch.Tensor, batch_size: int = 8) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        batch = blocks[start : start + batch_size]
+        loss = model(input_ids=batch, labels=batch).loss
+        tokens = batch.shape[0] * (batch.shape[1] - 1)
+        total, count = total + loss.item() * tokens, count + tokens
+    return math.exp(total / count)
+
+
+@torch.no_grad()
+def generation_speed(models: dict, prompt: torch.Tensor, new_tokens: int, rounds: int) -> dict:
+    """Prefill latency and decode tokens/s at batch 1, models timed in turn each round (medians).
+
+    Each is measured twice: on the wall clock, and on the process's CPU time (`time.process_time`).
+    On a machine shared with other jobs the wall clock mostly measures the others; the CPU time
+    the process itself spent (with one thread, `--threads 1`) is what the model costs.
+    """
+    clocks = {"wall": time.perf_counter, "cpu": time.process_time}
+    times = {name: {f"{kind}_{clock}": [] for kind in ("prefill", "decode") for clock in clocks} for name in models}
+    for model in models.values():  # warm-up
+        model.eval()
+        model.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    for _ in range(rounds):
+        for name, model in models.items():
+            start = {clock: read() for clock, read in clocks.items()}
+            model(input_ids=prompt, use_cache=True)
+            prefill = {clock: read() - start[clock] for clock, read in clocks.items()}
+            start = {clock: read() for clock, read in clocks.items()}
+            model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            for clock, read in clocks.items():
+                total = read() - start[clock]
+                times[name][f"prefill_{clock}"].append(prefill[clock])
+                # generate runs the prefill again: take it out, leaving the decode steps
+                times[name][f"decode_{clock}"].append(new_tokens / max(total - prefill[clock], 1e-9))
+    result = {}
+    for name, measured in times.items():
+        result[name] = {}
+        for clock in clocks:
+            result[name][f"prefill_ms_{clock}"] = 1000 * statistics.median(measured[f"prefill_{clock}"])
+            result[name][f"decode_tokens_per_s_{clock}"] = statistics.median(measured[f"decode_{clock}"])
+    return result
+
+
+def heal(student, teacher, train, steps: int, batch_size: int, learning_rate: float, use_kd: bool, output_dir: str):
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    from hf_bigsmall import DistillationConfig, DistillationTrainer
+
+    common = dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size,
+                  learning_rate=learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine", logging_steps=8,
+                  save_strategy="no", eval_strategy="no", report_to="none", seed=0, disable_tqdm=True)
+    if use_kd:
+        # Minitron heals with logit distillation alone (forward KL, T = 1)
+        args = DistillationConfig(**common, alpha_kd=1.0, alpha_ce=0.0, temperature=1.0)
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
+                                      data_collator=default_data_collator)
+    else:
+        trainer = Trainer(model=student, args=TrainingArguments(**common), train_dataset=train,
+                          data_collator=default_data_collator)
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student_layers", type=int, default=24)
+    parser.add_argument("--intermediate_size", type=int, default=1280)
+    parser.add_argument("--heal_steps", type=int, default=64)
+    parser.add_argument("--batch_size", type=int, default=4)
+    parser.add_argument("--block_size", type=int, default=128)
+    parser.add_argument("--learning_rate", type=float, default=1e-4)
+    parser.add_argument("--calibration_samples", type=int, default=128)
+    parser.add_argument("--eval_blocks", type=int, default=48)
+    parser.add_argument("--decode_tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--importance", default=None,
+                        help="folder or importance.json saved earlier: reuse it instead of measuring (not timed)")
+    parser.add_argument("--importance_only", action="store_true", help="time compute_importance and stop")
+    parser.add_argument("--speed_only", action="store_true", help="time generation and stop")
+    parser.add_argument("--runs", default="importance+kd,even+kd,importance+ce",
+                        help="which students to heal (one process per run lets them share a loaded machine)")
+    parser.add_argument("--skip_speed", action="store_true")
+    parser.add_argument("--skip_teacher", action="store_true")
+    parser.add_argument("--output", default="importance_bench.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_bigsmall import assets, make_student
+    from hf_bigsmall.pruning.importance import Importance, compute_importance
+    from hf_bigsmall.pruning.width import prune_width
+    from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
+
+    results: dict = {"args": vars(args), "load_at_start": os.getloadavg()}
+
+    def record(**values):
+        results.update(values)
+        Path(args.output).write_text(json.dumps(results, indent=2))
+        print(json.dumps(values), flush=True)
+
+    path = assets.smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    data = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=args.block_size)
+    train = data["train"].shuffle(seed=0).select(range(args.heal_steps * args.batch_size))
+    step = max(1, len(data["eval"]) // args.eval_blocks)
+    eval_blocks = torch.tensor(data["eval"].select(range(0, step * args.eval_blocks, step))["input_ids"])
+
+    if args.importance:
+        importance = Importance.load(args.importance)
+    else:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        importance = compute_importance(teacher, data["train"], num_samples=args.calibration_samples,
+                                        seq_len=args.block_size)
+        # CPU seconds of this process: with --threads N, about N x the wall time of a quiet machine
+        record(importance_seconds=time.perf_counter() - start, importance_cpu_seconds=time.process_time() - cpu_start,
+               importance_load=os.getloadavg())
+        importance.save(Path(args.output).with_suffix(""))
+        if args.importance_only:
+            return
+    record(least_important_blocks=importance.blocks.argsort().tolist())
+    if not args.speed_only and not args.skip_teacher:
+        record(teacher={"non_embedding_params": non_embedding(teacher),
+                        "perplexity": perplexity(teacher, eval_blocks)})
+
+    def build(selection):
+        student = make_student(teacher, args.student_layers, teacher_layers=selection, importance=importance)
+        kept = importance.select_layers(student.config.distillation["teacher_layers"])
+        if args.intermediate_size:
+            prune_width(student, kept, intermediate_size=args.intermediate_size)
+        return student
+
+    # speed depends on the shape only, which the three students share: timed before any healing
+    prompt = eval_blocks[:1, :32]
+    speed = {} if args.skip_speed else generation_speed({"teacher": teacher, "student": build("importance")}, prompt,
+                                                        args.decode_tokens, args.rounds)
+    for clock in ("wall", "cpu") if speed else ():
+        speed[f"decode_speedup_{clock}"] = (speed["student"][f"decode_tokens_per_s_{clock}"]
+                                            / speed["teacher"][f"decode_tokens_per_s_{clock}"])
+        speed[f"prefill_speedup_{clock}"] = speed["teacher"][f"prefill_ms_{clock}"] / speed["student"][f"prefill_ms_{clock}"]
+    if speed:
+        record(speed=speed, speed_load=os.getloadavg())
+    if args.speed_only:
+        return
+
+    runs = {"importance+kd": ("importance", True), "even+kd": (None, True), "importance+ce": ("importance", False)}
+    for name in args.runs.split(","):
+        selection, use_kd = runs[name]
+        student = build(selection)
+        before = perplexity(student, eval_blocks)
+        seconds = heal(student, teacher, train, args.heal_steps, args.batch_size, args.learning_rate, use_kd,
+                       output_dir=f"/tmp/bench_importance_{name}")
+        tokens = args.heal_steps * args.batch_size * args.block_size
+        record(**{name: {
+            "teacher_layers": student.config.distillation["teacher_layers"],
+            "non_embedding_params": non_embedding(student),
+            "fewer_non_embedding": 1 - non_embedding(student) / non_embedding(teacher),
+            "perplexity_pruned": before, "perplexity_healed": perplexity(student, eval_blocks),
+            "heal_tokens": tokens, "heal_seconds": seconds, "heal_tokens_per_s": tokens / seconds,
+            "load": os.getloadavg(),
+        }})
+    record(load_at_end=os.getloadavg())
+
+
+if __name__ == "__main__":
+    main()

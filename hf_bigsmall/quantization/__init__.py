@@ -1,0 +1,17 @@
+"""Quantization of a trained model: int8 on CPU with ONNX Runtime, int8/int4 on CUDA with torchao.
+
+```python
+from hf_bigsmall.quantization import quantize
+
+quantize("out/student-compact", "out/student-int8")                       # CPU: ONNX Runtime dynamic int8
+quantize("out/student-compact", "out/student-int4", method="int4", device="cuda")   # GPU: torchao
+```
+
+Needs `pip install "hf-bigsmall[onnx]"` (CPU) or `pip install "hf-bigsmall[torchao]"` (CUDA).
+"""
+
+from .config import QuantizationPlan, is_onnx_folder, plan_quantization, quantization_of
+from .quantize import quantize
+from .runner import OnnxModelRunner
+
+__all__ = ["OnnxModelRunner", "QuantizationPlan", "is_onnx_folder", "plan_quantization", "quantization_of", "quantize"]

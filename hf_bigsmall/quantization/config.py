@@ -1,0 +1,115 @@
+"""Which quantization a request means on which device, and the checks made before anything is written.
+
+The backend is chosen per device from measurement (BENCHMARKS.md, "Quantization"): on this kind of
+CPU ONNX Runtime's dynamic int8 was several times faster than PyTorch fp32 while torchao's int8
+configs ran slower than fp32 (their fast kernels are CUDA kernels), so CPU goes to ONNX Runtime and
+CUDA to torchao through transformers' `TorchAoConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# key of the record that `quantize` adds to config.json (beside `distillation`, `sparsity`)
+QUANTIZATION_KEY = "quantization"
+ONNX_FILE = "model.onnx"
+
+METHODS = ("int8", "int4")
+DEVICES = ("cpu", "cuda")
+# device -> the backend `backend="auto"` picks there, and the backends that device accepts
+_AUTO_BACKEND = {"cpu": "onnxruntime", "cuda": "torchao"}
+_BACKENDS = {"cpu": ("onnxruntime",), "cuda": ("torchao",)}
+_EXTRA = {"onnxruntime": "onnx", "torchao": "torchao"}
+# what each (backend, method) does, as the config and the model card state it
+SCHEMES = {
+    ("onnxruntime", "int8"): "dynamic quantization: int8 weights (a scale per output channel), activations "
+                             "quantized to int8 at run time",
+    ("torchao", "int8"): "int8 weight-only (Int8WeightOnlyConfig)",
+    ("torchao", "int4"): "int4 weight-only, groups of 128 (Int4WeightOnlyConfig)",
+}
+# int4 weight-only runs on torchao's tinygemm kernels, which need bf16 tensor cores (Ampere, sm_80, or newer)
+_INT4_MIN_CAPABILITY = (8, 0)
+
+
+@dataclass(frozen=True)
+class QuantizationPlan:
+    """A checked request: `method` on `device` through `backend`."""
+
+    method: str
+    device: str
+    backend: str
+
+    @property
+    def scheme(self) -> str:
+        return SCHEMES[(self.backend, self.method)]
+
+    @property
+    def extra(self) -> str:
+        return _EXTRA[self.backend]
+
+
+def plan_quantization(method: str = "int8", device: str = "cpu", backend: str = "auto") -> QuantizationPlan:
+    """Check a request and pick its backend; raises before anything is loaded or written.
+
+    Raises:
+        ValueError: an unknown method, device or backend, a backend that does not serve that
+            device, int4 on a CPU, or a CUDA request on a machine without a (recent enough) GPU.
+        ImportError: the backend is not installed; the message names the extra to install.
+    """
+    from ..utils.import_utils import require
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES} (where the quantized model will run), got {device!r}.")
+    if method == "int4" and device == "cpu":
+        raise ValueError("int4 weight-only quantization has no fast kernels on CPU (torchao's int4 kernels are "
+                         "CUDA kernels): use method='int8' on CPU, or device='cuda' on a GPU.")
+    backend = _AUTO_BACKEND[device] if backend == "auto" else backend
+    if backend not in _BACKENDS[device]:
+        raise ValueError(f"backend {backend!r} does not serve device {device!r}: use one of "
+                         f"{_BACKENDS[device]} or backend='auto'.")
+    if (backend, method) not in SCHEMES:
+        raise ValueError(f"{backend} does not offer {method} quantization here: use one of "
+                         f"{sorted(m for b, m in SCHEMES if b == backend)}.")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError("device='cuda' but no CUDA GPU is visible: quantize for the CPU with "
+                             "method='int8', device='cpu', or run on a GPU machine.")
+        capability = torch.cuda.get_device_capability()
+        if method == "int4" and capability < _INT4_MIN_CAPABILITY:
+            raise ValueError(f"int4 weight-only needs a GPU of compute capability {_INT4_MIN_CAPABILITY} or newer "
+                             f"(its kernels use bf16 tensor cores); this one has {capability}: use method='int8'.")
+    from ..utils.import_utils import is_onnxruntime_available, is_torchao_available
+
+    if backend == "onnxruntime" and not is_onnxruntime_available():
+        require("onnx")
+        require("onnxruntime")
+    if backend == "torchao" and not is_torchao_available():
+        require("torchao")
+    return QuantizationPlan(method=method, device=device, backend=backend)
+
+
+def quantization_of(model_dir: str | Path) -> dict[str, Any] | None:
+    """How a saved folder is quantized: the kit's record, or a description of another quantizer's, or None."""
+    model_dir = Path(model_dir)
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
+    if config.get(QUANTIZATION_KEY):
+        return config[QUANTIZATION_KEY]
+    if config.get("quantization_config"):  # torchao, bitsandbytes, GPTQ, a GGUF import ...
+        quant_method = config["quantization_config"].get("quant_method", "unknown")
+        return {"method": quant_method, "backend": quant_method}
+    if (model_dir / ONNX_FILE).is_file() or any(model_dir.glob("*.gguf")):
+        return {"method": "unknown", "backend": "onnx" if (model_dir / ONNX_FILE).is_file() else "gguf"}
+    return None
+
+
+def is_onnx_folder(model_dir: str | Path) -> bool:
+    """True for a folder written by the ONNX Runtime backend (`model.onnx` beside `config.json`)."""
+    return (Path(model_dir) / ONNX_FILE).is_file() and (Path(model_dir) / "config.json").is_file()

@@ -1,0 +1,137 @@
+"""`quantize`: a saved classifier or causal LM made int8 (or int4 on CUDA), written as a new folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from transformers.utils import logging
+
+from ..utils.files import fresh_partial_dir, publish_dir
+from .config import QUANTIZATION_KEY, plan_quantization, quantization_of
+
+logger = logging.get_logger(__name__)
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json")
+
+# how each backend's users load the result, as the model card and the docs say it
+LOADING = {
+    "onnxruntime": 'onnxruntime.InferenceSession("{path}/model.onnx")  # or hf_bigsmall.quantization.OnnxModelRunner',
+    "torchao": '{auto_class}.from_pretrained("{path}", device_map="cuda")  # the TorchAoConfig is in config.json',
+}
+
+
+def _check_output(model_dir: Path, output_dir: Path) -> None:
+    if output_dir.resolve() == model_dir.resolve():
+        raise ValueError(f"output_dir {output_dir} is the model's own folder: quantize into a new folder "
+                         "(the fp32 model stays as it is).")
+    if output_dir.exists() and any(output_dir.iterdir()) and quantization_of(output_dir) is None:
+        raise ValueError(f"{output_dir} already exists and is not a quantized model folder: choose another "
+                         "output_dir or remove it (only an earlier quantized model is replaced).")
+
+
+def quantize(
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    method: str = "int8",
+    device: str = "cpu",
+    backend: str = "auto",
+) -> Path:
+    """Quantize a saved sequence classifier or causal LM for `device`, into a new folder.
+
+    On the CPU, `int8` exports the model to ONNX and applies ONNX Runtime's dynamic int8
+    quantization (the fastest CPU backend measured, see BENCHMARKS.md); the folder then holds
+    `model.onnx`, `config.json` and the tokenizer, and loads with
+    `onnxruntime.InferenceSession(f"{output_dir}/model.onnx")` (or `OnnxModelRunner(output_dir)`,
+    which `compare_models` uses). On CUDA, `int8` and `int4` are torchao weight-only quantization
+    through transformers' `TorchAoConfig`; the folder loads with plain
+    `AutoModelFor...from_pretrained(output_dir, device_map="cuda")`. Either way `config.json` gets a
+    `quantization` record (method, scheme, backend and version, device, source folder).
+
+    Everything is checked before anything is written; the folder is written as
+    `<output_dir>.partial` and renamed when complete, so a failed export leaves nothing behind.
+
+    Args:
+        model_dir: a folder written by `save_pretrained` with its task head and tokenizer.
+        output_dir: the new folder (an earlier quantized folder there is replaced).
+        method: `"int8"`, or `"int4"` (CUDA only).
+        device: `"cpu"` or `"cuda"`: where the quantized model will run.
+        backend: `"auto"` (ONNX Runtime on CPU, torchao on CUDA), `"onnxruntime"` or `"torchao"`.
+
+    Returns:
+        `output_dir` as a `Path`.
+
+    Raises:
+        ImportError: the backend is not installed (the message names the extra, e.g.
+            `pip install "hf-bigsmall[onnx]"`).
+        ValueError: int4 on a CPU or a GPU without its kernels, a model that is already quantized,
+            a model without a classification or causal LM head, a model the backend cannot export,
+            or a missing tokenizer.
+
+    Example:
+
+    ```python
+    from hf_bigsmall.quantization import quantize
+    import onnxruntime
+
+    folder = quantize("bigsmall_output/student-compact", "bigsmall_output/student-int8")
+    session = onnxruntime.InferenceSession(f"{folder}/model.onnx")
+    ```
+    """
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    from ..reporting.compare import CLASSIFICATION, count_parameters, task_of
+
+    plan = plan_quantization(method, device, backend)
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir} is not a saved model folder (no config.json).")
+    existing = quantization_of(model_dir)
+    if existing is not None:
+        raise ValueError(f"{model_dir} is already quantized ({existing.get('method')} with {existing.get('backend')}): "
+                         "quantize the original full-precision folder instead.")
+    config = AutoConfig.from_pretrained(model_dir)
+    task = task_of(config)  # a model without a classification or causal LM head raises here
+    if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
+        raise ValueError(f"{model_dir} has no tokenizer: save it beside the model (tokenizer.save_pretrained) so the "
+                         "quantized folder is usable on its own.")
+    _check_output(model_dir, output_dir)
+    auto_class = AutoModelForSequenceClassification if task == CLASSIFICATION else AutoModelForCausalLM
+    record = {"method": plan.method, "scheme": plan.scheme, "backend": plan.backend, "device": plan.device,
+              "source": str(model_dir)}
+
+    partial = fresh_partial_dir(output_dir)
+    partial.mkdir(parents=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if plan.backend == "onnxruntime":
+            import onnxruntime
+
+            from .onnx import export_onnx_int8
+
+            model = auto_class.from_pretrained(model_dir).eval()
+            parameters, nonzero, sparsity = count_parameters(model, model_dir)
+            record.update(backend_version=onnxruntime.__version__, parameters=parameters,
+                          nonzero_parameters=nonzero, sparsity=sparsity)
+            record.update(export_onnx_int8(model, tokenizer, partial, task))
+            setattr(config, QUANTIZATION_KEY, record)
+            config.save_pretrained(partial)
+        else:
+            from .torchao import quantize_torchao
+
+            quantize_torchao(model_dir, partial, plan.method, auto_class, record)
+        tokenizer.save_pretrained(partial)
+    except BaseException:  # a failed export or save leaves no half-written folder behind
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    publish_dir(partial, output_dir)
+    logger.info(f"Quantized {model_dir} ({plan.method}, {plan.backend}, {plan.device}) -> {output_dir}; load with "
+                + LOADING[plan.backend].format(path=output_dir, auto_class=auto_class.__name__))
+    return output_dir

@@ -1,0 +1,247 @@
+"""`hf-bigsmall quickstart --task causal-lm`: an LLM made smaller by importance, healed by distillation.
+
+Offline on the embedded SmolLM2-135M and news corpus: measure the importance of every block, FFN
+neuron, head and hidden channel on calibration text (Minitron, Sreenivas et al. 2024; Block
+Influence, Men et al. 2024), keep the most important blocks and neurons, heal the pruned student by
+distillation from the unpruned teacher, then measure all three side by side:
+
+```
+bigsmall_output/
+  teacher/ student-pruned/ student/      each loads with plain from_pretrained, README.md model card
+  importance.json  importance.png        what was measured, per layer
+  report.md  report.json  quality_vs_size.png  quality_vs_energy.png
+```
+
+`student-pruned` is the pruned model before healing; `student` is the healed one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import assets
+from .utils.console import echo
+from .utils.files import atomic_write_json, fresh_partial_dir, publish_dir, publishing
+
+# (calibration samples, healing steps, batch size, evaluation articles, latency samples)
+_BUDGETS = {"default": (128, 120, 4, 64, 10), "fast": (8, 2, 2, 6, 2)}
+STAGES = 5
+TINY_TEACHER = "tiny-random-llama"
+
+
+@dataclass
+class CausalLMQuickstartArguments:
+    """Options of `hf-bigsmall quickstart --task causal-lm` (each is a `--flag` on the command line)."""
+
+    task: str = field(default="causal-lm", metadata={"help": "causal-lm (this pipeline)."})
+    teacher: str = field(default=assets.SMOLLM2, metadata={
+        "help": f"Causal LM teacher (GPT-2 or Llama-style): a folder, a Hub id, an embedded name, or "
+                f"{TINY_TEACHER!r} (a random 4-layer Llama with SmolLM2's tokenizer, for smoke tests)."})
+    dataset: str = field(default=assets.NEWS, metadata={
+        "help": "Text corpus with a `text` column and a held-out split: embedded name or Hub id."})
+    output_dir: str = field(default="bigsmall_output", metadata={"help": "Folder that receives everything."})
+    student_layers: int | None = field(default=None, metadata={
+        "help": "Blocks the student keeps, the most important by Block Influence (default: 4/5 of the "
+                "teacher's, 24 of SmolLM2's 30)."})
+    intermediate_size: int | None = field(default=None, metadata={
+        "help": "FFN width of every kept block, its most important neurons (default: 5/6 of the teacher's, "
+                "a multiple of 8: 1280 of SmolLM2's 1536; together 30% fewer non-embedding parameters)."})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "Query heads kept (Llama)."})
+    num_key_value_heads: int | None = field(default=None, metadata={"help": "Key/value groups kept (Llama)."})
+    hidden_size: int | None = field(default=None, metadata={"help": "Hidden channels kept (Llama)."})
+    fast: bool = field(default=False, metadata={"help": "A run of about a minute (CI, smoke test)."})
+    calibration_samples: int | None = field(default=None, metadata={"help": "Calibration blocks (128)."})
+    heal_steps: int | None = field(default=None, metadata={"help": "Distillation steps that heal the student."})
+    batch_size: int | None = field(default=None, metadata={"help": "Training batch size, in blocks."})
+    block_size: int = field(default=128, metadata={"help": "Tokens per block (training, calibration, evaluation)."})
+    eval_samples: int | None = field(default=None, metadata={"help": "Held-out articles the comparison measures."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the healing."})
+    temperature: float = field(default=1.0, metadata={"help": "Distillation temperature."})
+    alpha_kd: float = field(default=1.0, metadata={
+        "help": "Weight of the teacher's soft targets; the next-token loss gets 1 - alpha_kd. Minitron heals with "
+                "logit distillation alone."})
+    alpha_hidden: float = field(default=0.0, metadata={
+        "help": "Weight of hidden-state distillation between each kept block and the teacher block it came from "
+                "(0: logits only). Needs the teacher's hidden_size."})
+    seed: int = field(default=42, metadata={"help": "Random seed."})
+
+    def __post_init__(self):
+        if self.task != "causal-lm":
+            raise ValueError(f"task must be 'causal-lm' here, got {self.task!r}.")
+        if not 0.0 <= self.alpha_kd <= 1.0:
+            raise ValueError(f"alpha_kd must be in [0, 1] (the next-token loss gets 1 - alpha_kd), got {self.alpha_kd}.")
+        calibration, heal, batch, eval_samples, latency = _BUDGETS["fast" if self.fast else "default"]
+        self.calibration_samples = self.calibration_samples or calibration
+        self.heal_steps = self.heal_steps if self.heal_steps is not None else heal
+        self.batch_size = self.batch_size or batch
+        self.eval_samples = self.eval_samples or eval_samples
+        self.latency_samples = latency
+        for name in ("calibration_samples", "batch_size", "block_size", "eval_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}.")
+        if self.alpha_hidden and self.hidden_size is not None:
+            raise ValueError("alpha_hidden compares hidden states of the teacher's width: leave hidden_size unset "
+                             "or set alpha_hidden=0.")
+        if self.heal_steps < 0:
+            raise ValueError(f"heal_steps must be >= 0, got {self.heal_steps}.")
+        if self.student_layers is not None and self.student_layers < 1:
+            raise ValueError(f"student_layers={self.student_layers} would remove every layer: keep at least 1.")
+
+
+def tiny_random_llama(tokenizer):
+    """A random 4-layer Llama (grouped-query attention) with SmolLM2's vocabulary: seconds instead of minutes."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    return LlamaForCausalLM(config)
+
+
+def _stage(number: int, text: str) -> float:
+    echo(f"\n[{number}/{STAGES}] {text}")
+    return time.perf_counter()
+
+
+def _done(start: float, where: Path) -> None:
+    echo(f"      done in {time.perf_counter() - start:.0f} s -> {where}")
+
+
+def _save(model, tokenizer, folder: Path, importance=None) -> Path:
+    """Write a model folder through `<folder>.partial`, so an interrupted run never leaves half of one."""
+    with publishing(folder) as partial:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        if importance is not None:
+            importance.save(partial)
+    return folder
+
+
+def _teacher(args: CausalLMQuickstartArguments):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if args.teacher == TINY_TEACHER:
+        tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_path())
+        return tiny_random_llama(tokenizer).eval(), tokenizer
+    path = assets.resolve_model(args.teacher)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tokenizer
+
+
+def _default_layers(depth: int) -> int:
+    return max(1, round(depth * 0.8))
+
+
+def _default_intermediate(teacher) -> int | None:
+    config = teacher.config
+    width = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * config.hidden_size
+    return max(8, int(width * 5 / 6) // 8 * 8)
+
+
+def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
+    """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
+    from transformers import default_data_collator, set_seed
+
+    from . import DistillationConfig, DistillationTrainer, EnergyCallback, make_student
+    from .hub.card import build_model_card, hub_id
+    from .pruning.importance import compute_importance
+    from .pruning.targets import _architecture
+    from .pruning.width import _validate_targets, prune_width
+    from .reporting.compare import compare_models
+    from .reporting.report import markdown_table
+    from .tasks.causal_lm import load_causal_lm_dataset
+
+    set_seed(args.seed)
+    output_dir = Path(args.output_dir)
+    teacher_dir, pruned_dir, student_dir = output_dir / "teacher", output_dir / "student-pruned", output_dir / "student"
+    echo(f"hf-bigsmall quickstart --task causal-lm: {args.teacher} on {args.dataset}"
+          f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
+
+    start = _stage(1, f"Teacher and data: {args.teacher}, {args.dataset} in blocks of {args.block_size} tokens")
+    teacher, tokenizer = _teacher(args)
+    depth = teacher.config.num_hidden_layers
+    layers = args.student_layers or _default_layers(depth)
+    if layers > depth:
+        raise ValueError(f"student_layers={layers} is more than the teacher's {depth} layers.")
+    intermediate_size = _default_intermediate(teacher) if args.intermediate_size is None else args.intermediate_size
+    widths = dict(intermediate_size=intermediate_size, num_attention_heads=args.num_attention_heads,
+                  num_key_value_heads=args.num_key_value_heads, hidden_size=args.hidden_size)
+    widths = {name: value for name, value in widths.items() if value is not None}
+    _validate_targets(teacher, _architecture(teacher), *(widths.get(name) for name in
+                      ("intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_size")))
+    heal_samples = args.heal_steps * args.batch_size
+    dataset = load_causal_lm_dataset(tokenizer, args.dataset, block_size=args.block_size,
+                                     max_train_samples=max(heal_samples, args.calibration_samples), seed=args.seed)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _save(teacher, tokenizer, teacher_dir)
+    _done(start, teacher_dir)
+
+    start = _stage(2, f"Importance of blocks, heads, neurons and channels on {args.calibration_samples} calibration "
+                      f"blocks")
+    importance = compute_importance(teacher, dataset["train"], num_samples=args.calibration_samples)
+    importance.save(output_dir)
+    order = importance.blocks.argsort().tolist()
+    echo(f"      least important blocks (Block Influence): {order[: depth - layers]}")
+    _done(start, output_dir / "importance.json")
+
+    start = _stage(3, f"Prune: keep the {layers} most important of {depth} blocks"
+                      + "".join(f", {name}={value}" for name, value in widths.items()))
+    student = make_student(teacher, num_layers=layers, teacher_layers="importance", importance=importance)
+    student.config.distillation["teacher"] = args.teacher
+    kept = importance.select_layers(student.config.distillation["teacher_layers"])
+    if widths:
+        prune_width(student, kept, **widths)
+    _save(student, tokenizer, pruned_dir, importance=kept)
+    _done(start, pruned_dir)
+
+    start = _stage(4, f"Heal: distil from the unpruned teacher, {args.heal_steps} steps of {args.batch_size} x "
+                      f"{args.block_size} tokens ({heal_samples * args.block_size:,} tokens)")
+    partial = fresh_partial_dir(student_dir)
+    config = DistillationConfig(
+        output_dir=str(partial), max_steps=max(args.heal_steps, 1), per_device_train_batch_size=args.batch_size,
+        learning_rate=args.learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine",
+        logging_steps=max(1, args.heal_steps // 10), save_strategy="no", eval_strategy="no", report_to="none",
+        seed=args.seed, temperature=args.temperature, alpha_kd=args.alpha_kd, alpha_ce=1.0 - args.alpha_kd,
+        alpha_hidden=args.alpha_hidden, disable_tqdm=False,
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=config, train_dataset=dataset["train"],
+        data_collator=default_data_collator, processing_class=tokenizer,
+        callbacks=[EnergyCallback(training_type="distillation")],
+    )
+    if args.heal_steps:
+        trainer.train()
+    trainer.save_model(str(partial))
+    kept.save(partial)
+    publish_dir(partial, student_dir)
+    _done(start, student_dir)
+
+    start = _stage(5, f"Compare: perplexity on {args.eval_samples} held-out articles, size, prefill latency, decode "
+                      "tokens/s and energy per token")
+    models = {"teacher": teacher_dir, "student-pruned": pruned_dir, "student": student_dir}
+    comparison = compare_models(models, args.dataset, split="test", max_samples=args.eval_samples,
+                                max_length=args.block_size, batch_size=8, latency_samples=args.latency_samples,
+                                output_dir=output_dir, generation_prompts=1 if args.fast else 3,
+                                prompt_tokens=args.block_size // 2, new_tokens=8 if args.fast else 32)
+    base_model = None if args.teacher == TINY_TEACHER else hub_id(args.teacher)
+    for folder in models.values():
+        build_model_card(folder, base_model=base_model, dataset=args.dataset).save(folder / "README.md")
+    summary = {"teacher_layers": student.config.distillation["teacher_layers"], "widths": widths,
+               "heal_tokens": heal_samples * args.block_size if args.heal_steps else 0,
+               "calibration_samples": importance.num_samples}
+    atomic_write_json(output_dir / "pruning.json", summary)
+    _done(start, output_dir / "report.md")
+
+    echo("\n" + markdown_table(comparison.to_dict()))
+    echo(f"\nEverything is in {output_dir.resolve()}:")
+    for name, folder in models.items():
+        echo(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
+    echo(f"  importance       {output_dir / 'importance.json'}, {output_dir / 'importance.png'}")
+    echo(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
+    return output_dir

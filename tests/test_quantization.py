@@ -1,0 +1,353 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hf_bigsmall.quantization import (
+    OnnxModelRunner,
+    is_onnx_folder,
+    plan_quantization,
+    quantization_of,
+    quantize,
+)
+
+from .test_compare import _dataset, _save_tokenizer
+from .testing_utils import (
+    requires_minilm,
+    requires_package,
+    tiny_bert_config,
+    tiny_gpt2_config,
+    tiny_llama_config,
+)
+
+requires_onnxruntime = requires_package("onnxruntime", '"hf-bigsmall[onnx]"')
+TEXTS = ["w1 w2 w3", "w4 w5 w6 w7 w8 w9 w10 w11", "w12"]
+
+
+def _classifier(config):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def _causal_lm(config):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config)
+
+
+ARCHITECTURES = {
+    "bert-classifier": lambda: _classifier(tiny_bert_config()),
+    "gpt2-classifier": lambda: _classifier(tiny_gpt2_config(num_labels=2, pad_token_id=0)),
+    "llama-classifier": lambda: _classifier(tiny_llama_config(num_labels=2)),
+    "gpt2-causal-lm": lambda: _causal_lm(tiny_gpt2_config()),
+    "llama-causal-lm": lambda: _causal_lm(tiny_llama_config()),
+}
+
+
+def _save(model, folder):
+    model.save_pretrained(folder)
+    return _save_tokenizer(folder)
+
+
+def _torch_logits(model, tokenizer, texts):
+    """The tokenized batch (the columns the model takes) and the PyTorch model's logits for it."""
+    import inspect
+
+    accepted = inspect.signature(model.forward).parameters
+    batch = {k: v for k, v in tokenizer(texts, padding=True, return_tensors="pt").items() if k in accepted}
+    with torch.no_grad():
+        logits = model(**batch).logits
+    return batch, logits
+
+
+@requires_onnxruntime
+@pytest.mark.parametrize("architecture", sorted(ARCHITECTURES))
+def test_int8_onnx_reproduces_the_model_and_reloads_with_a_plain_session(tmp_path, architecture):
+    import onnxruntime
+
+    torch.manual_seed(0)
+    model = ARCHITECTURES[architecture]().eval()
+    tokenizer = _save(model, tmp_path / "fp32")
+    output = quantize(tmp_path / "fp32", tmp_path / "int8")
+
+    assert output == tmp_path / "int8" and is_onnx_folder(output)
+    assert not (tmp_path / "int8.partial").exists()
+    record = json.loads((output / "config.json").read_text())["quantization"]
+    assert (record["method"], record["backend"], record["device"], record["format"]) == ("int8", "onnxruntime", "cpu",
+                                                                                        "onnx")
+    assert record["parameters"] == sum(p.numel() for p in model.parameters())
+    assert record["export_max_logit_difference"] < 1e-4
+
+    # the documented way to load it: a plain ONNX Runtime session fed by the saved tokenizer
+    batch, expected = _torch_logits(model, tokenizer, TEXTS)
+    session = onnxruntime.InferenceSession(str(output / "model.onnx"))
+    names = {node.name for node in session.get_inputs()}
+    assert names == set(batch)
+    logits = session.run(["logits"], {k: v.numpy() for k, v in batch.items()})[0]
+    mask = batch["attention_mask"].bool().numpy()
+    close = np.abs(logits - expected.numpy())
+    close = close[mask] if logits.ndim == 3 else close  # padded positions of a causal LM are never read
+    scale = float(expected.abs().max())
+    assert close.max() < 0.1 * scale + 0.05, close.max()
+    assert close.max() > 0  # the weights really are int8: an fp32 graph would reproduce torch exactly
+    # the runner that compare uses returns the same logits, whatever extra columns it is given
+    runner = OnnxModelRunner(output)
+    torch.testing.assert_close(runner(**batch, labels=None).logits, torch.from_numpy(logits))
+
+
+@requires_onnxruntime
+def test_int8_is_about_four_times_smaller_and_keeps_pruned_zeros(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    model = _classifier(tiny_bert_config(hidden_size=128, intermediate_size=256, vocab_size=1000)).eval()
+    with torch.no_grad():
+        model.bert.encoder.layer[0].intermediate.dense.weight[::2] = 0
+    _save(model, tmp_path / "fp32")
+    quantize(tmp_path / "fp32", tmp_path / "int8")
+    ratio = (tmp_path / "fp32" / "model.safetensors").stat().st_size / (tmp_path / "int8" / "model.onnx").stat().st_size
+    assert ratio > 3, ratio  # a quarter of the weight bytes, plus a graph that weighs more the smaller the model
+    int8 = [numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.initializer
+            if t.data_type == onnx.TensorProto.INT8 and t.dims == [128, 256]]
+    assert int8 and any((w[:, ::2] == 0).all() for w in int8)  # symmetric int8: a zero weight stays exactly zero
+
+
+@requires_onnxruntime
+def test_compare_measures_an_onnx_folder_like_any_model(tmp_path):
+    from hf_bigsmall.reporting.compare import compare_models
+
+    torch.manual_seed(0)
+    model = _classifier(tiny_bert_config()).eval()
+    tokenizer = _save(model, tmp_path / "fp32")
+    quantize(tmp_path / "fp32", tmp_path / "fp32-int8")
+    dataset = _dataset()
+    comparison = compare_models([tmp_path / "fp32", tmp_path / "fp32-int8"], dataset, batch_size=16,
+                                latency_samples=3, output_dir=tmp_path / "report")
+    fp32, int8 = comparison.models
+    runner = OnnxModelRunner(tmp_path / "fp32-int8")
+    predictions = [int(runner(**tokenizer(text, return_tensors="pt")).logits.argmax(-1)) for text in dataset["text"]]
+    assert int8.metrics["accuracy"] == pytest.approx(np.mean(np.array(predictions) == np.array(dataset["label"])))
+    assert int8.size_on_disk_mb == pytest.approx((tmp_path / "fp32-int8" / "model.onnx").stat().st_size / 2**20, abs=1e-3)
+    assert int8.parameters == fp32.parameters and int8.quantization["backend"] == "onnxruntime"
+    assert fp32.quantization is None
+    assert int8.latency_ms_p50 > 0 and int8.throughput_samples_per_s > 0 and int8.energy_source
+    assert int8.inference_kwh_per_1k_samples == pytest.approx(1000 * int8.energy_joules_per_sample / 3.6e6)
+    assert "| `fp32-int8` |" in (tmp_path / "report" / "report.md").read_text()
+
+
+@requires_onnxruntime
+def test_causal_lm_comparison_reports_joules_per_token(tmp_path):
+    from hf_bigsmall.reporting.compare import compare_models
+
+    _save(_causal_lm(tiny_llama_config()).eval(), tmp_path / "lm")
+    quantize(tmp_path / "lm", tmp_path / "lm-int8")
+    comparison = compare_models([tmp_path / "lm", tmp_path / "lm-int8"], _dataset(16), batch_size=8,
+                                latency_samples=2, plots=False)
+    for measured in comparison.models:
+        assert measured.metrics["perplexity"] > 1 and measured.energy_joules_per_token > 0
+        assert measured.energy_joules_per_token < measured.energy_joules_per_sample
+
+
+@requires_onnxruntime
+def test_model_card_of_an_onnx_folder_says_how_it_was_quantized_and_its_snippet_runs(tmp_path):
+    from hf_bigsmall.hub.card import build_model_card, validate_card
+
+    _save(_classifier(tiny_bert_config()).eval(), tmp_path / "fp32")
+    folder = quantize(tmp_path / "fp32", tmp_path / "int8")
+    card = build_model_card(folder)
+    validate_card(str(card))
+    assert {"quantized", "int8", "onnx"} <= set(card.data.tags) and card.data.library_name == "onnx"
+    assert "### Quantization" in card.text and "| backend | `onnxruntime` |" in card.text
+    snippet = card.text.split("```python\n")[-1].split("```")[0]
+    namespace: dict = {}
+    exec(snippet, namespace)  # noqa: S102 - the card's own "How to use" code, written by us
+    assert namespace["logits"].shape == (1, 2)
+
+
+# --- bad input: a clear error, before anything is written ------------------------------------------
+
+
+@pytest.fixture
+def saved_classifier(tmp_path):
+    _save(_classifier(tiny_bert_config()).eval(), tmp_path / "fp32")
+    return tmp_path / "fp32"
+
+
+def _nothing_written(output):
+    return not output.exists() and not output.with_name(output.name + ".partial").exists()
+
+
+def test_missing_backend_names_the_extra(saved_classifier, monkeypatch):
+    from hf_bigsmall.utils import import_utils
+
+    monkeypatch.setattr(import_utils, "_is_package_available", lambda name: name not in ("onnxruntime", "torchao"))
+    output = saved_classifier.parent / "int8"
+    with pytest.raises(ImportError, match=r'pip install "hf-bigsmall\[onnx\]"'):
+        quantize(saved_classifier, output)
+    assert _nothing_written(output)
+
+
+@pytest.mark.parametrize("request_, message", [
+    ({"method": "int4", "device": "cpu"}, "int4 weight-only quantization has no fast kernels on CPU"),
+    ({"method": "int3"}, "method must be one of"),
+    ({"device": "tpu"}, "device must be one of"),
+    ({"backend": "torchao", "device": "cpu"}, "backend 'torchao' does not serve device 'cpu'"),
+])
+def test_bad_requests_raise_before_anything_is_written(saved_classifier, request_, message):
+    output = saved_classifier.parent / "out"
+    with pytest.raises(ValueError, match=message):
+        quantize(saved_classifier, output, **request_)
+    assert _nothing_written(output)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without a GPU")
+@pytest.mark.parametrize("method", ["int8", "int4"])
+def test_cuda_request_without_a_gpu_is_a_clear_error(saved_classifier, method):
+    with pytest.raises(ValueError, match="no CUDA GPU is visible"):
+        quantize(saved_classifier, saved_classifier.parent / "out", method=method, device="cuda")
+
+
+@requires_onnxruntime
+def test_an_already_quantized_model_is_refused(saved_classifier, tmp_path):
+    first = quantize(saved_classifier, tmp_path / "int8")
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize(first, tmp_path / "int8-again")
+    assert _nothing_written(tmp_path / "int8-again")
+    # a checkpoint another quantizer wrote (its config carries a quantization_config) is refused too
+    config = json.loads((saved_classifier / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_8bit": True}
+    (saved_classifier / "config.json").write_text(json.dumps(config))
+    assert quantization_of(saved_classifier)["method"] == "bitsandbytes"
+    with pytest.raises(ValueError, match="already quantized"):
+        quantize(saved_classifier, tmp_path / "bnb-int8")
+
+
+@requires_onnxruntime
+def test_a_model_without_a_supported_head_is_refused(tmp_path):
+    from transformers import BertForTokenClassification
+
+    _save(BertForTokenClassification(tiny_bert_config()), tmp_path / "tagger")
+    with pytest.raises(ValueError, match="compare_models measures sequence classifiers"):
+        quantize(tmp_path / "tagger", tmp_path / "out")
+    assert _nothing_written(tmp_path / "out")
+
+
+@requires_onnxruntime
+def test_a_failed_export_leaves_no_half_written_folder(saved_classifier, tmp_path, monkeypatch):
+    def broken_export(module, args, path, **kwargs):
+        with open(path, "wb") as handle:  # a partial file, then the failure
+            handle.write(b"\x08\x07half")
+        raise RuntimeError("Unsupported operator aten::weird")
+
+    monkeypatch.setattr(torch.onnx, "export", broken_export)
+    with pytest.raises(ValueError, match="ONNX export of BertForSequenceClassification .* failed: Unsupported operator"):
+        quantize(saved_classifier, tmp_path / "out")
+    assert _nothing_written(tmp_path / "out")
+
+
+@requires_onnxruntime
+def test_an_export_that_does_not_reproduce_the_model_is_refused(saved_classifier, tmp_path, monkeypatch):
+    import onnxruntime
+
+    real_session = onnxruntime.InferenceSession
+
+    class OffByOne:  # an export whose graph computes something else
+        def __init__(self, *args, **kwargs):
+            self.session = real_session(*args, **kwargs)
+
+        def run(self, names, feed):
+            return [output + 1.0 for output in self.session.run(names, feed)]
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", OffByOne)
+    with pytest.raises(ValueError, match="does not reproduce its logits"):
+        quantize(saved_classifier, tmp_path / "out")
+    assert _nothing_written(tmp_path / "out")
+
+
+def test_output_folder_is_checked(saved_classifier, tmp_path):
+    with pytest.raises(ValueError, match="is the model's own folder"):
+        quantize(saved_classifier, saved_classifier)
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="is not a quantized model folder"):
+        quantize(saved_classifier, precious)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_plan_picks_the_backend_per_device():
+    pytest.importorskip("onnxruntime")
+    plan = plan_quantization()
+    assert (plan.method, plan.device, plan.backend, plan.extra) == ("int8", "cpu", "onnxruntime", "onnx")
+    assert "int8" in plan.scheme
+
+
+# --- real model -------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow  # the fast suite meets MiniLM int8 in the quickstart test
+@requires_onnxruntime
+@requires_minilm
+def test_minilm_classifier_int8_keeps_its_predictions(tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hf_bigsmall import assets
+
+    path = assets.resolve_model(assets.MINILM)
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.save_pretrained(tmp_path / "fp32")
+    tokenizer.save_pretrained(tmp_path / "fp32")
+    quantize(tmp_path / "fp32", tmp_path / "int8")
+    texts = ["A gripping, beautifully acted film.", "Dull and far too long; I nearly left.",
+             "The plot makes no sense, but the cast is charming and the music lovely."] * 4
+    batch, expected = _torch_logits(model, tokenizer, texts)
+    logits = OnnxModelRunner(tmp_path / "int8")(**batch).logits
+    assert (logits - expected).abs().max() < 0.05
+    ratio = (tmp_path / "fp32" / "model.safetensors").stat().st_size / (tmp_path / "int8" / "model.onnx").stat().st_size
+    assert ratio > 3.8, ratio
+
+
+# --- CUDA: torchao through TorchAoConfig ---------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["int8", "int4"])
+@pytest.mark.parametrize("task", ["classifier", "causal-lm"])
+def test_torchao_quantized_folder_reloads_with_plain_from_pretrained(tmp_path, method, task):
+    pytest.importorskip("torchao")
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    # int4 groups 128 input channels: layers must be at least that wide
+    config = tiny_llama_config(hidden_size=256, intermediate_size=512, head_dim=64, num_labels=2)
+    model = (_classifier(config) if task == "classifier" else _causal_lm(config)).eval()
+    tokenizer = _save(model, tmp_path / "fp32")
+    output = quantize(tmp_path / "fp32", tmp_path / method, method=method, device="cuda")
+    saved = json.loads((output / "config.json").read_text())
+    assert saved["quantization_config"]["quant_method"] == "torchao"
+    assert (saved["quantization"]["method"], saved["quantization"]["backend"]) == (method, "torchao")
+    auto_class = AutoModelForSequenceClassification if task == "classifier" else AutoModelForCausalLM
+    reloaded = auto_class.from_pretrained(output, device_map="cuda").eval()
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    batch = {k: v.cuda() for k, v in batch.items() if k != "token_type_ids"}
+    with torch.no_grad():
+        expected = model.cuda().to(reloaded.dtype)(**batch).logits.float()
+        logits = reloaded(**batch).logits.float()
+    assert (logits - expected).abs().max() < 0.1 * expected.abs().max() + 0.05
+    fp32_size = (tmp_path / "fp32" / "model.safetensors").stat().st_size
+    assert fp32_size / sum(f.stat().st_size for f in output.glob("*.safetensors")) > 2  # integer weights stored
+
+
+@requires_onnxruntime
+def test_cli_quantize_writes_the_folder_and_says_how_to_load_it(saved_classifier, capsys):
+    from hf_bigsmall.cli import main
+
+    output = saved_classifier.parent / "cli-int8"
+    assert main(["quantize", str(saved_classifier), str(output)]) == 0
+    assert is_onnx_folder(output) and f'onnxruntime.InferenceSession("{output}/model.onnx")' in capsys.readouterr().out
+    assert main(["quantize", str(output), str(saved_classifier.parent / "again")]) == 2
+    assert "already quantized" in capsys.readouterr().err

@@ -21,6 +21,9 @@ _LAZY_IMPORTS: dict[str, str] = {
     "DistillationConfig": "hf_bigsmall.distillation.config",
     "DistillationTrainer": "hf_bigsmall.distillation.trainer",
     "make_student": "hf_bigsmall.distillation.student",
+    "cache_teacher_logits": "hf_bigsmall.distillation.cache",
+    "load_teacher_logits": "hf_bigsmall.distillation.cache",
+    "cached_kd_loss": "hf_bigsmall.distillation.cached_loss",
     "kd_loss": "hf_bigsmall.losses",
     # pruning
     "MagnitudePruningCallback": "hf_bigsmall.pruning.callback",
@@ -45,6 +48,8 @@ _LAZY_IMPORTS: dict[str, str] = {
 __all__ = ["__version__", *_LAZY_IMPORTS]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .distillation.cache import cache_teacher_logits, load_teacher_logits
+    from .distillation.cached_loss import cached_kd_loss
     from .distillation.config import DistillationConfig
     from .distillation.student import make_student
     from .distillation.trainer import DistillationTrainer

@@ -9,6 +9,7 @@ side by side and write everything to one folder:
 bigsmall_output/
   teacher/ student/ student-pruned/ student-compact/ student-trimmed/   each loads with plain from_pretrained
   student-int8/ teacher-int8/          ONNX Runtime int8: onnxruntime.InferenceSession("<folder>/model.onnx")
+  teacher_logits/   the teacher's logits, cached once for both distillation stages
   report.md  report.json  quality_vs_latency.png  quality_vs_size.png  quality_vs_energy.png
 ```
 
@@ -70,6 +71,9 @@ class QuickstartArguments:
     trim_vocabulary: bool = field(default=True, metadata={
         "help": "Also write student-trimmed: the compacted student keeping only the tokens of the training "
                 "texts (WordPiece teachers such as BERT and MiniLM)."})
+    cache_teacher_logits: bool = field(default=True, metadata={
+        "help": "Run the teacher once over the training rows both distillation stages draw from and distil from its "
+                "cached logits (teacher_logits/), instead of running it at every step of both stages."})
     quantize: bool = field(default=True, metadata={
         "help": "Also write student-int8 and teacher-int8: the compacted student and the teacher quantized to "
                 "int8 with ONNX Runtime (needs `pip install \"hf-bigsmall[onnx]\"`)."})
@@ -149,6 +153,26 @@ def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_st
     trainer.save_model(str(partial))
     # a model folder appears only once complete: an interrupted run never leaves a half-written one
     return publish_dir(partial, final_dir)
+
+
+def _cached_train_dataset(args: QuickstartArguments, teacher, train, cache_dir: Path):
+    """The training rows the distillation stages draw from, carrying the teacher's cached logits.
+
+    Both stages together draw at most `max(distill_steps, prune_steps) * batch_size` rows per stage,
+    so only that many rows (a seeded random subset when the training set is larger) are cached.
+    A cache left by an earlier run is reused when it matches, and replaced when it does not.
+    """
+    from . import cache_teacher_logits, load_teacher_logits
+
+    rows = max(args.distill_steps, args.prune_steps) * args.batch_size
+    if rows < len(train):
+        train = train.shuffle(seed=args.seed).select(range(rows)).flatten_indices()
+    try:
+        cache_teacher_logits(teacher, train, cache_dir, batch_size=64)
+    except ValueError:  # another teacher or other rows than an earlier run's: make it anew
+        shutil.rmtree(cache_dir, ignore_errors=True)
+        cache_teacher_logits(teacher, train, cache_dir, batch_size=64)
+    return load_teacher_logits(cache_dir, train)
 
 
 def _evaluation_split(dataset_name: str) -> str:
@@ -242,14 +266,20 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
     start = _stage(2, f"Student: {args.student_layers} layers made from the teacher, distilled ({args.distill_steps} steps)")
     student = make_student(teacher, num_layers=args.student_layers, hidden_size=args.student_hidden_size)
-    _distill(args, student, teacher, dataset, tokenizer, student_dir, args.distill_steps, callbacks=[])
+    distill_teacher, distill_data = teacher, dataset
+    if args.cache_teacher_logits:  # the teacher runs once here; both distillation stages read its logits
+        distill_teacher = None
+        distill_data = {"train": _cached_train_dataset(args, teacher, dataset["train"], output_dir / "teacher_logits")}
+        echo(f"      teacher logits cached for {len(distill_data['train']):,} training rows -> "
+             f"{output_dir / 'teacher_logits'}")
+    _distill(args, student, distill_teacher, distill_data, tokenizer, student_dir, args.distill_steps, callbacks=[])
     _done(start, student_dir)
 
     start = _stage(3, f"Pruned student: {args.target_sparsity:.0%} of FFN neurons removed by magnitude while "
                       f"distilling on ({args.prune_steps} steps)")
     pruning = MagnitudePruningCallback(target_sparsity=args.target_sparsity, schedule="cubic", structure="neurons")
     student = AutoModelForSequenceClassification.from_pretrained(student_dir)
-    _distill(args, student, teacher, dataset, tokenizer, pruned_dir, args.prune_steps, callbacks=[pruning])
+    _distill(args, student, distill_teacher, distill_data, tokenizer, pruned_dir, args.prune_steps, callbacks=[pruning])
     _done(start, pruned_dir)
 
     start = _stage(4, "Compact student: pruned neurons physically removed"

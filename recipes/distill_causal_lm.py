@@ -18,6 +18,11 @@ file (every `DistillationConfig` field and the fields below):
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/distill_causal_lm.py \
         --teacher_model_name_or_path gpt2 --dataset_name wikitext --dataset_config_name wikitext-2-raw-v1 \
         --student_num_layers 6 --block_size 512 --max_train_samples -1
+
+Distil from cached teacher logits (the teacher runs once over the training set, not every step):
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/distill_causal_lm.py \
+        --cache_teacher_logits --cache_top_k 128    # cached in <output_dir>/teacher_logits
 """
 
 from __future__ import annotations
@@ -39,12 +44,13 @@ from hf_bigsmall import (
 from hf_bigsmall.pruning.calibration import prepare_calibration
 from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.causal_lm import held_out_perplexity, load_causal_lm_dataset
+from hf_bigsmall.tasks.teacher_logits import TeacherLogitsArguments
 from hf_bigsmall.utils.distributed import shutdown_process_group
 from hf_bigsmall.utils.files import atomic_write_json
 
 
 @dataclass
-class ScriptArguments(CompressionArguments):
+class ScriptArguments(TeacherLogitsArguments, CompressionArguments):
     teacher_model_name_or_path: str = field(
         default=assets.SMOLLM2, metadata={"help": "Teacher: a folder, a Hub id (gpt2) or an embedded asset."}
     )
@@ -109,8 +115,11 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
         pruned_perplexity = held_out_perplexity(student, dataset["eval"], training_args.per_device_eval_batch_size)
         callbacks.append(MagnitudePruningCallback(target_sparsity=None))  # heal: keep exactly these zeros
 
+    # --cache_teacher_logits / --teacher_logits: the teacher runs once, before training, not every step
+    cached_train = script_args.teacher_logits_dataset(teacher, dataset["train"], training_args)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=training_args, train_dataset=dataset["train"],
+        model=student, teacher_model=None if cached_train is not None else teacher, args=training_args,
+        train_dataset=dataset["train"] if cached_train is None else cached_train,
         eval_dataset=dataset["eval"], data_collator=default_data_collator, processing_class=tokenizer,
         callbacks=callbacks,
     )

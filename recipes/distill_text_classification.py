@@ -12,6 +12,11 @@ come from the command line or a YAML file (every `DistillationConfig` field and 
     accelerate launch --config_file accelerate_configs/multi_gpu.yaml recipes/distill_text_classification.py \
         --teacher_model_name_or_path bert-base-uncased --dataset_name rotten_tomatoes \
         --student_num_layers 6 --max_train_samples -1 --num_train_epochs 3
+
+Distil from cached teacher logits (the teacher runs once over the training set, not every step):
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/distill_text_classification.py \
+        --teacher_logits outputs/teacher_logits    # a cache made earlier (--cache_teacher_logits)
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ from transformers import (
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
 from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
+from hf_bigsmall.tasks.teacher_logits import TeacherLogitsArguments
 from hf_bigsmall.tasks.text_classification import accuracy, classification_teacher, load_classification_dataset
 from hf_bigsmall.utils.distributed import shutdown_process_group
 from hf_bigsmall.utils.files import atomic_write_json
 
 
 @dataclass
-class ScriptArguments(CompressionArguments):
+class ScriptArguments(TeacherLogitsArguments, CompressionArguments):
     teacher_model_name_or_path: str = field(
         default=assets.MINILM,
         metadata={"help": "Teacher: a folder, a Hub id or an embedded asset. Fine-tuned first if it has no classification head."},
@@ -81,8 +87,11 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     student = make_student(teacher, script_args.student_num_layers, hidden_size=script_args.student_hidden_size)
     student.config.distillation["teacher"] = teacher_name
 
+    # --cache_teacher_logits / --teacher_logits: the teacher runs once, before training, not every step
+    cached_train = script_args.teacher_logits_dataset(teacher, dataset["train"], training_args)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=training_args, train_dataset=dataset["train"],
+        model=student, teacher_model=None if cached_train is not None else teacher, args=training_args,
+        train_dataset=dataset["train"] if cached_train is None else cached_train,
         eval_dataset=dataset["eval"], data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer, compute_metrics=accuracy, callbacks=script_args.callbacks(),
     )

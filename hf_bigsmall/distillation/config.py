@@ -95,6 +95,13 @@ class DistillationConfig(TrainingArguments):
             "unset keeps it as loaded.",
         },
     )
+    teacher_logits: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder of a teacher-logit cache (cache_teacher_logits) to distil from with no teacher in the "
+            "loop (teacher_model=None): it is checked against the train dataset and the student before training."
+        },
+    )
 
     def __post_init__(self):
         if needs_cpu_process_group(self.use_cpu):

@@ -58,7 +58,7 @@ def _collator_adds_labels(collator, dataset: Any) -> bool:
         return False
 
 
-def check_dataset(dataset: Any, split: str, student: PreTrainedModel, teacher: PreTrainedModel,
+def check_dataset(dataset: Any, split: str, student: PreTrainedModel, teacher: PreTrainedModel | None,
                   alpha_ce: float, collator=None) -> None:
     """Raise a `ValueError` saying what to do if `dataset` cannot be trained or evaluated on.
 
@@ -73,7 +73,8 @@ def check_dataset(dataset: Any, split: str, student: PreTrainedModel, teacher: P
         return
     if len(dataset) == 0:
         raise ValueError(f"{split} is empty: pass a dataset with at least one example.")
-    limits = {name: learned_positions(model) for name, model in (("student", student), ("teacher", teacher))}
+    limits = {name: learned_positions(model) for name, model in (("student", student), ("teacher", teacher))
+              if model is not None}  # no teacher when distilling from cached logits
     limits = {name: limit for name, limit in limits.items() if limit is not None}
     longest = _longest_sequence(dataset)
     if limits and longest is not None:

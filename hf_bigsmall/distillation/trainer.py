@@ -13,6 +13,15 @@ from transformers.utils import logging
 
 from ..losses import attention_loss, hidden_state_loss, kd_loss
 from ..utils.trainer import BigSmallTrainerMixin
+from .cache import (
+    CACHE_COLUMNS,
+    TeacherLogitsCollator,
+    cache_record,
+    cached_columns,
+    load_teacher_logits,
+    target_mask,
+)
+from .cached_loss import cached_kd_loss
 from .config import DistillationConfig
 from .data_checks import check_dataset
 from .teacher import (
@@ -60,8 +69,11 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
 
     Args:
         model (`PreTrainedModel`): the student, with a task head (e.g. from `make_student`).
-        teacher_model (`PreTrainedModel` or `str`): the teacher, or a folder / Hub id / embedded
-            asset name to load it from with the student's kind of head.
+        teacher_model (`PreTrainedModel` or `str`, *optional*): the teacher, or a folder / Hub id / embedded
+            asset name to load it from with the student's kind of head. `None` distils from a
+            teacher-logit cache instead: a `train_dataset` from `load_teacher_logits` (or
+            `args.teacher_logits`, the cache folder); only `alpha_kd` and `alpha_ce` apply, and an
+            eval dataset without cached columns reports the task loss alone.
         args (`DistillationConfig`): training and loss settings.
         **kwargs: everything else `transformers.Trainer` takes (datasets, collator, callbacks...).
 
@@ -86,14 +98,22 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     ):
         if not isinstance(args, DistillationConfig):
             raise TypeError(f"args must be a DistillationConfig, got {type(args).__name__}.")
-        if model is None or teacher_model is None:
-            raise ValueError("DistillationTrainer needs both a student (model=) and a teacher (teacher_model=).")
-        if isinstance(teacher_model, (str, os.PathLike)):
+        if model is None:
+            raise ValueError("DistillationTrainer needs a student (model=).")
+        # teacher_model=None: the soft targets come from a teacher-logit cache (see _init_cached_teacher)
+        self.teacher_logits_record: dict | None = None
+        if teacher_model is not None and getattr(args, "teacher_logits", None):
+            raise ValueError(f"both teacher_model and teacher_logits={args.teacher_logits!r} were given: pass "
+                             "teacher_model=None to distil from the cache, or unset teacher_logits to run the teacher.")
+        if teacher_model is None:
+            self._init_cached_teacher(model, args, kwargs)
+        elif isinstance(teacher_model, (str, os.PathLike)):
             teacher_model = load_teacher(teacher_model, model)
-        check_teacher_student(teacher_model, model)
+        if teacher_model is not None:
+            check_teacher_student(teacher_model, model)
 
         self.layer_map: list[int] | None = None
-        if args.layer_map is not None or args.alpha_hidden > 0 or args.alpha_attention > 0:
+        if teacher_model is not None and (args.layer_map is not None or args.alpha_hidden > 0 or args.alpha_attention > 0):
             self.layer_map = args.layer_map or default_layer_map(model, teacher_model.config.num_hidden_layers)
             check_layer_map(self.layer_map, model, teacher_model)
         if args.alpha_attention > 0:
@@ -103,11 +123,12 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         if args.alpha_hidden > 0:
             self._add_projection(model, teacher_model)
 
-        teacher_model.requires_grad_(False)
-        teacher_model.eval()
-        if args.teacher_dtype in _DTYPES:
-            teacher_model.to(_DTYPES[args.teacher_dtype])
-        self._record_settings(model, teacher_model, args)
+        if teacher_model is not None:
+            teacher_model.requires_grad_(False)
+            teacher_model.eval()
+            if args.teacher_dtype in _DTYPES:
+                teacher_model.to(_DTYPES[args.teacher_dtype])
+            self._record_settings(model, teacher_model, args)
 
         for split in ("train_dataset", "eval_dataset"):  # before the Trainer makes output_dir: see data_checks
             datasets = kwargs.get(split)
@@ -124,7 +145,11 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 "FSDP cannot run outside the student's forward: give the student the teacher's width, "
                 "set alpha_hidden=0, or use DeepSpeed (accelerate_configs/deepspeed_zero3.yaml)."
             )
-        self.teacher_model = self._prepare_teacher(teacher_model)
+        if teacher_model is None:  # the cached columns travel beside whatever the collator makes
+            record = self.teacher_logits_record
+            self.data_collator = TeacherLogitsCollator(self.data_collator, record.get("top_k"), record["logprob_dtype"],
+                                                       record.get("id_dtype"))
+        self.teacher_model = self._prepare_teacher(teacher_model) if teacher_model is not None else None
         # whether position t predicts token t + 1 (a decoder-only causal LM), decided from the head:
         # the Trainer's own rule reads `loss_type`, which GPT2LMHeadModel leaves unset
         self.shifts_labels = head_kind(model) == "AutoModelForCausalLM" and not model.config.is_encoder_decoder
@@ -172,7 +197,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
         args = self.args
         labels = inputs.get("labels")
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch")}
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch", *CACHE_COLUMNS)}
         need_hidden = args.alpha_hidden > 0
         need_attentions = args.alpha_attention > 0
         extra = {}
@@ -211,7 +236,10 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         elif args.alpha_ce > 0:
             raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
 
-        if args.alpha_kd > 0 or need_hidden or need_attentions:
+        if self.teacher_model is None:
+            if args.alpha_kd > 0 and any(name in inputs for name in CACHE_COLUMNS):
+                parts["loss_kd"] = scale(self._cached_kd(student_logits, inputs), local_rows)
+        elif args.alpha_kd > 0 or need_hidden or need_attentions:
             self.teacher_model.eval()
             with torch.no_grad():
                 teacher_outputs = self.teacher_model(**model_inputs, **extra)
@@ -253,6 +281,86 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 self._eval_parts[name] = self._eval_parts.get(name, 0.0) + value.detach().float() * sequences
             self._eval_sequences += sequences
         return (loss, outputs) if return_outputs else loss
+
+    # ------------------------------------------------------------------------------------------
+    # distilling from a teacher-logit cache (teacher_model=None)
+    # ------------------------------------------------------------------------------------------
+    def _init_cached_teacher(self, student: PreTrainedModel, args: DistillationConfig, kwargs: dict) -> None:
+        """Check the cache behind `train_dataset` against the student, before anything trains.
+
+        The train dataset either carries the cached columns (from `load_teacher_logits`) or
+        `args.teacher_logits` names the cache folder, which is then loaded and checked against it.
+        """
+        if args.alpha_hidden > 0 or args.alpha_attention > 0:
+            raise ValueError(
+                "alpha_hidden and alpha_attention compare hidden states and attention maps, which a teacher-logit "
+                "cache does not hold: pass the teacher (teacher_model=...) or set alpha_hidden=0 and "
+                "alpha_attention=0 to train from the cached logits."
+            )
+        train_dataset = kwargs.get("train_dataset")
+        if getattr(args, "teacher_logits", None):
+            if train_dataset is None:
+                raise ValueError("teacher_logits needs the train_dataset the cache was made from.")
+            if not cached_columns(train_dataset):
+                train_dataset = load_teacher_logits(args.teacher_logits, train_dataset)
+                kwargs["train_dataset"] = train_dataset
+        if train_dataset is None or not cached_columns(train_dataset):
+            raise ValueError(
+                "DistillationTrainer needs a teacher (teacher_model=...) or a train_dataset carrying cached teacher "
+                f"logits (columns {list(CACHE_COLUMNS)}), e.g. load_teacher_logits(cache_dir, train_dataset) after "
+                "cache_teacher_logits, or DistillationConfig(teacher_logits=cache_dir)."
+            )
+        record = cache_record(train_dataset)
+        if record is None:
+            raise ValueError(
+                "train_dataset has cached teacher columns but no record of the cache they came from, so the student "
+                "cannot be checked against it: build it with load_teacher_logits(cache_dir, dataset)."
+            )
+        where = record.get("path", "the cache")
+        if record["task"] == "classification":
+            if getattr(student.config, "num_labels", None) != record["num_labels"]:
+                raise ValueError(f"{where} holds {record['num_labels']} teacher logits per row but the student has "
+                                 f"num_labels={student.config.num_labels}: use a student with the teacher's labels.")
+        else:
+            vocab_size = student.config.get_text_config().vocab_size
+            if vocab_size != record["vocab_size"]:
+                raise ValueError(
+                    f"{where} was made by a teacher with vocab_size {record['vocab_size']} but the student has "
+                    f"vocab_size {vocab_size}: use a student built from the teacher's tokenizer (make_student), or "
+                    "cache the logits of a teacher that shares the student's vocabulary."
+                )
+        self.teacher_logits_record = record
+        distillation = dict(getattr(student.config, "distillation", None) or {})
+        distillation.setdefault("teacher", record.get("teacher"))
+        distillation.update(args.loss_settings())
+        distillation["teacher_logits"] = {
+            "top_k": record.get("top_k"), "logprob_dtype": record.get("logprob_dtype"),
+            "teacher_fingerprint": record.get("teacher_fingerprint"),
+        }
+        student.config.distillation = distillation
+
+    def _set_signature_columns_if_needed(self) -> None:
+        # the cached teacher columns are not forward arguments: keep them for the loss
+        super()._set_signature_columns_if_needed()
+        if self.teacher_logits_record is not None:
+            self._signature_columns += [name for name in CACHE_COLUMNS if name not in self._signature_columns]
+
+    def _cached_kd(self, student_logits: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """The summed soft-target loss against the cached targets of this batch."""
+        args = self.args
+        if self.teacher_logits_record["task"] == "classification":
+            teacher_logits = inputs["teacher_logits"].to(student_logits.device)
+            return kd_loss(student_logits, teacher_logits, args.temperature, kind=args.kd_loss,
+                           jsd_beta=args.jsd_beta, reduction="sum")
+        # the positions the cache holds, by the rule it was made with (next-token targets of a causal LM)
+        mask = target_mask(inputs.get("labels"), inputs.get("attention_mask", torch.ones(student_logits.shape[:2],
+                           device=student_logits.device)), shift=self.teacher_logits_record["shift_labels"])
+        return cached_kd_loss(
+            student_logits, inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"],
+            inputs["teacher_tail_logprob"], args.temperature, kind=args.kd_loss, mask=mask,
+            jsd_beta=args.jsd_beta, reduction="sum",
+            chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
+        )
 
     def evaluation_loop(self, *args, **kwargs):
         """The Trainer's loop; its metrics gain the loss parts (`eval_loss_kd`, `eval_loss_ce`, ...).

@@ -96,13 +96,24 @@ def _table(rows: list[tuple[str, Any]]) -> list[str]:
     return lines + [f"| {key.replace('_', ' ')} | {_value(value)} |" for key, value in rows if value is not None]
 
 
+def _cached_logits_sentence(cached: dict) -> str:
+    if cached.get("top_k") is None:  # classification: every logit is kept
+        return "The teacher ran once over the training set; the student was distilled from its cached logits."
+    return (f"The teacher ran once over the training set; the student was distilled from its cached top-{cached['top_k']} "
+            "log-probabilities per token, plus the probability mass outside them "
+            f"(stored as {cached.get('logprob_dtype')}).")
+
+
 def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str | None,
                   trimming: dict | None = None) -> list[str]:
     lines: list[str] = []
     if distillation:
         lines += ["### Distillation", "", f"Distilled from `{teacher or distillation.get('teacher')}` "
                   "(Hinton et al., 2015: the student matches the teacher's softened outputs).", ""]
-        lines += _table(list(distillation.items()))
+        cached = distillation.get("teacher_logits")
+        if isinstance(cached, dict):
+            lines += [_cached_logits_sentence(cached), ""]
+        lines += _table([(key, value) for key, value in distillation.items() if key != "teacher_logits"])
         lines.append("")
     if sparsity:
         per_layer = sparsity.get("per_layer") or {}

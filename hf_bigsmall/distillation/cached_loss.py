@@ -1,0 +1,190 @@
+"""The soft-target loss against cached top-k teacher log-probabilities, as a pure function of tensors.
+
+The cache keeps, per target token, the teacher's k most likely tokens `S` with their
+log-probabilities at temperature 1, and the mass `m = 1 - sum_S p` of the other tokens. Both
+distributions are collapsed onto the k tokens of `S` plus one "tail" outcome (every other token),
+and the divergence is taken between the collapsed distributions. By the data-processing
+inequality this is a lower bound of the full divergence, with equality when k covers the
+vocabulary (the tail is then empty), and it charges the student for the mass it puts outside the
+teacher's top-k, which a loss over `S` alone would not see (DistillKit and the random-sampling KD
+study, Anshumann et al. ACL 2025, both note that truncating to the top-k alone biases the student).
+
+Temperature is applied at training time. On `S`, softening is exact: `p_i^(1/T)`, renormalised.
+The tail's own distribution is not stored, so under `T != 1` it is taken as spread evenly over the
+`V - k` remaining tokens (the maximum-entropy guess): its softened mass is
+`(V - k) * (m / (V - k))^(1/T)` before renormalising. At `T = 1` nothing is approximated.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..losses import KD_LOSSES, Reduction
+
+_LOG_FLOOR = torch.finfo(torch.float32).min
+# the smallest student tail mass taken in a log: below it float32 rounding of 1 - sum(q) is noise
+_TAIL_FLOOR = 1e-30
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    log_p = log_p.clamp(min=_LOG_FLOOR)
+    log_q = log_q.clamp(min=_LOG_FLOOR)
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+class _SupportLogProbs(torch.autograd.Function):
+    """The student's tempered log-probabilities at the cached ids, `log_softmax(rows / T).gather(ids)`.
+
+    Autograd would keep `rows / T` and its log-softmax and take several more passes over all the
+    logits in the backward pass. Here the log-softmax is written chunk by chunk into one float32
+    buffer, which the backward pass turns in place into the gradient,
+    `(scatter(g) - softmax(rows / T) * sum(g)) / T`: two passes over the logits, no further copy.
+    The buffer is consumed, so the graph cannot be run backward twice.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, ids, temperature, chunk_size):
+        buffer = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+        scratch = None
+        for start in range(0, rows.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            source = rows[chunk]
+            if temperature != 1.0 or source.dtype != torch.float32:
+                if scratch is None or scratch.shape[0] != source.shape[0]:
+                    scratch = torch.empty(source.shape, dtype=torch.float32, device=rows.device)
+                source = torch.div(source, temperature, out=scratch)
+            torch._log_softmax(source, -1, False, out=buffer[chunk])
+        ctx.save_for_backward(ids)
+        ctx.buffer, ctx.temperature, ctx.chunk_size, ctx.dtype = buffer, temperature, chunk_size, rows.dtype
+        return buffer.gather(1, ids)
+
+    @staticmethod
+    def backward(ctx, grad_support):
+        (ids,) = ctx.saved_tensors
+        buffer, temperature, chunk_size = ctx.buffer, ctx.temperature, ctx.chunk_size
+        ctx.buffer = None
+        grad_support = grad_support.float() / temperature
+        total = grad_support.sum(1, keepdim=True)
+        for start in range(0, buffer.shape[0], chunk_size):
+            chunk = slice(start, start + chunk_size)
+            buffer[chunk].exp_().mul_(-total[chunk])
+        buffer.scatter_add_(1, ids, grad_support)
+        return buffer.to(ctx.dtype), None, None, None
+
+
+def cached_kd_loss(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor,
+    temperature: float = 1.0,
+    kind: str = "forward_kl",
+    mask: torch.Tensor | None = None,
+    jsd_beta: float = 0.5,
+    reduction: Reduction = "batchmean",
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Soft-target loss of a student against cached top-k teacher targets (see the module docstring).
+
+    Scaled by `temperature**2` like `hf_bigsmall.losses.kd_loss` (Hinton et al. 2015); with k equal
+    to the vocabulary and float32 log-probabilities it equals `kd_loss` on the teacher's logits.
+    The student's logits are never copied: the log-softmax is taken over all rows of the `(..., V)`
+    view into one buffer that the backward pass reuses as the gradient, and only the `(N, k)`
+    gathered values are selected.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(..., V)`): student logits, any float dtype.
+        topk_ids (`torch.Tensor` of shape `(N, k)`): cached token ids, for the N positions that count.
+        topk_logprobs (`torch.Tensor` of shape `(N, k)`): the teacher's log-probabilities at T = 1.
+        tail_logprob (`torch.Tensor` of shape `(N,)`): log of the teacher's mass outside the top-k
+            (-inf when k covers the vocabulary).
+        temperature (`float`): softening temperature `T > 0`.
+        kind (`str`): `"forward_kl"`, `"reverse_kl"` or `"jsd"`, as in `kd_loss`.
+        mask (`torch.Tensor` of shape `(...)`, *optional*): True at the N positions that count, in
+            the row-major order of the cached rows; None when every position counts.
+        jsd_beta (`float`): teacher weight of the JSD mixture.
+        reduction (`str`): `"batchmean"`, `"sum"` or `"none"` (`(N,)`).
+        chunk_size (`int`, *optional*): rows of logits per chunk of the log-softmax, so the float32
+            temporaries are one chunk's (None: all rows at once).
+
+    Returns:
+        `torch.Tensor`: a float32 scalar (or `(N,)` with `reduction="none"`).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_bigsmall.distillation.cached_loss import cached_kd_loss
+    >>> teacher = torch.randn(4, 10).log_softmax(-1)
+    >>> logprobs, ids = teacher.topk(3, dim=-1)
+    >>> tail = torch.log1p(-logprobs.exp().sum(-1))
+    >>> cached_kd_loss(torch.randn(4, 10), ids, logprobs, tail).shape
+    torch.Size([])
+    ```
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if kind not in KD_LOSSES:
+        raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
+    vocab_size = student_logits.shape[-1]
+    k = topk_ids.shape[-1]
+    if topk_logprobs.shape != topk_ids.shape or tail_logprob.shape != topk_ids.shape[:1]:
+        raise ValueError(f"cached targets disagree in shape: ids {tuple(topk_ids.shape)}, log-probabilities "
+                         f"{tuple(topk_logprobs.shape)}, tail {tuple(tail_logprob.shape)}.")
+    if k > vocab_size:
+        raise ValueError(f"the cache keeps {k} tokens per position but the student's vocabulary has {vocab_size}.")
+    rows = student_logits.reshape(-1, vocab_size)
+    if mask is not None:
+        if mask.shape != student_logits.shape[:-1]:
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits need {tuple(student_logits.shape[:-1])}.")
+        keep = mask.reshape(-1).bool()
+    else:
+        keep = None
+    selected = rows.shape[0] if keep is None else int(keep.sum())
+    if selected != topk_ids.shape[0]:
+        raise ValueError(f"the batch has {selected} positions that count but {topk_ids.shape[0]} cached targets: "
+                         "the labels changed since the cache was made (a collator that masks tokens?); cache the "
+                         "dataset as it is trained on.")
+    ids = topk_ids.to(rows.device, torch.long)
+    if keep is not None:  # place the ids on their rows, so the gather works on the uncopied logits
+        placed = ids.new_zeros(rows.shape[0], k)
+        placed[keep] = ids
+        ids = placed
+    student_support = _SupportLogProbs.apply(rows, ids, float(temperature), chunk_size or max(rows.shape[0], 1))
+    if keep is not None:
+        student_support = student_support[keep]  # (N, k)
+
+    tail_logprob = tail_logprob.to(rows.device, torch.float32)
+    has_tail = tail_logprob > float("-inf")
+    # student tail mass 1 - sum_S q, with expm1 for digits when it is small; where the teacher has no
+    # tail (k = V) the student has none either, and the branch carries no gradient
+    inside = torch.logsumexp(student_support, dim=-1).clamp(max=0.0)
+    student_tail = torch.where(has_tail, -torch.expm1(inside), torch.ones_like(inside)).clamp(min=_TAIL_FLOOR).log()
+    student_tail = torch.where(has_tail, student_tail, torch.full_like(student_tail, _LOG_FLOOR))
+
+    teacher_support = topk_logprobs.to(rows.device, torch.float32) / temperature
+    remaining = max(vocab_size - k, 1)
+    # softened tail as if spread evenly over the V - k other tokens (exact at T = 1)
+    teacher_tail = (1.0 - 1.0 / temperature) * math.log(remaining) + tail_logprob / temperature
+    teacher = torch.cat([teacher_support, teacher_tail[:, None]], dim=-1)
+    teacher = teacher - torch.logsumexp(teacher, dim=-1, keepdim=True)  # also absorbs float16 rounding
+    student = torch.cat([student_support, student_tail[:, None]], dim=-1)
+
+    if kind == "forward_kl":
+        per_row = _kl(teacher, student)
+    elif kind == "reverse_kl":
+        per_row = _kl(student, teacher)
+    else:
+        beta = torch.tensor(jsd_beta, dtype=torch.float32, device=student.device)
+        log_mixture = torch.logsumexp(torch.stack([teacher + beta.log(), student + (1 - beta).log()]), dim=0)
+        per_row = jsd_beta * _kl(teacher, log_mixture) + (1 - jsd_beta) * _kl(student, log_mixture)
+    per_row = per_row * temperature**2
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return per_row.sum()
+    if reduction == "batchmean":
+        return per_row.sum() / max(per_row.shape[0], 1)
+    raise ValueError(f"reduction must be 'batchmean', 'sum' or 'none', got {reduction!r}.")

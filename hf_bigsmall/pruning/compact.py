@@ -88,6 +88,17 @@ def _shrink(model: nn.Module, groups: list[UnitGroup], removed: list[list[int]])
             _keep(module, unit_slice.dim, torch.tensor(keep, dtype=torch.long))
 
 
+def set_intermediate_size(model: nn.Module, architecture: str, size: int) -> None:
+    """Record a new feed-forward width in the config (GPT-2 `n_inner`) and in Llama MLP modules that keep it."""
+    if architecture == "gpt2":
+        model.config.n_inner = size
+        return
+    model.config.intermediate_size = size
+    for module in model.modules():
+        if hasattr(module, "intermediate_size") and hasattr(module, "down_proj"):
+            module.intermediate_size = size
+
+
 def heads_can_be_removed(config) -> bool:
     """True if the config states its head size (`head_dim`, as Llama's does), so fewer heads still load.
 
@@ -173,13 +184,7 @@ def _compact_structure(model: nn.Module, structure: str, architecture: str) -> t
     before = groups[0].num_units
     if structure == "neurons":
         after = before - per_group
-        if architecture == "gpt2":
-            config.n_inner = after
-        else:
-            config.intermediate_size = after
-            for module in model.modules():
-                if hasattr(module, "intermediate_size") and hasattr(module, "down_proj"):
-                    module.intermediate_size = after
+        set_intermediate_size(model, architecture, after)
     else:
         # under GQA the same number of query heads left every key/value group; without it each
         # head's key and value went with it

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .compact import _keep
+from .compact import _keep, set_intermediate_size
 from .importance import Importance, _block_paths, _check_fields, _head_layout
 from .masks import structured_masks
 from .targets import _architecture, unit_groups
@@ -203,13 +203,7 @@ def prune_width(
             keep = _top(importance.neurons[row], intermediate_size)
             for unit_slice in group.slices:
                 _keep(modules[unit_slice.module_name], unit_slice.dim, keep)
-        if architecture == "gpt2":
-            config.n_inner = intermediate_size
-        else:
-            config.intermediate_size = intermediate_size
-            for module in model.modules():
-                if hasattr(module, "intermediate_size") and hasattr(module, "down_proj"):
-                    module.intermediate_size = intermediate_size
+        set_intermediate_size(model, architecture, intermediate_size)
 
     if architecture == "llama":
         new_kv = num_key_value_heads or kv_heads

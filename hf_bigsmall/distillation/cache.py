@@ -178,7 +178,6 @@ def cache_teacher_logits(
     >>> train_dataset = load_teacher_logits("teacher_logits", dataset["train"])
     ```
     """
-    import torch
     from accelerate import PartialState
 
     task = _teacher_task(teacher)

@@ -239,6 +239,13 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         if self.teacher_model is None:
             if args.alpha_kd > 0 and any(name in inputs for name in CACHE_COLUMNS):
                 parts["loss_kd"] = scale(self._cached_kd(student_logits, inputs), local_rows)
+            elif args.alpha_kd > 0 and model.training:
+                # a training batch without its cached targets would silently train on the task loss alone
+                raise ValueError(
+                    f"this training batch carries none of the cached teacher columns {list(CACHE_COLUMNS)}: a data "
+                    "collator or column filter dropped them; pass remove_unused_columns=False or a collator that "
+                    "keeps them."
+                )
         elif args.alpha_kd > 0 or need_hidden or need_attentions:
             self.teacher_model.eval()
             with torch.no_grad():

@@ -14,7 +14,7 @@ from transformers import (
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, make_student
 from hf_bigsmall.distillation.trainer import PROJECTION_NAME
-from tests.testing_utils import TINY_VOCAB, tiny_bert_config, tiny_gpt2_config, tiny_llama_config
+from tests.testing_utils import TINY_VOCAB, GradientRecorder, tiny_bert_config, tiny_gpt2_config, tiny_llama_config
 
 SEQ_LEN = 12
 
@@ -112,17 +112,6 @@ def test_training_moves_student_and_never_teacher(tmp_path, arch, student_width,
     assert metrics["eval_loss"] == pytest.approx(sum(weights[n] * metrics[f"eval_{n}"] for n in expected), rel=1e-4)
     assert trainer.state.log_history[-1]["eval_loss_kd"] == metrics["eval_loss_kd"]
     assert {f"test_{n}" for n in expected} <= trainer.predict(dataset).metrics.keys()
-
-
-class GradientRecorder(TrainerCallback):
-    """Keeps the accumulated gradient seen right before the first optimizer step."""
-
-    def __init__(self):
-        self.gradients = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.gradients is None:
-            self.gradients = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from transformers import BertForSequenceClassification, GPT2LMHeadModel, Trainer
 from hf_bigsmall import DistillationTrainer, cache_teacher_logits, cached_kd_loss, kd_loss, load_teacher_logits
 from hf_bigsmall.distillation.cache import MANIFEST_NAME, read_manifest, topk_targets
 from tests.test_distillation import build, causal_dataset, classification_dataset, config
-from tests.testing_utils import TINY_VOCAB, tiny_bert_config, tiny_gpt2_config
+from tests.testing_utils import TINY_VOCAB, GradientRecorder, tiny_bert_config, tiny_gpt2_config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,15 +230,6 @@ def test_top_k_out_of_range_is_refused_before_writing(tmp_path, top_k):
 # ---------------------------------------------------------------------------------------------
 # training from the cache
 # ---------------------------------------------------------------------------------------------
-class GradientRecorder(TrainerCallback):
-    def __init__(self):
-        self.gradients = None
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.gradients is None:
-            self.gradients = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 def _first_gradient(tmp_path, arch, cached, batch_size=4, accumulation=1, top_k=TINY_VOCAB, **overrides):
     torch.manual_seed(0)
     teacher, student, dataset = build(arch)

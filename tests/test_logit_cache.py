@@ -56,6 +56,38 @@ def test_top_k_loss_is_a_lower_bound_with_a_tail_term():
     assert cached_kd_loss(no_tail, ids, logprobs, tail).item() > 1.0
 
 
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_a_tail_shaped_like_the_students_is_exact_under_temperature(kind):
+    """Softened top-k targets plus the tail estimate equal the full divergence, value and gradient, when the
+    teacher's tail has the student's shape (the assumption of tail="student"); the uniform guess does not."""
+    generator = torch.Generator().manual_seed(2)
+    rows, vocab, top_k, temperature = 24, 60, 6, 2.5
+    student = torch.randn(rows, vocab, generator=generator, requires_grad=True)
+    head = 3 + torch.randn(rows, vocab, generator=generator)  # the teacher's own k most likely tokens
+    ids = torch.rand(rows, vocab, generator=generator).argsort(-1)[:, :top_k]
+    outside = torch.ones(rows, vocab, dtype=torch.bool).scatter(1, ids, False)
+    # teacher = its head on `ids`, and outside them the student's own logits, shifted: proportional tails
+    teacher = torch.where(outside, student.detach() - 1.0, head)
+    mask = torch.rand(4, 6, generator=generator) > 0.25
+    student_3d, teacher_3d = student.reshape(4, 6, vocab), teacher.reshape(4, 6, vocab)
+    logprobs = teacher_3d[mask].log_softmax(-1)
+    picked_ids = ids.reshape(4, 6, top_k)[mask]
+    picked = logprobs.gather(1, picked_ids)
+    tail = torch.log1p(-picked.exp().sum(-1))
+    full = kd_loss(student_3d, teacher_3d, temperature, kind=kind, mask=mask, reduction="sum")
+    cached = cached_kd_loss(student_3d, picked_ids, picked, tail, temperature, kind=kind, mask=mask,
+                            reduction="sum", chunk_size=5)
+    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-5)
+    (cached_grad,) = torch.autograd.grad(cached, student)
+    (full_grad,) = torch.autograd.grad(full, student)
+    torch.testing.assert_close(cached_grad, full_grad, rtol=1e-3, atol=1e-5)
+    uniform = cached_kd_loss(student_3d, picked_ids, picked, tail, temperature, kind=kind, mask=mask,
+                             reduction="sum", tail="uniform")
+    assert abs(uniform.item() - full.item()) > 0.05 * abs(full.item())
+    with pytest.raises(ValueError, match="tail must be one of"):
+        cached_kd_loss(student_3d, picked_ids, picked, tail, temperature, mask=mask, tail="spread")
+
+
 def test_loss_refuses_targets_that_do_not_line_up():
     student = torch.randn(2, 4, 10)
     ids, logprobs, tail = _cached_targets(torch.randn(5, 10), 3)

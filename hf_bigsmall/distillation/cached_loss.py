@@ -10,9 +10,16 @@ teacher's top-k, which a loss over `S` alone would not see (DistillKit and the r
 study, Anshumann et al. ACL 2025, both note that truncating to the top-k alone biases the student).
 
 Temperature is applied at training time. On `S`, softening is exact: `p_i^(1/T)`, renormalised.
-The tail's own distribution is not stored, so under `T != 1` it is taken as spread evenly over the
-`V - k` remaining tokens (the maximum-entropy guess): its softened mass is
-`(V - k) * (m / (V - k))^(1/T)` before renormalising. At `T = 1` nothing is approximated.
+The tail's own distribution is not stored, so under `T != 1` its softened mass `sum_{j not in S}
+p_j^(1/T)` has to be estimated. By default (`tail="student"`) the teacher's tail is taken to have
+the student's shape, `p_j = m * q_j / q_tail`, which gives the softened mass
+`(m / q_tail)^(1/T) * sum_{j not in S} q_j^(1/T)` from the student's own logits (a target, not
+differentiated). It is exact whenever the two tails are proportional, and then the whole loss and
+its gradient equal the full-vocabulary divergence. `tail="uniform"` spreads `m` evenly over the
+`V - k` other tokens instead (the maximum-entropy guess, `(V - k) * (m / (V - k))^(1/T)`): at
+`T > 1` that inflates the softened tail far above the head (10% of the mass spread over 49 k tokens
+of SmolLM2 outweighs its top-128 at `T = 2`), which measured worse (BENCHMARKS.md). At `T = 1`
+nothing is approximated either way.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 from ..losses import KD_LOSSES, Reduction
 
 _LOG_FLOOR = torch.finfo(torch.float32).min
+TAIL_MODELS = ("student", "uniform")
 # the smallest student tail mass taken in a log: below it float32 rounding of 1 - sum(q) is noise
 _TAIL_FLOOR = 1e-30
 
@@ -85,6 +93,7 @@ def cached_kd_loss(
     jsd_beta: float = 0.5,
     reduction: Reduction = "batchmean",
     chunk_size: int | None = None,
+    tail: str = "student",
 ) -> torch.Tensor:
     """Soft-target loss of a student against cached top-k teacher targets (see the module docstring).
 
@@ -108,6 +117,8 @@ def cached_kd_loss(
         reduction (`str`): `"batchmean"`, `"sum"` or `"none"` (`(N,)`).
         chunk_size (`int`, *optional*): rows of logits per chunk of the log-softmax, so the float32
             temporaries are one chunk's (None: all rows at once).
+        tail (`str`): how the teacher's softened tail is estimated under `T != 1`: `"student"` (its
+            shape taken from the student's, see the module docstring) or `"uniform"`.
 
     Returns:
         `torch.Tensor`: a float32 scalar (or `(N,)` with `reduction="none"`).
@@ -128,6 +139,8 @@ def cached_kd_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}.")
     if kind not in KD_LOSSES:
         raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
+    if tail not in TAIL_MODELS:
+        raise ValueError(f"tail must be one of {TAIL_MODELS}, got {tail!r}.")
     vocab_size = student_logits.shape[-1]
     k = topk_ids.shape[-1]
     if topk_logprobs.shape != topk_ids.shape or tail_logprob.shape != topk_ids.shape[:1]:
@@ -165,9 +178,13 @@ def cached_kd_loss(
     student_tail = torch.where(has_tail, student_tail, torch.full_like(student_tail, _LOG_FLOOR))
 
     teacher_support = topk_logprobs.to(rows.device, torch.float32) / temperature
-    remaining = max(vocab_size - k, 1)
-    # softened tail as if spread evenly over the V - k other tokens (exact at T = 1)
-    teacher_tail = (1.0 - 1.0 / temperature) * math.log(remaining) + tail_logprob / temperature
+    if temperature == 1.0:
+        teacher_tail = tail_logprob
+    elif tail == "uniform":  # softened tail as if spread evenly over the V - k other tokens
+        teacher_tail = (1.0 - 1.0 / temperature) * math.log(max(vocab_size - k, 1)) + tail_logprob / temperature
+    else:
+        teacher_tail = _student_shaped_tail(rows, ids, keep, student_support, student_tail, tail_logprob,
+                                            float(temperature), chunk_size or 512)
     teacher = torch.cat([teacher_support, teacher_tail[:, None]], dim=-1)
     teacher = teacher - torch.logsumexp(teacher, dim=-1, keepdim=True)  # also absorbs float16 rounding
     student = torch.cat([student_support, student_tail[:, None]], dim=-1)
@@ -188,3 +205,26 @@ def cached_kd_loss(
     if reduction == "batchmean":
         return per_row.sum() / max(per_row.shape[0], 1)
     raise ValueError(f"reduction must be 'batchmean', 'sum' or 'none', got {reduction!r}.")
+
+
+@torch.no_grad()
+def _student_shaped_tail(rows, ids, keep, student_support, student_tail, tail_logprob, temperature, chunk_size):
+    """Log of the teacher's softened tail mass `sum_{j not in S} p_j^(1/T)`, taking `p_j = m * q_j / q_tail`.
+
+    With `L1 = logsumexp(z)` and `LT = logsumexp(z / T)` of the student's logits `z`, and `Q_tail`
+    the student's tail mass at `T`: `sum_{j not in S} q_j^(1/T) = exp(LT - L1 / T) * Q_tail`, so the
+    log is `(log m - log q_tail - L1) / T + LT + log Q_tail`. One extra pass over the logits (L1).
+    """
+    normaliser = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
+    for start in range(0, rows.shape[0], chunk_size):
+        normaliser[start : start + chunk_size] = torch.logsumexp(rows[start : start + chunk_size].float(), dim=-1)
+    first = rows.gather(1, ids[:, :1]).squeeze(1).float()  # z at the first cached id of each row
+    support_logits = rows.gather(1, ids).float()
+    if keep is not None:
+        normaliser, first, support_logits = normaliser[keep], first[keep], support_logits[keep]
+    support = student_support.detach()
+    tempered_normaliser = first / temperature - support[:, 0]  # LT, read off the tempered log-softmax
+    inside = torch.logsumexp(support_logits - normaliser[:, None], dim=-1).clamp(max=0.0)
+    student_tail_t1 = (-torch.expm1(inside)).clamp(min=_TAIL_FLOOR).log()
+    estimate = (tail_logprob - student_tail_t1 - normaliser) / temperature + tempered_normaliser + student_tail.detach()
+    return torch.where(tail_logprob > float("-inf"), estimate, tail_logprob)

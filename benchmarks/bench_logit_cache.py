@@ -87,16 +87,17 @@ def bench_step(args) -> dict:
     collator = DataCollatorWithPadding(tokenizer) if args.task == "classification" else default_data_collator
 
     common = dict(output_dir=str(WORK / "trainer"), report_to="none", use_cpu=True, max_grad_norm=1.0,
-                  learning_rate=1e-5)
+                  learning_rate=1e-5, bf16=args.bf16)
     copies = []
     for _ in range(3):
         copy = type(student)(student.config)
         copy.load_state_dict(student.state_dict())
         copies.append(copy)
     plain = Trainer(model=copies[0], args=TrainingArguments(**common), data_collator=collator)
-    cached = DistillationTrainer(model=copies[1], teacher_model=None, args=DistillationConfig(**common),
+    losses = dict(temperature=args.temperature, alpha_kd=args.alpha_kd, alpha_ce=1.0 - args.alpha_kd)
+    cached = DistillationTrainer(model=copies[1], teacher_model=None, args=DistillationConfig(**common, **losses),
                                  train_dataset=cached_rows, data_collator=collator)
-    online = DistillationTrainer(model=copies[2], teacher_model=teacher, args=DistillationConfig(**common),
+    online = DistillationTrainer(model=copies[2], teacher_model=teacher, args=DistillationConfig(**common, **losses),
                                  data_collator=collator)
     for trainer in (plain, cached, online):
         trainer.create_optimizer()
@@ -288,8 +289,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="training rows (storage, quality)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (quality)")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--bf16", action="store_true", help="step: train under bf16 autocast (teacher included)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (quality)")
+    parser.add_argument("--temperature", type=float, default=2.0, help="distillation temperature (step, quality)")
+    parser.add_argument("--alpha_kd", type=float, default=0.5,
+                        help="step: weight of the soft targets, the task loss gets the rest (DistillationConfig's 0.5)")
     parser.add_argument("--modes", default="plain,online,cached", help="runs of quality, comma-separated")
     parser.add_argument("--mode", default=None)
     parser.add_argument("--prepared", default=None)

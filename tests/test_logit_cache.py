@@ -88,6 +88,29 @@ def test_a_tail_shaped_like_the_students_is_exact_under_temperature(kind):
         cached_kd_loss(student_3d, picked_ids, picked, tail, temperature, mask=mask, tail="spread")
 
 
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("alpha_ce", [0.0, 0.7])
+def test_task_loss_from_the_same_log_softmax_matches_a_separate_cross_entropy(temperature, alpha_ce):
+    from hf_bigsmall.distillation.cached_loss import cached_distillation_losses
+
+    generator = torch.Generator().manual_seed(3)
+    student = torch.randn(3, 7, 50, generator=generator, requires_grad=True)
+    teacher = 2 * torch.randn(3, 7, 50, generator=generator)
+    mask = torch.rand(3, 7, generator=generator) > 0.3
+    labels = torch.randint(0, 50, (3, 7), generator=generator)
+    labels[torch.rand(3, 7, generator=generator) > 0.6] = -100  # positions without a label
+    ids, logprobs, tail = _cached_targets(teacher[mask], 8)
+    kd, ce = cached_distillation_losses(student, ids, logprobs, tail, temperature, mask=mask, labels=labels,
+                                        reduction="sum", chunk_size=4)
+    reference_kd = cached_kd_loss(student, ids, logprobs, tail, temperature, mask=mask, reduction="sum")
+    reference_ce = torch.nn.functional.cross_entropy(student.reshape(-1, 50), labels.reshape(-1), reduction="sum")
+    torch.testing.assert_close(kd, reference_kd)
+    torch.testing.assert_close(ce, reference_ce)
+    (fused,) = torch.autograd.grad(kd + alpha_ce * ce, student)
+    (separate,) = torch.autograd.grad(reference_kd + alpha_ce * reference_ce, student)
+    torch.testing.assert_close(fused, separate, rtol=1e-4, atol=1e-6)
+
+
 def test_loss_refuses_targets_that_do_not_line_up():
     student = torch.randn(2, 4, 10)
     ids, logprobs, tail = _cached_targets(torch.randn(5, 10), 3)

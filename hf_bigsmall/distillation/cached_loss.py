@@ -43,17 +43,22 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 class _SupportLogProbs(torch.autograd.Function):
-    """The student's tempered log-probabilities at the cached ids, `log_softmax(rows / T).gather(ids)`.
+    """The student's log-probabilities the losses need, from one log-softmax over the vocabulary.
+
+    Returns `(support, label, normaliser)`: `log_softmax(rows / T).gather(ids)` at the cached ids,
+    the untempered log-probability of each row's label (empty without labels), and the untempered
+    log-normaliser `logsumexp(rows)` (not differentiated; read off the tempered pass at `T = 1`).
 
     Autograd would keep `rows / T` and its log-softmax and take several more passes over all the
-    logits in the backward pass. Here the log-softmax is written chunk by chunk into one float32
-    buffer, which the backward pass turns in place into the gradient,
-    `(scatter(g) - softmax(rows / T) * sum(g)) / T`: two passes over the logits, no further copy.
+    logits in the backward pass, and a separate cross-entropy takes two more of its own. Here the
+    log-softmax is written chunk by chunk into one float32 buffer, which the backward pass turns in
+    place into the gradient of both terms, `(scatter(g) - softmax(rows / T) * sum(g)) / T` plus
+    `scatter(g_label) - softmax(rows) * g_label`: at `T = 1` one pass over the logits each way.
     The buffer is consumed, so the graph cannot be run backward twice.
     """
 
     @staticmethod
-    def forward(ctx, rows, ids, temperature, chunk_size):
+    def forward(ctx, rows, ids, labels, temperature, chunk_size, need_normaliser):
         buffer = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
         scratch = None
         for start in range(0, rows.shape[0], chunk_size):
@@ -64,22 +69,155 @@ class _SupportLogProbs(torch.autograd.Function):
                     scratch = torch.empty(source.shape, dtype=torch.float32, device=rows.device)
                 source = torch.div(source, temperature, out=scratch)
             torch._log_softmax(source, -1, False, out=buffer[chunk])
-        ctx.save_for_backward(ids)
+        support = buffer.gather(1, ids)
+        untempered = temperature != 1.0 and (labels is not None or need_normaliser)
+        if untempered:
+            normaliser = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
+            for start in range(0, rows.shape[0], chunk_size):
+                chunk = slice(start, start + chunk_size)
+                normaliser[chunk] = torch.logsumexp(rows[chunk].float(), dim=-1)
+        else:  # at T = 1: z_i - log_softmax(z)_i at any cached id
+            normaliser = rows.gather(1, ids[:, :1]).squeeze(1).float() - support[:, 0]
+        if labels is None:
+            label = support.new_empty(0)
+        elif untempered:
+            label = rows.gather(1, labels[:, None]).squeeze(1).float() - normaliser
+        else:
+            label = buffer.gather(1, labels[:, None]).squeeze(1)
+        ctx.save_for_backward(ids, labels if labels is not None else ids.new_empty(0), normaliser,
+                              rows if untempered and labels is not None else rows.new_empty(0))
         ctx.buffer, ctx.temperature, ctx.chunk_size, ctx.dtype = buffer, temperature, chunk_size, rows.dtype
-        return buffer.gather(1, ids)
+        ctx.has_labels = labels is not None
+        ctx.mark_non_differentiable(normaliser)
+        return support, label, normaliser
 
     @staticmethod
-    def backward(ctx, grad_support):
-        (ids,) = ctx.saved_tensors
+    def backward(ctx, grad_support, grad_label, _grad_normaliser):
+        ids, labels, normaliser, rows = ctx.saved_tensors
         buffer, temperature, chunk_size = ctx.buffer, ctx.temperature, ctx.chunk_size
         ctx.buffer = None
         grad_support = grad_support.float() / temperature
         total = grad_support.sum(1, keepdim=True)
+        with_labels = ctx.has_labels and grad_label is not None and bool(grad_label.any())
+        if with_labels:
+            grad_label = grad_label.float()[:, None]
+            if temperature == 1.0:  # both terms share softmax(rows): one pass
+                total = total + grad_label
         for start in range(0, buffer.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
             buffer[chunk].exp_().mul_(-total[chunk])
+            if with_labels and temperature != 1.0:
+                untempered = (rows[chunk].float() - normaliser[chunk, None]).exp_()
+                buffer[chunk].addcmul_(untempered, grad_label[chunk], value=-1.0)
         buffer.scatter_add_(1, ids, grad_support)
-        return buffer.to(ctx.dtype), None, None, None
+        if with_labels:
+            buffer.scatter_add_(1, labels[:, None], grad_label)
+        return buffer.to(ctx.dtype), None, None, None, None, None
+
+
+def cached_distillation_losses(
+    student_logits: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_logprobs: torch.Tensor,
+    tail_logprob: torch.Tensor,
+    temperature: float = 1.0,
+    kind: str = "forward_kl",
+    mask: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    jsd_beta: float = 0.5,
+    reduction: Reduction = "batchmean",
+    chunk_size: int | None = None,
+    tail: str = "student",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`cached_kd_loss` and the summed next-token cross-entropy, from one pass over the logits.
+
+    `labels` (shape `(...)`, aligned with the logits' positions, -100 where nothing is predicted)
+    adds the student's own task loss, `-sum log softmax(logits)[label]` in float32, computed from the
+    same log-softmax as the soft-target loss instead of a second one (no label smoothing). Returns
+    `(kd, ce)`, `ce` being None without labels.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}.")
+    if kind not in KD_LOSSES:
+        raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
+    if tail not in TAIL_MODELS:
+        raise ValueError(f"tail must be one of {TAIL_MODELS}, got {tail!r}.")
+    vocab_size = student_logits.shape[-1]
+    k = topk_ids.shape[-1]
+    if topk_logprobs.shape != topk_ids.shape or tail_logprob.shape != topk_ids.shape[:1]:
+        raise ValueError(f"cached targets disagree in shape: ids {tuple(topk_ids.shape)}, log-probabilities "
+                         f"{tuple(topk_logprobs.shape)}, tail {tuple(tail_logprob.shape)}.")
+    if k > vocab_size:
+        raise ValueError(f"the cache keeps {k} tokens per position but the student's vocabulary has {vocab_size}.")
+    rows = student_logits.reshape(-1, vocab_size)
+    if mask is not None:
+        if mask.shape != student_logits.shape[:-1]:
+            raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits need {tuple(student_logits.shape[:-1])}.")
+        keep = mask.reshape(-1).bool()
+    else:
+        keep = None
+    if labels is not None and labels.shape != student_logits.shape[:-1]:
+        raise ValueError(f"labels have shape {tuple(labels.shape)} but the logits need {tuple(student_logits.shape[:-1])}.")
+    selected = rows.shape[0] if keep is None else int(keep.sum())
+    if selected != topk_ids.shape[0]:
+        raise ValueError(f"the batch has {selected} positions that count but {topk_ids.shape[0]} cached targets: "
+                         "the labels changed since the cache was made (a collator that masks tokens?); cache the "
+                         "dataset as it is trained on.")
+    ids = topk_ids.to(rows.device, torch.long)
+    if keep is not None:  # place the ids on their rows, so the gather works on the uncopied logits
+        placed = ids.new_zeros(rows.shape[0], k)
+        placed[keep] = ids
+        ids = placed
+    flat_labels = valid = None
+    if labels is not None:
+        flat_labels = labels.reshape(-1).to(rows.device)
+        valid = flat_labels.ne(-100)
+        flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels)).long()
+    need_normaliser = temperature != 1.0 and tail == "student"
+    student_support, label_logprob, normaliser = _SupportLogProbs.apply(
+        rows, ids, flat_labels, float(temperature), chunk_size or max(rows.shape[0], 1), need_normaliser)
+    ce = None if labels is None else -(label_logprob * valid).sum()
+    support_logits = rows.gather(1, ids).float() if need_normaliser else None  # (rows, k): small
+    if keep is not None:
+        student_support, normaliser = student_support[keep], normaliser[keep]
+        support_logits = support_logits[keep] if need_normaliser else None
+
+    tail_logprob = tail_logprob.to(rows.device, torch.float32)
+    has_tail = tail_logprob > float("-inf")
+    # student tail mass 1 - sum_S q, with expm1 for digits when it is small; where the teacher has no
+    # tail (k = V) the student has none either, and the branch carries no gradient
+    inside = torch.logsumexp(student_support, dim=-1).clamp(max=0.0)
+    student_tail = torch.where(has_tail, -torch.expm1(inside), torch.ones_like(inside)).clamp(min=_TAIL_FLOOR).log()
+    student_tail = torch.where(has_tail, student_tail, torch.full_like(student_tail, _LOG_FLOOR))
+
+    teacher_support = topk_logprobs.to(rows.device, torch.float32) / temperature
+    if temperature == 1.0:
+        teacher_tail = tail_logprob
+    elif tail == "uniform":  # softened tail as if spread evenly over the V - k other tokens
+        teacher_tail = (1.0 - 1.0 / temperature) * math.log(max(vocab_size - k, 1)) + tail_logprob / temperature
+    else:
+        teacher_tail = _student_shaped_tail(support_logits, normaliser, student_support, student_tail, tail_logprob,
+                                            float(temperature))
+    teacher = torch.cat([teacher_support, teacher_tail[:, None]], dim=-1)
+    teacher = teacher - torch.logsumexp(teacher, dim=-1, keepdim=True)  # also absorbs float16 rounding
+    student = torch.cat([student_support, student_tail[:, None]], dim=-1)
+
+    if kind == "forward_kl":
+        per_row = _kl(teacher, student)
+    elif kind == "reverse_kl":
+        per_row = _kl(student, teacher)
+    else:
+        beta = torch.tensor(jsd_beta, dtype=torch.float32, device=student.device)
+        log_mixture = torch.logsumexp(torch.stack([teacher + beta.log(), student + (1 - beta).log()]), dim=0)
+        per_row = jsd_beta * _kl(teacher, log_mixture) + (1 - jsd_beta) * _kl(student, log_mixture)
+    per_row = per_row * temperature**2
+    if reduction == "none":
+        return per_row, ce
+    if reduction == "sum":
+        return per_row.sum(), ce
+    if reduction == "batchmean":
+        return per_row.sum() / max(per_row.shape[0], 1), ce
+    raise ValueError(f"reduction must be 'batchmean', 'sum' or 'none', got {reduction!r}.")
 
 
 def cached_kd_loss(
@@ -135,95 +273,22 @@ def cached_kd_loss(
     torch.Size([])
     ```
     """
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}.")
-    if kind not in KD_LOSSES:
-        raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
-    if tail not in TAIL_MODELS:
-        raise ValueError(f"tail must be one of {TAIL_MODELS}, got {tail!r}.")
-    vocab_size = student_logits.shape[-1]
-    k = topk_ids.shape[-1]
-    if topk_logprobs.shape != topk_ids.shape or tail_logprob.shape != topk_ids.shape[:1]:
-        raise ValueError(f"cached targets disagree in shape: ids {tuple(topk_ids.shape)}, log-probabilities "
-                         f"{tuple(topk_logprobs.shape)}, tail {tuple(tail_logprob.shape)}.")
-    if k > vocab_size:
-        raise ValueError(f"the cache keeps {k} tokens per position but the student's vocabulary has {vocab_size}.")
-    rows = student_logits.reshape(-1, vocab_size)
-    if mask is not None:
-        if mask.shape != student_logits.shape[:-1]:
-            raise ValueError(f"mask has shape {tuple(mask.shape)} but the logits need {tuple(student_logits.shape[:-1])}.")
-        keep = mask.reshape(-1).bool()
-    else:
-        keep = None
-    selected = rows.shape[0] if keep is None else int(keep.sum())
-    if selected != topk_ids.shape[0]:
-        raise ValueError(f"the batch has {selected} positions that count but {topk_ids.shape[0]} cached targets: "
-                         "the labels changed since the cache was made (a collator that masks tokens?); cache the "
-                         "dataset as it is trained on.")
-    ids = topk_ids.to(rows.device, torch.long)
-    if keep is not None:  # place the ids on their rows, so the gather works on the uncopied logits
-        placed = ids.new_zeros(rows.shape[0], k)
-        placed[keep] = ids
-        ids = placed
-    student_support = _SupportLogProbs.apply(rows, ids, float(temperature), chunk_size or max(rows.shape[0], 1))
-    if keep is not None:
-        student_support = student_support[keep]  # (N, k)
-
-    tail_logprob = tail_logprob.to(rows.device, torch.float32)
-    has_tail = tail_logprob > float("-inf")
-    # student tail mass 1 - sum_S q, with expm1 for digits when it is small; where the teacher has no
-    # tail (k = V) the student has none either, and the branch carries no gradient
-    inside = torch.logsumexp(student_support, dim=-1).clamp(max=0.0)
-    student_tail = torch.where(has_tail, -torch.expm1(inside), torch.ones_like(inside)).clamp(min=_TAIL_FLOOR).log()
-    student_tail = torch.where(has_tail, student_tail, torch.full_like(student_tail, _LOG_FLOOR))
-
-    teacher_support = topk_logprobs.to(rows.device, torch.float32) / temperature
-    if temperature == 1.0:
-        teacher_tail = tail_logprob
-    elif tail == "uniform":  # softened tail as if spread evenly over the V - k other tokens
-        teacher_tail = (1.0 - 1.0 / temperature) * math.log(max(vocab_size - k, 1)) + tail_logprob / temperature
-    else:
-        teacher_tail = _student_shaped_tail(rows, ids, keep, student_support, student_tail, tail_logprob,
-                                            float(temperature), chunk_size or 512)
-    teacher = torch.cat([teacher_support, teacher_tail[:, None]], dim=-1)
-    teacher = teacher - torch.logsumexp(teacher, dim=-1, keepdim=True)  # also absorbs float16 rounding
-    student = torch.cat([student_support, student_tail[:, None]], dim=-1)
-
-    if kind == "forward_kl":
-        per_row = _kl(teacher, student)
-    elif kind == "reverse_kl":
-        per_row = _kl(student, teacher)
-    else:
-        beta = torch.tensor(jsd_beta, dtype=torch.float32, device=student.device)
-        log_mixture = torch.logsumexp(torch.stack([teacher + beta.log(), student + (1 - beta).log()]), dim=0)
-        per_row = jsd_beta * _kl(teacher, log_mixture) + (1 - jsd_beta) * _kl(student, log_mixture)
-    per_row = per_row * temperature**2
-    if reduction == "none":
-        return per_row
-    if reduction == "sum":
-        return per_row.sum()
-    if reduction == "batchmean":
-        return per_row.sum() / max(per_row.shape[0], 1)
-    raise ValueError(f"reduction must be 'batchmean', 'sum' or 'none', got {reduction!r}.")
+    kd, _ = cached_distillation_losses(student_logits, topk_ids, topk_logprobs, tail_logprob, temperature, kind, mask,
+                                       None, jsd_beta, reduction, chunk_size, tail)
+    return kd
 
 
 @torch.no_grad()
-def _student_shaped_tail(rows, ids, keep, student_support, student_tail, tail_logprob, temperature, chunk_size):
+def _student_shaped_tail(support_logits, normaliser, student_support, student_tail, tail_logprob, temperature):
     """Log of the teacher's softened tail mass `sum_{j not in S} p_j^(1/T)`, taking `p_j = m * q_j / q_tail`.
 
     With `L1 = logsumexp(z)` and `LT = logsumexp(z / T)` of the student's logits `z`, and `Q_tail`
     the student's tail mass at `T`: `sum_{j not in S} q_j^(1/T) = exp(LT - L1 / T) * Q_tail`, so the
-    log is `(log m - log q_tail - L1) / T + LT + log Q_tail`. One extra pass over the logits (L1).
+    log is `(log m - log q_tail - L1) / T + LT + log Q_tail`. `LT` is read off the tempered
+    log-softmax at the first cached id, `z_0 / T - log q^T_0`.
     """
-    normaliser = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
-    for start in range(0, rows.shape[0], chunk_size):
-        normaliser[start : start + chunk_size] = torch.logsumexp(rows[start : start + chunk_size].float(), dim=-1)
-    first = rows.gather(1, ids[:, :1]).squeeze(1).float()  # z at the first cached id of each row
-    support_logits = rows.gather(1, ids).float()
-    if keep is not None:
-        normaliser, first, support_logits = normaliser[keep], first[keep], support_logits[keep]
     support = student_support.detach()
-    tempered_normaliser = first / temperature - support[:, 0]  # LT, read off the tempered log-softmax
+    tempered_normaliser = support_logits[:, 0] / temperature - support[:, 0]
     inside = torch.logsumexp(support_logits - normaliser[:, None], dim=-1).clamp(max=0.0)
     student_tail_t1 = (-torch.expm1(inside)).clamp(min=_TAIL_FLOOR).log()
     estimate = (tail_logprob - student_tail_t1 - normaliser) / temperature + tempered_normaliser + student_tail.detach()

@@ -24,7 +24,7 @@ from .cache import (
     load_teacher_logits,
     target_mask,
 )
-from .cached_loss import cached_kd_loss
+from .cached_loss import cached_distillation_losses
 from .config import DistillationConfig
 from .data_checks import check_dataset
 from .teacher import (
@@ -243,19 +243,25 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 return total / denominator.clamp(min=1).to(total.device)
             return total / max(denominator, 1)
 
-        if labels is not None:
+        # from a token-level cache the task loss comes out of the soft-target loss's own log-softmax
+        fused = (self.teacher_model is None and args.alpha_kd > 0 and labels is not None
+                 and args.label_smoothing_factor == 0 and "teacher_topk_ids" in inputs)
+        if labels is not None and not fused:
             # with alpha_ce = 0 the task loss is only reported: no graph, so no backward pass over
             # the logits for a gradient that would be multiplied by zero
             with torch.no_grad() if args.alpha_ce == 0 else nullcontext():
                 ce = _summed_cross_entropy(student_logits, target_labels, args.label_smoothing_factor,
                                            max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]))
             parts["loss_ce"] = scale(ce, local_labels)
-        elif args.alpha_ce > 0:
+        elif labels is None and args.alpha_ce > 0:
             raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
 
         if self.teacher_model is None:
             if args.alpha_kd > 0 and any(name in inputs for name in CACHE_COLUMNS):
-                parts["loss_kd"] = scale(self._cached_kd(student_logits, inputs), local_rows)
+                kd, ce = self._cached_kd(student_logits, inputs, target_labels if fused else None)
+                parts["loss_kd"] = scale(kd, local_rows)
+                if ce is not None:
+                    parts["loss_ce"] = scale(ce, local_labels)
             elif args.alpha_kd > 0 and model.training:
                 # a training batch without its cached targets would silently train on the task loss alone
                 raise ValueError(
@@ -394,19 +400,20 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         if self.teacher_logits_record is not None:
             self._signature_columns += [name for name in CACHE_COLUMNS if name not in self._signature_columns]
 
-    def _cached_kd(self, student_logits: torch.Tensor, inputs: dict) -> torch.Tensor:
-        """The summed soft-target loss against the cached targets of this batch."""
+    def _cached_kd(self, student_logits: torch.Tensor, inputs: dict, labels: torch.Tensor | None = None):
+        """The summed soft-target loss against the cached targets of this batch, and with `labels`
+        (token-level caches) the summed task loss from the same pass over the logits: `(kd, ce)`."""
         args = self.args
         if self.teacher_logits_record["task"] == "classification":
             teacher_logits = inputs["teacher_logits"].to(student_logits.device)
             return kd_loss(student_logits, teacher_logits, args.temperature, kind=args.kd_loss,
-                           jsd_beta=args.jsd_beta, reduction="sum")
+                           jsd_beta=args.jsd_beta, reduction="sum"), None
         # the positions the cache holds, by the rule it was made with (next-token targets of a causal LM)
         mask = target_mask(inputs.get("labels"), inputs.get("attention_mask", torch.ones(student_logits.shape[:2],
                            device=student_logits.device)), shift=self.teacher_logits_record["shift_labels"])
-        return cached_kd_loss(
+        return cached_distillation_losses(
             student_logits, inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"],
-            inputs["teacher_tail_logprob"], args.temperature, kind=args.kd_loss, mask=mask,
+            inputs["teacher_tail_logprob"], args.temperature, kind=args.kd_loss, mask=mask, labels=labels,
             jsd_beta=args.jsd_beta, reduction="sum",
             chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
         )

@@ -81,22 +81,63 @@ def generation_speed(models: dict, prompt: torch.Tensor, new_tokens: int, rounds
     return result
 
 
-def heal(student, teacher, train, steps: int, batch_size: int, learning_rate: float, use_kd: bool, output_dir: str):
+class PerplexityCurve:
+    """Held-out perplexity every `every` optimizer steps of a healing run (a `TrainerCallback`)."""
+
+    def __init__(self, blocks: torch.Tensor, every: int, tokens_per_step: int):
+        from transformers import TrainerCallback
+
+        self.blocks, self.every, self.tokens_per_step, self.points = blocks, every, tokens_per_step, []
+        curve = self
+
+        class _Callback(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                if curve.every and state.global_step % curve.every == 0 and state.global_step < state.max_steps:
+                    curve.points.append((state.global_step * curve.tokens_per_step, perplexity(model, curve.blocks)))
+                    model.train()
+
+        self.callback = _Callback()
+
+
+def _tail_trainer(tail: str):
+    """A DistillationTrainer whose cached loss estimates the teacher's softened tail as `tail` says, to compare."""
+    from hf_bigsmall import DistillationTrainer
+    from hf_bigsmall.distillation import trainer as trainer_module
+
+    class TailTrainer(DistillationTrainer):
+        def _cached_kd(self, student_logits, inputs, labels=None):
+            mask = trainer_module.target_mask(inputs.get("labels"), inputs.get("attention_mask"),
+                                              shift=self.teacher_logits_record["shift_labels"])
+            return trainer_module.cached_distillation_losses(
+                student_logits, inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"],
+                inputs["teacher_tail_logprob"], self.args.temperature, mask=mask, labels=labels, reduction="sum",
+                chunk_size=max(1, trainer_module.KD_CHUNK_LOGITS // student_logits.shape[-1]), tail=tail)
+
+    return TailTrainer
+
+
+def heal(student, teacher, train, steps: int, batch_size: int, learning_rate: float, use_kd: bool, output_dir: str,
+         bf16: bool = False, callbacks=(), temperature: float = 1.0, tail: str = "uniform"):
+    """Heal `student` for `steps` steps: logit KD from `teacher` (or from the cached columns of `train`
+    when `teacher` is None), or plain next-token CE when `use_kd` is False. Returns the wall seconds."""
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     from hf_bigsmall import DistillationConfig, DistillationTrainer
 
     common = dict(output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size,
                   learning_rate=learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine", logging_steps=8,
-                  save_strategy="no", eval_strategy="no", report_to="none", seed=0, disable_tqdm=True)
+                  save_strategy="no", eval_strategy="no", report_to="none", seed=0, disable_tqdm=True, bf16=bf16,
+                  use_cpu=not torch.cuda.is_available())
     if use_kd:
         # Minitron heals with logit distillation alone (forward KL, T = 1)
-        args = DistillationConfig(**common, alpha_kd=1.0, alpha_ce=0.0, temperature=1.0)
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
-                                      data_collator=default_data_collator)
+        args = DistillationConfig(**common, alpha_kd=1.0, alpha_ce=0.0, temperature=temperature)
+        trainer_class = _tail_trainer(tail) if tail != "uniform" and teacher is None else DistillationTrainer
+        trainer = trainer_class(model=student, teacher_model=teacher, args=args, train_dataset=train,
+                                      data_collator=default_data_collator, callbacks=list(callbacks))
     else:
-        trainer = Trainer(model=student, args=TrainingArguments(**common), train_dataset=train,
-                          data_collator=default_data_collator)
+        columns = [name for name in train.column_names if name in ("input_ids", "attention_mask", "labels")]
+        trainer = Trainer(model=student, args=TrainingArguments(**common), train_dataset=train.select_columns(columns),
+                          data_collator=default_data_collator, callbacks=list(callbacks))
     start = time.perf_counter()
     trainer.train()
     return time.perf_counter() - start
@@ -124,6 +165,18 @@ def main() -> None:
     parser.add_argument("--skip_speed", action="store_true")
     parser.add_argument("--skip_teacher", action="store_true")
     parser.add_argument("--output", default="importance_bench.json")
+    parser.add_argument("--bf16", action="store_true", help="train under bf16 autocast (fp32 weights and evaluation)")
+    parser.add_argument("--teacher_logits", default=None,
+                        help="KD runs read the teacher's top-k from this cache folder (made first when missing, "
+                             "under bf16 autocast with --bf16), so no teacher runs during training")
+    parser.add_argument("--top_k", type=int, default=128)
+    parser.add_argument("--logprob_dtype", default="uint8", help="storage of the cached log-probabilities")
+    parser.add_argument("--temperature", type=float, default=1.0, help="KD temperature (Minitron heals at 1)")
+    parser.add_argument("--tail", choices=["uniform", "student"], default="uniform",
+                        help="cached runs: how the teacher's softened tail is estimated under T != 1")
+    parser.add_argument("--cache_rows", type=int, default=None,
+                        help="rows the cache covers (default: the run's own); shorter runs use its first rows")
+    parser.add_argument("--eval_every", type=int, default=0, help="held-out perplexity every N steps (a curve)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -145,7 +198,11 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     teacher = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     data = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=args.block_size)
-    train = data["train"].shuffle(seed=0).select(range(args.heal_steps * args.batch_size))
+    rows = args.heal_steps * args.batch_size
+    cache_rows = max(args.cache_rows or rows, rows)
+    # the cache covers the first cache_rows shuffled rows, so runs of any length up to it share one cache
+    train_all = data["train"].shuffle(seed=0).select(range(cache_rows))
+    train = train_all.select(range(rows))
     step = max(1, len(data["eval"]) // args.eval_blocks)
     eval_blocks = torch.tensor(data["eval"].select(range(0, step * args.eval_blocks, step))["input_ids"])
 
@@ -187,18 +244,39 @@ def main() -> None:
         return
 
     runs = {"importance+kd": ("importance", True), "even+kd": (None, True), "importance+ce": ("importance", False)}
+    cached_train = None
+    if args.teacher_logits and any(runs[name][1] for name in args.runs.split(",")):
+        from contextlib import nullcontext
+
+        from hf_bigsmall import cache_teacher_logits, load_teacher_logits
+
+        if not (Path(args.teacher_logits) / "manifest.json").is_file():
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else nullcontext():
+                cache_teacher_logits(teacher, train_all, args.teacher_logits, top_k=args.top_k, batch_size=8,
+                                     logprob_dtype=args.logprob_dtype)
+            record(cache_seconds=time.perf_counter() - start, cache_tokens=len(train_all) * args.block_size)
+        cached_train = load_teacher_logits(args.teacher_logits, train_all)
+        if len(train) < len(train_all):
+            cached_train = cached_train.select(range(len(train)))
+    tokens_per_step = args.batch_size * args.block_size
     for name in args.runs.split(","):
         selection, use_kd = runs[name]
         student = build(selection)
         before = perplexity(student, eval_blocks)
-        seconds = heal(student, teacher, train, args.heal_steps, args.batch_size, args.learning_rate, use_kd,
-                       output_dir=f"/tmp/bench_importance_{name}")
-        tokens = args.heal_steps * args.batch_size * args.block_size
+        curve = PerplexityCurve(eval_blocks, args.eval_every, tokens_per_step)
+        from_cache = use_kd and cached_train is not None
+        seconds = heal(student, None if from_cache else teacher, cached_train if from_cache else train,
+                       args.heal_steps, args.batch_size, args.learning_rate, use_kd,
+                       output_dir=f"/tmp/bench_importance_{name}", bf16=args.bf16, callbacks=[curve.callback],
+                       temperature=args.temperature, tail=args.tail)
+        tokens = args.heal_steps * tokens_per_step
         record(**{name: {
             "teacher_layers": student.config.distillation["teacher_layers"],
             "non_embedding_params": non_embedding(student),
             "fewer_non_embedding": 1 - non_embedding(student) / non_embedding(teacher),
             "perplexity_pruned": before, "perplexity_healed": perplexity(student, eval_blocks),
+            "curve": curve.points, "from_cache": from_cache,
             "heal_tokens": tokens, "heal_seconds": seconds, "heal_tokens_per_s": tokens / seconds,
             "load": os.getloadavg(),
         }})

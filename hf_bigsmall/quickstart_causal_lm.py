@@ -57,7 +57,12 @@ class CausalLMQuickstartArguments:
     batch_size: int | None = field(default=None, metadata={"help": "Training batch size, in blocks."})
     block_size: int = field(default=128, metadata={"help": "Tokens per block (training, calibration, evaluation)."})
     eval_samples: int | None = field(default=None, metadata={"help": "Held-out articles the comparison measures."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the healing."})
+    learning_rate: float = field(default=3e-4, metadata={
+        "help": "Peak learning rate of the healing (cosine, 10% warm-up); 3e-4 healed SmolLM2 faster than 1e-3 "
+                "(BENCHMARKS.md)."})
+    bf16: bool = field(default=False, metadata={
+        "help": "Heal under bf16 autocast (weights stay float32). Fast on GPUs and on CPUs with AMX; slower than "
+                "float32 on CPUs without native bf16."})
     temperature: float = field(default=1.0, metadata={"help": "Distillation temperature."})
     alpha_kd: float = field(default=1.0, metadata={
         "help": "Weight of the teacher's soft targets; the next-token loss gets 1 - alpha_kd. Minitron heals with "
@@ -208,7 +213,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
         learning_rate=args.learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine",
         logging_steps=max(1, args.heal_steps // 10), save_strategy="no", eval_strategy="no", report_to="none",
         seed=args.seed, temperature=args.temperature, alpha_kd=args.alpha_kd, alpha_ce=1.0 - args.alpha_kd,
-        alpha_hidden=args.alpha_hidden, disable_tqdm=False,
+        alpha_hidden=args.alpha_hidden, disable_tqdm=False, bf16=args.bf16,
     )
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=config, train_dataset=dataset["train"],

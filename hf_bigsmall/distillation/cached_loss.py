@@ -11,15 +11,15 @@ study, Anshumann et al. ACL 2025, both note that truncating to the top-k alone b
 
 Temperature is applied at training time. On `S`, softening is exact: `p_i^(1/T)`, renormalised.
 The tail's own distribution is not stored, so under `T != 1` its softened mass `sum_{j not in S}
-p_j^(1/T)` has to be estimated. By default (`tail="student"`) the teacher's tail is taken to have
-the student's shape, `p_j = m * q_j / q_tail`, which gives the softened mass
-`(m / q_tail)^(1/T) * sum_{j not in S} q_j^(1/T)` from the student's own logits (a target, not
-differentiated). It is exact whenever the two tails are proportional, and then the whole loss and
-its gradient equal the full-vocabulary divergence. `tail="uniform"` spreads `m` evenly over the
-`V - k` other tokens instead (the maximum-entropy guess, `(V - k) * (m / (V - k))^(1/T)`): at
-`T > 1` that inflates the softened tail far above the head (10% of the mass spread over 49 k tokens
-of SmolLM2 outweighs its top-128 at `T = 2`), which measured worse (BENCHMARKS.md). At `T = 1`
-nothing is approximated either way.
+p_j^(1/T)` has to be estimated. By default (`tail="uniform"`) the mass `m` is taken as spread
+evenly over the `V - k` other tokens (the maximum-entropy guess): `(V - k) * (m / (V - k))^(1/T)`.
+`tail="student"` takes the teacher's tail to have the student's shape, `p_j = m * q_j / q_tail`,
+which gives the softened mass `(m / q_tail)^(1/T) * sum_{j not in S} q_j^(1/T)` from the student's
+own logits (a target, not differentiated; one more pass over the logits). That one is exact
+whenever the two tails are proportional (the whole loss and its gradient then equal the
+full-vocabulary divergence), but on SmolLM2 at `T = 2` neither estimate recovers what the tail's
+shape carries: both left the student about 1.13x the online teacher's perplexity, the uniform one
+slightly ahead (BENCHMARKS.md). At `T = 1` nothing is estimated: prefer it with token-level caches.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import torch
 from ..losses import KD_LOSSES, Reduction
 
 _LOG_FLOOR = torch.finfo(torch.float32).min
-TAIL_MODELS = ("student", "uniform")
+TAIL_MODELS = ("uniform", "student")
 # the smallest student tail mass taken in a log: below it float32 rounding of 1 - sum(q) is noise
 _TAIL_FLOOR = 1e-30
 
@@ -127,7 +127,7 @@ def cached_distillation_losses(
     jsd_beta: float = 0.5,
     reduction: Reduction = "batchmean",
     chunk_size: int | None = None,
-    tail: str = "student",
+    tail: str = "uniform",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`cached_kd_loss` and the summed next-token cross-entropy, from one pass over the logits.
 
@@ -231,7 +231,7 @@ def cached_kd_loss(
     jsd_beta: float = 0.5,
     reduction: Reduction = "batchmean",
     chunk_size: int | None = None,
-    tail: str = "student",
+    tail: str = "uniform",
 ) -> torch.Tensor:
     """Soft-target loss of a student against cached top-k teacher targets (see the module docstring).
 
@@ -255,8 +255,9 @@ def cached_kd_loss(
         reduction (`str`): `"batchmean"`, `"sum"` or `"none"` (`(N,)`).
         chunk_size (`int`, *optional*): rows of logits per chunk of the log-softmax, so the float32
             temporaries are one chunk's (None: all rows at once).
-        tail (`str`): how the teacher's softened tail is estimated under `T != 1`: `"student"` (its
-            shape taken from the student's, see the module docstring) or `"uniform"`.
+        tail (`str`): how the teacher's softened tail is estimated under `T != 1`: `"uniform"` (spread
+            evenly over the other tokens) or `"student"` (shaped like the student's); see the module
+            docstring.
 
     Returns:
         `torch.Tensor`: a float32 scalar (or `(N,)` with `reduction="none"`).

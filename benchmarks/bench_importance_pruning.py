@@ -171,6 +171,7 @@ def main() -> None:
                              "under bf16 autocast with --bf16), so no teacher runs during training")
     parser.add_argument("--top_k", type=int, default=128)
     parser.add_argument("--logprob_dtype", default="uint8", help="storage of the cached log-probabilities")
+    parser.add_argument("--tail_samples", type=int, default=0, help="tokens drawn outside the top-k per target")
     parser.add_argument("--temperature", type=float, default=1.0, help="KD temperature (Minitron heals at 1)")
     parser.add_argument("--tail", choices=["uniform", "student"], default="uniform",
                         help="cached runs: how the teacher's softened tail is estimated under T != 1")
@@ -254,7 +255,7 @@ def main() -> None:
             start = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else nullcontext():
                 cache_teacher_logits(teacher, train_all, args.teacher_logits, top_k=args.top_k, batch_size=8,
-                                     logprob_dtype=args.logprob_dtype)
+                                     logprob_dtype=args.logprob_dtype, tail_samples=args.tail_samples)
             record(cache_seconds=time.perf_counter() - start, cache_tokens=len(train_all) * args.block_size)
         cached_train = load_teacher_logits(args.teacher_logits, train_all)
         if len(train) < len(train_all):

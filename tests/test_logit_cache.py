@@ -270,7 +270,7 @@ def test_mismatched_student_and_missing_cache_are_refused(gpt2_cache, tmp_path):
                             args=config(tmp_path, teacher_logits=str(folder)))
     # another teacher's cache in the same folder is never mixed in
     other_teacher = GPT2LMHeadModel(tiny_gpt2_config())
-    with pytest.raises(ValueError, match="another teacher, dataset or top_k"):
+    with pytest.raises(ValueError, match="another teacher, dataset, top_k or tail_samples"):
         cache_teacher_logits(other_teacher, dataset, folder, top_k=16, shard_size=4)
 
 
@@ -453,3 +453,65 @@ def test_real_smollm2_cache_fits_300_bytes_per_token_and_trains(tmp_path):
     torch.testing.assert_close(batch["teacher_topk_ids"][:, 0], top1, rtol=0, atol=0)
     trainer.train()
     assert trainer.state.log_history[0]["loss_kd"] > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# tail draws: tokens sampled outside the top-k, kept with their exact log-probabilities
+# ---------------------------------------------------------------------------------------------
+def test_tail_draws_are_distinct_tokens_outside_the_top_k_with_their_exact_log_probabilities():
+    generator = torch.Generator().manual_seed(0)
+    logits = 2 * torch.randn(64, 40, generator=generator)
+    ids, logprobs, tail = topk_targets(logits, 6, tail_samples=5, generator=generator)
+    top_ids, top_logprobs, _ = topk_targets(logits, 6)
+    assert ids.shape == (64, 11) and logprobs.shape == (64, 11)
+    torch.testing.assert_close(ids[:, :6], top_ids)
+    assert all(len(set(row.tolist())) == 11 for row in ids)  # distinct, and none of the top-k drawn again
+    torch.testing.assert_close(logprobs, logits.log_softmax(-1).gather(1, ids))
+    assert (logprobs[:, 1:] <= logprobs[:, :-1]).all()  # one descending row, as the packed format needs
+    torch.testing.assert_close(tail, torch.log1p(-logprobs.exp().sum(-1)), rtol=1e-5, atol=1e-6)
+
+
+def test_tail_draws_follow_the_teachers_distribution_outside_the_top_k():
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.tensor([[3.0, 2.5, 1.0, 0.5, 0.0, -1.0, -3.0, -9.0]]).repeat(20000, 1)
+    ids, _, _ = topk_targets(logits, 2, tail_samples=1, generator=generator)
+    probabilities = logits[0].softmax(-1)[2:]
+    frequencies = torch.bincount(ids[:, 2], minlength=8)[2:].float() / len(ids)
+    torch.testing.assert_close(frequencies, probabilities / probabilities.sum(), atol=0.01, rtol=0)
+
+
+def test_cache_with_tail_draws_records_them_resumes_identically_and_trains(tmp_path):
+    from hf_bigsmall.hub.card import build_model_card
+
+    teacher, student, dataset = build("gpt2")
+    cache_teacher_logits(teacher, dataset, tmp_path / "a", top_k=8, tail_samples=4, shard_size=3,
+                         logprob_dtype="uint8", seed=7)
+    cache_teacher_logits(teacher, dataset, tmp_path / "b", top_k=8, tail_samples=4, shard_size=3,
+                         logprob_dtype="uint8", seed=7)
+    first, second = read_manifest(tmp_path / "a"), read_manifest(tmp_path / "b")
+    assert first["tail_samples"] == 4 and first["top_k"] == 8
+    # the draws are seeded per shard: a rerun (or a resumed shard) writes the same bytes
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in second["shards"]]
+    loaded = load_teacher_logits(tmp_path / "a", dataset)
+    args = config(tmp_path, max_steps=2, temperature=1.0)
+    trainer = DistillationTrainer(model=student, teacher_model=None, args=args, train_dataset=loaded)
+    batch = trainer.data_collator([loaded[i] for i in range(4)])
+    assert batch["teacher_topk_ids"].shape[1] == 12
+    trainer.train()
+    assert np.isfinite(trainer.state.log_history[-1]["train_loss"])
+    trainer.save_model(str(tmp_path / "student"))
+    assert student.config.distillation["teacher_logits"]["tail_samples"] == 4
+    card = build_model_card(tmp_path / "student").text
+    assert "top-8 log-probabilities per token and 4 more tokens drawn from the rest of its distribution" in card
+    # another number of draws is another cache: refused over this one
+    with pytest.raises(ValueError, match="another teacher, dataset, top_k or tail_samples"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "a", top_k=8, tail_samples=2, shard_size=3,
+                             logprob_dtype="uint8", seed=7)
+
+
+@pytest.mark.parametrize("tail_samples", [-1, 121, True, 2.0])
+def test_tail_draws_out_of_range_are_refused_before_writing(tmp_path, tail_samples):
+    teacher, _, dataset = build("gpt2")
+    with pytest.raises(ValueError, match=r"tail_samples must be an integer in \[0, 120\]"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, tail_samples=tail_samples)
+    assert not (tmp_path / "cache").exists()

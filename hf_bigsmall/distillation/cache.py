@@ -140,6 +140,8 @@ def cache_teacher_logits(
     shard_size: int = 1024,
     logprob_dtype: str = "float16",
     teacher_name: str | None = None,
+    tail_samples: int = 0,
+    seed: int = 0,
 ) -> Path:
     """Run `teacher` once over `dataset` and write its soft targets to `output_dir` (see the module doc).
 
@@ -166,6 +168,14 @@ def cache_teacher_logits(
             k=128 for SmolLM2, against 516 for float16; see BENCHMARKS.md).
         teacher_name (`str`, *optional*): recorded name of the teacher (default: its
             `config._name_or_path`).
+        tail_samples (`int`): token-level caches also keep, per target token, this many distinct
+            tokens drawn from the teacher's distribution outside the top-k (without replacement,
+            in proportion to their probability: Gumbel-top-s), with their exact log-probabilities.
+            The loss treats them like the top-k: their probabilities are supervised exactly, the
+            rest of the tail stays one outcome. A fresh draw per token, so over many steps the
+            student sees the tail's shape, which a top-k cache never stores (0: top-k only).
+        seed (`int`): seed of the tail draws (one generator per shard, so a resumed run redraws
+            nothing differently).
 
     Returns:
         `Path`: `output_dir`.
@@ -186,8 +196,11 @@ def cache_teacher_logits(
         if top_k is None or isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= vocab_size:
             raise ValueError(f"top_k must be an integer in [1, {vocab_size}] (the teacher's vocabulary), got "
                              f"{top_k!r}: 128 keeps about 300-500 bytes per target token; {vocab_size} is exact.")
+        if isinstance(tail_samples, bool) or not isinstance(tail_samples, int) or not 0 <= tail_samples <= vocab_size - top_k:
+            raise ValueError(f"tail_samples must be an integer in [0, {vocab_size - top_k}] (the tokens outside the "
+                             f"top-{top_k}), got {tail_samples!r}: 0 keeps the top-k alone.")
     else:
-        top_k = None
+        top_k, tail_samples = None, 0
     if logprob_dtype not in LOGPROB_DTYPES:
         raise ValueError(f"logprob_dtype must be one of {LOGPROB_DTYPES}, got {logprob_dtype!r}.")
     if batch_size < 1 or shard_size < 1:
@@ -219,13 +232,15 @@ def cache_teacher_logits(
         "rows_digest": hashlib.sha256(hashes.tobytes()).hexdigest()[:32],
         "shard_size": shard_size,
     }
+    if tail_samples:  # recorded only when used, so top-k caches keep the record they always had
+        record.update(tail_samples=tail_samples, tail_seed=int(seed))
     manifest_path = output_dir / MANIFEST_NAME
     if manifest_path.is_file():
         existing = json.loads(manifest_path.read_text())
         if _run_key(existing) == _run_key(record):
             logger.info(f"{output_dir} already holds this cache; nothing to do.")
             return output_dir
-        raise ValueError(f"{manifest_path} is a finished cache of another teacher, dataset or top_k: pass another "
+        raise ValueError(f"{manifest_path} is a finished cache of another teacher, dataset, top_k or tail_samples: pass another "
                          "output_dir, or delete that folder to replace it.")
 
     num_shards = math.ceil(len(dataset) / shard_size)
@@ -242,7 +257,7 @@ def cache_teacher_logits(
             continue
         start, stop = index * shard_size, min((index + 1) * shard_size, len(dataset))
         table, num_targets = _shard_table(teacher, dataset.select(range(start, stop)), hashes[start:stop], record,
-                                          batch_size, device)
+                                          batch_size, device, index)
         _write_shard(table, shard_dir, index, start, stop, num_targets, record, state.process_index)
         logger.info(f"cached rows {start}-{stop} of {len(dataset)} to {shard_dir}")
         del table
@@ -266,7 +281,8 @@ def cache_teacher_logits(
 
 
 def _run_key(record: dict) -> tuple:
-    keys = ("format_version", "task", "teacher_fingerprint", "top_k", "logprob_dtype", "rows_digest", "shard_size")
+    keys = ("format_version", "task", "teacher_fingerprint", "top_k", "logprob_dtype", "rows_digest", "shard_size",
+            "tail_samples", "tail_seed")
     return tuple(record.get(key) for key in keys)
 
 
@@ -276,7 +292,7 @@ def _finished_shard(shard_dir: Path, record: dict) -> bool:
         return False
     meta = json.loads(meta_path.read_text())
     if tuple(meta.get("run_key", ())) != _run_key(record):
-        raise ValueError(f"{shard_dir} was cached from another teacher, dataset or top_k: pass another "
+        raise ValueError(f"{shard_dir} was cached from another teacher, dataset, top_k or tail_samples: pass another "
                          "output_dir, or delete it to cache this run there.")
     return True
 
@@ -304,10 +320,20 @@ def _pad(rows: list[dict[str, Any]], pad_token_id: int) -> dict[str, torch.Tenso
     return batch
 
 
-def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch_size: int, device):
+def entries_per_target(record: dict) -> int | None:
+    """Cached tokens per target position of a token-level cache: the top-k plus the tail draws."""
+    return None if record.get("top_k") is None else record["top_k"] + (record.get("tail_samples") or 0)
+
+
+def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch_size: int, device,
+                 shard_index: int = 0):
     """The cached columns of one shard as a pyarrow table (built from arrays, never Python lists)."""
     import pyarrow as pa
     import torch
+
+    generator = None
+    if record.get("tail_samples"):
+        generator = torch.Generator(device=device).manual_seed(record["tail_seed"] * 1_000_003 + shard_index)
 
     columns = [name for name in _MODEL_INPUTS if name in rows.column_names]
     rows = rows.select_columns(columns)
@@ -325,7 +351,7 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
             continue
         labels = batch.get("labels")
         mask = target_mask(labels.to(device) if labels is not None else None, inputs["attention_mask"], shift=True)
-        ids, logprobs, tail = topk_targets(logits[mask], record["top_k"])
+        ids, logprobs, tail = topk_targets(logits[mask], record["top_k"], record.get("tail_samples") or 0, generator)
         counts = mask.sum(1).tolist()
         lengths.extend(counts)
         ids_np = ids.cpu().numpy().astype(record["id_dtype"])
@@ -343,7 +369,7 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
         arrays["teacher_logits"] = pa.array([row.astype(np.float32) for row in per_row["teacher_logits"]],
                                             pa.list_(pa.float32()))
         return pa.table(arrays), len(rows)
-    k = record["top_k"]
+    k = entries_per_target(record)
     token_offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     if record["logprob_dtype"] == "uint8":
         ids_all = np.concatenate(per_row["teacher_topk_ids"])
@@ -384,21 +410,35 @@ def unpack_logprobs(blob: bytes, top_k: int) -> np.ndarray:
     return top[:, None] - np.cumsum(deltas, axis=1, dtype=np.float32) / QUANTISATION_STEPS_PER_NAT
 
 
-def topk_targets(rows: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def topk_targets(rows: torch.Tensor, top_k: int, tail_samples: int = 0,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k log-probabilities of `(N, V)` logits, their ids, and the log of the mass outside them.
 
-    Returns `(ids (N, k), logprobs (N, k), tail_logprob (N,))`, the log-probabilities at
-    temperature 1 in float32. The tail is `log(1 - sum(exp(logprobs)))`, computed as
-    `log(-expm1(logsumexp(top) - logsumexp(all)))` so that a tail much smaller than 1 keeps its
-    digits; it is -inf when `top_k` covers the vocabulary.
+    Returns `(ids (N, k + s), logprobs (N, k + s), tail_logprob (N,))`, the log-probabilities at
+    temperature 1 in float32, in descending order. With `tail_samples = s`, the last s entries are
+    distinct tokens drawn outside the top-k in proportion to their probability, without
+    replacement (Gumbel-top-s: the s largest of `logits + Gumbel noise`). The tail is the mass
+    outside every entry, `log(1 - sum(exp(logprobs)))`, computed as
+    `log(-expm1(logsumexp(entries) - logsumexp(all)))` so that a tail much smaller than 1 keeps its
+    digits; it is -inf when the entries cover the vocabulary.
     """
     import torch
 
     rows = rows.float()
     normaliser = torch.logsumexp(rows, dim=-1)
     values, ids = rows.topk(top_k, dim=-1)
+    if tail_samples:
+        uniform = torch.rand(rows.shape, generator=generator, device=rows.device).clamp_(min=1e-20)
+        keys = rows - torch.log(-torch.log(uniform))  # logits + Gumbel(0, 1)
+        keys.scatter_(1, ids, float("-inf"))  # outside the top-k only
+        drawn = keys.topk(tail_samples, dim=-1).indices
+        del keys, uniform
+        drawn_values = rows.gather(1, drawn)
+        order = drawn_values.argsort(dim=-1, descending=True)  # all below the k-th: the whole row descends
+        values = torch.cat([values, drawn_values.gather(1, order)], dim=-1)
+        ids = torch.cat([ids, drawn.gather(1, order)], dim=-1)
     logprobs = values - normaliser[:, None]
-    if top_k == rows.shape[-1]:
+    if ids.shape[-1] == rows.shape[-1]:
         tail = torch.full_like(normaliser, float("-inf"))
     else:
         inside = torch.logsumexp(logprobs, dim=-1).clamp(max=0.0)

@@ -21,6 +21,7 @@ from .cache import (
     TeacherLogitsCollator,
     cache_record,
     cached_columns,
+    entries_per_target,
     load_teacher_logits,
     target_mask,
 )
@@ -168,8 +169,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             )
         if teacher_model is None:  # the cached columns travel beside whatever the collator makes
             record = self.teacher_logits_record
-            self.data_collator = TeacherLogitsCollator(self.data_collator, record.get("top_k"), record["logprob_dtype"],
-                                                       record.get("id_dtype"))
+            self.data_collator = TeacherLogitsCollator(self.data_collator, entries_per_target(record),
+                                                       record["logprob_dtype"], record.get("id_dtype"))
         self.teacher_model = self._prepare_teacher(teacher_model) if teacher_model is not None else None
         # whether position t predicts token t + 1 (a decoder-only causal LM), decided from the head:
         # the Trainer's own rule reads `loss_type`, which GPT2LMHeadModel leaves unset
@@ -389,7 +390,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         distillation.setdefault("teacher", record.get("teacher"))
         distillation.update(args.loss_settings())
         distillation["teacher_logits"] = {
-            "top_k": record.get("top_k"), "logprob_dtype": record.get("logprob_dtype"),
+            "top_k": record.get("top_k"), "tail_samples": record.get("tail_samples"),
+            "logprob_dtype": record.get("logprob_dtype"),
             "teacher_fingerprint": record.get("teacher_fingerprint"),
         }
         student.config.distillation = distillation

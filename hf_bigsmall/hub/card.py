@@ -99,8 +99,10 @@ def _table(rows: list[tuple[str, Any]]) -> list[str]:
 def _cached_logits_sentence(cached: dict) -> str:
     if cached.get("top_k") is None:  # classification: every logit is kept
         return "The teacher ran once over the training set; the student was distilled from its cached logits."
+    drawn = (f" and {cached['tail_samples']} more tokens drawn from the rest of its distribution"
+             if cached.get("tail_samples") else "")
     return (f"The teacher ran once over the training set; the student was distilled from its cached top-{cached['top_k']} "
-            "log-probabilities per token, plus the probability mass outside them "
+            f"log-probabilities per token{drawn}, plus the probability mass outside them "
             f"(stored as {cached.get('logprob_dtype')}).")
 
 

@@ -29,6 +29,9 @@ class TeacherLogitsArguments:
                 "(in --teacher_logits, default <output_dir>/teacher_logits), with no teacher in the training loop."})
     cache_top_k: int = field(default=128, metadata={
         "help": "Log-probabilities kept per target token in a causal LM cache (the vocabulary size is exact)."})
+    cache_tail_samples: int = field(default=0, metadata={
+        "help": "Tokens drawn per target token from the teacher's distribution outside the top-k, kept with their "
+                "log-probabilities (0: top-k only; see BENCHMARKS.md for what they buy)."})
     cache_logprob_dtype: str = field(default="uint8", metadata={
         "help": "Storage of the cached log-probabilities: 'uint8' (packed, about 278 bytes per token at k=128), "
                 "'float16', 'bfloat16' or 'float32'.", "choices": list(LOGPROB_DTYPES)})
@@ -47,7 +50,7 @@ class TeacherLogitsArguments:
         path = path or str(Path(training_args.output_dir) / "teacher_logits")
         if self.cache_teacher_logits:
             cache_teacher_logits(teacher, train_dataset, path, top_k=self.cache_top_k,
-                                 logprob_dtype=self.cache_logprob_dtype,
+                                 logprob_dtype=self.cache_logprob_dtype, tail_samples=self.cache_tail_samples,
                                  batch_size=training_args.per_device_eval_batch_size)
         training_args.teacher_logits = path
         return load_teacher_logits(path, train_dataset)

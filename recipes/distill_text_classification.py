@@ -31,7 +31,8 @@ from transformers import (
     DataCollatorWithPadding,
 )
 
-from hf_bigsmall import DistillationConfig, DistillationTrainer, assets, make_student
+from hf_bigsmall import DistillationConfig, DistillationTrainer, EnergyCallback, assets, make_student
+from hf_bigsmall.energy.lineage import build_lineage, save_lineage
 from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.teacher_logits import TeacherLogitsArguments
 from hf_bigsmall.tasks.text_classification import accuracy, classification_teacher, load_classification_dataset
@@ -82,6 +83,9 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
         num_train_epochs=script_args.teacher_num_train_epochs, learning_rate=script_args.teacher_learning_rate,
         per_device_train_batch_size=training_args.per_device_train_batch_size, seed=training_args.seed,
         use_cpu=training_args.use_cpu, bf16=training_args.bf16,
+        # what fine-tuning the big model cost goes into its energy.json, and from there into the student's lineage
+        callbacks=[EnergyCallback(training_type="fine-tuning", country_iso_code=script_args.country_iso_code)]
+        if script_args.measure_energy else [],
     )
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_path)
     student = make_student(teacher, script_args.student_num_layers, hidden_size=script_args.student_hidden_size)
@@ -98,6 +102,10 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     trainer.train()
     metrics = trainer.evaluate()
     trainer.save_model(training_args.output_dir)
+    if script_args.measure_energy and trainer.is_world_process_zero():
+        # emissions.json: the distillation plus the teacher's fine-tuning, each counted once (the card's CO2)
+        save_lineage(training_args.output_dir, build_lineage(training_args.output_dir, [teacher_path],
+                                                             name="student", run="distillation"))
     trainer.create_model_card(dataset=script_args.dataset_name)  # README.md: how the student was made
     compacted = script_args.save_compacted(trainer, dataset=script_args.dataset_name)
     if trainer.is_world_process_zero():

@@ -112,6 +112,13 @@ def test_text_classification_recipe_distils_real_minilm(tmp_path, caplog):
     assert record["teacher"] == "embedded/all-MiniLM-L6-v2" and record["teacher_layers"] == [0, 5]
     assert record["initialized_from_teacher"] and record["alpha_hidden"] == 1.0
     assert (tmp_path / "student" / "eval_results.json").is_file()
+    # the teacher's fine-tuning is measured too, and the student's emissions count it once
+    teacher_energy = json.loads((teacher_dir / "energy.json").read_text())
+    assert teacher_energy["training_type"] == "fine-tuning" and teacher_energy["energy_joules"] > 0
+    lineage = json.loads((tmp_path / "student" / "emissions.json").read_text())
+    assert [run["relation"] for run in lineage["runs"]] == ["own", "ancestor"]
+    assert lineage["runs"][1]["energy_kwh"] == pytest.approx(teacher_energy["energy_kwh"])
+    assert lineage["co2_grams"] == pytest.approx(sum(run["co2_grams"] for run in lineage["runs"]))
 
     # a second run reuses the fine-tuned teacher instead of training it again
     stamp = os.stat(teacher_dir / "model.safetensors").st_mtime_ns

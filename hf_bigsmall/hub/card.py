@@ -106,6 +106,14 @@ def _cached_logits_sentence(cached: dict) -> str:
             f"(stored as {cached.get('logprob_dtype')}).")
 
 
+def _correction_sentence(correction: dict) -> str:
+    tokens = correction.get("tokens")
+    amount = f"{tokens:,} tokens" if isinstance(tokens, int) else "data"
+    where = f" of `{correction['dataset']}`" if correction.get("dataset") else ""
+    return (f"The teacher was first corrected: fine-tuned on {amount}{where} (the data the student was healed on), "
+            "then pruned and used as the teacher (teacher correction, Sreenivas et al., 2024).")
+
+
 _METHODS = {
     "magnitude": "magnitude (the smallest weights go)",
     "wanda": "Wanda (Sun et al., 2024: |weight| x the norm of its input on calibration data, compared within each "
@@ -135,10 +143,14 @@ def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str
     if distillation:
         lines += ["### Distillation", "", f"Distilled from `{teacher or distillation.get('teacher')}` "
                   "(Hinton et al., 2015: the student matches the teacher's softened outputs).", ""]
+        correction = distillation.get("teacher_correction")
+        if isinstance(correction, dict):
+            lines += [_correction_sentence(correction), ""]
         cached = distillation.get("teacher_logits")
         if isinstance(cached, dict):
             lines += [_cached_logits_sentence(cached), ""]
-        lines += _table([(key, value) for key, value in distillation.items() if key != "teacher_logits"])
+        lines += _table([(key, value) for key, value in distillation.items()
+                         if key not in ("teacher_logits", "teacher_correction")])
         lines.append("")
     if sparsity:
         per_layer = sparsity.get("per_layer") or {}

@@ -63,6 +63,9 @@ def test_causal_lm_quickstart_fast_writes_a_complete_folder(tmp_path):
     _check_folder(out, teacher_layers=4, student_layers=3)
     config = json.loads((out / "student" / "config.json").read_text())
     assert config["intermediate_size"] == 96 and config["width_pruning"]["intermediate_size"] == [128, 96]
+    # the teacher never saw the corpus: soft targets and next-token loss, half each, by default
+    assert config["distillation"]["alpha_kd"] == config["distillation"]["alpha_ce"] == 0.5
+    assert "teacher_correction" not in config["distillation"] and not (out / "teacher-corrected").exists()
 
 
 @requires_smollm2

@@ -41,14 +41,12 @@ def non_embedding(model) -> int:
 
 @torch.no_grad()
 def perplexity(model, blocks: torch.Tensor, batch_size: int = 8) -> float:
-    """Held-out perplexity in float32. A model trained with `bf16=True` keeps accelerate's autocast wrapper on
-    its instance's `forward`, so the class's own forward is called: the same number before and after training."""
+    """Held-out perplexity, in float32 for a model `heal` trained (it removes the Trainer's autocast wrapper)."""
     model.eval()
-    forward = type(model).forward
     total, count = 0.0, 0
     for start in range(0, len(blocks), batch_size):
         batch = blocks[start : start + batch_size]
-        loss = forward(model, input_ids=batch, labels=batch).loss
+        loss = model(input_ids=batch, labels=batch).loss
         tokens = batch.shape[0] * (batch.shape[1] - 1)
         total, count = total + loss.item() * tokens, count + tokens
     return math.exp(total / count)
@@ -147,7 +145,11 @@ def heal(student, teacher, train, steps: int, batch_size: int, learning_rate: fl
                           data_collator=default_data_collator, callbacks=list(callbacks))
     start = time.perf_counter()
     trainer.train()
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    # with bf16=True accelerate leaves its autocast wrapper on the model's forward: take it off, so the
+    # healed model is evaluated (and used as a teacher, and timed) in float32 like the models it is compared with
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
+    return seconds
 
 
 def corrected_teacher(teacher, train, args, record, eval_blocks):
@@ -155,26 +157,35 @@ def corrected_teacher(teacher, train, args, record, eval_blocks):
     distribution it hands the student fits the healing data. Loaded from `args.corrected_teacher` when saved."""
     from transformers import AutoModelForCausalLM
 
-    folder = Path(args.corrected_teacher) if args.corrected_teacher else None
-    if folder is not None and (folder / "config.json").is_file():
-        corrected = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-        record(corrected_teacher={"loaded_from": str(folder), "perplexity": perplexity(corrected, eval_blocks)})
-        return corrected
-    if not args.correct_teacher_steps:
-        raise SystemExit(f"--corrected_teacher {folder} holds no model: pass --correct_teacher_steps to make it")
     import copy
 
-    corrected = copy.deepcopy(teacher).train()
+    from hf_bigsmall.utils.files import publishing
+
+    folder = Path(args.corrected_teacher) if args.corrected_teacher else None
     steps = args.correct_teacher_steps
-    rows = train.select(range(min(len(train), steps * args.batch_size)))
-    seconds = heal(corrected, None, rows, steps, args.batch_size, args.learning_rate, use_kd=False,
-                   output_dir="/tmp/bench_importance_correction", bf16=args.bf16)
+    made = {"steps": steps, "rows": min(len(train), steps * args.batch_size), "batch_size": args.batch_size,
+            "block_size": args.block_size, "learning_rate": args.learning_rate, "bf16": args.bf16}
+    if folder is not None and (folder / "correction.json").is_file():  # written last: the folder is complete
+        recorded = json.loads((folder / "correction.json").read_text())
+        if steps and recorded != made:
+            raise SystemExit(f"--corrected_teacher {folder} was made by {recorded}, not by this run's {made}: "
+                             "pass another folder, or drop --correct_teacher_steps to reuse it as it is")
+        corrected = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        record(corrected_teacher={"loaded_from": str(folder), **recorded,
+                                  "perplexity": perplexity(corrected, eval_blocks)})
+        return corrected
+    if not steps:
+        raise SystemExit(f"--corrected_teacher {folder} holds no corrected teacher: pass --correct_teacher_steps")
+    corrected = copy.deepcopy(teacher).train()
+    seconds = heal(corrected, None, train.select(range(made["rows"])), steps, args.batch_size, args.learning_rate,
+                   use_kd=False, output_dir="/tmp/bench_importance_correction", bf16=args.bf16)
     corrected.eval()
     if folder is not None:
-        corrected.save_pretrained(folder)
-    record(corrected_teacher={"steps": steps, "tokens": steps * args.batch_size * args.block_size,
-                              "seconds": seconds, "perplexity": perplexity(corrected, eval_blocks),
-                              "load": os.getloadavg()})
+        with publishing(folder) as partial:  # a run killed mid-save leaves no folder that looks complete
+            corrected.save_pretrained(partial)
+            (partial / "correction.json").write_text(json.dumps(made, indent=2))
+    record(corrected_teacher={**made, "tokens": steps * args.batch_size * args.block_size, "seconds": seconds,
+                              "perplexity": perplexity(corrected, eval_blocks), "load": os.getloadavg()})
     return corrected
 
 
@@ -268,6 +279,9 @@ def main() -> None:
         record(teacher={"non_embedding_params": non_embedding(teacher),
                         "perplexity": perplexity(teacher, eval_blocks)})
     original = teacher
+    if args.prune_from == "original" and not (args.correct_teacher_steps or args.corrected_teacher):
+        raise SystemExit("--prune_from original only means something with a corrected teacher "
+                         "(--correct_teacher_steps or --corrected_teacher)")
     if args.correct_teacher_steps or args.corrected_teacher:
         teacher = corrected_teacher(teacher, train, args, record, eval_blocks)
     # the units kept are those the original teacher's importance ranks highest, so only the weights differ
@@ -299,8 +313,13 @@ def main() -> None:
         from contextlib import nullcontext
 
         from hf_bigsmall import cache_teacher_logits, load_teacher_logits
+        from hf_bigsmall.distillation.cache import weights_fingerprint
 
-        if not (Path(args.teacher_logits) / "manifest.json").is_file():
+        manifest = Path(args.teacher_logits) / "manifest.json"
+        if manifest.is_file() and json.loads(manifest.read_text()).get("teacher_fingerprint") != weights_fingerprint(teacher):
+            raise SystemExit(f"{args.teacher_logits} holds the logits of another teacher (the original one, or "
+                             "another correction): pass a new folder")
+        if not manifest.is_file():
             start = time.perf_counter()
             with torch.autocast("cpu", dtype=torch.bfloat16) if args.bf16 else nullcontext():
                 cache_teacher_logits(teacher, train_all, args.teacher_logits, top_k=args.top_k, batch_size=8,

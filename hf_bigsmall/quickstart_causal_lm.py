@@ -79,8 +79,11 @@ class CausalLMQuickstartArguments:
                 "(0: logits only). Needs the teacher's hidden_size."})
     correct_teacher_steps: int = field(default=0, metadata={
         "help": "Teacher correction (Minitron): first fine-tune the teacher with the next-token loss for this many "
-                "steps on the healing blocks, then prune it and distil from it. Saved as teacher-corrected/ and "
-                "compared beside the original teacher. 0: the teacher as it is (BENCHMARKS.md measures both)."})
+                "steps on the healing blocks (batch size, schedule and bf16 as the healing's), then measure "
+                "importance on it, prune it and distil from it. Saved as teacher-corrected/ and compared beside the "
+                "original teacher. 0: the teacher as it is (BENCHMARKS.md measures both)."})
+    correct_teacher_learning_rate: float | None = field(default=None, metadata={
+        "help": "Peak learning rate of the teacher correction (default: the healing's learning_rate)."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
     def __post_init__(self):
@@ -105,6 +108,9 @@ class CausalLMQuickstartArguments:
         if self.correct_teacher_steps < 0:
             raise ValueError(f"correct_teacher_steps must be >= 0 (0 leaves the teacher as it is), got "
                              f"{self.correct_teacher_steps}.")
+        if self.correct_teacher_learning_rate is not None and not self.correct_teacher_learning_rate > 0:
+            raise ValueError(f"correct_teacher_learning_rate must be a positive number, got "
+                             f"{self.correct_teacher_learning_rate}.")
         if self.student_layers is not None and self.student_layers < 1:
             raise ValueError(f"student_layers={self.student_layers} would remove every layer: keep at least 1.")
 
@@ -170,39 +176,53 @@ def _default_intermediate(teacher) -> int | None:
     return max(8, int(width * 5 / 6) // 8 * 8)
 
 
-def _training_arguments(args: CausalLMQuickstartArguments, output_dir: Path, steps: int) -> dict:
+def _training_arguments(args: CausalLMQuickstartArguments, output_dir: Path, steps: int, learning_rate: float) -> dict:
     """What the correction and the healing share: cosine schedule, 10% warm-up, no checkpoints."""
     return dict(output_dir=str(output_dir), max_steps=max(steps, 1), per_device_train_batch_size=args.batch_size,
-                learning_rate=args.learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine",
+                learning_rate=learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine",
                 logging_steps=max(1, steps // 10), save_strategy="no", eval_strategy="no", report_to="none",
                 seed=args.seed, disable_tqdm=False, bf16=args.bf16)
 
 
-def _correct_teacher(args: CausalLMQuickstartArguments, teacher, tokenizer, train, folder: Path):
-    """Fine-tune `teacher` on the healing blocks (next-token loss), save it to `folder` and return it reloaded.
+def _correct_teacher(args: CausalLMQuickstartArguments, teacher, tokenizer, train, folder: Path) -> None:
+    """Fine-tune `teacher` in place on the healing blocks (next-token loss) and save it to `folder`.
 
-    Reloaded, not the trained object: after a `bf16` run that object's `forward` still runs under the
-    Trainer's autocast, and the importance and the healing should see the float32 model that was saved."""
-    import torch
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
+    The caller reloads it from `folder` rather than going on with this object: after a `bf16` run its
+    `forward` still runs under the Trainer's autocast, and the optimizer state would stay alive."""
+    from transformers import TrainingArguments, default_data_collator
 
-    from . import EnergyCallback
+    from . import BigSmallTrainer, EnergyCallback
 
     partial = fresh_partial_dir(folder)
-    trainer = Trainer(model=teacher.train(), args=TrainingArguments(**_training_arguments(
-                          args, partial, args.correct_teacher_steps)),
-                      train_dataset=train, data_collator=default_data_collator, processing_class=tokenizer,
-                      callbacks=[EnergyCallback(training_type="fine-tuning")])
+    learning_rate = args.correct_teacher_learning_rate or args.learning_rate
+    teacher.config.teacher_correction = {  # read by its model card
+        "from": args.teacher, "dataset": args.dataset, "tokens": args.correct_teacher_steps * args.batch_size
+        * args.block_size, "steps": args.correct_teacher_steps, "learning_rate": learning_rate}
+    trainer = BigSmallTrainer(model=teacher.train(), args=TrainingArguments(**_training_arguments(
+                                  args, partial, args.correct_teacher_steps, learning_rate)),
+                              train_dataset=train, data_collator=default_data_collator, processing_class=tokenizer,
+                              callbacks=[EnergyCallback(training_type="fine-tuning")])
     trainer.train()
     trainer.save_model(str(partial))
+    tokenizer.save_pretrained(partial)
     publish_dir(partial, folder)
-    del trainer, teacher  # the optimizer state goes with them
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def _drop_stale(folder: Path) -> None:
+    """Remove a folder (and its `.partial`) an earlier run left that this run does not make again."""
+    import shutil
+
+    from .utils.files import partial_path
+
+    for path in (folder, partial_path(folder)):
+        if path.exists():
+            shutil.rmtree(path)
+            echo(f"      removed {path}: an earlier run left it, this one does not make it")
 
 
 # how each model was made: the folders it came from, the run, whether that run trained it
 _LINEAGE = {
-    "teacher": ((), "pretrained checkpoint, not trained here", False),
+    "teacher": ((), "pretrained checkpoint, not trained here", True),
     "teacher-corrected": (("teacher",), "teacher correction (fine-tuning on the healing data)", True),
     "student-pruned": (("{source}",), "importance pruning (calibration only)", False),
     "student": (("student-pruned", "{source}"), "distillation", True),
@@ -211,7 +231,10 @@ _LINEAGE = {
 
 def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
-    from transformers import default_data_collator, set_seed
+    import gc
+
+    import torch
+    from transformers import AutoModelForCausalLM, default_data_collator, set_seed
 
     from . import DistillationConfig, DistillationTrainer, EnergyCallback, make_student
     from .energy.lineage import build_lineage, save_lineage
@@ -245,9 +268,11 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     _validate_targets(teacher, _architecture(teacher), *(widths.get(name) for name in
                       ("intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_size")))
     heal_samples = args.heal_steps * args.batch_size
+    # the correction trains on the healing rows (several epochs when it has more steps), so the student heals
+    # on the same rows with or without it: only the healing and the calibration size the split
     correct_samples = args.correct_teacher_steps * args.batch_size
     dataset = load_causal_lm_dataset(tokenizer, args.dataset, block_size=args.block_size, seed=args.seed,
-                                     max_train_samples=max(heal_samples, correct_samples, args.calibration_samples))
+                                     max_train_samples=max(heal_samples, args.calibration_samples))
     output_dir.mkdir(parents=True, exist_ok=True)
     _save(teacher, tokenizer, teacher_dir)
     _done(start, teacher_dir)
@@ -256,9 +281,14 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     if correct:
         start = stage(f"Correct the teacher: fine-tune it on the healing blocks, {args.correct_teacher_steps} steps of "
                       f"{args.batch_size} x {args.block_size} tokens ({correct_samples * args.block_size:,} tokens)")
-        teacher = _correct_teacher(args, teacher, tokenizer, dataset["train"], corrected_dir)
+        _correct_teacher(args, teacher, tokenizer, dataset["train"], corrected_dir)
+        del teacher
+        gc.collect()  # the trained object, its optimizer state and the Trainer's autocast wrapper
+        teacher = AutoModelForCausalLM.from_pretrained(corrected_dir, dtype=torch.float32).eval()
         source, source_dir = "teacher-corrected", corrected_dir
         _done(start, corrected_dir)
+    else:
+        _drop_stale(corrected_dir)  # the report and push should not meet an older run's corrected teacher
 
     start = stage(f"Importance of blocks, heads, neurons and channels on {args.calibration_samples} calibration "
                   f"blocks" + (" (of the corrected teacher)" if correct else ""))
@@ -272,9 +302,11 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
                   + "".join(f", {name}={value}" for name, value in widths.items()))
     student = make_student(teacher, num_layers=layers, teacher_layers="importance", importance=importance)
     student.config.distillation["teacher"] = args.teacher
-    if correct:
+    if correct:  # the student's record of the correction is its distillation's; the teacher's own is not its
+        del student.config.teacher_correction
         student.config.distillation["teacher_correction"] = {
-            "steps": args.correct_teacher_steps, "tokens": correct_samples * args.block_size, "dataset": args.dataset}
+            "steps": args.correct_teacher_steps, "tokens": correct_samples * args.block_size, "dataset": args.dataset,
+            "learning_rate": args.correct_teacher_learning_rate or args.learning_rate}
     kept = importance.select_layers(student.config.distillation["teacher_layers"])
     if widths:
         prune_width(student, kept, **widths)
@@ -285,7 +317,8 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
                   f"of {args.batch_size} x {args.block_size} tokens ({heal_samples * args.block_size:,} tokens)")
     partial = fresh_partial_dir(student_dir)
     config = DistillationConfig(
-        **_training_arguments(args, partial, args.heal_steps), temperature=args.temperature, alpha_kd=args.alpha_kd,
+        **_training_arguments(args, partial, args.heal_steps, args.learning_rate), temperature=args.temperature,
+        alpha_kd=args.alpha_kd,
         alpha_ce=1.0 - args.alpha_kd, alpha_hidden=args.alpha_hidden,
     )
     trainer = DistillationTrainer(
@@ -306,6 +339,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     for name, folder in models.items():
         parents, run, trained = _LINEAGE[name]
         parents = [models[parent.format(source=source)] for parent in parents]
+        trained = trained and not (name == "student" and args.heal_steps == 0)
         save_lineage(folder, build_lineage(folder, parents, name=name, run=run, trained=trained))
 
     start = stage(f"Compare: perplexity on {args.eval_samples} held-out articles, size, prefill latency, decode "

@@ -298,3 +298,32 @@ def test_card_of_a_width_pruned_model_without_sparsity_says_it_is_pruned(tmp_pat
     card = build_model_card(tmp_path / "lm")
     assert "### Pruning" not in card.text and "| num key value heads | 2 | 1 |" in card.text
     assert card.data.tags == ["hf-bigsmall", "pruned"]
+
+
+@pytest.mark.parametrize(
+    "record, expected",
+    [
+        ({"tokens": 131072, "dataset": "embedded/news", "steps": 128}, "fine-tuned on 131,072 tokens of `embedded/news`."),
+        ({"tokens": "many"}, "fine-tuned on training data."),  # a hand-edited record is not trusted as a count
+        ({}, "fine-tuned on training data."),
+    ],
+)
+def test_card_says_the_teacher_was_corrected(tmp_path, record, expected):
+    from transformers import LlamaForCausalLM
+
+    from .testing_utils import tiny_llama_config
+
+    student = LlamaForCausalLM(tiny_llama_config())
+    student.config.distillation = {"teacher": "HuggingFaceTB/SmolLM2-135M", "teacher_correction": record}
+    student.save_pretrained(tmp_path / "student")
+    text = build_model_card(tmp_path / "student").text
+    assert f"the teacher was first {expected}" in text and "cut from the corrected teacher" in text
+    assert "teacher correction |" not in text  # a sentence, not a table row holding a dict
+    assert "### Fine-tuning" not in text  # that section belongs to the corrected teacher's own card
+
+    teacher = LlamaForCausalLM(tiny_llama_config())
+    teacher.config.teacher_correction = {"from": "HuggingFaceTB/SmolLM2-135M", **record, "learning_rate": 3e-4}
+    teacher.save_pretrained(tmp_path / "teacher")
+    text = build_model_card(tmp_path / "teacher").text
+    assert "### Fine-tuning" in text and "Fine-tuned from `HuggingFaceTB/SmolLM2-135M` on" in text
+    assert "| learning rate | `0.0003` |" in text and "### Distillation" not in text

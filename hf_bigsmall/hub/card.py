@@ -108,10 +108,25 @@ def _cached_logits_sentence(cached: dict) -> str:
 
 def _correction_sentence(correction: dict) -> str:
     tokens = correction.get("tokens")
-    amount = f"{tokens:,} tokens" if isinstance(tokens, int) else "data"
+    amount = f"{tokens:,} tokens" if isinstance(tokens, int) and not isinstance(tokens, bool) else "training data"
     where = f" of `{correction['dataset']}`" if correction.get("dataset") else ""
-    return (f"The teacher was first corrected: fine-tuned on {amount}{where} (the data the student was healed on), "
-            "then pruned and used as the teacher (teacher correction, Sreenivas et al., 2024).")
+    return (f"Teacher correction (Sreenivas et al., 2024): the teacher was first fine-tuned on {amount}{where}. "
+            "This model was cut from the corrected teacher, and the corrected teacher is the one it is distilled "
+            "from.")
+
+
+def _fine_tuning_section(correction: dict | None) -> list[str]:
+    """The card of a corrected teacher: what it was fine-tuned from, on what, and what for."""
+    if not isinstance(correction, dict):
+        return []
+    tokens = correction.get("tokens")
+    amount = f"{tokens:,} tokens" if isinstance(tokens, int) and not isinstance(tokens, bool) else "training data"
+    where = f" of `{correction['dataset']}`" if correction.get("dataset") else ""
+    source = f" from `{correction['from']}`" if correction.get("from") else ""
+    return ["### Fine-tuning", "", f"Fine-tuned{source} on {amount}{where} with the next-token loss, to be the "
+            "corrected teacher of a pruned student (teacher correction, Sreenivas et al., 2024).", "",
+            *_table([(key, value) for key, value in correction.items() if key not in ("from", "dataset", "tokens")]),
+            ""]
 
 
 _METHODS = {
@@ -313,6 +328,7 @@ def build_model_card(
     if sparsity and not sparsity.get("per_layer"):
         sparsity = {**sparsity, "per_layer": weight_sparsity_per_layer(model_dir)}
     made_lines = _made_section(distillation, sparsity, teacher, config.get("vocabulary_trimming"), width)
+    made_lines += _fine_tuning_section(config.get("teacher_correction"))
     made_lines += _quantization_section(quantization)
     if made_lines:
         body += ["## How it was made", ""] + made_lines

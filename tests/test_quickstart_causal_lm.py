@@ -89,7 +89,8 @@ def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
     assert torch.equal(pruned.model.layers[0].self_attn.q_proj.weight,
                        corrected.model.layers[first].self_attn.q_proj.weight)
     correction = pruned.config.distillation["teacher_correction"]
-    assert correction == {"steps": 2, "tokens": 2 * 2 * 128, "dataset": "embedded/news", "learning_rate": 3e-4}
+    assert correction == {"steps": 2, "tokens": 2 * 2 * 128, "dataset": "embedded/news", "data": "disjoint",
+                          "learning_rate": 3e-4}
     assert not hasattr(pruned.config, "teacher_correction")  # the teacher's own record stays the teacher's
     assert corrected.config.teacher_correction["from"] == "tiny-random-llama"
     assert "### Fine-tuning" in (out / "teacher-corrected" / "README.md").read_text()
@@ -101,6 +102,12 @@ def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
     assert runs["teacher"]["energy_kwh"] is None  # its pretraining was not measured here, and is not added
     assert "the teacher was first fine-tuned on 512 tokens" in (out / "student" / "README.md").read_text()
     assert json.loads((out / "pruning.json").read_text())["teacher_correction_tokens"] == 512
+
+    # on the healing blocks themselves (Minitron's way), recorded as such
+    assert main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama", "--heal_steps", "1",
+                 "--correct_teacher_steps", "2", "--correct_teacher_data", "healing", "--output_dir", str(out)]) == 0
+    assert AutoModelForCausalLM.from_pretrained(out / "student").config.distillation["teacher_correction"]["data"] \
+        == "healing"
 
     # a rerun without the correction (and without healing) leaves no corrected teacher of the older run behind
     (out / "teacher-corrected.partial").mkdir()  # as if an earlier run had been killed mid-correction
@@ -117,6 +124,7 @@ def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
     "flags, message",
     [
         (["--correct_teacher_steps", "-1"], "correct_teacher_steps must be >= 0"),
+        (["--correct_teacher_steps", "10000"], "lower correct_teacher_steps"),
         (["--student_layers", "0"], "every layer"),
         (["--intermediate_size", "0"], "every neuron"),
         (["--num_attention_heads", "1"], "every query head of a group"),
@@ -142,3 +150,12 @@ def test_causal_lm_quickstart_fast_on_smollm2(tmp_path):
     teacher, student = rows["teacher"], rows["student"]
     non_embedding = 49152 * 576
     assert (student["parameters"] - non_embedding) < 0.75 * (teacher["parameters"] - non_embedding)
+
+
+def test_causal_lm_quickstart_names_the_correction_data_it_takes(tmp_path, capsys):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama",
+              "--correct_teacher_data", "other", "--output_dir", str(out)])
+    assert exit_info.value.code == 2 and "invalid choice: 'other'" in capsys.readouterr().err
+    assert not out.exists()

@@ -430,11 +430,12 @@ def topk_targets(rows: torch.Tensor, top_k: int, tail_samples: int = 0,
     normaliser = torch.logsumexp(rows, dim=-1)
     values, ids = rows.topk(top_k, dim=-1)
     if tail_samples:
-        uniform = torch.rand(rows.shape, generator=generator, device=rows.device).clamp_(min=1e-20)
-        keys = rows - torch.log(-torch.log(uniform))  # logits + Gumbel(0, 1)
+        # logits + Gumbel(0, 1) = rows - log(-log(u)), computed in place in the buffer of u (the same values)
+        keys = torch.rand(rows.shape, generator=generator, device=rows.device).clamp_(min=1e-20)
+        keys.log_().neg_().log_().neg_().add_(rows)
         keys.scatter_(1, ids, float("-inf"))  # outside the top-k only
         drawn = keys.topk(tail_samples, dim=-1).indices
-        del keys, uniform
+        del keys
         drawn_values = rows.gather(1, drawn)
         order = drawn_values.argsort(dim=-1, descending=True)  # all below the k-th: the whole row descends
         values = torch.cat([values, drawn_values.gather(1, order)], dim=-1)

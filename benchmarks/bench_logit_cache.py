@@ -181,7 +181,7 @@ def bench_storage(args) -> dict:
         return cache_batch
 
     runs = {"teacher_forward": forward, "cache_batch": caching(record)}
-    if args.tail_samples:  # the same bytes: the last tail_samples of the top-k become draws from the rest
+    if args.tail_samples:  # as many entries: the last tail_samples of the top-k become draws from the rest
         drawn = {**record, "top_k": args.top_k - args.tail_samples, "tail_samples": args.tail_samples, "tail_seed": 0}
         runs["cache_batch_tail_draws"] = caching(drawn)
     times = _interleave(runs, args.warmup, args.repeats)
@@ -297,7 +297,7 @@ def main() -> None:
     parser.add_argument("--top_k", type=int, default=128)
     parser.add_argument("--logprob_dtype", default="uint8")
     parser.add_argument("--tail_samples", type=int, default=0,
-                        help="storage: also time caching top-(k - s) + s tail draws (the same bytes) against top-k")
+                        help="storage: also time caching top-(k - s) + s tail draws (as many entries per token) against top-k")
     parser.add_argument("--rows", type=int, default=None, help="training rows (storage, quality)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (quality)")
     parser.add_argument("--warmup", type=int, default=1)
@@ -310,6 +310,8 @@ def main() -> None:
     parser.add_argument("--mode", default=None)
     parser.add_argument("--prepared", default=None)
     args = parser.parse_args()
+    if not 0 <= args.tail_samples < args.top_k:
+        parser.error(f"--tail_samples must be in [0, {args.top_k}): the draws replace the last top-k entries")
     classification = args.task == "classification"
     args.batch_size = args.batch_size or ((16 if args.part == "quality" else 32) if classification else 4)
     args.seq_len = args.seq_len or (64 if classification else 128)

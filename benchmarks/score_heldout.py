@@ -33,8 +33,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=None, help="write the scores here as JSON")
     args = parser.parse_args()
-    if args.blocks < 2:
-        parser.error("--blocks must be at least 2 (one per half)")
+    if args.blocks < 2 or args.blocks % 2:
+        parser.error("--blocks must be an even number of at least 2: two halves of as many blocks")
+    if args.block_size < 2 or args.batch_size < 1:
+        parser.error("--block_size must be at least 2 and --batch_size at least 1")
     torch.set_num_threads(args.threads)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,7 +55,7 @@ def main() -> None:
     for folder in args.model_dirs:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
         even, odd = (held_out_perplexity(model, half, args.batch_size) for half in halves)
-        # the halves hold the same number of tokens, so the whole is their geometric mean
+        # the halves hold as many blocks of as many tokens, so the whole is their geometric mean
         scores[folder] = {"perplexity": math.sqrt(even * odd), "even_blocks": even, "odd_blocks": odd}
         print(f"{folder}: {scores[folder]['perplexity']:.2f} (halves {even:.2f} / {odd:.2f})", flush=True)
         del model

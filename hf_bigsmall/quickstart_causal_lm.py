@@ -195,7 +195,7 @@ def _training_arguments(args: CausalLMQuickstartArguments, output_dir: Path, ste
 
 
 def _correct_teacher(args: CausalLMQuickstartArguments, teacher, tokenizer, train, folder: Path) -> None:
-    """Fine-tune `teacher` in place on the healing blocks (next-token loss) and save it to `folder`.
+    """Fine-tune `teacher` in place on `train` (next-token loss) and save it to `folder`.
 
     The caller reloads it from `folder` rather than going on with this object: after a `bf16` run its
     `forward` still runs under the Trainer's autocast, and the optimizer state would stay alive."""
@@ -234,7 +234,7 @@ def _drop_stale(folder: Path) -> None:
 # how each model was made: the folders it came from, the run, whether that run trained it
 _LINEAGE = {
     "teacher": ((), "pretrained checkpoint, not trained here", True),
-    "teacher-corrected": (("teacher",), "teacher correction (fine-tuning on the healing data)", True),
+    "teacher-corrected": (("teacher",), "teacher correction (fine-tuning on the corpus)", True),
     "student-pruned": (("{source}",), "importance pruning (calibration only)", False),
     "student": (("student-pruned", "{source}"), "distillation", True),
 }
@@ -290,7 +290,8 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     if disjoint:
         if len(dataset["train"]) < train_samples + correct_samples:
             raise ValueError(f"--correct_teacher_data disjoint needs {train_samples + correct_samples:,} training blocks "
-                             f"of {args.block_size} tokens ({train_samples:,} to heal, {correct_samples:,} to correct); "
+                             f"of {args.block_size} tokens ({train_samples:,} to heal and calibrate on, "
+                             f"{correct_samples:,} to correct on); "
                              f"{args.dataset} has {len(dataset['train']):,}: lower correct_teacher_steps or use "
                              "--correct_teacher_data healing.")
         correction_rows = dataset["train"].select(range(train_samples, train_samples + correct_samples))
@@ -301,7 +302,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
 
     source, source_dir = "teacher", teacher_dir
     if correct:
-        rows = "the blocks after the healing ones" if disjoint else "the healing blocks"
+        rows = "the blocks after the healing and calibration ones" if disjoint else "the healing blocks"
         start = stage(f"Correct the teacher: fine-tune it on {rows}, {args.correct_teacher_steps} steps of "
                       f"{args.batch_size} x {args.block_size} tokens ({correct_samples * args.block_size:,} tokens)")
         _correct_teacher(args, teacher, tokenizer, correction_rows, corrected_dir)

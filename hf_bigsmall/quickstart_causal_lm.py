@@ -82,8 +82,8 @@ class CausalLMQuickstartArguments:
         "help": "Teacher correction (Minitron): first fine-tune the teacher with the next-token loss for this many "
                 "steps (batch size, schedule and bf16 as the healing's; data: correct_teacher_data), then measure "
                 "importance on it, prune it and distil from it. Saved as teacher-corrected/ and compared beside the "
-                "original teacher. 0: the teacher as it is. At the default budget it did not beat the default "
-                "mixed loss from the teacher as it is (BENCHMARKS.md)."})
+                "original teacher. 0: the teacher as it is. At the default budget it healed no better than the "
+                "teacher as it is, in 1.7x the time (BENCHMARKS.md)."})
     correct_teacher_data: str = field(default="disjoint", metadata={
         "help": "What the teacher correction trains on: 'disjoint' (as many blocks as it needs, right after the "
                 "healing blocks in the training split, so the teacher's soft targets on the healing blocks are not "

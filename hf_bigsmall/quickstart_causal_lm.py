@@ -31,7 +31,7 @@ from pathlib import Path
 
 from . import assets
 from .utils.console import echo
-from .utils.files import atomic_write_json, fresh_partial_dir, publish_dir, publishing
+from .utils.files import atomic_write_json, fresh_partial_dir, partial_path, publish_dir, publishing
 
 # (calibration samples, healing steps, batch size, evaluation articles, latency samples)
 _BUDGETS = {"default": (128, 120, 4, 64, 10), "fast": (8, 2, 2, 6, 2)}
@@ -223,8 +223,6 @@ def _drop_stale(folder: Path) -> None:
     """Remove a folder (and its `.partial`) an earlier run left that this run does not make again."""
     import shutil
 
-    from .utils.files import partial_path
-
     for path in (folder, partial_path(folder)):
         if path.exists():
             shutil.rmtree(path)
@@ -326,12 +324,10 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
                   + "".join(f", {name}={value}" for name, value in widths.items()))
     student = make_student(teacher, num_layers=layers, teacher_layers="importance", importance=importance)
     student.config.distillation["teacher"] = args.teacher
-    if correct:  # the student's record of the correction is its distillation's; the teacher's own is not its
+    if correct:  # make_student copied the teacher's own record: the student keeps it under its distillation
+        correction = student.config.teacher_correction
         del student.config.teacher_correction
-        student.config.distillation["teacher_correction"] = {
-            "steps": args.correct_teacher_steps, "tokens": correct_samples * args.block_size, "dataset": args.dataset,
-            "data": args.correct_teacher_data,
-            "learning_rate": args.correct_teacher_learning_rate or args.learning_rate}
+        student.config.distillation["teacher_correction"] = {k: v for k, v in correction.items() if k != "from"}
     kept = importance.select_layers(student.config.distillation["teacher_layers"])
     if widths:
         prune_width(student, kept, **widths)
@@ -343,8 +339,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     partial = fresh_partial_dir(student_dir)
     config = DistillationConfig(
         **_training_arguments(args, partial, args.heal_steps, args.learning_rate), temperature=args.temperature,
-        alpha_kd=args.alpha_kd,
-        alpha_ce=1.0 - args.alpha_kd, alpha_hidden=args.alpha_hidden,
+        alpha_kd=args.alpha_kd, alpha_ce=1.0 - args.alpha_kd, alpha_hidden=args.alpha_hidden,
     )
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=config, train_dataset=dataset["train"],

@@ -49,6 +49,12 @@ def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS):
     return rows
 
 
+def _tiny(out, *flags) -> int:
+    """`hf-bigsmall quickstart --task causal-lm --fast` on the tiny random Llama, writing to `out`."""
+    return main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama",
+                 "--output_dir", str(out), *flags])
+
+
 def _runs(folder) -> dict:
     return {run["model"]: run for run in json.loads((folder / "emissions.json").read_text())["runs"]}
 
@@ -57,8 +63,7 @@ def _runs(folder) -> dict:
 @requires_news
 def test_causal_lm_quickstart_fast_writes_a_complete_folder(tmp_path):
     out = tmp_path / "out"
-    assert main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama",
-                 "--intermediate_size", "96", "--output_dir", str(out)]) == 0
+    assert _tiny(out, "--intermediate_size", "96") == 0
     _check_folder(out, teacher_layers=4, student_layers=3)
     config = json.loads((out / "student" / "config.json").read_text())
     assert config["intermediate_size"] == 96 and config["width_pruning"]["intermediate_size"] == [128, 96]
@@ -74,8 +79,7 @@ def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "out"
-    assert main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama",
-                 "--correct_teacher_steps", "2", "--output_dir", str(out)]) == 0
+    assert _tiny(out, "--correct_teacher_steps", "2") == 0
     models = ("teacher", "teacher-corrected", "student-pruned", "student")
     rows = _check_folder(out, teacher_layers=4, student_layers=3, models=models)
     # the correction trained the teacher: its weights and its held-out perplexity moved
@@ -104,15 +108,13 @@ def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
     assert json.loads((out / "pruning.json").read_text())["teacher_correction_tokens"] == 512
 
     # on the healing blocks themselves (Minitron's way), recorded as such
-    assert main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama", "--heal_steps", "1",
-                 "--correct_teacher_steps", "2", "--correct_teacher_data", "healing", "--output_dir", str(out)]) == 0
+    assert _tiny(out, "--heal_steps", "1", "--correct_teacher_steps", "2", "--correct_teacher_data", "healing") == 0
     assert AutoModelForCausalLM.from_pretrained(out / "student").config.distillation["teacher_correction"]["data"] \
         == "healing"
 
     # a rerun without the correction (and without healing) leaves no corrected teacher of the older run behind
     (out / "teacher-corrected.partial").mkdir()  # as if an earlier run had been killed mid-correction
-    assert main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama",
-                 "--heal_steps", "0", "--output_dir", str(out)]) == 0
+    assert _tiny(out, "--heal_steps", "0") == 0
     assert not (out / "teacher-corrected").exists() and not (out / "teacher-corrected.partial").exists()
     report = json.loads((out / "report.json").read_text())
     assert [m["name"] for m in report["models"]] == list(MODELS)
@@ -134,8 +136,7 @@ def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
 @requires_smollm2
 def test_causal_lm_quickstart_bad_targets_write_nothing(tmp_path, capsys, flags, message):
     out = tmp_path / "out"
-    assert main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama",
-                 "--output_dir", str(out), *flags]) == 2
+    assert _tiny(out, *flags) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
 
@@ -155,7 +156,6 @@ def test_causal_lm_quickstart_fast_on_smollm2(tmp_path):
 def test_causal_lm_quickstart_names_the_correction_data_it_takes(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
-        main(["quickstart", "--task", "causal-lm", "--fast", "--teacher", "tiny-random-llama",
-              "--correct_teacher_data", "other", "--output_dir", str(out)])
+        _tiny(out, "--correct_teacher_data", "other")
     assert exit_info.value.code == 2 and "invalid choice: 'other'" in capsys.readouterr().err
     assert not out.exists()

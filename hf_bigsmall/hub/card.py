@@ -106,25 +106,26 @@ def _cached_logits_sentence(cached: dict) -> str:
             f"(stored as {cached.get('logprob_dtype')}).")
 
 
-def _correction_sentence(correction: dict) -> str:
+def _corrected_on(correction: dict) -> str:
+    """What a teacher correction trained on, "131,072 tokens of `embedded/news`", as far as it was recorded."""
     tokens = correction.get("tokens")
     amount = f"{tokens:,} tokens" if isinstance(tokens, int) and not isinstance(tokens, bool) else "training data"
-    where = f" of `{correction['dataset']}`" if correction.get("dataset") else ""
-    return (f"Teacher correction (Sreenivas et al., 2024): the teacher was first fine-tuned on {amount}{where}. "
-            "This model was cut from the corrected teacher, and the corrected teacher is the one it is distilled "
-            "from.")
+    return amount + (f" of `{correction['dataset']}`" if correction.get("dataset") else "")
+
+
+def _correction_sentence(correction: dict) -> str:
+    return (f"Teacher correction (Sreenivas et al., 2024): the teacher was first fine-tuned on "
+            f"{_corrected_on(correction)}. This model was cut from the corrected teacher, and the corrected "
+            "teacher is the one it is distilled from.")
 
 
 def _fine_tuning_section(correction: dict | None) -> list[str]:
     """The card of a corrected teacher: what it was fine-tuned from, on what, and what for."""
     if not isinstance(correction, dict):
         return []
-    tokens = correction.get("tokens")
-    amount = f"{tokens:,} tokens" if isinstance(tokens, int) and not isinstance(tokens, bool) else "training data"
-    where = f" of `{correction['dataset']}`" if correction.get("dataset") else ""
     source = f" from `{correction['from']}`" if correction.get("from") else ""
-    return ["### Fine-tuning", "", f"Fine-tuned{source} on {amount}{where} with the next-token loss, to be the "
-            "corrected teacher of a pruned student (teacher correction, Sreenivas et al., 2024).", "",
+    return ["### Fine-tuning", "", f"Fine-tuned{source} on {_corrected_on(correction)} with the next-token loss, to be "
+            "the corrected teacher of a pruned student (teacher correction, Sreenivas et al., 2024).", "",
             *_table([(key, value) for key, value in correction.items() if key not in ("from", "dataset", "tokens")]),
             ""]
 

@@ -13,6 +13,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..utils.distributed import full_tensor, shard_like
 from ..utils.files import publishing
 from ..utils.trainer import running_trainer
 from .config import PruningConfig
@@ -309,7 +310,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if unknown:
             raise ValueError(f"Masks name parameters this model does not have: {unknown[:5]}. Was the model changed?")
         self.masks = {name: mask.to(params[name].device) for name, mask in self.masks.items()}
-        self._masked_params = [(params[name], mask) for name, mask in self.masks.items()]
+        # under FSDP2 each process holds a shard of every weight: its masks are split the same way
+        self._masked_params = [(params[name], shard_like(mask, params[name])) for name, mask in self.masks.items()]
         self._keep = [(param, (~mask).to(param.dtype)) for param, mask in self._masked_params]
         attach_masks(model, self.masks, self._info())
         apply_masks(model, self.masks)
@@ -386,6 +388,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             masks = self._criterion_masks(model, sparsity)
         elif config.structure == "unstructured":
             weights = targeted_weights(model, self.config.target_modules, prefer_masked=False)
+            # a global threshold needs every weight whole: FSDP2 shards are gathered (collective)
+            weights = {name: full_tensor(weight) for name, weight in weights.items()}
             masks = unstructured_masks(weights, sparsity, self.config.scope, previous=self.masks)
         else:
             scores = None
@@ -399,6 +403,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 scores = list(table)
             masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks,
                                      unit_scores=scores)
+        masks = {name: full_tensor(mask) for name, mask in masks.items()}  # whole masks on every process
         # Masks only ever grow: a scheduled sparsity below what the model already has (a pruned model
         # pruned again from initial_sparsity=0) keeps every weight pruned before.
         for name, previous in self.masks.items():

@@ -43,3 +43,37 @@ def shutdown_process_group() -> None:
 
         gc.collect()
         torch.distributed.destroy_process_group()
+
+
+def full_tensor(tensor):
+    """The whole of a tensor that FSDP2 shards (a `DTensor`), gathered from every process; any other as it is.
+
+    Collective for a `DTensor`: every process must call it, for the same tensors in the same order.
+    """
+    if not _has_dtensors():
+        return tensor
+    from torch.distributed.tensor import DTensor
+
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+
+
+def shard_like(tensor, param):
+    """`tensor`, of `param`'s full shape, split across processes as `param` is; `tensor` itself for a plain `param`.
+
+    Under FSDP2 a parameter is a `DTensor` holding one shard per process, and an in-place op between it
+    and a plain tensor of the full shape is refused: the mask, split the same way, combines shard by
+    shard. Each process cuts its own shard from its copy (no communication), so the copies must agree.
+    """
+    if not _has_dtensors():
+        return tensor
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(param, DTensor) or isinstance(tensor, DTensor):
+        return tensor
+    return distribute_tensor(tensor.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+
+
+def _has_dtensors() -> bool:
+    import torch
+
+    return torch.distributed.is_available()  # builds without torch.distributed have no DTensor either

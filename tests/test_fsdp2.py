@@ -40,6 +40,7 @@ def test_masks_on_shards_stay_exact_and_are_saved(fsdp2_run):
         assert rank["violations_after_each_step"] == [0] * 6
         assert rank["mask_sparsity_by_step"][-1] == pytest.approx(0.5, abs=1e-3)
     assert ranks[0]["masks_checksum"] == ranks[1]["masks_checksum"]  # both processes hold the same masks
+    assert all("schedule='imp'" in rank["imp_refused"] for rank in ranks)
 
     folder = output_dir / "pruned"
     weights, masks = load_file(str(folder / "model.safetensors")), load_file(str(folder / "sparsity_masks.safetensors"))

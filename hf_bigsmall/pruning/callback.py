@@ -13,7 +13,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from ..utils.distributed import full_tensor, shard_like
+from ..utils.distributed import full_tensor, is_sharded, shard_like
 from ..utils.files import publishing
 from ..utils.trainer import running_trainer
 from .config import PruningConfig
@@ -153,6 +153,11 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if self.config.target_sparsity is not None:
             self._check_model(model)
             self.schedule = build_schedule(self.config, state.max_steps)
+            if self.schedule.kind == "imp" and args.world_size > 1 and is_sharded(model):
+                # each round's folder is written by the main process alone, which cannot gather shards
+                raise ValueError("schedule='imp' saves every round's model from the main process, which cannot "
+                                 "gather a model sharded by FSDP: use schedule='cubic' (or 'linear') under FSDP, "
+                                 "or run IMP with DDP or on one GPU.")
         if state.global_step > 0:
             self._restore(args, state, model)
         else:

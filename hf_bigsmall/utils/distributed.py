@@ -73,6 +73,15 @@ def shard_like(tensor, param):
     return distribute_tensor(tensor.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
 
 
+def is_sharded(model) -> bool:
+    """Whether FSDP2 has split `model`'s parameters across processes (they are `DTensor`s)."""
+    if not _has_dtensors():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(param, DTensor) for param in model.parameters())
+
+
 def _has_dtensors() -> bool:
     import torch
 

@@ -104,6 +104,12 @@ def prune(output_dir: Path, rank: int, result: dict) -> None:
     result["masks_checksum"] = [int(m.flatten().nonzero().sum()) for _, m in sorted(callback.masks.items())]
 
     callback.on_train_end(args, state, control, model=model)
+    imp = MagnitudePruningCallback(target_sparsity=0.5, schedule="imp", imp_rounds=2, steps_per_round=2)
+    try:
+        imp.on_train_begin(args, TrainerState(max_steps=4), control, model=model, optimizer=optimizer)
+        result["imp_refused"] = ""
+    except ValueError as error:  # its rounds are saved by rank 0 alone: refused before anything changes
+        result["imp_refused"] = str(error)
     full = full_state(model)
     save_pruned_model(model, output_dir / "pruned", state_dict=full, is_main_process=rank == 0)
 

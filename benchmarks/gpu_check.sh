@@ -11,7 +11,8 @@
 #      bf16/fp16 (test_pruning_callback), bf16 distillation with pruning and energy through
 #      accelerate's single-GPU config and through its FSDP2 config (test_gpu), NVML energy
 #      (test_energy_backends), torchao int8/int4 save and reload (test_quantization);
-#   2. the kit under torch's own FSDP2 on two CPU processes (test_fsdp2), which needs no GPU.
+#   2. the kit under torch's own FSDP2 on two CPU processes (test_fsdp2), which needs no GPU;
+#   3. with --no-cuda only: the GPU tests' script run alone on the CPU, to check the script itself.
 # RESULTS_DIR (default gpu-check-<date>) receives versions.txt, nvidia-smi.txt, one log and one JUnit
 # XML per step, and summary.txt with a PASS/FAIL/SKIP line per test. On a GPU machine a skipped test
 # counts against the verdict: the check it stands for did not run (install what its reason names).
@@ -25,6 +26,7 @@ fi
 results="${1:-gpu-check-$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$results"
 results="$(cd "$results" && pwd)"
+rm -f "$results/extra.txt" "$results/summary.txt"
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -60,12 +62,23 @@ step() {
     local status=$?
     tail -n 3 "$results/$name.log"
     if [[ $status == 124 || $status == 137 ]]; then
-        echo "FAIL $name: ran past ${limit}s" >>"$results/timeouts.txt"
+        echo "FAIL $name: ran past ${limit}s" >>"$results/extra.txt"
     fi
 }
 
 step gpu-tests 300 -m gpu tests
 step fsdp2-cpu 120 -m multiprocess tests/test_fsdp2.py
+if [[ $no_cuda == 1 ]]; then
+    # the GPU tests' script, run alone on the CPU (fp32, no FSDP): it must train, prune and save
+    echo "== gpu-script-on-cpu"
+    if timeout 180 python tests/scripts/gpu_distil_prune.py "$results/cpu-run" >"$results/gpu-script-on-cpu.log" 2>&1 \
+        && python -c "import json, sys; sys.exit(json.load(open(sys.argv[1]))['masked_nonzero'] != 0)" \
+            "$results/cpu-run/result.json"; then
+        echo "PASS tests/scripts/gpu_distil_prune.py on the CPU" >>"$results/extra.txt"
+    else
+        echo "FAIL tests/scripts/gpu_distil_prune.py on the CPU (see gpu-script-on-cpu.log)" >>"$results/extra.txt"
+    fi
+fi
 
 python - "$results" "$no_cuda" $((SECONDS - started)) <<'EOF'
 import sys, xml.etree.ElementTree as ET
@@ -90,10 +103,11 @@ for step in ("gpu-tests", "fsdp2-cpu"):
             skipped += 1
         else:
             lines.append(f"PASS {name} ({float(case.get('time', 0)):.1f}s)")
-timeouts = results / "timeouts.txt"
-if timeouts.is_file():
-    lines += timeouts.read_text().splitlines()
-    failed += 1
+extra = results / "extra.txt"  # steps outside pytest, and timeouts
+if extra.is_file():
+    for line in extra.read_text().splitlines():
+        lines.append(line)
+        failed += line.startswith("FAIL")
 if elapsed > 480:
     lines.append(f"FAIL the checklist took {elapsed}s, over its 8-minute budget")
     failed += 1

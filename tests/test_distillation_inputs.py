@@ -167,7 +167,7 @@ class _MapRows(torch.utils.data.Dataset):
 
 
 class _StreamRows(torch.utils.data.IterableDataset):
-    """A torch iterable dataset; with `shared=True` every `iter()` hands out the same stream, as a one-pass reader does."""
+    """A torch iterable dataset; with `shared=True` every `iter()` hands out one stream, as a one-pass reader does."""
 
     def __init__(self, rows, shared=False):
         self.rows = _MapRows(rows).rows

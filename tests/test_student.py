@@ -140,7 +140,8 @@ def test_width_pruned_teacher_then_depth():
     teacher = LlamaForCausalLM(tiny_llama_config()).eval()
     calibration = random_token_batch(batch_size=8, seq_len=10)["input_ids"]
     # two of four heads go: 2 * head_dim 8 = 16 != hidden_size 32
-    prune_width(teacher, compute_importance(teacher, calibration, seq_len=10), num_attention_heads=2, intermediate_size=48)
+    importance = compute_importance(teacher, calibration, seq_len=10)
+    prune_width(teacher, importance, num_attention_heads=2, intermediate_size=48)
     assert teacher.config.num_attention_heads * teacher.config.head_dim != teacher.config.hidden_size
     student = make_student(teacher, num_layers=2, teacher_layers=[1, 2]).eval()
     assert (student.config.num_attention_heads, student.config.head_dim) == (2, 8)

@@ -50,8 +50,8 @@ def shard(model: torch.nn.Module) -> torch.nn.Module:
 
 def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Every weight whole, on every process (collective)."""
-    return {name: tensor.detach().clone() for name, tensor in
-            get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)).items()}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=False)
+    return {name: tensor.detach().clone() for name, tensor in get_model_state_dict(model, options=options).items()}
 
 
 def tokens(rows: int, length: int, seed: int) -> dict[str, torch.Tensor]:

@@ -59,7 +59,8 @@ def main(output_dir: Path) -> None:
         "student_dtensors": all(isinstance(p, DTensor) for p in trainer.model.parameters()),
         "teacher_dtype": str(next(trainer.teacher_model.parameters()).dtype),
         "masked_nonzero": violations,
-        "mask_fraction": sum(int(m.sum()) for m in pruning.masks.values()) / sum(m.numel() for m in pruning.masks.values()),
+        "mask_fraction": (sum(int(mask.sum()) for mask in pruning.masks.values())
+                          / sum(mask.numel() for mask in pruning.masks.values())),
         "losses_finite": all(math.isfinite(entry[key]) for entry in trainer.state.log_history
                              for key in ("loss", "loss_kd", "loss_ce") if key in entry),
         "logged_steps": [entry["step"] for entry in trainer.state.log_history if "loss" in entry],

@@ -56,6 +56,16 @@ def test_masks_on_shards_stay_exact_and_are_saved(fsdp2_run):
 
 
 @pytest.mark.multiprocess
+@pytest.mark.parametrize("structure, fraction", [("neurons", 0.5), ("2:4", 0.5)])
+def test_structured_and_n_m_masks_of_a_sharded_model_are_the_whole_models(fsdp2_run, structure, fraction):
+    _, ranks = fsdp2_run
+    for rank in ranks:
+        assert rank[structure]["masks_match"]
+        assert rank[structure]["violations"] == 0
+        assert rank[structure]["mask_fraction"] == pytest.approx(fraction, abs=1e-3)
+
+
+@pytest.mark.multiprocess
 def test_sharded_student_distils_as_one_process(fsdp2_run):
     _, ranks = fsdp2_run
     for rank in ranks:

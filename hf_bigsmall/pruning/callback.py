@@ -13,7 +13,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from ..utils.distributed import full_tensor, is_sharded, shard_like
+from ..utils.distributed import full_tensor, is_sharded, shard_like, unsharded
 from ..utils.files import publishing
 from ..utils.trainer import running_trainer
 from .config import PruningConfig
@@ -406,8 +406,9 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                                                          num_samples=self.config.calibration_samples)
                 table = self.importance.neurons if self.config.structure == "neurons" else self.importance.heads
                 scores = list(table)
-            masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks,
-                                     unit_scores=scores)
+            with unsharded(model):  # FSDP2: units are ranked on whole weights (collective)
+                masks = structured_masks(model, self.config.structure, sparsity, self.config.scope,
+                                         previous=self.masks, unit_scores=scores)
         masks = {name: full_tensor(mask) for name, mask in masks.items()}  # whole masks on every process
         # Masks only ever grow: a scheduled sparsity below what the model already has (a pruned model
         # pruned again from initial_sparsity=0) keeps every weight pruned before.
@@ -432,8 +433,9 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             n, m = self.config.pattern
             pattern_n = min(n, int(sparsity * m + 1e-9))
         previous = {name: mask for name, mask in self.masks.items() if name.removesuffix(".weight") in targets}
-        return criterion_masks(targets, sparsity, self.config.scope, squared_norms,
-                               self.config.structure if self.config.pattern else None, previous, pattern_n=pattern_n)
+        with unsharded(model):  # FSDP2: rows and N:M blocks are scored on whole weights (collective)
+            return criterion_masks(targets, sparsity, self.config.scope, squared_norms,
+                                   self.config.structure if self.config.pattern else None, previous, pattern_n=pattern_n)
 
     @torch.no_grad()
     def _rewind(self, model: nn.Module, optimizer=None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 
 def launched_world_size() -> int:
@@ -71,6 +72,28 @@ def shard_like(tensor, param):
     if not isinstance(param, DTensor) or isinstance(tensor, DTensor):
         return tensor
     return distribute_tensor(tensor.to(param.device), param.device_mesh, param.placements, src_data_rank=None)
+
+
+@contextmanager
+def unsharded(model):
+    """Inside, every weight of an FSDP2 `model` is whole on every process (plain tensors); any other model as it is.
+
+    Gathers the parameters of each FSDP2 module on entry and shards them again on exit
+    (collective: every process must enter it). For code that reads weights through the modules,
+    such as mask criteria; not for a forward pass, after which FSDP2 reshards the layers.
+    """
+    modules = []
+    if _has_dtensors():
+        from torch.distributed.fsdp import FSDPModule
+
+        modules = [module for module in model.modules() if isinstance(module, FSDPModule)]
+    for module in modules:
+        module.unshard()
+    try:
+        yield model
+    finally:
+        for module in modules:
+            module.reshard()
 
 
 def is_sharded(model) -> bool:

@@ -8,7 +8,8 @@ pieces are driven through their public events and functions, as a training loop 
 
 - pruning: `MagnitudePruningCallback` events around AdamW steps; after every step the shard of
   each masked weight that this process holds is checked for exact zeros; the model is then
-  gathered and saved with `save_pruned_model`;
+  gathered and saved with `save_pruned_model`; FFN-neuron and 2:4 masks of a sharded model are
+  compared with those of the same model whole;
 - distillation: `DistillationTrainer.compute_loss` on a sharded student, with the teacher whole
   and sharded, each process on half the batch, against one process on the whole batch; then one
   AdamW step of each, compared weight by weight;
@@ -114,6 +115,37 @@ def prune(output_dir: Path, rank: int, result: dict) -> None:
     save_pruned_model(model, output_dir / "pruned", state_dict=full, is_main_process=rank == 0)
 
 
+def prune_structured(output_dir: Path, result: dict) -> None:
+    """FFN neurons and 2:4 blocks, one shot: the masks of the sharded model are those of the whole one."""
+    args = TrainingArguments(output_dir=str(output_dir / "train"), use_cpu=True, report_to="none")
+    control = TrainerControl()
+    for structure in ("neurons", "2:4"):
+        torch.manual_seed(0)
+        whole = LlamaForCausalLM(tiny_llama_config())
+        expected = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot", structure=structure)
+        expected.on_train_begin(args, TrainerState(max_steps=2), control, model=copy.deepcopy(whole))
+        model = shard(whole)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+        callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot", structure=structure)
+        state = TrainerState(max_steps=2)
+        callback.on_train_begin(args, state, control, model=model, optimizer=optimizer)
+        for step in range(2):
+            model(**tokens(2, 12, seed=step)).loss.backward()
+            callback.on_pre_optimizer_step(args, state, control)
+            optimizer.step()
+            optimizer.zero_grad()
+            callback.on_optimizer_step(args, state, control)
+            state.global_step += 1
+            callback.on_step_end(args, state, control, model=model, optimizer=optimizer)
+        result[structure] = {
+            "masks_match": callback.masks.keys() == expected.masks.keys() and all(
+                torch.equal(callback.masks[name], expected.masks[name]) for name in expected.masks),
+            "violations": unmasked_zero_violations(model, callback),
+            "mask_fraction": (sum(int(mask.sum()) for mask in callback.masks.values())
+                              / sum(mask.numel() for mask in callback.masks.values())),
+        }
+
+
 def distil(rank: int, world_size: int, output_dir: Path, result: dict) -> None:
     torch.manual_seed(1)
     teacher = LlamaForCausalLM(tiny_llama_config()).eval()
@@ -179,6 +211,7 @@ def main(output_dir: Path) -> None:
     energy.on_train_begin(energy_args, energy_state, control)
 
     prune(output_dir, rank, result)
+    prune_structured(output_dir, result)
     distil(rank, world_size, output_dir, result)
 
     if rank == 0:

@@ -153,6 +153,99 @@ def test_datasets_that_cannot_train_are_refused_before_training(tmp_path, case, 
     assert not (tmp_path / "out").exists()
 
 
+class _MapRows(torch.utils.data.Dataset):
+    """A torch map-style dataset of the rows of a `datasets.Dataset`."""
+
+    def __init__(self, rows):
+        self.rows = [{key: torch.tensor(value) for key, value in row.items()} for row in rows]
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, index):
+        return self.rows[index]
+
+
+class _StreamRows(torch.utils.data.IterableDataset):
+    """A torch iterable dataset; with `shared=True` every `iter()` hands out one stream, as a one-pass reader does."""
+
+    def __init__(self, rows, shared=False):
+        self.rows = _MapRows(rows).rows
+        self.stream = iter(self.rows) if shared else None
+
+    def __iter__(self):
+        return self.stream if self.stream is not None else iter(self.rows)
+
+
+DATASET_KINDS = {
+    "torch_map": _MapRows,
+    "torch_iterable": _StreamRows,
+    "datasets_iterable": lambda rows: _datasets_iterable(rows),
+}
+
+
+def _datasets_iterable(rows):
+    from datasets import IterableDataset
+
+    return IterableDataset.from_generator(lambda: iter(rows), features=rows.features)
+
+
+@pytest.mark.parametrize("kind", DATASET_KINDS)
+@pytest.mark.parametrize("case, message", [
+    ("too_long", "up to 80 tokens but the student has position embeddings for 64"),
+    ("no_labels", "has no labels"),
+    ("empty", "train_dataset (is empty|yields no examples)"),
+])
+def test_any_dataset_type_is_checked_on_its_first_batch(tmp_path, kind, case, message):
+    teacher, student = causal_pair()  # GPT-2: 64 learned positions
+    rows = {"too_long": _rows(4, 80), "no_labels": _rows(4, 8, labels=False), "empty": _rows(4, 8).select([])}[case]
+    with pytest.raises(ValueError, match=message):
+        DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path),
+                            train_dataset=DATASET_KINDS[kind](rows))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_collator_that_pads_beyond_the_positions_is_refused(tmp_path):
+    from transformers import DataCollatorWithPadding
+
+    teacher, student = causal_pair()
+    collator = DataCollatorWithPadding(_tokenizer(), padding="max_length", max_length=96)
+    with pytest.raises(ValueError, match="up to 96 tokens"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=_rows(4, 8),
+                            data_collator=collator)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_iterable_data_is_trained_from_its_first_row(tmp_path, shared):
+    # the check reads a fresh iterator, or nothing where the dataset hands out one shared stream
+    teacher, student = causal_pair()
+    rows = _rows(4, 8)
+    seen = []
+
+    def collator(features):
+        batch = default_data_collator(features)
+        seen.append(batch["input_ids"])
+        return batch
+
+    from transformers import default_data_collator
+
+    trainer = DistillationTrainer(model=student, teacher_model=teacher,
+                                  args=config(tmp_path, per_device_train_batch_size=2, max_steps=2),
+                                  train_dataset=_StreamRows(rows, shared=shared), data_collator=collator)
+    seen.clear()  # the check's own batch, if it made one
+    trainer.train()
+    torch.testing.assert_close(torch.cat(seen[:2]), torch.tensor(rows["input_ids"]))
+
+
+def _tokenizer():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocabulary = {f"t{i}": i for i in range(TINY_VOCAB)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocabulary, unk_token="t1")),
+                                   pad_token="t0")
+
+
 def test_label_free_data_is_accepted_when_the_collator_makes_labels_or_alpha_ce_is_zero(tmp_path):
     from transformers import DataCollatorForLanguageModeling, PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models

@@ -100,3 +100,57 @@ def test_bad_arguments_raise(kwargs, error, message):
 def test_not_a_transformers_model_raises():
     with pytest.raises(TypeError, match="PreTrainedModel"):
         make_student(torch.nn.Linear(2, 2), num_layers=1)
+
+
+def _assert_student_is_teacher_subset(student, teacher, teacher_layers):
+    """Every student tensor is the teacher's, layer `i` from teacher layer `teacher_layers[i]`."""
+    teacher_state = teacher.state_dict()
+    for key, tensor in student.state_dict().items():
+        source = key
+        if ".layers." in key:
+            prefix, rest = key.split(".layers.", 1)
+            index, tail = rest.split(".", 1)
+            source = f"{prefix}.layers.{teacher_layers[int(index)]}.{tail}"
+        assert torch.equal(tensor, teacher_state[source]), key
+
+
+@pytest.mark.parametrize("head_dim", [16, 4])  # attention wider, then narrower, than hidden_size
+def test_explicit_head_dim_is_kept(head_dim):
+    # Qwen3-style configs set head_dim on its own: heads * head_dim need not be hidden_size
+    teacher = LlamaForCausalLM(tiny_llama_config(head_dim=head_dim)).eval()
+    assert teacher.config.head_dim * teacher.config.num_attention_heads != teacher.config.hidden_size
+    student = make_student(teacher, num_layers=2).eval()
+    assert student.config.head_dim == head_dim
+    assert student.config.distillation["initialized_from_teacher"] is True
+    _assert_student_is_teacher_subset(student, teacher, [0, 3])
+    # a narrower student keeps the teacher's head size too, since it never followed hidden_size
+    narrow = make_student(teacher, num_layers=2, hidden_size=16)
+    assert narrow.config.head_dim == head_dim and narrow.config.hidden_size == 16
+    narrow(**random_token_batch())
+    # where the head size did follow hidden_size, it still does
+    derived = make_student(LlamaForCausalLM(tiny_llama_config()), num_layers=2, hidden_size=16)
+    assert derived.config.head_dim * derived.config.num_attention_heads == 16
+
+
+def test_width_pruned_teacher_then_depth():
+    from hf_bigsmall.pruning.importance import compute_importance
+    from hf_bigsmall.pruning.width import prune_width
+
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(tiny_llama_config()).eval()
+    calibration = random_token_batch(batch_size=8, seq_len=10)["input_ids"]
+    # two of four heads go: 2 * head_dim 8 = 16 != hidden_size 32
+    importance = compute_importance(teacher, calibration, seq_len=10)
+    prune_width(teacher, importance, num_attention_heads=2, intermediate_size=48)
+    assert teacher.config.num_attention_heads * teacher.config.head_dim != teacher.config.hidden_size
+    student = make_student(teacher, num_layers=2, teacher_layers=[1, 2]).eval()
+    assert (student.config.num_attention_heads, student.config.head_dim) == (2, 8)
+    assert student.config.distillation["initialized_from_teacher"] is True
+    _assert_student_is_teacher_subset(student, teacher, [1, 2])
+    # the student is the teacher with layers 0 and 3 skipped: same output as running those layers only
+    batch = random_token_batch()
+    with torch.no_grad():
+        teacher.model.layers = torch.nn.ModuleList([teacher.model.layers[1], teacher.model.layers[2]])
+        teacher.config.num_hidden_layers = 2
+        expected = teacher(**batch, use_cache=False).logits
+        torch.testing.assert_close(student(**batch, use_cache=False).logits, expected)

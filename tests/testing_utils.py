@@ -113,6 +113,28 @@ def run_accelerate(script: str | os.PathLike, *args: str, num_processes: int = 2
     return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
 
 
+def run_torchrun(script: str | os.PathLike, *args: str, num_processes: int = 2, timeout: int = 300) -> str:
+    """Run `python -m torch.distributed.run --nproc_per_node N script args` on a free port; return its output.
+
+    For torch's own FSDP2, which accelerate does not start on a CPU. Killed with its ranks on a
+    timeout; raises with the output when a rank fails.
+    """
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), *map(str, args)]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               cwd=REPO_ROOT, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError(f"torchrun ran past {timeout} s and was killed:\n{output[-8000:]}") from None
+    if process.returncode != 0:
+        raise AssertionError(f"torchrun failed ({process.returncode}):\n{output[-8000:]}")
+    return output
+
+
 def exit_launched_rank() -> None:
     """End a rank of a launched test script without running destructors.
 

@@ -47,7 +47,9 @@ def make_student(
 
     Works for BERT, GPT-2 and decoders whose config has the usual fields (`num_hidden_layers`,
     `hidden_size`, `intermediate_size`, `num_attention_heads`, Llama's `head_dim` and
-    `num_key_value_heads`).
+    `num_key_value_heads`). A `head_dim` that is not `hidden_size / num_attention_heads` (Qwen3-style
+    configs, a teacher whose heads `prune_width` removed) is kept as it is, so width pruning then
+    `make_student` works; one that is follows a new `hidden_size` or head count.
 
     Args:
         teacher (`PreTrainedModel`): the teacher, e.g. a `BertForSequenceClassification`.
@@ -111,7 +113,11 @@ def make_student(
         config.hidden_size = hidden_size
         if intermediate_size is None:
             intermediate_size = _scaled_intermediate(teacher_config, hidden_size / width)
-    if getattr(config, "head_dim", None) is not None:
+    teacher_head_dim = getattr(teacher_config, "head_dim", None)
+    follows_width = teacher_head_dim == width // teacher_config.num_attention_heads
+    if teacher_head_dim is not None and follows_width:
+        # the head size was hidden_size / heads, so it follows a new width; an explicit one (Qwen3-style
+        # configs, or heads removed by prune_width) is the teacher's own and stays, or no weight would fit
         config.head_dim = config.hidden_size // config.num_attention_heads
     kv_heads = getattr(config, "num_key_value_heads", None)
     if kv_heads is not None and config.num_attention_heads % kv_heads:
@@ -119,7 +125,12 @@ def make_student(
     if intermediate_size is not None:
         _set_intermediate(config, intermediate_size)
 
-    same_width = config.hidden_size == width and config.num_attention_heads == teacher_config.num_attention_heads
+    same_width = (
+        config.hidden_size == width
+        and config.num_attention_heads == teacher_config.num_attention_heads
+        and getattr(config, "head_dim", None) == teacher_head_dim
+        and getattr(config, "num_key_value_heads", None) == getattr(teacher_config, "num_key_value_heads", None)
+    )
     initialized = bool(initialize_from_teacher and same_width)
     config.distillation = {
         "teacher": teacher_name(teacher),

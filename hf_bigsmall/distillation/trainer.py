@@ -26,7 +26,7 @@ from .cache import (
 )
 from .cached_loss import cached_distillation_losses
 from .config import DistillationConfig
-from .data_checks import check_dataset
+from .data_checks import check_dataset, model_columns, trainer_collator
 from .teacher import (
     check_layer_map,
     check_teacher_student,
@@ -151,10 +151,14 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 teacher_model.to(_DTYPES[args.teacher_dtype])
             self._record_settings(model, teacher_model, args)
 
-        for split in ("train_dataset", "eval_dataset"):  # before the Trainer makes output_dir: see data_checks
+        # before the Trainer makes output_dir; the first batch of each dataset, as the Trainer will collate it
+        collator = trainer_collator(kwargs.get("data_collator"), kwargs.get("processing_class"))
+        columns = model_columns(model, args.label_names) if args.remove_unused_columns else None
+        for split, batch_size in (("train_dataset", args.per_device_train_batch_size),
+                                  ("eval_dataset", args.per_device_eval_batch_size)):
             datasets = kwargs.get(split)
             for dataset in datasets.values() if isinstance(datasets, dict) else [datasets]:
-                check_dataset(dataset, split, model, teacher_model, args.alpha_ce, kwargs.get("data_collator"))
+                check_dataset(dataset, split, model, teacher_model, args.alpha_ce, collator, batch_size, columns)
         super().__init__(model=model, args=args, **kwargs)
         # Our loss divides by `num_items_in_batch`; this makes the Trainer count it for every model
         # (it otherwise counts only for models whose forward takes loss kwargs).

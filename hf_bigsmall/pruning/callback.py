@@ -13,6 +13,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..utils.distributed import full_tensor, is_sharded, shard_like, unsharded
 from ..utils.files import publishing
 from ..utils.trainer import running_trainer
 from .config import PruningConfig
@@ -152,6 +153,11 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if self.config.target_sparsity is not None:
             self._check_model(model)
             self.schedule = build_schedule(self.config, state.max_steps)
+            if self.schedule.kind == "imp" and args.world_size > 1 and is_sharded(model):
+                # each round's folder is written by the main process alone, which cannot gather shards
+                raise ValueError("schedule='imp' saves every round's model from the main process, which cannot "
+                                 "gather a model sharded by FSDP: use schedule='cubic' (or 'linear') under FSDP, "
+                                 "or run IMP with DDP or on one GPU.")
         if state.global_step > 0:
             self._restore(args, state, model)
         else:
@@ -309,7 +315,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if unknown:
             raise ValueError(f"Masks name parameters this model does not have: {unknown[:5]}. Was the model changed?")
         self.masks = {name: mask.to(params[name].device) for name, mask in self.masks.items()}
-        self._masked_params = [(params[name], mask) for name, mask in self.masks.items()]
+        # under FSDP2 each process holds a shard of every weight: its masks are split the same way
+        self._masked_params = [(params[name], shard_like(mask, params[name])) for name, mask in self.masks.items()]
         self._keep = [(param, (~mask).to(param.dtype)) for param, mask in self._masked_params]
         attach_masks(model, self.masks, self._info())
         apply_masks(model, self.masks)
@@ -386,6 +393,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             masks = self._criterion_masks(model, sparsity)
         elif config.structure == "unstructured":
             weights = targeted_weights(model, self.config.target_modules, prefer_masked=False)
+            # a global threshold needs every weight whole: FSDP2 shards are gathered (collective)
+            weights = {name: full_tensor(weight) for name, weight in weights.items()}
             masks = unstructured_masks(weights, sparsity, self.config.scope, previous=self.masks)
         else:
             scores = None
@@ -397,8 +406,10 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                                                          num_samples=self.config.calibration_samples)
                 table = self.importance.neurons if self.config.structure == "neurons" else self.importance.heads
                 scores = list(table)
-            masks = structured_masks(model, self.config.structure, sparsity, self.config.scope, previous=self.masks,
-                                     unit_scores=scores)
+            with unsharded(model):  # FSDP2: units are ranked on whole weights (collective)
+                masks = structured_masks(model, self.config.structure, sparsity, self.config.scope,
+                                         previous=self.masks, unit_scores=scores)
+        masks = {name: full_tensor(mask) for name, mask in masks.items()}  # whole masks on every process
         # Masks only ever grow: a scheduled sparsity below what the model already has (a pruned model
         # pruned again from initial_sparsity=0) keeps every weight pruned before.
         for name, previous in self.masks.items():
@@ -422,8 +433,9 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             n, m = self.config.pattern
             pattern_n = min(n, int(sparsity * m + 1e-9))
         previous = {name: mask for name, mask in self.masks.items() if name.removesuffix(".weight") in targets}
-        return criterion_masks(targets, sparsity, self.config.scope, squared_norms,
-                               self.config.structure if self.config.pattern else None, previous, pattern_n=pattern_n)
+        with unsharded(model):  # FSDP2: rows and N:M blocks are scored on whole weights (collective)
+            return criterion_masks(targets, sparsity, self.config.scope, squared_norms,
+                                   self.config.structure if self.config.pattern else None, previous, pattern_n=pattern_n)
 
     @torch.no_grad()
     def _rewind(self, model: nn.Module, optimizer=None) -> None:

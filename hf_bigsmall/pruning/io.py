@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..utils.distributed import shard_like
 from ..utils.files import atomic_write
 from .masks import sparsity_report
 
@@ -159,4 +160,4 @@ def masks_from_zeros(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     for name, mask in masks.items():
-        params[name].masked_fill_(mask, 0)
+        params[name].masked_fill_(shard_like(mask, params[name]), 0)  # FSDP2: the mask split as the weight is

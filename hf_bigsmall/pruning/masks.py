@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from ..utils.distributed import full_tensor
 from .heads import choose_heads
 from .targets import UnitGroup, find_target_modules, layer_key, unit_groups, unit_index
 
@@ -230,13 +231,13 @@ def sparsity_report(model: nn.Module, target_modules: list[str] | str | None = N
     """
     counts = {}
     for name, weight in targeted_weights(model, target_modules).items():
-        counts[name.removesuffix(".weight")] = (int((weight == 0).sum()), weight.numel())
+        counts[name.removesuffix(".weight")] = (_count_zeros(weight), weight.numel())
     total = sum(numel for _, numel in counts.values())
     zeros = sum(z for z, _ in counts.values())
     model_params = model_zeros = 0
     for param in model.parameters():  # named_parameters de-duplicates tied weights
         model_params += param.numel()
-        model_zeros += int((param == 0).sum())
+        model_zeros += _count_zeros(param)
     report = SparsityReport(
         total_params=total,
         zero_params=zeros,
@@ -248,3 +249,8 @@ def sparsity_report(model: nn.Module, target_modules: list[str] | str | None = N
         per_layer_counts=counts,
     )
     return report
+
+
+def _count_zeros(weight: torch.Tensor) -> int:
+    # an FSDP2 shard's count is a partial sum: full_tensor adds the processes' counts (collective)
+    return int(full_tensor((weight == 0).sum()))

@@ -11,7 +11,7 @@ bigsmall_output_causal_lm/
   teacher/ student-pruned/ student/      each loads with plain from_pretrained, README.md model card
   teacher-corrected/                     with --correct_teacher_steps only
   importance.json  importance.png        what was measured, per layer
-  report.md  report.json  quality_vs_size.png  quality_vs_energy.png
+  report.md  report.json  quality_vs_size.png  quality_vs_energy.png  quality_vs_decode.png
 ```
 
 `student-pruned` is the pruned model before healing; `student` is the healed one. Every model folder
@@ -321,6 +321,13 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
                   + "".join(f", {name}={value}" for name, value in widths.items()))
     student = make_student(teacher, num_layers=layers, teacher_layers="importance", importance=importance)
     student.config.distillation["teacher"] = args.teacher
+    from .utils.import_utils import is_matplotlib_available
+
+    if is_matplotlib_available():  # importance.png again, now with the dropped blocks marked
+        from .pruning.importance import IMPORTANCE_PLOT_NAME, plot_importance
+
+        plot_importance(importance, output_dir / IMPORTANCE_PLOT_NAME,
+                        kept_layers=student.config.distillation["teacher_layers"])
     if correct:  # make_student copied the teacher's own record: the student keeps it under its distillation
         correction = student.config.teacher_correction
         del student.config.teacher_correction

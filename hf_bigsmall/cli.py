@@ -30,9 +30,9 @@ def _compare(args: argparse.Namespace) -> int:
         max_samples=args.max_samples or None, max_length=args.max_length, batch_size=args.batch_size,
         latency_samples=args.latency_samples, output_dir=args.output_dir, plots=not args.no_plots,
     )
-    from .reporting.report import markdown_table, perplexity_lines
+    from .reporting.report import markdown_table, perplexity_lines, timing_lines
 
-    echo(markdown_table(comparison.to_dict()))
+    echo("\n".join([markdown_table(comparison.to_dict()), *timing_lines(comparison.to_dict())]))
     echo("\n".join(perplexity_lines(comparison.to_dict())))
     echo(f"\nReport written to {args.output_dir}/report.md (and report.json, plots).")
     return 0

@@ -288,7 +288,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     from .hub.card import build_model_card, hub_id
     from .quantization.config import is_onnx_folder
     from .reporting.compare import compare_models
-    from .reporting.report import markdown_table
+    from .reporting.report import markdown_table, timing_lines
     from .tasks.text_classification import (
         TEACHER_INPUTS_NAME,
         classification_teacher,
@@ -402,7 +402,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         build_model_card(folder, base_model=hub_id(args.teacher), dataset=args.dataset).save(folder / "README.md")
     _done(start, output_dir / "report.md")
 
-    echo("\n" + markdown_table(comparison.to_dict()))
+    echo("\n" + "\n".join([markdown_table(comparison.to_dict()), *timing_lines(comparison.to_dict())]))
     echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
         loads = "ONNX Runtime int8" if is_onnx_folder(folder) else "from_pretrained-ready"

@@ -247,7 +247,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     from .pruning.targets import _architecture
     from .pruning.width import _validate_targets, prune_width
     from .reporting.compare import compare_models
-    from .reporting.report import markdown_table
+    from .reporting.report import markdown_table, timing_lines
     from .tasks.causal_lm import load_causal_lm_dataset
 
     set_seed(args.seed)
@@ -382,7 +382,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     atomic_write_json(output_dir / "pruning.json", summary)
     _done(start, output_dir / "report.md")
 
-    echo("\n" + markdown_table(comparison.to_dict()))
+    echo("\n" + "\n".join([markdown_table(comparison.to_dict()), *timing_lines(comparison.to_dict())]))
     echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
         echo(f"  {name:<17} {folder}/  (from_pretrained-ready, README.md model card, emissions.json)")

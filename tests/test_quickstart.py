@@ -210,3 +210,16 @@ def test_second_quickstart_with_another_teacher_trains_it_again(tmp_path, capsys
         assert json.loads((tmp_path / "out" / name / "config.json").read_text())["hidden_size"] == 48
     rows = {m["name"]: m for m in json.loads((tmp_path / "out" / "report.json").read_text())["models"]}
     assert_emissions_of_the_lineage(tmp_path / "out", rows)
+
+
+@requires_minilm
+@requires_scattertext
+def test_quickstart_cards_name_no_local_path_and_the_folder_records_its_task(quickstart_output):
+    assert json.loads((quickstart_output / "bigsmall_run.json").read_text())["task"] == "text-classification"
+    for name in (*MODELS, *QUANTIZED):
+        card = (quickstart_output / name / "README.md")
+        if card.is_file():
+            text = card.read_text()
+            assert str(quickstart_output) not in text and str(quickstart_output.resolve()) not in text, name
+    student = (quickstart_output / "student" / "README.md").read_text()
+    assert "made from the local model `teacher`" in student

@@ -139,8 +139,8 @@ def _quickstart(argv: list[str]) -> int:
     from .quickstart import QuickstartArguments, run_quickstart
 
     parser = HfArgumentParser(QuickstartArguments, prog="hf-bigsmall quickstart",
-                              description="Fine-tune a teacher, distill, prune and compact a student, and compare them. "
-                                          "`--task causal-lm --help` lists the LLM pipeline's options.")
+                              description="Fine-tune a teacher, distill, prune and compact a student, and compare "
+                                          "them. `--task causal-lm --help` lists the LLM pipeline's options.")
     run_quickstart(_parse_quickstart(parser, argv))
     return 0
 

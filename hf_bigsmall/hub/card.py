@@ -362,8 +362,9 @@ def build_model_card(
     if row:
         against = ""
         if row is not report["models"][0] and row.get("ratios", {}).get("quality_pct") is not None:
-            against = (f" Against `{report['models'][0]['name']}` it is {row['ratios']['nonzero_smaller']:.2f}x smaller, "
-                       f"{row['ratios']['faster']:.2f}x faster at batch size 1 and {_quality_sentence(row, report)}.")
+            ratios = row["ratios"]
+            against = (f" Against `{report['models'][0]['name']}` it is {ratios['nonzero_smaller']:.2f}x smaller, "
+                       f"{ratios['faster']:.2f}x faster at batch size 1 and {_quality_sentence(row, report)}.")
             caveat = speed_caveat(row)
             if caveat:
                 against += f" The speed ratio is not trustworthy: {caveat}."

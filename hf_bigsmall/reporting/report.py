@@ -165,7 +165,8 @@ def student_vs_quantized_teacher(report: dict[str, Any]) -> str | None:
                f"the best, `{best['name']}`, has {quality(best):.4f}")
     if fastest["latency_ms_p50"] < rival["latency_ms_p50"]:
         return verdict + (f"; the fastest, `{fastest['name']}` ({metric} {quality(fastest):.4f}), is "
-                          f"{rival['latency_ms_p50'] / fastest['latency_ms_p50']:.2f}x faster at batch size 1.")
+                          f"{rival['latency_ms_p50'] / fastest['latency_ms_p50']:.2f}x faster at batch size 1."
+                          + _verdict_doubt(fastest, rival))
     return verdict + ", and none is faster at batch size 1."
 
 

@@ -185,7 +185,9 @@ def _hub_unreachable(repo_id: str) -> str | None:
 
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return None
-    if constants.HF_HUB_OFFLINE or os.environ.get("TRANSFORMERS_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE"):
+    offline_flags = (os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+                     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))  # also when set after the import
+    if constants.HF_HUB_OFFLINE or any(offline_flags):
         return "offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) and it is not in the local cache"
     endpoint = urlparse(constants.ENDPOINT)
     host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)

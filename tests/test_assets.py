@@ -59,7 +59,8 @@ def test_a_hub_id_that_cannot_be_loaded_fails_fast_naming_the_embedded_models(mo
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
-    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a network that is down
     start = time.perf_counter()
     expected = "offline mode is on" if offline else r"the Hub \(127.0.0.1\) cannot be reached"

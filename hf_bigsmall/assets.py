@@ -168,11 +168,44 @@ def _could_be_hub_id(name: str) -> bool:
     return True
 
 
+# how long to wait for the Hub before saying it cannot be reached (huggingface_hub retries for over a minute)
+HUB_PROBE_TIMEOUT_S = 3.0
+
+
+def _hub_unreachable(repo_id: str) -> str | None:
+    """Why `repo_id` cannot be loaded from the Hub now, or None when it can (cached, or the Hub answers).
+
+    Offline mode (`HF_HUB_OFFLINE` / `TRANSFORMERS_OFFLINE`) or a Hub endpoint that takes no TCP
+    connection within `HUB_PROBE_TIMEOUT_S` is a reason, unless the model is already in the local cache.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return None
+    offline_flags = (os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE")
+                     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))  # also when set after the import
+    if constants.HF_HUB_OFFLINE or any(offline_flags):
+        return "offline mode is on (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE) and it is not in the local cache"
+    endpoint = urlparse(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as error:
+        return f"the Hub ({host}) cannot be reached ({error}) and it is not in the local cache"
+    return None
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> str:
     """Map an embedded asset name to its local folder; pass paths and Hub ids through unchanged.
 
     A name that cannot be a Hub id (an absolute or dotted path, more than one `/`) and names no
-    existing file or folder raises a `ValueError` that says the folder does not exist.
+    existing file or folder raises a `ValueError` that says the folder does not exist. A Hub id that
+    cannot be loaded now (offline, or the Hub does not answer within `HUB_PROBE_TIMEOUT_S`, and it
+    is not cached) raises a `ValueError` at once, naming the embedded models that work offline,
+    instead of transformers' retries.
     """
     name = str(name_or_path)
     if not is_embedded(name):
@@ -181,6 +214,13 @@ def resolve_model(name_or_path: str | os.PathLike) -> str:
                 f"The model folder {name!r} does not exist ({os.path.abspath(name)}): check the path, or pass "
                 "a Hub id (`organisation/name`) or an embedded name such as "
                 f"{MINILM!r}."
+            )
+        reason = None if os.path.exists(name) else _hub_unreachable(name)
+        if reason is not None:
+            raise ValueError(
+                f"Cannot load {name!r} from the Hub: {reason}. Check the id, or use a model that works offline: "
+                f"{MINILM!r} (all-MiniLM-L6-v2, a sentence encoder to fine-tune as a classifier), {SMOLLM2!r} "
+                "(SmolLM2-135M, a causal LM), or a saved model folder."
             )
         return name
     resolvers = {MINILM: minilm_path, SMOLLM2: smollm2_path, GPT2_TOKENIZER: gpt2_tokenizer_path}

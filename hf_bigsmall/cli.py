@@ -1,4 +1,4 @@
-"""The `hf-bigsmall` command: `quickstart`, `compare` and `push`.
+"""The `hf-bigsmall` command: `quickstart`, `compare`, `push` and `quantize`.
 
 ```bash
 hf-bigsmall quickstart --fast                      # teacher -> student -> pruned -> compact, measured
@@ -12,9 +12,14 @@ hf-bigsmall quantize out/student-compact out/student-int8     # int8 for the CPU
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
+from collections.abc import Iterable
 
 from .utils.console import echo
+
+# the quickstart's pipelines; `--task` also takes them with underscores (causal_lm)
+QUICKSTART_TASKS = ("text-classification", "causal-lm")
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -25,9 +30,9 @@ def _compare(args: argparse.Namespace) -> int:
         max_samples=args.max_samples or None, max_length=args.max_length, batch_size=args.batch_size,
         latency_samples=args.latency_samples, output_dir=args.output_dir, plots=not args.no_plots,
     )
-    from .reporting.report import markdown_table, perplexity_lines
+    from .reporting.report import markdown_table, perplexity_lines, timing_lines
 
-    echo(markdown_table(comparison.to_dict()))
+    echo("\n".join([markdown_table(comparison.to_dict()), *timing_lines(comparison.to_dict())]))
     echo("\n".join(perplexity_lines(comparison.to_dict())))
     echo(f"\nReport written to {args.output_dir}/report.md (and report.json, plots).")
     return 0
@@ -63,40 +68,88 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quickstart_task(argv: list[str]) -> str:
+def _quickstart_task(argv: list[str]) -> tuple[str, list[str]]:
+    """The quickstart's `--task` (default text-classification), written with a dash, and `argv` with it so written.
+
+    Raises:
+        ValueError: the task is none of `QUICKSTART_TASKS`; the message names them and the closest.
+    """
+    task, argv = "text-classification", list(argv)
     for index, argument in enumerate(argv):
         if argument == "--task" and index + 1 < len(argv):
-            return argv[index + 1]
-        if argument.startswith("--task="):
-            return argument.split("=", 1)[1]
-    return "text-classification"
+            task = argv[index + 1] = argv[index + 1].replace("_", "-")
+        elif argument.startswith("--task="):
+            task = argument.split("=", 1)[1].replace("_", "-")
+            argv[index] = f"--task={task}"
+    if task not in QUICKSTART_TASKS:
+        close = difflib.get_close_matches(task, QUICKSTART_TASKS, n=1)
+        raise ValueError(f"--task {task!r} is not a quickstart task: choose "
+                         + " or ".join(QUICKSTART_TASKS) + (f" (did you mean {close[0]!r}?)" if close else "") + ".")
+    return task, argv
+
+
+def _suggestions(unknown: Iterable[str], options: Iterable[str]) -> str:
+    """`--modle: did you mean --model?` for each unknown flag, from the parser's own option strings."""
+    options = [option for option in options if option.startswith("--")]
+    lines = []
+    for argument in unknown:
+        flag = argument.split("=", 1)[0]
+        if not flag.startswith("-"):
+            continue
+        close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
+        lines.append(f"{flag}: did you mean {close[0]}?" if close else f"{flag}: no such option")
+    return "; ".join(lines)
+
+
+def _plain_help(parser: argparse.ArgumentParser) -> None:
+    """Make the dataclass help texts safe for argparse and give each `--no_x` switch its own help.
+
+    argparse formats help with `%`, so a `10%` in a field's help crashed `--help`; and HfArgumentParser
+    gives `--no_x` a copy of `--x`'s help, which says the opposite of what the switch does.
+    """
+    for action in parser._actions:
+        if action.help and "%(" not in action.help:
+            action.help = action.help.replace("%", "%%")
+        negative = [option for option in action.option_strings if option.startswith("--no_")]
+        if negative and isinstance(action, argparse._StoreFalseAction):
+            action.help = f"Turn --{action.dest} off (it is on by default)."
+
+
+def _parse_quickstart(parser, argv: list[str]):
+    _plain_help(parser)
+    arguments, unknown = parser.parse_known_args(argv)
+    if unknown:
+        options = [option for action in parser._actions for option in action.option_strings]
+        raise ValueError(f"unrecognized arguments {unknown}: {_suggestions(unknown, options)} (see --help).")
+    (dataclass_arguments,) = parser.parse_args_into_dataclasses(argv)
+    return dataclass_arguments
 
 
 def _quickstart(argv: list[str]) -> int:
     from transformers import HfArgumentParser
 
-    if _quickstart_task(argv) == "causal-lm":
+    task, argv = _quickstart_task(argv)
+    if task == "causal-lm":
         from .quickstart_causal_lm import CausalLMQuickstartArguments, run_causal_lm_quickstart
 
         parser = HfArgumentParser(CausalLMQuickstartArguments, prog="hf-bigsmall quickstart --task causal-lm",
                                   description="Prune an LLM by importance, heal it by distillation, and compare.")
-        (arguments,) = parser.parse_args_into_dataclasses(argv)
-        run_causal_lm_quickstart(arguments)
+        run_causal_lm_quickstart(_parse_quickstart(parser, argv))
         return 0
     from .quickstart import QuickstartArguments, run_quickstart
 
     parser = HfArgumentParser(QuickstartArguments, prog="hf-bigsmall quickstart",
-                              description="Fine-tune a teacher, distill, prune and compact a student, and compare them.")
-    (arguments,) = parser.parse_args_into_dataclasses(argv)
-    run_quickstart(arguments)
+                              description="Fine-tune a teacher, distill, prune and compact a student, and compare "
+                                          "them. `--task causal-lm --help` lists the LLM pipeline's options.")
+    run_quickstart(_parse_quickstart(parser, argv))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-bigsmall", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("quickstart", help="the whole big -> small pipeline on an embedded default (see --help)",
-                        add_help=False)
+    commands.add_parser("quickstart", help="the whole big -> small pipeline on an embedded default: --task "
+                        "text-classification (default) or causal-lm (see quickstart --help)", add_help=False)
 
     compare = commands.add_parser("compare", help="measure saved models side by side; the first is the reference")
     compare.add_argument("model_dirs", nargs="+", help="saved model folders, the teacher first")
@@ -137,7 +190,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     quickstart = bool(argv) and argv[0] == "quickstart"
-    args = None if quickstart else build_parser().parse_args(argv)
+    args = None
+    if not quickstart:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # argparse's own message, with the closest option of that command
+            command = parser._subparsers._group_actions[0].choices[args.command]
+            command.error(f"unrecognized arguments: {' '.join(unknown)} "
+                          f"({_suggestions(unknown, command._option_string_actions)})")
     try:
         # quickstart's options come from a dataclass, read by HfArgumentParser
         return _quickstart(argv[1:]) if quickstart else args.handler(args)

@@ -6,7 +6,8 @@ settings; anything else trains it again, saying why), distill a student made wit
 side by side and write everything to one folder:
 
 ```
-bigsmall_output/
+bigsmall_output/                       (--task causal-lm writes to bigsmall_output_causal_lm/ by default)
+  bigsmall_run.json   which pipeline wrote the folder: a run of the other one refuses it
   teacher/ student/ student-pruned/ student-compact/ student-trimmed/   each loads with plain from_pretrained
   student-int8/ teacher-int8/          ONNX Runtime int8: onnxruntime.InferenceSession("<folder>/model.onnx")
   teacher_logits/   the teacher's logits, cached once for both distillation stages
@@ -23,6 +24,11 @@ training texts (`--no_trim_vocabulary` leaves it out). `student-int8` and `teach
 compacted student and the teacher quantized to int8 for the CPU (`hf_bigsmall.quantization`), so the
 report answers whether the small model beats simply quantizing the big one (`--no_quantize` leaves
 them out).
+
+A folder written by the other pipeline (`--task causal-lm`) is refused before anything is written
+(`check_output_dir`), so the two never mix; a rerun of the same pipeline replaces what it makes again
+and removes what an earlier run of it made but this one does not (`--no_quantize` removes the int8
+folders, for example).
 """
 
 from __future__ import annotations
@@ -34,12 +40,14 @@ from pathlib import Path
 
 from . import assets
 from .utils.console import echo
-from .utils.files import fresh_partial_dir, publish_dir, publishing
+from .utils.files import atomic_write_json, fresh_partial_dir, partial_path, publish_dir, publishing
 
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
 # about 4 minutes on a quiet 2-core CPU by default (6 under load) (see BENCHMARKS.md), a minute or two with --fast
 _BUDGETS = {"default": (80, 120, 80, 32, 500, 20), "fast": (6, 6, 6, 16, 64, 5)}
 STAGES = 6
+RUN_RECORD = "bigsmall_run.json"
+DEFAULT_OUTPUT_DIRS = {"text-classification": "bigsmall_output", "causal-lm": "bigsmall_output_causal_lm"}
 # model -> (the models it was made from, how it was made, whether that trains); a distilled model's
 # teacher is one of its ancestors
 _LINEAGE = {
@@ -57,12 +65,17 @@ _LINEAGE = {
 class QuickstartArguments:
     """Options of `hf-bigsmall quickstart` (each is a `--flag` on the command line)."""
 
+    task: str = field(default="text-classification", metadata={
+        "help": "text-classification (this pipeline) or causal-lm (an LLM pruned by importance and healed by "
+                "distillation: `--task causal-lm --help` lists its options).",
+        "choices": ["text-classification", "causal-lm"]})
     teacher: str = field(default=assets.MINILM, metadata={
         "help": "Teacher: a backbone to fine-tune (no task head, like the default MiniLM) or a classifier "
                 "already fine-tuned, as a local folder, a Hub id or an embedded name."})
     dataset: str = field(default=assets.ROTTEN_TOMATOES, metadata={
         "help": "Classification dataset with `text` and `label` columns: embedded name or Hub id."})
-    output_dir: str = field(default="bigsmall_output", metadata={"help": "Folder that receives everything."})
+    output_dir: str = field(default=DEFAULT_OUTPUT_DIRS["text-classification"], metadata={
+        "help": "Folder that receives everything. A folder holding a `--task causal-lm` run's results is refused."})
     student_layers: int = field(default=3, metadata={"help": "Transformer layers of the student."})
     student_hidden_size: int | None = field(default=None, metadata={
         "help": "Width of the student (default: the teacher's, so it starts from the teacher's weights)."})
@@ -91,6 +104,9 @@ class QuickstartArguments:
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
     def __post_init__(self):
+        if self.task != "text-classification":
+            raise ValueError(f"task must be 'text-classification' here, got {self.task!r}: run the causal-lm pipeline "
+                             "with `hf-bigsmall quickstart --task causal-lm`.")
         if self.student_layers < 1:
             raise ValueError(f"student_layers must be at least 1, got {self.student_layers}.")
         from .utils.checks import check_finite
@@ -115,6 +131,64 @@ class QuickstartArguments:
         for name in ("teacher_steps", "distill_steps", "prune_steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}.")
+
+
+# what only one pipeline writes: tells which wrote a folder that has no RUN_RECORD (made before it existed)
+_ONLY_WRITTEN_BY = {
+    "causal-lm": ("importance.json", "pruning.json", "teacher-corrected"),
+    "text-classification": ("teacher_logits", "student-compact", "student-trimmed", "student-int8", "teacher-int8"),
+}
+
+
+def _task_of_folder(output_dir: Path) -> str | None:
+    """The quickstart pipeline whose results `output_dir` holds, or None when it holds none."""
+    import json
+
+    record = output_dir / RUN_RECORD
+    if record.is_file():
+        return json.loads(record.read_text(encoding="utf-8")).get("task")
+    report = output_dir / "report.json"
+    if report.is_file():
+        task = json.loads(report.read_text(encoding="utf-8")).get("task")
+        return {"text-generation": "causal-lm", "text-classification": "text-classification"}.get(task)
+    for task, names in _ONLY_WRITTEN_BY.items():
+        if any((output_dir / name).exists() for name in names):
+            return task
+    config = output_dir / "teacher" / "config.json"
+    if config.is_file():
+        return "causal-lm" if "ForCausalLM" in config.read_text(encoding="utf-8") else "text-classification"
+    return None
+
+
+def check_output_dir(output_dir: Path, task: str) -> None:
+    """Refuse a folder that holds the results of the other quickstart pipeline, before anything is written.
+
+    The two pipelines write models under the same names (`teacher/`, `student/`, `report.json`): one
+    run into the other's folder would replace some of its models, leave the others beside them, and
+    give every card a report about other models.
+
+    Raises:
+        ValueError: `output_dir` holds another pipeline's results; the message names it and the fix.
+    """
+    found = _task_of_folder(output_dir) if output_dir.is_dir() else None
+    if found is not None and found != task:
+        raise ValueError(
+            f"{output_dir} holds the results of a `--task {found}` quickstart run; this is a `--task {task}` run, "
+            f"and mixing them would leave one run's models and cards beside the other's report. Pass another "
+            f"--output_dir (the default for --task {task} is {DEFAULT_OUTPUT_DIRS[task]}), or delete that folder.")
+
+
+def record_run(output_dir: Path, task: str, **details: str) -> None:
+    """Write `bigsmall_run.json`: which pipeline (and teacher, dataset) wrote this folder."""
+    atomic_write_json(output_dir / RUN_RECORD, {"task": task, **details})
+
+
+def drop_stale(folder: Path) -> None:
+    """Remove a folder (and its `.partial`) that an earlier run of the same pipeline left and this one does not make."""
+    for path in (folder, partial_path(folder)):
+        if path.exists():
+            shutil.rmtree(path)
+            echo(f"      removed {path}: an earlier run left it, this one does not make it")
 
 
 def _stage(number: int, text: str) -> float:
@@ -214,7 +288,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     from .hub.card import build_model_card, hub_id
     from .quantization.config import is_onnx_folder
     from .reporting.compare import compare_models
-    from .reporting.report import markdown_table
+    from .reporting.report import markdown_table, timing_lines
     from .tasks.text_classification import (
         TEACHER_INPUTS_NAME,
         classification_teacher,
@@ -229,6 +303,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     echo(f"hf-bigsmall quickstart: {args.teacher} on {args.dataset}"
           f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
 
+    check_output_dir(output_dir, "text-classification")
     eval_split = _evaluation_split(args.dataset)  # checked before any training
 
     start = _stage(1, f"Teacher: fine-tune {args.teacher} ({args.teacher_steps} steps; reused if made from the same inputs)")
@@ -244,6 +319,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
                                           max_train_samples=args.max_train_samples,
                                           max_eval_samples=args.eval_samples, seed=args.seed)
     output_dir.mkdir(parents=True, exist_ok=True)  # only once the dataset is known to be usable
+    record_run(output_dir, "text-classification", teacher=args.teacher, dataset=args.dataset)
     inputs_record = teacher_dir / TEACHER_INPUTS_NAME  # what made the teacher: reused only if the inputs match
     recorded = inputs_record.read_text() if inputs_record.is_file() else None
     earlier = (teacher_dir / "config.json").is_file()
@@ -304,6 +380,12 @@ def run_quickstart(args: QuickstartArguments) -> Path:
               f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}")
     _done(start, compact_dir)
     models.update(_quantize_stage(args, teacher_dir, compact_dir, output_dir))
+    # the report and the cards must not meet what an earlier run (--quantize, a trimmed vocabulary) left
+    for name in ("student-trimmed", "student-int8", "teacher-int8"):
+        if name not in models:
+            drop_stale(output_dir / name)
+    if not args.cache_teacher_logits:
+        drop_stale(output_dir / "teacher_logits")
 
     # every model carries the emissions of the runs it came from: its own plus its ancestors'
     for name, folder in models.items():
@@ -320,7 +402,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         build_model_card(folder, base_model=hub_id(args.teacher), dataset=args.dataset).save(folder / "README.md")
     _done(start, output_dir / "report.md")
 
-    echo("\n" + markdown_table(comparison.to_dict()))
+    echo("\n" + "\n".join([markdown_table(comparison.to_dict()), *timing_lines(comparison.to_dict())]))
     echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
         loads = "ONNX Runtime int8" if is_onnx_folder(folder) else "from_pretrained-ready"

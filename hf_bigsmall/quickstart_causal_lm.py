@@ -6,11 +6,12 @@ Influence, Men et al. 2024), keep the most important blocks and neurons, heal th
 distillation from the unpruned teacher, then measure them side by side:
 
 ```
-bigsmall_output/
+bigsmall_output_causal_lm/
+  bigsmall_run.json                      which pipeline wrote the folder (see `quickstart.check_output_dir`)
   teacher/ student-pruned/ student/      each loads with plain from_pretrained, README.md model card
   teacher-corrected/                     with --correct_teacher_steps only
   importance.json  importance.png        what was measured, per layer
-  report.md  report.json  quality_vs_size.png  quality_vs_energy.png
+  report.md  report.json  quality_vs_size.png  quality_vs_energy.png  quality_vs_decode.png
 ```
 
 `student-pruned` is the pruned model before healing; `student` is the healed one. Every model folder
@@ -30,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import assets
+from .quickstart import DEFAULT_OUTPUT_DIRS, check_output_dir, drop_stale, record_run
 from .utils.console import echo
-from .utils.files import atomic_write_json, fresh_partial_dir, partial_path, publish_dir, publishing
+from .utils.files import atomic_write_json, fresh_partial_dir, publish_dir, publishing
 
 # (calibration samples, healing steps, batch size, evaluation articles, latency samples)
 _BUDGETS = {"default": (128, 120, 4, 64, 10), "fast": (8, 2, 2, 6, 2)}
@@ -42,13 +44,16 @@ TINY_TEACHER = "tiny-random-llama"
 class CausalLMQuickstartArguments:
     """Options of `hf-bigsmall quickstart --task causal-lm` (each is a `--flag` on the command line)."""
 
-    task: str = field(default="causal-lm", metadata={"help": "causal-lm (this pipeline)."})
+    task: str = field(default="causal-lm", metadata={
+        "help": "causal-lm (this pipeline) or text-classification (`hf-bigsmall quickstart --help`).",
+        "choices": ["text-classification", "causal-lm"]})
     teacher: str = field(default=assets.SMOLLM2, metadata={
         "help": f"Causal LM teacher (GPT-2 or Llama-style): a folder, a Hub id, an embedded name, or "
                 f"{TINY_TEACHER!r} (a random 4-layer Llama with SmolLM2's tokenizer, for smoke tests)."})
     dataset: str = field(default=assets.NEWS, metadata={
         "help": "Text corpus with a `text` column and a held-out split: embedded name or Hub id."})
-    output_dir: str = field(default="bigsmall_output", metadata={"help": "Folder that receives everything."})
+    output_dir: str = field(default=DEFAULT_OUTPUT_DIRS["causal-lm"], metadata={
+        "help": "Folder that receives everything. A folder holding a text-classification run's results is refused."})
     student_layers: int | None = field(default=None, metadata={
         "help": "Blocks the student keeps, the most important by Block Influence (default: 4/5 of the "
                 "teacher's, 24 of SmolLM2's 30)."})
@@ -219,16 +224,6 @@ def _correct_teacher(args: CausalLMQuickstartArguments, teacher, tokenizer, trai
     publish_dir(partial, folder)
 
 
-def _drop_stale(folder: Path) -> None:
-    """Remove a folder (and its `.partial`) an earlier run left that this run does not make again."""
-    import shutil
-
-    for path in (folder, partial_path(folder)):
-        if path.exists():
-            shutil.rmtree(path)
-            echo(f"      removed {path}: an earlier run left it, this one does not make it")
-
-
 # how each model was made: the folders it came from, the run, whether that run trained it
 _LINEAGE = {
     "teacher": ((), "pretrained checkpoint, not trained here", True),
@@ -252,7 +247,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     from .pruning.targets import _architecture
     from .pruning.width import _validate_targets, prune_width
     from .reporting.compare import compare_models
-    from .reporting.report import markdown_table
+    from .reporting.report import markdown_table, timing_lines
     from .tasks.causal_lm import load_causal_lm_dataset
 
     set_seed(args.seed)
@@ -264,6 +259,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     echo(f"hf-bigsmall quickstart --task causal-lm: {args.teacher} on {args.dataset}"
           f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
 
+    check_output_dir(output_dir, "causal-lm")
     start = stage(f"Teacher and data: {args.teacher}, {args.dataset} in blocks of {args.block_size} tokens")
     teacher, tokenizer = _teacher(args)
     depth = teacher.config.num_hidden_layers
@@ -295,6 +291,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
         correction_rows = dataset["train"].select(range(train_samples, train_samples + correct_samples))
         dataset["train"] = dataset["train"].select(range(train_samples))
     output_dir.mkdir(parents=True, exist_ok=True)
+    record_run(output_dir, "causal-lm", teacher=args.teacher, dataset=args.dataset)
     _save(teacher, tokenizer, teacher_dir)
     _done(start, teacher_dir)
 
@@ -310,7 +307,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
         source, source_dir = "teacher-corrected", corrected_dir
         _done(start, corrected_dir)
     else:
-        _drop_stale(corrected_dir)  # the report and push should not meet an older run's corrected teacher
+        drop_stale(corrected_dir)  # the report and push should not meet an older run's corrected teacher
 
     start = stage(f"Importance of blocks, heads, neurons and channels on {args.calibration_samples} calibration "
                   f"blocks" + (" (of the corrected teacher)" if correct else ""))
@@ -324,6 +321,13 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
                   + "".join(f", {name}={value}" for name, value in widths.items()))
     student = make_student(teacher, num_layers=layers, teacher_layers="importance", importance=importance)
     student.config.distillation["teacher"] = args.teacher
+    from .utils.import_utils import is_matplotlib_available
+
+    if is_matplotlib_available():  # importance.png again, now with the dropped blocks marked
+        from .pruning.importance import IMPORTANCE_PLOT_NAME, plot_importance
+
+        plot_importance(importance, output_dir / IMPORTANCE_PLOT_NAME,
+                        kept_layers=student.config.distillation["teacher_layers"])
     if correct:  # make_student copied the teacher's own record: the student keeps it under its distillation
         correction = student.config.teacher_correction
         del student.config.teacher_correction
@@ -378,7 +382,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     atomic_write_json(output_dir / "pruning.json", summary)
     _done(start, output_dir / "report.md")
 
-    echo("\n" + markdown_table(comparison.to_dict()))
+    echo("\n" + "\n".join([markdown_table(comparison.to_dict()), *timing_lines(comparison.to_dict())]))
     echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
         echo(f"  {name:<17} {folder}/  (from_pretrained-ready, README.md model card, emissions.json)")

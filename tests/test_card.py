@@ -92,7 +92,41 @@ def test_local_teacher_path_is_not_written_as_base_model(student_dir, tmp_path):
     (student_dir / "config.json").write_text(json.dumps(config))
     card = build_model_card(student_dir)
     assert card.data.base_model is None  # the Hub rejects a base_model that is not a repo id
-    assert str(tmp_path / "teacher") in card.text
+    # the card goes to the Hub: no path of this machine on it, the folder's name only
+    assert str(tmp_path) not in str(card)
+    assert "made from the local model `teacher`" in card.text
+    assert "Distilled from the local model `teacher`" in card.text
+    assert 'from_pretrained("student")' in card.text
+
+
+def _perplexity_report(model_dirs, perplexities, caveat=None):
+    report = _report(model_dirs)
+    report.update(task="text-generation", quality_metric="perplexity", lower_is_better=True,
+                  metric_names=["perplexity"], dataset="embedded/news")
+    for row, value in zip(report["models"], perplexities):
+        row["metrics"] = {"perplexity": value}
+        row["ratios"]["quality_pct"] = 100 * perplexities[0] / value
+    report["models"][1]["speed_ratio_caveat"] = caveat
+    return report
+
+
+def test_card_says_a_worse_perplexity_plainly(student_dir, tmp_path):
+    report = _perplexity_report([tmp_path / "teacher", student_dir], [38.8, 60.3])
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    text = build_model_card(student_dir).text
+    assert ("its perplexity is 1.55x `teacher`'s (60.30 against 38.80): 55% higher, which is worse "
+            "(lower is better)") in text
+    assert "keeps" not in text and "% of its perplexity" not in text
+
+
+def test_card_says_when_a_speed_ratio_is_not_trustworthy(student_dir, tmp_path):
+    caveat = "the CPU was busy (1-minute load average up to 9.0 on 2 cores)"
+    report = _perplexity_report([tmp_path / "teacher", student_dir], [38.8, 30.0], caveat=caveat)
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    text = build_model_card(student_dir).text
+    assert f"2.00x faster at batch size 1" in text and f"The speed ratio is not trustworthy: {caveat}." in text
+    assert "| 2.00 (?) |" in text  # and the table marks it
+    assert "23% lower, which is better" in text
 
 
 @pytest.mark.parametrize(

@@ -197,3 +197,45 @@ def test_compare_on_minilm_and_rotten_tomatoes(tmp_path):
     expected = (predictions == torch.tensor(list(test["label"]))).float().mean().item()
     assert student_row.metrics["accuracy"] == pytest.approx(expected)
     assert (tmp_path / "report.md").is_file() and (tmp_path / "quality_vs_size.png").is_file()
+
+
+def test_report_records_the_timing_spread_and_the_load(compared):
+    root, comparison = compared
+    report = json.loads((root / "report" / "report.json").read_text())
+    assert report["timing"]["cpu_cores"] >= 1 and "not trustworthy" in report["timing"]["rule"]
+    for row in report["models"]:
+        assert row["latency_ms_p10"] <= row["latency_ms_p50"] <= row["latency_ms_p90"]
+        assert row["latency_relative_spread"] == pytest.approx(
+            (row["latency_ms_p90"] - row["latency_ms_p10"]) / row["latency_ms_p50"])
+        assert set(row["load_average_1min"]) == {"before", "after"}
+    low, high = report["models"][1]["faster_p10_p90"]
+    assert low <= high
+    assert "Timing spread, batch-1 latency p10-p90" in (root / "report" / "report.md").read_text()
+
+
+def test_a_speed_ratio_under_load_or_noise_is_marked_not_trustworthy():
+    from types import SimpleNamespace
+
+    from hf_bigsmall.reporting.compare import speed_ratio_caveat
+    from hf_bigsmall.reporting.report import render_markdown
+
+    quiet = {"before": 0.4, "after": 0.6}
+    reference, model = SimpleNamespace(load_average_1min=quiet), SimpleNamespace(load_average_1min=quiet)
+    steady = [10.0, 10.2, 9.9, 10.1, 10.0]
+    caveat, paired = speed_ratio_caveat(model, reference, steady, [5.0, 5.1, 5.0, 4.9, 5.0], cores=2)
+    assert caveat is None and 1.9 < paired[0] <= paired[1] < 2.1
+    # a burst of load during the reference's timing: 117x on some samples, 1x on others
+    caveat, _ = speed_ratio_caveat(model, reference, [10.0, 600.0, 10.0, 590.0, 10.0], [5.0] * 5, cores=2)
+    assert caveat.startswith("its per-sample latency ratios spread from")
+    model.load_average_1min = {"before": 5.5, "after": 1.0}
+    caveat, _ = speed_ratio_caveat(model, reference, steady, steady, cores=2)
+    assert caveat == "the CPU was busy (1-minute load average up to 5.5 on 2 cores)"
+
+    rows = [{"name": name, "parameters": 10, "nonzero_parameters": 10, "sparsity": 0.0, "metrics": {"accuracy": 0.9},
+             "latency_ms_p50": 1.0, "ratios": {"faster": faster}, "speed_ratio_caveat": note}
+            for name, faster, note in (("teacher", 1.0, None), ("student", 12.6, caveat))]
+    markdown = render_markdown({"task": "text-classification", "dataset": "d", "num_samples": 5, "quality_metric":
+                                "accuracy", "throughput_batch_size": 8, "models": rows,
+                                "timing": {"rule": "RULE", "cpu_cores": 2}})
+    assert "| 12.60 (?) |" in markdown and "| 1.00 |" in markdown
+    assert "**Speed ratios marked (?) are not trustworthy**" in markdown and f"`student`: {caveat}" in markdown

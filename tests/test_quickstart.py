@@ -203,10 +203,27 @@ def test_second_quickstart_with_another_teacher_trains_it_again(tmp_path, capsys
     fast = ["--fast", "--eval_samples", "16", "--max_train_samples", "64", "--output_dir", str(tmp_path / "out")]
     assert main(["quickstart", "--teacher", str(tmp_path / "small"), *fast]) == 0
     capsys.readouterr()
-    assert main(["quickstart", "--teacher", str(tmp_path / "wide"), *fast]) == 0
+    earlier_int8 = [name for name in QUANTIZED if (tmp_path / "out" / name).is_dir()]
+    assert main(["quickstart", "--teacher", str(tmp_path / "wide"), "--no_quantize", *fast]) == 0
     output = capsys.readouterr().out
     assert "replaced the teacher an earlier run left" in output and "reused the teacher" not in output
+    # the first run's int8 models, of the other teacher, are not left beside this run's report
+    assert not any((tmp_path / "out" / name).exists() for name in QUANTIZED)
+    assert all(f"removed {tmp_path / 'out' / name}" in output for name in earlier_int8)
     for name in ("teacher", "student"):
         assert json.loads((tmp_path / "out" / name / "config.json").read_text())["hidden_size"] == 48
     rows = {m["name"]: m for m in json.loads((tmp_path / "out" / "report.json").read_text())["models"]}
     assert_emissions_of_the_lineage(tmp_path / "out", rows)
+
+
+@requires_minilm
+@requires_scattertext
+def test_quickstart_cards_name_no_local_path_and_the_folder_records_its_task(quickstart_output):
+    assert json.loads((quickstart_output / "bigsmall_run.json").read_text())["task"] == "text-classification"
+    for name in (*MODELS, *QUANTIZED):
+        card = (quickstart_output / name / "README.md")
+        if card.is_file():
+            text = card.read_text()
+            assert str(quickstart_output) not in text and str(quickstart_output.resolve()) not in text, name
+    student = (quickstart_output / "student" / "README.md").read_text()
+    assert "made from the local model `teacher`" in student

@@ -23,7 +23,8 @@ def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS):
     report = json.loads((out / "report.json").read_text())
     assert [m["name"] for m in report["models"]] == list(models)
     assert report["quality_metric"] == "perplexity" and report["dataset"] == "embedded/news"
-    for name in ("quality_vs_size.png", "quality_vs_energy.png", "importance.png"):
+    assert json.loads((out / "bigsmall_run.json").read_text())["task"] == "causal-lm"
+    for name in ("quality_vs_size.png", "quality_vs_energy.png", "quality_vs_decode.png", "importance.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and imread(out / name).ndim == 3
     report_md = (out / "report.md").read_text()
     assert all(f"| `{name}` |" in report_md for name in models)

@@ -51,6 +51,8 @@ class InferenceMeasurement:
     device: str
     hardware: str
     meters: list[dict[str, Any]] = field(default_factory=list)
+    # every batch-1 forward's time, in sample order: their spread says how steady the timing was
+    latencies_ms: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -281,4 +283,5 @@ def measure_inference(
         device=str(device),
         hardware=tracker.hardware(),
         meters=tracker.describe()["meters"],
+        latencies_ms=latencies_ms,
     )

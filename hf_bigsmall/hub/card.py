@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..energy.card import co2_eq_emissions
 from ..energy.lineage import lineage_co2_eq_emissions, lineage_lines, load_lineage
-from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines
+from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines, speed_caveat, timing_lines
 from ..utils.files import atomic_write_text
 from ..utils.heads import task_head
 
@@ -49,6 +49,45 @@ def hub_id(name: str | None) -> str | None:
     if os.path.exists(name) or not re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?", name) or name.startswith((".", "/")):
         return None
     return name
+
+
+def public_name(name: Any) -> Any:
+    """What a card may call a model it names: its Hub id, an embedded name, or a local folder's last part.
+
+    A card goes to the Hub: a path on the machine that wrote it (`/home/me/out/teacher`) means nothing
+    there and tells strangers about that machine, so only the folder's own name is kept.
+    """
+    if not isinstance(name, str) or not name:
+        return name
+    public = hub_id(name)
+    if public is not None or name.startswith("embedded/"):
+        return public or name
+    if os.path.exists(name) or name.startswith(("/", ".", "~")) or os.sep in name or name.count("/") > 1:
+        return Path(name).name
+    return name
+
+
+def _describe(name: str) -> str:
+    """`the local model `teacher`` for a folder, `` `org/name` `` for a Hub id."""
+    public = public_name(name)
+    return f"`{public}`" if public == name or hub_id(name) else f"the local model `{public}`"
+
+
+def _quality_sentence(row: dict[str, Any], report: dict[str, Any]) -> str:
+    """How the model's quality compares with the reference's, said plainly for lower-is-better metrics."""
+    metric, reference = report["quality_metric"], report["models"][0]
+    if report.get("lower_is_better"):
+        value, base = row["metrics"].get(metric), reference["metrics"].get(metric)
+        if value is None or not base:
+            return ""
+        ratio = value / base
+        if round(ratio, 2) == 1:
+            change = "the same, within 1%"
+        else:
+            change = (f"{abs(ratio - 1):.0%} " + ("higher, which is worse" if ratio > 1 else "lower, which is better")
+                      + " (lower is better)")
+        return f"its {metric} is {ratio:.2f}x `{reference['name']}`'s ({value:.2f} against {base:.2f}): {change}"
+    return f"keeps {row['ratios']['quality_pct']:.1f}% of its {metric}"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -91,9 +130,10 @@ def _value(value: Any) -> str:
 
 
 def _table(rows: list[tuple[str, Any]]) -> list[str]:
-    """A two-column Markdown table of settings; unset (None) settings are left out."""
+    """A two-column Markdown table of settings; unset (None) settings are left out, local paths cut to their name."""
     lines = ["| | |", "| --- | --- |"]
-    return lines + [f"| {key.replace('_', ' ')} | {_value(value)} |" for key, value in rows if value is not None]
+    return lines + [f"| {key.replace('_', ' ')} | {_value(public_name(value))} |" for key, value in rows
+                    if value is not None]
 
 
 def _cached_logits_sentence(cached: dict) -> str:
@@ -123,7 +163,7 @@ def _fine_tuning_section(correction: dict | None) -> list[str]:
     """The card of a corrected teacher: what it was fine-tuned from, on what, and what for."""
     if not isinstance(correction, dict):
         return []
-    source = f" from `{correction['from']}`" if correction.get("from") else ""
+    source = f" from {_describe(correction['from'])}" if correction.get("from") else ""
     return ["### Fine-tuning", "", f"Fine-tuned{source} on {_corrected_on(correction)} with the next-token loss, to be "
             "the corrected teacher of a pruned student (teacher correction, Sreenivas et al., 2024).", "",
             *_table([(key, value) for key, value in correction.items() if key not in ("from", "dataset", "tokens")]),
@@ -157,7 +197,7 @@ def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str
                   trimming: dict | None = None, width: dict | None = None) -> list[str]:
     lines: list[str] = []
     if distillation:
-        lines += ["### Distillation", "", f"Distilled from `{teacher or distillation.get('teacher')}` "
+        lines += ["### Distillation", "", f"Distilled from {_describe(teacher or distillation.get('teacher'))} "
                   "(Hinton et al., 2015: the student matches the teacher's softened outputs).", ""]
         correction = distillation.get("teacher_correction")
         if isinstance(correction, dict):
@@ -314,18 +354,22 @@ def build_model_card(
     pruned = bool(sparsity or width)
     made = "a distilled" + (" and pruned" if pruned else "") if distillation else ("a pruned" if pruned else "a")
     summary = f"This is {made} `{architecture or config.get('model_type', 'transformers')}` model"
-    summary += f" made from `{teacher}`" if teacher else ""
+    summary += f" made from {_describe(teacher)}" if teacher else ""
     if quantization:
         summary += f", quantized to {quantization['method']} with {quantization['backend']} for {quantization['device']},"
     summary += " with hf_bigsmall." if (distillation or pruned or quantization) else "."
     body += [summary, ""]
     if row:
+        against = ""
+        if row is not report["models"][0] and row.get("ratios", {}).get("quality_pct") is not None:
+            ratios = row["ratios"]
+            against = (f" Against `{report['models'][0]['name']}` it is {ratios['nonzero_smaller']:.2f}x smaller, "
+                       f"{ratios['faster']:.2f}x faster at batch size 1 and {_quality_sentence(row, report)}.")
+            caveat = speed_caveat(row)
+            if caveat:
+                against += f" The speed ratio is not trustworthy: {caveat}."
         body += [f"It has {row['nonzero_parameters'] / 1e6:.2f} M non-zero parameters "
-                 f"({100 * row['sparsity']:.1f}% sparse)."
-                 + (f" Against `{report['models'][0]['name']}` it is {row['ratios']['nonzero_smaller']:.2f}x smaller, "
-                    f"{row['ratios']['faster']:.2f}x faster at batch size 1 and keeps "
-                    f"{row['ratios']['quality_pct']:.1f}% of its {report['quality_metric']}."
-                    if row.get("ratios", {}).get("quality_pct") is not None else ""), ""]
+                 f"({100 * row['sparsity']:.1f}% sparse)." + against, ""]
     if sparsity and not sparsity.get("per_layer"):
         sparsity = {**sparsity, "per_layer": weight_sparsity_per_layer(model_dir)}
     made_lines = _made_section(distillation, sparsity, teacher, config.get("vocabulary_trimming"), width)
@@ -335,21 +379,24 @@ def build_model_card(
         body += ["## How it was made", ""] + made_lines
     if report:
         body += ["## Big vs small", "", f"Measured on `{report['dataset']}` ({report['num_samples']:,} samples).", "",
-                 markdown_table(report), *perplexity_lines(report), ""]
+                 markdown_table(report), *timing_lines(report), *perplexity_lines(report), ""]
     if energy:
         body += ["## Energy", ""] + _table([(k, v) for k, v in energy.items() if isinstance(v, (int, float, str))]) + [""]
     if lineage:
         body += ["## Emissions of the runs it came from", ""] + lineage_lines(lineage) + [""]
     loader = architecture or "AutoModel"  # architectures in config.json are transformers class names
     if (quantization or {}).get("format") == "onnx":
-        where = repo_id or model_dir  # from the Hub: snapshot_download(repo_id) first, then this folder
+        # from the Hub: snapshot_download(repo_id) first, then this folder; never the local path of the machine
+        where = repo_id or model_name
         body += ["## How to use", "", "```python", "import onnxruntime", "from transformers import AutoTokenizer", "",
                  f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
                  f'session = onnxruntime.InferenceSession("{where}/{quantization.get("file", "model.onnx")}")',
                  'logits = session.run(["logits"], dict(tokenizer("Some text", return_tensors="np")))[0]', "```"]
     else:
-        body += ["## How to use", "", "```python", f"from transformers import {loader}", "",
-                 f'model = {loader}.from_pretrained("{repo_id or model_dir}"'
+        body += ["## How to use", "", *([] if repo_id else [
+                 f"`{model_name}` stands for this folder: give its path, or its Hub id once pushed.", ""]),
+                 "```python", f"from transformers import {loader}", "",
+                 f'model = {loader}.from_pretrained("{repo_id or model_name}"'
                  + (', device_map="cuda"' if quantization else "") + ")", "```"]
 
     card = ModelCard.from_template(card_data, template_str=_TEMPLATE, body="\n".join(body))

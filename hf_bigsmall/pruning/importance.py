@@ -133,29 +133,14 @@ class Importance:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-def plot_importance(importance: Importance, path: str | os.PathLike) -> Path:
-    """One panel per kind of unit: Block Influence, and mean importance of heads and neurons, per layer."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def plot_importance(importance: Importance, path: str | os.PathLike, kept_layers: list[int] | None = None) -> Path:
+    """One panel per kind of unit: Block Influence, and mean importance of heads and neurons, per layer.
 
-    figure = Figure(figsize=(10, 3.2))
-    FigureCanvasAgg(figure)
-    layers = importance.layers
-    panels = [
-        ("Block Influence (1 - cos in/out)", importance.blocks),
-        ("attention heads: mean output norm", importance.heads.mean(dim=1)),
-        ("FFN neurons: mean |activation|", importance.neurons.mean(dim=1)),
-    ]
-    for index, (title, values) in enumerate(panels):
-        axes = figure.add_subplot(1, 3, index + 1)
-        if index == 0:
-            axes.bar(layers, values.tolist())
-        else:
-            axes.plot(layers, values.tolist(), marker="o", markersize=3)
-        axes.set_title(title, fontsize=9)
-        axes.set_xlabel("layer")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    With `kept_layers`, the blocks not kept are marked dropped (see `hf_bigsmall.reporting.plots.plot_importance`).
+    """
+    from ..reporting.plots import plot_importance as draw
+
+    draw(importance, path, kept_layers=kept_layers)
     return Path(path)
 
 

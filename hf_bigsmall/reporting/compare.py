@@ -63,6 +63,16 @@ class ModelMeasurement:
     energy_joules_per_token: float | None = None
     # the `quantization` record of config.json (method, backend, device, source) for a quantized model
     quantization: dict[str, Any] | None = None
+    # how steady the batch-1 timing was: 10th and 90th percentiles, (p90 - p10) / p50, the 1-minute load
+    # average read before and after this model was measured, and the range (p10, p90) of the per-sample
+    # ratios reference latency / this model's latency, on the same samples
+    latency_ms_p10: float | None = None
+    latency_ms_p90: float | None = None
+    latency_relative_spread: float | None = None
+    load_average_1min: dict[str, float] | None = None
+    faster_p10_p90: list[float] | None = None
+    # why the speed ratios against the reference are not trustworthy (`speed_ratio_caveat`), or None
+    speed_ratio_caveat: str | None = None
 
 
 @dataclass
@@ -82,6 +92,8 @@ class Comparison:
     models: list[ModelMeasurement]
     eval_tokens: int | None = None  # causal LMs: predicted tokens behind every model's perplexity
     generation: dict[str, int] | None = None  # causal LMs: num_prompts, prompt_tokens, new_tokens
+    # the rule that marks speed ratios not trustworthy, with its thresholds and the CPU cores it counted
+    timing: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +135,55 @@ def add_ratios(models: list[ModelMeasurement], quality_metric: str, lower_is_bet
             "quality_pct": None if kept is None else 100.0 * kept,
             "decode_faster": _ratio(model.decode_tokens_per_s, reference.decode_tokens_per_s),
         }
+
+
+# a speed ratio is not trustworthy when the 1-minute load average, before or after either model's timing,
+# is above the CPU cores this process may use (other work competed for them; the run's own threads count in
+# the load, so a machine it has to itself stays at or below), or when the per-sample ratios of the two
+# models' batch-1 latencies, on the same samples, spread by more than half of their median from p10 to p90
+MAX_RATIO_SPREAD = 0.5
+TIMING_RULE = (
+    "A speed ratio is marked not trustworthy when the 1-minute load average read before or after either model's "
+    "timing is above the number of CPU cores available (other work competed for them), or when the per-sample "
+    "latency ratios (reference / model, on the same samples) spread from p10 to p90 by more than "
+    f"{MAX_RATIO_SPREAD:.0%} of their median."
+)
+
+
+def _cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _load_average() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):  # Windows has no load average
+        return None
+
+
+def _percentiles(values: list[float], *quantiles: float) -> list[float]:
+    import numpy as np
+
+    return [float(np.percentile(values, q)) for q in quantiles]
+
+
+def speed_ratio_caveat(model: ModelMeasurement, reference: ModelMeasurement, reference_latencies: list[float],
+                       latencies: list[float], cores: int) -> tuple[str | None, list[float] | None]:
+    """Why `model`'s speed ratios against `reference` are not trustworthy (`TIMING_RULE`), or None; and the
+    p10/p90 of its per-sample latency ratios."""
+    reasons = []
+    loads = [value for m in (reference, model) for value in (m.load_average_1min or {}).values() if value is not None]
+    if loads and max(loads) > cores:
+        reasons.append(f"the CPU was busy (1-minute load average up to {max(loads):.1f} on {cores} cores)")
+    paired = None
+    count = min(len(reference_latencies), len(latencies))
+    if count >= 2 and model is not reference:
+        ratios = [r / m for r, m in zip(reference_latencies[:count], latencies[:count]) if m > 0]
+        low, median, high = _percentiles(ratios, 10, 50, 90)
+        paired = [round(low, 3), round(high, 3)]
+        if median > 0 and (high - low) / median > MAX_RATIO_SPREAD:
+            reasons.append(f"its per-sample latency ratios spread from {low:.2f}x to {high:.2f}x")
+    return ("; ".join(reasons) or None), paired
 
 
 def task_of(model_or_config) -> str:
@@ -449,6 +510,7 @@ def compare_models(
                                                      max_length)
 
     measurements, generation = [], None
+    latency_runs: dict[str, list[float]] = {}  # every model's batch-1 forward times, in sample order
     for name, (model, path) in loaded.items():
         tokenizer = tokenizers[name]
         tokenized = tokenized_by_vocabulary[vocabulary[name]]
@@ -461,6 +523,7 @@ def compare_models(
         else:
             disk_mb = size_on_disk_mb(path)
         metrics = evaluate_quality(model, tokenized, tokenizer, task, label_column, batch_size)
+        load_before = _load_average()
         inference = _measure_inference(model, inputs_only, batch_size, latency_samples)
         generated = {}
         # An ONNX export runs one forward without a KV cache: it has no generation to time (its columns stay empty).
@@ -473,6 +536,13 @@ def compare_models(
                          "decode_joules_per_token": result.joules_per_token}
             generation = {"num_prompts": result.num_prompts, "prompt_tokens": result.prompt_tokens,
                           "new_tokens": result.new_tokens}
+        latencies = inference.latencies_ms
+        p10, p90 = _percentiles(latencies, 10, 90) if latencies else (None, None)
+        timing = {"latency_ms_p10": p10, "latency_ms_p90": p90,
+                  "latency_relative_spread": (p90 - p10) / inference.latency_ms_p50
+                  if latencies and inference.latency_ms_p50 > 0 else None,
+                  "load_average_1min": {"before": load_before, "after": _load_average()}}
+        latency_runs[name] = latencies
         measurements.append(ModelMeasurement(
             name=name, path=str(path) if path else None, parameters=total, nonzero_parameters=nonzero,
             sparsity=sparsity, size_on_disk_mb=round(disk_mb, 3), metrics=metrics,
@@ -482,10 +552,14 @@ def compare_models(
             inference_co2_grams_per_1k_samples=1000 * inference.co2_grams / max(inference.num_samples, 1),
             **_training_energy(path), **generated,
             **_energy_per_query(inference.joules_per_sample, inputs_only, task),
-            quantization=getattr(model.config, "quantization", None),
+            quantization=getattr(model.config, "quantization", None), **timing,
         ))
     quality_metric = _QUALITY_METRIC[task]
     add_ratios(measurements, quality_metric, lower_is_better=task == CAUSAL_LM)
+    cores = _cpu_cores()
+    for model in measurements[1:]:
+        model.speed_ratio_caveat, model.faster_p10_p90 = speed_ratio_caveat(
+            model, measurements[0], latency_runs[measurements[0].name], latency_runs[model.name], cores)
     comparison = Comparison(
         task=task, dataset=str(dataset_name), split=split, num_samples=len(tokenized), quality_metric=quality_metric,
         lower_is_better=task == CAUSAL_LM, metric_names=sorted(measurements[0].metrics),
@@ -493,6 +567,7 @@ def compare_models(
         num_threads=torch.get_num_threads(), models=measurements,
         eval_tokens=sum(max(len(ids) - 1, 0) for ids in tokenized["input_ids"]) if task == CAUSAL_LM else None,
         generation=generation,
+        timing={"cpu_cores": cores, "max_ratio_spread": MAX_RATIO_SPREAD, "rule": TIMING_RULE},
     )
     if output_dir is not None:
         comparison.save(output_dir, plots=plots)

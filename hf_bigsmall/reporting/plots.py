@@ -1,4 +1,7 @@
-"""PNG plots of a comparison: quality against latency, against size, and against energy per sample.
+"""PNG plots of a comparison: quality against latency, size, energy per sample and (causal LMs) decode speed.
+
+Better quality always points up: for a lower-is-better metric (perplexity) the quality axis is inverted.
+`plot_importance` draws what importance pruning measured, with the blocks it dropped marked.
 
 matplotlib is optional (`pip install "hf-bigsmall[plots]"`) and imported only here. Figures are drawn
 on the Agg canvas directly, so the user's pyplot backend and open figures are left alone.
@@ -15,6 +18,7 @@ from ..utils.files import atomic_write
 QUALITY_VS_LATENCY = "quality_vs_latency.png"
 QUALITY_VS_SIZE = "quality_vs_size.png"
 QUALITY_VS_ENERGY = "quality_vs_energy.png"
+QUALITY_VS_DECODE = "quality_vs_decode.png"
 MARKER_SIZE = 90  # points squared, as matplotlib's scatter takes it
 
 
@@ -63,12 +67,16 @@ def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path:
         for label, (_, x, y), color in zip(labels, points, colors)
     ]
     axes.set_xlabel(x_label)
-    axes.set_ylabel(f"{metric} ({'lower' if report.get('lower_is_better') else 'higher'} is better)")
     axes.set_title(title)
     axes.grid(True, alpha=0.3, zorder=0)
     # leave room for the labels of the right-most and top-most points
     axes.margins(x=0.25, y=0.2)
     axes.set_xlim(left=0)
+    if report.get("lower_is_better"):  # better points up on every plot, accuracy's way
+        axes.invert_yaxis()
+        axes.set_ylabel(f"{metric} (lower is better: axis inverted)")
+    else:
+        axes.set_ylabel(f"{metric} (higher is better)")
     figure.tight_layout()
     _separate_labels(figure, axes, annotations, marker_radius_pt=MARKER_SIZE ** 0.5 / 2)
     # the format is named: matplotlib would read it from the `.partial` suffix
@@ -93,4 +101,54 @@ def plot_comparison(report: dict[str, Any], output_dir: str | os.PathLike) -> di
     _scatter(report, "size_on_disk_mb", "size on disk (MB, weights)", f"Quality vs size ({dataset})", size_path)
     _scatter(report, "energy_joules_per_sample", f"inference energy per sample (J, {', '.join(sources) or 'n/a'})",
              f"Quality vs energy ({dataset})", energy_path)
-    return {QUALITY_VS_LATENCY: latency_path, QUALITY_VS_SIZE: size_path, QUALITY_VS_ENERGY: energy_path}
+    written = {QUALITY_VS_LATENCY: latency_path, QUALITY_VS_SIZE: size_path, QUALITY_VS_ENERGY: energy_path}
+    if any(m.get("decode_tokens_per_s") is not None for m in report["models"]):  # causal LMs: the headline speed
+        decode_path = output_dir / QUALITY_VS_DECODE
+        _scatter(report, "decode_tokens_per_s", "decode tokens/s, batch size 1 (higher is better)",
+                 f"Quality vs decode speed ({dataset})", decode_path)
+        written[QUALITY_VS_DECODE] = decode_path
+    return written
+
+
+def plot_importance(importance, path: str | os.PathLike, kept_layers: list[int] | None = None):
+    """Draw an `Importance` per layer: Block Influence, mean head norm, mean neuron activation.
+
+    With `kept_layers` (the teacher blocks a student kept), the other blocks are marked dropped in every
+    panel (grey bars, red crosses). Returns the matplotlib figure.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 3.8), dpi=100)
+    FigureCanvasAgg(figure)
+    layers = list(importance.layers)
+    dropped = [] if kept_layers is None else [layer for layer in layers if layer not in set(kept_layers)]
+    samples = f"{importance.num_samples:,} calibration samples" if importance.num_samples else "calibration data"
+    figure.suptitle(f"Importance per block ({samples})"
+                    + (f": {len(dropped)} of {len(layers)} blocks dropped, {', '.join(map(str, dropped))}"
+                       if dropped else ""))
+    panels = [
+        ("Block Influence", "1 - cos(block input, output)", importance.blocks),
+        ("Attention heads", "mean head output norm", importance.heads.mean(dim=1)),
+        ("FFN neurons", "mean |activation|", importance.neurons.mean(dim=1)),
+    ]
+    for index, (title, y_label, values) in enumerate(panels):
+        axes = figure.add_subplot(1, 3, index + 1)
+        values = values.tolist()
+        if index == 0:
+            colors = ["lightgray" if layer in dropped else "C0" for layer in layers]
+            axes.bar(layers, values, color=colors, edgecolor=["red" if layer in dropped else "C0" for layer in layers])
+        else:
+            axes.plot(layers, values, marker="o", markersize=3)
+        if dropped:
+            axes.scatter(dropped, [values[layers.index(layer)] for layer in dropped], marker="x", color="red", s=60,
+                         zorder=4, label="dropped block")
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel("block (layer)")
+        axes.set_ylabel(y_label)
+        if dropped and index == 0:
+            axes.legend(fontsize=8)
+    figure.tight_layout()
+    path = Path(path)
+    atomic_write(path, lambda partial: figure.savefig(partial, format=path.suffix.lstrip(".")))
+    return figure

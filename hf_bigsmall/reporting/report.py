@@ -30,6 +30,27 @@ def _millions(value: int | None) -> str:
     return "-" if value is None else f"{value / 1e6:.2f} M"
 
 
+def speed_caveat(model: dict[str, Any]) -> str | None:
+    """Why this row's speed ratios against the reference are not trustworthy (see `compare.TIMING_RULE`), or None."""
+    return model.get("speed_ratio_caveat")
+
+
+def _flagged(text: str, model: dict[str, Any]) -> str:
+    # a speed ratio the timing rule does not trust is marked, and explained under the table
+    return f"{text} (?)" if speed_caveat(model) and text != "-" else text
+
+
+def timing_lines(report: dict[str, Any]) -> list[str]:
+    """Under the table: which speed ratios are not trustworthy and why, with the rule that says so."""
+    flagged = [m for m in report["models"] if speed_caveat(m)]
+    if not flagged:
+        return []
+    rule = (report.get("timing") or {}).get("rule", "")
+    lines = ["", "**Speed ratios marked (?) are not trustworthy**, measure again on a quiet machine: "
+             + "; ".join(f"`{m['name']}`: {speed_caveat(m)}" for m in flagged) + "."]
+    return lines + ([rule] if rule else [])
+
+
 def markdown_table(report: dict[str, Any]) -> str:
     """The side-by-side table: one row per model, ratios against the first (reference) model."""
     metric_names = report.get("metric_names") or sorted({k for m in report["models"] for k in m["metrics"]})
@@ -64,8 +85,8 @@ def markdown_table(report: dict[str, Any]) -> str:
             *([_fmt(model.get("energy_joules_per_token"), ".3g")] if per_token else []),
             *generation_cells,
             _fmt(ratios.get("nonzero_smaller"), ".2f"),
-            _fmt(ratios.get("faster"), ".2f"),
-            *([_fmt(ratios.get("decode_faster"), ".2f")] if generation else []),
+            _flagged(_fmt(ratios.get("faster"), ".2f"), model),
+            *([_flagged(_fmt(ratios.get("decode_faster"), ".2f"), model)] if generation else []),
             "-" if ratios.get("quality_pct") is None else f"{ratios['quality_pct']:.1f}%",
         ])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
@@ -103,6 +124,11 @@ def _quantized_reference(report: dict[str, Any]) -> dict[str, Any] | None:
     return next((m for m in report["models"][1:] if m["name"] == f"{reference['name']}-int8"), None)
 
 
+def _verdict_doubt(*models: dict[str, Any]) -> str:
+    caveats = [f"`{m['name']}`: {speed_caveat(m)}" for m in models if speed_caveat(m)]
+    return f" The timing behind it is not trustworthy ({'; '.join(caveats)})." if caveats else ""
+
+
 def student_vs_quantized_teacher(report: dict[str, Any]) -> str | None:
     """One plain sentence, from the report's own numbers: does the best student beat the quantized teacher
     on speed (p50 latency at batch size 1) at equal or better quality? None without a quantized teacher."""
@@ -127,18 +153,20 @@ def student_vs_quantized_teacher(report: dict[str, Any]) -> str | None:
         speedup = rival["latency_ms_p50"] / best["latency_ms_p50"]
         figures = (f"(p50 {best['latency_ms_p50']:.2f} ms against {rival['latency_ms_p50']:.2f} ms) with {metric} "
                    f"{quality(best):.4f} against {quality(rival):.4f} (equal within {tolerance}, or better)")
+        doubt = _verdict_doubt(best, rival)
         if speedup > 1:
             return (f"**Yes.** `{best['name']}` is {speedup:.2f}x faster than `{rival['name']}` at batch size 1 "
-                    + figures + ".")
+                    + figures + "." + doubt)
         return (f"**No.** `{best['name']}`, the fastest model at least as good as `{rival['name']}`, is not faster "
-                + figures + ".")
+                + figures + "." + doubt)
     best = (min if lower else max)(students, key=quality)
     fastest = min(students, key=lambda m: m["latency_ms_p50"])
     verdict = (f"**No.** No student reaches the {metric} of `{rival['name']}` ({quality(rival):.4f}, within {tolerance}): "
                f"the best, `{best['name']}`, has {quality(best):.4f}")
     if fastest["latency_ms_p50"] < rival["latency_ms_p50"]:
         return verdict + (f"; the fastest, `{fastest['name']}` ({metric} {quality(fastest):.4f}), is "
-                          f"{rival['latency_ms_p50'] / fastest['latency_ms_p50']:.2f}x faster at batch size 1.")
+                          f"{rival['latency_ms_p50'] / fastest['latency_ms_p50']:.2f}x faster at batch size 1."
+                          + _verdict_doubt(fastest, rival))
     return verdict + ", and none is faster at batch size 1."
 
 
@@ -148,6 +176,23 @@ def _verdict_section(report: dict[str, Any]) -> list[str]:
         return []
     return ["## Small model, or the big one quantized?", "",
             "Does the best student beat the quantized teacher on speed at equal or better quality? " + verdict, ""]
+
+
+def _timing_spread_lines(report: dict[str, Any]) -> list[str]:
+    """How steady each model's timing was, and the load the machine was under, as `report.json` records it."""
+    models = [m for m in report["models"] if m.get("latency_ms_p10") is not None]
+    if not models:
+        return []
+    cores = (report.get("timing") or {}).get("cpu_cores")
+
+    def load(model: dict[str, Any]) -> str:
+        values = [v for v in (model.get("load_average_1min") or {}).values() if v is not None]
+        return f", load {max(values):.1f}" if values else ""
+
+    return [f"- Timing spread, batch-1 latency p10-p90 (ms) and the 1-minute load average"
+            f"{f' on {cores} cores' if cores else ''}: "
+            + "; ".join(f"`{m['name']}` {m['latency_ms_p10']:.2f}-{m['latency_ms_p90']:.2f}{load(m)}" for m in models)
+            + ". " + (report.get("timing") or {}).get("rule", "")]
 
 
 def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> str:
@@ -162,6 +207,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         + (" (lower is better, so the ratio is inverted)." if report.get("lower_is_better") else "."),
         "",
         markdown_table(report),
+        *timing_lines(report),
         *perplexity_lines(report),
         "",
         *_verdict_section(report),
@@ -169,6 +215,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         "",
         f"- Latency: batch size 1, median and 95th percentile after warm-up; throughput at batch size "
         f"{report['throughput_batch_size']}.",
+        *_timing_spread_lines(report),
         f"- Metrics computed with `evaluate` on the same {report['num_samples']:,} samples for every model.",
         "- Sparsity: exact zeros among the pruned weights (the layers in `sparsity_masks.safetensors`, else the "
         "Linear layers of the transformer blocks); a compacted model has its pruned units removed instead.",

@@ -255,7 +255,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     copied = Path(teacher_path) != teacher_dir
     if copied:  # a classifier already: copy it so the folder holds every model
         with publishing(teacher_dir) as partial:  # nothing left of an earlier run's teacher
-            shutil.copytree(teacher_path, partial)
+            shutil.copytree(teacher_path, partial, dirs_exist_ok=True)
     tokenizer.save_pretrained(teacher_dir)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
     if reused:

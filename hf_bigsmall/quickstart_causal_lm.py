@@ -31,7 +31,14 @@ from pathlib import Path
 
 from . import assets
 from .utils.console import echo
-from .utils.files import atomic_write_json, fresh_partial_dir, partial_path, publish_dir, publishing
+from .utils.files import (
+    atomic_write_json,
+    check_replaceable,
+    fresh_partial_dir,
+    partial_path,
+    publish_dir,
+    publishing,
+)
 
 # (calibration samples, healing steps, batch size, evaluation articles, latency samples)
 _BUDGETS = {"default": (128, 120, 4, 64, 10), "fast": (8, 2, 2, 6, 2)}
@@ -225,6 +232,7 @@ def _drop_stale(folder: Path) -> None:
 
     for path in (folder, partial_path(folder)):
         if path.exists():
+            check_replaceable(path)  # only a folder the kit wrote: one of the user's is refused, named
             shutil.rmtree(path)
             echo(f"      removed {path}: an earlier run left it, this one does not make it")
 

@@ -63,8 +63,10 @@ class BigSmallTrainerMixin:
     - `evaluation_loop`: calls `on_evaluation_loop_begin(args, state, control, description=...,
       metric_key_prefix=...)` and `on_evaluation_loop_end(..., output=...)` on the callbacks that
       define them, so every evaluation and prediction is a measured energy window.
-    - `save_model`: then calls `on_model_save(args, state, control, model=..., output_dir=...)`,
-      so `trainer.save_model()` writes `sparsity_masks.safetensors` beside the weights.
+    - `save_model`: calls `on_model_save_begin(args, state, control, model=..., output_dir=...)`
+      before the Trainer saves and `on_model_save(...)` after, so every `trainer.save_model()`,
+      during training too, writes a `sparsity` block measured at the save into `config.json` and
+      `sparsity_masks.safetensors` beside the weights.
     - `create_model_card` (also run by `push_to_hub`): writes README.md once, as the kit's card
       (how the model was distilled and pruned, `co2_eq_emissions` from `energy.json`) with the
       Trainer's training sections kept below; see `hf_bigsmall.hub.card.write_trainer_card`.
@@ -135,9 +137,14 @@ class BigSmallTrainerMixin:
         return output
 
     def save_model(self, output_dir: str | None = None, *args: Any, **kwargs: Any) -> None:
+        folder = output_dir or self.args.output_dir
+        with self._running():
+            # before the Trainer writes config.json, so what the callbacks record there (the `sparsity`
+            # block, measured now) goes into this save, during training as after it
+            self._call_kit_event("on_model_save_begin", model=self.model, output_dir=folder)
         super().save_model(output_dir, *args, **kwargs)
         with self._running():
-            self._call_kit_event("on_model_save", model=self.model, output_dir=output_dir or self.args.output_dir)
+            self._call_kit_event("on_model_save", model=self.model, output_dir=folder)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """Write README.md once: the kit's card with the Trainer's training sections kept below it.

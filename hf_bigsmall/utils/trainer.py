@@ -49,7 +49,8 @@ def _resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: s
 class BigSmallTrainerMixin:
     """Mix into a `Trainer` class to give the kit's callbacks what the Trainer's events do not carry.
 
-    Put it first in the bases: `class MyTrainer(BigSmallTrainerMixin, Trainer)` (or use
+    Put it first in the bases: `class MyTrainer(BigSmallTrainerMixin, Trainer)` (a class that lists it
+    after a Trainer is a `TypeError` when it is defined, since the Trainer's methods would hide it; or use
     [`BigSmallTrainer`], which is exactly that; `DistillationTrainer` has it built in). It overrides
     public `Trainer` methods only, each calling the Trainer's own:
 
@@ -89,6 +90,19 @@ class BigSmallTrainerMixin:
 
     #: The checkpoint folder the last `train()` call resumed from, or None.
     resumed_checkpoint: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # With a Trainer first in the bases, the Trainer's own train/save_model/... come first in the MRO and
+        # the mixin's are never called: the class would train without a word about what it lacks.
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if Trainer in mro and mro.index(Trainer) < mro.index(BigSmallTrainerMixin):
+            bases = ", ".join(base.__name__ for base in cls.__bases__ if base is not BigSmallTrainerMixin)
+            raise TypeError(
+                f"{cls.__name__} puts BigSmallTrainerMixin after Trainer in its bases, so the Trainer's methods hide the "
+                f"mixin's and the kit's callbacks would silently miss what it provides: write "
+                f"`class {cls.__name__}(BigSmallTrainerMixin, {bases})` (the mixin first)."
+            )
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:

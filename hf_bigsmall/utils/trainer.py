@@ -99,7 +99,7 @@ class BigSmallTrainerMixin:
         if Trainer in mro and mro.index(Trainer) < mro.index(BigSmallTrainerMixin):
             bases = ", ".join(base.__name__ for base in cls.__bases__ if base is not BigSmallTrainerMixin)
             raise TypeError(
-                f"{cls.__name__} puts BigSmallTrainerMixin after Trainer in its bases, so the Trainer's methods hide the "
+                f"{cls.__name__} puts BigSmallTrainerMixin after a Trainer class in its bases, so the Trainer's methods hide the "
                 f"mixin's and the kit's callbacks would silently miss what it provides: write "
                 f"`class {cls.__name__}(BigSmallTrainerMixin, {bases})` (the mixin first)."
             )

@@ -40,7 +40,14 @@ from pathlib import Path
 
 from . import assets
 from .utils.console import echo
-from .utils.files import atomic_write_json, fresh_partial_dir, partial_path, publish_dir, publishing
+from .utils.files import (
+    atomic_write_json,
+    check_replaceable,
+    fresh_partial_dir,
+    partial_path,
+    publish_dir,
+    publishing,
+)
 
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
 # about 4 minutes on a quiet 2-core CPU by default (6 under load) (see BENCHMARKS.md), a minute or two with --fast
@@ -185,8 +192,12 @@ def record_run(output_dir: Path, task: str, **details: str) -> None:
 
 def drop_stale(folder: Path) -> None:
     """Remove a folder (and its `.partial`) that an earlier run of the same pipeline left and this one does not make."""
+    from .distillation.cache import MANIFEST_NAME
+
     for path in (folder, partial_path(folder)):
         if path.exists():
+            if not (path / MANIFEST_NAME).is_file():  # a teacher-logit cache is the kit's by its manifest
+                check_replaceable(path)  # only a folder the kit wrote: one of the user's is refused, named
             shutil.rmtree(path)
             echo(f"      removed {path}: an earlier run left it, this one does not make it")
 
@@ -331,7 +342,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     copied = Path(teacher_path) != teacher_dir
     if copied:  # a classifier already: copy it so the folder holds every model
         with publishing(teacher_dir) as partial:  # nothing left of an earlier run's teacher
-            shutil.copytree(teacher_path, partial)
+            shutil.copytree(teacher_path, partial, dirs_exist_ok=True)
     tokenizer.save_pretrained(teacher_dir)
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir).eval()
     if reused:

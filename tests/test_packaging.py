@@ -79,3 +79,56 @@ def test_library_code_logs_through_transformers_and_never_prints():
     # the command line's output goes through one function
     assert prints == ["hf_bigsmall/utils/console.py"]
     assert stdlib_loggers == []
+
+
+def _installed_by(requirements: list[str]) -> set[str]:
+    """The top-level modules that installing `requirements` brings, with everything they depend on."""
+    from packaging.utils import canonicalize_name
+
+    modules_of: dict[str, set[str]] = {}
+    for module, distributions in importlib.metadata.packages_distributions().items():
+        for distribution in distributions:
+            modules_of.setdefault(canonicalize_name(distribution), set()).add(module)
+    seen, pending, modules = set(), [Requirement(r) for r in requirements], set()
+    while pending:
+        requirement = pending.pop()
+        name = canonicalize_name(requirement.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        modules |= modules_of.get(name, set())
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # not installed here: nothing it brings can be imported either
+        for line in requires:
+            dependency = Requirement(line)
+            wanted = [""] + sorted(requirement.extras)
+            if dependency.marker is None or any(dependency.marker.evaluate({"extra": e}) for e in wanted):
+                pending.append(dependency)
+    return modules
+
+
+def test_every_module_the_tests_import_is_installed_by_the_readme_lines():
+    # `pip install -e ".[test]"` and requirements-assets.txt are all a new user installs (README, "Run the
+    # tests"); a test that imports anything else fails on their machine. Optional backends are allowed
+    # where the test skips without them (requires_package / importorskip).
+    import ast
+    import sys
+
+    assets = [line for line in (REPO_ROOT / "requirements-assets.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    available = _installed_by(PROJECT["dependencies"] + PROJECT["optional-dependencies"]["test"]) | {
+        module for line in assets for module in _installed_by([line])}
+    sources = {path: path.read_text(encoding="utf-8") for path in sorted((REPO_ROOT / "tests").rglob("*.py"))}
+    guarded = {m for text in sources.values() for m in re.findall(r'(?:requires_package|importorskip)\("(\w+)"', text)}
+    missing = set()
+    for path, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names | available | guarded | {"hf_bigsmall", "tests"}:
+                    missing.add(f"{path.relative_to(REPO_ROOT)}: {top}")
+    assert not missing, sorted(missing)

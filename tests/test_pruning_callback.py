@@ -282,3 +282,21 @@ def test_imp_restarts_the_learning_rate_schedule_each_round(tmp_path, restart):
         expected = [0.01 * (9 - step) / 9 for step in range(9)]
     assert recorder.rates == pytest.approx(expected)
     assert callback.imp_round == 2
+
+
+@pytest.mark.parametrize("structure", ["neurons", "heads"])
+def test_resuming_structured_pruning_without_a_masks_file_equals_uninterrupted(tmp_path, structure):
+    full_model, full_callback = run(tmp_path / "full", structure=structure)
+    checkpoint = tmp_path / "killed" / "checkpoint-4"
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", checkpoint)
+    (checkpoint / "sparsity_masks.safetensors").unlink()  # e.g. a checkpoint saved by another tool
+    resumed_model, resumed_callback = run(tmp_path / "killed", resume=True, structure=structure)
+
+    # the masks read back from the zeros are the units' masks, not one per targeted Linear
+    assert sorted(resumed_callback.masks) == sorted(full_callback.masks)
+    for name, mask in full_callback.masks.items():
+        assert torch.equal(resumed_callback.masks[name], mask), name
+    for (name, a), (_, b) in zip(full_model.named_parameters(), resumed_model.named_parameters()):
+        assert torch.equal(a, b), name
+    assert resumed_model.config.sparsity == full_model.config.sparsity
+    assert resumed_model.config.sparsity["global_sparsity"] == pytest.approx(0.5, abs=0.05)

@@ -170,3 +170,41 @@ def test_pushes_during_training_carry_the_masks_of_the_weights_they_upload(tmp_p
         assert all(bool((weights[name][mask] == 0).all()) for name, mask in masks.items())
         pruned = sum(int(mask.sum()) for mask in masks.values()) / sum(mask.numel() for mask in masks.values())
         assert pruned == pytest.approx(json.loads(files[f"{prefix}config.json"])["sparsity"]["global_sparsity"], abs=1e-3)
+
+
+class SaveDuringTraining(TrainerCallback):
+    """Calls `trainer.save_model(folder)` at one step, as a user's callback or an interactive session would."""
+
+    def __init__(self, step: int, folder: str | None, snapshot):
+        self.step, self.folder, self.snapshot, self.trainer = step, folder, snapshot, None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.trainer.save_model(self.folder)
+            # what the save left, before the end of training writes into output_dir again
+            shutil.copytree(self.folder or args.output_dir, self.snapshot)
+
+
+@pytest.mark.parametrize("trainer_class", [Trainer, BigSmallTrainer])
+@pytest.mark.parametrize("into_output_dir", [True, False])
+def test_save_model_during_training_writes_the_sparsity_block(tmp_path, trainer_class, into_output_dir):
+    folder = tmp_path / "snapshot"
+    # cubic from step 0 to 4: step 3 is between two pruning events, before any checkpoint or the end
+    pruning = MagnitudePruningCallback(target_sparsity=0.5, schedule="cubic", end_step=4, pruning_frequency=2)
+    saver = SaveDuringTraining(3, None if into_output_dir else str(tmp_path / "mid"), folder)
+    trainer = pruning_trainer(tiny_bert(), training_args(tmp_path / "run", max_steps=6), pruning, trainer_class=trainer_class)
+    trainer.add_callback(saver)
+    saver.trainer = trainer
+    trainer.train()
+
+    block = json.loads((folder / "config.json").read_text())["sparsity"]
+    saved = AutoModelForSequenceClassification.from_pretrained(folder)
+    weights = dict(saved.named_parameters())
+    zeros = sum(int((weights[f"{name}.weight"] == 0).sum()) for name in block["per_layer"])
+    total = sum(weights[f"{name}.weight"].numel() for name in block["per_layer"])
+    assert 0 < block["global_sparsity"] < 0.5 and block["global_sparsity"] == pytest.approx(zeros / total, abs=1e-6)
+    assert block["pruned_at_step"] == 2 and block["target"] == 0.5
+    if trainer_class is BigSmallTrainer:  # the seam also writes the masks, the ones the block describes
+        masks = load_file(str(folder / SPARSITY_MASKS_NAME))
+        assert sorted(name.removesuffix(".weight") for name in masks) == sorted(block["per_layer"])
+        assert all(torch.equal(mask, weights[name] == 0) for name, mask in masks.items())

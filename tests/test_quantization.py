@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -276,6 +277,50 @@ def test_output_folder_is_checked(saved_classifier, tmp_path):
     with pytest.raises(ValueError, match="is not a quantized model folder"):
         quantize(saved_classifier, precious)
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def _user_folder(folder, *files):
+    """A folder of the user's: the given files plus notes and a subfolder, with what each holds."""
+    for name in (*files, "notes.txt", "runs/log.txt"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text(f"the user's {name}")
+    return {path: path.read_text() for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("files", [("model.gguf",), ("model.onnx", "config.json"), ("model-q4.gguf", "config.json")])
+def test_a_folder_the_kit_did_not_write_is_never_replaced(saved_classifier, tmp_path, files):
+    # a GGUF export or another tool's ONNX model looks like "an earlier quantized model" but is not the kit's
+    folder = tmp_path / "exports"
+    before = _user_folder(folder, *files)
+    with pytest.raises(ValueError, match=f"{folder}.*not a quantized model folder written by hf_bigsmall"):
+        quantize(saved_classifier, folder)
+    assert {path: path.read_text() for path in folder.rglob("*") if path.is_file()} == before
+    assert not folder.with_name(folder.name + ".partial").exists()
+
+
+@requires_onnxruntime
+def test_only_a_folder_quantize_wrote_is_replaced(saved_classifier, tmp_path):
+    from hf_bigsmall.utils.files import KIT_MARKER
+
+    output = quantize(saved_classifier, tmp_path / "int8")
+    assert (output / KIT_MARKER).is_file()
+    (output / "stale.txt").write_text("left by the earlier run")
+    quantize(saved_classifier, output)  # the kit's own earlier result: replaced whole
+    assert (output / "model.onnx").is_file() and not (output / "stale.txt").exists()
+    # the kit's marker alone is not enough: a kit folder that is not a quantized model (a student) is refused
+    student = tmp_path / "student"
+    shutil.copytree(saved_classifier, student)
+    shutil.copy(output / KIT_MARKER, student / KIT_MARKER)
+    with pytest.raises(ValueError, match="not a quantized model folder written by hf_bigsmall"):
+        quantize(saved_classifier, student)
+    assert (student / "model.safetensors").is_file()
+    # a leftover `.partial` that is not the kit's is the user's too
+    leftover = tmp_path / "fresh.partial"
+    before = _user_folder(leftover)
+    with pytest.raises(ValueError, match=f"{leftover} already exists and was not written by hf_bigsmall"):
+        quantize(saved_classifier, tmp_path / "fresh")
+    assert {path: path.read_text() for path in leftover.rglob("*") if path.is_file()} == before
+    assert not (tmp_path / "fresh").exists()
 
 
 def test_plan_picks_the_backend_per_device():

@@ -160,3 +160,18 @@ def test_causal_lm_quickstart_names_the_correction_data_it_takes(tmp_path, capsy
         _tiny(out, "--correct_teacher_data", "other")
     assert exit_info.value.code == 2 and "invalid choice: 'other'" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_stale_folder_is_removed_only_when_the_kit_wrote_it(tmp_path):
+    from hf_bigsmall.quickstart_causal_lm import _drop_stale
+    from hf_bigsmall.utils.files import publishing
+
+    with publishing(tmp_path / "teacher-corrected") as partial:
+        (partial / "config.json").write_text("{}")
+    _drop_stale(tmp_path / "teacher-corrected")
+    assert not (tmp_path / "teacher-corrected").exists()
+    (tmp_path / "teacher-corrected").mkdir()
+    (tmp_path / "teacher-corrected" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="teacher-corrected already exists and was not written by hf_bigsmall"):
+        _drop_stale(tmp_path / "teacher-corrected")
+    assert (tmp_path / "teacher-corrected" / "notes.txt").read_text() == "mine"

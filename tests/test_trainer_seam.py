@@ -48,3 +48,19 @@ def test_the_seam_saves_masks_into_any_folder_and_a_plain_trainer_into_output_di
         trainer.save_model(str(out / "elsewhere"))
         assert (out / "run" / "sparsity_masks.safetensors").is_file()  # the end of training, from the events
         assert (out / "elsewhere" / "sparsity_masks.safetensors").is_file() == expected
+
+
+@pytest.mark.parametrize("trainer_base", ["Trainer", "Seq2SeqTrainer"])
+def test_the_mixin_after_a_trainer_in_the_bases_is_refused_naming_the_fix(trainer_base):
+    import transformers
+
+    from hf_bigsmall import BigSmallTrainerMixin
+
+    base = getattr(transformers, trainer_base)
+    with pytest.raises(TypeError, match=rf"class MyTrainer\(BigSmallTrainerMixin, {trainer_base}\)"):
+        type("MyTrainer", (base, BigSmallTrainerMixin), {})
+    # the order the README gives, and a subclass of a kit trainer listing the mixin again, are fine
+    mixed = type("MyTrainer", (BigSmallTrainerMixin, base), {})
+    assert mixed.save_model is BigSmallTrainerMixin.save_model
+    again = type("MyDistillationTrainer", (hf_bigsmall.DistillationTrainer, BigSmallTrainerMixin), {})
+    assert again.train is BigSmallTrainerMixin.train

@@ -8,7 +8,7 @@ import torch
 from hf_bigsmall.pruning.vocabulary import trim_vocabulary, trimming_unsupported, used_token_ids
 
 from .test_compare import WORDS, _dataset, _direct_predictions, _save_tokenizer
-from .testing_utils import requires_minilm, requires_scattertext, tiny_bert_config
+from .testing_utils import reference_accuracy, requires_minilm, requires_scattertext, tiny_bert_config
 
 TRAIN_TEXTS = ["w1 w2 w3", "w3 w4 w5 w1", "w7 w1"]
 
@@ -88,8 +88,6 @@ def test_bad_input_is_rejected_before_the_model_changes(tmp_path):
 
 
 def test_compare_measures_a_trimmed_model_with_its_own_tokenizer(tmp_path):
-    from sklearn.metrics import accuracy_score
-
     from hf_bigsmall.reporting.compare import compare_models
 
     model, tokenizer = _model_and_tokenizer(tmp_path)
@@ -103,7 +101,7 @@ def test_compare_measures_a_trimmed_model_with_its_own_tokenizer(tmp_path):
     comparison = compare_models([tmp_path / "full", tmp_path / "small"], dataset, latency_samples=2)
     for measured, name in zip(comparison.models, ("full", "small")):
         predictions = _direct_predictions(tmp_path / name, dataset)
-        assert measured.metrics["accuracy"] == pytest.approx(accuracy_score(dataset["label"], predictions))
+        assert measured.metrics["accuracy"] == pytest.approx(reference_accuracy(dataset["label"], predictions))
     full, small_row = comparison.models
     assert full.parameters - small_row.parameters == (len(tokenizer) - len(small)) * model.config.hidden_size
 

@@ -62,6 +62,19 @@ def random_token_batch(batch_size: int = 4, seq_len: int = 16, vocab_size: int =
     return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
 
 
+def reference_accuracy(labels, predictions) -> float:
+    """Accuracy from its definition, as an independent check on the kit's metric modules."""
+    return sum(int(label) == int(prediction) for label, prediction in zip(labels, predictions)) / len(labels)
+
+
+def reference_binary_f1(labels, predictions, positive: int = 1) -> float:
+    """F1 of the `positive` class from its definition, 2 TP / (2 TP + FP + FN); 0 when there is none of it."""
+    pairs = [(int(label) == positive, int(prediction) == positive) for label, prediction in zip(labels, predictions)]
+    true_positive = sum(actual and predicted for actual, predicted in pairs)
+    wrong = sum(actual != predicted for actual, predicted in pairs)
+    return 2 * true_positive / (2 * true_positive + wrong) if true_positive or wrong else 0.0
+
+
 def requires_package(import_name: str, requirement: str):
     """Skip (saying how to install it) when an offline asset or optional backend is missing."""
     return pytest.mark.skipif(

@@ -29,7 +29,13 @@ from .io import (
     sparsity_block,
     write_masks,
 )
-from .masks import sparsity_report, structured_masks, targeted_weights, unstructured_masks
+from .masks import (
+    sparsity_report,
+    structured_masks,
+    structured_masks_from_zeros,
+    targeted_weights,
+    unstructured_masks,
+)
 from .schedules import PruningSchedule, build_schedule, restart_lr_each_round
 from .targets import find_target_modules, unit_groups
 from .wanda import check_pattern_fits, criterion_masks
@@ -121,6 +127,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         self._masked_params: list[tuple[nn.Parameter, torch.Tensor]] = []  # (param, bool mask)
         self._keep: list[tuple[nn.Parameter, torch.Tensor]] = []  # (param, 0/1 in the param's dtype)
         self._masks_saved_to: tuple[str, int] | None = None  # (folder, step) already holding the masks
+        self._armed = False  # masks (maybe none yet) are in force on a model being trained
 
     # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict:
@@ -251,6 +258,12 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             if self.rewind_weights is not None:
                 save_tensors(self.rewind_weights, folder / SPARSITY_REWIND_NAME)
 
+    def on_model_save_begin(self, args, state, control, model=None, output_dir=None, **kwargs):
+        """`BigSmallTrainerMixin.save_model` is about to write config.json: the `sparsity` block, measured now, goes in."""
+        if model is not None and self._armed:
+            model = extract_model_from_parallel(model)
+            model.config.sparsity = sparsity_block(model)
+
     def on_model_save(self, args, state, control, model=None, output_dir=None, **kwargs):
         """`BigSmallTrainerMixin.save_model` saved the model into `output_dir`: the masks go beside it."""
         if model is None or output_dir is None or not args.should_save:
@@ -279,7 +292,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         """
         masks = load_masks(folder, model=model)
         if not masks:
-            masks = masks_from_zeros(targeted_weights(model, self.config.target_modules))
+            masks = self._masks_from_zeros(model)
         self.masks = masks
         saved = _read_sparsity_block(folder)
         for key in ("imp_round", "pruned_at_step"):
@@ -321,6 +334,19 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         attach_masks(model, self.masks, self._info())
         apply_masks(model, self.masks)
         _zero_optimizer_state(optimizer, self._masked_params)
+        # config.json of any save from now on describes these masks, also a plain Trainer's save_model()
+        model.config.sparsity = sparsity_block(model)
+        self._armed = True
+
+    def _masks_from_zeros(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """The masks this configuration prunes, read back from the weights' exact zeros (no masks file).
+
+        Structured pruning masks only the weights of its units (FFN neurons or heads): whole units
+        that are zero, as `structured_masks` would have masked them, not every targeted Linear.
+        """
+        if self.config.structure in ("neurons", "heads"):
+            return structured_masks_from_zeros(model, self.config.structure)
+        return masks_from_zeros(targeted_weights(model, self.config.target_modules))
 
     def _existing_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Masks a model already carries: attached in memory, or saved beside the checkpoint it came from."""
@@ -361,7 +387,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         self.masks = load_masks(folder, model=model)
         if not self.masks:
             logger.warning(f"No pruning masks in {folder}: reading them back from the exact zeros of the resumed weights.")
-            self.masks = masks_from_zeros(targeted_weights(model, self.config.target_modules))
+            self.masks = self._masks_from_zeros(model)
         if self.config.schedule == "imp":
             rewind_file = folder / SPARSITY_REWIND_NAME
             if rewind_file.is_file():
@@ -449,6 +475,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             getattr(optimizer, "optimizer", optimizer).state.clear()
         self.imp_round += 1
         attach_masks(model, self.masks, self._info())
+        model.config.sparsity = sparsity_block(model)
 
     def _save_round(self, args, model: nn.Module) -> None:
         """Keep the trained model of each IMP round in `output_dir/imp-round-{r}`."""

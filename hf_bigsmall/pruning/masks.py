@@ -148,6 +148,31 @@ def structured_masks(
     return {f"{name}.weight": mask for name, mask in masks.items()}
 
 
+@torch.no_grad()
+def structured_masks_from_zeros(model: nn.Module, structure: str) -> dict[str, torch.Tensor]:
+    """The neuron or head masks of a model whose pruned units are exactly zero (saved without a masks file).
+
+    A unit counts as pruned when every weight it owns (its rows in the input projections, its
+    columns in the output projection) is zero; the masks have the keys and shapes `structured_masks`
+    gives, so a run resumed from such a checkpoint holds the masks of the run that saved it.
+    """
+    groups = unit_groups(model, structure)
+    modules = dict(model.named_modules())
+    weights = {s.module_name: modules[s.module_name].weight for g in groups for s in g.slices}
+    masks = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in weights.items()}
+    for group in groups:
+        dead = torch.ones(group.num_units, dtype=torch.bool)
+        for unit_slice in group.slices:
+            moved = weights[unit_slice.module_name].detach().movedim(unit_slice.dim, 0)
+            block = moved[unit_slice.offset : unit_slice.offset + group.num_units * unit_slice.size]
+            dead &= (block.reshape(group.num_units, -1) == 0).all(dim=1).cpu()
+        units = dead.nonzero().flatten().tolist()
+        for unit_slice in group.slices:
+            index = torch.tensor(unit_index(unit_slice, units), dtype=torch.long)
+            masks[unit_slice.module_name].index_fill_(unit_slice.dim, index.to(masks[unit_slice.module_name].device), True)
+    return {f"{name}.weight": mask for name, mask in masks.items()}
+
+
 @dataclass
 class SparsityReport:
     """Zeros actually present in the weights (never a number taken from a schedule).

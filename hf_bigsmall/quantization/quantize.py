@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
 
 from transformers.utils import logging
 
-from ..utils.files import fresh_partial_dir, publish_dir
+from ..utils.files import check_replaceable, fresh_partial_dir, is_kit_folder, publish_dir
 from .config import QUANTIZATION_KEY, plan_quantization, quantization_of
 
 logger = logging.get_logger(__name__)
@@ -26,9 +27,22 @@ def _check_output(model_dir: Path, output_dir: Path) -> None:
     if output_dir.resolve() == model_dir.resolve():
         raise ValueError(f"output_dir {output_dir} is the model's own folder: quantize into a new folder "
                          "(the fp32 model stays as it is).")
-    if output_dir.exists() and any(output_dir.iterdir()) and quantization_of(output_dir) is None:
-        raise ValueError(f"{output_dir} already exists and is not a quantized model folder: choose another "
-                         "output_dir or remove it (only an earlier quantized model is replaced).")
+    # only a folder `quantize` itself wrote is replaced: the kit's marker and the kit's quantization record.
+    # A GGUF file or another tool's model.onnx says nothing about who owns the rest of the folder.
+    if output_dir.is_dir() and not output_dir.is_symlink() and any(output_dir.iterdir()):
+        if not (is_kit_folder(output_dir) and _has_kit_record(output_dir)):
+            raise ValueError(f"{output_dir} already exists and is not a quantized model folder written by hf_bigsmall: "
+                             "it is left as it is, with everything in it. Choose another output_dir, or move or "
+                             "delete that folder yourself (only a folder `quantize` wrote is replaced).")
+    check_replaceable(output_dir)  # a file or a link there is refused too
+
+
+def _has_kit_record(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get(QUANTIZATION_KEY), dict)
 
 
 def quantize(
@@ -55,7 +69,8 @@ def quantize(
 
     Args:
         model_dir: a folder written by `save_pretrained` with its task head and tokenizer.
-        output_dir: the new folder (an earlier quantized folder there is replaced).
+        output_dir: the new folder. Only a folder that `quantize` wrote before is replaced; any other
+            folder with something in it is refused, and left as it is.
         method: `"int8"`, or `"int4"` (CUDA only).
         device: `"cpu"` or `"cuda"`: where the quantized model will run.
         backend: `"auto"` (ONNX Runtime on CPU, torchao on CUDA), `"onnxruntime"` or `"torchao"`.
@@ -68,7 +83,7 @@ def quantize(
             `pip install "hf-bigsmall[onnx]"`).
         ValueError: int4 on a CPU or a GPU without its kernels, a model that is already quantized,
             a model without a classification or causal LM head, a model the backend cannot export,
-            or a missing tokenizer.
+            a missing tokenizer, or an `output_dir` that `quantize` did not write.
 
     Example:
 
@@ -108,7 +123,6 @@ def quantize(
               "source": str(model_dir)}
 
     partial = fresh_partial_dir(output_dir)
-    partial.mkdir(parents=True)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         if plan.backend == "onnxruntime":

@@ -49,7 +49,8 @@ def _resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: s
 class BigSmallTrainerMixin:
     """Mix into a `Trainer` class to give the kit's callbacks what the Trainer's events do not carry.
 
-    Put it first in the bases: `class MyTrainer(BigSmallTrainerMixin, Trainer)` (or use
+    Put it first in the bases: `class MyTrainer(BigSmallTrainerMixin, Trainer)` (a class that lists it
+    after a Trainer is a `TypeError` when it is defined, since the Trainer's methods would hide it; or use
     [`BigSmallTrainer`], which is exactly that; `DistillationTrainer` has it built in). It overrides
     public `Trainer` methods only, each calling the Trainer's own:
 
@@ -63,8 +64,10 @@ class BigSmallTrainerMixin:
     - `evaluation_loop`: calls `on_evaluation_loop_begin(args, state, control, description=...,
       metric_key_prefix=...)` and `on_evaluation_loop_end(..., output=...)` on the callbacks that
       define them, so every evaluation and prediction is a measured energy window.
-    - `save_model`: then calls `on_model_save(args, state, control, model=..., output_dir=...)`,
-      so `trainer.save_model()` writes `sparsity_masks.safetensors` beside the weights.
+    - `save_model`: calls `on_model_save_begin(args, state, control, model=..., output_dir=...)`
+      before the Trainer saves and `on_model_save(...)` after, so every `trainer.save_model()`,
+      during training too, writes a `sparsity` block measured at the save into `config.json` and
+      `sparsity_masks.safetensors` beside the weights.
     - `create_model_card` (also run by `push_to_hub`): writes README.md once, as the kit's card
       (how the model was distilled and pruned, `co2_eq_emissions` from `energy.json`) with the
       Trainer's training sections kept below; see `hf_bigsmall.hub.card.write_trainer_card`.
@@ -87,6 +90,19 @@ class BigSmallTrainerMixin:
 
     #: The checkpoint folder the last `train()` call resumed from, or None.
     resumed_checkpoint: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # With a Trainer first in the bases, the Trainer's own train/save_model/... come first in the MRO and
+        # the mixin's are never called: the class would train without a word about what it lacks.
+        super().__init_subclass__(**kwargs)
+        mro = cls.__mro__
+        if Trainer in mro and mro.index(Trainer) < mro.index(BigSmallTrainerMixin):
+            bases = ", ".join(base.__name__ for base in cls.__bases__ if base is not BigSmallTrainerMixin)
+            raise TypeError(
+                f"{cls.__name__} puts BigSmallTrainerMixin after a Trainer class in its bases, so the Trainer's methods hide the "
+                f"mixin's and the kit's callbacks would silently miss what it provides: write "
+                f"`class {cls.__name__}(BigSmallTrainerMixin, {bases})` (the mixin first)."
+            )
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
@@ -135,9 +151,14 @@ class BigSmallTrainerMixin:
         return output
 
     def save_model(self, output_dir: str | None = None, *args: Any, **kwargs: Any) -> None:
+        folder = output_dir or self.args.output_dir
+        with self._running():
+            # before the Trainer writes config.json, so what the callbacks record there (the `sparsity`
+            # block, measured now) goes into this save, during training as after it
+            self._call_kit_event("on_model_save_begin", model=self.model, output_dir=folder)
         super().save_model(output_dir, *args, **kwargs)
         with self._running():
-            self._call_kit_event("on_model_save", model=self.model, output_dir=output_dir or self.args.output_dir)
+            self._call_kit_event("on_model_save", model=self.model, output_dir=folder)
 
     def create_model_card(self, *args: Any, **kwargs: Any) -> None:
         """Write README.md once: the kit's card with the Trainer's training sections kept below it.

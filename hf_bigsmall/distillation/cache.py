@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from transformers.utils import logging
 
+from ..losses import target_mask  # the positions that count: one rule for the cache, the losses and the trainer
+
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
@@ -100,20 +102,6 @@ def row_hashes(dataset: Dataset) -> np.ndarray:
                 digest.update(name.encode() + value.tobytes() + str(value.shape).encode())
             hashes[start + offset] = int.from_bytes(digest.digest(), "little", signed=True)
     return hashes
-
-
-def target_mask(labels, attention_mask, shift: bool) -> torch.Tensor:
-    """The (B, T) positions whose logits are distilled: the `DistillationTrainer`'s rule.
-
-    With `shift` (causal LM) position t predicts token t + 1, so it counts when `labels[t + 1]` is
-    not -100 (or, without labels, when token t + 1 is not padding); the last position never counts.
-    """
-    import torch.nn.functional as F
-
-    if shift:
-        following = labels[:, 1:].ne(-100) if labels is not None else attention_mask[:, 1:].bool()
-        return F.pad(following, (0, 1), value=False)
-    return labels.ne(-100) if labels is not None else attention_mask.bool()
 
 
 def _teacher_task(teacher: PreTrainedModel) -> str:

@@ -315,6 +315,57 @@ def test_full_vocabulary_cache_trains_exactly_like_the_online_teacher(tmp_path, 
     assert cached_logs["loss_kd"] == pytest.approx(online_logs["loss_kd"], rel=1e-4)
 
 
+def _labels_on_padding(layout):
+    """Rows whose padding carries labels: pre-padded rows with labels copied from `input_ids`, or
+    unpadded rows and a collator that pads and copies the labels from the padded `input_ids`."""
+    from datasets import Dataset
+
+    rows = causal_dataset().select(range(4))
+    if layout == "pre-padded":
+        return rows.map(lambda row: {"labels": row["input_ids"]}), None
+    lengths = [sum(mask) for mask in rows["attention_mask"]]
+    unpadded = Dataset.from_dict({"input_ids": [ids[:n] for ids, n in zip(rows["input_ids"], lengths)]})
+    unpadded = unpadded.map(lambda row: {"labels": row["input_ids"]})
+
+    def collator(features):
+        length = max(len(row["input_ids"]) for row in features)
+        input_ids = torch.zeros(len(features), length, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for index, row in enumerate(features):
+            input_ids[index, : len(row["input_ids"])] = torch.as_tensor(row["input_ids"])
+            attention_mask[index, : len(row["input_ids"])] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": input_ids.clone()}
+
+    return unpadded, collator
+
+
+@pytest.mark.parametrize("layout", ["pre-padded", "collator"])
+def test_cache_and_online_teacher_train_on_the_same_positions_when_labels_sit_on_padding(tmp_path, layout):
+    dataset, collator = _labels_on_padding(layout)
+    runs = {}
+    for cached in (False, True):
+        torch.manual_seed(0)
+        teacher, student, _ = build("gpt2")
+        recorder = GradientRecorder()
+        args = config(tmp_path, max_steps=1, max_grad_norm=0.0, temperature=2.0)
+        train_dataset = dataset
+        if cached:
+            cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=TINY_VOCAB, logprob_dtype="float32")
+            train_dataset = load_teacher_logits(tmp_path / "cache", dataset)
+        trainer = DistillationTrainer(model=student, teacher_model=None if cached else teacher, args=args,
+                                      train_dataset=train_dataset, data_collator=collator, callbacks=[recorder])
+        trainer.train()
+        runs[cached] = recorder.gradients, trainer.state.log_history[0]
+    (online, online_logs), (from_cache, cached_logs) = runs[False], runs[True]
+    for name in online:
+        torch.testing.assert_close(from_cache[name], online[name], rtol=1e-4, atol=1e-6)
+    for key in ("loss_kd", "loss_ce"):
+        assert cached_logs[key] == pytest.approx(online_logs[key], rel=1e-4), key
+    # the cache holds the next-token targets of the real tokens, one fewer than the tokens of each row
+    real_tokens = sum(sum(mask) for mask in causal_dataset().select(range(4))["attention_mask"])
+    assert read_manifest(tmp_path / "cache")["num_target_tokens"] == real_tokens - 4
+
+
 def test_cached_gradient_accumulation_is_exact(tmp_path):
     big, big_logs, _ = _first_gradient(tmp_path, "gpt2", cached=True, top_k=16)
     accumulated, accumulated_logs, _ = _first_gradient(tmp_path, "gpt2", cached=True, top_k=16, batch_size=2,

@@ -8,8 +8,9 @@ is meant for and returns that dataset with the cached columns added, ready for a
 What is stored, per row of the dataset:
 
 - sequence classification: `teacher_logits`, all the teacher's logits (float32);
-- causal LM: for every target token (a position whose shifted label is not -100; padding and
-  -100 positions are not stored), the top-k log-probabilities at temperature 1
+- causal LM: for every target token (a position `hf_bigsmall.losses.target_mask` keeps, the rule
+  the trainer trains by: its next label is not -100 and, by the attention mask, neither it nor the
+  token it predicts is padding, even where labels were left on the padding), the top-k log-probabilities at temperature 1
   (`teacher_topk_logprobs`, float16 by default), their token ids (`teacher_topk_ids`, uint16 when
   the vocabulary fits, else int32), and the log of the probability mass outside the top-k
   (`teacher_tail_logprob`, float32; -inf when k covers the vocabulary). With `tail_samples=s`

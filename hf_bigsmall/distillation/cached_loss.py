@@ -161,8 +161,8 @@ def cached_distillation_losses(
     selected = rows.shape[0] if keep is None else int(keep.sum())
     if selected != topk_ids.shape[0]:
         raise ValueError(f"the batch has {selected} positions that count but {topk_ids.shape[0]} cached targets: "
-                         "the labels changed since the cache was made (a collator that masks tokens?); cache the "
-                         "dataset as it is trained on.")
+                         "the labels or attention mask select other positions than when the cache was made (a collator "
+                         "that masks or drops tokens?); cache the dataset as it is trained on.")
     ids = topk_ids.to(rows.device, torch.long)
     if keep is not None:  # place the ids on their rows, so the gather works on the uncopied logits
         placed = ids.new_zeros(rows.shape[0], k)

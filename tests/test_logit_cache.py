@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -32,6 +33,43 @@ def test_full_vocabulary_cache_is_exactly_the_full_divergence(kind, temperature)
                             chunk_size=4)  # over chunks of 4 rows: same value and gradient
     full = kd_loss(student, teacher, temperature, kind=kind, mask=mask, reduction="sum")
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-6)
+    (cached_grad,) = torch.autograd.grad(cached, student)
+    (full_grad,) = torch.autograd.grad(full, student)
+    torch.testing.assert_close(cached_grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def _teacher_with_a_tiny_tail(rows=6, vocab=40, tail=1e-9, seed=0):
+    """Teacher logits whose least likely token has probability `tail`, and a random student."""
+    generator = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(rows, vocab, generator=generator, dtype=torch.float64)
+    rest = torch.logsumexp(teacher[:, 1:], dim=-1)
+    teacher[:, 0] = rest + math.log(tail / (1 - tail))  # p_0 = tail exactly
+    student = torch.randn(rows, vocab, generator=generator, requires_grad=True)
+    return teacher, student
+
+
+@pytest.mark.parametrize("tail", [1e-3, 1e-7, 1e-9, 1e-30])
+def test_cached_tail_keeps_its_digits_however_small(tail):
+    teacher, _ = _teacher_with_a_tiny_tail(tail=tail)
+    for top_k in (39, 20):
+        ids, _, cached_tail = topk_targets(teacher.float(), top_k)
+        exact = teacher.log_softmax(-1).scatter(1, ids, float("-inf")).logsumexp(-1)
+        assert torch.isfinite(cached_tail).all()
+        torch.testing.assert_close(cached_tail.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("tail", [1e-3, 1e-9])
+def test_one_token_short_of_the_vocabulary_is_the_full_divergence(kind, temperature, tail):
+    """At top_k = V - 1 the tail is one token, so the collapsed loss is the full one, even where that
+    token's teacher probability is below float32's resolution next to 1 (reverse KL then charges the
+    student most for the mass it puts there)."""
+    teacher, student = _teacher_with_a_tiny_tail(tail=tail)
+    ids, logprobs, cached_tail = topk_targets(teacher.float(), teacher.shape[-1] - 1)
+    cached = cached_kd_loss(student, ids, logprobs, cached_tail, temperature, kind=kind, reduction="sum")
+    full = kd_loss(student, teacher.float(), temperature, kind=kind, reduction="sum")
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
     (cached_grad,) = torch.autograd.grad(cached, student)
     (full_grad,) = torch.autograd.grad(full, student)
     torch.testing.assert_close(cached_grad, full_grad, rtol=1e-4, atol=1e-6)

@@ -13,7 +13,8 @@ What is stored, per row of the dataset:
   token it predicts is padding, even where labels were left on the padding), the top-k log-probabilities at temperature 1
   (`teacher_topk_logprobs`, float16 by default), their token ids (`teacher_topk_ids`, uint16 when
   the vocabulary fits, else int32), and the log of the probability mass outside the top-k
-  (`teacher_tail_logprob`, float32; -inf when k covers the vocabulary). With `tail_samples=s`
+  (`teacher_tail_logprob`, float32, summed from the excluded logits so that it stays finite however
+  small; -inf when k covers the vocabulary). With `tail_samples=s`
   the k entries are followed by s tokens drawn from the rest of the distribution, with their
   log-probabilities, and the tail is the mass outside all k + s. Temperature is applied at
   training time (`hf_bigsmall.distillation.cached_loss`).
@@ -56,7 +57,8 @@ if TYPE_CHECKING:
 
 logger = logging.get_logger(__name__)
 
-FORMAT_VERSION = 1
+# 2: positions chosen by target_mask (no padding that kept its labels), tails from the excluded logits
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SHARD_META_NAME = "shard.json"
 ROW_HASH_COLUMN = "teacher_row_hash"
@@ -67,6 +69,8 @@ LOGPROB_DTYPES = ("float16", "bfloat16", "float32", "uint8")
 # "uint8" log-probabilities are steps of 1/16 nat below the token's top-1 (kept in float32), so the
 # quantisation moves a probability by at most 3%; 255 steps reach 16 nats (a ratio of 1e-7) below it
 QUANTISATION_STEPS_PER_NAT = 16
+# logits per chunk when the tail mass is summed over the excluded logits: 16 MB of float32
+_TAIL_CHUNK_LOGITS = 2**22
 # marks the cache record carried in a loaded dataset's `info.description`
 _RECORD_PREFIX = "hf_bigsmall teacher-logit cache: "
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -408,10 +412,11 @@ def topk_targets(rows: torch.Tensor, top_k: int, tail_samples: int = 0,
     Returns `(ids (N, k + s), logprobs (N, k + s), tail_logprob (N,))`, the log-probabilities at
     temperature 1 in float32, in descending order. With `tail_samples = s`, the last s entries are
     distinct tokens drawn outside the top-k in proportion to their probability, without
-    replacement (Gumbel-top-s: the s largest of `logits + Gumbel noise`). The tail is the mass
-    outside every entry, `log(1 - sum(exp(logprobs)))`, computed as
-    `log(-expm1(logsumexp(entries) - logsumexp(all)))` so that a tail much smaller than 1 keeps its
-    digits; it is -inf when the entries cover the vocabulary.
+    replacement (Gumbel-top-s: the s largest of `logits + Gumbel noise`). The tail is the log of
+    the mass outside every entry, taken from the excluded logits themselves, `logsumexp(excluded) -
+    logsumexp(all)`: finite however small the mass (a difference `log(1 - sum(exp(logprobs)))` in
+    float32 loses every digit below about 1e-7 and reads 0), and -inf only when the entries cover
+    the vocabulary or every excluded logit is -inf.
     """
     import torch
 
@@ -431,10 +436,13 @@ def topk_targets(rows: torch.Tensor, top_k: int, tail_samples: int = 0,
         ids = torch.cat([ids, drawn.gather(1, order)], dim=-1)
     logprobs = values - normaliser[:, None]
     if ids.shape[-1] == rows.shape[-1]:
-        tail = torch.full_like(normaliser, float("-inf"))
-    else:
-        inside = torch.logsumexp(logprobs, dim=-1).clamp(max=0.0)
-        tail = torch.log(-torch.expm1(inside))
+        return ids, logprobs, torch.full_like(normaliser, float("-inf"))
+    tail = torch.empty_like(normaliser)
+    step = max(1, _TAIL_CHUNK_LOGITS // rows.shape[-1])  # one chunk's copy of the logits at a time
+    for start in range(0, rows.shape[0], step):
+        chunk = slice(start, start + step)
+        excluded = rows[chunk].scatter(1, ids[chunk], float("-inf"))
+        tail[chunk] = torch.logsumexp(excluded, dim=-1) - normaliser[chunk]
     return ids, logprobs, tail
 
 

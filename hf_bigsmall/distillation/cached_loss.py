@@ -183,12 +183,14 @@ def cached_distillation_losses(
         support_logits = support_logits[keep] if need_normaliser else None
 
     tail_logprob = tail_logprob.to(rows.device, torch.float32)
-    has_tail = tail_logprob > float("-inf")
-    # student tail mass 1 - sum_S q, with expm1 for digits when it is small; where the teacher has no
-    # tail (k = V) the student has none either, and the branch carries no gradient
-    inside = torch.logsumexp(student_support, dim=-1).clamp(max=0.0)
-    student_tail = torch.where(has_tail, -torch.expm1(inside), torch.ones_like(inside)).clamp(min=_TAIL_FLOOR).log()
-    student_tail = torch.where(has_tail, student_tail, torch.full_like(student_tail, _LOG_FLOOR))
+    if k == vocab_size:  # the cached tokens cover the vocabulary: neither distribution has a tail
+        student_tail = torch.full_like(student_support[:, 0], _LOG_FLOOR)
+    else:
+        # student tail mass 1 - sum_S q, with expm1 for digits when it is small. It is kept whatever
+        # the teacher's tail: a teacher tail of (almost) zero is where reverse KL and JSD charge the
+        # student most for the mass it puts outside S, never where they may drop that term
+        inside = torch.logsumexp(student_support, dim=-1).clamp(max=0.0)
+        student_tail = (-torch.expm1(inside)).clamp(min=_TAIL_FLOOR).log()
 
     teacher_support = topk_logprobs.to(rows.device, torch.float32) / temperature
     if temperature == 1.0:
@@ -245,8 +247,10 @@ def cached_kd_loss(
         student_logits (`torch.Tensor` of shape `(..., V)`): student logits, any float dtype.
         topk_ids (`torch.Tensor` of shape `(N, k)`): cached token ids, for the N positions that count.
         topk_logprobs (`torch.Tensor` of shape `(N, k)`): the teacher's log-probabilities at T = 1.
-        tail_logprob (`torch.Tensor` of shape `(N,)`): log of the teacher's mass outside the top-k
-            (-inf when k covers the vocabulary).
+        tail_logprob (`torch.Tensor` of shape `(N,)`): log of the teacher's mass outside the top-k,
+            from the excluded log-probabilities (`logsumexp` over them, as `topk_targets` does): a
+            difference `log(1 - sum(p))` in float32 reads -inf below about 1e-7. Ignored when k
+            covers the vocabulary.
         temperature (`float`): softening temperature `T > 0`.
         kind (`str`): `"forward_kl"`, `"reverse_kl"` or `"jsd"`, as in `kd_loss`.
         mask (`torch.Tensor` of shape `(...)`, *optional*): True at the N positions that count, in
@@ -269,7 +273,7 @@ def cached_kd_loss(
     >>> from hf_bigsmall.distillation.cached_loss import cached_kd_loss
     >>> teacher = torch.randn(4, 10).log_softmax(-1)
     >>> logprobs, ids = teacher.topk(3, dim=-1)
-    >>> tail = torch.log1p(-logprobs.exp().sum(-1))
+    >>> tail = teacher.scatter(1, ids, float("-inf")).logsumexp(-1)  # the mass outside the top-3
     >>> cached_kd_loss(torch.randn(4, 10), ids, logprobs, tail).shape
     torch.Size([])
     ```

@@ -65,6 +65,17 @@ def target_mask(labels: torch.Tensor | None, attention_mask: torch.Tensor | None
     return F.pad(following, (0, 1), value=False)
 
 
+def invalid_logit_rows(logits: torch.Tensor) -> torch.Tensor:
+    """True at each position `(...)` of `(..., V)` logits that no soft target can be made from.
+
+    That is a NaN or +inf anywhere in the row, or a row that is -inf everywhere (its softmax is
+    0 / 0). A -inf among finite logits is allowed: it is a token the model rules out (a masked
+    vocabulary entry). One reduction over the logits, `(..., V) -> (...)`.
+    """
+    peak = logits.amax(dim=-1)  # NaN if any entry is NaN, +inf if any is +inf, -inf if all are -inf
+    return ~torch.isfinite(peak)
+
+
 def _rows_that_count(mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:
     """The flat boolean mask of the `(N, C)` rows that count, or None when every row does."""
     if mask is None:

@@ -604,3 +604,56 @@ def test_tail_draws_out_of_range_are_refused_before_writing(tmp_path, tail_sampl
     with pytest.raises(ValueError, match=r"tail_samples must be an integer in \[0, 120\]"):
         cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, tail_samples=tail_samples)
     assert not (tmp_path / "cache").exists()
+
+
+def _spoil_logits(teacher, value, marker=TINY_VOCAB - 1):
+    """Make `teacher` emit `value` logits for every row that holds the token `marker` (a broken teacher)."""
+
+    def hook(module, args, kwargs, output):
+        spoiled = kwargs["input_ids"].eq(marker).any(-1)
+        output.logits[spoiled] = value
+        return output
+
+    return teacher.register_forward_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_teacher_with_non_finite_logits_is_refused_at_caching_naming_the_rows(tmp_path, value):
+    teacher, _, dataset = build("gpt2")
+    ids = dataset["input_ids"]
+    ids = [[token if token != TINY_VOCAB - 1 else 1 for token in row] for row in ids]
+    ids[2][3] = ids[5][0] = TINY_VOCAB - 1
+    dataset = dataset.remove_columns("input_ids").add_column("input_ids", ids)
+    _spoil_logits(teacher, value)
+    with pytest.raises(ValueError, match=r"NaN or infinite at the target positions of dataset rows 2, 5 \(2 rows"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, batch_size=2)
+    assert not any((tmp_path / "cache").glob("shard-*")) and not (tmp_path / "cache" / MANIFEST_NAME).exists()
+
+
+def test_a_masked_vocabulary_entry_is_cached_with_a_finite_tail(tmp_path):
+    teacher, _, dataset = build("gpt2")
+
+    def hook(module, args, kwargs, output):
+        output.logits[..., 5] = float("-inf")  # a token the teacher rules out everywhere
+        return output
+
+    teacher.register_forward_hook(hook, with_kwargs=True)
+    cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8)
+    tails = np.concatenate(load_teacher_logits(tmp_path / "cache", dataset)["teacher_tail_logprob"])
+    assert np.isfinite(tails).all()
+
+
+def test_online_teacher_with_non_finite_logits_stops_training_at_once(tmp_path):
+    teacher, student, dataset = build("gpt2")
+    before = {name: value.clone() for name, value in student.state_dict().items()}
+
+    def hook(module, args, kwargs, output):
+        output.logits[:, 5] = float("nan")  # position 5 counts in every row
+        return output
+
+    teacher.register_forward_hook(hook, with_kwargs=True)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=dataset)
+    with pytest.raises(ValueError, match="NaN or infinite .* at step 0"):
+        trainer.train()
+    for name, value in student.state_dict().items():
+        assert torch.equal(value, before[name]), name

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from transformers.utils import logging
 
-from ..losses import target_mask  # the positions that count: one rule for the cache, the losses and the trainer
+from ..losses import invalid_logit_rows, target_mask  # target_mask: one rule for the cache, losses and trainer
 
 if TYPE_CHECKING:
     import torch
@@ -336,16 +336,25 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
     causal = record["task"] == "causal_lm"
     per_row: dict[str, list[np.ndarray]] = {name: [] for name in CACHE_COLUMNS}
     lengths: list[int] = []
+    bad_rows: list[int] = []
     for start in range(0, len(rows), batch_size):
         batch = _pad([rows[i] for i in range(start, min(start + batch_size, len(rows)))], pad_token_id)
         inputs = {name: value.to(device) for name, value in batch.items() if name != "labels"}
         with torch.no_grad():
             logits = teacher(**inputs).logits.float()
+        labels = batch.get("labels")
+        mask = None if not causal else target_mask(labels.to(device) if labels is not None else None,
+                                                   inputs["attention_mask"], shift=True)
+        invalid = invalid_logit_rows(logits)
+        invalid = invalid if mask is None else (invalid & mask).any(-1)
+        if bool(invalid.any()):  # the rest of the shard is still checked, so every such row is named
+            first = shard_index * record["shard_size"] + start
+            bad_rows.extend(first + int(index) for index in invalid.nonzero().flatten())
+        if bad_rows:
+            continue
         if not causal:
             per_row["teacher_logits"].extend(logits.cpu().numpy())
             continue
-        labels = batch.get("labels")
-        mask = target_mask(labels.to(device) if labels is not None else None, inputs["attention_mask"], shift=True)
         ids, logprobs, tail = topk_targets(logits[mask], record["top_k"], record.get("tail_samples") or 0, generator)
         counts = mask.sum(1).tolist()
         lengths.extend(counts)
@@ -359,6 +368,14 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
         per_row["teacher_topk_ids"].append(ids_np)
         per_row["teacher_topk_logprobs"].append(logprobs_np)
         per_row["teacher_tail_logprob"].append(tail.cpu().numpy().astype(np.float32))
+    if bad_rows:
+        shown = ", ".join(map(str, bad_rows[:20])) + (", ..." if len(bad_rows) > 20 else "")
+        raise ValueError(
+            f"the teacher's logits are NaN or infinite at the target positions of dataset rows {shown} ({len(bad_rows)} "
+            f"rows of shard {shard_index}), which have no soft targets; this shard was not written. Check those rows "
+            "and the teacher (a float16 teacher can overflow: load it in float32 or bfloat16), or drop the rows; "
+            "finished shards are kept for the rerun."
+        )
     arrays = {ROW_HASH_COLUMN: pa.array(hashes, pa.int64())}
     if not causal:
         arrays["teacher_logits"] = pa.array([row.astype(np.float32) for row in per_row["teacher_logits"]],

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
-from ..losses import attention_loss, hidden_state_loss, kd_loss, target_mask
+from ..losses import attention_loss, hidden_state_loss, invalid_logit_rows, kd_loss, target_mask
 from ..utils.trainer import BigSmallTrainerMixin
 from .cache import (
     CACHE_COLUMNS,
@@ -274,6 +274,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 teacher_outputs = self.teacher_model(**model_inputs, **extra)
             if args.alpha_kd > 0:
                 teacher_logits = self._prediction_targets(teacher_outputs.logits, labels, None)[0]
+                self._check_teacher_logits(teacher_logits, row_mask)
                 kd = kd_loss(
                     student_logits, teacher_logits, args.temperature, kind=args.kd_loss,
                     mask=row_mask, jsd_beta=args.jsd_beta, reduction="sum",
@@ -310,6 +311,24 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 self._eval_parts[name] = self._eval_parts.get(name, 0.0) + value.detach().float() * sequences
             self._eval_sequences += sequences
         return (loss, outputs) if return_outputs else loss
+
+    def _check_teacher_logits(self, teacher_logits: torch.Tensor, row_mask: torch.Tensor | None) -> None:
+        """Stop at the first teacher output with NaN or infinite logits where the loss is taken.
+
+        A NaN soft target trains the student to NaN weights while the clamped loss can still read 0.
+        """
+        invalid = invalid_logit_rows(teacher_logits)
+        if row_mask is not None:
+            invalid = invalid & row_mask
+        if bool(invalid.any()):  # one small reduction per step, checked on the host
+            where = "sequences" if row_mask is None else "(sequence, position) pairs"
+            found = invalid.nonzero().tolist()[:5]
+            raise ValueError(
+                f"the teacher's logits are NaN or infinite at {int(invalid.sum())} {where} of this batch (first "
+                f"{found}) at step {self.state.global_step}: the soft targets would make the student's weights "
+                "NaN. Check the teacher (a float16 teacher can overflow: teacher_dtype='bfloat16' or 'float32') "
+                "and those inputs."
+            )
 
     # ------------------------------------------------------------------------------------------
     # distilling from a teacher-logit cache (teacher_model=None)

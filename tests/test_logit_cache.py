@@ -657,3 +657,28 @@ def test_online_teacher_with_non_finite_logits_stops_training_at_once(tmp_path):
         trainer.train()
     for name, value in student.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+def test_teacher_logits_naming_another_cache_than_the_datasets_columns_is_refused(gpt2_cache, tmp_path):
+    teacher, dataset, folder = gpt2_cache
+    other = tmp_path / "other"
+    cache_teacher_logits(teacher, dataset, other, top_k=4, logprob_dtype="float32")
+    carried = load_teacher_logits(folder, dataset)
+    student = build("gpt2")[1]
+    with pytest.raises(ValueError, match="names another cache than the one whose columns train_dataset already"):
+        DistillationTrainer(model=student, teacher_model=None, train_dataset=carried,
+                            args=config(tmp_path, teacher_logits=str(other)))
+    # the same cache, named by its folder (as the recipes do), is what the dataset carries: accepted
+    trainer = DistillationTrainer(model=student, teacher_model=None, train_dataset=carried,
+                                  args=config(tmp_path, teacher_logits=str(folder)))
+    assert trainer.teacher_logits_record["path"] == str(folder)
+
+
+def test_kd_tail_reaches_the_cached_loss_from_the_config(tmp_path):
+    with pytest.raises(ValueError, match="kd_tail must be one of"):
+        config(tmp_path, kd_tail="gaussian")
+    logs = {}
+    for tail in ("uniform", "student"):
+        _, logs[tail], trainer = _first_gradient(tmp_path, "gpt2", cached=True, top_k=16, kd_tail=tail)
+        assert trainer.model.config.distillation["teacher_logits"]["tail"] == tail
+    assert logs["student"]["loss_kd"] != pytest.approx(logs["uniform"]["loss_kd"], rel=1e-3)

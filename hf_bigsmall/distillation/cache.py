@@ -281,6 +281,12 @@ def _run_key(record: dict) -> tuple:
     return tuple(record.get(key) for key in keys)
 
 
+def same_cache(first: dict, second: dict) -> bool:
+    """Whether two cache records (manifests, or the record a loaded dataset carries) describe one cache:
+    same teacher weights, rows, top_k, tail draws and storage."""
+    return _run_key(first) == _run_key(second)
+
+
 def _finished_shard(shard_dir: Path, record: dict) -> bool:
     meta_path = shard_dir / SHARD_META_NAME
     if not meta_path.is_file():

@@ -22,6 +22,8 @@ from .cache import (
     cached_columns,
     entries_per_target,
     load_teacher_logits,
+    read_manifest,
+    same_cache,
 )
 from .cached_loss import cached_distillation_losses
 from .config import DistillationConfig
@@ -60,6 +62,19 @@ def _summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing:
         total = total + F.cross_entropy(rows[chunk].float(), flat_labels[chunk], ignore_index=-100, reduction="sum",
                                         label_smoothing=smoothing)
     return total
+
+
+def _check_same_cache(teacher_logits: str | os.PathLike, carried: dict | None) -> None:
+    """Refuse `teacher_logits` naming another cache than the one whose columns the train dataset carries."""
+    named = read_manifest(teacher_logits)
+    if carried is not None and same_cache(carried, named):
+        return
+    carried_from = (carried or {}).get("path", "an unknown cache")
+    raise ValueError(
+        f"teacher_logits={str(teacher_logits)!r} names another cache than the one whose columns train_dataset "
+        f"already carries ({carried_from}): pass the plain train dataset with teacher_logits, or unset "
+        "teacher_logits to train from the columns the dataset carries."
+    )
 
 
 class DistillationTrainer(BigSmallTrainerMixin, Trainer):
@@ -385,6 +400,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             if not cached_columns(train_dataset):
                 train_dataset = load_teacher_logits(args.teacher_logits, train_dataset)
                 kwargs["train_dataset"] = train_dataset
+            else:
+                _check_same_cache(args.teacher_logits, cache_record(train_dataset))
         if train_dataset is None or not cached_columns(train_dataset):
             raise ValueError(
                 "DistillationTrainer needs a teacher (teacher_model=...) or a train_dataset carrying cached teacher "
@@ -419,6 +436,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             "logprob_dtype": record.get("logprob_dtype"),
             "teacher_fingerprint": record.get("teacher_fingerprint"),
         }
+        if record["task"] == "causal_lm" and args.temperature != 1.0:  # only then is the tail estimated
+            distillation["teacher_logits"]["tail"] = args.kd_tail
         student.config.distillation = distillation
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -443,7 +462,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         return cached_distillation_losses(
             student_logits, inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"],
             inputs["teacher_tail_logprob"], args.temperature, kind=args.kd_loss, mask=mask, labels=labels,
-            jsd_beta=args.jsd_beta, reduction="sum",
+            jsd_beta=args.jsd_beta, reduction="sum", tail=args.kd_tail,
             chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
         )
 

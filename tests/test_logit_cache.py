@@ -60,13 +60,17 @@ def test_cached_tail_keeps_its_digits_however_small(tail):
 
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-@pytest.mark.parametrize("tail", [1e-3, 1e-9])
-def test_one_token_short_of_the_vocabulary_is_the_full_divergence(kind, temperature, tail):
+@pytest.mark.parametrize("tail, tiny", [(1e-4, "teacher"), (1e-9, "teacher"), (1e-8, "student"), (1e-12, "student")])
+def test_one_token_short_of_the_vocabulary_is_the_full_divergence(kind, temperature, tail, tiny):
     """At top_k = V - 1 the tail is one token, so the collapsed loss is the full one, even where that
-    token's teacher probability is below float32's resolution next to 1 (reverse KL then charges the
-    student most for the mass it puts there)."""
-    teacher, student = _teacher_with_a_tiny_tail(tail=tail)
+    token's probability is below float32's resolution next to 1: the teacher's (reverse KL then charges
+    the student most for the mass it puts there) or the student's (forward KL then must raise it)."""
+    teacher, student = _teacher_with_a_tiny_tail(tail=tail if tiny == "teacher" else 1e-4)
+    if tiny == "student":  # the student's probability of the teacher's excluded token 0 is `tail`
+        with torch.no_grad():
+            student[:, 0] = torch.logsumexp(student[:, 1:], dim=-1) + math.log(tail / (1 - tail))
     ids, logprobs, cached_tail = topk_targets(teacher.float(), teacher.shape[-1] - 1)
+    assert (ids != 0).all()
     cached = cached_kd_loss(student, ids, logprobs, cached_tail, temperature, kind=kind, reduction="sum")
     full = kd_loss(student, teacher.float(), temperature, kind=kind, reduction="sum")
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)

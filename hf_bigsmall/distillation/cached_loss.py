@@ -45,21 +45,28 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 class _SupportLogProbs(torch.autograd.Function):
     """The student's log-probabilities the losses need, from one log-softmax over the vocabulary.
 
-    Returns `(support, label, normaliser)`: `log_softmax(rows / T).gather(ids)` at the cached ids,
-    the untempered log-probability of each row's label (empty without labels), and the untempered
-    log-normaliser `logsumexp(rows)` (not differentiated; read off the tempered pass at `T = 1`).
+    Returns `(support, tail, label, normaliser)`: `log_softmax(rows / T).gather(ids)` at the cached
+    ids; with `need_tail` the log of the tempered mass outside them, summed over the excluded
+    entries (`1 - sum(exp(support))` in float32 would lose every digit of a mass below about 1e-7
+    and, with it, the gradient that should raise it), else empty; the untempered log-probability of
+    each row's label (empty without labels); and the untempered log-normaliser `logsumexp(rows)`
+    (not differentiated; read off the tempered pass at `T = 1`).
 
     Autograd would keep `rows / T` and its log-softmax and take several more passes over all the
     logits in the backward pass, and a separate cross-entropy takes two more of its own. Here the
     log-softmax is written chunk by chunk into one float32 buffer, which the backward pass turns in
-    place into the gradient of both terms, `(scatter(g) - softmax(rows / T) * sum(g)) / T` plus
-    `scatter(g_label) - softmax(rows) * g_label`: at `T = 1` one pass over the logits each way.
+    place into the gradient of all terms: with `q = softmax(rows / T)`, `Q` the tail mass and
+    `total = sum(g_support) + g_tail`, it is `g_support_j - q_j * total` on the cached ids and
+    `(q_j / Q) * (g_tail - Q * total)` elsewhere, divided by T, plus `scatter(g_label) - softmax(rows)
+    * g_label` (at `T = 1` folded into `total`): one pass over the logits each way, plus the tail's sum.
     The buffer is consumed, so the graph cannot be run backward twice.
     """
 
     @staticmethod
-    def forward(ctx, rows, ids, labels, temperature, chunk_size, need_normaliser):
+    def forward(ctx, rows, ids, labels, temperature, chunk_size, need_normaliser, need_tail):
         buffer = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+        support = torch.empty(ids.shape, dtype=torch.float32, device=rows.device)
+        tail = torch.empty(rows.shape[0] if need_tail else 0, dtype=torch.float32, device=rows.device)
         scratch = None
         for start in range(0, rows.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
@@ -69,7 +76,11 @@ class _SupportLogProbs(torch.autograd.Function):
                     scratch = torch.empty(source.shape, dtype=torch.float32, device=rows.device)
                 source = torch.div(source, temperature, out=scratch)
             torch._log_softmax(source, -1, False, out=buffer[chunk])
-        support = buffer.gather(1, ids)
+            support[chunk] = buffer[chunk].gather(1, ids[chunk])
+            if need_tail:  # the excluded entries alone: the cached ones set to -inf, then put back
+                buffer[chunk].scatter_(1, ids[chunk], float("-inf"))
+                tail[chunk] = torch.logsumexp(buffer[chunk], dim=-1)
+                buffer[chunk].scatter_(1, ids[chunk], support[chunk])
         untempered = temperature != 1.0 and (labels is not None or need_normaliser)
         if untempered:
             normaliser = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
@@ -85,34 +96,48 @@ class _SupportLogProbs(torch.autograd.Function):
         else:
             label = buffer.gather(1, labels[:, None]).squeeze(1)
         ctx.save_for_backward(ids, labels if labels is not None else ids.new_empty(0), normaliser,
-                              rows if untempered and labels is not None else rows.new_empty(0))
+                              rows if untempered and labels is not None else rows.new_empty(0), support, tail)
         ctx.buffer, ctx.temperature, ctx.chunk_size, ctx.dtype = buffer, temperature, chunk_size, rows.dtype
         ctx.has_labels = labels is not None
         ctx.mark_non_differentiable(normaliser)
-        return support, label, normaliser
+        return support, tail, label, normaliser
 
     @staticmethod
-    def backward(ctx, grad_support, grad_label, _grad_normaliser):
-        ids, labels, normaliser, rows = ctx.saved_tensors
+    def backward(ctx, grad_support, grad_tail, grad_label, _grad_normaliser):
+        ids, labels, normaliser, rows, support, tail = ctx.saved_tensors
         buffer, temperature, chunk_size = ctx.buffer, ctx.temperature, ctx.chunk_size
         ctx.buffer = None
         grad_support = grad_support.float() / temperature
         total = grad_support.sum(1, keepdim=True)
+        with_tail = tail.numel() > 0 and grad_tail is not None
+        if with_tail:
+            grad_tail = grad_tail.float()[:, None] / temperature
+            total = total + grad_tail
         with_labels = ctx.has_labels and grad_label is not None and bool(grad_label.any())
         if with_labels:
             grad_label = grad_label.float()[:, None]
             if temperature == 1.0:  # both terms share softmax(rows): one pass
                 total = total + grad_label
+        if with_tail:
+            finite = torch.isfinite(tail)[:, None]
+            log_tail = torch.where(finite, tail[:, None], torch.zeros_like(tail[:, None]))
+            # (q_j / Q) * (g_tail - Q * total) for the excluded j; Q = 0 leaves q_j = 0 there
+            tail_coefficient = grad_tail - torch.where(finite, log_tail.exp(), torch.zeros_like(log_tail)) * total
         for start in range(0, buffer.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
-            buffer[chunk].exp_().mul_(-total[chunk])
+            if with_tail:
+                buffer[chunk].sub_(log_tail[chunk]).exp_().mul_(tail_coefficient[chunk])
+                # the cached ids: -q_j * total, written over (q_j / Q can overflow there)
+                buffer[chunk].scatter_(1, ids[chunk], support[chunk].exp() * -total[chunk])
+            else:
+                buffer[chunk].exp_().mul_(-total[chunk])
             if with_labels and temperature != 1.0:
                 untempered = (rows[chunk].float() - normaliser[chunk, None]).exp_()
                 buffer[chunk].addcmul_(untempered, grad_label[chunk], value=-1.0)
         buffer.scatter_add_(1, ids, grad_support)
         if with_labels:
             buffer.scatter_add_(1, labels[:, None], grad_label)
-        return buffer.to(ctx.dtype), None, None, None, None, None
+        return buffer.to(ctx.dtype), None, None, None, None, None, None
 
 
 def cached_distillation_losses(
@@ -174,23 +199,21 @@ def cached_distillation_losses(
         valid = flat_labels.ne(-100)
         flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels)).long()
     need_normaliser = temperature != 1.0 and tail == "student"
-    student_support, label_logprob, normaliser = _SupportLogProbs.apply(
-        rows, ids, flat_labels, float(temperature), chunk_size or max(rows.shape[0], 1), need_normaliser)
+    has_tail = k < vocab_size  # otherwise the cached tokens cover the vocabulary: neither side has a tail
+    student_support, student_tail, label_logprob, normaliser = _SupportLogProbs.apply(
+        rows, ids, flat_labels, float(temperature), chunk_size or max(rows.shape[0], 1), need_normaliser, has_tail)
     ce = None if labels is None else -(label_logprob * valid).sum()
     support_logits = rows.gather(1, ids).float() if need_normaliser else None  # (rows, k): small
     if keep is not None:
         student_support, normaliser = student_support[keep], normaliser[keep]
+        student_tail = student_tail[keep] if has_tail else student_tail
         support_logits = support_logits[keep] if need_normaliser else None
 
     tail_logprob = tail_logprob.to(rows.device, torch.float32)
-    if k == vocab_size:  # the cached tokens cover the vocabulary: neither distribution has a tail
+    if not has_tail:
         student_tail = torch.full_like(student_support[:, 0], _LOG_FLOOR)
-    else:
-        # student tail mass 1 - sum_S q, with expm1 for digits when it is small. It is kept whatever
-        # the teacher's tail: a teacher tail of (almost) zero is where reverse KL and JSD charge the
-        # student most for the mass it puts outside S, never where they may drop that term
-        inside = torch.logsumexp(student_support, dim=-1).clamp(max=0.0)
-        student_tail = (-torch.expm1(inside)).clamp(min=_TAIL_FLOOR).log()
+    # else the student's tail is kept whatever the teacher's: a teacher tail of (almost) zero is where
+    # reverse KL and JSD charge the student most for the mass it puts outside S
 
     teacher_support = topk_logprobs.to(rows.device, torch.float32) / temperature
     if temperature == 1.0:

@@ -60,7 +60,8 @@ def test_cached_tail_keeps_its_digits_however_small(tail):
 
 @pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
-@pytest.mark.parametrize("tail, tiny", [(1e-4, "teacher"), (1e-9, "teacher"), (1e-8, "student"), (1e-12, "student"), (1e-40, "student")])
+@pytest.mark.parametrize("tail, tiny", [(1e-4, "teacher"), (1e-9, "teacher"),
+                                        (1e-8, "student"), (1e-12, "student"), (1e-40, "student")])
 def test_one_token_short_of_the_vocabulary_is_the_full_divergence(kind, temperature, tail, tiny):
     """At top_k = V - 1 the tail is one token, so the collapsed loss is the full one, even where that
     token's probability is below float32's resolution next to 1: the teacher's (reverse KL then charges

@@ -9,8 +9,8 @@ What is stored, per row of the dataset:
 
 - sequence classification: `teacher_logits`, all the teacher's logits (float32);
 - causal LM: for every target token (a position `hf_bigsmall.losses.target_mask` keeps, the rule
-  the trainer trains by: its next label is not -100 and, by the attention mask, neither it nor the
-  token it predicts is padding, even where labels were left on the padding), the top-k log-probabilities at temperature 1
+  the trainer trains by: its next label is not -100 and, by the attention mask, neither it nor
+  the token it predicts is padding, even where labels were left on the padding), the top-k log-probabilities at temperature 1
   (`teacher_topk_logprobs`, float16 by default), their token ids (`teacher_topk_ids`, uint16 when
   the vocabulary fits, else int32), and the log of the probability mass outside the top-k
   (`teacher_tail_logprob`, float32, summed from the excluded logits so that it stays finite however
@@ -377,10 +377,10 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
     if bad_rows:
         shown = ", ".join(map(str, bad_rows[:20])) + (", ..." if len(bad_rows) > 20 else "")
         raise ValueError(
-            f"the teacher's logits are NaN or infinite at the target positions of dataset rows {shown} ({len(bad_rows)} "
-            f"rows of shard {shard_index}), which have no soft targets; this shard was not written. Check those rows "
-            "and the teacher (a float16 teacher can overflow: load it in float32 or bfloat16), or drop the rows; "
-            "finished shards are kept for the rerun."
+            f"the teacher's logits are NaN or infinite at the target positions of dataset rows {shown} "
+            f"({len(bad_rows)} rows of shard {shard_index}), which have no soft targets; this shard was not written. "
+            "Check those rows and the teacher (a float16 teacher can overflow: load it in float32 or bfloat16), "
+            "or drop the rows; finished shards are kept for the rerun."
         )
     arrays = {ROW_HASH_COLUMN: pa.array(hashes, pa.int64())}
     if not causal:

@@ -5,7 +5,7 @@ log-probabilities at temperature 1, and the mass `m = 1 - sum_S p` of the other 
 distributions are collapsed onto the k tokens of `S` plus one "tail" outcome (every other token),
 and the divergence is taken between the collapsed distributions. By the data-processing
 inequality this is a lower bound of the full divergence, with equality when k covers the
-vocabulary (the tail is then empty), and it charges the student for the mass it puts outside the
+vocabulary (the tail is then empty) or leaves out one token, and it charges the student for the mass it puts outside the
 teacher's top-k, which a loss over `S` alone would not see (DistillKit and the random-sampling KD
 study, Anshumann et al. ACL 2025, both note that truncating to the top-k alone biases the student).
 
@@ -20,6 +20,12 @@ whenever the two tails are proportional (the whole loss and its gradient then eq
 full-vocabulary divergence), but on SmolLM2 at `T = 2` neither estimate recovers what the tail's
 shape carries: both left the student about 1.13x the online teacher's perplexity, the uniform one
 slightly ahead (BENCHMARKS.md). At `T = 1` nothing is estimated: prefer it with token-level caches.
+(`DistillationConfig.kd_tail` picks the estimate for `DistillationTrainer`.)
+
+Both tails are kept as logs summed over their own tokens, never as `1 - sum_S` in float32, which
+reads 0 below a mass of about 1e-7: the teacher's comes so from the cache (`topk_targets`), the
+student's from its excluded log-probabilities where its mass is below 1e-3. A tail of (almost) zero
+on the teacher's side is where reverse KL and JSD charge the student most for mass outside `S`.
 """
 
 from __future__ import annotations

@@ -39,6 +39,8 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 # kernel) were as accurate as blocks of 16 or 128 and accuracy level 1, and the fastest
 INT4_BLOCK_SIZE = 32
 INT4_ACCURACY_LEVEL = 4
+# ONNX Runtime's CPU GroupQueryAttention kernel refuses other head sizes at run time (checked with 0.18.0)
+_HEAD_DIM_MULTIPLE = 16
 # the fp32 export must reproduce transformers' logits to this (absolute, plus relative to their size)
 _EXPORT_TOLERANCE = 1e-3
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and then the dog chases the fox around the yard."
@@ -101,6 +103,11 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
         raise ValueError(f"ONNX Runtime GenAI's builder cannot take {architectures[0] if architectures else config.model_type!r} "
                          f"here: supported architectures are {SUPPORTED_ARCHITECTURES}. Use backend='onnxruntime' "
                          "(int8 ONNX, no KV cache) for other causal LMs.")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim % _HEAD_DIM_MULTIPLE:
+        raise ValueError(f"{model_dir} has heads of {head_dim} dimensions: ONNX Runtime GenAI's CPU attention kernel "
+                         f"(GroupQueryAttention) needs head_dim a multiple of {_HEAD_DIM_MULTIPLE}. Prune whole heads "
+                         "rather than head dimensions, or serve this model with transformers.")
     if not ((model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file()):
         raise ValueError(f"{model_dir} has no tokenizer: save it beside the model (tokenizer.save_pretrained); "
                          "the builder copies it into the exported folder.")
@@ -182,6 +189,7 @@ def export_genai(
     *,
     block_size: int = INT4_BLOCK_SIZE,
     accuracy_level: int = INT4_ACCURACY_LEVEL,
+    builder_options: dict[str, Any] | None = None,
 ) -> Path:
     """Export a saved Llama-family causal LM for ONNX Runtime GenAI on CPU, into a new folder.
 
@@ -197,6 +205,8 @@ def export_genai(
         output_dir: the new folder; an earlier export there is replaced, any other folder refused.
         scheme: `"int4"` (MatMulNBits, the fastest), `"int8"` or `"fp32"`.
         block_size, accuracy_level: int4/int8 MatMulNBits settings (see `INT4_BLOCK_SIZE`).
+        builder_options: further `--extra_options` of the builder (e.g. `{"nodes_to_exclude":
+            "/lm_head/MatMul"}`), passed as they are and recorded.
 
     Returns:
         `output_dir` as a `Path`.
@@ -221,6 +231,7 @@ def export_genai(
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     config = check_genai_source(model_dir, output_dir, scheme)
     extra_options = {} if scheme == "fp32" else {"block_size": block_size, "accuracy_level": accuracy_level}
+    extra_options.update(builder_options or {})
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # a fresh hidden sibling: never a name a user's folder could have, on the same disk for the rename
     build_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.genai-", dir=output_dir.parent))
@@ -237,7 +248,7 @@ def export_genai(
                   "backend": GENAI_BACKEND, "backend_version": onnxruntime_genai.__version__, "device": "cpu",
                   "format": GENAI_BACKEND, "file": "model.onnx", "source": str(model_dir),
                   **probe,
-                  **({"block_size": block_size, "accuracy_level": accuracy_level} if extra_options else {})}
+                  **({"builder_options": extra_options} if extra_options else {})}
         setattr(config, QUANTIZATION_KEY, record)
         config.save_pretrained(build_dir)
         _publish(build_dir, output_dir)

@@ -60,13 +60,20 @@ def _is_kit_folder(folder: Path) -> bool:
     return (config.get(QUANTIZATION_KEY) or {}).get("backend") == GENAI_BACKEND and is_genai_folder(folder)
 
 
-def scheme_description(scheme: str, block_size: int = INT4_BLOCK_SIZE, accuracy_level: int = INT4_ACCURACY_LEVEL) -> str:
+def scheme_description(scheme: str, builder_options: dict[str, Any] | None = None) -> str:
     """What a scheme stores, as the record and the model card state it."""
     if scheme == "fp32":
         return "fp32 weights, KV cache in the graph (GroupQueryAttention)"
+    options = builder_options or {}
     bits = 4 if scheme == "int4" else 8
-    return (f"int{bits} weight-only MatMulNBits, symmetric, blocks of {block_size} input channels, accuracy level "
-            f"{accuracy_level}; embeddings and norms fp32; KV cache in the graph")
+    symmetric = str(options.get("is_symmetric", True)).lower() not in ("false", "0")
+    # the builder quantizes the output layer with the others, also when it is tied to the input embedding
+    head = "output layer fp32" if "/lm_head/MatMul" in str(options.get("nodes_to_exclude", "")) else (
+        "output layer quantized too (also when tied to the embedding)")
+    return (f"int{bits} weight-only MatMulNBits, {'symmetric' if symmetric else 'asymmetric'}, blocks of "
+            f"{options.get('block_size', INT4_BLOCK_SIZE)} input channels, accuracy level "
+            f"{options.get('accuracy_level', INT4_ACCURACY_LEVEL)}; input embedding and norms fp32, {head}; "
+            "KV cache in the graph")
 
 
 def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLike, scheme: str):
@@ -244,7 +251,7 @@ def export_genai(
             raise ValueError(f"The GenAI fp32 export of {model_dir} does not reproduce transformers' logits (max "
                              f"difference {difference:.3g}): onnxruntime-genai {onnxruntime_genai.__version__}'s "
                              "builder does not convert this model correctly.")
-        record = {"method": scheme, "scheme": scheme_description(scheme, block_size, accuracy_level),
+        record = {"method": scheme, "scheme": scheme_description(scheme, extra_options),
                   "backend": GENAI_BACKEND, "backend_version": onnxruntime_genai.__version__, "device": "cpu",
                   "format": GENAI_BACKEND, "file": "model.onnx", "source": str(model_dir),
                   **probe,

@@ -224,6 +224,7 @@ def test_a_folder_the_kit_did_not_write_is_refused_and_kept(tiny_export, tmp_pat
     export_genai(source, tmp_path / "export", "int4")
     export_genai(source, tmp_path / "export", "fp32")
     assert quantization_of(tmp_path / "export")["method"] == "fp32"
+    assert (tmp_path / "export").stat().st_mode & 0o777 == (tmp_path / "mine").stat().st_mode & 0o777
     _nothing_written(tmp_path, {"mine", "export"})
 
 

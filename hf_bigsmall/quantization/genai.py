@@ -269,6 +269,9 @@ def export_genai(
 
 def _publish(build_dir: Path, output_dir: Path) -> None:
     """Rename the finished build into place; an earlier export there is moved aside, then removed."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(build_dir, 0o777 & ~umask)  # mkdtemp made it private; the folder gets the usual permissions
     old = None
     if output_dir.exists():
         old = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")

@@ -107,9 +107,10 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
         raise ValueError(f"{model_dir} is a classifier ({architectures[0]}): ONNX Runtime GenAI serves causal LMs. "
                          "Quantize a classifier with backend='onnxruntime' (int8 on CPU) instead.")
     if not architectures or architectures[0] not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"ONNX Runtime GenAI's builder cannot take {architectures[0] if architectures else config.model_type!r} "
-                         f"here: supported architectures are {SUPPORTED_ARCHITECTURES}. Use backend='onnxruntime' "
-                         "(int8 ONNX, no KV cache) for other causal LMs.")
+        name = architectures[0] if architectures else config.model_type
+        raise ValueError(f"ONNX Runtime GenAI's builder cannot take {name!r} here: supported architectures are "
+                         f"{SUPPORTED_ARCHITECTURES}. Use backend='onnxruntime' (int8 ONNX, no KV cache) for other "
+                         "causal LMs.")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     if head_dim % _HEAD_DIM_MULTIPLE:
         raise ValueError(f"{model_dir} has heads of {head_dim} dimensions: ONNX Runtime GenAI's CPU attention kernel "
@@ -120,7 +121,8 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
                          "the builder copies it into the exported folder.")
     if output_dir.resolve() == model_dir.resolve():
         raise ValueError(f"output_dir {output_dir} is the model's own folder: export into a new folder.")
-    if output_dir.exists() and (not output_dir.is_dir() or (any(output_dir.iterdir()) and not _is_kit_folder(output_dir))):
+    foreign = output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
+    if foreign and not _is_kit_folder(output_dir):
         raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall's GenAI export: choose "
                          "another output_dir or remove it yourself (only an earlier GenAI export is replaced).")
     return config
@@ -421,7 +423,8 @@ class GenAIModelRunner:
 
         prompts = torch.as_tensor(prompts, dtype=torch.long)
         if prompts.ndim != 2 or prompts.numel() == 0:
-            raise ValueError(f"prompts must be token ids shaped (num_prompts, prompt_tokens), got shape {tuple(prompts.shape)}.")
+            raise ValueError("prompts must be token ids shaped (num_prompts, prompt_tokens), got shape "
+                             f"{tuple(prompts.shape)}.")
         if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
             raise ValueError(f"new_tokens must be a positive integer, got {new_tokens!r}.")
         tracker = EnergyTracker(select_meters(self.device, backend=backend, cpu_tdp_watts=cpu_tdp_watts,

@@ -49,9 +49,9 @@ def quantize(
     `onnxruntime.InferenceSession(f"{output_dir}/model.onnx")` (or `OnnxModelRunner(output_dir)`,
     which `compare_models` uses). With `backend="onnxruntime-genai"`, a Llama-family causal LM is
     exported by onnxruntime-genai's model builder (`fp32`, `int8` or `int4` MatMulNBits, KV cache in the
-    graph) and loads with `onnxruntime_genai.Model(output_dir)` (see `genai.export_genai`). On CUDA, `int8` and `int4` are torchao weight-only quantization
-    through transformers' `TorchAoConfig`; the folder loads with plain
-    `AutoModelFor...from_pretrained(output_dir, device_map="cuda")`. Either way `config.json` gets a
+    graph) and loads with `onnxruntime_genai.Model(output_dir)` (see `genai.export_genai`). On CUDA,
+    `int8` and `int4` are torchao weight-only quantization through transformers' `TorchAoConfig`; the
+    folder loads with plain `AutoModelFor...from_pretrained(output_dir, device_map="cuda")`. Either way `config.json` gets a
     `quantization` record (method, scheme, backend and version, device, source folder).
 
     Everything is checked before anything is written; the folder is written as

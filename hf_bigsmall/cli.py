@@ -53,6 +53,7 @@ def _push(args: argparse.Namespace) -> int:
 
 def _quantize(args: argparse.Namespace) -> int:
     from .quantization import quantize
+    from .quantization.config import quantization_of
     from .quantization.quantize import LOADING
 
     try:
@@ -61,7 +62,7 @@ def _quantize(args: argparse.Namespace) -> int:
     except ImportError as error:  # the backend's extra is missing: the message says what to install
         echo(f"hf-bigsmall quantize: {error}", error=True)
         return 2
-    backend = "torchao" if args.device == "cuda" else "onnxruntime"
+    backend = quantization_of(folder)["backend"]
     task = "ForCausalLM" if "ForCausalLM" in (folder / "config.json").read_text() else "ForSequenceClassification"
     echo(f"Quantized {args.model_dir} -> {folder}\nLoad it with: "
          + LOADING[backend].format(path=folder, auto_class=f"AutoModel{task}"))
@@ -180,9 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = commands.add_parser("quantize", help="int8 for the CPU (ONNX Runtime), int8/int4 for CUDA (torchao)")
     quantize.add_argument("model_dir", help="a saved classifier or causal LM, with its tokenizer")
     quantize.add_argument("output_dir", help="the new folder")
-    quantize.add_argument("--method", default="int8", choices=["int8", "int4"])
+    quantize.add_argument("--method", default="int8", choices=["int8", "int4", "fp32"])
     quantize.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model will run")
-    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torchao"])
+    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "onnxruntime-genai", "torchao"])
     quantize.set_defaults(handler=_quantize)
     return parser
 

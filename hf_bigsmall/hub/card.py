@@ -238,8 +238,11 @@ def _quantization_section(quantization: dict | None) -> list[str]:
     if not quantization:
         return []
     settings = [(key, quantization.get(key)) for key in ("method", "scheme", "backend", "backend_version", "device",
-                                                          "format", "source", "int8_max_logit_change")]
-    return ["### Quantization", "", "Quantized after training; the weights stored are integers.", "",
+                                                          "format", "source", "int8_max_logit_change",
+                                                          "max_logit_difference_from_transformers")]
+    stored = ("Exported for the engine after training; the weights stay fp32." if quantization.get("method") == "fp32"
+              else "Quantized after training; the weights stored are integers.")
+    return ["### Quantization", "", stored, "",
             *_table(settings), ""]
 
 
@@ -317,7 +320,8 @@ def build_model_card(
         all_tags += ["pruned"]
     quantization = config.get("quantization")
     if quantization:
-        all_tags += ["quantized", quantization["method"], *(["onnx"] if quantization.get("format") == "onnx" else [])]
+        all_tags += ["quantized", quantization["method"],
+                     *(["onnx"] if quantization.get("format") in ("onnx", "onnxruntime-genai") else [])]
     all_tags += tags or []
 
     eval_results = None
@@ -341,7 +345,7 @@ def build_model_card(
         datasets=[hub_id(dataset)] if hub_id(dataset) else None,
         language=language,
         license=license,
-        library_name="onnx" if (quantization or {}).get("format") == "onnx" else "transformers",
+        library_name="onnx" if (quantization or {}).get("format") in ("onnx", "onnxruntime-genai") else "transformers",
         pipeline_tag=pipeline_tag,
         tags=all_tags,
         metrics=sorted(row["metrics"]) if row and row.get("metrics") else None,
@@ -385,7 +389,11 @@ def build_model_card(
     if lineage:
         body += ["## Emissions of the runs it came from", ""] + lineage_lines(lineage) + [""]
     loader = architecture or "AutoModel"  # architectures in config.json are transformers class names
-    if (quantization or {}).get("format") == "onnx":
+    if (quantization or {}).get("format") == "onnxruntime-genai":  # an LLM engine export: its own loader
+        from ..quantization.genai import usage_snippet
+
+        body += ["## How to use", "", "```python", *usage_snippet(repo_id or model_name), "```"]
+    elif (quantization or {}).get("format") == "onnx":
         # from the Hub: snapshot_download(repo_id) first, then this folder; never the local path of the machine
         where = repo_id or model_name
         body += ["## How to use", "", "```python", "import onnxruntime", "from transformers import AutoTokenizer", "",

@@ -1,0 +1,313 @@
+"""The LM head fused with the distillation loss: token-level KD without ever holding all the logits.
+
+A causal LM's logits are `[tokens x vocabulary]`: at a 128k vocabulary one sequence of 2,048 tokens
+has 1 GB of them in float32, and token-level distillation holds the student's, the teacher's, their
+softmaxes and the gradient. Here the final hidden states and the head's weight go in instead, and
+the logits are made a chunk of tokens at a time: each chunk's logits, its soft-target loss, its
+next-token loss and their gradient with respect to the logits are computed, the gradient is pushed
+through the head at once (into the hidden states and the head's weight), and the chunk is dropped.
+The backward pass then only scales what was kept, so the peak holds one chunk's logits.
+
+The per-chunk losses are the very functions of the materialised path (`kd_loss`'s divergences,
+`cached_distillation_losses`, `cross_entropy`), differentiated by autograd on the chunk alone: the
+fused loss and its gradients are those of the materialised one up to float rounding, for every
+divergence.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..losses import KD_LOSSES, _divergence_rows
+from .cached_loss import cached_distillation_losses
+
+# logits per chunk when no chunk size is given: 64 MB of float32, a handful of buffers of it at the peak
+FUSED_CHUNK_LOGITS = 2**24
+
+
+@dataclass
+class LMHead:
+    """A language-model head as the fused loss needs it: `logits = hidden @ weight.T + bias`.
+
+    Args:
+        weight (`torch.Tensor` of shape `(V, H)`): the output embedding (tied or not).
+        bias (`torch.Tensor` of shape `(V,)`, *optional*): the head's bias, if it has one.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> LMHead:
+        """The head of a `PreTrainedModel` (its `get_output_embeddings()`, an `nn.Linear`)."""
+        linear = model.get_output_embeddings()
+        return cls(linear.weight, linear.bias)
+
+
+@dataclass
+class CachedTargets:
+    """A teacher-logit cache's top-k targets, one row per position the fused loss is given.
+
+    Rows where `present` is False carry no target (their ids, log-probabilities and tail are ignored).
+    """
+
+    ids: torch.Tensor  # (N, k) int
+    logprobs: torch.Tensor  # (N, k) float
+    tail: torch.Tensor  # (N,) float
+    present: torch.Tensor  # (N,) bool
+
+
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype the head's matmul runs in: autocast's where it is on (as `nn.Linear` would), else the input's."""
+    device_type = tensor.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return tensor.dtype
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """`kd_weight * kd + ce_weight * ce` over chunks of rows, the gradient taken chunk by chunk in the forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, chunk_losses, kd_weight, ce_weight, chunk_size):
+        needs_grad = any(ctx.needs_input_grad[:3])
+        dtype = _compute_dtype(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            weight_c = weight.to(dtype)
+            bias_c = None if bias is None else bias.to(dtype)
+            grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+                if ctx.needs_input_grad[1] else None
+            grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
+                if bias is not None and ctx.needs_input_grad[2] else None
+            kd_total = hidden.new_zeros((), dtype=torch.float32)
+            ce_total = hidden.new_zeros((), dtype=torch.float32)
+            for start in range(0, hidden.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                chunk_hidden = hidden[rows].to(dtype)
+                logits = F.linear(chunk_hidden, weight_c, bias_c).float()
+                if not needs_grad:
+                    kd, ce = chunk_losses(logits, rows)
+                else:
+                    logits.requires_grad_(True)
+                    with torch.enable_grad():
+                        kd, ce = chunk_losses(logits, rows)
+                        total = kd * kd_weight + ce * ce_weight
+                    grad_logits = None
+                    if total.requires_grad:
+                        (grad_logits,) = torch.autograd.grad(total, logits, allow_unused=True)
+                    if grad_logits is not None:
+                        grad_logits = grad_logits.to(dtype)
+                        if grad_hidden is not None:
+                            grad_hidden[rows] = (grad_logits @ weight_c).to(grad_hidden.dtype)
+                        if grad_weight is not None:
+                            grad_weight.add_(grad_logits.T @ chunk_hidden)
+                        if grad_bias is not None:
+                            grad_bias.add_(grad_logits.float().sum(0))
+                kd_total += kd.detach()
+                ce_total += ce.detach()
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(kd_total, ce_total)
+        loss = kd_total * kd_weight + ce_total * ce_weight
+        return loss, kd_total, ce_total
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_kd, _grad_ce):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_loss.float()
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * scale.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * scale).to(ctx.weight_dtype)
+        if grad_bias is not None:
+            grad_bias = (grad_bias * scale).to(ctx.bias_dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+
+def _as_weight(value: float | torch.Tensor) -> float | torch.Tensor:
+    return value.detach().float() if torch.is_tensor(value) else float(value)
+
+
+def fused_distillation_losses(
+    student_hidden: torch.Tensor,
+    student_head: LMHead,
+    labels: torch.Tensor | None = None,
+    kd_mask: torch.Tensor | None = None,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_head: LMHead | None = None,
+    cached: CachedTargets | None = None,
+    temperature: float = 1.0,
+    kind: str = "forward_kl",
+    jsd_beta: float = 0.5,
+    kd_weight: float | torch.Tensor = 1.0,
+    ce_weight: float | torch.Tensor = 1.0,
+    label_smoothing: float = 0.0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed soft-target and next-token losses of a student whose logits are never materialised.
+
+    Per chunk of rows, `logits = student_hidden @ head.weight.T + head.bias` (in autocast's dtype
+    where autocast is on, then float32, as the materialised path does); the soft-target loss is
+    `kd_loss(logits, teacher_logits, temperature, kind, jsd_beta, reduction="sum")` against the
+    teacher's logits made the same way from `teacher_hidden`, or `cached_distillation_losses`
+    against `cached` top-k targets; the task loss is the summed cross-entropy on `labels` (with
+    `label_smoothing` as the Trainer applies it). The gradient of `kd_weight * kd + ce_weight * ce`
+    is pushed into the hidden states, the weight and the bias chunk by chunk.
+
+    Args:
+        student_hidden (`torch.Tensor` of shape `(N, H)`): the student's final hidden states, the
+            rows to score (select them first; a copy of `(N, H)` is small next to `(N, V)`).
+        student_head (`LMHead`): the student's output layer, weight `(V, H)`.
+        labels (`torch.Tensor` of shape `(N,)`, *optional*): next-token targets, -100 where none.
+        kd_mask (`torch.Tensor` of shape `(N,)`, *optional*): True where the soft-target loss counts
+            (default: every row; with `cached`, the rows `cached.present` marks).
+        teacher_hidden (`torch.Tensor` of shape `(N, H_t)`, *optional*): the teacher's final hidden
+            states at the same rows (online distillation), with `teacher_head`.
+        teacher_head (`LMHead`, *optional*): the teacher's output layer, weight `(V, H_t)`.
+        cached (`CachedTargets`, *optional*): cached top-k targets instead of a teacher.
+        temperature (`float`): softening temperature; the soft-target loss is scaled by T**2.
+        kind (`str`): `"forward_kl"`, `"reverse_kl"` or `"jsd"`.
+        jsd_beta (`float`): teacher weight of the JSD mixture.
+        kd_weight, ce_weight (`float` or scalar `torch.Tensor`): what the two sums are multiplied
+            by in the returned loss (loss weight over the normalising count).
+        label_smoothing (`float`): label smoothing of the task loss, in `[0, 1)`.
+        chunk_size (`int`, *optional*): rows per chunk (default: about 16M logits).
+
+    Returns:
+        `(loss, kd, ce)`: the weighted loss (differentiable) and the two float32 sums (detached; 0
+        where there is no teacher or no labels).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_bigsmall.distillation.fused_loss import LMHead, fused_distillation_losses
+    >>> hidden, weight = torch.randn(6, 8, requires_grad=True), torch.randn(20, 8, requires_grad=True)
+    >>> labels = torch.randint(0, 20, (6,))
+    >>> loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight), labels, teacher_hidden=torch.randn(6, 8),
+    ...                                          teacher_head=LMHead(torch.randn(20, 8)), kd_weight=0.5, ce_weight=0.5)
+    >>> loss.backward()
+    ```
+    """
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}.")
+    if kind not in KD_LOSSES:
+        raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
+    if teacher_hidden is not None and cached is not None:
+        raise ValueError("give either a teacher (teacher_hidden, teacher_head) or cached targets, not both.")
+    if (teacher_hidden is None) != (teacher_head is None):
+        raise ValueError("teacher_hidden and teacher_head go together: give both or neither.")
+    if student_hidden.dim() != 2:
+        raise ValueError(f"student_hidden must be (rows, hidden), got shape {tuple(student_hidden.shape)}.")
+    rows, vocab_size = student_hidden.shape[0], student_head.weight.shape[0]
+    for name, tensor in (("labels", labels), ("kd_mask", kd_mask), ("teacher_hidden", teacher_hidden)):
+        if tensor is not None and tensor.shape[0] != rows:
+            raise ValueError(f"{name} has {tensor.shape[0]} rows but student_hidden has {rows}.")
+    if teacher_head is not None and teacher_head.weight.shape[0] != vocab_size:
+        raise ValueError(f"the teacher's head has {teacher_head.weight.shape[0]} outputs but the student's has "
+                         f"{vocab_size}: teacher and student must share the vocabulary.")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
+    chunk_size = chunk_size or max(1, FUSED_CHUNK_LOGITS // vocab_size)
+    with_kd = teacher_hidden is not None or cached is not None
+    if cached is not None:
+        kd_mask = cached.present if kd_mask is None else kd_mask & cached.present
+    if with_kd and kd_mask is None:
+        kd_mask = torch.ones(rows, dtype=torch.bool, device=student_hidden.device)
+    valid = None if labels is None else labels.ne(-100)
+    # a task loss that is only reported (weight 0) is computed without a graph
+    ce_graph = not (isinstance(ce_weight, (int, float)) and ce_weight == 0)
+    kd_graph = not (isinstance(kd_weight, (int, float)) and kd_weight == 0)
+    teacher = None
+    if teacher_head is not None:
+        teacher_hidden = teacher_hidden.detach()
+        teacher_dtype = _compute_dtype(teacher_hidden)
+        teacher = (teacher_head.weight.detach().to(teacher_dtype),
+                   None if teacher_head.bias is None else teacher_head.bias.detach().to(teacher_dtype))
+
+    def task_loss(logits: torch.Tensor, chunk: slice) -> torch.Tensor:
+        if labels is None:
+            return logits.new_zeros(())
+        with torch.enable_grad() if ce_graph else torch.no_grad():
+            return F.cross_entropy(logits, labels[chunk], ignore_index=-100, reduction="sum",
+                                   label_smoothing=label_smoothing)
+
+    def chunk_losses(logits: torch.Tensor, chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        zero = logits.new_zeros(())
+        if not with_kd:
+            return zero, task_loss(logits, chunk)
+        keep = kd_mask[chunk]
+        if cached is not None:
+            present = cached.present[chunk]
+            pick = keep[present]  # the present rows whose target counts
+            # from a cache the task loss comes out of the soft-target loss's own log-softmax
+            shared = labels is not None and label_smoothing == 0
+            kd, ce = cached_distillation_losses(
+                logits, cached.ids[chunk][present][pick], cached.logprobs[chunk][present][pick],
+                cached.tail[chunk][present][pick], temperature, kind=kind, mask=keep,
+                labels=torch.where(valid[chunk], labels[chunk], -100) if shared else None, jsd_beta=jsd_beta,
+                reduction="sum")
+            if not kd_graph:
+                kd = kd.detach()
+            if ce is None:
+                ce = task_loss(logits, chunk)
+            elif not ce_graph:
+                ce = ce.detach()
+            return kd, ce
+        with torch.no_grad():
+            teacher_logits = F.linear(teacher_hidden[chunk].to(teacher[0].dtype), *teacher).float()
+        with torch.enable_grad() if kd_graph else torch.no_grad():
+            student_rows = logits if bool(keep.all()) else logits[keep]
+            kd = _divergence_rows(student_rows, teacher_logits[keep], temperature, kind, jsd_beta).sum() * temperature**2
+        return kd, task_loss(logits, chunk)
+
+    return _FusedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, chunk_losses,
+                                _as_weight(kd_weight), _as_weight(ce_weight), chunk_size)
+
+
+# transforms some architectures apply to the head's output (Gemma 2/3, Cohere, Granite): the fused
+# loss computes `hidden @ weight.T + bias` alone, so these models keep the materialised logits
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def lm_head_refusal(model: torch.nn.Module) -> str | None:
+    """Why the fused loss cannot stand in for `model`'s logits, or None when it can.
+
+    It can when the model's forward takes `logits_to_keep` (so the full logits can be skipped), its
+    output layer is an `nn.Linear`, no known transform follows the head, and on a few tokens its
+    logits equal the output layer applied to its last hidden state (`hidden_states[-1]`).
+    """
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return "takes no `logits_to_keep` in its forward, so its logits cannot be skipped"
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        return f"has no nn.Linear output layer (get_output_embeddings() is {type(head).__name__})"
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(config, name, None)
+        if value is not None and value is not False and value != 1:
+            return f"transforms its logits after the output layer (config.{name}={value})"
+    vocab_size = head.weight.shape[0]
+    input_ids = (torch.arange(1, 6, device=head.weight.device) % vocab_size)[None]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+            expected = head(outputs.hidden_states[-1]).float()
+    finally:
+        model.train(was_training)
+    logits = outputs.logits.float()
+    tolerance = 1e-4 if head.weight.dtype == torch.float32 else 2e-2
+    if logits.shape != expected.shape or not torch.allclose(logits, expected, rtol=tolerance,
+                                                            atol=tolerance * float(expected.abs().max().clamp(min=1))):
+        return "computes logits that are not its output layer applied to its last hidden state"
+    return None

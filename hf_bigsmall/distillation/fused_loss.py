@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..losses import KD_LOSSES, _divergence_rows
+from ..losses import _LOG_FLOOR, KD_LOSSES
 from .cached_loss import cached_distillation_losses
 
 # logits per chunk when no chunk size is given: 64 MB of float32, a handful of buffers of it at the peak
@@ -63,6 +63,75 @@ class CachedTargets:
     present: torch.Tensor  # (N,) bool
 
 
+def _online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor | None, keep: torch.Tensor | None,
+                  labels: torch.Tensor | None, temperature: float, kind: str, jsd_beta: float,
+                  kd_weight: float | torch.Tensor, ce_weight: float | torch.Tensor, label_smoothing: float,
+                  needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One chunk of the online losses and their gradient with respect to the float32 logits.
+
+    The same values as `kd_loss`'s divergences (times T**2) and `cross_entropy`, with the gradient
+    written out so a chunk takes a few passes over its logits instead of autograd's many. With `s`,
+    `t` the softened student and teacher distributions, the derivative in `u = logits / T` is
+    `s - t` for forward KL; `s * (log s - log t - KL(s || t))` for reverse KL; for the JSD, whose
+    derivative in `s` is `(1 - beta) * log(s / m)`, `(1 - beta) * s * (log s - log m - KL(s || m))`;
+    times T**2 / T for the logits. The cross-entropy's is `softmax(logits) - (1 - eps) * onehot - eps / V`.
+    Returns `(kd_sum, ce_sum, grad)` (grad None without `needs_grad`).
+    """
+    zero = logits.new_zeros(())
+    kd_sum, ce_sum, grad = zero, zero, None
+    log_s = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+    s = log_s.exp() if needs_grad or kind != "forward_kl" else None
+    if teacher_logits is not None:
+        keep_f = keep.to(torch.float32)
+        log_t = torch.log_softmax(teacher_logits.div_(temperature) if temperature != 1.0 else teacher_logits, dim=-1)
+        # clamped like kd_loss's: a probability of exactly 0 contributes 0, never 0 * inf
+        log_s_c = log_s.clamp(min=_LOG_FLOOR)
+        log_t.clamp_(min=_LOG_FLOOR)
+        if kind == "forward_kl":
+            t = log_t.exp()
+            kd_rows = (t * (log_t - log_s_c)).sum(-1)
+            if needs_grad:
+                grad = s.sub(t).div_(temperature)
+            del t
+        elif kind == "reverse_kl":
+            difference = log_s_c - log_t
+            kd_rows = (s * difference).sum(-1)
+            if needs_grad:
+                grad = difference.sub_(kd_rows[:, None]).mul_(s).div_(temperature)
+            del difference
+        else:
+            beta = jsd_beta
+            log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log1p(-beta)).clamp_(min=_LOG_FLOOR)
+            teacher_part = (log_t.exp() * (log_t - log_m)).sum(-1)
+            difference = log_s_c.sub(log_m)
+            student_part = (s * difference).sum(-1)
+            kd_rows = beta * teacher_part + (1 - beta) * student_part
+            if needs_grad:
+                grad = difference.sub_(student_part[:, None]).mul_(s).mul_((1 - beta) / temperature)
+            del difference, log_m
+        del log_t, log_s_c
+        kd_sum = (kd_rows * keep_f).sum() * temperature**2
+        if grad is not None:
+            grad.mul_((keep_f * temperature**2)[:, None] * kd_weight)
+    if labels is not None:
+        valid = labels.ne(-100)
+        safe = torch.where(valid, labels, 0)
+        log_p = log_s if temperature == 1.0 else torch.log_softmax(logits, dim=-1)
+        nll = -log_p.gather(1, safe[:, None]).squeeze(1)
+        if label_smoothing > 0:
+            nll = (1 - label_smoothing) * nll - label_smoothing * log_p.mean(-1)
+        ce_sum = (nll * valid).sum()
+        if needs_grad and not (isinstance(ce_weight, (int, float)) and ce_weight == 0):
+            p = s if temperature == 1.0 else log_p.exp()
+            row_weight = valid.to(torch.float32)[:, None] * ce_weight
+            ce_grad = p.mul(row_weight)
+            if label_smoothing > 0:
+                ce_grad.sub_(row_weight * (label_smoothing / logits.shape[-1]))
+            ce_grad.scatter_add_(1, safe[:, None], -(1 - label_smoothing) * row_weight)
+            grad = ce_grad if grad is None else grad.add_(ce_grad)
+    return kd_sum, ce_sum, grad
+
+
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     """The dtype the head's matmul runs in: autocast's where it is on (as `nn.Linear` would), else the input's."""
     device_type = tensor.device.type
@@ -92,24 +161,19 @@ class _FusedHeadLoss(torch.autograd.Function):
                 rows = slice(start, start + chunk_size)
                 chunk_hidden = hidden[rows].to(dtype)
                 logits = F.linear(chunk_hidden, weight_c, bias_c).float()
-                if not needs_grad:
-                    kd, ce = chunk_losses(logits, rows)
-                else:
-                    logits.requires_grad_(True)
-                    with torch.enable_grad():
-                        kd, ce = chunk_losses(logits, rows)
-                        total = kd * kd_weight + ce * ce_weight
-                    grad_logits = None
-                    if total.requires_grad:
-                        (grad_logits,) = torch.autograd.grad(total, logits, allow_unused=True)
-                    if grad_logits is not None:
-                        grad_logits = grad_logits.to(dtype)
-                        if grad_hidden is not None:
-                            grad_hidden[rows] = (grad_logits @ weight_c).to(grad_hidden.dtype)
-                        if grad_weight is not None:
+                kd, ce, grad_logits = chunk_losses(logits, rows, needs_grad)
+                if grad_logits is not None:
+                    grad_logits = grad_logits.to(dtype)
+                    if grad_hidden is not None:
+                        grad_hidden[rows] = (grad_logits @ weight_c).to(grad_hidden.dtype)
+                    if grad_weight is not None:
+                        if dtype == torch.float32:
+                            grad_weight.addmm_(grad_logits.T, chunk_hidden)
+                        else:
                             grad_weight.add_(grad_logits.T @ chunk_hidden)
-                        if grad_bias is not None:
-                            grad_bias.add_(grad_logits.float().sum(0))
+                    if grad_bias is not None:
+                        grad_bias.add_(grad_logits.float().sum(0))
+                del logits, grad_logits
                 kd_total += kd.detach()
                 ce_total += ce.detach()
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
@@ -240,34 +304,40 @@ def fused_distillation_losses(
             return F.cross_entropy(logits, labels[chunk], ignore_index=-100, reduction="sum",
                                    label_smoothing=label_smoothing)
 
-    def chunk_losses(logits: torch.Tensor, chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        zero = logits.new_zeros(())
-        if not with_kd:
-            return zero, task_loss(logits, chunk)
-        keep = kd_mask[chunk]
-        if cached is not None:
-            present = cached.present[chunk]
-            pick = keep[present]  # the present rows whose target counts
-            # from a cache the task loss comes out of the soft-target loss's own log-softmax
-            shared = labels is not None and label_smoothing == 0
-            kd, ce = cached_distillation_losses(
-                logits, cached.ids[chunk][present][pick], cached.logprobs[chunk][present][pick],
-                cached.tail[chunk][present][pick], temperature, kind=kind, mask=keep,
-                labels=torch.where(valid[chunk], labels[chunk], -100) if shared else None, jsd_beta=jsd_beta,
-                reduction="sum")
-            if not kd_graph:
-                kd = kd.detach()
-            if ce is None:
-                ce = task_loss(logits, chunk)
-            elif not ce_graph:
-                ce = ce.detach()
-            return kd, ce
-        with torch.no_grad():
-            teacher_logits = F.linear(teacher_hidden[chunk].to(teacher[0].dtype), *teacher).float()
-        with torch.enable_grad() if kd_graph else torch.no_grad():
-            student_rows = logits if bool(keep.all()) else logits[keep]
-            kd = _divergence_rows(student_rows, teacher_logits[keep], temperature, kind, jsd_beta).sum() * temperature**2
-        return kd, task_loss(logits, chunk)
+    def chunk_losses(logits: torch.Tensor, chunk: slice, needs_grad: bool):
+        """`(kd, ce, grad)` of one chunk: written-out gradients online, autograd on the chunk for a cache."""
+        if cached is None:
+            teacher_logits = None
+            if teacher is not None:
+                teacher_logits = F.linear(teacher_hidden[chunk].to(teacher[0].dtype), *teacher).float()
+            return _online_chunk(logits, teacher_logits, None if kd_mask is None else kd_mask[chunk],
+                                 None if labels is None else labels[chunk], temperature, kind, jsd_beta,
+                                 kd_weight, ce_weight, label_smoothing, needs_grad and (kd_graph or ce_graph))
+        if not needs_grad:
+            return *cached_losses(logits, chunk), None
+        logits.requires_grad_(True)
+        with torch.enable_grad():
+            kd, ce = cached_losses(logits, chunk)
+            total = kd * kd_weight + ce * ce_weight
+        grad = torch.autograd.grad(total, logits, allow_unused=True)[0] if total.requires_grad else None
+        return kd.detach(), ce.detach(), grad
+
+    def cached_losses(logits: torch.Tensor, chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        keep, present = kd_mask[chunk], cached.present[chunk]
+        pick = keep[present]  # the present rows whose target counts
+        # from a cache the task loss comes out of the soft-target loss's own log-softmax
+        shared = labels is not None and label_smoothing == 0
+        kd, ce = cached_distillation_losses(
+            logits, cached.ids[chunk][present][pick], cached.logprobs[chunk][present][pick],
+            cached.tail[chunk][present][pick], temperature, kind=kind, mask=keep,
+            labels=labels[chunk] if shared else None, jsd_beta=jsd_beta, reduction="sum")
+        if not kd_graph:
+            kd = kd.detach()
+        if ce is None:
+            ce = task_loss(logits, chunk)
+        elif not ce_graph:
+            ce = ce.detach()
+        return kd, ce
 
     return _FusedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, chunk_losses,
                                 _as_weight(kd_weight), _as_weight(ce_weight), chunk_size)

@@ -267,6 +267,7 @@ def test_two_processes_equal_one(tmp_path):
     run_accelerate(REPO_ROOT / "tests" / "scripts" / "fused_distill_ddp.py", str(output), timeout=300)
     result = json.loads(output.read_text())
     assert result["world_size"] == 2 and result["student_wrapped_in_ddp"] and result["fused"]
+    assert result["find_unused_parameters"] is True  # the search that a head used outside the forward would break
 
     from tests.scripts.fused_distill_ddp import train
 

@@ -33,6 +33,7 @@ def train(output_dir: str, batch_size: int, record: dict | None = None) -> torch
     trainer.train()
     if record is not None:
         record["student_wrapped_in_ddp"] = isinstance(trainer.model_wrapped, DistributedDataParallel)
+        record["find_unused_parameters"] = getattr(trainer.model_wrapped, "find_unused_parameters", None)
         record["fused"] = trainer._fused_refusal is None
     return torch.cat([p.detach().flatten() for p in student.parameters()])
 

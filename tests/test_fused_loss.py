@@ -174,6 +174,7 @@ def one_step(tmp_path, arch, fused, teacher=True, accumulation=1, **overrides):
         ("gpt2", True, {"kd_loss": "jsd", "alpha_hidden": 1.0}),  # GPT-2's head is tied to its embedding
         ("llama", True, {"kd_loss": "reverse_kl", "label_smoothing_factor": 0.1, "kd_chunk_size": 5}),
         ("llama", True, {"alpha_kd": 0.0, "alpha_ce": 1.0}),
+        ("llama", True, {"alpha_attention": 0.5, "alpha_hidden": 1.0}),
         ("gpt2", False, {"temperature": 1.0}),
         ("llama", False, {"temperature": 2.0, "kd_loss": "jsd", "alpha_ce": 0.0}),
     ],
@@ -223,6 +224,23 @@ def test_logits_are_there_when_asked_for(tmp_path):
     torch.testing.assert_close(fused_loss, loss, rtol=1e-5, atol=1e-6)
     prediction = trainer.predict(dataset)
     assert prediction.predictions.shape == (4, 12, TINY_VOCAB)
+
+
+def test_label_free_distillation_equals_the_materialised_loss(tmp_path):
+    teacher, student = build("llama")
+    dataset = causal_dataset(n=4)
+    batch = {key: torch.tensor(dataset[key]) for key in ("input_ids", "attention_mask")}
+    losses = []
+    for fused in (None, False):
+        trainer = DistillationTrainer(model=student, teacher_model=teacher,
+                                      args=config(tmp_path, alpha_ce=0.0, fused_lm_head_loss=fused))
+        student.eval()
+        loss = trainer.compute_loss(student, dict(batch))
+        losses.append((loss, torch.autograd.grad(loss, student.lm_head.weight)[0]))
+    (fused_loss, fused_grad), (loss, grad) = losses
+    assert trainer._fused_refusal == "fused_lm_head_loss=False"
+    torch.testing.assert_close(fused_loss, loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(fused_grad, grad, rtol=1e-4, atol=1e-7)
 
 
 def tiny_gemma2():

@@ -93,6 +93,11 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     DeepSpeed inference engine, under ZeRO-1/2 and FSDP each GPU holds one full copy (cast it with
     `teacher_dtype="bfloat16"` to halve that).
 
+    For causal LMs the token-level losses are by default computed with the output layer fused into
+    them (`fused_lm_head_loss`, see `fused_loss.py`): the `[tokens x vocabulary]` logits of the
+    student and the teacher are made a chunk of tokens at a time and never held whole; calls that
+    ask for the logits (`return_outputs=True`, evaluation) get them from the model as usual.
+
     Each loss part is normalised by `num_items_in_batch` (sequences for classification, target
     tokens for causal LM), so gradients with gradient accumulation equal those of one big batch.
     The parts are logged unweighted as `loss_kd`, `loss_ce`, `loss_hidden` and `loss_attention`,

@@ -373,6 +373,8 @@ def lm_head_refusal(model: torch.nn.Module) -> str | None:
         with torch.no_grad():
             outputs = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
             expected = head(outputs.hidden_states[-1]).float()
+    except Exception as error:  # e.g. a model that needs more inputs: it keeps the materialised path
+        return f"could not be checked on a few tokens ({type(error).__name__}: {error})"
     finally:
         model.train(was_training)
     logits = outputs.logits.float()

@@ -66,6 +66,16 @@ class DistillationConfig(TrainingArguments):
                   "backward pass so large-vocabulary KD does not hold several float32 copies of all logits. "
                   "Default: chunks of about 4M logits (16 MB) when the logits are larger than that."},
     )
+    fused_lm_head_loss: bool | None = field(
+        default=None,
+        metadata={"help": "Causal LMs: feed the final hidden states and the output layer's weight (the student's and, "
+                  "online, the teacher's) into a loss that makes the logits a chunk of tokens at a time (kd_chunk_size "
+                  "rows, default about 16M logits), so the [tokens x vocabulary] logits never exist. Same losses and "
+                  "gradients as the materialised logits. Unset: on wherever the model allows it (its forward takes "
+                  "logits_to_keep, a plain nn.Linear head, no softcapping or logit scale, no FSDP/DeepSpeed), "
+                  "otherwise off with an info log; True: raise where it cannot; False: always materialise the logits. "
+                  "Calls that ask for the logits (return_outputs=True, evaluation) get them materialised."},
+    )
     alpha_hidden: float = field(
         default=0.0,
         metadata={"help": "Weight of the hidden-state loss between mapped layers, >= 0 (0 turns it off)."},

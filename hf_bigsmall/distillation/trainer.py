@@ -28,6 +28,7 @@ from .cache import (
 from .cached_loss import cached_distillation_losses
 from .config import DistillationConfig
 from .data_checks import check_dataset, model_columns, trainer_collator
+from .fused_loss import CachedTargets, LMHead, fused_distillation_losses, lm_head_refusal
 from .teacher import (
     check_layer_map,
     check_teacher_student,
@@ -77,6 +78,20 @@ def _check_same_cache(teacher_logits: str | os.PathLike, carried: dict | None) -
     )
 
 
+def _scaler(num_items_in_batch: torch.Tensor | int | None):
+    """`scale(total, local_count)`: a summed loss over the items `num_items_in_batch` counts (when the
+    Trainer counted them, so GA=2 with batch b gives exactly the gradient of GA=1 with batch 2b), else
+    over the batch's own `local_count`."""
+
+    def scale(total: torch.Tensor, local_count) -> torch.Tensor:
+        denominator = local_count if num_items_in_batch is None else num_items_in_batch
+        if torch.is_tensor(denominator):
+            return total / denominator.clamp(min=1).to(total.device)
+        return total / max(denominator, 1)
+
+    return scale
+
+
 class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     r"""
     Trains a student on its task loss plus the soft targets of a frozen teacher (Hinton et al. 2015).
@@ -91,6 +106,11 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     precision and device placement, never a DDP wrapper). Under DeepSpeed ZeRO-3 it is sharded by a
     DeepSpeed inference engine, under ZeRO-1/2 and FSDP each GPU holds one full copy (cast it with
     `teacher_dtype="bfloat16"` to halve that).
+
+    For causal LMs the token-level losses are by default computed with the output layer fused into
+    them (`fused_lm_head_loss`, see `fused_loss.py`): the `[tokens x vocabulary]` logits of the
+    student and the teacher are made a chunk of tokens at a time and never held whole; calls that
+    ask for the logits (`return_outputs=True`, evaluation) get them from the model as usual.
 
     Each loss part is normalised by `num_items_in_batch` (sequences for classification, target
     tokens for causal LM), so gradients with gradient accumulation equal those of one big batch.
@@ -196,6 +216,12 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         self._loss_parts_since_step = 0
         self._eval_parts: dict[str, torch.Tensor] = {}  # per-batch means x sequences, over an evaluation
         self._eval_sequences = 0
+        self._fused_refusal = self._fused_head_refusal(model)
+        if self._fused_refusal is not None and args.fused_lm_head_loss:
+            raise ValueError(f"fused_lm_head_loss=True but {self._fused_refusal}: leave fused_lm_head_loss unset (or "
+                             "False) to compute the losses from the materialised logits.")
+        if self._fused_refusal is not None and self.shifts_labels and args.fused_lm_head_loss is None:
+            logger.info(f"Token-level losses from materialised logits: {self._fused_refusal}.")
 
     # ------------------------------------------------------------------------------------------
     # set-up
@@ -234,6 +260,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if self._use_fused_loss(inputs, return_outputs):
+            return self._fused_compute_loss(model, inputs, num_items_in_batch)
         args = self.args
         labels = inputs.get("labels")
         model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch", *CACHE_COLUMNS)}
@@ -255,11 +283,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         # every part counts the same items (target_mask's positions, or sequences): so does the Trainer
         local_rows = row_mask.sum() if row_mask is not None else student_logits.shape[0]
 
-        def scale(total: torch.Tensor, local_count) -> torch.Tensor:
-            denominator = num_items_in_batch if normalised else local_count
-            if torch.is_tensor(denominator):
-                return total / denominator.clamp(min=1).to(total.device)
-            return total / max(denominator, 1)
+        scale = _scaler(num_items_in_batch if normalised else None)
 
         # from a token-level cache the task loss comes out of the soft-target loss's own log-softmax
         fused = (self.teacher_model is None and args.alpha_kd > 0 and labels is not None
@@ -300,19 +324,30 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                     chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
                 )
                 parts["loss_kd"] = scale(kd, local_rows)
-            if need_hidden:
-                per_position = self._hidden_per_position(model, outputs.hidden_states, teacher_outputs.hidden_states)
-                parts["loss_hidden"] = self._reduce_positions(per_position, position_mask, row_mask, scale)
-            if need_attentions:
-                per_position = torch.stack([
-                    attention_loss(outputs.attentions[s], teacher_outputs.attentions[t], reduction="none")
-                    for s, t in enumerate(self.layer_map)
-                ]).mean(0)
-                parts["loss_attention"] = self._reduce_positions(per_position, position_mask, row_mask, scale)
+            parts.update(self._feature_parts(model, outputs, teacher_outputs, position_mask, row_mask, scale))
 
         weights = {"loss_kd": args.alpha_kd, "loss_ce": args.alpha_ce,
                    "loss_hidden": args.alpha_hidden, "loss_attention": args.alpha_attention}
         loss = sum(weights[name] * value for name, value in parts.items())
+        return self._finish_loss(model, loss, parts, normalised, outputs.logits.shape[0], outputs, return_outputs)
+
+    def _feature_parts(self, model, outputs, teacher_outputs, position_mask, row_mask, scale) -> dict[str, torch.Tensor]:
+        """The hidden-state and attention-map losses, summed in the units `scale` divides by."""
+        parts = {}
+        if self.args.alpha_hidden > 0:
+            per_position = self._hidden_per_position(model, outputs.hidden_states, teacher_outputs.hidden_states)
+            parts["loss_hidden"] = self._reduce_positions(per_position, position_mask, row_mask, scale)
+        if self.args.alpha_attention > 0:
+            per_position = torch.stack([
+                attention_loss(outputs.attentions[s], teacher_outputs.attentions[t], reduction="none")
+                for s, t in enumerate(self.layer_map)
+            ]).mean(0)
+            parts["loss_attention"] = self._reduce_positions(per_position, position_mask, row_mask, scale)
+        return parts
+
+    def _finish_loss(self, model, loss, parts, normalised, sequences, outputs, return_outputs):
+        """Undo DDP's average where the Trainer counted items over processes, record the parts, return."""
+        args = self.args
         if normalised and args.average_tokens_across_devices:
             # num_items_in_batch then counts the items of every process, and DDP averages the
             # gradients over processes: undo that average (as Trainer.compute_loss does)
@@ -325,7 +360,6 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         if model.training:
             self._accumulate_parts(parts, normalised)
         else:  # weighted by the batch's sequences, as the Trainer weighs eval_loss
-            sequences = outputs.logits.shape[0]
             for name, value in parts.items():
                 self._eval_parts[name] = self._eval_parts.get(name, 0.0) + value.detach().float() * sequences
             self._eval_sequences += sequences
@@ -348,6 +382,114 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 "NaN. Check the teacher (a float16 teacher can overflow: teacher_dtype='bfloat16' or 'float32') "
                 "and those inputs."
             )
+
+    # ------------------------------------------------------------------------------------------
+    # the LM head fused with the loss (causal LMs): the logits are made a chunk of tokens at a time
+    # ------------------------------------------------------------------------------------------
+    def _fused_head_refusal(self, model: PreTrainedModel) -> str | None:
+        """Why this run computes its token-level losses from materialised logits, or None."""
+        if self.args.fused_lm_head_loss is False:
+            return "fused_lm_head_loss=False"
+        if not self.shifts_labels:
+            return f"the student ({type(model).__name__}) is not a decoder-only causal LM"
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            return "FSDP and DeepSpeed shard the output layer's weight outside the model's forward"
+        teacher = None if self.teacher_model is None else self.accelerator.unwrap_model(self.teacher_model)
+        for role, network in (("student", model), ("teacher", teacher)):
+            reason = None if network is None else lm_head_refusal(network)
+            if reason is not None:
+                return f"the {role} ({type(network).__name__}) {reason}"
+        return None
+
+    def _use_fused_loss(self, inputs: dict, return_outputs: bool) -> bool:
+        """The fused path serves every causal-LM loss whose caller does not ask for the logits."""
+        if self._fused_refusal is not None or return_outputs:
+            return False
+        if self.teacher_model is None and self.args.alpha_kd > 0:
+            # a batch without its cached targets goes to the materialised path, which says what is wrong
+            return "teacher_topk_ids" in inputs
+        return True
+
+    def _fused_compute_loss(self, model: nn.Module, inputs: dict, num_items_in_batch) -> torch.Tensor:
+        """`compute_loss` with the student's (and the teacher's) LM head fused into the loss.
+
+        The model runs its own forward (so DDP's hooks run) with `logits_to_keep=1`, which leaves
+        the logits of one position per sequence (and keeps the head's weight in the forward's
+        graph, as DDP's unused-parameter search needs); the final hidden states go to
+        `fused_distillation_losses` at the positions that count, the same ones the materialised
+        path selects (`_prediction_targets`, and the cache's own rule for cached targets).
+        """
+        args = self.args
+        labels = inputs.get("labels")
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch", *CACHE_COLUMNS)}
+        extra = {"output_hidden_states": True, "logits_to_keep": 1}
+        if args.alpha_attention > 0:
+            extra["output_attentions"] = True
+        outputs = model(**model_inputs, **extra)
+        hidden = outputs.hidden_states[-1]
+        _, target_labels, row_mask, position_mask = self._prediction_targets(hidden, labels, inputs.get("attention_mask"))
+        if labels is None and args.alpha_ce > 0:
+            raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
+        normalised = num_items_in_batch is not None and labels is not None
+        scale = _scaler(num_items_in_batch if normalised else None)
+        local_rows = row_mask.sum()
+        local_labels = target_labels.ne(-100).sum() if labels is not None else local_rows
+
+        online = self.teacher_model is not None
+        teacher_outputs = None
+        if online and (args.alpha_kd > 0 or args.alpha_hidden > 0 or args.alpha_attention > 0):
+            self.teacher_model.eval()
+            with torch.no_grad():
+                teacher_outputs = self.teacher_model(**model_inputs, **extra)
+        kd_positions = None
+        if args.alpha_kd > 0:
+            kd_positions = row_mask if online else self._cached_positions(inputs, hidden.shape[:2], hidden.device)
+        scored = kd_positions
+        if labels is not None:
+            scored = target_labels.ne(-100) if scored is None else scored | target_labels.ne(-100)
+        rows = scored.reshape(-1).nonzero().squeeze(1)
+        flat = lambda tensor: tensor.reshape(-1, *tensor.shape[2:]).index_select(0, rows)  # noqa: E731
+        fused = {}
+        if teacher_outputs is not None and args.alpha_kd > 0:
+            teacher = self.accelerator.unwrap_model(self.teacher_model)
+            fused.update(teacher_hidden=flat(teacher_outputs.hidden_states[-1]), teacher_head=LMHead.of(teacher))
+        elif kd_positions is not None:  # cached targets, placed on the rows they belong to
+            cached_rows = kd_positions.reshape(-1)
+            ids = inputs["teacher_topk_ids"].to(hidden.device, torch.long)
+            if int(cached_rows.sum()) != ids.shape[0]:
+                raise ValueError(f"the batch has {int(cached_rows.sum())} positions that count but {ids.shape[0]} "
+                                 "cached targets: the labels changed since the cache was made (a collator that masks "
+                                 "tokens?); cache the dataset as it is trained on.")
+            placed_ids = ids.new_zeros(cached_rows.shape[0], ids.shape[-1])
+            placed_ids[cached_rows] = ids
+            placed_logprobs = placed_ids.new_zeros(placed_ids.shape, dtype=torch.float32)
+            placed_logprobs[cached_rows] = inputs["teacher_topk_logprobs"].to(hidden.device, torch.float32)
+            placed_tail = placed_logprobs.new_zeros(cached_rows.shape[0])
+            placed_tail[cached_rows] = inputs["teacher_tail_logprob"].to(hidden.device, torch.float32)
+            fused["cached"] = CachedTargets(placed_ids.index_select(0, rows), placed_logprobs.index_select(0, rows),
+                                            placed_tail.index_select(0, rows), cached_rows.index_select(0, rows))
+        one = hidden.new_ones((), dtype=torch.float32)
+        with self.accelerator.autocast():
+            loss, kd, ce = fused_distillation_losses(
+                flat(hidden), LMHead.of(self.accelerator.unwrap_model(model)),
+                labels=None if labels is None else flat(target_labels),
+                kd_mask=None if kd_positions is None or not online else flat(kd_positions),
+                temperature=args.temperature, kind=args.kd_loss, jsd_beta=args.jsd_beta,
+                kd_weight=args.alpha_kd * scale(one, local_rows) if args.alpha_kd > 0 else 0.0,
+                ce_weight=args.alpha_ce * scale(one, local_labels) if args.alpha_ce > 0 and labels is not None else 0.0,
+                label_smoothing=args.label_smoothing_factor, chunk_size=args.kd_chunk_size, **fused,
+            )
+        parts: dict[str, torch.Tensor] = {}
+        if kd_positions is not None:
+            parts["loss_kd"] = scale(kd, local_rows)
+        if labels is not None:
+            parts["loss_ce"] = scale(ce, local_labels)
+        if teacher_outputs is not None:
+            features = self._feature_parts(model, outputs, teacher_outputs, position_mask, row_mask, scale)
+            weights = {"loss_hidden": args.alpha_hidden, "loss_attention": args.alpha_attention}
+            loss = loss + sum(weights[name] * value for name, value in features.items())
+            parts.update(features)
+        return self._finish_loss(model, loss, parts, normalised, hidden.shape[0], outputs, False)
 
     # ------------------------------------------------------------------------------------------
     # distilling from a teacher-logit cache (teacher_model=None)
@@ -458,17 +600,21 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             teacher_logits = inputs["teacher_logits"].to(student_logits.device)
             return kd_loss(student_logits, teacher_logits, args.temperature, kind=args.kd_loss,
                            jsd_beta=args.jsd_beta, reduction="sum"), None
-        # the positions the cache holds, by the rule it was made with (next-token targets of a causal LM)
-        labels_in, attention_mask = inputs.get("labels"), inputs.get("attention_mask")
-        if labels_in is None and attention_mask is None:
-            attention_mask = torch.ones(student_logits.shape[:2], dtype=torch.long, device=student_logits.device)
-        mask = target_mask(labels_in, attention_mask, shift=self.teacher_logits_record["shift_labels"])
+        mask = self._cached_positions(inputs, student_logits.shape[:2], student_logits.device)
         return cached_distillation_losses(
             student_logits, inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"],
             inputs["teacher_tail_logprob"], args.temperature, kind=args.kd_loss, mask=mask, labels=labels,
             jsd_beta=args.jsd_beta, reduction="sum", tail=args.kd_tail,
             chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
         )
+
+    def _cached_positions(self, inputs: dict, shape: torch.Size, device: torch.device) -> torch.Tensor:
+        """The (B, T) positions the cache holds targets for, by the rule it was made with (next-token
+        targets of a causal LM), in the row-major order of its rows."""
+        labels, attention_mask = inputs.get("labels"), inputs.get("attention_mask")
+        if labels is None and attention_mask is None:
+            attention_mask = torch.ones(shape, dtype=torch.long, device=device)
+        return target_mask(labels, attention_mask, shift=self.teacher_logits_record["shift_labels"])
 
     def evaluation_loop(self, *args, **kwargs):
         """The Trainer's loop; its metrics gain the loss parts (`eval_loss_kd`, `eval_loss_ce`, ...).

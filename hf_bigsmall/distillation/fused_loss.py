@@ -1,0 +1,384 @@
+"""The LM head fused with the distillation loss: token-level KD without ever holding all the logits.
+
+A causal LM's logits are `[tokens x vocabulary]`: at a 128k vocabulary one sequence of 2,048 tokens
+has 1 GB of them in float32, and token-level distillation holds the student's, the teacher's, their
+softmaxes and the gradient. Here the final hidden states and the head's weight go in instead, and
+the logits are made a chunk of tokens at a time: each chunk's logits, its soft-target loss, its
+next-token loss and their gradient with respect to the logits are computed, the gradient is pushed
+through the head at once (into the hidden states and the head's weight), and the chunk is dropped.
+The backward pass then only scales what was kept, so the peak holds one chunk's logits.
+
+The per-chunk losses are the very functions of the materialised path (`kd_loss`'s divergences,
+`cached_distillation_losses`, `cross_entropy`), differentiated by autograd on the chunk alone: the
+fused loss and its gradients are those of the materialised one up to float rounding, for every
+divergence.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..losses import _LOG_FLOOR, KD_LOSSES
+from .cached_loss import cached_distillation_losses
+
+# logits per chunk when no chunk size is given: 64 MB of float32, a handful of buffers of it at the peak
+FUSED_CHUNK_LOGITS = 2**24
+
+
+@dataclass
+class LMHead:
+    """A language-model head as the fused loss needs it: `logits = hidden @ weight.T + bias`.
+
+    Args:
+        weight (`torch.Tensor` of shape `(V, H)`): the output embedding (tied or not).
+        bias (`torch.Tensor` of shape `(V,)`, *optional*): the head's bias, if it has one.
+    """
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, model: torch.nn.Module) -> LMHead:
+        """The head of a `PreTrainedModel` (its `get_output_embeddings()`, an `nn.Linear`)."""
+        linear = model.get_output_embeddings()
+        return cls(linear.weight, linear.bias)
+
+
+@dataclass
+class CachedTargets:
+    """A teacher-logit cache's top-k targets, one row per position the fused loss is given.
+
+    Rows where `present` is False carry no target (their ids, log-probabilities and tail are ignored).
+    """
+
+    ids: torch.Tensor  # (N, k) int
+    logprobs: torch.Tensor  # (N, k) float
+    tail: torch.Tensor  # (N,) float
+    present: torch.Tensor  # (N,) bool
+
+
+def _online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor | None, keep: torch.Tensor | None,
+                  labels: torch.Tensor | None, temperature: float, kind: str, jsd_beta: float,
+                  kd_weight: float | torch.Tensor, ce_weight: float | torch.Tensor, label_smoothing: float,
+                  needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """One chunk of the online losses and their gradient with respect to the float32 logits.
+
+    The same values as `kd_loss`'s divergences (times T**2) and `cross_entropy`, with the gradient
+    written out so a chunk takes a few passes over its logits instead of autograd's many. With `s`,
+    `t` the softened student and teacher distributions, the derivative in `u = logits / T` is
+    `s - t` for forward KL; `s * (log s - log t - KL(s || t))` for reverse KL; for the JSD, whose
+    derivative in `s` is `(1 - beta) * log(s / m)`, `(1 - beta) * s * (log s - log m - KL(s || m))`;
+    times T**2 / T for the logits. The cross-entropy's is `softmax(logits) - (1 - eps) * onehot - eps / V`.
+    Returns `(kd_sum, ce_sum, grad)` (grad None without `needs_grad`).
+    """
+    zero = logits.new_zeros(())
+    kd_sum, ce_sum, grad = zero, zero, None
+    log_s = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
+    s = log_s.exp() if needs_grad or kind != "forward_kl" else None
+    if teacher_logits is not None:
+        keep_f = keep.to(torch.float32)
+        log_t = torch.log_softmax(teacher_logits.div_(temperature) if temperature != 1.0 else teacher_logits, dim=-1)
+        # clamped like kd_loss's: a probability of exactly 0 contributes 0, never 0 * inf
+        log_s_c = log_s.clamp(min=_LOG_FLOOR)
+        log_t.clamp_(min=_LOG_FLOOR)
+        if kind == "forward_kl":
+            t = log_t.exp()
+            kd_rows = (t * (log_t - log_s_c)).sum(-1)
+            if needs_grad:
+                grad = s.sub(t).div_(temperature)
+            del t
+        elif kind == "reverse_kl":
+            difference = log_s_c - log_t
+            kd_rows = (s * difference).sum(-1)
+            if needs_grad:
+                grad = difference.sub_(kd_rows[:, None]).mul_(s).div_(temperature)
+            del difference
+        else:
+            beta = jsd_beta
+            log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log1p(-beta)).clamp_(min=_LOG_FLOOR)
+            teacher_part = (log_t.exp() * (log_t - log_m)).sum(-1)
+            difference = log_s_c.sub(log_m)
+            student_part = (s * difference).sum(-1)
+            kd_rows = beta * teacher_part + (1 - beta) * student_part
+            if needs_grad:
+                grad = difference.sub_(student_part[:, None]).mul_(s).mul_((1 - beta) / temperature)
+            del difference, log_m
+        del log_t, log_s_c
+        kd_sum = (kd_rows * keep_f).sum() * temperature**2
+        if grad is not None:
+            grad.mul_((keep_f * temperature**2)[:, None] * kd_weight)
+    if labels is not None:
+        valid = labels.ne(-100)
+        safe = torch.where(valid, labels, 0)
+        log_p = log_s if temperature == 1.0 else torch.log_softmax(logits, dim=-1)
+        nll = -log_p.gather(1, safe[:, None]).squeeze(1)
+        if label_smoothing > 0:
+            nll = (1 - label_smoothing) * nll - label_smoothing * log_p.mean(-1)
+        ce_sum = (nll * valid).sum()
+        if needs_grad and not (isinstance(ce_weight, (int, float)) and ce_weight == 0):
+            p = s if temperature == 1.0 else log_p.exp()
+            row_weight = valid.to(torch.float32)[:, None] * ce_weight
+            ce_grad = p.mul(row_weight)
+            if label_smoothing > 0:
+                ce_grad.sub_(row_weight * (label_smoothing / logits.shape[-1]))
+            ce_grad.scatter_add_(1, safe[:, None], -(1 - label_smoothing) * row_weight)
+            grad = ce_grad if grad is None else grad.add_(ce_grad)
+    return kd_sum, ce_sum, grad
+
+
+def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
+    """The dtype the head's matmul runs in: autocast's where it is on (as `nn.Linear` would), else the input's."""
+    device_type = tensor.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return tensor.dtype
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    """`kd_weight * kd + ce_weight * ce` over chunks of rows, the gradient taken chunk by chunk in the forward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, chunk_losses, kd_weight, ce_weight, chunk_size):
+        needs_grad = any(ctx.needs_input_grad[:3])
+        dtype = _compute_dtype(hidden)
+        with torch.autocast(hidden.device.type, enabled=False):
+            weight_c = weight.to(dtype)
+            bias_c = None if bias is None else bias.to(dtype)
+            grad_hidden = torch.zeros_like(hidden) if ctx.needs_input_grad[0] else None
+            grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) \
+                if ctx.needs_input_grad[1] else None
+            grad_bias = torch.zeros(bias.shape, dtype=torch.float32, device=bias.device) \
+                if bias is not None and ctx.needs_input_grad[2] else None
+            kd_total = hidden.new_zeros((), dtype=torch.float32)
+            ce_total = hidden.new_zeros((), dtype=torch.float32)
+            for start in range(0, hidden.shape[0], chunk_size):
+                rows = slice(start, start + chunk_size)
+                chunk_hidden = hidden[rows].to(dtype)
+                logits = F.linear(chunk_hidden, weight_c, bias_c).float()
+                kd, ce, grad_logits = chunk_losses(logits, rows, needs_grad)
+                if grad_logits is not None:
+                    grad_logits = grad_logits.to(dtype)
+                    if grad_hidden is not None:
+                        grad_hidden[rows] = (grad_logits @ weight_c).to(grad_hidden.dtype)
+                    if grad_weight is not None:
+                        if dtype == torch.float32:
+                            grad_weight.addmm_(grad_logits.T, chunk_hidden)
+                        else:
+                            grad_weight.add_(grad_logits.T @ chunk_hidden)
+                    if grad_bias is not None:
+                        grad_bias.add_(grad_logits.float().sum(0))
+                del logits, grad_logits
+                kd_total += kd.detach()
+                ce_total += ce.detach()
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.weight_dtype = weight.dtype
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        ctx.mark_non_differentiable(kd_total, ce_total)
+        loss = kd_total * kd_weight + ce_total * ce_weight
+        return loss, kd_total, ce_total
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_kd, _grad_ce):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_loss.float()
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * scale.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = (grad_weight * scale).to(ctx.weight_dtype)
+        if grad_bias is not None:
+            grad_bias = (grad_bias * scale).to(ctx.bias_dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None
+
+
+def _as_weight(value: float | torch.Tensor) -> float | torch.Tensor:
+    return value.detach().float() if torch.is_tensor(value) else float(value)
+
+
+def fused_distillation_losses(
+    student_hidden: torch.Tensor,
+    student_head: LMHead,
+    labels: torch.Tensor | None = None,
+    kd_mask: torch.Tensor | None = None,
+    teacher_hidden: torch.Tensor | None = None,
+    teacher_head: LMHead | None = None,
+    cached: CachedTargets | None = None,
+    temperature: float = 1.0,
+    kind: str = "forward_kl",
+    jsd_beta: float = 0.5,
+    kd_weight: float | torch.Tensor = 1.0,
+    ce_weight: float | torch.Tensor = 1.0,
+    label_smoothing: float = 0.0,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed soft-target and next-token losses of a student whose logits are never materialised.
+
+    Per chunk of rows, `logits = student_hidden @ head.weight.T + head.bias` (in autocast's dtype
+    where autocast is on, then float32, as the materialised path does); the soft-target loss is
+    `kd_loss(logits, teacher_logits, temperature, kind, jsd_beta, reduction="sum")` against the
+    teacher's logits made the same way from `teacher_hidden`, or `cached_distillation_losses`
+    against `cached` top-k targets; the task loss is the summed cross-entropy on `labels` (with
+    `label_smoothing` as the Trainer applies it). The gradient of `kd_weight * kd + ce_weight * ce`
+    is pushed into the hidden states, the weight and the bias chunk by chunk.
+
+    Args:
+        student_hidden (`torch.Tensor` of shape `(N, H)`): the student's final hidden states, the
+            rows to score (select them first; a copy of `(N, H)` is small next to `(N, V)`).
+        student_head (`LMHead`): the student's output layer, weight `(V, H)`.
+        labels (`torch.Tensor` of shape `(N,)`, *optional*): next-token targets, -100 where none.
+        kd_mask (`torch.Tensor` of shape `(N,)`, *optional*): True where the soft-target loss counts
+            (default: every row; with `cached`, the rows `cached.present` marks).
+        teacher_hidden (`torch.Tensor` of shape `(N, H_t)`, *optional*): the teacher's final hidden
+            states at the same rows (online distillation), with `teacher_head`.
+        teacher_head (`LMHead`, *optional*): the teacher's output layer, weight `(V, H_t)`.
+        cached (`CachedTargets`, *optional*): cached top-k targets instead of a teacher.
+        temperature (`float`): softening temperature; the soft-target loss is scaled by T**2.
+        kind (`str`): `"forward_kl"`, `"reverse_kl"` or `"jsd"`.
+        jsd_beta (`float`): teacher weight of the JSD mixture.
+        kd_weight, ce_weight (`float` or scalar `torch.Tensor`): what the two sums are multiplied
+            by in the returned loss (loss weight over the normalising count).
+        label_smoothing (`float`): label smoothing of the task loss, in `[0, 1)`.
+        chunk_size (`int`, *optional*): rows per chunk (default: about 16M logits).
+
+    Returns:
+        `(loss, kd, ce)`: the weighted loss (differentiable) and the two float32 sums (detached; 0
+        where there is no teacher or no labels).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_bigsmall.distillation.fused_loss import LMHead, fused_distillation_losses
+    >>> hidden, weight = torch.randn(6, 8, requires_grad=True), torch.randn(20, 8, requires_grad=True)
+    >>> labels = torch.randint(0, 20, (6,))
+    >>> loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight), labels, teacher_hidden=torch.randn(6, 8),
+    ...                                          teacher_head=LMHead(torch.randn(20, 8)), kd_weight=0.5, ce_weight=0.5)
+    >>> loss.backward()
+    ```
+    """
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature}.")
+    if kind not in KD_LOSSES:
+        raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
+    if teacher_hidden is not None and cached is not None:
+        raise ValueError("give either a teacher (teacher_hidden, teacher_head) or cached targets, not both.")
+    if (teacher_hidden is None) != (teacher_head is None):
+        raise ValueError("teacher_hidden and teacher_head go together: give both or neither.")
+    if student_hidden.dim() != 2:
+        raise ValueError(f"student_hidden must be (rows, hidden), got shape {tuple(student_hidden.shape)}.")
+    rows, vocab_size = student_hidden.shape[0], student_head.weight.shape[0]
+    for name, tensor in (("labels", labels), ("kd_mask", kd_mask), ("teacher_hidden", teacher_hidden)):
+        if tensor is not None and tensor.shape[0] != rows:
+            raise ValueError(f"{name} has {tensor.shape[0]} rows but student_hidden has {rows}.")
+    if teacher_head is not None and teacher_head.weight.shape[0] != vocab_size:
+        raise ValueError(f"the teacher's head has {teacher_head.weight.shape[0]} outputs but the student's has "
+                         f"{vocab_size}: teacher and student must share the vocabulary.")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
+    chunk_size = chunk_size or max(1, FUSED_CHUNK_LOGITS // vocab_size)
+    with_kd = teacher_hidden is not None or cached is not None
+    if cached is not None:
+        kd_mask = cached.present if kd_mask is None else kd_mask & cached.present
+    if with_kd and kd_mask is None:
+        kd_mask = torch.ones(rows, dtype=torch.bool, device=student_hidden.device)
+    valid = None if labels is None else labels.ne(-100)
+    # a task loss that is only reported (weight 0) is computed without a graph
+    ce_graph = not (isinstance(ce_weight, (int, float)) and ce_weight == 0)
+    kd_graph = not (isinstance(kd_weight, (int, float)) and kd_weight == 0)
+    teacher = None
+    if teacher_head is not None:
+        teacher_hidden = teacher_hidden.detach()
+        teacher_dtype = _compute_dtype(teacher_hidden)
+        teacher = (teacher_head.weight.detach().to(teacher_dtype),
+                   None if teacher_head.bias is None else teacher_head.bias.detach().to(teacher_dtype))
+
+    def task_loss(logits: torch.Tensor, chunk: slice) -> torch.Tensor:
+        if labels is None:
+            return logits.new_zeros(())
+        with torch.enable_grad() if ce_graph else torch.no_grad():
+            return F.cross_entropy(logits, labels[chunk], ignore_index=-100, reduction="sum",
+                                   label_smoothing=label_smoothing)
+
+    def chunk_losses(logits: torch.Tensor, chunk: slice, needs_grad: bool):
+        """`(kd, ce, grad)` of one chunk: written-out gradients online, autograd on the chunk for a cache."""
+        if cached is None:
+            teacher_logits = None
+            if teacher is not None:
+                teacher_logits = F.linear(teacher_hidden[chunk].to(teacher[0].dtype), *teacher).float()
+            return _online_chunk(logits, teacher_logits, None if kd_mask is None else kd_mask[chunk],
+                                 None if labels is None else labels[chunk], temperature, kind, jsd_beta,
+                                 kd_weight, ce_weight, label_smoothing, needs_grad and (kd_graph or ce_graph))
+        if not needs_grad:
+            return *cached_losses(logits, chunk), None
+        logits.requires_grad_(True)
+        with torch.enable_grad():
+            kd, ce = cached_losses(logits, chunk)
+            total = kd * kd_weight + ce * ce_weight
+        grad = torch.autograd.grad(total, logits, allow_unused=True)[0] if total.requires_grad else None
+        return kd.detach(), ce.detach(), grad
+
+    def cached_losses(logits: torch.Tensor, chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        keep, present = kd_mask[chunk], cached.present[chunk]
+        pick = keep[present]  # the present rows whose target counts
+        # from a cache the task loss comes out of the soft-target loss's own log-softmax
+        shared = labels is not None and label_smoothing == 0
+        kd, ce = cached_distillation_losses(
+            logits, cached.ids[chunk][present][pick], cached.logprobs[chunk][present][pick],
+            cached.tail[chunk][present][pick], temperature, kind=kind, mask=keep,
+            labels=labels[chunk] if shared else None, jsd_beta=jsd_beta, reduction="sum")
+        if not kd_graph:
+            kd = kd.detach()
+        if ce is None:
+            ce = task_loss(logits, chunk)
+        elif not ce_graph:
+            ce = ce.detach()
+        return kd, ce
+
+    return _FusedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, chunk_losses,
+                                _as_weight(kd_weight), _as_weight(ce_weight), chunk_size)
+
+
+# transforms some architectures apply to the head's output (Gemma 2/3, Cohere, Granite): the fused
+# loss computes `hidden @ weight.T + bias` alone, so these models keep the materialised logits
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def lm_head_refusal(model: torch.nn.Module) -> str | None:
+    """Why the fused loss cannot stand in for `model`'s logits, or None when it can.
+
+    It can when the model's forward takes `logits_to_keep` (so the full logits can be skipped), its
+    output layer is an `nn.Linear`, no known transform follows the head, and on a few tokens its
+    logits equal the output layer applied to its last hidden state (`hidden_states[-1]`).
+    """
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        return "takes no `logits_to_keep` in its forward, so its logits cannot be skipped"
+    head = model.get_output_embeddings()
+    if not isinstance(head, torch.nn.Linear):
+        return f"has no nn.Linear output layer (get_output_embeddings() is {type(head).__name__})"
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in _LOGIT_TRANSFORMS:
+        value = getattr(config, name, None)
+        if value is not None and value is not False and value != 1:
+            return f"transforms its logits after the output layer (config.{name}={value})"
+    vocab_size = head.weight.shape[0]
+    input_ids = (torch.arange(1, 6, device=head.weight.device) % vocab_size)[None]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+            expected = head(outputs.hidden_states[-1]).float()
+    except Exception as error:  # e.g. a model that needs more inputs: it keeps the materialised path
+        return f"could not be checked on a few tokens ({type(error).__name__}: {error})"
+    finally:
+        model.train(was_training)
+    logits = outputs.logits.float()
+    tolerance = 1e-4 if head.weight.dtype == torch.float32 else 2e-2
+    if logits.shape != expected.shape or not torch.allclose(logits, expected, rtol=tolerance,
+                                                            atol=tolerance * float(expected.abs().max().clamp(min=1))):
+        return "computes logits that are not its output layer applied to its last hidden state"
+    return None

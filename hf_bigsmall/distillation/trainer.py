@@ -477,7 +477,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 temperature=args.temperature, kind=args.kd_loss, jsd_beta=args.jsd_beta,
                 kd_weight=args.alpha_kd * scale(one, local_rows) if args.alpha_kd > 0 else 0.0,
                 ce_weight=args.alpha_ce * scale(one, local_labels) if args.alpha_ce > 0 and labels is not None else 0.0,
-                label_smoothing=args.label_smoothing_factor, chunk_size=args.kd_chunk_size, **fused,
+                label_smoothing=args.label_smoothing_factor, chunk_size=args.kd_chunk_size,
+                check_teacher_logits=self._check_teacher_logits if online else None, **fused,
             )
         parts: dict[str, torch.Tensor] = {}
         if kd_positions is not None:

@@ -250,3 +250,21 @@ def test_saved_model_reloads_plainly_heals_and_names_sparsegpt_on_its_card(tmp_p
             callbacks=[MagnitudePruningCallback(target_sparsity=None)]).train()
     assert_masks_hold(reloaded, masks)
     assert any(not torch.equal(before[name], reloaded.get_parameter(name).detach()) for name in masks)
+
+
+def test_an_encoder_and_a_layer_outside_the_blocks_are_pruned_too():
+    from transformers import BertForSequenceClassification
+
+    from tests.testing_utils import tiny_bert_config, tiny_llama_config
+
+    torch.manual_seed(0)
+    bert = BertForSequenceClassification(tiny_bert_config()).eval()
+    prune_one_shot(bert, calibration_rows(), method="sparsegpt", sequential=True, num_samples=4, seq_len=32)
+    assert sparsity_report(bert).global_sparsity == pytest.approx(0.5) and len(bert._sparsity_masks) >= 12
+    # an untied LM head sits outside the blocks: calibrated by a full pass once the blocks are pruned
+    llama = LlamaForCausalLM(tiny_llama_config(tie_word_embeddings=False)).eval()
+    prune_one_shot(llama, calibration_rows(), method="sparsegpt", target_modules=["down_proj", "lm_head"],
+                   num_samples=4, seq_len=32)
+    assert (llama.lm_head.weight == 0).float().mean().item() == pytest.approx(0.5)
+    assert set(llama._sparsity_masks) == {"lm_head.weight", *(f"model.layers.{i}.mlp.down_proj.weight"
+                                                              for i in range(4))}

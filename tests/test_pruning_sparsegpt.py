@@ -21,7 +21,7 @@ from hf_bigsmall.pruning.calibration import (
 )
 from hf_bigsmall.pruning.io import load_masks
 from hf_bigsmall.pruning.sequential import calibrate_block_by_block
-from hf_bigsmall.pruning.sparsegpt import sparsegpt_rows
+from hf_bigsmall.pruning.sparsegpt import SharedHessians, sparsegpt_rows
 from hf_bigsmall.pruning.targets import find_target_modules
 from tests.test_pruning_one_shot import (
     assert_masks_hold,
@@ -112,6 +112,22 @@ def test_a_hessian_that_is_not_positive_definite_is_dampened_more_with_a_warning
     assert torch.isfinite(new).all() and int(mask.sum()) == 4
     with pytest.raises(ValueError, match="inf/NaN"):
         sparsegpt_rows(torch.ones(2, 4), torch.full((4, 4), float("nan")), sparsity=0.5, name="broken")
+
+
+@BUILDS
+def test_layers_that_read_the_same_input_share_one_exact_hessian(build):
+    model = build()
+    calibration = prepare_calibration(calibration_rows(), num_samples=8, seq_len=32, batch_size=2, model=model)
+    inputs = layer_inputs(model, calibration)
+    targets = find_target_modules(model)
+    block = {name: module for name, module in targets.items() if ".0." in name or ".h.0." in name}
+    shared = SharedHessians(block)
+    run_calibration(model, calibration, forward_pre_hooks={name: shared.hook(name) for name in block})
+    distinct = {id(hessian) for hessian in shared.hessians.values()}
+    assert len(distinct) == (4 if build is tiny_llama else len(block))  # q/k/v and gate/up share in Llama
+    for name in block:
+        x = inputs[name].double()
+        torch.testing.assert_close(shared.hessians[name], x.t() @ x, rtol=1e-5, atol=1e-4)
 
 
 # ------------------------------------------------------------------------- patterns, previous masks, precision

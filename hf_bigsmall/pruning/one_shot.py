@@ -24,8 +24,7 @@ from .sparsegpt import (
     DEFAULT_BLOCK_SIZE,
     DEFAULT_DAMPENING,
     HESSIAN_DTYPES,
-    accumulate_hessian,
-    new_hessian,
+    SharedHessians,
     sparsegpt_prune_module,
 )
 from .targets import find_target_modules
@@ -273,24 +272,25 @@ def _prune_block_by_block(
     n_of_m = parse_pattern(pattern) if pattern is not None else None
     statistics: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
+    hessians = SharedHessians({}, hessian_dtype)
 
     def hooks_for(names: list[str]) -> dict:
+        nonlocal hessians
+        if method == "sparsegpt":
+            hessians = SharedHessians({name: targets[name] for name in names}, hessian_dtype)
+            return {name: hessians.hook(name) for name in names}
         hooks = {}
         for name in names:
             module = targets[name]
-            if method == "sparsegpt":
-                statistics[name] = new_hessian(module, hessian_dtype)
-                hooks[name] = accumulate_hessian(statistics[name])
-            else:
-                statistics[name] = torch.zeros(in_features(module), dtype=torch.float64, device=module.weight.device)
-                hooks[name] = _accumulate_squared_norm(statistics[name])
+            statistics[name] = torch.zeros(in_features(module), dtype=torch.float64, device=module.weight.device)
+            hooks[name] = _accumulate_squared_norm(statistics[name])
         return hooks
 
     def prune(names: list[str]) -> None:
         if method == "sparsegpt":
-            for name in names:  # one Hessian freed as each layer is done
+            for name in names:  # each Hessian freed once the layers that share it are done
                 masks[f"{name}.weight"] = sparsegpt_prune_module(
-                    targets[name], statistics.pop(name), sparsity, n_of_m, previous.get(f"{name}.weight"),
+                    targets[name], hessians.pop(name), sparsity, n_of_m, previous.get(f"{name}.weight"),
                     block_size, dampening, name)
         else:
             modules = {name: targets[name] for name in names}

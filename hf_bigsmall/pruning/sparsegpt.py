@@ -47,15 +47,62 @@ def new_hessian(module: nn.Module, dtype: torch.dtype = torch.float64) -> torch.
     return torch.zeros(in_features(module), in_features(module), dtype=dtype, device=module.weight.device)
 
 
-def accumulate_hessian(target: torch.Tensor):
-    """A forward pre-hook that adds `X X^T` of the layer's input to `target`, batch by batch."""
+def _add_outer_product(target: torch.Tensor, inputs: torch.Tensor) -> None:
+    inputs = inputs.detach().reshape(-1, inputs.shape[-1]).float()
+    target.add_((inputs.t() @ inputs).to(target.dtype))
 
-    def hook(module, args):
-        inputs = args[0].detach()
-        inputs = inputs.reshape(-1, inputs.shape[-1]).float()
-        target.add_((inputs.t() @ inputs).to(target.dtype))
 
-    return hook
+class SharedHessians:
+    """`X X^T` of several layers, one accumulator per distinct input: the layers one tensor feeds in turn
+    (a Llama block's q, k and v projections; its gate and up projections) share one Hessian, computed
+    once per batch. A Llama block then holds 4 Hessians, not 7, and spends a quarter less on them.
+
+    Sharing is decided on the first batch (a layer called with the very tensor the previous hooked
+    layer just read joins its Hessian) and checked on every later one.
+
+    Example:
+
+    ```python
+    >>> shared = SharedHessians({"q": q_proj, "k": k_proj}, torch.float64)
+    >>> handles = [module.register_forward_pre_hook(shared.hook(name)) for name, module in shared.modules.items()]
+    ```
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], dtype: torch.dtype = torch.float64):
+        self.modules, self.dtype = modules, dtype
+        self.hessians: dict[str, torch.Tensor] = {}
+        self.owner: dict[str, str] = {}
+        self._last: tuple[torch.Tensor | None, str | None] = (None, None)
+
+    def hook(self, name: str):
+        def hook(module, args):
+            inputs = args[0]
+            last_input, last_name = self._last
+            self._last = (inputs, name)
+            same = inputs is last_input and last_name is not None
+            if name not in self.owner:  # the first batch decides
+                if same and last_name in self.owner and in_features(module) == in_features(self.modules[last_name]):
+                    self.owner[name] = self.owner[last_name]
+                    self.hessians[name] = self.hessians[last_name]
+                    return
+                self.owner[name] = name
+                self.hessians[name] = new_hessian(module, self.dtype)
+            elif self.owner[name] != name:
+                if not (same and self.owner.get(last_name) == self.owner[name]):
+                    raise RuntimeError(
+                        f"SparseGPT: {name!r} shared the Hessian of {self.owner[name]!r} on the first batch but reads "
+                        "another input now: the model calls its layers differently from batch to batch."
+                    )
+                return
+            _add_outer_product(self.hessians[name], inputs)
+
+        return hook
+
+    def pop(self, name: str) -> torch.Tensor:
+        """The layer's Hessian, forgotten here (freed once every layer sharing it has taken it)."""
+        self._last = (None, None)
+        self.owner.pop(name, None)
+        return self.hessians.pop(name)
 
 
 def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float, name: str) -> tuple[torch.Tensor, float]:

@@ -124,7 +124,8 @@ def prune_one_shot(
     Calibration: by default Wanda's statistics come from one pass of the dense model, holding one
     batch's activations and a vector per layer. SparseGPT always runs block by block (see
     `hf_bigsmall.pruning.sequential`), holding the calibration activations of one block and the
-    Hessians (`in_features^2` each) of that block's layers only, never the whole model's. With
+    Hessians (`in_features^2` each) of that block's layers only, never the whole model's; layers that
+    read the same tensor (q/k/v, gate/up) share one, and each is freed once its layers are pruned. With
     `sequential=True` (either method) each block reads the outputs of the blocks before it *as
     pruned*, as the SparseGPT and Wanda reference code do; this costs a second run of each block.
 

@@ -157,7 +157,7 @@ def sparsegpt_rows(
     Returns:
         `(weight, mask)`: the new `(out, in)` float32 weight, exactly zero where `mask` is `True`.
     """
-    rows, columns = weight.shape
+    columns = weight.shape[1]
     weights = weight.detach().float().clone(memory_format=torch.contiguous_format)
     hessian = hessian.clone()
     if not torch.isfinite(hessian).all():
@@ -201,7 +201,7 @@ def sparsegpt_rows(
             kept = values.masked_fill(block_mask[:, column] | block_forced[:, column], 0.0)
             error = (values - kept) / inverse[column, column]
             # correct the columns of this block not yet visited (OBS update along row `column` of U)
-            block[:, column:] -= error.unsqueeze(1) * inverse[column, column:].unsqueeze(0)
+            block[:, column:].addr_(error, inverse[column, column:], alpha=-1.0)
             block[:, column] = kept
             errors[:, column] = error
         weights[:, start:end] = block

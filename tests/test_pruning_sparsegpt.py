@@ -210,9 +210,10 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
         ({"block_size": 0}, ValueError, "positive integer"),
         ({"calibration_dataset": None}, ValueError, "needs calibration_dataset"),
         ({"method": "obs"}, ValueError, "choose one of"),
+        ({"method": "wanda", "scope": "global", "sequential": True}, ValueError, "scope='row' or 'layer'"),
     ],
     ids=["nan-with-pattern", "nan", "scope", "sequential-str", "magnitude-sequential", "dampening-zero",
-         "dampening-inf", "dtype", "block-size", "no-calibration", "method"],
+         "dampening-inf", "dtype", "block-size", "no-calibration", "method", "global-sequential"],
 )
 def test_bad_input_is_refused_before_the_model_changes(kwargs, error, words):
     model = tiny_llama()

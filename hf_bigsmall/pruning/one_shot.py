@@ -185,6 +185,9 @@ def prune_one_shot(
         scope = "row" if method == "wanda" else "layer"
     if method != "sparsegpt" and scope not in ONE_SHOT_SCOPES:
         raise ValueError(f"scope={scope!r} is not supported: choose one of {ONE_SHOT_SCOPES}.")
+    if sequential and scope == "global" and pattern is None:
+        raise ValueError("scope='global' compares every layer's scores at once, but sequential=True prunes one block "
+                         "before calibrating the next: pass scope='row' or 'layer', or sequential=False.")
     targets = _targets(model, target_modules)
     if pattern is not None:
         check_pattern_fits(targets, pattern)

@@ -89,6 +89,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--heal-batch", type=int, default=1)
     parser.add_argument("--variants", default="all", help="comma list such as wanda,magnitude:2:4 (default all)")
     parser.add_argument("--output", default="benchmarks/results/one_shot.json")
+    parser.add_argument("--dense-perplexity", type=float, default=None,
+                        help="reuse the dense score of an earlier run with the same --eval-blocks and --block-size")
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator  # noqa: F401
@@ -116,7 +118,8 @@ def main(argv=None) -> dict:
         "models": {},
     }
     started = time.perf_counter()
-    results["models"]["dense"] = {"perplexity": perplexity(dense, held_out)}
+    results["models"]["dense"] = {"perplexity": args.dense_perplexity or perplexity(dense, held_out),
+                                  "reused": args.dense_perplexity is not None}
     print(f"dense: {results['models']['dense']['perplexity']:.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     def save():

@@ -161,6 +161,9 @@ def prune_one_shot(
     Raises:
         ValueError: a bad method, sparsity, pattern, scope or option; no matching layer; a missing, empty or
             foreign-tokenizer calibration set. All are checked before any weight changes.
+            One thing cannot be: a SparseGPT Hessian that stays singular after the dampening is raised
+            10,000-fold (degenerate calibration inputs) stops the run at that layer, with the blocks
+            before it already pruned; prune a fresh copy with more varied calibration data.
 
     Example:
 

@@ -1,9 +1,14 @@
-"""One-shot pruning of SmolLM2-135M: Wanda against magnitude, 50% unstructured and 2:4, then a short heal.
+"""One-shot pruning of SmolLM2-135M: SparseGPT, Wanda and magnitude, 50% unstructured and 2:4, then a short heal.
 
     OMP_NUM_THREADS=2 python benchmarks/bench_one_shot.py                  # the BENCHMARKS.md run
     OMP_NUM_THREADS=2 python benchmarks/bench_one_shot.py --heal-steps 0   # pruning only
+    OMP_NUM_THREADS=2 python benchmarks/bench_one_shot.py --heal-steps 0 --calibration-samples 64 \
+        --eval-blocks 64 --variants wanda,sparsegpt,sparsegpt+seq,wanda:2:4,sparsegpt+seq:2:4   # SparseGPT vs Wanda
 
-For each of wanda / magnitude x 50% unstructured / 2:4 it prunes a fresh copy of the dense model
+A variant is `method[+seq][:N:M]`: `sparsegpt+seq:2:4` is SparseGPT, calibrated sequentially (each
+block on the outputs of the already-pruned blocks), 2:4.
+
+For each variant it prunes a fresh copy of the dense model
 with `prune_one_shot` (Wanda calibrated on `--calibration-samples` windows of `--calibration-seq-len`
 tokens of the news *train* split; magnitude compares within each layer, as in the Wanda paper), and
 measures perplexity on a fixed held-out subset: the first `--eval-blocks` blocks of
@@ -11,7 +16,7 @@ measures perplexity on a fixed held-out subset: the first `--eval-blocks` blocks
 pruned model by distillation from the dense one (`DistillationTrainer`, forward KL at T=1,
 `MagnitudePruningCallback(target_sparsity=None)` keeping the masks) for `--heal-steps` steps of
 `--heal-batch` x `--block-size` tokens of the train split, and measures again. It reports the rise
-over dense of each, Wanda's rise as a fraction of magnitude's (the issue's target: at most 1/3), the
+over dense of each, Wanda's rise as a fraction of magnitude's, SparseGPT's as a fraction of Wanda's, the
 share of the gap each heal recovers, and the wall time of calibration plus pruning.
 
 Results go to `--output` (JSON, written after every model) and a Markdown table on stdout.
@@ -33,7 +38,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-VARIANTS = (("wanda", None), ("magnitude", None), ("wanda", "2:4"), ("magnitude", "2:4"))
+VARIANTS = ("wanda", "magnitude", "sparsegpt", "sparsegpt+seq", "wanda:2:4", "magnitude:2:4", "sparsegpt:2:4",
+            "sparsegpt+seq:2:4")
+
+
+def parse_variant(variant: str) -> tuple[str, bool, str | None]:
+    """`"sparsegpt+seq:2:4"` -> `("sparsegpt", True, "2:4")`."""
+    method, _, pattern = variant.partition(":")
+    method, _, flag = method.partition("+")
+    if flag not in ("", "seq"):
+        raise SystemExit(f"variant {variant!r}: the only flag is +seq (sequential calibration).")
+    return method, flag == "seq", pattern or None
 
 
 @torch.no_grad()
@@ -74,6 +89,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--heal-batch", type=int, default=1)
     parser.add_argument("--variants", default="all", help="comma list such as wanda,magnitude:2:4 (default all)")
     parser.add_argument("--output", default="benchmarks/results/one_shot.json")
+    parser.add_argument("--dense-perplexity", type=float, default=None,
+                        help="reuse the dense score of an earlier run with the same --eval-blocks and --block-size")
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator  # noqa: F401
@@ -82,8 +99,7 @@ def main(argv=None) -> dict:
     from hf_bigsmall.pruning.calibration import collect_input_statistics, prepare_calibration
     from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
 
-    variants = VARIANTS if args.variants == "all" else [
-        (v.split(":", 1)[0], v.split(":", 1)[1] if ":" in v else None) for v in args.variants.split(",")]
+    variants = [parse_variant(v) for v in (VARIANTS if args.variants == "all" else args.variants.split(","))]
     path = assets.smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=args.block_size, max_eval_samples=args.eval_blocks)
@@ -102,7 +118,8 @@ def main(argv=None) -> dict:
         "models": {},
     }
     started = time.perf_counter()
-    results["models"]["dense"] = {"perplexity": perplexity(dense, held_out)}
+    results["models"]["dense"] = {"perplexity": args.dense_perplexity or perplexity(dense, held_out),
+                                  "reused": args.dense_perplexity is not None}
     print(f"dense: {results['models']['dense']['perplexity']:.2f} ({time.perf_counter() - started:.0f} s)", flush=True)
 
     def save():
@@ -111,26 +128,29 @@ def main(argv=None) -> dict:
         partial.write_text(json.dumps(results, indent=2) + "\n")
         os.replace(partial, args.output)
 
-    statistics = None
-    for method, pattern in variants:
-        name = f"{method}-{pattern or '50%'}"
+    statistics = calibration_windows = None
+    for method, sequential, pattern in variants:
+        name = f"{method}{'+seq' if sequential else ''}-{pattern or '50%'}"
         model = copy.deepcopy(dense).requires_grad_(True)  # the dense teacher of an earlier heal is frozen
         load = os.getloadavg()[0]
         start, cpu_start = time.perf_counter(), time.process_time()
-        calibration, reused = None, statistics is not None
-        if method == "wanda" and statistics is None:
-            # one calibration pass of the dense model serves every Wanda variant (same statistics)
-            calibration = prepare_calibration(data["train"], args.calibration_samples, args.calibration_seq_len,
-                                              batch_size=4, model=model)
-            statistics = collect_input_statistics(model, calibration)
-        prune_one_shot(model, statistics if method == "wanda" else None, sparsity=None if pattern else 0.5,
-                       method=method, pattern=pattern)
+        if calibration_windows is None:
+            calibration_windows = prepare_calibration(data["train"], args.calibration_samples,
+                                                      args.calibration_seq_len, batch_size=4, model=model)
+        reused = method == "wanda" and not sequential and statistics is not None
+        if method == "wanda" and not sequential and statistics is None:
+            # one calibration pass of the dense model serves every one-pass Wanda variant (same statistics)
+            statistics = collect_input_statistics(model, calibration_windows)
+        calibration = statistics if method == "wanda" and not sequential else (
+            calibration_windows if method != "magnitude" else None)
+        prune_one_shot(model, calibration, sparsity=None if pattern else 0.5, method=method, pattern=pattern,
+                       sequential=sequential)
         prune_seconds = time.perf_counter() - start
         # CPU seconds of this process (all threads): on a shared machine the wall time mostly measures
         # the other jobs, while CPU time / threads estimates the wall time on an idle one
         entry = {"prune_seconds": round(prune_seconds, 1), "prune_cpu_seconds": round(time.process_time() - cpu_start, 1),
                  "load_during_prune": load,
-                 "calibration_reused": method == "wanda" and reused,
+                 "calibration_reused": reused, "sequential": sequential,
                  "sparsity": sparsity_report(model).global_sparsity, "perplexity": perplexity(model, held_out)}
         print(f"{name}: {entry['perplexity']:.2f} (pruned in {prune_seconds:.0f} s)", flush=True)
         results["models"][name] = entry
@@ -156,6 +176,10 @@ def main(argv=None) -> dict:
         if wanda and magnitude:
             results[f"wanda_rise_over_magnitude_rise_{pattern}"] = (
                 (wanda["perplexity"] - dense_ppl) / (magnitude["perplexity"] - dense_ppl))
+        for sparsegpt in (f"sparsegpt-{pattern}", f"sparsegpt+seq-{pattern}"):
+            if wanda and sparsegpt in results["models"]:
+                results[f"{sparsegpt}_rise_over_wanda_rise"] = (
+                    (results["models"][sparsegpt]["perplexity"] - dense_ppl) / (wanda["perplexity"] - dense_ppl))
     results["load_at_end"] = os.getloadavg()
     save()
     print(markdown(results))

@@ -60,13 +60,14 @@ class ScriptArguments(TeacherLogitsArguments, CompressionArguments):
         default=None, metadata={"help": "Width of the student (default: the teacher's, initialised from its layers)."}
     )
     one_shot_method: str = field(default="auto", metadata={
-        "help": "Prune the student once before distilling it: wanda or magnitude, its masks kept exactly while it is "
-                "healed; none to skip; auto (default) is wanda when the student keeps all the teacher's layers and "
-                "no --target_sparsity is asked, else none.", "choices": ["auto", "wanda", "magnitude", "none"]})
+        "help": "Prune the student once before distilling it: sparsegpt, wanda or magnitude, its masks kept exactly "
+                "while it is healed; none to skip; auto (default) is wanda when the student keeps all the teacher's "
+                "layers and no --target_sparsity is asked, else none.",
+        "choices": ["auto", "sparsegpt", "wanda", "magnitude", "none"]})
     one_shot_sparsity: float = field(default=0.5, metadata={"help": "Fraction pruned one-shot (N/M with a pattern)."})
     one_shot_pattern: str | None = field(default=None, metadata={"help": "An N:M pattern such as 2:4 (N pruned of M)."})
-    calibration_samples: int = field(default=32, metadata={"help": "Wanda: calibration windows from the train split."})
-    calibration_seq_len: int = field(default=512, metadata={"help": "Wanda: tokens per calibration window."})
+    calibration_samples: int = field(default=32, metadata={"help": "Wanda/SparseGPT: calibration windows from the train split."})
+    calibration_seq_len: int = field(default=512, metadata={"help": "Wanda/SparseGPT: tokens per calibration window."})
     dataset_name: str = field(default=assets.NEWS, metadata={"help": "Embedded dataset name or Hub dataset id."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration."})
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
@@ -107,7 +108,7 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     pruned_perplexity = None
     if script_args.one_shot_method != "none":
         calibration = None
-        if script_args.one_shot_method == "wanda":
+        if script_args.one_shot_method in ("wanda", "sparsegpt"):
             calibration = prepare_calibration(dataset["train"], script_args.calibration_samples,
                                               script_args.calibration_seq_len, model=student, seed=training_args.seed)
         prune_one_shot(student, calibration, None if script_args.one_shot_pattern else script_args.one_shot_sparsity,

@@ -170,7 +170,7 @@ def test_masks_only_grow_when_pruning_again():
         ({"sparsity": 1.0}, ValueError, r"outside \[0, 1\)"),
         ({"sparsity": -0.1}, ValueError, r"outside \[0, 1\)"),
         ({"sparsity": "half"}, TypeError, "float"),
-        ({"method": "sparsegpt"}, ValueError, "choose one of"),
+        ({"method": "obs"}, ValueError, "choose one of"),
         ({"scope": "block"}, ValueError, "choose one of"),
         ({"pattern": "4:4"}, ValueError, "0 < N < M"),
         ({"pattern": "0:4"}, ValueError, "0 < N < M"),

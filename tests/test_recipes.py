@@ -207,19 +207,20 @@ def test_causal_lm_recipe_under_multi_cpu_launch(tmp_path):
 
 @requires_gpt2_tokenizer
 @requires_news
-def test_causal_lm_recipe_one_shot_then_heal_keeps_the_masks(tmp_path, capsys):
-    """The default path on a tiny GPT-2 teacher: Wanda one-shot at 50% on news, healed 2 steps, zeros kept."""
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_causal_lm_recipe_one_shot_then_heal_keeps_the_masks(tmp_path, capsys, method):
+    """The default path on a tiny GPT-2 teacher: Wanda (or SparseGPT) one-shot at 50% on news, healed 2 steps."""
     save_tiny_gpt2_teacher(tmp_path / "teacher")
     recipe = load_recipe("distill_causal_lm")
     metrics = recipe.main(*recipe.parse_args([
         "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "student"),
         "--block_size", "32", "--max_train_samples", "16", "--max_eval_samples", "4", "--calibration_samples", "8",
         "--calibration_seq_len", "32", "--per_device_train_batch_size", "4", "--max_steps", "2", "--use_cpu",
-        "--measure_energy", "false",
+        "--measure_energy", "false", "--one_shot_method", method,
     ]))
     assert metrics["teacher_eval_perplexity"] > 1 and metrics["one_shot_eval_perplexity"] > 1
     saved = json.loads((tmp_path / "student" / "config.json").read_text())
-    assert saved["sparsity"]["method"] == "wanda" and saved["sparsity"]["global_sparsity"] == pytest.approx(0.5)
+    assert saved["sparsity"]["method"] == method and saved["sparsity"]["global_sparsity"] == pytest.approx(0.5)
     assert saved["n_layer"] == 4  # the student keeps every layer of the teacher
     printed = capsys.readouterr().out
     assert f"teacher {metrics['teacher_eval_perplexity']:.2f}, student {metrics['eval_perplexity']:.2f}" in printed

@@ -175,6 +175,8 @@ _METHODS = {
     "wanda": "Wanda (Sun et al., 2024: |weight| x the norm of its input on calibration data, compared within each "
              "output row)",
     "activation": "activation importance on calibration data (Minitron, Sreenivas et al., 2024)",
+    "sparsegpt": "SparseGPT (Frantar & Alistarh, 2023: the Optimal Brain Surgeon cost of each weight under the "
+                 "Hessian of its layer's calibration inputs, the kept weights updated to compensate)",
 }
 _SCHEDULES = {
     "one_shot": "once, on calibration data",
@@ -190,7 +192,9 @@ def _pruning_sentence(sparsity: dict) -> str:
     when = _SCHEDULES.get(schedule, "during training")
     shape = {None: "", "unstructured": "individual weights", "neurons": "whole neurons", "heads": "whole attention heads"}
     what = shape.get(structure, f"{structure} semi-structured sparsity (N zeros in every M inputs)")
-    return f"Pruned {when}, by {how}" + (f", {what}" if what else "") + "."
+    order = " Each block was calibrated on the outputs of the blocks before it, already pruned." if sparsity.get(
+        "sequential") else ""
+    return f"Pruned {when}, by {how}" + (f", {what}" if what else "") + "." + order
 
 
 def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str | None,

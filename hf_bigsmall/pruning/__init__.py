@@ -1,5 +1,5 @@
 """Pruning that survives training, saving, resuming and distributed runs: magnitude while training,
-Wanda or magnitude one-shot after it (`prune_one_shot`), N:M patterns; `compact` for speed."""
+SparseGPT, Wanda or magnitude one-shot after it (`prune_one_shot`), N:M patterns; `compact` for speed."""
 
 from .callback import MagnitudePruningCallback
 from .compact import compact

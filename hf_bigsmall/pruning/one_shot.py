@@ -1,7 +1,8 @@
-"""`prune_one_shot`: post-training pruning of a whole model at once, by Wanda or by magnitude."""
+"""`prune_one_shot`: post-training pruning of a whole model at once, by SparseGPT, Wanda or magnitude."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -14,18 +15,35 @@ from .calibration import (
     CalibrationData,
     InputStatistics,
     collect_input_statistics,
+    _accumulate_squared_norm,
     prepare_calibration,
 )
 from .io import apply_masks, attach_masks
+from .sequential import calibrate_block_by_block
+from .sparsegpt import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_DAMPENING,
+    HESSIAN_DTYPES,
+    SharedHessians,
+    sparsegpt_prune_module,
+)
 from .targets import find_target_modules
-from .config import CRITERIA
-from .wanda import ONE_SHOT_SCOPES, check_pattern_fits, criterion_masks, parse_pattern
+from .wanda import ONE_SHOT_SCOPES, check_pattern_fits, criterion_masks, in_features, parse_pattern
+
+# "sparsegpt" is one-shot only: it rewrites the kept weights, which a training-time schedule cannot do
+ONE_SHOT_METHODS = ("wanda", "sparsegpt", "magnitude")
+CALIBRATED_METHODS = ("wanda", "sparsegpt")
 
 logger = logging.get_logger(__name__)
 
 
 def check_sparsity(sparsity: Any, pattern: str | None) -> float:
     """The fraction to prune, checked: in [0, 1), and equal to N/M with a pattern (or None there)."""
+    if sparsity is not None and (isinstance(sparsity, bool) or not isinstance(sparsity, (int, float))):
+        raise TypeError(f"sparsity must be a float in [0, 1), got {sparsity!r}.")
+    if sparsity is not None and not math.isfinite(sparsity):
+        raise ValueError(f"sparsity={sparsity} is not a number: pass the fraction to prune, e.g. 0.5 for half"
+                         f"{' (or None with a pattern)' if pattern is not None else ''}.")
     if pattern is not None:
         n, m = parse_pattern(pattern)
         if sparsity is not None and abs(float(sparsity) - n / m) > 1e-9:
@@ -51,6 +69,21 @@ def _targets(model: nn.Module, target_modules: list[str] | str | None) -> dict[s
         ) from None
 
 
+def _check_options(method: str, sequential: Any, dampening: Any, hessian_dtype: Any, block_size: Any) -> None:
+    if not isinstance(sequential, bool):
+        raise TypeError(f"sequential must be True or False, got {sequential!r}.")
+    if sequential and method not in CALIBRATED_METHODS:
+        raise ValueError(f"sequential=True calibrates block by block, but method={method!r} uses no calibration: "
+                         f"pass sequential=False, or a calibrated method {CALIBRATED_METHODS}.")
+    if isinstance(dampening, bool) or not isinstance(dampening, (int, float)) or not 0 < dampening < math.inf:
+        raise ValueError(f"dampening={dampening!r} must be a positive number (the fraction of the Hessian's mean "
+                         "diagonal added to it), e.g. 0.01.")
+    if hessian_dtype not in HESSIAN_DTYPES:
+        raise ValueError(f"hessian_dtype={hessian_dtype!r} is not supported: choose one of {tuple(HESSIAN_DTYPES)}.")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}.")
+
+
 def prune_one_shot(
     model: nn.Module,
     calibration_dataset: CalibrationData | Any = None,
@@ -64,12 +97,20 @@ def prune_one_shot(
     seq_len: int | None = None,
     batch_size: int = 8,
     tokenizer: Any = None,
+    sequential: bool = False,
+    dampening: float = DEFAULT_DAMPENING,
+    hessian_dtype: str = "float64",
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> nn.Module:
-    """Prune a trained model once, with no training: Wanda (calibrated) or magnitude, unstructured or N:M.
+    """Prune a trained model once, with no training: SparseGPT or Wanda (calibrated) or magnitude, unstructured or N:M.
 
-    `method="wanda"` scores each weight by `|W_ij| * ||X_j||_2` over the calibration tokens and
-    prunes the lowest fraction of every output row (Sun et al. 2023); `method="magnitude"` scores
-    by `|W_ij|` alone and, by default, compares within each layer, the baseline of that paper.
+    `method="sparsegpt"` (Frantar & Alistarh 2023) prunes each layer by the Optimal Brain Surgeon
+    cost `w_j^2 / [H^-1]_jj`, with `H = X X^T` the Hessian of the layer's calibration inputs, and
+    updates the weights it keeps to compensate, so the layer's output on the calibration tokens
+    changes as little as possible (see `hf_bigsmall.pruning.sparsegpt`). `method="wanda"` scores
+    each weight by `|W_ij| * ||X_j||_2` over the calibration tokens and prunes the lowest fraction of
+    every output row (Sun et al. 2023), changing no other weight; `method="magnitude"` scores by
+    `|W_ij|` alone and, by default, compares within each layer, the baseline of that paper.
     With `pattern="N:M"` exactly `N` of every `M` consecutive input weights of each row are pruned
     (`"2:4"`: half, in the layout sparse kernels accelerate).
 
@@ -80,34 +121,49 @@ def prune_one_shot(
     `MagnitudePruningCallback(target_sparsity=None)` keeps exactly these zeros. Masks the model
     already carries stay pruned.
 
-    The statistics come from one pass of the dense model over the calibration set (the Wanda
-    reference code instead recomputes each block's inputs after pruning the blocks before it); the
-    pass holds one batch's activations and a vector per layer, never the whole set's activations.
+    Calibration: by default Wanda's statistics come from one pass of the dense model, holding one
+    batch's activations and a vector per layer. SparseGPT always runs block by block (see
+    `hf_bigsmall.pruning.sequential`), holding the calibration activations of one block and the
+    Hessians (`in_features^2` each) of that block's layers only, never the whole model's; layers that
+    read the same tensor (q/k/v, gate/up) share one, and each is freed once its layers are pruned. With
+    `sequential=True` (either method) each block reads the outputs of the blocks before it *as
+    pruned*, as the SparseGPT and Wanda reference code do; this costs a second run of each block.
 
     Args:
         model: a `PreTrainedModel` (Llama, GPT-2, BERT, ...), pruned in place.
         calibration_dataset: tokenized rows (e.g. `load_causal_lm_dataset(tokenizer, assets.NEWS)["train"]`),
-            raw text with `tokenizer=`, a [`~hf_bigsmall.pruning.calibration.CalibrationData`], or the
-            [`~hf_bigsmall.pruning.calibration.InputStatistics`] of an earlier `collect_input_statistics`
-            on this dense model (one calibration pass for several sparsities or patterns). Needed by
-            Wanda; magnitude ignores it.
+            raw text with `tokenizer=`, a [`~hf_bigsmall.pruning.calibration.CalibrationData`], or (Wanda
+            without `sequential` only) the [`~hf_bigsmall.pruning.calibration.InputStatistics`] of an
+            earlier `collect_input_statistics` on this dense model (one calibration pass for several
+            sparsities or patterns). Needed by SparseGPT and Wanda; magnitude ignores it.
         sparsity: fraction pruned, in [0, 1); with a pattern, `N/M` or `None`.
-        method: `"wanda"` or `"magnitude"`.
+        method: `"sparsegpt"`, `"wanda"` or `"magnitude"`.
         pattern: `None` (unstructured) or `"N:M"`, N pruned of every M, `0 < N < M`, M dividing every
             targeted layer's input width.
-        scope: unstructured comparison group: `"row"` (default for Wanda), `"layer"` (default for
-            magnitude) or `"global"`.
+        scope: unstructured comparison group of Wanda and magnitude: `"row"` (default for Wanda),
+            `"layer"` (default for magnitude) or `"global"`. SparseGPT compares within each block of
+            `block_size` columns of a layer, across its rows (the paper's adaptive mask selection),
+            and takes no scope.
         target_modules: module-name suffixes or a full-match regex, as in `MagnitudePruningCallback`.
         num_samples, seq_len, batch_size: calibration windows (defaults 128 x 512, or the model's
             maximum positions if shorter); fewer are used, with a warning, when the data is short.
         tokenizer: tokenizes a raw text calibration set.
+        sequential: calibrate each block on the outputs of the already-pruned blocks before it.
+        dampening: SparseGPT only: `lambda / mean(diag H)` added to the Hessian's diagonal (default
+            0.01, the paper's); raised tenfold, with a warning, while the Hessian is not positive definite.
+        hessian_dtype: SparseGPT only: `"float64"` (default) or `"float32"`, the dtype the Hessian is
+            accumulated across batches and inverted in (each batch's `X X^T` is a float32 matmul).
+        block_size: SparseGPT only: columns whose masks are chosen together (default 128, the paper's).
 
     Returns:
         the same model, pruned, with its masks attached.
 
     Raises:
-        ValueError: a bad method, sparsity, pattern or scope; no matching layer; a missing, empty or
+        ValueError: a bad method, sparsity, pattern, scope or option; no matching layer; a missing, empty or
             foreign-tokenizer calibration set. All are checked before any weight changes.
+            One thing cannot be: a SparseGPT Hessian that stays singular after the dampening is raised
+            10,000-fold (degenerate calibration inputs) stops the run at that layer, with the blocks
+            before it already pruned; prune a fresh copy with more varied calibration data.
 
     Example:
 
@@ -115,34 +171,46 @@ def prune_one_shot(
     >>> from hf_bigsmall import assets, prune_one_shot, save_pruned_model, sparsity_report
     >>> from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
     >>> calibration = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=512)["train"]
-    >>> prune_one_shot(model, calibration, sparsity=0.5, method="wanda")
+    >>> prune_one_shot(model, calibration, sparsity=0.5, method="sparsegpt", sequential=True)
     >>> sparsity_report(model).global_sparsity
     0.5
-    >>> save_pruned_model(model, "out/wanda-50")  # zeros + "sparsity" block + sparsity_masks.safetensors
+    >>> save_pruned_model(model, "out/sparsegpt-50")  # zeros + "sparsity" block + sparsity_masks.safetensors
     ```
     """
-    if method not in CRITERIA:
-        raise ValueError(f"method={method!r} is not supported: choose one of {CRITERIA}.")
+    if method not in ONE_SHOT_METHODS:
+        raise ValueError(f"method={method!r} is not supported: choose one of {ONE_SHOT_METHODS}.")
     sparsity = check_sparsity(sparsity, pattern)
-    if scope is None:
+    _check_options(method, sequential, dampening, hessian_dtype, block_size)
+    if method == "sparsegpt" and scope is not None:
+        raise ValueError(f"scope={scope!r}: SparseGPT chooses its masks within each block of block_size columns of a "
+                         "layer and takes no scope: leave scope=None.")
+    if scope is None and method != "sparsegpt":
         scope = "row" if method == "wanda" else "layer"
-    if scope not in ONE_SHOT_SCOPES:
+    if method != "sparsegpt" and scope not in ONE_SHOT_SCOPES:
         raise ValueError(f"scope={scope!r} is not supported: choose one of {ONE_SHOT_SCOPES}.")
+    if sequential and scope == "global" and pattern is None:
+        raise ValueError("scope='global' compares every layer's scores at once, but sequential=True prunes one block "
+                         "before calibrating the next: pass scope='row' or 'layer', or sequential=False.")
     targets = _targets(model, target_modules)
     if pattern is not None:
         check_pattern_fits(targets, pattern)
     calibration = statistics = None
-    if method == "wanda" and isinstance(calibration_dataset, InputStatistics):
+    if method in CALIBRATED_METHODS and isinstance(calibration_dataset, InputStatistics):
+        if method == "sparsegpt" or sequential:
+            raise ValueError(
+                f"method={method!r}{' with sequential=True' if sequential else ''} calibrates block by block and "
+                "cannot use statistics collected earlier: pass the calibration dataset itself."
+            )
         statistics = calibration_dataset
         missing = sorted(set(targets) - set(statistics.squared_norms))
         if missing:
             raise ValueError(f"The statistics given cover no layer {missing[:3]}: collect them with the same "
                              "target_modules.")
-    elif method == "wanda":
+    elif method in CALIBRATED_METHODS:
         if calibration_dataset is None:
             raise ValueError(
-                "method='wanda' needs calibration_dataset: a few hundred tokenized rows of text like the model's use, "
-                "e.g. load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=512)['train']; or use "
+                f"method={method!r} needs calibration_dataset: a few hundred tokenized rows of text like the model's "
+                "use, e.g. load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=512)['train']; or use "
                 "method='magnitude', which needs none."
             )
         calibration = prepare_calibration(calibration_dataset, num_samples, seq_len, batch_size, model=model,
@@ -151,14 +219,19 @@ def prune_one_shot(
         logger.info("method='magnitude' scores weights alone: the calibration dataset is not used.")
 
     started = time.perf_counter()
-    if calibration is not None:
-        statistics = collect_input_statistics(model, calibration, target_modules)
-    calibrated = time.perf_counter()
     params = dict(model.named_parameters())
     previous = {name: mask.to(params[name].device) for name, mask in (getattr(model, "_sparsity_masks", None) or {}).items()
                 if name in params}
-    masks = criterion_masks(targets, sparsity, scope, statistics.squared_norms if statistics else None, pattern,
-                            previous={name: previous[name] for name in previous if name.removesuffix(".weight") in targets})
+    targeted_previous = {name: previous[name] for name in previous if name.removesuffix(".weight") in targets}
+    if method == "sparsegpt" or sequential:
+        masks = _prune_block_by_block(model, calibration, targets, method, sparsity, scope, pattern, targeted_previous,
+                                      sequential, dampening, HESSIAN_DTYPES[hessian_dtype], block_size)
+    else:
+        if calibration is not None:
+            statistics = collect_input_statistics(model, calibration, target_modules)
+        masks = criterion_masks(targets, sparsity, scope, statistics.squared_norms if statistics else None, pattern,
+                                previous=targeted_previous)
+    pruning_seconds = time.perf_counter() - started
     for name, mask in previous.items():  # masks of other layers stay in force as they are
         masks.setdefault(name, mask)
     info = {
@@ -169,15 +242,70 @@ def prune_one_shot(
         "target": sparsity,
         "target_modules": target_modules,
         "pruned_at_step": None,
-        "calibration": statistics.calibration if statistics else None,
+        "calibration": calibration.describe() if calibration is not None else (
+            statistics.calibration if statistics else None),
     }
+    if method in CALIBRATED_METHODS:
+        info["sequential"] = sequential
+    if method == "sparsegpt":
+        info.update(dampening=dampening, hessian_dtype=hessian_dtype, block_size=block_size)
     with torch.no_grad():
         attach_masks(model, masks, info)
         apply_masks(model, masks)
     pruned = sum(int(mask.sum()) for mask in masks.values())
     total = sum(mask.numel() for mask in masks.values())
     logger.info(
-        f"prune_one_shot({method}, {pattern or f'{sparsity:.0%} per {scope}'}): {pruned / total:.1%} of {total:,} "
-        f"weights pruned; calibration {calibrated - started:.1f} s, masks {time.perf_counter() - calibrated:.1f} s."
+        f"prune_one_shot({method}, {pattern or f'{sparsity:.0%}'}{', sequential' if sequential else ''}): "
+        f"{pruned / total:.1%} of {total:,} weights pruned in {pruning_seconds:.1f} s (calibration included)."
     )
     return model
+
+
+def _prune_block_by_block(
+    model: nn.Module,
+    calibration: CalibrationData,
+    targets: dict[str, nn.Module],
+    method: str,
+    sparsity: float,
+    scope: str | None,
+    pattern: str | None,
+    previous: dict[str, torch.Tensor],
+    sequential: bool,
+    dampening: float,
+    hessian_dtype: torch.dtype,
+    block_size: int,
+) -> dict[str, torch.Tensor]:
+    """Calibrate and prune one transformer block at a time; returns the new masks (weight layout)."""
+    n_of_m = parse_pattern(pattern) if pattern is not None else None
+    statistics: dict[str, torch.Tensor] = {}
+    masks: dict[str, torch.Tensor] = {}
+    hessians = SharedHessians({}, hessian_dtype)
+
+    def hooks_for(names: list[str]) -> dict:
+        nonlocal hessians
+        if method == "sparsegpt":
+            hessians = SharedHessians({name: targets[name] for name in names}, hessian_dtype)
+            return {name: hessians.hook(name) for name in names}
+        hooks = {}
+        for name in names:
+            module = targets[name]
+            statistics[name] = torch.zeros(in_features(module), dtype=torch.float64, device=module.weight.device)
+            hooks[name] = _accumulate_squared_norm(statistics[name])
+        return hooks
+
+    def prune(names: list[str]) -> None:
+        if method == "sparsegpt":
+            for name in names:  # each Hessian freed once the layers that share it are done
+                masks[f"{name}.weight"] = sparsegpt_prune_module(
+                    targets[name], hessians.pop(name), sparsity, n_of_m, previous.get(f"{name}.weight"),
+                    block_size, dampening, name)
+        else:
+            modules = {name: targets[name] for name in names}
+            block_previous = {key: previous[key] for key in (f"{name}.weight" for name in names) if key in previous}
+            block_masks = criterion_masks(modules, sparsity, scope, {name: statistics.pop(name) for name in names},
+                                          pattern, previous=block_previous)
+            apply_masks(model, block_masks)  # the next block must read this one's pruned outputs
+            masks.update(block_masks)
+
+    calibrate_block_by_block(model, calibration, targets, hooks_for, prune, sequential=sequential)
+    return masks

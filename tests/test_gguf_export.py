@@ -1,0 +1,222 @@
+"""GGUF export: transformers' own GGUF loader and llama.cpp (where installed) must decode it as the source does."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from hf_bigsmall.quantization.gguf_export import export_gguf
+from hf_bigsmall.utils.files import KIT_MARKER
+from tests.testing_utils import tiny_llama_config
+
+pytest.importorskip("gguf")
+
+VOCAB = 300  # the 256 byte symbols, a few merges, two special tokens and unused padding rows
+STEPS = 32
+
+
+def _byte_level_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = ByteLevel.alphabet()
+    vocab = {symbol: index for index, symbol in enumerate(sorted(alphabet))}
+    merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he")]
+    for left, right in merges:
+        vocab[left + right] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
+    fast.add_special_tokens({"bos_token": "<s>", "eos_token": "</s>"})
+    return fast
+
+
+def save_llama(folder, model=None, **overrides):
+    tokenizer = _byte_level_tokenizer()
+    if model is None:
+        torch.manual_seed(0)
+        overrides.setdefault("tie_word_embeddings", True)  # as SmolLM2
+        config = tiny_llama_config(vocab_size=VOCAB, bos_token_id=tokenizer.bos_token_id,
+                                   eos_token_id=tokenizer.eos_token_id, pad_token_id=None, **overrides)
+        model = LlamaForCausalLM(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+def prompt(length: int = 6) -> torch.Tensor:
+    return torch.randint(3, 256, (1, length), generator=torch.Generator().manual_seed(1))
+
+
+def greedy(model, ids: torch.Tensor) -> list[int]:
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False, pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def reload(folder) -> LlamaForCausalLM:
+    config = json.loads((folder / "config.json").read_text())
+    name = config["quantization"]["file"]
+    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+
+
+def compare(source, exported, atol):
+    ids = prompt()
+    with torch.no_grad():
+        expected, got = source(ids).logits, exported(ids).logits
+    torch.testing.assert_close(got, expected, rtol=0, atol=atol)
+    return greedy(source, ids), greedy(exported, ids)
+
+
+def test_f32_export_reloads_with_the_same_logits_and_greedy_tokens(tmp_path):
+    # GQA (4 heads, 2 groups) and head_dim 16 != hidden 32 / 4 heads
+    model = save_llama(tmp_path / "model", head_dim=16)
+    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="f32")
+    assert (folder / "model-F32.gguf").is_file() and (folder / KIT_MARKER).is_file()
+    record = json.loads((folder / "config.json").read_text())["quantization"]
+    assert record["engine"] == "llama.cpp" and record["method"] == "f32" and record["backend"] == "gguf"
+    assert record["source"] == str(tmp_path / "model") and record["backend_version"]
+    expected, got = compare(model, reload(folder), atol=1e-5)
+    assert got == expected and len(got) == STEPS
+
+
+def test_metadata_and_tokenizer_read_back(tmp_path):
+    import gguf
+
+    save_llama(tmp_path / "model", head_dim=16)
+    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="f16")
+    reader = gguf.GGUFReader(folder / "model-F16.gguf")
+
+    def value(key):
+        return reader.fields[key].contents()
+
+    assert value("general.architecture") == "llama"
+    assert value("llama.block_count") == 4 and value("llama.embedding_length") == 32
+    assert value("llama.attention.head_count") == 4 and value("llama.attention.head_count_kv") == 2
+    assert value("llama.attention.key_length") == 16 and value("llama.rope.dimension_count") == 16
+    assert value("llama.feed_forward_length") == 64 and value("llama.vocab_size") == VOCAB
+    tokens = value("tokenizer.ggml.tokens")
+    assert len(tokens) == VOCAB and tokens[256] == "Ġt" and tokens[-1] == f"[PAD{VOCAB - 1}]"
+    assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.pre") == "gpt2"
+    assert value("tokenizer.ggml.merges")[:3] == ["Ġ t", "h e", "Ġt he"]
+    assert value("tokenizer.ggml.eos_token_id") == 260
+    names = {tensor.name: tensor for tensor in reader.tensors}
+    assert "output.weight" not in names  # tied: llama.cpp reuses the token embedding
+    assert names["blk.0.attn_q.weight"].tensor_type == gguf.GGMLQuantizationType.F16
+    assert names["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+
+
+def test_untied_head_is_written_as_output(tmp_path):
+    import gguf
+
+    model = save_llama(tmp_path / "model", tie_word_embeddings=False)
+    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="f32")
+    assert "output.weight" in {tensor.name for tensor in gguf.GGUFReader(folder / "model-F32.gguf").tensors}
+    expected, got = compare(model, reload(folder), atol=1e-5)
+    assert got == expected
+
+
+def test_kit_pruned_llama_depth_and_width(tmp_path):
+    from hf_bigsmall import make_student
+    from hf_bigsmall.pruning.importance import compute_importance
+    from hf_bigsmall.pruning.width import prune_width
+
+    teacher = save_llama(tmp_path / "teacher", num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
+    calibration = torch.randint(3, 256, (8, 10), generator=torch.Generator().manual_seed(2))
+    importance = compute_importance(teacher, calibration)
+    student = make_student(teacher, num_layers=2, teacher_layers=[0, 3])
+    prune_width(student, importance.select_layers([0, 3]), intermediate_size=32, num_attention_heads=2,
+                num_key_value_heads=1)
+    assert student.config.head_dim * student.config.num_attention_heads != student.config.hidden_size
+    save_llama(tmp_path / "student", model=student.eval())
+    folder = export_gguf(tmp_path / "student", tmp_path / "gguf", method="f32")
+    expected, got = compare(student, reload(folder), atol=1e-5)
+    assert got == expected
+
+
+def test_q8_0_is_close_and_keeps_zeros(tmp_path):
+    import gguf
+
+    model = save_llama(tmp_path / "model")
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[:, :16] = 0  # pruned input neurons
+    save_llama(tmp_path / "model", model=model)
+    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="int8")
+    assert (folder / "model-Q8_0.gguf").is_file()
+    reader = gguf.GGUFReader(folder / "model-Q8_0.gguf")
+    down = next(t for t in reader.tensors if t.name == "blk.0.ffn_down.weight")
+    assert down.tensor_type == gguf.GGMLQuantizationType.Q8_0
+    values = gguf.quants.dequantize(down.data, down.tensor_type)
+    assert np.all(values[:, :16] == 0) and np.count_nonzero(values[:, 16:]) > 0
+    compare(model, reload(folder), atol=0.05)
+
+
+def test_int4_falls_back_to_q4_0_when_k_quants_cannot_be_made(tmp_path):
+    model = save_llama(tmp_path / "model")
+    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="int4")
+    record = json.loads((folder / "config.json").read_text())["quantization"]
+    assert record["method"] == "q4_0" and "256" in record["fallback_reason"]
+    assert "Q4_0" in (folder / "README.md").read_text()
+    compare(model, reload(folder), atol=0.5)
+    with pytest.raises(ValueError, match="multiples of 256"):
+        export_gguf(tmp_path / "model", tmp_path / "k", method="q4_k_m")
+    assert not (tmp_path / "k").exists()
+
+
+def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
+    from transformers import GPT2LMHeadModel, LlamaForSequenceClassification
+
+    from tests.testing_utils import tiny_gpt2_config
+
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="GGUF type"):
+        export_gguf(tmp_path, out, method="q3")
+    classifier = tmp_path / "classifier"
+    LlamaForSequenceClassification(tiny_llama_config(vocab_size=VOCAB)).save_pretrained(classifier)
+    with pytest.raises(ValueError, match="causal language models"):
+        export_gguf(classifier, out)
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(gpt2)
+    with pytest.raises(ValueError, match=r"supports model_type \('llama',\)"):
+        export_gguf(gpt2, out)
+    no_tokenizer = tmp_path / "bare"
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(no_tokenizer)
+    with pytest.raises(ValueError, match="no tokenizer.json"):
+        export_gguf(no_tokenizer, out)
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_a_folder_the_kit_did_not_write_is_refused_and_kept(tmp_path):
+    save_llama(tmp_path / "model")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="not written by hf_bigsmall"):
+        export_gguf(tmp_path / "model", mine)
+    assert (mine / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ValueError, match="own folder"):
+        export_gguf(tmp_path / "model", tmp_path / "model")
+    # a folder the export wrote is replaced by the next export
+    export_gguf(tmp_path / "model", tmp_path / "gguf", method="f16")
+    export_gguf(tmp_path / "model", tmp_path / "gguf", method="q8_0")
+    assert sorted(p.name for p in (tmp_path / "gguf").glob("*.gguf")) == ["model-Q8_0.gguf"]
+
+
+def test_a_failure_half_way_leaves_nothing(tmp_path, monkeypatch):
+    from hf_bigsmall.quantization import gguf_export
+
+    save_llama(tmp_path / "model")
+    export_gguf(tmp_path / "model", tmp_path / "gguf", method="f16")
+    before = sorted(p.name for p in (tmp_path / "gguf").iterdir())
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(gguf_export, "_card", fail)  # after the .gguf is written
+    with pytest.raises(OSError, match="disk full"):
+        export_gguf(tmp_path / "model", tmp_path / "gguf", method="q8_0")
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == before  # the earlier export is intact
+    assert not (tmp_path / "gguf.partial").exists()

@@ -220,3 +220,114 @@ def test_a_failure_half_way_leaves_nothing(tmp_path, monkeypatch):
         export_gguf(tmp_path / "model", tmp_path / "gguf", method="q8_0")
     assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == before  # the earlier export is intact
     assert not (tmp_path / "gguf.partial").exists()
+
+
+def test_quantize_and_the_command_line_take_the_gguf_backend(tmp_path, capsys, monkeypatch):
+    from hf_bigsmall.cli import main
+    from hf_bigsmall.quantization import quantize
+
+    model = save_llama(tmp_path / "model")
+    assert main(["quantize", str(tmp_path / "model"), str(tmp_path / "gguf"), "--backend", "gguf",
+                 "--method", "q8_0"]) == 0
+    assert "llama-cli -m" in capsys.readouterr().out
+    assert (tmp_path / "gguf" / "model-Q8_0.gguf").is_file()
+    folder = quantize(tmp_path / "model", tmp_path / "gguf", backend="gguf", method="f32")  # replaces its own
+    assert [p.name for p in folder.glob("*.gguf")] == ["model-F32.gguf"]
+
+    # the card's transformers snippet runs as written, from inside the folder
+    card = (folder / "README.md").read_text()
+    snippet = card.split("```python\n")[1].split("```")[0]
+    monkeypatch.chdir(folder)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    ids = prompt()
+    with torch.no_grad():
+        torch.testing.assert_close(namespace["model"](ids).logits, model(ids).logits, rtol=0, atol=1e-5)
+
+
+def _news_blocks(tokenizer, count: int = 16, size: int = 128) -> torch.Tensor:
+    from hf_bigsmall.assets import load_news
+
+    ids: list[int] = []
+    for text in load_news()["test"]["text"]:
+        ids += tokenizer(text)["input_ids"]
+        if len(ids) >= count * size:
+            break
+    return torch.tensor(ids[: count * size]).view(count, size)
+
+
+def _perplexity(model, blocks: torch.Tensor) -> float:
+    with torch.no_grad():
+        losses = [model(block[None], labels=block[None]).loss for block in blocks]
+    return float(torch.stack(losses).mean().exp())
+
+
+@pytest.mark.slow
+def test_smollm2_f32_matches_and_q8_0_perplexity_within_one_percent(tmp_path):
+    from transformers import AutoTokenizer
+
+    from hf_bigsmall.assets import smollm2_path
+
+    source = smollm2_path()
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    f32 = export_gguf(source, tmp_path / "f32", method="f32")
+    expected, got = compare(model, reload(f32), atol=1e-4)
+    assert got == expected
+    q8 = export_gguf(source, tmp_path / "q8", method="q8_0")
+    blocks = _news_blocks(AutoTokenizer.from_pretrained(source))
+    fp32_perplexity, q8_perplexity = _perplexity(model, blocks), _perplexity(reload(q8), blocks)
+    assert abs(q8_perplexity / fp32_perplexity - 1) < 0.01, (fp32_perplexity, q8_perplexity)
+
+
+def _llama_cpp_greedy(path, ids: list[int]) -> tuple[list[int], np.ndarray]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(path), n_ctx=64, n_threads=1, logits_all=True, verbose=False)
+    llm.eval(ids)
+    prompt_logits = np.array(llm.scores[: len(ids)])
+    tokens = []
+    for _ in range(STEPS):
+        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        llm.eval([tokens[-1]])
+    return tokens, prompt_logits
+
+
+def test_llama_cpp_decodes_the_f32_export_as_transformers_does(tmp_path):
+    pytest.importorskip("llama_cpp")
+    # larger weights than the default init spread the logits, so greedy choices are not near-ties
+    model = save_llama(tmp_path / "model", head_dim=16, initializer_range=0.2)
+    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="f32")
+    ids = prompt()
+    tokens, logits = _llama_cpp_greedy(folder / "model-F32.gguf", ids[0].tolist())
+    with torch.no_grad():
+        expected = model(ids).logits[0].numpy()
+    np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-3)
+    assert tokens == greedy(model, ids)
+
+
+def test_q4_k_m_through_llama_cpp(tmp_path):
+    pytest.importorskip("llama_cpp")
+    # every quantized row a multiple of 256, as K-quants need
+    model = save_llama(tmp_path / "model", hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                       num_key_value_heads=2, head_dim=64, num_hidden_layers=2)
+    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="int4")
+    record = json.loads((folder / "config.json").read_text())["quantization"]
+    assert record["method"] == "q4_k_m" and "fallback_reason" not in record
+    assert not list(folder.glob("*.tmp"))
+    tokens, _ = _llama_cpp_greedy(folder / "model-Q4_K_M.gguf", prompt()[0].tolist())
+    assert len(tokens) == STEPS
+    compare(model, reload(folder), atol=0.5)
+
+
+def test_a_missing_engine_names_the_extra(tmp_path, monkeypatch):
+    from hf_bigsmall.quantization import gguf_export
+    from hf_bigsmall.utils import import_utils
+
+    save_llama(tmp_path / "model", hidden_size=256, intermediate_size=256, num_attention_heads=4, head_dim=64)
+    monkeypatch.setattr(gguf_export, "is_llama_cpp_available", lambda: False)
+    with pytest.raises(ImportError, match=r"hf-bigsmall\[llamacpp\]"):
+        export_gguf(tmp_path / "model", tmp_path / "out", method="q4_k_m")
+    monkeypatch.setattr(import_utils, "_is_package_available", lambda name: name != "gguf")
+    with pytest.raises(ImportError, match=r"hf-bigsmall\[gguf\]"):
+        export_gguf(tmp_path / "model", tmp_path / "out", method="q8_0")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()

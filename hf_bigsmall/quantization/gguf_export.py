@@ -137,8 +137,8 @@ def check_gguf_request(model_dir: str | os.PathLike, method: str) -> GgufPlan:
         return GgufPlan("Q4_0", fallback_reason=reason)
     if odd:
         raise ValueError(f"Q4_K_M cannot be made: {reason}. Use method='q4_0' (or 'int4', which falls back to it).")
-    require("llama_cpp")
-    return GgufPlan("Q4_K_M")
+    raise ImportError('Q4_K_M is made by llama.cpp\'s quantizer and llama-cpp-python is not installed: run '
+                      '`pip install "hf-bigsmall[llamacpp]"` (it builds llama.cpp from source), or use method="q4_0".')
 
 
 def _check_tokenizer(model_dir: Path) -> dict[str, Any]:

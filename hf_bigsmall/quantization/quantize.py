@@ -20,6 +20,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voc
 LOADING = {
     "onnxruntime": 'onnxruntime.InferenceSession("{path}/model.onnx")  # or hf_bigsmall.quantization.OnnxModelRunner',
     "torchao": '{auto_class}.from_pretrained("{path}", device_map="cuda")  # the TorchAoConfig is in config.json',
+    "gguf": 'llama-cli -m {path}/model-<TYPE>.gguf  # or llama_cpp.Llama(...), or Ollama: FROM ./model-<TYPE>.gguf',
 }
 
 
@@ -73,7 +74,10 @@ def quantize(
             folder with something in it is refused, and left as it is.
         method: `"int8"`, or `"int4"` (CUDA only).
         device: `"cpu"` or `"cuda"`: where the quantized model will run.
-        backend: `"auto"` (ONNX Runtime on CPU, torchao on CUDA), `"onnxruntime"` or `"torchao"`.
+        backend: `"auto"` (ONNX Runtime on CPU, torchao on CUDA), `"onnxruntime"`, `"torchao"`, or
+            `"gguf"`: a Llama-family causal LM written as one GGUF file for llama.cpp and Ollama, `method`
+            then one of `f32`, `f16`, `q8_0`, `q4_0`, `q4_k_m`, `int8` (= q8_0) or `int4` (q4_k_m where it
+            can be made, else q4_0); see `gguf_export.export_gguf`.
 
     Returns:
         `output_dir` as a `Path`.
@@ -104,6 +108,10 @@ def quantize(
 
     from ..reporting.compare import CLASSIFICATION, count_parameters, task_of
 
+    if backend == "gguf":  # llama.cpp / Ollama: a causal-LM file format with its own types and checks
+        from .gguf_export import export_gguf
+
+        return export_gguf(model_dir, output_dir, method=method)
     plan = plan_quantization(method, device, backend)
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if not (model_dir / "config.json").is_file():

@@ -57,10 +57,10 @@ def greedy(model, ids: torch.Tensor) -> list[int]:
     return out[0, ids.shape[1]:].tolist()
 
 
-def reload(folder) -> LlamaForCausalLM:
+def reload(folder, **config_overrides) -> LlamaForCausalLM:
     config = json.loads((folder / "config.json").read_text())
     name = config["quantization"]["file"]
-    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, **config_overrides).eval()
 
 
 def compare(source, exported, atol):
@@ -119,6 +119,30 @@ def test_untied_head_is_written_as_output(tmp_path):
     assert got == expected
 
 
+def test_gpt2_f32_export_reloads_with_the_same_logits_and_greedy_tokens(tmp_path):
+    import gguf
+    from transformers import GPT2LMHeadModel
+
+    from tests.testing_utils import tiny_gpt2_config
+
+    torch.manual_seed(0)
+    tokenizer = _byte_level_tokenizer()
+    # a pruned FFN (n_inner 64, not 4 x 32)
+    model = GPT2LMHeadModel(tiny_gpt2_config(vocab_size=VOCAB, bos_token_id=tokenizer.bos_token_id,
+                                             eos_token_id=tokenizer.eos_token_id, n_inner=64)).eval()
+    save_llama(tmp_path / "model", model=model)
+    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="f32")
+    reader = gguf.GGUFReader(folder / "model-F32.gguf")
+    assert reader.fields["general.architecture"].contents() == "gpt2"
+    qkv = next(t for t in reader.tensors if t.name == "blk.0.attn_qkv.weight")
+    assert list(qkv.shape) == [32, 96]  # GGML order (columns first): each of the 96 outputs is a row of 32
+    assert reader.fields["gpt2.feed_forward_length"].contents() == 64
+    assert reader.fields["gpt2.context_length"].contents() == 64
+    # transformers' GGUF loader reads these two back under names GPT2Config ignores: they are given again here
+    expected, got = compare(model, reload(folder, n_positions=64, n_inner=64), atol=1e-5)
+    assert got == expected
+
+
 def test_kit_pruned_llama_depth_and_width(tmp_path):
     from hf_bigsmall import make_student
     from hf_bigsmall.pruning.importance import compute_importance
@@ -167,9 +191,9 @@ def test_int4_falls_back_to_q4_0_when_k_quants_cannot_be_made(tmp_path):
 
 
 def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
-    from transformers import GPT2LMHeadModel, LlamaForSequenceClassification
+    from transformers import BertLMHeadModel, LlamaForSequenceClassification
 
-    from tests.testing_utils import tiny_gpt2_config
+    from tests.testing_utils import tiny_bert_config
 
     out = tmp_path / "out"
     with pytest.raises(ValueError, match="GGUF type"):
@@ -178,10 +202,10 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
     LlamaForSequenceClassification(tiny_llama_config(vocab_size=VOCAB)).save_pretrained(classifier)
     with pytest.raises(ValueError, match="causal language models"):
         export_gguf(classifier, out)
-    gpt2 = tmp_path / "gpt2"
-    GPT2LMHeadModel(tiny_gpt2_config()).save_pretrained(gpt2)
-    with pytest.raises(ValueError, match=r"supports model_type \('llama',\)"):
-        export_gguf(gpt2, out)
+    bert = tmp_path / "bert"
+    BertLMHeadModel(tiny_bert_config(is_decoder=True)).save_pretrained(bert)
+    with pytest.raises(ValueError, match=r"supports model_type \('llama', 'gpt2'\)"):
+        export_gguf(bert, out)
     no_tokenizer = tmp_path / "bare"
     LlamaForCausalLM(tiny_llama_config()).save_pretrained(no_tokenizer)
     with pytest.raises(ValueError, match="no tokenizer.json"):

@@ -1,4 +1,4 @@
-"""GGUF export of a saved Llama-family causal LM, for llama.cpp, llama-cpp-python and Ollama.
+"""GGUF export of a saved Llama-family or GPT-2 causal LM, for llama.cpp, llama-cpp-python and Ollama.
 
 The file is written with the `gguf` package (its tensor-name tables, metadata keys and numpy
 quantizers), the tokenizer embedded, so `llama-cli -m model-Q8_0.gguf` needs nothing else.
@@ -32,7 +32,7 @@ from ..utils.import_utils import require
 logger = logging.get_logger(__name__)
 
 # model_type in config.json -> GGUF architecture; only families whose tensors and rotary layout are written here
-SUPPORTED_MODEL_TYPES = ("llama",)
+SUPPORTED_MODEL_TYPES = ("llama", "gpt2")
 # what `method` may say: the GGUF types, and the kit's generic names mapped onto them
 GGUF_METHODS = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
 _ALIASES = {"int8": "q8_0", "int4": "q4_k_m"}
@@ -78,6 +78,8 @@ def _read_config(model_dir: Path) -> dict[str, Any]:
 
 
 def _input_widths(config: dict[str, Any]) -> dict[str, int]:
+    if config["model_type"] == "gpt2":
+        return {"n_embd": config["n_embd"], "n_inner": config.get("n_inner") or 4 * config["n_embd"]}
     hidden = config["hidden_size"]
     heads, head_dim = config["num_attention_heads"], _head_dim(config)
     return {"hidden_size": hidden, "intermediate_size": config["intermediate_size"],
@@ -93,7 +95,7 @@ def check_gguf_request(model_dir: str | os.PathLike, method: str) -> GgufPlan:
 
     Raises:
         ValueError: an unknown method, a folder that is not a saved model, a model without a causal
-            LM head (a classifier), an architecture other than Llama, a Llama with biases or rope
+            LM head (a classifier), an architecture other than Llama or GPT-2, a Llama with biases or rope
             scaling, a tokenizer that is not a byte-level BPE `tokenizer.json`, a quantized source,
             or Q4_K_M on a model whose widths are not multiples of 256.
         ImportError: `gguf` (extra `gguf`) or, for Q4_K_M, `llama-cpp-python` (extra `llamacpp`) is missing.
@@ -111,12 +113,13 @@ def check_gguf_request(model_dir: str | os.PathLike, method: str) -> GgufPlan:
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"GGUF export supports model_type {SUPPORTED_MODEL_TYPES} (Llama family: SmolLM2, Llama, and "
-                         f"their pruned students), got {model_type!r}: use backend='onnxruntime' for this model.")
+                         f"their pruned students; GPT-2), got {model_type!r}: use backend='onnxruntime' for this "
+                         "model.")
     if config.get("quantization_config") or config.get(QUANTIZATION_KEY):
         raise ValueError(f"{model_dir} is already quantized: export the original full-precision folder.")
-    if config.get("attention_bias") or config.get("mlp_bias"):
+    if model_type == "llama" and (config.get("attention_bias") or config.get("mlp_bias")):
         raise ValueError("GGUF export writes Llama models without biases; this one has attention_bias or mlp_bias.")
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope = (config.get("rope_parameters") or config.get("rope_scaling") or {}) if model_type == "llama" else {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise ValueError(f"rope type {rope_type!r} is not written to GGUF here; only plain rotary embeddings are.")
@@ -148,9 +151,10 @@ def _check_tokenizer(model_dir: Path) -> dict[str, Any]:
                          "(tokenizer.save_pretrained) so it can be embedded in the GGUF file.")
     tokenizer = json.loads(path.read_text(encoding="utf-8"))
     model = tokenizer.get("model") or {}
-    if model.get("type") != "BPE" or model.get("byte_fallback") or (tokenizer.get("decoder") or {}).get("type") != "ByteLevel":
+    decoder = (tokenizer.get("decoder") or {}).get("type")
+    if model.get("type") != "BPE" or model.get("byte_fallback") or decoder != "ByteLevel":
         raise ValueError("GGUF export embeds byte-level BPE tokenizers (GPT-2 / SmolLM2 style); this tokenizer.json "
-                         f"is a {model.get('type')} model with a {(tokenizer.get('decoder') or {}).get('type')} decoder.")
+                         f"is a {model.get('type')} model with a {decoder} decoder.")
     return tokenizer
 
 
@@ -223,8 +227,54 @@ def _file_type(gguf_type: str) -> int:
             "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[gguf_type]
 
 
+def _llama_metadata(writer: Any, config: dict[str, Any]) -> None:
+    heads = config["num_attention_heads"]
+    rope = config.get("rope_parameters") or {}
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(config.get("num_key_value_heads") or heads)
+    # key/value width and the rotary width say head_dim when it is not hidden_size / heads (pruned heads)
+    writer.add_key_length(_head_dim(config))
+    writer.add_value_length(_head_dim(config))
+    writer.add_rope_dimension_count(_head_dim(config))
+    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
+    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+
+
+def _gpt2_metadata(writer: Any, config: dict[str, Any]) -> None:
+    writer.add_context_length(config["n_positions"])
+    writer.add_embedding_length(config["n_embd"])
+    writer.add_block_count(config["n_layer"])
+    writer.add_feed_forward_length(config.get("n_inner") or 4 * config["n_embd"])
+    writer.add_head_count(config["n_head"])
+    writer.add_layer_norm_eps(float(config["layer_norm_epsilon"]))
+
+
+def _llama_tensor(hf_name: str, weight: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    heads = config["num_attention_heads"]
+    if hf_name.endswith("q_proj.weight"):
+        return _permute_for_rotary(weight, heads)
+    if hf_name.endswith("k_proj.weight"):
+        return _permute_for_rotary(weight, config.get("num_key_value_heads") or heads)
+    return weight
+
+
+def _gpt2_tensor(hf_name: str, weight: np.ndarray, config: dict[str, Any]) -> np.ndarray:
+    # GPT-2's Conv1D stores (in, out); GGML wants each output's weights as a row, as nn.Linear does
+    if hf_name.endswith(("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")):
+        return np.ascontiguousarray(weight.T)
+    return weight
+
+
+# model_type -> GGUF architecture, metadata writer, per-tensor layout change
+_ARCHITECTURES = {"llama": ("LLAMA", _llama_metadata, _llama_tensor), "gpt2": ("GPT2", _gpt2_metadata, _gpt2_tensor)}
+
+
 def write_gguf(model_dir: str | os.PathLike, path: str | os.PathLike, gguf_type: str = "F32") -> dict[str, int]:
-    """Write the Llama causal LM saved in `model_dir` to the GGUF file `path` (F32, F16, Q8_0 or Q4_0).
+    """Write the Llama or GPT-2 causal LM saved in `model_dir` to the GGUF file `path` (F32, F16, Q8_0 or Q4_0).
 
     Call `check_gguf_request` first; this writes `path` directly (`export_gguf` wraps it in a
     `.partial` folder). Returns the number of tensors written per GGML type name.
@@ -235,44 +285,29 @@ def write_gguf(model_dir: str | os.PathLike, path: str | os.PathLike, gguf_type:
 
     model_dir = Path(model_dir)
     config = _read_config(model_dir)
+    arch_name, add_metadata, layout = _ARCHITECTURES[config["model_type"]]
+    arch = getattr(gguf.MODEL_ARCH, arch_name)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     tied = bool(model.config.tie_word_embeddings)
-    heads, kv_heads = config["num_attention_heads"], config.get("num_key_value_heads") or config["num_attention_heads"]
-    layers = config["num_hidden_layers"]
-    rope = config.get("rope_parameters") or {}
 
-    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(path, gguf.MODEL_ARCH_NAMES[arch])
     writer.add_name(model_dir.name)
-    writer.add_context_length(config["max_position_embeddings"])
-    writer.add_embedding_length(config["hidden_size"])
-    writer.add_block_count(layers)
-    writer.add_feed_forward_length(config["intermediate_size"])
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    # key/value width and the rotary width say head_dim when it is not hidden_size / heads (pruned heads)
-    writer.add_key_length(_head_dim(config))
-    writer.add_value_length(_head_dim(config))
-    writer.add_rope_dimension_count(_head_dim(config))
-    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
-    writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    add_metadata(writer, config)
     writer.add_vocab_size(config["vocab_size"])
     writer.add_file_type(_file_type(gguf_type))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     _add_tokenizer(writer, model_dir, config["vocab_size"])
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, layers)
+    names = gguf.get_tensor_name_map(arch, model.config.num_hidden_layers)
     counts: dict[str, int] = {}
     for hf_name, tensor in model.state_dict().items():
-        if hf_name == "lm_head.weight" and tied:  # llama.cpp reuses token_embd when there is no output tensor
+        # a tied Llama head is left out (llama.cpp reuses token_embd); GPT-2's is written, as llama.cpp's converter does
+        if hf_name == "lm_head.weight" and tied and arch_name == "LLAMA":
             continue
         name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if name is None:
-            raise ValueError(f"{hf_name} has no GGUF name for a Llama model: this checkpoint has extra tensors.")
-        weight = tensor.detach().numpy()
-        if hf_name.endswith("q_proj.weight"):
-            weight = _permute_for_rotary(weight, heads)
-        elif hf_name.endswith("k_proj.weight"):
-            weight = _permute_for_rotary(weight, kv_heads)
+            raise ValueError(f"{hf_name} has no GGUF name for a {arch_name} model: this checkpoint has extra tensors.")
+        weight = layout(hf_name, tensor.detach().numpy(), config)
         data, qtype = _encode(name, weight, gguf_type)
         writer.add_tensor(name, data, raw_dtype=qtype)  # quantized bytes: the writer derives the shape from the type
         counts[qtype.name] = counts.get(qtype.name, 0) + 1
@@ -301,7 +336,7 @@ def _how_to_use(file_name: str) -> str:
 
 
 def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, method: str = "q8_0") -> Path:
-    """Export a saved Llama-family causal LM to a GGUF file in a new folder, for llama.cpp and Ollama.
+    """Export a saved Llama-family or GPT-2 causal LM to a GGUF file in a new folder, for llama.cpp and Ollama.
 
     The folder holds `model-<TYPE>.gguf` (weights, config and tokenizer in one file), the source's
     `config.json` with a `quantization` record (engine, `gguf` version, GGUF type, scheme, source)
@@ -309,7 +344,8 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     a failure half-way leaves nothing; everything is checked before anything is written.
 
     Args:
-        model_dir: a folder written by `save_pretrained` (a `LlamaForCausalLM`, pruned or not) with its
+        model_dir: a folder written by `save_pretrained` (a `LlamaForCausalLM`, pruned or not, or a
+            `GPT2LMHeadModel`) with its
             tokenizer (`tokenizer.json`, byte-level BPE).
         output_dir: the new folder; only a folder the kit wrote is replaced.
         method: `"f32"`, `"f16"`, `"q8_0"`, `"q4_0"`, `"q4_k_m"` (needs llama-cpp-python and widths that

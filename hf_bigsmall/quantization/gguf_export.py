@@ -2,7 +2,7 @@
 
 The file is written with the `gguf` package (its tensor-name tables, metadata keys and numpy
 quantizers), the tokenizer embedded, so `llama-cli -m model-Q8_0.gguf` needs nothing else.
-F32, F16, Q8_0 and Q4_0 are made here in numpy; Q4_K_M goes through llama.cpp's own quantizer
+F32, F16, Q8_0, Q5_0, Q4_1 and Q4_0 are made here in numpy; Q4_K_M goes through llama.cpp's own quantizer
 (`llama_cpp.llama_model_quantize`) where llama-cpp-python is installed.
 
 ```python
@@ -34,17 +34,21 @@ logger = logging.get_logger(__name__)
 # model_type in config.json -> GGUF architecture; only families whose tensors and rotary layout are written here
 SUPPORTED_MODEL_TYPES = ("llama", "gpt2")
 # what `method` may say: the GGUF types, and the kit's generic names mapped onto them
-GGUF_METHODS = ("f32", "f16", "q8_0", "q4_0", "q4_k_m")
+GGUF_METHODS = ("f32", "f16", "q8_0", "q5_0", "q4_1", "q4_0", "q4_k_m")
 _ALIASES = {"int8": "q8_0", "int4": "q4_k_m"}
 # K-quants pack 256 values per super-block: every quantized row (a weight's input width) must be a multiple
 _K_QUANT_BLOCK = 256
-# Q8_0 and Q4_0 pack 32 values per block
+# Q8_0, Q5_0, Q4_1 and Q4_0 pack 32 values per block
 _BLOCK = 32
 QUANTIZATION_KEY = "quantization"
 _SCHEMES = {
     "F32": "GGUF F32: every tensor in float32 (no quantization)",
     "F16": "GGUF F16: matrices in float16, norms in float32",
     "Q8_0": "GGUF Q8_0: matrices in blocks of 32 int8 values with one fp16 scale, norms in float32",
+    "Q5_0": "GGUF Q5_0: matrices in blocks of 32 5-bit values with one fp16 scale, the token embedding (also the "
+            "output layer when tied) in Q8_0, norms in float32",
+    "Q4_1": "GGUF Q4_1: matrices in blocks of 32 4-bit values with an fp16 scale and minimum, the token embedding "
+            "(also the output layer when tied) in Q8_0, norms in float32",
     "Q4_0": "GGUF Q4_0: matrices in blocks of 32 4-bit values with one fp16 scale, the token embedding (also the "
             "output layer when tied) in Q8_0, norms in float32",
     "Q4_K_M": "GGUF Q4_K_M (llama.cpp's quantizer): 4-bit K-quants in super-blocks of 256, some tensors in "
@@ -213,7 +217,8 @@ def _encode(name: str, weight: np.ndarray, gguf_type: str) -> tuple[np.ndarray, 
         return weight.astype(np.float32), Q.F32
     if gguf_type == "F16":
         return weight.astype(np.float16), Q.F16
-    qtype = Q.Q8_0 if gguf_type == "Q8_0" or name == "token_embd.weight" else Q.Q4_0
+    # the token embedding (the output layer too when tied) keeps 8 bits: it carries every logit
+    qtype = Q.Q8_0 if name == "token_embd.weight" else getattr(Q, gguf_type)
     if weight.shape[-1] % _BLOCK:  # a row that does not fill whole blocks cannot be quantized: keep it in F16
         logger.warning(f"{name}: rows of {weight.shape[-1]} are not a multiple of {_BLOCK}, written in F16.")
         return weight.astype(np.float16), Q.F16
@@ -224,7 +229,8 @@ def _file_type(gguf_type: str) -> int:
     import gguf
 
     return {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
-            "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[gguf_type]
+            "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0, "Q5_0": gguf.LlamaFileType.MOSTLY_Q5_0,
+            "Q4_1": gguf.LlamaFileType.MOSTLY_Q4_1, "Q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[gguf_type]
 
 
 def _llama_metadata(writer: Any, config: dict[str, Any]) -> None:
@@ -274,7 +280,7 @@ _ARCHITECTURES = {"llama": ("LLAMA", _llama_metadata, _llama_tensor), "gpt2": ("
 
 
 def write_gguf(model_dir: str | os.PathLike, path: str | os.PathLike, gguf_type: str = "F32") -> dict[str, int]:
-    """Write the Llama or GPT-2 causal LM saved in `model_dir` to the GGUF file `path` (F32, F16, Q8_0 or Q4_0).
+    """Write the Llama or GPT-2 causal LM saved in `model_dir` to the GGUF file `path` (F32 ... Q4_0).
 
     Call `check_gguf_request` first; this writes `path` directly (`export_gguf` wraps it in a
     `.partial` folder). Returns the number of tensors written per GGML type name.
@@ -348,8 +354,8 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
             `GPT2LMHeadModel`) with its
             tokenizer (`tokenizer.json`, byte-level BPE).
         output_dir: the new folder; only a folder the kit wrote is replaced.
-        method: `"f32"`, `"f16"`, `"q8_0"`, `"q4_0"`, `"q4_k_m"` (needs llama-cpp-python and widths that
-            are multiples of 256), or `"int8"` (= q8_0) / `"int4"` (q4_k_m where it can be made, else q4_0).
+        method: `"f32"`, `"f16"`, `"q8_0"`, `"q5_0"`, `"q4_1"`, `"q4_0"`, `"q4_k_m"` (needs llama-cpp-python
+            and widths that are multiples of 256), or `"int8"` (= q8_0) / `"int4"` (q4_k_m where it can be made, else q4_0).
 
     Returns:
         `output_dir` as a `Path`.

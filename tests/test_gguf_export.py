@@ -246,7 +246,7 @@ def test_a_failure_half_way_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(gguf_export, "_card", fail)  # after the .gguf is written
+    monkeypatch.setattr(gguf_export, "build_model_card", fail)  # after the .gguf is written
     with pytest.raises(OSError, match="disk full"):
         export_gguf(tmp_path / "model", tmp_path / "gguf", method="q8_0")
     assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == before  # the earlier export is intact
@@ -267,7 +267,8 @@ def test_quantize_and_the_command_line_take_the_gguf_backend(tmp_path, capsys, m
 
     # the card's transformers snippet runs as written, from inside the folder
     card = (folder / "README.md").read_text()
-    snippet = card.split("```python\n")[1].split("```")[0]
+    snippet = next(block for block in card.split("```python\n")[1:] if "transformers" in block).split("```")[0]
+    assert "llama-cli -m model-F32.gguf" in card and "library_name: gguf" in card
     monkeypatch.chdir(folder)
     namespace: dict = {}
     exec(snippet, namespace)

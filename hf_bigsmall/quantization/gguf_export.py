@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from transformers.utils import logging
 
+from ..hub.card import build_model_card
 from ..utils.files import check_replaceable, fresh_partial_dir, publish_dir
 from ..utils.import_utils import require
 
@@ -335,12 +336,6 @@ def _quantize_k(source: Path, target: Path) -> None:
         raise RuntimeError(f"llama.cpp's quantizer failed on {source} (status {status}).")
 
 
-def _how_to_use(file_name: str) -> str:
-    return (f"llama-cli -m {file_name} -p 'Hello'   # llama.cpp\n"
-            f"python -c \"from llama_cpp import Llama; print(Llama('{file_name}')('Hello', max_tokens=32))\"\n"
-            f"printf 'FROM ./{file_name}\\n' > Modelfile && ollama create my-model -f Modelfile && ollama run my-model")
-
-
 def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, method: str = "q8_0") -> Path:
     """Export a saved Llama-family or GPT-2 causal LM to a GGUF file in a new folder, for llama.cpp and Ollama.
 
@@ -396,8 +391,11 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         config = _read_config(model_dir)
         engine_version = (importlib.metadata.version("llama_cpp_python") if plan.gguf_type == "Q4_K_M"
                           else importlib.metadata.version("gguf"))
+        scheme = _SCHEMES[plan.gguf_type]
+        if plan.fallback_reason:
+            scheme += f" (instead of Q4_K_M: {plan.fallback_reason})"
         config[QUANTIZATION_KEY] = {
-            "method": plan.gguf_type.lower(), "scheme": _SCHEMES[plan.gguf_type], "backend": "gguf",
+            "method": plan.gguf_type.lower(), "scheme": scheme, "backend": "gguf", "format": "gguf",
             "backend_version": engine_version, "engine": "llama.cpp", "device": "cpu", "file": plan.file_name,
             "tensor_types": counts, "source": str(model_dir),
             **({"fallback_reason": plan.fallback_reason} if plan.fallback_reason else {}),
@@ -406,7 +404,7 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, partial / name)
-        (partial / "README.md").write_text(_card(model_dir, plan, config[QUANTIZATION_KEY]), encoding="utf-8")
+        build_model_card(partial, energy=False).save(partial / "README.md")
     except BaseException:  # a failed export leaves no half-written folder behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -414,14 +412,3 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     logger.info(f"Exported {model_dir} to GGUF {plan.gguf_type} -> {output_dir / plan.file_name}")
     return output_dir
 
-
-def _card(model_dir: Path, plan: GgufPlan, record: dict[str, Any]) -> str:
-    lines = [f"# {model_dir.name} ({plan.gguf_type} GGUF)", "",
-             f"- Engine: {record['engine']} (written with `gguf` {importlib.metadata.version('gguf')})",
-             f"- Scheme: {record['scheme']}", f"- Source: `{model_dir.name}`"]
-    if plan.fallback_reason:
-        lines.append(f"- Q4_0 instead of Q4_K_M: {plan.fallback_reason}")
-    return "\n".join(lines + ["", "## How to use", "", "```bash", _how_to_use(plan.file_name), "```", "",
-                              "```python", "from transformers import AutoModelForCausalLM",
-                              f'model = AutoModelForCausalLM.from_pretrained(".", gguf_file="{plan.file_name}")',
-                              "```", ""])

@@ -15,7 +15,7 @@ PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 PACKAGE = REPO_ROOT / "hf_bigsmall"
 # distribution -> the module the kit imports from it
 IMPORT_NAMES = {"nvidia-ml-py": "pynvml", "codecarbon": "codecarbon", "matplotlib": "matplotlib", "gguf": "gguf",
-                "deepspeed": "deepspeed"}
+                "deepspeed": "deepspeed", "llama-cpp-python": "llama_cpp"}
 
 
 def _requirements(strings):

@@ -53,6 +53,7 @@ def _push(args: argparse.Namespace) -> int:
 
 def _quantize(args: argparse.Namespace) -> int:
     from .quantization import quantize
+    from .quantization.config import quantization_of
     from .quantization.quantize import LOADING
 
     try:
@@ -61,8 +62,7 @@ def _quantize(args: argparse.Namespace) -> int:
     except ImportError as error:  # the backend's extra is missing: the message says what to install
         echo(f"hf-bigsmall quantize: {error}", error=True)
         return 2
-    backend = "torchao" if args.device == "cuda" else "onnxruntime"
-    backend = "gguf" if args.backend == "gguf" else backend
+    backend = quantization_of(folder)["backend"]
     task = "ForCausalLM" if "ForCausalLM" in (folder / "config.json").read_text() else "ForSequenceClassification"
     echo(f"Quantized {args.model_dir} -> {folder}\nLoad it with: "
          + LOADING[backend].format(path=folder, auto_class=f"AutoModel{task}"))
@@ -182,10 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("model_dir", help="a saved classifier or causal LM, with its tokenizer")
     quantize.add_argument("output_dir", help="the new folder")
     quantize.add_argument("--method", default="int8",
-                          choices=["int8", "int4", "f32", "f16", "q8_0", "q5_0", "q4_1", "q4_0", "q4_k_m"],
-                          help="int8/int4; with --backend gguf also a GGUF type (f32 ... q4_k_m)")
+                          choices=["int8", "int4", "fp32", "f32", "f16", "q8_0", "q5_0", "q4_1", "q4_0", "q4_k_m"],
+                          help="int8/int4 (fp32 for onnxruntime-genai); with --backend gguf also a GGUF type "
+                               "(f32 ... q4_k_m)")
     quantize.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model will run")
-    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "torchao", "gguf"],
+    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "onnxruntime-genai", "torchao",
+                                                                "gguf"],
                           help="gguf: one GGUF file for llama.cpp / Ollama (Llama-family and GPT-2 causal LMs)")
     quantize.set_defaults(handler=_quantize)
     return parser

@@ -23,6 +23,59 @@ Reduction = Literal["batchmean", "sum", "none"]
 _LOG_FLOOR = torch.finfo(torch.float32).min
 
 
+def target_mask(labels: torch.Tensor | None, attention_mask: torch.Tensor | None, shift: bool) -> torch.Tensor:
+    """The `(B, T)` positions whose logits are trained on: one rule for every loss and every count.
+
+    A position counts when its target is a label (not -100) and, with an attention mask, the
+    position and its target are both real tokens. With `shift` (a decoder-only causal LM) the logits
+    at t predict token t + 1: position t counts when `labels[t + 1] != -100`, `attention_mask[t]`
+    and `attention_mask[t + 1]`, and the last position never does. Without `shift` position t
+    counts when `labels[t] != -100` and `attention_mask[t]`. So labels a collator left on padding
+    count nowhere: not in the soft-target loss, the task loss, a teacher-logit cache or the
+    `num_items_in_batch` they are divided by. Without labels the attention mask alone decides.
+
+    Args:
+        labels (`torch.Tensor` of shape `(B, T)`, *optional*): token labels, -100 where nothing is predicted.
+        attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for real tokens, 0 for padding.
+        shift (`bool`): whether position t predicts token t + 1.
+
+    Returns:
+        `torch.Tensor`: a `(B, T)` bool tensor, True at the positions that count.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from hf_bigsmall.losses import target_mask
+    >>> labels = torch.tensor([[5, 6, 7, 0]])              # padding that kept its label
+    >>> target_mask(labels, torch.tensor([[1, 1, 1, 0]]), shift=True)
+    tensor([[ True,  True, False, False]])
+    ```
+    """
+    if labels is None and attention_mask is None:
+        raise ValueError("target_mask needs labels or an attention mask to know the positions.")
+    counts = labels.ne(-100) if labels is not None else attention_mask.bool()
+    if attention_mask is not None:
+        counts = counts & attention_mask.bool()
+    if not shift:
+        return counts
+    following = counts[..., 1:]  # target t + 1 is a label on a real token
+    if attention_mask is not None:
+        following = following & attention_mask[..., :-1].bool()  # and position t is a real token
+    return F.pad(following, (0, 1), value=False)
+
+
+def invalid_logit_rows(logits: torch.Tensor) -> torch.Tensor:
+    """True at each position `(...)` of `(..., V)` logits that no soft target can be made from.
+
+    That is a NaN or +inf anywhere in the row, or a row that is -inf everywhere (its softmax is
+    0 / 0). A -inf among finite logits is allowed: it is a token the model rules out (a masked
+    vocabulary entry). One reduction over the logits, `(..., V) -> (...)`.
+    """
+    peak = logits.amax(dim=-1)  # NaN if any entry is NaN, +inf if any is +inf, -inf if all are -inf
+    return ~torch.isfinite(peak)
+
+
 def _rows_that_count(mask: torch.Tensor | None, logits: torch.Tensor) -> torch.Tensor | None:
     """The flat boolean mask of the `(N, C)` rows that count, or None when every row does."""
     if mask is None:

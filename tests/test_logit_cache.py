@@ -1,4 +1,5 @@
 import json
+import math
 
 import numpy as np
 import pytest
@@ -32,6 +33,48 @@ def test_full_vocabulary_cache_is_exactly_the_full_divergence(kind, temperature)
                             chunk_size=4)  # over chunks of 4 rows: same value and gradient
     full = kd_loss(student, teacher, temperature, kind=kind, mask=mask, reduction="sum")
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-6)
+    (cached_grad,) = torch.autograd.grad(cached, student)
+    (full_grad,) = torch.autograd.grad(full, student)
+    torch.testing.assert_close(cached_grad, full_grad, rtol=1e-4, atol=1e-6)
+
+
+def _teacher_with_a_tiny_tail(rows=6, vocab=40, tail=1e-9, seed=0):
+    """Teacher logits whose least likely token has probability `tail`, and a random student."""
+    generator = torch.Generator().manual_seed(seed)
+    teacher = torch.randn(rows, vocab, generator=generator, dtype=torch.float64)
+    rest = torch.logsumexp(teacher[:, 1:], dim=-1)
+    teacher[:, 0] = rest + math.log(tail / (1 - tail))  # p_0 = tail exactly
+    student = torch.randn(rows, vocab, generator=generator, requires_grad=True)
+    return teacher, student
+
+
+@pytest.mark.parametrize("tail", [1e-3, 1e-7, 1e-9, 1e-30])
+def test_cached_tail_keeps_its_digits_however_small(tail):
+    teacher, _ = _teacher_with_a_tiny_tail(tail=tail)
+    for top_k in (39, 20):
+        ids, _, cached_tail = topk_targets(teacher.float(), top_k)
+        exact = teacher.log_softmax(-1).scatter(1, ids, float("-inf")).logsumexp(-1)
+        assert torch.isfinite(cached_tail).all()
+        torch.testing.assert_close(cached_tail.double(), exact, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("tail, tiny", [(1e-4, "teacher"), (1e-9, "teacher"),
+                                        (1e-8, "student"), (1e-12, "student"), (1e-40, "student")])
+def test_one_token_short_of_the_vocabulary_is_the_full_divergence(kind, temperature, tail, tiny):
+    """At top_k = V - 1 the tail is one token, so the collapsed loss is the full one, even where that
+    token's probability is below float32's resolution next to 1: the teacher's (reverse KL then charges
+    the student most for the mass it puts there) or the student's (forward KL then must raise it)."""
+    teacher, student = _teacher_with_a_tiny_tail(tail=tail if tiny == "teacher" else 1e-4)
+    if tiny == "student":  # the student's probability of the teacher's excluded token 0 is `tail`
+        with torch.no_grad():
+            student[:, 0] = torch.logsumexp(student[:, 1:], dim=-1) + math.log(tail / (1 - tail))
+    ids, logprobs, cached_tail = topk_targets(teacher.float(), teacher.shape[-1] - 1)
+    assert (ids != 0).all()
+    cached = cached_kd_loss(student, ids, logprobs, cached_tail, temperature, kind=kind, reduction="sum")
+    full = kd_loss(student, teacher.float(), temperature, kind=kind, reduction="sum")
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
     (cached_grad,) = torch.autograd.grad(cached, student)
     (full_grad,) = torch.autograd.grad(full, student)
     torch.testing.assert_close(cached_grad, full_grad, rtol=1e-4, atol=1e-6)
@@ -315,6 +358,57 @@ def test_full_vocabulary_cache_trains_exactly_like_the_online_teacher(tmp_path, 
     assert cached_logs["loss_kd"] == pytest.approx(online_logs["loss_kd"], rel=1e-4)
 
 
+def _labels_on_padding(layout):
+    """Rows whose padding carries labels: pre-padded rows with labels copied from `input_ids`, or
+    unpadded rows and a collator that pads and copies the labels from the padded `input_ids`."""
+    from datasets import Dataset
+
+    rows = causal_dataset().select(range(4))
+    if layout == "pre-padded":
+        return rows.map(lambda row: {"labels": row["input_ids"]}), None
+    lengths = [sum(mask) for mask in rows["attention_mask"]]
+    unpadded = Dataset.from_dict({"input_ids": [ids[:n] for ids, n in zip(rows["input_ids"], lengths)]})
+    unpadded = unpadded.map(lambda row: {"labels": row["input_ids"]})
+
+    def collator(features):
+        length = max(len(row["input_ids"]) for row in features)
+        input_ids = torch.zeros(len(features), length, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for index, row in enumerate(features):
+            input_ids[index, : len(row["input_ids"])] = torch.as_tensor(row["input_ids"])
+            attention_mask[index, : len(row["input_ids"])] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": input_ids.clone()}
+
+    return unpadded, collator
+
+
+@pytest.mark.parametrize("layout", ["pre-padded", "collator"])
+def test_cache_and_online_teacher_train_on_the_same_positions_when_labels_sit_on_padding(tmp_path, layout):
+    dataset, collator = _labels_on_padding(layout)
+    runs = {}
+    for cached in (False, True):
+        torch.manual_seed(0)
+        teacher, student, _ = build("gpt2")
+        recorder = GradientRecorder()
+        args = config(tmp_path, max_steps=1, max_grad_norm=0.0, temperature=2.0)
+        train_dataset = dataset
+        if cached:
+            cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=TINY_VOCAB, logprob_dtype="float32")
+            train_dataset = load_teacher_logits(tmp_path / "cache", dataset)
+        trainer = DistillationTrainer(model=student, teacher_model=None if cached else teacher, args=args,
+                                      train_dataset=train_dataset, data_collator=collator, callbacks=[recorder])
+        trainer.train()
+        runs[cached] = recorder.gradients, trainer.state.log_history[0]
+    (online, online_logs), (from_cache, cached_logs) = runs[False], runs[True]
+    for name in online:
+        torch.testing.assert_close(from_cache[name], online[name], rtol=1e-4, atol=1e-6)
+    for key in ("loss_kd", "loss_ce"):
+        assert cached_logs[key] == pytest.approx(online_logs[key], rel=1e-4), key
+    # the cache holds the next-token targets of the real tokens, one fewer than the tokens of each row
+    real_tokens = sum(sum(mask) for mask in causal_dataset().select(range(4))["attention_mask"])
+    assert read_manifest(tmp_path / "cache")["num_target_tokens"] == real_tokens - 4
+
+
 def test_cached_gradient_accumulation_is_exact(tmp_path):
     big, big_logs, _ = _first_gradient(tmp_path, "gpt2", cached=True, top_k=16)
     accumulated, accumulated_logs, _ = _first_gradient(tmp_path, "gpt2", cached=True, top_k=16, batch_size=2,
@@ -515,3 +609,81 @@ def test_tail_draws_out_of_range_are_refused_before_writing(tmp_path, tail_sampl
     with pytest.raises(ValueError, match=r"tail_samples must be an integer in \[0, 120\]"):
         cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, tail_samples=tail_samples)
     assert not (tmp_path / "cache").exists()
+
+
+def _spoil_logits(teacher, value, marker=TINY_VOCAB - 1):
+    """Make `teacher` emit `value` logits for every row that holds the token `marker` (a broken teacher)."""
+
+    def hook(module, args, kwargs, output):
+        spoiled = kwargs["input_ids"].eq(marker).any(-1)
+        output.logits[spoiled] = value
+        return output
+
+    return teacher.register_forward_hook(hook, with_kwargs=True)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_teacher_with_non_finite_logits_is_refused_at_caching_naming_the_rows(tmp_path, value):
+    teacher, _, dataset = build("gpt2")
+    ids = dataset["input_ids"]
+    ids = [[token if token != TINY_VOCAB - 1 else 1 for token in row] for row in ids]
+    ids[2][3] = ids[5][0] = TINY_VOCAB - 1
+    dataset = dataset.remove_columns("input_ids").add_column("input_ids", ids)
+    _spoil_logits(teacher, value)
+    with pytest.raises(ValueError, match=r"NaN or infinite at the target positions of dataset rows 2, 5 \(2 rows"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, batch_size=2)
+    assert not any((tmp_path / "cache").glob("shard-*")) and not (tmp_path / "cache" / MANIFEST_NAME).exists()
+
+
+def test_a_masked_vocabulary_entry_is_cached_with_a_finite_tail(tmp_path):
+    teacher, _, dataset = build("gpt2")
+
+    def hook(module, args, kwargs, output):
+        output.logits[..., 5] = float("-inf")  # a token the teacher rules out everywhere
+        return output
+
+    teacher.register_forward_hook(hook, with_kwargs=True)
+    cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8)
+    tails = np.concatenate(load_teacher_logits(tmp_path / "cache", dataset)["teacher_tail_logprob"])
+    assert np.isfinite(tails).all()
+
+
+def test_online_teacher_with_non_finite_logits_stops_training_at_once(tmp_path):
+    teacher, student, dataset = build("gpt2")
+    before = {name: value.clone() for name, value in student.state_dict().items()}
+
+    def hook(module, args, kwargs, output):
+        output.logits[:, 5] = float("nan")  # position 5 counts in every row
+        return output
+
+    teacher.register_forward_hook(hook, with_kwargs=True)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=config(tmp_path), train_dataset=dataset)
+    with pytest.raises(ValueError, match="NaN or infinite .* at step 0"):
+        trainer.train()
+    for name, value in student.state_dict().items():
+        assert torch.equal(value, before[name]), name
+
+
+def test_teacher_logits_naming_another_cache_than_the_datasets_columns_is_refused(gpt2_cache, tmp_path):
+    teacher, dataset, folder = gpt2_cache
+    other = tmp_path / "other"
+    cache_teacher_logits(teacher, dataset, other, top_k=4, logprob_dtype="float32")
+    carried = load_teacher_logits(folder, dataset)
+    student = build("gpt2")[1]
+    with pytest.raises(ValueError, match="names another cache than the one whose columns train_dataset already"):
+        DistillationTrainer(model=student, teacher_model=None, train_dataset=carried,
+                            args=config(tmp_path, teacher_logits=str(other)))
+    # the same cache, named by its folder (as the recipes do), is what the dataset carries: accepted
+    trainer = DistillationTrainer(model=student, teacher_model=None, train_dataset=carried,
+                                  args=config(tmp_path, teacher_logits=str(folder)))
+    assert trainer.teacher_logits_record["path"] == str(folder)
+
+
+def test_kd_tail_reaches_the_cached_loss_from_the_config(tmp_path):
+    with pytest.raises(ValueError, match="kd_tail must be one of"):
+        config(tmp_path, kd_tail="gaussian")
+    logs = {}
+    for tail in ("uniform", "student"):
+        _, logs[tail], trainer = _first_gradient(tmp_path, "gpt2", cached=True, top_k=16, kd_tail=tail)
+        assert trainer.model.config.distillation["teacher_logits"]["tail"] == tail
+    assert logs["student"]["loss_kd"] != pytest.approx(logs["uniform"]["loss_kd"], rel=1e-3)

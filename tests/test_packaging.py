@@ -15,7 +15,8 @@ PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 PACKAGE = REPO_ROOT / "hf_bigsmall"
 # distribution -> the module the kit imports from it
 IMPORT_NAMES = {"nvidia-ml-py": "pynvml", "codecarbon": "codecarbon", "matplotlib": "matplotlib", "gguf": "gguf",
-                "deepspeed": "deepspeed", "llama-cpp-python": "llama_cpp"}
+                "deepspeed": "deepspeed", "onnxruntime-genai": "onnxruntime_genai", "onnx-ir": "onnx_ir",
+                "llama-cpp-python": "llama_cpp"}
 
 
 def _requirements(strings):
@@ -78,7 +79,8 @@ def test_library_code_logs_through_transformers_and_never_prints():
             stdlib_loggers.append(where)
     # the command line's output goes through one function
     assert prints == ["hf_bigsmall/utils/console.py"]
-    assert stdlib_loggers == []
+    # the one exception undoes the root-logger setup that ONNX Runtime's int4 quantizer makes when imported
+    assert stdlib_loggers == ["hf_bigsmall/quantization/genai.py"]
 
 
 def _installed_by(requirements: list[str]) -> set[str]:

@@ -153,7 +153,7 @@ def test_causal_lm_comparison_reports_joules_per_token(tmp_path):
 
 
 @requires_onnxruntime
-def test_model_card_of_an_onnx_folder_says_how_it_was_quantized_and_its_snippet_runs(tmp_path):
+def test_model_card_of_an_onnx_folder_says_how_it_was_quantized_and_its_snippet_runs(tmp_path, monkeypatch):
     from hf_bigsmall.hub.card import build_model_card, validate_card
 
     _save(_classifier(tiny_bert_config()).eval(), tmp_path / "fp32")
@@ -164,6 +164,7 @@ def test_model_card_of_an_onnx_folder_says_how_it_was_quantized_and_its_snippet_
     assert "### Quantization" in card.text and "| backend | `onnxruntime` |" in card.text
     snippet = card.text.split("```python\n")[-1].split("```")[0]
     namespace: dict = {}
+    monkeypatch.chdir(tmp_path)  # the snippet names the folder, as a user beside it (or the Hub id) would
     exec(snippet, namespace)  # noqa: S102 - the card's own "How to use" code, written by us
     assert namespace["logits"].shape == (1, 2)
 

@@ -163,15 +163,15 @@ def test_causal_lm_quickstart_names_the_correction_data_it_takes(tmp_path, capsy
 
 
 def test_a_stale_folder_is_removed_only_when_the_kit_wrote_it(tmp_path):
-    from hf_bigsmall.quickstart_causal_lm import _drop_stale
+    from hf_bigsmall.quickstart import drop_stale
     from hf_bigsmall.utils.files import publishing
 
     with publishing(tmp_path / "teacher-corrected") as partial:
         (partial / "config.json").write_text("{}")
-    _drop_stale(tmp_path / "teacher-corrected")
+    drop_stale(tmp_path / "teacher-corrected")
     assert not (tmp_path / "teacher-corrected").exists()
     (tmp_path / "teacher-corrected").mkdir()
     (tmp_path / "teacher-corrected" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="teacher-corrected already exists and was not written by hf_bigsmall"):
-        _drop_stale(tmp_path / "teacher-corrected")
+        drop_stale(tmp_path / "teacher-corrected")
     assert (tmp_path / "teacher-corrected" / "notes.txt").read_text() == "mine"

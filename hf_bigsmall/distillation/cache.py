@@ -8,11 +8,13 @@ is meant for and returns that dataset with the cached columns added, ready for a
 What is stored, per row of the dataset:
 
 - sequence classification: `teacher_logits`, all the teacher's logits (float32);
-- causal LM: for every target token (a position whose shifted label is not -100; padding and
-  -100 positions are not stored), the top-k log-probabilities at temperature 1
+- causal LM: for every target token (a position `hf_bigsmall.losses.target_mask` keeps, the rule
+  the trainer trains by: its next label is not -100 and, by the attention mask, neither it nor
+  the token it predicts is padding, even where labels were left on the padding), the top-k log-probabilities at temperature 1
   (`teacher_topk_logprobs`, float16 by default), their token ids (`teacher_topk_ids`, uint16 when
   the vocabulary fits, else int32), and the log of the probability mass outside the top-k
-  (`teacher_tail_logprob`, float32; -inf when k covers the vocabulary). With `tail_samples=s`
+  (`teacher_tail_logprob`, float32, summed from the excluded logits so that it stays finite however
+  small; -inf when k covers the vocabulary). With `tail_samples=s`
   the k entries are followed by s tokens drawn from the rest of the distribution, with their
   log-probabilities, and the tail is the mass outside all k + s. Temperature is applied at
   training time (`hf_bigsmall.distillation.cached_loss`).
@@ -46,6 +48,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from transformers.utils import logging
 
+from ..losses import invalid_logit_rows, target_mask  # target_mask: one rule for the cache, losses and trainer
+
 if TYPE_CHECKING:
     import torch
     from datasets import Dataset
@@ -53,7 +57,8 @@ if TYPE_CHECKING:
 
 logger = logging.get_logger(__name__)
 
-FORMAT_VERSION = 1
+# 2: positions chosen by target_mask (no padding that kept its labels), tails from the excluded logits
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 SHARD_META_NAME = "shard.json"
 ROW_HASH_COLUMN = "teacher_row_hash"
@@ -64,6 +69,8 @@ LOGPROB_DTYPES = ("float16", "bfloat16", "float32", "uint8")
 # "uint8" log-probabilities are steps of 1/16 nat below the token's top-1 (kept in float32), so the
 # quantisation moves a probability by at most 3%; 255 steps reach 16 nats (a ratio of 1e-7) below it
 QUANTISATION_STEPS_PER_NAT = 16
+# logits per chunk when the tail mass is summed over the excluded logits: 16 MB of float32
+_TAIL_CHUNK_LOGITS = 2**22
 # marks the cache record carried in a loaded dataset's `info.description`
 _RECORD_PREFIX = "hf_bigsmall teacher-logit cache: "
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
@@ -100,20 +107,6 @@ def row_hashes(dataset: Dataset) -> np.ndarray:
                 digest.update(name.encode() + value.tobytes() + str(value.shape).encode())
             hashes[start + offset] = int.from_bytes(digest.digest(), "little", signed=True)
     return hashes
-
-
-def target_mask(labels, attention_mask, shift: bool) -> torch.Tensor:
-    """The (B, T) positions whose logits are distilled: the `DistillationTrainer`'s rule.
-
-    With `shift` (causal LM) position t predicts token t + 1, so it counts when `labels[t + 1]` is
-    not -100 (or, without labels, when token t + 1 is not padding); the last position never counts.
-    """
-    import torch.nn.functional as F
-
-    if shift:
-        following = labels[:, 1:].ne(-100) if labels is not None else attention_mask[:, 1:].bool()
-        return F.pad(following, (0, 1), value=False)
-    return labels.ne(-100) if labels is not None else attention_mask.bool()
 
 
 def _teacher_task(teacher: PreTrainedModel) -> str:
@@ -288,6 +281,12 @@ def _run_key(record: dict) -> tuple:
     return tuple(record.get(key) for key in keys)
 
 
+def same_cache(first: dict, second: dict) -> bool:
+    """Whether two cache records (manifests, or the record a loaded dataset carries) describe one cache:
+    same teacher weights, rows, top_k, tail draws and storage."""
+    return _run_key(first) == _run_key(second)
+
+
 def _finished_shard(shard_dir: Path, record: dict) -> bool:
     meta_path = shard_dir / SHARD_META_NAME
     if not meta_path.is_file():
@@ -343,16 +342,25 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
     causal = record["task"] == "causal_lm"
     per_row: dict[str, list[np.ndarray]] = {name: [] for name in CACHE_COLUMNS}
     lengths: list[int] = []
+    bad_rows: list[int] = []
     for start in range(0, len(rows), batch_size):
         batch = _pad([rows[i] for i in range(start, min(start + batch_size, len(rows)))], pad_token_id)
         inputs = {name: value.to(device) for name, value in batch.items() if name != "labels"}
         with torch.no_grad():
             logits = teacher(**inputs).logits.float()
+        labels = batch.get("labels")
+        mask = None if not causal else target_mask(labels.to(device) if labels is not None else None,
+                                                   inputs["attention_mask"], shift=True)
+        invalid = invalid_logit_rows(logits)
+        invalid = invalid if mask is None else (invalid & mask).any(-1)
+        if bool(invalid.any()):  # the rest of the shard is still checked, so every such row is named
+            first = shard_index * record["shard_size"] + start
+            bad_rows.extend(first + int(index) for index in invalid.nonzero().flatten())
+        if bad_rows:
+            continue
         if not causal:
             per_row["teacher_logits"].extend(logits.cpu().numpy())
             continue
-        labels = batch.get("labels")
-        mask = target_mask(labels.to(device) if labels is not None else None, inputs["attention_mask"], shift=True)
         ids, logprobs, tail = topk_targets(logits[mask], record["top_k"], record.get("tail_samples") or 0, generator)
         counts = mask.sum(1).tolist()
         lengths.extend(counts)
@@ -366,6 +374,14 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
         per_row["teacher_topk_ids"].append(ids_np)
         per_row["teacher_topk_logprobs"].append(logprobs_np)
         per_row["teacher_tail_logprob"].append(tail.cpu().numpy().astype(np.float32))
+    if bad_rows:
+        shown = ", ".join(map(str, bad_rows[:20])) + (", ..." if len(bad_rows) > 20 else "")
+        raise ValueError(
+            f"the teacher's logits are NaN or infinite at the target positions of dataset rows {shown} "
+            f"({len(bad_rows)} rows of shard {shard_index}), which have no soft targets; this shard was not written. "
+            "Check those rows and the teacher (a float16 teacher can overflow: load it in float32 or bfloat16), "
+            "or drop the rows; finished shards are kept for the rerun."
+        )
     arrays = {ROW_HASH_COLUMN: pa.array(hashes, pa.int64())}
     if not causal:
         arrays["teacher_logits"] = pa.array([row.astype(np.float32) for row in per_row["teacher_logits"]],
@@ -419,10 +435,11 @@ def topk_targets(rows: torch.Tensor, top_k: int, tail_samples: int = 0,
     Returns `(ids (N, k + s), logprobs (N, k + s), tail_logprob (N,))`, the log-probabilities at
     temperature 1 in float32, in descending order. With `tail_samples = s`, the last s entries are
     distinct tokens drawn outside the top-k in proportion to their probability, without
-    replacement (Gumbel-top-s: the s largest of `logits + Gumbel noise`). The tail is the mass
-    outside every entry, `log(1 - sum(exp(logprobs)))`, computed as
-    `log(-expm1(logsumexp(entries) - logsumexp(all)))` so that a tail much smaller than 1 keeps its
-    digits; it is -inf when the entries cover the vocabulary.
+    replacement (Gumbel-top-s: the s largest of `logits + Gumbel noise`). The tail is the log of
+    the mass outside every entry, taken from the excluded logits themselves, `logsumexp(excluded) -
+    logsumexp(all)`: finite however small the mass (a difference `log(1 - sum(exp(logprobs)))` in
+    float32 loses every digit below about 1e-7 and reads 0), and -inf only when the entries cover
+    the vocabulary or every excluded logit is -inf.
     """
     import torch
 
@@ -442,10 +459,13 @@ def topk_targets(rows: torch.Tensor, top_k: int, tail_samples: int = 0,
         ids = torch.cat([ids, drawn.gather(1, order)], dim=-1)
     logprobs = values - normaliser[:, None]
     if ids.shape[-1] == rows.shape[-1]:
-        tail = torch.full_like(normaliser, float("-inf"))
-    else:
-        inside = torch.logsumexp(logprobs, dim=-1).clamp(max=0.0)
-        tail = torch.log(-torch.expm1(inside))
+        return ids, logprobs, torch.full_like(normaliser, float("-inf"))
+    tail = torch.empty_like(normaliser)
+    step = max(1, _TAIL_CHUNK_LOGITS // rows.shape[-1])  # one chunk's copy of the logits at a time
+    for start in range(0, rows.shape[0], step):
+        chunk = slice(start, start + step)
+        excluded = rows[chunk].scatter(1, ids[chunk], float("-inf"))
+        tail[chunk] = torch.logsumexp(excluded, dim=-1) - normaliser[chunk]
     return ids, logprobs, tail
 
 

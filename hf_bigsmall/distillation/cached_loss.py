@@ -5,7 +5,7 @@ log-probabilities at temperature 1, and the mass `m = 1 - sum_S p` of the other 
 distributions are collapsed onto the k tokens of `S` plus one "tail" outcome (every other token),
 and the divergence is taken between the collapsed distributions. By the data-processing
 inequality this is a lower bound of the full divergence, with equality when k covers the
-vocabulary (the tail is then empty), and it charges the student for the mass it puts outside the
+vocabulary (the tail is then empty) or leaves out one token, and it charges the student for the mass it puts outside the
 teacher's top-k, which a loss over `S` alone would not see (DistillKit and the random-sampling KD
 study, Anshumann et al. ACL 2025, both note that truncating to the top-k alone biases the student).
 
@@ -20,6 +20,12 @@ whenever the two tails are proportional (the whole loss and its gradient then eq
 full-vocabulary divergence), but on SmolLM2 at `T = 2` neither estimate recovers what the tail's
 shape carries: both left the student about 1.13x the online teacher's perplexity, the uniform one
 slightly ahead (BENCHMARKS.md). At `T = 1` nothing is estimated: prefer it with token-level caches.
+(`DistillationConfig.kd_tail` picks the estimate for `DistillationTrainer`.)
+
+Both tails are kept as logs summed over their own tokens, never as `1 - sum_S` in float32, which
+reads 0 below a mass of about 1e-7: the teacher's comes so from the cache (`topk_targets`), the
+student's from its excluded log-probabilities where its mass is below 1e-3. A tail of (almost) zero
+on the teacher's side is where reverse KL and JSD charge the student most for mass outside `S`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,12 @@ _LOG_FLOOR = torch.finfo(torch.float32).min
 TAIL_MODELS = ("uniform", "student")
 # the smallest student tail mass taken in a log: below it float32 rounding of 1 - sum(q) is noise
 _TAIL_FLOOR = 1e-30
+# a tail mass 1 - sum(q) below this is summed over the excluded entries instead (a copy of those rows
+# and one more pass over them): float32 rounding of the difference is about 1e-7, so above it the
+# relative error stays under 1e-4, far below what training notices
+_EXACT_TAIL_BELOW = 1e-3
+# log tail masses below this take the backward pass's row-by-row form (1 / Q would overflow float32)
+_TINY_TAIL_LOG = -80.0
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -42,24 +54,47 @@ def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def _tail_logprob(logprobs: torch.Tensor, ids: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """Log of the mass outside `ids` of `(n, V)` log-probabilities (`support` their values at `ids`).
+
+    `log(1 - sum(exp(support)))` where that keeps its digits (a mass of at least `_EXACT_TAIL_BELOW`);
+    below it, where float32 rounding of the difference would dominate, a logsumexp over the excluded
+    entries of those rows (the cached ones set to -inf in a copy): exact, and finite however small.
+    """
+    inside = torch.logsumexp(support, dim=-1).clamp(max=0.0)
+    estimate = -torch.expm1(inside)
+    tail = estimate.clamp(min=_TAIL_FLOOR).log()
+    small = (estimate < _EXACT_TAIL_BELOW).nonzero().flatten()
+    if small.numel():
+        tail[small] = torch.logsumexp(logprobs[small].scatter_(1, ids[small], float("-inf")), dim=-1)
+    return tail
+
+
 class _SupportLogProbs(torch.autograd.Function):
     """The student's log-probabilities the losses need, from one log-softmax over the vocabulary.
 
-    Returns `(support, label, normaliser)`: `log_softmax(rows / T).gather(ids)` at the cached ids,
-    the untempered log-probability of each row's label (empty without labels), and the untempered
-    log-normaliser `logsumexp(rows)` (not differentiated; read off the tempered pass at `T = 1`).
+    Returns `(support, tail, label, normaliser)`: `log_softmax(rows / T).gather(ids)` at the cached
+    ids; with `need_tail` the log of the tempered mass outside them, summed over the excluded
+    entries (`1 - sum(exp(support))` in float32 would lose every digit of a mass below about 1e-7
+    and, with it, the gradient that should raise it), else empty; the untempered log-probability of
+    each row's label (empty without labels); and the untempered log-normaliser `logsumexp(rows)`
+    (not differentiated; read off the tempered pass at `T = 1`).
 
     Autograd would keep `rows / T` and its log-softmax and take several more passes over all the
     logits in the backward pass, and a separate cross-entropy takes two more of its own. Here the
     log-softmax is written chunk by chunk into one float32 buffer, which the backward pass turns in
-    place into the gradient of both terms, `(scatter(g) - softmax(rows / T) * sum(g)) / T` plus
-    `scatter(g_label) - softmax(rows) * g_label`: at `T = 1` one pass over the logits each way.
+    place into the gradient of all terms: with `q = softmax(rows / T)`, `Q` the tail mass and
+    `total = sum(g_support) + g_tail`, it is `g_support_j - q_j * total` on the cached ids and
+    `(q_j / Q) * (g_tail - Q * total)` elsewhere, divided by T, plus `scatter(g_label) - softmax(rows)
+    * g_label` (at `T = 1` folded into `total`): one pass over the logits each way, plus the tail's sum.
     The buffer is consumed, so the graph cannot be run backward twice.
     """
 
     @staticmethod
-    def forward(ctx, rows, ids, labels, temperature, chunk_size, need_normaliser):
+    def forward(ctx, rows, ids, labels, temperature, chunk_size, need_normaliser, need_tail):
         buffer = torch.empty(rows.shape, dtype=torch.float32, device=rows.device)
+        support = torch.empty(ids.shape, dtype=torch.float32, device=rows.device)
+        tail = torch.empty(rows.shape[0] if need_tail else 0, dtype=torch.float32, device=rows.device)
         scratch = None
         for start in range(0, rows.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
@@ -69,7 +104,9 @@ class _SupportLogProbs(torch.autograd.Function):
                     scratch = torch.empty(source.shape, dtype=torch.float32, device=rows.device)
                 source = torch.div(source, temperature, out=scratch)
             torch._log_softmax(source, -1, False, out=buffer[chunk])
-        support = buffer.gather(1, ids)
+            support[chunk] = buffer[chunk].gather(1, ids[chunk])
+            if need_tail:
+                tail[chunk] = _tail_logprob(buffer[chunk], ids[chunk], support[chunk])
         untempered = temperature != 1.0 and (labels is not None or need_normaliser)
         if untempered:
             normaliser = torch.empty(rows.shape[0], dtype=torch.float32, device=rows.device)
@@ -85,34 +122,56 @@ class _SupportLogProbs(torch.autograd.Function):
         else:
             label = buffer.gather(1, labels[:, None]).squeeze(1)
         ctx.save_for_backward(ids, labels if labels is not None else ids.new_empty(0), normaliser,
-                              rows if untempered and labels is not None else rows.new_empty(0))
+                              rows if untempered and labels is not None else rows.new_empty(0), support, tail)
         ctx.buffer, ctx.temperature, ctx.chunk_size, ctx.dtype = buffer, temperature, chunk_size, rows.dtype
         ctx.has_labels = labels is not None
         ctx.mark_non_differentiable(normaliser)
-        return support, label, normaliser
+        return support, tail, label, normaliser
 
     @staticmethod
-    def backward(ctx, grad_support, grad_label, _grad_normaliser):
-        ids, labels, normaliser, rows = ctx.saved_tensors
+    def backward(ctx, grad_support, grad_tail, grad_label, _grad_normaliser):
+        ids, labels, normaliser, rows, support, tail = ctx.saved_tensors
         buffer, temperature, chunk_size = ctx.buffer, ctx.temperature, ctx.chunk_size
         ctx.buffer = None
         grad_support = grad_support.float() / temperature
         total = grad_support.sum(1, keepdim=True)
+        with_tail = tail.numel() > 0 and grad_tail is not None
+        if with_tail:
+            grad_tail = grad_tail.float()[:, None] / temperature
+            total = total + grad_tail
         with_labels = ctx.has_labels and grad_label is not None and bool(grad_label.any())
         if with_labels:
             grad_label = grad_label.float()[:, None]
             if temperature == 1.0:  # both terms share softmax(rows): one pass
                 total = total + grad_label
+        if with_tail:
+            # the excluded j get q_j * (g_tail / Q - total); where Q is so small that 1 / Q overflows,
+            # (q_j / Q) * (g_tail - Q * total) is taken row by row from log q_j - log Q instead
+            tiny = tail < _TINY_TAIL_LOG
+            tail_coefficient = grad_tail * torch.exp(-tail.clamp(min=_TINY_TAIL_LOG))[:, None] - total
         for start in range(0, buffer.shape[0], chunk_size):
             chunk = slice(start, start + chunk_size)
-            buffer[chunk].exp_().mul_(-total[chunk])
+            if with_tail:
+                rows_tiny = tiny[chunk].nonzero().flatten()
+                if rows_tiny.numel():  # a tail of exactly 0 (every excluded logit -inf) has q_j = 0 there
+                    log_tail = tail[chunk][rows_tiny, None]
+                    log_tail = torch.where(torch.isfinite(log_tail), log_tail, torch.zeros_like(log_tail))
+                    exact = (buffer[chunk][rows_tiny] - log_tail).exp_() * (
+                        grad_tail[chunk][rows_tiny] - tail[chunk][rows_tiny, None].exp() * total[chunk][rows_tiny])
+                buffer[chunk].exp_().mul_(tail_coefficient[chunk])
+                if rows_tiny.numel():
+                    buffer[chunk][rows_tiny] = exact
+                # the cached ids: -q_j * total, written over (the line above is for the excluded ones)
+                buffer[chunk].scatter_(1, ids[chunk], support[chunk].exp() * -total[chunk])
+            else:
+                buffer[chunk].exp_().mul_(-total[chunk])
             if with_labels and temperature != 1.0:
                 untempered = (rows[chunk].float() - normaliser[chunk, None]).exp_()
                 buffer[chunk].addcmul_(untempered, grad_label[chunk], value=-1.0)
         buffer.scatter_add_(1, ids, grad_support)
         if with_labels:
             buffer.scatter_add_(1, labels[:, None], grad_label)
-        return buffer.to(ctx.dtype), None, None, None, None, None
+        return buffer.to(ctx.dtype), None, None, None, None, None, None
 
 
 def cached_distillation_losses(
@@ -161,8 +220,8 @@ def cached_distillation_losses(
     selected = rows.shape[0] if keep is None else int(keep.sum())
     if selected != topk_ids.shape[0]:
         raise ValueError(f"the batch has {selected} positions that count but {topk_ids.shape[0]} cached targets: "
-                         "the labels changed since the cache was made (a collator that masks tokens?); cache the "
-                         "dataset as it is trained on.")
+                         "the labels or attention mask select other positions than when the cache was made (a collator "
+                         "that masks or drops tokens?); cache the dataset as it is trained on.")
     ids = topk_ids.to(rows.device, torch.long)
     if keep is not None:  # place the ids on their rows, so the gather works on the uncopied logits
         placed = ids.new_zeros(rows.shape[0], k)
@@ -174,21 +233,21 @@ def cached_distillation_losses(
         valid = flat_labels.ne(-100)
         flat_labels = torch.where(valid, flat_labels, torch.zeros_like(flat_labels)).long()
     need_normaliser = temperature != 1.0 and tail == "student"
-    student_support, label_logprob, normaliser = _SupportLogProbs.apply(
-        rows, ids, flat_labels, float(temperature), chunk_size or max(rows.shape[0], 1), need_normaliser)
+    has_tail = k < vocab_size  # otherwise the cached tokens cover the vocabulary: neither side has a tail
+    student_support, student_tail, label_logprob, normaliser = _SupportLogProbs.apply(
+        rows, ids, flat_labels, float(temperature), chunk_size or max(rows.shape[0], 1), need_normaliser, has_tail)
     ce = None if labels is None else -(label_logprob * valid).sum()
     support_logits = rows.gather(1, ids).float() if need_normaliser else None  # (rows, k): small
     if keep is not None:
         student_support, normaliser = student_support[keep], normaliser[keep]
+        student_tail = student_tail[keep] if has_tail else student_tail
         support_logits = support_logits[keep] if need_normaliser else None
 
     tail_logprob = tail_logprob.to(rows.device, torch.float32)
-    has_tail = tail_logprob > float("-inf")
-    # student tail mass 1 - sum_S q, with expm1 for digits when it is small; where the teacher has no
-    # tail (k = V) the student has none either, and the branch carries no gradient
-    inside = torch.logsumexp(student_support, dim=-1).clamp(max=0.0)
-    student_tail = torch.where(has_tail, -torch.expm1(inside), torch.ones_like(inside)).clamp(min=_TAIL_FLOOR).log()
-    student_tail = torch.where(has_tail, student_tail, torch.full_like(student_tail, _LOG_FLOOR))
+    if not has_tail:
+        student_tail = torch.full_like(student_support[:, 0], _LOG_FLOOR)
+    # else the student's tail is kept whatever the teacher's: a teacher tail of (almost) zero is where
+    # reverse KL and JSD charge the student most for the mass it puts outside S
 
     teacher_support = topk_logprobs.to(rows.device, torch.float32) / temperature
     if temperature == 1.0:
@@ -245,8 +304,10 @@ def cached_kd_loss(
         student_logits (`torch.Tensor` of shape `(..., V)`): student logits, any float dtype.
         topk_ids (`torch.Tensor` of shape `(N, k)`): cached token ids, for the N positions that count.
         topk_logprobs (`torch.Tensor` of shape `(N, k)`): the teacher's log-probabilities at T = 1.
-        tail_logprob (`torch.Tensor` of shape `(N,)`): log of the teacher's mass outside the top-k
-            (-inf when k covers the vocabulary).
+        tail_logprob (`torch.Tensor` of shape `(N,)`): log of the teacher's mass outside the top-k,
+            from the excluded log-probabilities (`logsumexp` over them, as `topk_targets` does): a
+            difference `log(1 - sum(p))` in float32 reads -inf below about 1e-7. Ignored when k
+            covers the vocabulary.
         temperature (`float`): softening temperature `T > 0`.
         kind (`str`): `"forward_kl"`, `"reverse_kl"` or `"jsd"`, as in `kd_loss`.
         mask (`torch.Tensor` of shape `(...)`, *optional*): True at the N positions that count, in
@@ -269,7 +330,7 @@ def cached_kd_loss(
     >>> from hf_bigsmall.distillation.cached_loss import cached_kd_loss
     >>> teacher = torch.randn(4, 10).log_softmax(-1)
     >>> logprobs, ids = teacher.topk(3, dim=-1)
-    >>> tail = torch.log1p(-logprobs.exp().sum(-1))
+    >>> tail = teacher.scatter(1, ids, float("-inf")).logsumexp(-1)  # the mass outside the top-3
     >>> cached_kd_loss(torch.randn(4, 10), ids, logprobs, tail).shape
     torch.Size([])
     ```

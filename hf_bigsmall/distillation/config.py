@@ -8,6 +8,7 @@ from transformers import TrainingArguments
 from transformers.utils import logging
 
 from ..losses import HIDDEN_LOSSES, KD_LOSSES
+from .cached_loss import TAIL_MODELS
 from ..utils.checks import check_finite
 from ..utils.distributed import needs_cpu_process_group
 
@@ -103,6 +104,16 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    kd_tail: str = field(
+        default="uniform",
+        metadata={
+            "help": "From a causal-LM teacher-logit cache under temperature != 1: how the teacher's softened mass "
+            "outside the cached top-k is estimated, 'uniform' (spread evenly over the other tokens) or 'student' "
+            "(shaped like the student's own tail). Unused at T = 1 and with an online teacher.",
+            "choices": list(TAIL_MODELS),
+        },
+    )
+
     def __post_init__(self):
         if needs_cpu_process_group(self.use_cpu):
             # several processes on a machine without a GPU only form a (gloo) group with use_cpu:
@@ -143,6 +154,8 @@ class DistillationConfig(TrainingArguments):
         if self.kd_chunk_size is not None and self.kd_chunk_size < 1:
             raise ValueError(f"kd_chunk_size must be a positive number of rows (or unset for automatic), "
                              f"got {self.kd_chunk_size}.")
+        if self.kd_tail not in TAIL_MODELS:
+            raise ValueError(f"kd_tail must be one of {TAIL_MODELS}, got {self.kd_tail!r}.")
         if self.hidden_loss not in HIDDEN_LOSSES:
             raise ValueError(f"hidden_loss must be one of {HIDDEN_LOSSES}, got {self.hidden_loss!r}.")
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
-from ..losses import attention_loss, hidden_state_loss, kd_loss
+from ..losses import attention_loss, hidden_state_loss, invalid_logit_rows, kd_loss, target_mask
 from ..utils.trainer import BigSmallTrainerMixin
 from .cache import (
     CACHE_COLUMNS,
@@ -22,7 +22,8 @@ from .cache import (
     cached_columns,
     entries_per_target,
     load_teacher_logits,
-    target_mask,
+    read_manifest,
+    same_cache,
 )
 from .cached_loss import cached_distillation_losses
 from .config import DistillationConfig
@@ -61,6 +62,19 @@ def _summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing:
         total = total + F.cross_entropy(rows[chunk].float(), flat_labels[chunk], ignore_index=-100, reduction="sum",
                                         label_smoothing=smoothing)
     return total
+
+
+def _check_same_cache(teacher_logits: str | os.PathLike, carried: dict | None) -> None:
+    """Refuse `teacher_logits` naming another cache than the one whose columns the train dataset carries."""
+    named = read_manifest(teacher_logits)
+    if carried is not None and same_cache(carried, named):
+        return
+    carried_from = (carried or {}).get("path", "an unknown cache")
+    raise ValueError(
+        f"teacher_logits={str(teacher_logits)!r} names another cache than the one whose columns train_dataset "
+        f"already carries ({carried_from}): pass the plain train dataset with teacher_logits, or unset "
+        "teacher_logits to train from the columns the dataset carries."
+    )
 
 
 class DistillationTrainer(BigSmallTrainerMixin, Trainer):
@@ -238,8 +252,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         # GA=2 with batch b gives exactly the gradient of GA=1 with batch 2b
         normalised = num_items_in_batch is not None and labels is not None
         parts: dict[str, torch.Tensor] = {}
+        # every part counts the same items (target_mask's positions, or sequences): so does the Trainer
         local_rows = row_mask.sum() if row_mask is not None else student_logits.shape[0]
-        local_labels = target_labels.ne(-100).sum() if row_mask is not None and labels is not None else local_rows
 
         def scale(total: torch.Tensor, local_count) -> torch.Tensor:
             denominator = num_items_in_batch if normalised else local_count
@@ -256,7 +270,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             with torch.no_grad() if args.alpha_ce == 0 else nullcontext():
                 ce = _summed_cross_entropy(student_logits, target_labels, args.label_smoothing_factor,
                                            max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]))
-            parts["loss_ce"] = scale(ce, local_labels)
+            parts["loss_ce"] = scale(ce, local_rows)
         elif labels is None and args.alpha_ce > 0:
             raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
 
@@ -265,7 +279,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 kd, ce = self._cached_kd(student_logits, inputs, target_labels if fused else None)
                 parts["loss_kd"] = scale(kd, local_rows)
                 if ce is not None:
-                    parts["loss_ce"] = scale(ce, local_labels)
+                    parts["loss_ce"] = scale(ce, local_rows)
             elif args.alpha_kd > 0 and model.training:
                 # a training batch without its cached targets would silently train on the task loss alone
                 raise ValueError(
@@ -279,6 +293,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 teacher_outputs = self.teacher_model(**model_inputs, **extra)
             if args.alpha_kd > 0:
                 teacher_logits = self._prediction_targets(teacher_outputs.logits, labels, None)[0]
+                self._check_teacher_logits(teacher_logits, row_mask)
                 kd = kd_loss(
                     student_logits, teacher_logits, args.temperature, kind=args.kd_loss,
                     mask=row_mask, jsd_beta=args.jsd_beta, reduction="sum",
@@ -316,25 +331,51 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             self._eval_sequences += sequences
         return (loss, outputs) if return_outputs else loss
 
+    def _check_teacher_logits(self, teacher_logits: torch.Tensor, row_mask: torch.Tensor | None) -> None:
+        """Stop at the first teacher output with NaN or infinite logits where the loss is taken.
+
+        A NaN soft target trains the student to NaN weights while the clamped loss can still read 0.
+        """
+        invalid = invalid_logit_rows(teacher_logits)
+        if row_mask is not None:
+            invalid = invalid & row_mask
+        if bool(invalid.any()):  # one small reduction per step, checked on the host
+            where = "sequences" if row_mask is None else "(sequence, position) pairs"
+            found = invalid.nonzero().tolist()[:5]
+            raise ValueError(
+                f"the teacher's logits are NaN or infinite at {int(invalid.sum())} {where} of this batch (first "
+                f"{found}) at step {self.state.global_step}: the soft targets would make the student's weights "
+                "NaN. Check the teacher (a float16 teacher can overflow: teacher_dtype='bfloat16' or 'float32') "
+                "and those inputs."
+            )
+
     # ------------------------------------------------------------------------------------------
     # distilling from a teacher-logit cache (teacher_model=None)
     # ------------------------------------------------------------------------------------------
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
-        """The Trainer's batches and item count, counting next-token targets for every causal LM.
+        """The Trainer's batches and item count, counting the positions the losses are taken over.
 
-        The Trainer counts `labels[..., 1:]` only for models whose `loss_type` routes to its causal-LM
-        loss, which leaves out GPT-2's `GPT2LMHeadModel`: it would count one label too many per
-        sequence. Here each batch carries `shift_labels` (the collator's documented alternative)
-        while the Trainer counts, and loses it again before training sees it.
+        For token-level heads the Trainer counts `labels != -100` (over `labels[..., 1:]` only for
+        models whose `loss_type` routes to its causal-LM loss, which leaves out GPT-2's
+        `GPT2LMHeadModel`), so labels a collator left on padding would be counted though no loss
+        is taken there. Here each batch carries `shift_labels` (the collator's documented
+        alternative, which the Trainer counts as it is): each position's target label where
+        `target_mask` keeps the position, -100 elsewhere. It is removed again before training sees the batch.
         """
-        if not self.shifts_labels:
-            return super().get_batch_samples(epoch_iterator, num_batches, device)
         added = []
 
         def marked():
             for batch in epoch_iterator:
-                if isinstance(batch, MutableMapping) and torch.is_tensor(batch.get("labels")) and "shift_labels" not in batch:
-                    batch["shift_labels"] = batch["labels"][..., 1:]
+                labels = batch.get("labels") if isinstance(batch, MutableMapping) else None
+                # token labels: integers per position (float labels are a multi-label classifier's)
+                token_level = torch.is_tensor(labels) and labels.dim() >= 2 and not labels.is_floating_point()
+                if token_level and "shift_labels" not in batch:
+                    attention_mask = batch.get("attention_mask")
+                    if not torch.is_tensor(attention_mask) or attention_mask.shape != labels.shape:
+                        attention_mask = None
+                    counted = target_mask(labels, attention_mask, shift=self.shifts_labels)
+                    aligned = F.pad(labels[..., 1:], (0, 1), value=-100) if self.shifts_labels else labels
+                    batch["shift_labels"] = aligned.masked_fill(~counted, -100)
                     added.append(batch)
                 yield batch
 
@@ -363,6 +404,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             if not cached_columns(train_dataset):
                 train_dataset = load_teacher_logits(args.teacher_logits, train_dataset)
                 kwargs["train_dataset"] = train_dataset
+            else:
+                _check_same_cache(args.teacher_logits, cache_record(train_dataset))
         if train_dataset is None or not cached_columns(train_dataset):
             raise ValueError(
                 "DistillationTrainer needs a teacher (teacher_model=...) or a train_dataset carrying cached teacher "
@@ -397,6 +440,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             "logprob_dtype": record.get("logprob_dtype"),
             "teacher_fingerprint": record.get("teacher_fingerprint"),
         }
+        if record["task"] == "causal_lm" and args.temperature != 1.0:  # only then is the tail estimated
+            distillation["teacher_logits"]["tail"] = args.kd_tail
         student.config.distillation = distillation
 
     def _set_signature_columns_if_needed(self) -> None:
@@ -414,12 +459,14 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             return kd_loss(student_logits, teacher_logits, args.temperature, kind=args.kd_loss,
                            jsd_beta=args.jsd_beta, reduction="sum"), None
         # the positions the cache holds, by the rule it was made with (next-token targets of a causal LM)
-        mask = target_mask(inputs.get("labels"), inputs.get("attention_mask", torch.ones(student_logits.shape[:2],
-                           device=student_logits.device)), shift=self.teacher_logits_record["shift_labels"])
+        labels_in, attention_mask = inputs.get("labels"), inputs.get("attention_mask")
+        if labels_in is None and attention_mask is None:
+            attention_mask = torch.ones(student_logits.shape[:2], dtype=torch.long, device=student_logits.device)
+        mask = target_mask(labels_in, attention_mask, shift=self.teacher_logits_record["shift_labels"])
         return cached_distillation_losses(
             student_logits, inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"],
             inputs["teacher_tail_logprob"], args.temperature, kind=args.kd_loss, mask=mask, labels=labels,
-            jsd_beta=args.jsd_beta, reduction="sum",
+            jsd_beta=args.jsd_beta, reduction="sum", tail=args.kd_tail,
             chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
         )
 
@@ -448,30 +495,26 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
 
         Returns `(logits, labels, row_mask, position_mask)`: for causal LM the logits at position t
         predict token t + 1, so the labels are shifted left (the last position gets -100);
-        `row_mask` (B, T) selects the positions whose logits the teacher is matched on, and
-        `position_mask` (the same for causal LM) the positions of the hidden states and attention
-        rows that count. A position counts when its target is a label (not -100) and, with an
-        attention mask, both it and the token it predicts are real tokens: a collator that pads
-        with labels left in place never has the student copy the teacher on padding. The task
-        loss follows the labels alone, as the model's own loss does. For sequence classification
-        `row_mask` is None.
+        `row_mask` (B, T) selects the positions whose logits are trained on, by `target_mask`'s rule
+        (a label that is not -100 and, with an attention mask, a real position predicting a real
+        token), and `position_mask` (the same for token-level heads) the positions of the hidden
+        states and attention rows that count. The returned labels are -100 wherever `row_mask` is
+        False, so the task loss counts exactly the positions the soft-target loss does and that
+        `get_batch_samples` counts: labels a collator left on padding are never trained on. For
+        sequence classification `row_mask` is None.
         """
         if logits.dim() == 2:  # sequence classification: one row per sequence
             return logits, labels, None, None if attention_mask is None else attention_mask.bool()
-        real = attention_mask.bool() if attention_mask is not None else None
-        if self.shifts_labels:
+        if labels is None and attention_mask is None:
+            attention_mask = logits.new_ones(logits.shape[:2], dtype=torch.long)
+        row_mask = target_mask(labels, attention_mask, shift=self.shifts_labels)
+        target_labels = None
+        if labels is not None:
             # position t predicts token t + 1: the targets are shifted, not the logits, so the (large)
             # logits are never copied; the last position has no target
-            target_labels = None if labels is None else F.pad(labels[:, 1:], (0, 1), value=-100)
-            row_mask = logits.new_ones(logits.shape[:2], dtype=torch.bool) if labels is None else target_labels.ne(-100)
-            row_mask[:, -1] = False
-            if real is not None:
-                row_mask = row_mask & real & F.pad(real[:, 1:], (0, 1), value=False)
-            return logits, target_labels, row_mask, row_mask
-        row_mask = labels.ne(-100) if labels is not None else logits.new_ones(logits.shape[:-1], dtype=torch.bool)
-        if real is not None:
-            row_mask = row_mask & real
-        return logits, labels, row_mask, row_mask
+            aligned = F.pad(labels[:, 1:], (0, 1), value=-100) if self.shifts_labels else labels
+            target_labels = aligned.masked_fill(~row_mask, -100)
+        return logits, target_labels, row_mask, row_mask
 
     def _hidden_per_position(self, model, student_hidden, teacher_hidden) -> torch.Tensor:
         projection = getattr(self.accelerator.unwrap_model(model), PROJECTION_NAME, None)

@@ -238,10 +238,12 @@ def _quantization_section(quantization: dict | None) -> list[str]:
     if not quantization:
         return []
     settings = [(key, quantization.get(key)) for key in ("method", "scheme", "backend", "backend_version", "device",
-                                                          "format", "source", "int8_max_logit_change")]
-    unquantized = quantization.get("method") in ("f32", "f16")  # a GGUF export can keep float weights
-    stored = "Exported after training; the weights stay floating point." if unquantized else (
-        "Quantized after training; the weights stored are integers.")
+                                                          "format", "source", "int8_max_logit_change",
+                                                          "max_logit_difference_from_transformers")]
+    # an engine export (ONNX Runtime GenAI fp32, GGUF F32/F16) can keep float weights
+    stored = ("Exported for the engine after training; the weights stay floating point."
+              if quantization.get("method") in ("fp32", "f32", "f16")
+              else "Quantized after training; the weights stored are integers.")
     return ["### Quantization", "", stored, "",
             *_table(settings), ""]
 
@@ -322,7 +324,8 @@ def build_model_card(
     quantization = config.get("quantization")
     if quantization:
         all_tags += ["quantized", quantization["method"],
-                     *([quantization["format"]] if quantization.get("format") in ("onnx", "gguf") else [])]
+                     *(["onnx"] if quantization.get("format") in ("onnx", "onnxruntime-genai") else []),
+                     *(["gguf"] if quantization.get("format") == "gguf" else [])]
     all_tags += tags or []
 
     eval_results = None
@@ -346,8 +349,8 @@ def build_model_card(
         datasets=[hub_id(dataset)] if hub_id(dataset) else None,
         language=language,
         license=license,
-        library_name=(quantization or {}).get("format") if (quantization or {}).get("format") in ("onnx", "gguf")
-        else "transformers",
+        library_name="onnx" if (quantization or {}).get("format") in ("onnx", "onnxruntime-genai")
+        else "gguf" if (quantization or {}).get("format") == "gguf" else "transformers",
         pipeline_tag=pipeline_tag,
         tags=all_tags,
         metrics=sorted(row["metrics"]) if row and row.get("metrics") else None,
@@ -391,7 +394,11 @@ def build_model_card(
     if lineage:
         body += ["## Emissions of the runs it came from", ""] + lineage_lines(lineage) + [""]
     loader = architecture or "AutoModel"  # architectures in config.json are transformers class names
-    if (quantization or {}).get("format") == "onnx":
+    if (quantization or {}).get("format") == "onnxruntime-genai":  # an LLM engine export: its own loader
+        from ..quantization.genai import usage_snippet
+
+        body += ["## How to use", "", "```python", *usage_snippet(repo_id or model_name), "```"]
+    elif (quantization or {}).get("format") == "onnx":
         # from the Hub: snapshot_download(repo_id) first, then this folder; never the local path of the machine
         where = repo_id or model_name
         body += ["## How to use", "", "```python", "import onnxruntime", "from transformers import AutoTokenizer", "",

@@ -17,18 +17,22 @@ from typing import Any
 QUANTIZATION_KEY = "quantization"
 ONNX_FILE = "model.onnx"
 
-METHODS = ("int8", "int4")
+METHODS = ("int8", "int4", "fp32")  # fp32: an unquantized engine export (ONNX Runtime GenAI)
 DEVICES = ("cpu", "cuda")
 # device -> the backend `backend="auto"` picks there, and the backends that device accepts
 _AUTO_BACKEND = {"cpu": "onnxruntime", "cuda": "torchao"}
-_BACKENDS = {"cpu": ("onnxruntime",), "cuda": ("torchao",)}
-_EXTRA = {"onnxruntime": "onnx", "torchao": "torchao"}
+_BACKENDS = {"cpu": ("onnxruntime", "onnxruntime-genai"), "cuda": ("torchao",)}
+_EXTRA = {"onnxruntime": "onnx", "torchao": "torchao", "onnxruntime-genai": "genai"}
 # what each (backend, method) does, as the config and the model card state it
 SCHEMES = {
     ("onnxruntime", "int8"): "dynamic quantization: int8 weights (a scale per output channel), activations "
                              "quantized to int8 at run time",
     ("torchao", "int8"): "int8 weight-only (Int8WeightOnlyConfig)",
     ("torchao", "int4"): "int4 weight-only, groups of 128 (Int4WeightOnlyConfig)",
+    # causal LMs served by ONNX Runtime GenAI with a KV cache (genai.py states the block settings)
+    ("onnxruntime-genai", "fp32"): "fp32 weights, KV cache in the graph",
+    ("onnxruntime-genai", "int8"): "int8 weight-only MatMulNBits, KV cache in the graph",
+    ("onnxruntime-genai", "int4"): "int4 weight-only MatMulNBits, KV cache in the graph",
 }
 # int4 weight-only runs on torchao's tinygemm kernels, which need bf16 tensor cores (Ampere, sm_80, or newer)
 _INT4_MIN_CAPABILITY = (8, 0)
@@ -65,10 +69,11 @@ def plan_quantization(method: str = "int8", device: str = "cpu", backend: str = 
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES} (where the quantized model will run), got {device!r}.")
-    if method == "int4" and device == "cpu":
-        raise ValueError("int4 weight-only quantization has no fast kernels on CPU (torchao's int4 kernels are "
-                         "CUDA kernels): use method='int8' on CPU, or device='cuda' on a GPU.")
     backend = _AUTO_BACKEND[device] if backend == "auto" else backend
+    if method == "int4" and device == "cpu" and backend != "onnxruntime-genai":
+        raise ValueError("int4 weight-only quantization has no fast kernels on CPU here (torchao's int4 kernels are "
+                         "CUDA kernels): use method='int8' on CPU, backend='onnxruntime-genai' for a Llama-family "
+                         "causal LM, or device='cuda' on a GPU.")
     if backend not in _BACKENDS[device]:
         raise ValueError(f"backend {backend!r} does not serve device {device!r}: use one of "
                          f"{_BACKENDS[device]} or backend='auto'.")
@@ -92,6 +97,9 @@ def plan_quantization(method: str = "int8", device: str = "cpu", backend: str = 
         require("onnxruntime")
     if backend == "torchao" and not is_torchao_available():
         require("torchao")
+    if backend == "onnxruntime-genai":
+        require("onnxruntime_genai")
+        require("onnx_ir")  # the builder imports it without declaring it
     return QuantizationPlan(method=method, device=device, backend=backend)
 
 
@@ -111,5 +119,10 @@ def quantization_of(model_dir: str | Path) -> dict[str, Any] | None:
 
 
 def is_onnx_folder(model_dir: str | Path) -> bool:
-    """True for a folder written by the ONNX Runtime backend (`model.onnx` beside `config.json`)."""
-    return (Path(model_dir) / ONNX_FILE).is_file() and (Path(model_dir) / "config.json").is_file()
+    """True for a folder written by the ONNX Runtime backend (`model.onnx` beside `config.json`).
+
+    A GenAI export also holds a `model.onnx`, but its graph takes a KV cache: `genai_config.json` tells it apart.
+    """
+    model_dir = Path(model_dir)
+    return ((model_dir / ONNX_FILE).is_file() and (model_dir / "config.json").is_file()
+            and not (model_dir / "genai_config.json").is_file())

@@ -11,6 +11,7 @@ from transformers.utils import logging
 
 from ..utils.files import check_replaceable, fresh_partial_dir, is_kit_folder, publish_dir
 from .config import QUANTIZATION_KEY, plan_quantization, quantization_of
+from .genai import GENAI_BACKEND, export_genai
 
 logger = logging.get_logger(__name__)
 
@@ -21,6 +22,7 @@ LOADING = {
     "onnxruntime": 'onnxruntime.InferenceSession("{path}/model.onnx")  # or hf_bigsmall.quantization.OnnxModelRunner',
     "torchao": '{auto_class}.from_pretrained("{path}", device_map="cuda")  # the TorchAoConfig is in config.json',
     "gguf": 'llama-cli -m {path}/model-<TYPE>.gguf  # or llama_cpp.Llama(...), or Ollama: FROM ./model-<TYPE>.gguf',
+    "onnxruntime-genai": 'onnxruntime_genai.Model("{path}")  # or hf_bigsmall.quantization.genai.GenAIModelRunner',
 }
 
 
@@ -60,9 +62,11 @@ def quantize(
     quantization (the fastest CPU backend measured, see BENCHMARKS.md); the folder then holds
     `model.onnx`, `config.json` and the tokenizer, and loads with
     `onnxruntime.InferenceSession(f"{output_dir}/model.onnx")` (or `OnnxModelRunner(output_dir)`,
-    which `compare_models` uses). On CUDA, `int8` and `int4` are torchao weight-only quantization
-    through transformers' `TorchAoConfig`; the folder loads with plain
-    `AutoModelFor...from_pretrained(output_dir, device_map="cuda")`. Either way `config.json` gets a
+    which `compare_models` uses). With `backend="onnxruntime-genai"`, a Llama-family causal LM is
+    exported by onnxruntime-genai's model builder (`fp32`, `int8` or `int4` MatMulNBits, KV cache in the
+    graph) and loads with `onnxruntime_genai.Model(output_dir)` (see `genai.export_genai`). On CUDA,
+    `int8` and `int4` are torchao weight-only quantization through transformers' `TorchAoConfig`; the
+    folder loads with plain `AutoModelFor...from_pretrained(output_dir, device_map="cuda")`. Either way `config.json` gets a
     `quantization` record (method, scheme, backend and version, device, source folder).
 
     Everything is checked before anything is written; the folder is written as
@@ -72,12 +76,13 @@ def quantize(
         model_dir: a folder written by `save_pretrained` with its task head and tokenizer.
         output_dir: the new folder. Only a folder that `quantize` wrote before is replaced; any other
             folder with something in it is refused, and left as it is.
-        method: `"int8"`, or `"int4"` (CUDA only).
+        method: `"int8"`, or `"int4"` (CUDA, or ONNX Runtime GenAI); `"fp32"` (ONNX Runtime GenAI only).
         device: `"cpu"` or `"cuda"`: where the quantized model will run.
-        backend: `"auto"` (ONNX Runtime on CPU, torchao on CUDA), `"onnxruntime"`, `"torchao"`, or
-            `"gguf"`: a Llama-family causal LM written as one GGUF file for llama.cpp and Ollama, `method`
-            then one of `f32`, `f16`, `q8_0`, `q4_0`, `q4_k_m`, `int8` (= q8_0) or `int4` (q4_k_m where it
-            can be made, else q4_0); see `gguf_export.export_gguf`.
+        backend: `"auto"` (ONNX Runtime on CPU, torchao on CUDA), `"onnxruntime"`, `"onnxruntime-genai"`
+            (causal LMs on CPU), `"torchao"`, or `"gguf"`: a Llama-family or GPT-2 causal LM written as one
+            GGUF file for llama.cpp and Ollama, `method` then a GGUF type (`f32`, `f16`, `q8_0`, `q5_0`,
+            `q4_1`, `q4_0`, `q4_k_m`) or `int8` (= q8_0) / `int4` (q4_k_m where it can be made, else q4_0);
+            see `gguf_export.export_gguf`.
 
     Returns:
         `output_dir` as a `Path`.
@@ -113,6 +118,8 @@ def quantize(
 
         return export_gguf(model_dir, output_dir, method=method)
     plan = plan_quantization(method, device, backend)
+    if plan.backend == GENAI_BACKEND:  # a causal-LM engine with its own builder, checks and folder: genai.py
+        return export_genai(model_dir, output_dir, plan.method)
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if not (model_dir / "config.json").is_file():
         raise ValueError(f"{model_dir} is not a saved model folder (no config.json).")

@@ -212,7 +212,12 @@ def load_model(path: str | os.PathLike) -> PreTrainedModel:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from ..quantization.config import is_onnx_folder
+    from ..quantization.genai import is_genai_folder
 
+    if is_genai_folder(path):  # an ONNX Runtime GenAI export: the engine runs it, with its KV cache
+        from ..quantization.genai import GenAIModelRunner
+
+        return GenAIModelRunner(path)
     if is_onnx_folder(path):
         from ..quantization.runner import OnnxModelRunner
 
@@ -527,11 +532,13 @@ def compare_models(
         inference = _measure_inference(model, inputs_only, batch_size, latency_samples)
         generated = {}
         # An ONNX export runs one forward without a KV cache: it has no generation to time (its columns stay empty).
-        if task == CAUSAL_LM and hasattr(model, "generate"):
+        engine_timing = getattr(model, "measure_generation", None)  # an engine's runner times its own decoding
+        if task == CAUSAL_LM and (engine_timing or hasattr(model, "generate")):
             from ..energy.generation import measure_generation
 
-            result = measure_generation(model, _generation_prompts(tokenized, generation_prompts, prompt_tokens),
-                                        new_tokens=new_tokens)
+            prompts = _generation_prompts(tokenized, generation_prompts, prompt_tokens)
+            result = (engine_timing(prompts, new_tokens=new_tokens) if engine_timing
+                      else measure_generation(model, prompts, new_tokens=new_tokens))
             generated = {"prefill_ms_p50": result.prefill_ms_p50, "decode_tokens_per_s": result.decode_tokens_per_s,
                          "decode_joules_per_token": result.joules_per_token}
             generation = {"num_prompts": result.num_prompts, "prompt_tokens": result.prompt_tokens,

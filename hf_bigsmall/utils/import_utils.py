@@ -21,6 +21,8 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "onnx": ("onnx", "exporting models to ONNX for int8 quantization on CPU"),
     "onnxruntime": ("onnx", "int8 quantization and inference on CPU with ONNX Runtime"),
     "torchao": ("torchao", "int8/int4 weight-only quantization on CUDA with torchao"),
+    "onnxruntime_genai": ("genai", "exporting and serving causal LMs with ONNX Runtime GenAI"),
+    "onnx_ir": ("genai", "onnxruntime-genai's model builder"),
 }
 
 

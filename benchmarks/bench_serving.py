@@ -1,0 +1,181 @@
+"""Serving causal LMs on CPU: transformers fp32 against ONNX Runtime GenAI fp32 / int8 / int4, side by side.
+
+    python benchmarks/bench_serving.py --engines transformers genai:fp32 genai:int8 genai:int4 \
+        --threads 1 2 --rounds 3 --work_dir /tmp/serving
+
+For each model (`--models name=folder`; default the embedded SmolLM2 as `teacher` and, as `student`, a
+15-layer cut of it made with `make_student`, untrained, so its perplexity only shows what the engines
+keep) and each engine, it reports the size on disk, held-out perplexity on `--blocks` evenly spaced
+128-token blocks of the embedded news corpus (from each engine's own logits, same tokens), and at batch 1
+the prefill latency of a `--prompt_tokens` prompt and the decode speed of `--new_tokens` greedy tokens.
+Every measurement runs in its own process (no engine warms another's caches), rounds are interleaved
+(round 1 of every engine and thread count, then round 2, ...), and medians over rounds are reported.
+An engine spec `genai:int4:block_size=128:accuracy_level=1` passes builder settings to the export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def _blocks(tokenizer, count: int):
+    from hf_bigsmall import assets
+    from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
+
+    held_out = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=128)["eval"]
+    step = max(len(held_out) // count, 1)
+    return [held_out[i]["input_ids"] for i in range(0, step * count, step)][:count]
+
+
+def _worker(spec: dict) -> dict:
+    """One measurement in this process: perplexity (if asked) and batch-1 prefill/decode timing."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_bigsmall.energy.generation import measure_generation
+    from hf_bigsmall.quantization.genai import GenAIModelRunner
+
+    tokenizer = AutoTokenizer.from_pretrained(spec["folder"])
+    blocks = _blocks(tokenizer, max(spec["blocks"], 4))
+    if spec["engine"] == "transformers":
+        model = AutoModelForCausalLM.from_pretrained(spec["folder"], dtype=torch.float32).eval()
+
+        def logits_of(ids):
+            with torch.inference_mode():
+                return model(torch.tensor([ids])).logits[0]
+
+        def timing(prompts):
+            return measure_generation(model, prompts, new_tokens=spec["new_tokens"])
+    else:
+        runner = GenAIModelRunner(spec["folder"], num_threads=spec["threads"])
+
+        def logits_of(ids):
+            return torch.from_numpy(runner.prompt_logits(ids))
+
+        def timing(prompts):
+            return runner.measure_generation(prompts, new_tokens=spec["new_tokens"])
+
+    result = {}
+    if spec["quality"]:
+        nll, tokens = 0.0, 0
+        for ids in blocks[: spec["blocks"]]:
+            logits = logits_of(ids)[:-1].float()
+            nll += float(torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum"))
+            tokens += len(ids) - 1
+        result["perplexity"] = math.exp(nll / tokens)
+        result["tokens"] = tokens
+    prompts = torch.tensor([ids[: spec["prompt_tokens"]] for ids in blocks[:3]])
+    measured = timing(prompts)
+    result.update(prefill_ms=measured.prefill_ms_p50, decode_tokens_per_s=measured.decode_tokens_per_s)
+    return result
+
+
+def _student(teacher: Path, work_dir: Path) -> Path:
+    folder = work_dir / "student-15-layers"
+    if (folder / "config.json").is_file():
+        return folder
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_bigsmall import make_student
+
+    teacher_model = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32)
+    student = make_student(teacher_model, num_layers=15)
+    student.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(teacher).save_pretrained(folder)
+    return folder
+
+
+def _disk_mb(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.iterdir()
+               if p.suffix in (".safetensors", ".onnx") or p.name.endswith(".onnx.data")) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="*", default=None, help="name=folder pairs (default: teacher and student)")
+    parser.add_argument("--engines", nargs="+", default=["transformers", "genai:fp32", "genai:int8", "genai:int4"])
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--blocks", type=int, default=32, help="held-out 128-token blocks for perplexity")
+    parser.add_argument("--prompt_tokens", type=int, default=64)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--work_dir", default="/tmp/bench_serving")
+    parser.add_argument("--output", default=None, help="write the results here as JSON")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))), flush=True)
+        return
+    if args.rounds < 1 or args.blocks < 1 or not 1 <= args.prompt_tokens <= 128 or args.new_tokens < 1:
+        parser.error("--rounds, --blocks and --new_tokens must be positive and --prompt_tokens between 1 and 128")
+
+    from hf_bigsmall import assets
+    from hf_bigsmall.quantization.genai import export_genai
+
+    work_dir = Path(args.work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    if args.models:
+        models = dict(pair.split("=", 1) for pair in args.models)
+    else:
+        teacher = assets.smollm2_path()
+        models = {"teacher": str(teacher), "student": str(_student(teacher, work_dir))}
+    folders = {}  # (model, engine) -> folder the engine runs
+    for name, source in models.items():
+        for engine in args.engines:
+            if engine == "transformers":
+                folders[name, engine] = Path(source)
+                continue
+            _, scheme, *settings = engine.split(":")
+            options = dict(setting.split("=", 1) for setting in settings)
+            target = work_dir / f"{name}-{engine.replace(':', '-').replace('=', '')}"
+            if not (target / "genai_config.json").is_file():
+                export_genai(source, target, scheme, builder_options=options)
+            folders[name, engine] = target
+
+    def run(key, threads: int, quality: bool) -> dict:
+        spec = {"folder": str(folders[key]), "engine": "transformers" if key[1] == "transformers" else "genai",
+                "threads": threads, "quality": quality, "blocks": args.blocks,
+                "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}
+        output = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], check=True,
+                                capture_output=True, text=True).stdout
+        return json.loads(output.strip().splitlines()[-1])
+
+    results = {key: {"disk_mb": _disk_mb(folder), "runs": {t: [] for t in args.threads}}
+               for key, folder in folders.items()}
+    for round_index in range(args.rounds):
+        for threads in args.threads:
+            for key in folders:
+                measured = run(key, threads, quality=round_index == 0 and threads == args.threads[0])
+                if "perplexity" in measured:
+                    results[key]["perplexity"] = measured["perplexity"]
+                results[key]["runs"][threads].append(measured)
+                print(f"round {round_index + 1} {threads} thread(s) {key}: {measured}", file=sys.stderr, flush=True)
+
+    header = "| model | engine | disk MB | perplexity | " + " | ".join(
+        f"prefill ms ({t}t) | decode tok/s ({t}t)" for t in args.threads) + " |"
+    lines = [header, "|" + "---|" * (4 + 2 * len(args.threads))]
+    for (name, engine), result in results.items():
+        cells = [name, engine, f"{result['disk_mb']:.0f}", f"{result['perplexity']:.2f}"]
+        for threads in args.threads:
+            runs = result["runs"][threads]
+            cells += [f"{statistics.median(r['prefill_ms'] for r in runs):.1f}",
+                      f"{statistics.median(r['decode_tokens_per_s'] for r in runs):.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    if args.output:
+        Path(args.output).write_text(json.dumps({f"{n}|{e}": r for (n, e), r in results.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

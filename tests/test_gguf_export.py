@@ -378,3 +378,25 @@ def test_a_missing_engine_names_the_extra(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r"hf-bigsmall\[gguf\]"):
         export_gguf(tmp_path / "model", tmp_path / "out", method="q8_0")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+@pytest.mark.slow
+def test_smollm2_q4_1_export_is_byte_identical_to_the_shipped_llama_cpp_file(tmp_path):
+    """The shipped SmolLM2 GGUF was written by llama.cpp's own converter and quantizer in Q4_1. Its weights,
+    dequantized and loaded by transformers, are the plain checkpoint; exported again as Q4_1 every block lies on
+    the same grid, so llama.cpp's layout (names, shapes, rotary row order, tokenizer) must come back byte for byte."""
+    import gguf
+
+    from hf_bigsmall.assets import smollm2_gguf_path, smollm2_path
+
+    reference = gguf.GGUFReader(smollm2_gguf_path())
+    ours = gguf.GGUFReader(export_gguf(smollm2_path(), tmp_path / "q4_1", method="q4_1") / "model-Q4_1.gguf")
+    for key in ("tokenizer.ggml.tokens", "tokenizer.ggml.merges", "tokenizer.ggml.token_type",
+                *(key for key in reference.fields if key.startswith("llama."))):
+        assert ours.fields[key].contents() == reference.fields[key].contents(), key
+    theirs = {tensor.name: tensor for tensor in reference.tensors}
+    assert sorted(theirs) == sorted(tensor.name for tensor in ours.tensors)
+    for tensor in ours.tensors:
+        expected = theirs[tensor.name]
+        assert tensor.tensor_type == expected.tensor_type and list(tensor.shape) == list(expected.shape)
+        assert np.array_equal(np.asarray(tensor.data), np.asarray(expected.data)), tensor.name

@@ -29,6 +29,7 @@ from transformers.utils import logging
 from ..hub.card import build_model_card
 from ..utils.files import check_replaceable, fresh_partial_dir, publish_dir
 from ..utils.import_utils import is_llama_cpp_available, require
+from .config import QUANTIZATION_KEY
 
 logger = logging.get_logger(__name__)
 
@@ -41,7 +42,6 @@ _ALIASES = {"int8": "q8_0", "int4": "q4_k_m"}
 _K_QUANT_BLOCK = 256
 # Q8_0, Q5_0, Q4_1 and Q4_0 pack 32 values per block
 _BLOCK = 32
-QUANTIZATION_KEY = "quantization"
 _SCHEMES = {
     "F32": "GGUF F32: every tensor in float32 (no quantization)",
     "F16": "GGUF F16: matrices in float16, norms in float32",
@@ -323,11 +323,14 @@ def write_gguf(model_dir: str | os.PathLike, path: str | os.PathLike, gguf_type:
 
 def _quantize_k(source: Path, target: Path) -> None:
     """Q4_K_M through llama.cpp's own quantizer (importance-free, as `llama-quantize` does by default)."""
+    import ctypes
+
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
-    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params)
+    # the C function takes a pointer to its parameters
+    status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0:
         raise RuntimeError(f"llama.cpp's quantizer failed on {source} (status {status}).")
 

@@ -339,10 +339,29 @@ def _llama_cpp_greedy(path, ids: list[int]) -> tuple[list[int], np.ndarray]:
     return tokens, prompt_logits
 
 
-def test_llama_cpp_decodes_the_f32_export_as_transformers_does(tmp_path):
-    pytest.importorskip("llama_cpp")
+def _gpt2_for_llama_cpp(folder):
+    from transformers import GPT2LMHeadModel
+
+    from tests.testing_utils import tiny_gpt2_config
+
+    torch.manual_seed(0)
+    tokenizer = _byte_level_tokenizer()
+    config = tiny_gpt2_config(vocab_size=VOCAB, bos_token_id=tokenizer.bos_token_id,
+                              eos_token_id=tokenizer.eos_token_id, n_inner=64, initializer_range=0.2)
+    return save_llama(folder, model=GPT2LMHeadModel(config).eval())
+
+
+LLAMA_CPP_MODELS = {
     # larger weights than the default init spread the logits, so greedy choices are not near-ties
-    model = save_llama(tmp_path / "model", head_dim=16, initializer_range=0.2)
+    "llama": lambda folder: save_llama(folder, head_dim=16, initializer_range=0.2),
+    "gpt2": _gpt2_for_llama_cpp,
+}
+
+
+@pytest.mark.parametrize("architecture", LLAMA_CPP_MODELS)
+def test_llama_cpp_decodes_the_f32_export_as_transformers_does(tmp_path, architecture):
+    pytest.importorskip("llama_cpp")
+    model = LLAMA_CPP_MODELS[architecture](tmp_path / "model")
     folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="f32")
     ids = prompt()
     tokens, logits = _llama_cpp_greedy(folder / "model-F32.gguf", ids[0].tolist())
@@ -350,6 +369,18 @@ def test_llama_cpp_decodes_the_f32_export_as_transformers_does(tmp_path):
         expected = model(ids).logits[0].numpy()
     np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-3)
     assert tokens == greedy(model, ids)
+
+
+def test_the_cards_llama_cpp_snippet_runs(tmp_path, monkeypatch):
+    pytest.importorskip("llama_cpp")
+    save_llama(tmp_path / "model")
+    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="q8_0")
+    card = (folder / "README.md").read_text()
+    snippet = next(block for block in card.split("```python\n")[1:] if "llama_cpp" in block).split("```")[0]
+    monkeypatch.chdir(folder)
+    namespace: dict = {}
+    exec(snippet, namespace)
+    assert namespace["llm"].n_vocab() == VOCAB
 
 
 def test_q4_k_m_through_llama_cpp(tmp_path):

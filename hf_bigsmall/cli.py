@@ -181,9 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = commands.add_parser("quantize", help="int8 for the CPU (ONNX Runtime), int8/int4 for CUDA (torchao)")
     quantize.add_argument("model_dir", help="a saved classifier or causal LM, with its tokenizer")
     quantize.add_argument("output_dir", help="the new folder")
-    quantize.add_argument("--method", default="int8", choices=["int8", "int4", "fp32"])
+    quantize.add_argument("--method", default="int8",
+                          choices=["int8", "int4", "fp32", "f32", "f16", "q8_0", "q5_0", "q4_1", "q4_0", "q4_k_m"],
+                          help="int8/int4 (fp32 for onnxruntime-genai); with --backend gguf also a GGUF type "
+                               "(f32 ... q4_k_m)")
     quantize.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model will run")
-    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "onnxruntime-genai", "torchao"])
+    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "onnxruntime-genai", "torchao",
+                                                                "gguf"],
+                          help="gguf: one GGUF file for llama.cpp / Ollama (Llama-family and GPT-2 causal LMs)")
     quantize.set_defaults(handler=_quantize)
     return parser
 

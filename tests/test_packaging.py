@@ -15,7 +15,8 @@ PROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 PACKAGE = REPO_ROOT / "hf_bigsmall"
 # distribution -> the module the kit imports from it
 IMPORT_NAMES = {"nvidia-ml-py": "pynvml", "codecarbon": "codecarbon", "matplotlib": "matplotlib", "gguf": "gguf",
-                "deepspeed": "deepspeed", "onnxruntime-genai": "onnxruntime_genai", "onnx-ir": "onnx_ir"}
+                "deepspeed": "deepspeed", "onnxruntime-genai": "onnxruntime_genai", "onnx-ir": "onnx_ir",
+                "llama-cpp-python": "llama_cpp"}
 
 
 def _requirements(strings):

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..energy.card import co2_eq_emissions
 from ..energy.lineage import lineage_co2_eq_emissions, lineage_lines, load_lineage
 from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines, speed_caveat, timing_lines
-from ..utils.files import atomic_write_text
+from ..utils.files import PARTIAL_SUFFIX, atomic_write_text
 from ..utils.heads import task_head
 
 if TYPE_CHECKING:
@@ -244,7 +244,9 @@ def _quantization_section(quantization: dict | None) -> list[str]:
     settings = [(key, quantization.get(key)) for key in ("method", "scheme", "backend", "backend_version", "device",
                                                           "format", "source", "int8_max_logit_change",
                                                           "max_logit_difference_from_transformers")]
-    stored = ("Exported for the engine after training; the weights stay fp32." if quantization.get("method") == "fp32"
+    # an engine export (ONNX Runtime GenAI fp32, GGUF F32/F16) can keep float weights
+    stored = ("Exported for the engine after training; the weights stay floating point."
+              if quantization.get("method") in ("fp32", "f32", "f16")
               else "Quantized after training; the weights stored are integers.")
     return ["### Quantization", "", stored, "",
             *_table(settings), ""]
@@ -313,7 +315,8 @@ def build_model_card(
     architecture = (config.get("architectures") or [""])[0]
     head = task_head(architecture)
     pipeline_tag = head.pipeline_tag if head is not None else None
-    model_name = (repo_id or model_dir.name).split("/")[-1]
+    # a card built in the `.partial` folder names the folder it becomes
+    model_name = (repo_id or model_dir.name.removesuffix(PARTIAL_SUFFIX)).split("/")[-1]
 
     all_tags = ["hf-bigsmall"]
     if distillation:
@@ -325,7 +328,8 @@ def build_model_card(
     quantization = config.get("quantization")
     if quantization:
         all_tags += ["quantized", quantization["method"],
-                     *(["onnx"] if quantization.get("format") in ("onnx", "onnxruntime-genai") else [])]
+                     *(["onnx"] if quantization.get("format") in ("onnx", "onnxruntime-genai") else []),
+                     *(["gguf"] if quantization.get("format") == "gguf" else [])]
     all_tags += tags or []
 
     eval_results = None
@@ -349,7 +353,8 @@ def build_model_card(
         datasets=[hub_id(dataset)] if hub_id(dataset) else None,
         language=language,
         license=license,
-        library_name="onnx" if (quantization or {}).get("format") in ("onnx", "onnxruntime-genai") else "transformers",
+        library_name="onnx" if (quantization or {}).get("format") in ("onnx", "onnxruntime-genai")
+        else "gguf" if (quantization or {}).get("format") == "gguf" else "transformers",
         pipeline_tag=pipeline_tag,
         tags=all_tags,
         metrics=sorted(row["metrics"]) if row and row.get("metrics") else None,
@@ -404,6 +409,8 @@ def build_model_card(
                  f'tokenizer = AutoTokenizer.from_pretrained("{where}")',
                  f'session = onnxruntime.InferenceSession("{where}/{quantization.get("file", "model.onnx")}")',
                  'logits = session.run(["logits"], dict(tokenizer("Some text", return_tensors="np")))[0]', "```"]
+    elif (quantization or {}).get("format") == "gguf":
+        body += _gguf_how_to_use(quantization["file"], repo_id)
     else:
         body += ["## How to use", "", *([] if repo_id else [
                  f"`{model_name}` stands for this folder: give its path, or its Hub id once pushed.", ""]),
@@ -414,6 +421,19 @@ def build_model_card(
     card = ModelCard.from_template(card_data, template_str=_TEMPLATE, body="\n".join(body))
     validate_card(card)
     return card
+
+
+def _gguf_how_to_use(file_name: str, repo_id: str | None) -> list[str]:
+    """llama.cpp, llama-cpp-python, Ollama and transformers lines for a GGUF folder (run from inside it)."""
+    hub = ([f'llm = Llama.from_pretrained("{repo_id}", filename="{file_name}")  # from the Hub'] if repo_id else [])
+    return ["## How to use", "", "From inside this folder:", "", "```bash",
+            f'llama-cli -m {file_name} -p "Once upon a time" -n 32',
+            f"printf 'FROM ./{file_name}\\n' > Modelfile && ollama create this-model -f Modelfile", "```", "",
+            "```python", "from llama_cpp import Llama", "",
+            f'llm = Llama(model_path="{file_name}")', *hub, 'print(llm("Once upon a time", max_tokens=32))', "```", "",
+            "```python", "from transformers import AutoModelForCausalLM", "",
+            f'model = AutoModelForCausalLM.from_pretrained(".", gguf_file="{file_name}")  # dequantized to float32',
+            "```"]
 
 
 def validate_card(card: ModelCard | str) -> None:

@@ -21,6 +21,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "voc
 LOADING = {
     "onnxruntime": 'onnxruntime.InferenceSession("{path}/model.onnx")  # or hf_bigsmall.quantization.OnnxModelRunner',
     "torchao": '{auto_class}.from_pretrained("{path}", device_map="cuda")  # the TorchAoConfig is in config.json',
+    "gguf": 'llama-cli -m {path}/model-<TYPE>.gguf  # or llama_cpp.Llama(...), or Ollama: FROM ./model-<TYPE>.gguf',
     "onnxruntime-genai": 'onnxruntime_genai.Model("{path}")  # or hf_bigsmall.quantization.genai.GenAIModelRunner',
 }
 
@@ -78,7 +79,10 @@ def quantize(
         method: `"int8"`, or `"int4"` (CUDA, or ONNX Runtime GenAI); `"fp32"` (ONNX Runtime GenAI only).
         device: `"cpu"` or `"cuda"`: where the quantized model will run.
         backend: `"auto"` (ONNX Runtime on CPU, torchao on CUDA), `"onnxruntime"`, `"onnxruntime-genai"`
-            (causal LMs on CPU) or `"torchao"`.
+            (causal LMs on CPU), `"torchao"`, or `"gguf"`: a Llama-family or GPT-2 causal LM written as one
+            GGUF file for llama.cpp and Ollama, `method` then a GGUF type (`f32`, `f16`, `q8_0`, `q5_0`,
+            `q4_1`, `q4_0`, `q4_k_m`) or `int8` (= q8_0) / `int4` (q4_k_m where it can be made, else q4_0);
+            see `gguf_export.export_gguf`.
 
     Returns:
         `output_dir` as a `Path`.
@@ -109,6 +113,10 @@ def quantize(
 
     from ..reporting.compare import CLASSIFICATION, count_parameters, task_of
 
+    if backend == "gguf":  # llama.cpp / Ollama: a causal-LM file format with its own types and checks
+        from .gguf_export import export_gguf
+
+        return export_gguf(model_dir, output_dir, method=method)
     plan = plan_quantization(method, device, backend)
     if plan.backend == GENAI_BACKEND:  # a causal-LM engine with its own builder, checks and folder: genai.py
         return export_genai(model_dir, output_dir, plan.method)

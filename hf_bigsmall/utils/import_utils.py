@@ -15,7 +15,8 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "pynvml": ("energy", "reading NVIDIA GPU energy counters (NVML)"),
     "codecarbon": ("codecarbon", "the CodeCarbon cross-check backend"),
     "matplotlib": ("plots", "drawing the comparison plots"),
-    "gguf": ("gguf", "loading GGUF checkpoints such as the embedded SmolLM2"),
+    "gguf": ("gguf", "reading and writing GGUF files (the embedded SmolLM2, exports for llama.cpp)"),
+    "llama_cpp": ("llamacpp", "K-quant (Q4_K_M) GGUF files through llama.cpp's quantizer"),
     "deepspeed": ("deepspeed", "DeepSpeed ZeRO training"),
     "onnx": ("onnx", "exporting models to ONNX for int8 quantization on CPU"),
     "onnxruntime": ("onnx", "int8 quantization and inference on CPU with ONNX Runtime"),
@@ -48,6 +49,10 @@ def is_onnxruntime_available() -> bool:
 
 def is_torchao_available() -> bool:
     return _is_package_available("torchao")
+
+
+def is_llama_cpp_available() -> bool:
+    return _is_package_available("llama_cpp")
 
 
 def require(import_name: str) -> None:

@@ -61,6 +61,7 @@ class CachedTargets:
     logprobs: torch.Tensor  # (N, k) float
     tail: torch.Tensor  # (N,) float
     present: torch.Tensor  # (N,) bool
+    tail_shape: str = "uniform"  # how the tail mass is spread over the excluded tokens (`kd_tail`)
 
 
 def _online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor | None, keep: torch.Tensor | None,
@@ -336,7 +337,7 @@ def fused_distillation_losses(
         kd, ce = cached_distillation_losses(
             logits, cached.ids[chunk][present][pick], cached.logprobs[chunk][present][pick],
             cached.tail[chunk][present][pick], temperature, kind=kind, mask=keep,
-            labels=labels[chunk] if shared else None, jsd_beta=jsd_beta, reduction="sum")
+            labels=labels[chunk] if shared else None, jsd_beta=jsd_beta, reduction="sum", tail=cached.tail_shape)
         if not kd_graph:
             kd = kd.detach()
         if ce is None:

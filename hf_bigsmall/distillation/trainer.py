@@ -467,7 +467,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             placed_tail = placed_logprobs.new_zeros(cached_rows.shape[0])
             placed_tail[cached_rows] = inputs["teacher_tail_logprob"].to(hidden.device, torch.float32)
             fused["cached"] = CachedTargets(placed_ids.index_select(0, rows), placed_logprobs.index_select(0, rows),
-                                            placed_tail.index_select(0, rows), cached_rows.index_select(0, rows))
+                                            placed_tail.index_select(0, rows), cached_rows.index_select(0, rows),
+                                            tail_shape=args.kd_tail)
         one = hidden.new_ones((), dtype=torch.float32)
         with self.accelerator.autocast():
             loss, kd, ce = fused_distillation_losses(

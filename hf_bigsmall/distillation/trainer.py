@@ -178,6 +178,9 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         # whether position t predicts token t + 1 (a decoder-only causal LM), decided from the head:
         # the Trainer's own rule reads `loss_type`, which GPT2LMHeadModel leaves unset
         self.shifts_labels = head_kind(model) == "AutoModelForCausalLM" and not model.config.is_encoder_decoder
+        # a sequence classifier's items are its rows: unlabelled rows (label -100, a transfer set) still
+        # carry the soft-target loss, so they count in the denominator of both losses
+        self.counts_rows = head_kind(model) == "AutoModelForSequenceClassification"
         self._loss_parts: dict[str, torch.Tensor] = {}
         self._loss_parts_since_step = 0
         self._eval_parts: dict[str, torch.Tensor] = {}  # per-batch means x sequences, over an evaluation
@@ -325,16 +328,19 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         The Trainer counts `labels[..., 1:]` only for models whose `loss_type` routes to its causal-LM
         loss, which leaves out GPT-2's `GPT2LMHeadModel`: it would count one label too many per
         sequence. Here each batch carries `shift_labels` (the collator's documented alternative)
-        while the Trainer counts, and loses it again before training sees it.
+        while the Trainer counts, and loses it again before training sees it. A sequence classifier
+        counts every row, labelled or not (label -100: a transfer-set row distilled on soft targets
+        alone), so that the loss is a mean over rows, each unlabelled row adding zero task loss.
         """
-        if not self.shifts_labels:
+        if not (self.shifts_labels or self.counts_rows):
             return super().get_batch_samples(epoch_iterator, num_batches, device)
         added = []
 
         def marked():
             for batch in epoch_iterator:
                 if isinstance(batch, MutableMapping) and torch.is_tensor(batch.get("labels")) and "shift_labels" not in batch:
-                    batch["shift_labels"] = batch["labels"][..., 1:]
+                    labels = batch["labels"]
+                    batch["shift_labels"] = labels[..., 1:] if self.shifts_labels else torch.zeros_like(labels)
                     added.append(batch)
                 yield batch
 

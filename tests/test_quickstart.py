@@ -227,3 +227,16 @@ def test_quickstart_cards_name_no_local_path_and_the_folder_records_its_task(qui
             assert str(quickstart_output) not in text and str(quickstart_output.resolve()) not in text, name
     student = (quickstart_output / "student" / "README.md").read_text()
     assert "made from the local model `teacher`" in student
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"transfer_samples": 0}, "transfer_samples"),
+    ({"augment_ratio": -1.0}, "augment_ratio"),
+    ({"augment_probability": 0.0}, "augment_probability"),
+    ({"transfer_set": "embedded/rotten_tomatoes_full", "cache_teacher_logits": False}, "no_cache_teacher_logits"),
+])
+def test_transfer_and_augmentation_options_are_checked_before_anything_runs(options, message):
+    from hf_bigsmall.quickstart import QuickstartArguments
+
+    with pytest.raises(ValueError, match=message):
+        QuickstartArguments(**options)

@@ -257,7 +257,7 @@ def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_st
     return publish_dir(partial, final_dir)
 
 
-def _extra_rows(args: QuickstartArguments, teacher, tokenizer, output_dir: Path):
+def _extra_rows(args: QuickstartArguments, teacher, tokenizer, train, output_dir: Path):
     """The unlabelled rows the teacher labels beside the labelled set (`--transfer_set`, `--augment_ratio`).
 
     Returns `(datasets, record)`: tokenised rows with labels -100, and what they are, for the cards.
@@ -270,7 +270,10 @@ def _extra_rows(args: QuickstartArguments, teacher, tokenizer, output_dir: Path)
     extras, record = extra_training_rows(
         teacher, tokenizer, assets.load_text_dataset(args.dataset), output_dir / "augmented.json",
         transfer_set=args.transfer_set, transfer_samples=args.transfer_samples, augment_ratio=args.augment_ratio,
-        augment_probability=args.augment_probability, seed=args.seed, max_length=args.max_length)
+        augment_probability=args.augment_probability, seed=args.seed, max_length=args.max_length,
+        # the labelled texts in use (--max_train_samples may keep a part), as the tokenizer reads them
+        train_texts=tokenizer.batch_decode([list(ids) for ids in train["input_ids"]], skip_special_tokens=True)
+        if args.augment_ratio else None)
     if "transfer_set" in record:
         transfer = record["transfer_set"]
         echo(f"      transfer set: {transfer['samples']:,} texts from {args.transfer_set} "
@@ -320,10 +323,17 @@ def _cached_train_dataset(args: QuickstartArguments, teacher, train, cache_dir: 
         if not (cache_dir / "manifest.json").is_file():
             seconds = _estimate_labelling(teacher, train, DataCollatorWithPadding(tokenizer))
             echo(f"      the teacher labels {len(train):,} rows: about {seconds / 60:.1f} min on this machine")
-    try:
-        cache_teacher_logits(teacher, train, cache_dir, batch_size=64)
-    except ValueError:  # another teacher or other rows than an earlier run's: make it anew
-        shutil.rmtree(cache_dir, ignore_errors=True)
+    from .energy.work import measure_work
+
+    if (cache_dir / "energy.json").is_file():  # written once a measured labelling pass completed
+        try:
+            cache_teacher_logits(teacher, train, cache_dir, batch_size=64)  # returns at once when it matches
+            return load_teacher_logits(cache_dir, train)
+        except ValueError:  # another teacher or other rows than an earlier run's: make it anew
+            pass
+    # made under the meter, so the teacher's labelling pass counts in the students' lineage
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    with measure_work(cache_dir, "teacher labelling"):
         cache_teacher_logits(teacher, train, cache_dir, batch_size=64)
     return load_teacher_logits(cache_dir, train)
 
@@ -421,7 +431,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
     start = _stage(2, f"Student: {args.student_layers} layers made from the teacher, distilled ({args.distill_steps} steps)")
     student = make_student(teacher, num_layers=args.student_layers, hidden_size=args.student_hidden_size)
-    extras, training_data = _extra_rows(args, teacher, tokenizer, output_dir)
+    extras, training_data = _extra_rows(args, teacher, tokenizer, dataset["train"], output_dir)
     if not args.augment_ratio:
         drop_stale_file(output_dir / "augmented.json")
     distill_teacher, distill_data = teacher, dataset
@@ -474,11 +484,15 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         drop_stale(output_dir / "teacher_logits")
 
     # every model carries the emissions of the runs it came from: its own plus its ancestors'
+    labelling = output_dir / "teacher_logits"
     for name, folder in models.items():
         parents, run, trained = _LINEAGE[name]
         if name == "teacher" and copied:
             run = "fine-tuned before this run"  # its energy.json, if it came with one, counts
-        save_lineage(folder, build_lineage(folder, [models[p] for p in parents], name=name, run=run, trained=trained))
+        parent_dirs = [models[p] for p in parents]
+        if name in ("student", "student-pruned") and args.cache_teacher_logits:
+            parent_dirs.append(labelling)  # the teacher's labelling pass the distillation learned from
+        save_lineage(folder, build_lineage(folder, parent_dirs, name=name, run=run, trained=trained))
 
     start = _stage(6, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
     comparison = compare_models(models, args.dataset, split=eval_split,

@@ -135,3 +135,30 @@ def test_a_mixture_trains_from_the_teacher_logit_cache(tmp_path):
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert losses and all(torch.isfinite(torch.tensor(losses)))
     assert any(not torch.equal(a, b) for a, b in zip(before, student.parameters()))
+
+
+def test_gradient_accumulation_is_exact_over_labelled_and_unlabelled_rows(tmp_path):
+    from datasets import Dataset
+    from transformers import BertForSequenceClassification, TrainerCallback
+
+    class Gradients(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            self.gradients = {name: p.grad.detach().clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    generator = torch.Generator().manual_seed(2)
+    rows = Dataset.from_dict({"input_ids": torch.randint(5, 100, (4, 6), generator=generator).tolist(),
+                              "labels": [-100, -100, 1, 0]})
+    gradients = []
+    for batch_size, accumulation in ((4, 1), (2, 2)):
+        torch.manual_seed(0)
+        student, teacher = BertForSequenceClassification(tiny_bert_config()), BertForSequenceClassification(tiny_bert_config())
+        args = DistillationConfig(output_dir=str(tmp_path / "out"), alpha_kd=0.5, alpha_ce=0.5, report_to="none",
+                                  use_cpu=True, per_device_train_batch_size=batch_size,
+                                  gradient_accumulation_steps=accumulation, max_steps=1, max_grad_norm=0.0,
+                                  disable_tqdm=True, seed=0)
+        recorder = Gradients()
+        DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=rows,
+                            callbacks=[recorder]).train()
+        gradients.append(recorder.gradients)
+    for name in gradients[0]:
+        torch.testing.assert_close(gradients[1][name], gradients[0][name], rtol=1e-4, atol=1e-6)

@@ -243,3 +243,30 @@ def test_transfer_and_augmentation_options_are_checked_before_anything_runs(opti
 
     with pytest.raises(ValueError, match=message):
         QuickstartArguments(**options)
+
+
+@requires_minilm
+@requires_scattertext
+@pytest.mark.slow
+def test_quickstart_distils_on_a_transfer_set_and_augmented_copies(tmp_path, capsys):
+    """The extra rows are labelled once through the logit cache, never hold a test review, and the cards say so."""
+    from hf_bigsmall import assets
+    from hf_bigsmall.data import normalise_text
+    from hf_bigsmall.distillation.cache import read_manifest
+
+    test_review = assets.load_text_dataset(assets.ROTTEN_TOMATOES)["test"]["text"][0]
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text(f"a fine film\nan awful plot\n  {test_review.upper()}  \n")
+    out = tmp_path / "out"
+    assert main(["quickstart", "--fast", "--max_train_samples", "32", "--eval_samples", "16", "--no_quantize",
+                 "--no_trim_vocabulary", "--output_dir", str(out), "--transfer_set", str(tmp_path / "texts"),
+                 "--augment_ratio", "0.5"]) == 0
+    output = capsys.readouterr().out
+    assert "transfer set: 2 texts" in output and "the teacher labels" in output
+    record = json.loads((out / "student" / "config.json").read_text())["distillation"]["training_data"]
+    assert record["labelled"] == 32 and record["transfer_set"]["overlapping"] == 1
+    copies = json.loads((out / "augmented.json").read_text())["texts"]
+    assert len(copies) == record["augmentation"]["samples"] <= 32
+    assert read_manifest(out / "teacher_logits")["num_rows"] == 32 + 2 + len(copies)
+    assert normalise_text(test_review) not in {normalise_text(text) for text in copies}
+    assert "The student saw 32 labelled training texts, 2 unlabelled texts" in (out / "student" / "README.md").read_text()

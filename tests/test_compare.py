@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -213,9 +214,50 @@ def test_report_records_the_timing_spread_and_the_load(compared):
         assert row["latency_relative_spread"] == pytest.approx(
             (row["latency_ms_p90"] - row["latency_ms_p10"]) / row["latency_ms_p50"])
         assert set(row["load_average_1min"]) == {"before", "after"}
+        assert row["other_cpu_cores"] is None or row["other_cpu_cores"] >= 0
     low, high = report["models"][1]["faster_p10_p90"]
     assert low <= high
     assert "Timing spread, batch-1 latency p10-p90" in (root / "report" / "report.md").read_text()
+
+
+def test_a_busy_machine_is_told_from_the_runs_own_threads():
+    from types import SimpleNamespace
+
+    from hf_bigsmall.reporting.compare import speed_ratio_caveat
+
+    steady = [10.0, 10.2, 9.9, 10.1, 10.0]
+    # the load average counts this run's own threads: with the other processes' share measured, it is not held
+    # against the ratio, and the share is
+    alone = SimpleNamespace(load_average_1min={"before": 2.4, "after": 2.1}, other_cpu_cores=0.05)
+    caveat, _ = speed_ratio_caveat(alone, alone, steady, steady, cores=2)
+    assert caveat is None
+    crowded = SimpleNamespace(load_average_1min={"before": 0.5, "after": 0.5}, other_cpu_cores=0.9)
+    caveat, _ = speed_ratio_caveat(crowded, alone, steady, steady, cores=2)
+    assert caveat == "other processes used 0.9 of the 2 CPU cores while it was timed"
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="reads Linux's /proc/stat")
+def test_other_cpu_work_counts_another_process_and_not_this_one():
+    import subprocess
+    import sys
+    import time
+
+    from hf_bigsmall.utils.cpu import OtherCpuWork
+
+    spin = "import time\nend = time.time() + 1.5\nwhile time.time() < end: pass"
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        time.sleep(0.2)  # the child is spinning
+        with OtherCpuWork() as others:
+            time.sleep(1.0)
+    finally:
+        child.wait()
+    assert others.cores is not None and others.cores > 0.3  # about one core, less on a crowded machine
+    with OtherCpuWork() as itself:
+        end = time.perf_counter() + 0.5
+        while time.perf_counter() < end:  # this process's own work is not another's
+            pass
+    assert itself.cores is not None and itself.cores < others.cores
 
 
 def test_a_speed_ratio_under_load_or_noise_is_marked_not_trustworthy():

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_head
 from .report import write_report
 
@@ -70,6 +71,8 @@ class ModelMeasurement:
     latency_ms_p90: float | None = None
     latency_relative_spread: float | None = None
     load_average_1min: dict[str, float] | None = None
+    # cores' worth of CPU that other processes used while this model was timed (Linux; None elsewhere)
+    other_cpu_cores: float | None = None
     faster_p10_p90: list[float] | None = None
     # why the speed ratios against the reference are not trustworthy (`speed_ratio_caveat`), or None
     speed_ratio_caveat: str | None = None
@@ -137,16 +140,19 @@ def add_ratios(models: list[ModelMeasurement], quality_metric: str, lower_is_bet
         }
 
 
-# a speed ratio is not trustworthy when the 1-minute load average, before or after either model's timing,
-# is above the CPU cores this process may use (other work competed for them; the run's own threads count in
-# the load, so a machine it has to itself stays at or below), or when the per-sample ratios of the two
-# models' batch-1 latencies, on the same samples, spread by more than half of their median from p10 to p90
+# a speed ratio is not trustworthy when other processes used more than a quarter of the CPU cores while
+# either model was timed (busy CPU time of the machine minus this process's own: the run's own threads
+# never count against it), or, where that cannot be read, when the 1-minute load average before or after
+# either timing is above the cores; and when the per-sample ratios of the two models' batch-1 latencies,
+# on the same samples, spread by more than half of their median from p10 to p90
 MAX_RATIO_SPREAD = 0.5
+MAX_OTHER_CPU_SHARE = 0.25
 TIMING_RULE = (
-    "A speed ratio is marked not trustworthy when the 1-minute load average read before or after either model's "
-    "timing is above the number of CPU cores available (other work competed for them), or when the per-sample "
-    "latency ratios (reference / model, on the same samples) spread from p10 to p90 by more than "
-    f"{MAX_RATIO_SPREAD:.0%} of their median."
+    "A speed ratio is marked not trustworthy when other processes used more than "
+    f"{MAX_OTHER_CPU_SHARE:.0%} of the CPU cores while either model was timed (the machine's busy CPU time minus "
+    "this run's own; where that cannot be read, when the 1-minute load average before or after either timing is "
+    "above the number of cores), or when the per-sample latency ratios (reference / model, on the same samples) "
+    f"spread from p10 to p90 by more than {MAX_RATIO_SPREAD:.0%} of their median."
 )
 
 
@@ -172,8 +178,12 @@ def speed_ratio_caveat(model: ModelMeasurement, reference: ModelMeasurement, ref
     """Why `model`'s speed ratios against `reference` are not trustworthy (`TIMING_RULE`), or None; and the
     p10/p90 of its per-sample latency ratios."""
     reasons = []
+    others = [m.other_cpu_cores for m in (reference, model) if getattr(m, "other_cpu_cores", None) is not None]
     loads = [value for m in (reference, model) for value in (m.load_average_1min or {}).values() if value is not None]
-    if loads and max(loads) > cores:
+    if others:
+        if max(others) > MAX_OTHER_CPU_SHARE * cores:
+            reasons.append(f"other processes used {max(others):.1f} of the {cores} CPU cores while it was timed")
+    elif loads and max(loads) > cores:
         reasons.append(f"the CPU was busy (1-minute load average up to {max(loads):.1f} on {cores} cores)")
     paired = None
     count = min(len(reference_latencies), len(latencies))
@@ -393,6 +403,28 @@ def _energy_per_query(joules_per_sample: float, tokenized: Dataset, task: str) -
     return {"inference_kwh_per_1k_samples": 1000 * joules_per_sample / JOULES_PER_KWH, "energy_joules_per_token": per_token}
 
 
+def _time_model(model, inputs_only, tokenized, task: str, batch_size: int, latency_samples: int,
+                generation_prompts: int, prompt_tokens: int, new_tokens: int):
+    """Batch-1 latency and throughput, and for a causal LM prefill and decode at batch 1.
+
+    Returns `(inference, generated columns, generation settings or None)`.
+    """
+    inference = _measure_inference(model, inputs_only, batch_size, latency_samples)
+    # An ONNX export runs one forward without a KV cache: it has no generation to time (its columns stay empty).
+    engine_timing = getattr(model, "measure_generation", None)  # an engine's runner times its own decoding
+    if task != CAUSAL_LM or not (engine_timing or hasattr(model, "generate")):
+        return inference, {}, None
+    from ..energy.generation import measure_generation
+
+    prompts = _generation_prompts(tokenized, generation_prompts, prompt_tokens)
+    result = (engine_timing(prompts, new_tokens=new_tokens) if engine_timing
+              else measure_generation(model, prompts, new_tokens=new_tokens))
+    generated = {"prefill_ms_p50": result.prefill_ms_p50, "decode_tokens_per_s": result.decode_tokens_per_s,
+                 "decode_joules_per_token": result.joules_per_token}
+    return inference, generated, {"num_prompts": result.num_prompts, "prompt_tokens": result.prompt_tokens,
+                                  "new_tokens": result.new_tokens}
+
+
 def compare_models(
     models: Sequence[str | os.PathLike | PreTrainedModel] | Mapping[str, str | os.PathLike | PreTrainedModel],
     eval_dataset: Dataset | str | None = None,
@@ -529,26 +561,19 @@ def compare_models(
             disk_mb = size_on_disk_mb(path)
         metrics = evaluate_quality(model, tokenized, tokenizer, task, label_column, batch_size)
         load_before = _load_average()
-        inference = _measure_inference(model, inputs_only, batch_size, latency_samples)
-        generated = {}
-        # An ONNX export runs one forward without a KV cache: it has no generation to time (its columns stay empty).
-        engine_timing = getattr(model, "measure_generation", None)  # an engine's runner times its own decoding
-        if task == CAUSAL_LM and (engine_timing or hasattr(model, "generate")):
-            from ..energy.generation import measure_generation
-
-            prompts = _generation_prompts(tokenized, generation_prompts, prompt_tokens)
-            result = (engine_timing(prompts, new_tokens=new_tokens) if engine_timing
-                      else measure_generation(model, prompts, new_tokens=new_tokens))
-            generated = {"prefill_ms_p50": result.prefill_ms_p50, "decode_tokens_per_s": result.decode_tokens_per_s,
-                         "decode_joules_per_token": result.joules_per_token}
-            generation = {"num_prompts": result.num_prompts, "prompt_tokens": result.prompt_tokens,
-                          "new_tokens": result.new_tokens}
+        with OtherCpuWork() as other_work:  # the timings: what else ran on the machine meanwhile
+            inference, generated, generation_settings = _time_model(
+                model, inputs_only, tokenized, task, batch_size, latency_samples, generation_prompts, prompt_tokens,
+                new_tokens)
+        if generation_settings is not None:
+            generation = generation_settings
         latencies = inference.latencies_ms
         p10, p90 = _percentiles(latencies, 10, 90) if latencies else (None, None)
         timing = {"latency_ms_p10": p10, "latency_ms_p90": p90,
                   "latency_relative_spread": (p90 - p10) / inference.latency_ms_p50
                   if latencies and inference.latency_ms_p50 > 0 else None,
-                  "load_average_1min": {"before": load_before, "after": _load_average()}}
+                  "load_average_1min": {"before": load_before, "after": _load_average()},
+                  "other_cpu_cores": other_work.cores}
         latency_runs[name] = latencies
         measurements.append(ModelMeasurement(
             name=name, path=str(path) if path else None, parameters=total, nonzero_parameters=nonzero,

@@ -187,10 +187,12 @@ def _timing_spread_lines(report: dict[str, Any]) -> list[str]:
 
     def load(model: dict[str, Any]) -> str:
         values = [v for v in (model.get("load_average_1min") or {}).values() if v is not None]
-        return f", load {max(values):.1f}" if values else ""
+        others = model.get("other_cpu_cores")
+        return ((f", load {max(values):.1f}" if values else "")
+                + (f", other processes {others:.2f} cores" if others is not None else ""))
 
-    return [f"- Timing spread, batch-1 latency p10-p90 (ms) and the 1-minute load average"
-            f"{f' on {cores} cores' if cores else ''}: "
+    return [f"- Timing spread, batch-1 latency p10-p90 (ms), the 1-minute load average and the CPU other "
+            f"processes used while it was timed{f' (of {cores} cores)' if cores else ''}: "
             + "; ".join(f"`{m['name']}` {m['latency_ms_p10']:.2f}-{m['latency_ms_p90']:.2f}{load(m)}" for m in models)
             + ". " + (report.get("timing") or {}).get("rule", "")]
 

@@ -456,6 +456,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         scored = kd_positions
         if labels is not None:
             scored = target_labels.ne(-100) if scored is None else scored | target_labels.ne(-100)
+        if scored is None:  # no soft targets and no labels (hidden states or attention alone): no row is scored
+            scored = torch.zeros_like(row_mask)
         rows = scored.reshape(-1).nonzero().squeeze(1)
         flat = lambda tensor: tensor.reshape(-1, *tensor.shape[2:]).index_select(0, rows)  # noqa: E731
         fused = {}

@@ -37,6 +37,8 @@ folders, for example).
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -45,6 +47,7 @@ from pathlib import Path
 from . import assets
 from .utils.console import echo
 from .utils.files import (
+    KIT_MARKER,
     atomic_write_json,
     check_replaceable,
     fresh_partial_dir,
@@ -174,8 +177,6 @@ _ONLY_WRITTEN_BY = {
 
 def _task_of_folder(output_dir: Path) -> str | None:
     """The quickstart pipeline whose results `output_dir` holds, or None when it holds none."""
-    import json
-
     record = output_dir / RUN_RECORD
     if record.is_file():
         return json.loads(record.read_text(encoding="utf-8")).get("task")
@@ -215,14 +216,44 @@ def record_run(output_dir: Path, task: str, **details: str) -> None:
     atomic_write_json(output_dir / RUN_RECORD, {"task": task, **details})
 
 
-def drop_stale(folder: Path) -> None:
-    """Remove a folder (and its `.partial`) that an earlier run of the same pipeline left and this one does not make."""
+_CACHE_ENTRY = re.compile(r"(shard-\d{5,}|manifest\.json|energy\.json)(\.partial)?")
+
+
+def is_teacher_logit_cache(folder: Path) -> bool:
+    """Whether `folder` holds nothing but what `cache_teacher_logits` and the labelling's energy record write.
+
+    A teacher-logit cache carries no marker file of its own: it is recognised by its entries (shards,
+    finished or not, its manifest and `energy.json`) and, where the manifest exists, by the cache format's
+    own fields in it. A file named `manifest.json` alone says nothing: a user's folder with one is not a cache.
+    """
     from .distillation.cache import MANIFEST_NAME
 
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    entries = list(folder.iterdir())
+    if not entries or any(not _CACHE_ENTRY.fullmatch(entry.name) and entry.name != KIT_MARKER for entry in entries):
+        return False
+    manifest = folder / MANIFEST_NAME
+    if not manifest.is_file():
+        return True
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"format_version", "teacher_fingerprint", "rows_digest"} <= record.keys()
+
+
+def check_cache_replaceable(folder: Path) -> None:
+    """Raise unless `folder` may be removed: missing, empty, a folder the kit marked, or a teacher-logit cache."""
+    if not is_teacher_logit_cache(folder):
+        check_replaceable(folder)  # only a folder the kit wrote: one of the user's is refused, named
+
+
+def drop_stale(folder: Path) -> None:
+    """Remove a folder (and its `.partial`) that an earlier run of the same pipeline left and this one does not make."""
     for path in (folder, partial_path(folder)):
         if path.exists():
-            if not (path / MANIFEST_NAME).is_file():  # a teacher-logit cache is the kit's by its manifest
-                check_replaceable(path)  # only a folder the kit wrote: one of the user's is refused, named
+            check_cache_replaceable(path)
             shutil.rmtree(path)
             echo(f"      removed {path}: an earlier run left it, this one does not make it")
 
@@ -347,6 +378,7 @@ def _cached_train_dataset(args: QuickstartArguments, teacher, train, cache_dir: 
         except ValueError:  # another teacher or other rows than an earlier run's: make it anew
             pass
     # made under the meter, so the teacher's labelling pass counts in the students' lineage
+    check_cache_replaceable(cache_dir)  # a folder of the user's at that name is refused, never removed
     shutil.rmtree(cache_dir, ignore_errors=True)
     with measure_work(cache_dir, "teacher labelling"):
         cache_teacher_logits(teacher, train, cache_dir, batch_size=64)

@@ -329,3 +329,40 @@ def test_causal_task_loss_is_the_models_own_shifted_loss(tmp_path, arch):
     with torch.no_grad():
         own = student(**batch).loss
     assert parts["loss_ce"] == pytest.approx(float(own), rel=1e-5)
+
+
+@pytest.mark.parametrize("prediction_loss_only", [True, False])
+def test_evaluation_divides_by_the_positions_the_losses_are_taken_over(tmp_path, prediction_loss_only):
+    """`prediction_step` counts items by the Trainer's own rule (GPT-2's labels unshifted, padding that kept its
+    labels counted), not through `get_batch_samples`: eval_loss must not be divided by that count."""
+    from datasets import Dataset
+
+    teacher, student = causal_pair()
+    trainer = DistillationTrainer(model=student, teacher_model=teacher,
+                                  args=config(tmp_path, per_device_eval_batch_size=4,
+                                              prediction_loss_only=prediction_loss_only))
+    clean = padded_causal_batch(pad_labels=False)
+    with torch.no_grad():
+        own = float(student(**clean).loss)  # the model's own mean over its shifted targets
+    metrics = {pad: trainer.evaluate(Dataset.from_dict({k: v.tolist() for k, v in padded_causal_batch(pad).items()}))
+               for pad in (False, True)}
+    for pad, found in metrics.items():
+        assert found["eval_loss_ce"] == pytest.approx(own, rel=1e-5), pad
+    for key in ("eval_loss", "eval_loss_kd"):
+        assert metrics[True][key] == pytest.approx(metrics[False][key], rel=1e-5), key
+
+
+def test_evaluation_of_a_classifier_counts_its_unlabelled_rows(tmp_path):
+    from datasets import Dataset
+
+    teacher = BertForSequenceClassification(tiny_bert_config())
+    student = make_student(teacher, num_layers=2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher,
+                                  args=config(tmp_path, per_device_eval_batch_size=4))
+    batch = {"input_ids": torch.randint(1, TINY_VOCAB, (4, 8), generator=torch.Generator().manual_seed(3)),
+             "labels": torch.tensor([0, -100, 1, -100])}
+    batch["attention_mask"] = torch.ones_like(batch["input_ids"])
+    _, expected = loss_parts(trainer, batch)  # a mean over the batch's 4 rows
+    metrics = trainer.evaluate(Dataset.from_dict({k: v.tolist() for k, v in batch.items()}))
+    for name in ("loss_kd", "loss_ce"):
+        assert metrics[f"eval_{name}"] == pytest.approx(expected[name], rel=1e-5), name

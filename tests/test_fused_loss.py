@@ -243,6 +243,26 @@ def test_label_free_distillation_equals_the_materialised_loss(tmp_path):
     torch.testing.assert_close(fused_grad, grad, rtol=1e-4, atol=1e-7)
 
 
+def test_label_free_hidden_state_distillation_alone_takes_the_fused_path(tmp_path):
+    # alpha_kd = alpha_ce = 0 and no labels: no position is scored through the head, the hidden states still train
+    teacher, student = build("llama")
+    dataset = causal_dataset(n=4)
+    batch = {key: torch.tensor(dataset[key]) for key in ("input_ids", "attention_mask")}
+    losses = []
+    for fused in (None, False):
+        trainer = DistillationTrainer(model=student, teacher_model=teacher,
+                                      args=config(tmp_path, alpha_kd=0.0, alpha_ce=0.0, alpha_hidden=1.0,
+                                                  fused_lm_head_loss=fused))
+        student.eval()  # outside the training loop; return_outputs=False still takes the fused path
+        loss = trainer.compute_loss(student, dict(batch))
+        layer = student.model.layers[0].mlp.down_proj.weight
+        losses.append((loss, torch.autograd.grad(loss, layer)[0]))
+    (fused_loss, fused_grad), (loss, grad) = losses
+    assert float(loss.detach()) > 0
+    torch.testing.assert_close(fused_loss, loss, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(fused_grad, grad, rtol=1e-4, atol=1e-7)
+
+
 def tiny_gemma2():
     return Gemma2ForCausalLM(Gemma2Config(vocab_size=TINY_VOCAB, hidden_size=32, num_hidden_layers=2,
                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16,

@@ -240,7 +240,7 @@ def test_a_folder_the_kit_did_not_write_is_refused_and_kept(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match="not written by hf_bigsmall"):
+    with pytest.raises(ValueError, match="not a quantized model folder written by hf_bigsmall"):
         export_gguf(tmp_path / "model", mine)
     assert (mine / "notes.txt").read_text() == "keep me"
     with pytest.raises(ValueError, match="own folder"):
@@ -249,6 +249,20 @@ def test_a_folder_the_kit_did_not_write_is_refused_and_kept(tmp_path):
     export_gguf(tmp_path / "model", tmp_path / "gguf", method="f16")
     export_gguf(tmp_path / "model", tmp_path / "gguf", method="q8_0")
     assert sorted(p.name for p in (tmp_path / "gguf").glob("*.gguf")) == ["model-Q8_0.gguf"]
+
+
+def test_a_trained_model_the_kit_saved_is_never_replaced_by_an_export(tmp_path):
+    # a distilled or pruned student carries the kit's marker too: only an earlier quantized export is replaced
+    from hf_bigsmall.utils.files import publishing
+
+    save_llama(tmp_path / "model")
+    with publishing(tmp_path / "student") as partial:
+        save_llama(partial)
+    before = sorted(p.name for p in (tmp_path / "student").iterdir())
+    with pytest.raises(ValueError, match="not a quantized model folder written by hf_bigsmall"):
+        export_gguf(tmp_path / "model", tmp_path / "student", method="f16")
+    assert sorted(p.name for p in (tmp_path / "student").iterdir()) == before
+    assert not (tmp_path / "student.partial").exists()
 
 
 def test_a_failure_half_way_leaves_nothing(tmp_path, monkeypatch):

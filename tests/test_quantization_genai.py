@@ -229,6 +229,22 @@ def test_a_folder_the_kit_did_not_write_is_refused_and_kept(tiny_export, tmp_pat
     _nothing_written(tmp_path, {"mine", "export"})
 
 
+def test_a_folder_that_appears_during_the_build_is_refused_and_kept(tmp_path):
+    # the build takes minutes after the first check: the folder is checked again before the rename
+    from hf_bigsmall.quantization.genai import _publish
+
+    build = tmp_path / ".late.genai-x"
+    build.mkdir()
+    (build / "model.onnx").write_text("built")
+    (tmp_path / "late").mkdir()
+    (tmp_path / "late" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="appeared during the export"):
+        _publish(build, tmp_path / "late")
+    assert [p.name for p in (tmp_path / "late").iterdir()] == ["notes.txt"]
+    _publish(build, tmp_path / "fresh")  # a free name takes the build
+    assert (tmp_path / "fresh" / "model.onnx").read_text() == "built"
+
+
 def test_a_build_that_fails_half_way_leaves_nothing(tiny_export, tmp_path, monkeypatch):
     import onnxruntime_genai.models.builder as builder
 

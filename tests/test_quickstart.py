@@ -270,3 +270,30 @@ def test_quickstart_distils_on_a_transfer_set_and_augmented_copies(tmp_path, cap
     assert read_manifest(out / "teacher_logits")["num_rows"] == 32 + 2 + len(copies)
     assert normalise_text(test_review) not in {normalise_text(text) for text in copies}
     assert "The student saw 32 labelled training texts, 2 unlabelled texts" in (out / "student" / "README.md").read_text()
+
+
+def test_a_folder_at_the_cache_name_is_removed_only_when_it_is_a_teacher_logit_cache(tmp_path):
+    from types import SimpleNamespace
+
+    from hf_bigsmall.quickstart import _cached_train_dataset, drop_stale
+
+    mine = tmp_path / "teacher_logits"
+    mine.mkdir()
+    (mine / "manifest.json").write_text('{"name": "my web app"}')  # a common file name says nothing
+    (mine / "index.html").write_text("mine")
+    with pytest.raises(ValueError, match="teacher_logits already exists and was not written by hf_bigsmall"):
+        drop_stale(mine)
+    args = SimpleNamespace(distill_steps=1, prune_steps=1, batch_size=8, seed=0)
+    with pytest.raises(ValueError, match="teacher_logits already exists and was not written by hf_bigsmall"):
+        _cached_train_dataset(args, None, [], mine)  # refused before the teacher runs
+    assert sorted(p.name for p in mine.iterdir()) == ["index.html", "manifest.json"]
+    # a cache the kit wrote, finished or interrupted, goes
+    for name, entries in (("finished", ("shard-00000", "energy.json")), ("interrupted", ("shard-00001.partial",))):
+        cache = tmp_path / name
+        for entry in entries:
+            (cache / entry).mkdir(parents=True)
+        if name == "finished":
+            (cache / "manifest.json").write_text(json.dumps({"format_version": 2, "teacher_fingerprint": "f",
+                                                             "rows_digest": "d"}))
+        drop_stale(cache)
+        assert not cache.exists(), name

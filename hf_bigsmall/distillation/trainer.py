@@ -113,7 +113,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     ask for the logits (`return_outputs=True`, evaluation) get them from the model as usual.
 
     Each loss part is normalised by `num_items_in_batch` (sequences for classification, target
-    tokens for causal LM), so gradients with gradient accumulation equal those of one big batch.
+    tokens for causal LM), so gradients with gradient accumulation equal those of one big batch; in
+    evaluation each batch is a mean over the items it holds, counted by the same rule.
     The parts are logged unweighted as `loss_kd`, `loss_ce`, `loss_hidden` and `loss_attention`,
     averaged over the logging interval like `loss`.
 
@@ -263,6 +264,11 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        if not model.training:
+            # `prediction_step` counts the items itself by the Trainer's rule (GPT-2's labels unshifted,
+            # padding that kept its labels, labelled classifier rows only), never through
+            # `get_batch_samples`: an evaluation batch is a mean over the items target_mask counts in it
+            num_items_in_batch = None
         if self._use_fused_loss(inputs, return_outputs):
             return self._fused_compute_loss(model, inputs, num_items_in_batch)
         args = self.args
@@ -450,6 +456,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         scored = kd_positions
         if labels is not None:
             scored = target_labels.ne(-100) if scored is None else scored | target_labels.ne(-100)
+        if scored is None:  # no soft targets and no labels (hidden states or attention alone): no row is scored
+            scored = torch.zeros_like(row_mask)
         rows = scored.reshape(-1).nonzero().squeeze(1)
         flat = lambda tensor: tensor.reshape(-1, *tensor.shape[2:]).index_select(0, rows)  # noqa: E731
         fused = {}

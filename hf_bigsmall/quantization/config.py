@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..utils.files import check_replaceable, is_kit_folder
+
 # key of the record that `quantize` adds to config.json (beside `distillation`, `sparsity`)
 QUANTIZATION_KEY = "quantization"
 ONNX_FILE = "model.onnx"
@@ -126,3 +128,39 @@ def is_onnx_folder(model_dir: str | Path) -> bool:
     model_dir = Path(model_dir)
     return ((model_dir / ONNX_FILE).is_file() and (model_dir / "config.json").is_file()
             and not (model_dir / "genai_config.json").is_file())
+
+
+def check_quantized_output(model_dir: str | Path, output_dir: str | Path) -> None:
+    """Refuse an `output_dir` that an export may not write, before anything is written.
+
+    Every backend that writes through the kit's `.partial` folders (ONNX Runtime, torchao, GGUF) follows one
+    rule: only a folder the kit wrote *and* whose `config.json` carries a quantization record (an earlier
+    quantized export) is replaced. A folder the kit wrote without that record is a trained model (a
+    distilled or pruned student, a teacher) and is never replaced by an export of another model.
+
+    Raises:
+        ValueError: `output_dir` is `model_dir`, a file or a link, or a folder with something in it that is
+            not a quantized folder the kit wrote; the message names it. Nothing is changed.
+    """
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if output_dir.resolve() == model_dir.resolve():
+        raise ValueError(f"output_dir {output_dir} is the model's own folder: write the quantized model into a new "
+                         "folder (the full-precision model stays as it is).")
+    # the kit's marker and the kit's quantization record: a GGUF file or another tool's model.onnx says
+    # nothing about who owns the rest of the folder, and the marker alone is on every model the kit saves
+    if output_dir.is_dir() and not output_dir.is_symlink() and any(output_dir.iterdir()):
+        if not (is_kit_folder(output_dir) and _has_kit_record(output_dir)):
+            raise ValueError(f"{output_dir} already exists and is not a quantized model folder written by hf_bigsmall: "
+                             "it is left as it is, with everything in it. Choose another output_dir, or move or "
+                             "delete that folder yourself (only a folder an earlier quantized export wrote is "
+                             "replaced).")
+    check_replaceable(output_dir)  # a file or a link there is refused too
+
+
+def _has_kit_record(folder: Path) -> bool:
+    """Whether `folder/config.json` carries the kit's own quantization record."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and isinstance(config.get(QUANTIZATION_KEY), dict)

@@ -271,7 +271,15 @@ def export_genai(
 
 
 def _publish(build_dir: Path, output_dir: Path) -> None:
-    """Rename the finished build into place; an earlier export there is moved aside, then removed."""
+    """Rename the finished build into place; an earlier export there is moved aside, then removed.
+
+    The folder is checked again here: the build takes minutes, and a folder of the user's may have
+    appeared at `output_dir` since `check_genai_source` ran. Such a folder is refused and kept.
+    """
+    if (output_dir.is_symlink() or (output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
+                                    and not _is_kit_folder(output_dir))):
+        raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall's GenAI export: "
+                         "it is left as it is. Choose another output_dir or remove it yourself.")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(build_dir, 0o777 & ~umask)  # mkdtemp made it private; the folder gets the usual permissions

@@ -27,9 +27,9 @@ import numpy as np
 from transformers.utils import logging
 
 from ..hub.card import build_model_card
-from ..utils.files import check_replaceable, fresh_partial_dir, publish_dir
+from ..utils.files import fresh_partial_dir, publish_dir
 from ..utils.import_utils import is_llama_cpp_available, require
-from .config import QUANTIZATION_KEY
+from .config import QUANTIZATION_KEY, check_quantized_output
 
 logger = logging.get_logger(__name__)
 
@@ -347,7 +347,7 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         model_dir: a folder written by `save_pretrained` (a `LlamaForCausalLM`, pruned or not, or a
             `GPT2LMHeadModel`) with its
             tokenizer (`tokenizer.json`, byte-level BPE).
-        output_dir: the new folder; only a folder the kit wrote is replaced.
+        output_dir: the new folder; only an earlier quantized export the kit wrote is replaced.
         method: `"f32"`, `"f16"`, `"q8_0"`, `"q5_0"`, `"q4_1"`, `"q4_0"`, `"q4_k_m"` (needs llama-cpp-python
             and widths that are multiples of 256), or `"int8"` (= q8_0) / `"int4"` (q4_k_m where it can be made, else q4_0).
 
@@ -356,7 +356,7 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
 
     Raises:
         ValueError: see `check_gguf_request`; also an `output_dir` that is the model's folder or a
-            folder the kit did not write.
+            folder other than an earlier quantized export the kit wrote (a trained model is never replaced).
         ImportError: the `gguf` extra (or, for Q4_K_M, `llamacpp`) is missing; the message names it.
 
     Example:
@@ -370,9 +370,7 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     """
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     plan = check_gguf_request(model_dir, method)
-    if output_dir.resolve() == model_dir.resolve():
-        raise ValueError(f"output_dir {output_dir} is the model's own folder: export into a new folder.")
-    check_replaceable(output_dir)
+    check_quantized_output(model_dir, output_dir)  # only an earlier quantized export is replaced, as quantize does
 
     import gguf  # noqa: F401  (checked by check_gguf_request)
 

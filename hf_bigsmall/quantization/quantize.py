@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
 from transformers.utils import logging
 
-from ..utils.files import check_replaceable, fresh_partial_dir, is_kit_folder, publish_dir
-from .config import QUANTIZATION_KEY, plan_quantization, quantization_of
+from ..utils.files import fresh_partial_dir, publish_dir
+from .config import QUANTIZATION_KEY, check_quantized_output, plan_quantization, quantization_of
 from .genai import GENAI_BACKEND, export_genai
 
 logger = logging.get_logger(__name__)
@@ -24,28 +23,6 @@ LOADING = {
     "gguf": 'llama-cli -m {path}/model-<TYPE>.gguf  # or llama_cpp.Llama(...), or Ollama: FROM ./model-<TYPE>.gguf',
     "onnxruntime-genai": 'onnxruntime_genai.Model("{path}")  # or hf_bigsmall.quantization.genai.GenAIModelRunner',
 }
-
-
-def _check_output(model_dir: Path, output_dir: Path) -> None:
-    if output_dir.resolve() == model_dir.resolve():
-        raise ValueError(f"output_dir {output_dir} is the model's own folder: quantize into a new folder "
-                         "(the fp32 model stays as it is).")
-    # only a folder `quantize` itself wrote is replaced: the kit's marker and the kit's quantization record.
-    # A GGUF file or another tool's model.onnx says nothing about who owns the rest of the folder.
-    if output_dir.is_dir() and not output_dir.is_symlink() and any(output_dir.iterdir()):
-        if not (is_kit_folder(output_dir) and _has_kit_record(output_dir)):
-            raise ValueError(f"{output_dir} already exists and is not a quantized model folder written by hf_bigsmall: "
-                             "it is left as it is, with everything in it. Choose another output_dir, or move or "
-                             "delete that folder yourself (only a folder `quantize` wrote is replaced).")
-    check_replaceable(output_dir)  # a file or a link there is refused too
-
-
-def _has_kit_record(folder: Path) -> bool:
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(config, dict) and isinstance(config.get(QUANTIZATION_KEY), dict)
 
 
 def quantize(
@@ -132,7 +109,7 @@ def quantize(
     if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):
         raise ValueError(f"{model_dir} has no tokenizer: save it beside the model (tokenizer.save_pretrained) so the "
                          "quantized folder is usable on its own.")
-    _check_output(model_dir, output_dir)
+    check_quantized_output(model_dir, output_dir)
     auto_class = AutoModelForSequenceClassification if task == CLASSIFICATION else AutoModelForCausalLM
     record = {"method": plan.method, "scheme": plan.scheme, "backend": plan.backend, "device": plan.device,
               "source": str(model_dir)}

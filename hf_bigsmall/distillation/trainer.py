@@ -383,11 +383,15 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         if row_mask is not None:
             invalid = invalid & row_mask
         if bool(invalid.any()):  # one small reduction per step, checked on the host
-            where = "sequences" if row_mask is None else "(sequence, position) pairs"
-            found = invalid.nonzero().tolist()[:5]
+            if row_mask is None:
+                where = f"sequences of this batch (first {invalid.nonzero().flatten().tolist()[:5]})"
+            elif invalid.dim() == 2:
+                where = f"(sequence, position) pairs of this batch (first {invalid.nonzero().tolist()[:5]})"
+            else:  # the fused head's flattened scored positions, one chunk at a time: no batch indices to give
+                where = "scored positions of one chunk of this batch"
             raise ValueError(
-                f"the teacher's logits are NaN or infinite at {int(invalid.sum())} {where} of this batch (first "
-                f"{found}) at step {self.state.global_step}: the soft targets would make the student's weights "
+                f"the teacher's logits are NaN or infinite at {int(invalid.sum())} {where} "
+                f"at step {self.state.global_step}: the soft targets would make the student's weights "
                 "NaN. Check the teacher (a float16 teacher can overflow: teacher_dtype='bfloat16' or 'float32') "
                 "and those inputs."
             )

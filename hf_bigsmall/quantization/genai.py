@@ -177,7 +177,7 @@ def _probe(model_dir: Path, build_dir: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..reporting.compare import count_parameters
+    from ..pruning.parameters import count_parameters
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     token_ids = tokenizer(_PROBE_TEXT)["input_ids"]
@@ -344,7 +344,7 @@ class GenAIModelRunner:
         import torch
         from transformers import AutoConfig
 
-        from ..reporting.compare import CAUSAL_LM
+        from ..utils.heads import TEXT_GENERATION as CAUSAL_LM
 
         self.path = Path(model_dir)
         if not is_genai_folder(self.path):

@@ -88,7 +88,8 @@ def quantize(
         AutoTokenizer,
     )
 
-    from ..reporting.compare import CLASSIFICATION, count_parameters, task_of
+    from ..pruning.parameters import count_parameters
+    from ..reporting.compare import CLASSIFICATION, task_of
 
     if backend == "gguf":  # llama.cpp / Ollama: a causal-LM file format with its own types and checks
         from .gguf_export import export_gguf

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..pruning.parameters import count_parameters
 from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_head
 from .report import write_report
@@ -235,34 +235,6 @@ def load_model(path: str | os.PathLike) -> PreTrainedModel:
     config = AutoConfig.from_pretrained(path)
     auto_class = AutoModelForSequenceClassification if task_of(config) == CLASSIFICATION else AutoModelForCausalLM
     return auto_class.from_pretrained(path).eval()
-
-
-def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> tuple[int, int, float]:
-    """(parameters, non-zero parameters, sparsity of the pruned weights).
-
-    Tied weights count once, as `model.parameters()` yields them once. Sparsity is the pruning
-    package's figure (`sparsity_report(...).global_sparsity`) over the layers that `model_dir`'s
-    `sparsity_masks.safetensors` says were pruned, else over the Linear layers of the transformer
-    blocks, so embeddings and biases that are zero by construction never read as pruning.
-    """
-    import torch
-    from safetensors import safe_open
-
-    from ..pruning.io import SPARSITY_MASKS_NAME
-    from ..pruning.masks import sparsity_report
-
-    if hasattr(model, "parameter_counts"):  # a runner without torch parameters reports the model it runs
-        return model.parameter_counts()
-    with torch.no_grad():
-        total = sum(p.numel() for p in model.parameters())
-        nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
-    target_modules = None
-    masks_file = model_dir / SPARSITY_MASKS_NAME if model_dir is not None else None
-    if masks_file is not None and masks_file.is_file():
-        with safe_open(str(masks_file), framework="pt") as masks:
-            pruned = [name.removesuffix(".weight") for name in masks.keys()]
-        target_modules = "|".join(re.escape(name) for name in pruned) or None
-    return total, nonzero, sparsity_report(model, target_modules).global_sparsity
 
 
 def size_on_disk_mb(model_dir: Path) -> float:

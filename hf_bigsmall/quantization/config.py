@@ -120,6 +120,23 @@ def quantization_of(model_dir: str | Path) -> dict[str, Any] | None:
     return None
 
 
+def check_full_precision_source(model_dir: str | Path) -> Path:
+    """`model_dir` as a Path, once it is a saved model folder that is not quantized already.
+
+    Raises:
+        ValueError: no `config.json` there, or the folder holds a quantized model (quantizing it again
+            would stack two roundings): the message says to give the full-precision folder.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir} is not a saved model folder (no config.json).")
+    existing = quantization_of(model_dir)
+    if existing is not None:
+        raise ValueError(f"{model_dir} is already quantized ({existing.get('method')} with {existing.get('backend')}): "
+                         "give the original full-precision folder instead.")
+    return model_dir
+
+
 def is_onnx_folder(model_dir: str | Path) -> bool:
     """True for a folder written by the ONNX Runtime backend (`model.onnx` beside `config.json`).
 

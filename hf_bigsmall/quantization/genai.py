@@ -89,19 +89,13 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
     from transformers import AutoConfig
 
     from ..utils.import_utils import require
-    from .config import quantization_of
+    from .config import check_full_precision_source
 
     if scheme not in GENAI_SCHEMES:
         raise ValueError(f"ONNX Runtime GenAI exports one of {GENAI_SCHEMES}, got {scheme!r}.")
     require("onnxruntime_genai")
     require("onnx_ir")
-    model_dir, output_dir = Path(model_dir), Path(output_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ValueError(f"{model_dir} is not a saved model folder (no config.json).")
-    existing = quantization_of(model_dir)
-    if existing is not None:
-        raise ValueError(f"{model_dir} is already quantized ({existing.get('method')} with {existing.get('backend')}): "
-                         "export the original full-precision folder instead.")
+    model_dir, output_dir = check_full_precision_source(model_dir), Path(output_dir)
     config = AutoConfig.from_pretrained(model_dir)
     architectures = list(getattr(config, "architectures", None) or [])
     if any(name.endswith("ForSequenceClassification") for name in architectures):

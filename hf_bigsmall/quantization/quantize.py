@@ -9,7 +9,7 @@ from pathlib import Path
 from transformers.utils import logging
 
 from ..utils.files import fresh_partial_dir, publish_dir
-from .config import QUANTIZATION_KEY, check_quantized_output, plan_quantization, quantization_of
+from .config import QUANTIZATION_KEY, check_full_precision_source, check_quantized_output, plan_quantization
 from .genai import GENAI_BACKEND, export_genai
 
 logger = logging.get_logger(__name__)
@@ -98,13 +98,7 @@ def quantize(
     plan = plan_quantization(method, device, backend)
     if plan.backend == GENAI_BACKEND:  # a causal-LM engine with its own builder, checks and folder: genai.py
         return export_genai(model_dir, output_dir, plan.method)
-    model_dir, output_dir = Path(model_dir), Path(output_dir)
-    if not (model_dir / "config.json").is_file():
-        raise ValueError(f"{model_dir} is not a saved model folder (no config.json).")
-    existing = quantization_of(model_dir)
-    if existing is not None:
-        raise ValueError(f"{model_dir} is already quantized ({existing.get('method')} with {existing.get('backend')}): "
-                         "quantize the original full-precision folder instead.")
+    model_dir, output_dir = check_full_precision_source(model_dir), Path(output_dir)
     config = AutoConfig.from_pretrained(model_dir)
     task = task_of(config)  # a model without a classification or causal LM head raises here
     if not any((model_dir / name).is_file() for name in _TOKENIZER_FILES):

@@ -258,11 +258,18 @@ def drop_stale(folder: Path) -> None:
             echo(f"      removed {path}: an earlier run left it, this one does not make it")
 
 
-def drop_stale_file(path: Path) -> None:
-    """Remove a file an earlier run left and this one does not make."""
-    if path.is_file():
+def drop_stale_augmentation(path: Path) -> None:
+    """Remove the augmented copies an earlier run cached at `path` when this run makes none.
+
+    Only a cache the kit wrote goes; a file of the same name that is not one stays as it is.
+    """
+    from .data.augment import is_augmentation_cache
+
+    if is_augmentation_cache(path):
         path.unlink()
         echo(f"      removed {path}: an earlier run left it, this one does not make it")
+    elif path.exists():
+        echo(f"      left {path} as it is: not an augmentation cache this pipeline wrote")
 
 
 def _stage(number: int, text: str) -> float:
@@ -420,6 +427,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from . import EnergyCallback, MagnitudePruningCallback, compact, make_student
+    from .data.augment import is_augmentation_cache
     from .energy.lineage import build_lineage, save_lineage
     from .hub.card import build_model_card, hub_id
     from .quantization.config import is_onnx_folder
@@ -441,6 +449,10 @@ def run_quickstart(args: QuickstartArguments) -> Path:
 
     check_output_dir(output_dir, "text-classification")
     eval_split = _evaluation_split(args.dataset)  # checked before any training
+    augmented = output_dir / "augmented.json"
+    if args.augment_ratio and augmented.exists() and not is_augmentation_cache(augmented):
+        raise ValueError(f"{augmented} exists and is not an augmentation cache this pipeline wrote; nothing was "
+                         "written. Move or delete it, or choose another --output_dir.")
 
     start = _stage(1, f"Teacher: fine-tune {args.teacher} ({args.teacher_steps} steps; reused if made from the same inputs)")
     tokenizer = AutoTokenizer.from_pretrained(assets.resolve_model(args.teacher))
@@ -480,7 +492,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     student = make_student(teacher, num_layers=args.student_layers, hidden_size=args.student_hidden_size)
     extras, training_data = _extra_rows(args, teacher, tokenizer, dataset["train"], output_dir)
     if not args.augment_ratio:
-        drop_stale_file(output_dir / "augmented.json")
+        drop_stale_augmentation(output_dir / "augmented.json")
     distill_teacher, distill_data = teacher, dataset
     if args.cache_teacher_logits:  # the teacher runs once here; both distillation stages read its logits
         distill_teacher = None

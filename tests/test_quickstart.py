@@ -297,3 +297,30 @@ def test_a_folder_at_the_cache_name_is_removed_only_when_it_is_a_teacher_logit_c
                                                              "rows_digest": "d"}))
         drop_stale(cache)
         assert not cache.exists(), name
+
+
+def test_a_file_at_the_augmentation_name_is_removed_or_replaced_only_when_the_kit_wrote_it(tmp_path, capsys):
+    from hf_bigsmall.data.augment import cached_augmentation, is_augmentation_cache
+    from hf_bigsmall.quickstart import QuickstartArguments, drop_stale_augmentation, run_quickstart
+
+    mine = tmp_path / "augmented.json"
+    for text in ('{"texts": ["my notes"]}', "not json at all"):
+        mine.write_text(text)
+        assert not is_augmentation_cache(mine)
+        drop_stale_augmentation(mine)
+        assert mine.read_text() == text and "left" in capsys.readouterr().out
+        with pytest.raises(ValueError, match="not an augmentation cache written by hf_bigsmall"):
+            cached_augmentation(mine, ["a fine film"], None, torch.zeros(2, 2))
+        assert mine.read_text() == text
+    # the quickstart refuses it before its first stage writes anything
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "augmented.json").write_text("mine")
+    with pytest.raises(ValueError, match="not an augmentation cache this pipeline wrote"):
+        run_quickstart(QuickstartArguments(output_dir=str(out), fast=True, augment_ratio=1.0))
+    assert sorted(p.name for p in out.iterdir()) == ["augmented.json"]
+    # a cache the kit wrote goes
+    mine.write_text(json.dumps({"key": {"seed": 1}, "record": {"samples": 1}, "texts": ["x"]}))
+    assert is_augmentation_cache(mine)
+    drop_stale_augmentation(mine)
+    assert not mine.exists()

@@ -147,6 +147,24 @@ def augment_texts(
     return copies
 
 
+def _read_augmentation_cache(path: Path) -> dict[str, Any] | None:
+    """The saved cache at `path` when it is one `cached_augmentation` wrote, else None."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (isinstance(saved, dict) and set(saved) == {"key", "record", "texts"} and isinstance(saved["key"], dict)
+            and isinstance(saved["record"], dict) and isinstance(saved["texts"], list)):
+        return saved
+    return None
+
+
+def is_augmentation_cache(path: str | Path) -> bool:
+    """Whether `path` is a file that `cached_augmentation` wrote (and so may be replaced or removed)."""
+    path = Path(path)
+    return path.is_file() and _read_augmentation_cache(path) is not None
+
+
 def cached_augmentation(
     path: str | os.PathLike,
     texts: list[str],
@@ -183,12 +201,14 @@ def cached_augmentation(
     settings = {"ratio": ratio, "replace_probability": replace_probability, "top_k": top_k, "seed": seed}
     key = {**settings, "inputs": digest.hexdigest()[:32]}
     path = Path(path)
-    if path.is_file():
-        try:
-            saved = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):  # damaged: made again below
-            saved = {}
-        if isinstance(saved, dict) and saved.get("key") == key and isinstance(saved.get("texts"), list):
+    if path.exists():
+        saved = _read_augmentation_cache(path)
+        if saved is None:  # someone else's file: never replaced
+            raise ValueError(
+                f"{path} exists and is not an augmentation cache written by hf_bigsmall; nothing was written. "
+                "Move or delete it, or pass another path."
+            )
+        if saved["key"] == key:
             logger.info("Reusing the %d augmented texts in %s", len(saved["texts"]), path)
             return saved["texts"], saved["record"]
     words = {piece for text in texts for piece in _PIECES.findall(text)}

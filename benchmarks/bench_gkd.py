@@ -113,6 +113,8 @@ def main():
     print(f"{'mode':<22} {'median s/step':>14} {'peak MB':>9}")
     for mode in MODES:
         print(f"{mode:<22} {statistics.median(times[mode]):>14.3f} {memory[mode]:>9.0f}")
+    for mode in MODES:
+        print(f"{mode:<22} rounds: " + ", ".join(f"{t:.2f}" for t in times[mode]))
     paired = statistics.median(b / a for a, b in zip(times["trl_gkd_step"], times["hf_bigsmall_jsd_step"]))
     print(f"hf_bigsmall / TRL GKD step time: median of per-round ratios {paired:.3f}")
 

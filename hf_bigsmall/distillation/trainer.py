@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
 from ..losses import attention_loss, hidden_state_loss, invalid_logit_rows, kd_loss, target_mask
-from ..utils.trainer import BigSmallTrainerMixin
+from ..trainer import BigSmallTrainerMixin
 from .cache import (
     CACHE_COLUMNS,
     TeacherLogitsCollator,

@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..energy.card import co2_eq_emissions
+from ..energy.callback import EnergyCallback
+from ..energy.card import ENERGY_FILE_NAME, co2_eq_emissions
 from ..energy.lineage import lineage_co2_eq_emissions, lineage_lines, load_lineage
 from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines, speed_caveat, timing_lines
 from ..utils.files import PARTIAL_SUFFIX, atomic_write_text
@@ -505,8 +506,6 @@ def _trainer_draft(trainer, options: dict[str, Any], existing: ModelCard | None)
 
 
 def _writes_energy(trainer) -> bool:
-    from ..energy.callback import EnergyCallback
-
     return all(cb.add_to_model_card for cb in trainer.callback_handler.callbacks if isinstance(cb, EnergyCallback))
 
 
@@ -526,8 +525,6 @@ def write_trainer_card(trainer, *args: Any, **kwargs: Any) -> Path | None:
     failed: a warning says why, and the caller may fall back to the Trainer's own draft).
     """
     from transformers.utils import logging
-
-    from ..energy.card import ENERGY_FILE_NAME, co2_eq_emissions
 
     logger = logging.get_logger(__name__)
     options = dict(zip(_CREATE_MODEL_CARD_ARGS, args)) | kwargs

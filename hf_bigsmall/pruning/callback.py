@@ -13,9 +13,9 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..trainer_context import running_trainer
 from ..utils.distributed import full_tensor, is_sharded, shard_like, unsharded
 from ..utils.files import publishing
-from ..utils.trainer import running_trainer
 from .config import PruningConfig
 from .io import (
     SPARSITY_REWIND_NAME,

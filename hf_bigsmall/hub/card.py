@@ -329,6 +329,34 @@ def _writes_energy(trainer) -> bool:
     return all(cb.add_to_model_card for cb in trainer.callback_handler.callbacks if isinstance(cb, EnergyCallback))
 
 
+def _draft_card_text(draft: ModelCard, output_dir: Path, energy: bool) -> str:
+    """Before a model is saved there is nothing to describe: the Trainer's draft, with the run's emissions."""
+    if energy and (output_dir / ENERGY_FILE_NAME).is_file():
+        draft.data.co2_eq_emissions = co2_eq_emissions(output_dir / ENERGY_FILE_NAME)
+    return str(draft)
+
+
+def _kit_card_text(trainer, options: dict[str, Any], draft: ModelCard, output_dir: Path, energy: bool) -> str:
+    """The kit's card of the saved model, built from the Trainer's card options, with the draft's training sections."""
+    tags = options.get("tags")
+    tags = [tags] if isinstance(tags, str) else list(tags or [])
+    tags += [tag for tag in (draft.data.tags or []) if tag not in tags]
+    dataset = options.get("dataset")
+    dataset = dataset[0] if isinstance(dataset, (list, tuple)) and dataset else dataset
+    # `push_to_hub` passes the last part of `hub_model_id` as model_name: use the full id when they agree
+    model_name, hub_model_id = options.get("model_name"), getattr(trainer.args, "hub_model_id", None)
+    same = hub_model_id and (model_name is None or hub_model_id.split("/")[-1] == model_name)
+    card = build_model_card(
+        output_dir, repo_id=hub_model_id if same else model_name,
+        dataset=dataset, base_model=options.get("finetuned_from"), license=options.get("license") or "apache-2.0",
+        language=options.get("language") or "en", tags=tags, energy=energy,
+    )
+    text = str(card)
+    if _TRAINER_SECTIONS in draft.text:
+        text = text.rstrip("\n") + "\n\n" + draft.text[draft.text.index(_TRAINER_SECTIONS):]
+    return text
+
+
 def write_trainer_card(trainer, *args: Any, **kwargs: Any) -> Path | None:
     """Write `output_dir/README.md` once: the kit's card, with the Trainer's training sections below.
 
@@ -356,31 +384,13 @@ def write_trainer_card(trainer, *args: Any, **kwargs: Any) -> Path | None:
     try:
         from huggingface_hub import ModelCard
 
-        existing = ModelCard.load(readme) if readme.is_file() else None
-        draft = _trainer_draft(trainer, options, existing)
-        if not (output_dir / "config.json").is_file():
+        draft = _trainer_draft(trainer, options, ModelCard.load(readme) if readme.is_file() else None)
+        if (output_dir / "config.json").is_file():
+            text = _kit_card_text(trainer, options, draft, output_dir, energy)
+        else:
             logger.warning(f"No model saved in {output_dir} yet, so its card is the Trainer's draft: "
                            "call `trainer.save_model()` before `create_model_card()`.")
-            if energy and (output_dir / ENERGY_FILE_NAME).is_file():
-                draft.data.co2_eq_emissions = co2_eq_emissions(output_dir / ENERGY_FILE_NAME)
-            text = str(draft)
-        else:
-            tags = options.get("tags")
-            tags = [tags] if isinstance(tags, str) else list(tags or [])
-            tags += [tag for tag in (draft.data.tags or []) if tag not in tags]
-            dataset = options.get("dataset")
-            dataset = dataset[0] if isinstance(dataset, (list, tuple)) and dataset else dataset
-            # `push_to_hub` passes the last part of `hub_model_id` as model_name: use the full id when they agree
-            model_name, hub_model_id = options.get("model_name"), getattr(trainer.args, "hub_model_id", None)
-            same = hub_model_id and (model_name is None or hub_model_id.split("/")[-1] == model_name)
-            card = build_model_card(
-                output_dir, repo_id=hub_model_id if same else model_name,
-                dataset=dataset, base_model=options.get("finetuned_from"), license=options.get("license") or "apache-2.0",
-                language=options.get("language") or "en", tags=tags, energy=energy,
-            )
-            text = str(card)
-            if _TRAINER_SECTIONS in draft.text:
-                text = text.rstrip("\n") + "\n\n" + draft.text[draft.text.index(_TRAINER_SECTIONS):]
+            text = _draft_card_text(draft, output_dir, energy)
         atomic_write_text(readme, text)  # never a half-written card
         return readme
     except Exception as error:  # noqa: BLE001 - the card is documentation; the save or upload goes on

@@ -10,7 +10,6 @@ import dataclasses
 from ..utils.card_text import settings_table
 from ..utils.records import ConfigRecord
 from .config import QUANTIZATION_KEY
-from .genai import usage_snippet as genai_usage_snippet
 
 # the settings the card lists, in this order
 _CARD_SETTINGS = ("method", "scheme", "backend", "backend_version", "device", "format", "source",
@@ -32,12 +31,26 @@ def _gguf_how_to_use(file_name: str, repo_id: str | None) -> list[str]:
             "```"]
 
 
+def _genai_usage_snippet(where: str) -> list[str]:
+    """Greedy generation with onnxruntime-genai alone, for a GenAI folder."""
+    return ["import onnxruntime_genai as og", "",
+            f'model = og.Model("{where}")',
+            "tokenizer = og.Tokenizer(model)",
+            "params = og.GeneratorParams(model)",
+            "params.set_search_options(max_length=64, do_sample=False)",
+            "generator = og.Generator(model, params)",
+            'generator.append_tokens(tokenizer.encode("The capital of France is"))',
+            "while not generator.is_done():",
+            "    generator.generate_next_token()",
+            "print(tokenizer.decode(generator.get_sequence(0)))"]
+
+
 def _how_to_use(record: QuantizationRecord, repo_id: str | None, model_name: str) -> list[str] | None:
     """The card's "How to use" for the engine of `record`'s folder; None when transformers loads it."""
     # from the Hub: snapshot_download(repo_id) first, then this folder; never the local path of the machine
     where = repo_id or model_name
     if record.format == "onnxruntime-genai":  # an LLM engine export: its own loader
-        return ["## How to use", "", "```python", *genai_usage_snippet(where), "```"]
+        return ["## How to use", "", "```python", *_genai_usage_snippet(where), "```"]
     if record.format == "onnx":
         return ["## How to use", "", "```python", "import onnxruntime", "from transformers import AutoTokenizer", "",
                 f'tokenizer = AutoTokenizer.from_pretrained("{where}")',

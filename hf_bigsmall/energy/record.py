@@ -24,7 +24,15 @@ from .lineage import lineage_co2_eq_emissions, lineage_lines, load_lineage
 
 @dataclasses.dataclass
 class EnergyRecord:
-    """The training run of a model, as `energy.json` holds it (`energy_kwh`, `co2_grams`, `energy_source`, ...)."""
+    """The training run of a model, as `energy.json` holds it (`energy_kwh`, `co2_grams`, `energy_source`, ...).
+
+    Example:
+
+    ```python
+    >>> EnergyRecord.from_folder("out/student").co2_eq_emissions()["emissions"]  # grams
+    12.4
+    ```
+    """
 
     data: dict[str, Any]
 
@@ -49,7 +57,15 @@ class EnergyRecord:
 
 @dataclasses.dataclass
 class LineageRecord:
-    """The runs a model came from, as `emissions.json` holds them (see `hf_bigsmall.energy.lineage`)."""
+    """The runs a model came from, as `emissions.json` holds them (see `hf_bigsmall.energy.lineage`).
+
+    Example:
+
+    ```python
+    >>> LineageRecord.from_folder("out/student-compact").card_section()[0]
+    '## Emissions of the runs it came from'
+    ```
+    """
 
     data: dict[str, Any]
 

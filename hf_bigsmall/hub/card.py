@@ -111,6 +111,15 @@ class _Steps:
         return self.distillation.teacher if self.distillation else None
 
     @property
+    def named_teacher(self) -> str | None:
+        """The teacher when it has a name (one built in memory is recorded by its class name)."""
+        return self.distillation.named_teacher if self.distillation else None
+
+    @property
+    def dataset(self) -> str | None:
+        return self.distillation.dataset if self.distillation else None
+
+    @property
     def pruned(self) -> bool:
         return bool(self.sparsity or self.width)
 
@@ -240,8 +249,8 @@ def build_model_card(
     energy_record = EnergyRecord.from_folder(model_dir) if energy else None
     lineage = LineageRecord.from_folder(model_dir)
 
-    base_model = hub_id(base_model or (steps.distillation.named_teacher if steps.distillation else None))
-    dataset = dataset or (report or {}).get("dataset") or (steps.distillation.dataset if steps.distillation else None)
+    base_model = hub_id(base_model or steps.named_teacher)
+    dataset = dataset or (report or {}).get("dataset") or steps.dataset
     architecture = (config.get("architectures") or [""])[0]
     head = task_head(architecture)
     pipeline_tag = head.pipeline_tag if head is not None else None

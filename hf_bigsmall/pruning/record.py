@@ -105,7 +105,15 @@ class SparsityRecord(ConfigRecord):
 
 @dataclasses.dataclass
 class WidthRecord(ConfigRecord):
-    """Units `prune_width` removed from every kept block: each width as `[before, after]`, and the criterion."""
+    """Units `prune_width` removed from every kept block: each width as `[before, after]`, and the criterion.
+
+    Example:
+
+    ```python
+    >>> WidthRecord(intermediate_size=[1536, 1024]).card_section()[-2]
+    '| intermediate size | 1,536 | 1,024 |'
+    ```
+    """
 
     KEY = "width_pruning"
 
@@ -129,7 +137,15 @@ class WidthRecord(ConfigRecord):
 
 @dataclasses.dataclass
 class VocabularyTrimmingRecord(ConfigRecord):
-    """The vocabulary `trim_vocabulary` kept: the tokens used by `num_texts` training texts."""
+    """The vocabulary `trim_vocabulary` kept: the tokens used by `num_texts` training texts.
+
+    Example:
+
+    ```python
+    >>> VocabularyTrimmingRecord.from_config(trimmed.config).vocab_size
+    4000
+    ```
+    """
 
     KEY = "vocabulary_trimming"
 

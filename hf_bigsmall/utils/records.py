@@ -29,6 +29,19 @@ class ConfigRecord:
     Subclasses set `KEY` (the block's key in `config.json`), declare their keys as dataclass fields,
     may name a field differently from its key (`DISK_NAMES`, e.g. `{"source": "from"}`), and may hold
     nested records (`NESTED`, field name -> record class).
+
+    Example:
+
+    ```python
+    >>> @dataclasses.dataclass
+    ... class MergeRecord(ConfigRecord):
+    ...     KEY = "merge"
+    ...     method: str | None = None
+    >>> record = MergeRecord.from_dict({"method": "ties", "density": 0.5})
+    >>> record.method, record.extra, record.to_dict()
+    ('ties', {'density': 0.5}, {'method': 'ties', 'density': 0.5})
+    >>> record.write(model.config)  # config.json gets {"merge": {"method": "ties", "density": 0.5}}
+    ```
     """
 
     KEY: ClassVar[str] = ""

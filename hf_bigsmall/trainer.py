@@ -24,7 +24,7 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from .hub.card import write_trainer_card
+from .hub.trainer_card import write_trainer_card
 from .trainer_context import RUNNING_TRAINER, running_trainer
 
 __all__ = ["BigSmallTrainer", "BigSmallTrainerMixin", "running_trainer"]
@@ -61,7 +61,7 @@ class BigSmallTrainerMixin:
       `sparsity_masks.safetensors` beside the weights.
     - `create_model_card` (also run by `push_to_hub`): writes README.md once, as the kit's card
       (how the model was distilled and pruned, `co2_eq_emissions` from `energy.json`) with the
-      Trainer's training sections kept below; see `hf_bigsmall.hub.card.write_trainer_card`.
+      Trainer's training sections kept below; see `hf_bigsmall.hub.trainer_card.write_trainer_card`.
 
     Example:
 

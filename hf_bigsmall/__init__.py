@@ -15,8 +15,8 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY_IMPORTS: dict[str, str] = {
     # the seam between a Trainer and the kit's callbacks
-    "BigSmallTrainerMixin": "hf_bigsmall.utils.trainer",
-    "BigSmallTrainer": "hf_bigsmall.utils.trainer",
+    "BigSmallTrainerMixin": "hf_bigsmall.trainer",
+    "BigSmallTrainer": "hf_bigsmall.trainer",
     # distillation
     "DistillationConfig": "hf_bigsmall.distillation.config",
     "DistillationTrainer": "hf_bigsmall.distillation.trainer",
@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .pruning.width import prune_width
     from .quantization.quantize import quantize
     from .reporting.compare import compare_models
-    from .utils.trainer import BigSmallTrainer, BigSmallTrainerMixin
+    from .trainer import BigSmallTrainer, BigSmallTrainerMixin
 
 
 def __getattr__(name: str) -> Any:

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import assets
+from .distillation.record import DistillationRecord
 from .utils.console import echo
 from .utils.files import (
     KIT_MARKER,
@@ -500,7 +501,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
                                                        extras, tokenizer)}
     if training_data:  # what the student saw, for its card (kept by the trainer's own record)
         labelled = sum(1 for label in distill_data["train"]["labels"] if label != -100)
-        student.config.distillation = {"training_data": {"labelled": labelled, **training_data}}
+        DistillationRecord.from_dict({"training_data": {"labelled": labelled, **training_data}}).write(student.config)
         echo(f"      teacher logits cached for {len(distill_data['train']):,} training rows -> "
              f"{output_dir / 'teacher_logits'}")
     _distill(args, student, distill_teacher, distill_data, tokenizer, student_dir, args.distill_steps, callbacks=[])

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import assets
+from .distillation.record import DistillationRecord, TeacherCorrectionRecord
 from .quickstart import DEFAULT_OUTPUT_DIRS, check_output_dir, drop_stale, record_run
 from .utils.console import echo
 from .utils.files import atomic_write_json, fresh_partial_dir, publish_dir, publishing
@@ -210,10 +211,10 @@ def _correct_teacher(args: CausalLMQuickstartArguments, teacher, tokenizer, trai
 
     partial = fresh_partial_dir(folder)
     learning_rate = args.correct_teacher_learning_rate or args.learning_rate
-    teacher.config.teacher_correction = {  # read by its model card
-        "from": args.teacher, "dataset": args.dataset, "tokens": args.correct_teacher_steps * args.batch_size
-        * args.block_size, "steps": args.correct_teacher_steps, "data": args.correct_teacher_data,
-        "learning_rate": learning_rate}
+    TeacherCorrectionRecord(  # read by its model card
+        source=args.teacher, dataset=args.dataset, tokens=args.correct_teacher_steps * args.batch_size
+        * args.block_size, steps=args.correct_teacher_steps, data=args.correct_teacher_data,
+        learning_rate=learning_rate).write(teacher.config)
     trainer = BigSmallTrainer(model=teacher.train(), args=TrainingArguments(**_training_arguments(
                                   args, partial, args.correct_teacher_steps, learning_rate)),
                               train_dataset=train, data_collator=default_data_collator, processing_class=tokenizer,
@@ -320,7 +321,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     start = stage(f"Prune: keep the {layers} most important of {depth} blocks"
                   + "".join(f", {name}={value}" for name, value in widths.items()))
     student = make_student(teacher, num_layers=layers, teacher_layers="importance", importance=importance)
-    student.config.distillation["teacher"] = args.teacher
+    DistillationRecord.from_config(student.config).update({"teacher": args.teacher}).write(student.config)
     from .utils.import_utils import is_matplotlib_available
 
     if is_matplotlib_available():  # importance.png again, now with the dropped blocks marked
@@ -329,9 +330,10 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
         plot_importance(importance, output_dir / IMPORTANCE_PLOT_NAME,
                         kept_layers=student.config.distillation["teacher_layers"])
     if correct:  # make_student copied the teacher's own record: the student keeps it under its distillation
-        correction = student.config.teacher_correction
+        correction = TeacherCorrectionRecord.from_config(student.config).to_dict()
         del student.config.teacher_correction
-        student.config.distillation["teacher_correction"] = {k: v for k, v in correction.items() if k != "from"}
+        DistillationRecord.from_config(student.config).update(
+            {"teacher_correction": {k: v for k, v in correction.items() if k != "from"}}).write(student.config)
     kept = importance.select_layers(student.config.distillation["teacher_layers"])
     if widths:
         prune_width(student, kept, **widths)

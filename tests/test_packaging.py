@@ -134,3 +134,89 @@ def test_every_module_the_tests_import_is_installed_by_the_readme_lines():
                 if top not in sys.stdlib_module_names | available | guarded | {"hf_bigsmall", "tests"}:
                     missing.add(f"{path.relative_to(REPO_ROOT)}: {top}")
     assert not missing, sorted(missing)
+
+
+def _package_import_graph() -> dict[str, set[str]]:
+    """module -> the modules of hf_bigsmall it imports, at any depth of its code (function-local imports too).
+
+    A package's `__init__` importing its own children is no edge: importing a child runs its parent first anyway.
+    """
+    import ast
+
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(REPO_ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        graph[name] = set()
+        if path.name == "__init__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = name.split(".")[: len(name.split(".")) - node.level] if node.level else []
+                prefix = ".".join(base + ([node.module] if node.module else []))
+                targets = [prefix] + [f"{prefix}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for target in filter(None, map(resolve, targets)):
+                if target != name and not (modules[target].name == "__init__.py" and name.startswith(target + ".")):
+                    graph[name].add(target)
+    return graph
+
+
+def _import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = []
+            while not group or group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                circles.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(circles)
+
+
+# Being removed by its own change (the quantization runners and compare_models); it must not stay, nor spread.
+_KNOWN_CIRCLE = ["hf_bigsmall.quantization.runner", "hf_bigsmall.reporting.compare"]
+
+
+def test_no_two_files_of_the_package_import_each_other():
+    # `utils/` is the ground floor: it imports nothing above it
+    graph = _package_import_graph()
+    above = {m: sorted(t for t in targets if not t.startswith("hf_bigsmall.utils"))
+             for m, targets in graph.items() if m.startswith("hf_bigsmall.utils.")}
+    assert {m: t for m, t in above.items() if t} == {}
+    circles = _import_circles(graph)
+    if circles == [_KNOWN_CIRCLE]:
+        pytest.xfail("quantization.runner <-> reporting.compare is still a circle (removed with the backend registry)")
+    assert circles == []
+
+
+def test_the_circle_check_finds_a_circle():
+    assert _import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -8,6 +8,7 @@ import re
 import torch
 from transformers import PreTrainedModel
 
+from .record import DistillationRecord
 from .teacher import teacher_name
 
 # `encoder.layer.3.` (BERT), `transformer.h.3.` (GPT-2), `model.layers.3.` (Llama, Mistral, Qwen...)
@@ -132,15 +133,11 @@ def make_student(
         and getattr(config, "num_key_value_heads", None) == getattr(teacher_config, "num_key_value_heads", None)
     )
     initialized = bool(initialize_from_teacher and same_width)
-    config.distillation = {
-        "teacher": teacher_name(teacher),
-        "teacher_class": type(teacher).__name__,
-        "teacher_num_layers": depth,
-        "teacher_layers": teacher_layers,
-        "initialized_from_teacher": initialized,
-    }
-    if selection == "importance":
-        config.distillation["layer_selection"] = "block influence (ShortGPT)"
+    DistillationRecord(
+        teacher=teacher_name(teacher), teacher_class=type(teacher).__name__, teacher_num_layers=depth,
+        teacher_layers=teacher_layers, initialized_from_teacher=initialized,
+        layer_selection="block influence (ShortGPT)" if selection == "importance" else None,
+    ).write(config)
     student = type(teacher)(config)
     if initialized:
         _copy_teacher_weights(student, teacher, teacher_layers)

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, Trainer
 from transformers.utils import logging
 
 from ..losses import attention_loss, hidden_state_loss, invalid_logit_rows, kd_loss, target_mask
-from ..utils.trainer import BigSmallTrainerMixin
+from ..trainer import BigSmallTrainerMixin
 from .cache import (
     CACHE_COLUMNS,
     TeacherLogitsCollator,
@@ -29,6 +29,7 @@ from .cached_loss import cached_distillation_losses
 from .config import DistillationConfig
 from .data_checks import check_dataset, model_columns, trainer_collator
 from .fused_loss import CachedTargets, LMHead, fused_distillation_losses, lm_head_refusal
+from .record import DistillationRecord
 from .teacher import (
     check_layer_map,
     check_teacher_student,
@@ -244,7 +245,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         record.update(args.loss_settings())
         record["layer_map"] = self.layer_map
         record["hidden_projection"] = hasattr(student, PROJECTION_NAME)
-        student.config.distillation = record
+        DistillationRecord.from_dict(record).write(student.config)
 
     def _prepare_teacher(self, teacher: PreTrainedModel) -> nn.Module:
         if self.is_deepspeed_enabled:
@@ -607,7 +608,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         }
         if record["task"] == "causal_lm" and args.temperature != 1.0:  # only then is the tail estimated
             distillation["teacher_logits"]["tail"] = args.kd_tail
-        student.config.distillation = distillation
+        DistillationRecord.from_dict(distillation).write(student.config)
 
     def _set_signature_columns_if_needed(self) -> None:
         # the cached teacher columns are not forward arguments: keep them for the loss

@@ -65,8 +65,8 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
+from ..trainer_context import running_trainer
 from ..utils.files import atomic_write_json
-from ..utils.trainer import running_trainer
 from .card import ENERGY_FILE_NAME
 from .carbon import resolve_grid_intensity
 from .distributed import gather_objects, gather_readings

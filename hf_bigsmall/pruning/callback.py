@@ -13,9 +13,9 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
+from ..trainer_context import running_trainer
 from ..utils.distributed import full_tensor, is_sharded, shard_like, unsharded
 from ..utils.files import publishing
-from ..utils.trainer import running_trainer
 from .config import PruningConfig
 from .io import (
     SPARSITY_REWIND_NAME,
@@ -25,8 +25,8 @@ from .io import (
     load_tensors,
     masks_from_zeros,
     save_pruned_model,
+    record_sparsity,
     save_tensors,
-    sparsity_block,
     write_masks,
 )
 from .masks import (
@@ -212,7 +212,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         model = extract_model_from_parallel(model)
         if control.should_save:
             # the checkpoint is written right after this event: its config.json gets the block as measured now
-            model.config.sparsity = sparsity_block(model)
+            record_sparsity(model)
         if self.schedule is None:
             if control.should_log:
                 self._log(model, state, control)
@@ -229,7 +229,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 self._rewind(model, optimizer)
             pruned = True
             if control.should_save:
-                model.config.sparsity = sparsity_block(model)
+                record_sparsity(model)
         if pruned or control.should_log:
             self._log(model, state, control)
 
@@ -262,7 +262,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         """`BigSmallTrainerMixin.save_model` is about to write config.json: the `sparsity` block, measured now, goes in."""
         if model is not None and self._armed:
             model = extract_model_from_parallel(model)
-            model.config.sparsity = sparsity_block(model)
+            record_sparsity(model)
 
     def on_model_save(self, args, state, control, model=None, output_dir=None, **kwargs):
         """`BigSmallTrainerMixin.save_model` saved the model into `output_dir`: the masks go beside it."""
@@ -277,7 +277,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             self._save_round(args, model)
         if args.load_best_model_at_end and state.best_model_checkpoint:
             self._adopt_best_checkpoint(model, Path(state.best_model_checkpoint))
-        model.config.sparsity = sparsity_block(model)
+        record_sparsity(model)
         if args.should_save:
             # `trainer.save_model()` after training writes weights and config.json here; the masks wait beside them
             os.makedirs(args.output_dir, exist_ok=True)
@@ -335,7 +335,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         apply_masks(model, self.masks)
         _zero_optimizer_state(optimizer, self._masked_params)
         # config.json of any save from now on describes these masks, also a plain Trainer's save_model()
-        model.config.sparsity = sparsity_block(model)
+        record_sparsity(model)
         self._armed = True
 
     def _masks_from_zeros(self, model: nn.Module) -> dict[str, torch.Tensor]:
@@ -475,7 +475,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             getattr(optimizer, "optimizer", optimizer).state.clear()
         self.imp_round += 1
         attach_masks(model, self.masks, self._info())
-        model.config.sparsity = sparsity_block(model)
+        record_sparsity(model)
 
     def _save_round(self, args, model: nn.Module) -> None:
         """Keep the trained model of each IMP round in `output_dir/imp-round-{r}`."""

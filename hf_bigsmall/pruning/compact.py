@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from .io import attach_masks, detach_masks, sparsity_block
+from .io import attach_masks, detach_masks, record_sparsity
 from .targets import UnitGroup, _architecture, unit_groups, unit_index
 
 
@@ -262,7 +262,7 @@ def compact(model: nn.Module) -> nn.Module:
             model._sparsity_info = info
     else:
         model._sparsity_info = info
-    model.config.sparsity = sparsity_block(model)
+    record_sparsity(model)
     if not getattr(model, "_sparsity_masks", None):
         model.__dict__.pop("_sparsity_info", None)
     return model

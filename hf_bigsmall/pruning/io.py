@@ -25,6 +25,7 @@ from torch import nn
 from ..utils.distributed import shard_like
 from ..utils.files import atomic_write
 from .masks import sparsity_report
+from .record import SparsityRecord
 
 SPARSITY_MASKS_NAME = "sparsity_masks.safetensors"
 SPARSITY_REWIND_NAME = "sparsity_rewind.safetensors"
@@ -101,6 +102,11 @@ def sparsity_block(model: nn.Module) -> dict:
     return info
 
 
+def record_sparsity(model: nn.Module) -> None:
+    """Write the `sparsity` record of `model.config`, measured on the weights now."""
+    SparsityRecord.from_dict(sparsity_block(model)).write(model.config)
+
+
 def save_pruned_model(model: nn.Module, save_directory: str | os.PathLike, **kwargs) -> Path:
     """`model.save_pretrained(save_directory, **kwargs)`, plus the pruning record beside the weights.
 
@@ -117,7 +123,7 @@ def save_pruned_model(model: nn.Module, save_directory: str | os.PathLike, **kwa
     >>> save_pruned_model(compact(model), "student-pruned")  # over its pruned folder, masks stay consistent
     ```
     """
-    model.config.sparsity = sparsity_block(model)
+    record_sparsity(model)
     model.save_pretrained(save_directory, **kwargs)
     if kwargs.get("is_main_process", True):
         write_masks(model, save_directory)

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .record import VocabularyTrimmingRecord
+
 # token-id fields of a config that must follow the new numbering
 _CONFIG_TOKEN_IDS = ("pad_token_id", "bos_token_id", "eos_token_id", "sep_token_id", "cls_token_id",
                      "unk_token_id", "mask_token_id", "decoder_start_token_id")
@@ -179,7 +181,6 @@ def trim_vocabulary(model, tokenizer, texts: Iterable[str], *, min_count: int = 
         value = getattr(config, field_name, None)
         if isinstance(value, int) and value in remap:
             setattr(config, field_name, remap[value])
-    config.vocabulary_trimming = {
-        "original_vocab_size": original_size, "vocab_size": len(keep), "min_count": min_count, "num_texts": len(texts),
-    }
+    VocabularyTrimmingRecord(original_vocab_size=original_size, vocab_size=len(keep), min_count=min_count,
+                             num_texts=len(texts)).write(config)
     return model, new_tokenizer

@@ -19,6 +19,7 @@ from transformers.utils import logging
 from .compact import _keep, set_intermediate_size
 from .importance import Importance, _block_paths, _check_fields, _head_layout
 from .masks import structured_masks
+from .record import WidthRecord
 from .targets import _architecture, unit_groups
 
 logger = logging.get_logger(__name__)
@@ -260,7 +261,7 @@ def prune_width(
         return model
     record["params"] = [params_before, model.num_parameters()]
     record["criterion"] = f"activation importance (Minitron), {importance.num_samples} calibration samples"
-    config.width_pruning = record
+    WidthRecord.from_dict(record).write(config)
     return model
 
 

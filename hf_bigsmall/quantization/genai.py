@@ -24,6 +24,7 @@ from typing import Any
 from transformers.utils import logging
 
 from .config import QUANTIZATION_KEY
+from .record import QuantizationRecord
 
 logger = logging.get_logger(__name__)
 
@@ -253,7 +254,7 @@ def export_genai(
                   "format": GENAI_BACKEND, "file": "model.onnx", "source": str(model_dir),
                   **probe,
                   **({"builder_options": extra_options} if extra_options else {})}
-        setattr(config, QUANTIZATION_KEY, record)
+        QuantizationRecord.from_dict(record).write(config)
         config.save_pretrained(build_dir)
         _publish(build_dir, output_dir)
     except BaseException:  # a failed build, check or save leaves nothing half-written behind
@@ -289,20 +290,6 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def usage_snippet(where: str | os.PathLike) -> list[str]:
-    """The card's "How to use" for a GenAI folder: greedy generation with onnxruntime-genai alone."""
-    return ["import onnxruntime_genai as og", "",
-            f'model = og.Model("{where}")',
-            "tokenizer = og.Tokenizer(model)",
-            "params = og.GeneratorParams(model)",
-            "params.set_search_options(max_length=64, do_sample=False)",
-            "generator = og.Generator(model, params)",
-            'generator.append_tokens(tokenizer.encode("The capital of France is"))',
-            "while not generator.is_done():",
-            "    generator.generate_next_token()",
-            "print(tokenizer.decode(generator.get_sequence(0)))"]
 
 
 class GenAIModelRunner:

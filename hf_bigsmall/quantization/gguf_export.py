@@ -30,6 +30,7 @@ from ..hub.card import build_model_card
 from ..utils.files import fresh_partial_dir, publish_dir
 from ..utils.import_utils import is_llama_cpp_available, require
 from .config import QUANTIZATION_KEY, check_quantized_output
+from .record import QuantizationRecord
 
 logger = logging.get_logger(__name__)
 
@@ -391,12 +392,12 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         scheme = _SCHEMES[plan.gguf_type]
         if plan.fallback_reason:
             scheme += f" (instead of Q4_K_M: {plan.fallback_reason})"
-        config[QUANTIZATION_KEY] = {
+        QuantizationRecord.from_dict({
             "method": plan.gguf_type.lower(), "scheme": scheme, "backend": "gguf", "format": "gguf",
             "backend_version": engine_version, "engine": "llama.cpp", "device": "cpu", "file": plan.file_name,
             "tensor_types": counts, "source": str(model_dir),
             **({"fallback_reason": plan.fallback_reason} if plan.fallback_reason else {}),
-        }
+        }).write(config)
         (partial / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
             if (model_dir / name).is_file():

@@ -9,8 +9,9 @@ from pathlib import Path
 from transformers.utils import logging
 
 from ..utils.files import fresh_partial_dir, publish_dir
-from .config import QUANTIZATION_KEY, check_full_precision_source, check_quantized_output, plan_quantization
+from .config import check_full_precision_source, check_quantized_output, plan_quantization
 from .genai import GENAI_BACKEND, export_genai
+from .record import QuantizationRecord
 
 logger = logging.get_logger(__name__)
 
@@ -122,7 +123,7 @@ def quantize(
             record.update(backend_version=onnxruntime.__version__, parameters=parameters,
                           nonzero_parameters=nonzero, sparsity=sparsity)
             record.update(export_onnx_int8(model, tokenizer, partial, task))
-            setattr(config, QUANTIZATION_KEY, record)
+            QuantizationRecord.from_dict(record).write(config)
             config.save_pretrained(partial)
         else:
             from .torchao import quantize_torchao

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .record import QuantizationRecord
+
 if TYPE_CHECKING:
     from transformers import TorchAoConfig
 
@@ -37,6 +39,6 @@ def quantize_torchao(model_dir: Path, output_dir: Path, method: str, auto_class,
     model = auto_class.from_pretrained(model_dir, dtype=dtype, device_map="cuda",
                                        quantization_config=torchao_config(method))
     record = {**record, "format": "safetensors", "backend_version": torchao.__version__}
-    model.config.quantization = record
+    QuantizationRecord.from_dict(record).write(model.config)
     # transformers flattens torchao's tensor subclasses into safetensors and rebuilds them on load
     model.save_pretrained(output_dir)

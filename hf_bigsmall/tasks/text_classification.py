@@ -210,7 +210,7 @@ def train_teacher(
     )
 
     # the kit's callbacks passed in log through it and measure its evaluate()
-    from ..utils.trainer import BigSmallTrainer
+    from ..trainer import BigSmallTrainer
 
     output_dir = Path(output_dir)
     names = label_names(dataset)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..distillation.record import DistillationRecord
+
 if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -62,6 +64,6 @@ class TransferArguments:
             augment_probability=self.augment_probability, seed=seed, max_length=max_length, text_column=text_column,
             train_texts=train_texts)
         training_data: dict[str, Any] = {"labelled": len(train_dataset), **record}
-        student.config.distillation = {**(getattr(student.config, "distillation", None) or {}),
-                                       "training_data": training_data}
+        (DistillationRecord.from_config(student.config) or DistillationRecord()).update(
+            {"training_data": training_data}).write(student.config)
         return mix_with_labelled(train_dataset, *extras)

@@ -7,12 +7,15 @@ event: logging through `Trainer.log` (so figures reach every `report_to` integra
 of an `evaluate`/`predict` call, a `save_model` outside a checkpoint, the folder a resumed run
 comes from, and a `train` that ends by an exception. A trainer class that mixes in `BigSmallTrainerMixin` provides them by overriding
 public `Trainer` methods, and tells the kit's callbacks through the methods below.
+
+The callbacks ask `running_trainer(callback)` (in `hf_bigsmall.trainer_context`, which imports
+nothing of the kit) which such trainer is running, so they never import this module, and this
+module can import the model card it writes.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import inspect
 import os
 from collections.abc import Iterator
@@ -21,22 +24,10 @@ from typing import Any
 from transformers import Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-# The mixin trainer whose `train`/`evaluate`/`predict`/`save_model`/`push_to_hub` is running. A
-# context variable rather than a reference kept by each callback: `restore_callback_states_from_
-# checkpoint` replaces the callbacks with new instances in the middle of `train()`.
-_RUNNING: contextvars.ContextVar[Any] = contextvars.ContextVar("hf_bigsmall_running_trainer", default=None)
+from .hub.trainer_card import write_trainer_card
+from .trainer_context import RUNNING_TRAINER, running_trainer
 
-
-def running_trainer(callback: Any) -> Any | None:
-    """The `BigSmallTrainerMixin` trainer running now whose callback list holds `callback`, or None.
-
-    None under a plain `Trainer`, or when the callback is driven by hand: kit callbacks then do
-    what the documented events allow (see the README section "Plain Trainer or the seam").
-    """
-    trainer = _RUNNING.get()
-    if trainer is None or not any(c is callback for c in trainer.callback_handler.callbacks):
-        return None
-    return trainer
+__all__ = ["BigSmallTrainer", "BigSmallTrainerMixin", "running_trainer"]
 
 
 def _resolve_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str) -> str | None:
@@ -70,7 +61,7 @@ class BigSmallTrainerMixin:
       `sparsity_masks.safetensors` beside the weights.
     - `create_model_card` (also run by `push_to_hub`): writes README.md once, as the kit's card
       (how the model was distilled and pruned, `co2_eq_emissions` from `energy.json`) with the
-      Trainer's training sections kept below; see `hf_bigsmall.hub.card.write_trainer_card`.
+      Trainer's training sections kept below; see `hf_bigsmall.hub.trainer_card.write_trainer_card`.
 
     Example:
 
@@ -106,11 +97,11 @@ class BigSmallTrainerMixin:
 
     @contextlib.contextmanager
     def _running(self) -> Iterator[None]:
-        token = _RUNNING.set(self)
+        token = RUNNING_TRAINER.set(self)
         try:
             yield
         finally:
-            _RUNNING.reset(token)
+            RUNNING_TRAINER.reset(token)
 
     def _call_kit_event(self, event: str, **kwargs: Any) -> None:
         for callback in list(self.callback_handler.callbacks):
@@ -166,8 +157,6 @@ class BigSmallTrainerMixin:
         Takes the arguments of `Trainer.create_model_card`. Before the model is saved in
         `output_dir` there is nothing to describe, and the Trainer's own draft is written instead.
         """
-        from ..hub.card import write_trainer_card
-
         if write_trainer_card(self, *args, **kwargs) is None:
             super().create_model_card(*args, **kwargs)
 

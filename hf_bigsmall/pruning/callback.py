@@ -16,7 +16,11 @@ from transformers.utils import logging
 from ..utils.distributed import full_tensor, is_sharded, shard_like, unsharded
 from ..utils.files import publishing
 from ..utils.trainer import running_trainer
+from .calibration import prepare_calibration
 from .config import PruningConfig
+from .criteria import get_pruning_criterion
+from .criteria.magnitude import MAGNITUDE
+from .importance import compute_importance
 from .io import (
     SPARSITY_REWIND_NAME,
     apply_masks,
@@ -37,6 +41,7 @@ from .masks import (
     unstructured_masks,
 )
 from .schedules import PruningSchedule, build_schedule, restart_lr_each_round
+from .statistics import collect_statistics
 from .targets import find_target_modules, unit_groups
 from .wanda import check_pattern_fits, criterion_masks
 
@@ -73,8 +78,10 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         criterion (`str`, defaults to `"magnitude"`): `"magnitude"`, `"wanda"` (`|W_ij| * ||X_j||_2`
             over `calibration_dataset`, recomputed at every pruning event; Sun et al. 2023) or
             `"activation"` (FFN neurons / heads ranked by their activations, Minitron; with
-            `structure="neurons"` or `"heads"`).
-        calibration_dataset (*optional*): tokenized rows for Wanda (see
+            `structure="neurons"` or `"heads"`), or any criterion registered with
+            [`~hf_bigsmall.pruning.criteria.register_pruning_criterion`]; the calibration pass collects
+            what it declares (`needs`) at every pruning event.
+        calibration_dataset (*optional*): tokenized rows for Wanda and any criterion that needs calibration (see
             [`~hf_bigsmall.pruning.calibration.prepare_calibration`]), checked when the trainer is built;
             for `"activation"`, the samples `compute_importance` measures at the first pruning event.
         importance ([`~pruning.importance.Importance`], *optional*): with `criterion="activation"`, an
@@ -109,12 +116,16 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                  criterion: str = "magnitude", calibration_dataset=None, importance=None, **kwargs):
         self.config = PruningConfig(target_sparsity=target_sparsity, schedule=schedule, structure=structure,
                                     scope=scope, target_modules=target_modules, criterion=criterion, **kwargs)
-        if criterion == "wanda" and target_sparsity is not None and calibration_dataset is None:
-            raise ValueError("criterion='wanda' needs calibration_dataset= (tokenized rows of text like the training "
-                             "data), or use criterion='magnitude'.")
-        if criterion == "activation" and target_sparsity is not None and importance is None and calibration_dataset is None:
-            raise ValueError("criterion='activation' needs importance=compute_importance(model, calibration_dataset) "
-                             "or calibration_dataset= (tokenized rows of text like the training data).")
+        self.criterion = get_pruning_criterion(criterion)
+        needs = self.criterion.needs
+        if target_sparsity is not None and calibration_dataset is None:
+            if needs == "unit_activations" and importance is None:
+                raise ValueError(f"criterion={criterion!r} needs importance=compute_importance(model, "
+                                 "calibration_dataset) or calibration_dataset= (tokenized rows of text like the "
+                                 "training data).")
+            if needs not in ("nothing", "unit_activations"):
+                raise ValueError(f"criterion={criterion!r} needs calibration_dataset= (tokenized rows of text like the "
+                                 "training data), or use criterion='magnitude'.")
         self.importance = importance
         self.calibration_dataset = calibration_dataset
         self._calibration = None  # prepared (and checked against the model) once the model is known
@@ -140,13 +151,12 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     def _check_model(self, model: nn.Module) -> None:
         if self.config.structure in ("neurons", "heads"):
             unit_groups(model, self.config.structure)
-            return
-        targets = find_target_modules(model, self.config.target_modules)
-        if self.config.pattern is not None:
-            check_pattern_fits(targets, self.config.structure)
-        if self.config.criterion == "wanda" and self._calibration is None:
-            from .calibration import prepare_calibration
-
+        else:
+            targets = find_target_modules(model, self.config.target_modules)
+            if self.config.pattern is not None:
+                check_pattern_fits(targets, self.config.structure)
+        # the windows of what the criterion declares; an Importance is measured by compute_importance itself
+        if self.criterion.calibrated and self.criterion.needs != "unit_activations" and self._calibration is None:
             self._calibration = prepare_calibration(
                 self.calibration_dataset, self.config.calibration_samples, self.config.calibration_seq_len, model=model)
 
@@ -159,6 +169,11 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         model = extract_model_from_parallel(model)
         if self.config.target_sparsity is not None:
             self._check_model(model)
+            if self.criterion.needs == "gradients" and args.world_size > 1:
+                # a backward pass outside the wrapped model's forward would desynchronise DDP's gradient reduction
+                raise ValueError(f"criterion={self.config.criterion!r} needs gradients of a calibration pass, which "
+                                 "the callback takes in single-process runs only: prune it with prune_one_shot, or "
+                                 "train on one process.")
             self.schedule = build_schedule(self.config, state.max_steps)
             if self.schedule.kind == "imp" and args.world_size > 1 and is_sharded(model):
                 # each round's folder is written by the main process alone, which cannot gather shards
@@ -415,7 +430,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     def _prune(self, model: nn.Module, step: int, optimizer=None) -> None:
         sparsity = self.schedule.sparsity_at(step)
         config = self.config
-        if config.criterion == "wanda" or config.pattern is not None or config.scope == "row":
+        if config.structure not in ("neurons", "heads") and (
+                self.criterion is not MAGNITUDE or config.pattern is not None or config.scope == "row"):
             masks = self._criterion_masks(model, sparsity)
         elif config.structure == "unstructured":
             weights = targeted_weights(model, self.config.target_modules, prefer_masked=False)
@@ -423,15 +439,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             weights = {name: full_tensor(weight) for name, weight in weights.items()}
             masks = unstructured_masks(weights, sparsity, self.config.scope, previous=self.masks)
         else:
-            scores = None
-            if self.config.criterion == "activation":
-                if self.importance is None:  # measured once, on the model as it is at the first pruning event
-                    from .importance import compute_importance
-
-                    self.importance = compute_importance(model, self.calibration_dataset,
-                                                         num_samples=self.config.calibration_samples)
-                table = self.importance.neurons if self.config.structure == "neurons" else self.importance.heads
-                scores = list(table)
+            scores = self.criterion.unit_scores(model, self.config.structure, self._unit_statistic(model))
             with unsharded(model):  # FSDP2: units are ranked on whole weights (collective)
                 masks = structured_masks(model, self.config.structure, sparsity, self.config.scope,
                                          previous=self.masks, unit_scores=scores)
@@ -444,15 +452,22 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         self.last_pruned_step = step
         self._arm(model, optimizer)
 
-    def _criterion_masks(self, model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
-        """Wanda or magnitude masks per row, per layer, globally or N:M (see `wanda.criterion_masks`)."""
-        targets = find_target_modules(model, self.config.target_modules)
-        squared_norms = None
-        if self.config.criterion == "wanda":
-            from .calibration import collect_input_statistics
+    def _unit_statistic(self, model: nn.Module):
+        """What the criterion declares for ranking whole units: an `Importance` measured once, on the model as it
+        is at the first pruning event (or given), or a per-layer statistic recomputed at every event."""
+        if self.criterion.needs != "unit_activations":
+            targets = find_target_modules(model, self.config.target_modules)
+            return collect_statistics(model, self._calibration, targets, self.criterion)
+        if self.importance is None:
+            self.importance = compute_importance(model, self.calibration_dataset,
+                                                 num_samples=self.config.calibration_samples)
+        return self.importance
 
-            # Recomputed at every event: the activations change as the model trains and is pruned.
-            squared_norms = collect_input_statistics(model, self._calibration, self.config.target_modules).squared_norms
+    def _criterion_masks(self, model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+        """The criterion's masks per row, per layer, globally or N:M (see `wanda.criterion_masks`)."""
+        targets = find_target_modules(model, self.config.target_modules)
+        # Recomputed at every event: the activations change as the model trains and is pruned.
+        statistics = collect_statistics(model, self._calibration, targets, self.criterion)
         pattern_n = None
         if self.config.pattern is not None:
             # A gradual N:M schedule prunes floor(s * M) of every M inputs, reaching N at the target s = N/M.
@@ -460,8 +475,9 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             pattern_n = min(n, int(sparsity * m + 1e-9))
         previous = {name: mask for name, mask in self.masks.items() if name.removesuffix(".weight") in targets}
         with unsharded(model):  # FSDP2: rows and N:M blocks are scored on whole weights (collective)
-            return criterion_masks(targets, sparsity, self.config.scope, squared_norms,
-                                   self.config.structure if self.config.pattern else None, previous, pattern_n=pattern_n)
+            return criterion_masks(targets, sparsity, self.config.scope, statistics,
+                                   self.config.structure if self.config.pattern else None, previous, pattern_n=pattern_n,
+                                   score=self.criterion.score)
 
     @torch.no_grad()
     def _rewind(self, model: nn.Module, optimizer=None) -> None:

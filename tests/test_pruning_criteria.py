@@ -92,7 +92,7 @@ def test_a_user_criterion_prunes_through_prune_one_shot(build):
         pruned = weight[module.weight.detach() == 0]
         assert pruned.numel() == round(0.25 * weight.numel())  # scope defaults to one layer at a time
         assert pruned.min() >= kept.max(), name  # the largest went, not the smallest
-    assert model._sparsity_info["method"] == "largest" and model._sparsity_info["scope"] == "layer"
+    assert model.pruning_state.record["method"] == "largest" and model.pruning_state.record["scope"] == "layer"
 
 
 def recording(needs: str, seen: dict) -> PruningCriterion:
@@ -119,7 +119,7 @@ def test_the_calibration_pass_collects_what_the_criterion_declares(build, needs)
         expected.append({"nothing": None, "input_norms": (in_features,), "input_hessian": (in_features, in_features),
                          "gradients": (out_features, in_features)}[needs])
     assert seen["shapes"] == expected
-    assert model._sparsity_info.get("sequential") is (False if needs != "nothing" else None)
+    assert model.pruning_state.record.get("sequential") is (False if needs != "nothing" else None)
 
 
 @BUILDS
@@ -149,8 +149,8 @@ def test_a_user_prune_step_may_rewrite_the_weights_it_keeps():
     name = "model.layers.0.mlp.down_proj.weight"
     weight = dict(model.named_parameters())[name].detach()
     kept = weight != 0
-    assert torch.equal(weight[kept], 2 * before[name][kept]) and torch.equal(model._sparsity_masks[name], ~kept)
-    assert model._sparsity_info["block_size"] == 128  # the options a prune step gets are recorded
+    assert torch.equal(weight[kept], 2 * before[name][kept]) and torch.equal(model.pruning_state.masks[name], ~kept)
+    assert model.pruning_state.record["block_size"] == 128  # the options a prune step gets are recorded
     with pytest.raises(ValueError, match="rewrites the weights it keeps.*prune_one_shot"):
         MagnitudePruningCallback(criterion="doubling")
 
@@ -178,10 +178,10 @@ def test_a_user_criterion_prunes_through_the_callback_and_its_masks_hold(build, 
     callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot", criterion="largest")
     assert callback.config.scope == "layer"  # the entry's default
     trainer = pruning_run(tmp_path, callback, model=build(), max_steps=3)
-    for name, mask in reference._sparsity_masks.items():
+    for name, mask in reference.pruning_state.masks.items():
         assert torch.equal(callback.masks[name], mask), name
     assert_masks_hold(trainer.model, callback.masks)
-    assert trainer.model._sparsity_info["method"] == "largest"
+    assert trainer.model.pruning_state.record["method"] == "largest"
 
 
 def test_a_calibrated_user_criterion_in_the_callback_needs_and_uses_calibration(tmp_path):

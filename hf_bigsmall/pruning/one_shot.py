@@ -13,9 +13,10 @@ from transformers.utils import logging
 
 from .calibration import DEFAULT_NUM_SAMPLES, CalibrationData, InputStatistics, prepare_calibration
 from .criteria import PruningCriterion, get_pruning_criterion, pruning_criterion_names
-from .io import apply_masks, attach_masks
+from .io import apply_masks
 from .sequential import calibrate_block_by_block
 from .sparsegpt import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING, HESSIAN_DTYPES
+from .state import PruningState, attach_pruning_state, get_pruning_state
 from .statistics import INPUT_STATISTICS, InputStatisticCollector, collect_statistics
 from .targets import find_target_modules
 from .wanda import ONE_SHOT_SCOPES, check_pattern_fits, criterion_masks, parse_pattern
@@ -203,47 +204,22 @@ def prune_one_shot(
 
     started = time.perf_counter()
     params = dict(model.named_parameters())
-    previous = {name: mask.to(params[name].device) for name, mask in (getattr(model, "_sparsity_masks", None) or {}).items()
+    state = get_pruning_state(model)
+    previous = {name: mask.to(params[name].device) for name, mask in (state.masks if state else {}).items()
                 if name in params}
     targeted_previous = {name: previous[name] for name in previous if name.removesuffix(".weight") in targets}
-    # criteria that read a layer's Hessian (in_features^2 each) hold one block's at a time
-    if sequential or criterion.needs == "input_hessian":
-        masks = _prune_block_by_block(model, calibration, targets, criterion, sparsity, scope, pattern,
-                                      targeted_previous, sequential, HESSIAN_DTYPES[hessian_dtype],
-                                      {"block_size": block_size, "dampening": dampening})
-    else:
-        if statistics is None and calibration is not None:
-            statistics = collect_statistics(model, calibration, targets, criterion)
-        if criterion.rewrites_weights:
-            n_of_m = parse_pattern(pattern) if pattern is not None else None
-            masks = {f"{name}.weight": _prune_layer(criterion, name, module, statistics, sparsity, n_of_m,
-                                                    targeted_previous, {"block_size": block_size, "dampening": dampening})
-                     for name, module in targets.items()}
-        else:
-            masks = criterion_masks(targets, sparsity, scope, statistics, pattern, previous=targeted_previous,
-                                    score=criterion.score)
+    options = {"block_size": block_size, "dampening": dampening}
+    masks = _prune_targets(model, calibration, statistics, targets, criterion, sparsity, scope, pattern,
+                           targeted_previous, sequential, HESSIAN_DTYPES[hessian_dtype], options)
     pruning_seconds = time.perf_counter() - started
     for name, mask in previous.items():  # masks of other layers stay in force as they are
         masks.setdefault(name, mask)
-    info = {
-        "method": method,
-        "schedule": "one_shot",
-        "structure": pattern or "unstructured",
-        "scope": None if pattern else scope,
-        "target": sparsity,
-        "target_modules": target_modules,
-        "pruned_at_step": None,
-        "calibration": calibration.describe() if calibration is not None else (
-            calibration_dataset.calibration if isinstance(calibration_dataset, InputStatistics) else None),
-    }
-    if criterion.calibrated:
-        info["sequential"] = sequential
-    if criterion.rewrites_weights:
-        info.update(dampening=dampening, hessian_dtype=hessian_dtype, block_size=block_size)
-    elif criterion.needs == "input_hessian":
-        info["hessian_dtype"] = hessian_dtype
+    info = _one_shot_record(criterion, sparsity, pattern, scope, target_modules, sequential, hessian_dtype, options,
+                            calibration.describe() if calibration is not None else (
+                                calibration_dataset.calibration if isinstance(calibration_dataset, InputStatistics)
+                                else None))
     with torch.no_grad():
-        attach_masks(model, masks, info)
+        attach_pruning_state(model, PruningState(masks=masks, record=info))
         apply_masks(model, masks)
     pruned = sum(int(mask.sum()) for mask in masks.values())
     total = sum(mask.numel() for mask in masks.values())
@@ -252,6 +228,59 @@ def prune_one_shot(
         f"{pruned / total:.1%} of {total:,} weights pruned in {pruning_seconds:.1f} s (calibration included)."
     )
     return model
+
+
+def _prune_targets(
+    model: nn.Module,
+    calibration: CalibrationData | None,
+    statistics: dict[str, torch.Tensor] | None,
+    targets: dict[str, nn.Module],
+    criterion: PruningCriterion,
+    sparsity: float,
+    scope: str | None,
+    pattern: str | None,
+    previous: dict[str, torch.Tensor],
+    sequential: bool,
+    hessian_dtype: torch.dtype,
+    options: dict[str, Any],
+) -> dict[str, torch.Tensor]:
+    """The new masks of the targets (weight layout), pruned by the criterion's score or its own step."""
+    # criteria that read a layer's Hessian (in_features^2 each) hold one block's at a time
+    if sequential or criterion.needs == "input_hessian":
+        return _prune_block_by_block(model, calibration, targets, criterion, sparsity, scope, pattern, previous,
+                                     sequential, hessian_dtype, options)
+    if statistics is None and calibration is not None:
+        statistics = collect_statistics(model, calibration, targets, criterion)
+    if criterion.rewrites_weights:
+        n_of_m = parse_pattern(pattern) if pattern is not None else None
+        return {f"{name}.weight": _prune_layer(criterion, name, module, statistics, sparsity, n_of_m, previous, options)
+                for name, module in targets.items()}
+    return criterion_masks(targets, sparsity, scope, statistics, pattern, previous=previous, score=criterion.score)
+
+
+def _one_shot_record(
+    criterion: PruningCriterion, sparsity: float, pattern: str | None, scope: str | None,
+    target_modules: list[str] | str | None, sequential: bool, hessian_dtype: str, options: dict[str, Any],
+    calibration: dict | None,
+) -> dict[str, Any]:
+    """How the masks were made: the `sparsity` block of `config.json` before measurement."""
+    record = {
+        "method": criterion.name,
+        "schedule": "one_shot",
+        "structure": pattern or "unstructured",
+        "scope": None if pattern else scope,
+        "target": sparsity,
+        "target_modules": target_modules,
+        "pruned_at_step": None,
+        "calibration": calibration,
+    }
+    if criterion.calibrated:
+        record["sequential"] = sequential
+    if criterion.rewrites_weights:
+        record.update(dampening=options["dampening"], hessian_dtype=hessian_dtype, block_size=options["block_size"])
+    elif criterion.needs == "input_hessian":
+        record["hessian_dtype"] = hessian_dtype
+    return record
 
 
 def _one_shot_scope(criterion: PruningCriterion, scope: str | None, sequential: bool, pattern: str | None) -> str | None:

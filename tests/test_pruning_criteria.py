@@ -244,3 +244,17 @@ def test_a_gradient_criterion_leaves_the_models_gradients_alone():
         param.grad = torch.full_like(param, 3.0)
     prune_one_shot(model, calibration_rows(), sparsity=0.5, method="recording_gradients", num_samples=2, seq_len=16)
     assert all(param.grad is not None and param.grad.eq(3.0).all() for param in model.parameters())
+
+
+def test_a_gradient_criterion_prunes_in_training_too(tmp_path):
+    seen = {}
+    criterion = register_pruning_criterion(recording("gradients", seen))
+    callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="linear", start_step=1, end_step=2,
+                                        pruning_frequency=1, criterion=criterion.name,
+                                        calibration_dataset=calibration_rows(), calibration_samples=2,
+                                        calibration_seq_len=16)
+    trainer = pruning_run(tmp_path, callback, max_steps=3)
+    shapes = {tuple(module.weight.shape) for module in find_target_modules(trainer.model).values()}
+    assert len(seen["shapes"]) == 2 * len(find_target_modules(trainer.model))  # two pruning events
+    assert set(seen["shapes"]) == shapes  # (out, in) of each Linear
+    assert_masks_hold(trainer.model, callback.masks)

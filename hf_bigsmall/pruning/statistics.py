@@ -85,12 +85,13 @@ def collect_squared_gradients(
     was_training = model.training
     model.eval()
     device = _model_device(model)
+    cache_off = {"use_cache": False} if getattr(getattr(model, "config", None), "use_cache", None) is not None else {}
     try:
         with torch.enable_grad():
             for batch in calibration.batches(device):
                 for param in parameters:
                     param.grad = None
-                outputs = model(**batch, labels=batch["input_ids"], use_cache=False)
+                outputs = model(**batch, labels=batch["input_ids"], **cache_off)
                 loss = getattr(outputs, "loss", None)
                 if loss is None:
                     raise ValueError("A criterion with needs='gradients' backpropagates the model's own loss with "

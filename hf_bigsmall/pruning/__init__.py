@@ -9,11 +9,13 @@ from .criteria import PruningCriterion, get_pruning_criterion, pruning_criterion
 from .importance import Importance, compute_importance
 from .masks import SparsityReport, sparsity_report
 from .one_shot import prune_one_shot
+from .state import PruningState, get_pruning_state
 from .vocabulary import trim_vocabulary
 from .width import importance_masks, prune_width
 
 __all__ = [
-    "Importance", "MagnitudePruningCallback", "PruningConfig", "PruningCriterion", "SparsityReport", "compact",
-    "compute_importance", "get_pruning_criterion", "importance_masks", "prune_one_shot", "prune_width",
-    "pruning_criterion_names", "register_pruning_criterion", "sparsity_report", "trim_vocabulary",
+    "Importance", "MagnitudePruningCallback", "PruningConfig", "PruningCriterion", "PruningState", "SparsityReport",
+    "compact", "compute_importance", "get_pruning_criterion", "get_pruning_state", "importance_masks",
+    "prune_one_shot", "prune_width", "pruning_criterion_names", "register_pruning_criterion", "sparsity_report",
+    "trim_vocabulary",
 ]

@@ -90,6 +90,10 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         **kwargs: the remaining fields of [`PruningConfig`] (`initial_sparsity`, `start_step`,
             `end_step`, `pruning_frequency`, `imp_rounds`, `rewind_step`, `steps_per_round`).
 
+    The masks, the record of how they were made, the schedule position and the IMP rewind weights
+    are one [`~hf_bigsmall.pruning.state.PruningState`], `callback.pruning_state`, which is attached
+    to the model it prunes as `model.pruning_state`.
+
     Sparsity (`sparsity/global`, `sparsity/model`, `sparsity/scheduled` and per block
     `sparsity/layer.3.ffn`, `sparsity/layer.3.attn`) is logged to `log_history`; under a trainer
     with [`BigSmallTrainerMixin`] it goes through `trainer.log` and so reaches every `report_to`

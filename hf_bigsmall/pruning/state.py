@@ -4,7 +4,7 @@ The masks, the record of how they were made (the `sparsity` block of `config.jso
 measurements are added), the position of a training schedule (last pruning step, IMP round) and
 the IMP rewind weights. `MagnitudePruningCallback` holds one while it trains; `prune_one_shot`,
 `compact` and the callback attach it to the model they prune as `model.pruning_state`, the one
-attribute hf_bigsmall sets on a model (as transformers keeps `model.hf_quantizer`), so that
+attribute pruning sets on a model (as transformers keeps `model.hf_quantizer`), so that
 `save_pruned_model`, `sparsity_report`, `compact` and a later pruning run find it.
 `hf_bigsmall.pruning.io` saves it beside the weights and reads it back.
 

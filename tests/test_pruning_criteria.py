@@ -76,6 +76,8 @@ def test_unknown_names_and_taken_names_are_refused_with_the_fix():
 def test_entries_are_checked_when_built(fields, error, words):
     with pytest.raises(error, match=words):
         PruningCriterion(**{"name": "mine", "description": "mine", "score": largest_first, **fields})
+    assert PruningCriterion(name="mine", description="mine", score=largest_first,
+                            granularities=["unstructured"]).granularities == ("unstructured",)
 
 
 # ------------------------------------------------------------------------- a user criterion, one shot

@@ -126,6 +126,8 @@ def _check_needs(entry: PruningCriterion) -> None:
 
 
 def _check_granularities(entry: PruningCriterion) -> None:
+    if isinstance(entry.granularities, list):  # a list reads as naturally; the frozen entry keeps a tuple
+        object.__setattr__(entry, "granularities", tuple(entry.granularities))
     granularities = entry.granularities
     if isinstance(granularities, str) or not isinstance(granularities, tuple) or not granularities:
         raise TypeError(f"PruningCriterion {entry.name!r}: granularities must be a non-empty tuple drawn from "

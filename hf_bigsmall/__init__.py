@@ -27,7 +27,11 @@ _LAZY_IMPORTS: dict[str, str] = {
     "kd_loss": "hf_bigsmall.losses",
     # pruning
     "MagnitudePruningCallback": "hf_bigsmall.pruning.callback",
+    "PruningCriterion": "hf_bigsmall.pruning.criteria",
+    "get_pruning_criterion": "hf_bigsmall.pruning.criteria",
     "prune_one_shot": "hf_bigsmall.pruning.one_shot",
+    "pruning_criterion_names": "hf_bigsmall.pruning.criteria",
+    "register_pruning_criterion": "hf_bigsmall.pruning.criteria",
     "sparsity_report": "hf_bigsmall.pruning.masks",
     "compact": "hf_bigsmall.pruning.compact",
     "save_pruned_model": "hf_bigsmall.pruning.io",
@@ -60,6 +64,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .losses import kd_loss
     from .pruning.callback import MagnitudePruningCallback
     from .pruning.compact import compact
+    from .pruning.criteria import (
+        PruningCriterion,
+        get_pruning_criterion,
+        pruning_criterion_names,
+        register_pruning_criterion,
+    )
     from .pruning.importance import compute_importance
     from .pruning.io import save_pruned_model
     from .pruning.masks import sparsity_report

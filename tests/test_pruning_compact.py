@@ -81,7 +81,7 @@ def test_bert_and_gpt2_heads_cannot_shrink_so_they_stay_masked(architecture):
     assert "heads cannot be removed" in message and "prune structure='neurons'" in message
     assert "'heads'" not in message
     assert model.config.num_attention_heads == 4 and sparsity_report(model).zero_params == zeros
-    assert model._sparsity_masks  # masks kept
+    assert model.pruning_state.masks  # masks kept
 
 
 def test_neurons_and_heads_together_keep_head_masks_on_bert(tmp_path):
@@ -92,7 +92,7 @@ def test_neurons_and_heads_together_keep_head_masks_on_bert(tmp_path):
     with pytest.warns(UserWarning, match="cannot be removed"):
         compact(model)
     assert model.config.intermediate_size == 32
-    remaining = model._sparsity_masks
+    remaining = model.pruning_state.masks
     assert remaining and all("attention" in name for name in remaining)
     save_pruned_model(model, tmp_path)
     assert (tmp_path / "sparsity_masks.safetensors").is_file()

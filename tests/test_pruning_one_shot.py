@@ -74,7 +74,7 @@ KNOWN_CALIBRATION = CalibrationData(torch.tensor([[0, 1, 2, 3]]))
 def test_masks_equal_the_reference_computed_by_hand(conv1d, method, expected):
     model = KnownActivations(conv1d)
     prune_one_shot(model, KNOWN_CALIBRATION, sparsity=0.5, method=method, scope="row")
-    mask = model._sparsity_masks["layers.0.weight"]
+    mask = model.pruning_state.masks["layers.0.weight"]
     expected = torch.tensor(expected)
     assert torch.equal(mask, expected.t() if conv1d else expected)
     weight = model.layers[0].weight.t() if conv1d else model.layers[0].weight
@@ -88,7 +88,7 @@ def test_magnitude_defaults_to_one_threshold_per_layer():
     flat = torch.tensor(WEIGHT).abs().flatten()
     expected = torch.zeros(12, dtype=torch.bool)
     expected[flat.argsort()[:6]] = True
-    assert torch.equal(model._sparsity_masks["layers.0.weight"].flatten(), expected)
+    assert torch.equal(model.pruning_state.masks["layers.0.weight"].flatten(), expected)
     assert model.layers[0].weight.detach().flatten()[expected].eq(0).all()
 
 
@@ -121,8 +121,8 @@ def test_every_block_of_m_inputs_has_exactly_n_zeros(build, method, pattern):
     n, m = map(int, pattern.split(":"))
     prune_one_shot(model, calibration_rows(), sparsity=None, method=method, pattern=pattern, num_samples=8, seq_len=32)
     modules = dict(model.named_modules())
-    assert len(model._sparsity_masks) >= 16
-    for name, mask in model._sparsity_masks.items():
+    assert len(model.pruning_state.masks) >= 16
+    for name, mask in model.pruning_state.masks.items():
         module = modules[name.removesuffix(".weight")]
         zeros = rows_of(module, module.weight == 0)
         blocks = zeros.reshape(zeros.shape[0], -1, m).sum(-1)
@@ -135,7 +135,7 @@ def test_wanda_prunes_the_same_fraction_of_every_output_row():
     model = tiny_gpt2()
     prune_one_shot(model, calibration_rows(), sparsity=0.5, num_samples=8, seq_len=32)
     modules = dict(model.named_modules())
-    for name in model._sparsity_masks:
+    for name in model.pruning_state.masks:
         module = modules[name.removesuffix(".weight")]
         zeros = rows_of(module, module.weight == 0)
         assert (zeros.sum(dim=1) == zeros.shape[1] // 2).all(), name
@@ -150,17 +150,17 @@ def test_wanda_and_magnitude_differ_where_activations_are_uneven():
     prune_one_shot(wanda, calibration_rows(), method="wanda", num_samples=8, seq_len=32)
     prune_one_shot(magnitude, method="magnitude", scope="row")
     name = "model.layers.0.self_attn.q_proj.weight"
-    kept_on_loud_channels = lambda model: int((~model._sparsity_masks[name][:, :4]).sum())
+    kept_on_loud_channels = lambda model: int((~model.pruning_state.masks[name][:, :4]).sum())
     assert kept_on_loud_channels(wanda) > kept_on_loud_channels(magnitude) + 16
 
 
 def test_masks_only_grow_when_pruning_again():
     model = tiny_llama()
     prune_one_shot(model, sparsity=0.3, method="magnitude")
-    first = {name: mask.clone() for name, mask in model._sparsity_masks.items()}
+    first = {name: mask.clone() for name, mask in model.pruning_state.masks.items()}
     prune_one_shot(model, calibration_rows(), sparsity=0.5, method="wanda", num_samples=8, seq_len=32)
     for name, mask in first.items():
-        assert model._sparsity_masks[name][mask].all(), name
+        assert model.pruning_state.masks[name][mask].all(), name
     assert sparsity_report(model).global_sparsity == pytest.approx(0.5, abs=0.01)
 
 
@@ -194,7 +194,7 @@ def test_bad_input_is_refused_before_the_model_changes(kwargs, error, words):
     with pytest.raises(error, match=words):
         prune_one_shot(model, **kwargs)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
-    assert not getattr(model, "_sparsity_masks", None)
+    assert not getattr(model, "pruning_state", None)
 
 
 # ------------------------------------------------------------------------- save, reload, re-arm, heal
@@ -214,7 +214,7 @@ def assert_masks_hold(model, masks):
 def test_saved_model_reloads_with_plain_from_pretrained_and_rearms(tmp_path):
     model = tiny_llama()
     prune_one_shot(model, calibration_rows(), sparsity=None, pattern="2:4", num_samples=8, seq_len=32)
-    masks = {name: mask.clone() for name, mask in model._sparsity_masks.items()}
+    masks = {name: mask.clone() for name, mask in model.pruning_state.masks.items()}
     save_pruned_model(model, tmp_path / "pruned")
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())
     assert config["sparsity"]["method"] == "wanda" and config["sparsity"]["structure"] == "2:4"
@@ -249,7 +249,7 @@ def test_masks_survive_a_healing_distillation_with_gradient_accumulation(tmp_pat
     teacher = tiny_llama()
     student = copy.deepcopy(teacher)
     prune_one_shot(student, calibration_rows(), sparsity=0.5, num_samples=8, seq_len=32)
-    masks = {name: mask.clone() for name, mask in student._sparsity_masks.items()}
+    masks = {name: mask.clone() for name, mask in student.pruning_state.masks.items()}
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     teacher_before = {n: p.detach().clone() for n, p in teacher.named_parameters()}
     args = DistillationConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2,
@@ -282,9 +282,9 @@ def test_callback_wanda_one_shot_equals_prune_one_shot(tmp_path):
                                         calibration_seq_len=32)
     trainer = pruning_run(tmp_path, callback, max_steps=2)
     assert callback.config.scope == "row"
-    for name, mask in reference._sparsity_masks.items():
+    for name, mask in reference.pruning_state.masks.items():
         assert torch.equal(callback.masks[name], mask), name
-    assert trainer.model._sparsity_info["method"] == "wanda"
+    assert trainer.model.pruning_state.record["method"] == "wanda"
 
 
 def test_callback_gradual_wanda_ends_with_every_row_at_the_target(tmp_path):

@@ -139,7 +139,7 @@ def test_every_block_of_m_inputs_has_exactly_n_zeros(build, pattern):
     prune_one_shot(model, calibration_rows(), sparsity=None, method="sparsegpt", pattern=pattern, num_samples=8,
                    seq_len=32, sequential=True, hessian_dtype="float32")
     modules = dict(model.named_modules())
-    for name, mask in model._sparsity_masks.items():
+    for name, mask in model.pruning_state.masks.items():
         module = modules[name.removesuffix(".weight")]
         zeros = rows_of(module, module.weight == 0)
         assert (zeros.reshape(zeros.shape[0], -1, m).sum(-1) == n).all(), name
@@ -149,10 +149,10 @@ def test_every_block_of_m_inputs_has_exactly_n_zeros(build, pattern):
 def test_masks_only_grow_when_pruning_again():
     model = tiny_llama()
     prune_one_shot(model, sparsity=0.3, method="magnitude")
-    first = {name: mask.clone() for name, mask in model._sparsity_masks.items()}
+    first = {name: mask.clone() for name, mask in model.pruning_state.masks.items()}
     prune_one_shot(model, calibration_rows(), sparsity=0.5, method="sparsegpt", num_samples=8, seq_len=32)
     for name, mask in first.items():
-        assert model._sparsity_masks[name][mask].all(), name
+        assert model.pruning_state.masks[name][mask].all(), name
     assert sparsity_report(model).global_sparsity == pytest.approx(0.5, abs=0.01)
 
 
@@ -188,10 +188,10 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
     sequential = prune_one_shot(copy.deepcopy(dense), calibration, method=method, sequential=True)
     first, later = "model.layers.0.self_attn.q_proj.weight", "model.layers.3.mlp.down_proj.weight"
     # the first block reads the embeddings either way; a later one reads pruned outputs only sequentially
-    assert torch.equal(one_pass._sparsity_masks[first], sequential._sparsity_masks[first])
+    assert torch.equal(one_pass.pruning_state.masks[first], sequential.pruning_state.masks[first])
     assert torch.equal(one_pass.get_parameter(first), sequential.get_parameter(first))
-    assert not torch.equal(one_pass._sparsity_masks[later], sequential._sparsity_masks[later])
-    assert sequential._sparsity_info["sequential"] is True and one_pass._sparsity_info["sequential"] is False
+    assert not torch.equal(one_pass.pruning_state.masks[later], sequential.pruning_state.masks[later])
+    assert sequential.pruning_state.record["sequential"] is True and one_pass.pruning_state.record["sequential"] is False
     assert sparsity_report(sequential).global_sparsity == pytest.approx(0.5)
 
 
@@ -223,7 +223,7 @@ def test_bad_input_is_refused_before_the_model_changes(kwargs, error, words):
     with pytest.raises(error, match=words):
         prune_one_shot(model, **kwargs)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
-    assert not getattr(model, "_sparsity_masks", None)
+    assert not getattr(model, "pruning_state", None)
 
 
 @pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
@@ -232,7 +232,7 @@ def test_statistics_collected_earlier_cannot_stand_in_for_block_by_block_calibra
     statistics = collect_input_statistics(model, prepare_calibration(calibration_rows(), 4, 32, model=model))
     with pytest.raises(ValueError, match="pass the calibration dataset itself"):
         prune_one_shot(model, statistics, method=method, sequential=method == "wanda")
-    assert not getattr(model, "_sparsity_masks", None)
+    assert not getattr(model, "pruning_state", None)
 
 
 # ------------------------------------------------------------------------- saving, reloading, healing, card
@@ -244,7 +244,7 @@ def test_saved_model_reloads_plainly_heals_and_names_sparsegpt_on_its_card(tmp_p
     model = tiny_llama()
     prune_one_shot(model, calibration_rows(), sparsity=None, pattern="2:4", method="sparsegpt", sequential=True,
                    num_samples=8, seq_len=32)
-    masks = {name: mask.clone() for name, mask in model._sparsity_masks.items()}
+    masks = {name: mask.clone() for name, mask in model.pruning_state.masks.items()}
     save_pruned_model(model, tmp_path / "pruned")
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())["sparsity"]
     assert config["method"] == "sparsegpt" and config["structure"] == "2:4" and config["sequential"] is True
@@ -277,11 +277,11 @@ def test_an_encoder_and_a_layer_outside_the_blocks_are_pruned_too():
     torch.manual_seed(0)
     bert = BertForSequenceClassification(tiny_bert_config()).eval()
     prune_one_shot(bert, calibration_rows(), method="sparsegpt", sequential=True, num_samples=4, seq_len=32)
-    assert sparsity_report(bert).global_sparsity == pytest.approx(0.5) and len(bert._sparsity_masks) >= 12
+    assert sparsity_report(bert).global_sparsity == pytest.approx(0.5) and len(bert.pruning_state.masks) >= 12
     # an untied LM head sits outside the blocks: calibrated by a full pass once the blocks are pruned
     llama = LlamaForCausalLM(tiny_llama_config(tie_word_embeddings=False)).eval()
     prune_one_shot(llama, calibration_rows(), method="sparsegpt", target_modules=["down_proj", "lm_head"],
                    num_samples=4, seq_len=32)
     assert (llama.lm_head.weight == 0).float().mean().item() == pytest.approx(0.5)
-    assert set(llama._sparsity_masks) == {"lm_head.weight", *(f"model.layers.{i}.mlp.down_proj.weight"
+    assert set(llama.pruning_state.masks) == {"lm_head.weight", *(f"model.layers.{i}.mlp.down_proj.weight"
                                                               for i in range(4))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,18 +17,21 @@ from transformers.utils import logging
 from ..trainer_context import running_trainer
 from ..utils.distributed import full_tensor, is_sharded, shard_like, unsharded
 from ..utils.files import publishing
+from .calibration import prepare_calibration
 from .config import PruningConfig
+from .criteria import get_pruning_criterion
+from .criteria.magnitude import MAGNITUDE
+from .importance import compute_importance
 from .io import (
     SPARSITY_REWIND_NAME,
     apply_masks,
-    attach_masks,
     load_masks,
-    load_tensors,
+    load_pruning_state,
     masks_from_zeros,
     save_pruned_model,
     record_sparsity,
-    save_tensors,
     write_masks,
+    write_rewind_weights,
 )
 from .masks import (
     sparsity_report,
@@ -37,6 +41,8 @@ from .masks import (
     unstructured_masks,
 )
 from .schedules import PruningSchedule, build_schedule, restart_lr_each_round
+from .state import PruningState, attach_pruning_state, get_pruning_state
+from .statistics import collect_statistics
 from .targets import find_target_modules, unit_groups
 from .wanda import check_pattern_fits, criterion_masks
 
@@ -73,14 +79,20 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         criterion (`str`, defaults to `"magnitude"`): `"magnitude"`, `"wanda"` (`|W_ij| * ||X_j||_2`
             over `calibration_dataset`, recomputed at every pruning event; Sun et al. 2023) or
             `"activation"` (FFN neurons / heads ranked by their activations, Minitron; with
-            `structure="neurons"` or `"heads"`).
-        calibration_dataset (*optional*): tokenized rows for Wanda (see
+            `structure="neurons"` or `"heads"`), or any criterion registered with
+            [`~hf_bigsmall.pruning.criteria.register_pruning_criterion`]; the calibration pass collects
+            what it declares (`needs`) at every pruning event.
+        calibration_dataset (*optional*): tokenized rows for Wanda and any criterion that needs calibration (see
             [`~hf_bigsmall.pruning.calibration.prepare_calibration`]), checked when the trainer is built;
             for `"activation"`, the samples `compute_importance` measures at the first pruning event.
         importance ([`~pruning.importance.Importance`], *optional*): with `criterion="activation"`, an
             importance already measured (`compute_importance`), used instead of `calibration_dataset`.
         **kwargs: the remaining fields of [`PruningConfig`] (`initial_sparsity`, `start_step`,
             `end_step`, `pruning_frequency`, `imp_rounds`, `rewind_step`, `steps_per_round`).
+
+    The masks, the record of how they were made, the schedule position and the IMP rewind weights
+    are one [`~hf_bigsmall.pruning.state.PruningState`], `callback.pruning_state`, which is attached
+    to the model it prunes as `model.pruning_state`.
 
     Sparsity (`sparsity/global`, `sparsity/model`, `sparsity/scheduled` and per block
     `sparsity/layer.3.ffn`, `sparsity/layer.3.attn`) is logged to `log_history`; under a trainer
@@ -109,44 +121,70 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                  criterion: str = "magnitude", calibration_dataset=None, importance=None, **kwargs):
         self.config = PruningConfig(target_sparsity=target_sparsity, schedule=schedule, structure=structure,
                                     scope=scope, target_modules=target_modules, criterion=criterion, **kwargs)
-        if criterion == "wanda" and target_sparsity is not None and calibration_dataset is None:
-            raise ValueError("criterion='wanda' needs calibration_dataset= (tokenized rows of text like the training "
-                             "data), or use criterion='magnitude'.")
-        if criterion == "activation" and target_sparsity is not None and importance is None and calibration_dataset is None:
-            raise ValueError("criterion='activation' needs importance=compute_importance(model, calibration_dataset) "
-                             "or calibration_dataset= (tokenized rows of text like the training data).")
+        self.criterion = get_pruning_criterion(criterion)
+        needs = self.criterion.needs
+        if target_sparsity is not None and calibration_dataset is None:
+            if needs == "unit_activations" and importance is None:
+                raise ValueError(f"criterion={criterion!r} needs importance=compute_importance(model, "
+                                 "calibration_dataset) or calibration_dataset= (tokenized rows of text like the "
+                                 "training data).")
+            if needs not in ("nothing", "unit_activations"):
+                raise ValueError(f"criterion={criterion!r} needs calibration_dataset= (tokenized rows of text like the "
+                                 "training data), or use criterion='magnitude'.")
         self.importance = importance
         self.calibration_dataset = calibration_dataset
         self._calibration = None  # prepared (and checked against the model) once the model is known
-        self._inherited_info: dict | None = None
         self.schedule: PruningSchedule | None = None
-        self.masks: dict[str, torch.Tensor] = {}
-        self.rewind_weights: dict[str, torch.Tensor] | None = None
-        self.imp_round = 0
-        self.last_pruned_step: int | None = None
+        # masks, record, schedule position and rewind weights; attached to the model it arms
+        self.pruning_state = PruningState()
+        self._record_inherited = False  # re-armed: the record says how the model was pruned before
         self._masked_params: list[tuple[nn.Parameter, torch.Tensor]] = []  # (param, bool mask)
         self._keep: list[tuple[nn.Parameter, torch.Tensor]] = []  # (param, 0/1 in the param's dtype)
         self._masks_saved_to: tuple[str, int] | None = None  # (folder, step) already holding the masks
         self._armed = False  # masks (maybe none yet) are in force on a model being trained
 
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The masks in force (`True` = pruned), keyed by parameter name."""
+        return self.pruning_state.masks
+
+    # the ExportableState attributes: Trainer(restore_callback_states_from_checkpoint=True) sets them back
+    @property
+    def imp_round(self) -> int:
+        """IMP rounds done."""
+        return self.pruning_state.imp_round
+
+    @imp_round.setter
+    def imp_round(self, value: int) -> None:
+        self.pruning_state.imp_round = value
+
+    @property
+    def last_pruned_step(self) -> int | None:
+        """The step of the last pruning event."""
+        return self.pruning_state.last_pruned_step
+
+    @last_pruned_step.setter
+    def last_pruned_step(self, value: int | None) -> None:
+        self.pruning_state.last_pruned_step = value
+
     # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict:
         return {
             "args": self.config.to_dict(),
-            "attributes": {"imp_round": self.imp_round, "last_pruned_step": self.last_pruned_step},
+            "attributes": {"imp_round": self.pruning_state.imp_round,
+                           "last_pruned_step": self.pruning_state.last_pruned_step},
         }
 
     # ------------------------------------------------------------------ validation
     def _check_model(self, model: nn.Module) -> None:
         if self.config.structure in ("neurons", "heads"):
             unit_groups(model, self.config.structure)
-            return
-        targets = find_target_modules(model, self.config.target_modules)
-        if self.config.pattern is not None:
-            check_pattern_fits(targets, self.config.structure)
-        if self.config.criterion == "wanda" and self._calibration is None:
-            from .calibration import prepare_calibration
-
+        else:
+            targets = find_target_modules(model, self.config.target_modules)
+            if self.config.pattern is not None:
+                check_pattern_fits(targets, self.config.structure)
+        # the windows of what the criterion declares; an Importance is measured by compute_importance itself
+        if self.criterion.calibrated and self.criterion.needs != "unit_activations" and self._calibration is None:
             self._calibration = prepare_calibration(
                 self.calibration_dataset, self.config.calibration_samples, self.config.calibration_seq_len, model=model)
 
@@ -159,6 +197,11 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         model = extract_model_from_parallel(model)
         if self.config.target_sparsity is not None:
             self._check_model(model)
+            if self.criterion.needs == "gradients" and args.world_size > 1:
+                # a backward pass outside the wrapped model's forward would desynchronise DDP's gradient reduction
+                raise ValueError(f"criterion={self.config.criterion!r} needs gradients of a calibration pass, which "
+                                 "the callback takes in single-process runs only: prune it with prune_one_shot, or "
+                                 "train on one process.")
             self.schedule = build_schedule(self.config, state.max_steps)
             if self.schedule.kind == "imp" and args.world_size > 1 and is_sharded(model):
                 # each round's folder is written by the main process alone, which cannot gather shards
@@ -168,14 +211,14 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if state.global_step > 0:
             self._restore(args, state, model)
         else:
-            self.masks = self._existing_masks(model)
-            if self.schedule is None and not self.masks:
+            self.pruning_state.masks = self._existing_masks(model)
+            if self.schedule is None and not self.pruning_state.masks:
                 raise ValueError(
                     "target_sparsity=None re-arms the masks of a pruned checkpoint, but this model carries none: "
                     "load a folder saved by a pruning run, or pass a target_sparsity."
                 )
             if self.schedule is not None and self.schedule.kind == "imp" and self.schedule.rewind_step == 0:
-                self.rewind_weights = _snapshot(model)
+                self.pruning_state.rewind_weights = _snapshot(model)
         if self.schedule is not None and self.schedule.kind == "imp" and self.config.imp_restart_lr:
             if not restart_lr_each_round(kwargs.get("lr_scheduler"), self.schedule, args, state.max_steps):
                 logger.warning("IMP: the learning-rate schedule is not a LambdaLR, so it is not restarted in each "
@@ -218,8 +261,8 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                 self._log(model, state, control)
             return
         step = state.global_step
-        if self.schedule.kind == "imp" and step == self.schedule.rewind_step and self.rewind_weights is None:
-            self.rewind_weights = _snapshot(model)
+        if self.schedule.kind == "imp" and step == self.schedule.rewind_step and self.pruning_state.rewind_weights is None:
+            self.pruning_state.rewind_weights = _snapshot(model)
         pruned = False
         if step > 0 and self.schedule.is_pruning_step(step):
             if self.schedule.kind == "imp":
@@ -238,10 +281,10 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if not (args.should_save and folder.is_dir()):
             return
+        model = extract_model_from_parallel(model)
         if self._masks_saved_to != (str(folder), state.global_step):  # not yet by BigSmallTrainerMixin.save_model
-            write_masks(extract_model_from_parallel(model), folder)
-        if self.rewind_weights is not None:
-            save_tensors(self.rewind_weights, folder / SPARSITY_REWIND_NAME)
+            write_masks(model, folder)
+        write_rewind_weights(model, folder)
 
     def on_push_begin(self, args, state, control, model=None, **kwargs):
         """A push during training (`push_to_hub=True`) uploads `output_dir`, into which the Trainer has just
@@ -255,8 +298,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if folder.is_dir() and self._masks_saved_to != (str(folder), state.global_step):
             write_masks(model, folder)
             self._masks_saved_to = (str(folder), state.global_step)
-            if self.rewind_weights is not None:
-                save_tensors(self.rewind_weights, folder / SPARSITY_REWIND_NAME)
+            write_rewind_weights(model, folder)
 
     def on_model_save_begin(self, args, state, control, model=None, output_dir=None, **kwargs):
         """`BigSmallTrainerMixin.save_model` is about to write config.json: the `sparsity` block, measured now, goes in."""
@@ -290,21 +332,19 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         weights with the final masks would call weights pruned that are not, and re-arming them
         would zero weights that were never pruned.
         """
-        masks = load_masks(folder, model=model)
-        if not masks:
-            masks = self._masks_from_zeros(model)
-        self.masks = masks
-        saved = _read_sparsity_block(folder)
-        for key in ("imp_round", "pruned_at_step"):
-            if key in saved:
-                setattr(self, "last_pruned_step" if key == "pruned_at_step" else key, saved[key])
+        saved = load_pruning_state(folder, model=model)
+        self.pruning_state.masks = saved.masks or self._masks_from_zeros(model)
+        if "imp_round" in saved.record:
+            self.pruning_state.imp_round = saved.record["imp_round"]
+        if "pruned_at_step" in saved.record:
+            self.pruning_state.last_pruned_step = saved.record["pruned_at_step"]
         self._arm(model)
 
     # ------------------------------------------------------------------ internals
     def _info(self) -> dict:
         schedule = self.schedule
-        if schedule is None and self._inherited_info:
-            return dict(self._inherited_info)  # re-armed: the block still says how the model was pruned
+        if schedule is None and self._record_inherited:
+            return dict(self.pruning_state.record)  # re-armed: the block still says how the model was pruned
         return {
             "method": self.config.criterion,
             "schedule": self.config.schedule,
@@ -315,24 +355,26 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             "start_step": schedule.start_step if schedule else None,
             "end_step": schedule.end_step if schedule else None,
             "pruning_frequency": schedule.frequency if schedule else None,
-            "imp_round": self.imp_round if self.config.schedule == "imp" else None,
+            "imp_round": self.pruning_state.imp_round if self.config.schedule == "imp" else None,
             "imp_rounds": self.config.imp_rounds if self.config.schedule == "imp" else None,
             "rewind_step": self.config.rewind_step if self.config.schedule == "imp" else None,
-            "pruned_at_step": self.last_pruned_step,
+            "pruned_at_step": self.pruning_state.last_pruned_step,
             "calibration": self._calibration.describe() if self._calibration is not None else None,
         }
 
     def _arm(self, model: nn.Module, optimizer=None) -> None:
         params = dict(model.named_parameters())
-        unknown = sorted(set(self.masks) - set(params))
+        pruning = self.pruning_state
+        unknown = sorted(set(pruning.masks) - set(params))
         if unknown:
             raise ValueError(f"Masks name parameters this model does not have: {unknown[:5]}. Was the model changed?")
-        self.masks = {name: mask.to(params[name].device) for name, mask in self.masks.items()}
+        pruning.masks = {name: mask.to(params[name].device) for name, mask in pruning.masks.items()}
         # under FSDP2 each process holds a shard of every weight: its masks are split the same way
-        self._masked_params = [(params[name], shard_like(mask, params[name])) for name, mask in self.masks.items()]
+        self._masked_params = [(params[name], shard_like(mask, params[name])) for name, mask in pruning.masks.items()]
         self._keep = [(param, (~mask).to(param.dtype)) for param, mask in self._masked_params]
-        attach_masks(model, self.masks, self._info())
-        apply_masks(model, self.masks)
+        pruning.record = self._info()
+        attach_pruning_state(model, pruning)
+        apply_masks(model, pruning.masks)
         _zero_optimizer_state(optimizer, self._masked_params)
         # config.json of any save from now on describes these masks, also a plain Trainer's save_model()
         record_sparsity(model)
@@ -350,10 +392,12 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
 
     def _existing_masks(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Masks a model already carries: attached in memory, or saved beside the checkpoint it came from."""
-        block = getattr(model, "_sparsity_info", None) or getattr(model.config, "sparsity", None)
-        self._inherited_info = dict(block) if isinstance(block, dict) else None
-        if getattr(model, "_sparsity_masks", None):
-            return dict(model._sparsity_masks)
+        attached = get_pruning_state(model)
+        block = (attached.record if attached is not None else None) or getattr(model.config, "sparsity", None)
+        self._record_inherited = isinstance(block, dict)
+        self.pruning_state.record = dict(block) if isinstance(block, dict) else {}
+        if attached is not None and attached.masks:
+            return dict(attached.masks)
         source = getattr(model, "name_or_path", "")
         block = getattr(model.config, "sparsity", None)
         # a model saved with no masks left (fully compacted) says so in its block: a masks file still
@@ -381,19 +425,19 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
                     f"(field: (now, checkpoint)): {changed}. Resume with the same MagnitudePruningCallback arguments, "
                     "or start a new run in another output_dir."
                 )
-            self.imp_round = stored["attributes"].get("imp_round", 0)
-            self.last_pruned_step = stored["attributes"].get("last_pruned_step")
+            self.pruning_state.imp_round = stored["attributes"].get("imp_round", 0)
+            self.pruning_state.last_pruned_step = stored["attributes"].get("last_pruned_step")
         folder = self._resumed_folder(args, state)
-        self.masks = load_masks(folder, model=model)
-        if not self.masks:
+        saved = load_pruning_state(folder, model=model)
+        self.pruning_state.masks = saved.masks
+        if not saved.masks:
             logger.warning(f"No pruning masks in {folder}: reading them back from the exact zeros of the resumed weights.")
-            self.masks = self._masks_from_zeros(model)
+            self.pruning_state.masks = self._masks_from_zeros(model)
         if self.config.schedule == "imp":
-            rewind_file = folder / SPARSITY_REWIND_NAME
-            if rewind_file.is_file():
-                self.rewind_weights = load_tensors(rewind_file)
+            if saved.rewind_weights is not None:
+                self.pruning_state.rewind_weights = saved.rewind_weights
             elif self.schedule is not None and state.global_step > self.schedule.rewind_step:
-                raise ValueError(f"Resuming IMP needs the rewind weights {rewind_file}, which is missing.")
+                raise ValueError(f"Resuming IMP needs the rewind weights {folder / SPARSITY_REWIND_NAME}, which is missing.")
 
     def _resumed_folder(self, args, state) -> Path:
         """The checkpoint this run resumes from.
@@ -415,73 +459,74 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
     def _prune(self, model: nn.Module, step: int, optimizer=None) -> None:
         sparsity = self.schedule.sparsity_at(step)
         config = self.config
-        if config.criterion == "wanda" or config.pattern is not None or config.scope == "row":
+        if config.structure not in ("neurons", "heads") and (
+                self.criterion is not MAGNITUDE or config.pattern is not None or config.scope == "row"):
             masks = self._criterion_masks(model, sparsity)
         elif config.structure == "unstructured":
             weights = targeted_weights(model, self.config.target_modules, prefer_masked=False)
             # a global threshold needs every weight whole: FSDP2 shards are gathered (collective)
             weights = {name: full_tensor(weight) for name, weight in weights.items()}
-            masks = unstructured_masks(weights, sparsity, self.config.scope, previous=self.masks)
+            masks = unstructured_masks(weights, sparsity, self.config.scope, previous=self.pruning_state.masks)
         else:
-            scores = None
-            if self.config.criterion == "activation":
-                if self.importance is None:  # measured once, on the model as it is at the first pruning event
-                    from .importance import compute_importance
-
-                    self.importance = compute_importance(model, self.calibration_dataset,
-                                                         num_samples=self.config.calibration_samples)
-                table = self.importance.neurons if self.config.structure == "neurons" else self.importance.heads
-                scores = list(table)
+            scores = self.criterion.unit_scores(model, self.config.structure, self._unit_statistic(model))
             with unsharded(model):  # FSDP2: units are ranked on whole weights (collective)
                 masks = structured_masks(model, self.config.structure, sparsity, self.config.scope,
-                                         previous=self.masks, unit_scores=scores)
+                                         previous=self.pruning_state.masks, unit_scores=scores)
         masks = {name: full_tensor(mask) for name, mask in masks.items()}  # whole masks on every process
         # Masks only ever grow: a scheduled sparsity below what the model already has (a pruned model
         # pruned again from initial_sparsity=0) keeps every weight pruned before.
-        for name, previous in self.masks.items():
+        for name, previous in self.pruning_state.masks.items():
             masks[name] = masks[name] | previous.to(masks[name].device) if name in masks else previous
-        self.masks = _broadcast_from_main(masks)
-        self.last_pruned_step = step
+        self.pruning_state.masks = _broadcast_from_main(masks)
+        self.pruning_state.last_pruned_step = step
         self._arm(model, optimizer)
 
-    def _criterion_masks(self, model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
-        """Wanda or magnitude masks per row, per layer, globally or N:M (see `wanda.criterion_masks`)."""
-        targets = find_target_modules(model, self.config.target_modules)
-        squared_norms = None
-        if self.config.criterion == "wanda":
-            from .calibration import collect_input_statistics
+    def _unit_statistic(self, model: nn.Module):
+        """What the criterion declares for ranking whole units: an `Importance` measured once, on the model as it
+        is at the first pruning event (or given), or a per-layer statistic recomputed at every event."""
+        if self.criterion.needs != "unit_activations":
+            targets = find_target_modules(model, self.config.target_modules)
+            return collect_statistics(model, self._calibration, targets, self.criterion)
+        if self.importance is None:
+            self.importance = compute_importance(model, self.calibration_dataset,
+                                                 num_samples=self.config.calibration_samples)
+        return self.importance
 
-            # Recomputed at every event: the activations change as the model trains and is pruned.
-            squared_norms = collect_input_statistics(model, self._calibration, self.config.target_modules).squared_norms
+    def _criterion_masks(self, model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
+        """The criterion's masks per row, per layer, globally or N:M (see `wanda.criterion_masks`)."""
+        targets = find_target_modules(model, self.config.target_modules)
+        # Recomputed at every event: the activations change as the model trains and is pruned.
+        statistics = collect_statistics(model, self._calibration, targets, self.criterion)
         pattern_n = None
         if self.config.pattern is not None:
             # A gradual N:M schedule prunes floor(s * M) of every M inputs, reaching N at the target s = N/M.
             n, m = self.config.pattern
             pattern_n = min(n, int(sparsity * m + 1e-9))
-        previous = {name: mask for name, mask in self.masks.items() if name.removesuffix(".weight") in targets}
+        previous = {name: mask for name, mask in self.pruning_state.masks.items() if name.removesuffix(".weight") in targets}
         with unsharded(model):  # FSDP2: rows and N:M blocks are scored on whole weights (collective)
-            return criterion_masks(targets, sparsity, self.config.scope, squared_norms,
-                                   self.config.structure if self.config.pattern else None, previous, pattern_n=pattern_n)
+            return criterion_masks(targets, sparsity, self.config.scope, statistics,
+                                   self.config.structure if self.config.pattern else None, previous, pattern_n=pattern_n,
+                                   score=self.criterion.score)
 
     @torch.no_grad()
     def _rewind(self, model: nn.Module, optimizer=None) -> None:
         """Lottery-ticket rewinding: surviving weights go back to their values at `rewind_step`."""
         params = dict(model.named_parameters())
-        for name, value in self.rewind_weights.items():
+        for name, value in self.pruning_state.rewind_weights.items():
             params[name].copy_(value.to(params[name].device))
-        apply_masks(model, self.masks)
+        apply_masks(model, self.pruning_state.masks)
         if optimizer is not None:
             # The next round trains the rewound weights from a fresh optimizer, as in Frankle & Carbin 2019.
             getattr(optimizer, "optimizer", optimizer).state.clear()
-        self.imp_round += 1
-        attach_masks(model, self.masks, self._info())
+        self.pruning_state.imp_round += 1
+        self.pruning_state.record = self._info()
         record_sparsity(model)
 
     def _save_round(self, args, model: nn.Module) -> None:
         """Keep the trained model of each IMP round in `output_dir/imp-round-{r}`."""
         if not args.should_save:
             return
-        target = Path(args.output_dir) / f"imp-round-{self.imp_round}"
+        target = Path(args.output_dir) / f"imp-round-{self.pruning_state.imp_round}"
         with publishing(target) as partial:
             save_pruned_model(model, partial)
 
@@ -491,7 +536,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
         if self.schedule is not None:
             logs["sparsity/scheduled"] = self.schedule.sparsity_at(state.global_step)
         if self.config.schedule == "imp":
-            logs["sparsity/imp_round"] = self.imp_round
+            logs["sparsity/imp_round"] = self.pruning_state.imp_round
         logs.update({f"sparsity/{key}": value for key, value in report.grouped().items()})
         trainer = running_trainer(self)
         if trainer is not None:
@@ -503,22 +548,12 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             state.log_history.append({**logs, "step": state.global_step})
 
 
-def _read_json_file(path: Path) -> dict:
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _read_sparsity_block(folder: Path) -> dict:
-    block = _read_json_file(folder / "config.json").get("sparsity")
-    return block if isinstance(block, dict) else {}
-
-
 def _read_trainer_state_step(folder: Path) -> int | None:
-    step = _read_json_file(folder / "trainer_state.json").get("global_step")
+    try:
+        saved = json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    step = saved.get("global_step") if isinstance(saved, dict) else None
     return step if isinstance(step, int) else None
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from .io import attach_masks, detach_masks, record_sparsity
+from .state import get_pruning_state
 from .targets import UnitGroup, _architecture, unit_groups, unit_index
 
 
@@ -246,24 +247,20 @@ def compact(model: nn.Module) -> nn.Module:
         )
     for reason in kept:  # something was removed; say what stays
         warnings.warn(f"compact removed what it could and kept the rest: {reason}", stacklevel=2)
-    info = dict(getattr(model, "_sparsity_info", None) or getattr(model.config, "sparsity", None) or {})
+    state = get_pruning_state(model)
+    info = dict((state.record if state else None) or getattr(model.config, "sparsity", None) or {})
     info.pop("per_layer", None)
     info["compacted"] = {**changes, "params": [params_before, model.num_parameters()]}
-    masks = getattr(model, "_sparsity_masks", None)
-    if masks:
+    remaining = {}
+    if state is not None and state.masks:
         params = dict(model.named_parameters())
         # What is left of the masks is exactly the zeros that compaction could not remove.
-        remaining = {name: params[name].detach() == 0 for name in masks if name in params}
+        remaining = {name: params[name].detach() == 0 for name in state.masks if name in params}
         remaining = {name: mask for name, mask in remaining.items() if mask.any()}
-        if remaining:
-            attach_masks(model, remaining, info)
-        else:
-            detach_masks(model)
-            model._sparsity_info = info
-    else:
-        model._sparsity_info = info
+    # the record of the compaction goes into config.json whether or not masks remain
+    attach_masks(model, remaining, info)
     record_sparsity(model)
-    if not getattr(model, "_sparsity_masks", None):
-        model.__dict__.pop("_sparsity_info", None)
+    if not remaining:
+        detach_masks(model)
     return model
 

@@ -6,7 +6,11 @@ A pruned checkpoint is a plain transformers checkpoint whose weights hold exact 
 - `config.json` gains a `sparsity` block (method, schedule, structure, scope, target, measured
   sparsity global and per layer, IMP round), read by model cards and by hf_bigsmall;
 - `sparsity_masks.safetensors` holds the boolean masks (`True` = pruned), keyed by parameter name,
-  so continued training with hf_bigsmall re-arms exactly the same masks.
+  so continued training with hf_bigsmall re-arms exactly the same masks;
+- in an IMP checkpoint, `sparsity_rewind.safetensors` holds the weights each round rewinds to.
+
+Together they are the saved form of a [`~hf_bigsmall.pruning.state.PruningState`]: [`write_pruning_state`]
+writes one, [`load_pruning_state`] reads it back from a folder.
 
 Inside a Trainer the pruning callback writes both (`on_save` for checkpoints, the end of training
 and `BigSmallTrainerMixin.save_model` for `output_dir`); outside one, [`save_pruned_model`] does.
@@ -14,7 +18,9 @@ and `BigSmallTrainerMixin.save_model` for `output_dir`); outside one, [`save_pru
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -26,6 +32,7 @@ from ..utils.distributed import shard_like
 from ..utils.files import atomic_write
 from .masks import sparsity_report
 from .record import SparsityRecord
+from .state import PruningState, attach_pruning_state, detach_pruning_state, get_pruning_state
 
 SPARSITY_MASKS_NAME = "sparsity_masks.safetensors"
 SPARSITY_REWIND_NAME = "sparsity_rewind.safetensors"
@@ -90,14 +97,15 @@ def save_tensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike) -> N
 def sparsity_block(model: nn.Module) -> dict:
     """The `sparsity` block of `config.json`, with sparsity measured on the weights now."""
     report = sparsity_report(model)
-    info = dict(getattr(model, "_sparsity_info", None) or {})
+    state = get_pruning_state(model)
+    info = dict(state.record if state is not None else {})
     info.update(
         global_sparsity=round(report.global_sparsity, 6),
         model_sparsity=round(report.model_sparsity, 6),
         total_params=report.total_params,
         zero_params=report.zero_params,
         per_layer={name: round(value, 6) for name, value in report.per_layer.items()},
-        masks_file=SPARSITY_MASKS_NAME if getattr(model, "_sparsity_masks", None) else None,
+        masks_file=SPARSITY_MASKS_NAME if state is not None and state.masks else None,
     )
     return info
 
@@ -132,29 +140,67 @@ def save_pruned_model(model: nn.Module, save_directory: str | os.PathLike, **kwa
 
 def write_masks(model: nn.Module, save_directory: str | os.PathLike) -> None:
     """Write the model's masks into `save_directory`, or remove a stale masks file when it has none."""
-    masks = getattr(model, "_sparsity_masks", None)
-    if masks:
-        save_masks(masks, save_directory)
+    state = get_pruning_state(model)
+    if state is not None and state.masks:
+        save_masks(state.masks, save_directory)
     else:
         (Path(save_directory) / SPARSITY_MASKS_NAME).unlink(missing_ok=True)
 
 
-def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor], info: dict | None = None) -> None:
-    """Record masks and pruning metadata on a model, for `sparsity_block` and the savers above.
+def write_rewind_weights(model: nn.Module, save_directory: str | os.PathLike) -> None:
+    """Write the IMP rewind weights of the model's pruning state into `save_directory`, if it has some."""
+    state = get_pruning_state(model)
+    if state is not None and state.rewind_weights is not None:
+        save_tensors(state.rewind_weights, Path(save_directory) / SPARSITY_REWIND_NAME)
 
-    Plain attributes (not buffers), so the weights file keeps exactly the keys of the original
-    architecture. Nothing of the model's own is replaced: saving the masks is the job of the
-    pruning callback or of [`save_pruned_model`].
+
+def write_pruning_state(model: nn.Module, save_directory: str | os.PathLike) -> None:
+    """The files of the model's [`PruningState`] beside its weights: masks (a stale masks file removed when it
+    has none) and IMP rewind weights. The record goes into `config.json` as the `sparsity` block
+    ([`sparsity_block`]), written by `save_pretrained`."""
+    write_masks(model, save_directory)
+    write_rewind_weights(model, save_directory)
+
+
+def read_sparsity_block(directory: str | os.PathLike) -> dict:
+    """The `sparsity` block of `directory/config.json` (`{}` when there is none or the file is unreadable)."""
+    path = Path(directory) / "config.json"
+    try:
+        block = json.loads(path.read_text(encoding="utf-8")).get("sparsity") if path.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        block = None
+    return block if isinstance(block, dict) else {}
+
+
+def load_pruning_state(directory: str | os.PathLike, model: nn.Module | None = None) -> PruningState:
+    """The [`PruningState`] saved in a folder: its masks (checked against `model`, see [`load_masks`]),
+    the `sparsity` block of its `config.json` as the record, the schedule position that block holds,
+    and the IMP rewind weights when the folder has them. Missing files give empty fields."""
+    record = read_sparsity_block(directory)
+    rewind_file = Path(directory) / SPARSITY_REWIND_NAME
+    return PruningState(
+        masks=load_masks(directory, model=model),
+        record=record,
+        last_pruned_step=record.get("pruned_at_step"),
+        imp_round=record.get("imp_round") or 0,
+        rewind_weights=load_tensors(rewind_file) if rewind_file.is_file() else None,
+    )
+
+
+def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor], info: dict | None = None) -> PruningState:
+    """Attach a [`PruningState`] with these masks (and, when given, the record of how they were made) to the model.
+
+    The rest (record, schedule position) is carried over from the state the model had, if any. Nothing of the model's own is
+    replaced: saving the masks is the job of the pruning callback or of [`save_pruned_model`].
     """
-    model._sparsity_masks = masks
-    if info is not None:
-        model._sparsity_info = info
+    # a new object: a callback's state (attached while it trains) is its own, not changed from outside
+    state = get_pruning_state(model) or PruningState()
+    return attach_pruning_state(model, replace(state, masks=masks, record=state.record if info is None else info))
 
 
 def detach_masks(model: nn.Module) -> None:
-    """Forget the masks and pruning metadata recorded on a model."""
-    model.__dict__.pop("_sparsity_masks", None)
-    model.__dict__.pop("_sparsity_info", None)
+    """Forget the model's pruning state: masks, record and schedule position."""
+    detach_pruning_state(model)
 
 
 def masks_from_zeros(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..utils.distributed import full_tensor
 from .heads import choose_heads
+from .state import get_pruning_state
 from .targets import UnitGroup, find_target_modules, layer_key, unit_groups, unit_index
 
 
@@ -226,7 +227,8 @@ def targeted_weights(
 ) -> dict[str, torch.Tensor]:
     """`{parameter name: weight}` of the pruned set: the weights that carry masks if the model has
     some (and `prefer_masked`), else the layers that `target_modules` selects."""
-    masks = getattr(model, "_sparsity_masks", None)
+    state = get_pruning_state(model)
+    masks = state.masks if state is not None else None
     if masks and prefer_masked and target_modules is None:
         params = dict(model.named_parameters())
         return {name: params[name] for name in masks if name in params}

@@ -1,4 +1,5 @@
-"""`prune_one_shot`: post-training pruning of a whole model at once, by SparseGPT, Wanda or magnitude."""
+"""`prune_one_shot`: post-training pruning of a whole model at once, by SparseGPT, Wanda, magnitude or any
+registered criterion that prunes weights."""
 
 from __future__ import annotations
 
@@ -10,29 +11,15 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .calibration import (
-    DEFAULT_NUM_SAMPLES,
-    CalibrationData,
-    InputStatistics,
-    collect_input_statistics,
-    _accumulate_squared_norm,
-    prepare_calibration,
-)
-from .io import apply_masks, attach_masks
+from .calibration import DEFAULT_NUM_SAMPLES, CalibrationData, InputStatistics, prepare_calibration
+from .criteria import PruningCriterion, get_pruning_criterion, pruning_criterion_names
+from .io import apply_masks
 from .sequential import calibrate_block_by_block
-from .sparsegpt import (
-    DEFAULT_BLOCK_SIZE,
-    DEFAULT_DAMPENING,
-    HESSIAN_DTYPES,
-    SharedHessians,
-    sparsegpt_prune_module,
-)
+from .sparsegpt import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING, HESSIAN_DTYPES
+from .state import PruningState, attach_pruning_state, get_pruning_state
+from .statistics import INPUT_STATISTICS, InputStatisticCollector, collect_statistics
 from .targets import find_target_modules
-from .wanda import ONE_SHOT_SCOPES, check_pattern_fits, criterion_masks, in_features, parse_pattern
-
-# "sparsegpt" is one-shot only: it rewrites the kept weights, which a training-time schedule cannot do
-ONE_SHOT_METHODS = ("wanda", "sparsegpt", "magnitude")
-CALIBRATED_METHODS = ("wanda", "sparsegpt")
+from .wanda import ONE_SHOT_SCOPES, check_pattern_fits, criterion_masks, parse_pattern
 
 logger = logging.get_logger(__name__)
 
@@ -69,12 +56,37 @@ def _targets(model: nn.Module, target_modules: list[str] | str | None) -> dict[s
         ) from None
 
 
-def _check_options(method: str, sequential: Any, dampening: Any, hessian_dtype: Any, block_size: Any) -> None:
+def one_shot_criterion(method: Any, pattern: str | None) -> PruningCriterion:
+    """The registered criterion `method` names, checked to prune weights (unstructured or N:M) at once."""
+    if method not in pruning_criterion_names():
+        raise ValueError(f"method={method!r} is not supported: choose one of {one_shot_method_names()}, or register "
+                         "it with register_pruning_criterion(...) first.")
+    criterion = get_pruning_criterion(method)
+    if not criterion.supports("unstructured", parse_pattern(pattern) if pattern is not None else None):
+        granularity = "N:M patterns" if pattern is not None else "unstructured weights"
+        raise ValueError(f"method={method!r} prunes {', '.join(criterion.granularities)}, not {granularity}: "
+                         f"prune_one_shot takes one of {one_shot_method_names()}"
+                         + ("; prune whole units with MagnitudePruningCallback(structure=...) or prune_width."
+                            if set(criterion.granularities) & {"neurons", "heads"} else "."))
+    return criterion
+
+
+def one_shot_method_names() -> tuple[str, ...]:
+    """Registered criteria that prune single weights, the methods `prune_one_shot` takes."""
+    return tuple(name for name in pruning_criterion_names()
+                 if set(get_pruning_criterion(name).granularities) & {"unstructured", "n:m"})
+
+
+def _check_options(criterion: PruningCriterion, sequential: Any, dampening: Any, hessian_dtype: Any,
+                   block_size: Any) -> None:
     if not isinstance(sequential, bool):
         raise TypeError(f"sequential must be True or False, got {sequential!r}.")
-    if sequential and method not in CALIBRATED_METHODS:
-        raise ValueError(f"sequential=True calibrates block by block, but method={method!r} uses no calibration: "
-                         f"pass sequential=False, or a calibrated method {CALIBRATED_METHODS}.")
+    if sequential and criterion.needs not in INPUT_STATISTICS:
+        calibrated = tuple(name for name in one_shot_method_names()
+                           if get_pruning_criterion(name).needs in INPUT_STATISTICS)
+        uses = "uses no calibration" if not criterion.calibrated else f"needs {criterion.needs}, which a block alone cannot give"
+        raise ValueError(f"sequential=True calibrates block by block, but method={criterion.name!r} {uses}: "
+                         f"pass sequential=False, or a method calibrated on layer inputs {calibrated}.")
     if isinstance(dampening, bool) or not isinstance(dampening, (int, float)) or not 0 < dampening < math.inf:
         raise ValueError(f"dampening={dampening!r} must be a positive number (the fraction of the Hessian's mean "
                          "diagonal added to it), e.g. 0.01.")
@@ -137,7 +149,10 @@ def prune_one_shot(
             earlier `collect_input_statistics` on this dense model (one calibration pass for several
             sparsities or patterns). Needed by SparseGPT and Wanda; magnitude ignores it.
         sparsity: fraction pruned, in [0, 1); with a pattern, `N/M` or `None`.
-        method: `"sparsegpt"`, `"wanda"` or `"magnitude"`.
+        method: `"sparsegpt"`, `"wanda"`, `"magnitude"`, or any criterion registered with
+            [`~hf_bigsmall.pruning.criteria.register_pruning_criterion`] that prunes weights; the
+            calibration pass collects what it declares (`needs`): nothing, input norms, the input
+            Hessian (block by block, as SparseGPT) or gradients of the model's loss.
         pattern: `None` (unstructured) or `"N:M"`, N pruned of every M, `0 < N < M`, M dividing every
             targeted layer's input width.
         scope: unstructured comparison group of Wanda and magnitude: `"row"` (default for Wanda),
@@ -177,80 +192,34 @@ def prune_one_shot(
     >>> save_pruned_model(model, "out/sparsegpt-50")  # zeros + "sparsity" block + sparsity_masks.safetensors
     ```
     """
-    if method not in ONE_SHOT_METHODS:
-        raise ValueError(f"method={method!r} is not supported: choose one of {ONE_SHOT_METHODS}.")
+    criterion = one_shot_criterion(method, pattern)
     sparsity = check_sparsity(sparsity, pattern)
-    _check_options(method, sequential, dampening, hessian_dtype, block_size)
-    if method == "sparsegpt" and scope is not None:
-        raise ValueError(f"scope={scope!r}: SparseGPT chooses its masks within each block of block_size columns of a "
-                         "layer and takes no scope: leave scope=None.")
-    if scope is None and method != "sparsegpt":
-        scope = "row" if method == "wanda" else "layer"
-    if method != "sparsegpt" and scope not in ONE_SHOT_SCOPES:
-        raise ValueError(f"scope={scope!r} is not supported: choose one of {ONE_SHOT_SCOPES}.")
-    if sequential and scope == "global" and pattern is None:
-        raise ValueError("scope='global' compares every layer's scores at once, but sequential=True prunes one block "
-                         "before calibrating the next: pass scope='row' or 'layer', or sequential=False.")
+    _check_options(criterion, sequential, dampening, hessian_dtype, block_size)
+    scope = _one_shot_scope(criterion, scope, sequential, pattern)
     targets = _targets(model, target_modules)
     if pattern is not None:
         check_pattern_fits(targets, pattern)
-    calibration = statistics = None
-    if method in CALIBRATED_METHODS and isinstance(calibration_dataset, InputStatistics):
-        if method == "sparsegpt" or sequential:
-            raise ValueError(
-                f"method={method!r}{' with sequential=True' if sequential else ''} calibrates block by block and "
-                "cannot use statistics collected earlier: pass the calibration dataset itself."
-            )
-        statistics = calibration_dataset
-        missing = sorted(set(targets) - set(statistics.squared_norms))
-        if missing:
-            raise ValueError(f"The statistics given cover no layer {missing[:3]}: collect them with the same "
-                             "target_modules.")
-    elif method in CALIBRATED_METHODS:
-        if calibration_dataset is None:
-            raise ValueError(
-                f"method={method!r} needs calibration_dataset: a few hundred tokenized rows of text like the model's "
-                "use, e.g. load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=512)['train']; or use "
-                "method='magnitude', which needs none."
-            )
-        calibration = prepare_calibration(calibration_dataset, num_samples, seq_len, batch_size, model=model,
-                                          tokenizer=tokenizer)
-    elif calibration_dataset is not None:
-        logger.info("method='magnitude' scores weights alone: the calibration dataset is not used.")
+    calibration, statistics = _calibration_for(criterion, calibration_dataset, targets, sequential, model,
+                                               num_samples, seq_len, batch_size, tokenizer)
 
     started = time.perf_counter()
     params = dict(model.named_parameters())
-    previous = {name: mask.to(params[name].device) for name, mask in (getattr(model, "_sparsity_masks", None) or {}).items()
+    state = get_pruning_state(model)
+    previous = {name: mask.to(params[name].device) for name, mask in (state.masks if state else {}).items()
                 if name in params}
     targeted_previous = {name: previous[name] for name in previous if name.removesuffix(".weight") in targets}
-    if method == "sparsegpt" or sequential:
-        masks = _prune_block_by_block(model, calibration, targets, method, sparsity, scope, pattern, targeted_previous,
-                                      sequential, dampening, HESSIAN_DTYPES[hessian_dtype], block_size)
-    else:
-        if calibration is not None:
-            statistics = collect_input_statistics(model, calibration, target_modules)
-        masks = criterion_masks(targets, sparsity, scope, statistics.squared_norms if statistics else None, pattern,
-                                previous=targeted_previous)
+    options = {"block_size": block_size, "dampening": dampening}
+    masks = _prune_targets(model, calibration, statistics, targets, criterion, sparsity, scope, pattern,
+                           targeted_previous, sequential, HESSIAN_DTYPES[hessian_dtype], options)
     pruning_seconds = time.perf_counter() - started
     for name, mask in previous.items():  # masks of other layers stay in force as they are
         masks.setdefault(name, mask)
-    info = {
-        "method": method,
-        "schedule": "one_shot",
-        "structure": pattern or "unstructured",
-        "scope": None if pattern else scope,
-        "target": sparsity,
-        "target_modules": target_modules,
-        "pruned_at_step": None,
-        "calibration": calibration.describe() if calibration is not None else (
-            statistics.calibration if statistics else None),
-    }
-    if method in CALIBRATED_METHODS:
-        info["sequential"] = sequential
-    if method == "sparsegpt":
-        info.update(dampening=dampening, hessian_dtype=hessian_dtype, block_size=block_size)
+    info = _one_shot_record(criterion, sparsity, pattern, scope, target_modules, sequential, hessian_dtype, options,
+                            calibration.describe() if calibration is not None else (
+                                calibration_dataset.calibration if isinstance(calibration_dataset, InputStatistics)
+                                else None))
     with torch.no_grad():
-        attach_masks(model, masks, info)
+        attach_pruning_state(model, PruningState(masks=masks, record=info))
         apply_masks(model, masks)
     pruned = sum(int(mask.sum()) for mask in masks.values())
     total = sum(mask.numel() for mask in masks.values())
@@ -261,49 +230,165 @@ def prune_one_shot(
     return model
 
 
-def _prune_block_by_block(
+def _prune_targets(
     model: nn.Module,
-    calibration: CalibrationData,
+    calibration: CalibrationData | None,
+    statistics: dict[str, torch.Tensor] | None,
     targets: dict[str, nn.Module],
-    method: str,
+    criterion: PruningCriterion,
     sparsity: float,
     scope: str | None,
     pattern: str | None,
     previous: dict[str, torch.Tensor],
     sequential: bool,
-    dampening: float,
     hessian_dtype: torch.dtype,
-    block_size: int,
+    options: dict[str, Any],
 ) -> dict[str, torch.Tensor]:
-    """Calibrate and prune one transformer block at a time; returns the new masks (weight layout)."""
+    """The new masks of the targets (weight layout), pruned by the criterion's score or its own step."""
+    # criteria that read a layer's Hessian (in_features^2 each) hold one block's at a time
+    if sequential or criterion.needs == "input_hessian":
+        return _prune_block_by_block(model, calibration, targets, criterion, sparsity, scope, pattern, previous,
+                                     sequential, hessian_dtype, options)
+    if statistics is None and calibration is not None:
+        statistics = collect_statistics(model, calibration, targets, criterion)
+    if criterion.rewrites_weights:
+        n_of_m = parse_pattern(pattern) if pattern is not None else None
+        return {f"{name}.weight": _prune_layer(criterion, name, module, statistics, sparsity, n_of_m, previous, options)
+                for name, module in targets.items()}
+    return criterion_masks(targets, sparsity, scope, statistics, pattern, previous=previous, score=criterion.score)
+
+
+def _one_shot_record(
+    criterion: PruningCriterion, sparsity: float, pattern: str | None, scope: str | None,
+    target_modules: list[str] | str | None, sequential: bool, hessian_dtype: str, options: dict[str, Any],
+    calibration: dict | None,
+) -> dict[str, Any]:
+    """How the masks were made: the `sparsity` block of `config.json` before measurement."""
+    record = {
+        "method": criterion.name,
+        "schedule": "one_shot",
+        "structure": pattern or "unstructured",
+        "scope": None if pattern else scope,
+        "target": sparsity,
+        "target_modules": target_modules,
+        "pruned_at_step": None,
+        "calibration": calibration,
+    }
+    if criterion.calibrated:
+        record["sequential"] = sequential
+    if criterion.rewrites_weights:
+        record.update(dampening=options["dampening"], hessian_dtype=hessian_dtype, block_size=options["block_size"])
+    elif criterion.needs == "input_hessian":
+        record["hessian_dtype"] = hessian_dtype
+    return record
+
+
+def _one_shot_scope(criterion: PruningCriterion, scope: str | None, sequential: bool, pattern: str | None) -> str | None:
+    if criterion.rewrites_weights:
+        if scope is not None:
+            raise ValueError(f"scope={scope!r}: {criterion.name} chooses its masks itself (SparseGPT: within each "
+                             "block of block_size columns of a layer) and takes no scope: leave scope=None.")
+        return None
+    if scope is None:
+        scope = criterion.default_scope or "layer"
+    if scope not in ONE_SHOT_SCOPES:
+        raise ValueError(f"scope={scope!r} is not supported: choose one of {ONE_SHOT_SCOPES}.")
+    if sequential and scope == "global" and pattern is None:
+        raise ValueError("scope='global' compares every layer's scores at once, but sequential=True prunes one block "
+                         "before calibrating the next: pass scope='row' or 'layer', or sequential=False.")
+    return scope
+
+
+def _calibration_for(
+    criterion: PruningCriterion, calibration_dataset: Any, targets: dict[str, nn.Module], sequential: bool,
+    model: nn.Module, num_samples: int, seq_len: int | None, batch_size: int, tokenizer: Any,
+) -> tuple[CalibrationData | None, dict[str, torch.Tensor] | None]:
+    """The prepared windows, or the squared norms of an earlier `collect_input_statistics` (checked)."""
+    if not criterion.calibrated:
+        if calibration_dataset is not None:
+            logger.info(f"method={criterion.name!r} needs no calibration: the calibration dataset is not used.")
+        return None, None
+    if isinstance(calibration_dataset, InputStatistics):
+        if criterion.needs != "input_norms" or criterion.rewrites_weights or sequential:
+            raise ValueError(
+                f"method={criterion.name!r}{' with sequential=True' if sequential else ''} calibrates "
+                f"{'block by block' if sequential or criterion.needs == 'input_hessian' else criterion.needs} and "
+                "cannot use statistics collected earlier: pass the calibration dataset itself."
+            )
+        missing = sorted(set(targets) - set(calibration_dataset.squared_norms))
+        if missing:
+            raise ValueError(f"The statistics given cover no layer {missing[:3]}: collect them with the same "
+                             "target_modules.")
+        return None, calibration_dataset.squared_norms
+    if calibration_dataset is None:
+        raise ValueError(
+            f"method={criterion.name!r} needs calibration_dataset: a few hundred tokenized rows of text like the model's "
+            "use, e.g. load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=512)['train']; or use "
+            "method='magnitude', which needs none."
+        )
+    calibration = prepare_calibration(calibration_dataset, num_samples, seq_len, batch_size, model=model,
+                                      tokenizer=tokenizer)
+    return calibration, None
+
+
+def _prune_layer(
+    criterion: PruningCriterion,
+    name: str,
+    module: nn.Module,
+    statistics: dict[str, torch.Tensor] | None,
+    sparsity: float,
+    pattern: tuple[int, int] | None,
+    previous: dict[str, torch.Tensor],
+    options: dict[str, Any],
+) -> torch.Tensor:
+    """One layer pruned by the criterion's own step (which may rewrite its kept weights); its mask, checked."""
+    old = previous.get(f"{name}.weight")
+    mask = criterion.prune(module, None if statistics is None else statistics[name], sparsity, pattern, old,
+                           name=name, **options)
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != module.weight.shape:
+        raise ValueError(f"The prune step of criterion {criterion.name!r} must return a bool mask shaped like "
+                         f"{name}.weight {tuple(module.weight.shape)}, got "
+                         f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}.")
+    return mask | old.to(mask.device) if old is not None else mask
+
+
+def _prune_block_by_block(
+    model: nn.Module,
+    calibration: CalibrationData,
+    targets: dict[str, nn.Module],
+    criterion: PruningCriterion,
+    sparsity: float,
+    scope: str | None,
+    pattern: str | None,
+    previous: dict[str, torch.Tensor],
+    sequential: bool,
+    hessian_dtype: torch.dtype,
+    options: dict[str, Any],
+) -> dict[str, torch.Tensor]:
+    """Calibrate and prune one transformer block at a time; returns the new masks (weight layout).
+
+    A criterion with a `prune` step (SparseGPT) prunes each layer itself from its statistic, freed
+    as soon as it is used; one with a `score` scores the block's layers together.
+    """
     n_of_m = parse_pattern(pattern) if pattern is not None else None
-    statistics: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor] = {}
-    hessians = SharedHessians({}, hessian_dtype)
+    collector = InputStatisticCollector(criterion.needs, {}, hessian_dtype)
 
     def hooks_for(names: list[str]) -> dict:
-        nonlocal hessians
-        if method == "sparsegpt":
-            hessians = SharedHessians({name: targets[name] for name in names}, hessian_dtype)
-            return {name: hessians.hook(name) for name in names}
-        hooks = {}
-        for name in names:
-            module = targets[name]
-            statistics[name] = torch.zeros(in_features(module), dtype=torch.float64, device=module.weight.device)
-            hooks[name] = _accumulate_squared_norm(statistics[name])
-        return hooks
+        nonlocal collector
+        collector = InputStatisticCollector(criterion.needs, {name: targets[name] for name in names}, hessian_dtype)
+        return collector.hooks()
 
     def prune(names: list[str]) -> None:
-        if method == "sparsegpt":
-            for name in names:  # each Hessian freed once the layers that share it are done
-                masks[f"{name}.weight"] = sparsegpt_prune_module(
-                    targets[name], hessians.pop(name), sparsity, n_of_m, previous.get(f"{name}.weight"),
-                    block_size, dampening, name)
+        if criterion.rewrites_weights:
+            for name in names:  # each statistic freed once the layers that share it are done
+                masks[f"{name}.weight"] = _prune_layer(criterion, name, targets[name], {name: collector.pop(name)},
+                                                       sparsity, n_of_m, previous, options)
         else:
             modules = {name: targets[name] for name in names}
             block_previous = {key: previous[key] for key in (f"{name}.weight" for name in names) if key in previous}
-            block_masks = criterion_masks(modules, sparsity, scope, {name: statistics.pop(name) for name in names},
-                                          pattern, previous=block_previous)
+            block_masks = criterion_masks(modules, sparsity, scope, {name: collector.pop(name) for name in names},
+                                          pattern, previous=block_previous, score=criterion.score)
             apply_masks(model, block_masks)  # the next block must read this one's pruned outputs
             masks.update(block_masks)
 

@@ -14,15 +14,8 @@ from typing import Any
 
 from ..utils.card_text import settings_table
 from ..utils.records import ConfigRecord
+from .criteria import get_pruning_criterion, pruning_criterion_names
 
-_METHODS = {
-    "magnitude": "magnitude (the smallest weights go)",
-    "wanda": "Wanda (Sun et al., 2024: |weight| x the norm of its input on calibration data, compared within each "
-             "output row)",
-    "activation": "activation importance on calibration data (Minitron, Sreenivas et al., 2024)",
-    "sparsegpt": "SparseGPT (Frantar & Alistarh, 2023: the Optimal Brain Surgeon cost of each weight under the "
-                 "Hessian of its layer's calibration inputs, the kept weights updated to compensate)",
-}
 _SCHEDULES = {
     "one_shot": "once, on calibration data",
     "linear": "gradually during training, on a linear schedule",
@@ -36,8 +29,10 @@ _WIDTHS = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "h
 
 
 def _method_description(name: str | None) -> str:
-    """How the card names the pruning criterion `name` (the criterion's own name when it has no description)."""
-    return _METHODS.get(name, f"{name}" if name else "magnitude")
+    """How the card names the pruning criterion `name`: its registered `description`, else its name."""
+    if not name:
+        return "magnitude"
+    return get_pruning_criterion(name).description if name in pruning_criterion_names() else name
 
 
 def weight_sparsity_per_layer(model_dir: str | Path) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Scores and masks of post-training pruning: Wanda and magnitude, per output row, per layer, or N:M.
+"""Masks from any criterion's scores (`pruning/criteria/`): per output row, per layer, globally, or N:M.
 
 Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models") scores
 weight `W_ij` (output `i`, input `j`) by `|W_ij| * ||X_j||_2`, where `||X_j||_2` is the L2 norm of
@@ -16,30 +16,17 @@ Everything here works on `(out, in)` score matrices; GPT-2's `Conv1D` stores its
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 import torch
 from torch import nn
 
-from .config import _PATTERN
 from .masks import _lowest_k, _pruned_count
+from .patterns import parse_pattern
 
 ONE_SHOT_SCOPES = ("row", "layer", "global")
-
-
-def parse_pattern(pattern: str) -> tuple[int, int]:
-    """`"2:4"` -> `(2, 4)`: N pruned in every M consecutive input weights, with `0 < N < M`."""
-    match = _PATTERN.fullmatch(pattern) if isinstance(pattern, str) else None
-    if match is None:
-        raise ValueError(f"pattern={pattern!r} is not of the form 'N:M' (N pruned of every M weights), e.g. '2:4'.")
-    n, m = int(match.group(1)), int(match.group(2))
-    if not 0 < n < m:
-        raise ValueError(
-            f"pattern={pattern!r} needs 0 < N < M (N pruned of every M consecutive weights): e.g. '2:4' or '4:8'."
-        )
-    return n, m
-
-
-def is_pattern(structure: str | None) -> bool:
-    return isinstance(structure, str) and _PATTERN.fullmatch(structure) is not None
+ScoreFunction = Callable[[torch.Tensor, Any], torch.Tensor]
 
 
 def _is_transposed(module: nn.Module) -> bool:
@@ -63,18 +50,23 @@ def check_pattern_fits(modules: dict[str, nn.Module], pattern: str) -> None:
             )
 
 
-def row_scores(module: nn.Module, squared_norm: torch.Tensor | None = None,
-               previous: torch.Tensor | None = None) -> torch.Tensor:
-    """`(out, in)` float32 scores: `|W_ij| * ||X_j||_2` with `squared_norm` (Wanda), `|W_ij|` without.
+def row_scores(module: nn.Module, statistic: Any = None, previous: torch.Tensor | None = None,
+               score: ScoreFunction | None = None) -> torch.Tensor:
+    """`(out, in)` float32 scores: `score(|W| as (out, in) float32, statistic)`, `|W_ij|` without a `score`.
 
     Entries already pruned (`previous`, in the weight's own layout) score -1, so they stay pruned.
     """
     weight = module.weight.detach().float()
     if _is_transposed(module):
         weight = weight.t()
-    scores = weight.abs()
-    if squared_norm is not None:
-        scores = scores * squared_norm.to(device=scores.device, dtype=torch.float32).sqrt().unsqueeze(0)
+    if score is None:
+        scores = weight.abs()
+    else:
+        scores = score(weight, statistic)
+        if not isinstance(scores, torch.Tensor) or scores.shape != weight.shape:
+            raise ValueError(f"A pruning criterion's score must return a tensor shaped like the weight (out, in) = "
+                             f"{tuple(weight.shape)}, got {getattr(scores, 'shape', type(scores).__name__)}.")
+        scores = scores.float()
     if previous is not None:
         scores = scores.masked_fill(previous.t() if _is_transposed(module) else previous, -1.0)
     return scores
@@ -108,10 +100,11 @@ def criterion_masks(
     modules: dict[str, nn.Module],
     sparsity: float,
     scope: str = "row",
-    squared_norms: dict[str, torch.Tensor] | None = None,
+    statistics: Mapping[str, Any] | None = None,
     pattern: str | None = None,
     previous: dict[str, torch.Tensor] | None = None,
     pattern_n: int | None = None,
+    score: ScoreFunction | None = None,
 ) -> dict[str, torch.Tensor]:
     """Masks (`True` = pruned) of the targeted layers, keyed by parameter name (`"<module>.weight"`).
 
@@ -121,19 +114,20 @@ def criterion_masks(
         scope: `"row"` (every output row loses the same fraction, Wanda's choice), `"layer"` (one
             threshold per layer, the magnitude baseline of the Wanda paper) or `"global"` (one
             threshold over all layers). Ignored with a `pattern`.
-        squared_norms: `{module name: sum_t x_tj^2}` (from `collect_input_statistics`): Wanda scores;
-            `None`: magnitude scores.
+        statistics: `{module name: statistic}` that `score` reads (e.g. Wanda's `sum_t x_tj^2` from
+            `collect_input_statistics`), or None for a criterion that needs nothing.
         pattern: `"N:M"`: `N` pruned of every `M` consecutive inputs of a row.
         previous: masks already in force (same keys); they stay pruned.
         pattern_n: prune this many per block instead of `N` (a gradual schedule's intermediate step).
+        score: the criterion's `score(weight, statistic)` (see `PruningCriterion`); None: `|W_ij|`.
     """
     previous = previous or {}
-    if squared_norms is not None:
-        missing = [name for name in modules if name not in squared_norms]
+    if statistics is not None:
+        missing = [name for name in modules if name not in statistics]
         if missing:
             raise ValueError(f"No calibration statistics for layers {missing[:3]}: collect them for the same targets.")
     scores = {
-        name: row_scores(module, None if squared_norms is None else squared_norms[name], previous.get(f"{name}.weight"))
+        name: row_scores(module, None if statistics is None else statistics[name], previous.get(f"{name}.weight"), score)
         for name, module in modules.items()
     }
     if pattern is not None:

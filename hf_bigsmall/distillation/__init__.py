@@ -1,8 +1,39 @@
-"""Knowledge distillation on `transformers.Trainer`: a config, a trainer and a student builder."""
+"""Knowledge distillation on `transformers.Trainer`: a config, a trainer and a student builder.
 
-from .cache import cache_teacher_logits, load_teacher_logits
-from .config import DistillationConfig
-from .student import make_student
-from .trainer import DistillationTrainer
+Names are imported on first use, so that `hf_bigsmall.losses` can take the divergence registry
+(`hf_bigsmall.distillation.divergences`) without importing the trainer, which imports the losses.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_LAZY_IMPORTS: dict[str, str] = {
+    "DistillationConfig": ".config",
+    "DistillationTrainer": ".trainer",
+    "cache_teacher_logits": ".cache",
+    "load_teacher_logits": ".cache",
+    "make_student": ".student",
+}
 
 __all__ = ["DistillationConfig", "DistillationTrainer", "cache_teacher_logits", "load_teacher_logits", "make_student"]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .cache import cache_teacher_logits, load_teacher_logits
+    from .config import DistillationConfig
+    from .student import make_student
+    from .trainer import DistillationTrainer
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_IMPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -49,6 +50,7 @@ import numpy as np
 from transformers.utils import logging
 
 from ..losses import invalid_logit_rows, target_mask  # target_mask: one rule for the cache, losses and trainer
+from ..utils.files import KIT_MARKER
 
 if TYPE_CHECKING:
     import torch
@@ -74,6 +76,48 @@ _TAIL_CHUNK_LOGITS = 2**22
 # marks the cache record carried in a loaded dataset's `info.description`
 _RECORD_PREFIX = "hf_bigsmall teacher-logit cache: "
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+# what a cache folder holds: shards (finished or not), the manifest, and the labelling pass's energy record
+_CACHE_ENTRY = re.compile(r"(shard-\d{5,}|manifest\.json|energy\.json)(\.partial)?")
+
+
+def is_teacher_logit_cache(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds nothing but what `cache_teacher_logits` and the labelling's energy record write.
+
+    A teacher-logit cache carries no marker file of its own: it is recognised by its entries (shards,
+    finished or not, its manifest and `energy.json`) and, where the manifest exists, by the cache format's
+    own fields in it. A file named `manifest.json` alone says nothing: a user's folder with one is not a cache.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    entries = list(folder.iterdir())
+    if not entries or any(not _CACHE_ENTRY.fullmatch(entry.name) and entry.name != KIT_MARKER for entry in entries):
+        return False
+    manifest = folder / MANIFEST_NAME
+    if not manifest.is_file():
+        return True
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"format_version", "teacher_fingerprint", "rows_digest"} <= record.keys()
+
+
+def check_cache_folder(folder: str | os.PathLike, argument: str = "teacher_logits") -> None:
+    """Refuse a `folder` that exists and is not a teacher-logit cache (finished or not) nor empty.
+
+    Such a folder is the user's: neither read as a cache nor written into. Missing or empty is fine
+    (`cache_teacher_logits` makes the cache there).
+    """
+    path = Path(folder)
+    if not path.exists() or is_teacher_logit_cache(path) or (path.is_dir() and not any(path.iterdir())):
+        return
+    what = "a file" if not path.is_dir() else f"a folder of other files ({', '.join(sorted(p.name for p in path.iterdir())[:3])}, ...)"
+    raise ValueError(
+        f"{argument}={str(folder)!r} is {what}, not a teacher-logit cache written by cache_teacher_logits: pass the "
+        "folder cache_teacher_logits wrote, or a new or empty folder for it to write the cache to (nothing was "
+        "written to this one)."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -204,6 +248,7 @@ def cache_teacher_logits(
         raise ValueError(f"dataset must be tokenised (an `input_ids` column) and not empty; it has "
                          f"{len(dataset)} rows and columns {dataset.column_names}.")
 
+    check_cache_folder(output_dir, "output_dir")  # a folder of the user's is never written into
     from ..utils.distributed import needs_cpu_process_group
 
     # several processes on a machine without a GPU form a (gloo) group only on the CPU, as in DistillationConfig

@@ -712,3 +712,20 @@ def test_a_folder_that_is_not_a_cache_is_refused_before_anything_is_written(tmp_
     cache_teacher_logits(teacher, dataset, tmp_path / "empty", top_k=8)
     DistillationConfig(output_dir=str(tmp_path / "out"), teacher_logits=str(tmp_path / "empty"), report_to="none")
 
+
+def test_the_labelling_pass_shows_a_progress_bar_unless_disabled(tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    teacher, _, dataset = build("gpt2")
+    capsys.readouterr()
+    cache_teacher_logits(teacher, dataset, tmp_path / "shown", top_k=8, batch_size=4, shard_size=3)
+    shown = capsys.readouterr().err
+    assert "teacher labelling" in shown and f"{len(dataset)}/{len(dataset)}" in shown and "rows/s" in shown
+    cache_teacher_logits(teacher, dataset, tmp_path / "hidden", top_k=8, disable_tqdm=True)
+    assert "teacher labelling" not in capsys.readouterr().err
+    hf_logging.disable_progress_bar()
+    try:
+        cache_teacher_logits(teacher, dataset, tmp_path / "disabled", top_k=8)
+    finally:
+        hf_logging.enable_progress_bar()
+    assert "teacher labelling" not in capsys.readouterr().err

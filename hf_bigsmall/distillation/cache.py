@@ -181,6 +181,7 @@ def cache_teacher_logits(
     teacher_name: str | None = None,
     tail_samples: int = 0,
     seed: int = 0,
+    disable_tqdm: bool | None = None,
 ) -> Path:
     """Run `teacher` once over `dataset` and write its soft targets to `output_dir` (see the module doc).
 
@@ -215,6 +216,9 @@ def cache_teacher_logits(
             student sees the tail's shape, which a top-k cache never stores (0: top-k only).
         seed (`int`): seed of the tail draws (one generator per shard, so a resumed run redraws
             nothing differently).
+        disable_tqdm (`bool`, *optional*): hide the progress bar of the labelling pass (rows labelled, rate
+            and time left, drawn by the main process only), as `TrainingArguments.disable_tqdm` does for
+            training; it is also hidden after `transformers.utils.logging.disable_progress_bar()`.
 
     Returns:
         `Path`: `output_dir`.
@@ -290,17 +294,25 @@ def cache_teacher_logits(
     teacher.eval()
     device = state.device
     teacher.to(device)
+    pending = []
     for index in range(state.process_index, num_shards, state.num_processes):
+        if _finished_shard(output_dir / f"shard-{index:05d}", record):
+            logger.info(f"kept the finished {output_dir / f'shard-{index:05d}'}")
+        else:
+            pending.append(index)
+    # rows this process labels, with a time estimate; the main process alone draws it
+    progress = logging.tqdm(total=sum(min(shard_size, len(dataset) - index * shard_size) for index in pending),
+                            desc="teacher labelling", unit="rows", dynamic_ncols=True,
+                            disable=bool(disable_tqdm) or not state.is_main_process)
+    for index in pending:
         shard_dir = output_dir / f"shard-{index:05d}"
-        if _finished_shard(shard_dir, record):
-            logger.info(f"kept the finished {shard_dir}")
-            continue
         start, stop = index * shard_size, min((index + 1) * shard_size, len(dataset))
         table, num_targets = _shard_table(teacher, dataset.select(range(start, stop)), hashes[start:stop], record,
-                                          batch_size, device, index)
+                                          batch_size, device, index, progress)
         _write_shard(table, shard_dir, index, start, stop, num_targets, record, state.process_index)
         logger.info(f"cached rows {start}-{stop} of {len(dataset)} to {shard_dir}")
         del table
+    progress.close()
     state.wait_for_everyone()
     if state.is_main_process:
         shards = []
@@ -372,7 +384,7 @@ def entries_per_target(record: dict) -> int | None:
 
 
 def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch_size: int, device,
-                 shard_index: int = 0):
+                 shard_index: int = 0, progress=None):
     """The cached columns of one shard as a pyarrow table (built from arrays, never Python lists)."""
     import pyarrow as pa
     import torch
@@ -401,6 +413,8 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
         if bool(invalid.any()):  # the rest of the shard is still checked, so every such row is named
             first = shard_index * record["shard_size"] + start
             bad_rows.extend(first + int(index) for index in invalid.nonzero().flatten())
+        if progress is not None:
+            progress.update(len(batch["input_ids"]))
         if bad_rows:
             continue
         if not causal:

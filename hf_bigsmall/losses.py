@@ -117,7 +117,8 @@ class _ChunkedDivergence(torch.autograd.Function):
             chunk_keep = None if keep is None else keep[rows]
             log_s = F.log_softmax(_chunk_rows(student_rows[rows], chunk_keep).float() / temperature, dim=-1)
             log_t = F.log_softmax(_chunk_rows(teacher_rows[rows], chunk_keep).float() / temperature, dim=-1)
-            values, chunk_grad = rows_and_logit_gradient(divergence, params, log_s, log_t, needs_grad=needs_grad)
+            values, chunk_grad = rows_and_logit_gradient(divergence, params, log_s, log_t, needs_grad=needs_grad,
+                                                         consume=True)
             per_row.append(values)
             if needs_grad:
                 chunk_grad.div_(temperature)  # d(u)/d(logits) with u = logits / T

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from hf_bigsmall import (
@@ -127,11 +128,13 @@ def test_user_divergence_on_materialised_logits(chunk_size):
     teacher = 3 * torch.randn(2, 7, 13, generator=generator)
     mask = torch.rand(2, 7, generator=generator) > 0.3
     results = []
-    for kind in ("forward_kl", "test_user_forward_kl"):
-        loss = kd_loss(student, teacher, 2.0, kind=kind, mask=mask, reduction="sum", chunk_size=chunk_size)
+    # the reference: the built-in on all rows at once, differentiated by autograd through the log-softmax
+    for kind, chunks in (("forward_kl", None), ("forward_kl", chunk_size), ("test_user_forward_kl", chunk_size)):
+        loss = kd_loss(student, teacher, 2.0, kind=kind, mask=mask, reduction="sum", chunk_size=chunks)
         results.append((loss, torch.autograd.grad(loss, student)[0]))
-    torch.testing.assert_close(results[1][0], results[0][0])
-    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-5, atol=1e-6)
+    for loss, grad in results[1:]:
+        torch.testing.assert_close(loss, results[0][0])
+        torch.testing.assert_close(grad, results[0][1], rtol=1e-5, atol=1e-6)
 
 
 def test_user_divergence_on_the_fused_head_online_and_cached():
@@ -146,9 +149,16 @@ def test_user_divergence_on_the_fused_head_online_and_cached():
             loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight, bias), labels, temperature=2.0, kind=kind,
                                                      kd_weight=0.6, ce_weight=0.4, chunk_size=5, **targets)
             results.append((kd, torch.autograd.grad(loss, (hidden, weight, bias))))
-        torch.testing.assert_close(results[1][0], results[0][0])
-        for user, builtin in zip(results[1][1], results[0][1]):
-            torch.testing.assert_close(user, builtin, rtol=1e-5, atol=1e-6)
+        if "teacher_hidden" in targets:  # and both equal the materialised logits' loss, by autograd
+            logits = F.linear(hidden, weight, bias)
+            reference_kd = kd_loss(logits, F.linear(teacher_hidden, teacher_weight, teacher_bias), 2.0,
+                                   mask=kd_mask, reduction="sum")
+            reference = 0.6 * reference_kd + 0.4 * F.cross_entropy(logits, labels, reduction="sum")
+            results.append((reference_kd.detach(), torch.autograd.grad(reference, (hidden, weight, bias))))
+        for kd, gradients in results[1:]:
+            torch.testing.assert_close(kd, results[0][0])
+            for user, builtin in zip(gradients, results[0][1]):
+                torch.testing.assert_close(user, builtin, rtol=1e-5, atol=1e-6)
 
 
 def test_user_divergence_on_cached_targets_materialised():

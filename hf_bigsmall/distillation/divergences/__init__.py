@@ -59,10 +59,12 @@ class Divergence:
             `ValueError` naming a bad value and the fix.
         gradient (`Callable`, *optional*): a closed form for the chunked paths,
             `gradient(student_logprobs, teacher_logprobs, **params) -> (values (N,), grad (N, C))`, with
-            `grad` the derivative of each row's value with respect to `student_logprobs` taken entry by
-            entry. A multiple of the student's probabilities may be left out of `grad` (log-probabilities
-            only move in ways that keep the probabilities summing to one, so that direction never counts).
-            The returned `grad` is the caller's to overwrite. Without it autograd differentiates `function`.
+            `grad` the derivative of each row's value with respect to the student's softened logits `u`
+            (`student_logprobs = log_softmax(u)`): if `g` is the derivative in the log-probabilities taken
+            entry by entry, `grad = g - p * sum(g)` per row, `p` the student's probabilities (forward KL:
+            `p - t`). It runs without autograd on copies it may overwrite (fewer buffers: the built-ins do),
+            and the returned `grad` is the caller's to overwrite. Without it autograd differentiates
+            `function` and the path applies that formula.
 
     Example:
 
@@ -180,12 +182,14 @@ def divergence_rows(divergence: Divergence, params: Mapping[str, float], student
 
 def rows_and_logit_gradient(divergence: Divergence, params: Mapping[str, float], student_logprobs: torch.Tensor,
                             teacher_logprobs: torch.Tensor, student_probs: torch.Tensor | None = None,
-                            needs_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                            needs_grad: bool = True, consume: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Each row's value and its gradient with respect to the softened logits `u` (`student_logprobs = log_softmax(u)`).
 
-    The gradient in the log-probabilities `g` (the entry's closed form, or autograd) goes through the
-    log-softmax: `g - p * sum(g)` per row, with `p = exp(student_logprobs)` (`student_probs` when the
-    caller has them). Neither is attached to a graph. `teacher_logprobs` is clamped in place.
+    The entry's closed form gives it; otherwise autograd gives the derivative in the log-probabilities `g`,
+    which goes through the log-softmax: `g - p * sum(g)` per row, with `p = exp(student_logprobs)`
+    (`student_probs` when the caller has them; with `consume`, computed in place in `student_logprobs`,
+    which the caller no longer needs). Neither result is attached to a graph. `teacher_logprobs` is
+    clamped in place.
     """
     student = student_logprobs.detach().clamp(min=LOG_FLOOR)
     teacher = teacher_logprobs.detach().clamp_(min=LOG_FLOOR)
@@ -194,15 +198,14 @@ def rows_and_logit_gradient(divergence: Divergence, params: Mapping[str, float],
             return divergence.function(student, teacher, **params), None
     if divergence.gradient is not None:
         with torch.no_grad():
-            values, grad = divergence.gradient(student, teacher, **params)
-    else:
-        with torch.enable_grad():
-            student.requires_grad_(True)
-            values = divergence.function(student, teacher, **params)
-            (grad,) = torch.autograd.grad(values.sum(), student)
-        values = values.detach()
+            return divergence.gradient(student, teacher, **params)
+    with torch.enable_grad():
+        student.requires_grad_(True)
+        values = divergence.function(student, teacher, **params)
+        (grad,) = torch.autograd.grad(values.sum(), student)
+    values = values.detach()
     if student_probs is None:
-        student_probs = student_logprobs.detach().exp()
+        student_probs = student_logprobs.detach().exp_() if consume else student_logprobs.detach().exp()
     # through the log-softmax: the directions that move every log-probability alike change nothing
     return values, grad.addcmul_(student_probs, grad.sum(-1, keepdim=True), value=-1.0)
 

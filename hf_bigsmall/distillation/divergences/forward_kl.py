@@ -14,11 +14,10 @@ def forward_kl(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -
 
 def forward_kl_and_gradient(student_logprobs: torch.Tensor,
                             teacher_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The values and their derivative in the student's log-probabilities, `-t`: the teacher's
-    probabilities serve both (through the log-softmax the gradient in the logits is `s - t`)."""
+    """The values and their gradient in the softened logits, `s - t` (the arguments are overwritten)."""
     teacher_probs = teacher_logprobs.exp()
-    values = (teacher_probs * (teacher_logprobs - student_logprobs)).sum(-1)
-    return values, teacher_probs.neg_()
+    values = (teacher_logprobs - student_logprobs).mul_(teacher_probs).sum(-1)
+    return values, student_logprobs.exp_().sub_(teacher_probs)
 
 
 register_divergence(Divergence(

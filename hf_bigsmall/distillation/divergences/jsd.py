@@ -18,27 +18,32 @@ def _log(weight: float) -> float:
 
 
 def _parts(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, beta: float):
-    """`(KL(t || m) per row, the terms s * (log s - log m))`."""
+    """`(KL(t || m) per row, log s - log m, s)` with the mixture `m`."""
     log_mixture = torch.logaddexp(teacher_logprobs + _log(beta), student_logprobs + _log(1.0 - beta))
     log_mixture = log_mixture.clamp(min=LOG_FLOOR)
     teacher_part = (teacher_logprobs.exp() * (teacher_logprobs - log_mixture)).sum(-1)
-    student_terms = student_logprobs.exp() * (student_logprobs - log_mixture)
-    return teacher_part, student_terms
+    return teacher_part, student_logprobs - log_mixture, student_logprobs.exp()
 
 
 def jsd(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
     """The generalised JSD per row, `(N, C) -> (N,)`; `beta` is the teacher's weight in the mixture."""
-    teacher_part, student_terms = _parts(student_logprobs, teacher_logprobs, beta)
-    return beta * teacher_part + (1.0 - beta) * student_terms.sum(-1)
+    teacher_part, difference, student_probs = _parts(student_logprobs, teacher_logprobs, beta)
+    return beta * teacher_part + (1.0 - beta) * (student_probs * difference).sum(-1)
 
 
 def jsd_and_gradient(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor,
                      beta: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """The values and `(1 - beta) * s * (log s - log m)`: the derivative in `s` is `(1 - beta) * log(s / m)`
-    (the mixture's own terms cancel), times `s` for the log-probabilities."""
-    teacher_part, student_terms = _parts(student_logprobs, teacher_logprobs, beta)
-    values = beta * teacher_part + (1.0 - beta) * student_terms.sum(-1)
-    return values, student_terms.mul_(1.0 - beta)
+    """The values and their gradient in the softened logits, `(1 - beta) * s * (log s - log m - KL(s || m))`:
+    the derivative in `s` is `(1 - beta) * log(s / m)`, the mixture's own terms cancelling."""
+    log_mixture = torch.logaddexp(teacher_logprobs + _log(beta), student_logprobs + _log(1.0 - beta))
+    log_mixture.clamp_(min=LOG_FLOOR)
+    teacher_part = (teacher_logprobs - log_mixture).mul_(teacher_logprobs.exp_()).sum(-1)
+    difference = student_logprobs.sub(log_mixture)
+    del log_mixture
+    student_probs = student_logprobs.exp_()  # the arguments are overwritten
+    student_part = (student_probs * difference).sum(-1)
+    values = beta * teacher_part + (1.0 - beta) * student_part
+    return values, difference.sub_(student_part[:, None]).mul_(student_probs).mul_(1.0 - beta)
 
 
 def _check(params: dict) -> None:

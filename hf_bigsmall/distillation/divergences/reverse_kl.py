@@ -14,10 +14,12 @@ def reverse_kl(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -
 
 def reverse_kl_and_gradient(student_logprobs: torch.Tensor,
                             teacher_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The values and `s * (log s - log t)`, their derivative in the student's log-probabilities less
-    the multiple `s` of the student's probabilities (which the log-softmax removes anyway)."""
-    terms = (student_logprobs - teacher_logprobs).mul_(student_logprobs.exp())
-    return terms.sum(-1), terms
+    """The values and their gradient in the softened logits, `s * (log s - log t - KL(s || t))` (the
+    arguments are overwritten)."""
+    difference = student_logprobs - teacher_logprobs
+    student_probs = student_logprobs.exp_()
+    values = (student_probs * difference).sum(-1)
+    return values, difference.sub_(values[:, None]).mul_(student_probs)
 
 
 register_divergence(Divergence(

@@ -240,7 +240,8 @@ def kd_loss(
         per_row = _divergence_rows(_chunk_rows(student_rows, keep), _chunk_rows(teacher_rows, keep), temperature,
                                    divergence, params)
     else:
-        per_row = _ChunkedDivergence.apply(student_rows, teacher_rows, keep, temperature, chunk_size, divergence, params)
+        per_row = _ChunkedDivergence.apply(student_rows, teacher_rows, keep, temperature, chunk_size, divergence,
+                                           params)
     return reduce_rows(per_row * temperature**2, reduction)
 
 

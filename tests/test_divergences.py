@@ -229,8 +229,8 @@ def test_user_divergence_trains_like_the_builtin_it_equals(tmp_path, fused, teac
     (False, True, "test_alpha", {"alpha": 0.7}),
 ])
 def test_a_new_divergence_trains(tmp_path, fused, teacher, kind, params):
-    logs, moved, _ = _steps(tmp_path, fused, teacher, steps=6, student_seed=1, kd_loss=kind, kd_loss_params=params, alpha_ce=0.0,
-                            alpha_kd=1.0, learning_rate=1e-2)
+    logs, moved, _ = _steps(tmp_path, fused, teacher, steps=6, student_seed=1, kd_loss=kind, kd_loss_params=params,
+                            alpha_ce=0.0, alpha_kd=1.0, learning_rate=1e-2)
     assert moved and all(0 < entry["loss_kd"] < float("inf") for entry in logs)
     assert logs[-1]["loss_kd"] < logs[0]["loss_kd"]  # the same 4 rows every step: it fits them
 

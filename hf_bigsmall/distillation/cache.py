@@ -112,7 +112,8 @@ def check_cache_folder(folder: str | os.PathLike, argument: str = "teacher_logit
     path = Path(folder)
     if not path.exists() or is_teacher_logit_cache(path) or (path.is_dir() and not any(path.iterdir())):
         return
-    what = "a file" if not path.is_dir() else f"a folder of other files ({', '.join(sorted(p.name for p in path.iterdir())[:3])}, ...)"
+    names = sorted(entry.name for entry in path.iterdir())[:3] if path.is_dir() else []
+    what = f"a folder of other files ({', '.join(names)}, ...)" if path.is_dir() else "a file"
     raise ValueError(
         f"{argument}={str(folder)!r} is {what}, not a teacher-logit cache written by cache_teacher_logits: pass the "
         "folder cache_teacher_logits wrote, or a new or empty folder for it to write the cache to (nothing was "

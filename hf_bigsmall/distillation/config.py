@@ -194,7 +194,8 @@ class DistillationConfig(TrainingArguments):
                 raise ValueError(f"kd_loss_params must be a JSON object such as '{{\"alpha\": 0.5}}', got "
                                  f"{self.kd_loss_params!r} ({error}).") from None
         if self.kd_loss_params is not None and not isinstance(self.kd_loss_params, dict):
-            raise ValueError(f"kd_loss_params must be a dict of the divergence's parameters, got {self.kd_loss_params!r}.")
+            raise ValueError(f"kd_loss_params must be a dict of the divergence's parameters, got "
+                             f"{self.kd_loss_params!r}.")
         if self.kd_loss == "jsd" and "beta" in (self.kd_loss_params or {}):
             raise ValueError("the JSD's beta is set by jsd_beta: move it out of kd_loss_params.")
         resolve_divergence(self.kd_loss, self.divergence_params(), argument="kd_loss")

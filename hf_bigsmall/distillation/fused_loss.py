@@ -83,7 +83,8 @@ def _online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor | None, kee
     if teacher_logits is not None:
         keep_f = keep.to(torch.float32)
         log_t = torch.log_softmax(teacher_logits.div_(temperature) if temperature != 1.0 else teacher_logits, dim=-1)
-        kd_rows, grad = rows_and_logit_gradient(divergence, params, log_s, log_t, student_probs=s, needs_grad=needs_grad)
+        kd_rows, grad = rows_and_logit_gradient(divergence, params, log_s, log_t, student_probs=s,
+                                                needs_grad=needs_grad)
         del log_t
         kd_sum = (kd_rows * keep_f).sum() * temperature**2
         if grad is not None:  # T**2 for the loss, 1 / T for d(u)/d(logits)

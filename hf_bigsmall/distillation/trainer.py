@@ -350,7 +350,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     def _runs_teacher(self) -> bool:
         """Whether a loss part needs the online teacher's outputs."""
         args = self.args
-        return self.teacher_model is not None and (args.alpha_kd > 0 or args.alpha_hidden > 0 or args.alpha_attention > 0)
+        needed = args.alpha_kd > 0 or args.alpha_hidden > 0 or args.alpha_attention > 0
+        return self.teacher_model is not None and needed
 
     def _teacher_outputs(self, model_inputs: dict, extra: dict):
         """The frozen teacher's outputs on the batch, in `eval()` and without a graph."""
@@ -575,7 +576,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         placed_tail = placed_logprobs.new_zeros(cached_rows.shape[0])
         placed_tail[cached_rows] = inputs["teacher_tail_logprob"].to(device, torch.float32)
         return CachedTargets(placed_ids.index_select(0, rows), placed_logprobs.index_select(0, rows),
-                             placed_tail.index_select(0, rows), cached_rows.index_select(0, rows), tail_shape=tail_shape)
+                             placed_tail.index_select(0, rows), cached_rows.index_select(0, rows),
+                             tail_shape=tail_shape)
 
     # ------------------------------------------------------------------------------------------
     # distilling from a teacher-logit cache (teacher_model=None)

@@ -92,7 +92,8 @@ class Divergence:
             value = getattr(self, attribute)
             if attribute == "function" or value is not None:
                 if not callable(value):
-                    raise TypeError(f"Divergence {self.name!r}: {attribute} must be callable, got {type(value).__name__}.")
+                    raise TypeError(f"Divergence {self.name!r}: {attribute} must be callable, got "
+                                    f"{type(value).__name__}.")
         if not isinstance(self.description, str) or not self.description.strip():
             raise ValueError(f"Divergence {self.name!r} needs a description (one line for the model card).")
         if not isinstance(self.params, Mapping) or not all(isinstance(key, str) for key in self.params):
@@ -114,7 +115,8 @@ class Divergence:
         params = {**self.params, **given}
         for key, value in params.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"parameter {key!r} of divergence {self.name!r} must be a finite number, got {value!r}.")
+                raise ValueError(f"parameter {key!r} of divergence {self.name!r} must be a finite number, "
+                                 f"got {value!r}.")
         if self.check_params is not None:
             self.check_params(params)
         return params

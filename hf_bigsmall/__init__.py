@@ -25,6 +25,11 @@ _LAZY_IMPORTS: dict[str, str] = {
     "load_teacher_logits": "hf_bigsmall.distillation.cache",
     "cached_kd_loss": "hf_bigsmall.distillation.cached_loss",
     "kd_loss": "hf_bigsmall.losses",
+    # divergences: the registry distillation's soft-target loss takes its divergence from
+    "Divergence": "hf_bigsmall.distillation.divergences",
+    "divergence_names": "hf_bigsmall.distillation.divergences",
+    "get_divergence": "hf_bigsmall.distillation.divergences",
+    "register_divergence": "hf_bigsmall.distillation.divergences",
     # pruning
     "MagnitudePruningCallback": "hf_bigsmall.pruning.callback",
     "PruningCriterion": "hf_bigsmall.pruning.criteria",
@@ -55,6 +60,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .distillation.cache import cache_teacher_logits, load_teacher_logits
     from .distillation.cached_loss import cached_kd_loss
     from .distillation.config import DistillationConfig
+    from .distillation.divergences import Divergence, divergence_names, get_divergence, register_divergence
     from .distillation.student import make_student
     from .distillation.trainer import DistillationTrainer
     from .energy.callback import EnergyCallback

@@ -14,14 +14,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .distillation.divergences import Divergence, divergence_rows, resolve_divergence, rows_and_logit_gradient
+
+# the built-in divergences' names (the registry, `divergence_names()`, also lists the ones users register)
 KD_LOSSES = ("forward_kl", "reverse_kl", "jsd")
 HIDDEN_LOSSES = ("mse", "cosine")
 Reduction = Literal["batchmean", "sum", "none"]
-
-# log-probabilities are clamped to this so that a -inf (a logit of -inf, e.g. a masked vocabulary
-# entry) gives 0 * finite = 0 instead of 0 * inf = nan, in the loss and in its gradient
-_LOG_FLOOR = torch.finfo(torch.float32).min
-
 
 def target_mask(labels: torch.Tensor | None, attention_mask: torch.Tensor | None, shift: bool) -> torch.Tensor:
     """The `(B, T)` positions whose logits are trained on: one rule for every loss and every count.
@@ -87,26 +85,12 @@ def _rows_that_count(mask: torch.Tensor | None, logits: torch.Tensor) -> torch.T
     return None if bool(keep.all()) else keep
 
 
-def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) for each row of log-probabilities, shape `(N, C) -> (N,)`."""
-    log_p = log_p.clamp(min=_LOG_FLOOR)
-    log_q = log_q.clamp(min=_LOG_FLOOR)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
-
-
-def _divergence_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, temperature: float, kind: str,
-                     jsd_beta: float) -> torch.Tensor:
+def _divergence_rows(student_rows: torch.Tensor, teacher_rows: torch.Tensor, temperature: float,
+                     divergence: Divergence, params: dict) -> torch.Tensor:
     """Per-row divergence of softened distributions, `(N, C) -> (N,)`, computed in float32."""
     log_s = F.log_softmax(student_rows.float() / temperature, dim=-1)
     log_t = F.log_softmax(teacher_rows.float() / temperature, dim=-1)
-    if kind == "forward_kl":
-        return _kl_rows(log_t, log_s)
-    if kind == "reverse_kl":
-        return _kl_rows(log_s, log_t)
-    # log m = logsumexp(log t + log beta, log s + log(1 - beta)); log 0 = -inf is fine here
-    beta = torch.tensor(jsd_beta, dtype=torch.float32, device=log_s.device)
-    log_m = torch.logsumexp(torch.stack([log_t + beta.log(), log_s + (1 - beta).log()]), dim=0)
-    return jsd_beta * _kl_rows(log_t, log_m) + (1 - jsd_beta) * _kl_rows(log_s, log_m)
+    return divergence_rows(divergence, params, log_s, log_t)
 
 
 def _chunk_rows(rows: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -114,21 +98,17 @@ def _chunk_rows(rows: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
     return rows if keep is None else rows[keep]
 
 
-def _divergence_chunk(student, teacher, keep, temperature, kind, jsd_beta) -> torch.Tensor:
-    return _divergence_rows(_chunk_rows(student, keep), _chunk_rows(teacher, keep), temperature, kind, jsd_beta)
+class _ChunkedDivergence(torch.autograd.Function):
+    """A divergence of the kept rows, over chunks of rows, with its gradient taken in the same pass.
 
-
-class _ChunkedForwardKL(torch.autograd.Function):
-    """Forward KL of the kept rows, over chunks of rows, with its gradient taken in the same pass.
-
-    d KL(t || s) / d s = (softmax(s / T) - softmax(t / T)) / T, so each chunk's gradient is known
-    while its softmaxes are at hand: it is kept (in the logits' dtype, zero on rows that do not
-    count) instead of the softmaxes, and the backward pass only scales it. Rows are selected chunk
-    by chunk, so no copy of all the logits is made.
+    Each chunk's gradient with respect to the logits is known while its softmaxes are at hand
+    (`rows_and_logit_gradient`: the divergence's closed form, or autograd on the chunk alone): it is
+    kept (in the logits' dtype, zero on rows that do not count) instead of the softmaxes, and the
+    backward pass only scales it. Rows are selected chunk by chunk, so no copy of all the logits is made.
     """
 
     @staticmethod
-    def forward(ctx, student_rows, teacher_rows, keep, temperature, chunk_size):
+    def forward(ctx, student_rows, teacher_rows, keep, temperature, chunk_size, divergence, params):
         needs_grad = ctx.needs_input_grad[0]
         grad = torch.zeros_like(student_rows) if needs_grad else None
         per_row = []
@@ -137,10 +117,11 @@ class _ChunkedForwardKL(torch.autograd.Function):
             chunk_keep = None if keep is None else keep[rows]
             log_s = F.log_softmax(_chunk_rows(student_rows[rows], chunk_keep).float() / temperature, dim=-1)
             log_t = F.log_softmax(_chunk_rows(teacher_rows[rows], chunk_keep).float() / temperature, dim=-1)
-            p_t = log_t.exp()  # shared by the loss and its gradient
-            per_row.append((p_t * (log_t.clamp_(min=_LOG_FLOOR) - log_s.clamp(min=_LOG_FLOOR))).sum(-1))
+            values, chunk_grad = rows_and_logit_gradient(divergence, params, log_s, log_t, needs_grad=needs_grad,
+                                                         consume=True)
+            per_row.append(values)
             if needs_grad:
-                chunk_grad = log_s.exp_().sub_(p_t).div_(temperature)
+                chunk_grad.div_(temperature)  # d(u)/d(logits) with u = logits / T
                 if chunk_keep is None:
                     grad[rows] = chunk_grad
                 else:
@@ -156,10 +137,11 @@ class _ChunkedForwardKL(torch.autograd.Function):
         else:
             scale = grad_per_row.new_zeros(grad.shape[0])
             scale[keep] = grad_per_row
-        return grad * scale.to(grad.dtype)[:, None], None, None, None, None
+        return grad * scale.to(grad.dtype)[:, None], None, None, None, None, None, None
 
 
-def _reduce(per_row: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+def reduce_rows(per_row: torch.Tensor, reduction: Reduction) -> torch.Tensor:
+    """`(N,)` per-row losses reduced as `reduction` says: `"batchmean"`, `"sum"` or `"none"`."""
     if reduction == "none":
         return per_row
     if reduction == "sum":
@@ -176,9 +158,10 @@ def kd_loss(
     temperature: float = 1.0,
     kind: str = "forward_kl",
     mask: torch.Tensor | None = None,
-    jsd_beta: float = 0.5,
+    jsd_beta: float | None = None,
     reduction: Reduction = "batchmean",
     chunk_size: int | None = None,
+    divergence_params: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Soft-target distillation loss between student and teacher logits (Hinton et al. 2015).
 
@@ -197,6 +180,8 @@ def kd_loss(
         temperature (`float`):
             Softening temperature `T > 0`.
         kind (`str`):
+            A registered divergence (`hf_bigsmall.distillation.divergences`; `register_divergence` adds
+            one). Built in:
             `"forward_kl"`: KL(teacher || student), mode-covering, the classic choice.
             `"reverse_kl"`: KL(student || teacher), mode-seeking (MiniLLM, Gu et al. 2024).
             `"jsd"`: generalised Jensen-Shannon divergence of GKD (Agarwal et al. 2024),
@@ -205,17 +190,19 @@ def kd_loss(
             exactly 0 (finite, but no training signal): use `forward_kl` or `reverse_kl` instead.
         mask (`torch.Tensor` of shape `(...)`, *optional*):
             True where a position counts; the others (labels -100, padding) are left out.
-        jsd_beta (`float`):
-            Mixture weight of the teacher for `kind="jsd"`, in `[0, 1]`.
+        jsd_beta (`float`, *optional*):
+            Mixture weight of the teacher for `kind="jsd"`, in `[0, 1]` (default 0.5): the JSD's `beta`.
         reduction (`str`):
             `"batchmean"` (sum over the selected rows / their number), `"sum"`, or `"none"` (one
             value per selected row, shape `(N,)`).
         chunk_size (`int`, *optional*):
             Compute the divergence over this many rows at a time, so the float32 softmaxes of all
             rows are never held at once: for token-level distillation over a large vocabulary.
-            Forward KL keeps each chunk's gradient (computed with the loss, in the logits' dtype);
-            the other kinds recompute each chunk in the backward pass. Same value and gradient;
-            `None` computes all rows at once.
+            Each chunk's gradient is computed with its loss and kept in the logits' dtype (the
+            divergence's closed form where it has one, else autograd on the chunk). Same value and
+            gradient; `None` computes all rows at once.
+        divergence_params (`dict`, *optional*):
+            Parameters the divergence declares (`Divergence.params`), over their defaults.
 
     Returns:
         `torch.Tensor`: a float32 scalar (or `(N,)` with `reduction="none"`).
@@ -232,8 +219,7 @@ def kd_loss(
     """
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}.")
-    if kind not in KD_LOSSES:
-        raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
+    divergence, params = resolve_divergence(kind, divergence_params, jsd_beta)
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise ValueError(
             f"student has {student_logits.shape[-1]} classes/tokens but the teacher has "
@@ -244,8 +230,6 @@ def kd_loss(
             f"student logits {tuple(student_logits.shape)} and teacher logits "
             f"{tuple(teacher_logits.shape)} differ in shape: feed both the same batch."
         )
-    if kind == "jsd" and not 0.0 <= jsd_beta <= 1.0:
-        raise ValueError(f"jsd_beta must be in [0, 1], got {jsd_beta}.")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
     # all rows as views of the logits; the rows that count are picked in one go or chunk by chunk
@@ -253,24 +237,12 @@ def kd_loss(
     teacher_rows = teacher_logits.reshape(-1, teacher_logits.shape[-1]).detach()
     keep = _rows_that_count(mask, student_logits)
     if chunk_size is None or student_rows.shape[0] <= chunk_size:
-        per_row = _divergence_chunk(student_rows, teacher_rows, keep, temperature, kind, jsd_beta)
-    elif kind == "forward_kl":
-        per_row = _ChunkedForwardKL.apply(student_rows, teacher_rows, keep, temperature, chunk_size)
+        per_row = _divergence_rows(_chunk_rows(student_rows, keep), _chunk_rows(teacher_rows, keep), temperature,
+                                   divergence, params)
     else:
-        from torch.utils.checkpoint import checkpoint
-
-        # With autograd each chunk's float32 softmaxes are recomputed in the backward pass instead
-        # of being kept: the peak holds one chunk's intermediates.
-        recompute = torch.is_grad_enabled() and student_rows.requires_grad
-        parts = []
-        for start in range(0, student_rows.shape[0], chunk_size):
-            rows = slice(start, start + chunk_size)
-            chunk = (student_rows[rows], teacher_rows[rows], None if keep is None else keep[rows],
-                     temperature, kind, jsd_beta)
-            parts.append(checkpoint(_divergence_chunk, *chunk, use_reentrant=False) if recompute
-                         else _divergence_chunk(*chunk))
-        per_row = torch.cat(parts)
-    return _reduce(per_row * temperature**2, reduction)
+        per_row = _ChunkedDivergence.apply(student_rows, teacher_rows, keep, temperature, chunk_size, divergence,
+                                           params)
+    return reduce_rows(per_row * temperature**2, reduction)
 
 
 def hidden_state_loss(

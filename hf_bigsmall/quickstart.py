@@ -38,13 +38,13 @@ folders, for example).
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import assets
+from .distillation.cache import is_teacher_logit_cache
 from .distillation.record import DistillationRecord
 from .utils.console import echo
 from .utils.files import (
@@ -215,33 +215,6 @@ def check_output_dir(output_dir: Path, task: str) -> None:
 def record_run(output_dir: Path, task: str, **details: str) -> None:
     """Write `bigsmall_run.json`: which pipeline (and teacher, dataset) wrote this folder."""
     atomic_write_json(output_dir / RUN_RECORD, {"task": task, **details})
-
-
-_CACHE_ENTRY = re.compile(r"(shard-\d{5,}|manifest\.json|energy\.json)(\.partial)?")
-
-
-def is_teacher_logit_cache(folder: Path) -> bool:
-    """Whether `folder` holds nothing but what `cache_teacher_logits` and the labelling's energy record write.
-
-    A teacher-logit cache carries no marker file of its own: it is recognised by its entries (shards,
-    finished or not, its manifest and `energy.json`) and, where the manifest exists, by the cache format's
-    own fields in it. A file named `manifest.json` alone says nothing: a user's folder with one is not a cache.
-    """
-    from .distillation.cache import MANIFEST_NAME
-
-    if not folder.is_dir() or folder.is_symlink():
-        return False
-    entries = list(folder.iterdir())
-    if not entries or any(not _CACHE_ENTRY.fullmatch(entry.name) and entry.name != KIT_MARKER for entry in entries):
-        return False
-    manifest = folder / MANIFEST_NAME
-    if not manifest.is_file():
-        return True
-    try:
-        record = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(record, dict) and {"format_version", "teacher_fingerprint", "rows_digest"} <= record.keys()
 
 
 def check_cache_replaceable(folder: Path) -> None:

@@ -311,3 +311,21 @@ def test_two_processes_equal_one(tmp_path):
 
     one_process = train(str(tmp_path / "one"), batch_size=4)
     torch.testing.assert_close(torch.tensor(result["parameters"]), one_process, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("teacher", [True, False])
+def test_evaluation_that_keeps_no_logits_takes_the_fused_path_with_the_same_loss(tmp_path, teacher):
+    teacher_model, student = build("llama")
+    dataset = causal_dataset(n=8)
+    if not teacher:
+        cache_teacher_logits(teacher_model, dataset, tmp_path / "cache", top_k=8, logprob_dtype="float32")
+        dataset, teacher_model = load_teacher_logits(tmp_path / "cache", dataset), None
+    trainer = DistillationTrainer(model=student, teacher_model=teacher_model, train_dataset=dataset,
+                                  eval_dataset=dataset, args=config(tmp_path, per_device_eval_batch_size=4))
+    head = HeadWidthRecorder(student)
+    fused = trainer.evaluate()  # no compute_metrics: prediction_loss_only, the logits are dropped
+    fused_positions, head.positions = head.positions, []
+    materialised = trainer.predict(dataset).metrics  # keeps the logits: the materialised path
+    assert set(fused_positions) == {1} and set(head.positions) == {SEQ_LEN}
+    for part in ("loss", "loss_kd", "loss_ce"):
+        assert fused[f"eval_{part}"] == pytest.approx(materialised[f"test_{part}"], rel=1e-5)

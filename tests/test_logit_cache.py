@@ -689,3 +689,43 @@ def test_kd_tail_reaches_the_cached_loss_from_the_config(tmp_path):
         _, logs[tail], trainer = _first_gradient(tmp_path, "gpt2", cached=True, top_k=16, kd_tail=tail)
         assert trainer.model.config.distillation["teacher_logits"]["tail"] == tail
     assert logs["student"]["loss_kd"] != pytest.approx(logs["uniform"]["loss_kd"], rel=1e-3)
+
+
+def test_a_folder_that_is_not_a_cache_is_refused_before_anything_is_written(tmp_path):
+    from hf_bigsmall import DistillationConfig
+
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not a cache")
+    (folder / MANIFEST_NAME).write_text('{"mine": true}')  # a manifest.json of the user's says nothing
+    with pytest.raises(ValueError, match="teacher_logits=.* not a teacher-logit cache written by cache_teacher_logits"):
+        DistillationConfig(output_dir=str(tmp_path / "out"), teacher_logits=str(folder), report_to="none")
+    teacher, _, dataset = build("gpt2")
+    with pytest.raises(ValueError, match="output_dir=.* not a teacher-logit cache.*new or empty folder"):
+        cache_teacher_logits(teacher, dataset, folder, top_k=8)
+    assert sorted(path.name for path in folder.iterdir()) == [MANIFEST_NAME, "notes.txt"]
+    assert not (tmp_path / "out").exists()
+    # a missing or empty folder is where a cache gets made; a finished one is read
+    (tmp_path / "empty").mkdir()
+    for where in ("new", "empty"):
+        DistillationConfig(output_dir=str(tmp_path / "out"), teacher_logits=str(tmp_path / where), report_to="none")
+    cache_teacher_logits(teacher, dataset, tmp_path / "empty", top_k=8)
+    DistillationConfig(output_dir=str(tmp_path / "out"), teacher_logits=str(tmp_path / "empty"), report_to="none")
+
+
+def test_the_labelling_pass_shows_a_progress_bar_unless_disabled(tmp_path, capsys):
+    from transformers.utils import logging as hf_logging
+
+    teacher, _, dataset = build("gpt2")
+    capsys.readouterr()
+    cache_teacher_logits(teacher, dataset, tmp_path / "shown", top_k=8, batch_size=4, shard_size=3)
+    shown = capsys.readouterr().err
+    assert "teacher labelling" in shown and f"{len(dataset)}/{len(dataset)}" in shown and "rows/s" in shown
+    cache_teacher_logits(teacher, dataset, tmp_path / "hidden", top_k=8, disable_tqdm=True)
+    assert "teacher labelling" not in capsys.readouterr().err
+    hf_logging.disable_progress_bar()
+    try:
+        cache_teacher_logits(teacher, dataset, tmp_path / "disabled", top_k=8)
+    finally:
+        hf_logging.enable_progress_bar()
+    assert "teacher labelling" not in capsys.readouterr().err

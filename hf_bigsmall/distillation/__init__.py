@@ -1,7 +1,8 @@
 """Knowledge distillation on `transformers.Trainer`: a config, a trainer and a student builder.
 
 Names are imported when first used, so that reading a saved model's distillation record
-(`hf_bigsmall.distillation.record`, which the model card does) does not import the trainer.
+(`hf_bigsmall.distillation.record`, which the model card does) and taking the divergence registry
+(`hf_bigsmall.distillation.divergences`, which `hf_bigsmall.losses` does) import no trainer.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-_LAZY_IMPORTS = {
+_LAZY_IMPORTS: dict[str, str] = {
     "DistillationConfig": ".config",
     "DistillationTrainer": ".trainer",
     "cache_teacher_logits": ".cache",
@@ -33,3 +34,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module_name, __name__), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import zlib
 from pathlib import Path
@@ -49,6 +50,7 @@ import numpy as np
 from transformers.utils import logging
 
 from ..losses import invalid_logit_rows, target_mask  # target_mask: one rule for the cache, losses and trainer
+from ..utils.files import KIT_MARKER
 
 if TYPE_CHECKING:
     import torch
@@ -74,6 +76,49 @@ _TAIL_CHUNK_LOGITS = 2**22
 # marks the cache record carried in a loaded dataset's `info.description`
 _RECORD_PREFIX = "hf_bigsmall teacher-logit cache: "
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
+# what a cache folder holds: shards (finished or not), the manifest, and the labelling pass's energy record
+_CACHE_ENTRY = re.compile(r"(shard-\d{5,}|manifest\.json|energy\.json)(\.partial)?")
+
+
+def is_teacher_logit_cache(folder: str | os.PathLike) -> bool:
+    """Whether `folder` holds nothing but what `cache_teacher_logits` and the labelling's energy record write.
+
+    A teacher-logit cache carries no marker file of its own: it is recognised by its entries (shards,
+    finished or not, its manifest and `energy.json`) and, where the manifest exists, by the cache format's
+    own fields in it. A file named `manifest.json` alone says nothing: a user's folder with one is not a cache.
+    """
+    folder = Path(folder)
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    entries = list(folder.iterdir())
+    if not entries or any(not _CACHE_ENTRY.fullmatch(entry.name) and entry.name != KIT_MARKER for entry in entries):
+        return False
+    manifest = folder / MANIFEST_NAME
+    if not manifest.is_file():
+        return True
+    try:
+        record = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"format_version", "teacher_fingerprint", "rows_digest"} <= record.keys()
+
+
+def check_cache_folder(folder: str | os.PathLike, argument: str = "teacher_logits") -> None:
+    """Refuse a `folder` that exists and is not a teacher-logit cache (finished or not) nor empty.
+
+    Such a folder is the user's: neither read as a cache nor written into. Missing or empty is fine
+    (`cache_teacher_logits` makes the cache there).
+    """
+    path = Path(folder)
+    if not path.exists() or is_teacher_logit_cache(path) or (path.is_dir() and not any(path.iterdir())):
+        return
+    names = sorted(entry.name for entry in path.iterdir())[:3] if path.is_dir() else []
+    what = f"a folder of other files ({', '.join(names)}, ...)" if path.is_dir() else "a file"
+    raise ValueError(
+        f"{argument}={str(folder)!r} is {what}, not a teacher-logit cache written by cache_teacher_logits: pass the "
+        "folder cache_teacher_logits wrote, or a new or empty folder for it to write the cache to (nothing was "
+        "written to this one)."
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -137,6 +182,7 @@ def cache_teacher_logits(
     teacher_name: str | None = None,
     tail_samples: int = 0,
     seed: int = 0,
+    disable_tqdm: bool | None = None,
 ) -> Path:
     """Run `teacher` once over `dataset` and write its soft targets to `output_dir` (see the module doc).
 
@@ -171,6 +217,9 @@ def cache_teacher_logits(
             student sees the tail's shape, which a top-k cache never stores (0: top-k only).
         seed (`int`): seed of the tail draws (one generator per shard, so a resumed run redraws
             nothing differently).
+        disable_tqdm (`bool`, *optional*): hide the progress bar of the labelling pass (rows labelled, rate
+            and time left, drawn by the main process only), as `TrainingArguments.disable_tqdm` does for
+            training; it is also hidden after `transformers.utils.logging.disable_progress_bar()`.
 
     Returns:
         `Path`: `output_dir`.
@@ -204,6 +253,7 @@ def cache_teacher_logits(
         raise ValueError(f"dataset must be tokenised (an `input_ids` column) and not empty; it has "
                          f"{len(dataset)} rows and columns {dataset.column_names}.")
 
+    check_cache_folder(output_dir, "output_dir")  # a folder of the user's is never written into
     from ..utils.distributed import needs_cpu_process_group
 
     # several processes on a machine without a GPU form a (gloo) group only on the CPU, as in DistillationConfig
@@ -245,17 +295,25 @@ def cache_teacher_logits(
     teacher.eval()
     device = state.device
     teacher.to(device)
+    pending = []
     for index in range(state.process_index, num_shards, state.num_processes):
+        if _finished_shard(output_dir / f"shard-{index:05d}", record):
+            logger.info(f"kept the finished {output_dir / f'shard-{index:05d}'}")
+        else:
+            pending.append(index)
+    # rows this process labels, with a time estimate; the main process alone draws it
+    progress = logging.tqdm(total=sum(min(shard_size, len(dataset) - index * shard_size) for index in pending),
+                            desc="teacher labelling", unit="rows", dynamic_ncols=True,
+                            disable=bool(disable_tqdm) or not state.is_main_process)
+    for index in pending:
         shard_dir = output_dir / f"shard-{index:05d}"
-        if _finished_shard(shard_dir, record):
-            logger.info(f"kept the finished {shard_dir}")
-            continue
         start, stop = index * shard_size, min((index + 1) * shard_size, len(dataset))
         table, num_targets = _shard_table(teacher, dataset.select(range(start, stop)), hashes[start:stop], record,
-                                          batch_size, device, index)
+                                          batch_size, device, index, progress)
         _write_shard(table, shard_dir, index, start, stop, num_targets, record, state.process_index)
         logger.info(f"cached rows {start}-{stop} of {len(dataset)} to {shard_dir}")
         del table
+    progress.close()
     state.wait_for_everyone()
     if state.is_main_process:
         shards = []
@@ -327,7 +385,7 @@ def entries_per_target(record: dict) -> int | None:
 
 
 def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch_size: int, device,
-                 shard_index: int = 0):
+                 shard_index: int = 0, progress=None):
     """The cached columns of one shard as a pyarrow table (built from arrays, never Python lists)."""
     import pyarrow as pa
     import torch
@@ -356,6 +414,8 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
         if bool(invalid.any()):  # the rest of the shard is still checked, so every such row is named
             first = shard_index * record["shard_size"] + start
             bad_rows.extend(first + int(index) for index in invalid.nonzero().flatten())
+        if progress is not None:
+            progress.update(len(batch["input_ids"]))
         if bad_rows:
             continue
         if not causal:

@@ -34,9 +34,8 @@ import math
 
 import torch
 
-from ..losses import KD_LOSSES, Reduction
-
-_LOG_FLOOR = torch.finfo(torch.float32).min
+from ..losses import Reduction, reduce_rows
+from .divergences import LOG_FLOOR, divergence_rows, resolve_divergence
 TAIL_MODELS = ("uniform", "student")
 # the smallest student tail mass taken in a log: below it float32 rounding of 1 - sum(q) is noise
 _TAIL_FLOOR = 1e-30
@@ -46,12 +45,6 @@ _TAIL_FLOOR = 1e-30
 _EXACT_TAIL_BELOW = 1e-3
 # log tail masses below this take the backward pass's row-by-row form (1 / Q would overflow float32)
 _TINY_TAIL_LOG = -80.0
-
-
-def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    log_p = log_p.clamp(min=_LOG_FLOOR)
-    log_q = log_q.clamp(min=_LOG_FLOOR)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def _tail_logprob(logprobs: torch.Tensor, ids: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
@@ -183,10 +176,11 @@ def cached_distillation_losses(
     kind: str = "forward_kl",
     mask: torch.Tensor | None = None,
     labels: torch.Tensor | None = None,
-    jsd_beta: float = 0.5,
+    jsd_beta: float | None = None,
     reduction: Reduction = "batchmean",
     chunk_size: int | None = None,
     tail: str = "uniform",
+    divergence_params: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`cached_kd_loss` and the summed next-token cross-entropy, from one pass over the logits.
 
@@ -197,8 +191,7 @@ def cached_distillation_losses(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")
-    if kind not in KD_LOSSES:
-        raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
+    divergence, params = resolve_divergence(kind, divergence_params, jsd_beta)
     if tail not in TAIL_MODELS:
         raise ValueError(f"tail must be one of {TAIL_MODELS}, got {tail!r}.")
     vocab_size = student_logits.shape[-1]
@@ -245,7 +238,7 @@ def cached_distillation_losses(
 
     tail_logprob = tail_logprob.to(rows.device, torch.float32)
     if not has_tail:
-        student_tail = torch.full_like(student_support[:, 0], _LOG_FLOOR)
+        student_tail = torch.full_like(student_support[:, 0], LOG_FLOOR)
     # else the student's tail is kept whatever the teacher's: a teacher tail of (almost) zero is where
     # reverse KL and JSD charge the student most for the mass it puts outside S
 
@@ -261,22 +254,9 @@ def cached_distillation_losses(
     teacher = teacher - torch.logsumexp(teacher, dim=-1, keepdim=True)  # also absorbs float16 rounding
     student = torch.cat([student_support, student_tail[:, None]], dim=-1)
 
-    if kind == "forward_kl":
-        per_row = _kl(teacher, student)
-    elif kind == "reverse_kl":
-        per_row = _kl(student, teacher)
-    else:
-        beta = torch.tensor(jsd_beta, dtype=torch.float32, device=student.device)
-        log_mixture = torch.logsumexp(torch.stack([teacher + beta.log(), student + (1 - beta).log()]), dim=0)
-        per_row = jsd_beta * _kl(teacher, log_mixture) + (1 - jsd_beta) * _kl(student, log_mixture)
-    per_row = per_row * temperature**2
-    if reduction == "none":
-        return per_row, ce
-    if reduction == "sum":
-        return per_row.sum(), ce
-    if reduction == "batchmean":
-        return per_row.sum() / max(per_row.shape[0], 1), ce
-    raise ValueError(f"reduction must be 'batchmean', 'sum' or 'none', got {reduction!r}.")
+    # the registered divergence, between the collapsed (k tokens + tail) distributions
+    per_row = divergence_rows(divergence, params, student, teacher) * temperature**2
+    return reduce_rows(per_row, reduction), ce
 
 
 def cached_kd_loss(
@@ -287,10 +267,11 @@ def cached_kd_loss(
     temperature: float = 1.0,
     kind: str = "forward_kl",
     mask: torch.Tensor | None = None,
-    jsd_beta: float = 0.5,
+    jsd_beta: float | None = None,
     reduction: Reduction = "batchmean",
     chunk_size: int | None = None,
     tail: str = "uniform",
+    divergence_params: dict[str, float] | None = None,
 ) -> torch.Tensor:
     """Soft-target loss of a student against cached top-k teacher targets (see the module docstring).
 
@@ -309,16 +290,18 @@ def cached_kd_loss(
             difference `log(1 - sum(p))` in float32 reads -inf below about 1e-7. Ignored when k
             covers the vocabulary.
         temperature (`float`): softening temperature `T > 0`.
-        kind (`str`): `"forward_kl"`, `"reverse_kl"` or `"jsd"`, as in `kd_loss`.
+        kind (`str`): a registered divergence (`"forward_kl"`, `"reverse_kl"`, `"jsd"` or one of
+            `register_divergence`), as in `kd_loss`, taken between the collapsed distributions.
         mask (`torch.Tensor` of shape `(...)`, *optional*): True at the N positions that count, in
             the row-major order of the cached rows; None when every position counts.
-        jsd_beta (`float`): teacher weight of the JSD mixture.
+        jsd_beta (`float`, *optional*): teacher weight of the JSD mixture (default 0.5).
         reduction (`str`): `"batchmean"`, `"sum"` or `"none"` (`(N,)`).
         chunk_size (`int`, *optional*): rows of logits per chunk of the log-softmax, so the float32
             temporaries are one chunk's (None: all rows at once).
         tail (`str`): how the teacher's softened tail is estimated under `T != 1`: `"uniform"` (spread
             evenly over the other tokens) or `"student"` (shaped like the student's); see the module
             docstring.
+        divergence_params (`dict`, *optional*): parameters the divergence declares, over their defaults.
 
     Returns:
         `torch.Tensor`: a float32 scalar (or `(N,)` with `reduction="none"`).
@@ -336,7 +319,7 @@ def cached_kd_loss(
     ```
     """
     kd, _ = cached_distillation_losses(student_logits, topk_ids, topk_logprobs, tail_logprob, temperature, kind, mask,
-                                       None, jsd_beta, reduction, chunk_size, tail)
+                                       None, jsd_beta, reduction, chunk_size, tail, divergence_params)
     return kd
 
 

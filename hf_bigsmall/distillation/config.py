@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 from transformers.utils import logging
 
-from ..losses import HIDDEN_LOSSES, KD_LOSSES
-from .cached_loss import TAIL_MODELS
+from ..losses import HIDDEN_LOSSES
 from ..utils.checks import check_finite
 from ..utils.distributed import needs_cpu_process_group
+from .cache import check_cache_folder
+from .cached_loss import TAIL_MODELS
+from .divergences import Divergence, resolve_divergence
 
 logger = logging.get_logger(__name__)
 
@@ -51,14 +55,19 @@ class DistillationConfig(TrainingArguments):
     kd_loss: str = field(
         default="forward_kl",
         metadata={
-            "help": "Soft-target divergence: 'forward_kl' (KL(teacher||student), Hinton et al. 2015), "
-            "'reverse_kl' (KL(student||teacher)) or 'jsd' (generalised JSD, Agarwal et al. 2024).",
-            "choices": list(KD_LOSSES),
+            "help": "Soft-target divergence, a registered one (register_divergence adds yours): built in "
+            "'forward_kl' (KL(teacher||student), Hinton et al. 2015), 'reverse_kl' (KL(student||teacher)) or "
+            "'jsd' (generalised JSD, Agarwal et al. 2024).",
         },
     )
     jsd_beta: float = field(
         default=0.5,
         metadata={"help": "Teacher weight of the JSD mixture, strictly between 0 and 1 (used with kd_loss='jsd')."},
+    )
+    kd_loss_params: dict | str | None = field(
+        default=None,
+        metadata={"help": "Parameters the divergence declares (Divergence.params), as a dict or a JSON string, "
+                  "e.g. '{\"alpha\": 0.5}'; the JSD's beta is jsd_beta."},
     )
     kd_chunk_size: int | None = field(
         default=None,
@@ -154,8 +163,7 @@ class DistillationConfig(TrainingArguments):
                 "All loss weights are zero, so nothing would be trained: set alpha_kd and/or alpha_ce "
                 "(and optionally alpha_hidden, alpha_attention) to a positive value."
             )
-        if self.kd_loss not in KD_LOSSES:
-            raise ValueError(f"kd_loss must be one of {KD_LOSSES}, got {self.kd_loss!r}.")
+        self._check_divergence()
         if self.kd_loss == "jsd" and not 0.0 < self.jsd_beta < 1.0:
             raise ValueError(
                 f"jsd_beta must be strictly between 0 and 1, got {self.jsd_beta}: at 0 or 1 the "
@@ -174,6 +182,35 @@ class DistillationConfig(TrainingArguments):
             self.layer_map = [int(index) for index in self.layer_map]
             if any(index < 0 for index in self.layer_map):
                 raise ValueError(f"layer_map holds teacher layer indices >= 0, got {self.layer_map}.")
+        if self.teacher_logits:  # before anything reads or writes there
+            check_cache_folder(self.teacher_logits)
+
+    def _check_divergence(self) -> None:
+        """`kd_loss` names a registered divergence and `kd_loss_params` are parameters it declares."""
+        if isinstance(self.kd_loss_params, str):
+            try:
+                self.kd_loss_params = json.loads(self.kd_loss_params)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"kd_loss_params must be a JSON object such as '{{\"alpha\": 0.5}}', got "
+                                 f"{self.kd_loss_params!r} ({error}).") from None
+        if self.kd_loss_params is not None and not isinstance(self.kd_loss_params, dict):
+            raise ValueError(f"kd_loss_params must be a dict of the divergence's parameters, got "
+                             f"{self.kd_loss_params!r}.")
+        if self.kd_loss == "jsd" and "beta" in (self.kd_loss_params or {}):
+            raise ValueError("the JSD's beta is set by jsd_beta: move it out of kd_loss_params.")
+        resolve_divergence(self.kd_loss, self.divergence_params(), argument="kd_loss")
+
+    @property
+    def divergence(self) -> Divergence:
+        """The registered entry `kd_loss` names (its `description` is the card's and reports' line for it)."""
+        return resolve_divergence(self.kd_loss, self.divergence_params(), argument="kd_loss")[0]
+
+    def divergence_params(self) -> dict[str, Any]:
+        """The parameters given to the divergence: `kd_loss_params`, and for the JSD `beta=jsd_beta`."""
+        params = dict(self.kd_loss_params or {})
+        if self.kd_loss == "jsd":
+            params["beta"] = self.jsd_beta
+        return params
 
     def loss_settings(self) -> dict:
         """The loss settings recorded in the student's `config.distillation`."""
@@ -183,6 +220,7 @@ class DistillationConfig(TrainingArguments):
             "alpha_ce": self.alpha_ce,
             "kd_loss": self.kd_loss,
             **({"jsd_beta": self.jsd_beta} if self.kd_loss == "jsd" else {}),
+            **({"kd_loss_params": dict(self.kd_loss_params)} if self.kd_loss_params else {}),
             "alpha_hidden": self.alpha_hidden,
             "hidden_loss": self.hidden_loss,
             "alpha_attention": self.alpha_attention,

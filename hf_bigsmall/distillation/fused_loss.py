@@ -8,10 +8,10 @@ next-token loss and their gradient with respect to the logits are computed, the 
 through the head at once (into the hidden states and the head's weight), and the chunk is dropped.
 The backward pass then only scales what was kept, so the peak holds one chunk's logits.
 
-The per-chunk losses are the very functions of the materialised path (`kd_loss`'s divergences,
-`cached_distillation_losses`, `cross_entropy`), differentiated by autograd on the chunk alone: the
-fused loss and its gradients are those of the materialised one up to float rounding, for every
-divergence.
+The per-chunk losses are those of the materialised path: the registered divergence
+(`hf_bigsmall.distillation.divergences`) with its gradient on the chunk (its closed form, or autograd
+on the chunk alone), `cached_distillation_losses`, `cross_entropy`: the fused loss and its gradients
+are those of the materialised one up to float rounding, for every divergence, a user's included.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..losses import _LOG_FLOOR, KD_LOSSES
 from .cached_loss import cached_distillation_losses
+from .divergences import Divergence, resolve_divergence, rows_and_logit_gradient
 
 # logits per chunk when no chunk size is given: 64 MB of float32, a handful of buffers of it at the peak
 FUSED_CHUNK_LOGITS = 2**24
@@ -65,55 +65,30 @@ class CachedTargets:
 
 
 def _online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor | None, keep: torch.Tensor | None,
-                  labels: torch.Tensor | None, temperature: float, kind: str, jsd_beta: float,
+                  labels: torch.Tensor | None, temperature: float, divergence: Divergence, params: dict,
                   kd_weight: float | torch.Tensor, ce_weight: float | torch.Tensor, label_smoothing: float,
                   needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One chunk of the online losses and their gradient with respect to the float32 logits.
 
-    The same values as `kd_loss`'s divergences (times T**2) and `cross_entropy`, with the gradient
-    written out so a chunk takes a few passes over its logits instead of autograd's many. With `s`,
-    `t` the softened student and teacher distributions, the derivative in `u = logits / T` is
-    `s - t` for forward KL; `s * (log s - log t - KL(s || t))` for reverse KL; for the JSD, whose
-    derivative in `s` is `(1 - beta) * log(s / m)`, `(1 - beta) * s * (log s - log m - KL(s || m))`;
-    times T**2 / T for the logits. The cross-entropy's is `softmax(logits) - (1 - eps) * onehot - eps / V`.
+    The same values as `kd_loss` (times T**2) and `cross_entropy`. The divergence gives each row's
+    value and its gradient in `u = logits / T` (`rows_and_logit_gradient`: its closed form, or
+    autograd on this chunk alone), times T**2 / T for the logits; the cross-entropy's is written out,
+    `softmax(logits) - (1 - eps) * onehot - eps / V`, so a chunk takes a few passes over its logits.
     Returns `(kd_sum, ce_sum, grad)` (grad None without `needs_grad`).
     """
     zero = logits.new_zeros(())
     kd_sum, ce_sum, grad = zero, zero, None
     log_s = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
-    s = log_s.exp() if needs_grad or kind != "forward_kl" else None
+    s = log_s.exp() if needs_grad else None
     if teacher_logits is not None:
         keep_f = keep.to(torch.float32)
         log_t = torch.log_softmax(teacher_logits.div_(temperature) if temperature != 1.0 else teacher_logits, dim=-1)
-        # clamped like kd_loss's: a probability of exactly 0 contributes 0, never 0 * inf
-        log_s_c = log_s.clamp(min=_LOG_FLOOR)
-        log_t.clamp_(min=_LOG_FLOOR)
-        if kind == "forward_kl":
-            t = log_t.exp()
-            kd_rows = (t * (log_t - log_s_c)).sum(-1)
-            if needs_grad:
-                grad = s.sub(t).div_(temperature)
-            del t
-        elif kind == "reverse_kl":
-            difference = log_s_c - log_t
-            kd_rows = (s * difference).sum(-1)
-            if needs_grad:
-                grad = difference.sub_(kd_rows[:, None]).mul_(s).div_(temperature)
-            del difference
-        else:
-            beta = jsd_beta
-            log_m = torch.logaddexp(log_t + math.log(beta), log_s + math.log1p(-beta)).clamp_(min=_LOG_FLOOR)
-            teacher_part = (log_t.exp() * (log_t - log_m)).sum(-1)
-            difference = log_s_c.sub(log_m)
-            student_part = (s * difference).sum(-1)
-            kd_rows = beta * teacher_part + (1 - beta) * student_part
-            if needs_grad:
-                grad = difference.sub_(student_part[:, None]).mul_(s).mul_((1 - beta) / temperature)
-            del difference, log_m
-        del log_t, log_s_c
+        kd_rows, grad = rows_and_logit_gradient(divergence, params, log_s, log_t, student_probs=s,
+                                                needs_grad=needs_grad)
+        del log_t
         kd_sum = (kd_rows * keep_f).sum() * temperature**2
-        if grad is not None:
-            grad.mul_((keep_f * temperature**2)[:, None] * kd_weight)
+        if grad is not None:  # T**2 for the loss, 1 / T for d(u)/d(logits)
+            grad.mul_((keep_f * temperature)[:, None] * kd_weight)
     if labels is not None:
         valid = labels.ne(-100)
         safe = torch.where(valid, labels, 0)
@@ -211,12 +186,13 @@ def fused_distillation_losses(
     cached: CachedTargets | None = None,
     temperature: float = 1.0,
     kind: str = "forward_kl",
-    jsd_beta: float = 0.5,
+    jsd_beta: float | None = None,
     kd_weight: float | torch.Tensor = 1.0,
     ce_weight: float | torch.Tensor = 1.0,
     label_smoothing: float = 0.0,
     chunk_size: int | None = None,
     check_teacher_logits: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
+    divergence_params: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed soft-target and next-token losses of a student whose logits are never materialised.
 
@@ -240,8 +216,9 @@ def fused_distillation_losses(
         teacher_head (`LMHead`, *optional*): the teacher's output layer, weight `(V, H_t)`.
         cached (`CachedTargets`, *optional*): cached top-k targets instead of a teacher.
         temperature (`float`): softening temperature; the soft-target loss is scaled by T**2.
-        kind (`str`): `"forward_kl"`, `"reverse_kl"` or `"jsd"`.
-        jsd_beta (`float`): teacher weight of the JSD mixture.
+        kind (`str`): a registered divergence: `"forward_kl"`, `"reverse_kl"`, `"jsd"` or one of
+            `register_divergence`.
+        jsd_beta (`float`, *optional*): teacher weight of the JSD mixture (default 0.5).
         kd_weight, ce_weight (`float` or scalar `torch.Tensor`): what the two sums are multiplied
             by in the returned loss (loss weight over the normalising count).
         label_smoothing (`float`): label smoothing of the task loss, in `[0, 1)`.
@@ -249,6 +226,7 @@ def fused_distillation_losses(
         check_teacher_logits (`Callable`, *optional*): called with each chunk's teacher logits `(C, V)`
             and the chunk's `kd_mask` rows (or None), where it may raise: a teacher whose logits are NaN
             or infinite is stopped before its soft targets reach the student.
+        divergence_params (`dict`, *optional*): parameters the divergence declares, over their defaults.
 
     Returns:
         `(loss, kd, ce)`: the weighted loss (differentiable) and the two float32 sums (detached; 0
@@ -268,8 +246,7 @@ def fused_distillation_losses(
     """
     if not math.isfinite(temperature) or temperature <= 0:
         raise ValueError(f"temperature must be a finite number > 0, got {temperature}.")
-    if kind not in KD_LOSSES:
-        raise ValueError(f"kind must be one of {KD_LOSSES}, got {kind!r}.")
+    divergence, params = resolve_divergence(kind, divergence_params, jsd_beta)
     if teacher_hidden is not None and cached is not None:
         raise ValueError("give either a teacher (teacher_hidden, teacher_head) or cached targets, not both.")
     if (teacher_hidden is None) != (teacher_head is None):
@@ -318,7 +295,7 @@ def fused_distillation_losses(
                 if check_teacher_logits is not None:  # the only place the teacher's logits ever exist
                     check_teacher_logits(teacher_logits, None if kd_mask is None else kd_mask[chunk])
             return _online_chunk(logits, teacher_logits, None if kd_mask is None else kd_mask[chunk],
-                                 None if labels is None else labels[chunk], temperature, kind, jsd_beta,
+                                 None if labels is None else labels[chunk], temperature, divergence, params,
                                  kd_weight, ce_weight, label_smoothing, needs_grad and (kd_graph or ce_graph))
         if not needs_grad:
             return *cached_losses(logits, chunk), None
@@ -336,8 +313,8 @@ def fused_distillation_losses(
         shared = labels is not None and label_smoothing == 0
         kd, ce = cached_distillation_losses(
             logits, cached.ids[chunk][present][pick], cached.logprobs[chunk][present][pick],
-            cached.tail[chunk][present][pick], temperature, kind=kind, mask=keep,
-            labels=labels[chunk] if shared else None, jsd_beta=jsd_beta, reduction="sum", tail=cached.tail_shape)
+            cached.tail[chunk][present][pick], temperature, kind=divergence.name, mask=keep,
+            labels=labels[chunk] if shared else None, reduction="sum", tail=cached.tail_shape, divergence_params=params)
         if not kd_graph:
             kd = kd.detach()
         if ce is None:

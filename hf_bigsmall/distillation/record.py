@@ -18,14 +18,18 @@ from typing import Any
 from ..data.record import TrainingDataRecord
 from ..utils.card_text import describe_model, settings_table
 from ..utils.records import ConfigRecord
+from .divergences import divergence_names, get_divergence
 
 # nested blocks: said in sentences, not listed in the settings table
 _NESTED_KEYS = ("teacher_logits", "teacher_correction", "training_data")
 
 
 def _divergence_description(name: str | None) -> str | None:
-    """A sentence on the divergence `name` for the card, or None to name it in the settings table alone."""
-    return None
+    """A sentence on the divergence `name` for the card (its registered `description`), or None when this
+    process has no divergence of that name registered: the settings table names it alone then."""
+    if not name or name not in divergence_names():
+        return None
+    return f"Soft-target loss: {get_divergence(name).description}."
 
 
 @dataclasses.dataclass

@@ -272,74 +272,135 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             num_items_in_batch = None
         if self._use_fused_loss(inputs, return_outputs):
             return self._fused_compute_loss(model, inputs, num_items_in_batch)
+        return self._materialised_compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    def prediction_step(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        prediction_loss_only: bool,
+        ignore_keys: list[str] | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """The Trainer's step, except that an evaluation that keeps no logits takes the fused loss.
+
+        The Trainer asks `compute_loss` for the outputs even when it drops them (`prediction_loss_only`),
+        which would make a causal LM's `[tokens x vocabulary]` logits: when the fused path serves this
+        model and the batch has its labels, the loss is computed without them (the same value).
+        """
+        has_labels = bool(self.label_names) and all(inputs.get(name) is not None for name in self.label_names)
+        if not (prediction_loss_only and has_labels and self._use_fused_loss(inputs, return_outputs=False)):
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys=ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs, return_outputs=False)
+        return loss.detach().mean(), None, None
+
+    # the materialised path: the model makes its logits, the losses take them -----------------------
+    def _materialised_compute_loss(self, model: nn.Module, inputs: dict, return_outputs: bool, num_items_in_batch):
         args = self.args
         labels = inputs.get("labels")
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch", *CACHE_COLUMNS)}
-        need_hidden = args.alpha_hidden > 0
-        need_attentions = args.alpha_attention > 0
-        extra = {}
-        if need_hidden:
-            extra["output_hidden_states"] = True
-        if need_attentions:
-            extra["output_attentions"] = True
+        model_inputs = self._model_inputs(inputs)
+        extra = self._feature_outputs()
         outputs = model(**model_inputs, **extra)
-
-        targets = self._prediction_targets(outputs.logits, labels, inputs.get("attention_mask"))
-        student_logits, target_labels, row_mask, position_mask = targets
+        student_logits, target_labels, row_mask, position_mask = self._prediction_targets(
+            outputs.logits, labels, inputs.get("attention_mask"))
         # normalise by the items of the whole accumulated batch when the Trainer counted them, so
         # GA=2 with batch b gives exactly the gradient of GA=1 with batch 2b
         normalised = num_items_in_batch is not None and labels is not None
-        parts: dict[str, torch.Tensor] = {}
+        scale = _scaler(num_items_in_batch if normalised else None)
         # every part counts the same items (target_mask's positions, or sequences): so does the Trainer
         local_rows = row_mask.sum() if row_mask is not None else student_logits.shape[0]
-
-        scale = _scaler(num_items_in_batch if normalised else None)
+        self._check_labels(labels)
 
         # from a token-level cache the task loss comes out of the soft-target loss's own log-softmax
-        fused = (self.teacher_model is None and args.alpha_kd > 0 and labels is not None
-                 and args.label_smoothing_factor == 0 and "teacher_topk_ids" in inputs)
-        if labels is not None and not fused:
-            # with alpha_ce = 0 the task loss is only reported: no graph, so no backward pass over
-            # the logits for a gradient that would be multiplied by zero
-            with torch.no_grad() if args.alpha_ce == 0 else nullcontext():
-                ce = _summed_cross_entropy(student_logits, target_labels, args.label_smoothing_factor,
-                                           max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]))
-            parts["loss_ce"] = scale(ce, local_rows)
-        elif labels is None and args.alpha_ce > 0:
-            raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
-
+        shared_ce = (self.teacher_model is None and args.alpha_kd > 0 and labels is not None
+                     and args.label_smoothing_factor == 0 and "teacher_topk_ids" in inputs)
+        parts: dict[str, torch.Tensor] = {}
+        if labels is not None and not shared_ce:
+            parts["loss_ce"] = scale(self._task_loss(student_logits, target_labels), local_rows)
         if self.teacher_model is None:
-            if args.alpha_kd > 0 and any(name in inputs for name in CACHE_COLUMNS):
-                kd, ce = self._cached_kd(student_logits, inputs, target_labels if fused else None)
-                parts["loss_kd"] = scale(kd, local_rows)
-                if ce is not None:
-                    parts["loss_ce"] = scale(ce, local_rows)
-            elif args.alpha_kd > 0 and model.training:
-                # a training batch without its cached targets would silently train on the task loss alone
-                raise ValueError(
-                    f"this training batch carries none of the cached teacher columns {list(CACHE_COLUMNS)}: a data "
-                    "collator or column filter dropped them; pass remove_unused_columns=False or a collator that "
-                    "keeps them."
-                )
-        elif args.alpha_kd > 0 or need_hidden or need_attentions:
-            self.teacher_model.eval()
-            with torch.no_grad():
-                teacher_outputs = self.teacher_model(**model_inputs, **extra)
+            parts.update(self._cached_parts(model, student_logits, inputs, target_labels if shared_ce else None,
+                                            scale, local_rows))
+        elif self._runs_teacher():
+            teacher_outputs = self._teacher_outputs(model_inputs, extra)
             if args.alpha_kd > 0:
-                teacher_logits = self._prediction_targets(teacher_outputs.logits, labels, None)[0]
-                self._check_teacher_logits(teacher_logits, row_mask)
-                kd = kd_loss(
-                    student_logits, teacher_logits, args.temperature, kind=args.kd_loss,
-                    mask=row_mask, jsd_beta=args.jsd_beta, reduction="sum",
-                    chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
-                )
+                kd = self._online_kd(student_logits, teacher_outputs.logits, labels, row_mask)
                 parts["loss_kd"] = scale(kd, local_rows)
             parts.update(self._feature_parts(model, outputs, teacher_outputs, position_mask, row_mask, scale))
+        loss = self._weighted_sum(parts)
+        return self._finish_loss(model, loss, parts, normalised, outputs.logits.shape[0], outputs, return_outputs)
 
+    @staticmethod
+    def _model_inputs(inputs: dict) -> dict:
+        """What the models' forward takes: the batch less its labels and the cached teacher columns."""
+        return {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch", *CACHE_COLUMNS)}
+
+    def _feature_outputs(self) -> dict[str, bool]:
+        """The extra outputs the hidden-state and attention losses need from both models."""
+        extra = {}
+        if self.args.alpha_hidden > 0:
+            extra["output_hidden_states"] = True
+        if self.args.alpha_attention > 0:
+            extra["output_attentions"] = True
+        return extra
+
+    def _check_labels(self, labels: torch.Tensor | None) -> None:
+        if labels is None and self.args.alpha_ce > 0:
+            raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
+
+    def _runs_teacher(self) -> bool:
+        """Whether a loss part needs the online teacher's outputs."""
+        args = self.args
+        needed = args.alpha_kd > 0 or args.alpha_hidden > 0 or args.alpha_attention > 0
+        return self.teacher_model is not None and needed
+
+    def _teacher_outputs(self, model_inputs: dict, extra: dict):
+        """The frozen teacher's outputs on the batch, in `eval()` and without a graph."""
+        self.teacher_model.eval()
+        with torch.no_grad():
+            return self.teacher_model(**model_inputs, **extra)
+
+    def _task_loss(self, student_logits: torch.Tensor, target_labels: torch.Tensor) -> torch.Tensor:
+        """The summed task loss; with alpha_ce = 0 it is only reported: no graph, so no backward pass
+        over the logits for a gradient that would be multiplied by zero."""
+        args = self.args
+        with torch.no_grad() if args.alpha_ce == 0 else nullcontext():
+            return _summed_cross_entropy(student_logits, target_labels, args.label_smoothing_factor,
+                                         max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]))
+
+    def _online_kd(self, student_logits, teacher_logits, labels, row_mask) -> torch.Tensor:
+        """The summed soft-target loss against the online teacher's (checked) logits."""
+        args = self.args
+        teacher_logits = self._prediction_targets(teacher_logits, labels, None)[0]
+        self._check_teacher_logits(teacher_logits, row_mask)
+        return kd_loss(
+            student_logits, teacher_logits, args.temperature, kind=args.kd_loss, mask=row_mask, reduction="sum",
+            chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
+            divergence_params=args.divergence_params(),
+        )
+
+    def _cached_parts(self, model, student_logits, inputs, shared_labels, scale, local_rows) -> dict[str, torch.Tensor]:
+        """`loss_kd` (and, with `shared_labels`, `loss_ce`) against the batch's cached teacher targets."""
+        if self.args.alpha_kd > 0 and any(name in inputs for name in CACHE_COLUMNS):
+            kd, ce = self._cached_kd(student_logits, inputs, shared_labels)
+            parts = {"loss_kd": scale(kd, local_rows)}
+            if ce is not None:
+                parts["loss_ce"] = scale(ce, local_rows)
+            return parts
+        if self.args.alpha_kd > 0 and model.training:
+            # a training batch without its cached targets would silently train on the task loss alone
+            raise ValueError(
+                f"this training batch carries none of the cached teacher columns {list(CACHE_COLUMNS)}: a data "
+                "collator or column filter dropped them; pass remove_unused_columns=False or a collator that "
+                "keeps them."
+            )
+        return {}
+
+    def _weighted_sum(self, parts: dict[str, torch.Tensor]) -> torch.Tensor:
+        args = self.args
         weights = {"loss_kd": args.alpha_kd, "loss_ce": args.alpha_ce,
                    "loss_hidden": args.alpha_hidden, "loss_attention": args.alpha_attention}
-        loss = sum(weights[name] * value for name, value in parts.items())
-        return self._finish_loss(model, loss, parts, normalised, outputs.logits.shape[0], outputs, return_outputs)
+        return sum(weights[name] * value for name, value in parts.items())
 
     def _feature_parts(self, model, outputs, teacher_outputs, position_mask, row_mask, scale) -> dict[str, torch.Tensor]:
         """The hidden-state and attention-map losses, summed in the units `scale` divides by."""
@@ -435,67 +496,38 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         """
         args = self.args
         labels = inputs.get("labels")
-        model_inputs = {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch", *CACHE_COLUMNS)}
-        extra = {"output_hidden_states": True, "logits_to_keep": 1}
-        if args.alpha_attention > 0:
-            extra["output_attentions"] = True
+        model_inputs = self._model_inputs(inputs)
+        extra = {**self._feature_outputs(), "output_hidden_states": True, "logits_to_keep": 1}
         outputs = model(**model_inputs, **extra)
         hidden = outputs.hidden_states[-1]
         _, target_labels, row_mask, position_mask = self._prediction_targets(hidden, labels, inputs.get("attention_mask"))
-        if labels is None and args.alpha_ce > 0:
-            raise ValueError("alpha_ce > 0 needs `labels` in the batch; set alpha_ce=0 for label-free distillation.")
+        self._check_labels(labels)
         normalised = num_items_in_batch is not None and labels is not None
         scale = _scaler(num_items_in_batch if normalised else None)
         local_rows = row_mask.sum()
         local_labels = target_labels.ne(-100).sum() if labels is not None else local_rows
 
         online = self.teacher_model is not None
-        teacher_outputs = None
-        if online and (args.alpha_kd > 0 or args.alpha_hidden > 0 or args.alpha_attention > 0):
-            self.teacher_model.eval()
-            with torch.no_grad():
-                teacher_outputs = self.teacher_model(**model_inputs, **extra)
+        teacher_outputs = self._teacher_outputs(model_inputs, extra) if self._runs_teacher() else None
         kd_positions = None
         if args.alpha_kd > 0:
             kd_positions = row_mask if online else self._cached_positions(inputs, hidden.shape[:2], hidden.device)
-        scored = kd_positions
-        if labels is not None:
-            scored = target_labels.ne(-100) if scored is None else scored | target_labels.ne(-100)
-        if scored is None:  # no soft targets and no labels (hidden states or attention alone): no row is scored
-            scored = torch.zeros_like(row_mask)
-        rows = scored.reshape(-1).nonzero().squeeze(1)
+        rows = self._scored_rows(kd_positions, target_labels, row_mask)
         flat = lambda tensor: tensor.reshape(-1, *tensor.shape[2:]).index_select(0, rows)  # noqa: E731
-        fused = {}
-        if teacher_outputs is not None and args.alpha_kd > 0:
-            teacher = self.accelerator.unwrap_model(self.teacher_model)
-            fused.update(teacher_hidden=flat(teacher_outputs.hidden_states[-1]), teacher_head=LMHead.of(teacher))
-        elif kd_positions is not None:  # cached targets, placed on the rows they belong to
-            cached_rows = kd_positions.reshape(-1)
-            ids = inputs["teacher_topk_ids"].to(hidden.device, torch.long)
-            if int(cached_rows.sum()) != ids.shape[0]:
-                raise ValueError(f"the batch has {int(cached_rows.sum())} positions that count but {ids.shape[0]} "
-                                 "cached targets: the labels changed since the cache was made (a collator that masks "
-                                 "tokens?); cache the dataset as it is trained on.")
-            placed_ids = ids.new_zeros(cached_rows.shape[0], ids.shape[-1])
-            placed_ids[cached_rows] = ids
-            placed_logprobs = placed_ids.new_zeros(placed_ids.shape, dtype=torch.float32)
-            placed_logprobs[cached_rows] = inputs["teacher_topk_logprobs"].to(hidden.device, torch.float32)
-            placed_tail = placed_logprobs.new_zeros(cached_rows.shape[0])
-            placed_tail[cached_rows] = inputs["teacher_tail_logprob"].to(hidden.device, torch.float32)
-            fused["cached"] = CachedTargets(placed_ids.index_select(0, rows), placed_logprobs.index_select(0, rows),
-                                            placed_tail.index_select(0, rows), cached_rows.index_select(0, rows),
-                                            tail_shape=args.kd_tail)
+        # each sum's weight: its alpha over the items it is normalised by (0: reported, no gradient)
         one = hidden.new_ones((), dtype=torch.float32)
+        kd_weight = args.alpha_kd * scale(one, local_rows) if args.alpha_kd > 0 else 0.0
+        ce_weight = args.alpha_ce * scale(one, local_labels) if args.alpha_ce > 0 and labels is not None else 0.0
         with self.accelerator.autocast():
             loss, kd, ce = fused_distillation_losses(
                 flat(hidden), LMHead.of(self.accelerator.unwrap_model(model)),
                 labels=None if labels is None else flat(target_labels),
                 kd_mask=None if kd_positions is None or not online else flat(kd_positions),
-                temperature=args.temperature, kind=args.kd_loss, jsd_beta=args.jsd_beta,
-                kd_weight=args.alpha_kd * scale(one, local_rows) if args.alpha_kd > 0 else 0.0,
-                ce_weight=args.alpha_ce * scale(one, local_labels) if args.alpha_ce > 0 and labels is not None else 0.0,
-                label_smoothing=args.label_smoothing_factor, chunk_size=args.kd_chunk_size,
-                check_teacher_logits=self._check_teacher_logits if online else None, **fused,
+                temperature=args.temperature, kind=args.kd_loss, divergence_params=args.divergence_params(),
+                kd_weight=kd_weight, ce_weight=ce_weight, label_smoothing=args.label_smoothing_factor,
+                chunk_size=args.kd_chunk_size,
+                check_teacher_logits=self._check_teacher_logits if online else None,
+                **self._fused_soft_targets(inputs, teacher_outputs, kd_positions, rows, flat),
             )
         parts: dict[str, torch.Tensor] = {}
         if kd_positions is not None:
@@ -504,10 +536,49 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             parts["loss_ce"] = scale(ce, local_labels)
         if teacher_outputs is not None:
             features = self._feature_parts(model, outputs, teacher_outputs, position_mask, row_mask, scale)
-            weights = {"loss_hidden": args.alpha_hidden, "loss_attention": args.alpha_attention}
-            loss = loss + sum(weights[name] * value for name, value in features.items())
+            loss = loss + self._weighted_sum(features)
             parts.update(features)
         return self._finish_loss(model, loss, parts, normalised, hidden.shape[0], outputs, False)
+
+    def _fused_soft_targets(self, inputs, teacher_outputs, kd_positions, rows, flat) -> dict[str, Any]:
+        """What the fused loss distils from: the teacher's final hidden states and head, or the cached targets."""
+        if teacher_outputs is not None and self.args.alpha_kd > 0:
+            teacher = self.accelerator.unwrap_model(self.teacher_model)
+            return {"teacher_hidden": flat(teacher_outputs.hidden_states[-1]), "teacher_head": LMHead.of(teacher)}
+        if kd_positions is not None:
+            return {"cached": self._fused_cached_targets(inputs, kd_positions, rows, kd_positions.device,
+                                                         self.args.kd_tail)}
+        return {}
+
+    @staticmethod
+    def _scored_rows(kd_positions, target_labels, row_mask) -> torch.Tensor:
+        """The flat indices of the positions the fused loss scores: a soft target or a label there."""
+        scored = kd_positions
+        if target_labels is not None:
+            scored = target_labels.ne(-100) if scored is None else scored | target_labels.ne(-100)
+        if scored is None:  # no soft targets and no labels (hidden states or attention alone): no row is scored
+            scored = torch.zeros_like(row_mask)
+        return scored.reshape(-1).nonzero().squeeze(1)
+
+    @staticmethod
+    def _fused_cached_targets(inputs: dict, kd_positions: torch.Tensor, rows: torch.Tensor,
+                              device: torch.device, tail_shape: str = "uniform") -> CachedTargets:
+        """The batch's cached targets placed on the positions they belong to, then taken at the scored `rows`."""
+        cached_rows = kd_positions.reshape(-1)
+        ids = inputs["teacher_topk_ids"].to(device, torch.long)
+        if int(cached_rows.sum()) != ids.shape[0]:
+            raise ValueError(f"the batch has {int(cached_rows.sum())} positions that count but {ids.shape[0]} "
+                             "cached targets: the labels changed since the cache was made (a collator that masks "
+                             "tokens?); cache the dataset as it is trained on.")
+        placed_ids = ids.new_zeros(cached_rows.shape[0], ids.shape[-1])
+        placed_ids[cached_rows] = ids
+        placed_logprobs = placed_ids.new_zeros(placed_ids.shape, dtype=torch.float32)
+        placed_logprobs[cached_rows] = inputs["teacher_topk_logprobs"].to(device, torch.float32)
+        placed_tail = placed_logprobs.new_zeros(cached_rows.shape[0])
+        placed_tail[cached_rows] = inputs["teacher_tail_logprob"].to(device, torch.float32)
+        return CachedTargets(placed_ids.index_select(0, rows), placed_logprobs.index_select(0, rows),
+                             placed_tail.index_select(0, rows), cached_rows.index_select(0, rows),
+                             tail_shape=tail_shape)
 
     # ------------------------------------------------------------------------------------------
     # distilling from a teacher-logit cache (teacher_model=None)
@@ -622,13 +693,13 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         args = self.args
         if self.teacher_logits_record["task"] == "classification":
             teacher_logits = inputs["teacher_logits"].to(student_logits.device)
-            return kd_loss(student_logits, teacher_logits, args.temperature, kind=args.kd_loss,
-                           jsd_beta=args.jsd_beta, reduction="sum"), None
+            return kd_loss(student_logits, teacher_logits, args.temperature, kind=args.kd_loss, reduction="sum",
+                           divergence_params=args.divergence_params()), None
         mask = self._cached_positions(inputs, student_logits.shape[:2], student_logits.device)
         return cached_distillation_losses(
             student_logits, inputs["teacher_topk_ids"], inputs["teacher_topk_logprobs"],
             inputs["teacher_tail_logprob"], args.temperature, kind=args.kd_loss, mask=mask, labels=labels,
-            jsd_beta=args.jsd_beta, reduction="sum", tail=args.kd_tail,
+            reduction="sum", tail=args.kd_tail, divergence_params=args.divergence_params(),
             chunk_size=args.kd_chunk_size or max(1, KD_CHUNK_LOGITS // student_logits.shape[-1]),
         )
 

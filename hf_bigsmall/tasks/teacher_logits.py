@@ -51,6 +51,7 @@ class TeacherLogitsArguments:
         if self.cache_teacher_logits:
             cache_teacher_logits(teacher, train_dataset, path, top_k=self.cache_top_k,
                                  logprob_dtype=self.cache_logprob_dtype, tail_samples=self.cache_tail_samples,
-                                 batch_size=training_args.per_device_eval_batch_size)
+                                 batch_size=training_args.per_device_eval_batch_size,
+                                 disable_tqdm=training_args.disable_tqdm)
         training_args.teacher_logits = path
         return load_teacher_logits(path, train_dataset)

@@ -85,19 +85,25 @@ def test_the_pareto_front_holds_the_models_no_other_beats_on_both_axes():
     assert pareto_front({"a": (0.9, 1.0), "b": (0.8, 2.0), "c": (0.7, 1.5)}, lower_quality_is_better=False) == ["a", "b"]
 
 
-def test_quality_vs_decode_speed_draws_the_front_and_is_written(tmp_path):
+def test_quality_vs_decode_speed_draws_the_front_and_is_written(tmp_path, monkeypatch):
     from matplotlib.image import imread
 
-    from hf_bigsmall.reporting.pareto import decode_points, pareto_front
-    from hf_bigsmall.reporting.plots import QUALITY_VS_DECODE_SPEED, _scatter, plot_comparison
+    from hf_bigsmall.reporting import plots
+    from hf_bigsmall.reporting.plots import QUALITY_VS_DECODE_SPEED, plot_comparison
 
+    figures = {}
+    draw = plots._scatter
+
+    def keep(report, x_key, *args, **kwargs):
+        figures[x_key] = draw(report, x_key, *args, **kwargs)
+        return figures[x_key]
+
+    monkeypatch.setattr(plots, "_scatter", keep)
     report = _served_report()
     written = plot_comparison(report, tmp_path)
     assert written[QUALITY_VS_DECODE_SPEED] == tmp_path / "quality_vs_decode_speed.png"
     assert imread(tmp_path / "quality_vs_decode_speed.png").ndim == 3
-    figure = _scatter(report, "decode_tokens_per_s", "decode", "t", tmp_path / "again.png",
-                      front=pareto_front(decode_points(report)))
-    axes = figure.axes[0]
+    axes = figures["decode_tokens_per_s"].axes[0]
     (line,) = axes.lines
     assert [tuple(point) for point in line.get_xydata()] == [(9.0, 45.0), (60.0, 45.3), (80.0, 60.5), (95.0, 85.0)]
     assert len(axes.collections[0].get_offsets()) == 7  # every model a point

@@ -96,6 +96,19 @@ def _student(teacher: Path, work_dir: Path) -> Path:
     return folder
 
 
+def _engine_settings(engine: str) -> tuple[str, dict[str, str]]:
+    """`genai:int4:block_size=16:matmul_mixed_precision=last_matmul:int8` -> ("int4", {...}): a piece
+    without `=` belongs to the setting before it (the builder's own values may hold colons)."""
+    _, scheme, *pieces = engine.split(":")
+    settings: list[str] = []
+    for piece in pieces:
+        if "=" in piece or not settings:
+            settings.append(piece)
+        else:
+            settings[-1] += ":" + piece
+    return scheme, dict(setting.split("=", 1) for setting in settings)
+
+
 def _disk_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.iterdir()
                if p.suffix in (".safetensors", ".onnx") or p.name.endswith(".onnx.data")) / 2**20
@@ -131,32 +144,44 @@ def main() -> None:
         teacher = assets.smollm2_path()
         models = {"teacher": str(teacher), "student": str(_student(teacher, work_dir))}
     folders = {}  # (model, engine) -> folder the engine runs
+    failed = {}  # (model, engine) -> why it could not be built or run
     for name, source in models.items():
         for engine in args.engines:
             if engine == "transformers":
                 folders[name, engine] = Path(source)
                 continue
-            _, scheme, *settings = engine.split(":")
-            options = dict(setting.split("=", 1) for setting in settings)
-            target = work_dir / f"{name}-{engine.replace(':', '-').replace('=', '')}"
+            scheme, options = _engine_settings(engine)
+            target = work_dir / f"{name}-{engine.replace(':', '-').replace('=', '').replace('/', '_').replace(',', '_')}"
             if not (target / "genai_config.json").is_file():
-                export_genai(source, target, scheme, builder_options=options)
+                try:
+                    export_genai(source, target, scheme, builder_options=options)
+                except Exception as error:  # a setting the builder or the engine refuses is a result too
+                    failed[name, engine] = str(error).splitlines()[0][:300]
+                    print(f"{name} {engine}: export failed: {failed[name, engine]}", file=sys.stderr, flush=True)
+                    continue
             folders[name, engine] = target
 
     def run(key, threads: int, quality: bool) -> dict:
         spec = {"folder": str(folders[key]), "engine": "transformers" if key[1] == "transformers" else "genai",
                 "threads": threads, "quality": quality, "blocks": args.blocks,
                 "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}
-        output = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], check=True,
-                                capture_output=True, text=True).stdout
-        return json.loads(output.strip().splitlines()[-1])
+        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+        if done.returncode:
+            return {"error": (done.stderr.strip().splitlines() or ["exit status %d" % done.returncode])[-1][:300]}
+        return json.loads(done.stdout.strip().splitlines()[-1])
 
     results = {key: {"disk_mb": _disk_mb(folder), "runs": {t: [] for t in args.threads}}
                for key, folder in folders.items()}
     for round_index in range(args.rounds):
         for threads in args.threads:
             for key in folders:
+                if key in failed:
+                    continue
                 measured = run(key, threads, quality=round_index == 0 and threads == args.threads[0])
+                if "error" in measured:
+                    failed[key] = measured["error"]
+                    print(f"{key}: failed: {measured['error']}", file=sys.stderr, flush=True)
+                    continue
                 if "perplexity" in measured:
                     results[key]["perplexity"] = measured["perplexity"]
                 results[key]["runs"][threads].append(measured)
@@ -166,15 +191,22 @@ def main() -> None:
         f"prefill ms ({t}t) | decode tok/s ({t}t)" for t in args.threads) + " |"
     lines = [header, "|" + "---|" * (4 + 2 * len(args.threads))]
     for (name, engine), result in results.items():
+        if (name, engine) in failed:
+            lines.append(f"| {name} | {engine} | - | failed: {failed[name, engine]} |")
+            continue
         cells = [name, engine, f"{result['disk_mb']:.0f}", f"{result['perplexity']:.2f}"]
         for threads in args.threads:
             runs = result["runs"][threads]
             cells += [f"{statistics.median(r['prefill_ms'] for r in runs):.1f}",
                       f"{statistics.median(r['decode_tokens_per_s'] for r in runs):.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += [f"| {name} | {engine} | - | failed: {why} |" for (name, engine), why in failed.items()
+              if (name, engine) not in results]
     print("\n".join(lines))
     if args.output:
-        Path(args.output).write_text(json.dumps({f"{n}|{e}": r for (n, e), r in results.items()}, indent=2))
+        Path(args.output).write_text(json.dumps({**{f"{n}|{e}": r for (n, e), r in results.items()},
+                                                 **{f"{n}|{e}": {"failed": why} for (n, e), why in failed.items()}},
+                                                indent=2))
 
 
 if __name__ == "__main__":

@@ -11,11 +11,17 @@ bigsmall_output_causal_lm/
   teacher/ student-pruned/ student/      each loads with plain from_pretrained, README.md model card
   teacher-corrected/                     with --correct_teacher_steps only
   importance.json  importance.png        what was measured, per layer
-  report.md  report.json  quality_vs_size.png  quality_vs_energy.png  quality_vs_decode.png
+  teacher-int8/ student-int8/            served the way LLMs are served (`SERVING_BACKEND`, ONNX Runtime
+  teacher-int4/ student-int4/            GenAI: KV cache, int8/int4 MatMulNBits), onnxruntime_genai.Model(folder)
+  report.md  report.json  quality_vs_size.png  quality_vs_energy.png  quality_vs_decode_speed.png
 ```
 
 `student-pruned` is the pruned model before healing; `student` is the healed one. Every model folder
-carries `emissions.json`: its own run plus the runs it was made from.
+carries `emissions.json`: its own run plus the runs it was made from. The teacher and the healed
+student are also served in 8 and 4 bits by one engine, built from their saved folders, so the report
+answers whether the small model still decodes faster than the big one once both are served the way
+LLMs are served, at what cost in perplexity, and which models are not worth serving at all (dominated
+on perplexity and decode speed). `--no_quantize` leaves them out.
 
 With `--correct_teacher_steps N`, the teacher is first fine-tuned on the corpus (Minitron's teacher
 correction): a teacher that never saw the data hands the student a distribution that does not fit it.
@@ -35,6 +41,13 @@ from .distillation.record import DistillationRecord, TeacherCorrectionRecord
 from .quickstart import DEFAULT_OUTPUT_DIRS, check_output_dir, drop_stale, record_run
 from .utils.console import echo
 from .utils.files import atomic_write_json, fresh_partial_dir, publish_dir, publishing
+
+# The engine (a `quantize` backend) that serves the teacher and the student, and the precisions it serves
+# them at: the one place to change when another engine (llama.cpp through GGUF) measures faster at equal
+# quality (BENCHMARKS.md, "Serving with ONNX Runtime GenAI")
+SERVING_BACKEND = "onnxruntime-genai"
+SERVED_METHODS = ("int8", "int4")
+SERVED_MODELS = ("teacher", "student")  # the original teacher: quantizing it is what a user would do instead
 
 # (calibration samples, healing steps, batch size, evaluation articles, latency samples)
 _BUDGETS = {"default": (128, 120, 4, 64, 10), "fast": (8, 2, 2, 6, 2)}
@@ -98,6 +111,11 @@ class CausalLMQuickstartArguments:
         "choices": ["healing", "disjoint"]})
     correct_teacher_learning_rate: float | None = field(default=None, metadata={
         "help": "Peak learning rate of the teacher correction (default: the healing's learning_rate)."})
+    quantize: bool = field(default=True, metadata={
+        "help": "Also serve the teacher and the healed student the way LLMs are served: teacher-int8, student-int8, "
+                "teacher-int4 and student-int4 with ONNX Runtime GenAI (KV cache, MatMulNBits weights; needs "
+                "`pip install \"hf-bigsmall[genai]\"`), measured beside the PyTorch models. --no_quantize leaves "
+                "them out."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
     def __post_init__(self):
@@ -231,7 +249,42 @@ _LINEAGE = {
     "teacher-corrected": (("teacher",), "teacher correction (fine-tuning on the corpus)", True),
     "student-pruned": (("{source}",), "importance pruning (calibration only)", False),
     "student": (("student-pruned", "{source}"), "distillation", True),
+    **{f"{name}-{method}": ((name,), f"{method} quantization ({SERVING_BACKEND})", False)
+       for name in SERVED_MODELS for method in SERVED_METHODS},
 }
+
+
+def served_names() -> list[str]:
+    """The folders the serving stage writes, 8-bit pair first: `teacher-int8`, `student-int8`, `teacher-int4`, ..."""
+    return [f"{name}-{method}" for method in SERVED_METHODS for name in SERVED_MODELS]
+
+
+def _serve(sources: dict[str, Path], output_dir: Path) -> tuple[dict[str, Path], str | None]:
+    """Serve every model of `sources` at every `SERVED_METHODS` precision with `SERVING_BACKEND`.
+
+    Returns the folders written, by name, and why nothing was served (None when all were). Every source
+    is checked before the first build, so a model the engine cannot take (a GPT-2 teacher, heads of a
+    size its attention kernel refuses) or a missing engine leaves no half of the pairs behind; a build
+    that fails after its checks is an error, not a skip.
+    """
+    from .quantization import quantize
+
+    targets = {f"{name}-{method}": (source, method) for method in SERVED_METHODS for name, source in sources.items()}
+    try:
+        for name, (source, method) in targets.items():
+            _check_servable(source, output_dir / name, method)
+    except (ImportError, ValueError) as error:
+        return {}, str(error)
+    return {name: quantize(source, output_dir / name, method=method, backend=SERVING_BACKEND)
+            for name, (source, method) in targets.items()}, None
+
+
+def _check_servable(source: Path, target: Path, method: str) -> None:
+    """What `quantize(..., backend=SERVING_BACKEND)` checks before it builds: raises ImportError or ValueError."""
+    if SERVING_BACKEND == "onnxruntime-genai":
+        from .quantization.genai import check_genai_source
+
+        check_genai_source(source, target, method)
 
 
 def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
@@ -248,7 +301,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     from .pruning.targets import _architecture
     from .pruning.width import _validate_targets, prune_width
     from .reporting.compare import compare_models
-    from .reporting.report import markdown_table, timing_lines
+    from .reporting.report import markdown_table, served_verdict, timing_lines
     from .tasks.causal_lm import load_causal_lm_dataset
 
     set_seed(args.seed)
@@ -256,7 +309,7 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     teacher_dir, pruned_dir, student_dir = output_dir / "teacher", output_dir / "student-pruned", output_dir / "student"
     corrected_dir = output_dir / "teacher-corrected"
     correct = args.correct_teacher_steps > 0
-    stage = _Stages(6 if correct else 5)
+    stage = _Stages(5 + correct + args.quantize)
     echo(f"hf-bigsmall quickstart --task causal-lm: {args.teacher} on {args.dataset}"
           f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
 
@@ -361,6 +414,20 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
 
     models = {"teacher": teacher_dir, **({source: source_dir} if correct else {}), "student-pruned": pruned_dir,
               "student": student_dir}
+    served: dict[str, Path] = {}
+    if args.quantize:
+        start = stage(f"Serve the teacher and the student with {SERVING_BACKEND}, "
+                      f"{' and '.join(SERVED_METHODS)}, built from their saved folders")
+        del trainer, teacher
+        gc.collect()  # the healing's teacher and optimizer state: the builds load each model again
+        served, why_not = _serve({"teacher": teacher_dir, "student": student_dir}, output_dir)
+        if why_not:
+            echo(f"      not served: {why_not}")
+        _done(start, output_dir / served_names()[-1] if served else output_dir)
+    for name in served_names():  # the report and the cards must not meet an earlier run's served models
+        if name not in served:
+            drop_stale(output_dir / name)
+    models.update(served)
     # every model carries the emissions of the runs it came from: its own plus its ancestors'
     for name, folder in models.items():
         parents, run, trained = _LINEAGE[name]
@@ -384,10 +451,16 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     atomic_write_json(output_dir / "pruning.json", summary)
     _done(start, output_dir / "report.md")
 
-    echo("\n" + "\n".join([markdown_table(comparison.to_dict()), *timing_lines(comparison.to_dict())]))
+    report = comparison.to_dict()
+    echo("\n" + "\n".join([markdown_table(report), *timing_lines(report)]))
+    verdict = served_verdict(report)
+    if verdict:
+        echo("\nServed the way LLMs are served, student against teacher in the same engine and precision:\n"
+             + "\n".join(verdict))
     echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
-        echo(f"  {name:<17} {folder}/  (from_pretrained-ready, README.md model card, emissions.json)")
+        loads = "onnxruntime_genai.Model-ready" if name in served else "from_pretrained-ready"
+        echo(f"  {name:<17} {folder}/  ({loads}, README.md model card, emissions.json)")
     echo(f"  importance        {output_dir / 'importance.json'}, {output_dir / 'importance.png'}")
     echo(f"  report            {output_dir / 'report.md'}, {output_dir / 'report.json'}")
     return output_dir

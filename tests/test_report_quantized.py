@@ -87,3 +87,70 @@ def test_verdict_for_perplexity_and_without_a_quantized_teacher():
     plain = _report([20.0, 9.0], [0.85, 0.8])
     assert student_vs_quantized_teacher(plain) is None
     assert "big one quantized" not in render_markdown(plain)
+
+
+def _served(figures: dict, caveat: str | None = None) -> dict:
+    """A causal-LM report as the LLM quickstart writes it: `{name: (perplexity, decode tokens/s)}`, the
+    `-int8`/`-int4` rows served by ONNX Runtime GenAI from the folder their name starts with."""
+    models = []
+    for name, (perplexity, decode) in figures.items():
+        source, _, method = name.rpartition("-")
+        record = ({"method": method, "backend": "onnxruntime-genai", "device": "cpu", "source": f"/out/{source}"}
+                  if method in ("int8", "int4") else None)
+        models.append({"name": name, "path": f"/out/{name}", "metrics": {"perplexity": perplexity},
+                       "latency_ms_p50": 10.0, "decode_tokens_per_s": decode, "quantization": record,
+                       "speed_ratio_caveat": caveat if name == "student-int4" else None})
+    return {"quality_metric": "perplexity", "lower_is_better": True, "models": models}
+
+
+BASE = {"teacher": (45.0, 9.0), "student": (60.0, 12.0), "teacher-int8": (45.3, 60.0), "student-int8": (60.5, 80.0)}
+
+
+def test_served_verdict_student_faster_at_a_perplexity_cost():
+    from hf_bigsmall.reporting.report import served_verdict
+
+    lines = served_verdict(_served({**BASE, "teacher-int4": (64.0, 70.0), "student-int4": (85.0, 91.0)}))
+    assert lines[0] == ("- int8 in onnxruntime-genai: **Yes.** `student-int8` decodes 1.33x faster than `teacher-int8` "
+                        "(80.0 against 60.0 tokens/s at batch size 1), at 1.34x its perplexity (60.50 against 45.30).")
+    assert lines[1].startswith("- int4 in onnxruntime-genai: **Yes.** `student-int4` decodes 1.30x faster than "
+                               "`teacher-int4` (91.0 against 70.0 tokens/s at batch size 1), at 1.33x its perplexity")
+    # teacher-int8 is as fast as the student in fp32 at a better perplexity; student-int8 beats teacher-int4
+    assert lines[2] == ("- Dominated (another model has a better perplexity and decodes faster: serving them makes no "
+                        "sense): `student` (by `teacher-int8`), `teacher-int4` (by `student-int8`).")
+    assert lines[3] == ("- On the Pareto front (`quality_vs_decode_speed.png`): `teacher`, `teacher-int8`, "
+                        "`student-int8`, `student-int4`.")
+
+
+def test_served_verdict_says_no_when_the_student_is_slower_and_names_dominated_students():
+    from hf_bigsmall.reporting.report import render_markdown, served_verdict
+
+    report = _served({**BASE, "teacher-int4": (64.0, 70.0), "student-int4": (85.0, 66.0)}, caveat="the CPU was busy")
+    lines = served_verdict(report)
+    assert lines[1].startswith("- int4 in onnxruntime-genai: **No.** `student-int4` decodes 0.94x as fast as "
+                               "`teacher-int4` (66.0 against 70.0 tokens/s at batch size 1), at 1.33x its perplexity")
+    assert lines[1].endswith("The timing behind it is not trustworthy (`student-int4`: the CPU was busy).")
+    # slower and worse than models served beside it: dominated, and named with the fastest model that beats it
+    assert "`student-int4` (by `student-int8`)" in lines[2]
+    assert "`student-int4`" not in lines[3]
+    markdown = render_markdown({**report, "task": "text-generation", "dataset": "d", "num_samples": 4,
+                                "throughput_batch_size": 8, "models": [
+                                    {**m, "parameters": 1, "nonzero_parameters": 1, "sparsity": 0.0, "ratios": {}}
+                                    for m in report["models"]]})
+    assert "## Served the way LLMs are served: student against teacher, same engine and precision" in markdown
+    assert "**No.** `student-int4` decodes 0.94x as fast" in markdown
+
+
+def test_served_verdict_with_nothing_dominated_and_without_a_served_pair():
+    from hf_bigsmall.reporting.report import served_pairs, served_verdict, student_vs_quantized_teacher
+
+    report = _served({"teacher": (45.0, 9.0), "student": (60.0, 12.0), "teacher-int4": (64.0, 70.0),
+                      "student-int4": (85.0, 91.0)})
+    assert [(t["name"], s["name"]) for t, s in served_pairs(report)] == [("teacher-int4", "student-int4")]
+    assert served_verdict(report)[-2] == ("- No model is dominated: each decodes faster than every model with a better "
+                                          "perplexity.")
+    # a quantized teacher is never counted as a student in the latency verdict
+    assert "teacher-int4" not in student_vs_quantized_teacher(_served({**BASE, "teacher-int4": (40.0, 70.0)}))
+    # nothing served the same way as a quantized teacher, or no decode speeds: no served verdict
+    assert served_verdict(_served({"teacher": (45.0, 9.0), "student": (60.0, 12.0), "student-int4": (85.0, 91.0)})) == []
+    assert served_verdict(_served({"teacher": (45.0, None), "teacher-int4": (64.0, None),
+                                   "student-int4": (85.0, None)})) == []

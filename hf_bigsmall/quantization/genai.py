@@ -23,6 +23,7 @@ from typing import Any
 
 from transformers.utils import logging
 
+from ..utils.files import mark_kit_folder
 from .config import QUANTIZATION_KEY
 from .record import QuantizationRecord
 
@@ -256,6 +257,7 @@ def export_genai(
                   **({"builder_options": extra_options} if extra_options else {})}
         QuantizationRecord.from_dict(record).write(config)
         config.save_pretrained(build_dir)
+        mark_kit_folder(build_dir)  # like every folder the kit writes: a later run may replace or remove it
         _publish(build_dir, output_dir)
     except BaseException:  # a failed build, check or save leaves nothing half-written behind
         shutil.rmtree(build_dir, ignore_errors=True)

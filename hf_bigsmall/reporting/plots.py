@@ -1,6 +1,8 @@
 """PNG plots of a comparison: quality against latency, size, energy per sample and (causal LMs) decode speed.
 
 Better quality always points up: for a lower-is-better metric (perplexity) the quality axis is inverted.
+Quality against decode speed also draws the Pareto front (`pareto.py`): the models no other model beats
+on both perplexity and decode tokens/s.
 `plot_importance` draws what importance pruning measured, with the blocks it dropped marked.
 
 matplotlib is optional (`pip install "hf-bigsmall[plots]"`) and imported only here. Figures are drawn
@@ -14,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.files import atomic_write
+from .pareto import decode_points, pareto_front
 
 QUALITY_VS_LATENCY = "quality_vs_latency.png"
 QUALITY_VS_SIZE = "quality_vs_size.png"
 QUALITY_VS_ENERGY = "quality_vs_energy.png"
-QUALITY_VS_DECODE = "quality_vs_decode.png"
+QUALITY_VS_DECODE_SPEED = "quality_vs_decode_speed.png"
+QUALITY_VS_DECODE = QUALITY_VS_DECODE_SPEED  # the name this plot had before it drew the front
 MARKER_SIZE = 90  # points squared, as matplotlib's scatter takes it
 
 
@@ -48,8 +52,12 @@ def _separate_labels(figure, axes, annotations: list, marker_radius_pt: float) -
         placed.append(box)
 
 
-def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path: Path, x_scale: float = 1.0):
-    """Draw one plot of quality against `x_key` into `path`; returns the matplotlib figure."""
+def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path: Path, x_scale: float = 1.0,
+             front: list[str] | None = None):
+    """Draw one plot of quality against `x_key` into `path`; returns the matplotlib figure.
+
+    `front`: names of models to join with a line, in order (the Pareto front), drawn under the points.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -66,6 +74,12 @@ def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path:
         axes.annotate(label, (x, y), xytext=(7, 6), textcoords="offset points", fontsize=10, color=color)
         for label, (_, x, y), color in zip(labels, points, colors)
     ]
+    if front:
+        where = {name: (x, y) for name, x, y in points}
+        line = [where[name] for name in front if name in where]
+        axes.plot([x for x, _ in line], [y for _, y in line], color="0.45", linestyle="--", linewidth=1.2,
+                  marker="", zorder=2, label="Pareto front (no model is better on both axes)")
+        axes.legend(loc="lower right", fontsize=8)
     axes.set_xlabel(x_label)
     axes.set_title(title)
     axes.grid(True, alpha=0.3, zorder=0)
@@ -85,7 +99,8 @@ def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path:
 
 
 def plot_comparison(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Draw `quality_vs_latency.png`, `quality_vs_size.png` and `quality_vs_energy.png` (a labelled point per model)."""
+    """Draw `quality_vs_latency.png`, `quality_vs_size.png` and `quality_vs_energy.png` (a labelled point per model),
+    and for causal LMs `quality_vs_decode_speed.png` with the Pareto front drawn."""
     from ..utils.import_utils import require
 
     require("matplotlib")
@@ -102,11 +117,13 @@ def plot_comparison(report: dict[str, Any], output_dir: str | os.PathLike) -> di
     _scatter(report, "energy_joules_per_sample", f"inference energy per sample (J, {', '.join(sources) or 'n/a'})",
              f"Quality vs energy ({dataset})", energy_path)
     written = {QUALITY_VS_LATENCY: latency_path, QUALITY_VS_SIZE: size_path, QUALITY_VS_ENERGY: energy_path}
-    if any(m.get("decode_tokens_per_s") is not None for m in report["models"]):  # causal LMs: the headline speed
-        decode_path = output_dir / QUALITY_VS_DECODE
+    points = decode_points(report)
+    if points:  # causal LMs: the headline speed, and which models are worth serving at all
+        decode_path = output_dir / QUALITY_VS_DECODE_SPEED
+        front = pareto_front(points, lower_quality_is_better=bool(report.get("lower_is_better")))
         _scatter(report, "decode_tokens_per_s", "decode tokens/s, batch size 1 (higher is better)",
-                 f"Quality vs decode speed ({dataset})", decode_path)
-        written[QUALITY_VS_DECODE] = decode_path
+                 f"Quality vs decode speed ({dataset})", decode_path, front=front)
+        written[QUALITY_VS_DECODE_SPEED] = decode_path
     return written
 
 

@@ -114,12 +114,21 @@ def perplexity_lines(report: dict[str, Any]) -> list[str]:
 _EQUAL_ACCURACY, _EQUAL_PERPLEXITY_RATIO = 0.005, 1.01
 
 
+def _made_from_reference(model: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """A quantized copy of the reference: its record's source is the reference's folder, or, without
+    folders to compare, it is named after the reference and its method (`teacher-int8`)."""
+    record = model.get("quantization") or {}
+    source = record.get("source")
+    if source and reference.get("path"):
+        return Path(source).resolve() == Path(reference["path"]).resolve()
+    return bool(record) and model["name"] == f"{reference['name']}-{record.get('method')}"
+
+
 def _quantized_reference(report: dict[str, Any]) -> dict[str, Any] | None:
     """The reference model quantized (the quickstart's `teacher-int8`): what a user would do instead."""
     reference = report["models"][0]
     for model in report["models"][1:]:
-        source = (model.get("quantization") or {}).get("source")
-        if source and reference.get("path") and Path(source).resolve() == Path(reference["path"]).resolve():
+        if _made_from_reference(model, reference):
             return model
     return next((m for m in report["models"][1:] if m["name"] == f"{reference['name']}-int8"), None)
 
@@ -133,7 +142,8 @@ def student_vs_quantized_teacher(report: dict[str, Any]) -> str | None:
     """One plain sentence, from the report's own numbers: does the best student beat the quantized teacher
     on speed (p50 latency at batch size 1) at equal or better quality? None without a quantized teacher."""
     rival = _quantized_reference(report)
-    students = [m for m in report["models"][1:] if m is not rival]
+    # the reference's other quantized copies (teacher-int4 beside teacher-int8) are no students
+    students = [m for m in report["models"][1:] if m is not rival and not _made_from_reference(m, report["models"][0])]
     metric, lower = report["quality_metric"], report.get("lower_is_better", False)
     if rival is None or not students or rival["metrics"].get(metric) is None:
         return None
@@ -178,6 +188,73 @@ def _verdict_section(report: dict[str, Any]) -> list[str]:
             "Does the best student beat the quantized teacher on speed at equal or better quality? " + verdict, ""]
 
 
+def _serving_key(model: dict[str, Any]) -> tuple[str, str] | None:
+    record = model.get("quantization") or {}
+    return (str(record.get("backend")), str(record.get("method"))) if record.get("method") else None
+
+
+def served_pairs(report: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(quantized reference, quantized student) pairs served by the same engine at the same precision,
+    both with decode speed and perplexity: `teacher-int4` against `student-int4`, in the report's order."""
+    reference = report["models"][0]
+    metric = report["quality_metric"]
+
+    def measured(model: dict[str, Any]) -> bool:
+        return model.get("decode_tokens_per_s") is not None and model["metrics"].get(metric) is not None
+
+    served = [m for m in report["models"][1:] if _serving_key(m) and measured(m)]
+    teachers = {_serving_key(m): m for m in served if _made_from_reference(m, reference)}
+    return [(teachers[_serving_key(m)], m) for m in served
+            if not _made_from_reference(m, reference) and _serving_key(m) in teachers]
+
+
+def served_verdict(report: dict[str, Any]) -> list[str]:
+    """Bullet lines, from the report's own numbers: for each engine and precision, does the quantized student
+    decode faster than the quantized teacher (ratio), at what cost in perplexity (ratio); then which models
+    are dominated (another has lower perplexity and decodes faster, so serving them makes no sense).
+
+    Empty without a quantized teacher and student served the same way, or without decode speeds.
+    """
+    from .pareto import decode_points, dominated_by, pareto_front
+
+    pairs = served_pairs(report)
+    if not pairs:
+        return []
+    metric, lower = report["quality_metric"], report.get("lower_is_better", False)
+    lines = []
+    for teacher, student in pairs:
+        record = student["quantization"]
+        speedup = student["decode_tokens_per_s"] / teacher["decode_tokens_per_s"]
+        quality, rival_quality = student["metrics"][metric], teacher["metrics"][metric]
+        answer = "Yes" if speedup > 1 else "No"
+        how = f"{speedup:.2f}x as fast as" if speedup <= 1 else f"{speedup:.2f}x faster than"
+        cost = (f"at {quality / rival_quality:.2f}x its {metric} ({quality:.2f} against {rival_quality:.2f})"
+                if lower and rival_quality else f"at {metric} {quality:.4f} against {rival_quality:.4f}")
+        lines.append(f"- {record.get('method')} in {record.get('backend')}: **{answer}.** `{student['name']}` decodes "
+                     f"{how} `{teacher['name']}` ({student['decode_tokens_per_s']:.1f} against "
+                     f"{teacher['decode_tokens_per_s']:.1f} tokens/s at batch size 1), {cost}."
+                     + _verdict_doubt(student, teacher))
+    points = decode_points(report)
+    dominated = dominated_by(points, lower_quality_is_better=lower)
+    if dominated:
+        lines.append(f"- Dominated (another model has a better {metric} and decodes faster: serving them makes no "
+                     "sense): " + ", ".join(f"`{name}` (by `{by}`)" for name, by in dominated.items()) + ".")
+    else:
+        lines.append(f"- No model is dominated: each decodes faster than every model with a better {metric}.")
+    front = pareto_front(points, lower_quality_is_better=lower)
+    lines.append("- On the Pareto front (`quality_vs_decode_speed.png`): " + ", ".join(f"`{n}`" for n in front) + ".")
+    return lines
+
+
+def _served_section(report: dict[str, Any]) -> list[str]:
+    lines = served_verdict(report)
+    if not lines:
+        return []
+    return ["## Served the way LLMs are served: student against teacher, same engine and precision", "",
+            "Does the quantized student decode faster than the quantized teacher, and at what cost in quality?", "",
+            *lines, ""]
+
+
 def _timing_spread_lines(report: dict[str, Any]) -> list[str]:
     """How steady each model's timing was, and the load the machine was under, as `report.json` records it."""
     models = [m for m in report["models"] if m.get("latency_ms_p10") is not None]
@@ -213,6 +290,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         *perplexity_lines(report),
         "",
         *_verdict_section(report),
+        *_served_section(report),
         "## How it was measured",
         "",
         f"- Latency: batch size 1, median and 95th percentile after warm-up; throughput at batch size "

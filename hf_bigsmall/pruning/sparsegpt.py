@@ -14,10 +14,15 @@ each group of `M` columns of a row), and the corrections inside a block are appl
 column, those to later blocks once per block.
 
 Precision: `X X^T` is summed per batch in float32 (at most `batch_size x seq_len` tokens per sum,
-so the matmul stays fast) and accumulated across batches in `hessian_dtype` (float64 by default,
-as the squared norms of Wanda are, so hundreds of batches do not round away small channels); the
-dampening, Cholesky factorisations and inverse run in that dtype too, and the sweep over the
-columns in float32.
+so the matmul stays fast; for wide inputs only its upper half is multiplied out and mirrored) and
+accumulated across batches in `hessian_dtype` (float64 by default, as the squared norms of Wanda
+are, so hundreds of batches do not round away small channels); the dampening, the Cholesky
+factorisation and the triangular inverse run in that dtype too, and the sweep over the columns in
+float32.
+
+Cost: besides the forwards, one factorisation per layer and, per input column, two tensor
+operations (the column's errors, and the rank-one update of the later columns of its block); a
+block's corrections to the columns after it are one matmul.
 
 Dead inputs (a channel that is zero on every calibration token, so `H_jj = 0`) carry no signal:
 their weights are pruned first (they cost nothing on the calibration data) and their diagonal is

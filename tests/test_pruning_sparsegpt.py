@@ -269,6 +269,16 @@ def test_bad_input_is_refused_before_the_model_changes(kwargs, error, words):
     assert not getattr(model, "_sparsity_masks", None)
 
 
+@pytest.mark.parametrize("structure", ["unstructured", "2:4", "4:8"])
+def test_a_nan_target_sparsity_is_refused_whatever_the_pattern(structure):
+    # with a pattern the sparsity is implied by N:M, which once let NaN through unchecked
+    with pytest.raises(ValueError, match="finite number"):
+        MagnitudePruningCallback(target_sparsity=float("nan"), structure=structure, criterion="wanda")
+    pattern = None if structure == "unstructured" else structure
+    with pytest.raises(ValueError, match="not a number"):
+        prune_one_shot(tiny_llama(), calibration_rows(), sparsity=float("nan"), method="wanda", pattern=pattern)
+
+
 @pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
 def test_statistics_collected_earlier_cannot_stand_in_for_block_by_block_calibration(method):
     model = tiny_llama()

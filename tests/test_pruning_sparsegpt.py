@@ -180,6 +180,49 @@ def test_the_block_driver_without_sequential_sees_the_dense_inputs():
         torch.testing.assert_close(squared[name], reference[name], rtol=1e-5, atol=1e-6)
 
 
+def test_the_statistics_pass_of_sequential_calibration_stops_after_the_last_hooked_layer():
+    model = tiny_llama()
+    calibration = prepare_calibration(calibration_rows(), num_samples=8, seq_len=32, batch_size=2, model=model)
+    targets = find_target_modules(model)
+    squared, after_last = {}, []
+
+    def hooks_for(names):
+        for name in names:
+            squared[name] = torch.zeros(targets[name].in_features, dtype=torch.float64)
+        return {name: _accumulate_squared_norm(squared[name]) for name in names}
+
+    reference = collect_input_statistics(copy.deepcopy(model), calibration).squared_norms
+    last = model.model.layers[0].mlp.down_proj  # the last layer a Llama block calls
+    handle = last.register_forward_hook(lambda module, args, output: after_last.append(1))
+    calibrate_block_by_block(model, calibration, targets, hooks_for, lambda names: None, sequential=True)
+    handle.remove()
+    # nothing pruned: the statistics equal one dense pass, every layer seen on all 4 batches
+    for name in targets:
+        torch.testing.assert_close(squared[name], reference[name], rtol=1e-5, atol=1e-6)
+    # the statistics pass ran down_proj on its first batch only, the output pass on all 4
+    assert len(after_last) == 1 + 4
+
+
+@pytest.mark.parametrize("width", [48, 300])
+def test_the_hessian_of_wide_inputs_is_exact_and_symmetric(width):
+    torch.manual_seed(0)
+    x = torch.randn(3, 40, width)
+    hessian = sparsegpt_module.new_hessian(torch.nn.Linear(width, 4))
+    for _ in range(2):
+        sparsegpt_module._add_outer_product(hessian, x)
+    flat = x.reshape(-1, width).double()
+    torch.testing.assert_close(hessian, 2 * flat.t() @ flat, rtol=1e-5, atol=1e-4)
+    assert torch.equal(hessian, hessian.t())
+
+
+def test_unstructured_masks_prune_exactly_the_fraction_asked_even_with_tied_scores():
+    torch.manual_seed(0)
+    x = torch.randn(256, 16)
+    x[:, :10] = 0.0  # ten dead inputs: 80 weights tied at cost zero, more than the 64 asked for
+    new, mask = sparsegpt_rows(torch.randn(8, 16), x.t() @ x, sparsity=0.5)
+    assert int(mask.sum()) == 64 and mask[:, 10:].sum() == 0 and torch.equal(new == 0, mask)
+
+
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
 def test_sequential_calibration_reads_the_pruned_blocks_before(method):
     dense = tiny_llama()
@@ -224,6 +267,16 @@ def test_bad_input_is_refused_before_the_model_changes(kwargs, error, words):
         prune_one_shot(model, **kwargs)
     assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
     assert not getattr(model, "pruning_state", None)
+
+
+@pytest.mark.parametrize("structure", ["unstructured", "2:4", "4:8"])
+def test_a_nan_target_sparsity_is_refused_whatever_the_pattern(structure):
+    # with a pattern the sparsity is implied by N:M, which once let NaN through unchecked
+    with pytest.raises(ValueError, match="finite number"):
+        MagnitudePruningCallback(target_sparsity=float("nan"), structure=structure, criterion="wanda")
+    pattern = None if structure == "unstructured" else structure
+    with pytest.raises(ValueError, match="not a number"):
+        prune_one_shot(tiny_llama(), calibration_rows(), sparsity=float("nan"), method="wanda", pattern=pattern)
 
 
 @pytest.mark.parametrize("method", ["sparsegpt", "wanda"])

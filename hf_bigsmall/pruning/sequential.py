@@ -5,9 +5,11 @@ will never see: once the blocks before it are pruned, a layer's inputs drift. Ru
 one block at a time (as SparseGPT and the Wanda reference code do) fixes that: the first block's
 inputs are captured once, then each block runs over the calibration windows with hooks on its
 layers, its layers are pruned, and the block runs again to give the next block its inputs, now
-from the pruned layers (`sequential=True`). With `sequential=False` the next block's inputs are the
-dense outputs of the same pass (no second run), which equals calibrating the dense model but still
-holds one block's statistics at a time.
+from the pruned layers (`sequential=True`). The first of those two runs only feeds the hooks, so it
+stops, from the second batch on, once the last hooked layer has read its input (in a Llama block the
+down projection and the last residual are skipped). With `sequential=False` the next block's inputs
+are the dense outputs of the same pass (no second run), which equals calibrating the dense model but
+still holds one block's statistics at a time.
 
 Memory: the inputs and outputs of one block for every calibration window (`num_samples x seq_len x
 hidden` each; 75 MB for 64 x 512 windows of SmolLM2-135M in float32), plus whatever the hooks
@@ -83,6 +85,43 @@ def _capture_first_inputs(model: nn.Module, first: nn.Module, calibration: Calib
     return stored
 
 
+class _StatisticsCollected(Exception):
+    """Stops a block's forward once its last hooked layer has read its input."""
+
+
+def _collect_only(block: nn.Module, inputs: list[tuple[tuple, dict]], hooked: list[nn.Module]) -> None:
+    """Run `block` over every batch only as far as its hooked layers read their inputs.
+
+    With sequential calibration the outputs of this pass are thrown away (the block runs again once
+    pruned), so what follows the last hooked layer's input (in a Llama block the down projection and
+    the residual: a quarter of its matmuls) need not run. The first batch runs whole and counts the
+    hooked calls; later batches stop after that many, so a layer called twice is still seen twice.
+    """
+    calls = 0
+    expected: int | None = None
+
+    def count(module, args):
+        nonlocal calls
+        calls += 1
+        if expected is not None and calls == expected:
+            raise _StatisticsCollected
+
+    # registered after the statistics' hooks, so they run first on the last call too
+    handles = [module.register_forward_pre_hook(count) for module in dict.fromkeys(hooked)]
+    try:
+        for position, (args, kwargs) in enumerate(inputs):
+            calls = 0
+            try:
+                block(*args, **kwargs)
+            except _StatisticsCollected:
+                pass
+            if position == 0:
+                expected = calls or None
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 @torch.no_grad()
 def calibrate_block_by_block(
     model: nn.Module,
@@ -124,7 +163,10 @@ def calibrate_block_by_block(
                 block, names = blocks[index], groups.get(index, [])
                 handles = [targets[name].register_forward_pre_hook(hook) for name, hook in hooks_for(names).items()]
                 try:
-                    outputs = [_hidden_states(block(*args, **kwargs)) for args, kwargs in inputs]
+                    if sequential and names:
+                        _collect_only(block, inputs, [targets[name] for name in names])
+                    else:
+                        outputs = [_hidden_states(block(*args, **kwargs)) for args, kwargs in inputs]
                 finally:
                     for handle in handles:
                         handle.remove()

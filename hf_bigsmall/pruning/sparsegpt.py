@@ -14,10 +14,15 @@ each group of `M` columns of a row), and the corrections inside a block are appl
 column, those to later blocks once per block.
 
 Precision: `X X^T` is summed per batch in float32 (at most `batch_size x seq_len` tokens per sum,
-so the matmul stays fast) and accumulated across batches in `hessian_dtype` (float64 by default,
-as the squared norms of Wanda are, so hundreds of batches do not round away small channels); the
-dampening, Cholesky factorisations and inverse run in that dtype too, and the sweep over the
-columns in float32.
+so the matmul stays fast; for wide inputs only its upper half is multiplied out and mirrored) and
+accumulated across batches in `hessian_dtype` (float64 by default, as the squared norms of Wanda
+are, so hundreds of batches do not round away small channels); the dampening, the Cholesky
+factorisation and the triangular inverse run in that dtype too, and the sweep over the columns in
+float32.
+
+Cost: besides the forwards, one factorisation per layer and, per input column, two tensor
+operations (the column's errors, and the rank-one update of the later columns of its block); a
+block's corrections to the columns after it are one matmul.
 
 Dead inputs (a channel that is zero on every calibration token, so `H_jj = 0`) carry no signal:
 their weights are pruned first (they cost nothing on the calibration data) and their diagonal is
@@ -47,9 +52,27 @@ def new_hessian(module: nn.Module, dtype: torch.dtype = torch.float64) -> torch.
     return torch.zeros(in_features(module), in_features(module), dtype=dtype, device=module.weight.device)
 
 
+# Below this width `X^T X` is one matmul; above, its two diagonal quarters and one off-diagonal one.
+_SPLIT_WIDTH = 256
+
+
 def _add_outer_product(target: torch.Tensor, inputs: torch.Tensor) -> None:
+    """`target += X^T X` for the `(tokens, in)` rows of `inputs`, a float32 matmul per batch.
+
+    `X^T X` is symmetric: for wide inputs only its upper half is multiplied out, as the quarters
+    `A^T A`, `A^T B`, `B^T B` of `X = [A B]` (three quarters of the work), and the lower
+    off-diagonal quarter is copied from the upper one."""
     inputs = inputs.detach().reshape(-1, inputs.shape[-1]).float()
-    target.add_((inputs.t() @ inputs).to(target.dtype))
+    width = inputs.shape[1]
+    if width < _SPLIT_WIDTH:
+        target.add_((inputs.t() @ inputs).to(target.dtype))
+        return
+    half = width // 2
+    left, right = inputs[:, :half], inputs[:, half:]
+    target[:half, :half] += (left.t() @ left).to(target.dtype)
+    target[:half, half:] += (left.t() @ right).to(target.dtype)
+    target[half:, half:] += (right.t() @ right).to(target.dtype)
+    target[half:, :half] = target[:half, half:].t()
 
 
 class SharedHessians:
@@ -107,16 +130,21 @@ class SharedHessians:
 
 def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float, name: str) -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor `U` of `(H + lambda I)^-1`, `lambda = dampening x mean(diag H)`, and the
-    dampening used: raised tenfold, with a warning, while `H + lambda I` is not positive definite."""
+    dampening used: raised tenfold, with a warning, while `H + lambda I` is not positive definite.
+
+    One factorisation and one triangular inverse: with `P` the permutation that reverses the order,
+    `P H P = L L^T` gives `H^-1 = (P L^-1 P)^T (P L^-1 P)`, and `P L^-1 P` is upper triangular with
+    a positive diagonal, hence `U` (cheaper than inverting `H` and factorising `H^-1` again)."""
     diagonal = torch.diagonal(hessian)
     scale = float(diagonal.mean()) or 1.0
+    reversed_hessian = hessian.flip(0, 1)
     identity = torch.eye(hessian.shape[0], dtype=hessian.dtype, device=hessian.device)
     used = dampening
     for attempt in range(_MAX_DAMPENING_RETRIES + 1):
-        lower, info = torch.linalg.cholesky_ex(hessian + used * scale * identity)
+        lower, info = torch.linalg.cholesky_ex(reversed_hessian + used * scale * identity)
         if int(info) == 0:
-            upper, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(lower), upper=True)
-            if int(info) == 0 and torch.isfinite(upper).all():
+            upper = torch.linalg.solve_triangular(lower, identity, upper=False).flip(0, 1)
+            if bool(torch.isfinite(upper.sum())) and bool((torch.diagonal(upper) > 0).all()):
                 if attempt:
                     logger.warning(
                         f"SparseGPT: the Hessian of {name!r} is not positive definite with dampening={dampening}; "
@@ -129,6 +157,22 @@ def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float, name: str) 
         "calibration inputs are degenerate. Pass more (or more varied) calibration data, or leave the layer out "
         "of target_modules."
     )
+
+
+def _lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Boolean mask of the `count` lowest entries of `scores` (ties at the threshold taken in index order).
+
+    A selection by `kthvalue` (linear time) rather than `topk`, which sorts half the block."""
+    flat = scores.flatten()
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    if count <= 0:
+        return mask.view_as(scores)
+    threshold = torch.kthvalue(flat, count).values
+    torch.lt(flat, threshold, out=mask)
+    missing = count - int(mask.sum())
+    if missing > 0:
+        mask[torch.nonzero(flat == threshold).squeeze(1)[:missing]] = True
+    return mask.view_as(scores)
 
 
 @torch.no_grad()
@@ -157,17 +201,19 @@ def sparsegpt_rows(
     Returns:
         `(weight, mask)`: the new `(out, in)` float32 weight, exactly zero where `mask` is `True`.
     """
-    columns = weight.shape[1]
-    weights = weight.detach().float().clone(memory_format=torch.contiguous_format)
-    hessian = hessian.clone()
-    if not torch.isfinite(hessian).all():
+    rows, columns = weight.shape
+    if not bool(torch.isfinite(hessian.sum())):  # a sum is finite only if every entry is
         raise ValueError(f"SparseGPT: the calibration inputs of {name!r} hold inf/NaN: check the model in float32.")
     dead = torch.diagonal(hessian) == 0
-    hessian[dead, dead] = 1.0
+    if dead.any():
+        hessian = hessian.clone()
+        hessian[dead, dead] = 1.0
     upper = _inverse_hessian_factor(hessian, dampening, name)[0].float()
     del hessian
-
-    forced = torch.zeros_like(weights, dtype=torch.bool) if previous is None else previous.to(weights.device).clone()
+    # The sweep works on the transposed weight, `(in, out)`: visiting input column `c` then reads and
+    # updates contiguous rows.
+    weights = weight.detach().t().float().clone(memory_format=torch.contiguous_format)
+    forced = None if previous is None else previous.to(weights.device).t()
     if pattern is not None:
         n, m = pattern
         block_size = max(m, block_size // m * m)
@@ -175,41 +221,45 @@ def sparsegpt_rows(
     for start in range(0, columns, block_size):
         end = min(start + block_size, columns)
         count = end - start
-        block = weights[:, start:end].clone(memory_format=torch.contiguous_format)
+        block = weights[start:end]  # a view: corrected in place
         inverse = upper[start:end, start:end]
-        errors = torch.zeros_like(block)
-        block_forced = forced[:, start:end]
-        block_dead = dead[start:end].unsqueeze(0)
-        block_mask = torch.zeros_like(block, dtype=torch.bool)
+        inverse_diagonal = torch.diagonal(inverse).unsqueeze(1)
+        block_forced = None if forced is None else forced[start:end]
+        block_dead = dead[start:end].unsqueeze(1)
+        block_mask = mask[start:end]  # a view: filled in place
+        # errors[c] = (w_c - kept_c) / U_cc for every row, the OBS step; kept separately to update later blocks
+        errors = torch.empty(count, rows, dtype=weights.dtype, device=weights.device)
 
-        def saliency(values: torch.Tensor, first: int, last: int) -> torch.Tensor:
-            # OBS cost of removing each weight; dead inputs cost nothing, pruned weights go first
-            scores = values.pow(2) / torch.diagonal(inverse)[first:last].pow(2).unsqueeze(0)
-            scores = scores.masked_fill(block_dead[:, first:last], 0.0)
-            return scores.masked_fill(block_forced[:, first:last], -1.0)
+        def choose(first: int, last: int) -> torch.Tensor:
+            # OBS cost of removing each weight (dead inputs cost nothing, pruned weights go first), and
+            # the factor that turns a column's weights into its errors: 1 / U_cc where pruned, else 0
+            scores = block[first:last].pow(2) / inverse_diagonal[first:last].pow(2)
+            scores.masked_fill_(block_dead[first:last], 0.0)
+            if block_forced is not None:
+                scores.masked_fill_(block_forced[first:last], -1.0)
+            if pattern is None:
+                chosen = _lowest(scores, round(sparsity * scores.numel()))
+            else:
+                chosen = torch.zeros_like(scores, dtype=torch.bool).scatter_(
+                    0, torch.topk(scores, n, dim=0, largest=False).indices, True)
+            if block_forced is not None:
+                chosen |= block_forced[first:last]
+            block_mask[first:last] = chosen
+            return chosen / inverse_diagonal[first:last]
 
-        if pattern is None:
-            pruned = round(sparsity * block.numel())
-            if pruned:
-                scores = saliency(block, 0, count).flatten()
-                block_mask.view(-1)[torch.topk(scores, pruned, largest=False).indices] = True
-        for column in range(count):
-            if pattern is not None and column % m == 0:
-                scores = saliency(block[:, column:column + m], column, column + m)
-                block_mask[:, column:column + m].scatter_(1, torch.topk(scores, n, dim=1, largest=False).indices, True)
-            values = block[:, column]
-            kept = values.masked_fill(block_mask[:, column] | block_forced[:, column], 0.0)
-            error = (values - kept) / inverse[column, column]
-            # correct the columns of this block not yet visited (OBS update along row `column` of U)
-            block[:, column:].addr_(error, inverse[column, column:], alpha=-1.0)
-            block[:, column] = kept
-            errors[:, column] = error
-        weights[:, start:end] = block
+        group = count if pattern is None else m
+        for first in range(0, count, group):
+            # masks are chosen lazily, from the weights as corrected by the columns before
+            error_factor = choose(first, min(first + group, count))
+            for column in range(first, min(first + group, count)):
+                torch.mul(block[column], error_factor[column - first], out=errors[column])
+                # correct this column and the later ones of the block (OBS update along row `column` of U);
+                # a pruned weight becomes ~0 here and exactly 0 below, a kept one is unchanged
+                block[column:].addr_(inverse[column, column:], errors[column], alpha=-1.0)
+        block.masked_fill_(block_mask, 0.0)
         # then every later column at once
-        weights[:, end:] -= errors @ upper[start:end, end:]
-        mask[:, start:end] = block_mask | block_forced
-    weights[mask] = 0.0
-    return weights, mask
+        weights[end:].addmm_(upper[start:end, end:].t(), errors, alpha=-1.0)
+    return weights.t(), mask.t()
 
 
 @torch.no_grad()

@@ -42,7 +42,7 @@ _ALIASES = {"int8": "q8_0", "int4": "q4_k_m"}
 _K_QUANT_BLOCK = 256
 # Q8_0, Q5_0, Q4_1 and Q4_0 pack 32 values per block
 _BLOCK = 32
-_SCHEMES = {
+SCHEMES = {
     "F32": "GGUF F32: every tensor in float32 (no quantization)",
     "F16": "GGUF F16: matrices in float16, norms in float32",
     "Q8_0": "GGUF Q8_0: matrices in blocks of 32 int8 values with one fp16 scale, norms in float32",
@@ -388,7 +388,7 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         config = _read_config(model_dir)
         engine_version = (importlib.metadata.version("llama_cpp_python") if plan.gguf_type == "Q4_K_M"
                           else importlib.metadata.version("gguf"))
-        scheme = _SCHEMES[plan.gguf_type]
+        scheme = SCHEMES[plan.gguf_type]
         if plan.fallback_reason:
             scheme += f" (instead of Q4_K_M: {plan.fallback_reason})"
         config[QUANTIZATION_KEY] = {

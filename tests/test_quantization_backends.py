@@ -185,3 +185,12 @@ def test_a_user_backend_cannot_take_a_method_it_does_not_declare(registered):
     registered(_entry())
     with pytest.raises(ValueError, match=r"user-engine does not offer fp32 quantization here: use one of \['int8'\]"):
         quantize("anywhere", "elsewhere", method="fp32", backend="user-engine")
+
+
+def test_size_on_disk_counts_the_file_a_backends_record_names(tmp_path):
+    from hf_bigsmall.reporting.compare import size_on_disk_mb
+
+    (tmp_path / "config.json").write_text(json.dumps({"quantization": {"backend": "npz", "file": "weights.npz"}}))
+    (tmp_path / "weights.npz").write_bytes(b"\0" * 2**20)
+    (tmp_path / "notes.txt").write_bytes(b"\0" * 2**20)
+    assert size_on_disk_mb(tmp_path) == 1.0

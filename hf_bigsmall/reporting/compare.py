@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..pruning.parameters import count_parameters
 from ..quantization.backends import load_runner
+from ..quantization.config import quantization_of
 from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
 from .report import write_report
@@ -215,8 +216,11 @@ def load_model(path: str | os.PathLike) -> PreTrainedModel:
 
 
 def size_on_disk_mb(model_dir: Path) -> float:
+    """MB of the weight files: the usual formats, and the file a quantization record names (a backend's own format)."""
+    named = (quantization_of(model_dir) or {}).get("file")
     files = [p for p in model_dir.iterdir()
-             if (p.suffix in (".safetensors", ".bin", ".onnx", ".gguf") or p.name.endswith(".onnx.data"))
+             if (p.suffix in (".safetensors", ".bin", ".onnx", ".gguf") or p.name.endswith(".onnx.data")
+                 or p.name == named)
              and p.name not in _NOT_WEIGHTS]
     return sum(p.stat().st_size for p in files) / 2**20
 

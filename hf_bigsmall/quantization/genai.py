@@ -263,6 +263,7 @@ def export_genai(
                   **({"builder_options": extra_options} if extra_options else {})}
         setattr(config, QUANTIZATION_KEY, record)
         config.save_pretrained(build_dir)
+        mark_kit_folder(build_dir)  # like every folder the kit writes: a later run may replace or remove it
         _publish(build_dir, output_dir)
     except BaseException:  # a failed build, check or save leaves nothing half-written behind
         shutil.rmtree(build_dir, ignore_errors=True)
@@ -285,7 +286,6 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(build_dir, 0o777 & ~umask)  # mkdtemp made it private; the folder gets the usual permissions
-    mark_kit_folder(build_dir)  # as every folder the kit publishes: a later export of any backend may replace it
     old = None
     if output_dir.exists():
         old = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")

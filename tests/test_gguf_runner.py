@@ -46,8 +46,8 @@ def test_the_runner_gives_transformers_logits_and_greedy_tokens_on_the_f32_expor
     from hf_bigsmall.quantization.gguf_runner import LlamaCppModelRunner
 
     model, _, f32, _ = exports
-    runner = LlamaCppModelRunner(f32)
-    assert runner.num_threads == torch.get_num_threads()  # the same cores as torch beside it
+    assert LlamaCppModelRunner(f32).num_threads == torch.get_num_threads()  # the same cores as torch beside it
+    runner = LlamaCppModelRunner(f32, kv_cache="f32")  # unquantized end to end: transformers' logits to ~1e-7
     ids = prompt()
     tokens, step_logits = runner.generate(ids[0].tolist(), new_tokens=STEPS)
     assert tokens == greedy(model, ids) and step_logits.shape == (STEPS, model.config.vocab_size)
@@ -58,8 +58,8 @@ def test_the_runner_gives_transformers_logits_and_greedy_tokens_on_the_f32_expor
     with torch.no_grad():
         expected = [model(ids).logits[0], model(batch[1:, :4]).logits[0]]
     logits = runner(input_ids=batch, attention_mask=mask).logits
-    torch.testing.assert_close(logits[0], expected[0], rtol=0, atol=1e-4)
-    torch.testing.assert_close(logits[1, :4], expected[1], rtol=0, atol=1e-4)
+    torch.testing.assert_close(logits[0], expected[0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(logits[1, :4], expected[1], rtol=0, atol=1e-5)
     assert not logits[1, 4:].any()
 
 

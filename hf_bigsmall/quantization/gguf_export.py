@@ -168,7 +168,7 @@ def _pre_tokenizer_name(tokenizer: dict[str, Any]) -> str:
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [step.get("type") for step in steps]
     if kinds == ["ByteLevel"]:
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's spelling (llama-vocab.cpp); it refuses to load a file that says "gpt2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
         return "smollm"  # SmolLM2: every digit its own piece, then GPT-2's byte-level split
     logger.warning(f"Pre-tokenizer {kinds} has no llama.cpp name here: the GGUF says 'default', so llama.cpp may "

@@ -21,6 +21,7 @@ LLAMACPP_EXTRA = "llamacpp"
 # llama.cpp keeps a (context x vocabulary) float32 table of logits when every position's logits are asked
 # for: 512 positions of a 49,152-token vocabulary is 100 MB, a model's full context of 8,192 would be 1.6 GB
 DEFAULT_CONTEXT_LENGTH = 512
+KV_CACHE_TYPES = ("f16", "f32")
 
 
 def gguf_file_of(model_dir: str | os.PathLike) -> Path | None:
@@ -51,6 +52,8 @@ class LlamaCppModelRunner:
         num_threads: llama.cpp's threads for prompts and decoding; defaults to `torch.get_num_threads()`.
         context_length: the longest sequence (prompt plus new tokens) it runs; defaults to the model's
             positions, at most `DEFAULT_CONTEXT_LENGTH`.
+        kv_cache: `"f16"` (llama.cpp's default, as it is served) or `"f32"` (an unquantized export then
+            reproduces transformers' logits to about 1e-7 instead of 1e-4 to 1e-3).
 
     Example:
 
@@ -65,13 +68,16 @@ class LlamaCppModelRunner:
     training = False
 
     def __init__(self, model_dir: str | os.PathLike, num_threads: int | None = None,
-                 context_length: int | None = None):
+                 context_length: int | None = None, kv_cache: str = "f16"):
         from ..utils.import_utils import require
 
         require("llama_cpp", extra=LLAMACPP_EXTRA, purpose="running GGUF files with llama.cpp")
         import torch
         from transformers import AutoConfig
 
+        if kv_cache not in KV_CACHE_TYPES:
+            raise ValueError(f"kv_cache must be one of {KV_CACHE_TYPES}, got {kv_cache!r}.")
+        self.kv_cache = kv_cache
         self.path = Path(model_dir)
         gguf_file = gguf_file_of(self.path)
         if gguf_file is None:
@@ -91,11 +97,13 @@ class LlamaCppModelRunner:
         self._counts: tuple[int, int, float] | None = None
 
     def _load(self, all_logits: bool):
-        from llama_cpp import Llama
+        import llama_cpp
 
-        return Llama(model_path=str(self.gguf_file), n_ctx=self.context_length, n_batch=self.context_length,
-                     n_ubatch=self.context_length, n_threads=self.num_threads, n_threads_batch=self.num_threads,
-                     logits_all=all_logits, verbose=False)
+        cache_type = llama_cpp.GGML_TYPE_F32 if self.kv_cache == "f32" else llama_cpp.GGML_TYPE_F16
+        return llama_cpp.Llama(model_path=str(self.gguf_file), n_ctx=self.context_length, n_batch=self.context_length,
+                               n_ubatch=self.context_length, n_threads=self.num_threads,
+                               n_threads_batch=self.num_threads, type_k=cache_type, type_v=cache_type,
+                               logits_all=all_logits, verbose=False)
 
     def eval(self) -> LlamaCppModelRunner:
         return self
@@ -196,7 +204,7 @@ class LlamaCppModelRunner:
         return self._counts
 
     def __repr__(self) -> str:
-        return f"LlamaCppModelRunner({str(self.path)!r}, threads={self.num_threads})"
+        return f"LlamaCppModelRunner({str(self.path)!r}, threads={self.num_threads}, kv_cache={self.kv_cache!r})"
 
 
 def gguf_parameter_counts(path: str | os.PathLike) -> tuple[int, int, float]:

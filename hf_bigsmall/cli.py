@@ -184,11 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = commands.add_parser("quantize", help="int8 for the CPU (ONNX Runtime), int8/int4 for CUDA (torchao)")
     quantize.add_argument("model_dir", help="a saved classifier or causal LM, with its tokenizer")
     quantize.add_argument("output_dir", help="the new folder")
-    backends = quantization_backends()
-    quantize.add_argument("--method", default="int8", choices=list(dict.fromkeys(m for b in backends for m in b.methods)),
+    backends = quantization_backends()  # the choices are the registry's: a backend registered in code is offered too
+    methods = list(dict.fromkeys(method for backend in backends for method in backend.methods))
+    devices = list(dict.fromkeys(device for backend in backends for device in backend.devices))
+    quantize.add_argument("--method", default="int8", choices=methods,
                           help="int8/int4 (fp32 for onnxruntime-genai); with --backend gguf also a GGUF type "
                                "(f32 ... q4_k_m); any method a registered backend offers")
-    quantize.add_argument("--device", default="cpu", choices=list(dict.fromkeys(d for b in backends for d in b.devices)),
+    quantize.add_argument("--device", default="cpu", choices=devices,
                           help="where the model will run")
     quantize.add_argument("--backend", default="auto", choices=["auto", *(b.name for b in backends)],
                           help="a registered quantization backend; gguf: one GGUF file for llama.cpp / Ollama "

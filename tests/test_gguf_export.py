@@ -100,7 +100,7 @@ def test_metadata_and_tokenizer_read_back(tmp_path):
     assert value("llama.feed_forward_length") == 64 and value("llama.vocab_size") == VOCAB
     tokens = value("tokenizer.ggml.tokens")
     assert len(tokens) == VOCAB and tokens[256] == "Ġt" and tokens[-1] == f"[PAD{VOCAB - 1}]"
-    assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.pre") == "gpt2"
+    assert value("tokenizer.ggml.model") == "gpt2" and value("tokenizer.ggml.pre") == "gpt-2"  # llama.cpp's names
     assert value("tokenizer.ggml.merges")[:3] == ["Ġ t", "h e", "Ġt he"]
     assert value("tokenizer.ggml.eos_token_id") == 260
     names = {tensor.name: tensor for tensor in reader.tensors}

@@ -125,8 +125,8 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
         raise ValueError(f"output_dir {output_dir} is the model's own folder: export into a new folder.")
     foreign = output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
     if foreign and not _is_kit_folder(output_dir):
-        raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall as a quantized export: choose "
-                         "another output_dir or remove it yourself (only an earlier quantized export is replaced).")
+        raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall as a quantized export: "
+                         "choose another output_dir or remove it yourself (only an earlier quantized export is replaced).")
     return config
 
 
@@ -281,8 +281,8 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
     """
     if (output_dir.is_symlink() or (output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
                                     and not _is_kit_folder(output_dir))):
-        raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall as a quantized export: "
-                         "it is left as it is. Choose another output_dir or remove it yourself.")
+        raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall as a quantized "
+                         "export: it is left as it is. Choose another output_dir or remove it yourself.")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(build_dir, 0o777 & ~umask)  # mkdtemp made it private; the folder gets the usual permissions

@@ -122,7 +122,8 @@ class QuantizationBackend:
         for attribute in ("runner", "is_export", "check"):
             value = getattr(self, attribute)
             if value is not None and not callable(value):
-                raise TypeError(f"QuantizationBackend {self.name!r}: {attribute} must be callable or None, got {value!r}.")
+                raise TypeError(f"QuantizationBackend {self.name!r}: {attribute} must be callable or None, "
+                                f"got {value!r}.")
         if not isinstance(self.description, str) or not isinstance(self.loading, str):
             raise TypeError(f"QuantizationBackend {self.name!r}: description and loading must be strings.")
         if self.extra is not None and (not isinstance(self.extra, str) or not self.extra):
@@ -200,7 +201,8 @@ def get_quantization_backend(name: str) -> QuantizationBackend:
     """
     backend = _REGISTRY.get(name) if isinstance(name, str) else None
     if backend is None:
-        raise ValueError(f"Unknown quantization backend {name!r}: registered backends are {quantization_backend_names()} "
+        raise ValueError(f"Unknown quantization backend {name!r}: registered backends are "
+                         f"{quantization_backend_names()} "
                          "(or 'auto'). Register it with register_quantization_backend(...) before quantizing with it.")
     return backend
 
@@ -238,6 +240,7 @@ def load_runner(folder: str | os.PathLike, num_threads: int | None = None) -> An
 from .folder import ExportJob, write_quantized_folder  # noqa: E402
 from . import onnxruntime, torchao, onnxruntime_genai, gguf  # noqa: E402,F401,I001
 
-__all__ = ["ExportJob", "QuantizationBackend", "auto_backend", "backend_of_folder", "get_quantization_backend", "load_runner",
+__all__ = ["ExportJob", "QuantizationBackend", "auto_backend", "backend_of_folder", "get_quantization_backend",
+           "load_runner",
            "quantization_backend_names", "quantization_backends", "register_quantization_backend",
            "write_quantized_folder"]

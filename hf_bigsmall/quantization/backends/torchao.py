@@ -1,4 +1,4 @@
-"""The `torchao` backend: int8 / int4 weight-only on CUDA, a plain transformers checkpoint (`quantization/torchao.py`)."""
+"""The `torchao` backend: int8 / int4 weight-only on CUDA, a plain transformers checkpoint (`../torchao.py`)."""
 
 from __future__ import annotations
 

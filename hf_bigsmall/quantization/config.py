@@ -17,6 +17,7 @@ from ..utils.files import check_replaceable, is_kit_folder
 QUANTIZATION_KEY = "quantization"
 ONNX_FILE = "model.onnx"
 
+
 def quantization_of(model_dir: str | Path) -> dict[str, Any] | None:
     """How a saved folder is quantized: the kit's record, or a description of another quantizer's, or None."""
     model_dir = Path(model_dir)

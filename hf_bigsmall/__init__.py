@@ -47,7 +47,11 @@ _LAZY_IMPORTS: dict[str, str] = {
     "EnergyCallback": "hf_bigsmall.energy.callback",
     "measure_inference": "hf_bigsmall.energy.inference",
     # quantization
+    "QuantizationBackend": "hf_bigsmall.quantization.backends",
+    "get_quantization_backend": "hf_bigsmall.quantization.backends",
+    "quantization_backend_names": "hf_bigsmall.quantization.backends",
     "quantize": "hf_bigsmall.quantization.quantize",
+    "register_quantization_backend": "hf_bigsmall.quantization.backends",
     # big vs small
     "compare_models": "hf_bigsmall.reporting.compare",
     "build_model_card": "hf_bigsmall.hub.card",
@@ -82,6 +86,12 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .pruning.one_shot import prune_one_shot
     from .pruning.vocabulary import trim_vocabulary
     from .pruning.width import prune_width
+    from .quantization.backends import (
+        QuantizationBackend,
+        get_quantization_backend,
+        quantization_backend_names,
+        register_quantization_backend,
+    )
     from .quantization.quantize import quantize
     from .reporting.compare import compare_models
     from .trainer import BigSmallTrainer, BigSmallTrainerMixin

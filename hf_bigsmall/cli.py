@@ -16,6 +16,7 @@ import difflib
 import sys
 from collections.abc import Iterable
 
+from .quantization.backends import quantization_backends
 from .utils.console import echo
 
 # the quickstart's pipelines; `--task` also takes them with underscores (causal_lm)
@@ -52,9 +53,10 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
-    from .quantization import quantize
+    import json
+
+    from .quantization import get_quantization_backend, quantize
     from .quantization.config import quantization_of
-    from .quantization.quantize import LOADING
 
     try:
         folder = quantize(args.model_dir, args.output_dir, method=args.method, device=args.device,
@@ -62,10 +64,11 @@ def _quantize(args: argparse.Namespace) -> int:
     except ImportError as error:  # the backend's extra is missing: the message says what to install
         echo(f"hf-bigsmall quantize: {error}", error=True)
         return 2
-    backend = quantization_of(folder)["backend"]
-    task = "ForCausalLM" if "ForCausalLM" in (folder / "config.json").read_text() else "ForSequenceClassification"
-    echo(f"Quantized {args.model_dir} -> {folder}\nLoad it with: "
-         + LOADING[backend].format(path=folder, auto_class=f"AutoModel{task}"))
+    record = quantization_of(folder)
+    config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    usage = get_quantization_backend(record["backend"]).load_instructions(
+        folder, record, architecture=(config.get("architectures") or [None])[0])
+    echo(f"Quantized {args.model_dir} -> {folder}\nLoad it with: {usage}")
     return 0
 
 
@@ -181,14 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     quantize = commands.add_parser("quantize", help="int8 for the CPU (ONNX Runtime), int8/int4 for CUDA (torchao)")
     quantize.add_argument("model_dir", help="a saved classifier or causal LM, with its tokenizer")
     quantize.add_argument("output_dir", help="the new folder")
-    quantize.add_argument("--method", default="int8",
-                          choices=["int8", "int4", "fp32", "f32", "f16", "q8_0", "q5_0", "q4_1", "q4_0", "q4_k_m"],
+    backends = quantization_backends()  # the choices are the registry's: a backend registered in code is offered too
+    methods = list(dict.fromkeys(method for backend in backends for method in backend.methods))
+    devices = list(dict.fromkeys(device for backend in backends for device in backend.devices))
+    quantize.add_argument("--method", default="int8", choices=methods,
                           help="int8/int4 (fp32 for onnxruntime-genai); with --backend gguf also a GGUF type "
-                               "(f32 ... q4_k_m)")
-    quantize.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the model will run")
-    quantize.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "onnxruntime-genai", "torchao",
-                                                                "gguf"],
-                          help="gguf: one GGUF file for llama.cpp / Ollama (Llama-family and GPT-2 causal LMs)")
+                               "(f32 ... q4_k_m); any method a registered backend offers")
+    quantize.add_argument("--device", default="cpu", choices=devices,
+                          help="where the model will run")
+    quantize.add_argument("--backend", default="auto", choices=["auto", *(b.name for b in backends)],
+                          help="a registered quantization backend; gguf: one GGUF file for llama.cpp / Ollama "
+                               "(Llama-family and GPT-2 causal LMs)")
     quantize.set_defaults(handler=_quantize)
     return parser
 

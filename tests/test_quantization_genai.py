@@ -229,6 +229,21 @@ def test_a_folder_the_kit_did_not_write_is_refused_and_kept(tiny_export, tmp_pat
     _nothing_written(tmp_path, {"mine", "export"})
 
 
+def test_a_genai_folder_carries_the_kit_marker_so_another_backend_may_replace_it(tiny_export, tmp_path):
+    import shutil
+
+    from hf_bigsmall.utils.files import KIT_MARKER, is_kit_folder
+
+    _, source, folder = tiny_export
+    assert is_kit_folder(folder) and (folder / KIT_MARKER).is_file()
+    # an earlier quantized export, whichever backend wrote it, is replaced by the next one (not refused as the user's)
+    earlier = shutil.copytree(folder, tmp_path / "earlier")
+    pytest.importorskip("onnxruntime")
+    replaced = quantize(source, earlier, method="int8", backend="onnxruntime")
+    assert quantization_of(replaced)["backend"] == "onnxruntime" and not (replaced / "genai_config.json").exists()
+    assert is_kit_folder(replaced)
+
+
 def test_a_folder_that_appears_during_the_build_is_refused_and_kept(tmp_path):
     # the build takes minutes after the first check: the folder is checked again before the rename
     from hf_bigsmall.quantization.genai import _publish

@@ -76,8 +76,14 @@ def test_the_card_is_the_records_sections_in_order(tmp_path):
     assert 'from_pretrained("model", device_map="cuda")' in text
 
 
-@pytest.mark.parametrize("fmt, expected", [("onnx", "onnxruntime.InferenceSession"), ("gguf", "llama-cli -m m.gguf"),
-                                           ("onnxruntime-genai", "og.Model"), ("safetensors", None)])
-def test_each_engine_says_how_to_use_its_folder(fmt, expected):
-    lines = QuantizationRecord(format=fmt, file="m.gguf").how_to_use("me/model", "model")
+@pytest.mark.parametrize("backend, fmt, expected", [
+    ("onnxruntime", "onnx", "onnxruntime.InferenceSession"), ("gguf", "gguf", "llama-cli -m m.gguf"),
+    ("onnxruntime-genai", "onnxruntime-genai", "og.Model"), ("torchao", None, 'device_map="cuda"'),
+    ("not-registered", "safetensors", None)])
+def test_each_engine_says_how_to_use_its_folder(backend, fmt, expected):
+    """The card's "How to use" is the snippet of the backend that made the folder, from the registry."""
+    from hf_bigsmall.hub.card import _backend_how_to_use
+
+    record = QuantizationRecord(backend=backend, format=fmt, file="m.gguf")
+    lines = _backend_how_to_use(record, "me/model", "model", "LlamaForCausalLM")
     assert (lines is None) if expected is None else expected in "\n".join(lines)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ..distillation.record import DistillationRecord, TeacherCorrectionRecord
 from ..energy.record import EnergyRecord, LineageRecord
 from ..pruning.record import SparsityRecord, VocabularyTrimmingRecord, WidthRecord, weight_sparsity_per_layer
+from ..quantization.backends import get_quantization_backend, quantization_backend_names
 from ..quantization.record import QuantizationRecord
 from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines, speed_caveat, timing_lines
 from ..utils.card_text import describe_model, hub_id, public_name
@@ -183,6 +184,22 @@ def _report_section(report: dict[str, Any]) -> list[str]:
             markdown_table(report), *timing_lines(report), *perplexity_lines(report), ""]
 
 
+def _backend_how_to_use(record: QuantizationRecord, repo_id: str | None, model_name: str,
+                        architecture: str | None) -> list[str] | None:
+    """"How to use" from the backend that made the folder (its registered `how_to_use`).
+
+    None when no backend of that name is registered in this process: the card shows transformers' then.
+    """
+    if not record.backend or record.backend not in quantization_backend_names():
+        return None
+    # from the Hub: snapshot_download(repo_id) first, then this folder; never the local path of the machine
+    snippet = get_quantization_backend(record.backend).how_to_use(
+        repo_id or model_name, record.to_dict(), architecture=architecture, from_hub=bool(repo_id))
+    stands_for = [] if repo_id or record.format else [
+        f"`{model_name}` stands for this folder: give its path, or its Hub id once pushed.", ""]
+    return ["## How to use", "", *stands_for, *snippet.splitlines()]
+
+
 def _transformers_how_to_use(loader: str, repo_id: str | None, model_name: str, on_gpu: bool) -> list[str]:
     return ["## How to use", "", *([] if repo_id else [
             f"`{model_name}` stands for this folder: give its path, or its Hub id once pushed.", ""]),
@@ -275,7 +292,7 @@ def build_model_card(
     body += _report_section(report) if report else []
     body += energy_record.card_section() if energy_record else []
     body += lineage.card_section() if lineage else []
-    how_to_use = steps.quantization.how_to_use(repo_id, model_name) if steps.quantization else None
+    how_to_use = _backend_how_to_use(steps.quantization, repo_id, model_name, architecture) if steps.quantization else None
     # architectures in config.json are transformers class names
     body += how_to_use or _transformers_how_to_use(architecture or "AutoModel", repo_id, model_name,
                                                    on_gpu=steps.quantization is not None)

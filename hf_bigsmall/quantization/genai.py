@@ -16,15 +16,15 @@ import json
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from transformers.utils import logging
 
-from ..utils.files import mark_kit_folder
-from .config import QUANTIZATION_KEY
+from ..utils.files import is_kit_folder, mark_kit_folder
+from .config import QUANTIZATION_KEY, has_kit_record
+from .engine_timing import time_engine_generation
 from .record import QuantizationRecord
 
 logger = logging.get_logger(__name__)
@@ -32,6 +32,9 @@ logger = logging.get_logger(__name__)
 GENAI_BACKEND = "onnxruntime-genai"
 GENAI_CONFIG_FILE = "genai_config.json"
 GENAI_SCHEMES = ("fp32", "int8", "int4")
+# the pip extra that installs the engine, and what it brings (the builder imports onnx-ir without declaring it)
+GENAI_EXTRA = "genai"
+GENAI_MODULES = ("onnxruntime_genai", "onnx_ir")
 # the architectures the builder converts that the kit builds and tests (Llama covers SmolLM2 and the kit's
 # pruned Llamas: fewer layers, narrower FFN, fewer heads and KV groups, head_dim != hidden/heads); the
 # builder has no GPT-2 converter
@@ -55,7 +58,10 @@ def is_genai_folder(model_dir: str | os.PathLike) -> bool:
 
 
 def _is_kit_folder(folder: Path) -> bool:
-    """A folder `export_genai` wrote earlier: its config.json holds the kit's GenAI record."""
+    """A quantized export the kit wrote: its marker and its record (any backend's), as `check_quantized_output`
+    asks; or a GenAI export written before GenAI folders carried the marker (its record and `genai_config.json`)."""
+    if is_kit_folder(folder) and has_kit_record(folder):
+        return True
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -95,8 +101,8 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
 
     if scheme not in GENAI_SCHEMES:
         raise ValueError(f"ONNX Runtime GenAI exports one of {GENAI_SCHEMES}, got {scheme!r}.")
-    require("onnxruntime_genai")
-    require("onnx_ir")
+    for module in GENAI_MODULES:
+        require(module, extra=GENAI_EXTRA, purpose="exporting and serving causal LMs with ONNX Runtime GenAI")
     model_dir, output_dir = check_full_precision_source(model_dir), Path(output_dir)
     config = AutoConfig.from_pretrained(model_dir)
     architectures = list(getattr(config, "architectures", None) or [])
@@ -120,8 +126,8 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
         raise ValueError(f"output_dir {output_dir} is the model's own folder: export into a new folder.")
     foreign = output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
     if foreign and not _is_kit_folder(output_dir):
-        raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall's GenAI export: choose "
-                         "another output_dir or remove it yourself (only an earlier GenAI export is replaced).")
+        raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall as a quantized export: "
+                         "choose another output_dir or remove it yourself (only an earlier quantized export is replaced).")
     return config
 
 
@@ -156,6 +162,7 @@ def _run_builder(model_dir: Path, build_dir: Path, scheme: str, extra_options: d
     console = io.StringIO()
     with tempfile.TemporaryDirectory() as cache_dir, _quiet_builder(console):
         try:
+            import onnx_ir  # noqa: F401  (the builder needs it and does not declare it)
             from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
             parsed = parse_extra_options(None, str(model_dir), str(build_dir), scheme, "cpu", cache_dir, options)
@@ -275,8 +282,8 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
     """
     if (output_dir.is_symlink() or (output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
                                     and not _is_kit_folder(output_dir))):
-        raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall's GenAI export: "
-                         "it is left as it is. Choose another output_dir or remove it yourself.")
+        raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall as a quantized "
+                         "export: it is left as it is. Choose another output_dir or remove it yourself.")
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(build_dir, 0o777 & ~umask)  # mkdtemp made it private; the folder gets the usual permissions
@@ -322,7 +329,7 @@ class GenAIModelRunner:
     def __init__(self, model_dir: str | os.PathLike, num_threads: int | None = None):
         from ..utils.import_utils import require
 
-        require("onnxruntime_genai")
+        require("onnxruntime_genai", extra=GENAI_EXTRA, purpose="serving causal LMs with ONNX Runtime GenAI")
         import onnxruntime_genai as og
         import torch
         from transformers import AutoConfig
@@ -406,57 +413,17 @@ class GenAIModelRunner:
         decode step is one `generate_next_token`, which runs the model on the last token with the
         KV cache and picks the next one greedily.
         """
-        import numpy as np
-        import torch
-
-        from ..energy.generation import GenerationMeasurement
-        from ..energy.meters import select_meters
-        from ..energy.tracker import EnergyTracker, subtract
-
-        prompts = torch.as_tensor(prompts, dtype=torch.long)
-        if prompts.ndim != 2 or prompts.numel() == 0:
-            raise ValueError("prompts must be token ids shaped (num_prompts, prompt_tokens), got shape "
-                             f"{tuple(prompts.shape)}.")
-        if isinstance(new_tokens, bool) or not isinstance(new_tokens, int) or new_tokens < 1:
-            raise ValueError(f"new_tokens must be a positive integer, got {new_tokens!r}.")
-        tracker = EnergyTracker(select_meters(self.device, backend=backend, cpu_tdp_watts=cpu_tdp_watts,
-                                              cpu_threads=cpu_threads))
-
-        def generate(prompt: list[int]) -> tuple[float, list[float], float]:
+        def begin(prompt: list[int]):
             generator = self._generator(len(prompt) + new_tokens + 1)
-            tic = time.perf_counter()
-            generator.append_tokens(prompt)
-            generator.generate_next_token()  # the first new token comes from the prompt's logits
-            prefill = time.perf_counter() - tic
-            start, steps = tracker.read(), []
-            for _ in range(new_tokens):
-                tic = time.perf_counter()
-                generator.generate_next_token()
-                steps.append(time.perf_counter() - tic)
-            return prefill, steps, sum(subtract(tracker.read(), start).values())
 
-        prefill_times: list[float] = []
-        step_times: list[float] = []
-        decode_joules = 0.0
-        try:
-            for prompt in prompts[:warmup].tolist():
-                generate(prompt)
-            for prompt in prompts.tolist():
-                prefill, steps, joules = generate(prompt)
-                prefill_times.append(prefill)
-                step_times += steps
-                decode_joules += joules
-        finally:
-            tracker.close()
-        return GenerationMeasurement(
-            num_prompts=int(prompts.shape[0]), prompt_tokens=int(prompts.shape[1]), new_tokens=new_tokens,
-            prefill_ms_p50=float(np.percentile(prefill_times, 50) * 1000),
-            prefill_ms_p95=float(np.percentile(prefill_times, 95) * 1000),
-            decode_tokens_per_s=len(step_times) / sum(step_times),
-            decode_ms_per_token_p50=float(np.percentile(step_times, 50) * 1000),
-            joules_per_token=decode_joules / len(step_times), energy_source=tracker.energy_source,
-            device=str(self.device), meters=tracker.describe()["meters"],
-        )
+            def prefill() -> None:
+                generator.append_tokens(prompt)
+                generator.generate_next_token()  # the first new token comes from the prompt's logits
+
+            return prefill, generator.generate_next_token
+
+        return time_engine_generation(prompts, begin, new_tokens=new_tokens, warmup=warmup, device=self.device,
+                                      backend=backend, cpu_tdp_watts=cpu_tdp_watts, cpu_threads=cpu_threads)
 
     def parameter_counts(self) -> tuple[int, int, float]:
         """(parameters, non-zero parameters, sparsity) of the model that was exported, from its record."""

@@ -43,7 +43,7 @@ _ALIASES = {"int8": "q8_0", "int4": "q4_k_m"}
 _K_QUANT_BLOCK = 256
 # Q8_0, Q5_0, Q4_1 and Q4_0 pack 32 values per block
 _BLOCK = 32
-_SCHEMES = {
+SCHEMES = {
     "F32": "GGUF F32: every tensor in float32 (no quantization)",
     "F16": "GGUF F16: matrices in float16, norms in float32",
     "Q8_0": "GGUF Q8_0: matrices in blocks of 32 int8 values with one fp16 scale, norms in float32",
@@ -169,7 +169,7 @@ def _pre_tokenizer_name(tokenizer: dict[str, Any]) -> str:
     steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     kinds = [step.get("type") for step in steps]
     if kinds == ["ByteLevel"]:
-        return "gpt2"
+        return "gpt-2"  # llama.cpp's spelling (llama-vocab.cpp); it refuses to load a file that says "gpt2"
     if kinds == ["Digits", "ByteLevel"] and steps[0].get("individual_digits"):
         return "smollm"  # SmolLM2: every digit its own piece, then GPT-2's byte-level split
     logger.warning(f"Pre-tokenizer {kinds} has no llama.cpp name here: the GGUF says 'default', so llama.cpp may "
@@ -389,7 +389,7 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         config = _read_config(model_dir)
         engine_version = (importlib.metadata.version("llama_cpp_python") if plan.gguf_type == "Q4_K_M"
                           else importlib.metadata.version("gguf"))
-        scheme = _SCHEMES[plan.gguf_type]
+        scheme = SCHEMES[plan.gguf_type]
         if plan.fallback_reason:
             scheme += f" (instead of Q4_K_M: {plan.fallback_reason})"
         QuantizationRecord.from_dict({

@@ -1,15 +1,18 @@
-"""int8 on CPU: export a transformers model to ONNX, check the export, quantize it with ONNX Runtime.
+"""int8 on CPU: export a transformers model to ONNX, check the export, quantize it with ONNX Runtime; and run it.
 
 Dynamic quantization (weights stored as int8, activations quantized per batch at run time) needs no
 calibration data and suits transformer encoders and decoders, whose time goes to MatMuls (Zafrir et
 al., 2019, "Q8BERT"; Jacob et al., 2018 for the integer arithmetic). The folder written holds
 `model.onnx`, the source `config.json` with a `quantization` record, and the tokenizer; it loads with
-`onnxruntime.InferenceSession("<folder>/model.onnx")` or `hf_bigsmall.quantization.OnnxModelRunner`.
+`onnxruntime.InferenceSession("<folder>/model.onnx")` or `OnnxModelRunner`, which takes the keyword
+tensors a transformers model takes and returns an output with `.logits`, so `compare_models` measures
+it with the same code, batches and timers as every PyTorch model beside it.
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -17,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers.utils import logging
 
-from .config import ONNX_FILE
+from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
+from .config import ONNX_FILE, QUANTIZATION_KEY
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -114,13 +118,12 @@ def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             the model's logits (a data-dependent branch the trace froze).
     """
     import numpy as np
+    import onnx  # noqa: F401  (onnxruntime's quantizer reads and writes the graph with it)
     import onnxruntime
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from ..reporting.compare import CAUSAL_LM
-
-    causal = task == CAUSAL_LM
+    causal = task == TEXT_GENERATION
     model = model.float().cpu().eval()
     input_names = model_input_names(model, tokenizer)
     probe = probe_batch(tokenizer, input_names)
@@ -158,3 +161,80 @@ def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
                 f"quantized it to int8 (max logit change {int8_difference:.2g}).")
     return {"format": "onnx", "file": ONNX_FILE, "opset": OPSET, "inputs": input_names,
             "export_max_logit_difference": export_difference, "int8_max_logit_change": int8_difference}
+
+
+class OnnxModelRunner:
+    """Run a folder written by `quantize(..., device="cpu")` with ONNX Runtime on the CPU.
+
+    Args:
+        model_dir: the folder (`model.onnx`, `config.json`, tokenizer).
+        num_threads: intra-op threads of the session; defaults to `torch.get_num_threads()`, so an
+            ONNX model and a PyTorch model measured side by side use the same number of cores.
+
+    Attributes:
+        config: the `PretrainedConfig` read from the folder (task head, labels, vocabulary).
+        task: `"text-classification"` or `"text-generation"`.
+
+    Example:
+
+    ```python
+    from hf_bigsmall.quantization import OnnxModelRunner
+
+    model = OnnxModelRunner("bigsmall_output/student-int8")
+    logits = model(**tokenizer("a fine film", return_tensors="pt")).logits
+    ```
+    """
+
+    training = False
+
+    def __init__(self, model_dir: str | os.PathLike, num_threads: int | None = None):
+        from ..utils.import_utils import require
+
+        require("onnxruntime", extra="onnx", purpose="running ONNX Runtime exports")
+        import onnxruntime
+        import torch
+        from transformers import AutoConfig
+
+        self.path = Path(model_dir)
+        self.config = AutoConfig.from_pretrained(self.path)
+        self.task = task_of(self.config)
+        self.record: dict[str, Any] = getattr(self.config, QUANTIZATION_KEY, None) or {}
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = num_threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(str(self.path / self.record.get("file", ONNX_FILE)), options,
+                                                    providers=["CPUExecutionProvider"])
+        self.input_names = [node.name for node in self.session.get_inputs()]
+        self.device = torch.device("cpu")
+        self.name_or_path = str(self.path)
+
+    def eval(self) -> OnnxModelRunner:
+        return self
+
+    def forward(self, **inputs: Any):
+        """Keyword tensors in (extra ones such as `labels` are ignored), an output with `.logits` out."""
+        import numpy as np
+        import torch
+        from transformers.modeling_outputs import CausalLMOutput, SequenceClassifierOutput
+
+        input_ids = inputs.get("input_ids")
+        if input_ids is None:
+            raise ValueError("OnnxModelRunner needs input_ids.")
+        feed = {}
+        for name in self.input_names:
+            value = inputs.get(name)
+            if value is None:  # what the PyTorch model assumes when it is not given
+                value = torch.zeros_like(input_ids) if name == "token_type_ids" else torch.ones_like(input_ids)
+            feed[name] = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value, dtype=np.int64)
+        logits = torch.from_numpy(self.session.run(["logits"], feed)[0])
+        return SequenceClassifierOutput(logits=logits) if self.task == TEXT_CLASSIFICATION else CausalLMOutput(logits=logits)
+
+    __call__ = forward
+
+    def parameter_counts(self) -> tuple[int, int, float]:
+        """(parameters, non-zero parameters, sparsity) of the model that was quantized, from its record."""
+        return (int(self.record.get("parameters", 0)), int(self.record.get("nonzero_parameters", 0)),
+                float(self.record.get("sparsity", 0.0)))
+
+    def __repr__(self) -> str:
+        return f"OnnxModelRunner({str(self.path)!r}, inputs={self.input_names})"

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..pruning.parameters import count_parameters
+from ..quantization.backends import load_runner
+from ..quantization.config import quantization_of
 from ..utils.cpu import OtherCpuWork
-from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_head
+from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
 from .report import write_report
 
 if TYPE_CHECKING:
@@ -196,50 +198,29 @@ def speed_ratio_caveat(model: ModelMeasurement, reference: ModelMeasurement, ref
     return ("; ".join(reasons) or None), paired
 
 
-def task_of(model_or_config) -> str:
-    """`text-classification` or `text-generation`, from a model's class or a saved config's architecture."""
-    if getattr(model_or_config, "task", None) in _QUALITY_METRIC:  # a runner (OnnxModelRunner) knows its task
-        return model_or_config.task
-    if hasattr(model_or_config, "config"):  # a model never saved has no `architectures` in its config yet
-        architecture, config = type(model_or_config).__name__, model_or_config.config
-    else:
-        architecture, config = (getattr(model_or_config, "architectures", None) or [""])[0], model_or_config
-    head = task_head(architecture)
-    if head is not None and head.pipeline_tag in (CLASSIFICATION, CAUSAL_LM):
-        return head.pipeline_tag
-    raise ValueError(
-        f"Cannot compare a {architecture or config.model_type!r} model: compare_models measures sequence "
-        "classifiers (accuracy, F1) and causal language models (perplexity). Save the model with its task head."
-    )
-
-
 def load_model(path: str | os.PathLike) -> PreTrainedModel:
     """Load a saved model with its task head, with plain `from_pretrained`.
 
-    A folder that `quantize` wrote for ONNX Runtime loads as an `OnnxModelRunner` instead: it is
-    called like a model (keyword tensors in, `.logits` out), so everything below measures it alike.
+    A folder that a quantization backend with a runner wrote (ONNX Runtime, ONNX Runtime GenAI,
+    llama.cpp's GGUF, or one registered from user code) loads as that backend's runner instead: it
+    is called like a model (keyword tensors in, `.logits` out), so everything below measures it alike.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from ..quantization.config import is_onnx_folder
-    from ..quantization.genai import is_genai_folder
-
-    if is_genai_folder(path):  # an ONNX Runtime GenAI export: the engine runs it, with its KV cache
-        from ..quantization.genai import GenAIModelRunner
-
-        return GenAIModelRunner(path)
-    if is_onnx_folder(path):
-        from ..quantization.runner import OnnxModelRunner
-
-        return OnnxModelRunner(path)
+    runner = load_runner(path)
+    if runner is not None:
+        return runner
     config = AutoConfig.from_pretrained(path)
     auto_class = AutoModelForSequenceClassification if task_of(config) == CLASSIFICATION else AutoModelForCausalLM
     return auto_class.from_pretrained(path).eval()
 
 
 def size_on_disk_mb(model_dir: Path) -> float:
+    """MB of the weight files: the usual formats, and the file a quantization record names (a backend's own format)."""
+    named = (quantization_of(model_dir) or {}).get("file")
     files = [p for p in model_dir.iterdir()
-             if (p.suffix in (".safetensors", ".bin", ".onnx") or p.name.endswith(".onnx.data"))
+             if (p.suffix in (".safetensors", ".bin", ".onnx", ".gguf") or p.name.endswith(".onnx.data")
+                 or p.name == named)
              and p.name not in _NOT_WEIGHTS]
     return sum(p.stat().st_size for p in files) / 2**20
 
@@ -461,8 +442,49 @@ def compare_models(
     """
     import torch
 
-    from ..assets import load_text_dataset
+    loaded = _resolve_models(models)
+    task = _common_task(loaded)
+    tokenizers = _tokenizers_for(loaded, tokenizer)
+    vocabulary = _vocabularies(loaded, tokenizers, task)
+    eval_dataset, dataset_name = _evaluation_data(eval_dataset, task, split=split, text_column=text_column,
+                                                  label_column=label_column, max_samples=max_samples,
+                                                  dataset_name=dataset_name)
+    tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
+    for name, key in vocabulary.items():
+        if key not in tokenized_by_vocabulary:
+            tokenized_by_vocabulary[key] = _tokenize(eval_dataset, tokenizers[name], task, text_column, label_column,
+                                                     max_length)
 
+    settings = _RunSettings(task=task, label_column=label_column, batch_size=batch_size,
+                            latency_samples=latency_samples, generation_prompts=generation_prompts,
+                            prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    measurements, generation = [], None
+    latency_runs: dict[str, list[float]] = {}  # every model's batch-1 forward times, in sample order
+    for name, (model, path) in loaded.items():
+        tokenized = tokenized_by_vocabulary[vocabulary[name]]
+        measurement, latency_runs[name], generation_settings = _measure_model(
+            name, model, path, tokenizers[name], tokenized, settings)
+        if generation_settings is not None:
+            generation = generation_settings
+        measurements.append(measurement)
+    quality_metric = _QUALITY_METRIC[task]
+    cores = _add_verdicts(measurements, latency_runs, quality_metric, lower_is_better=task == CAUSAL_LM)
+    comparison = Comparison(
+        task=task, dataset=str(dataset_name), split=split, num_samples=len(tokenized), quality_metric=quality_metric,
+        lower_is_better=task == CAUSAL_LM, metric_names=sorted(measurements[0].metrics),
+        throughput_batch_size=batch_size, device=str(next(iter(loaded.values()))[0].device),
+        num_threads=torch.get_num_threads(), models=measurements,
+        eval_tokens=sum(max(len(ids) - 1, 0) for ids in tokenized["input_ids"]) if task == CAUSAL_LM else None,
+        generation=generation,
+        timing={"cpu_cores": cores, "max_ratio_spread": MAX_RATIO_SPREAD, "rule": TIMING_RULE},
+    )
+    if output_dir is not None:
+        comparison.save(output_dir, plots=plots)
+    return comparison
+
+
+def _resolve_models(models) -> dict[str, tuple[PreTrainedModel, Path | None]]:
+    """`{name: (model or runner, its folder or None)}`: folders loaded (`load_model`), objects put in eval mode."""
     named = dict(models) if isinstance(models, Mapping) else {
         (Path(m).name if isinstance(m, (str, os.PathLike)) else f"model_{i}"): m for i, m in enumerate(models)
     }
@@ -476,12 +498,19 @@ def compare_models(
             loaded[name] = (load_model(model), Path(model))
         else:
             loaded[name] = (model.eval(), None)
+    return loaded
+
+
+def _common_task(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]]) -> str:
     tasks = {task_of(model) for model, _ in loaded.values()}
     if len(tasks) != 1:
         raise ValueError(f"All models must have the same task to be compared, got {sorted(tasks)}.")
-    task = tasks.pop()
+    return tasks.pop()
 
-    tokenizers = _tokenizers_for(loaded, tokenizer)
+
+def _vocabularies(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
+                  tokenizers: Mapping[str, PreTrainedTokenizerBase], task: str) -> dict[str, str]:
+    """Each model's vocabulary fingerprint, once every model's embedding covers its tokenizer."""
     for name, (model, _) in loaded.items():
         if model.config.vocab_size < len(tokenizers[name]):
             raise ValueError(
@@ -493,13 +522,18 @@ def compare_models(
     if task == CAUSAL_LM and len(set(vocabulary.values())) > 1:
         raise ValueError("Causal LMs with different tokenizers cannot be compared: perplexity per token depends on "
                          "the tokenization. Compare models that share one tokenizer.")
+    return vocabulary
+
+
+def _evaluation_data(eval_dataset: Dataset | str | None, task: str, *, split: str, text_column: str,
+                     label_column: str, max_samples: int | None, dataset_name: str | None) -> tuple[Dataset, str]:
+    """The evaluation rows (the task's default corpus when none is given) and the name the report gives them."""
+    from .. import assets
 
     if eval_dataset is None:
-        from .. import assets
-
         eval_dataset = assets.ROTTEN_TOMATOES if task == CLASSIFICATION else assets.NEWS
     if isinstance(eval_dataset, str):
-        splits = load_text_dataset(eval_dataset)
+        splits = assets.load_text_dataset(eval_dataset)
         if split not in splits:
             raise ValueError(f"{eval_dataset} has no {split!r} split (it has {list(splits)}): pass split=.")
         dataset_name, eval_dataset = eval_dataset, splits[split]
@@ -512,67 +546,70 @@ def compare_models(
                          "pass text_column=/label_column=.")
     if max_samples is not None:
         eval_dataset = eval_dataset.select(range(min(max_samples, len(eval_dataset))))
-    tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
-    for name, key in vocabulary.items():
-        if key not in tokenized_by_vocabulary:
-            tokenized_by_vocabulary[key] = _tokenize(eval_dataset, tokenizers[name], task, text_column, label_column,
-                                                     max_length)
+    return eval_dataset, dataset_name
 
-    measurements, generation = [], None
-    latency_runs: dict[str, list[float]] = {}  # every model's batch-1 forward times, in sample order
-    for name, (model, path) in loaded.items():
-        tokenizer = tokenizers[name]
-        tokenized = tokenized_by_vocabulary[vocabulary[name]]
-        inputs_only = tokenized.remove_columns([c for c in tokenized.column_names if c == label_column])
-        total, nonzero, sparsity = count_parameters(model, path)
-        if path is None:  # measure what saving it would write
-            with tempfile.TemporaryDirectory() as scratch:
-                model.save_pretrained(scratch)
-                disk_mb = size_on_disk_mb(Path(scratch))
-        else:
-            disk_mb = size_on_disk_mb(path)
-        metrics = evaluate_quality(model, tokenized, tokenizer, task, label_column, batch_size)
-        load_before = _load_average()
-        with OtherCpuWork() as other_work:  # the timings: what else ran on the machine meanwhile
-            inference, generated, generation_settings = _time_model(
-                model, inputs_only, tokenized, task, batch_size, latency_samples, generation_prompts, prompt_tokens,
-                new_tokens)
-        if generation_settings is not None:
-            generation = generation_settings
-        latencies = inference.latencies_ms
-        p10, p90 = _percentiles(latencies, 10, 90) if latencies else (None, None)
-        timing = {"latency_ms_p10": p10, "latency_ms_p90": p90,
-                  "latency_relative_spread": (p90 - p10) / inference.latency_ms_p50
-                  if latencies and inference.latency_ms_p50 > 0 else None,
-                  "load_average_1min": {"before": load_before, "after": _load_average()},
-                  "other_cpu_cores": other_work.cores}
-        latency_runs[name] = latencies
-        measurements.append(ModelMeasurement(
-            name=name, path=str(path) if path else None, parameters=total, nonzero_parameters=nonzero,
-            sparsity=sparsity, size_on_disk_mb=round(disk_mb, 3), metrics=metrics,
-            latency_ms_p50=inference.latency_ms_p50, latency_ms_p95=inference.latency_ms_p95,
-            throughput_samples_per_s=inference.throughput_samples_per_s,
-            energy_joules_per_sample=inference.joules_per_sample, energy_source=inference.energy_source,
-            inference_co2_grams_per_1k_samples=1000 * inference.co2_grams / max(inference.num_samples, 1),
-            **_training_energy(path), **generated,
-            **_energy_per_query(inference.joules_per_sample, inputs_only, task),
-            quantization=getattr(model.config, "quantization", None), **timing,
-        ))
-    quality_metric = _QUALITY_METRIC[task]
-    add_ratios(measurements, quality_metric, lower_is_better=task == CAUSAL_LM)
+
+@dataclass(frozen=True)
+class _RunSettings:
+    """How every model of one comparison is measured (the same for all)."""
+
+    task: str
+    label_column: str
+    batch_size: int
+    latency_samples: int
+    generation_prompts: int
+    prompt_tokens: int
+    new_tokens: int
+
+
+def _measure_model(name: str, model, path: Path | None, tokenizer: PreTrainedTokenizerBase, tokenized: Dataset,
+                   settings: _RunSettings) -> tuple[ModelMeasurement, list[float], dict[str, int] | None]:
+    """One model's row: size, quality, timings with what else ran meanwhile, energy.
+
+    Returns `(measurement, batch-1 latencies in sample order, generation settings or None)`.
+    """
+    task, label_column = settings.task, settings.label_column
+    inputs_only = tokenized.remove_columns([c for c in tokenized.column_names if c == label_column])
+    total, nonzero, sparsity = count_parameters(model, path)
+    if path is None:  # measure what saving it would write
+        with tempfile.TemporaryDirectory() as scratch:
+            model.save_pretrained(scratch)
+            disk_mb = size_on_disk_mb(Path(scratch))
+    else:
+        disk_mb = size_on_disk_mb(path)
+    metrics = evaluate_quality(model, tokenized, tokenizer, task, label_column, settings.batch_size)
+    load_before = _load_average()
+    with OtherCpuWork() as other_work:  # the timings: what else ran on the machine meanwhile
+        inference, generated, generation_settings = _time_model(
+            model, inputs_only, tokenized, task, settings.batch_size, settings.latency_samples,
+            settings.generation_prompts, settings.prompt_tokens, settings.new_tokens)
+    latencies = inference.latencies_ms
+    p10, p90 = _percentiles(latencies, 10, 90) if latencies else (None, None)
+    timing = {"latency_ms_p10": p10, "latency_ms_p90": p90,
+              "latency_relative_spread": (p90 - p10) / inference.latency_ms_p50
+              if latencies and inference.latency_ms_p50 > 0 else None,
+              "load_average_1min": {"before": load_before, "after": _load_average()},
+              "other_cpu_cores": other_work.cores}
+    measurement = ModelMeasurement(
+        name=name, path=str(path) if path else None, parameters=total, nonzero_parameters=nonzero,
+        sparsity=sparsity, size_on_disk_mb=round(disk_mb, 3), metrics=metrics,
+        latency_ms_p50=inference.latency_ms_p50, latency_ms_p95=inference.latency_ms_p95,
+        throughput_samples_per_s=inference.throughput_samples_per_s,
+        energy_joules_per_sample=inference.joules_per_sample, energy_source=inference.energy_source,
+        inference_co2_grams_per_1k_samples=1000 * inference.co2_grams / max(inference.num_samples, 1),
+        **_training_energy(path), **generated,
+        **_energy_per_query(inference.joules_per_sample, inputs_only, task),
+        quantization=getattr(model.config, "quantization", None), **timing,
+    )
+    return measurement, latencies, generation_settings
+
+
+def _add_verdicts(measurements: list[ModelMeasurement], latency_runs: Mapping[str, list[float]], quality_metric: str,
+                  lower_is_better: bool) -> int:
+    """Ratios against the first model, and whether each speed ratio can be trusted; returns the CPU cores counted."""
+    add_ratios(measurements, quality_metric, lower_is_better=lower_is_better)
     cores = _cpu_cores()
     for model in measurements[1:]:
         model.speed_ratio_caveat, model.faster_p10_p90 = speed_ratio_caveat(
             model, measurements[0], latency_runs[measurements[0].name], latency_runs[model.name], cores)
-    comparison = Comparison(
-        task=task, dataset=str(dataset_name), split=split, num_samples=len(tokenized), quality_metric=quality_metric,
-        lower_is_better=task == CAUSAL_LM, metric_names=sorted(measurements[0].metrics),
-        throughput_batch_size=batch_size, device=str(next(iter(loaded.values()))[0].device),
-        num_threads=torch.get_num_threads(), models=measurements,
-        eval_tokens=sum(max(len(ids) - 1, 0) for ids in tokenized["input_ids"]) if task == CAUSAL_LM else None,
-        generation=generation,
-        timing={"cpu_cores": cores, "max_ratio_spread": MAX_RATIO_SPREAD, "rule": TIMING_RULE},
-    )
-    if output_dir is not None:
-        comparison.save(output_dir, plots=plots)
-    return comparison
+    return cores

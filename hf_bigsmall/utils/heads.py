@@ -38,6 +38,29 @@ def task_head(class_name: str) -> TaskHead | None:
     return next((head for suffix, head in TASK_HEADS.items() if class_name.endswith(suffix)), None)
 
 
+def task_of(model_or_config) -> str:
+    """`text-classification` or `text-generation`, from a model's class or a saved config's architecture.
+
+    A runner of a serving engine (`OnnxModelRunner`, `GenAIModelRunner`, ...) knows its task and says so.
+
+    Raises:
+        ValueError: a model without a sequence-classification or causal LM head.
+    """
+    if getattr(model_or_config, "task", None) in (TEXT_CLASSIFICATION, TEXT_GENERATION):
+        return model_or_config.task
+    if hasattr(model_or_config, "config"):  # a model never saved has no `architectures` in its config yet
+        architecture, config = type(model_or_config).__name__, model_or_config.config
+    else:
+        architecture, config = (getattr(model_or_config, "architectures", None) or [""])[0], model_or_config
+    head = task_head(architecture)
+    if head is not None and head.pipeline_tag in (TEXT_CLASSIFICATION, TEXT_GENERATION):
+        return head.pipeline_tag
+    raise ValueError(
+        f"Cannot compare a {architecture or config.model_type!r} model: compare_models measures sequence "
+        "classifiers (accuracy, F1) and causal language models (perplexity). Save the model with its task head."
+    )
+
+
 def evaluation_split(split_names) -> str | None:
     """The held-out split to evaluate on: `validation`, else `test`, else None."""
     return next((name for name in EVALUATION_SPLITS if name in split_names), None)

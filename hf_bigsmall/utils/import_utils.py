@@ -18,12 +18,9 @@ _EXTRAS: dict[str, tuple[str, str]] = {
     "gguf": ("gguf", "reading and writing GGUF files (the embedded SmolLM2, exports for llama.cpp)"),
     "llama_cpp": ("llamacpp", "K-quant (Q4_K_M) GGUF files through llama.cpp's quantizer"),
     "deepspeed": ("deepspeed", "DeepSpeed ZeRO training"),
-    "onnx": ("onnx", "exporting models to ONNX for int8 quantization on CPU"),
-    "onnxruntime": ("onnx", "int8 quantization and inference on CPU with ONNX Runtime"),
-    "torchao": ("torchao", "int8/int4 weight-only quantization on CUDA with torchao"),
-    "onnxruntime_genai": ("genai", "exporting and serving causal LMs with ONNX Runtime GenAI"),
-    "onnx_ir": ("genai", "onnxruntime-genai's model builder"),
 }
+# The quantization backends declare their own extra and modules (`hf_bigsmall.quantization.backends`), and
+# pass them to `require` where they check them.
 
 
 @lru_cache(maxsize=None)
@@ -47,18 +44,18 @@ def is_onnxruntime_available() -> bool:
     return _is_package_available("onnxruntime") and _is_package_available("onnx")
 
 
-def is_torchao_available() -> bool:
-    return _is_package_available("torchao")
-
-
 def is_llama_cpp_available() -> bool:
     return _is_package_available("llama_cpp")
 
 
-def require(import_name: str) -> None:
-    """Raise an `ImportError` that names the extra to install if `import_name` is missing."""
+def require(import_name: str, extra: str | None = None, purpose: str | None = None) -> None:
+    """Raise an `ImportError` that names the extra to install if `import_name` is missing.
+
+    `extra` and `purpose` default to this module's table; a quantization backend passes its own.
+    """
     if _is_package_available(import_name):
         return
-    extra, purpose = _EXTRAS.get(import_name, (None, "this feature"))
+    known_extra, known_purpose = _EXTRAS.get(import_name, (None, "this feature"))
+    extra, purpose = extra or known_extra, purpose or known_purpose
     hint = f'pip install "hf-bigsmall[{extra}]"' if extra else f"pip install {import_name}"
     raise ImportError(f"{import_name} is needed for {purpose} but is not installed: run `{hint}`.")

@@ -50,7 +50,7 @@ _LAZY_IMPORTS: dict[str, str] = {
     "QuantizationBackend": "hf_bigsmall.quantization.backends",
     "get_quantization_backend": "hf_bigsmall.quantization.backends",
     "quantization_backend_names": "hf_bigsmall.quantization.backends",
-    "quantize": "hf_bigsmall.quantization.quantize",
+    "quantize": "hf_bigsmall.quantization.api",
     "register_quantization_backend": "hf_bigsmall.quantization.backends",
     # big vs small
     "compare_models": "hf_bigsmall.reporting.compare",
@@ -92,7 +92,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
         quantization_backend_names,
         register_quantization_backend,
     )
-    from .quantization.quantize import quantize
+    from .quantization.api import quantize
     from .reporting.compare import compare_models
     from .trainer import BigSmallTrainer, BigSmallTrainerMixin
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from hf_bigsmall.quantization import quantize
 from hf_bigsmall.quantization.gguf_export import export_gguf
 from hf_bigsmall.utils.files import KIT_MARKER
 from tests.testing_utils import tiny_llama_config
@@ -187,7 +188,7 @@ def test_quantized_types_stay_close_and_symmetric_ones_keep_zeros(tmp_path, meth
 
 def test_int4_falls_back_to_q4_0_when_k_quants_cannot_be_made(tmp_path):
     model = save_llama(tmp_path / "model")
-    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="int4")
+    folder = quantize(tmp_path / "model", tmp_path / "gguf", backend="gguf", method="int4")  # + its card
     record = json.loads((folder / "config.json").read_text())["quantization"]
     assert record["method"] == "q4_0" and "256" in record["fallback_reason"]
     assert "Q4_0" in (folder / "README.md").read_text()
@@ -275,7 +276,7 @@ def test_a_failure_half_way_leaves_nothing(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(gguf_export, "build_model_card", fail)  # after the .gguf is written
+    monkeypatch.setattr(gguf_export.QuantizationRecord, "write", fail)  # after the .gguf is written
     with pytest.raises(OSError, match="disk full"):
         export_gguf(tmp_path / "model", tmp_path / "gguf", method="q8_0")
     assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == before  # the earlier export is intact
@@ -410,7 +411,7 @@ def _gelu_as_llama_cpp_computes_it(model) -> None:
 def test_the_cards_llama_cpp_snippet_runs(tmp_path, monkeypatch):
     pytest.importorskip("llama_cpp")
     save_llama(tmp_path / "model")
-    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="q8_0")
+    folder = quantize(tmp_path / "model", tmp_path / "gguf", backend="gguf", method="q8_0")
     card = (folder / "README.md").read_text()
     snippet = next(block for block in card.split("```python\n")[1:] if "llama_cpp" in block).split("```")[0]
     monkeypatch.chdir(folder)

@@ -13,19 +13,56 @@ Needs `pip install "hf-bigsmall[onnx]"` (CPU), `pip install "hf-bigsmall[torchao
 Each backend is an entry of the registry in `backends/`; `register_quantization_backend` adds your own.
 """
 
-from .backends import (
-    QuantizationBackend,
-    get_quantization_backend,
-    quantization_backend_names,
-    register_quantization_backend,
-)
-from .config import is_onnx_folder, quantization_of
-from .genai import GenAIModelRunner, export_genai, is_genai_folder
-from .gguf_runner import LlamaCppModelRunner
-from .onnx import OnnxModelRunner
-from .plan import QuantizationPlan, plan_quantization
-from .quantize import quantize
+from __future__ import annotations
 
-__all__ = ["GenAIModelRunner", "LlamaCppModelRunner", "OnnxModelRunner", "QuantizationBackend", "QuantizationPlan",
-           "export_genai", "get_quantization_backend", "is_genai_folder", "is_onnx_folder", "plan_quantization",
-           "quantization_backend_names", "quantization_of", "quantize", "register_quantization_backend"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names are imported when first used: the backend registry (`backends/`) and the records are read by the
+# model card, which `quantize` writes into the folders served as they are (GGUF), so importing one of them
+# must not import `quantize` back.
+_LAZY_IMPORTS: dict[str, str] = {
+    "GenAIModelRunner": ".genai",
+    "LlamaCppModelRunner": ".gguf_runner",
+    "OnnxModelRunner": ".onnx",
+    "QuantizationBackend": ".backends",
+    "QuantizationPlan": ".plan",
+    "export_genai": ".genai",
+    "get_quantization_backend": ".backends",
+    "is_genai_folder": ".genai",
+    "is_onnx_folder": ".config",
+    "plan_quantization": ".plan",
+    "quantization_backend_names": ".backends",
+    "quantization_of": ".config",
+    "quantize": ".api",
+    "register_quantization_backend": ".backends",
+}
+
+__all__ = sorted(_LAZY_IMPORTS)
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .api import quantize
+    from .backends import (
+        QuantizationBackend,
+        get_quantization_backend,
+        quantization_backend_names,
+        register_quantization_backend,
+    )
+    from .config import is_onnx_folder, quantization_of
+    from .genai import GenAIModelRunner, export_genai, is_genai_folder
+    from .gguf_runner import LlamaCppModelRunner
+    from .onnx import OnnxModelRunner
+    from .plan import QuantizationPlan, plan_quantization
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_IMPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 from transformers.utils import logging
 
-from ..hub.card import build_model_card
 from ..utils.files import fresh_partial_dir, publish_dir
 from ..utils.import_utils import is_llama_cpp_available, require
 from .config import QUANTIZATION_KEY, check_quantized_output
@@ -402,7 +401,6 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, partial / name)
-        build_model_card(partial, energy=False).save(partial / "README.md")
     except BaseException:  # a failed export leaves no half-written folder behind
         shutil.rmtree(partial, ignore_errors=True)
         raise

@@ -67,6 +67,8 @@ class QuantizationBackend:
         loading: one line saying how to load a folder it wrote, `{path}` (and `{auto_class}`, the
             transformers class of the source's head) filled in; `hf-bigsmall quantize` and `quantize`'s
             log print it. Empty: they print `how_to_use` instead.
+        model_card: whether `quantize` writes the kit's model card (README.md) into the folder, for
+            formats served from the folder as it is (GGUF for llama.cpp and Ollama).
 
     Example:
 
@@ -92,6 +94,7 @@ class QuantizationBackend:
     auto_devices: tuple[str, ...] = ()
     description: str = ""
     loading: str = ""
+    model_card: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or self.name == "auto":

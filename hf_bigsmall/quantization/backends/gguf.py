@@ -48,6 +48,7 @@ register_quantization_backend(QuantizationBackend(
     export=export,
     how_to_use=how_to_use,
     runner=LlamaCppModelRunner,
+    model_card=True,
     is_export=is_gguf_folder,
     extra="gguf",
     requires=("gguf",),

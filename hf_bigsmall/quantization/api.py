@@ -7,6 +7,8 @@ from pathlib import Path
 
 from transformers.utils import logging
 
+from ..hub.card import build_model_card
+from ..utils.files import atomic_write_text
 from .backends import get_quantization_backend
 from .config import quantization_of
 from .plan import plan_quantization
@@ -76,6 +78,8 @@ def quantize(
     plan = plan_quantization(method, device, backend)  # every check that needs no model, before anything is read
     entry = get_quantization_backend(plan.backend)
     folder = Path(entry.export(Path(model_dir), Path(output_dir), plan.method))
+    if entry.model_card:  # a folder served as it is (GGUF) carries its card
+        atomic_write_text(folder / "README.md", str(build_model_card(folder, energy=False)))
     record = quantization_of(folder) or {}
     logger.info(f"Quantized {model_dir} ({plan.method}, {plan.backend}, {plan.device}) -> {folder}; load with "
                 + entry.load_instructions(folder, record, architecture=_architecture(folder)))

@@ -82,6 +82,30 @@ def test_entries_are_checked_when_built(kwargs, error, message):
         Divergence(**kwargs)
 
 
+def _no_alpha(student_logprobs, teacher_logprobs):
+    return (student_logprobs - teacher_logprobs).sum(-1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    # declares a parameter its function does not take: a TypeError at every loss call otherwise
+    ({"function": _no_alpha, "params": {"alpha": 0.5}}, r"function.*\(student_logprobs, teacher_logprobs"),
+    ({"function": lambda logprobs: logprobs.sum(-1)}, r"function.*\(student_logprobs, teacher_logprobs"),
+    ({"function": total_variation, "gradient": lambda student_logprobs: student_logprobs}, "gradient"),
+    ({"function": total_variation, "check_params": lambda: None}, "check_params"),
+])
+def test_an_entry_whose_functions_cannot_take_the_documented_arguments_is_refused_when_built(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        Divergence("test_bad_signature", description="x", **kwargs)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_a_divergence_that_does_not_give_one_value_per_row_is_named(chunk_size):
+    register_divergence(Divergence("test_summed", lambda s, t: (t.exp() * (t - s)).sum(), "summed over rows"),
+                        overwrite=True)
+    with pytest.raises(ValueError, match=r"test_summed.*one value per row, shape \(\d,\), got \(\)"):
+        kd_loss(torch.randn(4, 10), torch.randn(4, 10), kind="test_summed", chunk_size=chunk_size)
+
+
 def test_a_name_is_registered_once_unless_overwritten():
     entry = Divergence("test_twice", total_variation, "total variation distance")
     register_divergence(entry, overwrite=True)

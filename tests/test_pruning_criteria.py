@@ -71,6 +71,10 @@ def test_unknown_names_and_taken_names_are_refused_with_the_fix():
         ({"granularities": ("neurons",)}, ValueError, "unit_scores"),
         ({"prune": lambda *args, **kwargs: None}, ValueError, "either score or prune"),
         ({"default_scope": "model"}, ValueError, "default_scope='model'"),
+        # functions that cannot take what the kit passes are refused here, not at the first pruning event
+        ({"score": lambda weight: weight.abs()}, TypeError, r"score is called as score\(weight, statistic\)"),
+        ({"score": None, "prune": lambda module, statistic, sparsity: None}, TypeError, "prune is called as"),
+        ({"granularities": ("neurons",), "unit_scores": lambda model: None}, TypeError, "unit_scores is called as"),
     ],
 )
 def test_entries_are_checked_when_built(fields, error, words):

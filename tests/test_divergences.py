@@ -86,6 +86,12 @@ def _no_alpha(student_logprobs, teacher_logprobs):
     return (student_logprobs - teacher_logprobs).sum(-1)
 
 
+def test_an_unknown_name_says_every_process_must_register_it():
+    # under torchrun / accelerate launch each process builds its own config from its own registry
+    with pytest.raises(ValueError, match=r"register_divergence\(\.\.\.\) before building the config.*every process"):
+        DistillationConfig(output_dir="unused", kd_loss="registered_on_rank_0_only")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     # declares a parameter its function does not take: a TypeError at every loss call otherwise
     ({"function": _no_alpha, "params": {"alpha": 0.5}}, r"function.*\(student_logprobs, teacher_logprobs"),

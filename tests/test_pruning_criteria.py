@@ -266,6 +266,14 @@ def test_a_gradient_criterion_prunes_in_training_too(tmp_path):
     assert_masks_hold(trainer.model, callback.masks)
 
 
+def test_an_unknown_criterion_says_every_process_must_register_it():
+    # under torchrun / accelerate launch each process builds its own callback from its own registry
+    for build in (lambda: get_pruning_criterion("rank0_only"), lambda: PruningConfig(criterion="rank0_only"),
+                  lambda: prune_one_shot(tiny_llama(), sparsity=0.5, method="rank0_only")):
+        with pytest.raises(ValueError, match=r"register_pruning_criterion\(\.\.\.\).*every process"):
+            build()
+
+
 # ------------------------------------------------------------------------- scores of any sign
 @pytest.mark.parametrize("scope", ["row", "layer", "global"])
 def test_a_criterion_with_negative_scores_prunes_to_the_target_over_masks_in_force(scope):

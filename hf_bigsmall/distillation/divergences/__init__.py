@@ -40,7 +40,9 @@ import torch
 # e.g. a masked vocabulary entry) gives 0 * finite = 0 instead of 0 * inf = nan, in the value and its gradient
 LOG_FLOOR = torch.finfo(torch.float32).min
 
-_FIX = "register it with register_divergence(...) before building the config"
+_FIX = ("register it with register_divergence(...) before building the config; in a multi-process run (torchrun, "
+        "accelerate launch) every process must register it, so do it in the script they all run, not under a "
+        "main-process check")
 
 
 @dataclass(frozen=True)

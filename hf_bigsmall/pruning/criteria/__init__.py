@@ -196,6 +196,9 @@ def _check_default_scope(entry: PruningCriterion) -> None:
 
 
 _REGISTRY: dict[str, PruningCriterion] = {}
+# what an unknown name's error adds: each process of a distributed run has its own registry
+MULTI_PROCESS_FIX = ("in a multi-process run (torchrun, accelerate launch) every process must register it, so do "
+                     "it in the script they all run, not under a main-process check")
 
 
 def register_pruning_criterion(entry: PruningCriterion, *, overwrite: bool = False) -> PruningCriterion:
@@ -226,7 +229,7 @@ def get_pruning_criterion(name: str) -> PruningCriterion:
     entry = _REGISTRY.get(name) if isinstance(name, str) else None
     if entry is None:
         raise ValueError(f"Unknown pruning criterion {name!r}: choose one of {pruning_criterion_names()}, or register "
-                         "it with register_pruning_criterion(...) before building the config.")
+                         f"it with register_pruning_criterion(...) before building the config; {MULTI_PROCESS_FIX}.")
     return entry
 
 

@@ -1,6 +1,8 @@
 """The divergence registry: built-ins registered like user code, and a user's divergence on every loss path."""
 
+import copy
 import json
+import pickle
 
 import pytest
 import torch
@@ -90,6 +92,15 @@ def test_an_unknown_name_says_every_process_must_register_it():
     # under torchrun / accelerate launch each process builds its own config from its own registry
     with pytest.raises(ValueError, match=r"register_divergence\(\.\.\.\) before building the config.*every process"):
         DistillationConfig(output_dir="unused", kd_loss="registered_on_rank_0_only")
+
+
+def test_an_entry_can_be_copied_and_pickled():
+    # objects that hold an entry are deep-copied (Trainer, accelerate) or pickled to spawned workers
+    entry = get_divergence("jsd")
+    for copied in (copy.deepcopy(entry), pickle.loads(pickle.dumps(entry))):
+        assert copied == entry and dict(copied.params) == {"beta": 0.5}
+        with pytest.raises(TypeError):
+            copied.params["beta"] = 0.2  # still read-only
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -113,6 +113,11 @@ class Divergence:
                              f"(student_logprobs, teacher_logprobs{', ' + params if params else ''})")
         _check_signature(self.name, "check_params", self.check_params, (dict(self.params),), {}, "(params)")
 
+    def __reduce__(self):
+        # the read-only view of params cannot be pickled or deep-copied itself: rebuild the entry from a dict
+        return (type(self), (self.name, self.function, self.description, dict(self.params), self.check_params,
+                             self.gradient))
+
     def resolve_params(self, given: Mapping[str, Any] | None = None) -> dict[str, float]:
         """The declared parameters with `given` over their defaults, checked; a `ValueError` names a bad one."""
         given = dict(given or {})

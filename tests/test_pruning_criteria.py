@@ -311,3 +311,14 @@ def test_a_unit_criterion_with_negative_scores_prunes_as_the_same_order_in_posit
     for name, mask in masks["positive_last"].items():
         assert torch.equal(masks["negative_last"][name], mask), name
         assert 0 < mask.float().mean() < 1, name  # some units went, not all
+
+
+def test_a_criterion_whose_scores_hold_nan_is_stopped_before_any_weight_changes():
+    # NaN ranks above every number, so those weights would be kept silently whatever their magnitude
+    register_pruning_criterion(PruningCriterion(name="nan_on_negatives", description="NaN on negative weights",
+                                                score=lambda weight, statistic: weight.sqrt()))
+    model = tiny_llama()
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"nan_on_negatives|NaN.*model\.layers\.0\."):
+        prune_one_shot(model, sparsity=0.5, method="nan_on_negatives")
+    assert all(torch.equal(param, before[name]) for name, param in model.named_parameters())

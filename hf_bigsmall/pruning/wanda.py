@@ -132,6 +132,11 @@ def criterion_masks(
         name: row_scores(module, None if statistics is None else statistics[name], previous.get(f"{name}.weight"), score)
         for name, module in modules.items()
     }
+    # NaN ranks above every number: those weights would be kept silently, whatever the criterion meant
+    broken = [name for name, values in scores.items() if bool(values.isnan().any())]
+    if broken:
+        raise ValueError(f"The pruning criterion's scores hold NaN for layers {broken[:3]} (a NaN statistic, or a score "
+                         "such as sqrt or log of a negative value): make the score finite.")
     if pattern is not None:
         n, m = parse_pattern(pattern)
         n = n if pattern_n is None else pattern_n

@@ -322,3 +322,17 @@ def test_a_criterion_whose_scores_hold_nan_is_stopped_before_any_weight_changes(
     with pytest.raises(ValueError, match=r"nan_on_negatives|NaN.*model\.layers\.0\."):
         prune_one_shot(model, sparsity=0.5, method="nan_on_negatives")
     assert all(torch.equal(param, before[name]) for name, param in model.named_parameters())
+
+
+def test_unit_scores_that_hold_nan_are_refused(tmp_path):
+    def nan_scores(model, structure, statistic):
+        from hf_bigsmall.pruning.targets import unit_groups
+
+        return [torch.full((group.num_units,), float("nan")) for group in unit_groups(model, structure)]
+
+    register_pruning_criterion(PruningCriterion(name="nan_units", description="NaN", granularities=("neurons",),
+                                                unit_scores=nan_scores))
+    callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot", structure="neurons",
+                                        criterion="nan_units")
+    with pytest.raises(ValueError, match="unit scores hold NaN"):
+        pruning_run(tmp_path, callback, max_steps=1)

@@ -1,6 +1,8 @@
 """The divergence registry: built-ins registered like user code, and a user's divergence on every loss path."""
 
+import copy
 import json
+import pickle
 
 import pytest
 import torch
@@ -80,6 +82,45 @@ def test_unknown_name_lists_the_registered_ones_and_the_fix():
 def test_entries_are_checked_when_built(kwargs, error, message):
     with pytest.raises(error, match=message):
         Divergence(**kwargs)
+
+
+def _no_alpha(student_logprobs, teacher_logprobs):
+    return (student_logprobs - teacher_logprobs).sum(-1)
+
+
+def test_an_unknown_name_says_every_process_must_register_it():
+    # under torchrun / accelerate launch each process builds its own config from its own registry
+    with pytest.raises(ValueError, match=r"register_divergence\(\.\.\.\) before building the config.*every process"):
+        DistillationConfig(output_dir="unused", kd_loss="registered_on_rank_0_only")
+
+
+def test_an_entry_can_be_copied_and_pickled():
+    # objects that hold an entry are deep-copied (Trainer, accelerate) or pickled to spawned workers
+    entry = get_divergence("jsd")
+    for copied in (copy.deepcopy(entry), pickle.loads(pickle.dumps(entry))):
+        assert copied == entry and dict(copied.params) == {"beta": 0.5}
+        with pytest.raises(TypeError):
+            copied.params["beta"] = 0.2  # still read-only
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    # declares a parameter its function does not take: a TypeError at every loss call otherwise
+    ({"function": _no_alpha, "params": {"alpha": 0.5}}, r"function.*\(student_logprobs, teacher_logprobs"),
+    ({"function": lambda logprobs: logprobs.sum(-1)}, r"function.*\(student_logprobs, teacher_logprobs"),
+    ({"function": total_variation, "gradient": lambda student_logprobs: student_logprobs}, "gradient"),
+    ({"function": total_variation, "check_params": lambda: None}, "check_params"),
+])
+def test_an_entry_whose_functions_cannot_take_the_documented_arguments_is_refused_when_built(kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        Divergence("test_bad_signature", description="x", **kwargs)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_a_divergence_that_does_not_give_one_value_per_row_is_named(chunk_size):
+    register_divergence(Divergence("test_summed", lambda s, t: (t.exp() * (t - s)).sum(), "summed over rows"),
+                        overwrite=True)
+    with pytest.raises(ValueError, match=r"test_summed.*one value per row, shape \(\d,\), got \(\)"):
+        kd_loss(torch.randn(4, 10), torch.randn(4, 10), kind="test_summed", chunk_size=chunk_size)
 
 
 def test_a_name_is_registered_once_unless_overwritten():

@@ -71,6 +71,10 @@ def test_unknown_names_and_taken_names_are_refused_with_the_fix():
         ({"granularities": ("neurons",)}, ValueError, "unit_scores"),
         ({"prune": lambda *args, **kwargs: None}, ValueError, "either score or prune"),
         ({"default_scope": "model"}, ValueError, "default_scope='model'"),
+        # functions that cannot take what the kit passes are refused here, not at the first pruning event
+        ({"score": lambda weight: weight.abs()}, TypeError, r"score is called as score\(weight, statistic\)"),
+        ({"score": None, "prune": lambda module, statistic, sparsity: None}, TypeError, "prune is called as"),
+        ({"granularities": ("neurons",), "unit_scores": lambda model: None}, TypeError, "unit_scores is called as"),
     ],
 )
 def test_entries_are_checked_when_built(fields, error, words):
@@ -260,3 +264,75 @@ def test_a_gradient_criterion_prunes_in_training_too(tmp_path):
     assert len(seen["shapes"]) == 2 * len(find_target_modules(trainer.model))  # two pruning events
     assert set(seen["shapes"]) == shapes  # (out, in) of each Linear
     assert_masks_hold(trainer.model, callback.masks)
+
+
+def test_an_unknown_criterion_says_every_process_must_register_it():
+    # under torchrun / accelerate launch each process builds its own callback from its own registry
+    for build in (lambda: get_pruning_criterion("rank0_only"), lambda: PruningConfig(criterion="rank0_only"),
+                  lambda: prune_one_shot(tiny_llama(), sparsity=0.5, method="rank0_only")):
+        with pytest.raises(ValueError, match=r"register_pruning_criterion\(\.\.\.\).*every process"):
+            build()
+
+
+# ------------------------------------------------------------------------- scores of any sign
+@pytest.mark.parametrize("scope", ["row", "layer", "global"])
+def test_a_criterion_with_negative_scores_prunes_to_the_target_over_masks_in_force(scope):
+    # log|w| is below -1 for every weight of a tiny model: the weights pruned before must still rank lowest
+    register_pruning_criterion(PruningCriterion(name="log_magnitude", description="log magnitude",
+                                                score=lambda weight, statistic: weight.abs().log()))
+    model = prune_one_shot(tiny_llama(), sparsity=0.3, method="magnitude", scope=scope)
+    before = {name: mask.clone() for name, mask in model.pruning_state.masks.items()}
+    prune_one_shot(model, sparsity=0.5, method="log_magnitude", scope=scope)
+    masks = model.pruning_state.masks
+    assert all(bool((masks[name] | ~mask).all()) for name, mask in before.items())  # masks only grow
+    pruned = sum(int(mask.sum()) for mask in masks.values()) / sum(mask.numel() for mask in masks.values())
+    assert pruned == pytest.approx(0.5, abs=2e-3)
+
+
+@pytest.mark.parametrize("structure", ["neurons", "heads"])
+def test_a_unit_criterion_with_negative_scores_prunes_as_the_same_order_in_positive_scores(tmp_path, structure):
+    def last_first(offset):
+        def unit_scores(model, structure, statistic):
+            from hf_bigsmall.pruning.targets import unit_groups
+
+            return [offset - torch.arange(group.num_units, dtype=torch.float32) for group in unit_groups(model, structure)]
+
+        return unit_scores
+
+    masks = {}
+    for name, offset in (("positive_last", 100.0), ("negative_last", -1.0)):  # the same order, of either sign
+        register_pruning_criterion(PruningCriterion(name=name, description="the last units",
+                                                    granularities=(structure,), unit_scores=last_first(offset)))
+        callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot", structure=structure,
+                                            criterion=name)
+        pruning_run(tmp_path / name, callback, max_steps=2)
+        masks[name] = callback.masks
+    assert masks["negative_last"].keys() == masks["positive_last"].keys()
+    for name, mask in masks["positive_last"].items():
+        assert torch.equal(masks["negative_last"][name], mask), name
+        assert 0 < mask.float().mean() < 1, name  # some units went, not all
+
+
+def test_a_criterion_whose_scores_hold_nan_is_stopped_before_any_weight_changes():
+    # NaN ranks above every number, so those weights would be kept silently whatever their magnitude
+    register_pruning_criterion(PruningCriterion(name="nan_on_negatives", description="NaN on negative weights",
+                                                score=lambda weight, statistic: weight.sqrt()))
+    model = tiny_llama()
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"nan_on_negatives|NaN.*model\.layers\.0\."):
+        prune_one_shot(model, sparsity=0.5, method="nan_on_negatives")
+    assert all(torch.equal(param, before[name]) for name, param in model.named_parameters())
+
+
+def test_unit_scores_that_hold_nan_are_refused(tmp_path):
+    def nan_scores(model, structure, statistic):
+        from hf_bigsmall.pruning.targets import unit_groups
+
+        return [torch.full((group.num_units,), float("nan")) for group in unit_groups(model, structure)]
+
+    register_pruning_criterion(PruningCriterion(name="nan_units", description="NaN", granularities=("neurons",),
+                                                unit_scores=nan_scores))
+    callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot", structure="neurons",
+                                        criterion="nan_units")
+    with pytest.raises(ValueError, match="unit scores hold NaN"):
+        pruning_run(tmp_path, callback, max_steps=1)

@@ -208,3 +208,18 @@ def test_save_model_during_training_writes_the_sparsity_block(tmp_path, trainer_
         masks = load_file(str(folder / SPARSITY_MASKS_NAME))
         assert sorted(name.removesuffix(".weight") for name in masks) == sorted(block["per_layer"])
         assert all(torch.equal(mask, weights[name] == 0) for name, mask in masks.items())
+
+
+def test_a_compiled_model_is_saved_with_its_masks_and_record(tmp_path):
+    # torch.compile wraps the model it is given; the pruning state lives on the model inside
+    from hf_bigsmall import prune_one_shot
+    from tests.test_pruning_one_shot import tiny_llama
+
+    model = prune_one_shot(tiny_llama(), sparsity=0.5, method="magnitude")
+    (tmp_path / SPARSITY_MASKS_NAME).write_bytes(b"")  # an earlier save's file: replaced, not removed
+    save_pruned_model(torch.compile(model), tmp_path)
+    block = json.loads((tmp_path / "config.json").read_text())["sparsity"]
+    assert block["method"] == "magnitude" and block["masks_file"] == SPARSITY_MASKS_NAME
+    assert block["global_sparsity"] == pytest.approx(0.5)
+    saved = load_file(tmp_path / SPARSITY_MASKS_NAME)
+    assert saved.keys() == model.pruning_state.masks.keys()

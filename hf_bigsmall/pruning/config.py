@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ..utils.checks import check_finite
-from .criteria import get_pruning_criterion, pruning_criterion_names
+from .criteria import MULTI_PROCESS_FIX, get_pruning_criterion, pruning_criterion_names
 from .patterns import PATTERN
 
 SCHEDULES = ("one_shot", "linear", "cubic", "imp")
@@ -157,7 +157,8 @@ def training_criterion_names() -> tuple[str, ...]:
 def _check_criterion(config: PruningConfig) -> None:
     if config.criterion not in pruning_criterion_names():
         raise ValueError(f"criterion={config.criterion!r} is not supported: choose one of {training_criterion_names()}, "
-                         "or register it with register_pruning_criterion(...) before building the config.")
+                         "or register it with register_pruning_criterion(...) before building the config; "
+                         f"{MULTI_PROCESS_FIX}.")
     criterion = get_pruning_criterion(config.criterion)
     if criterion.rewrites_weights:
         raise ValueError(f"criterion={config.criterion!r} rewrites the weights it keeps, which a training schedule "

@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+from accelerate.utils import extract_model_from_parallel
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -131,6 +132,9 @@ def save_pruned_model(model: nn.Module, save_directory: str | os.PathLike, **kwa
     >>> save_pruned_model(compact(model), "student-pruned")  # over its pruned folder, masks stay consistent
     ```
     """
+    # a torch.compile wrapper forwards save_pretrained, but the pruning state and the parameter names are the
+    # wrapped model's: without this its masks were dropped (and a masks file already there removed)
+    model = extract_model_from_parallel(model, keep_torch_compile=False)
     record_sparsity(model)
     model.save_pretrained(save_directory, **kwargs)
     if kwargs.get("is_main_process", True):

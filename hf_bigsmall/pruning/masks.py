@@ -129,6 +129,17 @@ def structured_masks(
             f"unit_scores give {[len(s) for s in unit_scores]} units per block but the model has "
             f"{[g.num_units for g in groups]} {structure}: score this model."
         )
+    if unit_scores is not None:
+        # a negative score marks a unit already pruned (here and in `choose_heads`): a criterion's scores may take
+        # any sign, so they are shifted to start at 0, which keeps their order within and across blocks
+        unit_scores = [scores.detach().float().cpu() for scores in unit_scores]
+        if any(bool(scores.isnan().any()) for scores in unit_scores):  # NaN ranks above every number: kept silently
+            raise ValueError(f"The pruning criterion's unit scores hold NaN (blocks "
+                             f"{[i for i, scores in enumerate(unit_scores) if scores.isnan().any()][:3]}): make them "
+                             "finite.")
+        lowest = min((float(scores.min()) for scores in unit_scores if scores.numel()), default=0.0)
+        if lowest < 0:
+            unit_scores = [scores - lowest for scores in unit_scores]
     given = unit_scores or [None] * len(groups)
     all_scores = [_unit_scores(g, weights, previous, s) for g, s in zip(groups, given)]
     if structure == "heads":

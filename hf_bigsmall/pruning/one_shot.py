@@ -12,7 +12,7 @@ from torch import nn
 from transformers.utils import logging
 
 from .calibration import DEFAULT_NUM_SAMPLES, CalibrationData, InputStatistics, prepare_calibration
-from .criteria import PruningCriterion, get_pruning_criterion, pruning_criterion_names
+from .criteria import MULTI_PROCESS_FIX, PruningCriterion, get_pruning_criterion, pruning_criterion_names
 from .io import apply_masks
 from .sequential import calibrate_block_by_block
 from .sparsegpt import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING, HESSIAN_DTYPES
@@ -60,7 +60,7 @@ def one_shot_criterion(method: Any, pattern: str | None) -> PruningCriterion:
     """The registered criterion `method` names, checked to prune weights (unstructured or N:M) at once."""
     if method not in pruning_criterion_names():
         raise ValueError(f"method={method!r} is not supported: choose one of {one_shot_method_names()}, or register "
-                         "it with register_pruning_criterion(...) first.")
+                         f"it with register_pruning_criterion(...) first; {MULTI_PROCESS_FIX}.")
     criterion = get_pruning_criterion(method)
     if not criterion.supports("unstructured", parse_pattern(pattern) if pattern is not None else None):
         granularity = "N:M patterns" if pattern is not None else "unstructured weights"

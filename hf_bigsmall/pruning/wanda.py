@@ -16,6 +16,7 @@ Everything here works on `(out, in)` score matrices; GPT-2's `Conv1D` stores its
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -54,7 +55,8 @@ def row_scores(module: nn.Module, statistic: Any = None, previous: torch.Tensor 
                score: ScoreFunction | None = None) -> torch.Tensor:
     """`(out, in)` float32 scores: `score(|W| as (out, in) float32, statistic)`, `|W_ij|` without a `score`.
 
-    Entries already pruned (`previous`, in the weight's own layout) score -1, so they stay pruned.
+    Entries already pruned (`previous`, in the weight's own layout) score -inf, so they stay pruned and count
+    toward the target whatever the sign of a criterion's scores.
     """
     weight = module.weight.detach().float()
     if _is_transposed(module):
@@ -68,7 +70,7 @@ def row_scores(module: nn.Module, statistic: Any = None, previous: torch.Tensor 
                              f"{tuple(weight.shape)}, got {getattr(scores, 'shape', type(scores).__name__)}.")
         scores = scores.float()
     if previous is not None:
-        scores = scores.masked_fill(previous.t() if _is_transposed(module) else previous, -1.0)
+        scores = scores.masked_fill(previous.t() if _is_transposed(module) else previous, -math.inf)
     return scores
 
 
@@ -130,6 +132,11 @@ def criterion_masks(
         name: row_scores(module, None if statistics is None else statistics[name], previous.get(f"{name}.weight"), score)
         for name, module in modules.items()
     }
+    # NaN ranks above every number: those weights would be kept silently, whatever the criterion meant
+    broken = [name for name, values in scores.items() if bool(values.isnan().any())]
+    if broken:
+        raise ValueError(f"The pruning criterion's scores hold NaN for layers {broken[:3]} (a NaN statistic, or a score "
+                         "such as sqrt or log of a negative value): make the score finite.")
     if pattern is not None:
         n, m = parse_pattern(pattern)
         n = n if pattern_n is None else pattern_n

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -39,7 +40,9 @@ import torch
 # e.g. a masked vocabulary entry) gives 0 * finite = 0 instead of 0 * inf = nan, in the value and its gradient
 LOG_FLOOR = torch.finfo(torch.float32).min
 
-_FIX = "register it with register_divergence(...) before building the config"
+_FIX = ("register it with register_divergence(...) before building the config; in a multi-process run (torchrun, "
+        "accelerate launch) every process must register it, so do it in the script they all run, not under a "
+        "main-process check")
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,17 @@ class Divergence:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"Divergence {self.name!r}: the default of {key!r} must be a number, got {value!r}.")
         object.__setattr__(self, "params", MappingProxyType(dict(self.params)))
+        # a function that cannot take what every loss call passes would fail at each step, far from its cause
+        params = ", ".join(f"{key}=..." for key in self.params)
+        for attribute in ("function", "gradient"):
+            _check_signature(self.name, attribute, getattr(self, attribute), (None, None), dict(self.params),
+                             f"(student_logprobs, teacher_logprobs{', ' + params if params else ''})")
+        _check_signature(self.name, "check_params", self.check_params, (dict(self.params),), {}, "(params)")
+
+    def __reduce__(self):
+        # the read-only view of params cannot be pickled or deep-copied itself: rebuild the entry from a dict
+        return (type(self), (self.name, self.function, self.description, dict(self.params), self.check_params,
+                             self.gradient))
 
     def resolve_params(self, given: Mapping[str, Any] | None = None) -> dict[str, float]:
         """The declared parameters with `given` over their defaults, checked; a `ValueError` names a bad one."""
@@ -120,6 +134,33 @@ class Divergence:
         if self.check_params is not None:
             self.check_params(params)
         return params
+
+
+def _check_signature(name: str, attribute: str, function: Callable | None, args: tuple, kwargs: dict,
+                     expected: str) -> None:
+    """A `TypeError` when `function` cannot be called as `function(*args, **kwargs)` (checked on its signature)."""
+    if function is None:
+        return
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # some builtins have none to read: they are called as they are
+        return
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as error:
+        raise TypeError(f"Divergence {name!r}: {attribute} is called as {attribute}{expected}, which "
+                        f"{getattr(function, '__name__', attribute)}{signature} cannot take ({error}): make it take "
+                        "those arguments, or declare in params exactly the keywords it takes.") from None
+
+
+def _checked_rows(divergence: Divergence, values: Any, logprobs: torch.Tensor) -> torch.Tensor:
+    """`values` when it holds one value per row of `logprobs`; a `ValueError` naming the entry otherwise."""
+    rows = tuple(logprobs.shape[:-1])
+    if not isinstance(values, torch.Tensor) or tuple(values.shape) != rows:
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise ValueError(f"divergence {divergence.name!r} must return one value per row, shape {rows}, got {shape}: "
+                         "reduce over the last (class) dimension only, e.g. `.sum(-1)`, not over the rows.")
+    return values
 
 
 _DIVERGENCES: dict[str, Divergence] = {}
@@ -178,8 +219,9 @@ def resolve_divergence(kind: str, params: Mapping[str, Any] | None = None, jsd_b
 def divergence_rows(divergence: Divergence, params: Mapping[str, float], student_logprobs: torch.Tensor,
                     teacher_logprobs: torch.Tensor) -> torch.Tensor:
     """`(N,)` values of `divergence` between `(N, C)` log-probabilities, differentiable by autograd."""
-    return divergence.function(student_logprobs.clamp(min=LOG_FLOOR), teacher_logprobs.clamp(min=LOG_FLOOR),
-                               **params)
+    values = divergence.function(student_logprobs.clamp(min=LOG_FLOOR), teacher_logprobs.clamp(min=LOG_FLOOR),
+                                 **params)
+    return _checked_rows(divergence, values, student_logprobs)
 
 
 def rows_and_logit_gradient(divergence: Divergence, params: Mapping[str, float], student_logprobs: torch.Tensor,
@@ -197,13 +239,14 @@ def rows_and_logit_gradient(divergence: Divergence, params: Mapping[str, float],
     teacher = teacher_logprobs.detach().clamp_(min=LOG_FLOOR)
     if not needs_grad:
         with torch.no_grad():
-            return divergence.function(student, teacher, **params), None
+            return _checked_rows(divergence, divergence.function(student, teacher, **params), student), None
     if divergence.gradient is not None:
         with torch.no_grad():
-            return divergence.gradient(student, teacher, **params)
+            values, grad = divergence.gradient(student, teacher, **params)
+            return _checked_rows(divergence, values, student), grad
     with torch.enable_grad():
         student.requires_grad_(True)
-        values = divergence.function(student, teacher, **params)
+        values = _checked_rows(divergence, divergence.function(student, teacher, **params), student)
         (grad,) = torch.autograd.grad(values.sum(), student)
     values = values.detach()
     if student_probs is None:

@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +96,8 @@ class PruningCriterion:
     default_scope: str | None = None
 
     def __post_init__(self):
-        for check in (_check_text, _check_needs, _check_granularities, _check_functions, _check_default_scope):
+        for check in (_check_text, _check_needs, _check_granularities, _check_functions, _check_signatures,
+                      _check_default_scope):
             check(self)
 
     @property
@@ -157,6 +159,33 @@ def _check_functions(entry: PruningCriterion) -> None:
                          f"(needs='nothing', 'input_norms' or 'input_hessian'), not needs={entry.needs!r}.")
 
 
+# how the kit calls each function: positional arguments, keywords, and the signature the error shows
+_CALLS = {
+    "score": ((None, None), {}, "score(weight, statistic)"),
+    "prune": ((None,) * 5, {"name": "", "block_size": 1, "dampening": 0.01},
+              "prune(module, statistic, sparsity, pattern, previous, *, name, block_size, dampening)"),
+    "unit_scores": ((None, None, None), {}, "unit_scores(model, structure, statistic)"),
+}
+
+
+def _check_signatures(entry: PruningCriterion) -> None:
+    # a function that cannot take what the kit passes would fail mid-pruning, far from where it was written
+    for field_name, (args, kwargs, call) in _CALLS.items():
+        function = getattr(entry, field_name)
+        if function is None:
+            continue
+        try:
+            signature = inspect.signature(function)
+        except (TypeError, ValueError):  # some builtins have none to read: they are called as they are
+            continue
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as error:
+            raise TypeError(f"PruningCriterion {entry.name!r}: {field_name} is called as {call}, which "
+                            f"{getattr(function, '__name__', field_name)}{signature} cannot take ({error}): make it "
+                            "take those arguments (**options catches the keywords it does not use).") from None
+
+
 def _check_default_scope(entry: PruningCriterion) -> None:
     if entry.default_scope is not None and entry.default_scope not in SCOPES:
         raise ValueError(f"PruningCriterion {entry.name!r}: default_scope={entry.default_scope!r} is not one of "
@@ -167,6 +196,9 @@ def _check_default_scope(entry: PruningCriterion) -> None:
 
 
 _REGISTRY: dict[str, PruningCriterion] = {}
+# what an unknown name's error adds: each process of a distributed run has its own registry
+MULTI_PROCESS_FIX = ("in a multi-process run (torchrun, accelerate launch) every process must register it, so do "
+                     "it in the script they all run, not under a main-process check")
 
 
 def register_pruning_criterion(entry: PruningCriterion, *, overwrite: bool = False) -> PruningCriterion:
@@ -197,7 +229,7 @@ def get_pruning_criterion(name: str) -> PruningCriterion:
     entry = _REGISTRY.get(name) if isinstance(name, str) else None
     if entry is None:
         raise ValueError(f"Unknown pruning criterion {name!r}: choose one of {pruning_criterion_names()}, or register "
-                         "it with register_pruning_criterion(...) before building the config.")
+                         f"it with register_pruning_criterion(...) before building the config; {MULTI_PROCESS_FIX}.")
     return entry
 
 

@@ -139,7 +139,9 @@ def test_every_module_the_tests_import_is_installed_by_the_readme_lines():
 def _package_import_graph() -> dict[str, set[str]]:
     """module -> the modules of hf_bigsmall it imports, at any depth of its code (function-local imports too).
 
-    A package's `__init__` importing its own children is no edge: importing a child runs its parent first anyway.
+    A package's `__init__` is a module like the others: importing a package runs it, so a package that
+    imports its children and a child that imports its package would be a circle. Imports under
+    `if TYPE_CHECKING:` never run and are left out.
     """
     import ast
 
@@ -153,23 +155,38 @@ def _package_import_graph() -> dict[str, set[str]]:
             name = name.rpartition(".")[0]
         return name or None
 
+    class Imports(ast.NodeVisitor):
+        def __init__(self):
+            self.nodes = []
+
+        def visit_If(self, node):
+            test = node.test
+            if getattr(test, "id", None) == "TYPE_CHECKING" or getattr(test, "attr", None) == "TYPE_CHECKING":
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
+
+        def visit_Import(self, node):
+            self.nodes.append(node)
+
+        def visit_ImportFrom(self, node):
+            self.nodes.append(node)
+
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         graph[name] = set()
-        if path.name == "__init__.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        imports = Imports()
+        imports.visit(ast.parse(path.read_text(encoding="utf-8")))
+        for node in imports.nodes:
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = name.split(".")[: len(name.split(".")) - node.level] if node.level else []
+            else:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
                 prefix = ".".join(base + ([node.module] if node.module else []))
                 targets = [prefix] + [f"{prefix}.{alias.name}" for alias in node.names]
-            else:
-                continue
-            for target in filter(None, map(resolve, targets)):
-                if target != name and not (modules[target].name == "__init__.py" and name.startswith(target + ".")):
-                    graph[name].add(target)
+            graph[name] |= {target for target in filter(None, map(resolve, targets)) if target != name}
     return graph
 
 
@@ -202,20 +219,13 @@ def _import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
     return sorted(circles)
 
 
-# Being removed by its own change (the quantization runners and compare_models); it must not stay, nor spread.
-_KNOWN_CIRCLE = ["hf_bigsmall.quantization.runner", "hf_bigsmall.reporting.compare"]
-
-
 def test_no_two_files_of_the_package_import_each_other():
     # `utils/` is the ground floor: it imports nothing above it
     graph = _package_import_graph()
     above = {m: sorted(t for t in targets if not t.startswith("hf_bigsmall.utils"))
              for m, targets in graph.items() if m.startswith("hf_bigsmall.utils.")}
     assert {m: t for m, t in above.items() if t} == {}
-    circles = _import_circles(graph)
-    if circles == [_KNOWN_CIRCLE]:
-        pytest.xfail("quantization.runner <-> reporting.compare is still a circle (removed with the backend registry)")
-    assert circles == []
+    assert _import_circles(graph) == []
 
 
 def test_the_circle_check_finds_a_circle():

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from . import LOG_FLOOR, Divergence, register_divergence
+from .base import LOG_FLOOR, Divergence, register_divergence
 
 
 def _log(weight: float) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import Divergence, register_divergence
+from .base import Divergence, register_divergence
 
 
 def reverse_kl(student_logprobs: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:

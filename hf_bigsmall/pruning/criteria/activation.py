@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from ..importance import Importance
-from . import PruningCriterion, register_pruning_criterion
+from .base import PruningCriterion, register_pruning_criterion
 
 
 def activation_unit_scores(model: nn.Module, structure: str, importance: Importance) -> list[torch.Tensor]:

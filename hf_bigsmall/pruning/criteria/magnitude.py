@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from . import PruningCriterion, register_pruning_criterion
+from .base import PruningCriterion, register_pruning_criterion
 
 
 def magnitude_score(weight: torch.Tensor, statistic: None) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..sparsegpt import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING, sparsegpt_prune_module
-from . import PruningCriterion, register_pruning_criterion
+from .base import PruningCriterion, register_pruning_criterion
 
 
 def sparsegpt_prune(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from . import PruningCriterion, register_pruning_criterion
+from .base import PruningCriterion, register_pruning_criterion
 
 
 def wanda_score(weight: torch.Tensor, squared_norm: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from ...utils.files import fresh_partial_dir, publish_dir
 from ...utils.heads import TEXT_CLASSIFICATION, task_of
 from ..config import QUANTIZATION_KEY, check_full_precision_source, check_quantized_output, has_kit_record
 from ..record import QuantizationRecord
-from . import get_quantization_backend
+from .base import get_quantization_backend
 
 logger = logging.get_logger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Any
 from ...utils.heads import TEXT_GENERATION
 from ..gguf_export import GGUF_METHODS, SCHEMES, export_gguf
 from ..gguf_runner import LlamaCppModelRunner, is_gguf_folder
-from . import QuantizationBackend, register_quantization_backend
+from .base import QuantizationBackend, register_quantization_backend
 
 NAME = "gguf"
 

@@ -12,7 +12,7 @@ from typing import Any
 from ...utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION
 from ..config import is_onnx_folder
 from ..onnx import OnnxModelRunner, export_onnx_int8
-from . import QuantizationBackend, register_quantization_backend
+from .base import QuantizationBackend, register_quantization_backend
 from .folder import ExportJob, write_quantized_folder
 
 NAME = "onnxruntime"

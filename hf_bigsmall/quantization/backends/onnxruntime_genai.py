@@ -17,7 +17,7 @@ from ..genai import (
     export_genai,
     is_genai_folder,
 )
-from . import QuantizationBackend, register_quantization_backend
+from .base import QuantizationBackend, register_quantization_backend
 
 
 def export(model_dir: Path, output_dir: Path, method: str) -> Path:

@@ -7,7 +7,7 @@ from typing import Any
 
 from ...utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION
 from ..torchao import INT4_GROUP_SIZE, quantize_torchao
-from . import QuantizationBackend, register_quantization_backend
+from .base import QuantizationBackend, register_quantization_backend
 from .folder import ExportJob, write_quantized_folder
 
 NAME = "torchao"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .utils.files import atomic_write, publishing
+from .utils.import_utils import require
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -104,7 +105,6 @@ def smollm2_path() -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from .utils.import_utils import require
 
     require("gguf")
     gguf_file = smollm2_gguf_path()

@@ -49,8 +49,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from transformers.utils import logging
 
-from ..losses import invalid_logit_rows, target_mask  # target_mask: one rule for the cache, losses and trainer
+from ..losses import (  # target_mask: one rule for the cache, losses and trainer
+    invalid_logit_rows,
+    target_mask,
+)
+from ..utils.distributed import needs_cpu_process_group
 from ..utils.files import KIT_MARKER
+from .teacher import head_kind
 
 if TYPE_CHECKING:
     import torch
@@ -155,8 +160,6 @@ def row_hashes(dataset: Dataset) -> np.ndarray:
 
 
 def _teacher_task(teacher: PreTrainedModel) -> str:
-    from .teacher import head_kind
-
     kind = head_kind(teacher)
     if kind == "AutoModelForSequenceClassification":
         return "classification"
@@ -225,7 +228,6 @@ def cache_teacher_logits(
         `Path`: `output_dir`.
 
     Example:
-
     ```python
     >>> from hf_bigsmall import cache_teacher_logits, load_teacher_logits
     >>> cache_teacher_logits(teacher, dataset["train"], "teacher_logits", top_k=128)
@@ -254,7 +256,6 @@ def cache_teacher_logits(
                          f"{len(dataset)} rows and columns {dataset.column_names}.")
 
     check_cache_folder(output_dir, "output_dir")  # a folder of the user's is never written into
-    from ..utils.distributed import needs_cpu_process_group
 
     # several processes on a machine without a GPU form a (gloo) group only on the CPU, as in DistillationConfig
     state = PartialState(cpu=True) if needs_cpu_process_group(False) else PartialState()

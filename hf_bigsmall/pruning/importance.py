@@ -28,7 +28,10 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
+from ..reporting.plots import plot_importance as draw
 from ..utils.files import atomic_write_text
+from ..utils.import_utils import is_matplotlib_available
+from .calibration import model_max_positions, prepare_calibration, run_calibration
 from .targets import _architecture, _block_prefixes
 
 logger = logging.get_logger(__name__)
@@ -54,7 +57,6 @@ class Importance:
         num_samples / num_tokens: how much calibration data was seen.
 
     Example:
-
     ```python
     >>> importance = compute_importance(model, calibration_dataset)
     >>> importance.blocks.argsort()[:4]  # the four blocks that change their input least
@@ -115,7 +117,6 @@ class Importance:
 
     def save(self, directory: str | os.PathLike, plot: bool = True) -> Path:
         """Write `importance.json` (and `importance.png` when matplotlib is installed) into `directory`."""
-        from ..utils.import_utils import is_matplotlib_available
 
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -138,7 +139,6 @@ def plot_importance(importance: Importance, path: str | os.PathLike, kept_layers
 
     With `kept_layers`, the blocks not kept are marked dropped (see `hf_bigsmall.reporting.plots.plot_importance`).
     """
-    from ..reporting.plots import plot_importance as draw
 
     draw(importance, path, kept_layers=kept_layers)
     return Path(path)
@@ -235,7 +235,6 @@ def compute_importance(
         TypeError: rows without `input_ids` and no tokenizer.
 
     Example:
-
     ```python
     >>> from hf_bigsmall import assets
     >>> from hf_bigsmall.pruning.importance import compute_importance
@@ -245,7 +244,6 @@ def compute_importance(
     >>> importance.save("out/student")
     ```
     """
-    from .calibration import model_max_positions, prepare_calibration, run_calibration
 
     architecture = _architecture(model)
     _check_fields(model, architecture)

@@ -6,6 +6,9 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .io import SPARSITY_MASKS_NAME
+from .masks import sparsity_report
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
@@ -21,8 +24,6 @@ def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> t
     import torch
     from safetensors import safe_open
 
-    from .io import SPARSITY_MASKS_NAME
-    from .masks import sparsity_report
 
     if hasattr(model, "parameter_counts"):  # a runner without torch parameters reports the model it runs
         return model.parameter_counts()

@@ -11,6 +11,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..energy.generation import GenerationMeasurement
+from ..energy.meters import select_meters
+from ..energy.tracker import EnergyTracker, subtract
+
 # what an engine gives for one prompt: (prefill, step) - prefill runs the prompt and picks the first new
 # token; each step runs the model on the last token with the KV cache and picks the next one greedily
 EngineSequence = tuple[Callable[[], None], Callable[[], None]]
@@ -31,9 +35,6 @@ def time_engine_generation(prompts: Any, begin: Callable[[list[int]], EngineSequ
     import numpy as np
     import torch
 
-    from ..energy.generation import GenerationMeasurement
-    from ..energy.meters import select_meters
-    from ..energy.tracker import EnergyTracker, subtract
 
     prompts = torch.as_tensor(prompts, dtype=torch.long)
     if prompts.ndim != 2 or prompts.numel() == 0:

@@ -22,8 +22,11 @@ from typing import Any
 
 from transformers.utils import logging
 
+from ..pruning.parameters import count_parameters
 from ..utils.files import is_kit_folder, mark_kit_folder
-from .config import QUANTIZATION_KEY, has_kit_record
+from ..utils.heads import TEXT_GENERATION as CAUSAL_LM
+from ..utils.import_utils import require
+from .config import QUANTIZATION_KEY, check_full_precision_source, has_kit_record
 from .engine_timing import time_engine_generation
 from .record import QuantizationRecord
 
@@ -96,8 +99,6 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
     """
     from transformers import AutoConfig
 
-    from ..utils.import_utils import require
-    from .config import check_full_precision_source
 
     if scheme not in GENAI_SCHEMES:
         raise ValueError(f"ONNX Runtime GenAI exports one of {GENAI_SCHEMES}, got {scheme!r}.")
@@ -180,7 +181,6 @@ def _probe(model_dir: Path, build_dir: Path) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..pruning.parameters import count_parameters
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     token_ids = tokenizer(_PROBE_TEXT)["input_ids"]
@@ -230,7 +230,6 @@ def export_genai(
             reproduce transformers' logits.
 
     Example:
-
     ```python
     import onnxruntime_genai as og
     from hf_bigsmall.quantization.genai import export_genai
@@ -315,7 +314,6 @@ class GenAIModelRunner:
             engine and a PyTorch model measured side by side use the same number of cores.
 
     Example:
-
     ```python
     from hf_bigsmall.quantization.genai import GenAIModelRunner
 
@@ -327,14 +325,11 @@ class GenAIModelRunner:
     training = False
 
     def __init__(self, model_dir: str | os.PathLike, num_threads: int | None = None):
-        from ..utils.import_utils import require
-
         require("onnxruntime_genai", extra=GENAI_EXTRA, purpose="serving causal LMs with ONNX Runtime GenAI")
         import onnxruntime_genai as og
         import torch
         from transformers import AutoConfig
 
-        from ..utils.heads import TEXT_GENERATION as CAUSAL_LM
 
         self.path = Path(model_dir)
         if not is_genai_folder(self.path):

@@ -10,11 +10,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .. import assets
+from ..energy.generation import measure_generation
+from ..energy.inference import measure_inference
+from ..energy.lineage import _finite, load_lineage
+from ..energy.meters.base import JOULES_PER_KWH
+from ..metrics import load_metric
 from ..pruning.parameters import count_parameters
 from ..quantization.backends import load_runner
 from ..quantization.config import quantization_of
 from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
+from ..utils.import_utils import is_matplotlib_available
+from .plots import plot_comparison
 from .report import write_report
 
 if TYPE_CHECKING:
@@ -105,13 +113,10 @@ class Comparison:
 
     def save(self, output_dir: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
         """Write `report.json`, `report.md` and (if matplotlib is installed) the PNG plots."""
-        from ..utils.import_utils import is_matplotlib_available
 
         report = self.to_dict()
         written: dict[str, Path] = {}
         if plots and is_matplotlib_available():
-            from .plots import plot_comparison
-
             written.update(plot_comparison(report, output_dir))
         json_path, md_path = write_report(report, output_dir, plots=[str(p) for p in written.values()])
         return {"report.json": json_path, "report.md": md_path, **written}
@@ -226,8 +231,6 @@ def size_on_disk_mb(model_dir: Path) -> float:
 
 
 def _training_energy(model_dir: Path | None) -> dict[str, Any]:
-    from ..energy.lineage import _finite, load_lineage
-
     if model_dir is None:
         return {}
     figures: dict[str, Any] = {}
@@ -297,7 +300,6 @@ def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreT
     """The task metric with the shipped `evaluate` modules: accuracy and F1, or perplexity."""
     import torch
 
-    from ..metrics import load_metric
 
     if task == CLASSIFICATION:
         accuracy, f1 = load_metric("accuracy"), load_metric("f1")
@@ -328,8 +330,6 @@ def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreT
 
 
 def _measure_inference(model: PreTrainedModel, tokenized: Dataset, batch_size: int, latency_samples: int):
-    from ..energy.inference import measure_inference
-
     return measure_inference(model, tokenized, batch_size=batch_size, latency_samples=latency_samples,
                              warmup_batches=1)
 
@@ -347,7 +347,6 @@ def _generation_prompts(tokenized: Dataset, num_prompts: int, prompt_tokens: int
 
 def _energy_per_query(joules_per_sample: float, tokenized: Dataset, task: str) -> dict[str, float | None]:
     """kWh per 1,000 queries, and for causal LMs joules per token read (the tokens of the samples measured)."""
-    from ..energy.meters.base import JOULES_PER_KWH
 
     per_token = None
     if task == CAUSAL_LM and len(tokenized):
@@ -367,7 +366,6 @@ def _time_model(model, inputs_only, tokenized, task: str, batch_size: int, laten
     engine_timing = getattr(model, "measure_generation", None)  # an engine's runner times its own decoding
     if task != CAUSAL_LM or not (engine_timing or hasattr(model, "generate")):
         return inference, {}, None
-    from ..energy.generation import measure_generation
 
     prompts = _generation_prompts(tokenized, generation_prompts, prompt_tokens)
     result = (engine_timing(prompts, new_tokens=new_tokens) if engine_timing
@@ -432,7 +430,6 @@ def compare_models(
             of the first `generation_prompts` evaluation texts cut to `prompt_tokens` tokens.
 
     Example:
-
     ```python
     from hf_bigsmall import compare_models
 
@@ -528,7 +525,6 @@ def _vocabularies(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
 def _evaluation_data(eval_dataset: Dataset | str | None, task: str, *, split: str, text_column: str,
                      label_column: str, max_samples: int | None, dataset_name: str | None) -> tuple[Dataset, str]:
     """The evaluation rows (the task's default corpus when none is given) and the name the report gives them."""
-    from .. import assets
 
     if eval_dataset is None:
         eval_dataset = assets.ROTTEN_TOMATOES if task == CLASSIFICATION else assets.NEWS

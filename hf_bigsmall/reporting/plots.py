@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.files import atomic_write
+from ..utils.import_utils import require
 from .pareto import decode_points, pareto_front
 
 QUALITY_VS_LATENCY = "quality_vs_latency.png"
@@ -101,7 +102,6 @@ def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path:
 def plot_comparison(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
     """Draw `quality_vs_latency.png`, `quality_vs_size.png` and `quality_vs_energy.png` (a labelled point per model),
     and for causal LMs `quality_vs_decode_speed.png` with the Pareto front drawn."""
-    from ..utils.import_utils import require
 
     require("matplotlib")
     output_dir = Path(output_dir)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils.files import atomic_write_json, atomic_write_text
+from .pareto import decode_points, dominated_by, pareto_front
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
@@ -215,7 +216,6 @@ def served_verdict(report: dict[str, Any]) -> list[str]:
 
     Empty without a quantized teacher and student served the same way, or without decode speeds.
     """
-    from .pareto import decode_points, dominated_by, pareto_front
 
     pairs = served_pairs(report)
     if not pairs:

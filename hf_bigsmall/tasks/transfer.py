@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..assets import load_text_dataset
+from ..data import mix_with_labelled
+from ..data.mixture import extra_training_rows
 from ..distillation.record import DistillationRecord
 
 if TYPE_CHECKING:
@@ -52,9 +55,6 @@ class TransferArguments:
         student's `config.distillation["training_data"]` saying what it saw, for its card."""
         if not self.transfer_set and not self.augment_ratio:
             return train_dataset
-        from ..assets import load_text_dataset
-        from ..data import mix_with_labelled
-        from ..data.mixture import extra_training_rows
 
         # the texts of the labelled rows in use (a sample limit may have kept some), as the tokenizer reads them
         train_texts = tokenizer.batch_decode([list(ids) for ids in train_dataset["input_ids"]], skip_special_tokens=True)

@@ -105,7 +105,6 @@ def smollm2_path() -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-
     require("gguf")
     gguf_file = smollm2_gguf_path()
     loaded = AutoModelForCausalLM.from_pretrained(

@@ -17,6 +17,7 @@ from hf_bigsmall import (
     register_pruning_criterion,
 )
 from hf_bigsmall.pruning import PruningConfig, criteria
+from hf_bigsmall.pruning.criteria import base as criteria_base
 from hf_bigsmall.pruning.targets import find_target_modules
 from tests.test_pruning_one_shot import assert_masks_hold, calibration_rows, pruning_run, tiny_gpt2, tiny_llama
 
@@ -25,10 +26,10 @@ BUILDS = pytest.mark.parametrize("build", [tiny_llama, tiny_gpt2], ids=["llama",
 
 @pytest.fixture(autouse=True)
 def restore_registry():
-    saved = dict(criteria._REGISTRY)
+    saved = dict(criteria_base._REGISTRY)
     yield
-    criteria._REGISTRY.clear()
-    criteria._REGISTRY.update(saved)
+    criteria_base._REGISTRY.clear()
+    criteria_base._REGISTRY.update(saved)
 
 
 def largest_first(weight, statistic):

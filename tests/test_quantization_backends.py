@@ -37,7 +37,7 @@ def _entry(name="user-engine", **overrides):
 @pytest.fixture
 def registered():
     """Register entries for one test and take them out again, so tests never see each other's backends."""
-    from hf_bigsmall.quantization import backends
+    from hf_bigsmall.quantization.backends import base as backends_base
 
     names = []
 
@@ -46,10 +46,10 @@ def registered():
         names.append(entry.name)
         return entry
 
-    before = dict(backends._REGISTRY)
+    before = dict(backends_base._REGISTRY)
     yield register
-    backends._REGISTRY.clear()
-    backends._REGISTRY.update(before)
+    backends_base._REGISTRY.clear()
+    backends_base._REGISTRY.update(before)
 
 
 def test_built_ins_are_registered_with_what_they_declare():

@@ -24,7 +24,6 @@ def count_parameters(model: PreTrainedModel, model_dir: Path | None = None) -> t
     import torch
     from safetensors import safe_open
 
-
     if hasattr(model, "parameter_counts"):  # a runner without torch parameters reports the model it runs
         return model.parameter_counts()
     with torch.no_grad():

@@ -35,7 +35,6 @@ def time_engine_generation(prompts: Any, begin: Callable[[list[int]], EngineSequ
     import numpy as np
     import torch
 
-
     prompts = torch.as_tensor(prompts, dtype=torch.long)
     if prompts.ndim != 2 or prompts.numel() == 0:
         raise ValueError("prompts must be token ids shaped (num_prompts, prompt_tokens), got shape "

@@ -99,7 +99,6 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
     """
     from transformers import AutoConfig
 
-
     if scheme not in GENAI_SCHEMES:
         raise ValueError(f"ONNX Runtime GenAI exports one of {GENAI_SCHEMES}, got {scheme!r}.")
     for module in GENAI_MODULES:
@@ -180,7 +179,6 @@ def _probe(model_dir: Path, build_dir: Path) -> dict[str, Any]:
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     token_ids = tokenizer(_PROBE_TEXT)["input_ids"]
@@ -329,7 +327,6 @@ class GenAIModelRunner:
         import onnxruntime_genai as og
         import torch
         from transformers import AutoConfig
-
 
         self.path = Path(model_dir)
         if not is_genai_folder(self.path):

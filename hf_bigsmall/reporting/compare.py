@@ -300,7 +300,6 @@ def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreT
     """The task metric with the shipped `evaluate` modules: accuracy and F1, or perplexity."""
     import torch
 
-
     if task == CLASSIFICATION:
         accuracy, f1 = load_metric("accuracy"), load_metric("f1")
         num_labels = model.config.num_labels

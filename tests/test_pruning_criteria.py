@@ -16,7 +16,7 @@ from hf_bigsmall import (
     pruning_criterion_names,
     register_pruning_criterion,
 )
-from hf_bigsmall.pruning import PruningConfig, criteria
+from hf_bigsmall.pruning import PruningConfig
 from hf_bigsmall.pruning.criteria import base as criteria_base
 from hf_bigsmall.pruning.targets import find_target_modules
 from tests.test_pruning_one_shot import assert_masks_hold, calibration_rows, pruning_run, tiny_gpt2, tiny_llama

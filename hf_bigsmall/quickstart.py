@@ -508,8 +508,9 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         echo(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
               f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}")
     _done(start, compact_dir)
-    # the int8 student is the smallest fp32 student quantized: the trimmed one when there is one (it was 0.5 to 1.4
-    # points more accurate in int8 than the untrimmed one, BENCHMARKS.md "Closing the int8 gap")
+    # the int8 student is the smallest fp32 student quantized: the trimmed one when there is one (in int8 it was 0.5
+    # point more accurate than the untrimmed one over 3 seeds, better in 7 of 9 runs: BENCHMARKS.md "Closing the
+    # int8 gap")
     int8_source = "student-trimmed" if "student-trimmed" in models else "student-compact"
     models.update(_quantize_stage(args, teacher_dir, models[int8_source], output_dir))
     # the report and the cards must not meet what an earlier run (--quantize, a trimmed vocabulary) left

@@ -147,7 +147,7 @@ def test_quickstart_fast_writes_a_complete_folder(quickstart_output):
 
 @requires_minilm
 @requires_scattertext
-def test_quickstart_quantizes_the_compact_student_and_the_teacher(quickstart_output):
+def test_quickstart_quantizes_the_trimmed_student_and_the_teacher(quickstart_output):
     from pathlib import Path
 
     from matplotlib.image import imread
@@ -157,7 +157,7 @@ def test_quickstart_quantizes_the_compact_student_and_the_teacher(quickstart_out
 
     out = quickstart_output
     rows = {m["name"]: m for m in json.loads((out / "report.json").read_text())["models"]}
-    for name, source in (("student-int8", "student-compact"), ("teacher-int8", "teacher")):
+    for name, source in (("student-int8", "student-trimmed"), ("teacher-int8", "teacher")):
         row, fp32 = rows[name], rows[source]
         assert is_onnx_folder(out / name)
         assert (row["quantization"]["method"], row["quantization"]["backend"]) == ("int8", "onnxruntime")
@@ -169,14 +169,17 @@ def test_quickstart_quantizes_the_compact_student_and_the_teacher(quickstart_out
         assert "onnxruntime.InferenceSession" in card and "### Quantization" in card
         # quantizing runs no training: the int8 model carries exactly its source's emissions
         assert row["lineage_co2_grams"] == pytest.approx(fp32["lineage_co2_grams"])
-    # the student-int8 runs on the compacted student's tokens and gives nearly its logits
+    # the student-int8 is the trimmed student quantized: its tokens, its lineage, nearly its logits
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(out / "student-int8")
     batch = tokenizer(["a warm, funny and moving film", "tedious"], padding=True, return_tensors="pt")
-    compacted = AutoModelForSequenceClassification.from_pretrained(out / "student-compact").eval()
+    trimmed = AutoModelForSequenceClassification.from_pretrained(out / "student-trimmed").eval()
+    assert len(tokenizer) == trimmed.config.vocab_size < len(AutoTokenizer.from_pretrained(out / "student-compact"))
+    runs = json.loads((out / "student-int8" / "emissions.json").read_text())["runs"]
+    assert [run["model"] for run in runs[:2]] == ["student-int8", "student-trimmed"]
     with torch.no_grad():
-        expected = compacted(**batch).logits
+        expected = trimmed(**batch).logits
     assert (OnnxModelRunner(out / "student-int8")(**batch).logits - expected).abs().max() < 0.1
     assert imread(out / "quality_vs_latency.png").ndim == 3
     report_md = (out / "report.md").read_text()

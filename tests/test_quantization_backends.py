@@ -224,3 +224,28 @@ def test_a_card_that_cannot_be_built_leaves_the_published_folder_usable_and_says
     # the folder is an export the kit recognises: quantizing again replaces it once the card builds
     monkeypatch.undo()
     assert (quantize(tmp_path / "fp32", folder, method="bf16", backend="bf16-weights") / "README.md").is_file()
+
+
+def _write_npz(job: ExportJob) -> None:
+    import numpy as np
+
+    model = job.auto_class.from_pretrained(job.model_dir)
+    np.savez(job.folder / "weights.npz", **{k: v.numpy() for k, v in model.state_dict().items()})
+    job.record["file"] = "weights.npz"
+
+
+def test_compare_names_a_user_backend_without_a_runner_whose_folder_transformers_cannot_load(registered, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from hf_bigsmall.reporting.compare import load_model
+
+    registered(QuantizationBackend(
+        name="npz-weights", tasks=("text-generation",), devices=("cpu",), schemes={"int8": "numpy arrays"},
+        export=lambda model_dir, output_dir, method: write_quantized_folder(
+            model_dir, output_dir, backend="npz-weights", method=method, device="cpu", write=_write_npz),
+        how_to_use=_how_to_use))
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(tmp_path / "fp32")
+    _save_tokenizer(tmp_path / "fp32")
+    folder = quantize(tmp_path / "fp32", tmp_path / "npz", method="int8", backend="npz-weights")
+    with pytest.raises(ValueError, match=r"npz-weights.*no runner.*runner="):
+        load_model(folder)

@@ -121,8 +121,19 @@ def _made_from_reference(model: dict[str, Any], reference: dict[str, Any]) -> bo
     record = model.get("quantization") or {}
     source = record.get("source")
     if source and reference.get("path"):
-        return Path(source).resolve() == Path(reference["path"]).resolve()
+        return _same_folder(Path(source), Path(reference["path"]))
     return bool(record) and model["name"] == f"{reference['name']}-{record.get('method')}"
+
+
+def _same_folder(source: Path, path: Path) -> bool:
+    """Whether a record's `source` names the folder `path`. `quantize` records the source as it was given,
+    relative to the directory it ran in, which need not be this one: a relative source names every folder
+    whose absolute path ends with it."""
+    if source.resolve() == path.resolve():
+        return True
+    parts = tuple(part for part in source.parts if part != ".")
+    return (not source.is_absolute() and ".." not in parts and bool(parts)
+            and path.resolve().parts[-len(parts):] == parts)
 
 
 def _quantized_reference(report: dict[str, Any]) -> dict[str, Any] | None:

@@ -249,3 +249,19 @@ def test_compare_names_a_user_backend_without_a_runner_whose_folder_transformers
     folder = quantize(tmp_path / "fp32", tmp_path / "npz", method="int8", backend="npz-weights")
     with pytest.raises(ValueError, match=r"npz-weights.*no runner.*runner="):
         load_model(folder)
+
+
+def test_a_folder_is_run_by_the_backend_its_record_names_even_when_a_built_in_would_claim_it(registered, tmp_path):
+    """A user backend that writes a `model.onnx` (its own ONNX flavour) must be measured with its own runner,
+    not with the built-in ONNX Runtime runner, which claims any folder holding `model.onnx`."""
+    from hf_bigsmall.quantization.backends import backend_of_folder, load_runner
+
+    class OwnRunner:
+        def __init__(self, folder, num_threads=None):
+            self.folder = folder
+
+    registered(_entry(name="my-onnx", runner=OwnRunner))
+    (tmp_path / "config.json").write_text(json.dumps({"quantization": {"backend": "my-onnx", "method": "int8"}}))
+    (tmp_path / "model.onnx").write_bytes(b"not a graph the built-in runner could read")
+    assert backend_of_folder(tmp_path).name == "my-onnx"
+    assert isinstance(load_runner(tmp_path), OwnRunner)

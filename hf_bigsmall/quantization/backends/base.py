@@ -213,7 +213,15 @@ def auto_backend(device: str) -> QuantizationBackend | None:
 
 
 def backend_of_folder(folder: str | os.PathLike) -> QuantizationBackend | None:
-    """The registered backend whose export `folder` is, or None (a plain transformers checkpoint, say)."""
+    """The registered backend whose export `folder` is, or None (a plain transformers checkpoint, say).
+
+    The backend its `quantization` record names comes first: another backend's `is_export` may claim the
+    folder too (ONNX Runtime's takes any folder with a `model.onnx`), and would run it with the wrong runner.
+    """
+    name = (_record_of(Path(folder)) or {}).get("backend")
+    named = _REGISTRY.get(name) if isinstance(name, str) else None
+    if named is not None and named.recognizes(folder):
+        return named
     return next((backend for backend in _REGISTRY.values() if backend.recognizes(folder)), None)
 
 

@@ -489,3 +489,13 @@ def test_a_model_llama_cpp_would_compute_differently_is_refused(tmp_path, archit
     with pytest.raises(ValueError, match=message):
         export_gguf(tmp_path / "model", tmp_path / "out", method="f32")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_the_command_line_names_the_gguf_file_it_wrote(tmp_path, capsys):
+    from hf_bigsmall.cli import main
+
+    save_llama(tmp_path / "model")
+    assert main(["quantize", str(tmp_path / "model"), str(tmp_path / "gguf"), "--backend", "gguf",
+                 "--method", "q8_0"]) == 0
+    out = capsys.readouterr().out
+    assert f"llama-cli -m {tmp_path / 'gguf'}/model-Q8_0.gguf" in out and "<TYPE>" not in out

@@ -52,7 +52,7 @@ class QuantizationBackend:
         auto_devices: devices on which `backend="auto"` picks it.
         description: one line saying what it is, for error messages and docs.
         loading: one line saying how to load a folder it wrote, `{path}` (and `{auto_class}`, the
-            transformers class of the source's head) filled in; `hf-bigsmall quantize` and `quantize`'s
+            transformers class of the source's head, and `{file}`, the file its record names) filled in; `hf-bigsmall quantize` and `quantize`'s
             log print it. Empty: they print `how_to_use` instead.
         model_card: whether `quantize` writes the kit's model card (README.md) into the folder, for
             formats served from the folder as it is (GGUF for llama.cpp and Ollama).
@@ -144,7 +144,7 @@ class QuantizationBackend:
         if self.loading:
             head = "ForCausalLM" if architecture and architecture.endswith(("ForCausalLM", "LMHeadModel")) else (
                 "ForSequenceClassification")
-            return self.loading.format(path=folder, auto_class=f"AutoModel{head}")
+            return self.loading.format(path=folder, auto_class=f"AutoModel{head}", file=record.get("file") or "")
         return self.how_to_use(str(folder), dict(record), architecture=architecture)
 
     def recognizes(self, folder: str | os.PathLike) -> bool:

@@ -382,3 +382,19 @@ def test_card_says_what_the_student_was_distilled_on(tmp_path):
             "augmented copies") in text
     assert "teacher labelled the unlabelled ones" in text
     assert "private" not in text and "training data |" not in text  # a sentence, not a dict in a table row
+
+
+def test_a_served_folders_snippet_that_names_the_folder_says_what_the_name_stands_for(tmp_path):
+    """The ONNX Runtime GenAI snippet loads `og.Model("<folder name>")`: the card must say that name stands for
+    the folder (its path, or its Hub id once pushed), as it does for transformers' snippet."""
+    from hf_bigsmall.hub.card import build_model_card
+    from tests.testing_utils import tiny_llama_config
+
+    config = tiny_llama_config()
+    config.architectures = ["LlamaForCausalLM"]
+    config.quantization = {"method": "int4", "scheme": "int4", "backend": "onnxruntime-genai",
+                           "format": "onnxruntime-genai", "device": "cpu", "file": "model.onnx"}
+    config.save_pretrained(tmp_path / "student-int4")
+    how_to_use = str(build_model_card(tmp_path / "student-int4", energy=False)).split("## How to use")[1]
+    assert 'og.Model("student-int4")' in how_to_use
+    assert "`student-int4` stands for this folder" in how_to_use

@@ -108,3 +108,15 @@ def test_quality_vs_decode_speed_draws_the_front_and_is_written(tmp_path, monkey
     assert [tuple(point) for point in line.get_xydata()] == [(9.0, 45.0), (60.0, 45.3), (80.0, 60.5), (95.0, 85.0)]
     assert len(axes.collections[0].get_offsets()) == 7  # every model a point
     assert {text.get_text().split(" (")[0] for text in axes.texts} == {m["name"] for m in report["models"]}
+
+
+def test_a_model_without_a_finite_quality_is_no_point_of_the_front():
+    """A broken export whose logits gave a NaN perplexity compares as neither better nor worse than anything:
+    it must not be drawn or named as a model worth serving."""
+    from hf_bigsmall.reporting.pareto import decode_points, pareto_front
+
+    report = _served_report()
+    report["models"][-1]["metrics"]["perplexity"] = float("nan")
+    broken = report["models"][-1]["name"]
+    points = decode_points(report)
+    assert broken not in points and broken not in pareto_front(points)

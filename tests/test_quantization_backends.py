@@ -194,3 +194,74 @@ def test_size_on_disk_counts_the_file_a_backends_record_names(tmp_path):
     (tmp_path / "weights.npz").write_bytes(b"\0" * 2**20)
     (tmp_path / "notes.txt").write_bytes(b"\0" * 2**20)
     assert size_on_disk_mb(tmp_path) == 1.0
+
+
+def test_a_card_that_cannot_be_built_leaves_the_published_folder_usable_and_says_so(registered, tmp_path, monkeypatch):
+    """A backend whose folder carries the card (GGUF) is published before the card is written: a card that
+    fails must not read as a failed export (the folder is whole) and must say how to write the card again."""
+    from transformers import LlamaForCausalLM
+
+    from hf_bigsmall.quantization import api
+
+    registered(QuantizationBackend(
+        name="bf16-weights", tasks=("text-generation",), devices=("cpu",), schemes={"bf16": "bfloat16 weights"},
+        export=lambda model_dir, output_dir, method: write_quantized_folder(
+            model_dir, output_dir, backend="bf16-weights", method=method, device="cpu", write=_write_bf16),
+        how_to_use=_how_to_use, model_card=True))
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(tmp_path / "fp32")
+    _save_tokenizer(tmp_path / "fp32")
+
+    def broken_card(*args, **kwargs):
+        raise KeyError("lineage")
+
+    monkeypatch.setattr(api, "build_model_card", broken_card)
+    with pytest.raises(RuntimeError, match=r"bf16 is complete and usable.*model card.*build_model_card") as raised:
+        quantize(tmp_path / "fp32", tmp_path / "bf16", method="bf16", backend="bf16-weights")
+    assert isinstance(raised.value.__cause__, KeyError)
+    folder = tmp_path / "bf16"
+    assert (folder / "model.safetensors").is_file() and (folder / KIT_MARKER).is_file()
+    assert not (folder / "README.md").exists() and not (folder / "README.md.partial").exists()
+    # the folder is an export the kit recognises: quantizing again replaces it once the card builds
+    monkeypatch.undo()
+    assert (quantize(tmp_path / "fp32", folder, method="bf16", backend="bf16-weights") / "README.md").is_file()
+
+
+def _write_npz(job: ExportJob) -> None:
+    import numpy as np
+
+    model = job.auto_class.from_pretrained(job.model_dir)
+    np.savez(job.folder / "weights.npz", **{k: v.numpy() for k, v in model.state_dict().items()})
+    job.record["file"] = "weights.npz"
+
+
+def test_compare_names_a_user_backend_without_a_runner_whose_folder_transformers_cannot_load(registered, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    from hf_bigsmall.reporting.compare import load_model
+
+    registered(QuantizationBackend(
+        name="npz-weights", tasks=("text-generation",), devices=("cpu",), schemes={"int8": "numpy arrays"},
+        export=lambda model_dir, output_dir, method: write_quantized_folder(
+            model_dir, output_dir, backend="npz-weights", method=method, device="cpu", write=_write_npz),
+        how_to_use=_how_to_use))
+    LlamaForCausalLM(tiny_llama_config()).save_pretrained(tmp_path / "fp32")
+    _save_tokenizer(tmp_path / "fp32")
+    folder = quantize(tmp_path / "fp32", tmp_path / "npz", method="int8", backend="npz-weights")
+    with pytest.raises(ValueError, match=r"npz-weights.*no runner.*runner="):
+        load_model(folder)
+
+
+def test_a_folder_is_run_by_the_backend_its_record_names_even_when_a_built_in_would_claim_it(registered, tmp_path):
+    """A user backend that writes a `model.onnx` (its own ONNX flavour) must be measured with its own runner,
+    not with the built-in ONNX Runtime runner, which claims any folder holding `model.onnx`."""
+    from hf_bigsmall.quantization.backends import backend_of_folder, load_runner
+
+    class OwnRunner:
+        def __init__(self, folder, num_threads=None):
+            self.folder = folder
+
+    registered(_entry(name="my-onnx", runner=OwnRunner))
+    (tmp_path / "config.json").write_text(json.dumps({"quantization": {"backend": "my-onnx", "method": "int8"}}))
+    (tmp_path / "model.onnx").write_bytes(b"not a graph the built-in runner could read")
+    assert backend_of_folder(tmp_path).name == "my-onnx"
+    assert isinstance(load_runner(tmp_path), OwnRunner)

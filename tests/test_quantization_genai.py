@@ -152,7 +152,8 @@ def test_card_how_to_use_runs(tmp_path, monkeypatch):
     tokenizer.save_pretrained(tmp_path / "fp32")
     folder = export_genai(tmp_path / "fp32", tmp_path / "int4", "int4")
     card = str(build_model_card(folder))
-    snippet = re.search(r"## How to use\s+```python\n(.*?)```", card, re.S).group(1)
+    snippet = re.search(r"## How to use\s+(?:`int4` stands for this folder.*?\n\n)?```python\n(.*?)```", card,
+                        re.S).group(1)
     assert "onnxruntime_genai" in snippet and GENAI_BACKEND in card and str(tmp_path) not in card
     monkeypatch.chdir(tmp_path)  # the snippet names the folder, as a user beside it (or the Hub id) would
     exec(compile(snippet.replace("print(", "len("), "card", "exec"), {})

@@ -154,3 +154,34 @@ def test_served_verdict_with_nothing_dominated_and_without_a_served_pair():
     assert served_verdict(_served({"teacher": (45.0, 9.0), "student": (60.0, 12.0), "student-int4": (85.0, 91.0)})) == []
     assert served_verdict(_served({"teacher": (45.0, None), "teacher-int4": (64.0, None),
                                    "student-int4": (85.0, None)})) == []
+
+
+def test_served_verdict_does_not_say_yes_from_a_decode_ratio_inside_the_noise():
+    """A student 2% faster than the teacher served the same way has not shown a gain: decode speeds of one
+    model differ by that much from run to run on a CPU, so the verdict must not be a plain Yes."""
+    from hf_bigsmall.reporting.report import served_verdict
+
+    lines = served_verdict(_served({**BASE, "teacher-int4": (64.0, 70.0), "student-int4": (85.0, 71.4)}))
+    assert "**Yes.**" not in lines[1]
+    assert lines[1].startswith("- int4 in onnxruntime-genai: **Not shown.** `student-int4` decodes 1.02x faster than "
+                               "`teacher-int4`")
+    assert "under 5%" in lines[1]
+    # a gain beyond the band is still a Yes, a loss beyond it still a No
+    assert "**Yes.**" in lines[0]
+    assert "**No.**" in served_verdict(_served({**BASE, "teacher-int4": (64.0, 70.0), "student-int4": (85.0, 60.0)}))[1]
+
+
+def test_a_quantized_teacher_recorded_with_a_relative_source_is_still_the_teachers(tmp_path, monkeypatch):
+    """quantize records its source as given ("out/teacher"); a comparison run from another directory, with
+    absolute paths, must still see teacher-int4 as the teacher served, not as a student."""
+    from hf_bigsmall.reporting.report import served_pairs, student_vs_quantized_teacher
+
+    report = _served({**BASE, "teacher-int4": (64.0, 70.0), "student-int4": (85.0, 91.0)})
+    for model in report["models"]:
+        model["path"] = f"/work/project{model['path']}"  # /work/project/out/<name>
+        if model["quantization"]:
+            model["quantization"]["source"] = model["quantization"]["source"].lstrip("/")  # "out/<source>"
+    monkeypatch.chdir(tmp_path)
+    assert [(t["name"], s["name"]) for t, s in served_pairs(report)] == [
+        ("teacher-int8", "student-int8"), ("teacher-int4", "student-int4")]
+    assert "teacher-int4" not in student_vs_quantized_teacher(report)

@@ -195,7 +195,8 @@ def _backend_how_to_use(record: QuantizationRecord, repo_id: str | None, model_n
     # from the Hub: snapshot_download(repo_id) first, then this folder; never the local path of the machine
     snippet = get_quantization_backend(record.backend).how_to_use(
         repo_id or model_name, record.to_dict(), architecture=architecture, from_hub=bool(repo_id))
-    stands_for = [] if repo_id or record.format else [
+    # a snippet that loads the folder by its name (ONNX, GenAI, a user's) needs the note; GGUF's runs from inside it
+    stands_for = [] if repo_id or f'"{model_name}' not in snippet else [
         f"`{model_name}` stands for this folder: give its path, or its Hub id once pushed.", ""]
     return ["## How to use", "", *stands_for, *snippet.splitlines()]
 

@@ -59,6 +59,8 @@ def quantize(
         `output_dir` as a `Path`.
 
     Raises:
+        RuntimeError: a backend whose folder carries the model card (`gguf`) wrote its folder, complete and
+            usable, but the card could not be built; the message says how to write it again.
         ImportError: the backend is not installed (the message names the extra, e.g.
             `pip install "hf-bigsmall[onnx]"`).
         ValueError: int4 on a CPU or a GPU without its kernels, a model that is already quantized,
@@ -79,7 +81,14 @@ def quantize(
     entry = get_quantization_backend(plan.backend)
     folder = Path(entry.export(Path(model_dir), Path(output_dir), plan.method))
     if entry.model_card:  # a folder served as it is (GGUF) carries its card
-        atomic_write_text(folder / "README.md", str(build_model_card(folder, energy=False)))
+        try:
+            atomic_write_text(folder / "README.md", str(build_model_card(folder, energy=False)))
+        except Exception as error:  # the folder is published and whole: say so, not "the export failed"
+            raise RuntimeError(
+                f"{folder} is complete and usable ({plan.method}, {plan.backend}), but its model card (README.md) "
+                f"could not be written: {type(error).__name__}: {error}. Fix the cause and write it with "
+                f"hf_bigsmall.hub.card.build_model_card({str(folder)!r}, energy=False), or run quantize again "
+                "(it replaces the folder).") from error
     record = quantization_of(folder) or {}
     logger.info(f"Quantized {model_dir} ({plan.method}, {plan.backend}, {plan.device}) -> {folder}; load with "
                 + entry.load_instructions(folder, record, architecture=_architecture(folder)))

@@ -35,6 +35,8 @@ logger = logging.get_logger(__name__)
 
 # model_type in config.json -> GGUF architecture; only families whose tensors and rotary layout are written here
 SUPPORTED_MODEL_TYPES = ("llama", "gpt2")
+# the activation llama.cpp's graph computes per family (SwiGLU's SiLU; GPT-2's tanh-approximated GELU)
+_LLAMA_CPP_ACTIVATIONS = {"llama": ("silu", "swish"), "gpt2": ("gelu_new", "gelu_pytorch_tanh")}
 # what `method` may say: the GGUF types, and the kit's generic names mapped onto them
 GGUF_METHODS = ("f32", "f16", "q8_0", "q5_0", "q4_1", "q4_0", "q4_k_m")
 _ALIASES = {"int8": "q8_0", "int4": "q4_k_m"}
@@ -95,8 +97,8 @@ def check_gguf_request(model_dir: str | os.PathLike, method: str) -> GgufPlan:
     Raises:
         ValueError: an unknown method, a folder that is not a saved model, a model without a causal
             LM head (a classifier), an architecture other than Llama or GPT-2, a Llama with biases or rope
-            scaling, a tokenizer that is not a byte-level BPE `tokenizer.json`, a quantized source,
-            or Q4_K_M on a model whose widths are not multiples of 256.
+            scaling, an activation or attention scaling llama.cpp does not compute, a tokenizer that is
+            not a byte-level BPE `tokenizer.json`, a quantized source, or Q4_K_M on a model whose widths are not multiples of 256.
         ImportError: `gguf` (extra `gguf`) or, for Q4_K_M, `llama-cpp-python` (extra `llamacpp`) is missing.
     """
     requested = _ALIASES.get(method, method)
@@ -118,6 +120,18 @@ def check_gguf_request(model_dir: str | os.PathLike, method: str) -> GgufPlan:
         raise ValueError(f"{model_dir} is already quantized: export the original full-precision folder.")
     if model_type == "llama" and (config.get("attention_bias") or config.get("mlp_bias")):
         raise ValueError("GGUF export writes Llama models without biases; this one has attention_bias or mlp_bias.")
+    # llama.cpp's graphs fix these whatever the file says: another setting would decode differently, silently
+    activation_key = "hidden_act" if model_type == "llama" else "activation_function"
+    activation = config.get(activation_key, "silu" if model_type == "llama" else "gelu_new")
+    if activation not in _LLAMA_CPP_ACTIVATIONS[model_type]:
+        raise ValueError(f"{activation_key} {activation!r} is not what llama.cpp computes "
+                         f"{_LLAMA_CPP_ACTIVATIONS[model_type]} for a {model_type} model: its GGUF would decode "
+                         "differently from transformers. Serve this model with backend='onnxruntime'.")
+    if model_type == "gpt2" and (config.get("scale_attn_by_inverse_layer_idx") or not config.get("scale_attn_weights",
+                                                                                                 True)):
+        raise ValueError("llama.cpp scales GPT-2's attention by 1/sqrt(head_dim) only: this model sets "
+                         "scale_attn_by_inverse_layer_idx or scale_attn_weights=False, so its GGUF would decode "
+                         "differently from transformers. Serve it with backend='onnxruntime'.")
     rope = (config.get("rope_parameters") or config.get("rope_scaling") or {}) if model_type == "llama" else {}
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type != "default":

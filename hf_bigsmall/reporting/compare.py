@@ -17,7 +17,7 @@ from ..energy.lineage import _finite, load_lineage
 from ..energy.meters.base import JOULES_PER_KWH
 from ..metrics import load_metric
 from ..pruning.parameters import count_parameters
-from ..quantization.backends import load_runner
+from ..quantization.backends import backend_of_folder, load_runner
 from ..quantization.config import quantization_of
 from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
@@ -217,7 +217,16 @@ def load_model(path: str | os.PathLike) -> PreTrainedModel:
         return runner
     config = AutoConfig.from_pretrained(path)
     auto_class = AutoModelForSequenceClassification if task_of(config) == CLASSIFICATION else AutoModelForCausalLM
-    return auto_class.from_pretrained(path).eval()
+    try:
+        return auto_class.from_pretrained(path).eval()
+    except OSError as error:
+        backend = backend_of_folder(path)
+        if backend is None:
+            raise
+        # a registered backend without a runner promises a transformers folder; this one is not
+        raise ValueError(f"{path} was written by the {backend.name!r} quantization backend, which has no runner, and "
+                         f"transformers cannot load it ({error}). Register that backend with runner=... (a class "
+                         "compare_models calls like a model, see QuantizationBackend) to compare it.") from error
 
 
 def size_on_disk_mb(model_dir: Path) -> float:

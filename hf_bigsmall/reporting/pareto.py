@@ -8,8 +8,10 @@ models, from the same function.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
+
 
 def dominated_by(points: Mapping[str, tuple[float, float]], *, lower_quality_is_better: bool = True) -> dict[str, str]:
     """For every dominated point, the name of one point that dominates it (the fastest such).
@@ -51,7 +53,12 @@ def pareto_front(points: Mapping[str, tuple[float, float]], *, lower_quality_is_
 
 
 def decode_points(report: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
-    """`{model name: (quality, decode tokens/s)}` for every model of a report with both figures."""
+    """`{model name: (quality, decode tokens/s)}` for every model of a report with both figures, finite.
+
+    A NaN perplexity (a broken export's logits) compares as neither better nor worse than anything, so it
+    would sit on the front undominated: such a model, like one with an infinite perplexity, is left out.
+    """
     metric = report["quality_metric"]
     return {m["name"]: (m["metrics"][metric], m["decode_tokens_per_s"]) for m in report["models"]
-            if m.get("decode_tokens_per_s") is not None and m["metrics"].get(metric) is not None}
+            if m.get("decode_tokens_per_s") is not None and m["metrics"].get(metric) is not None
+            and math.isfinite(m["metrics"][metric]) and math.isfinite(m["decode_tokens_per_s"])}

@@ -52,7 +52,7 @@ class QuantizationBackend:
         auto_devices: devices on which `backend="auto"` picks it.
         description: one line saying what it is, for error messages and docs.
         loading: one line saying how to load a folder it wrote, `{path}` (and `{auto_class}`, the
-            transformers class of the source's head) filled in; `hf-bigsmall quantize` and `quantize`'s
+            transformers class of the source's head, and `{file}`, the file its record names) filled in; `hf-bigsmall quantize` and `quantize`'s
             log print it. Empty: they print `how_to_use` instead.
         model_card: whether `quantize` writes the kit's model card (README.md) into the folder, for
             formats served from the folder as it is (GGUF for llama.cpp and Ollama).
@@ -144,7 +144,7 @@ class QuantizationBackend:
         if self.loading:
             head = "ForCausalLM" if architecture and architecture.endswith(("ForCausalLM", "LMHeadModel")) else (
                 "ForSequenceClassification")
-            return self.loading.format(path=folder, auto_class=f"AutoModel{head}")
+            return self.loading.format(path=folder, auto_class=f"AutoModel{head}", file=record.get("file") or "")
         return self.how_to_use(str(folder), dict(record), architecture=architecture)
 
     def recognizes(self, folder: str | os.PathLike) -> bool:
@@ -213,7 +213,15 @@ def auto_backend(device: str) -> QuantizationBackend | None:
 
 
 def backend_of_folder(folder: str | os.PathLike) -> QuantizationBackend | None:
-    """The registered backend whose export `folder` is, or None (a plain transformers checkpoint, say)."""
+    """The registered backend whose export `folder` is, or None (a plain transformers checkpoint, say).
+
+    The backend its `quantization` record names comes first: another backend's `is_export` may claim the
+    folder too (ONNX Runtime's takes any folder with a `model.onnx`), and would run it with the wrong runner.
+    """
+    name = (_record_of(Path(folder)) or {}).get("backend")
+    named = _REGISTRY.get(name) if isinstance(name, str) else None
+    if named is not None and named.recognizes(folder):
+        return named
     return next((backend for backend in _REGISTRY.values() if backend.recognizes(folder)), None)
 
 

@@ -53,5 +53,5 @@ register_quantization_backend(QuantizationBackend(
     extra="gguf",
     requires=("gguf",),
     description="GGUF files for llama.cpp and Ollama",
-    loading="llama-cli -m {path}/model-<TYPE>.gguf  # or llama_cpp.Llama(...), or Ollama: FROM ./model-<TYPE>.gguf",
+    loading="llama-cli -m {path}/{file}  # or llama_cpp.Llama(...), or Ollama: FROM ./{file}",
 ))

@@ -397,3 +397,21 @@ def test_cli_quantize_writes_the_folder_and_says_how_to_load_it(saved_classifier
     assert is_onnx_folder(output) and f'onnxruntime.InferenceSession("{output}/model.onnx")' in capsys.readouterr().out
     assert main(["quantize", str(output), str(saved_classifier.parent / "again")]) == 2
     assert "already quantized" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["around", "within"])
+def test_an_output_folder_around_or_within_the_model_is_refused(saved_classifier, tmp_path, where):
+    """Replacing an earlier export removes it whole: a model inside it would go with it."""
+    import shutil
+
+    if where == "around":  # the model moved into an earlier export's folder
+        export = quantize(saved_classifier, tmp_path / "int8")
+        model = export / "fp32"
+        shutil.copytree(saved_classifier, model)
+        output = export
+    else:
+        model, output = saved_classifier, saved_classifier / "int8"
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    with pytest.raises(ValueError, match="inside one another"):
+        quantize(model, output)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

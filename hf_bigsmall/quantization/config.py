@@ -69,13 +69,20 @@ def check_quantized_output(model_dir: str | Path, output_dir: str | Path) -> Non
     distilled or pruned student, a teacher) and is never replaced by an export of another model.
 
     Raises:
-        ValueError: `output_dir` is `model_dir`, a file or a link, or a folder with something in it that is
-            not a quantized folder the kit wrote; the message names it. Nothing is changed.
+        ValueError: `output_dir` is `model_dir`, holds it or lies inside it, is a file or a link, or is a folder
+            with something in it that is not a quantized folder the kit wrote; the message names it. Nothing is
+            changed.
     """
     model_dir, output_dir = Path(model_dir), Path(output_dir)
-    if output_dir.resolve() == model_dir.resolve():
+    source, target = model_dir.resolve(), output_dir.resolve()
+    if target == source:
         raise ValueError(f"output_dir {output_dir} is the model's own folder: write the quantized model into a new "
                          "folder (the full-precision model stays as it is).")
+    # replacing an earlier export removes the folder with all it holds: the model may not sit inside it, nor it
+    # inside the model (its files would then change the model's folder)
+    if source.is_relative_to(target) or target.is_relative_to(source):
+        raise ValueError(f"output_dir {output_dir} and the model's folder {model_dir} are inside one another: write "
+                         "the quantized model into a folder beside the model, not around or within it.")
     # the kit's marker and the kit's quantization record: a GGUF file or another tool's model.onnx says
     # nothing about who owns the rest of the folder, and the marker alone is on every model the kit saves
     if output_dir.is_dir() and not output_dir.is_symlink() and any(output_dir.iterdir()):

@@ -124,6 +124,10 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
                          "the builder copies it into the exported folder.")
     if output_dir.resolve() == model_dir.resolve():
         raise ValueError(f"output_dir {output_dir} is the model's own folder: export into a new folder.")
+    source, target = model_dir.resolve(), output_dir.resolve()
+    if source.is_relative_to(target) or target.is_relative_to(source):  # replacing one would change the other
+        raise ValueError(f"output_dir {output_dir} and the model's folder {model_dir} are inside one another: write "
+                         "the quantized model into a folder beside the model, not around or within it.")
     foreign = output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
     if foreign and not _is_kit_folder(output_dir):
         raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall as a quantized export: "

@@ -12,7 +12,7 @@ bigsmall_output_causal_lm/
   teacher-corrected/                     with --correct_teacher_steps only
   importance.json  importance.png        what was measured, per layer
   teacher-int8/ student-int8/            served the way LLMs are served by the fastest installed engine
-  teacher-int4/ student-int4/            (`SERVING_BACKENDS`): llama.cpp GGUF Q8_0/Q4, else ONNX Runtime GenAI
+  teacher-int4/ student-int4/            (`SERVING_BACKENDS`): ONNX Runtime GenAI int8/int4, else llama.cpp GGUF
   report.md  report.json  quality_vs_size.png  quality_vs_energy.png  quality_vs_decode_speed.png
 ```
 
@@ -45,10 +45,11 @@ from .utils.import_utils import _is_package_available, require
 
 # The engines (`quantize` backends) that can serve the teacher and the student, fastest at equal quality
 # first, and the precisions they serve them at. The quickstart serves with the first one installed: the
-# one place its engine is chosen (BENCHMARKS.md, "Serving engines side by side": llama.cpp decoded faster
-# than ONNX Runtime GenAI at 8 bits and at 4 bits at a far better perplexity). llama-cpp-python builds
-# llama.cpp from source (about half an hour), so a fresh install usually has GenAI only.
-SERVING_BACKENDS = ("gguf", "onnxruntime-genai")
+# one place its engine is chosen (BENCHMARKS.md, "Serving engines side by side": at 1 thread GenAI int8
+# decoded 1.2x to 1.4x faster than llama.cpp Q8_0 at the same perplexity, GenAI int4 1.3x to 1.5x faster
+# than llama.cpp Q4_0 at a worse one). llama.cpp serves where GenAI is not installed (onnxruntime-genai
+# 0.18 needs Python 3.11+).
+SERVING_BACKENDS = ("onnxruntime-genai", "gguf")
 # what each engine needs importable to export and to run what it exported, and the extra that installs it
 _ENGINE_MODULES = {"gguf": (("gguf", "llama_cpp"), "llamacpp"),
                    "onnxruntime-genai": (("onnxruntime_genai", "onnx_ir"), "genai")}
@@ -119,9 +120,9 @@ class CausalLMQuickstartArguments:
         "help": "Peak learning rate of the teacher correction (default: the healing's learning_rate)."})
     quantize: bool = field(default=True, metadata={
         "help": "Also serve the teacher and the healed student the way LLMs are served: teacher-int8, student-int8, "
-                "teacher-int4 and student-int4 with the fastest installed engine, llama.cpp (GGUF Q8_0 and Q4_K_M "
-                "or Q4_0; `pip install \"hf-bigsmall[llamacpp]\"`) or else ONNX Runtime GenAI (int8/int4 "
-                "MatMulNBits; `pip install \"hf-bigsmall[genai]\"`), measured beside the PyTorch models. "
+                "teacher-int4 and student-int4 with the fastest installed engine, ONNX Runtime GenAI (int8/int4 "
+                "MatMulNBits; `pip install \"hf-bigsmall[genai]\"`) or else llama.cpp (GGUF Q8_0 and Q4_K_M or "
+                "Q4_0; `pip install \"hf-bigsmall[llamacpp]\"`), measured beside the PyTorch models. "
                 "--no_quantize leaves them out."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
@@ -288,8 +289,9 @@ def _serve(sources: dict[str, Path], output_dir: Path,
 
     backend = backend or serving_backend()
     if backend is None:
-        return {}, ("no serving engine is installed: `pip install \"hf-bigsmall[llamacpp]\"` (llama.cpp, the fastest; "
-                    "builds from source) or `pip install \"hf-bigsmall[genai]\"` (ONNX Runtime GenAI).")
+        return {}, ("no serving engine is installed: `pip install \"hf-bigsmall[genai]\"` (ONNX Runtime GenAI, the "
+                    "fastest measured; Python 3.11+) or `pip install \"hf-bigsmall[llamacpp]\"` (llama.cpp; builds "
+                    "from source).")
     targets = {f"{name}-{method}": (source, method) for method in SERVED_METHODS for name, source in sources.items()}
     try:
         for name, (source, method) in targets.items():

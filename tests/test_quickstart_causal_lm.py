@@ -246,9 +246,10 @@ def test_a_stale_folder_is_removed_only_when_the_kit_wrote_it(tmp_path):
 
 
 @pytest.mark.parametrize("installed, chosen", [
-    ({"gguf", "llama_cpp", "onnxruntime_genai", "onnx_ir"}, "gguf"),  # llama.cpp measured fastest: it serves
-    ({"gguf", "onnxruntime_genai", "onnx_ir"}, "onnxruntime-genai"),  # a fresh install: no llama-cpp-python
-    ({"llama_cpp", "onnxruntime_genai"}, None),  # neither engine complete
+    ({"gguf", "llama_cpp", "onnxruntime_genai", "onnx_ir"}, "onnxruntime-genai"),  # GenAI measured fastest
+    ({"gguf", "llama_cpp"}, "gguf"),  # no GenAI (Python < 3.11): llama.cpp serves
+    ({"gguf", "onnxruntime_genai"}, None),  # neither engine complete
+    ({"llama_cpp", "onnx_ir"}, None),
 ])
 def test_the_fastest_installed_engine_serves(tmp_path, monkeypatch, installed, chosen):
     from hf_bigsmall import quickstart_causal_lm

@@ -46,7 +46,7 @@ from .utils.import_utils import _is_package_available, require
 # The engines (`quantize` backends) that can serve the teacher and the student, fastest at equal quality
 # first, and the precisions they serve them at. The quickstart serves with the first one installed: the
 # one place its engine is chosen (BENCHMARKS.md, "Serving engines side by side": at 1 thread GenAI int8
-# decoded 1.2x to 1.4x faster than llama.cpp Q8_0 at the same perplexity, GenAI int4 1.3x to 1.5x faster
+# decoded 1.2x to 1.35x faster than llama.cpp Q8_0 at the same perplexity, GenAI int4 1.35x to 1.55x faster
 # than llama.cpp Q4_0 at a worse one). llama.cpp serves where GenAI is not installed (onnxruntime-genai
 # 0.18 needs Python 3.11+).
 SERVING_BACKENDS = ("onnxruntime-genai", "gguf")

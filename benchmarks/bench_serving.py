@@ -1,7 +1,7 @@
-"""Serving causal LMs on CPU: transformers fp32 against ONNX Runtime GenAI fp32 / int8 / int4, side by side.
+"""Serving causal LMs on CPU: transformers fp32 against llama.cpp and ONNX Runtime GenAI, side by side.
 
-    python benchmarks/bench_serving.py --engines transformers genai:fp32 genai:int8 genai:int4 \
-        --threads 1 2 --rounds 3 --work_dir /tmp/serving
+    python benchmarks/bench_serving.py --engines transformers gguf:f32 gguf:q8_0 gguf:int4 \
+        genai:fp32 genai:int8 genai:int4 --threads 1 2 --rounds 3 --work_dir /tmp/serving
 
 For each model (`--models name=folder`; default the embedded SmolLM2 as `teacher` and, as `student`, a
 15-layer cut of it made with `make_student`, untrained, so its perplexity only shows what the engines
@@ -10,7 +10,11 @@ keep) and each engine, it reports the size on disk, held-out perplexity on `--bl
 the prefill latency of a `--prompt_tokens` prompt and the decode speed of `--new_tokens` greedy tokens.
 Every measurement runs in its own process (no engine warms another's caches), rounds are interleaved
 (round 1 of every engine and thread count, then round 2, ...), and medians over rounds are reported.
-An engine spec `genai:int4:block_size=128:accuracy_level=1` passes builder settings to the export.
+An engine spec `genai:int4:block_size=128:accuracy_level=1` passes builder settings to the export;
+`gguf:<method>` exports with `export_gguf` (`f32`, `q8_0`, `int4` = Q4_K_M where the widths allow it,
+else Q4_0, ...) and runs the file with llama-cpp-python (f16 KV cache, as llama.cpp serves by default).
+The summary adds, per engine and thread count, each model's decode speed over the transformers fp32
+teacher's and the student's over the teacher's in the same engine and precision, from the medians.
 """
 
 from __future__ import annotations
@@ -43,7 +47,6 @@ def _worker(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from hf_bigsmall.energy.generation import measure_generation
-    from hf_bigsmall.quantization.genai import GenAIModelRunner
 
     tokenizer = AutoTokenizer.from_pretrained(spec["folder"])
     blocks = _blocks(tokenizer, max(spec["blocks"], 4))
@@ -57,7 +60,11 @@ def _worker(spec: dict) -> dict:
         def timing(prompts):
             return measure_generation(model, prompts, new_tokens=spec["new_tokens"])
     else:
-        runner = GenAIModelRunner(spec["folder"], num_threads=spec["threads"])
+        if spec["engine"] == "gguf":
+            from hf_bigsmall.quantization.gguf_runner import LlamaCppModelRunner as Runner
+        else:
+            from hf_bigsmall.quantization.genai import GenAIModelRunner as Runner
+        runner = Runner(spec["folder"], num_threads=spec["threads"])
 
         def logits_of(ids):
             return torch.from_numpy(runner.prompt_logits(ids))
@@ -111,13 +118,14 @@ def _engine_settings(engine: str) -> tuple[str, dict[str, str]]:
 
 def _disk_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.iterdir()
-               if p.suffix in (".safetensors", ".onnx") or p.name.endswith(".onnx.data")) / 2**20
+               if p.suffix in (".safetensors", ".onnx", ".gguf") or p.name.endswith(".onnx.data")) / 2**20
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=None, help="name=folder pairs (default: teacher and student)")
-    parser.add_argument("--engines", nargs="+", default=["transformers", "genai:fp32", "genai:int8", "genai:int4"])
+    parser.add_argument("--engines", nargs="+", default=["transformers", "gguf:f32", "gguf:q8_0", "gguf:int4",
+                                                          "genai:fp32", "genai:int8", "genai:int4"])
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--blocks", type=int, default=32, help="held-out 128-token blocks for perplexity")
@@ -135,6 +143,7 @@ def main() -> None:
 
     from hf_bigsmall import assets
     from hf_bigsmall.quantization.genai import export_genai
+    from hf_bigsmall.quantization.gguf_export import export_gguf
 
     work_dir = Path(args.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -152,9 +161,15 @@ def main() -> None:
                 continue
             scheme, options = _engine_settings(engine)
             target = work_dir / f"{name}-{engine.replace(':', '-').replace('=', '').replace('/', '_').replace(',', '_')}"
-            if not (target / "genai_config.json").is_file():
+            family = engine.split(":", 1)[0]
+            if family not in ("gguf", "genai"):
+                parser.error(f"unknown engine {engine!r}: use transformers, gguf:<method> or genai:<method>")
+            if not (target / ("config.json" if family == "gguf" else "genai_config.json")).is_file():
                 try:
-                    export_genai(source, target, scheme, builder_options=options)
+                    if family == "gguf":
+                        export_gguf(source, target, method=scheme)
+                    else:
+                        export_genai(source, target, scheme, builder_options=options)
                 except Exception as error:  # a setting the builder or the engine refuses is a result too
                     failed[name, engine] = str(error).splitlines()[0][:300]
                     print(f"{name} {engine}: export failed: {failed[name, engine]}", file=sys.stderr, flush=True)
@@ -162,7 +177,7 @@ def main() -> None:
             folders[name, engine] = target
 
     def run(key, threads: int, quality: bool) -> dict:
-        spec = {"folder": str(folders[key]), "engine": "transformers" if key[1] == "transformers" else "genai",
+        spec = {"folder": str(folders[key]), "engine": key[1].split(":", 1)[0],
                 "threads": threads, "quality": quality, "blocks": args.blocks,
                 "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens}
         done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
@@ -186,28 +201,55 @@ def main() -> None:
                     results[key]["perplexity"] = measured["perplexity"]
                 results[key]["runs"][threads].append(measured)
                 print(f"round {round_index + 1} {threads} thread(s) {key}: {measured}", file=sys.stderr, flush=True)
+            if args.output:  # after every round, so an interrupted run keeps what it measured
+                _write_json(Path(args.output), results, failed)
+    print(_table(results, failed, args.threads, teacher_name=next(iter(models))))
 
-    header = "| model | engine | disk MB | perplexity | " + " | ".join(
-        f"prefill ms ({t}t) | decode tok/s ({t}t)" for t in args.threads) + " |"
-    lines = [header, "|" + "---|" * (4 + 2 * len(args.threads))]
+
+def _median_decode(result: dict, threads: int) -> float | None:
+    runs = result["runs"].get(threads) or []
+    return statistics.median(r["decode_tokens_per_s"] for r in runs) if runs else None
+
+
+def _fp32_engine(engine: str) -> str:
+    """The unquantized engine a quantized one is judged against: its own family's fp32."""
+    family = engine.split(":", 1)[0]
+    return {"gguf": "gguf:f32", "genai": "genai:fp32"}.get(family, "transformers")
+
+
+def _table(results: dict, failed: dict, threads_list: list[int], teacher_name: str) -> str:
+    """The markdown table: medians, perplexity over the same model's fp32 in the same engine, decode
+    speed over the transformers fp32 teacher's, and a student's decode over its teacher's in the same engine."""
+    reference = results.get((teacher_name, "transformers"))
+    header = ["model", "engine", "disk MB", "perplexity", "x own fp32"]
+    for threads in threads_list:
+        header += [f"prefill ms ({threads}t)", f"decode tok/s ({threads}t)", f"x transformers teacher ({threads}t)",
+                   f"student/teacher ({threads}t)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for (name, engine), result in results.items():
-        if (name, engine) in failed:
-            lines.append(f"| {name} | {engine} | - | failed: {failed[name, engine]} |")
+        if (name, engine) in failed or "perplexity" not in result:
             continue
-        cells = [name, engine, f"{result['disk_mb']:.0f}", f"{result['perplexity']:.2f}"]
-        for threads in args.threads:
-            runs = result["runs"][threads]
-            cells += [f"{statistics.median(r['prefill_ms'] for r in runs):.1f}",
-                      f"{statistics.median(r['decode_tokens_per_s'] for r in runs):.1f}"]
+        own_fp32 = results.get((name, _fp32_engine(engine)), {}).get("perplexity")
+        cells = [name, engine, f"{result['disk_mb']:.0f}", f"{result['perplexity']:.2f}",
+                 f"{result['perplexity'] / own_fp32:.3f}" if own_fp32 else "-"]
+        for threads in threads_list:
+            runs = result["runs"].get(threads) or []
+            decode = _median_decode(result, threads)
+            base = _median_decode(reference, threads) if reference else None
+            teacher = results.get((teacher_name, engine))
+            teacher_decode = _median_decode(teacher, threads) if teacher and name != teacher_name else None
+            cells += [f"{statistics.median(r['prefill_ms'] for r in runs):.1f}" if runs else "-",
+                      f"{decode:.1f}" if decode else "-",
+                      f"{decode / base:.2f}" if decode and base else "-",
+                      f"{decode / teacher_decode:.2f}" if decode and teacher_decode else "-"]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [f"| {name} | {engine} | - | failed: {why} |" for (name, engine), why in failed.items()
-              if (name, engine) not in results]
-    print("\n".join(lines))
-    if args.output:
-        Path(args.output).write_text(json.dumps({**{f"{n}|{e}": r for (n, e), r in results.items()},
-                                                 **{f"{n}|{e}": {"failed": why} for (n, e), why in failed.items()}},
-                                                indent=2))
+    lines += [f"| {name} | {engine} | failed: {why} |" for (name, engine), why in failed.items()]
+    return "\n".join(lines)
 
+
+def _write_json(path: Path, results: dict, failed: dict) -> None:
+    path.write_text(json.dumps({**{f"{n}|{e}": r for (n, e), r in results.items()},
+                                **{f"{n}|{e}": {"failed": why} for (n, e), why in failed.items()}}, indent=2))
 
 if __name__ == "__main__":
     main()

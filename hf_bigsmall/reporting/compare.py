@@ -265,9 +265,11 @@ def _tokenizers_for(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
                     tokenizer: PreTrainedTokenizerBase | None) -> dict[str, PreTrainedTokenizerBase]:
     """The tokenizer of each model: `tokenizer` for all when given, else each folder's own.
 
-    A folder without tokenizer files, or a model passed as an object, takes the first folder's
-    tokenizer (students made with `make_student` share the teacher's). Models with a trimmed
-    vocabulary (`trim_vocabulary`) carry their own and are measured with it.
+    A folder without tokenizer files, or a model passed as an object, takes the tokenizer of the first
+    folder whose model has a vocabulary of its size (students made with `make_student` share the
+    teacher's); none raises a `ValueError`, since another vocabulary's ids would index the wrong
+    embedding rows and its quality would be silently wrong. Models with a trimmed vocabulary
+    (`trim_vocabulary`) carry their own and are measured with it.
     """
     from transformers import AutoTokenizer
 
@@ -279,8 +281,16 @@ def _tokenizers_for(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
         if not own:
             raise ValueError("No model folder holds a tokenizer: pass `tokenizer=` (or save the tokenizer beside "
                              "the first model).")
-        default = next(iter(own.values()))
-        chosen = {name: own.get(name, default) for name in loaded}
+        sizes = {name: model.config.vocab_size for name, (model, _) in loaded.items()}
+        chosen = dict(own)
+        for name in loaded.keys() - own.keys():
+            lenders = [other for other in own if sizes[other] == sizes[name]]
+            if not lenders:
+                raise ValueError(f"Model {name!r} has no tokenizer of its own and no model folder with one has its "
+                                 f"vocabulary of {sizes[name]} (they have {sorted({sizes[o] for o in own})}): save "
+                                 "its tokenizer beside it, or pass `tokenizer=`.")
+            chosen[name] = own[lenders[0]]
+        chosen = {name: chosen[name] for name in loaded}
     for model_tokenizer in chosen.values():
         if model_tokenizer.pad_token is None:  # GPT-2 style tokenizers have none; batches need one
             model_tokenizer.pad_token = model_tokenizer.eos_token

@@ -149,11 +149,12 @@ class QuickstartArguments:
             raise ValueError(f"alpha_kd must be in [0, 1] (the task loss gets 1 - alpha_kd), got {self.alpha_kd}.")
         teacher_steps, distill_steps, prune_steps, batch_size, eval_samples, latency = _BUDGETS[
             "fast" if self.fast else "default"]
-        self.teacher_steps = self.teacher_steps or teacher_steps
-        self.distill_steps = self.distill_steps or distill_steps
-        self.prune_steps = self.prune_steps or prune_steps
-        self.batch_size = self.batch_size or batch_size
-        self.eval_samples = self.eval_samples or eval_samples
+        # only an unset option takes the budget's value: an explicit 0 is refused below, never replaced
+        self.teacher_steps = teacher_steps if self.teacher_steps is None else self.teacher_steps
+        self.distill_steps = distill_steps if self.distill_steps is None else self.distill_steps
+        self.prune_steps = prune_steps if self.prune_steps is None else self.prune_steps
+        self.batch_size = batch_size if self.batch_size is None else self.batch_size
+        self.eval_samples = eval_samples if self.eval_samples is None else self.eval_samples
         self.latency_samples = latency
         if self.transfer_samples is not None and self.transfer_samples < 1:
             raise ValueError(f"transfer_samples must be a positive number, got {self.transfer_samples}.")
@@ -164,7 +165,7 @@ class QuickstartArguments:
         if (self.transfer_set or self.augment_ratio) and not self.cache_teacher_logits:
             raise ValueError("--transfer_set and --augment_ratio have the teacher label the extra texts once, through "
                              "the teacher-logit cache: drop --no_cache_teacher_logits.")
-        for name in ("teacher_steps", "distill_steps", "prune_steps", "batch_size", "max_length"):
+        for name in ("teacher_steps", "distill_steps", "prune_steps", "batch_size", "eval_samples", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}.")
 

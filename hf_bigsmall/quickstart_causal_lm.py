@@ -132,10 +132,11 @@ class CausalLMQuickstartArguments:
         if not 0.0 <= self.alpha_kd <= 1.0:
             raise ValueError(f"alpha_kd must be in [0, 1] (the next-token loss gets 1 - alpha_kd), got {self.alpha_kd}.")
         calibration, heal, batch, eval_samples, latency = _BUDGETS["fast" if self.fast else "default"]
-        self.calibration_samples = self.calibration_samples or calibration
+        # only an unset option takes the budget's value: an explicit 0 is refused below, never replaced
+        self.calibration_samples = calibration if self.calibration_samples is None else self.calibration_samples
         self.heal_steps = self.heal_steps if self.heal_steps is not None else heal
-        self.batch_size = self.batch_size or batch
-        self.eval_samples = self.eval_samples or eval_samples
+        self.batch_size = batch if self.batch_size is None else self.batch_size
+        self.eval_samples = eval_samples if self.eval_samples is None else self.eval_samples
         self.latency_samples = latency
         for name in ("calibration_samples", "batch_size", "block_size", "eval_samples"):
             if getattr(self, name) < 1:

@@ -248,6 +248,17 @@ def test_transfer_and_augmentation_options_are_checked_before_anything_runs(opti
         QuickstartArguments(**options)
 
 
+@pytest.mark.parametrize("option", ["teacher_steps", "distill_steps", "prune_steps", "batch_size", "eval_samples"])
+@pytest.mark.parametrize("fast", [False, True])
+def test_an_explicit_zero_is_refused_not_replaced_by_the_default_budget(option, fast):
+    """`--distill_steps 0` read as unset once, and ran the budget's 120 steps without a word."""
+    from hf_bigsmall.quickstart import QuickstartArguments
+
+    with pytest.raises(ValueError, match=f"{option} must be a positive number, got 0"):
+        QuickstartArguments(fast=fast, **{option: 0})
+    assert getattr(QuickstartArguments(fast=fast, **{option: 3}), option) == 3
+
+
 @requires_minilm
 @requires_scattertext
 @pytest.mark.slow

@@ -189,6 +189,15 @@ def test_causal_lm_quickstart_bad_targets_write_nothing(tmp_path, capsys, flags,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option", ["calibration_samples", "batch_size", "eval_samples"])
+def test_an_explicit_zero_is_refused_not_replaced_by_the_default_budget(option):
+    from hf_bigsmall.quickstart_causal_lm import CausalLMQuickstartArguments
+
+    with pytest.raises(ValueError, match=f"{option} must be a positive number, got 0"):
+        CausalLMQuickstartArguments(**{option: 0})
+    assert getattr(CausalLMQuickstartArguments(**{option: 3}), option) == 3
+
+
 @pytest.mark.slow
 @requires_smollm2
 @requires_news

@@ -117,6 +117,8 @@ def test_report_files_hold_the_comparison(compared):
     markdown = (out / "report.md").read_text()
     student = comparison.models[1]
     assert f"| `student` | {student.parameters / 1e6:.2f} M | {student.nonzero_parameters / 1e6:.2f} M |" in markdown
+    # the disk column holds MiB (bytes / 2**20, as size_on_disk_mb is computed), and says so
+    assert "| Sparsity | Disk (MiB) |" in markdown and f"| {student.size_on_disk_mb:.1f} |" in markdown
     assert f"{student.ratios['quality_pct']:.1f}%" in markdown and "## Training energy" in markdown
     for name in ("quality_vs_size.png", "quality_vs_energy.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -49,7 +49,7 @@ class ModelMeasurement:
     parameters: int
     nonzero_parameters: int
     sparsity: float
-    size_on_disk_mb: float
+    size_on_disk_mb: float  # MiB (2**20 bytes), as the report labels it
     metrics: dict[str, float]
     latency_ms_p50: float
     latency_ms_p95: float
@@ -230,7 +230,7 @@ def load_model(path: str | os.PathLike) -> PreTrainedModel:
 
 
 def size_on_disk_mb(model_dir: Path) -> float:
-    """MB of the weight files: the usual formats, and the file a quantization record names (a backend's own format)."""
+    """MiB (2**20 bytes) of the weight files: the usual formats, and the file a quantization record names (a backend's own format)."""
     named = (quantization_of(model_dir) or {}).get("file")
     files = [p for p in model_dir.iterdir()
              if (p.suffix in (".safetensors", ".bin", ".onnx", ".gguf") or p.name.endswith(".onnx.data")

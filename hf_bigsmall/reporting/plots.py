@@ -113,7 +113,7 @@ def plot_comparison(report: dict[str, Any], output_dir: str | os.PathLike) -> di
     _scatter(report, "latency_ms_p50", f"latency at batch size 1, median (ms, {report.get('device', 'cpu')})",
              f"Quality vs latency ({dataset})", latency_path)
     # size on disk, not parameter count: an int8 model has the parameters of its fp32 source in a quarter of the bytes
-    _scatter(report, "size_on_disk_mb", "size on disk (MB, weights)", f"Quality vs size ({dataset})", size_path)
+    _scatter(report, "size_on_disk_mb", "size on disk (MiB, weights)", f"Quality vs size ({dataset})", size_path)
     _scatter(report, "energy_joules_per_sample", f"inference energy per sample (J, {', '.join(sources) or 'n/a'})",
              f"Quality vs energy ({dataset})", energy_path)
     written = {QUALITY_VS_LATENCY: latency_path, QUALITY_VS_SIZE: size_path, QUALITY_VS_ENERGY: energy_path}

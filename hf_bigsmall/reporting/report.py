@@ -57,7 +57,7 @@ def markdown_table(report: dict[str, Any]) -> str:
     metric_names = report.get("metric_names") or sorted({k for m in report["models"] for k in m["metrics"]})
     generation = any(m.get("decode_tokens_per_s") is not None for m in report["models"])
     per_token = any(m.get("energy_joules_per_token") is not None for m in report["models"])
-    header = ["Model", "Params", "Non-zero", "Sparsity", "Disk (MB)", *metric_names,
+    header = ["Model", "Params", "Non-zero", "Sparsity", "Disk (MiB)", *metric_names,
               "p50 (ms)", "p95 (ms)", "Throughput (/s)", "Energy (J/sample)", "kWh / 1k queries",
               *(["J/token read"] if per_token else [])]
     if generation:

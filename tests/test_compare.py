@@ -176,6 +176,11 @@ def test_bad_input_is_rejected(compared, tmp_path):
         compare_models([root / "teacher"], _dataset().rename_column("text", "sentence"))
     with pytest.raises(ValueError, match="no config.json"):
         compare_models([tmp_path], _dataset())
+    # out-of-range numbers are refused before anything is measured: 0 latency samples made NaN speed ratios
+    for option in ("latency_samples", "batch_size", "max_length", "max_samples"):
+        with pytest.raises(ValueError, match=f"{option} must be a positive integer"):
+            compare_models([root / "teacher"], _dataset(), output_dir=tmp_path / "report", **{option: 0})
+    assert not (tmp_path / "report").exists()
 
 
 def test_a_model_without_a_tokenizer_never_borrows_one_of_another_vocabulary(tmp_path):

@@ -457,6 +457,13 @@ def compare_models(
     """
     import torch
 
+    # checked before any model is loaded: 0 latency samples gave NaN latencies and speed ratios in the report
+    for name, value in (("max_length", max_length), ("batch_size", batch_size), ("latency_samples", latency_samples),
+                        ("generation_prompts", generation_prompts), ("prompt_tokens", prompt_tokens),
+                        ("new_tokens", new_tokens), ("max_samples", 1 if max_samples is None else max_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer{' or None (every sample)' * (name == 'max_samples')}, "
+                             f"got {value!r}.")
     loaded = _resolve_models(models)
     task = _common_task(loaded)
     tokenizers = _tokenizers_for(loaded, tokenizer)

@@ -165,6 +165,34 @@ def test_perplexity_of_causal_lms_equals_a_direct_computation(tmp_path):
             f"`small` {small_ppl:.2f} ({small_ppl / big_ppl:.2f}x the reference's).") in markdown
 
 
+def test_a_left_padding_tokenizer_measures_what_the_texts_give_one_at_a_time(tmp_path):
+    """Left padding shifted absolute positions and had a causal LM predict each row's first token from padding:
+    the perplexity and accuracy then depended on the tokenizer's padding_side and on the batch."""
+    from datasets import Dataset
+    from transformers import BertForSequenceClassification, GPT2LMHeadModel
+
+    tokenizer = _save_tokenizer(tmp_path / "tok")
+    tokenizer.padding_side = "left"
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(tiny_gpt2_config()).eval()
+    classifier = BertForSequenceClassification(tiny_bert_config(initializer_range=2.0)).eval()
+    data = _dataset(12)
+    perplexity = compare_models({"lm": lm}, Dataset.from_dict({"text": data["text"]}), tokenizer=tokenizer, batch_size=5,
+                                latency_samples=1, generation_prompts=1, new_tokens=2).models[0].metrics["perplexity"]
+    accuracy = compare_models({"classifier": classifier}, data, tokenizer=tokenizer, batch_size=5,
+                              latency_samples=1).models[0].metrics["accuracy"]
+    nll, tokens, predictions = 0.0, 0, []
+    with torch.no_grad():
+        for text in data["text"]:
+            inputs = tokenizer(text, return_tensors="pt")
+            ids = inputs["input_ids"]
+            nll += float(lm(**inputs, labels=ids).loss) * (ids.shape[1] - 1)
+            tokens += ids.shape[1] - 1
+            predictions.append(int(classifier(**inputs).logits.argmax(-1)))
+    assert perplexity == pytest.approx(np.exp(nll / tokens), rel=1e-4)
+    assert accuracy == pytest.approx(reference_accuracy(data["label"], predictions))
+
+
 def test_bad_input_is_rejected(compared, tmp_path):
     from transformers import GPT2LMHeadModel
 

@@ -327,7 +327,11 @@ def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreT
     input_columns = [c for c in tokenized.column_names if c != label_column]
     for start in range(0, len(tokenized), batch_size):
         rows = tokenized[start:start + batch_size]
-        batch = tokenizer.pad({c: rows[c] for c in input_columns}, padding=True, return_tensors="pt")
+        # padded on the right whatever the tokenizer's `padding_side`: left padding shifts the positions of
+        # models without position ids from the mask (BERT, GPT-2) and made a causal LM predict a row's first
+        # token from padding, so the metric differed from the same texts measured one at a time
+        batch = tokenizer.pad({c: rows[c] for c in input_columns}, padding=True, padding_side="right",
+                              return_tensors="pt")
         with torch.inference_mode():
             logits = model(**batch).logits
         if task == CLASSIFICATION:

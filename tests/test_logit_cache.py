@@ -457,6 +457,16 @@ def test_bert_student_with_other_labels_is_refused(tmp_path):
     with pytest.raises(ValueError, match="2 teacher logits per row but the student has num_labels=3"):
         DistillationTrainer(model=BertForSequenceClassification(tiny_bert_config(num_labels=3)), teacher_model=None,
                             args=config(tmp_path), train_dataset=loaded)
+    # the same number of classes in another order: the online teacher refuses it, and so does its cache
+    teacher.config.id2label, teacher.config.label2id = {0: "negative", 1: "positive"}, {"negative": 0, "positive": 1}
+    cache_teacher_logits(teacher, dataset, tmp_path / "named")
+    named = load_teacher_logits(tmp_path / "named", dataset)
+    swapped = tiny_bert_config(id2label={0: "positive", 1: "negative"}, label2id={"positive": 0, "negative": 1})
+    with pytest.raises(ValueError, match="class i must mean the same thing to both"):
+        DistillationTrainer(model=BertForSequenceClassification(swapped), teacher_model=None, args=config(tmp_path),
+                            train_dataset=named)
+    DistillationTrainer(model=BertForSequenceClassification(teacher.config), teacher_model=None, args=config(tmp_path),
+                        train_dataset=named)
 
 
 @pytest.mark.multiprocess

@@ -268,6 +268,8 @@ def cache_teacher_logits(
         "teacher_fingerprint": weights_fingerprint(teacher),
         "vocab_size": vocab_size,
         "num_labels": int(teacher.config.num_labels) if task == "classification" else None,
+        # what each cached logit means: a student must name its classes alike (checked by the trainer)
+        "id2label": {str(int(k)): v for k, v in teacher.config.id2label.items()} if task == "classification" else None,
         "top_k": top_k,
         "logprob_dtype": logprob_dtype if task == "causal_lm" else "float32",
         "id_dtype": ("uint16" if vocab_size <= 2**16 else "int32") if task == "causal_lm" else None,

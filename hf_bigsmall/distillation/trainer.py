@@ -660,6 +660,11 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             if getattr(student.config, "num_labels", None) != record["num_labels"]:
                 raise ValueError(f"{where} holds {record['num_labels']} teacher logits per row but the student has "
                                  f"num_labels={student.config.num_labels}: use a student with the teacher's labels.")
+            student_labels = {str(int(k)): v for k, v in student.config.id2label.items()}
+            if record.get("id2label") is not None and student_labels != record["id2label"]:  # older caches lack it
+                raise ValueError(f"{where} holds the logits of a teacher with id2label {record['id2label']} but the "
+                                 f"student has {student_labels}: class i must mean the same thing to both. Give the "
+                                 "student the teacher's id2label/label2id (make_student copies them).")
         else:
             vocab_size = student.config.get_text_config().vocab_size
             if vocab_size != record["vocab_size"]:

@@ -65,14 +65,21 @@ def load_classification_dataset(
                 f"dataset {dataset_name!r} has no column {column!r} (columns: {splits['train'].column_names}): "
                 "pass text_column/label_column."
             )
+    if not isinstance(splits["train"].features[label_column], ClassLabel):
+        # one numbering for both splits, from every label either holds: encoding each split alone (what
+        # `DatasetDict.class_encode_column` does) numbered an eval split that lacks a class differently
+        names = sorted({str(value) for split in splits.values() for value in split.unique(label_column)
+                        if value is not None})
+        classes = ClassLabel(names=names)
+        splits = splits.map(lambda batch: {label_column: [None if value is None else classes.str2int(str(value))
+                                                          for value in batch[label_column]]}, batched=True)
+        splits = splits.cast_column(label_column, classes)
     for name, limit in (("train", max_train_samples), ("eval", max_eval_samples)):
         if limit is not None and limit < len(splits[name]):
             splits[name] = splits[name].shuffle(seed=seed).select(range(limit))
         if len(splits[name]) == 0:
             raise ValueError(f"the {name} split of {dataset_name!r} is empty: a classifier needs examples to train "
                              "and evaluate on (check max_train_samples / max_eval_samples).")
-    if not isinstance(splits["train"].features[label_column], ClassLabel):
-        splits = splits.class_encode_column(label_column)
 
     def tokenize(batch):
         return tokenizer(batch[text_column], truncation=True, max_length=max_length)

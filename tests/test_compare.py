@@ -193,6 +193,24 @@ def test_a_left_padding_tokenizer_measures_what_the_texts_give_one_at_a_time(tmp
     assert accuracy == pytest.approx(reference_accuracy(data["label"], predictions))
 
 
+def test_labels_written_as_class_names_are_read_through_the_models_label2id(tmp_path):
+    """A CSV's labels 1 and 2 (or 'neg' and 'pos') are class names the training numbered 0 and 1 (label2id): they
+    were compared with the predicted ids as they stood, and the accuracy was silently wrong."""
+    from transformers import BertForSequenceClassification
+
+    tokenizer = _save_tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    names = {0: "1", 1: "2"}
+    model = BertForSequenceClassification(tiny_bert_config(
+        initializer_range=2.0, id2label=names, label2id={name: index for index, name in names.items()})).eval()
+    data = _dataset(16)
+    expected = compare_models({"m": model}, data, tokenizer=tokenizer, latency_samples=1).models[0].metrics
+    for written in (lambda label: label + 1, lambda label: str(label + 1)):
+        as_names = data.map(lambda row: {"name": written(row["label"])}).remove_columns("label").rename_column("name", "label")
+        measured = compare_models({"m": model}, as_names, tokenizer=tokenizer, latency_samples=1).models[0].metrics
+        assert measured == expected
+
+
 def test_bad_input_is_rejected(compared, tmp_path):
     from transformers import GPT2LMHeadModel
 

@@ -475,6 +475,8 @@ def compare_models(
     eval_dataset, dataset_name = _evaluation_data(eval_dataset, task, split=split, text_column=text_column,
                                                   label_column=label_column, max_samples=max_samples,
                                                   dataset_name=dataset_name)
+    if task == CLASSIFICATION:
+        eval_dataset = _labels_as_class_ids(eval_dataset, label_column, next(iter(loaded.values()))[0].config)
     tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
     for name, key in vocabulary.items():
         if key not in tokenized_by_vocabulary:
@@ -572,6 +574,21 @@ def _evaluation_data(eval_dataset: Dataset | str | None, task: str, *, split: st
     if max_samples is not None:
         eval_dataset = eval_dataset.select(range(min(max_samples, len(eval_dataset))))
     return eval_dataset, dataset_name
+
+
+def _labels_as_class_ids(dataset: Dataset, label_column: str, config) -> Dataset:
+    """The labels as the models' class ids. A label column that is no `ClassLabel` holds the class names (strings,
+    or numbers such as 1 and 2) that training numbered with the models' `label2id`: read through it when it names
+    every label, so a 2 is class 1, never compared with the predicted ids as it stands."""
+    from datasets import ClassLabel
+
+    label2id = {str(name): int(index) for name, index in (getattr(config, "label2id", None) or {}).items()}
+    if isinstance(dataset.features[label_column], ClassLabel) or not label2id:
+        return dataset
+    if not {str(value) for value in dataset.unique(label_column)} <= label2id.keys():
+        return dataset  # the labels are not the class names: read as class ids, as before
+    return dataset.map(lambda rows: {label_column: [label2id[str(value)] for value in rows[label_column]]},
+                       batched=True)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,39 @@ def test_published_folder_replaces_the_old_one_only_when_complete(tmp_path):
     assert sorted(p.name for p in final.iterdir()) == [KIT_MARKER, "model.safetensors"]
 
 
+def test_an_interrupted_replacement_never_leaves_the_folder_half_deleted(tmp_path, monkeypatch):
+    """The old folder was deleted in place before the new one was renamed: Ctrl-C in that deletion left a
+    half-deleted folder (marker gone, so refused next time) and the finished new one only in `.partial`."""
+    import shutil
+
+    from hf_bigsmall.utils import files
+
+    final = tmp_path / "teacher"
+    with publishing(final) as partial:
+        (partial / "config.json").write_text("old")
+        (partial / "model.safetensors").write_text("old weights")
+    partial = fresh_partial_dir(final)
+    (partial / "config.json").write_text("new")
+    (partial / "model.safetensors").write_text("new weights")
+    real_rmtree = shutil.rmtree
+
+    def interrupted_rmtree(path, *args, **kwargs):
+        if (path / KIT_MARKER).is_file() and (path / "config.json").read_text() == "old":
+            (path / KIT_MARKER).unlink()  # deleting the old folder, then Ctrl-C
+            raise KeyboardInterrupt
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(files.shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        publish_dir(partial, final)
+    monkeypatch.undo()
+    assert is_kit_folder(final) and (final / "model.safetensors").read_text() == "new weights"
+    # the next publication clears what the interrupted one left aside
+    with publishing(final) as partial:
+        (partial / "config.json").write_text("newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["teacher"]
+
+
 def _contents(folder):
     return {path.relative_to(folder): path.read_text() for path in folder.rglob("*") if path.is_file()}
 

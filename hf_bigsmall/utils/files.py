@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 PARTIAL_SUFFIX = ".partial"
+# the old folder `publish_dir` moves aside (as a hidden sibling) while the new one takes its place
+REPLACED_SUFFIX = ".replaced"
 # the marker of a folder the kit wrote (and so may replace); its content is checked, not only its name
 KIT_MARKER = ".hf_bigsmall.json"
 _MARKER_CONTENT = {"written_by": "hf_bigsmall"}
@@ -119,9 +121,16 @@ def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike) -> Pat
     final_dir = Path(final_dir)
     check_replaceable(final_dir)  # again: the folder may have appeared while `partial` was written
     mark_kit_folder(partial)
-    if final_dir.exists():
-        shutil.rmtree(final_dir)
+    if not final_dir.exists():
+        Path(partial).rename(final_dir)
+        return final_dir
+    # renamed aside, not deleted in place: a crash or Ctrl-C while a large old folder was being deleted left it
+    # half gone (its marker too, so the next run refused it) with the new one still in `partial`
+    replaced = final_dir.with_name(f".{final_dir.name}{REPLACED_SUFFIX}")  # hidden: never uploaded
+    shutil.rmtree(replaced, ignore_errors=True)  # what an interrupted earlier swap left
+    final_dir.rename(replaced)
     Path(partial).rename(final_dir)
+    shutil.rmtree(replaced, ignore_errors=True)
     return final_dir
 
 

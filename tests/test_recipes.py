@@ -73,8 +73,15 @@ def test_command_line_parses_distillation_fields():
     assert training_args.output_dir == "outputs/distill_text_classification"
     with pytest.raises(ValueError, match="temperature"):
         load_recipe("distill_text_classification").parse_args(["--temperature", "0"])
-    with pytest.raises(ValueError, match="--compact removes pruned neurons"):
-        load_recipe("distill_causal_lm").parse_args(["--compact", "--target_sparsity", "0.5"])
+    # both recipes check the pruning options before anything trains (the text-classification one, whose
+    # arguments also mix in TransferArguments, skipped these checks and wrote an uncompacted "compact" folder)
+    for recipe in ("distill_causal_lm", "distill_text_classification"):
+        with pytest.raises(ValueError, match="--compact removes pruned neurons"):
+            load_recipe(recipe).parse_args(["--compact", "--target_sparsity", "0.5"])
+        with pytest.raises(ValueError, match="target_sparsity"):
+            load_recipe(recipe).parse_args(["--target_sparsity", "nan"])
+    with pytest.raises(ValueError, match="--transfer_samples must be a positive number"):
+        load_recipe("distill_text_classification").parse_args(["--transfer_samples", "0"])
 
 
 @requires_minilm

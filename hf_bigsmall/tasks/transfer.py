@@ -40,6 +40,11 @@ class TransferArguments:
         "help": "Chance that a word of an augmented copy is replaced by one of its neighbours."})
 
     def __post_init__(self):
+        # a recipe's arguments mix this class with others (CompressionArguments): their checks run too, since
+        # the dataclass calls this one alone
+        checks = getattr(super(), "__post_init__", None)
+        if checks is not None:
+            checks()
         if self.transfer_samples is not None and (isinstance(self.transfer_samples, bool) or self.transfer_samples < 1):
             raise ValueError(f"--transfer_samples must be a positive number, got {self.transfer_samples}.")
         if not (isinstance(self.augment_ratio, (int, float)) and math.isfinite(self.augment_ratio)

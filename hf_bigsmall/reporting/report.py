@@ -364,10 +364,10 @@ def _scored_alone_lines(report: dict[str, Any]) -> list[str]:
              if m.get("quality_batch_size") == 1 and report.get("throughput_batch_size", 1) > 1]
     if not alone:
         return []
-    return [f"- Quality of {', '.join(f'`{name}`' for name in alone)} scored one sample at a time, unpadded (as "
-            f"served at batch size 1): {'its' if len(alone) == 1 else 'their'} activations are quantized at run time "
-            "with one scale for the whole batch, so in a padded batch a sample's outputs would depend on the "
-            "samples beside it."]
+    return [(f"- Quality of {', '.join(f'`{name}`' for name in alone)} scored one sample at a time, unpadded (as "
+             f"served at batch size 1): {'its' if len(alone) == 1 else 'their'} activations are quantized at run "
+             "time with one scale for the whole batch, so in a padded batch a sample's outputs would depend on the "
+             "samples beside it.")]
 
 
 def write_report(report: dict[str, Any], output_dir: str | os.PathLike, plots: list[str] | None = None) -> tuple[Path, Path]:

@@ -6,7 +6,9 @@ al., 2019, "Q8BERT"; Jacob et al., 2018 for the integer arithmetic). The folder 
 `model.onnx`, the source `config.json` with a `quantization` record, and the tokenizer; it loads with
 `onnxruntime.InferenceSession("<folder>/model.onnx")` or `OnnxModelRunner`, which takes the keyword
 tensors a transformers model takes and returns an output with `.logits`, so `compare_models` measures
-it with the same code, batches and timers as every PyTorch model beside it.
+it with the same code, batches and timers as every PyTorch model beside it; only its quality is scored
+one input at a time, since run-time activation scales tie an input's outputs to its batch
+(`OnnxModelRunner.outputs_depend_on_batch`).
 """
 
 from __future__ import annotations

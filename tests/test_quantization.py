@@ -415,3 +415,72 @@ def test_an_output_folder_around_or_within_the_model_is_refused(saved_classifier
     with pytest.raises(ValueError, match="inside one another"):
         quantize(model, output)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+@requires_onnxruntime
+def test_dynamic_int8_is_scored_one_input_at_a_time_and_fp32_in_padded_batches(tmp_path):
+    """ONNX Runtime's dynamic int8 takes one activation scale per call, padding rows included: in a padded batch a
+    short review's logits would depend on the long review beside it. compare's scoring path runs it alone."""
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+
+    from hf_bigsmall.reporting.compare import _tokenize, compare_models, scored_batches
+
+    torch.manual_seed(0)
+    model = _classifier(tiny_bert_config(hidden_size=64, intermediate_size=128)).eval()
+    tokenizer = _save(model, tmp_path / "fp32")
+    quantize(tmp_path / "fp32", tmp_path / "int8")
+    runner = OnnxModelRunner(tmp_path / "int8")
+    short, long = "w1 w2", " ".join(f"w{i}" for i in range(3, 40))
+
+    # the dependence is real: the runner called on a padded batch changes the short review's int8 logits
+    alone = runner(**tokenizer([short], return_tensors="pt")).logits[0]
+    padded = runner(**tokenizer([short, long], padding=True, return_tensors="pt")).logits[0]
+    assert runner.outputs_depend_on_batch and (alone - padded).abs().max() > 2e-5  # fp32 differs by < 1e-6
+
+    def first_logits(scored, texts):
+        tokenized = _tokenize(Dataset.from_dict({"text": texts, "label": [0] * len(texts)}), tokenizer,
+                              "text-classification", "text", "label", max_length=64)
+        batches = list(scored_batches(scored, tokenized, tokenizer, batch_size=32))
+        return batches[0][2][0], [tuple(batch["input_ids"].shape) for _, batch, _ in batches]
+
+    int8_alone, _ = first_logits(runner, [short])
+    int8_beside_long, shapes = first_logits(runner, [short, long])
+    torch.testing.assert_close(int8_beside_long, int8_alone, rtol=0, atol=0)
+    assert shapes == [(1, 4), (1, 39)]  # one review per call, no padding
+
+    # an fp32 model keeps its padded batches (and loses nothing to them)
+    fp32 = AutoModelForSequenceClassification.from_pretrained(tmp_path / "fp32").eval()
+    assert not getattr(fp32, "outputs_depend_on_batch", False)
+    fp32_alone, _ = first_logits(fp32, [short])
+    fp32_beside_long, shapes = first_logits(fp32, [short, long])
+    assert shapes == [(2, 39)]
+    torch.testing.assert_close(fp32_beside_long, fp32_alone, rtol=1e-4, atol=1e-5)
+
+    comparison = compare_models([tmp_path / "fp32", tmp_path / "int8"], _dataset(), batch_size=16, latency_samples=2,
+                                output_dir=tmp_path / "report", plots=False)
+    assert [m.quality_batch_size for m in comparison.models] == [16, 1]
+    assert "Quality of `int8` scored one sample at a time" in (tmp_path / "report" / "report.md").read_text()
+
+
+@requires_onnxruntime
+def test_an_onnx_graph_without_run_time_activation_quantization_keeps_its_batches(tmp_path):
+    from hf_bigsmall.quantization.onnx import (
+        _export,
+        _logits_module,
+        model_input_names,
+        probe_batch,
+        quantizes_activations_at_run_time,
+    )
+
+    torch.manual_seed(0)
+    model = _classifier(tiny_bert_config()).eval()
+    tokenizer = _save(model, tmp_path / "fp32")
+    quantize(tmp_path / "fp32", tmp_path / "int8")
+    names = model_input_names(model, tokenizer)
+    probe = probe_batch(tokenizer, names)
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {"logits": {0: "batch"}}
+    _export(_logits_module(model, names, False), tuple(probe[name] for name in names), tmp_path / "plain.onnx",
+            names, axes)
+    assert quantizes_activations_at_run_time(tmp_path / "int8" / "model.onnx")
+    assert not quantizes_activations_at_run_time(tmp_path / "plain.onnx")

@@ -6,7 +6,9 @@ al., 2019, "Q8BERT"; Jacob et al., 2018 for the integer arithmetic). The folder 
 `model.onnx`, the source `config.json` with a `quantization` record, and the tokenizer; it loads with
 `onnxruntime.InferenceSession("<folder>/model.onnx")` or `OnnxModelRunner`, which takes the keyword
 tensors a transformers model takes and returns an output with `.logits`, so `compare_models` measures
-it with the same code, batches and timers as every PyTorch model beside it.
+it with the same code, batches and timers as every PyTorch model beside it; only its quality is scored
+one input at a time, since run-time activation scales tie an input's outputs to its batch
+(`OnnxModelRunner.outputs_depend_on_batch`).
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ OPSET = 17
 # the exported fp32 graph must reproduce PyTorch's logits to this (absolute, plus relative to their size)
 _EXPORT_TOLERANCE = 1e-3
 _PROBE_TEXTS = ("A short probe.", "A longer probe text, so that the first one is padded in the batch.")
+# the operators ONNX Runtime's dynamic quantization puts in a graph: they quantize an activation with one scale
+# (and zero point) computed from the whole tensor at every call
+_RUN_TIME_ACTIVATION_QUANTIZERS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeMatMul", "DynamicQuantizeLSTM"})
 
 
 def _logits_module(model: PreTrainedModel, input_names: list[str], causal: bool):
@@ -163,6 +168,24 @@ def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             "export_max_logit_difference": export_difference, "int8_max_logit_change": int8_difference}
 
 
+def quantizes_activations_at_run_time(onnx_path: str | os.PathLike) -> bool:
+    """Whether the graph at `onnx_path` quantizes activations with scales computed at every call (dynamic int8).
+
+    Such a graph takes one scale per tensor per call: a padded batch shares it across its rows, padding
+    included, so one input's outputs depend on the other inputs it is batched with.
+    """
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    operators = {node.op_type for node in graph.node}
+    # control flow (If/Loop/Scan) keeps nodes in subgraphs
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                operators.update(inner.op_type for inner in attribute.g.node)
+    return bool(operators & _RUN_TIME_ACTIVATION_QUANTIZERS)
+
+
 class OnnxModelRunner:
     """Run a folder written by `quantize(..., device="cpu")` with ONNX Runtime on the CPU.
 
@@ -174,6 +197,10 @@ class OnnxModelRunner:
     Attributes:
         config: the `PretrainedConfig` read from the folder (task head, labels, vocabulary).
         task: `"text-classification"` or `"text-generation"`.
+        outputs_depend_on_batch: True when the graph quantizes activations at run time (dynamic int8),
+            with one scale per tensor for the whole batch, padding included: an input's logits then change
+            with the inputs batched beside it. `compare_models` scores such a model one input at a time,
+            unpadded, as batch-1 serving runs it.
 
     Example:
 
@@ -205,6 +232,7 @@ class OnnxModelRunner:
         self.session = onnxruntime.InferenceSession(str(self.path / self.record.get("file", ONNX_FILE)), options,
                                                     providers=["CPUExecutionProvider"])
         self.input_names = [node.name for node in self.session.get_inputs()]
+        self.outputs_depend_on_batch = quantizes_activations_at_run_time(self.path / self.record.get("file", ONNX_FILE))
         self.device = torch.device("cpu")
         self.name_or_path = str(self.path)
 

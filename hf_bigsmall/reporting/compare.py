@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +86,8 @@ class ModelMeasurement:
     faster_p10_p90: list[float] | None = None
     # why the speed ratios against the reference are not trustworthy (`speed_ratio_caveat`), or None
     speed_ratio_caveat: str | None = None
+    # the batch size its quality was scored at: 1 for a model whose outputs depend on its batch (`scoring_batch_size`)
+    quality_batch_size: int | None = None
 
 
 @dataclass
@@ -314,19 +316,25 @@ def _tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, t
     )
 
 
-def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, task: str,
-                     label_column: str = "label", batch_size: int = 32) -> dict[str, float]:
-    """The task metric with the shipped `evaluate` modules: accuracy and F1, or perplexity."""
+def scoring_batch_size(model: PreTrainedModel, batch_size: int) -> int:
+    """The batch size `model`'s quality is scored at: 1 (no padding) for a model whose outputs depend on its batch.
+
+    A runner that declares `outputs_depend_on_batch` (ONNX Runtime's dynamic int8 quantizes activations with one
+    scale per tensor per call, padding rows included) would score each input differently depending on which
+    inputs share its padded batch; one input at a time is what it computes when served at batch 1.
+    """
+    return 1 if getattr(model, "outputs_depend_on_batch", False) else batch_size
+
+
+def scored_batches(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreTrainedTokenizerBase,
+                   label_column: str = "label", batch_size: int = 32) -> Iterator[tuple[dict, Any, Any]]:
+    """`(rows, padded batch, logits)` over `tokenized`, at `scoring_batch_size(model, batch_size)`."""
     import torch
 
-    if task == CLASSIFICATION:
-        accuracy, f1 = load_metric("accuracy"), load_metric("f1")
-        num_labels = model.config.num_labels
-    else:
-        perplexity = load_metric("perplexity")
+    step = scoring_batch_size(model, batch_size)
     input_columns = [c for c in tokenized.column_names if c != label_column]
-    for start in range(0, len(tokenized), batch_size):
-        rows = tokenized[start:start + batch_size]
+    for start in range(0, len(tokenized), step):
+        rows = tokenized[start:start + step]
         # padded on the right whatever the tokenizer's `padding_side`: left padding shifts the positions of
         # models without position ids from the mask (BERT, GPT-2) and made a causal LM predict a row's first
         # token from padding, so the metric differed from the same texts measured one at a time
@@ -334,6 +342,24 @@ def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreT
                               return_tensors="pt")
         with torch.inference_mode():
             logits = model(**batch).logits
+        yield rows, batch, logits
+
+
+def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, task: str,
+                     label_column: str = "label", batch_size: int = 32) -> dict[str, float]:
+    """The task metric with the shipped `evaluate` modules: accuracy and F1, or perplexity.
+
+    Models are scored in padded batches of `batch_size`, except those whose outputs depend on their batch
+    (`scoring_batch_size`): one input at a time.
+    """
+    import torch
+
+    if task == CLASSIFICATION:
+        accuracy, f1 = load_metric("accuracy"), load_metric("f1")
+        num_labels = model.config.num_labels
+    else:
+        perplexity = load_metric("perplexity")
+    for rows, batch, logits in scored_batches(model, tokenized, tokenizer, label_column, batch_size):
         if task == CLASSIFICATION:
             predictions = logits.argmax(-1).tolist()
             accuracy.add_batch(predictions=predictions, references=rows[label_column])
@@ -642,6 +668,7 @@ def _measure_model(name: str, model, path: Path | None, tokenizer: PreTrainedTok
         **_training_energy(path), **generated,
         **_energy_per_query(inference.joules_per_sample, inputs_only, task),
         quantization=getattr(model.config, "quantization", None), **timing,
+        quality_batch_size=scoring_batch_size(model, settings.batch_size),
     )
     return measurement, latencies, generation_settings
 

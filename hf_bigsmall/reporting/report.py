@@ -316,6 +316,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         f"{report['throughput_batch_size']}.",
         *_timing_spread_lines(report),
         f"- Metrics computed with `evaluate` on the same {report['num_samples']:,} samples for every model.",
+        *_scored_alone_lines(report),
         "- Sparsity: exact zeros among the pruned weights (the layers in `sparsity_masks.safetensors`, else the "
         "Linear layers of the transformer blocks); a compacted model has its pruned units removed instead.",
         f"- Device: {report.get('device', 'cpu')}; threads: {report.get('num_threads', '-')}.",
@@ -355,6 +356,18 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
     if plots:
         lines += ["", "## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+def _scored_alone_lines(report: dict[str, Any]) -> list[str]:
+    """Which models were scored one sample at a time, and why (their outputs depend on their batch)."""
+    alone = [m["name"] for m in report["models"]
+             if m.get("quality_batch_size") == 1 and report.get("throughput_batch_size", 1) > 1]
+    if not alone:
+        return []
+    return [(f"- Quality of {', '.join(f'`{name}`' for name in alone)} scored one sample at a time, unpadded (as "
+             f"served at batch size 1): {'its' if len(alone) == 1 else 'their'} activations are quantized at run "
+             "time with one scale for the whole batch, so in a padded batch a sample's outputs would depend on the "
+             "samples beside it.")]
 
 
 def write_report(report: dict[str, Any], output_dir: str | os.PathLike, plots: list[str] | None = None) -> tuple[Path, Path]:

@@ -41,8 +41,11 @@ class QuantizationBackend:
             shows for a folder this backend wrote, loaded from `where` (a folder or a Hub id).
         runner: `runner(folder, num_threads=None)` -> an object `compare_models` measures like a model
             (keyword tensors in, `.logits` out; `config`, `task`, `device`, `parameter_counts()`;
-            optionally `measure_generation(prompts, new_tokens=...)` for causal LMs). None: the folder
-            loads with plain transformers `from_pretrained`.
+            optionally `measure_generation(prompts, new_tokens=...)` for causal LMs, and
+            `outputs_depend_on_batch = True` when one input's outputs change with the inputs padded
+            into its batch, as with activations quantized with one scale per call: `compare_models`
+            then scores its quality one input at a time, unpadded). None: the folder loads with plain
+            transformers `from_pretrained`.
         is_export: `is_export(folder) -> bool`, whether a folder is one of this backend's exports.
             By default: its `config.json` carries a `quantization` record whose `backend` is `name`.
         check: `check(method, device)`, further checks of a request (a GPU's capability, ...), run

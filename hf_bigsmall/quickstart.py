@@ -95,7 +95,8 @@ class QuickstartArguments:
     student_hidden_size: int | None = field(default=None, metadata={
         "help": "Width of the student (default: the teacher's, so it starts from the teacher's weights)."})
     target_sparsity: float = field(default=0.5, metadata={
-        "help": "Fraction of each FFN layer's neurons pruned, in [0, 1); compaction then removes them."})
+        "help": "Fraction of each FFN layer's neurons pruned, in [0, 1); compaction then removes them. 0 skips pruning "
+                "and compaction: the distilled student is trimmed and quantized."})
     trim_vocabulary: bool = field(default=True, metadata={
         "help": "Also write student-trimmed: the compacted student keeping only the tokens of the training "
                 "texts (WordPiece teachers such as BERT and MiniLM)."})
@@ -481,26 +482,33 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     _distill(args, student, distill_teacher, distill_data, tokenizer, student_dir, args.distill_steps, callbacks=[])
     _done(start, student_dir)
 
-    start = _stage(3, f"Pruned student: {args.target_sparsity:.0%} of FFN neurons removed by magnitude while "
-                      f"distilling on ({args.prune_steps} steps)")
-    pruning = MagnitudePruningCallback(target_sparsity=args.target_sparsity, schedule="cubic", structure="neurons")
-    student = AutoModelForSequenceClassification.from_pretrained(student_dir)
-    _distill(args, student, distill_teacher, distill_data, tokenizer, pruned_dir, args.prune_steps, callbacks=[pruning])
-    _done(start, pruned_dir)
+    models = {"teacher": teacher_dir, "student": student_dir}
+    if args.target_sparsity > 0:
+        start = _stage(3, f"Pruned student: {args.target_sparsity:.0%} of FFN neurons removed by magnitude while "
+                          f"distilling on ({args.prune_steps} steps)")
+        pruning = MagnitudePruningCallback(target_sparsity=args.target_sparsity, schedule="cubic", structure="neurons")
+        student = AutoModelForSequenceClassification.from_pretrained(student_dir)
+        _distill(args, student, distill_teacher, distill_data, tokenizer, pruned_dir, args.prune_steps,
+                 callbacks=[pruning])
+        _done(start, pruned_dir)
 
-    start = _stage(4, "Compact student: pruned neurons physically removed"
-                      + (", then the vocabulary trimmed to the training texts" if args.trim_vocabulary else ""))
-    compacted = compact(AutoModelForSequenceClassification.from_pretrained(pruned_dir))
-    with publishing(compact_dir) as partial:
-        compacted.save_pretrained(partial)
-        tokenizer.save_pretrained(partial)
-    models = {"teacher": teacher_dir, "student": student_dir, "student-pruned": pruned_dir,
-              "student-compact": compact_dir}
+        start = _stage(4, "Compact student: pruned neurons physically removed"
+                          + (", then the vocabulary trimmed to the training texts" if args.trim_vocabulary else ""))
+        smallest = compact(AutoModelForSequenceClassification.from_pretrained(pruned_dir))
+        with publishing(compact_dir) as partial:
+            smallest.save_pretrained(partial)
+            tokenizer.save_pretrained(partial)
+        models.update({"student-pruned": pruned_dir, "student-compact": compact_dir})
+    else:  # nothing to prune: the distilled student is the one trimmed and quantized
+        echo(f"\n[3/{STAGES}] Pruned student: skipped (--target_sparsity 0)")
+        start = _stage(4, "Vocabulary of the student trimmed to the training texts" if args.trim_vocabulary
+                       else "Compact student: skipped (nothing was pruned)")
+        smallest = AutoModelForSequenceClassification.from_pretrained(student_dir)
     if args.trim_vocabulary:
         from .pruning.vocabulary import trim_vocabulary
 
         texts = assets.load_text_dataset(args.dataset)["train"]["text"]
-        trimmed, trimmed_tokenizer = trim_vocabulary(compacted, tokenizer, texts)
+        trimmed, trimmed_tokenizer = trim_vocabulary(smallest, tokenizer, texts)
         with publishing(trimmed_dir) as partial:
             trimmed.save_pretrained(partial)
             trimmed_tokenizer.save_pretrained(partial)
@@ -508,14 +516,14 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         record = trimmed.config.vocabulary_trimming
         echo(f"      vocabulary trimmed to the {record['vocab_size']:,} of {record['original_vocab_size']:,} tokens "
               f"that the {record['num_texts']:,} training texts use -> {trimmed_dir}")
-    _done(start, compact_dir)
+    _done(start, models.get("student-trimmed", models.get("student-compact", student_dir)))
     # the int8 student is the smallest fp32 student quantized: the trimmed one when there is one (in int8 it was 0.5
     # point more accurate than the untrimmed one over 3 seeds, better in 7 of 9 runs: BENCHMARKS.md "Closing the
     # int8 gap")
-    int8_source = "student-trimmed" if "student-trimmed" in models else "student-compact"
+    int8_source = next(name for name in ("student-trimmed", "student-compact", "student") if name in models)
     models.update(_quantize_stage(args, teacher_dir, models[int8_source], output_dir))
     # the report and the cards must not meet what an earlier run (--quantize, a trimmed vocabulary) left
-    for name in ("student-trimmed", "student-int8", "teacher-int8"):
+    for name in ("student-pruned", "student-compact", "student-trimmed", "student-int8", "teacher-int8"):
         if name not in models:
             drop_stale(output_dir / name)
     if not args.cache_teacher_logits:
@@ -527,6 +535,8 @@ def run_quickstart(args: QuickstartArguments) -> Path:
         parents, run, trained = _LINEAGE[name]
         if name == "student-int8":
             parents = (int8_source,)
+        if name == "student-trimmed" and "student-compact" not in models:
+            parents = ("student",)
         if name == "teacher" and copied:
             run = "fine-tuned before this run"  # its energy.json, if it came with one, counts
         parent_dirs = [models[p] for p in parents]

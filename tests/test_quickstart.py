@@ -338,3 +338,31 @@ def test_a_file_at_the_augmentation_name_is_removed_or_replaced_only_when_the_ki
     assert is_augmentation_cache(mine)
     drop_stale_augmentation(mine)
     assert not mine.exists()
+
+
+@requires_scattertext
+def test_quickstart_without_pruning_trims_and_quantizes_the_distilled_student(tmp_path, capsys):
+    """`--target_sparsity 0` skips pruning and compaction (there is nothing to compact) instead of failing after
+    distillation; the distilled student is trimmed and quantized, and an earlier run's pruned folders go."""
+    from .test_teacher_reuse import save_backbone
+
+    save_backbone(tmp_path / "small")
+    out = tmp_path / "out"
+    fast = ["--fast", "--eval_samples", "16", "--max_train_samples", "64", "--teacher", str(tmp_path / "small"),
+            "--output_dir", str(out)]
+    assert main(["quickstart", *fast]) == 0
+    assert (out / "student-compact").is_dir() and (out / "student-pruned").is_dir()
+    capsys.readouterr()
+    assert main(["quickstart", "--target_sparsity", "0", *fast]) == 0
+    output = capsys.readouterr().out
+    assert "Pruned student: skipped (--target_sparsity 0)" in output
+    assert not (out / "student-pruned").exists() and not (out / "student-compact").exists()
+    rows = {m["name"]: m for m in json.loads((out / "report.json").read_text())["models"]}
+    assert set(rows) == {"teacher", "student", "student-trimmed", "student-int8", "teacher-int8"}
+    parents = {name: [run["model"] for run in json.loads((out / name / "emissions.json").read_text())["runs"]]
+               for name in ("student-trimmed", "student-int8")}
+    assert "student" in parents["student-trimmed"] and "student-trimmed" in parents["student-int8"]
+    trimmed = json.loads((out / "student-trimmed" / "config.json").read_text())
+    student = json.loads((out / "student" / "config.json").read_text())
+    assert trimmed["num_hidden_layers"] == student["num_hidden_layers"]
+    assert trimmed["intermediate_size"] == student["intermediate_size"]  # nothing was pruned

@@ -739,3 +739,25 @@ def test_the_labelling_pass_shows_a_progress_bar_unless_disabled(tmp_path, capsy
     finally:
         hf_logging.enable_progress_bar()
     assert "teacher labelling" not in capsys.readouterr().err
+
+
+def test_only_a_folder_with_a_cache_manifest_or_shards_counts_as_a_cache(tmp_path):
+    from hf_bigsmall.distillation.cache import is_teacher_logit_cache
+    from hf_bigsmall.quickstart import check_cache_replaceable
+
+    # a user's folder of energy records (or a stray manifest.partial) is not a cache: never removed as one
+    for name in ("energy.json", "manifest.json.partial"):
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / name).write_text("{}")
+        assert not is_teacher_logit_cache(folder)
+        with pytest.raises(ValueError, match="not written by hf_bigsmall"):
+            check_cache_replaceable(folder)
+    # what the kit writes still is: a finished cache, and an unfinished one (shards, no manifest yet)
+    teacher, _, dataset = build("gpt2")
+    cache = cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=3)
+    (cache / "energy.json").write_text("{}")
+    assert is_teacher_logit_cache(cache)
+    (cache / MANIFEST_NAME).unlink()
+    assert is_teacher_logit_cache(cache)
+    check_cache_replaceable(cache)

@@ -89,8 +89,10 @@ def is_teacher_logit_cache(folder: str | os.PathLike) -> bool:
     """Whether `folder` holds nothing but what `cache_teacher_logits` and the labelling's energy record write.
 
     A teacher-logit cache carries no marker file of its own: it is recognised by its entries (shards,
-    finished or not, its manifest and `energy.json`) and, where the manifest exists, by the cache format's
-    own fields in it. A file named `manifest.json` alone says nothing: a user's folder with one is not a cache.
+    finished or not, its manifest and `energy.json`) and by what only the kit writes there: a manifest with
+    the cache format's own fields, or, in an unfinished run, at least one shard folder. A file named
+    `manifest.json`, `energy.json` or `manifest.json.partial` alone says nothing: a user's folder with one is
+    not a cache (and is never removed as one).
     """
     folder = Path(folder)
     if not folder.is_dir() or folder.is_symlink():
@@ -99,8 +101,8 @@ def is_teacher_logit_cache(folder: str | os.PathLike) -> bool:
     if not entries or any(not _CACHE_ENTRY.fullmatch(entry.name) and entry.name != KIT_MARKER for entry in entries):
         return False
     manifest = folder / MANIFEST_NAME
-    if not manifest.is_file():
-        return True
+    if not manifest.is_file():  # an unfinished run: its shards, finished or not, are folders
+        return any(entry.name.startswith("shard-") and entry.is_dir() and not entry.is_symlink() for entry in entries)
     try:
         record = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError):

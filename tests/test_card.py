@@ -398,3 +398,21 @@ def test_a_served_folders_snippet_that_names_the_folder_says_what_the_name_stand
     how_to_use = str(build_model_card(tmp_path / "student-int4", energy=False)).split("## How to use")[1]
     assert 'og.Model("student-int4")' in how_to_use
     assert "`student-int4` stands for this folder" in how_to_use
+
+
+def test_card_does_not_take_the_row_of_another_existing_folder_of_the_same_name(student_dir, tmp_path):
+    import shutil
+
+    # another run's report: its `student` row is the folder next to it, not this one
+    other = tmp_path / "other_run"
+    shutil.copytree(student_dir, other / "student")
+    report = _report([tmp_path / "teacher", other / "student"])
+    report["models"][1]["metrics"] = {"accuracy": 0.123, "f1": 0.456}
+    (other / "report.json").write_text(json.dumps(report))
+    card = build_model_card(student_dir, report=other / "report.json")
+    # the report's table is shown as it is, but nothing says its `student` row is this model
+    assert card.data.eval_results is None and "non-zero parameters" not in card.text
+    # a report whose folders were moved (the path exists no more) still finds the row by the folder's name
+    report["models"][1]["path"] = str(tmp_path / "gone" / "student")
+    card = build_model_card(student_dir, report=report)
+    assert [result.metric_value for result in card.data.eval_results] == [0.123, 0.456]

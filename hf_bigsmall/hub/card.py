@@ -73,10 +73,18 @@ def _find_report(model_dir: Path) -> dict[str, Any] | None:
 
 
 def _own_row(report: dict[str, Any], model_dir: Path) -> dict[str, Any] | None:
-    for row in report.get("models", []):
+    """The report's row of this folder: by its path, else by its name among rows whose path is gone.
+
+    A row whose path is another folder that exists measured that folder, whatever its name: taking it by
+    name would put another model's metrics on this card. A path that no longer exists (a report moved with
+    its folders, or read on another machine) leaves the name to decide.
+    """
+    rows = report.get("models", [])
+    for row in rows:
         if row.get("path") and Path(row["path"]).resolve() == model_dir.resolve():
             return row
-    return next((row for row in report.get("models", []) if row.get("name") == model_dir.name), None)
+    return next((row for row in rows if row.get("name") == model_dir.name
+                 and not (row.get("path") and Path(row["path"]).exists())), None)
 
 
 def _filled(record):

@@ -46,6 +46,7 @@ from pathlib import Path
 from . import assets
 from .distillation.cache import is_teacher_logit_cache
 from .distillation.record import DistillationRecord
+from .reporting.report import check_report_writable
 from .utils.console import echo
 from .utils.files import (
     KIT_MARKER,
@@ -212,6 +213,7 @@ def check_output_dir(output_dir: Path, task: str) -> None:
             f"{output_dir} holds the results of a `--task {found}` quickstart run; this is a `--task {task}` run, "
             f"and mixing them would leave one run's models and cards beside the other's report. Pass another "
             f"--output_dir (the default for --task {task} is {DEFAULT_OUTPUT_DIRS[task]}), or delete that folder.")
+    check_report_writable(output_dir)  # a report of the user's there is refused now, not after the training
 
 
 def record_run(output_dir: Path, task: str, **details: str) -> None:

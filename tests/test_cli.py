@@ -106,3 +106,12 @@ def test_the_run_record_decides_over_the_folder_contents(tmp_path):
     check_output_dir(tmp_path, "causal-lm")
     with pytest.raises(ValueError, match="bigsmall_output_causal_lm|--task causal-lm"):
         check_output_dir(tmp_path, "text-classification")
+
+
+def test_a_quickstart_refuses_a_report_of_the_users_before_it_trains(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.md").write_text("# My own report\n")
+    assert main(["quickstart", "--fast", "--output_dir", str(out)]) == 2
+    assert "report.md exists and is not a report hf_bigsmall wrote" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["report.md"]  # nothing written

@@ -365,3 +365,23 @@ def test_a_speed_ratio_under_load_or_noise_is_marked_not_trustworthy():
                                 "timing": {"rule": "RULE", "cpu_cores": 2}})
     assert "| 12.60 (?) |" in markdown and "| 1.00 |" in markdown
     assert "**Speed ratios marked (?) are not trustworthy**" in markdown and f"`student`: {caveat}" in markdown
+
+
+def test_a_report_the_kit_did_not_write_is_refused_before_anything_is_measured(compared, tmp_path, monkeypatch):
+    from hf_bigsmall.reporting import compare as compare_module
+    from hf_bigsmall.reporting.report import write_report
+
+    root, comparison = compared
+    for name, text in (("report.json", '{"my": "data"}'), ("report.md", "# My notes\n")):
+        folder = tmp_path / name.replace(".", "_")
+        folder.mkdir()
+        (folder / name).write_text(text)
+        monkeypatch.setattr(compare_module, "load_model", lambda path: pytest.fail("measured before refusing"))
+        with pytest.raises(ValueError, match=f"{name} exists and is not a report hf_bigsmall wrote.*another output_dir"):
+            compare_models([root / "teacher"], _dataset(), output_dir=folder)
+        monkeypatch.undo()
+        with pytest.raises(ValueError, match="not a report hf_bigsmall wrote"):
+            write_report(comparison.to_dict(), folder)
+        assert [path.name for path in folder.iterdir()] == [name] and (folder / name).read_text() == text
+    # the kit's own report (the one the fixture wrote) is replaced
+    write_report(comparison.to_dict(), root / "report")

@@ -23,7 +23,7 @@ from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
 from ..utils.import_utils import is_matplotlib_available
 from .plots import plot_comparison
-from .report import write_report
+from .report import check_report_writable, write_report
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -116,6 +116,7 @@ class Comparison:
     def save(self, output_dir: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
         """Write `report.json`, `report.md` and (if matplotlib is installed) the PNG plots."""
 
+        check_report_writable(output_dir)  # before the plots: a report of the user's there is refused first
         report = self.to_dict()
         written: dict[str, Path] = {}
         if plots and is_matplotlib_available():
@@ -471,7 +472,8 @@ def compare_models(
         max_length: truncate inputs to this many tokens.
         batch_size: batch size of the evaluation and throughput passes.
         latency_samples: number of batch-1 forwards timed for latency.
-        output_dir: if given, write `report.json`, `report.md` and the plots there.
+        output_dir: if given, write `report.json`, `report.md` and the plots there; a `report.json` or
+            `report.md` there that the kit did not write is refused before anything is measured.
         plots: draw the PNG plots when writing (needs matplotlib: `pip install "hf-bigsmall[plots]"`).
         dataset_name: the name the report gives a `Dataset` passed as `eval_dataset`.
         generation_prompts, prompt_tokens, new_tokens: causal LMs: generate `new_tokens` after each
@@ -494,6 +496,8 @@ def compare_models(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer{' or None (every sample)' * (name == 'max_samples')}, "
                              f"got {value!r}.")
+    if output_dir is not None:  # a report.json of the user's there is refused now, not after the measuring
+        check_report_writable(output_dir)
     loaded = _resolve_models(models)
     task = _common_task(loaded)
     tokenizers = _tokenizers_for(loaded, tokenizer)

@@ -6,6 +6,7 @@ from disk renders exactly like a fresh one (model cards reuse `markdown_table`).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -370,8 +371,47 @@ def _scored_alone_lines(report: dict[str, Any]) -> list[str]:
              "samples beside it.")]
 
 
+# the fields every report.json the kit wrote holds: a file without them is someone else's
+_REPORT_FIELDS = ("task", "dataset", "models", "quality_metric")
+
+
+def _is_kit_report(path: Path) -> bool:
+    """Whether `path` is a `report.json` or `report.md` that `write_report` wrote."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.name == REPORT_MD:
+            return text.startswith("# Big vs small\n")
+        report = json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(report, dict) and all(field in report for field in _REPORT_FIELDS)
+
+
+def check_report_writable(output_dir: str | os.PathLike) -> None:
+    """Raise unless `report.json` and `report.md` in `output_dir` are missing or a report the kit wrote.
+
+    A report file of the user's at either name is never replaced: `compare_models` calls this before it
+    measures anything, so a long comparison does not end in a refusal.
+
+    Raises:
+        ValueError: `output_dir` is a file, or one of the two files is not a kit report; the message names it
+            and the fix. Nothing is changed.
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir {output_dir} is a file, not a folder: pass another output_dir for the report.")
+    for path in (output_dir / REPORT_JSON, output_dir / REPORT_MD):
+        if (path.exists() or path.is_symlink()) and not (path.is_file() and not path.is_symlink() and _is_kit_report(path)):
+            raise ValueError(f"{path} exists and is not a report hf_bigsmall wrote: it is left as it is. Pass another "
+                             "output_dir (--output_dir) for the report, or move or delete that file yourself.")
+
+
 def write_report(report: dict[str, Any], output_dir: str | os.PathLike, plots: list[str] | None = None) -> tuple[Path, Path]:
-    """Write `report.json` and `report.md` into `output_dir`; returns both paths."""
+    """Write `report.json` and `report.md` into `output_dir`; returns both paths.
+
+    Only a report the kit wrote is replaced (`check_report_writable`); a file of the user's is refused.
+    """
+    check_report_writable(output_dir)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / REPORT_JSON, output_dir / REPORT_MD

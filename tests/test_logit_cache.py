@@ -761,3 +761,19 @@ def test_only_a_folder_with_a_cache_manifest_or_shards_counts_as_a_cache(tmp_pat
     (cache / MANIFEST_NAME).unlink()
     assert is_teacher_logit_cache(cache)
     check_cache_replaceable(cache)
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_targets_moved_between_rows_of_a_batch_are_refused(gpt2_cache, tmp_path, fused):
+    _, dataset, folder = gpt2_cache
+    loaded = load_teacher_logits(folder, dataset)
+    student = GPT2LMHeadModel(tiny_gpt2_config(n_layer=1))
+    trainer = DistillationTrainer(model=student, teacher_model=None, train_dataset=loaded,
+                                  args=config(tmp_path, max_steps=1, fused_lm_head_loss=fused))
+    batch = trainer.data_collator([loaded[0], loaded[2]])
+    # row 0 loses one target, row 2 gains one: the batch's total is what the cache holds, the rows are not
+    batch["labels"][0, 1] = -100
+    batch["labels"][1, 1] = batch["input_ids"][1, 1]
+    with pytest.raises(ValueError, match="row 0 of the batch has 10 positions that count but 11 cached targets"):
+        trainer.compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(12))
+

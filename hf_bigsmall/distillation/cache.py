@@ -72,6 +72,9 @@ ROW_HASH_COLUMN = "teacher_row_hash"
 CLASSIFICATION_COLUMNS = ("teacher_logits",)
 CAUSAL_LM_COLUMNS = ("teacher_topk_ids", "teacher_topk_logprobs", "teacher_tail_logprob")
 CACHE_COLUMNS = CLASSIFICATION_COLUMNS + CAUSAL_LM_COLUMNS
+# added to a token-level batch by `TeacherLogitsCollator`: each row's number of cached targets, so the
+# trainer checks the targets line up row by row, not only in total
+TARGET_COUNTS = "teacher_target_counts"
 LOGPROB_DTYPES = ("float16", "bfloat16", "float32", "uint8")
 # "uint8" log-probabilities are steps of 1/16 nat below the token's top-1 (kept in float32), so the
 # quantisation moves a probability by at most 3%; 255 steps reach 16 nats (a ratio of 1e-7) below it
@@ -678,7 +681,8 @@ class TeacherLogitsCollator:
     for a causal LM the targets of every row concatenated in row order, `teacher_topk_ids` and
     `teacher_topk_logprobs` `(N, k)` and `teacher_tail_logprob` `(N,)`, where N is the number of
     target tokens of the batch. Padding adds no target, so they line up with the labels' target
-    positions taken in row-major order (the trainer checks the count).
+    positions taken in row-major order; `teacher_target_counts` `(B,)` holds each row's number of
+    targets, which the trainer checks row by row against the positions it trains on.
     """
 
     def __init__(self, data_collator, top_k: int | None, logprob_dtype: str = "float16", id_dtype: str | None = None):
@@ -694,6 +698,8 @@ class TeacherLogitsCollator:
         if not names:
             return self.data_collator(features)
         batch = self.data_collator([{k: v for k, v in row.items() if k not in names} for row in features])
+        if "teacher_tail_logprob" in names:  # one tail value per target: its length is the row's count
+            batch[TARGET_COUNTS] = torch.tensor([len(row["teacher_tail_logprob"]) for row in features], dtype=torch.long)
         for name in names:
             if self.logprob_dtype == "uint8" and name in ("teacher_topk_ids", "teacher_topk_logprobs"):
                 batch[name] = self._unpack(name, [row[name] for row in features])

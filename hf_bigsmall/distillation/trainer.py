@@ -17,6 +17,7 @@ from ..losses import attention_loss, hidden_state_loss, invalid_logit_rows, kd_l
 from ..trainer import BigSmallTrainerMixin
 from .cache import (
     CACHE_COLUMNS,
+    TARGET_COUNTS,
     TeacherLogitsCollator,
     cache_record,
     cached_columns,
@@ -333,7 +334,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     @staticmethod
     def _model_inputs(inputs: dict) -> dict:
         """What the models' forward takes: the batch less its labels and the cached teacher columns."""
-        return {k: v for k, v in inputs.items() if k not in ("labels", "num_items_in_batch", *CACHE_COLUMNS)}
+        return {k: v for k, v in inputs.items()
+                if k not in ("labels", "num_items_in_batch", TARGET_COUNTS, *CACHE_COLUMNS)}
 
     def _feature_outputs(self) -> dict[str, bool]:
         """The extra outputs the hidden-state and attention losses need from both models."""
@@ -714,7 +716,20 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         labels, attention_mask = inputs.get("labels"), inputs.get("attention_mask")
         if labels is None and attention_mask is None:
             attention_mask = torch.ones(shape, dtype=torch.long, device=device)
-        return target_mask(labels, attention_mask, shift=self.teacher_logits_record["shift_labels"])
+        positions = target_mask(labels, attention_mask, shift=self.teacher_logits_record["shift_labels"])
+        counts = inputs.get(TARGET_COUNTS)
+        if counts is not None:  # a total that matches can hide rows off by opposite amounts: check each row
+            found = positions.reshape(positions.shape[0], -1).sum(-1).cpu()
+            counts = counts.cpu().to(found.dtype)
+            if found.shape != counts.shape or not torch.equal(found, counts):
+                row = 0 if found.shape != counts.shape else int((found != counts).nonzero()[0])
+                have = int(found[row]) if row < found.numel() else 0
+                cached = int(counts[row]) if row < counts.numel() else 0
+                raise ValueError(
+                    f"row {row} of the batch has {have} positions that count but {cached} cached targets: the "
+                    "labels or attention mask select other positions than when the cache was made (a collator that "
+                    "masks, drops or packs tokens?); cache the dataset as it is trained on.")
+        return positions
 
     def evaluation_loop(self, *args, **kwargs):
         """The Trainer's loop; its metrics gain the loss parts (`eval_loss_kd`, `eval_loss_ce`, ...).

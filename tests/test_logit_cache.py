@@ -777,3 +777,33 @@ def test_targets_moved_between_rows_of_a_batch_are_refused(gpt2_cache, tmp_path,
     with pytest.raises(ValueError, match="row 0 of the batch has 10 positions that count but 11 cached targets"):
         trainer.compute_loss(trainer.model, batch, num_items_in_batch=torch.tensor(12))
 
+
+def test_a_second_run_into_the_same_folder_never_replaces_the_other_runs_shards_or_manifest(tmp_path, monkeypatch):
+    import shutil
+
+    from hf_bigsmall.distillation import cache as cache_module
+
+    teacher, _, dataset = build("gpt2")
+    other = cache_teacher_logits(teacher, dataset, tmp_path / "other", top_k=4, shard_size=4)  # another run's cache
+    shard_table = cache_module._shard_table
+
+    def finished_meanwhile(*args, **kwargs):  # the other run finishes shard 0 while this one computes it
+        if not (tmp_path / "cache" / "shard-00000").exists():
+            shutil.copytree(other / "shard-00000", tmp_path / "cache" / "shard-00000")
+        return shard_table(*args, **kwargs)
+
+    monkeypatch.setattr(cache_module, "_shard_table", finished_meanwhile)
+    with pytest.raises(ValueError, match="shard-00000 was cached from another teacher"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=4)
+    assert (tmp_path / "cache" / "shard-00000" / "shard.json").read_text() == (other / "shard-00000" / "shard.json").read_text()
+    monkeypatch.undo()
+
+    def manifest_meanwhile(*args, **kwargs):  # the other run writes its manifest while this one computes
+        table = shard_table(*args, **kwargs)
+        shutil.copy(other / MANIFEST_NAME, tmp_path / "late" / MANIFEST_NAME)
+        return table
+
+    monkeypatch.setattr(cache_module, "_shard_table", manifest_meanwhile)
+    with pytest.raises(ValueError, match="manifest.json appeared while this run was caching"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "late", top_k=8, shard_size=8)
+    assert (tmp_path / "late" / MANIFEST_NAME).read_text() == (other / MANIFEST_NAME).read_text()

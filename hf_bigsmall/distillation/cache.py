@@ -32,6 +32,12 @@ A shard appears only once complete (written as `shard-NNNNN.partial`, then renam
 the same `output_dir` keeps the finished shards and computes only the missing ones. Under
 `accelerate launch` every process caches the shards `index % num_processes == process_index`
 into the same folder, and the main process writes the manifest once all are there.
+
+One caching run per folder at a time. A second run started into the same folder never replaces a
+shard or a manifest the other finished meanwhile (one of another teacher, rows or storage is refused,
+one of the same run is kept), but two runs writing the same shard at the same moment share its
+`.partial` folder: one of them fails, or the shard's files no longer match its `shard.json`, which
+`load_teacher_logits(verify=True)` refuses.
 """
 
 from __future__ import annotations
@@ -336,6 +342,12 @@ def cache_teacher_logits(
                       bytes_per_target=total_bytes / max(targets, 1))
         partial = manifest_path.with_name(MANIFEST_NAME + ".partial")
         partial.write_text(json.dumps(record, indent=2))
+        # this run started from a folder without a manifest: one that appeared since is another run's
+        if manifest_path.exists():
+            partial.unlink()
+            raise ValueError(f"{manifest_path} appeared while this run was caching: another run wrote a cache into "
+                             f"{output_dir} at the same time, and its manifest is kept. Check it with "
+                             "load_teacher_logits, or pass another output_dir; run one caching run per folder.")
         partial.rename(manifest_path)  # last: only now does the cache look complete
     state.wait_for_everyone()
     return output_dir
@@ -552,6 +564,11 @@ def _write_shard(table, shard_dir: Path, index: int, start: int, stop: int, num_
         "run_key": list(_run_key(record)), "process_index": process_index,
     }
     (partial / SHARD_META_NAME).write_text(json.dumps(meta, indent=2))
+    # another run into this folder may have finished the shard meanwhile: one of another teacher or rows is
+    # never replaced (`_finished_shard` raises), one of this run is kept; only an unfinished one is replaced
+    if _finished_shard(shard_dir, record):
+        shutil.rmtree(partial, ignore_errors=True)
+        return
     shutil.rmtree(shard_dir, ignore_errors=True)
     partial.rename(shard_dir)
 

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from hf_bigsmall.quantization import plan_quantization, quantization_of, quantize
-from hf_bigsmall.quantization.genai import GENAI_BACKEND, INT4_BUILDER_OPTIONS, GenAIModelRunner, export_genai
+from hf_bigsmall.quantization.genai import (
+    GENAI_BACKEND,
+    INT4_BUILDER_OPTIONS,
+    GenAIModelRunner,
+    export_genai,
+)
 
 from .test_compare import _dataset, _save_tokenizer
 from .testing_utils import TINY_VOCAB, requires_package, tiny_gpt2_config, tiny_llama_config

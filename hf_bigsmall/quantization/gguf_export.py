@@ -6,7 +6,7 @@ F32, F16, Q8_0, Q5_0, Q4_1 and Q4_0 are made here in numpy; Q4_K_M goes through 
 (`llama_cpp.llama_model_quantize`) where llama-cpp-python is installed. `int4` is Q4_K_M wherever llama.cpp
 is installed, also for widths K-quants cannot take (llama.cpp then stores those tensors in Q5_0 or Q8_0), and
 Q4_0 without it: the best 4-bit file measured on SmolLM2 and on a student trained off its grid (BENCHMARKS.md,
-"The 4-bit GGUF type, measured").
+"The 4-bit types, measured").
 
 ```python
 from hf_bigsmall.quantization.gguf_export import export_gguf
@@ -54,12 +54,12 @@ SCHEMES = {
     "F32": "GGUF F32: every tensor in float32 (no quantization)",
     "F16": "GGUF F16: matrices in float16, norms in float32",
     "Q8_0": "GGUF Q8_0: matrices in blocks of 32 int8 values with one fp16 scale, norms in float32",
-    "Q5_0": "GGUF Q5_0: matrices in blocks of 32 5-bit values with one fp16 scale, the token embedding (also the "
-            "output layer when tied) in Q8_0, norms in float32",
+    "Q5_0": "GGUF Q5_0: matrices in blocks of 32 5-bit values with one fp16 scale, the token embedding and the "
+            "output layer in Q8_0, norms in float32",
     "Q4_1": "GGUF Q4_1: matrices in blocks of 32 4-bit values with an fp16 scale and minimum, the token embedding "
-            "(also the output layer when tied) in Q8_0, norms in float32",
-    "Q4_0": "GGUF Q4_0: matrices in blocks of 32 4-bit values with one fp16 scale, the token embedding (also the "
-            "output layer when tied) in Q8_0, norms in float32",
+            "and the output layer in Q8_0, norms in float32",
+    "Q4_0": "GGUF Q4_0: matrices in blocks of 32 4-bit values with one fp16 scale, the token embedding and the "
+            "output layer in Q8_0, norms in float32",
     "Q4_K_M": "GGUF Q4_K_M (llama.cpp's quantizer): 4-bit K-quants in super-blocks of 256, some tensors in "
               "Q6_K, the token embedding and output layer in Q6_K (Q8_0 where their rows are not a multiple of 256), "
               "norms in float32",

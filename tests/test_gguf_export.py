@@ -186,16 +186,70 @@ def test_quantized_types_stay_close_and_symmetric_ones_keep_zeros(tmp_path, meth
     compare(model, reload(folder), atol=atol)
 
 
-def test_int4_falls_back_to_q4_0_when_k_quants_cannot_be_made(tmp_path):
+def _llama_that_knows_a_cycle(folder, **overrides) -> tuple[LlamaForCausalLM, torch.Tensor]:
+    """A tiny Llama trained until it continues a fixed cycle of 12 tokens greedily, and a prompt from the cycle.
+
+    A randomly initialised model's next-token choices are near-ties that 4-bit rounding flips; this one's
+    are not, so a 4-bit export that keeps its greedy tokens has kept what it computes.
+    """
+    torch.manual_seed(0)
+    model = save_llama(folder, **overrides)
+    cycle = torch.randperm(250, generator=torch.Generator().manual_seed(3))[:12] + 3
+    stream = cycle.repeat(8)
+    batch = torch.stack([stream[start:start + 48] for start in range(12)])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(60):
+        model(input_ids=batch, labels=batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    save_llama(folder, model=model)
+    ids = stream[:8].unsqueeze(0)
+    assert greedy(model, ids) == stream[8:8 + STEPS].tolist()  # it learned the cycle
+    return model, ids
+
+
+def test_int4_keeps_greedy_tokens_and_records_the_types_the_file_holds(tmp_path):
+    import gguf
+
+    from hf_bigsmall.quantization.gguf_export import tensor_type_counts
+    from hf_bigsmall.utils.import_utils import is_llama_cpp_available
+
+    # hidden size 64: rows K-quants cannot take; with llama.cpp int4 is its Q4_K_M, those tensors in its fallback
+    # Q5_0, the FFN's down projection (rows of 256) in a K-quant; without llama.cpp it is Q4_0
+    model, ids = _llama_that_knows_a_cycle(tmp_path / "model", hidden_size=64, intermediate_size=256)
+    folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="int4")
+    record = json.loads((folder / "config.json").read_text())["quantization"]
+    counts = tensor_type_counts(folder / record["file"])
+    assert record["tensor_types"] == counts
+    types = {tensor.name: tensor.tensor_type.name for tensor in gguf.GGUFReader(folder / record["file"]).tensors}
+    assert types["token_embd.weight"] == "Q8_0"
+    if is_llama_cpp_available():
+        assert record["method"] == "q4_k_m" and "'hidden_size': 64" in record["scheme"]
+        assert types["blk.0.attn_q.weight"] == "Q5_0" and types["blk.0.ffn_down.weight"] in ("Q4_K", "Q6_K")
+        tokens, _ = _llama_cpp_greedy(folder / record["file"], ids[0].tolist())
+        assert tokens == greedy(model, ids)
+    else:
+        assert record["method"] == "q4_0" and types["blk.0.attn_q.weight"] == "Q4_0"
+    exported = reload(folder)
+    assert greedy(exported, ids) == greedy(model, ids)
+    with torch.no_grad():
+        source_loss = model(input_ids=ids, labels=ids).loss
+        exported_loss = exported(input_ids=ids, labels=ids).loss
+    assert abs(float(exported_loss - source_loss)) < 0.05
+
+
+def test_int4_falls_back_to_q4_0_without_llama_cpp(tmp_path, monkeypatch):
+    from hf_bigsmall.quantization import gguf_export
+
+    monkeypatch.setattr(gguf_export, "is_llama_cpp_available", lambda: False)
     model = save_llama(tmp_path / "model")
     folder = quantize(tmp_path / "model", tmp_path / "gguf", backend="gguf", method="int4")  # + its card
     record = json.loads((folder / "config.json").read_text())["quantization"]
-    assert record["method"] == "q4_0" and "256" in record["fallback_reason"]
+    assert record["method"] == "q4_0" and "hf-bigsmall[llamacpp]" in record["fallback_reason"]
     assert "Q4_0" in (folder / "README.md").read_text()
     compare(model, reload(folder), atol=0.5)
-    with pytest.raises(ValueError, match="multiples of 256"):
-        export_gguf(tmp_path / "model", tmp_path / "k", method="q4_k_m")
-    assert not (tmp_path / "k").exists()
 
 
 def test_bad_inputs_are_refused_before_anything_is_written(tmp_path):
@@ -421,14 +475,20 @@ def test_the_cards_llama_cpp_snippet_runs(tmp_path, monkeypatch):
 
 
 def test_q4_k_m_through_llama_cpp(tmp_path):
+    import gguf
+
     pytest.importorskip("llama_cpp")
     # every quantized row a multiple of 256, as K-quants need
     model = save_llama(tmp_path / "model", hidden_size=256, intermediate_size=512, num_attention_heads=4,
                        num_key_value_heads=2, head_dim=64, num_hidden_layers=2)
     folder = export_gguf(tmp_path / "model", tmp_path / "gguf", method="int4")
     record = json.loads((folder / "config.json").read_text())["quantization"]
-    assert record["method"] == "q4_k_m" and "fallback_reason" not in record
+    assert record["method"] == "q4_k_m" and "fallback_reason" not in record and "not multiples" not in record["scheme"]
     assert not list(folder.glob("*.tmp"))
+    # K-quants only, the token embedding (and tied output layer) in Q6_K: no tensor fell back
+    assert set(record["tensor_types"]) == {"F32", "Q4_K", "Q6_K"}
+    reader = gguf.GGUFReader(folder / "model-Q4_K_M.gguf")
+    assert next(t for t in reader.tensors if t.name == "token_embd.weight").tensor_type.name == "Q6_K"
     tokens, _ = _llama_cpp_greedy(folder / "model-Q4_K_M.gguf", prompt()[0].tolist())
     assert len(tokens) == STEPS
     compare(model, reload(folder), atol=0.5)

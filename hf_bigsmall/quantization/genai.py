@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -42,12 +43,16 @@ GENAI_MODULES = ("onnxruntime_genai", "onnx_ir")
 # pruned Llamas: fewer layers, narrower FFN, fewer heads and KV groups, head_dim != hidden/heads); the
 # builder has no GPT-2 converter
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-# int4 MatMulNBits settings, measured on SmolLM2 (BENCHMARKS.md, "Serving with ONNX Runtime GenAI"): the
-# builder's CPU defaults (blocks of 32 input channels, accuracy level 4 = int8 activations in the kernel).
-# Blocks of 128 lost twice as much perplexity, blocks of 16 took back a tenth of the loss for 19% more disk,
-# accuracy level 1 changed nothing
+# int4 MatMulNBits settings, measured on SmolLM2 (BENCHMARKS.md, "Serving with ONNX Runtime GenAI" and "The
+# 4-bit types, measured"): blocks of 32 input channels and accuracy level 4 (int8 activations in the kernel), the
+# builder's CPU defaults (blocks of 128 lost twice as much perplexity, accuracy level 1 changed nothing); then
+# asymmetric blocks (a zero point each) by round-to-nearest, and the output layer in int8 (a tied input embedding
+# reads the same int8 weights): perplexity x1.27 of fp32 against the defaults' x1.43, for 19% more disk. The
+# builder's default algorithm names an asymmetric or int8 output layer's weights differently from what its tied
+# embedding then reads, so those models built but failed to load in 0.18.0; `algo_config=rtn` names them alike
 INT4_BLOCK_SIZE = 32
 INT4_ACCURACY_LEVEL = 4
+INT4_BUILDER_OPTIONS = {"is_symmetric": "false", "algo_config": "rtn", "matmul_mixed_precision": "last_matmul:int8"}
 # ONNX Runtime's CPU GroupQueryAttention kernel refuses other head sizes at run time (checked with 0.18.0)
 _HEAD_DIM_MULTIPLE = 16
 # the fp32 export must reproduce transformers' logits to this (absolute, plus relative to their size)
@@ -79,13 +84,20 @@ def scheme_description(scheme: str, builder_options: dict[str, Any] | None = Non
     options = builder_options or {}
     bits = 4 if scheme == "int4" else 8
     symmetric = str(options.get("is_symmetric", True)).lower() not in ("false", "0")
-    # the builder quantizes the output layer with the others, also when it is tied to the input embedding
-    head = "output layer fp32" if "/lm_head/MatMul" in str(options.get("nodes_to_exclude", "")) else (
-        "output layer quantized too (also when tied to the embedding)")
-    return (f"int{bits} weight-only MatMulNBits, {'symmetric' if symmetric else 'asymmetric'}, blocks of "
+    algorithm = options.get("algo_config", "default")
+    # the builder quantizes the output layer with the others unless told otherwise; a tied input embedding
+    # (shared_embeddings, the builder's default for tied models) reads the output layer's stored weights
+    last_matmul = dict(part.split(":", 1) for part in str(options.get("matmul_mixed_precision", "")).split(",")
+                       if ":" in part).get("last_matmul")
+    if "/lm_head/MatMul" in str(options.get("nodes_to_exclude", "")):
+        head = "fp32"
+    else:
+        head = last_matmul or f"int{bits}"
+    return (f"int{bits} weight-only MatMulNBits, {'symmetric' if symmetric else 'asymmetric (zero points)'}, "
+            f"{'round-to-nearest' if algorithm == 'rtn' else algorithm + ' algorithm'}, blocks of "
             f"{options.get('block_size', INT4_BLOCK_SIZE)} input channels, accuracy level "
-            f"{options.get('accuracy_level', INT4_ACCURACY_LEVEL)}; input embedding and norms fp32, {head}; "
-            "KV cache in the graph")
+            f"{options.get('accuracy_level', INT4_ACCURACY_LEVEL)}; output layer {head} (an input embedding tied to "
+            "it reads the same weights, an untied one stays fp32); norms fp32; KV cache in the graph")
 
 
 def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLike, scheme: str):
@@ -133,6 +145,21 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
         raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall as a quantized export: "
                          "choose another output_dir or remove it yourself (only an earlier quantized export is replaced).")
     return config
+
+
+def _int4_options(config, block_size: int) -> dict[str, str]:
+    """`INT4_BUILDER_OPTIONS`, symmetric where some matrix's rows hold an odd number of blocks.
+
+    ONNX Runtime's round-to-nearest quantizer packs the 4-bit zero points of two blocks per byte across
+    row boundaries, so a row of an odd number of blocks (a width of 32 or 96 with blocks of 32) fails to
+    build asymmetric; symmetric blocks have no zero points.
+    """
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    widths = (config.hidden_size, config.intermediate_size, config.num_attention_heads * head_dim)
+    options = dict(INT4_BUILDER_OPTIONS)
+    if any(math.ceil(width / block_size) % 2 for width in widths):
+        options["is_symmetric"] = "true"
+    return options
 
 
 @contextlib.contextmanager
@@ -221,7 +248,10 @@ def export_genai(
         scheme: `"int4"` (MatMulNBits, the fastest), `"int8"` or `"fp32"`.
         block_size, accuracy_level: int4/int8 MatMulNBits settings (see `INT4_BLOCK_SIZE`).
         builder_options: further `--extra_options` of the builder (e.g. `{"nodes_to_exclude":
-            "/lm_head/MatMul"}`), passed as they are and recorded.
+            "/lm_head/MatMul"}`), passed as they are and recorded; for int4 they go over
+            `INT4_BUILDER_OPTIONS` (asymmetric round-to-nearest, output layer int8), so
+            `{"is_symmetric": "true", "algo_config": "default", "matmul_mixed_precision": ""}` gives the
+            builder's own defaults back.
 
     Returns:
         `output_dir` as a `Path`.
@@ -245,6 +275,8 @@ def export_genai(
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     config = check_genai_source(model_dir, output_dir, scheme)
     extra_options = {} if scheme == "fp32" else {"block_size": block_size, "accuracy_level": accuracy_level}
+    if scheme == "int4":
+        extra_options.update(_int4_options(config, block_size))
     extra_options.update(builder_options or {})
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # a fresh hidden sibling: never a name a user's folder could have, on the same disk for the rename

@@ -3,7 +3,10 @@
 The file is written with the `gguf` package (its tensor-name tables, metadata keys and numpy
 quantizers), the tokenizer embedded, so `llama-cli -m model-Q8_0.gguf` needs nothing else.
 F32, F16, Q8_0, Q5_0, Q4_1 and Q4_0 are made here in numpy; Q4_K_M goes through llama.cpp's own quantizer
-(`llama_cpp.llama_model_quantize`) where llama-cpp-python is installed.
+(`llama_cpp.llama_model_quantize`) where llama-cpp-python is installed. `int4` is Q4_K_M wherever llama.cpp
+is installed, also for widths K-quants cannot take (llama.cpp then stores those tensors in Q5_0 or Q8_0), and
+Q4_0 without it: the best 4-bit file measured on SmolLM2 and on a student trained off its grid (BENCHMARKS.md,
+"The 4-bit types, measured").
 
 ```python
 from hf_bigsmall.quantization.gguf_export import export_gguf
@@ -40,31 +43,37 @@ _LLAMA_CPP_ACTIVATIONS = {"llama": ("silu", "swish"), "gpt2": ("gelu_new", "gelu
 # what `method` may say: the GGUF types, and the kit's generic names mapped onto them
 GGUF_METHODS = ("f32", "f16", "q8_0", "q5_0", "q4_1", "q4_0", "q4_k_m")
 _ALIASES = {"int8": "q8_0", "int4": "q4_k_m"}
-# K-quants pack 256 values per super-block: every quantized row (a weight's input width) must be a multiple
+# K-quants pack 256 values per super-block: a quantized row (a weight's input width) that is not a multiple
+# gets llama.cpp's fallback type for that tensor (Q5_0 for Q4_K, Q8_0 for Q6_K)
 _K_QUANT_BLOCK = 256
 # Q8_0, Q5_0, Q4_1 and Q4_0 pack 32 values per block
 _BLOCK = 32
+# kept at 8 bits (Q8_0; Q6_K in a K-quant file whose rows allow it) whatever the 4- or 5-bit type of the others
+_EIGHT_BIT_TENSORS = ("token_embd.weight", "output.weight")
 SCHEMES = {
     "F32": "GGUF F32: every tensor in float32 (no quantization)",
     "F16": "GGUF F16: matrices in float16, norms in float32",
     "Q8_0": "GGUF Q8_0: matrices in blocks of 32 int8 values with one fp16 scale, norms in float32",
-    "Q5_0": "GGUF Q5_0: matrices in blocks of 32 5-bit values with one fp16 scale, the token embedding (also the "
-            "output layer when tied) in Q8_0, norms in float32",
+    "Q5_0": "GGUF Q5_0: matrices in blocks of 32 5-bit values with one fp16 scale, the token embedding and the "
+            "output layer in Q8_0, norms in float32",
     "Q4_1": "GGUF Q4_1: matrices in blocks of 32 4-bit values with an fp16 scale and minimum, the token embedding "
-            "(also the output layer when tied) in Q8_0, norms in float32",
-    "Q4_0": "GGUF Q4_0: matrices in blocks of 32 4-bit values with one fp16 scale, the token embedding (also the "
-            "output layer when tied) in Q8_0, norms in float32",
+            "and the output layer in Q8_0, norms in float32",
+    "Q4_0": "GGUF Q4_0: matrices in blocks of 32 4-bit values with one fp16 scale, the token embedding and the "
+            "output layer in Q8_0, norms in float32",
     "Q4_K_M": "GGUF Q4_K_M (llama.cpp's quantizer): 4-bit K-quants in super-blocks of 256, some tensors in "
-              "Q6_K, norms in float32",
+              "Q6_K, the token embedding and output layer in Q6_K (Q8_0 where their rows are not a multiple of 256), "
+              "norms in float32",
 }
 
 
 @dataclass(frozen=True)
 class GgufPlan:
-    """A checked GGUF request: the type written and, for a 4-bit request that fell back, why."""
+    """A checked GGUF request: the type written, why a 4-bit request fell back to Q4_0, and the widths K-quants
+    cannot take (llama.cpp stores those tensors in its fallback types)."""
 
     gguf_type: str
     fallback_reason: str | None = None
+    odd_widths: dict[str, int] | None = None
 
     @property
     def file_name(self) -> str:
@@ -98,13 +107,13 @@ def check_gguf_request(model_dir: str | os.PathLike, method: str) -> GgufPlan:
         ValueError: an unknown method, a folder that is not a saved model, a model without a causal
             LM head (a classifier), an architecture other than Llama or GPT-2, a Llama with biases or rope
             scaling, an activation or attention scaling llama.cpp does not compute, a tokenizer that is
-            not a byte-level BPE `tokenizer.json`, a quantized source, or Q4_K_M on a model whose widths are not multiples of 256.
+            not a byte-level BPE `tokenizer.json`, or a quantized source.
         ImportError: `gguf` (extra `gguf`) or, for Q4_K_M, `llama-cpp-python` (extra `llamacpp`) is missing.
     """
     requested = _ALIASES.get(method, method)
     if requested not in GGUF_METHODS:
         raise ValueError(f"method {method!r} is not a GGUF type: use one of {GGUF_METHODS} "
-                         f"(or 'int8' = q8_0, 'int4' = q4_k_m, falling back to q4_0).")
+                         f"(or 'int8' = q8_0, 'int4' = q4_k_m, or q4_0 without llama-cpp-python).")
     model_dir = Path(model_dir)
     config = _read_config(model_dir)
     architectures = config.get("architectures") or []
@@ -146,18 +155,12 @@ def check_gguf_request(model_dir: str | os.PathLike, method: str) -> GgufPlan:
 
     if requested != "q4_k_m":
         return GgufPlan(requested.upper())
-    odd = {name: width for name, width in _input_widths(config).items() if width % _K_QUANT_BLOCK}
-    reason = None
-    if odd:
-        reason = f"K-quants need widths that are multiples of {_K_QUANT_BLOCK}; this model has {odd}"
-    elif not is_llama_cpp_available():
-        reason = 'K-quants are made by llama.cpp\'s quantizer: `pip install "hf-bigsmall[llamacpp]"`'
-    if reason is None:
-        return GgufPlan("Q4_K_M")
-    if method == "int4":  # the generic request takes the 4-bit type that can be made
+    odd = {name: width for name, width in _input_widths(config).items() if width % _K_QUANT_BLOCK} or None
+    if is_llama_cpp_available():
+        return GgufPlan("Q4_K_M", odd_widths=odd)
+    reason = 'K-quants are made by llama.cpp\'s quantizer: `pip install "hf-bigsmall[llamacpp]"`'
+    if method == "int4":  # the generic request takes the 4-bit type that can be made without llama.cpp
         return GgufPlan("Q4_0", fallback_reason=reason)
-    if odd:
-        raise ValueError(f"Q4_K_M cannot be made: {reason}. Use method='q4_0' (or 'int4', which falls back to it).")
     raise ImportError('Q4_K_M is made by llama.cpp\'s quantizer and llama-cpp-python is not installed: run '
                       '`pip install "hf-bigsmall[llamacpp]"` (it builds llama.cpp from source), or use method="q4_0".')
 
@@ -228,8 +231,9 @@ def _encode(name: str, weight: np.ndarray, gguf_type: str) -> tuple[np.ndarray, 
         return weight.astype(np.float32), Q.F32
     if gguf_type == "F16":
         return weight.astype(np.float16), Q.F16
-    # the token embedding (the output layer too when tied) keeps 8 bits: it carries every logit
-    qtype = Q.Q8_0 if name == "token_embd.weight" else getattr(Q, gguf_type)
+    # the token embedding and the output layer keep 8 bits (llama.cpp keeps its output at Q6_K or Q8_0): the output
+    # layer makes every logit, and SmolLM2-style models tie the two
+    qtype = Q.Q8_0 if name in _EIGHT_BIT_TENSORS else getattr(Q, gguf_type)
     if weight.shape[-1] % _BLOCK:  # a row that does not fill whole blocks cannot be quantized: keep it in F16
         logger.warning(f"{name}: rows of {weight.shape[-1]} are not a multiple of {_BLOCK}, written in F16.")
         return weight.astype(np.float16), Q.F16
@@ -336,17 +340,40 @@ def write_gguf(model_dir: str | os.PathLike, path: str | os.PathLike, gguf_type:
 
 
 def _quantize_k(source: Path, target: Path) -> None:
-    """Q4_K_M through llama.cpp's own quantizer (importance-free, as `llama-quantize` does by default)."""
+    """Q4_K_M through llama.cpp's own quantizer (importance-free, as `llama-quantize` does by default).
+
+    The token embedding and the output layer are stored in Q6_K where their rows (the hidden size) are
+    a multiple of 256, else in Q8_0: left alone llama.cpp would store an untied model's token embedding
+    in Q4_K, and a type asked for explicitly gets no fallback (Q6_K on rows of 576 fails its validation).
+    Any other matrix whose rows K-quants cannot take gets llama.cpp's own fallback type (Q5_0 for Q4_K,
+    Q8_0 for Q6_K): measured on SmolLM2 and a student trained off its grid, that beat storing those
+    tensors in Q4_1 or Q4_0 instead (BENCHMARKS.md).
+    """
     import ctypes
 
+    import gguf
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    embedding = next(tensor for tensor in gguf.GGUFReader(source).tensors if tensor.name == "token_embd.weight")
+    rows_allow_k = int(embedding.shape[0]) % _K_QUANT_BLOCK == 0  # GGUF shapes list the row width first
+    params.token_embedding_type = params.output_tensor_type = (
+        llama_cpp.GGML_TYPE_Q6_K if rows_allow_k else llama_cpp.GGML_TYPE_Q8_0)
     # the C function takes a pointer to its parameters
     status = llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0:
         raise RuntimeError(f"llama.cpp's quantizer failed on {source} (status {status}).")
+
+
+def tensor_type_counts(path: str | os.PathLike) -> dict[str, int]:
+    """How many tensors of each GGML type the GGUF file at `path` holds, read from the file itself."""
+    import gguf
+
+    counts: dict[str, int] = {}
+    for tensor in gguf.GGUFReader(path).tensors:
+        counts[tensor.tensor_type.name] = counts.get(tensor.tensor_type.name, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, method: str = "q8_0") -> Path:
@@ -362,8 +389,10 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
             `GPT2LMHeadModel`) with its
             tokenizer (`tokenizer.json`, byte-level BPE).
         output_dir: the new folder; only an earlier quantized export the kit wrote is replaced.
-        method: `"f32"`, `"f16"`, `"q8_0"`, `"q5_0"`, `"q4_1"`, `"q4_0"`, `"q4_k_m"` (needs llama-cpp-python
-            and widths that are multiples of 256), or `"int8"` (= q8_0) / `"int4"` (q4_k_m where it can be made, else q4_0).
+        method: `"f32"`, `"f16"`, `"q8_0"`, `"q5_0"`, `"q4_1"`, `"q4_0"`, `"q4_k_m"` (needs llama-cpp-python;
+            tensors whose rows are not multiples of 256 get llama.cpp's fallback types), or `"int8"` (= q8_0) /
+            `"int4"` (q4_k_m where llama-cpp-python is installed, else q4_0). The record's `tensor_types`
+            counts the tensors of each type the file holds.
 
     Returns:
         `output_dir` as a `Path`.
@@ -393,18 +422,23 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
         target = partial / plan.file_name
         if plan.gguf_type == "Q4_K_M":
             source = partial / "model-F32.gguf.tmp"
-            counts = write_gguf(model_dir, source, "F32")
+            write_gguf(model_dir, source, "F32")
             _quantize_k(source, target)
             source.unlink()
-            counts = {"Q4_K_M (llama.cpp)": sum(counts.values())}
         else:
-            counts = write_gguf(model_dir, target, plan.gguf_type)
+            write_gguf(model_dir, target, plan.gguf_type)
+        counts = tensor_type_counts(target)  # what the file holds, fallbacks included
         config = _read_config(model_dir)
         engine_version = (importlib.metadata.version("llama_cpp_python") if plan.gguf_type == "Q4_K_M"
                           else importlib.metadata.version("gguf"))
         scheme = SCHEMES[plan.gguf_type]
         if plan.fallback_reason:
             scheme += f" (instead of Q4_K_M: {plan.fallback_reason})"
+        if plan.odd_widths:
+            scheme += (f"; widths {plan.odd_widths} are not multiples of {_K_QUANT_BLOCK}, so llama.cpp stored the "
+                       f"tensors they feed in its fallback types: {counts}")
+            logger.warning(f"Q4_K_M of {model_dir}: K-quants need widths that are multiples of {_K_QUANT_BLOCK} and "
+                           f"{plan.odd_widths} are not; llama.cpp stored those tensors in its fallback types ({counts}).")
         QuantizationRecord.from_dict({
             "method": plan.gguf_type.lower(), "scheme": scheme, "backend": "gguf", "format": "gguf",
             "backend_version": engine_version, "engine": "llama.cpp", "device": "cpu", "file": plan.file_name,

@@ -43,8 +43,8 @@ register_quantization_backend(QuantizationBackend(
     devices=("cpu",),
     schemes={**{method: SCHEMES[method.upper()] for method in GGUF_METHODS},
              "int8": "= q8_0: " + SCHEMES["Q8_0"],
-             "int4": "= q4_k_m where K-quants can be made (llama-cpp-python installed, widths multiples of 256), "
-                     "else q4_0"},
+             "int4": "= q4_k_m where llama-cpp-python is installed (tensors whose rows are not multiples of 256 in "
+                     "llama.cpp's fallback types), else q4_0"},
     export=export,
     how_to_use=how_to_use,
     runner=LlamaCppModelRunner,

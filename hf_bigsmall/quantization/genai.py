@@ -57,6 +57,11 @@ INT4_BUILDER_OPTIONS = {"is_symmetric": "false", "algo_config": "rtn", "matmul_m
 _HEAD_DIM_MULTIPLE = 16
 # the fp32 export must reproduce transformers' logits to this (absolute, plus relative to their size)
 _EXPORT_TOLERANCE = 1e-3
+# a quantized export is refused below this mean correlation of its probe logits with transformers' (per position,
+# over the vocabulary): measured on random tiny Llamas, a correct int8 export gives 0.9998 and a correct int4 one 0.87
+# to 0.98 (rows of one or two blocks, the worst case for 4 bits); exports the builder converts wrongly (hidden 64 or
+# 128 in 0.18.0, whose fp32 exports are refused) 0.21 at int8 and int4
+_QUANTIZED_MIN_CORRELATION = 0.5
 _PROBE_TEXT = "The quick brown fox jumps over the lazy dog, and then the dog chases the fox around the yard."
 
 
@@ -221,7 +226,18 @@ def _probe(model_dir: Path, build_dir: Path) -> dict[str, Any]:
     candidate = GenAIModelRunner(build_dir, num_threads=1).prompt_logits(token_ids)
     return {"parameters": parameters, "nonzero_parameters": nonzero, "sparsity": sparsity,
             "max_logit_difference_from_transformers": float(np.abs(reference - candidate).max()),
+            "logit_correlation_with_transformers": _mean_row_correlation(reference, candidate),
             "logit_scale": float(np.abs(reference).max())}
+
+
+def _mean_row_correlation(reference, candidate) -> float:
+    """Mean over positions of the Pearson correlation of two `(positions, vocabulary)` logit arrays."""
+    import numpy as np
+
+    reference = reference - reference.mean(-1, keepdims=True)
+    candidate = candidate - candidate.mean(-1, keepdims=True)
+    norms = np.sqrt((reference * reference).sum(-1) * (candidate * candidate).sum(-1))
+    return float(np.mean((reference * candidate).sum(-1) / np.maximum(norms, 1e-30)))
 
 
 def export_genai(
@@ -236,7 +252,8 @@ def export_genai(
     """Export a saved Llama-family causal LM for ONNX Runtime GenAI on CPU, into a new folder.
 
     The builder runs offline on the saved folder and writes into a hidden sibling folder; the
-    export is loaded and, for fp32, checked against transformers' logits; only then is the folder
+    export is loaded and checked against transformers' logits on a probe text (fp32: to `1e-3`;
+    int8/int4: a mean correlation of at least 0.5, which a wrong conversion falls far below); only then is the folder
     renamed into place, so a failed build leaves nothing behind. `config.json` in the folder is the
     source's config with a `quantization` record: engine and version, scheme, the int4 settings,
     the source folder and the largest logit difference from transformers on a probe text.
@@ -290,6 +307,13 @@ def export_genai(
             raise ValueError(f"The GenAI fp32 export of {model_dir} does not reproduce transformers' logits (max "
                              f"difference {difference:.3g}): onnxruntime-genai {onnxruntime_genai.__version__}'s "
                              "builder does not convert this model correctly.")
+        correlation = probe["logit_correlation_with_transformers"]
+        if scheme != "fp32" and not correlation >= _QUANTIZED_MIN_CORRELATION:
+            # quantization moves logits, it does not decorrelate them: this is a wrong conversion, not rounding
+            raise ValueError(f"The GenAI {scheme} export of {model_dir} does not follow transformers' logits (mean "
+                             f"correlation {correlation:.2f} on a probe text, below {_QUANTIZED_MIN_CORRELATION}): "
+                             f"onnxruntime-genai {onnxruntime_genai.__version__}'s builder does not convert this model "
+                             "correctly. Serve it with backend='gguf' instead.")
         record = {"method": scheme, "scheme": scheme_description(scheme, extra_options),
                   "backend": GENAI_BACKEND, "backend_version": onnxruntime_genai.__version__, "device": "cpu",
                   "format": GENAI_BACKEND, "file": "model.onnx", "source": str(model_dir),

@@ -14,7 +14,8 @@ from .config import QUANTIZATION_KEY
 
 # the settings the card lists, in this order
 _CARD_SETTINGS = ("method", "scheme", "backend", "backend_version", "device", "format", "source",
-                  "int8_max_logit_change", "max_logit_difference_from_transformers")
+                  "int8_max_logit_change", "max_logit_difference_from_transformers",
+                  "logit_correlation_with_transformers")
 # methods of an engine export that keeps float weights (ONNX Runtime GenAI fp32, GGUF F32/F16)
 _FLOAT_METHODS = ("fp32", "f32", "f16")
 
@@ -45,6 +46,7 @@ class QuantizationRecord(ConfigRecord):
     source: str | None = None
     int8_max_logit_change: float | None = None
     max_logit_difference_from_transformers: float | None = None
+    logit_correlation_with_transformers: float | None = None
 
     @property
     def is_onnx(self) -> bool:

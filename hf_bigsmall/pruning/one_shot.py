@@ -138,9 +138,22 @@ def prune_one_shot(
     batch's activations and a vector per layer. SparseGPT always runs block by block (see
     `hf_bigsmall.pruning.sequential`), holding the calibration activations of one block and the
     Hessians (`in_features^2` each) of that block's layers only, never the whole model's; layers that
-    read the same tensor (q/k/v, gate/up) share one, and each is freed once its layers are pruned. With
-    `sequential=True` (either method) each block reads the outputs of the blocks before it *as
-    pruned*, as the SparseGPT and Wanda reference code do; this costs a second run of each block.
+    read the same tensor (q/k/v, gate/up) share one, and each is freed once its layers are pruned.
+    With `sequential` (either method) each layer is calibrated on inputs from layers already pruned,
+    so it is fitted to the inputs the pruned model will give it:
+
+    - `sequential="layer"` (or `True`): layer by layer, also within a block. The layers of a block are
+      pruned group by group in the order the block calls them (a group: the layers that read the same
+      tensor): in a Llama block q/k/v on the block's input, then o_proj on the attention computed by
+      the pruned q/k/v, then gate/up on the pruned attention's output, then down_proj. This is the
+      reference code's `--true-sequential` (GPTQ, SparseGPT for LLaMA); it runs a block once per
+      group (each run stops at its group), plus once to give the next block its inputs.
+    - `sequential="block"`: block by block: a block's layers are calibrated together in one run, on the
+      pruned outputs of the blocks before it but the dense outputs of the layers before them in the
+      block (the default of the SparseGPT and Wanda reference scripts and of llm-compressor's
+      sequential pipeline); two runs of each block.
+
+    Both hold one block's activations at a time.
 
     Args:
         model: a `PreTrainedModel` (Llama, GPT-2, BERT, ...), pruned in place.
@@ -164,7 +177,9 @@ def prune_one_shot(
         num_samples, seq_len, batch_size: calibration windows (defaults 128 x 512, or the model's
             maximum positions if shorter); fewer are used, with a warning, when the data is short.
         tokenizer: tokenizes a raw text calibration set.
-        sequential: calibrate each block on the outputs of the already-pruned blocks before it.
+        sequential: `False` (default: every layer calibrated on the dense model's inputs), `True` or `"layer"`
+            (calibrate each layer on the outputs of the already-pruned layers before it, within its
+            block too), or `"block"` (each block on the already-pruned blocks before it).
         dampening: SparseGPT only: `lambda / mean(diag H)` added to the Hessian's diagonal (default
             0.01, the paper's); raised tenfold, with a warning, while the Hessian is not positive definite.
         hessian_dtype: SparseGPT only: `"float64"` (default) or `"float32"`, the dtype the Hessian is
@@ -295,8 +310,8 @@ def _one_shot_scope(criterion: PruningCriterion, scope: str | None, sequential: 
     if scope not in ONE_SHOT_SCOPES:
         raise ValueError(f"scope={scope!r} is not supported: choose one of {ONE_SHOT_SCOPES}.")
     if sequential and scope == "global" and pattern is None:
-        raise ValueError("scope='global' compares every layer's scores at once, but sequential=True prunes one block "
-                         "before calibrating the next: pass scope='row' or 'layer', or sequential=False.")
+        raise ValueError(f"scope='global' compares every layer's scores at once, but sequential={sequential!r} prunes "
+                         "some layers before calibrating the next: pass scope='row' or 'layer', or sequential=False.")
     return scope
 
 

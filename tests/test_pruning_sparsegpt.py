@@ -363,7 +363,7 @@ def test_saved_model_reloads_plainly_heals_and_names_sparsegpt_on_its_card(tmp_p
     saved = load_masks(tmp_path / "pruned")
     assert set(saved) == set(masks) and all(torch.equal(saved[name], masks[name]) for name in masks)
     text = build_model_card(tmp_path / "pruned").text
-    assert "by SparseGPT (Frantar & Alistarh, 2023" in text and "already pruned" in text
+    assert "by SparseGPT (Frantar & Alistarh, 2023" in text and "already pruned, within its block too" in text
 
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "pruned")
     ids = torch.randint(1, TINY_VOCAB, (2, 16))
@@ -378,6 +378,16 @@ def test_saved_model_reloads_plainly_heals_and_names_sparsegpt_on_its_card(tmp_p
             callbacks=[MagnitudePruningCallback(target_sparsity=None)]).train()
     assert_masks_hold(reloaded, masks)
     assert any(not torch.equal(before[name], reloaded.get_parameter(name).detach()) for name in masks)
+
+
+@pytest.mark.parametrize("sequential, words", [(True, "Each block was"), ("block", "Each block was"),
+                                               ("layer", "Each layer was"), (False, None)])
+def test_the_card_says_what_each_layer_was_calibrated_on(sequential, words):
+    from hf_bigsmall.pruning.record import SparsityRecord
+
+    # True, recorded before "block" and "layer" existed, meant block by block
+    sentence = SparsityRecord(method="sparsegpt", schedule="one_shot", sequential=sequential).sentence()
+    assert (words in sentence) if words else "calibrated on the outputs" not in sentence
 
 
 def test_an_encoder_and_a_layer_outside_the_blocks_are_pruned_too():

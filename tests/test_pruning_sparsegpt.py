@@ -291,7 +291,8 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
     assert torch.equal(one_pass.pruning_state.masks[first], sequential.pruning_state.masks[first])
     assert torch.equal(one_pass.get_parameter(first), sequential.get_parameter(first))
     assert not torch.equal(one_pass.pruning_state.masks[later], sequential.pruning_state.masks[later])
-    assert sequential.pruning_state.record["sequential"] == "layer" and one_pass.pruning_state.record["sequential"] is False
+    assert sequential.pruning_state.record["sequential"] == "layer"
+    assert one_pass.pruning_state.record["sequential"] is False
     assert sparsity_report(sequential).global_sparsity == pytest.approx(0.5)
 
 
@@ -313,8 +314,8 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
         ({"method": "obs"}, ValueError, "choose one of"),
         ({"method": "wanda", "scope": "global", "sequential": True}, ValueError, "scope='row' or 'layer'"),
     ],
-    ids=["nan-with-pattern", "nan", "scope", "sequential-str", "sequential-int", "magnitude-sequential", "dampening-zero",
-         "dampening-inf", "dtype", "block-size", "no-calibration", "method", "global-sequential"],
+    ids=["nan-with-pattern", "nan", "scope", "sequential-str", "sequential-int", "magnitude-sequential",
+         "dampening-zero", "dampening-inf", "dtype", "block-size", "no-calibration", "method", "global-sequential"],
 )
 def test_bad_input_is_refused_before_the_model_changes(kwargs, error, words):
     model = tiny_llama()

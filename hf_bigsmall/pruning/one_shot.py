@@ -240,7 +240,8 @@ def prune_one_shot(
     pruned = sum(int(mask.sum()) for mask in masks.values())
     total = sum(mask.numel() for mask in masks.values())
     logger.info(
-        f"prune_one_shot({method}, {pattern or f'{sparsity:.0%}'}{f', sequential={sequential}' if sequential else ''}): "
+        f"prune_one_shot({method}, {pattern or f'{sparsity:.0%}'}"
+        f"{f', sequential={sequential}' if sequential else ''}): "
         f"{pruned / total:.1%} of {total:,} weights pruned in {pruning_seconds:.1f} s (calibration included)."
     )
     return model
@@ -299,7 +300,9 @@ def _one_shot_record(
     return record
 
 
-def _one_shot_scope(criterion: PruningCriterion, scope: str | None, sequential: str | None, pattern: str | None) -> str | None:
+def _one_shot_scope(
+    criterion: PruningCriterion, scope: str | None, sequential: str | None, pattern: str | None
+) -> str | None:
     if criterion.rewrites_weights:
         if scope is not None:
             raise ValueError(f"scope={scope!r}: {criterion.name} chooses its masks itself (SparseGPT: within each "

@@ -13,7 +13,7 @@ again to give the next block its inputs, now from the pruned layers. Two depths 
 - `"layer"` (what `True` means): the block's layers are calibrated and pruned group by group in the
   order the block calls them, each group on the outputs of the groups before it *as pruned*: in a
   Llama block q/k/v first, then o_proj on the attention computed with the pruned q/k/v, then
-  gate/up, then down_proj (the reference code's `--true-sequential`, Frantar et al. 2022). A group
+  gate/up, then down_proj (the `--true-sequential` option of the GPTQ and SparseGPT LLaMA scripts). A group
   is the run of layers that read the very same tensor, found by one run of the block on the first
   batch; a block whose layers are not each called once there (shared or skipped layers) falls back
   to `"block"`.

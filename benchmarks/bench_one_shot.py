@@ -5,8 +5,12 @@
     OMP_NUM_THREADS=2 python benchmarks/bench_one_shot.py --heal-steps 0 --calibration-samples 64 \
         --eval-blocks 64 --variants wanda,sparsegpt,sparsegpt+seq,wanda:2:4,sparsegpt+seq:2:4   # SparseGPT vs Wanda
 
-A variant is `method[+seq][:N:M]`: `sparsegpt+seq:2:4` is SparseGPT, calibrated sequentially (each
-block on the outputs of the already-pruned blocks), 2:4.
+A variant is `method[+flag...][:N:M]`: `sparsegpt+seq:2:4` is SparseGPT with `sequential=True`, 2:4.
+Flags: `seq` (`sequential=True`, the same as `layer`), `block` (`sequential="block"`: each block on the
+outputs of the already-pruned blocks before it), `layer` (`sequential="layer"`: also, within a block, each
+group of layers on the pruned layers before it), and for SparseGPT `fp32` (`hessian_dtype="float32"`),
+`damp<x>` (`dampening=x`, e.g. `damp0.1`), `bs<n>` (`block_size=n`). Variants with the same name in one
+run get a suffix.
 
 For each variant it prunes a fresh copy of the dense model
 with `prune_one_shot` (Wanda calibrated on `--calibration-samples` windows of `--calibration-seq-len`
@@ -42,13 +46,26 @@ VARIANTS = ("wanda", "magnitude", "sparsegpt", "sparsegpt+seq", "wanda:2:4", "ma
             "sparsegpt+seq:2:4")
 
 
-def parse_variant(variant: str) -> tuple[str, bool, str | None]:
-    """`"sparsegpt+seq:2:4"` -> `("sparsegpt", True, "2:4")`."""
+def parse_variant(variant: str) -> tuple[str, bool | str, str | None, dict]:
+    """`"sparsegpt+block+fp32:2:4"` -> `("sparsegpt", "block", "2:4", {"hessian_dtype": "float32"})`."""
     method, _, pattern = variant.partition(":")
-    method, _, flag = method.partition("+")
-    if flag not in ("", "seq"):
-        raise SystemExit(f"variant {variant!r}: the only flag is +seq (sequential calibration).")
-    return method, flag == "seq", pattern or None
+    method, *flags = method.split("+")
+    sequential: bool | str = False
+    options: dict = {}
+    for flag in flags:
+        if flag == "seq":
+            sequential = True
+        elif flag in ("block", "layer"):
+            sequential = flag
+        elif flag == "fp32":
+            options["hessian_dtype"] = "float32"
+        elif flag.startswith("damp"):
+            options["dampening"] = float(flag[4:])
+        elif flag.startswith("bs"):
+            options["block_size"] = int(flag[2:])
+        else:
+            raise SystemExit(f"variant {variant!r}: unknown flag {flag!r} (seq, block, layer, fp32, damp<x>, bs<n>).")
+    return method, sequential, pattern or None, options
 
 
 @torch.no_grad()
@@ -99,7 +116,8 @@ def main(argv=None) -> dict:
     from hf_bigsmall.pruning.calibration import collect_input_statistics, prepare_calibration
     from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
 
-    variants = [parse_variant(v) for v in (VARIANTS if args.variants == "all" else args.variants.split(","))]
+    variant_names = list(VARIANTS if args.variants == "all" else args.variants.split(","))
+    variants = [parse_variant(v) for v in variant_names]
     path = assets.smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
     data = load_causal_lm_dataset(tokenizer, assets.NEWS, block_size=args.block_size, max_eval_samples=args.eval_blocks)
@@ -129,8 +147,10 @@ def main(argv=None) -> dict:
         os.replace(partial, args.output)
 
     statistics = calibration_windows = None
-    for method, sequential, pattern in variants:
-        name = f"{method}{'+seq' if sequential else ''}-{pattern or '50%'}"
+    for variant, (method, sequential, pattern, options) in zip(variant_names, variants):
+        name = f"{variant.partition(':')[0]}-{pattern or '50%'}"
+        while name in results["models"]:
+            name += "'"
         model = copy.deepcopy(dense).requires_grad_(True)  # the dense teacher of an earlier heal is frozen
         load = os.getloadavg()[0]
         start, cpu_start = time.perf_counter(), time.process_time()
@@ -144,13 +164,13 @@ def main(argv=None) -> dict:
         calibration = statistics if method == "wanda" and not sequential else (
             calibration_windows if method != "magnitude" else None)
         prune_one_shot(model, calibration, sparsity=None if pattern else 0.5, method=method, pattern=pattern,
-                       sequential=sequential)
+                       sequential=sequential, **options)
         prune_seconds = time.perf_counter() - start
         # CPU seconds of this process (all threads): on a shared machine the wall time mostly measures
         # the other jobs, while CPU time / threads estimates the wall time on an idle one
         entry = {"prune_seconds": round(prune_seconds, 1), "prune_cpu_seconds": round(time.process_time() - cpu_start, 1),
                  "load_during_prune": load,
-                 "calibration_reused": reused, "sequential": sequential,
+                 "calibration_reused": reused, "sequential": sequential, "options": options,
                  "sparsity": sparsity_report(model).global_sparsity, "perplexity": perplexity(model, held_out)}
         print(f"{name}: {entry['perplexity']:.2f} (pruned in {prune_seconds:.0f} s)", flush=True)
         results["models"][name] = entry
@@ -176,8 +196,9 @@ def main(argv=None) -> dict:
         if wanda and magnitude:
             results[f"wanda_rise_over_magnitude_rise_{pattern}"] = (
                 (wanda["perplexity"] - dense_ppl) / (magnitude["perplexity"] - dense_ppl))
-        for sparsegpt in (f"sparsegpt-{pattern}", f"sparsegpt+seq-{pattern}"):
-            if wanda and sparsegpt in results["models"]:
+        for sparsegpt in [name for name in results["models"] if name.startswith("sparsegpt")
+                          and name.rstrip("'").endswith(f"-{pattern}")]:
+            if wanda:
                 results[f"{sparsegpt}_rise_over_wanda_rise"] = (
                     (results["models"][sparsegpt]["perplexity"] - dense_ppl) / (wanda["perplexity"] - dense_ppl))
     results["load_at_end"] = os.getloadavg()

@@ -11,7 +11,15 @@ import torch
 from transformers import LlamaForCausalLM
 from transformers.testing_utils import CaptureLogger
 
-from hf_bigsmall import MagnitudePruningCallback, build_model_card, prune_one_shot, save_pruned_model, sparsity_report
+from hf_bigsmall import (
+    MagnitudePruningCallback,
+    PruningCriterion,
+    build_model_card,
+    prune_one_shot,
+    register_pruning_criterion,
+    save_pruned_model,
+    sparsity_report,
+)
 from hf_bigsmall.pruning import sparsegpt as sparsegpt_module
 from hf_bigsmall.pruning.calibration import (
     _accumulate_squared_norm,
@@ -19,6 +27,8 @@ from hf_bigsmall.pruning.calibration import (
     prepare_calibration,
     run_calibration,
 )
+from hf_bigsmall.pruning.criteria import base as criteria_base
+from hf_bigsmall.pruning.criteria.sparsegpt import sparsegpt_prune
 from hf_bigsmall.pruning.io import load_masks
 from hf_bigsmall.pruning.sequential import calibrate_block_by_block
 from hf_bigsmall.pruning.sparsegpt import SharedHessians, sparsegpt_rows
@@ -180,27 +190,74 @@ def test_the_block_driver_without_sequential_sees_the_dense_inputs():
         torch.testing.assert_close(squared[name], reference[name], rtol=1e-5, atol=1e-6)
 
 
-def test_the_statistics_pass_of_sequential_calibration_stops_after_the_last_hooked_layer():
+@pytest.mark.parametrize("sequential, o_proj_runs", [("block", 4 + 4), ("layer", 1 + 0 + 4 + 4 + 4)])
+def test_the_statistics_passes_of_sequential_calibration_stop_after_their_last_hooked_layer(sequential, o_proj_runs):
     model = tiny_llama()
     calibration = prepare_calibration(calibration_rows(), num_samples=8, seq_len=32, batch_size=2, model=model)
     targets = find_target_modules(model)
-    squared, after_last = {}, []
+    squared, runs = {}, {"o_proj": 0, "down_proj": 0}
 
     def hooks_for(names):
         for name in names:
             squared[name] = torch.zeros(targets[name].in_features, dtype=torch.float64)
         return {name: _accumulate_squared_norm(squared[name]) for name in names}
 
+    def count(kind):
+        def hook(module, args, output):
+            runs[kind] += 1
+        return hook
+
     reference = collect_input_statistics(copy.deepcopy(model), calibration).squared_norms
-    last = model.model.layers[0].mlp.down_proj  # the last layer a Llama block calls
-    handle = last.register_forward_hook(lambda module, args, output: after_last.append(1))
-    calibrate_block_by_block(model, calibration, targets, hooks_for, lambda names: None, sequential=True)
-    handle.remove()
+    block = model.model.layers[0]
+    handles = [block.self_attn.o_proj.register_forward_hook(count("o_proj")),
+               block.mlp.down_proj.register_forward_hook(count("down_proj"))]
+    calibrate_block_by_block(model, calibration, targets, hooks_for, lambda names: None, sequential=sequential)
+    for handle in handles:
+        handle.remove()
     # nothing pruned: the statistics equal one dense pass, every layer seen on all 4 batches
     for name in targets:
         torch.testing.assert_close(squared[name], reference[name], rtol=1e-5, atol=1e-6)
-    # the statistics pass ran down_proj on its first batch only, the output pass on all 4
-    assert len(after_last) == 1 + 4
+    # "block": one statistics run, whole on its first batch only, then the output run on all 4 batches.
+    # "layer": one run of the first batch finds the groups; then the runs of q/k/v, o, gate/up and down
+    # each stop at their group, so o_proj runs in the last two and in the output run, down_proj in none
+    assert runs == {"o_proj": o_proj_runs, "down_proj": 1 + 4}
+
+
+@BUILDS
+def test_layer_sequential_calibrates_each_layer_on_the_pruned_layers_before_it_in_its_block(build):
+    hessians = {}
+
+    def recording(module, hessian, sparsity, pattern, previous, *, name, **options):
+        hessians[name] = hessian.clone()
+        return sparsegpt_prune(module, hessian, sparsity, pattern, previous, name=name, **options)
+
+    saved = dict(criteria_base._REGISTRY)
+    register_pruning_criterion(PruningCriterion(name="recording_sparsegpt", description="records its Hessians",
+                                                needs="input_hessian", prune=recording))
+    try:
+        dense = build()
+        calibration = prepare_calibration(calibration_rows(), num_samples=8, seq_len=32, model=dense)
+        pruned = {}
+        for sequential in ("layer", "block"):
+            hessians = {}
+            model = prune_one_shot(copy.deepcopy(dense), calibration, method="recording_sparsegpt",
+                                   sequential=sequential)
+            pruned[sequential] = (model, hessians)
+    finally:
+        criteria_base._REGISTRY.clear()
+        criteria_base._REGISTRY.update(saved)
+    model, recorded = pruned["layer"]
+    assert model.pruning_state.record["sequential"] == "layer"
+    # every layer was pruned from X X^T of the inputs it reads in the final pruned model: o_proj from the
+    # attention of the pruned q/k/v, down_proj from the pruned gate/up, in every block
+    for name, x in layer_inputs(model, calibration).items():
+        x = x.double()
+        torch.testing.assert_close(recorded[name], x.t() @ x, rtol=1e-4, atol=1e-3)
+    # by block, the second layer of a block was calibrated on its dense first layer's outputs
+    model, recorded = pruned["block"]
+    second = [name for name in recorded if name.endswith(("self_attn.o_proj", "attn.c_proj"))][1]
+    x = layer_inputs(model, calibration)[second].double()
+    assert not torch.allclose(recorded[second], x.t() @ x, rtol=1e-2, atol=1e-1)
 
 
 @pytest.mark.parametrize("width", [48, 300])
@@ -234,7 +291,8 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
     assert torch.equal(one_pass.pruning_state.masks[first], sequential.pruning_state.masks[first])
     assert torch.equal(one_pass.get_parameter(first), sequential.get_parameter(first))
     assert not torch.equal(one_pass.pruning_state.masks[later], sequential.pruning_state.masks[later])
-    assert sequential.pruning_state.record["sequential"] is True and one_pass.pruning_state.record["sequential"] is False
+    assert sequential.pruning_state.record["sequential"] == "layer"
+    assert one_pass.pruning_state.record["sequential"] is False
     assert sparsity_report(sequential).global_sparsity == pytest.approx(0.5)
 
 
@@ -245,7 +303,8 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
         ({"sparsity": float("nan"), "pattern": "2:4"}, ValueError, "not a number"),
         ({"sparsity": float("nan")}, ValueError, "not a number"),
         ({"scope": "row"}, ValueError, "takes no scope"),
-        ({"sequential": "yes"}, TypeError, "True or False"),
+        ({"sequential": "yes"}, ValueError, "'layer'.*'block'"),
+        ({"sequential": 1}, TypeError, "False, True, 'block' or 'layer'"),
         ({"method": "magnitude", "sequential": True}, ValueError, "uses no calibration"),
         ({"dampening": 0.0}, ValueError, "positive number"),
         ({"dampening": float("inf")}, ValueError, "positive number"),
@@ -255,8 +314,8 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
         ({"method": "obs"}, ValueError, "choose one of"),
         ({"method": "wanda", "scope": "global", "sequential": True}, ValueError, "scope='row' or 'layer'"),
     ],
-    ids=["nan-with-pattern", "nan", "scope", "sequential-str", "magnitude-sequential", "dampening-zero",
-         "dampening-inf", "dtype", "block-size", "no-calibration", "method", "global-sequential"],
+    ids=["nan-with-pattern", "nan", "scope", "sequential-str", "sequential-int", "magnitude-sequential",
+         "dampening-zero", "dampening-inf", "dtype", "block-size", "no-calibration", "method", "global-sequential"],
 )
 def test_bad_input_is_refused_before_the_model_changes(kwargs, error, words):
     model = tiny_llama()
@@ -300,12 +359,12 @@ def test_saved_model_reloads_plainly_heals_and_names_sparsegpt_on_its_card(tmp_p
     masks = {name: mask.clone() for name, mask in model.pruning_state.masks.items()}
     save_pruned_model(model, tmp_path / "pruned")
     config = json.loads((tmp_path / "pruned" / "config.json").read_text())["sparsity"]
-    assert config["method"] == "sparsegpt" and config["structure"] == "2:4" and config["sequential"] is True
+    assert config["method"] == "sparsegpt" and config["structure"] == "2:4" and config["sequential"] == "layer"
     assert config["dampening"] == 0.01 and config["hessian_dtype"] == "float64"
     saved = load_masks(tmp_path / "pruned")
     assert set(saved) == set(masks) and all(torch.equal(saved[name], masks[name]) for name in masks)
     text = build_model_card(tmp_path / "pruned").text
-    assert "by SparseGPT (Frantar & Alistarh, 2023" in text and "already pruned" in text
+    assert "by SparseGPT (Frantar & Alistarh, 2023" in text and "already pruned, within its block too" in text
 
     reloaded = LlamaForCausalLM.from_pretrained(tmp_path / "pruned")
     ids = torch.randint(1, TINY_VOCAB, (2, 16))
@@ -320,6 +379,16 @@ def test_saved_model_reloads_plainly_heals_and_names_sparsegpt_on_its_card(tmp_p
             callbacks=[MagnitudePruningCallback(target_sparsity=None)]).train()
     assert_masks_hold(reloaded, masks)
     assert any(not torch.equal(before[name], reloaded.get_parameter(name).detach()) for name in masks)
+
+
+@pytest.mark.parametrize("sequential, words", [(True, "Each block was"), ("block", "Each block was"),
+                                               ("layer", "Each layer was"), (False, None)])
+def test_the_card_says_what_each_layer_was_calibrated_on(sequential, words):
+    from hf_bigsmall.pruning.record import SparsityRecord
+
+    # True, recorded before "block" and "layer" existed, meant block by block
+    sentence = SparsityRecord(method="sparsegpt", schedule="one_shot", sequential=sequential).sentence()
+    assert (words in sentence) if words else "calibrated on the outputs" not in sentence
 
 
 def test_an_encoder_and_a_layer_outside_the_blocks_are_pruned_too():

@@ -14,7 +14,7 @@ from transformers.utils import logging
 from .calibration import DEFAULT_NUM_SAMPLES, CalibrationData, InputStatistics, prepare_calibration
 from .criteria import MULTI_PROCESS_FIX, PruningCriterion, get_pruning_criterion, pruning_criterion_names
 from .io import apply_masks
-from .sequential import calibrate_block_by_block
+from .sequential import calibrate_block_by_block, sequential_mode
 from .sparsegpt import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING, HESSIAN_DTYPES
 from .state import PruningState, attach_pruning_state, get_pruning_state
 from .statistics import INPUT_STATISTICS, InputStatisticCollector, collect_statistics
@@ -78,14 +78,14 @@ def one_shot_method_names() -> tuple[str, ...]:
 
 
 def _check_options(criterion: PruningCriterion, sequential: Any, dampening: Any, hessian_dtype: Any,
-                   block_size: Any) -> None:
-    if not isinstance(sequential, bool):
-        raise TypeError(f"sequential must be True or False, got {sequential!r}.")
+                   block_size: Any) -> str | None:
+    """Checks the options; returns the sequential mode (`None`, `"block"` or `"layer"`)."""
+    sequential = sequential_mode(sequential)
     if sequential and criterion.needs not in INPUT_STATISTICS:
         calibrated = tuple(name for name in one_shot_method_names()
                            if get_pruning_criterion(name).needs in INPUT_STATISTICS)
         uses = "uses no calibration" if not criterion.calibrated else f"needs {criterion.needs}, which a block alone cannot give"
-        raise ValueError(f"sequential=True calibrates block by block, but method={criterion.name!r} {uses}: "
+        raise ValueError(f"sequential={sequential!r} calibrates block by block, but method={criterion.name!r} {uses}: "
                          f"pass sequential=False, or a method calibrated on layer inputs {calibrated}.")
     if isinstance(dampening, bool) or not isinstance(dampening, (int, float)) or not 0 < dampening < math.inf:
         raise ValueError(f"dampening={dampening!r} must be a positive number (the fraction of the Hessian's mean "
@@ -94,6 +94,7 @@ def _check_options(criterion: PruningCriterion, sequential: Any, dampening: Any,
         raise ValueError(f"hessian_dtype={hessian_dtype!r} is not supported: choose one of {tuple(HESSIAN_DTYPES)}.")
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
         raise ValueError(f"block_size must be a positive integer, got {block_size!r}.")
+    return sequential
 
 
 def prune_one_shot(
@@ -109,7 +110,7 @@ def prune_one_shot(
     seq_len: int | None = None,
     batch_size: int = 8,
     tokenizer: Any = None,
-    sequential: bool = False,
+    sequential: bool | str = False,
     dampening: float = DEFAULT_DAMPENING,
     hessian_dtype: str = "float64",
     block_size: int = DEFAULT_BLOCK_SIZE,
@@ -137,9 +138,22 @@ def prune_one_shot(
     batch's activations and a vector per layer. SparseGPT always runs block by block (see
     `hf_bigsmall.pruning.sequential`), holding the calibration activations of one block and the
     Hessians (`in_features^2` each) of that block's layers only, never the whole model's; layers that
-    read the same tensor (q/k/v, gate/up) share one, and each is freed once its layers are pruned. With
-    `sequential=True` (either method) each block reads the outputs of the blocks before it *as
-    pruned*, as the SparseGPT and Wanda reference code do; this costs a second run of each block.
+    read the same tensor (q/k/v, gate/up) share one, and each is freed once its layers are pruned.
+    With `sequential` (either method) each layer is calibrated on inputs from layers already pruned,
+    so it is fitted to the inputs the pruned model will give it:
+
+    - `sequential="layer"` (or `True`): layer by layer, also within a block. The layers of a block are
+      pruned group by group in the order the block calls them (a group: the layers that read the same
+      tensor): in a Llama block q/k/v on the block's input, then o_proj on the attention computed by
+      the pruned q/k/v, then gate/up on the pruned attention's output, then down_proj. This is the
+      reference code's `--true-sequential` (GPTQ, SparseGPT for LLaMA); it runs a block once per
+      group (each run stops at its group), plus once to give the next block its inputs.
+    - `sequential="block"`: block by block: a block's layers are calibrated together in one run, on the
+      pruned outputs of the blocks before it but the dense outputs of the layers before them in the
+      block (the default of the SparseGPT and Wanda reference scripts and of llm-compressor's
+      sequential pipeline); two runs of each block.
+
+    Both hold one block's activations at a time.
 
     Args:
         model: a `PreTrainedModel` (Llama, GPT-2, BERT, ...), pruned in place.
@@ -163,7 +177,9 @@ def prune_one_shot(
         num_samples, seq_len, batch_size: calibration windows (defaults 128 x 512, or the model's
             maximum positions if shorter); fewer are used, with a warning, when the data is short.
         tokenizer: tokenizes a raw text calibration set.
-        sequential: calibrate each block on the outputs of the already-pruned blocks before it.
+        sequential: `False` (default: every layer calibrated on the dense model's inputs), `True` or `"layer"`
+            (calibrate each layer on the outputs of the already-pruned layers before it, within its
+            block too), or `"block"` (each block on the already-pruned blocks before it).
         dampening: SparseGPT only: `lambda / mean(diag H)` added to the Hessian's diagonal (default
             0.01, the paper's); raised tenfold, with a warning, while the Hessian is not positive definite.
         hessian_dtype: SparseGPT only: `"float64"` (default) or `"float32"`, the dtype the Hessian is
@@ -194,7 +210,7 @@ def prune_one_shot(
     """
     criterion = one_shot_criterion(method, pattern)
     sparsity = check_sparsity(sparsity, pattern)
-    _check_options(criterion, sequential, dampening, hessian_dtype, block_size)
+    sequential = _check_options(criterion, sequential, dampening, hessian_dtype, block_size)
     scope = _one_shot_scope(criterion, scope, sequential, pattern)
     targets = _targets(model, target_modules)
     if pattern is not None:
@@ -224,7 +240,8 @@ def prune_one_shot(
     pruned = sum(int(mask.sum()) for mask in masks.values())
     total = sum(mask.numel() for mask in masks.values())
     logger.info(
-        f"prune_one_shot({method}, {pattern or f'{sparsity:.0%}'}{', sequential' if sequential else ''}): "
+        f"prune_one_shot({method}, {pattern or f'{sparsity:.0%}'}"
+        f"{f', sequential={sequential}' if sequential else ''}): "
         f"{pruned / total:.1%} of {total:,} weights pruned in {pruning_seconds:.1f} s (calibration included)."
     )
     return model
@@ -240,7 +257,7 @@ def _prune_targets(
     scope: str | None,
     pattern: str | None,
     previous: dict[str, torch.Tensor],
-    sequential: bool,
+    sequential: str | None,
     hessian_dtype: torch.dtype,
     options: dict[str, Any],
 ) -> dict[str, torch.Tensor]:
@@ -260,7 +277,7 @@ def _prune_targets(
 
 def _one_shot_record(
     criterion: PruningCriterion, sparsity: float, pattern: str | None, scope: str | None,
-    target_modules: list[str] | str | None, sequential: bool, hessian_dtype: str, options: dict[str, Any],
+    target_modules: list[str] | str | None, sequential: str | None, hessian_dtype: str, options: dict[str, Any],
     calibration: dict | None,
 ) -> dict[str, Any]:
     """How the masks were made: the `sparsity` block of `config.json` before measurement."""
@@ -275,7 +292,7 @@ def _one_shot_record(
         "calibration": calibration,
     }
     if criterion.calibrated:
-        record["sequential"] = sequential
+        record["sequential"] = sequential or False
     if criterion.rewrites_weights:
         record.update(dampening=options["dampening"], hessian_dtype=hessian_dtype, block_size=options["block_size"])
     elif criterion.needs == "input_hessian":
@@ -283,7 +300,9 @@ def _one_shot_record(
     return record
 
 
-def _one_shot_scope(criterion: PruningCriterion, scope: str | None, sequential: bool, pattern: str | None) -> str | None:
+def _one_shot_scope(
+    criterion: PruningCriterion, scope: str | None, sequential: str | None, pattern: str | None
+) -> str | None:
     if criterion.rewrites_weights:
         if scope is not None:
             raise ValueError(f"scope={scope!r}: {criterion.name} chooses its masks itself (SparseGPT: within each "
@@ -294,13 +313,13 @@ def _one_shot_scope(criterion: PruningCriterion, scope: str | None, sequential: 
     if scope not in ONE_SHOT_SCOPES:
         raise ValueError(f"scope={scope!r} is not supported: choose one of {ONE_SHOT_SCOPES}.")
     if sequential and scope == "global" and pattern is None:
-        raise ValueError("scope='global' compares every layer's scores at once, but sequential=True prunes one block "
-                         "before calibrating the next: pass scope='row' or 'layer', or sequential=False.")
+        raise ValueError(f"scope='global' compares every layer's scores at once, but sequential={sequential!r} prunes "
+                         "some layers before calibrating the next: pass scope='row' or 'layer', or sequential=False.")
     return scope
 
 
 def _calibration_for(
-    criterion: PruningCriterion, calibration_dataset: Any, targets: dict[str, nn.Module], sequential: bool,
+    criterion: PruningCriterion, calibration_dataset: Any, targets: dict[str, nn.Module], sequential: str | None,
     model: nn.Module, num_samples: int, seq_len: int | None, batch_size: int, tokenizer: Any,
 ) -> tuple[CalibrationData | None, dict[str, torch.Tensor] | None]:
     """The prepared windows, or the squared norms of an earlier `collect_input_statistics` (checked)."""
@@ -311,7 +330,7 @@ def _calibration_for(
     if isinstance(calibration_dataset, InputStatistics):
         if criterion.needs != "input_norms" or criterion.rewrites_weights or sequential:
             raise ValueError(
-                f"method={criterion.name!r}{' with sequential=True' if sequential else ''} calibrates "
+                f"method={criterion.name!r}{f' with sequential={sequential!r}' if sequential else ''} calibrates "
                 f"{'block by block' if sequential or criterion.needs == 'input_hessian' else criterion.needs} and "
                 "cannot use statistics collected earlier: pass the calibration dataset itself."
             )
@@ -361,7 +380,7 @@ def _prune_block_by_block(
     scope: str | None,
     pattern: str | None,
     previous: dict[str, torch.Tensor],
-    sequential: bool,
+    sequential: str | None,
     hessian_dtype: torch.dtype,
     options: dict[str, Any],
 ) -> dict[str, torch.Tensor]:

@@ -24,6 +24,12 @@ _SCHEDULES = {
 }
 _STRUCTURES = {None: "", "unstructured": "individual weights", "neurons": "whole neurons",
                "heads": "whole attention heads"}
+# `sequential` as recorded (`True` in records written before "block" and "layer" existed meant "block")
+_SEQUENTIAL = {
+    "block": " Each block was calibrated on the outputs of the blocks before it, already pruned.",
+    "layer": " Each layer was calibrated on the outputs of the layers before it, already pruned, within its block "
+             "too.",
+}
 # the before/after pairs a width record may hold, in the order the card lists them
 _WIDTHS = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_size", "params")
 
@@ -68,7 +74,7 @@ class SparsityRecord(ConfigRecord):
     method: str | None = None
     schedule: str | None = None
     structure: str | None = None
-    sequential: bool | None = None
+    sequential: bool | str | None = None
     target_sparsity: float | None = None
     global_sparsity: float | None = None
     model_sparsity: float | None = None
@@ -83,7 +89,7 @@ class SparsityRecord(ConfigRecord):
         how = _method_description(self.method)
         when = _SCHEDULES.get(self.schedule, "during training")
         what = _STRUCTURES.get(self.structure, f"{self.structure} semi-structured sparsity (N zeros in every M inputs)")
-        order = " Each block was calibrated on the outputs of the blocks before it, already pruned." if self.sequential else ""
+        order = _SEQUENTIAL.get(self.sequential, _SEQUENTIAL["block"]) if self.sequential else ""
         return f"Pruned {when}, by {how}" + (f", {what}" if what else "") + "." + order
 
     def card_section(self, model_dir: str | Path | None = None) -> list[str]:

@@ -1,19 +1,32 @@
 """Calibration block by block: each transformer block runs alone on the outputs of the one before it.
 
 A one-shot pruner that calibrates on the dense model scores every layer on inputs the pruned model
-will never see: once the blocks before it are pruned, a layer's inputs drift. Running the model
-one block at a time (as SparseGPT and the Wanda reference code do) fixes that: the first block's
-inputs are captured once, then each block runs over the calibration windows with hooks on its
-layers, its layers are pruned, and the block runs again to give the next block its inputs, now
-from the pruned layers (`sequential=True`). The first of those two runs only feeds the hooks, so it
-stops, from the second batch on, once the last hooked layer has read its input (in a Llama block the
-down projection and the last residual are skipped). With `sequential=False` the next block's inputs
-are the dense outputs of the same pass (no second run), which equals calibrating the dense model but
-still holds one block's statistics at a time.
+will never see: once the layers before it are pruned, a layer's inputs drift. Running the model
+one block at a time fixes that: the first block's inputs are captured once, then each block runs
+over the calibration windows with hooks on its layers, its layers are pruned, and the block runs
+again to give the next block its inputs, now from the pruned layers. Two depths of that
+(`sequential=`):
+
+- `"block"`: every layer of a block is calibrated in one run of the block, on the pruned outputs
+  of the blocks before it but the dense outputs of the layers before it in the same block (the
+  default of the SparseGPT and Wanda reference scripts, and llm-compressor's sequential pipeline).
+- `"layer"` (what `True` means): the block's layers are calibrated and pruned group by group in the
+  order the block calls them, each group on the outputs of the groups before it *as pruned*: in a
+  Llama block q/k/v first, then o_proj on the attention computed with the pruned q/k/v, then
+  gate/up, then down_proj (the `--true-sequential` option of the GPTQ and SparseGPT LLaMA scripts). A group
+  is the run of layers that read the very same tensor, found by one run of the block on the first
+  batch; a block whose layers are not each called once there (shared or skipped layers) falls back
+  to `"block"`.
+
+Each calibrating run stops, batch by batch, once the last layer it hooks has read its input (in a
+Llama block the `"block"` run skips the down projection and the last residual, the q/k/v run
+everything after the input norm). With `sequential=False` the next block's inputs are the dense
+outputs of the same run (no second run), which equals calibrating the dense model but still holds
+one block's statistics at a time.
 
 Memory: the inputs and outputs of one block for every calibration window (`num_samples x seq_len x
 hidden` each; 75 MB for 64 x 512 windows of SmolLM2-135M in float32), plus whatever the hooks
-accumulate for that block's layers.
+accumulate for the layers being calibrated (with `"layer"`, one group's).
 """
 
 from __future__ import annotations
@@ -28,6 +41,27 @@ from transformers.utils import logging
 from .calibration import CalibrationData, HookFunction, _forward_module, _model_device, run_calibration
 
 logger = logging.get_logger(__name__)
+
+SEQUENTIAL_MODES = ("block", "layer")
+
+
+def sequential_mode(sequential: bool | str | None) -> str | None:
+    """`sequential=` as a mode: `None` (dense calibration), `"block"` or `"layer"` (`True`).
+
+    Raises:
+        TypeError / ValueError: anything else, naming the values accepted.
+    """
+    if sequential is None or sequential is False:
+        return None
+    if sequential is True:
+        return "layer"
+    if not isinstance(sequential, str):
+        raise TypeError(f"sequential must be False, True, 'block' or 'layer', got {sequential!r}.")
+    if sequential not in SEQUENTIAL_MODES:
+        raise ValueError(f"sequential={sequential!r} is not supported: pass 'layer' (each layer calibrated on the "
+                         "pruned layers before it, also within its block; what True means), 'block' (each block on "
+                         "the pruned blocks before it) or False.")
+    return sequential
 
 
 class _InputsCaptured(Exception):
@@ -89,16 +123,18 @@ class _StatisticsCollected(Exception):
     """Stops a block's forward once its last hooked layer has read its input."""
 
 
-def _collect_only(block: nn.Module, inputs: list[tuple[tuple, dict]], hooked: list[nn.Module]) -> None:
+def _collect_only(block: nn.Module, inputs: list[tuple[tuple, dict]], hooked: list[nn.Module],
+                  calls_per_batch: int | None = None) -> None:
     """Run `block` over every batch only as far as its hooked layers read their inputs.
 
-    With sequential calibration the outputs of this pass are thrown away (the block runs again once
+    With sequential calibration the outputs of this run are thrown away (the block runs again once
     pruned), so what follows the last hooked layer's input (in a Llama block the down projection and
-    the residual: a quarter of its matmuls) need not run. The first batch runs whole and counts the
-    hooked calls; later batches stop after that many, so a layer called twice is still seen twice.
+    the residual: a quarter of its matmuls) need not run. Each batch stops after `calls_per_batch`
+    hooked calls; when not known, the first batch runs whole and counts them, so a layer called twice
+    is still seen twice.
     """
     calls = 0
-    expected: int | None = None
+    expected = calls_per_batch
 
     def count(module, args):
         nonlocal calls
@@ -115,11 +151,44 @@ def _collect_only(block: nn.Module, inputs: list[tuple[tuple, dict]], hooked: li
                 block(*args, **kwargs)
             except _StatisticsCollected:
                 pass
-            if position == 0:
+            if position == 0 and expected is None:
                 expected = calls or None
     finally:
         for handle in handles:
             handle.remove()
+
+
+def layer_groups(block: nn.Module, first_inputs: tuple[tuple, dict], names: list[str],
+                 targets: Mapping[str, nn.Module]) -> list[list[str]] | None:
+    """The block's targeted layers in the order one run of the block calls them, grouped by the tensor they read.
+
+    Consecutive layers called with the very same tensor (q/k/v; gate/up) form one group: they are
+    calibrated together, and each later group reads what the groups before it compute. `None` when
+    some layer is not called exactly once (shared or skipped layers): then the block is one group.
+    """
+    calls: list[tuple[str, torch.Tensor]] = []
+
+    def record(name: str) -> HookFunction:
+        return lambda module, args: calls.append((name, args[0]))
+
+    handles = [targets[name].register_forward_pre_hook(record(name)) for name in names]
+    try:
+        args, kwargs = first_inputs
+        block(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if sorted(name for name, _ in calls) != sorted(names):
+        return None
+    groups: list[list[str]] = []
+    previous = None
+    for name, tensor in calls:
+        if groups and tensor is previous:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+        previous = tensor
+    return groups
 
 
 @torch.no_grad()
@@ -129,21 +198,25 @@ def calibrate_block_by_block(
     targets: Mapping[str, nn.Module],
     hooks_for: Callable[[list[str]], dict[str, HookFunction]],
     prune: Callable[[list[str]], None],
-    sequential: bool = True,
+    sequential: bool | str | None = True,
 ) -> None:
-    """Run the model one block at a time, calling `prune(names)` once each block's layers are calibrated.
+    """Run the model one block at a time, calling `prune(names)` once those layers are calibrated.
 
     Args:
         model: the (unwrapped) model.
         calibration: the prepared windows.
         targets: `{module name: layer}` to calibrate and prune.
-        hooks_for: `names -> {name: forward pre-hook}` that accumulate the statistics of those layers.
+        hooks_for: `names -> {name: forward pre-hook}` that accumulate the statistics of those layers
+            (called once per block, or once per group of layers with `sequential="layer"`).
         prune: `names -> None`, prunes those layers (in place) from the statistics just accumulated.
-        sequential: the next block reads the pruned block's outputs (`True`) or the dense ones.
+        sequential: `"layer"` (or `True`): each group of a block's layers reads the pruned layers
+            before it, in this block and the ones before; `"block"`: each block reads the pruned
+            blocks before it; `False`: the dense outputs throughout.
 
     Layers outside the transformer blocks (say, a targeted LM head) are calibrated at the end, by a
     pass of the whole model, already pruned.
     """
+    mode = sequential_mode(sequential)
     found = find_blocks(model, targets)
     groups: dict[int, list[str]] = {}
     leftover = list(targets)
@@ -161,19 +234,25 @@ def calibrate_block_by_block(
             inputs = _capture_first_inputs(model, blocks[0], calibration)
             for index in range(max(groups) + 1):
                 block, names = blocks[index], groups.get(index, [])
-                handles = [targets[name].register_forward_pre_hook(hook) for name, hook in hooks_for(names).items()]
-                try:
-                    if sequential and names:
-                        _collect_only(block, inputs, [targets[name] for name in names])
-                    else:
-                        outputs = [_hidden_states(block(*args, **kwargs)) for args, kwargs in inputs]
-                finally:
-                    for handle in handles:
-                        handle.remove()
-                if names:
-                    prune(names)
-                    if sequential:
-                        outputs = [_hidden_states(block(*args, **kwargs)) for args, kwargs in inputs]
+                if mode is None or not names:
+                    outputs = _calibrate_dense(block, inputs, names, targets, hooks_for, prune)
+                else:
+                    layer_order = layer_groups(block, inputs[0], names, targets) if mode == "layer" else None
+                    if mode == "layer" and layer_order is None:
+                        logger.info(f"Block {index}: its layers are not each called once per forward; calibrating "
+                                    "them together, on the pruned blocks before it (sequential='block').")
+                    for group in layer_order or [names]:
+                        handles = [targets[name].register_forward_pre_hook(hook)
+                                   for name, hook in hooks_for(group).items()]
+                        try:
+                            modules = list(dict.fromkeys(targets[name] for name in group))
+                            # each layer of a discovered group is called once per batch
+                            _collect_only(block, inputs, modules, len(modules) if layer_order else None)
+                        finally:
+                            for handle in handles:
+                                handle.remove()
+                        prune(group)
+                    outputs = [_hidden_states(block(*args, **kwargs)) for args, kwargs in inputs]
                 inputs = [_with_hidden_states(args, kwargs, hidden) for (args, kwargs), hidden in zip(inputs, outputs)]
                 del outputs
             del inputs
@@ -183,3 +262,23 @@ def calibrate_block_by_block(
             prune(leftover)
     finally:
         model.train(was_training)
+
+
+def _calibrate_dense(
+    block: nn.Module,
+    inputs: list[tuple[tuple, dict]],
+    names: list[str],
+    targets: Mapping[str, nn.Module],
+    hooks_for: Callable[[list[str]], dict[str, HookFunction]],
+    prune: Callable[[list[str]], None],
+) -> list[torch.Tensor]:
+    """One run of `block` that calibrates its layers and gives the next block the dense outputs."""
+    handles = [targets[name].register_forward_pre_hook(hook) for name, hook in hooks_for(names).items()]
+    try:
+        outputs = [_hidden_states(block(*args, **kwargs)) for args, kwargs in inputs]
+    finally:
+        for handle in handles:
+            handle.remove()
+    if names:
+        prune(names)
+    return outputs

@@ -64,47 +64,97 @@ class CachedTargets:
     tail_shape: str = "uniform"  # how the tail mass is spread over the excluded tokens (`kd_tail`)
 
 
+def _is_zero(weight: float | torch.Tensor) -> bool:
+    return isinstance(weight, (int, float)) and weight == 0
+
+
+class _ChunkBuffers:
+    """`(chunk_size, V)` float32 buffers made once per loss call and reused by every chunk.
+
+    A chunk's logits are tens of MB: a fresh tensor of that size per chunk and per intermediate is
+    fresh memory from the OS each time (page faults, zeroing), which on CPU cost more than the
+    arithmetic done in it. Each name gets one buffer; a chunk takes its first `rows` rows.
+    """
+
+    def __init__(self, rows: int, columns: int, device: torch.device):
+        self.shape, self.device, self._buffers = (rows, columns), device, {}
+
+    def get(self, name: str, rows: int) -> torch.Tensor:
+        buffer = self._buffers.get(name)
+        if buffer is None:
+            buffer = self._buffers[name] = torch.empty(self.shape, dtype=torch.float32, device=self.device)
+        return buffer[:rows]
+
+
+def _or_new(buffer: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(like) if buffer is None else buffer
+
+
+def _linear_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """`hidden @ weight.T + bias` written into the float32 buffer `out` (computed in `hidden`'s dtype)."""
+    if hidden.dtype != torch.float32:
+        return out.copy_(F.linear(hidden, weight, bias))
+    if bias is None:
+        return torch.mm(hidden, weight.T, out=out)
+    return torch.addmm(bias, hidden, weight.T, out=out)
+
+
 def _online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor | None, keep: torch.Tensor | None,
                   labels: torch.Tensor | None, temperature: float, divergence: Divergence, params: dict,
                   kd_weight: float | torch.Tensor, ce_weight: float | torch.Tensor, label_smoothing: float,
-                  needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                  needs_grad: bool, spare: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One chunk of the online losses and their gradient with respect to the float32 logits.
 
     The same values as `kd_loss` (times T**2) and `cross_entropy`. The divergence gives each row's
     value and its gradient in `u = logits / T` (`rows_and_logit_gradient`: its closed form, or
     autograd on this chunk alone), times T**2 / T for the logits; the cross-entropy's is written out,
-    `softmax(logits) - (1 - eps) * onehot - eps / V`, so a chunk takes a few passes over its logits.
+    `softmax(logits) - (1 - eps) * onehot - eps / V`. `logits` and `teacher_logits` are overwritten
+    (the returned gradient may be `logits` itself), and `spare`, a buffer of their shape, holds the
+    task loss's probabilities: each step works in place, so a chunk allocates no `(C, V)` tensor of its
+    own and takes few passes over its logits (each log-softmax is one fused pass per row).
     Returns `(kd_sum, ce_sum, grad)` (grad None without `needs_grad`).
     """
     zero = logits.new_zeros(())
     kd_sum, ce_sum, grad = zero, zero, None
-    log_s = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
-    s = log_s.exp() if needs_grad else None
-    if teacher_logits is not None:
-        keep_f = keep.to(torch.float32)
-        log_t = torch.log_softmax(teacher_logits.div_(temperature) if temperature != 1.0 else teacher_logits, dim=-1)
-        kd_rows, grad = rows_and_logit_gradient(divergence, params, log_s, log_t, student_probs=s,
-                                                needs_grad=needs_grad)
-        del log_t
-        kd_sum = (kd_rows * keep_f).sum() * temperature**2
-        if grad is not None:  # T**2 for the loss, 1 / T for d(u)/d(logits)
-            grad.mul_((keep_f * temperature)[:, None] * kd_weight)
+    ce_probs = None
     if labels is not None:
         valid = labels.ne(-100)
         safe = torch.where(valid, labels, 0)
-        log_p = log_s if temperature == 1.0 else torch.log_softmax(logits, dim=-1)
+        if teacher_logits is None or temperature == 1.0:
+            # at T = 1 one log-softmax serves both losses (the divergence then takes it as it is)
+            log_p = torch.log_softmax(logits, dim=-1, out=logits)
+        else:
+            log_p = torch.log_softmax(logits, dim=-1, out=_or_new(spare, logits))
         nll = -log_p.gather(1, safe[:, None]).squeeze(1)
         if label_smoothing > 0:
             nll = (1 - label_smoothing) * nll - label_smoothing * log_p.mean(-1)
         ce_sum = (nll * valid).sum()
-        if needs_grad and not (isinstance(ce_weight, (int, float)) and ce_weight == 0):
-            p = s if temperature == 1.0 else log_p.exp()
-            row_weight = valid.to(torch.float32)[:, None] * ce_weight
-            ce_grad = p.mul(row_weight)
-            if label_smoothing > 0:
-                ce_grad.sub_(row_weight * (label_smoothing / logits.shape[-1]))
-            ce_grad.scatter_add_(1, safe[:, None], -(1 - label_smoothing) * row_weight)
-            grad = ce_grad if grad is None else grad.add_(ce_grad)
+        if needs_grad and not _is_zero(ce_weight):
+            # the divergence overwrites `logits`: a log-softmax it shares goes to the spare buffer as probabilities
+            shared = teacher_logits is not None and log_p is logits
+            ce_probs = torch.exp(log_p, out=_or_new(spare, logits)) if shared else log_p.exp_()
+    if teacher_logits is not None:
+        keep_f = keep.to(torch.float32)
+        log_s = logits if temperature == 1.0 and labels is not None else \
+            torch.log_softmax(logits.div_(temperature), dim=-1, out=logits)
+        log_t = torch.log_softmax(teacher_logits.div_(temperature) if temperature != 1.0 else teacher_logits,
+                                  dim=-1, out=teacher_logits)
+        kd_rows, grad = rows_and_logit_gradient(divergence, params, log_s, log_t,
+                                                needs_grad=needs_grad and not _is_zero(kd_weight), consume=True)
+        kd_sum = (kd_rows * keep_f).sum() * temperature**2
+        if grad is not None:  # T**2 for the loss, 1 / T for d(u)/d(logits)
+            grad.mul_((keep_f * temperature)[:, None] * kd_weight)
+    if ce_probs is not None:
+        row_weight = valid.to(torch.float32)[:, None] * ce_weight
+        if grad is None:
+            grad = ce_probs.mul_(row_weight)
+        else:
+            grad.addcmul_(ce_probs, row_weight)
+        if label_smoothing > 0:
+            grad.sub_(row_weight * (label_smoothing / logits.shape[-1]))
+        grad.scatter_add_(1, safe[:, None], -(1 - label_smoothing) * row_weight)
     return kd_sum, ce_sum, grad
 
 
@@ -120,7 +170,7 @@ class _FusedHeadLoss(torch.autograd.Function):
     """`kd_weight * kd + ce_weight * ce` over chunks of rows, the gradient taken chunk by chunk in the forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, chunk_losses, kd_weight, ce_weight, chunk_size):
+    def forward(ctx, hidden, weight, bias, chunk_losses, kd_weight, ce_weight, buffers):
         needs_grad = any(ctx.needs_input_grad[:3])
         dtype = _compute_dtype(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -133,13 +183,14 @@ class _FusedHeadLoss(torch.autograd.Function):
                 if bias is not None and ctx.needs_input_grad[2] else None
             kd_total = hidden.new_zeros((), dtype=torch.float32)
             ce_total = hidden.new_zeros((), dtype=torch.float32)
+            chunk_size = buffers.shape[0]
             for start in range(0, hidden.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
                 chunk_hidden = hidden[rows].to(dtype)
-                logits = F.linear(chunk_hidden, weight_c, bias_c).float()
+                logits = _linear_into(buffers.get("student", chunk_hidden.shape[0]), chunk_hidden, weight_c, bias_c)
                 kd, ce, grad_logits = chunk_losses(logits, rows, needs_grad)
                 if grad_logits is not None:
-                    grad_logits = grad_logits.to(dtype)
+                    grad_logits = grad_logits.to(dtype)  # no copy in float32
                     if grad_hidden is not None:
                         grad_hidden[rows] = (grad_logits @ weight_c).to(grad_hidden.dtype)
                     if grad_weight is not None:
@@ -263,6 +314,7 @@ def fused_distillation_losses(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
     chunk_size = chunk_size or max(1, FUSED_CHUNK_LOGITS // vocab_size)
+    buffers = _ChunkBuffers(max(1, min(chunk_size, rows)), vocab_size, student_hidden.device)
     with_kd = teacher_hidden is not None or cached is not None
     if cached is not None:
         kd_mask = cached.present if kd_mask is None else kd_mask & cached.present
@@ -286,17 +338,22 @@ def fused_distillation_losses(
             return F.cross_entropy(logits, labels[chunk], ignore_index=-100, reduction="sum",
                                    label_smoothing=label_smoothing)
 
+    # the task loss's probabilities need a buffer of their own only beside the soft-target loss's
+    shared_spare = labels is not None and teacher is not None
+
     def chunk_losses(logits: torch.Tensor, chunk: slice, needs_grad: bool):
         """`(kd, ce, grad)` of one chunk: written-out gradients online, autograd on the chunk for a cache."""
         if cached is None:
             teacher_logits = None
             if teacher is not None:
-                teacher_logits = F.linear(teacher_hidden[chunk].to(teacher[0].dtype), *teacher).float()
+                teacher_logits = _linear_into(buffers.get("teacher", logits.shape[0]),
+                                              teacher_hidden[chunk].to(teacher[0].dtype), *teacher)
                 if check_teacher_logits is not None:  # the only place the teacher's logits ever exist
                     check_teacher_logits(teacher_logits, None if kd_mask is None else kd_mask[chunk])
             return _online_chunk(logits, teacher_logits, None if kd_mask is None else kd_mask[chunk],
                                  None if labels is None else labels[chunk], temperature, divergence, params,
-                                 kd_weight, ce_weight, label_smoothing, needs_grad and (kd_graph or ce_graph))
+                                 kd_weight, ce_weight, label_smoothing, needs_grad and (kd_graph or ce_graph),
+                                 spare=buffers.get("spare", logits.shape[0]) if shared_spare else None)
         if not needs_grad:
             return *cached_losses(logits, chunk), None
         logits.requires_grad_(True)
@@ -324,7 +381,7 @@ def fused_distillation_losses(
         return kd, ce
 
     return _FusedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, chunk_losses,
-                                _as_weight(kd_weight), _as_weight(ce_weight), chunk_size)
+                                _as_weight(kd_weight), _as_weight(ce_weight), buffers)
 
 
 # transforms some architectures apply to the head's output (Gemma 2/3, Cohere, Granite): the fused

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.utils import logging
 
 from .cached_loss import cached_distillation_losses
-from .divergences import Divergence, resolve_divergence, rows_and_logit_gradient
+from .divergences import LOG_FLOOR, Divergence, resolve_divergence, rows_and_logit_gradient
+
+logger = logging.get_logger(__name__)
 
 # logits per chunk when no chunk size is given: 64 MB of float32, a handful of buffers of it at the peak
 FUSED_CHUNK_LOGITS = 2**24
@@ -158,6 +162,74 @@ def _online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor | None, kee
     return kd_sum, ce_sum, grad
 
 
+def _functional_online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor, keep: torch.Tensor,
+                             labels: torch.Tensor | None, kd_weight: torch.Tensor, ce_weight: torch.Tensor,
+                             temperature: float, label_smoothing: float, gradient: Callable,
+                             params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_online_chunk` with a closed-form divergence, written without `out=` for `torch.compile`.
+
+    The same formulas; the gradient is written into `logits` at the end, so the compiled loops keep the
+    chunk's buffer instead of returning a fresh `(C, V)` tensor. Returns `(kd_sum, ce_sum)`.
+    """
+    keep_f = keep.to(torch.float32)
+    log_s = torch.log_softmax(logits / temperature, dim=-1)
+    log_t = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    kd_rows, grad = gradient(log_s.clamp(min=LOG_FLOOR), log_t.clamp(min=LOG_FLOOR), **params)
+    kd_sum = (kd_rows * keep_f).sum() * temperature**2
+    grad = grad * ((keep_f * temperature)[:, None] * kd_weight)  # T**2 for the loss, 1 / T for d(u)/d(logits)
+    ce_sum = logits.new_zeros(())
+    if labels is not None:
+        valid = labels.ne(-100)
+        safe = torch.where(valid, labels, 0)
+        log_p = log_s if temperature == 1.0 else torch.log_softmax(logits, dim=-1)
+        nll = -log_p.gather(1, safe[:, None]).squeeze(1)
+        if label_smoothing > 0:
+            nll = (1 - label_smoothing) * nll - label_smoothing * log_p.mean(-1)
+        ce_sum = (nll * valid).sum()
+        row_weight = valid.to(torch.float32)[:, None] * ce_weight
+        grad = grad + log_p.exp() * row_weight
+        if label_smoothing > 0:
+            grad = grad - row_weight * (label_smoothing / logits.shape[-1])
+        grad = grad.scatter_add(1, safe[:, None], -(1 - label_smoothing) * row_weight)
+    logits.copy_(grad)
+    return kd_sum, ce_sum
+
+
+class _CompiledChunk:
+    """`_functional_online_chunk` under `torch.compile`, made once per process, eager where it cannot compile.
+
+    Inductor turns the chunk's elementwise work into a few fused loops (on CPU vectorised C++ built by the
+    system's compiler). It compiles for one chunk shape (`dynamic=False`): the last, smaller chunk is padded
+    to it, so a run compiles once per loss setting. A failure to compile is logged once and the eager
+    chunk is used from then on.
+    """
+
+    def __init__(self):
+        self._function, self.failed, self.compile_seconds = None, False, None
+
+    def __call__(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.failed:
+            return None
+        if self._function is None:
+            self._function = torch.compile(_functional_online_chunk, dynamic=False)
+        start = time.perf_counter()
+        try:
+            result = self._function(*args, **kwargs)
+        except Exception as error:  # no C++ compiler, an unsupported op in a divergence, ...: eager from now on
+            self.failed = True
+            logger.warning(f"compile_fused_loss: torch.compile of the fused loss's chunk failed "
+                           f"({type(error).__name__}: {error}); the chunks run eagerly instead.")
+            return None
+        if self.compile_seconds is None:
+            self.compile_seconds = time.perf_counter() - start
+            logger.info(f"compile_fused_loss: the fused loss's chunk compiled in {self.compile_seconds:.1f} s "
+                        "(once per process and loss setting).")
+        return result
+
+
+_compiled_chunk = _CompiledChunk()
+
+
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     """The dtype the head's matmul runs in: autocast's where it is on (as `nn.Linear` would), else the input's."""
     device_type = tensor.device.type
@@ -244,6 +316,7 @@ def fused_distillation_losses(
     chunk_size: int | None = None,
     check_teacher_logits: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
     divergence_params: dict[str, float] | None = None,
+    compile_chunks: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed soft-target and next-token losses of a student whose logits are never materialised.
 
@@ -278,6 +351,10 @@ def fused_distillation_losses(
             and the chunk's `kd_mask` rows (or None), where it may raise: a teacher whose logits are NaN
             or infinite is stopped before its soft targets reach the student.
         divergence_params (`dict`, *optional*): parameters the divergence declares, over their defaults.
+        compile_chunks (`bool`): run each online chunk's elementwise work (log-softmaxes, divergence, task
+            loss, gradient) through `torch.compile` where the divergence has a closed-form gradient: fused
+            loops instead of a pass per operation, at a one-time compile cost per process; eager where it
+            does not apply or fails to compile (logged once).
 
     Returns:
         `(loss, kd, ce)`: the weighted loss (differentiable) and the two float32 sums (detached; 0
@@ -340,6 +417,24 @@ def fused_distillation_losses(
 
     # the task loss's probabilities need a buffer of their own only beside the soft-target loss's
     shared_spare = labels is not None and teacher is not None
+    compiled = compile_chunks and teacher is not None and kd_graph and divergence.gradient is not None
+    if compiled:  # tensors, not floats, so that a new normalising count does not recompile
+        weights = tuple(torch.as_tensor(weight, dtype=torch.float32, device=student_hidden.device)
+                        for weight in (_as_weight(kd_weight), _as_weight(ce_weight)))
+
+    def compiled_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor, chunk: slice):
+        """`(kd, ce, grad)` of one online chunk from the compiled loops, or None where they are not available."""
+        rows, full = logits.shape[0], buffers.shape[0]
+        keep, chunk_labels = kd_mask[chunk], None if labels is None else labels[chunk]
+        student_buffer, teacher_buffer = buffers.get("student", full), buffers.get("teacher", full)
+        if rows < full:  # the last chunk, padded to the compiled shape with rows that count nowhere
+            student_buffer[rows:].zero_()
+            teacher_buffer[rows:].zero_()
+            keep = F.pad(keep, (0, full - rows), value=False)
+            chunk_labels = None if chunk_labels is None else F.pad(chunk_labels, (0, full - rows), value=-100)
+        sums = _compiled_chunk(student_buffer, teacher_buffer, keep, chunk_labels, *weights, temperature=temperature,
+                               label_smoothing=label_smoothing, gradient=divergence.gradient, params=params)
+        return None if sums is None else (*sums, logits)  # the gradient is written into the logits' buffer
 
     def chunk_losses(logits: torch.Tensor, chunk: slice, needs_grad: bool):
         """`(kd, ce, grad)` of one chunk: written-out gradients online, autograd on the chunk for a cache."""
@@ -350,6 +445,10 @@ def fused_distillation_losses(
                                               teacher_hidden[chunk].to(teacher[0].dtype), *teacher)
                 if check_teacher_logits is not None:  # the only place the teacher's logits ever exist
                     check_teacher_logits(teacher_logits, None if kd_mask is None else kd_mask[chunk])
+                if compiled and needs_grad:
+                    result = compiled_chunk(logits, teacher_logits, chunk)
+                    if result is not None:
+                        return result
             return _online_chunk(logits, teacher_logits, None if kd_mask is None else kd_mask[chunk],
                                  None if labels is None else labels[chunk], temperature, divergence, params,
                                  kd_weight, ce_weight, label_smoothing, needs_grad and (kd_graph or ce_graph),

@@ -10,7 +10,7 @@ shared machine's load hits all three alike:
   A. plain fine-tuning step of the student (`Trainer.training_step` + optimizer step),
   B. forward pass of the teacher alone (eval, no_grad),
   C. online distillation step (`DistillationTrainer.training_step` + optimizer step),
-and reports medians, steps/s and the ratio C / (A + B): the target is <= 1.10, i.e. our loss
+(every other round in reverse order), and reports medians, steps/s and the ratio C / (A + B): the target is <= 1.10, i.e. our loss
 machinery adds under 10% to the irreducible cost. Peak memory of each (GPU: max allocated; CPU:
 peak resident set, one fresh process per mode) is printed as well.
 
@@ -166,8 +166,10 @@ def time_interleaved(args) -> dict[str, list[float]]:
         for step in steps.values():
             step()
     times = {mode: [] for mode in steps}
-    for _ in range(args.repeats):
-        for mode, step in steps.items():
+    for round_index in range(args.repeats):
+        # every other round runs the modes in reverse order, so that no mode always follows the same one
+        order = list(steps.items())
+        for mode, step in order[::-1] if round_index % 2 else order:
             synchronize()
             start = time.perf_counter()
             step()

@@ -5,8 +5,9 @@
 
 One forward and backward of `fused_distillation_losses` (online, with the task loss) on random hidden
 states of 4 x 511 rows, hidden 576, 49,152-token vocabulary (SmolLM2-135M's head for student and
-teacher), interleaved round by round so that a shared machine's load hits every setting alike. A setting
-is a chunk size in rows, with a trailing `c` for `compile_chunks=True`; each is run once before the timed
+teacher), interleaved round by round (every other round in reverse order) so that a shared machine's load hits every setting alike. A setting
+is a chunk size in rows, with a trailing `c` for `compile_chunks=True` or a leading `b` for the fused loss of
+another copy of the package (`--before`, e.g. an older checkout); each is run once before the timed
 rounds (the compiled one compiles then: that time is printed). Ratios are medians of per-round ratios
 to the first setting.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hf_bigsmall.distillation.fused_loss import LMHead, fused_distillation_losses  # noqa: E402
 
@@ -35,6 +37,9 @@ def main():
     parser.add_argument("--hidden", type=int, default=576)
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--before", default=None,
+                        help="folder of another copy of the package (e.g. an older checkout's hf_bigsmall): settings "
+                             "with a leading 'b' run its fused loss")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -44,7 +49,21 @@ def main():
     labels = torch.randint(0, args.vocab, (args.rows,))
     settings = args.settings.split(",")
 
+    before = None
+    if args.before:
+        from bench_distillation import import_package_copy
+
+        before = import_package_copy(args.before).distillation.fused_loss
+
     def step(setting: str):
+        if setting.startswith("b"):
+            loss, _, _ = before.fused_distillation_losses(
+                hidden, before.LMHead(weight), labels, None, teacher_hidden, before.LMHead(teacher_weight),
+                temperature=args.temperature, kind=args.kd_loss, kd_weight=0.5 / args.rows,
+                ce_weight=0.5 / args.rows, chunk_size=int(setting[1:]))
+            loss.backward()
+            hidden.grad = weight.grad = None
+            return
         loss, _, _ = fused_distillation_losses(
             hidden, LMHead(weight), labels, None, teacher_hidden, LMHead(teacher_weight), temperature=args.temperature,
             kind=args.kd_loss, kd_weight=0.5 / args.rows, ce_weight=0.5 / args.rows,
@@ -57,8 +76,8 @@ def main():
         step(setting)
         print(f"first call, {setting}: {time.perf_counter() - start:.1f} s")
     times = {setting: [] for setting in settings}
-    for _ in range(args.repeats):
-        for setting in settings:
+    for round_index in range(args.repeats):
+        for setting in settings[::-1] if round_index % 2 else settings:  # every other round in reverse order
             start = time.perf_counter()
             step(setting)
             times[setting].append(time.perf_counter() - start)

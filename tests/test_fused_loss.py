@@ -270,6 +270,17 @@ def test_trainer_step_equals_the_materialised_step(tmp_path, arch, teacher, over
             assert fused_logs[key] == pytest.approx(logs[key], rel=1e-5, abs=1e-7)
 
 
+@pytest.mark.slow
+def test_trainer_step_with_compiled_chunks_equals_the_materialised_step(tmp_path):
+    compiled_gradients, compiled_logs, _ = one_step(tmp_path, "llama", True, temperature=2.0, compile_fused_loss=True)
+    assert not fused_loss._compiled_chunk.failed
+    gradients, logs, _ = one_step(tmp_path, "llama", False, temperature=2.0)
+    for name in gradients:
+        torch.testing.assert_close(compiled_gradients[name], gradients[name], rtol=1e-4, atol=1e-6)
+    for key in ("loss", "loss_kd", "loss_ce"):
+        assert compiled_logs[key] == pytest.approx(logs[key], rel=1e-5, abs=1e-7)
+
+
 def test_trainer_step_under_bf16_autocast_stays_close(tmp_path):
     fused_gradients, fused_logs, _ = one_step(tmp_path, "llama", None, bf16=True)
     gradients, logs, _ = one_step(tmp_path, "llama", False, bf16=True)

@@ -51,9 +51,11 @@ def main():
 
     before = None
     if args.before:
+        import importlib
+
         from bench_distillation import import_package_copy
 
-        before = import_package_copy(args.before).distillation.fused_loss
+        before = importlib.import_module(f"{import_package_copy(args.before).__name__}.distillation.fused_loss")
 
     def step(setting: str):
         if setting.startswith("b"):

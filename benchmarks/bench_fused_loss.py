@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from hf_bigsmall.distillation.fused_loss import LMHead, fused_distillation_losses  # noqa: E402
+from hf_bigsmall.distillation.fused_loss import LMHead, fused_distillation_losses
 
 
 def main():

@@ -18,7 +18,7 @@ For causal LMs C runs the fused LM-head loss (the default); `--compare_materiali
 D. the same distillation step from materialised logits (`fused_lm_head_loss=False`), interleaved
 with the others. `--memory_modes` measures the peak of only some modes (e.g. at 8,192 tokens,
 where a materialised step does not fit), `--no_timing` skips the timed rounds. `--before PATH` adds
-E. the same distillation step run by another copy of the package (e.g. `--before /work/main/hf_bigsmall`,
+E. the same distillation step run by another copy of the package (e.g. `--before ../before/hf_bigsmall`,
 an older checkout), imported under another name in the same process and interleaved with the others,
 so that a change to the loss is timed against the code before it under the same load.
 """

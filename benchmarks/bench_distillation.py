@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import importlib.util
 import json
 import os
@@ -101,11 +102,13 @@ def build(task: str, batch_size: int, seq_len: int, device: str, alpha_hidden: f
                                        args=DistillationConfig(**distill_args, fused_lm_head_loss=False))
     trainers = [plain, distill, materialised]
     if before:
-        package = import_package_copy(before)
+        # its modules, not its lazy top-level names (those point at `hf_bigsmall`, i.e. this copy)
+        name = import_package_copy(before).__name__
+        before_trainer = importlib.import_module(f"{name}.distillation.trainer").DistillationTrainer
+        before_config = importlib.import_module(f"{name}.distillation.config").DistillationConfig
         before_student = make_student(teacher, num_layers=student.config.num_hidden_layers)
         before_student.load_state_dict(student.state_dict())
-        distill.before = package.DistillationTrainer(model=before_student, teacher_model=teacher,
-                                                     args=package.DistillationConfig(**distill_args))
+        distill.before = before_trainer(model=before_student, teacher_model=teacher, args=before_config(**distill_args))
         trainers.append(distill.before)
     for trainer in trainers:
         trainer.create_optimizer()

@@ -10,20 +10,25 @@ shared machine's load hits all three alike:
   A. plain fine-tuning step of the student (`Trainer.training_step` + optimizer step),
   B. forward pass of the teacher alone (eval, no_grad),
   C. online distillation step (`DistillationTrainer.training_step` + optimizer step),
-and reports medians, steps/s and the ratio C / (A + B): the target is <= 1.10, i.e. our loss
+(every other round in reverse order), and reports medians, steps/s and the ratio C / (A + B): the target is <= 1.10, i.e. our loss
 machinery adds under 10% to the irreducible cost. Peak memory of each (GPU: max allocated; CPU:
 peak resident set, one fresh process per mode) is printed as well.
 
 For causal LMs C runs the fused LM-head loss (the default); `--compare_materialised` adds
 D. the same distillation step from materialised logits (`fused_lm_head_loss=False`), interleaved
 with the others. `--memory_modes` measures the peak of only some modes (e.g. at 8,192 tokens,
-where a materialised step does not fit), `--no_timing` skips the timed rounds.
+where a materialised step does not fit), `--no_timing` skips the timed rounds. `--before PATH` adds
+E. the same distillation step run by another copy of the package (e.g. `--before ../before/hf_bigsmall`,
+an older checkout), imported under another name in the same process and interleaved with the others,
+so that a change to the loss is timed against the code before it under the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib
+import importlib.util
 import json
 import os
 import statistics
@@ -36,11 +41,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-MODES = ("student_step", "teacher_forward", "distill_step", "materialised_step")
+MODES = ("student_step", "teacher_forward", "distill_step", "materialised_step", "before_step")
+
+
+def import_package_copy(path: str):
+    """The package at `path` (a folder holding `__init__.py`) imported as `hf_bigsmall_before`."""
+    folder = Path(path).resolve()
+    spec = importlib.util.spec_from_file_location("hf_bigsmall_before", folder / "__init__.py",
+                                                  submodule_search_locations=[str(folder)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["hf_bigsmall_before"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def build(task: str, batch_size: int, seq_len: int, device: str, alpha_hidden: float, kd_chunk_size: int | None,
-          loss: dict | None = None):
+          loss: dict | None = None, before: str | None = None):
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
@@ -84,7 +100,17 @@ def build(task: str, batch_size: int, seq_len: int, device: str, alpha_hidden: f
     materialised_student.load_state_dict(student.state_dict())
     materialised = DistillationTrainer(model=materialised_student, teacher_model=teacher,
                                        args=DistillationConfig(**distill_args, fused_lm_head_loss=False))
-    for trainer in (plain, distill, materialised):
+    trainers = [plain, distill, materialised]
+    if before:
+        # its modules, not its lazy top-level names (those point at `hf_bigsmall`, i.e. this copy)
+        name = import_package_copy(before).__name__
+        before_trainer = importlib.import_module(f"{name}.distillation.trainer").DistillationTrainer
+        before_config = importlib.import_module(f"{name}.distillation.config").DistillationConfig
+        before_student = make_student(teacher, num_layers=student.config.num_hidden_layers)
+        before_student.load_state_dict(student.state_dict())
+        distill.before = before_trainer(model=before_student, teacher_model=teacher, args=before_config(**distill_args))
+        trainers.append(distill.before)
+    for trainer in trainers:
         trainer.create_optimizer()
         trainer.current_gradient_accumulation_steps = 1
     return plain, distill, materialised, batch
@@ -106,6 +132,8 @@ def runner(mode, plain, distill, materialised, batch):
         return lambda: one_step(distill, batch)
     if mode == "materialised_step":
         return lambda: one_step(materialised, batch)
+    if mode == "before_step":
+        return lambda: one_step(distill.before, batch)
     teacher = distill.teacher_model
     inputs = distill._prepare_inputs({k: v for k, v in batch.items() if k != "labels"})
 
@@ -125,11 +153,13 @@ def build_for(args):
     loss = {name: getattr(args, name) for name in ("kd_loss", "temperature", "alpha_kd") if getattr(args, name) is not None}
     if "alpha_kd" in loss:
         loss["alpha_ce"] = 1.0 - loss["alpha_kd"]
-    return build(args.task, args.batch_size, args.seq_len, args.device, args.alpha_hidden, args.kd_chunk_size, loss)
+    return build(args.task, args.batch_size, args.seq_len, args.device, args.alpha_hidden, args.kd_chunk_size, loss,
+                 args.before)
 
 
 def timed_modes(args) -> tuple[str, ...]:
-    return MODES if args.compare_materialised else MODES[:3]
+    modes = MODES[:4] if args.compare_materialised else MODES[:3]
+    return modes + ("before_step",) if args.before else modes
 
 
 def time_interleaved(args) -> dict[str, list[float]]:
@@ -139,8 +169,10 @@ def time_interleaved(args) -> dict[str, list[float]]:
         for step in steps.values():
             step()
     times = {mode: [] for mode in steps}
-    for _ in range(args.repeats):
-        for mode, step in steps.items():
+    for round_index in range(args.repeats):
+        # every other round runs the modes in reverse order, so that no mode always follows the same one
+        order = list(steps.items())
+        for mode, step in order[::-1] if round_index % 2 else order:
             synchronize()
             start = time.perf_counter()
             step()
@@ -154,7 +186,8 @@ def peak_memory(args, mode: str) -> float:
     plain, distill, materialised, batch = build_for(args)
     # only the measured mode's trainer keeps its models: the others' would count in the peak
     keep = {"student_step": plain, "distill_step": distill, "materialised_step": materialised}.get(mode)
-    step = runner(mode, plain if keep is plain else None, distill if mode in ("distill_step", "teacher_forward") else None,
+    step = runner(mode, plain if keep is plain else None,
+                  distill if mode in ("distill_step", "teacher_forward", "before_step") else None,
                   materialised if keep is materialised else None, batch)
     del plain, distill, materialised, keep
     gc.collect()
@@ -187,6 +220,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--before", default=None,
+                        help="folder of another copy of the package (e.g. an older checkout's hf_bigsmall) whose "
+                             "distillation step is timed beside this one's")
     parser.add_argument("--memory_of", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -197,7 +233,8 @@ def main():
     times = {} if args.no_timing else time_interleaved(args)
     medians = {mode: statistics.median(values) for mode, values in times.items()}
     memory = {}
-    for mode in args.memory_modes.split(",") if args.memory_modes else timed_modes(args):
+    default_memory_modes = [mode for mode in timed_modes(args) if mode != "before_step"]
+    for mode in args.memory_modes.split(",") if args.memory_modes else default_memory_modes:
         cmd = [sys.executable, __file__, *sys.argv[1:], "--memory_of", mode]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=dict(os.environ)).stdout
         memory[mode] = json.loads(out.strip().splitlines()[-1])["peak_mb"]
@@ -221,6 +258,15 @@ def main():
         c / (a + b) for a, b, c in zip(times["student_step"], times["teacher_forward"], times["distill_step"])
     )
     print(f"distill / (student + teacher forward): {ratio:.3f} (median of per-round ratios {paired:.3f}; target <= 1.10)")
+    if "before_step" in medians:
+        paired = statistics.median(
+            c / (a + b) for a, b, c in zip(times["student_step"], times["teacher_forward"], times["before_step"]))
+        ratio = medians["before_step"] / (medians["student_step"] + medians["teacher_forward"])
+        print(f"before / (student + teacher forward): {ratio:.3f} (median of per-round ratios {paired:.3f})")
+        paired = statistics.median(a / b for a, b in zip(times["distill_step"], times["before_step"]))
+        print(f"distill / before: {medians['distill_step'] / medians['before_step']:.3f} "
+              f"(median of per-round ratios {paired:.3f})")
+    print("per-round seconds: " + json.dumps({mode: [round(t, 3) for t in values] for mode, values in times.items()}))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2LMHeadModel, LlamaForCausalLM
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, cache_teacher_logits, load_teacher_logits, make_student
+from hf_bigsmall.distillation import fused_loss
 from hf_bigsmall.distillation.cached_loss import cached_distillation_losses
 from hf_bigsmall.distillation.fused_loss import CachedTargets, LMHead, fused_distillation_losses, lm_head_refusal
 from hf_bigsmall.losses import KD_LOSSES, kd_loss
@@ -81,6 +82,84 @@ def test_task_loss_alone_is_the_models_cross_entropy():
     for fused, reference in zip(torch.autograd.grad(loss, (hidden, weight, bias)),
                                 torch.autograd.grad(expected, (hidden, weight, bias))):
         torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_soft_target_loss_of_weight_zero_is_reported_and_gives_no_gradient(temperature):
+    hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, kd_mask = random_problem()
+    loss, kd, ce = fused_distillation_losses(
+        hidden, LMHead(weight, bias), labels, kd_mask, teacher_hidden, LMHead(teacher_weight, teacher_bias),
+        temperature=temperature, kd_weight=0.0, ce_weight=0.7, chunk_size=5)
+    logits = F.linear(hidden, weight, bias)
+    expected_kd = kd_loss(logits, F.linear(teacher_hidden, teacher_weight, teacher_bias), temperature, mask=kd_mask,
+                          reduction="sum")
+    expected = 0.7 * F.cross_entropy(logits, labels, reduction="sum")
+    torch.testing.assert_close(kd, expected_kd.detach(), rtol=1e-6, atol=1e-5)
+    for fused, reference in zip(torch.autograd.grad(loss, (hidden, weight, bias)),
+                                torch.autograd.grad(expected, (hidden, weight, bias))):
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+
+
+# reverse KL is infinite there by definition (the student's mass where the teacher has none)
+@pytest.mark.parametrize("kind", ["forward_kl", "jsd"])
+def test_a_token_the_teacher_rules_out_gives_the_materialised_loss(kind):
+    hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, kd_mask = random_problem()
+    teacher_bias[7] = float("-inf")  # a vocabulary entry the teacher masks out: -inf log-probabilities, floored
+    loss, kd, _ = fused_distillation_losses(
+        hidden, LMHead(weight, bias), labels, kd_mask, teacher_hidden, LMHead(teacher_weight, teacher_bias),
+        temperature=2.0, kind=kind, kd_weight=0.3, ce_weight=0.7, chunk_size=5)
+    logits = F.linear(hidden, weight, bias)
+    expected_kd = kd_loss(logits, F.linear(teacher_hidden, teacher_weight, teacher_bias), 2.0, kind, mask=kd_mask,
+                          reduction="sum")
+    expected = 0.3 * expected_kd + 0.7 * F.cross_entropy(logits, labels, reduction="sum")
+    assert torch.isfinite(kd)
+    torch.testing.assert_close(kd, expected_kd.detach(), rtol=1e-6, atol=1e-5)
+    for fused, reference in zip(torch.autograd.grad(loss, (hidden, weight, bias)),
+                                torch.autograd.grad(expected, (hidden, weight, bias))):
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, temperature, smoothing", [("forward_kl", 1.0, 0.0), ("forward_kl", 2.0, 0.1),
+                                                          ("reverse_kl", 2.0, 0.1), ("jsd", 2.0, 0.1)])
+def test_compiled_chunks_give_the_materialised_loss_and_gradients(kind, temperature, smoothing):
+    hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, kd_mask = random_problem()
+    # 37 rows in chunks of 5: the last chunk of 2 is padded to the compiled shape
+    loss, kd, ce = fused_distillation_losses(
+        hidden, LMHead(weight, bias), labels, kd_mask, teacher_hidden, LMHead(teacher_weight, teacher_bias),
+        temperature=temperature, kind=kind, kd_weight=0.3, ce_weight=0.7, label_smoothing=smoothing, chunk_size=5,
+        compile_chunks=True)
+    assert not fused_loss._compiled_chunk.failed
+    logits = F.linear(hidden, weight, bias)
+    expected_kd = kd_loss(logits, F.linear(teacher_hidden, teacher_weight, teacher_bias), temperature, kind,
+                          mask=kd_mask, reduction="sum")
+    expected_ce = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=smoothing)
+    torch.testing.assert_close(kd, expected_kd.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ce, expected_ce.detach(), rtol=1e-5, atol=1e-5)
+    for fused, reference in zip(torch.autograd.grad(loss, (hidden, weight, bias)),
+                                torch.autograd.grad(0.3 * expected_kd + 0.7 * expected_ce, (hidden, weight, bias))):
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_a_chunk_that_fails_to_compile_runs_eagerly_after_one_warning(monkeypatch, caplog):
+    def failing_compile(function, **kwargs):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setattr(fused_loss, "_compiled_chunk", fused_loss._CompiledChunk())
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, kd_mask = random_problem()
+    results = []
+    with caplog.at_level("WARNING", logger="hf_bigsmall.distillation.fused_loss"):
+        for compile_chunks in (True, False):
+            loss, _, _ = fused_distillation_losses(
+                hidden, LMHead(weight, bias), labels, kd_mask, teacher_hidden, LMHead(teacher_weight, teacher_bias),
+                temperature=2.0, kd_weight=0.3, ce_weight=0.7, chunk_size=5, compile_chunks=compile_chunks)
+            results.append((loss, *torch.autograd.grad(loss, (hidden, weight, bias))))
+    assert caplog.text.count("torch.compile of the fused loss's chunk failed (RuntimeError: no C++ compiler)") == 1
+    for compiled, eager in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kind", KD_LOSSES)
@@ -189,6 +268,17 @@ def test_trainer_step_equals_the_materialised_step(tmp_path, arch, teacher, over
     for key in ("loss", "loss_kd", "loss_ce", "loss_hidden"):
         if key in logs:
             assert fused_logs[key] == pytest.approx(logs[key], rel=1e-5, abs=1e-7)
+
+
+@pytest.mark.slow
+def test_trainer_step_with_compiled_chunks_equals_the_materialised_step(tmp_path):
+    compiled_gradients, compiled_logs, _ = one_step(tmp_path, "llama", True, temperature=2.0, compile_fused_loss=True)
+    assert not fused_loss._compiled_chunk.failed
+    gradients, logs, _ = one_step(tmp_path, "llama", False, temperature=2.0)
+    for name in gradients:
+        torch.testing.assert_close(compiled_gradients[name], gradients[name], rtol=1e-4, atol=1e-6)
+    for key in ("loss", "loss_kd", "loss_ce"):
+        assert compiled_logs[key] == pytest.approx(logs[key], rel=1e-5, abs=1e-7)
 
 
 def test_trainer_step_under_bf16_autocast_stays_close(tmp_path):

@@ -85,6 +85,14 @@ class DistillationConfig(TrainingArguments):
                   "otherwise off with an info log; True: raise where it cannot; False: always materialise the logits. "
                   "Calls that ask for the logits (return_outputs=True, evaluation) get them materialised."},
     )
+    compile_fused_loss: bool = field(
+        default=False,
+        metadata={"help": "With the fused LM-head loss, online, and a divergence with a closed-form gradient (the "
+                  "built-ins): run each chunk's elementwise work through torch.compile (fused loops, on CPU C++ built "
+                  "by the system's compiler). The same losses and gradients up to float rounding; compiling costs "
+                  "about a minute once per process (on CPU), so it pays off over long runs only. Falls back to the "
+                  "eager chunk, with a warning, where it fails to compile."},
+    )
     alpha_hidden: float = field(
         default=0.0,
         metadata={"help": "Weight of the hidden-state loss between mapped layers, >= 0 (0 turns it off)."},

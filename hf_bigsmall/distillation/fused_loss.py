@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import inspect
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from transformers.utils import logging
 
 from .cached_loss import cached_distillation_losses
-from .divergences import Divergence, resolve_divergence, rows_and_logit_gradient
+from .divergences import LOG_FLOOR, Divergence, resolve_divergence, rows_and_logit_gradient
+
+logger = logging.get_logger(__name__)
 
 # logits per chunk when no chunk size is given: 64 MB of float32, a handful of buffers of it at the peak
 FUSED_CHUNK_LOGITS = 2**24
@@ -64,31 +68,116 @@ class CachedTargets:
     tail_shape: str = "uniform"  # how the tail mass is spread over the excluded tokens (`kd_tail`)
 
 
+def _is_zero(weight: float | torch.Tensor) -> bool:
+    return isinstance(weight, (int, float)) and weight == 0
+
+
+class _ChunkBuffers:
+    """`(chunk_size, V)` float32 buffers made once per loss call and reused by every chunk.
+
+    A chunk's logits are tens of MB: a fresh tensor of that size per chunk and per intermediate is
+    fresh memory from the OS each time (page faults, zeroing), which on CPU cost more than the
+    arithmetic done in it. Each name gets one buffer; a chunk takes its first `rows` rows.
+    """
+
+    def __init__(self, rows: int, columns: int, device: torch.device):
+        self.shape, self.device, self._buffers = (rows, columns), device, {}
+
+    def get(self, name: str, rows: int) -> torch.Tensor:
+        buffer = self._buffers.get(name)
+        if buffer is None:
+            buffer = self._buffers[name] = torch.empty(self.shape, dtype=torch.float32, device=self.device)
+        return buffer[:rows]
+
+
+def _or_new(buffer: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(like) if buffer is None else buffer
+
+
+def _linear_into(out: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
+                 bias: torch.Tensor | None) -> torch.Tensor:
+    """`hidden @ weight.T + bias` written into the float32 buffer `out` (computed in `hidden`'s dtype)."""
+    if hidden.dtype != torch.float32:
+        return out.copy_(F.linear(hidden, weight, bias))
+    if bias is None:
+        return torch.mm(hidden, weight.T, out=out)
+    return torch.addmm(bias, hidden, weight.T, out=out)
+
+
 def _online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor | None, keep: torch.Tensor | None,
                   labels: torch.Tensor | None, temperature: float, divergence: Divergence, params: dict,
                   kd_weight: float | torch.Tensor, ce_weight: float | torch.Tensor, label_smoothing: float,
-                  needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+                  needs_grad: bool, spare: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One chunk of the online losses and their gradient with respect to the float32 logits.
 
     The same values as `kd_loss` (times T**2) and `cross_entropy`. The divergence gives each row's
     value and its gradient in `u = logits / T` (`rows_and_logit_gradient`: its closed form, or
     autograd on this chunk alone), times T**2 / T for the logits; the cross-entropy's is written out,
-    `softmax(logits) - (1 - eps) * onehot - eps / V`, so a chunk takes a few passes over its logits.
+    `softmax(logits) - (1 - eps) * onehot - eps / V`. `logits` and `teacher_logits` are overwritten
+    (the returned gradient may be `logits` itself), and `spare`, a buffer of their shape, holds the
+    task loss's probabilities: each step works in place, so a chunk allocates no `(C, V)` tensor of its
+    own and takes few passes over its logits (each log-softmax is one fused pass per row).
     Returns `(kd_sum, ce_sum, grad)` (grad None without `needs_grad`).
     """
     zero = logits.new_zeros(())
     kd_sum, ce_sum, grad = zero, zero, None
-    log_s = torch.log_softmax(logits / temperature if temperature != 1.0 else logits, dim=-1)
-    s = log_s.exp() if needs_grad else None
+    ce_probs = None
+    if labels is not None:
+        valid = labels.ne(-100)
+        safe = torch.where(valid, labels, 0)
+        if teacher_logits is None or temperature == 1.0:
+            # at T = 1 one log-softmax serves both losses (the divergence then takes it as it is)
+            log_p = torch.log_softmax(logits, dim=-1, out=logits)
+        else:
+            log_p = torch.log_softmax(logits, dim=-1, out=_or_new(spare, logits))
+        nll = -log_p.gather(1, safe[:, None]).squeeze(1)
+        if label_smoothing > 0:
+            nll = (1 - label_smoothing) * nll - label_smoothing * log_p.mean(-1)
+        ce_sum = (nll * valid).sum()
+        if needs_grad and not _is_zero(ce_weight):
+            # the divergence overwrites `logits`: a log-softmax it shares goes to the spare buffer as probabilities
+            shared = teacher_logits is not None and log_p is logits
+            ce_probs = torch.exp(log_p, out=_or_new(spare, logits)) if shared else log_p.exp_()
     if teacher_logits is not None:
         keep_f = keep.to(torch.float32)
-        log_t = torch.log_softmax(teacher_logits.div_(temperature) if temperature != 1.0 else teacher_logits, dim=-1)
-        kd_rows, grad = rows_and_logit_gradient(divergence, params, log_s, log_t, student_probs=s,
-                                                needs_grad=needs_grad)
-        del log_t
+        log_s = logits if temperature == 1.0 and labels is not None else \
+            torch.log_softmax(logits.div_(temperature), dim=-1, out=logits)
+        log_t = torch.log_softmax(teacher_logits.div_(temperature) if temperature != 1.0 else teacher_logits,
+                                  dim=-1, out=teacher_logits)
+        kd_rows, grad = rows_and_logit_gradient(divergence, params, log_s, log_t,
+                                                needs_grad=needs_grad and not _is_zero(kd_weight), consume=True)
         kd_sum = (kd_rows * keep_f).sum() * temperature**2
         if grad is not None:  # T**2 for the loss, 1 / T for d(u)/d(logits)
             grad.mul_((keep_f * temperature)[:, None] * kd_weight)
+    if ce_probs is not None:
+        row_weight = valid.to(torch.float32)[:, None] * ce_weight
+        if grad is None:
+            grad = ce_probs.mul_(row_weight)
+        else:
+            grad.addcmul_(ce_probs, row_weight)
+        if label_smoothing > 0:
+            grad.sub_(row_weight * (label_smoothing / logits.shape[-1]))
+        grad.scatter_add_(1, safe[:, None], -(1 - label_smoothing) * row_weight)
+    return kd_sum, ce_sum, grad
+
+
+def _functional_online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor, keep: torch.Tensor,
+                             labels: torch.Tensor | None, kd_weight: torch.Tensor, ce_weight: torch.Tensor,
+                             temperature: float, label_smoothing: float, gradient: Callable,
+                             params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_online_chunk` with a closed-form divergence, written without `out=` for `torch.compile`.
+
+    The same formulas; the gradient is written into `logits` at the end, so the compiled loops keep the
+    chunk's buffer instead of returning a fresh `(C, V)` tensor. Returns `(kd_sum, ce_sum)`.
+    """
+    keep_f = keep.to(torch.float32)
+    log_s = torch.log_softmax(logits / temperature, dim=-1)
+    log_t = torch.log_softmax(teacher_logits / temperature, dim=-1)
+    kd_rows, grad = gradient(log_s.clamp(min=LOG_FLOOR), log_t.clamp(min=LOG_FLOOR), **params)
+    kd_sum = (kd_rows * keep_f).sum() * temperature**2
+    grad = grad * ((keep_f * temperature)[:, None] * kd_weight)  # T**2 for the loss, 1 / T for d(u)/d(logits)
+    ce_sum = logits.new_zeros(())
     if labels is not None:
         valid = labels.ne(-100)
         safe = torch.where(valid, labels, 0)
@@ -97,15 +186,48 @@ def _online_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor | None, kee
         if label_smoothing > 0:
             nll = (1 - label_smoothing) * nll - label_smoothing * log_p.mean(-1)
         ce_sum = (nll * valid).sum()
-        if needs_grad and not (isinstance(ce_weight, (int, float)) and ce_weight == 0):
-            p = s if temperature == 1.0 else log_p.exp()
-            row_weight = valid.to(torch.float32)[:, None] * ce_weight
-            ce_grad = p.mul(row_weight)
-            if label_smoothing > 0:
-                ce_grad.sub_(row_weight * (label_smoothing / logits.shape[-1]))
-            ce_grad.scatter_add_(1, safe[:, None], -(1 - label_smoothing) * row_weight)
-            grad = ce_grad if grad is None else grad.add_(ce_grad)
-    return kd_sum, ce_sum, grad
+        row_weight = valid.to(torch.float32)[:, None] * ce_weight
+        grad = grad + log_p.exp() * row_weight
+        if label_smoothing > 0:
+            grad = grad - row_weight * (label_smoothing / logits.shape[-1])
+        grad = grad.scatter_add(1, safe[:, None], -(1 - label_smoothing) * row_weight)
+    logits.copy_(grad)
+    return kd_sum, ce_sum
+
+
+class _CompiledChunk:
+    """`_functional_online_chunk` under `torch.compile`, made once per process, eager where it cannot compile.
+
+    Inductor turns the chunk's elementwise work into a few fused loops (on CPU vectorised C++ built by the
+    system's compiler). It compiles for one chunk shape (`dynamic=False`): the last, smaller chunk is padded
+    to it, so a run compiles once per loss setting. A failure to compile is logged once and the eager
+    chunk is used from then on.
+    """
+
+    def __init__(self):
+        self._function, self.failed, self.compile_seconds = None, False, None
+
+    def __call__(self, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.failed:
+            return None
+        if self._function is None:
+            self._function = torch.compile(_functional_online_chunk, dynamic=False)
+        start = time.perf_counter()
+        try:
+            result = self._function(*args, **kwargs)
+        except Exception as error:  # no C++ compiler, an unsupported op in a divergence, ...: eager from now on
+            self.failed = True
+            logger.warning(f"compile_fused_loss: torch.compile of the fused loss's chunk failed "
+                           f"({type(error).__name__}: {error}); the chunks run eagerly instead.")
+            return None
+        if self.compile_seconds is None:
+            self.compile_seconds = time.perf_counter() - start
+            logger.info(f"compile_fused_loss: the fused loss's chunk compiled in {self.compile_seconds:.1f} s "
+                        "(once per process and loss setting).")
+        return result
+
+
+_compiled_chunk = _CompiledChunk()
 
 
 def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
@@ -120,7 +242,7 @@ class _FusedHeadLoss(torch.autograd.Function):
     """`kd_weight * kd + ce_weight * ce` over chunks of rows, the gradient taken chunk by chunk in the forward."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, chunk_losses, kd_weight, ce_weight, chunk_size):
+    def forward(ctx, hidden, weight, bias, chunk_losses, kd_weight, ce_weight, buffers):
         needs_grad = any(ctx.needs_input_grad[:3])
         dtype = _compute_dtype(hidden)
         with torch.autocast(hidden.device.type, enabled=False):
@@ -133,13 +255,14 @@ class _FusedHeadLoss(torch.autograd.Function):
                 if bias is not None and ctx.needs_input_grad[2] else None
             kd_total = hidden.new_zeros((), dtype=torch.float32)
             ce_total = hidden.new_zeros((), dtype=torch.float32)
+            chunk_size = buffers.shape[0]
             for start in range(0, hidden.shape[0], chunk_size):
                 rows = slice(start, start + chunk_size)
                 chunk_hidden = hidden[rows].to(dtype)
-                logits = F.linear(chunk_hidden, weight_c, bias_c).float()
+                logits = _linear_into(buffers.get("student", chunk_hidden.shape[0]), chunk_hidden, weight_c, bias_c)
                 kd, ce, grad_logits = chunk_losses(logits, rows, needs_grad)
                 if grad_logits is not None:
-                    grad_logits = grad_logits.to(dtype)
+                    grad_logits = grad_logits.to(dtype)  # no copy in float32
                     if grad_hidden is not None:
                         grad_hidden[rows] = (grad_logits @ weight_c).to(grad_hidden.dtype)
                     if grad_weight is not None:
@@ -193,6 +316,7 @@ def fused_distillation_losses(
     chunk_size: int | None = None,
     check_teacher_logits: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
     divergence_params: dict[str, float] | None = None,
+    compile_chunks: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed soft-target and next-token losses of a student whose logits are never materialised.
 
@@ -227,6 +351,10 @@ def fused_distillation_losses(
             and the chunk's `kd_mask` rows (or None), where it may raise: a teacher whose logits are NaN
             or infinite is stopped before its soft targets reach the student.
         divergence_params (`dict`, *optional*): parameters the divergence declares, over their defaults.
+        compile_chunks (`bool`): run each online chunk's elementwise work (log-softmaxes, divergence, task
+            loss, gradient) through `torch.compile` where the divergence has a closed-form gradient: fused
+            loops instead of a pass per operation, at a one-time compile cost per process; eager where it
+            does not apply or fails to compile (logged once).
 
     Returns:
         `(loss, kd, ce)`: the weighted loss (differentiable) and the two float32 sums (detached; 0
@@ -263,6 +391,7 @@ def fused_distillation_losses(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
     chunk_size = chunk_size or max(1, FUSED_CHUNK_LOGITS // vocab_size)
+    buffers = _ChunkBuffers(max(1, min(chunk_size, rows)), vocab_size, student_hidden.device)
     with_kd = teacher_hidden is not None or cached is not None
     if cached is not None:
         kd_mask = cached.present if kd_mask is None else kd_mask & cached.present
@@ -286,17 +415,44 @@ def fused_distillation_losses(
             return F.cross_entropy(logits, labels[chunk], ignore_index=-100, reduction="sum",
                                    label_smoothing=label_smoothing)
 
+    # the task loss's probabilities need a buffer of their own only beside the soft-target loss's
+    shared_spare = labels is not None and teacher is not None
+    compiled = compile_chunks and teacher is not None and kd_graph and divergence.gradient is not None
+    if compiled:  # tensors, not floats, so that a new normalising count does not recompile
+        weights = tuple(torch.as_tensor(weight, dtype=torch.float32, device=student_hidden.device)
+                        for weight in (_as_weight(kd_weight), _as_weight(ce_weight)))
+
+    def compiled_chunk(logits: torch.Tensor, teacher_logits: torch.Tensor, chunk: slice):
+        """`(kd, ce, grad)` of one online chunk from the compiled loops, or None where they are not available."""
+        rows, full = logits.shape[0], buffers.shape[0]
+        keep, chunk_labels = kd_mask[chunk], None if labels is None else labels[chunk]
+        student_buffer, teacher_buffer = buffers.get("student", full), buffers.get("teacher", full)
+        if rows < full:  # the last chunk, padded to the compiled shape with rows that count nowhere
+            student_buffer[rows:].zero_()
+            teacher_buffer[rows:].zero_()
+            keep = F.pad(keep, (0, full - rows), value=False)
+            chunk_labels = None if chunk_labels is None else F.pad(chunk_labels, (0, full - rows), value=-100)
+        sums = _compiled_chunk(student_buffer, teacher_buffer, keep, chunk_labels, *weights, temperature=temperature,
+                               label_smoothing=label_smoothing, gradient=divergence.gradient, params=params)
+        return None if sums is None else (*sums, logits)  # the gradient is written into the logits' buffer
+
     def chunk_losses(logits: torch.Tensor, chunk: slice, needs_grad: bool):
         """`(kd, ce, grad)` of one chunk: written-out gradients online, autograd on the chunk for a cache."""
         if cached is None:
             teacher_logits = None
             if teacher is not None:
-                teacher_logits = F.linear(teacher_hidden[chunk].to(teacher[0].dtype), *teacher).float()
+                teacher_logits = _linear_into(buffers.get("teacher", logits.shape[0]),
+                                              teacher_hidden[chunk].to(teacher[0].dtype), *teacher)
                 if check_teacher_logits is not None:  # the only place the teacher's logits ever exist
                     check_teacher_logits(teacher_logits, None if kd_mask is None else kd_mask[chunk])
+                if compiled and needs_grad:
+                    result = compiled_chunk(logits, teacher_logits, chunk)
+                    if result is not None:
+                        return result
             return _online_chunk(logits, teacher_logits, None if kd_mask is None else kd_mask[chunk],
                                  None if labels is None else labels[chunk], temperature, divergence, params,
-                                 kd_weight, ce_weight, label_smoothing, needs_grad and (kd_graph or ce_graph))
+                                 kd_weight, ce_weight, label_smoothing, needs_grad and (kd_graph or ce_graph),
+                                 spare=buffers.get("spare", logits.shape[0]) if shared_spare else None)
         if not needs_grad:
             return *cached_losses(logits, chunk), None
         logits.requires_grad_(True)
@@ -324,7 +480,7 @@ def fused_distillation_losses(
         return kd, ce
 
     return _FusedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, chunk_losses,
-                                _as_weight(kd_weight), _as_weight(ce_weight), chunk_size)
+                                _as_weight(kd_weight), _as_weight(ce_weight), buffers)
 
 
 # transforms some architectures apply to the head's output (Gemma 2/3, Cohere, Granite): the fused

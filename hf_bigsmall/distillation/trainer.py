@@ -527,7 +527,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 kd_mask=None if kd_positions is None or not online else flat(kd_positions),
                 temperature=args.temperature, kind=args.kd_loss, divergence_params=args.divergence_params(),
                 kd_weight=kd_weight, ce_weight=ce_weight, label_smoothing=args.label_smoothing_factor,
-                chunk_size=args.kd_chunk_size,
+                chunk_size=args.kd_chunk_size, compile_chunks=args.compile_fused_loss,
                 check_teacher_logits=self._check_teacher_logits if online else None,
                 **self._fused_soft_targets(inputs, teacher_outputs, kd_positions, rows, flat),
             )

@@ -202,6 +202,17 @@ def divergence_rows(divergence: Divergence, params: Mapping[str, float], student
     return _checked_rows(divergence, values, student_logprobs)
 
 
+def _floored(logprobs: torch.Tensor, in_place: bool) -> torch.Tensor:
+    """`logprobs` clamped to `LOG_FLOOR`, detached; in place, only where a value is below it (on CPU a pass that
+    reads is cheaper than one that writes, and log-probabilities rarely hold a -inf)."""
+    logprobs = logprobs.detach()
+    if not in_place:
+        return logprobs.clamp(min=LOG_FLOOR)
+    if logprobs.device.type != "cpu" or (logprobs.numel() and bool(logprobs.amin() < LOG_FLOOR)):
+        logprobs.clamp_(min=LOG_FLOOR)
+    return logprobs
+
+
 def rows_and_logit_gradient(divergence: Divergence, params: Mapping[str, float], student_logprobs: torch.Tensor,
                             teacher_logprobs: torch.Tensor, student_probs: torch.Tensor | None = None,
                             needs_grad: bool = True, consume: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -210,11 +221,11 @@ def rows_and_logit_gradient(divergence: Divergence, params: Mapping[str, float],
     The entry's closed form gives it; otherwise autograd gives the derivative in the log-probabilities `g`,
     which goes through the log-softmax: `g - p * sum(g)` per row, with `p = exp(student_logprobs)`
     (`student_probs` when the caller has them; with `consume`, computed in place in `student_logprobs`,
-    which the caller no longer needs). Neither result is attached to a graph. `teacher_logprobs` is
-    clamped in place.
+    which the caller no longer needs and which is then also clamped in place). Neither result is attached
+    to a graph. `teacher_logprobs` is clamped in place.
     """
-    student = student_logprobs.detach().clamp(min=LOG_FLOOR)
-    teacher = teacher_logprobs.detach().clamp_(min=LOG_FLOOR)
+    student = _floored(student_logprobs, in_place=consume)
+    teacher = _floored(teacher_logprobs, in_place=True)
     if not needs_grad:
         with torch.no_grad():
             return _checked_rows(divergence, divergence.function(student, teacher, **params), student), None

@@ -16,7 +16,7 @@ def forward_kl_and_gradient(student_logprobs: torch.Tensor,
                             teacher_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The values and their gradient in the softened logits, `s - t` (the arguments are overwritten)."""
     teacher_probs = teacher_logprobs.exp()
-    values = (teacher_logprobs - student_logprobs).mul_(teacher_probs).sum(-1)
+    values = teacher_logprobs.sub_(student_logprobs).mul_(teacher_probs).sum(-1)
     return values, student_logprobs.exp_().sub_(teacher_probs)
 
 

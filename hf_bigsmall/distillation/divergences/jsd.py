@@ -35,15 +35,19 @@ def jsd_and_gradient(student_logprobs: torch.Tensor, teacher_logprobs: torch.Ten
                      beta: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """The values and their gradient in the softened logits, `(1 - beta) * s * (log s - log m - KL(s || m))`:
     the derivative in `s` is `(1 - beta) * log(s / m)`, the mixture's own terms cancelling."""
-    log_mixture = torch.logaddexp(teacher_logprobs + _log(beta), student_logprobs + _log(1.0 - beta))
+    if 0.0 < beta < 1.0:  # log m = log(1 - beta) + logaddexp(log t + log(beta / (1 - beta)), log s): one buffer
+        log_mixture = teacher_logprobs + (math.log(beta) - math.log(1.0 - beta))
+        torch.logaddexp(log_mixture, student_logprobs, out=log_mixture).add_(math.log(1.0 - beta))
+    else:
+        log_mixture = torch.logaddexp(teacher_logprobs + _log(beta), student_logprobs + _log(1.0 - beta))
     log_mixture.clamp_(min=LOG_FLOOR)
     teacher_part = (teacher_logprobs - log_mixture).mul_(teacher_logprobs.exp_()).sum(-1)
-    difference = student_logprobs.sub(log_mixture)
-    del log_mixture
-    student_probs = student_logprobs.exp_()  # the arguments are overwritten
-    student_part = (student_probs * difference).sum(-1)
+    # the arguments are overwritten: s * (d - KL(s || m)) computed as s * d - s * KL(s || m) in the mixture's buffer
+    weighted = torch.sub(student_logprobs, log_mixture, out=log_mixture)
+    student_probs = student_logprobs.exp_()
+    student_part = weighted.mul_(student_probs).sum(-1)
     values = beta * teacher_part + (1.0 - beta) * student_part
-    return values, difference.sub_(student_part[:, None]).mul_(student_probs).mul_(1.0 - beta)
+    return values, weighted.addcmul_(student_probs, student_part[:, None], value=-1.0).mul_(1.0 - beta)
 
 
 def _check(params: dict) -> None:

@@ -16,10 +16,11 @@ def reverse_kl_and_gradient(student_logprobs: torch.Tensor,
                             teacher_logprobs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The values and their gradient in the softened logits, `s * (log s - log t - KL(s || t))` (the
     arguments are overwritten)."""
-    difference = student_logprobs - teacher_logprobs
+    # s * (d - KL) computed as s * d - s * KL, so that no buffer beyond the two arguments is needed
+    weighted = torch.sub(student_logprobs, teacher_logprobs, out=teacher_logprobs)
     student_probs = student_logprobs.exp_()
-    values = (student_probs * difference).sum(-1)
-    return values, difference.sub_(values[:, None]).mul_(student_probs)
+    values = weighted.mul_(student_probs).sum(-1)
+    return values, weighted.addcmul_(student_probs, values[:, None], value=-1.0)
 
 
 register_divergence(Divergence(

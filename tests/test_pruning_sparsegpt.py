@@ -305,6 +305,7 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
         ({"scope": "row"}, ValueError, "takes no scope"),
         ({"sequential": "yes"}, ValueError, "'layer'.*'block'"),
         ({"sequential": 1}, TypeError, "False, True, 'block' or 'layer'"),
+        ({"sequential": None}, TypeError, "False, True, 'block' or 'layer'"),
         ({"method": "magnitude", "sequential": True}, ValueError, "uses no calibration"),
         ({"dampening": 0.0}, ValueError, "positive number"),
         ({"dampening": float("inf")}, ValueError, "positive number"),
@@ -314,7 +315,8 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
         ({"method": "obs"}, ValueError, "choose one of"),
         ({"method": "wanda", "scope": "global", "sequential": True}, ValueError, "scope='row' or 'layer'"),
     ],
-    ids=["nan-with-pattern", "nan", "scope", "sequential-str", "sequential-int", "magnitude-sequential",
+    ids=["nan-with-pattern", "nan", "scope", "sequential-str", "sequential-int", "sequential-none",
+         "magnitude-sequential",
          "dampening-zero", "dampening-inf", "dtype", "block-size", "no-calibration", "method", "global-sequential"],
 )
 def test_bad_input_is_refused_before_the_model_changes(kwargs, error, words):
@@ -389,6 +391,18 @@ def test_the_card_says_what_each_layer_was_calibrated_on(sequential, words):
     # True, recorded before "block" and "layer" existed, meant block by block
     sentence = SparsityRecord(method="sparsegpt", schedule="one_shot", sequential=sequential).sentence()
     assert (words in sentence) if words else "calibrated on the outputs" not in sentence
+
+
+@pytest.mark.parametrize("value", ["row", 1, 0, "True", None])
+def test_a_record_whose_sequential_is_none_of_the_written_values_is_refused(value):
+    from hf_bigsmall.pruning.record import SparsityRecord
+
+    block = {"method": "sparsegpt", "schedule": "one_shot", "sequential": value}
+    if value is None:  # a null, as a record made without the key writes it, reads back as before
+        assert SparsityRecord.from_dict(block).sequential is None
+        return
+    with pytest.raises(ValueError, match="False, True, 'block' or 'layer'"):
+        SparsityRecord.from_dict(block)
 
 
 def test_an_encoder_and_a_layer_outside_the_blocks_are_pruned_too():

@@ -411,5 +411,5 @@ def _prune_block_by_block(
             apply_masks(model, block_masks)  # the next block must read this one's pruned outputs
             masks.update(block_masks)
 
-    calibrate_block_by_block(model, calibration, targets, hooks_for, prune, sequential=sequential)
+    calibrate_block_by_block(model, calibration, targets, hooks_for, prune, sequential=sequential or False)
     return masks

@@ -45,13 +45,13 @@ logger = logging.get_logger(__name__)
 SEQUENTIAL_MODES = ("block", "layer")
 
 
-def sequential_mode(sequential: bool | str | None) -> str | None:
-    """`sequential=` as a mode: `None` (dense calibration), `"block"` or `"layer"` (`True`).
+def sequential_mode(sequential: bool | str) -> str | None:
+    """`sequential=` as a mode: `None` (dense calibration, `False`), `"block"` or `"layer"` (`True`).
 
     Raises:
-        TypeError / ValueError: anything else, naming the values accepted.
+        TypeError / ValueError: anything else (`None` included: say False), naming the values accepted.
     """
-    if sequential is None or sequential is False:
+    if sequential is False:
         return None
     if sequential is True:
         return "layer"

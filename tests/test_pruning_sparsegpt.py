@@ -296,6 +296,42 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
     assert sparsity_report(sequential).global_sparsity == pytest.approx(0.5)
 
 
+class _UpTwiceMLP(torch.nn.Module):
+    """A Llama MLP that calls up_proj twice: its block's layers are not each called once per forward."""
+
+    def __init__(self, mlp):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj, self.act_fn = mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x) + 0.5 * self.up_proj(x))
+
+
+@pytest.mark.parametrize("blocks, recorded", [([1], "layer"), ([0, 1, 2, 3], "block")], ids=["one", "every"])
+def test_blocks_that_fall_back_to_block_are_warned_about_recorded_and_on_the_card(blocks, recorded, tmp_path):
+    from transformers.utils import logging as hf_logging
+
+    model = tiny_llama()
+    for index in blocks:
+        model.model.layers[index].mlp = _UpTwiceMLP(model.model.layers[index].mlp)
+    logger = hf_logging.get_logger("hf_bigsmall.pruning.sequential")
+    with CaptureLogger(logger) as captured:
+        prune_one_shot(model, calibration_rows(), method="sparsegpt", sequential=True, num_samples=4, seq_len=32)
+    assert captured.out.count("not each called once") == 1 and f"block(s) {blocks}" in captured.out
+    record = model.pruning_state.record
+    assert record["sequential"] == recorded
+    if recorded == "layer":  # the other blocks really were calibrated layer by layer
+        assert record["sequential_fallback_blocks"] == blocks
+    else:
+        assert "sequential_fallback_blocks" not in record
+    save_pruned_model(model, tmp_path / "pruned")
+    text = build_model_card(tmp_path / "pruned").text
+    if recorded == "layer":
+        assert "within its block too, except in block 1:" in text
+    else:
+        assert "Each block was calibrated" in text and "within its block too" not in text
+
+
 # ------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "kwargs, error, words",

@@ -76,6 +76,8 @@ class SparsityRecord(ConfigRecord):
     schedule: str | None = None
     structure: str | None = None
     sequential: bool | str | None = None
+    #: with `sequential="layer"`: blocks whose layers are not each called once per forward, calibrated by block
+    sequential_fallback_blocks: list[int] | None = None
     target_sparsity: float | None = None
     global_sparsity: float | None = None
     model_sparsity: float | None = None
@@ -98,6 +100,12 @@ class SparsityRecord(ConfigRecord):
         when = _SCHEDULES.get(self.schedule, "during training")
         what = _STRUCTURES.get(self.structure, f"{self.structure} semi-structured sparsity (N zeros in every M inputs)")
         order = _SEQUENTIAL["block" if self.sequential is True else self.sequential] if self.sequential else ""
+        if self.sequential == "layer" and self.sequential_fallback_blocks:
+            blocks = ", ".join(str(index) for index in self.sequential_fallback_blocks)
+            order = order.removesuffix(".") + (
+                f", except in block{'s' if len(self.sequential_fallback_blocks) > 1 else ''} {blocks}: its layers "
+                "are not each called once per forward, so there they were calibrated together, on the outputs of "
+                "the blocks before it, already pruned.")
         return f"Pruned {when}, by {how}" + (f", {what}" if what else "") + "." + order
 
     def card_section(self, model_dir: str | Path | None = None) -> list[str]:

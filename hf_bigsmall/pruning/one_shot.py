@@ -11,7 +11,13 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .calibration import DEFAULT_NUM_SAMPLES, CalibrationData, InputStatistics, prepare_calibration
+from .calibration import (
+    DEFAULT_NUM_SAMPLES,
+    CalibrationData,
+    InputStatistics,
+    check_layers_reached,
+    prepare_calibration,
+)
 from .criteria import MULTI_PROCESS_FIX, PruningCriterion, get_pruning_criterion, pruning_criterion_names
 from .io import apply_masks
 from .sequential import blocks_with_targets, calibrate_block_by_block, sequential_mode
@@ -194,7 +200,8 @@ def prune_one_shot(
 
     Raises:
         ValueError: a bad method, sparsity, pattern, scope or option; no matching layer; a missing, empty or
-            foreign-tokenizer calibration set. All are checked before any weight changes.
+            foreign-tokenizer calibration set; a targeted layer the first calibration batch never reaches
+            (cross-attention without encoder states). All are checked before any weight changes.
             One thing cannot be: a SparseGPT Hessian that stays singular after the dampening is raised
             10,000-fold (degenerate calibration inputs) stops the run at that layer, with the blocks
             before it already pruned; prune a fresh copy with more varied calibration data.
@@ -356,6 +363,7 @@ def _calibration_for(
         )
     calibration = prepare_calibration(calibration_dataset, num_samples, seq_len, batch_size, model=model,
                                       tokenizer=tokenizer)
+    check_layers_reached(model, calibration, targets)
     return calibration, None
 
 

@@ -366,3 +366,24 @@ def test_a_targeted_layer_no_calibration_token_reaches_is_refused_before_pruning
     prune_one_shot(model, calibration_rows(), method=method, sequential=sequential, num_samples=4, seq_len=32,
                    target_modules=r".*\.(attn|mlp)\.c_(attn|proj|fc)")
     assert sparsity_report(model).global_sparsity == pytest.approx(0.5)
+
+
+def test_the_benchmark_reads_its_variants_strictly_and_stores_the_recorded_mode():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_one_shot.py"
+    spec = importlib.util.spec_from_file_location("bench_one_shot", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_variant("sparsegpt+seq+layer+damp0.1+bs64:2:4") == (
+        "sparsegpt", "layer", "2:4", {"dampening": 0.1, "block_size": 64})
+    for variant, words in [("sparsegpt+damp", "needs a number"), ("sparsegpt+bs", "needs a number"),
+                           ("sparsegpt+bsx", "needs a number"), ("sparsegpt+block+seq", "contradicts"),
+                           ("sparsegpt+layer+block", "contradicts")]:
+        with pytest.raises(SystemExit, match=words):
+            bench.parse_variant(variant)
+    model = prune_one_shot(tiny_llama(), calibration_rows(), method="wanda", sequential=True, num_samples=4,
+                           seq_len=32)
+    assert bench.recorded_sequential(model) == {"sequential": "layer"}
+    assert bench.recorded_sequential(prune_one_shot(tiny_llama(), method="magnitude")) == {"sequential": False}

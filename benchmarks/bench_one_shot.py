@@ -3,14 +3,14 @@
     OMP_NUM_THREADS=2 python benchmarks/bench_one_shot.py                  # the BENCHMARKS.md run
     OMP_NUM_THREADS=2 python benchmarks/bench_one_shot.py --heal-steps 0   # pruning only
     OMP_NUM_THREADS=2 python benchmarks/bench_one_shot.py --heal-steps 0 --calibration-samples 64 \
-        --eval-blocks 64 --variants wanda,sparsegpt,sparsegpt+seq,wanda:2:4,sparsegpt+seq:2:4   # SparseGPT vs Wanda
+        --eval-blocks 64 --variants wanda,sparsegpt,sparsegpt+block,wanda:2:4,sparsegpt+block:2:4  # SparseGPT vs Wanda
 
 A variant is `method[+flag...][:N:M]`: `sparsegpt+seq:2:4` is SparseGPT with `sequential=True`, 2:4.
 Flags: `seq` (`sequential=True`, the same as `layer`), `block` (`sequential="block"`: each block on the
 outputs of the already-pruned blocks before it), `layer` (`sequential="layer"`: also, within a block, each
 group of layers on the pruned layers before it), and for SparseGPT `fp32` (`hessian_dtype="float32"`),
 `damp<x>` (`dampening=x`, e.g. `damp0.1`), `bs<n>` (`block_size=n`). Variants with the same name in one
-run get a suffix.
+run get a suffix. The result JSON stores the mode the pruning record says (`"layer"`, `"block"` or false).
 
 For each variant it prunes a fresh copy of the dense model
 with `prune_one_shot` (Wanda calibrated on `--calibration-samples` windows of `--calibration-seq-len`
@@ -53,22 +53,35 @@ def parse_variant(variant: str) -> tuple[str, bool | str, str | None, dict]:
     sequential: bool | str = False
     options: dict = {}
     for flag in flags:
-        if flag == "seq":
-            sequential = True
-        elif flag in ("block", "layer"):
-            sequential = flag
+        if flag in ("seq", "block", "layer"):
+            mode = "layer" if flag == "seq" else flag  # seq is sequential=True, which means "layer"
+            if sequential and sequential != mode:
+                raise SystemExit(f"variant {variant!r}: +{flag} contradicts an earlier flag (sequential={sequential!r}): "
+                                 "keep one of seq/layer and block.")
+            sequential = mode
         elif flag == "fp32":
             options["hessian_dtype"] = "float32"
-        elif flag.startswith("damp"):
-            options["dampening"] = float(flag[4:])
-        elif flag.startswith("bs"):
-            options["block_size"] = int(flag[2:])
+        elif flag.startswith(("damp", "bs")):
+            key, text = ("dampening", flag[4:]) if flag.startswith("damp") else ("block_size", flag[2:])
+            try:
+                options[key] = float(text) if key == "dampening" else int(text)
+            except ValueError:
+                raise SystemExit(f"variant {variant!r}: +{flag} needs a number: damp<x> (e.g. damp0.1) or bs<n> "
+                                 "(e.g. bs64).") from None
         else:
             raise SystemExit(f"variant {variant!r}: unknown flag {flag!r} (seq, block, layer, fp32, damp<x>, bs<n>).")
     return method, sequential, pattern or None, options
 
 
 @torch.no_grad()
+def recorded_sequential(model) -> dict:
+    """The sequential mode the pruning record says (not the flag asked: "layer" falls back to "block" where a
+    block's layers are not each called once per forward), with the blocks that fell back if any."""
+    record = model.pruning_state.record
+    return {"sequential": record.get("sequential", False),
+            **{key: record[key] for key in ("sequential_fallback_blocks",) if key in record}}
+
+
 def perplexity(model, blocks, batch_size: int = 2) -> float:
     """exp(mean NLL) over every predicted token of full-length blocks (each block predicts length - 1)."""
     model.eval()
@@ -170,7 +183,7 @@ def main(argv=None) -> dict:
         # the other jobs, while CPU time / threads estimates the wall time on an idle one
         entry = {"prune_seconds": round(prune_seconds, 1), "prune_cpu_seconds": round(time.process_time() - cpu_start, 1),
                  "load_during_prune": load,
-                 "calibration_reused": reused, "sequential": sequential, "options": options,
+                 "calibration_reused": reused, "options": options, **recorded_sequential(model),
                  "sparsity": sparsity_report(model).global_sparsity, "perplexity": perplexity(model, held_out)}
         print(f"{name}: {entry['perplexity']:.2f} (pruned in {prune_seconds:.0f} s)", flush=True)
         results["models"][name] = entry

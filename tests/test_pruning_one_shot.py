@@ -348,3 +348,42 @@ def test_callback_bad_model_or_calibration_fails_when_the_trainer_is_built(tmp_p
     args = DistillationConfig(output_dir=str(tmp_path), max_steps=2, report_to="none", use_cpu=True)
     with pytest.raises(ValueError, match=words):
         Trainer(model=model, args=args, train_dataset=causal_blocks(), callbacks=[MagnitudePruningCallback(**kwargs)])
+
+
+@pytest.mark.parametrize("method, sequential", [("sparsegpt", False), ("sparsegpt", "layer"), ("wanda", False),
+                                                ("wanda", "block")])
+def test_a_targeted_layer_no_calibration_token_reaches_is_refused_before_pruning(method, sequential):
+    # GPT-2 with cross-attention run without encoder states never calls its crossattention layers
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(tiny_gpt2_config(add_cross_attention=True)).eval()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"No calibration token reaches 12 targeted layer\(s\): "
+                                         r"transformer\.h\.0\.crossattention\..*leave them out of target_modules="):
+        prune_one_shot(model, calibration_rows(), method=method, sequential=sequential, num_samples=4, seq_len=32)
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert not getattr(model, "pruning_state", None)
+    # left out of the targets, the rest prunes as usual
+    prune_one_shot(model, calibration_rows(), method=method, sequential=sequential, num_samples=4, seq_len=32,
+                   target_modules=r".*\.(attn|mlp)\.c_(attn|proj|fc)")
+    assert sparsity_report(model).global_sparsity == pytest.approx(0.5)
+
+
+def test_the_benchmark_reads_its_variants_strictly_and_stores_the_recorded_mode():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_one_shot.py"
+    spec = importlib.util.spec_from_file_location("bench_one_shot", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.parse_variant("sparsegpt+seq+layer+damp0.1+bs64:2:4") == (
+        "sparsegpt", "layer", "2:4", {"dampening": 0.1, "block_size": 64})
+    for variant, words in [("sparsegpt+damp", "needs a number"), ("sparsegpt+bs", "needs a number"),
+                           ("sparsegpt+bsx", "needs a number"), ("sparsegpt+block+seq", "contradicts"),
+                           ("sparsegpt+layer+block", "contradicts")]:
+        with pytest.raises(SystemExit, match=words):
+            bench.parse_variant(variant)
+    model = prune_one_shot(tiny_llama(), calibration_rows(), method="wanda", sequential=True, num_samples=4,
+                           seq_len=32)
+    assert bench.recorded_sequential(model) == {"sequential": "layer"}
+    assert bench.recorded_sequential(prune_one_shot(tiny_llama(), method="magnitude")) == {"sequential": False}

@@ -296,6 +296,42 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
     assert sparsity_report(sequential).global_sparsity == pytest.approx(0.5)
 
 
+class _UpTwiceMLP(torch.nn.Module):
+    """A Llama MLP that calls up_proj twice: its block's layers are not each called once per forward."""
+
+    def __init__(self, mlp):
+        super().__init__()
+        self.gate_proj, self.up_proj, self.down_proj, self.act_fn = mlp.gate_proj, mlp.up_proj, mlp.down_proj, mlp.act_fn
+
+    def forward(self, x):
+        return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x) + 0.5 * self.up_proj(x))
+
+
+@pytest.mark.parametrize("blocks, recorded", [([1], "layer"), ([0, 1, 2, 3], "block")], ids=["one", "every"])
+def test_blocks_that_fall_back_to_block_are_warned_about_recorded_and_on_the_card(blocks, recorded, tmp_path):
+    from transformers.utils import logging as hf_logging
+
+    model = tiny_llama()
+    for index in blocks:
+        model.model.layers[index].mlp = _UpTwiceMLP(model.model.layers[index].mlp)
+    logger = hf_logging.get_logger("hf_bigsmall.pruning.sequential")
+    with CaptureLogger(logger) as captured:
+        prune_one_shot(model, calibration_rows(), method="sparsegpt", sequential=True, num_samples=4, seq_len=32)
+    assert captured.out.count("not each called once") == 1 and f"block(s) {blocks}" in captured.out
+    record = model.pruning_state.record
+    assert record["sequential"] == recorded
+    if recorded == "layer":  # the other blocks really were calibrated layer by layer
+        assert record["sequential_fallback_blocks"] == blocks
+    else:
+        assert "sequential_fallback_blocks" not in record
+    save_pruned_model(model, tmp_path / "pruned")
+    text = build_model_card(tmp_path / "pruned").text
+    if recorded == "layer":
+        assert "within its block too, except in block 1:" in text
+    else:
+        assert "Each block was calibrated" in text and "within its block too" not in text
+
+
 # ------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "kwargs, error, words",
@@ -305,6 +341,7 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
         ({"scope": "row"}, ValueError, "takes no scope"),
         ({"sequential": "yes"}, ValueError, "'layer'.*'block'"),
         ({"sequential": 1}, TypeError, "False, True, 'block' or 'layer'"),
+        ({"sequential": None}, TypeError, "False, True, 'block' or 'layer'"),
         ({"method": "magnitude", "sequential": True}, ValueError, "uses no calibration"),
         ({"dampening": 0.0}, ValueError, "positive number"),
         ({"dampening": float("inf")}, ValueError, "positive number"),
@@ -314,7 +351,8 @@ def test_sequential_calibration_reads_the_pruned_blocks_before(method):
         ({"method": "obs"}, ValueError, "choose one of"),
         ({"method": "wanda", "scope": "global", "sequential": True}, ValueError, "scope='row' or 'layer'"),
     ],
-    ids=["nan-with-pattern", "nan", "scope", "sequential-str", "sequential-int", "magnitude-sequential",
+    ids=["nan-with-pattern", "nan", "scope", "sequential-str", "sequential-int", "sequential-none",
+         "magnitude-sequential",
          "dampening-zero", "dampening-inf", "dtype", "block-size", "no-calibration", "method", "global-sequential"],
 )
 def test_bad_input_is_refused_before_the_model_changes(kwargs, error, words):
@@ -389,6 +427,18 @@ def test_the_card_says_what_each_layer_was_calibrated_on(sequential, words):
     # True, recorded before "block" and "layer" existed, meant block by block
     sentence = SparsityRecord(method="sparsegpt", schedule="one_shot", sequential=sequential).sentence()
     assert (words in sentence) if words else "calibrated on the outputs" not in sentence
+
+
+@pytest.mark.parametrize("value", ["row", 1, 0, "True", None])
+def test_a_record_whose_sequential_is_none_of_the_written_values_is_refused(value):
+    from hf_bigsmall.pruning.record import SparsityRecord
+
+    block = {"method": "sparsegpt", "schedule": "one_shot", "sequential": value}
+    if value is None:  # a null, as a record made without the key writes it, reads back as before
+        assert SparsityRecord.from_dict(block).sequential is None
+        return
+    with pytest.raises(ValueError, match="False, True, 'block' or 'layer'"):
+        SparsityRecord.from_dict(block)
 
 
 def test_an_encoder_and_a_layer_outside_the_blocks_are_pruned_too():

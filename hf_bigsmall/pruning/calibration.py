@@ -338,6 +338,54 @@ def run_calibration(
     return tokens
 
 
+class _EveryLayerReached(Exception):
+    """Stops the check's forward once every layer it watches has been called."""
+
+
+@torch.no_grad()
+def check_layers_reached(model: nn.Module, calibration: CalibrationData, modules: Mapping[str, nn.Module]) -> None:
+    """Refuse layers that the first calibration batch never reaches, before anything is pruned.
+
+    A layer the model does not call on these inputs (GPT-2's cross-attention without encoder states)
+    would get no statistic: a bare `KeyError` mid-pruning, or half its weights zeroed on all-zero
+    scores. The forward stops as soon as every layer has been called.
+
+    Raises:
+        ValueError: naming the layers no calibration token reached, and what to do.
+    """
+    reached: set[str] = set()
+
+    def seen(name: str) -> HookFunction:
+        def hook(module, args):
+            reached.add(name)
+            if len(reached) == len(modules):
+                raise _EveryLayerReached
+        return hook
+
+    handles = [module.register_forward_pre_hook(seen(name)) for name, module in modules.items()]
+    runner = _forward_module(model, list(modules.values()))
+    kwargs = {"use_cache": False} if getattr(getattr(runner, "config", None), "use_cache", None) is not None else {}
+    was_training = model.training
+    model.eval()
+    try:
+        for batch in calibration.batches(_model_device(model)):
+            runner(**batch, **kwargs)
+            break
+    except _EveryLayerReached:
+        pass
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    missing = [name for name in modules if name not in reached]
+    if missing:
+        shown = ", ".join(missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        raise ValueError(f"No calibration token reaches {len(missing)} targeted layer(s): {shown} (the model never "
+                         "calls them on these inputs, e.g. cross-attention without encoder states), so they have "
+                         "nothing to be calibrated on: leave them out of target_modules=, or pass calibration inputs "
+                         "that reach them.")
+
+
 @dataclass
 class InputStatistics:
     """Per-layer statistics of the inputs of Linear/Conv1D layers over the calibration tokens.

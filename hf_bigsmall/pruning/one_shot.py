@@ -11,10 +11,16 @@ import torch
 from torch import nn
 from transformers.utils import logging
 
-from .calibration import DEFAULT_NUM_SAMPLES, CalibrationData, InputStatistics, prepare_calibration
+from .calibration import (
+    DEFAULT_NUM_SAMPLES,
+    CalibrationData,
+    InputStatistics,
+    check_layers_reached,
+    prepare_calibration,
+)
 from .criteria import MULTI_PROCESS_FIX, PruningCriterion, get_pruning_criterion, pruning_criterion_names
 from .io import apply_masks
-from .sequential import calibrate_block_by_block, sequential_mode
+from .sequential import blocks_with_targets, calibrate_block_by_block, sequential_mode
 from .sparsegpt import DEFAULT_BLOCK_SIZE, DEFAULT_DAMPENING, HESSIAN_DTYPES
 from .state import PruningState, attach_pruning_state, get_pruning_state
 from .statistics import INPUT_STATISTICS, InputStatisticCollector, collect_statistics
@@ -179,7 +185,10 @@ def prune_one_shot(
         tokenizer: tokenizes a raw text calibration set.
         sequential: `False` (default: every layer calibrated on the dense model's inputs), `True` or `"layer"`
             (calibrate each layer on the outputs of the already-pruned layers before it, within its
-            block too), or `"block"` (each block on the already-pruned blocks before it).
+            block too), or `"block"` (each block on the already-pruned blocks before it). A block whose
+            layers are not each called once per forward (a shared or skipped layer) is calibrated by
+            block even with `"layer"`: a warning names such blocks, and the record lists them
+            (`sequential_fallback_blocks`), or says `"block"` when every block fell back.
         dampening: SparseGPT only: `lambda / mean(diag H)` added to the Hessian's diagonal (default
             0.01, the paper's); raised tenfold, with a warning, while the Hessian is not positive definite.
         hessian_dtype: SparseGPT only: `"float64"` (default) or `"float32"`, the dtype the Hessian is
@@ -191,7 +200,8 @@ def prune_one_shot(
 
     Raises:
         ValueError: a bad method, sparsity, pattern, scope or option; no matching layer; a missing, empty or
-            foreign-tokenizer calibration set. All are checked before any weight changes.
+            foreign-tokenizer calibration set; a targeted layer the first calibration batch never reaches
+            (cross-attention without encoder states). All are checked before any weight changes.
             One thing cannot be: a SparseGPT Hessian that stays singular after the dampening is raised
             10,000-fold (degenerate calibration inputs) stops the run at that layer, with the blocks
             before it already pruned; prune a fresh copy with more varied calibration data.
@@ -225,12 +235,15 @@ def prune_one_shot(
                 if name in params}
     targeted_previous = {name: previous[name] for name in previous if name.removesuffix(".weight") in targets}
     options = {"block_size": block_size, "dampening": dampening}
-    masks = _prune_targets(model, calibration, statistics, targets, criterion, sparsity, scope, pattern,
-                           targeted_previous, sequential, HESSIAN_DTYPES[hessian_dtype], options)
+    masks, fallback = _prune_targets(model, calibration, statistics, targets, criterion, sparsity, scope, pattern,
+                                     targeted_previous, sequential, HESSIAN_DTYPES[hessian_dtype], options)
+    if fallback and fallback == blocks_with_targets(model, targets):
+        sequential = "block"  # every block was calibrated whole: "layer" happened nowhere, so it is not recorded
     pruning_seconds = time.perf_counter() - started
     for name, mask in previous.items():  # masks of other layers stay in force as they are
         masks.setdefault(name, mask)
-    info = _one_shot_record(criterion, sparsity, pattern, scope, target_modules, sequential, hessian_dtype, options,
+    info = _one_shot_record(criterion, sparsity, pattern, scope, target_modules, sequential, fallback, hessian_dtype,
+                            options,
                             calibration.describe() if calibration is not None else (
                                 calibration_dataset.calibration if isinstance(calibration_dataset, InputStatistics)
                                 else None))
@@ -260,8 +273,9 @@ def _prune_targets(
     sequential: str | None,
     hessian_dtype: torch.dtype,
     options: dict[str, Any],
-) -> dict[str, torch.Tensor]:
-    """The new masks of the targets (weight layout), pruned by the criterion's score or its own step."""
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """The new masks of the targets (weight layout), pruned by the criterion's score or its own step, and the
+    blocks that `sequential="layer"` calibrated by block (see `calibrate_block_by_block`)."""
     # criteria that read a layer's Hessian (in_features^2 each) hold one block's at a time
     if sequential or criterion.needs == "input_hessian":
         return _prune_block_by_block(model, calibration, targets, criterion, sparsity, scope, pattern, previous,
@@ -271,14 +285,14 @@ def _prune_targets(
     if criterion.rewrites_weights:
         n_of_m = parse_pattern(pattern) if pattern is not None else None
         return {f"{name}.weight": _prune_layer(criterion, name, module, statistics, sparsity, n_of_m, previous, options)
-                for name, module in targets.items()}
-    return criterion_masks(targets, sparsity, scope, statistics, pattern, previous=previous, score=criterion.score)
+                for name, module in targets.items()}, []
+    return criterion_masks(targets, sparsity, scope, statistics, pattern, previous=previous, score=criterion.score), []
 
 
 def _one_shot_record(
     criterion: PruningCriterion, sparsity: float, pattern: str | None, scope: str | None,
-    target_modules: list[str] | str | None, sequential: str | None, hessian_dtype: str, options: dict[str, Any],
-    calibration: dict | None,
+    target_modules: list[str] | str | None, sequential: str | None, fallback_blocks: list[int], hessian_dtype: str,
+    options: dict[str, Any], calibration: dict | None,
 ) -> dict[str, Any]:
     """How the masks were made: the `sparsity` block of `config.json` before measurement."""
     record = {
@@ -293,6 +307,8 @@ def _one_shot_record(
     }
     if criterion.calibrated:
         record["sequential"] = sequential or False
+        if sequential == "layer" and fallback_blocks:  # calibrated by block there: the card says so
+            record["sequential_fallback_blocks"] = fallback_blocks
     if criterion.rewrites_weights:
         record.update(dampening=options["dampening"], hessian_dtype=hessian_dtype, block_size=options["block_size"])
     elif criterion.needs == "input_hessian":
@@ -347,6 +363,7 @@ def _calibration_for(
         )
     calibration = prepare_calibration(calibration_dataset, num_samples, seq_len, batch_size, model=model,
                                       tokenizer=tokenizer)
+    check_layers_reached(model, calibration, targets)
     return calibration, None
 
 
@@ -383,8 +400,9 @@ def _prune_block_by_block(
     sequential: str | None,
     hessian_dtype: torch.dtype,
     options: dict[str, Any],
-) -> dict[str, torch.Tensor]:
-    """Calibrate and prune one transformer block at a time; returns the new masks (weight layout).
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Calibrate and prune one transformer block at a time; returns the new masks (weight layout) and the blocks
+    that `sequential="layer"` calibrated by block.
 
     A criterion with a `prune` step (SparseGPT) prunes each layer itself from its statistic, freed
     as soon as it is used; one with a `score` scores the block's layers together.
@@ -411,5 +429,5 @@ def _prune_block_by_block(
             apply_masks(model, block_masks)  # the next block must read this one's pruned outputs
             masks.update(block_masks)
 
-    calibrate_block_by_block(model, calibration, targets, hooks_for, prune, sequential=sequential)
-    return masks
+    fallback = calibrate_block_by_block(model, calibration, targets, hooks_for, prune, sequential=sequential or False)
+    return masks, fallback

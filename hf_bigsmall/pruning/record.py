@@ -30,6 +30,7 @@ _SEQUENTIAL = {
     "layer": " Each layer was calibrated on the outputs of the layers before it, already pruned, within its block "
              "too.",
 }
+_SEQUENTIAL_VALUES = (None, False, True, "block", "layer")
 # the before/after pairs a width record may hold, in the order the card lists them
 _WIDTHS = ("intermediate_size", "num_attention_heads", "num_key_value_heads", "hidden_size", "params")
 
@@ -75,6 +76,8 @@ class SparsityRecord(ConfigRecord):
     schedule: str | None = None
     structure: str | None = None
     sequential: bool | str | None = None
+    #: with `sequential="layer"`: blocks whose layers are not each called once per forward, calibrated by block
+    sequential_fallback_blocks: list[int] | None = None
     target_sparsity: float | None = None
     global_sparsity: float | None = None
     model_sparsity: float | None = None
@@ -84,12 +87,25 @@ class SparsityRecord(ConfigRecord):
     masks_file: str | None = None
     compacted: dict[str, Any] | None = None
 
+    def __post_init__(self) -> None:
+        # checked by value: 1 == True and 0 == False would pass a membership test
+        if not any(self.sequential is value or (isinstance(value, str) and self.sequential == value)
+                   for value in _SEQUENTIAL_VALUES):
+            raise ValueError(f"the 'sparsity' block of config.json has sequential={self.sequential!r}, which is none of "
+                             "False, True, 'block' or 'layer': write one of those (or remove the key).")
+
     def sentence(self) -> str:
         """Pruned when, by what, with which structure."""
         how = _method_description(self.method)
         when = _SCHEDULES.get(self.schedule, "during training")
         what = _STRUCTURES.get(self.structure, f"{self.structure} semi-structured sparsity (N zeros in every M inputs)")
-        order = _SEQUENTIAL.get(self.sequential, _SEQUENTIAL["block"]) if self.sequential else ""
+        order = _SEQUENTIAL["block" if self.sequential is True else self.sequential] if self.sequential else ""
+        if self.sequential == "layer" and self.sequential_fallback_blocks:
+            blocks = ", ".join(str(index) for index in self.sequential_fallback_blocks)
+            order = order.removesuffix(".") + (
+                f", except in block{'s' if len(self.sequential_fallback_blocks) > 1 else ''} {blocks}: its layers "
+                "are not each called once per forward, so there they were calibrated together, on the outputs of "
+                "the blocks before it, already pruned.")
         return f"Pruned {when}, by {how}" + (f", {what}" if what else "") + "." + order
 
     def card_section(self, model_dir: str | Path | None = None) -> list[str]:

@@ -16,7 +16,7 @@ again to give the next block its inputs, now from the pruned layers. Two depths 
   gate/up, then down_proj (the `--true-sequential` option of the GPTQ and SparseGPT LLaMA scripts). A group
   is the run of layers that read the very same tensor, found by one run of the block on the first
   batch; a block whose layers are not each called once there (shared or skipped layers) falls back
-  to `"block"`.
+  to `"block"`, with a warning that names it (`prune_one_shot` records such blocks).
 
 Each calibrating run stops, batch by batch, once the last layer it hooks has read its input (in a
 Llama block the `"block"` run skips the down projection and the last residual, the q/k/v run
@@ -45,13 +45,13 @@ logger = logging.get_logger(__name__)
 SEQUENTIAL_MODES = ("block", "layer")
 
 
-def sequential_mode(sequential: bool | str | None) -> str | None:
-    """`sequential=` as a mode: `None` (dense calibration), `"block"` or `"layer"` (`True`).
+def sequential_mode(sequential: bool | str) -> str | None:
+    """`sequential=` as a mode: `None` (dense calibration, `False`), `"block"` or `"layer"` (`True`).
 
     Raises:
-        TypeError / ValueError: anything else, naming the values accepted.
+        TypeError / ValueError: anything else (`None` included: say False), naming the values accepted.
     """
-    if sequential is None or sequential is False:
+    if sequential is False:
         return None
     if sequential is True:
         return "layer"
@@ -78,6 +78,15 @@ def find_blocks(model: nn.Module, targets: Mapping[str, nn.Module]) -> tuple[str
         if count > best_count:
             best, best_count = (name, module), count
     return best
+
+
+def blocks_with_targets(model: nn.Module, targets: Mapping[str, nn.Module]) -> list[int]:
+    """Indices of the transformer blocks (`find_blocks`) that hold a targeted layer, in order."""
+    found = find_blocks(model, targets)
+    if found is None:
+        return []
+    prefix, blocks = found
+    return sorted({index for name in targets if (index := _block_of(name, prefix, len(blocks))) is not None})
 
 
 def _block_of(target: str, prefix: str, size: int) -> int | None:
@@ -198,8 +207,8 @@ def calibrate_block_by_block(
     targets: Mapping[str, nn.Module],
     hooks_for: Callable[[list[str]], dict[str, HookFunction]],
     prune: Callable[[list[str]], None],
-    sequential: bool | str | None = True,
-) -> None:
+    sequential: bool | str = True,
+) -> list[int]:
     """Run the model one block at a time, calling `prune(names)` once those layers are calibrated.
 
     Args:
@@ -215,11 +224,16 @@ def calibrate_block_by_block(
 
     Layers outside the transformer blocks (say, a targeted LM head) are calibrated at the end, by a
     pass of the whole model, already pruned.
+
+    Returns:
+        with `"layer"`, the indices of the blocks calibrated by block instead, since their layers are
+        not each called once per forward (a warning names them); otherwise `[]`.
     """
     mode = sequential_mode(sequential)
     found = find_blocks(model, targets)
     groups: dict[int, list[str]] = {}
     leftover = list(targets)
+    fallback: list[int] = []
     if found is not None:
         prefix, blocks = found
         for name in targets:
@@ -239,8 +253,7 @@ def calibrate_block_by_block(
                 else:
                     layer_order = layer_groups(block, inputs[0], names, targets) if mode == "layer" else None
                     if mode == "layer" and layer_order is None:
-                        logger.info(f"Block {index}: its layers are not each called once per forward; calibrating "
-                                    "them together, on the pruned blocks before it (sequential='block').")
+                        fallback.append(index)
                     for group in layer_order or [names]:
                         handles = [targets[name].register_forward_pre_hook(hook)
                                    for name, hook in hooks_for(group).items()]
@@ -256,12 +269,17 @@ def calibrate_block_by_block(
                 inputs = [_with_hidden_states(args, kwargs, hidden) for (args, kwargs), hidden in zip(inputs, outputs)]
                 del outputs
             del inputs
+            if fallback:
+                logger.warning(f"sequential='layer': the layers of block(s) {fallback} are not each called once per "
+                               "forward (a layer shared or skipped), so each of these blocks was calibrated whole, on "
+                               "the pruned blocks before it (as sequential='block'); the pruning record names them.")
         if leftover:
             logger.info(f"Calibrating {len(leftover)} layer(s) outside the transformer blocks with a full pass.")
             run_calibration(model, calibration, forward_pre_hooks=hooks_for(leftover))
             prune(leftover)
     finally:
         model.train(was_training)
+    return fallback
 
 
 def _calibrate_dense(

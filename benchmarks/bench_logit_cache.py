@@ -83,6 +83,7 @@ def bench_step(args) -> dict:
     teacher, student, data, tokenizer = _teacher_and_data(args.task, args.batch_size, args.seq_len)
     rows = data["train"].select(range(args.batch_size))
     cache_dir = WORK / f"step-{args.task}"
+    shutil.rmtree(cache_dir, ignore_errors=True)  # the benchmark's own scratch: an earlier run's batch or top_k differs
     cache_teacher_logits(teacher, rows, cache_dir, top_k=args.top_k, logprob_dtype=args.logprob_dtype)
     cached_rows = load_teacher_logits(cache_dir, rows)
     collator = DataCollatorWithPadding(tokenizer) if args.task == "classification" else default_data_collator

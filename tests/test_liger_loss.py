@@ -204,6 +204,39 @@ def test_trainer_step_with_liger_equals_the_built_in_fused_step(tmp_path, arch, 
             assert liger_logs[key] == pytest.approx(logs[key], rel=1e-5, abs=1e-7)
 
 
+@needs_liger
+def test_label_free_distillation_with_liger_equals_the_built_in_fused_loss(tmp_path):
+    teacher, student = build("llama")
+    dataset = causal_dataset(n=4)
+    batch = {key: torch.tensor(dataset[key]) for key in ("input_ids", "attention_mask")}
+    assert batch["attention_mask"].eq(0).any()  # padded positions carry no soft target
+    losses = []
+    for backend in ("liger", "torch"):
+        trainer = DistillationTrainer(model=student, teacher_model=teacher,
+                                      args=config(tmp_path, alpha_ce=0.0, temperature=2.0, fused_loss_backend=backend))
+        student.eval()
+        loss = trainer.compute_loss(student, dict(batch))
+        losses.append((loss, torch.autograd.grad(loss, (student.lm_head.weight, student.model.norm.weight))))
+    (liger, liger_gradients), (loss, gradients) = losses
+    torch.testing.assert_close(liger, loss, rtol=1e-5, atol=1e-7)
+    for ours, theirs in zip(gradients, liger_gradients):
+        torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-7)
+
+
+@needs_liger
+@pytest.mark.parametrize("kind", ["forward_kl", "jsd"])
+def test_liger_under_bf16_autocast_stays_close_to_the_built_in_fused_loss(kind):
+    hidden, weight, bias, teacher_hidden, teacher_weight, teacher_bias, labels, _ = random_problem()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (loss, kd, ce, gradients), (liger, liger_kd, liger_ce, liger_gradients) = both_backends(
+            hidden, weight, bias, labels, labels.ne(-100), teacher_hidden, LMHead(teacher_weight, teacher_bias),
+            temperature=2.0, kind=kind, kd_weight=0.3, ce_weight=0.7, chunk_size=5)
+    for ours, theirs in ((loss, liger), (kd, liger_kd), (ce, liger_ce)):  # bf16 rounding of the head's matmuls
+        torch.testing.assert_close(theirs.detach(), ours.detach(), rtol=2e-2, atol=1e-3)
+    for ours, theirs in zip(gradients, liger_gradients):
+        torch.testing.assert_close(theirs, ours, rtol=3e-2, atol=3e-2 * float(ours.abs().max()))
+
+
 @pytest.mark.gpu
 @needs_liger
 @pytest.mark.parametrize("kind", ["forward_kl", "jsd"])

@@ -237,6 +237,32 @@ def test_liger_under_bf16_autocast_stays_close_to_the_built_in_fused_loss(kind):
         torch.testing.assert_close(theirs, ours, rtol=3e-2, atol=3e-2 * float(ours.abs().max()))
 
 
+@pytest.mark.slow
+@needs_liger
+def test_compiled_liger_matches_and_does_not_recompile_for_each_new_weight():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    _, weight, _, _, teacher_weight, _, _, _ = random_problem(bias=False)
+    generator = torch.Generator().manual_seed(1)
+    for step, rows in enumerate((40, 40, 36, 40)):  # a new normalising count every step, new row counts
+        hidden = torch.randn(rows, weight.shape[1], generator=generator).requires_grad_()
+        teacher_hidden = torch.randn(rows, teacher_weight.shape[1], generator=generator)
+        labels = torch.randint(0, weight.shape[0], (rows,), generator=generator)
+        results = []
+        for backend in ("torch", "liger"):  # only Liger's chunk is compiled
+            loss, _, _ = fused_distillation_losses(
+                hidden, LMHead(weight), labels, None, teacher_hidden, LMHead(teacher_weight), kind="jsd",
+                temperature=2.0, kd_weight=0.5 / (rows + step), ce_weight=0.3 / (rows + step), chunk_size=10,
+                compile_chunks=backend == "liger", backend=backend)
+            results.append((loss.detach(), *torch.autograd.grad(loss, (hidden, weight))))
+        for ours, theirs in zip(*results):
+            torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+    # compiled once, and once more when the chunks' row count changes (a dynamic shape), not once a step
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])
+
+
 @pytest.mark.gpu
 @needs_liger
 @pytest.mark.parametrize("kind", ["forward_kl", "jsd"])

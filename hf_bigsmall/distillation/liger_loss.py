@@ -132,10 +132,13 @@ def liger_distillation_losses(
     from liger_kernel.chunked_loss import LigerFusedLinearJSDLoss
 
     rows = student_hidden.shape[0]
-    # Liger divides both parts by its count of rows (all of them count here) and does not scale by T**2
+    # Liger divides both parts by its count of rows (all of them count here) and does not scale by T**2. The
+    # weights go in as tensors: under `compiled` a float that changes from step to step (the normalising count
+    # does) would be a new constant of the compiled chunk, recompiled every step up to dynamo's limit
+    weight = lambda value: torch.tensor(value, dtype=torch.float32, device=student_hidden.device)  # noqa: E731
     liger_loss = LigerFusedLinearJSDLoss(
-        weight_hard_loss=ce_weight * rows if labels is not None else 0.0,
-        weight_soft_loss=kd_weight * temperature**2 * rows,
+        weight_hard_loss=weight(ce_weight * rows if labels is not None else 0.0),
+        weight_soft_loss=weight(kd_weight * temperature**2 * rows),
         beta=beta, ignore_index=-100, temperature=temperature, compiled=compiled, chunk_size=chunk_size,
         return_soft_hard_loss=True,
     )

@@ -112,6 +112,21 @@ def test_use_liger_kernel_without_liger_keeps_the_built_in_loss(tmp_path, liger_
     assert any("liger-kernel >= 0.6.4 is not installed" in record.getMessage() for record in caplog.records)
 
 
+def test_evaluation_under_use_liger_kernel_asks_the_models_for_their_logits(tmp_path, liger_missing):
+    # the Trainer's prediction_step adds skip_logits=True under use_liger_kernel; a student whose forward Liger
+    # patched (at train()) raises on it without labels, and the materialised losses need the logits
+    teacher, student = build("llama")
+    calls = []
+    for model in (student, teacher):
+        model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(sorted(kwargs)), with_kwargs=True)
+    dataset = causal_dataset(n=8)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, train_dataset=dataset, eval_dataset=dataset,
+                                  args=config(tmp_path, use_liger_kernel=True, fused_lm_head_loss=False,
+                                              per_device_eval_batch_size=4))
+    assert "eval_loss_kd" in trainer.evaluate()
+    assert calls and not any("skip_logits" in kwargs for kwargs in calls)
+
+
 def test_a_model_off_the_fused_path_refuses_an_explicit_liger_backend(tmp_path, liger_installed):
     teacher = tiny_gemma2()  # final_logit_softcapping: the materialised path
     with pytest.raises(ValueError, match=r"fused_loss_backend='liger' but the student \(Gemma2ForCausalLM\).*"

@@ -335,9 +335,13 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
 
     @staticmethod
     def _model_inputs(inputs: dict) -> dict:
-        """What the models' forward takes: the batch less its labels and the cached teacher columns."""
+        """What the models' forward takes: the batch less its labels and the cached teacher columns.
+
+        Also less `skip_logits`, which the Trainer's `prediction_step` adds under `use_liger_kernel`: the losses
+        here need the logits, and a student whose forward Liger patched refuses it without labels.
+        """
         return {k: v for k, v in inputs.items()
-                if k not in ("labels", "num_items_in_batch", TARGET_COUNTS, *CACHE_COLUMNS)}
+                if k not in ("labels", "num_items_in_batch", "skip_logits", TARGET_COUNTS, *CACHE_COLUMNS)}
 
     def _feature_outputs(self) -> dict[str, bool]:
         """The extra outputs the hidden-state and attention losses need from both models."""

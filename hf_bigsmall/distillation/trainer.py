@@ -114,6 +114,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     them (`fused_lm_head_loss`, see `fused_loss.py`): the `[tokens x vocabulary]` logits of the
     student and the teacher are made a chunk of tokens at a time and never held whole; calls that
     ask for the logits (`return_outputs=True`, evaluation) get them from the model as usual.
+    `fused_loss_backend="liger"` (or `use_liger_kernel=True`) has Liger-Kernel compute that fused loss
+    (`liger_loss.py`).
 
     Each loss part is normalised by `num_items_in_batch` (sequences for classification, target
     tokens for causal LM), so gradients with gradient accumulation equal those of one big batch; in

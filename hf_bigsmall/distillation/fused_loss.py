@@ -28,7 +28,12 @@ from transformers.utils import logging
 
 from .cached_loss import cached_distillation_losses
 from .divergences import LOG_FLOOR, Divergence, resolve_divergence, rows_and_logit_gradient
-from .liger_loss import liger_beta, liger_distillation_losses, liger_setting_refusal, require_liger_kernel
+from .liger_loss import (
+    liger_beta,
+    liger_distillation_losses,
+    liger_setting_refusal,
+    require_liger_kernel,
+)
 
 logger = logging.get_logger(__name__)
 

@@ -135,10 +135,10 @@ def liger_distillation_losses(
     # Liger divides both parts by its count of rows (all of them count here) and does not scale by T**2. The
     # weights go in as tensors: under `compiled` a float that changes from step to step (the normalising count
     # does) would be a new constant of the compiled chunk, recompiled every step up to dynamo's limit
-    weight = lambda value: torch.tensor(value, dtype=torch.float32, device=student_hidden.device)  # noqa: E731
+    hard_weight, soft_weight = torch.tensor([ce_weight * rows if labels is not None else 0.0,
+                                             kd_weight * temperature**2 * rows], device=student_hidden.device)
     liger_loss = LigerFusedLinearJSDLoss(
-        weight_hard_loss=weight(ce_weight * rows if labels is not None else 0.0),
-        weight_soft_loss=weight(kd_weight * temperature**2 * rows),
+        weight_hard_loss=hard_weight, weight_soft_loss=soft_weight,
         beta=beta, ignore_index=-100, temperature=temperature, compiled=compiled, chunk_size=chunk_size,
         return_soft_hard_loss=True,
     )

@@ -2,11 +2,13 @@
 
     python benchmarks/bench_fused_loss.py                                   # chunk sizes, eager
     python benchmarks/bench_fused_loss.py --settings 341,341c --kd_loss jsd # eager vs torch.compile
+    python benchmarks/bench_fused_loss.py --settings 341,341l               # built-in vs Liger-Kernel
 
 One forward and backward of `fused_distillation_losses` (online, with the task loss) on random hidden
 states of 4 x 511 rows, hidden 576, 49,152-token vocabulary (SmolLM2-135M's head for student and
 teacher), interleaved round by round (every other round in reverse order) so that a shared machine's load hits every setting alike. A setting
-is a chunk size in rows, with a trailing `c` for `compile_chunks=True` or a leading `b` for the fused loss of
+is a chunk size in rows, with a trailing `c` for `compile_chunks=True`, a trailing `l` for `backend="liger"`
+(Liger-Kernel's fused linear JSD, `pip install "hf-bigsmall[liger]"`; `lc`: compiled) or a leading `b` for the fused loss of
 another copy of the package (`--before`, e.g. an older checkout); each is run once before the timed
 rounds (the compiled one compiles then: that time is printed). Ratios are medians of per-round ratios
 to the first setting.
@@ -30,7 +32,8 @@ from hf_bigsmall.distillation.fused_loss import LMHead, fused_distillation_losse
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--settings", default="341,256,170,128,85", help="chunk sizes, 'c' suffix: compiled")
+    parser.add_argument("--settings", default="341,256,170,128,85",
+                        help="chunk sizes, 'c' suffix: compiled, 'l' suffix: Liger-Kernel")
     parser.add_argument("--kd_loss", default="forward_kl")
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--rows", type=int, default=4 * 511)
@@ -69,7 +72,8 @@ def main():
         loss, _, _ = fused_distillation_losses(
             hidden, LMHead(weight), labels, None, teacher_hidden, LMHead(teacher_weight), temperature=args.temperature,
             kind=args.kd_loss, kd_weight=0.5 / args.rows, ce_weight=0.5 / args.rows,
-            chunk_size=int(setting.rstrip("c")), compile_chunks=setting.endswith("c"))
+            chunk_size=int(setting.rstrip("cl")), compile_chunks=setting.endswith("c"),
+            backend="liger" if "l" in setting else "torch")
         loss.backward()
         hidden.grad = weight.grad = None
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU checklist in one command, on a machine with one CUDA GPU and the project installed with the
-# extras the checks use (pip install -e ".[test,energy]" torchao), from the repository root:
+# extras the checks use (pip install -e ".[test,energy,liger]" torchao), from the repository root:
 #
 #   bash benchmarks/gpu_check.sh [RESULTS_DIR]          # about 3-6 minutes; the limit is 8
 #   bash benchmarks/gpu_check.sh --no-cuda [RESULTS_DIR] # checks the script on a CPU machine: the
@@ -10,7 +10,8 @@
 #   1. every test marked `gpu`: bf16 distillation on the GPU (test_distillation), masks exact under
 #      bf16/fp16 (test_pruning_callback), bf16 distillation with pruning and energy through
 #      accelerate's single-GPU config and through its FSDP2 config (test_gpu), NVML energy
-#      (test_energy_backends), torchao int8/int4 save and reload (test_quantization);
+#      (test_energy_backends), torchao int8/int4 save and reload (test_quantization), Liger-Kernel's
+#      fused loss against the built-in one on CUDA (test_liger_loss);
 #   2. the kit under torch's own FSDP2 on two CPU processes (test_fsdp2), which needs no GPU;
 #   3. with --no-cuda only: the GPU tests' script run alone on the CPU, to check the script itself.
 # RESULTS_DIR (default gpu-check-<date>) receives versions.txt, nvidia-smi.txt, one log and one JUnit
@@ -35,7 +36,7 @@ started=$SECONDS
 python - >"$results/versions.txt" 2>&1 <<'EOF'
 import importlib, platform, torch
 print("python", platform.python_version())
-for name in ("torch", "transformers", "accelerate", "datasets", "torchao", "pynvml", "hf_bigsmall"):
+for name in ("torch", "transformers", "accelerate", "datasets", "torchao", "pynvml", "liger_kernel", "hf_bigsmall"):
     try:
         print(name, getattr(importlib.import_module(name), "__version__", "installed"))
     except ImportError:

@@ -16,7 +16,7 @@ PACKAGE = REPO_ROOT / "hf_bigsmall"
 # distribution -> the module the kit imports from it
 IMPORT_NAMES = {"nvidia-ml-py": "pynvml", "codecarbon": "codecarbon", "matplotlib": "matplotlib", "gguf": "gguf",
                 "deepspeed": "deepspeed", "onnxruntime-genai": "onnxruntime_genai", "onnx-ir": "onnx_ir",
-                "llama-cpp-python": "llama_cpp"}
+                "llama-cpp-python": "llama_cpp", "liger-kernel": "liger_kernel"}
 
 
 def _requirements(strings):

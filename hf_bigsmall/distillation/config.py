@@ -15,6 +15,8 @@ from ..utils.distributed import needs_cpu_process_group
 from .cache import check_cache_folder
 from .cached_loss import TAIL_MODELS
 from .divergences import Divergence, resolve_divergence
+from .fused_loss import FUSED_LOSS_BACKENDS
+from .liger_loss import liger_setting_refusal, require_liger_kernel
 
 logger = logging.get_logger(__name__)
 
@@ -92,6 +94,15 @@ class DistillationConfig(TrainingArguments):
                   "by the system's compiler). The same losses and gradients up to float rounding; compiling costs "
                   "about a minute once per process (on CPU), so it pays off over long runs only. Falls back to the "
                   "eager chunk, with a warning, where it fails to compile."},
+    )
+    fused_loss_backend: str | None = field(
+        default=None,
+        metadata={"help": "Who computes the fused LM-head loss: 'torch' (the built-in chunked PyTorch loss) or 'liger' "
+                  "(Liger-Kernel's LigerFusedLinearJSDLoss, pip install \"hf-bigsmall[liger]\"; online KD with "
+                  "kd_loss 'forward_kl', 'reverse_kl' or 'jsd', no label smoothing; anything else raises). Unset: "
+                  "'liger' where use_liger_kernel=True (as TRL's GKD trainer does) and it can compute the loss, "
+                  "otherwise 'torch' (with one warning when use_liger_kernel=True).",
+                  "choices": list(FUSED_LOSS_BACKENDS)},
     )
     alpha_hidden: float = field(
         default=0.0,
@@ -190,8 +201,30 @@ class DistillationConfig(TrainingArguments):
             self.layer_map = [int(index) for index in self.layer_map]
             if any(index < 0 for index in self.layer_map):
                 raise ValueError(f"layer_map holds teacher layer indices >= 0, got {self.layer_map}.")
+        self._check_fused_loss_backend()
         if self.teacher_logits:  # before anything reads or writes there
             check_cache_folder(self.teacher_logits)
+
+    def _check_fused_loss_backend(self) -> None:
+        """`fused_loss_backend` is a known one, and 'liger' is asked for only where Liger can compute the loss."""
+        if self.fused_loss_backend is not None and self.fused_loss_backend not in FUSED_LOSS_BACKENDS:
+            raise ValueError(f"fused_loss_backend must be one of {FUSED_LOSS_BACKENDS} or unset, got "
+                             f"{self.fused_loss_backend!r}.")
+        if self.fused_loss_backend != "liger":
+            return
+        if self.fused_lm_head_loss is False:
+            raise ValueError("fused_loss_backend='liger' computes the fused LM-head loss, but fused_lm_head_loss=False "
+                             "turns it off: unset one of them.")
+        reason = self.liger_refusal()
+        if reason is not None:
+            raise ValueError(f"fused_loss_backend='liger' but {reason}. Set fused_loss_backend='torch' (the built-in "
+                             "fused loss computes it) or change that setting.")
+        require_liger_kernel()
+
+    def liger_refusal(self) -> str | None:
+        """Why Liger-Kernel cannot compute these loss settings (`fused_loss_backend="liger"`), or None."""
+        soft_targets = "none" if self.alpha_kd == 0 else "cache" if self.teacher_logits else "teacher"
+        return liger_setting_refusal(self.kd_loss, self.label_smoothing_factor, soft_targets)
 
     def _check_divergence(self) -> None:
         """`kd_loss` names a registered divergence and `kd_loss_params` are parameters it declares."""

@@ -28,11 +28,19 @@ from transformers.utils import logging
 
 from .cached_loss import cached_distillation_losses
 from .divergences import LOG_FLOOR, Divergence, resolve_divergence, rows_and_logit_gradient
+from .liger_loss import (
+    liger_beta,
+    liger_distillation_losses,
+    liger_setting_refusal,
+    require_liger_kernel,
+)
 
 logger = logging.get_logger(__name__)
 
 # logits per chunk when no chunk size is given: 64 MB of float32, a handful of buffers of it at the peak
 FUSED_CHUNK_LOGITS = 2**24
+# who computes the fused loss: the chunked PyTorch code below, or Liger-Kernel's fused linear JSD (liger_loss.py)
+FUSED_LOSS_BACKENDS = ("torch", "liger")
 
 
 @dataclass
@@ -317,6 +325,7 @@ def fused_distillation_losses(
     check_teacher_logits: Callable[[torch.Tensor, torch.Tensor | None], None] | None = None,
     divergence_params: dict[str, float] | None = None,
     compile_chunks: bool = False,
+    backend: str = "torch",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed soft-target and next-token losses of a student whose logits are never materialised.
 
@@ -354,7 +363,13 @@ def fused_distillation_losses(
         compile_chunks (`bool`): run each online chunk's elementwise work (log-softmaxes, divergence, task
             loss, gradient) through `torch.compile` where the divergence has a closed-form gradient: fused
             loops instead of a pass per operation, at a one-time compile cost per process; eager where it
-            does not apply or fails to compile (logged once).
+            does not apply or fails to compile (logged once). With `backend="liger"`, Liger's `compiled`.
+        backend (`str`): `"torch"`, the chunked PyTorch code here, or `"liger"`, Liger-Kernel's
+            `LigerFusedLinearJSDLoss` (`liger_loss.py`; `pip install "hf-bigsmall[liger]"`): online soft targets
+            with a built-in divergence, no label smoothing, and `kd_mask` equal to `labels != -100` where both
+            are given (Liger counts the soft target at the labelled rows); anything else raises a `ValueError`.
+            It takes the gradients in its forward whatever is asked, so a call without gradients (evaluation)
+            runs here instead: the same values.
 
     Returns:
         `(loss, kd, ce)`: the weighted loss (differentiable) and the two float32 sums (detached; 0
@@ -391,6 +406,14 @@ def fused_distillation_losses(
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
     chunk_size = chunk_size or max(1, FUSED_CHUNK_LOGITS // vocab_size)
+    if backend not in FUSED_LOSS_BACKENDS:
+        raise ValueError(f"backend must be one of {FUSED_LOSS_BACKENDS}, got {backend!r}.")
+    if backend == "liger":
+        result = _liger_losses(student_hidden, student_head, labels, kd_mask, teacher_hidden, teacher_head, cached,
+                               temperature, divergence, params, kd_weight, ce_weight, label_smoothing, chunk_size,
+                               check_teacher_logits, compile_chunks)
+        if result is not None:
+            return result
     buffers = _ChunkBuffers(max(1, min(chunk_size, rows)), vocab_size, student_hidden.device)
     with_kd = teacher_hidden is not None or cached is not None
     if cached is not None:
@@ -481,6 +504,36 @@ def fused_distillation_losses(
 
     return _FusedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, chunk_losses,
                                 _as_weight(kd_weight), _as_weight(ce_weight), buffers)
+
+
+def _liger_losses(student_hidden, student_head, labels, kd_mask, teacher_hidden, teacher_head, cached, temperature,
+                  divergence, params, kd_weight, ce_weight, label_smoothing, chunk_size, check_teacher_logits,
+                  compiled) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """`fused_distillation_losses` by Liger-Kernel, or None where the built-in path gives the same values cheaper."""
+    soft_targets = "cache" if cached is not None else "teacher" if teacher_head is not None else "none"
+    reason = liger_setting_refusal(divergence.name, label_smoothing, soft_targets)
+    if reason is not None:
+        raise ValueError(f"backend='liger' cannot compute this loss: {reason}. Use backend='torch'.")
+    require_liger_kernel()
+    parameters = (student_hidden, student_head.weight, student_head.bias)
+    if not (torch.is_grad_enabled() and any(tensor is not None and tensor.requires_grad for tensor in parameters)):
+        return None  # Liger takes the gradients in its forward: without them the built-in chunks serve
+    rows = kd_mask if kd_mask is not None else torch.ones(student_hidden.shape[0], dtype=torch.bool,
+                                                          device=student_hidden.device)
+    if labels is not None and not torch.equal(labels.ne(-100), rows):
+        raise ValueError("backend='liger' counts the soft-target loss exactly at the labelled rows: give kd_mask "
+                         "equal to labels != -100 (or no labels), or use backend='torch'.")
+    if not bool(rows.all()):  # rows that count nowhere are left out
+        if not bool(rows.any()):
+            return None
+        index = rows.nonzero().squeeze(1)
+        student_hidden, teacher_hidden = student_hidden.index_select(0, index), teacher_hidden.index_select(0, index)
+        labels = None if labels is None else labels.index_select(0, index)
+    weights = [float(weight) for weight in (_as_weight(kd_weight), _as_weight(ce_weight))]
+    return liger_distillation_losses(
+        student_hidden, student_head.weight, student_head.bias, teacher_hidden, teacher_head.weight,
+        teacher_head.bias, labels, temperature, liger_beta(divergence.name, params), *weights, chunk_size,
+        compiled=compiled, check_teacher_logits=check_teacher_logits)
 
 
 # transforms some architectures apply to the head's output (Gemma 2/3, Cohere, Granite): the fused

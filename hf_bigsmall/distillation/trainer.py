@@ -30,6 +30,7 @@ from .cached_loss import cached_distillation_losses
 from .config import DistillationConfig
 from .data_checks import check_dataset, model_columns, trainer_collator
 from .fused_loss import CachedTargets, LMHead, fused_distillation_losses, lm_head_refusal
+from .liger_loss import LIGER_MIN_VERSION, is_liger_kernel_available
 from .record import DistillationRecord
 from .teacher import (
     check_layer_map,
@@ -113,6 +114,8 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     them (`fused_lm_head_loss`, see `fused_loss.py`): the `[tokens x vocabulary]` logits of the
     student and the teacher are made a chunk of tokens at a time and never held whole; calls that
     ask for the logits (`return_outputs=True`, evaluation) get them from the model as usual.
+    `fused_loss_backend="liger"` (or `use_liger_kernel=True`) has Liger-Kernel compute that fused loss
+    (`liger_loss.py`).
 
     Each loss part is normalised by `num_items_in_batch` (sequences for classification, target
     tokens for causal LM), so gradients with gradient accumulation equal those of one big batch; in
@@ -228,6 +231,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                              "False) to compute the losses from the materialised logits.")
         if self._fused_refusal is not None and self.shifts_labels and args.fused_lm_head_loss is None:
             logger.info(f"Token-level losses from materialised logits: {self._fused_refusal}.")
+        self._fused_backend = self._fused_loss_backend()
 
     # ------------------------------------------------------------------------------------------
     # set-up
@@ -333,9 +337,13 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
 
     @staticmethod
     def _model_inputs(inputs: dict) -> dict:
-        """What the models' forward takes: the batch less its labels and the cached teacher columns."""
+        """What the models' forward takes: the batch less its labels and the cached teacher columns.
+
+        Also less `skip_logits`, which the Trainer's `prediction_step` adds under `use_liger_kernel`: the losses
+        here need the logits, and a student whose forward Liger patched refuses it without labels.
+        """
         return {k: v for k, v in inputs.items()
-                if k not in ("labels", "num_items_in_batch", TARGET_COUNTS, *CACHE_COLUMNS)}
+                if k not in ("labels", "num_items_in_batch", "skip_logits", TARGET_COUNTS, *CACHE_COLUMNS)}
 
     def _feature_outputs(self) -> dict[str, bool]:
         """The extra outputs the hidden-state and attention losses need from both models."""
@@ -478,6 +486,31 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 return f"the {role} ({type(network).__name__}) {reason}"
         return None
 
+    def _fused_loss_backend(self) -> str:
+        """Who computes the fused loss: 'liger' where asked for (or implied by `use_liger_kernel`) and possible.
+
+        An explicit `fused_loss_backend="liger"` that cannot apply is a `ValueError` (the config has refused the
+        settings Liger cannot compute; here the model); one implied by `use_liger_kernel=True` falls back to the
+        built-in loss with one warning.
+        """
+        args = self.args
+        asked = args.fused_loss_backend or ("liger" if args.use_liger_kernel else "torch")
+        if asked == "torch":
+            return "torch"
+        reason = self._fused_refusal
+        if reason is None and args.fused_loss_backend is None:
+            reason = args.liger_refusal()
+            if reason is None and not is_liger_kernel_available():
+                reason = f"liger-kernel >= {LIGER_MIN_VERSION} is not installed"
+        if reason is None:
+            return "liger"
+        if args.fused_loss_backend == "liger":
+            raise ValueError(f"fused_loss_backend='liger' but {reason}: Liger-Kernel computes the loss only on the "
+                             "fused LM-head path. Set fused_loss_backend='torch' or leave it unset.")
+        logger.warning(f"use_liger_kernel=True, but the distillation loss is not computed by Liger-Kernel: {reason}. "
+                       "It takes the built-in path instead; set fused_loss_backend='torch' to silence this.")
+        return "torch"
+
     def _use_fused_loss(self, inputs: dict, return_outputs: bool) -> bool:
         """The fused path serves every causal-LM loss whose caller does not ask for the logits."""
         if self._fused_refusal is not None or return_outputs:
@@ -527,7 +560,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 kd_mask=None if kd_positions is None or not online else flat(kd_positions),
                 temperature=args.temperature, kind=args.kd_loss, divergence_params=args.divergence_params(),
                 kd_weight=kd_weight, ce_weight=ce_weight, label_smoothing=args.label_smoothing_factor,
-                chunk_size=args.kd_chunk_size, compile_chunks=args.compile_fused_loss,
+                chunk_size=args.kd_chunk_size, compile_chunks=args.compile_fused_loss, backend=self._fused_backend,
                 check_teacher_logits=self._check_teacher_logits if online else None,
                 **self._fused_soft_targets(inputs, teacher_outputs, kd_positions, rows, flat),
             )

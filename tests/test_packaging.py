@@ -112,14 +112,14 @@ def _installed_by(requirements: list[str]) -> set[str]:
 
 
 def test_every_module_the_tests_import_is_installed_by_the_readme_lines():
-    # `pip install -e ".[test]"` and requirements-assets.txt are all a new user installs (README, "Run the
-    # tests"); a test that imports anything else fails on their machine. Optional backends are allowed
+    # `pip install -e ".[test]"`, requirements-assets.txt and requirements-test.txt are all a new user
+    # installs (README, "Run the tests"); a test that imports anything else fails on their machine. Optional backends are allowed
     # where the test skips without them (requires_package / importorskip).
     import ast
     import sys
 
-    assets = [line for line in (REPO_ROOT / "requirements-assets.txt").read_text().splitlines()
-              if line.strip() and not line.startswith("#")]
+    assets = [line for name in ("requirements-assets.txt", "requirements-test.txt")
+              for line in (REPO_ROOT / name).read_text().splitlines() if line.strip() and not line.startswith("#")]
     available = _installed_by(PROJECT["dependencies"] + PROJECT["optional-dependencies"]["test"]) | {
         module for line in assets for module in _installed_by([line])}
     sources = {path: path.read_text(encoding="utf-8") for path in sorted((REPO_ROOT / "tests").rglob("*.py"))}

@@ -22,7 +22,7 @@ from ..quantization.config import quantization_of
 from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
 from ..utils.import_utils import is_matplotlib_available
-from .plots import plot_comparison
+from .plots import comparison_plot_names, plot_comparison
 from .report import check_report_writable, write_report
 
 if TYPE_CHECKING:
@@ -116,10 +116,12 @@ class Comparison:
     def save(self, output_dir: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
         """Write `report.json`, `report.md` and (if matplotlib is installed) the PNG plots."""
 
-        check_report_writable(output_dir)  # before the plots: a report of the user's there is refused first
+        draw = plots and is_matplotlib_available()
+        # before anything is written: a report or a PNG of the user's at one of the names is refused
+        check_report_writable(output_dir, comparison_plot_names(self.task == CAUSAL_LM) if draw else ())
         report = self.to_dict()
         written: dict[str, Path] = {}
-        if plots and is_matplotlib_available():
+        if draw:
             written.update(plot_comparison(report, output_dir))
         json_path, md_path = write_report(report, output_dir, plots=[str(p) for p in written.values()])
         return {"report.json": json_path, "report.md": md_path, **written}
@@ -473,7 +475,8 @@ def compare_models(
         batch_size: batch size of the evaluation and throughput passes.
         latency_samples: number of batch-1 forwards timed for latency.
         output_dir: if given, write `report.json`, `report.md` and the plots there; a `report.json` or
-            `report.md` there that the kit did not write is refused before anything is measured.
+            `report.md` there that the kit did not write, or a PNG at a plot's name that the kit's report there
+            does not list, is refused before anything is measured.
         plots: draw the PNG plots when writing (needs matplotlib: `pip install "hf-bigsmall[plots]"`).
         dataset_name: the name the report gives a `Dataset` passed as `eval_dataset`.
         generation_prompts, prompt_tokens, new_tokens: causal LMs: generate `new_tokens` after each
@@ -500,6 +503,8 @@ def compare_models(
         check_report_writable(output_dir)
     loaded = _resolve_models(models)
     task = _common_task(loaded)
+    if output_dir is not None and plots and is_matplotlib_available():  # and a PNG of the user's, once the task
+        check_report_writable(output_dir, comparison_plot_names(task == CAUSAL_LM))  # says which plots are drawn
     tokenizers = _tokenizers_for(loaded, tokenizer)
     vocabulary = _vocabularies(loaded, tokenizers, task)
     eval_dataset, dataset_name = _evaluation_data(eval_dataset, task, split=split, text_column=text_column,

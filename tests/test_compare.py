@@ -431,3 +431,26 @@ def test_a_png_the_kits_report_does_not_list_is_refused_before_anything_is_writt
     (folder / REPORT_JSON).write_text(json.dumps(record))
     assert "](quality_vs_size.png)" in (folder / REPORT_MD).read_text()
     comparison.save(folder)
+
+
+def test_classifiers_that_number_their_classes_differently_are_refused(compared, tmp_path, monkeypatch):
+    import shutil
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    for name, id2label in (("named", {0: "negative", 1: "positive"}), ("swapped", {0: "positive", 1: "negative"})):
+        shutil.copytree(root / "teacher", tmp_path / name)
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        config["id2label"] = {str(k): v for k, v in id2label.items()}
+        config["label2id"] = {v: k for k, v in id2label.items()}
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(ValueError, match="'swapped' numbers its classes .* cannot be scored against the same labels"):
+        compare_models([tmp_path / "named", tmp_path / "swapped"], _dataset())
+    from transformers import BertForSequenceClassification
+
+    BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1, num_labels=3)).save_pretrained(tmp_path / "three")
+    _save_tokenizer(tmp_path / "three")
+    with pytest.raises(ValueError, match="'three' has 3 classes and 'named' has 2"):
+        compare_models([tmp_path / "named", tmp_path / "three"], _dataset())

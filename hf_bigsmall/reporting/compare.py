@@ -511,6 +511,7 @@ def compare_models(
                                                   label_column=label_column, max_samples=max_samples,
                                                   dataset_name=dataset_name)
     if task == CLASSIFICATION:
+        _check_same_classes(loaded)
         eval_dataset = _labels_as_class_ids(eval_dataset, label_column, next(iter(loaded.values()))[0].config)
     tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
     for name, key in vocabulary.items():
@@ -609,6 +610,27 @@ def _evaluation_data(eval_dataset: Dataset | str | None, task: str, *, split: st
     if max_samples is not None:
         eval_dataset = eval_dataset.select(range(min(max_samples, len(eval_dataset))))
     return eval_dataset, dataset_name
+
+
+def _class_names(config) -> dict[int, str] | None:
+    """A classifier's `id2label`, or None when it holds only transformers' placeholder names (`LABEL_0`, ...)."""
+    names = {int(index): str(name) for index, name in (getattr(config, "id2label", None) or {}).items()}
+    return None if all(name == f"LABEL_{index}" for index, name in names.items()) else names
+
+
+def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]]) -> None:
+    """Refuse classifiers that number their classes differently: every prediction is scored against the same
+    label ids, so a model whose class 0 is another's class 1 would get a wrong accuracy without a word."""
+    first_name, (first, _) = next(iter(loaded.items()))
+    for name, (model, _) in loaded.items():
+        if model.config.num_labels != first.config.num_labels:
+            raise ValueError(f"Model {name!r} has {model.config.num_labels} classes and {first_name!r} has "
+                             f"{first.config.num_labels}: compare classifiers of the same labels.")
+        names, first_names = _class_names(model.config), _class_names(first.config)
+        if names is not None and first_names is not None and names != first_names:
+            raise ValueError(f"Model {name!r} numbers its classes {names} and {first_name!r} numbers them "
+                             f"{first_names}: their predictions cannot be scored against the same labels. Compare "
+                             "models trained with one id2label (students made with make_student keep the teacher's).")
 
 
 def _labels_as_class_ids(dataset: Dataset, label_column: str, config) -> Dataset:

@@ -148,6 +148,12 @@ def _quantized_reference(report: dict[str, Any]) -> dict[str, Any] | None:
     return next((m for m in report["models"][1:] if m["name"] == f"{reference['name']}-int8"), None)
 
 
+def _as_large_as(model: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """Whether `model` has at least the reference's non-zero parameters (False where either count is unknown)."""
+    size, reference_size = model.get("nonzero_parameters"), reference.get("nonzero_parameters")
+    return size is not None and reference_size is not None and size >= reference_size
+
+
 def _verdict_doubt(*models: dict[str, Any]) -> str:
     caveats = [f"`{m['name']}`: {speed_caveat(m)}" for m in models if speed_caveat(m)]
     return f" The timing behind it is not trustworthy ({'; '.join(caveats)})." if caveats else ""
@@ -157,8 +163,11 @@ def student_vs_quantized_teacher(report: dict[str, Any]) -> str | None:
     """One plain sentence, from the report's own numbers: does the best student beat the quantized teacher
     on speed (p50 latency at batch size 1) at equal or better quality? None without a quantized teacher."""
     rival = _quantized_reference(report)
-    # the reference's other quantized copies (teacher-int4 beside teacher-int8) are no students
-    students = [m for m in report["models"][1:] if m is not rival and not _made_from_reference(m, report["models"][0])]
+    reference = report["models"][0]
+    # the reference's other quantized copies (teacher-int4 beside teacher-int8) are no students, nor is a model
+    # as large as the reference (a fine-tuned copy of it: the LLM quickstart's teacher-corrected)
+    students = [m for m in report["models"][1:] if m is not rival and not _made_from_reference(m, reference)
+                and not _as_large_as(m, reference)]
     metric, lower = report["quality_metric"], report.get("lower_is_better", False)
     if rival is None or not students or rival["metrics"].get(metric) is None:
         return None

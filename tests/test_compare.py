@@ -454,3 +454,13 @@ def test_classifiers_that_number_their_classes_differently_are_refused(compared,
     _save_tokenizer(tmp_path / "three")
     with pytest.raises(ValueError, match="'three' has 3 classes and 'named' has 2"):
         compare_models([tmp_path / "named", tmp_path / "three"], _dataset())
+
+
+def test_labels_the_models_cannot_predict_are_refused_before_anything_is_measured(compared, monkeypatch):
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    shifted = _dataset().map(lambda row: {"label": row["label"] + 1})  # 1 and 2, with no label2id naming them
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(ValueError, match=r"labels \[2\] are not class ids of the models \(0 to 1\)"):
+        compare_models([root / "teacher"], shifted)

@@ -640,12 +640,20 @@ def _labels_as_class_ids(dataset: Dataset, label_column: str, config) -> Dataset
     from datasets import ClassLabel
 
     label2id = {str(name): int(index) for name, index in (getattr(config, "label2id", None) or {}).items()}
-    if isinstance(dataset.features[label_column], ClassLabel) or not label2id:
-        return dataset
-    if not {str(value) for value in dataset.unique(label_column)} <= label2id.keys():
-        return dataset  # the labels are not the class names: read as class ids, as before
-    return dataset.map(lambda rows: {label_column: [label2id[str(value)] for value in rows[label_column]]},
-                       batched=True)
+    if not isinstance(dataset.features[label_column], ClassLabel) and label2id and (
+            {str(value) for value in dataset.unique(label_column)} <= label2id.keys()):
+        dataset = dataset.map(lambda rows: {label_column: [label2id[str(value)] for value in rows[label_column]]},
+                              batched=True)
+    # else the labels are not the class names: read as class ids, which must be ones the models predict
+    num_labels = int(config.num_labels)
+    outside = sorted({value for value in dataset.unique(label_column) if isinstance(value, bool)
+                      or not isinstance(value, (int, float)) or value not in range(num_labels)}, key=str)
+    if outside:
+        raise ValueError(f"The evaluation labels {outside[:5]} are not class ids of the models (0 to {num_labels - 1}) "
+                         f"nor names in their label2id {sorted(label2id)}: every prediction would be scored against a "
+                         "class the models cannot predict. Map the labels to the ids the models were trained with, "
+                         "or pass label_column=.")
+    return dataset
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from pathlib import Path
 from . import assets
 from .distillation.cache import is_teacher_logit_cache
 from .distillation.record import DistillationRecord
+from .reporting.plots import comparison_plot_names
 from .reporting.report import check_report_writable
 from .utils.console import echo
 from .utils.files import (
@@ -57,6 +58,7 @@ from .utils.files import (
     publish_dir,
     publishing,
 )
+from .utils.import_utils import is_matplotlib_available
 
 # (teacher steps, distillation steps, pruning steps, batch size, evaluation samples, latency samples):
 # about 4 minutes on a quiet 2-core CPU by default (6 under load) (see BENCHMARKS.md), a minute or two with --fast
@@ -179,14 +181,18 @@ _ONLY_WRITTEN_BY = {
 }
 
 
+# what each pipeline writes at the top of its folder besides its model folders, the report and the plots
+_TOP_LEVEL_FILES = {"causal-lm": ("importance.json", "importance.png", "pruning.json"), "text-classification": ()}
+
+
 def _task_of_folder(output_dir: Path) -> str | None:
     """The quickstart pipeline whose results `output_dir` holds, or None when it holds none."""
     record = output_dir / RUN_RECORD
-    if record.is_file():
-        return json.loads(record.read_text(encoding="utf-8")).get("task")
+    if record.is_file() and _read_task(record) is not None:  # one that is not the kit's is refused by check_output_dir
+        return _read_task(record)
     report = output_dir / "report.json"
     if report.is_file():
-        task = json.loads(report.read_text(encoding="utf-8")).get("task")
+        task = _read_task(report)
         return {"text-generation": "causal-lm", "text-classification": "text-classification"}.get(task)
     for task, names in _ONLY_WRITTEN_BY.items():
         if any((output_dir / name).exists() for name in names):
@@ -213,7 +219,27 @@ def check_output_dir(output_dir: Path, task: str) -> None:
             f"{output_dir} holds the results of a `--task {found}` quickstart run; this is a `--task {task}` run, "
             f"and mixing them would leave one run's models and cards beside the other's report. Pass another "
             f"--output_dir (the default for --task {task} is {DEFAULT_OUTPUT_DIRS[task]}), or delete that folder.")
-    check_report_writable(output_dir)  # a report of the user's there is refused now, not after the training
+    # a report or a plot of the user's there is refused now, not after the training
+    check_report_writable(output_dir, comparison_plot_names(task == "causal-lm") if is_matplotlib_available() else ())
+    # the pipeline's own files beside them are replaced only in a folder this pipeline wrote: its run record,
+    # or (a folder from before the record existed) the kit's report, which the check above let through
+    record = output_dir / RUN_RECORD
+    ours = (output_dir / "report.json").is_file() or (
+        record.is_file() and _read_task(record) == task)
+    for name in (RUN_RECORD, *_TOP_LEVEL_FILES[task]):
+        path = output_dir / name
+        if (path.exists() or path.is_symlink()) and not (ours and path.is_file() and not path.is_symlink()):
+            raise ValueError(f"{path} exists and {output_dir} is not a folder this pipeline wrote (no {RUN_RECORD} of a "
+                             f"`--task {task}` run): {path.name} is left as it is. Pass another --output_dir, or move "
+                             "or delete that file yourself.")
+
+
+def _read_task(record: Path) -> str | None:
+    try:
+        content = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content.get("task") if isinstance(content, dict) else None
 
 
 def record_run(output_dir: Path, task: str, **details: str) -> None:

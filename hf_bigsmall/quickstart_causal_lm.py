@@ -38,9 +38,9 @@ from pathlib import Path
 
 from . import assets
 from .distillation.record import DistillationRecord, TeacherCorrectionRecord
-from .quickstart import DEFAULT_OUTPUT_DIRS, check_output_dir, drop_stale, record_run
+from .quickstart import DEFAULT_OUTPUT_DIRS, check_cache_replaceable, check_output_dir, drop_stale, record_run
 from .utils.console import echo
-from .utils.files import atomic_write_json, fresh_partial_dir, publish_dir, publishing
+from .utils.files import KIT_MARKER, atomic_write_json, fresh_partial_dir, partial_path, publish_dir, publishing
 from .utils.import_utils import _is_package_available, require
 
 # The engines (`quantize` backends) that can serve the teacher and the student, fastest at equal quality
@@ -294,6 +294,8 @@ def _serve(sources: dict[str, Path], output_dir: Path,
                     "fastest measured; Python 3.11+) or `pip install \"hf-bigsmall[llamacpp]\"` (llama.cpp; builds "
                     "from source).")
     targets = {f"{name}-{method}": (source, method) for method in SERVED_METHODS for name, source in sources.items()}
+    for name in targets:  # a folder of the user's in the way is an error, never a reason to skip serving
+        check_served_folder(output_dir / name)
     try:
         for name, (source, method) in targets.items():
             _check_servable(backend, source, output_dir / name, method)
@@ -301,6 +303,32 @@ def _serve(sources: dict[str, Path], output_dir: Path,
         return {}, str(error)
     return {name: quantize(source, output_dir / name, method=method, backend=backend)
             for name, (source, method) in targets.items()}, None
+
+
+def check_served_folder(folder: Path) -> None:
+    """Raise unless `folder` is missing, empty (but for the kit's marker), or a served model (a quantized export)
+    the kit wrote.
+
+    The serving stage replaces such a folder with a new build, or removes it when this run serves nothing (the
+    report must not meet an earlier run's served model); any other folder there is the user's, refused before
+    the run starts rather than left to stop it after the training.
+
+    Raises:
+        ValueError: `folder` is a file, a link, or a folder with something in it that is not the kit's quantized
+            export; the message names it. Nothing is changed.
+    """
+    from .quantization.genai import is_kit_export
+
+    if folder.is_symlink() or (folder.exists() and (not folder.is_dir() or _holds_more_than_the_marker(folder))
+                               and not is_kit_export(folder)):
+        raise ValueError(f"{folder} already exists and is not a served model hf_bigsmall wrote (a quantized export): "
+                         "it is left as it is, with everything in it. Pass another --output_dir, or move or delete "
+                         "it yourself.")
+    check_cache_replaceable(partial_path(folder))  # a `.partial` the kit left is removed, another refused
+
+
+def _holds_more_than_the_marker(folder: Path) -> bool:
+    return any(entry.name != KIT_MARKER for entry in folder.iterdir())
 
 
 def _check_servable(backend: str, source: Path, target: Path, method: str) -> None:
@@ -347,6 +375,8 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
           f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
 
     check_output_dir(output_dir, "causal-lm")
+    for name in served_names():  # replaced or removed by the serving stage, after the training: checked now
+        check_served_folder(output_dir / name)
     start = stage(f"Teacher and data: {args.teacher}, {args.dataset} in blocks of {args.block_size} tokens")
     teacher, tokenizer = _teacher(args)
     depth = teacher.config.num_hidden_layers

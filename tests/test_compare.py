@@ -113,7 +113,11 @@ def test_report_files_hold_the_comparison(compared):
 
     root, comparison = compared
     out = root / "report"
-    assert json.loads((out / "report.json").read_text()) == json.loads(json.dumps(comparison.to_dict()))
+    written = json.loads((out / "report.json").read_text())
+    # besides the comparison, the plots the kit drew there (its own to replace later)
+    assert set(written.pop("plots") + written.pop("earlier_plots")) == {
+        "quality_vs_latency.png", "quality_vs_size.png", "quality_vs_energy.png"}
+    assert written == json.loads(json.dumps(comparison.to_dict()))
     markdown = (out / "report.md").read_text()
     student = comparison.models[1]
     assert f"| `student` | {student.parameters / 1e6:.2f} M | {student.nonzero_parameters / 1e6:.2f} M |" in markdown
@@ -385,3 +389,78 @@ def test_a_report_the_kit_did_not_write_is_refused_before_anything_is_measured(c
         assert [path.name for path in folder.iterdir()] == [name] and (folder / name).read_text() == text
     # the kit's own report (the one the fixture wrote) is replaced
     write_report(comparison.to_dict(), root / "report")
+
+
+def test_a_png_the_kits_report_does_not_list_is_refused_before_anything_is_written(compared, tmp_path, monkeypatch):
+    import shutil
+
+    from hf_bigsmall.reporting import compare as compare_module
+    from hf_bigsmall.reporting.report import REPORT_JSON, REPORT_MD, recorded_plots
+
+    pytest.importorskip("matplotlib")
+    root, comparison = compared
+    # the fixture's own report lists the plots it drew: a later save replaces them
+    assert recorded_plots(root / "report") == {"quality_vs_latency.png", "quality_vs_size.png", "quality_vs_energy.png"}
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "quality_vs_size.png").write_bytes(b"my own figure")
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(ValueError, match="quality_vs_size.png exists and is not a plot hf_bigsmall drew.*another output_dir"):
+        compare_models([root / "teacher"], _dataset(), output_dir=folder)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="quality_vs_size.png exists and is not a plot hf_bigsmall drew"):
+        comparison.save(folder)
+    assert [path.name for path in folder.iterdir()] == ["quality_vs_size.png"]
+    # beside a report of the kit's that did not draw it (plots off), it is still the user's
+    comparison.save(folder, plots=False)
+    with pytest.raises(ValueError, match="quality_vs_size.png exists and is not a plot hf_bigsmall drew"):
+        comparison.save(folder)
+    assert (folder / "quality_vs_size.png").read_bytes() == b"my own figure"
+    # the kit's own plots are replaced: listed in report.json, or (a report of an older version) in report.md
+    shutil.rmtree(folder)
+    shutil.copytree(root / "report", folder)
+    before = (folder / "quality_vs_size.png").stat().st_mtime_ns
+    comparison.save(folder)
+    assert (folder / "quality_vs_size.png").stat().st_mtime_ns != before
+    comparison.save(folder, plots=False)  # a report without plots keeps the earlier ones the kit's
+    assert json.loads((folder / REPORT_JSON).read_text())["earlier_plots"] == [
+        "quality_vs_energy.png", "quality_vs_latency.png", "quality_vs_size.png"]
+    comparison.save(folder)
+    record = json.loads((folder / REPORT_JSON).read_text())
+    del record["plots"], record["earlier_plots"]
+    (folder / REPORT_JSON).write_text(json.dumps(record))
+    assert "](quality_vs_size.png)" in (folder / REPORT_MD).read_text()
+    comparison.save(folder)
+
+
+def test_classifiers_that_number_their_classes_differently_are_refused(compared, tmp_path, monkeypatch):
+    import shutil
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    for name, id2label in (("named", {0: "negative", 1: "positive"}), ("swapped", {0: "positive", 1: "negative"})):
+        shutil.copytree(root / "teacher", tmp_path / name)
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        config["id2label"] = {str(k): v for k, v in id2label.items()}
+        config["label2id"] = {v: k for k, v in id2label.items()}
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(ValueError, match="'swapped' numbers its classes .* cannot be scored against the same labels"):
+        compare_models([tmp_path / "named", tmp_path / "swapped"], _dataset())
+    from transformers import BertForSequenceClassification
+
+    BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1, num_labels=3)).save_pretrained(tmp_path / "three")
+    _save_tokenizer(tmp_path / "three")
+    with pytest.raises(ValueError, match="'three' has 3 classes and 'named' has 2"):
+        compare_models([tmp_path / "named", tmp_path / "three"], _dataset())
+
+
+def test_labels_the_models_cannot_predict_are_refused_before_anything_is_measured(compared, monkeypatch):
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    shifted = _dataset().map(lambda row: {"label": row["label"] + 1})  # 1 and 2, with no label2id naming them
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(ValueError, match=r"labels \[2\] are not class ids of the models \(0 to 1\)"):
+        compare_models([root / "teacher"], shifted)

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -807,3 +808,105 @@ def test_a_second_run_into_the_same_folder_never_replaces_the_other_runs_shards_
     with pytest.raises(ValueError, match="manifest.json appeared while this run was caching"):
         cache_teacher_logits(teacher, dataset, tmp_path / "late", top_k=8, shard_size=8)
     assert (tmp_path / "late" / MANIFEST_NAME).read_text() == (other / MANIFEST_NAME).read_text()
+
+
+def test_two_runs_writing_one_folder_at_once_never_delete_each_others_files(tmp_path, monkeypatch):
+    from datasets import Dataset
+    from huggingface_hub.utils import filter_repo_objects
+
+    from hf_bigsmall.distillation import cache as cache_module
+    from hf_bigsmall.hub.push import IGNORE_PATTERNS
+
+    teacher, _, dataset = build("gpt2")
+    folder = tmp_path / "cache"
+    save_to_disk = Dataset.save_to_disk
+    seen = []
+
+    def second_run_starts_meanwhile(self, path, *args, **kwargs):
+        # the first run's shard 0 is half-written when a second run, started into the same folder, does all its work
+        save_to_disk(self, path, *args, **kwargs)
+        seen.append(path)
+        if len(seen) == 1:
+            assert cache_module._CACHE_ENTRY.fullmatch(Path(path).name)
+            assert not list(filter_repo_objects([f"{Path(path).name}/data-00000-of-00001.arrow",
+                                                 f"{Path(path).name}/shard.json"], ignore_patterns=IGNORE_PATTERNS))
+            assert cache_module.is_teacher_logit_cache(folder)
+            cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
+
+    monkeypatch.setattr(Dataset, "save_to_disk", second_run_starts_meanwhile)
+    cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
+    monkeypatch.undo()
+    assert len({Path(path).name for path in seen}) == len(seen) == 4  # every writer had its own partial
+    assert sorted(path.name for path in folder.iterdir()) == [MANIFEST_NAME, "shard-00000", "shard-00001"]
+    assert len(load_teacher_logits(folder, dataset, verify=True)) == 8
+
+
+def test_a_partial_is_removed_by_a_later_run_only_once_its_writer_is_gone(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from hf_bigsmall.distillation import cache as cache_module
+
+    teacher, _, dataset = build("gpt2")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    machine = cache_module._machine_tag()
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    gone, running = int(finished.stdout), os.getppid()  # a process that ended, and one that runs (pytest's parent)
+    names = {
+        "gone": f"shard-00000.{machine}-{gone}-0123abcd.partial",  # this machine's, its writer ended
+        "running": f"shard-00001.{machine}-{running}-0123abcd.partial",  # its writer still runs
+        "elsewhere": "shard-00000.ffffffff-1-0123abcd.partial",  # another machine's, changed just now
+        "manifest": f"manifest.json.{machine}-{gone}-0123abcd.partial",
+    }
+    for key, name in names.items():
+        if key == "manifest":
+            (folder / name).write_text("{}")
+        else:
+            (folder / name).mkdir()
+            (folder / name / "data-00000-of-00001.arrow").write_bytes(b"half")
+    old = folder / "shard-00001.partial"  # an older version's name, untouched for a day
+    old.mkdir()
+    os.utime(old, (0, 0))
+    cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
+    left = sorted(path.name for path in folder.iterdir())
+    assert left == sorted([MANIFEST_NAME, "shard-00000", "shard-00001", names["running"], names["elsewhere"]])
+    assert len(load_teacher_logits(folder, dataset)) == 8
+
+
+def test_a_manifest_is_never_published_over_another(tmp_path):
+    from hf_bigsmall.distillation.cache import _publish_file_once
+
+    partial, target = tmp_path / "manifest.json.x.partial", tmp_path / MANIFEST_NAME
+    partial.write_text("mine")
+    target.write_text("theirs")
+    assert not _publish_file_once(partial, target)
+    assert target.read_text() == "theirs"
+    target.unlink()
+    assert _publish_file_once(partial, target) and target.read_text() == "mine"
+
+
+def test_a_shard_finished_between_the_check_and_the_rename_is_never_replaced(tmp_path, monkeypatch):
+    import shutil
+
+    from hf_bigsmall.distillation import cache as cache_module
+
+    teacher, _, dataset = build("gpt2")
+    other = cache_teacher_logits(teacher, dataset, tmp_path / "other", top_k=4, shard_size=4)  # another run's cache
+    finished_shard = cache_module._finished_shard
+    checks = []
+
+    def finished_right_after_the_check(shard_dir, record):
+        found = finished_shard(shard_dir, record)
+        if shard_dir.parent.name == "cache" and shard_dir.name == "shard-00000":
+            checks.append(shard_dir)
+            if len(checks) == 2:  # the check before the rename (the first is the one before computing)
+                shutil.copytree(other / "shard-00000", shard_dir)  # the other run's rename lands just after it
+        return found
+
+    monkeypatch.setattr(cache_module, "_finished_shard", finished_right_after_the_check)
+    with pytest.raises(ValueError, match="shard-00000 was cached from another teacher"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=4)
+    assert (tmp_path / "cache" / "shard-00000" / "shard.json").read_text() == (other / "shard-00000" / "shard.json").read_text()
+    assert not [path for path in (tmp_path / "cache").iterdir() if path.name.endswith(".partial")]

@@ -399,12 +399,22 @@ def test_cli_quantize_writes_the_folder_and_says_how_to_load_it(saved_classifier
     assert "already quantized" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("where", ["around", "within"])
+@pytest.mark.parametrize("where", ["around", "within", "partial", "replaced"])
 def test_an_output_folder_around_or_within_the_model_is_refused(saved_classifier, tmp_path, where):
-    """Replacing an earlier export removes it whole: a model inside it would go with it."""
+    """Replacing an earlier export removes it whole: a model inside it would go with it; so would a model at the
+    names the export is written through (`<output>.partial`, emptied first) or moved aside to (removed)."""
     import shutil
 
-    if where == "around":  # the model moved into an earlier export's folder
+    from hf_bigsmall.utils.files import mark_kit_folder
+
+    if where in ("partial", "replaced"):  # a model the kit saved, at the sibling name of the output folder
+        model = tmp_path / ("int8.partial" if where == "partial" else ".int8.replaced")
+        shutil.copytree(saved_classifier, model)
+        mark_kit_folder(model)
+        output = tmp_path / "int8"
+        if where == "replaced":
+            quantize(saved_classifier, output)  # an earlier export there, moved aside when replaced
+    elif where == "around":  # the model moved into an earlier export's folder
         export = quantize(saved_classifier, tmp_path / "int8")
         model = export / "fp32"
         shutil.copytree(saved_classifier, model)
@@ -412,7 +422,8 @@ def test_an_output_folder_around_or_within_the_model_is_refused(saved_classifier
     else:
         model, output = saved_classifier, saved_classifier / "int8"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    with pytest.raises(ValueError, match="inside one another"):
+    with pytest.raises(ValueError, match="inside one another" if where in ("around", "within") else
+                       "which an export to .* empties and removes"):
         quantize(model, output)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
@@ -484,3 +495,11 @@ def test_an_onnx_graph_without_run_time_activation_quantization_keeps_its_batche
             names, axes)
     assert quantizes_activations_at_run_time(tmp_path / "int8" / "model.onnx")
     assert not quantizes_activations_at_run_time(tmp_path / "plain.onnx")
+
+
+def test_an_output_folder_holding_the_kits_marker_alone_is_written(saved_classifier, tmp_path):
+    """What an interrupted write leaves (the marker, nothing else) has nothing to lose: it is no reason to refuse."""
+    from hf_bigsmall.utils.files import mark_kit_folder
+
+    mark_kit_folder(tmp_path / "int8")
+    assert is_onnx_folder(quantize(saved_classifier, tmp_path / "int8"))

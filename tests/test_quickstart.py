@@ -366,3 +366,23 @@ def test_quickstart_without_pruning_trims_and_quantizes_the_distilled_student(tm
     student = json.loads((out / "student" / "config.json").read_text())
     assert trimmed["num_hidden_layers"] == student["num_hidden_layers"]
     assert trimmed["intermediate_size"] == student["intermediate_size"]  # nothing was pruned
+
+
+@pytest.mark.parametrize("task, name", [("text-classification", "quality_vs_size.png"),
+                                        ("causal-lm", "quality_vs_decode_speed.png"),
+                                        ("causal-lm", "importance.png"), ("causal-lm", "pruning.json"),
+                                        ("causal-lm", "bigsmall_run.json")])
+def test_a_users_file_at_a_name_the_quickstart_writes_is_refused_before_it_starts(tmp_path, task, name):
+    from hf_bigsmall.quickstart import check_output_dir, record_run
+
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / name).write_bytes(b"mine")
+    with pytest.raises(ValueError, match=f"{name} exists and .*(another --output_dir|another output_dir)"):
+        check_output_dir(folder, task)
+    assert (folder / name).read_bytes() == b"mine"
+    if not name.endswith(".png") or name == "importance.png":
+        # in a folder this pipeline wrote (its run record) the same names are its own, replaced by a rerun
+        record_run(folder, task)
+        check_output_dir(folder, task)

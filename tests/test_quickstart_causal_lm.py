@@ -291,3 +291,29 @@ def test_models_gguf_cannot_take_are_skipped_whole_before_anything_is_built(tmp_
     served, why_not = _serve(folders, tmp_path, backend="gguf")
     assert served == {} and "without biases" in why_not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["student", "teacher"]
+
+
+@pytest.mark.parametrize("backend", ["gguf", "onnxruntime-genai"])
+def test_a_folder_in_the_way_of_a_served_model_is_refused_not_skipped(tmp_path, backend):
+    from hf_bigsmall import quickstart_causal_lm
+    from hf_bigsmall.utils.files import mark_kit_folder
+
+    out = tmp_path / "out"
+    (out / "teacher-int8").mkdir(parents=True)
+    (out / "teacher-int8" / "notes.txt").write_text("mine")
+    mark_kit_folder(out / "student-int4")  # a model the kit saved, not a served one: never removed as stale
+    (out / "student-int4" / "model.safetensors").write_bytes(b"weights")
+    sources = {"teacher": tmp_path / "teacher", "student": tmp_path / "student"}
+    with pytest.raises(ValueError, match="teacher-int8 already exists and is not a served model hf_bigsmall wrote"):
+        quickstart_causal_lm._serve(sources, out, backend)
+    (out / "teacher-int8").rename(out / "mine")
+    with pytest.raises(ValueError, match="student-int4 already exists and is not a served model hf_bigsmall wrote"):
+        quickstart_causal_lm._serve(sources, out, backend)
+    assert (out / "mine" / "notes.txt").read_text() == "mine"
+    assert (out / "student-int4" / "model.safetensors").read_bytes() == b"weights"
+    # the quickstart refuses them before it starts (before any training)
+    (out / "mine").rename(out / "teacher-int4")
+    with pytest.raises(ValueError, match="teacher-int4 already exists and is not a served model"):
+        quickstart_causal_lm.run_causal_lm_quickstart(quickstart_causal_lm.CausalLMQuickstartArguments(
+            output_dir=str(out), fast=True))
+    assert sorted(path.name for path in out.iterdir()) == ["student-int4", "teacher-int4"]

@@ -17,7 +17,8 @@ def _report(latency, accuracy, causal=False):
     models = []
     for name, p50, quality in zip(NAMES, latency, accuracy):
         models.append({
-            "name": name, "path": f"/out/{name}", "parameters": 10_000_000, "nonzero_parameters": 9_000_000, "sparsity": 0.0,
+            "name": name, "path": f"/out/{name}", "parameters": 10_000_000,
+            "nonzero_parameters": 9_000_000 if name.startswith("teacher") else 4_000_000, "sparsity": 0.0,
             "size_on_disk_mb": 40.0 if "int8" not in name else 10.0, "metrics": {"perplexity" if causal else "accuracy": quality},
             "latency_ms_p50": p50, "latency_ms_p95": p50 * 1.2, "throughput_samples_per_s": 100.0, "energy_joules_per_sample": p50 / 100,
             "inference_kwh_per_1k_samples": 1000 * p50 / 100 / 3.6e6, "energy_joules_per_token": p50 / 1000 if causal else None,
@@ -79,6 +80,17 @@ def test_verdict_on_the_best_student_against_the_quantized_teacher(latency, accu
     report = _report(latency, accuracy)
     assert student_vs_quantized_teacher(report).startswith(expected)
     assert "## Small model, or the big one quantized?" in render_markdown(report)
+
+
+def test_a_model_as_large_as_the_teacher_is_no_student_in_the_verdict():
+    """The LLM quickstart's teacher-corrected (the teacher fine-tuned) is compared too: the verdict on the best
+    student must not answer with it."""
+    report = _report([20.0, 9.8, 9.7, 6.1, 6.0, 1.2, 3.5], [0.85, 0.80, 0.79, 0.79, 0.79, 0.787, 0.848])
+    corrected = {**report["models"][0], "name": "teacher-corrected", "path": "/out/teacher-corrected",
+                 "latency_ms_p50": 3.0, "metrics": {"accuracy": 0.86}}
+    report["models"].insert(1, corrected)
+    assert "teacher-corrected" not in student_vs_quantized_teacher(report)
+    assert student_vs_quantized_teacher(report).startswith("**No.** No student reaches the accuracy of `teacher-int8`")
 
 
 def test_verdict_for_perplexity_and_without_a_quantized_teacher():

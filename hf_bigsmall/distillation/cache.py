@@ -28,16 +28,18 @@ shard-00000/  shard-00001/ ...   one `save_to_disk` folder per `shard_size` rows
 manifest.json                    written last: a cache without it is an unfinished run
 ```
 
-A shard appears only once complete (written as `shard-NNNNN.partial`, then renamed); a rerun with
-the same `output_dir` keeps the finished shards and computes only the missing ones. Under
+A shard appears only once complete (written as `shard-NNNNN.<writer>.partial`, then renamed); a rerun
+with the same `output_dir` keeps the finished shards and computes only the missing ones. Under
 `accelerate launch` every process caches the shards `index % num_processes == process_index`
 into the same folder, and the main process writes the manifest once all are there.
 
-One caching run per folder at a time. A second run started into the same folder never replaces a
-shard or a manifest the other finished meanwhile (one of another teacher, rows or storage is refused,
-one of the same run is kept), but two runs writing the same shard at the same moment share its
-`.partial` folder: one of them fails, or the shard's files no longer match its `shard.json`, which
-`load_teacher_logits(verify=True)` refuses.
+Each writer's `.partial` names are its own (`<writer>` is a tag of the machine, the process id and a
+random suffix), so two runs started into the same folder (two runs, or processes launched apart by
+mistake) never delete or rename each other's half-written files, and neither replaces a shard or a
+manifest the other finished: one of another teacher, rows or storage is refused, one of the same run
+is kept. A `.partial` left by an interrupted run is removed by a later run only once its writer is
+gone: a process of this machine that no longer runs, or (another machine's, or a name without a
+writer) after `STALE_PARTIAL_SECONDS` without a change.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ import json
 import math
 import os
 import re
+import secrets
 import shutil
+import socket
+import time
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,7 +96,12 @@ _TAIL_CHUNK_LOGITS = 2**22
 _RECORD_PREFIX = "hf_bigsmall teacher-logit cache: "
 _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 # what a cache folder holds: shards (finished or not), the manifest, and the labelling pass's energy record
-_CACHE_ENTRY = re.compile(r"(shard-\d{5,}|manifest\.json|energy\.json)(\.partial)?")
+_CACHE_ENTRY = re.compile(r"(shard-\d{5,}|manifest\.json|energy\.json)((\.[0-9a-f]{8}-\d+-[0-9a-f]{8})?\.partial)?")
+# a writer's half-written entry: `<name>.<machine>-<pid>-<random>.partial` (or `<name>.partial` of older versions)
+_PARTIAL_ENTRY = re.compile(r"(?P<name>shard-\d{5,}|manifest\.json)(\.(?P<machine>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8})?\.partial")
+# a `.partial` whose writer cannot be checked (another machine's, or one without a writer in its name) is
+# stale only after this long without a change: writing one shard takes seconds to minutes
+STALE_PARTIAL_SECONDS = 6 * 3600
 
 
 def is_teacher_logit_cache(folder: str | os.PathLike) -> bool:
@@ -309,6 +319,9 @@ def cache_teacher_logits(
     teacher.eval()
     device = state.device
     teacher.to(device)
+    # what an interrupted run of this process's share left, once its writer is gone (never a running one's)
+    names = [f"shard-{index:05d}" for index in range(state.process_index, num_shards, state.num_processes)]
+    _remove_stale_partials(output_dir, names + ([MANIFEST_NAME] if state.is_main_process else []))
     pending = []
     for index in range(state.process_index, num_shards, state.num_processes):
         if _finished_shard(output_dir / f"shard-{index:05d}", record):
@@ -340,15 +353,22 @@ def cache_teacher_logits(
         targets = sum(shard["num_targets"] for shard in shards)
         record.update(shards=shards, num_target_tokens=targets, bytes=total_bytes,
                       bytes_per_target=total_bytes / max(targets, 1))
-        partial = manifest_path.with_name(MANIFEST_NAME + ".partial")
-        partial.write_text(json.dumps(record, indent=2))
-        # this run started from a folder without a manifest: one that appeared since is another run's
-        if manifest_path.exists():
-            partial.unlink()
-            raise ValueError(f"{manifest_path} appeared while this run was caching: another run wrote a cache into "
-                             f"{output_dir} at the same time, and its manifest is kept. Check it with "
-                             "load_teacher_logits, or pass another output_dir; run one caching run per folder.")
-        partial.rename(manifest_path)  # last: only now does the cache look complete
+        partial = _writer_partial(manifest_path)
+        try:
+            partial.write_text(json.dumps(record, indent=2))
+            # last: only now does the cache look complete. This run started from a folder without a manifest:
+            # one that appeared since is another run's, and is never replaced
+            published = _publish_file_once(partial, manifest_path)
+        finally:
+            partial.unlink(missing_ok=True)
+        if not published:
+            existing = json.loads(manifest_path.read_text())
+            if _run_key(existing) != _run_key(record):
+                raise ValueError(f"{manifest_path} appeared while this run was caching: another run wrote a cache of "
+                                 f"another teacher, dataset, top_k or tail_samples into {output_dir} at the same time, "
+                                 "and its manifest is kept. Check it with load_teacher_logits, or pass another "
+                                 "output_dir; run one caching run per folder.")
+            logger.info(f"{manifest_path} of the same cache was written by another run meanwhile; it is kept.")
     state.wait_for_everyone()
     return output_dir
 
@@ -553,24 +573,106 @@ def _write_shard(table, shard_dir: Path, index: int, start: int, stop: int, num_
                  process_index: int = 0) -> None:
     from datasets import Dataset
 
-    partial = shard_dir.with_name(shard_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    Dataset(table).save_to_disk(str(partial))
-    files = sorted(path.name for path in partial.iterdir() if path.suffix == ".arrow")
-    meta = {
-        "name": shard_dir.name, "index": index, "start": start, "stop": stop, "num_targets": num_targets,
-        "bytes": {name: (partial / name).stat().st_size for name in files},
-        "sha256": {name: _file_sha256(partial / name) for name in files},
-        "run_key": list(_run_key(record)), "process_index": process_index,
-    }
-    (partial / SHARD_META_NAME).write_text(json.dumps(meta, indent=2))
-    # another run into this folder may have finished the shard meanwhile: one of another teacher or rows is
-    # never replaced (`_finished_shard` raises), one of this run is kept; only an unfinished one is replaced
-    if _finished_shard(shard_dir, record):
+    partial = _writer_partial(shard_dir)  # this writer's own: no other run deletes or renames it
+    try:
+        Dataset(table).save_to_disk(str(partial))
+        files = sorted(path.name for path in partial.iterdir() if path.suffix == ".arrow")
+        meta = {
+            "name": shard_dir.name, "index": index, "start": start, "stop": stop, "num_targets": num_targets,
+            "bytes": {name: (partial / name).stat().st_size for name in files},
+            "sha256": {name: _file_sha256(partial / name) for name in files},
+            "run_key": list(_run_key(record)), "process_index": process_index,
+        }
+        (partial / SHARD_META_NAME).write_text(json.dumps(meta, indent=2))
+        _publish_shard(partial, shard_dir, record)
+    finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _publish_shard(partial: Path, shard_dir: Path, record: dict) -> None:
+    """Rename a written `partial` to `shard_dir`, never over a shard another run finished meanwhile.
+
+    Renaming a folder onto a folder with files in it fails (POSIX and Windows alike), so a shard that another
+    run finished between the check and the rename is never replaced: one of another teacher or rows is refused
+    (`_finished_shard` raises), one of this run is kept and `partial` is left for the caller to remove.
+    """
+    if _finished_shard(shard_dir, record):
         return
-    shutil.rmtree(shard_dir, ignore_errors=True)
-    partial.rename(shard_dir)
+    try:
+        partial.rename(shard_dir)
+        return
+    except OSError:
+        pass
+    if _finished_shard(shard_dir, record):  # another run's rename came first
+        return
+    # the kit renames only complete shards: a folder without its shard.json was changed by hand, and is the user's
+    raise ValueError(f"{shard_dir} is in the way and is not a finished shard (no {SHARD_META_NAME}: a file, a link or a "
+                     "damaged folder): move or delete it, then rerun cache_teacher_logits with the same output_dir.")
+
+
+def _publish_file_once(partial: Path, target: Path) -> bool:
+    """Give the written file `partial` the name `target` unless `target` exists; False (nothing changed) if it does.
+
+    A hard link is made in one step and never replaces a file; where the file system has no hard links, the
+    check and the rename are two steps.
+    """
+    try:
+        os.link(partial, target)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        if target.exists():
+            return False
+        os.replace(partial, target)
+        return True
+
+
+def _machine_tag() -> str:
+    """Eight hex digits naming this machine in `.partial` names (process ids mean something only on it)."""
+    return f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFFFF:08x}"
+
+
+def _writer_partial(path: Path) -> Path:
+    """The `.partial` sibling of `path` that this writer alone uses: machine, process id and a random suffix."""
+    return path.with_name(f"{path.name}.{_machine_tag()}-{os.getpid()}-{secrets.token_hex(4)}.partial")
+
+
+def _writer_is_gone(entry: Path, machine: str | None, pid: str | None) -> bool:
+    """Whether the writer of the `.partial` `entry` has stopped: only then may a later run remove it."""
+    if machine == _machine_tag() and pid is not None and os.name == "posix":
+        if int(pid) == os.getpid():
+            return False  # this process's own (another thread's write in progress)
+        try:
+            os.kill(int(pid), 0)  # signal 0: checks the process exists, sends nothing
+        except ProcessLookupError:
+            return True
+        except OSError:  # exists, owned by another user
+            return False
+        return False
+    # another machine's writer, or a name without one: stale once nothing in it changed for long
+    try:
+        changed = max([entry.lstat().st_mtime] + [path.lstat().st_mtime for path in entry.rglob("*")])
+    except OSError:
+        return False
+    return time.time() - changed > STALE_PARTIAL_SECONDS
+
+
+def _remove_stale_partials(output_dir: Path, names: list[str]) -> None:
+    """Remove the `.partial` entries of `names` in `output_dir` whose writers are gone; log the others."""
+    wanted = set(names)
+    for entry in sorted(output_dir.iterdir()):
+        match = _PARTIAL_ENTRY.fullmatch(entry.name)
+        if match is None or match["name"] not in wanted or entry.is_symlink():
+            continue
+        if not _writer_is_gone(entry, match["machine"], match["pid"]):
+            logger.info(f"left {entry}: its writer may still be running (another caching run into this folder?)")
+            continue
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        logger.info(f"removed {entry}, left by an interrupted caching run")
 
 
 def _file_sha256(path: Path) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 from transformers.utils import logging
 
 from ..pruning.parameters import count_parameters
-from ..utils.files import is_kit_folder, mark_kit_folder
+from ..utils.files import KIT_MARKER, is_kit_folder, mark_kit_folder
 from ..utils.heads import TEXT_GENERATION as CAUSAL_LM
 from ..utils.import_utils import require
 from .config import QUANTIZATION_KEY, check_full_precision_source, has_kit_record
@@ -70,9 +70,10 @@ def is_genai_folder(model_dir: str | os.PathLike) -> bool:
     return (Path(model_dir) / GENAI_CONFIG_FILE).is_file()
 
 
-def _is_kit_folder(folder: Path) -> bool:
+def is_kit_export(folder: str | os.PathLike) -> bool:
     """A quantized export the kit wrote: its marker and its record (any backend's), as `check_quantized_output`
     asks; or a GenAI export written before GenAI folders carried the marker (its record and `genai_config.json`)."""
+    folder = Path(folder)
     if is_kit_folder(folder) and has_kit_record(folder):
         return True
     try:
@@ -80,6 +81,11 @@ def _is_kit_folder(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return (config.get(QUANTIZATION_KEY) or {}).get("backend") == GENAI_BACKEND and is_genai_folder(folder)
+
+
+def _holds_files(folder: Path) -> bool:
+    """Whether `folder` holds anything but the kit's marker (a folder with the marker alone has nothing to lose)."""
+    return any(entry.name != KIT_MARKER for entry in folder.iterdir())
 
 
 def scheme_description(scheme: str, builder_options: dict[str, Any] | None = None) -> str:
@@ -145,8 +151,8 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
     if source.is_relative_to(target) or target.is_relative_to(source):  # replacing one would change the other
         raise ValueError(f"output_dir {output_dir} and the model's folder {model_dir} are inside one another: write "
                          "the quantized model into a folder beside the model, not around or within it.")
-    foreign = output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
-    if foreign and not _is_kit_folder(output_dir):
+    foreign = output_dir.exists() and (not output_dir.is_dir() or _holds_files(output_dir))
+    if foreign and not is_kit_export(output_dir):
         raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall as a quantized export: "
                          "choose another output_dir or remove it yourself (only an earlier quantized export is replaced).")
     return config
@@ -337,8 +343,8 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
     The folder is checked again here: the build takes minutes, and a folder of the user's may have
     appeared at `output_dir` since `check_genai_source` ran. Such a folder is refused and kept.
     """
-    if (output_dir.is_symlink() or (output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir()))
-                                    and not _is_kit_folder(output_dir))):
+    if (output_dir.is_symlink() or (output_dir.exists() and (not output_dir.is_dir() or _holds_files(output_dir))
+                                    and not is_kit_export(output_dir))):
         raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall as a quantized "
                          "export: it is left as it is. Choose another output_dir or remove it yourself.")
     umask = os.umask(0)

@@ -22,7 +22,7 @@ from ..quantization.config import quantization_of
 from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
 from ..utils.import_utils import is_matplotlib_available
-from .plots import plot_comparison
+from .plots import comparison_plot_names, plot_comparison
 from .report import check_report_writable, write_report
 
 if TYPE_CHECKING:
@@ -116,10 +116,12 @@ class Comparison:
     def save(self, output_dir: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
         """Write `report.json`, `report.md` and (if matplotlib is installed) the PNG plots."""
 
-        check_report_writable(output_dir)  # before the plots: a report of the user's there is refused first
+        draw = plots and is_matplotlib_available()
+        # before anything is written: a report or a PNG of the user's at one of the names is refused
+        check_report_writable(output_dir, comparison_plot_names(self.task == CAUSAL_LM) if draw else ())
         report = self.to_dict()
         written: dict[str, Path] = {}
-        if plots and is_matplotlib_available():
+        if draw:
             written.update(plot_comparison(report, output_dir))
         json_path, md_path = write_report(report, output_dir, plots=[str(p) for p in written.values()])
         return {"report.json": json_path, "report.md": md_path, **written}
@@ -473,7 +475,8 @@ def compare_models(
         batch_size: batch size of the evaluation and throughput passes.
         latency_samples: number of batch-1 forwards timed for latency.
         output_dir: if given, write `report.json`, `report.md` and the plots there; a `report.json` or
-            `report.md` there that the kit did not write is refused before anything is measured.
+            `report.md` there that the kit did not write, or a PNG at a plot's name that the kit's report there
+            does not list, is refused before anything is measured.
         plots: draw the PNG plots when writing (needs matplotlib: `pip install "hf-bigsmall[plots]"`).
         dataset_name: the name the report gives a `Dataset` passed as `eval_dataset`.
         generation_prompts, prompt_tokens, new_tokens: causal LMs: generate `new_tokens` after each
@@ -500,12 +503,15 @@ def compare_models(
         check_report_writable(output_dir)
     loaded = _resolve_models(models)
     task = _common_task(loaded)
+    if output_dir is not None and plots and is_matplotlib_available():  # and a PNG of the user's, once the task
+        check_report_writable(output_dir, comparison_plot_names(task == CAUSAL_LM))  # says which plots are drawn
     tokenizers = _tokenizers_for(loaded, tokenizer)
     vocabulary = _vocabularies(loaded, tokenizers, task)
     eval_dataset, dataset_name = _evaluation_data(eval_dataset, task, split=split, text_column=text_column,
                                                   label_column=label_column, max_samples=max_samples,
                                                   dataset_name=dataset_name)
     if task == CLASSIFICATION:
+        _check_same_classes(loaded)
         eval_dataset = _labels_as_class_ids(eval_dataset, label_column, next(iter(loaded.values()))[0].config)
     tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
     for name, key in vocabulary.items():
@@ -606,6 +612,27 @@ def _evaluation_data(eval_dataset: Dataset | str | None, task: str, *, split: st
     return eval_dataset, dataset_name
 
 
+def _class_names(config) -> dict[int, str] | None:
+    """A classifier's `id2label`, or None when it holds only transformers' placeholder names (`LABEL_0`, ...)."""
+    names = {int(index): str(name) for index, name in (getattr(config, "id2label", None) or {}).items()}
+    return None if all(name == f"LABEL_{index}" for index, name in names.items()) else names
+
+
+def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]]) -> None:
+    """Refuse classifiers that number their classes differently: every prediction is scored against the same
+    label ids, so a model whose class 0 is another's class 1 would get a wrong accuracy without a word."""
+    first_name, (first, _) = next(iter(loaded.items()))
+    for name, (model, _) in loaded.items():
+        if model.config.num_labels != first.config.num_labels:
+            raise ValueError(f"Model {name!r} has {model.config.num_labels} classes and {first_name!r} has "
+                             f"{first.config.num_labels}: compare classifiers of the same labels.")
+        names, first_names = _class_names(model.config), _class_names(first.config)
+        if names is not None and first_names is not None and names != first_names:
+            raise ValueError(f"Model {name!r} numbers its classes {names} and {first_name!r} numbers them "
+                             f"{first_names}: their predictions cannot be scored against the same labels. Compare "
+                             "models trained with one id2label (students made with make_student keep the teacher's).")
+
+
 def _labels_as_class_ids(dataset: Dataset, label_column: str, config) -> Dataset:
     """The labels as the models' class ids. A label column that is no `ClassLabel` holds the class names (strings,
     or numbers such as 1 and 2) that training numbered with the models' `label2id`: read through it when it names
@@ -613,12 +640,20 @@ def _labels_as_class_ids(dataset: Dataset, label_column: str, config) -> Dataset
     from datasets import ClassLabel
 
     label2id = {str(name): int(index) for name, index in (getattr(config, "label2id", None) or {}).items()}
-    if isinstance(dataset.features[label_column], ClassLabel) or not label2id:
-        return dataset
-    if not {str(value) for value in dataset.unique(label_column)} <= label2id.keys():
-        return dataset  # the labels are not the class names: read as class ids, as before
-    return dataset.map(lambda rows: {label_column: [label2id[str(value)] for value in rows[label_column]]},
-                       batched=True)
+    if not isinstance(dataset.features[label_column], ClassLabel) and label2id and (
+            {str(value) for value in dataset.unique(label_column)} <= label2id.keys()):
+        dataset = dataset.map(lambda rows: {label_column: [label2id[str(value)] for value in rows[label_column]]},
+                              batched=True)
+    # else the labels are not the class names: read as class ids, which must be ones the models predict
+    num_labels = int(config.num_labels)
+    outside = sorted({value for value in dataset.unique(label_column) if isinstance(value, bool)
+                      or not isinstance(value, (int, float)) or value not in range(num_labels)}, key=str)
+    if outside:
+        raise ValueError(f"The evaluation labels {outside[:5]} are not class ids of the models (0 to {num_labels - 1}) "
+                         f"nor names in their label2id {sorted(label2id)}: every prediction would be scored against a "
+                         "class the models cannot predict. Map the labels to the ids the models were trained with, "
+                         "or pass label_column=.")
+    return dataset
 
 
 @dataclass(frozen=True)

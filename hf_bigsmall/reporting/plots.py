@@ -99,9 +99,18 @@ def _scatter(report: dict[str, Any], x_key: str, x_label: str, title: str, path:
     return figure
 
 
+def comparison_plot_names(causal_lm: bool) -> list[str]:
+    """The PNGs `plot_comparison` may draw: the decode-speed plot only for causal LMs."""
+    return [QUALITY_VS_LATENCY, QUALITY_VS_SIZE, QUALITY_VS_ENERGY] + ([QUALITY_VS_DECODE_SPEED] if causal_lm else [])
+
+
 def plot_comparison(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
     """Draw `quality_vs_latency.png`, `quality_vs_size.png` and `quality_vs_energy.png` (a labelled point per model),
-    and for causal LMs `quality_vs_decode_speed.png` with the Pareto front drawn."""
+    and for causal LMs `quality_vs_decode_speed.png` with the Pareto front drawn.
+
+    Files at those names are replaced: `Comparison.save` first checks, with
+    `hf_bigsmall.reporting.report.check_report_writable`, that they are plots the kit's report recorded.
+    """
 
     require("matplotlib")
     output_dir = Path(output_dir)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +148,12 @@ def _quantized_reference(report: dict[str, Any]) -> dict[str, Any] | None:
     return next((m for m in report["models"][1:] if m["name"] == f"{reference['name']}-int8"), None)
 
 
+def _as_large_as(model: dict[str, Any], reference: dict[str, Any]) -> bool:
+    """Whether `model` has at least the reference's non-zero parameters (False where either count is unknown)."""
+    size, reference_size = model.get("nonzero_parameters"), reference.get("nonzero_parameters")
+    return size is not None and reference_size is not None and size >= reference_size
+
+
 def _verdict_doubt(*models: dict[str, Any]) -> str:
     caveats = [f"`{m['name']}`: {speed_caveat(m)}" for m in models if speed_caveat(m)]
     return f" The timing behind it is not trustworthy ({'; '.join(caveats)})." if caveats else ""
@@ -155,8 +163,11 @@ def student_vs_quantized_teacher(report: dict[str, Any]) -> str | None:
     """One plain sentence, from the report's own numbers: does the best student beat the quantized teacher
     on speed (p50 latency at batch size 1) at equal or better quality? None without a quantized teacher."""
     rival = _quantized_reference(report)
-    # the reference's other quantized copies (teacher-int4 beside teacher-int8) are no students
-    students = [m for m in report["models"][1:] if m is not rival and not _made_from_reference(m, report["models"][0])]
+    reference = report["models"][0]
+    # the reference's other quantized copies (teacher-int4 beside teacher-int8) are no students, nor is a model
+    # as large as the reference (a fine-tuned copy of it: the LLM quickstart's teacher-corrected)
+    students = [m for m in report["models"][1:] if m is not rival and not _made_from_reference(m, reference)
+                and not _as_large_as(m, reference)]
     metric, lower = report["quality_metric"], report.get("lower_is_better", False)
     if rival is None or not students or rival["metrics"].get(metric) is None:
         return None
@@ -387,15 +398,39 @@ def _is_kit_report(path: Path) -> bool:
     return isinstance(report, dict) and all(field in report for field in _REPORT_FIELDS)
 
 
-def check_report_writable(output_dir: str | os.PathLike) -> None:
-    """Raise unless `report.json` and `report.md` in `output_dir` are missing or a report the kit wrote.
+def recorded_plots(output_dir: str | os.PathLike) -> set[str]:
+    """The names of the plots that the kit's own report in `output_dir` says the kit drew there (empty without one).
 
-    A report file of the user's at either name is never replaced: `compare_models` calls this before it
-    measures anything, so a long comparison does not end in a refusal.
+    `report.json` lists them: `plots`, those it shows, and `earlier_plots`, those an earlier report drew there
+    that are still on disk (a report written without plots keeps them the kit's). A report of an older version,
+    without these lists, names its plots in `report.md` (its `## Plots` section), which is read instead.
+    """
+    output_dir = Path(output_dir)
+    json_path, md_path = output_dir / REPORT_JSON, output_dir / REPORT_MD
+    if json_path.is_file() and not json_path.is_symlink() and _is_kit_report(json_path):
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+        listed = record.get("plots")
+        if isinstance(listed, list):
+            earlier = record.get("earlier_plots") if isinstance(record.get("earlier_plots"), list) else []
+            return {name for name in listed + earlier if isinstance(name, str)}
+    if md_path.is_file() and not md_path.is_symlink() and _is_kit_report(md_path):
+        text = md_path.read_text(encoding="utf-8")
+        if "\n## Plots\n" in text:
+            return set(re.findall(r"^!\[[^\]]*\]\(([^()/\\]+\.png)\)$", text.split("\n## Plots\n", 1)[1], re.MULTILINE))
+    return set()
+
+
+def check_report_writable(output_dir: str | os.PathLike, plot_names: Sequence[str] = ()) -> None:
+    """Raise unless every file the report writes into `output_dir` is missing or one the kit wrote.
+
+    `report.json` and `report.md` must be a report the kit wrote; each of `plot_names` (the PNGs about to be
+    drawn) must be a plot that report recorded (`recorded_plots`). A file of the user's at any of these names
+    is never replaced: `compare_models` calls this before it measures anything, so a long comparison does not
+    end in a refusal.
 
     Raises:
-        ValueError: `output_dir` is a file, or one of the two files is not a kit report; the message names it
-            and the fix. Nothing is changed.
+        ValueError: `output_dir` is a file, or one of the files is not the kit's; the message names it and
+            the fix. Nothing is changed.
     """
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
@@ -404,18 +439,29 @@ def check_report_writable(output_dir: str | os.PathLike) -> None:
         if (path.exists() or path.is_symlink()) and not (path.is_file() and not path.is_symlink() and _is_kit_report(path)):
             raise ValueError(f"{path} exists and is not a report hf_bigsmall wrote: it is left as it is. Pass another "
                              "output_dir (--output_dir) for the report, or move or delete that file yourself.")
+    existing = [output_dir / name for name in plot_names
+                if (output_dir / name).exists() or (output_dir / name).is_symlink()]
+    recorded = recorded_plots(output_dir) if existing else set()
+    for path in existing:
+        if path.is_symlink() or not path.is_file() or path.name not in recorded:
+            raise ValueError(f"{path} exists and is not a plot hf_bigsmall drew (the report in {output_dir} does not "
+                             "list it): it is left as it is. Pass another output_dir (--output_dir) for the report, "
+                             "or move or delete that file yourself.")
 
 
 def write_report(report: dict[str, Any], output_dir: str | os.PathLike, plots: list[str] | None = None) -> tuple[Path, Path]:
     """Write `report.json` and `report.md` into `output_dir`; returns both paths.
 
     Only a report the kit wrote is replaced (`check_report_writable`); a file of the user's is refused.
+    `report.json` lists the `plots` (their file names) and the kit's plots of earlier reports still there
+    (`earlier_plots`), so a later run replaces those and no other PNG.
     """
     check_report_writable(output_dir)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = output_dir / REPORT_JSON, output_dir / REPORT_MD
-    atomic_write_json(json_path, report)
+    drawn = [Path(path).name for path in plots or []]
+    earlier = sorted(name for name in recorded_plots(output_dir) - set(drawn) if (output_dir / name).is_file())
+    atomic_write_json(json_path, {**report, "plots": drawn, "earlier_plots": earlier})
     atomic_write_text(md_path, render_markdown(report, plots))
     return json_path, md_path
-

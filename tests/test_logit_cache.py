@@ -1,5 +1,6 @@
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -910,3 +911,21 @@ def test_a_shard_finished_between_the_check_and_the_rename_is_never_replaced(tmp
         cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=4)
     assert (tmp_path / "cache" / "shard-00000" / "shard.json").read_text() == (other / "shard-00000" / "shard.json").read_text()
     assert not [path for path in (tmp_path / "cache").iterdir() if path.name.endswith(".partial")]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="process-id namespaces are Linux's")
+def test_a_partial_of_a_container_sharing_the_host_name_is_kept_while_it_may_be_written(tmp_path):
+    import socket
+    import zlib
+
+    teacher, _, dataset = build("gpt2")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    # a writer in a container started with the host's network: the same host name, its own process ids, so
+    # its process 4194303 (above Linux's largest) is no process here and says nothing about whether it runs
+    same_name = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFFFF:08x}"
+    live = folder / f"shard-00000.{same_name}-4194303-0123abcd.partial"
+    live.mkdir()
+    (live / "data-00000-of-00001.arrow").write_bytes(b"being written")
+    cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
+    assert (live / "data-00000-of-00001.arrow").read_bytes() == b"being written"

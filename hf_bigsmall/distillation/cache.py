@@ -38,8 +38,8 @@ random suffix), so two runs started into the same folder (two runs, or processes
 mistake) never delete or rename each other's half-written files, and neither replaces a shard or a
 manifest the other finished: one of another teacher, rows or storage is refused, one of the same run
 is kept. A `.partial` left by an interrupted run is removed by a later run only once its writer is
-gone: a process of this machine that no longer runs, or (another machine's, or a name without a
-writer) after `STALE_PARTIAL_SECONDS` without a change.
+gone: a process of this machine that no longer runs, or (another machine's, a container's with its own
+process ids, or a name without a writer) after `STALE_PARTIAL_SECONDS` without a change.
 """
 
 from __future__ import annotations
@@ -629,8 +629,21 @@ def _publish_file_once(partial: Path, target: Path) -> bool:
 
 
 def _machine_tag() -> str:
-    """Eight hex digits naming this machine in `.partial` names (process ids mean something only on it)."""
-    return f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFFFF:08x}"
+    """Eight hex digits naming where this process's id means something, for `.partial` names.
+
+    The host name alone is not enough: containers started with the host's network share its name but number
+    their processes apart (a writer that is process 42 in one is no process, or another one, in the next),
+    and two machines may share one name and one folder. On Linux the boot and the process-id namespace are
+    named too, so a writer whose process id cannot be checked from here falls under the time rule instead.
+    """
+    identity = [socket.gethostname()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: os.readlink("/proc/self/ns/pid")):
+        try:
+            identity.append(read())
+        except OSError:  # not Linux, or /proc not mounted: the host name is all there is
+            pass
+    return f"{zlib.crc32(chr(0).join(identity).encode()) & 0xFFFFFFFF:08x}"
 
 
 def _writer_partial(path: Path) -> Path:

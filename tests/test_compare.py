@@ -433,6 +433,36 @@ def test_a_png_the_kits_report_does_not_list_is_refused_before_anything_is_writt
     comparison.save(folder)
 
 
+def test_a_save_stopped_while_drawing_leaves_plots_the_next_save_replaces(compared, tmp_path, monkeypatch):
+    from hf_bigsmall.reporting import plots as plots_module
+    from hf_bigsmall.reporting.report import REPORT_JSON, REPORT_MD
+
+    pytest.importorskip("matplotlib")
+    _, comparison = compared
+    folder = tmp_path / "first-run"
+    scatter, drawn = plots_module._scatter, []
+
+    def stopped_after_the_first_plot(*args, **kwargs):
+        if drawn:
+            raise KeyboardInterrupt  # Ctrl-C between two plots
+        drawn.append(scatter(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(plots_module, "_scatter", stopped_after_the_first_plot)
+    with pytest.raises(KeyboardInterrupt):
+        comparison.save(folder)
+    monkeypatch.undo()
+    assert (folder / "quality_vs_latency.png").is_file()
+    # the PNG the stopped save drew is the kit's: the rerun replaces it rather than refusing it as the user's
+    stopped_report = (folder / REPORT_MD).read_text() if (folder / REPORT_MD).exists() else ""
+    written = comparison.save(folder)
+    assert "## Plots" not in stopped_report  # the stopped save's report showed no plot it may lack
+    assert set(written) == {REPORT_JSON, REPORT_MD, "quality_vs_latency.png", "quality_vs_size.png",
+                            "quality_vs_energy.png"}
+    assert json.loads((folder / REPORT_JSON).read_text())["plots"] == [
+        "quality_vs_latency.png", "quality_vs_size.png", "quality_vs_energy.png"]
+
+
 def test_classifiers_that_number_their_classes_differently_are_refused(compared, tmp_path, monkeypatch):
     import shutil
 

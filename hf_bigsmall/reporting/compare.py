@@ -22,8 +22,8 @@ from ..quantization.config import quantization_of
 from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
 from ..utils.import_utils import is_matplotlib_available
-from .plots import comparison_plot_names, plot_comparison
-from .report import check_report_writable, write_report
+from .plots import comparison_plot_names, drawn_plot_names, plot_comparison
+from .report import REPORT_JSON, REPORT_MD, check_report_writable, write_report
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -120,10 +120,21 @@ class Comparison:
         # before anything is written: a report or a PNG of the user's at one of the names is refused
         check_report_writable(output_dir, comparison_plot_names(self.task == CAUSAL_LM) if draw else ())
         report = self.to_dict()
-        written: dict[str, Path] = {}
-        if draw:
-            written.update(plot_comparison(report, output_dir))
-        json_path, md_path = write_report(report, output_dir, plots=[str(p) for p in written.values()])
+        if not draw:
+            json_path, md_path = write_report(report, output_dir)
+            return {"report.json": json_path, "report.md": md_path}
+        # the report names the plots before they are drawn: a save stopped while drawing (Ctrl-C, a plotting
+        # error) leaves PNGs that the report lists, so the next save replaces them instead of refusing them
+        planned = [Path(output_dir) / name for name in drawn_plot_names(report)]
+        write_report(report, output_dir, plots=[str(path) for path in planned])
+        try:
+            written = plot_comparison(report, output_dir)
+        except BaseException:
+            write_report(report, output_dir)  # shows no plot; those drawn stay the kit's (its `earlier_plots`)
+            raise
+        json_path, md_path = Path(output_dir) / REPORT_JSON, Path(output_dir) / REPORT_MD
+        if list(written) != [path.name for path in planned]:
+            json_path, md_path = write_report(report, output_dir, plots=[str(path) for path in written.values()])
         return {"report.json": json_path, "report.md": md_path, **written}
 
 

@@ -929,3 +929,20 @@ def test_a_partial_of_a_container_sharing_the_host_name_is_kept_while_it_may_be_
     (live / "data-00000-of-00001.arrow").write_bytes(b"being written")
     cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
     assert (live / "data-00000-of-00001.arrow").read_bytes() == b"being written"
+
+
+
+def test_a_shard_rename_that_fails_with_nothing_in_the_way_says_why(tmp_path, monkeypatch):
+    rename = Path.rename
+
+    def held_open(self, target):  # Windows: a file inside held open by a scanner
+        if self.name.endswith(".partial") and self.name.startswith("shard-"):
+            raise PermissionError(13, "The process cannot access the file", str(self))
+        return rename(self, target)
+
+    teacher, _, dataset = build("gpt2")
+    monkeypatch.setattr(Path, "rename", held_open)
+    with pytest.raises(PermissionError, match="cannot access"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=4)
+    monkeypatch.undo()
+    assert not [path for path in (tmp_path / "cache").iterdir() if path.name.endswith(".partial")]

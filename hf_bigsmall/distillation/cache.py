@@ -602,7 +602,8 @@ def _publish_shard(partial: Path, shard_dir: Path, record: dict) -> None:
         partial.rename(shard_dir)
         return
     except OSError:
-        pass
+        if not (shard_dir.exists() or shard_dir.is_symlink()):
+            raise  # nothing in the way: the rename failed for its own reason (permissions, a file held open), said as is
     if _finished_shard(shard_dir, record):  # another run's rename came first
         return
     # the kit renames only complete shards: a folder without its shard.json was changed by hand, and is the user's

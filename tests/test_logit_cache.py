@@ -931,6 +931,21 @@ def test_a_partial_of_a_container_sharing_the_host_name_is_kept_while_it_may_be_
     assert (live / "data-00000-of-00001.arrow").read_bytes() == b"being written"
 
 
+def test_a_partial_whose_process_id_was_taken_since_goes_once_unchanged_for_hours(tmp_path):
+    from hf_bigsmall.distillation import cache as cache_module
+
+    teacher, _, dataset = build("gpt2")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    # this machine's writer ended a day ago and a process that runs now (pytest's parent) got its id since
+    taken = folder / f"shard-00000.{cache_module._machine_tag()}-{os.getppid()}-0123abcd.partial"
+    taken.mkdir()
+    (taken / "data-00000-of-00001.arrow").write_bytes(b"half")
+    for path in (taken / "data-00000-of-00001.arrow", taken):
+        os.utime(path, (0, 0))
+    cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
+    assert not taken.exists()
+
 
 def test_a_shard_rename_that_fails_with_nothing_in_the_way_says_why(tmp_path, monkeypatch):
     rename = Path.rename

@@ -39,7 +39,8 @@ mistake) never delete or rename each other's half-written files, and neither rep
 manifest the other finished: one of another teacher, rows or storage is refused, one of the same run
 is kept. A `.partial` left by an interrupted run is removed by a later run only once its writer is
 gone: a process of this machine that no longer runs, or (another machine's, a container's with its own
-process ids, or a name without a writer) after `STALE_PARTIAL_SECONDS` without a change.
+process ids, a name without a writer, or one whose process id a later process took) after
+`STALE_PARTIAL_SECONDS` without a change.
 """
 
 from __future__ import annotations
@@ -655,15 +656,14 @@ def _writer_partial(path: Path) -> Path:
 def _writer_is_gone(entry: Path, machine: str | None, pid: str | None) -> bool:
     """Whether the writer of the `.partial` `entry` has stopped: only then may a later run remove it."""
     if machine == _machine_tag() and pid is not None and os.name == "posix":
-        if int(pid) == os.getpid():
-            return False  # this process's own (another thread's write in progress)
         try:
             os.kill(int(pid), 0)  # signal 0: checks the process exists, sends nothing
         except ProcessLookupError:
             return True
         except OSError:  # exists, owned by another user
-            return False
-        return False
+            pass
+        # a process of that id runs: the writer, or (process ids are reused) another one since, so the
+        # `.partial` goes once it has not changed for as long as an unchecked writer's would
     # another machine's writer, or a name without one: stale once nothing in it changed for long
     try:
         changed = max([entry.lstat().st_mtime] + [path.lstat().st_mtime for path in entry.rglob("*")])

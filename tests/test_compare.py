@@ -494,3 +494,28 @@ def test_labels_the_models_cannot_predict_are_refused_before_anything_is_measure
     monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
     with pytest.raises(ValueError, match=r"labels \[2\] are not class ids of the models \(0 to 1\)"):
         compare_models([root / "teacher"], shifted)
+
+
+def test_labels_given_as_names_are_read_whichever_model_comes_first(compared, tmp_path, monkeypatch):
+    import shutil
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    shutil.copytree(root / "teacher", tmp_path / "named")
+    config = json.loads((tmp_path / "named" / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "negative", "1": "positive"}, {"negative": 0, "positive": 1}
+    (tmp_path / "named" / "config.json").write_text(json.dumps(config))
+    by_name = _dataset().map(lambda row: {"label": ["negative", "positive"][row["label"]]})
+
+    class Measuring(Exception):
+        pass
+
+    def measuring(*args, **kwargs):
+        raise Measuring
+
+    monkeypatch.setattr(compare_module, "measure_inference", measuring)
+    # the model without names (transformers' LABEL_0, LABEL_1) first: the names come from the other one
+    for order in ([root / "teacher", tmp_path / "named"], [tmp_path / "named", root / "teacher"]):
+        with pytest.raises(Measuring):
+            compare_models(order, by_name, latency_samples=1)

@@ -523,7 +523,11 @@ def compare_models(
                                                   dataset_name=dataset_name)
     if task == CLASSIFICATION:
         _check_same_classes(loaded)
-        eval_dataset = _labels_as_class_ids(eval_dataset, label_column, next(iter(loaded.values()))[0].config)
+        # the classes' names, from a model that has them: one with transformers' placeholders (LABEL_0, ...) beside
+        # it numbers them alike (checked above) but could not read labels given as names
+        configs = [model.config for model, _ in loaded.values()]
+        named = next((config for config in configs if _class_names(config) is not None), configs[0])
+        eval_dataset = _labels_as_class_ids(eval_dataset, label_column, named)
     tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
     for name, key in vocabulary.items():
         if key not in tokenized_by_vocabulary:

@@ -961,3 +961,24 @@ def test_a_shard_rename_that_fails_with_nothing_in_the_way_says_why(tmp_path, mo
         cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=4)
     monkeypatch.undo()
     assert not [path for path in (tmp_path / "cache").iterdir() if path.name.endswith(".partial")]
+
+
+def test_another_machines_fresh_partial_is_kept_when_this_clock_runs_hours_ahead(tmp_path, monkeypatch):
+    import time
+    import types
+
+    from hf_bigsmall.distillation import cache as cache_module
+
+    teacher, _, dataset = build("gpt2")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    live = folder / "shard-00000.ffffffff-1-0123abcd.partial"  # another machine's, written just now
+    live.mkdir()
+    (live / "data-00000-of-00001.arrow").write_bytes(b"being written")
+    # this machine's clock 8 hours ahead of the one that stamps the folder's files (a network file system's)
+    ahead = types.SimpleNamespace(time=lambda: time.time() + 8 * 3600)
+    monkeypatch.setattr(cache_module, "time", ahead)
+    cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
+    assert (live / "data-00000-of-00001.arrow").read_bytes() == b"being written"
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [MANIFEST_NAME, "shard-00000", "shard-00001", live.name])  # the clock's probe file is gone

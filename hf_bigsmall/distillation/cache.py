@@ -653,7 +653,7 @@ def _writer_partial(path: Path) -> Path:
     return path.with_name(f"{path.name}.{_machine_tag()}-{os.getpid()}-{secrets.token_hex(4)}.partial")
 
 
-def _writer_is_gone(entry: Path, machine: str | None, pid: str | None) -> bool:
+def _writer_is_gone(entry: Path, machine: str | None, pid: str | None, now: float) -> bool:
     """Whether the writer of the `.partial` `entry` has stopped: only then may a later run remove it."""
     if machine == _machine_tag() and pid is not None and os.name == "posix":
         try:
@@ -669,17 +669,37 @@ def _writer_is_gone(entry: Path, machine: str | None, pid: str | None) -> bool:
         changed = max([entry.lstat().st_mtime] + [path.lstat().st_mtime for path in entry.rglob("*")])
     except OSError:
         return False
-    return time.time() - changed > STALE_PARTIAL_SECONDS
+    return now - changed > STALE_PARTIAL_SECONDS
+
+
+def _folder_clock(output_dir: Path) -> float:
+    """Now, by the clock that stamps the files in `output_dir`, or by this machine's where that reads earlier.
+
+    On a network file system the server stamps the files: a machine whose clock runs hours ahead of the server's
+    (a clock set to local time, no time sync) would see another machine's `.partial`, written a minute ago, as
+    hours old. A file written here now reads the folder's time; the earlier of the two never makes a file look
+    older than it is.
+    """
+    local = time.time()
+    probe = _writer_partial(output_dir / MANIFEST_NAME)  # a name of this writer's own, gone at once
+    try:
+        probe.write_bytes(b"")
+        try:
+            return min(local, probe.stat().st_mtime)
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError:  # a folder this process cannot write: its own clock is all there is
+        return local
 
 
 def _remove_stale_partials(output_dir: Path, names: list[str]) -> None:
     """Remove the `.partial` entries of `names` in `output_dir` whose writers are gone; log the others."""
     wanted = set(names)
-    for entry in sorted(output_dir.iterdir()):
-        match = _PARTIAL_ENTRY.fullmatch(entry.name)
-        if match is None or match["name"] not in wanted or entry.is_symlink():
-            continue
-        if not _writer_is_gone(entry, match["machine"], match["pid"]):
+    found = [(entry, match) for entry in sorted(output_dir.iterdir())
+             if (match := _PARTIAL_ENTRY.fullmatch(entry.name)) and match["name"] in wanted and not entry.is_symlink()]
+    now = _folder_clock(output_dir) if found else 0.0
+    for entry, match in found:
+        if not _writer_is_gone(entry, match["machine"], match["pid"], now):
             logger.info(f"left {entry}: its writer may still be running (another caching run into this folder?)")
             continue
         if entry.is_dir():

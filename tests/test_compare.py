@@ -478,6 +478,12 @@ def test_classifiers_that_number_their_classes_differently_are_refused(compared,
     monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
     with pytest.raises(ValueError, match="'swapped' numbers its classes .* cannot be scored against the same labels"):
         compare_models([tmp_path / "named", tmp_path / "swapped"], _dataset())
+    # the same names but for case (a Hub model's NEGATIVE, POSITIVE) are the same classes: measured, not refused
+    config = json.loads((tmp_path / "swapped" / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "NEGATIVE", "1": "Positive"}, {"NEGATIVE": 0, "Positive": 1}
+    (tmp_path / "swapped" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(pytest.fail.Exception, match="measured before refusing"):
+        compare_models([tmp_path / "named", tmp_path / "swapped"], _dataset())
     from transformers import BertForSequenceClassification
 
     BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1, num_labels=3)).save_pretrained(tmp_path / "three")

@@ -633,6 +633,10 @@ def _class_names(config) -> dict[int, str] | None:
     return None if all(name == f"LABEL_{index}" for index, name in names.items()) else names
 
 
+def _folded(names: dict[int, str]) -> dict[int, str]:
+    return {index: " ".join(name.split()).casefold() for index, name in names.items()}
+
+
 def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]]) -> None:
     """Refuse classifiers that number their classes differently: every prediction is scored against the same
     label ids, so a model whose class 0 is another's class 1 would get a wrong accuracy without a word."""
@@ -642,7 +646,8 @@ def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]
             raise ValueError(f"Model {name!r} has {model.config.num_labels} classes and {first_name!r} has "
                              f"{first.config.num_labels}: compare classifiers of the same labels.")
         names, first_names = _class_names(model.config), _class_names(first.config)
-        if names is not None and first_names is not None and names != first_names:
+        # spelled alike but for case and spaces ("POSITIVE", "positive"): the same classes, numbered alike
+        if names is not None and first_names is not None and _folded(names) != _folded(first_names):
             raise ValueError(f"Model {name!r} numbers its classes {names} and {first_name!r} numbers them "
                              f"{first_names}: their predictions cannot be scored against the same labels. Compare "
                              "models trained with one id2label (students made with make_student keep the teacher's).")

@@ -525,3 +525,21 @@ def test_labels_given_as_names_are_read_whichever_model_comes_first(compared, tm
     for order in ([root / "teacher", tmp_path / "named"], [tmp_path / "named", root / "teacher"]):
         with pytest.raises(Measuring):
             compare_models(order, by_name, latency_samples=1)
+
+
+@pytest.mark.parametrize("problem_type", ["regression", "multi_label_classification"])
+def test_a_head_without_one_class_per_text_is_refused_as_such(compared, tmp_path, monkeypatch, problem_type):
+    import shutil
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    shutil.copytree(root / "teacher", tmp_path / "head")
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    config["problem_type"] = problem_type  # two outputs: two regression targets, or two yes/no classes
+    (tmp_path / "head" / "config.json").write_text(json.dumps(config))
+    scores = _dataset().map(lambda row: {"label": row["label"] * 0.5 + 0.25})  # 0.25 and 0.75: no class ids
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    kind = "regression" if problem_type == "regression" else "multi-label"
+    with pytest.raises(ValueError, match=f"'head' is a {kind} head: compare_models scores classifiers that predict one"):
+        compare_models([tmp_path / "head"], scores)

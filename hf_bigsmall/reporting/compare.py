@@ -642,6 +642,13 @@ def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]
     label ids, so a model whose class 0 is another's class 1 would get a wrong accuracy without a word."""
     first_name, (first, _) = next(iter(loaded.items()))
     for name, (model, _) in loaded.items():
+        # accuracy and F1 score one predicted class per text: a regression head's score or multi-label head's
+        # independent yes/no per class has none, and its labels (floats, lists) would be refused as class ids
+        problem = getattr(model.config, "problem_type", None)
+        if problem in ("regression", "multi_label_classification") or model.config.num_labels == 1:
+            raise ValueError(f"Model {name!r} is a {'multi-label' if problem == 'multi_label_classification' else 'regression'} "
+                             "head: compare_models scores classifiers that predict one class per text (accuracy, "
+                             "F1). Compare single-label classifiers, or evaluate this model with its own metric.")
         if model.config.num_labels != first.config.num_labels:
             raise ValueError(f"Model {name!r} has {model.config.num_labels} classes and {first_name!r} has "
                              f"{first.config.num_labels}: compare classifiers of the same labels.")

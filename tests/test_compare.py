@@ -433,6 +433,36 @@ def test_a_png_the_kits_report_does_not_list_is_refused_before_anything_is_writt
     comparison.save(folder)
 
 
+def test_a_save_stopped_while_drawing_leaves_plots_the_next_save_replaces(compared, tmp_path, monkeypatch):
+    from hf_bigsmall.reporting import plots as plots_module
+    from hf_bigsmall.reporting.report import REPORT_JSON, REPORT_MD
+
+    pytest.importorskip("matplotlib")
+    _, comparison = compared
+    folder = tmp_path / "first-run"
+    scatter, drawn = plots_module._scatter, []
+
+    def stopped_after_the_first_plot(*args, **kwargs):
+        if drawn:
+            raise KeyboardInterrupt  # Ctrl-C between two plots
+        drawn.append(scatter(*args, **kwargs))
+        return drawn[-1]
+
+    monkeypatch.setattr(plots_module, "_scatter", stopped_after_the_first_plot)
+    with pytest.raises(KeyboardInterrupt):
+        comparison.save(folder)
+    monkeypatch.undo()
+    assert (folder / "quality_vs_latency.png").is_file()
+    # the PNG the stopped save drew is the kit's: the rerun replaces it rather than refusing it as the user's
+    stopped_report = (folder / REPORT_MD).read_text() if (folder / REPORT_MD).exists() else ""
+    written = comparison.save(folder)
+    assert "## Plots" not in stopped_report  # the stopped save's report showed no plot it may lack
+    assert set(written) == {REPORT_JSON, REPORT_MD, "quality_vs_latency.png", "quality_vs_size.png",
+                            "quality_vs_energy.png"}
+    assert json.loads((folder / REPORT_JSON).read_text())["plots"] == [
+        "quality_vs_latency.png", "quality_vs_size.png", "quality_vs_energy.png"]
+
+
 def test_classifiers_that_number_their_classes_differently_are_refused(compared, tmp_path, monkeypatch):
     import shutil
 
@@ -447,6 +477,12 @@ def test_classifiers_that_number_their_classes_differently_are_refused(compared,
         (tmp_path / name / "config.json").write_text(json.dumps(config))
     monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
     with pytest.raises(ValueError, match="'swapped' numbers its classes .* cannot be scored against the same labels"):
+        compare_models([tmp_path / "named", tmp_path / "swapped"], _dataset())
+    # the same names but for case (a Hub model's NEGATIVE, POSITIVE) are the same classes: measured, not refused
+    config = json.loads((tmp_path / "swapped" / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "NEGATIVE", "1": "Positive"}, {"NEGATIVE": 0, "Positive": 1}
+    (tmp_path / "swapped" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(pytest.fail.Exception, match="measured before refusing"):
         compare_models([tmp_path / "named", tmp_path / "swapped"], _dataset())
     from transformers import BertForSequenceClassification
 
@@ -464,3 +500,46 @@ def test_labels_the_models_cannot_predict_are_refused_before_anything_is_measure
     monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
     with pytest.raises(ValueError, match=r"labels \[2\] are not class ids of the models \(0 to 1\)"):
         compare_models([root / "teacher"], shifted)
+
+
+def test_labels_given_as_names_are_read_whichever_model_comes_first(compared, tmp_path, monkeypatch):
+    import shutil
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    shutil.copytree(root / "teacher", tmp_path / "named")
+    config = json.loads((tmp_path / "named" / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "negative", "1": "positive"}, {"negative": 0, "positive": 1}
+    (tmp_path / "named" / "config.json").write_text(json.dumps(config))
+    by_name = _dataset().map(lambda row: {"label": ["negative", "positive"][row["label"]]})
+
+    class Measuring(Exception):
+        pass
+
+    def measuring(*args, **kwargs):
+        raise Measuring
+
+    monkeypatch.setattr(compare_module, "measure_inference", measuring)
+    # the model without names (transformers' LABEL_0, LABEL_1) first: the names come from the other one
+    for order in ([root / "teacher", tmp_path / "named"], [tmp_path / "named", root / "teacher"]):
+        with pytest.raises(Measuring):
+            compare_models(order, by_name, latency_samples=1)
+
+
+@pytest.mark.parametrize("problem_type", ["regression", "multi_label_classification"])
+def test_a_head_without_one_class_per_text_is_refused_as_such(compared, tmp_path, monkeypatch, problem_type):
+    import shutil
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    shutil.copytree(root / "teacher", tmp_path / "head")
+    config = json.loads((tmp_path / "head" / "config.json").read_text())
+    config["problem_type"] = problem_type  # two outputs: two regression targets, or two yes/no classes
+    (tmp_path / "head" / "config.json").write_text(json.dumps(config))
+    scores = _dataset().map(lambda row: {"label": row["label"] * 0.5 + 0.25})  # 0.25 and 0.75: no class ids
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    kind = "regression" if problem_type == "regression" else "multi-label"
+    with pytest.raises(ValueError, match=f"'head' is a {kind} head: compare_models scores classifiers that predict one"):
+        compare_models([tmp_path / "head"], scores)

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -910,3 +911,74 @@ def test_a_shard_finished_between_the_check_and_the_rename_is_never_replaced(tmp
         cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=4)
     assert (tmp_path / "cache" / "shard-00000" / "shard.json").read_text() == (other / "shard-00000" / "shard.json").read_text()
     assert not [path for path in (tmp_path / "cache").iterdir() if path.name.endswith(".partial")]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/ns/pid"), reason="process-id namespaces are Linux's")
+def test_a_partial_of_a_container_sharing_the_host_name_is_kept_while_it_may_be_written(tmp_path):
+    import socket
+    import zlib
+
+    teacher, _, dataset = build("gpt2")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    # a writer in a container started with the host's network: the same host name, its own process ids, so
+    # its process 4194303 (above Linux's largest) is no process here and says nothing about whether it runs
+    same_name = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFFFF:08x}"
+    live = folder / f"shard-00000.{same_name}-4194303-0123abcd.partial"
+    live.mkdir()
+    (live / "data-00000-of-00001.arrow").write_bytes(b"being written")
+    cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
+    assert (live / "data-00000-of-00001.arrow").read_bytes() == b"being written"
+
+
+def test_a_partial_whose_process_id_was_taken_since_goes_once_unchanged_for_hours(tmp_path):
+    from hf_bigsmall.distillation import cache as cache_module
+
+    teacher, _, dataset = build("gpt2")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    # this machine's writer ended a day ago and a process that runs now (pytest's parent) got its id since
+    taken = folder / f"shard-00000.{cache_module._machine_tag()}-{os.getppid()}-0123abcd.partial"
+    taken.mkdir()
+    (taken / "data-00000-of-00001.arrow").write_bytes(b"half")
+    for path in (taken / "data-00000-of-00001.arrow", taken):
+        os.utime(path, (0, 0))
+    cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
+    assert not taken.exists()
+
+
+def test_a_shard_rename_that_fails_with_nothing_in_the_way_says_why(tmp_path, monkeypatch):
+    rename = Path.rename
+
+    def held_open(self, target):  # Windows: a file inside held open by a scanner
+        if self.name.endswith(".partial") and self.name.startswith("shard-"):
+            raise PermissionError(13, "The process cannot access the file", str(self))
+        return rename(self, target)
+
+    teacher, _, dataset = build("gpt2")
+    monkeypatch.setattr(Path, "rename", held_open)
+    with pytest.raises(PermissionError, match="cannot access"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=8, shard_size=4)
+    monkeypatch.undo()
+    assert not [path for path in (tmp_path / "cache").iterdir() if path.name.endswith(".partial")]
+
+
+def test_another_machines_fresh_partial_is_kept_when_this_clock_runs_hours_ahead(tmp_path, monkeypatch):
+    import time
+    import types
+
+    from hf_bigsmall.distillation import cache as cache_module
+
+    teacher, _, dataset = build("gpt2")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    live = folder / "shard-00000.ffffffff-1-0123abcd.partial"  # another machine's, written just now
+    live.mkdir()
+    (live / "data-00000-of-00001.arrow").write_bytes(b"being written")
+    # this machine's clock 8 hours ahead of the one that stamps the folder's files (a network file system's)
+    ahead = types.SimpleNamespace(time=lambda: time.time() + 8 * 3600)
+    monkeypatch.setattr(cache_module, "time", ahead)
+    cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
+    assert (live / "data-00000-of-00001.arrow").read_bytes() == b"being written"
+    assert sorted(path.name for path in folder.iterdir()) == sorted(
+        [MANIFEST_NAME, "shard-00000", "shard-00001", live.name])  # the clock's probe file is gone

@@ -38,8 +38,9 @@ random suffix), so two runs started into the same folder (two runs, or processes
 mistake) never delete or rename each other's half-written files, and neither replaces a shard or a
 manifest the other finished: one of another teacher, rows or storage is refused, one of the same run
 is kept. A `.partial` left by an interrupted run is removed by a later run only once its writer is
-gone: a process of this machine that no longer runs, or (another machine's, or a name without a
-writer) after `STALE_PARTIAL_SECONDS` without a change.
+gone: a process of this machine that no longer runs, or (another machine's, a container's with its own
+process ids, a name without a writer, or one whose process id a later process took) after
+`STALE_PARTIAL_SECONDS` without a change.
 """
 
 from __future__ import annotations
@@ -602,7 +603,8 @@ def _publish_shard(partial: Path, shard_dir: Path, record: dict) -> None:
         partial.rename(shard_dir)
         return
     except OSError:
-        pass
+        if not (shard_dir.exists() or shard_dir.is_symlink()):
+            raise  # nothing in the way: the rename failed for its own reason (permissions, a file held open), said as is
     if _finished_shard(shard_dir, record):  # another run's rename came first
         return
     # the kit renames only complete shards: a folder without its shard.json was changed by hand, and is the user's
@@ -629,8 +631,21 @@ def _publish_file_once(partial: Path, target: Path) -> bool:
 
 
 def _machine_tag() -> str:
-    """Eight hex digits naming this machine in `.partial` names (process ids mean something only on it)."""
-    return f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFFFFFF:08x}"
+    """Eight hex digits naming where this process's id means something, for `.partial` names.
+
+    The host name alone is not enough: containers started with the host's network share its name but number
+    their processes apart (a writer that is process 42 in one is no process, or another one, in the next),
+    and two machines may share one name and one folder. On Linux the boot and the process-id namespace are
+    named too, so a writer whose process id cannot be checked from here falls under the time rule instead.
+    """
+    identity = [socket.gethostname()]
+    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
+                 lambda: os.readlink("/proc/self/ns/pid")):
+        try:
+            identity.append(read())
+        except OSError:  # not Linux, or /proc not mounted: the host name is all there is
+            pass
+    return f"{zlib.crc32(chr(0).join(identity).encode()) & 0xFFFFFFFF:08x}"
 
 
 def _writer_partial(path: Path) -> Path:
@@ -638,34 +653,53 @@ def _writer_partial(path: Path) -> Path:
     return path.with_name(f"{path.name}.{_machine_tag()}-{os.getpid()}-{secrets.token_hex(4)}.partial")
 
 
-def _writer_is_gone(entry: Path, machine: str | None, pid: str | None) -> bool:
+def _writer_is_gone(entry: Path, machine: str | None, pid: str | None, now: float) -> bool:
     """Whether the writer of the `.partial` `entry` has stopped: only then may a later run remove it."""
     if machine == _machine_tag() and pid is not None and os.name == "posix":
-        if int(pid) == os.getpid():
-            return False  # this process's own (another thread's write in progress)
         try:
             os.kill(int(pid), 0)  # signal 0: checks the process exists, sends nothing
         except ProcessLookupError:
             return True
         except OSError:  # exists, owned by another user
-            return False
-        return False
+            pass
+        # a process of that id runs: the writer, or (process ids are reused) another one since, so the
+        # `.partial` goes once it has not changed for as long as an unchecked writer's would
     # another machine's writer, or a name without one: stale once nothing in it changed for long
     try:
         changed = max([entry.lstat().st_mtime] + [path.lstat().st_mtime for path in entry.rglob("*")])
     except OSError:
         return False
-    return time.time() - changed > STALE_PARTIAL_SECONDS
+    return now - changed > STALE_PARTIAL_SECONDS
+
+
+def _folder_clock(output_dir: Path) -> float:
+    """Now, by the clock that stamps the files in `output_dir`, or by this machine's where that reads earlier.
+
+    On a network file system the server stamps the files: a machine whose clock runs hours ahead of the server's
+    (a clock set to local time, no time sync) would see another machine's `.partial`, written a minute ago, as
+    hours old. A file written here now reads the folder's time; the earlier of the two never makes a file look
+    older than it is.
+    """
+    local = time.time()
+    probe = _writer_partial(output_dir / MANIFEST_NAME)  # a name of this writer's own, gone at once
+    try:
+        probe.write_bytes(b"")
+        try:
+            return min(local, probe.stat().st_mtime)
+        finally:
+            probe.unlink(missing_ok=True)
+    except OSError:  # a folder this process cannot write: its own clock is all there is
+        return local
 
 
 def _remove_stale_partials(output_dir: Path, names: list[str]) -> None:
     """Remove the `.partial` entries of `names` in `output_dir` whose writers are gone; log the others."""
     wanted = set(names)
-    for entry in sorted(output_dir.iterdir()):
-        match = _PARTIAL_ENTRY.fullmatch(entry.name)
-        if match is None or match["name"] not in wanted or entry.is_symlink():
-            continue
-        if not _writer_is_gone(entry, match["machine"], match["pid"]):
+    found = [(entry, match) for entry in sorted(output_dir.iterdir())
+             if (match := _PARTIAL_ENTRY.fullmatch(entry.name)) and match["name"] in wanted and not entry.is_symlink()]
+    now = _folder_clock(output_dir) if found else 0.0
+    for entry, match in found:
+        if not _writer_is_gone(entry, match["machine"], match["pid"], now):
             logger.info(f"left {entry}: its writer may still be running (another caching run into this folder?)")
             continue
         if entry.is_dir():

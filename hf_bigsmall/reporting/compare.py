@@ -22,8 +22,8 @@ from ..quantization.config import quantization_of
 from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
 from ..utils.import_utils import is_matplotlib_available
-from .plots import comparison_plot_names, plot_comparison
-from .report import check_report_writable, write_report
+from .plots import comparison_plot_names, drawn_plot_names, plot_comparison
+from .report import REPORT_JSON, REPORT_MD, check_report_writable, write_report
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -120,10 +120,21 @@ class Comparison:
         # before anything is written: a report or a PNG of the user's at one of the names is refused
         check_report_writable(output_dir, comparison_plot_names(self.task == CAUSAL_LM) if draw else ())
         report = self.to_dict()
-        written: dict[str, Path] = {}
-        if draw:
-            written.update(plot_comparison(report, output_dir))
-        json_path, md_path = write_report(report, output_dir, plots=[str(p) for p in written.values()])
+        if not draw:
+            json_path, md_path = write_report(report, output_dir)
+            return {"report.json": json_path, "report.md": md_path}
+        # the report names the plots before they are drawn: a save stopped while drawing (Ctrl-C, a plotting
+        # error) leaves PNGs that the report lists, so the next save replaces them instead of refusing them
+        planned = [Path(output_dir) / name for name in drawn_plot_names(report)]
+        write_report(report, output_dir, plots=[str(path) for path in planned])
+        try:
+            written = plot_comparison(report, output_dir)
+        except BaseException:
+            write_report(report, output_dir)  # shows no plot; those drawn stay the kit's (its `earlier_plots`)
+            raise
+        json_path, md_path = Path(output_dir) / REPORT_JSON, Path(output_dir) / REPORT_MD
+        if list(written) != [path.name for path in planned]:
+            json_path, md_path = write_report(report, output_dir, plots=[str(path) for path in written.values()])
         return {"report.json": json_path, "report.md": md_path, **written}
 
 
@@ -512,7 +523,11 @@ def compare_models(
                                                   dataset_name=dataset_name)
     if task == CLASSIFICATION:
         _check_same_classes(loaded)
-        eval_dataset = _labels_as_class_ids(eval_dataset, label_column, next(iter(loaded.values()))[0].config)
+        # the classes' names, from a model that has them: one with transformers' placeholders (LABEL_0, ...) beside
+        # it numbers them alike (checked above) but could not read labels given as names
+        configs = [model.config for model, _ in loaded.values()]
+        named = next((config for config in configs if _class_names(config) is not None), configs[0])
+        eval_dataset = _labels_as_class_ids(eval_dataset, label_column, named)
     tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
     for name, key in vocabulary.items():
         if key not in tokenized_by_vocabulary:
@@ -618,16 +633,28 @@ def _class_names(config) -> dict[int, str] | None:
     return None if all(name == f"LABEL_{index}" for index, name in names.items()) else names
 
 
+def _folded(names: dict[int, str]) -> dict[int, str]:
+    return {index: " ".join(name.split()).casefold() for index, name in names.items()}
+
+
 def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]]) -> None:
     """Refuse classifiers that number their classes differently: every prediction is scored against the same
     label ids, so a model whose class 0 is another's class 1 would get a wrong accuracy without a word."""
     first_name, (first, _) = next(iter(loaded.items()))
     for name, (model, _) in loaded.items():
+        # accuracy and F1 score one predicted class per text: a regression head's score or multi-label head's
+        # independent yes/no per class has none, and its labels (floats, lists) would be refused as class ids
+        problem = getattr(model.config, "problem_type", None)
+        if problem in ("regression", "multi_label_classification") or model.config.num_labels == 1:
+            raise ValueError(f"Model {name!r} is a {'multi-label' if problem == 'multi_label_classification' else 'regression'} "
+                             "head: compare_models scores classifiers that predict one class per text (accuracy, "
+                             "F1). Compare single-label classifiers, or evaluate this model with its own metric.")
         if model.config.num_labels != first.config.num_labels:
             raise ValueError(f"Model {name!r} has {model.config.num_labels} classes and {first_name!r} has "
                              f"{first.config.num_labels}: compare classifiers of the same labels.")
         names, first_names = _class_names(model.config), _class_names(first.config)
-        if names is not None and first_names is not None and names != first_names:
+        # spelled alike but for case and spaces ("POSITIVE", "positive"): the same classes, numbered alike
+        if names is not None and first_names is not None and _folded(names) != _folded(first_names):
             raise ValueError(f"Model {name!r} numbers its classes {names} and {first_name!r} numbers them "
                              f"{first_names}: their predictions cannot be scored against the same labels. Compare "
                              "models trained with one id2label (students made with make_student keep the teacher's).")

@@ -104,6 +104,11 @@ def comparison_plot_names(causal_lm: bool) -> list[str]:
     return [QUALITY_VS_LATENCY, QUALITY_VS_SIZE, QUALITY_VS_ENERGY] + ([QUALITY_VS_DECODE_SPEED] if causal_lm else [])
 
 
+def drawn_plot_names(report: dict[str, Any]) -> list[str]:
+    """The PNGs `plot_comparison` draws for `report`, in its order: the decode-speed plot where decode was timed."""
+    return comparison_plot_names(causal_lm=bool(decode_points(report)))
+
+
 def plot_comparison(report: dict[str, Any], output_dir: str | os.PathLike) -> dict[str, Path]:
     """Draw `quality_vs_latency.png`, `quality_vs_size.png` and `quality_vs_energy.png` (a labelled point per model),
     and for causal LMs `quality_vs_decode_speed.png` with the Pareto front drawn.

@@ -314,7 +314,7 @@ def render_markdown(report: dict[str, Any], plots: list[str] | None = None) -> s
         "## How it was measured",
         "",
         f"- Latency: batch size 1, median and 95th percentile after warm-up; throughput at batch size "
-        f"{report['throughput_batch_size']}.",
+        f"{report['throughput_batch_size']}{_scored_while_timed(report)}.",
         *_timing_spread_lines(report),
         f"- Metrics computed with `evaluate` on the same {report['num_samples']:,} samples for every model.",
         *_scored_alone_lines(report),
@@ -404,6 +404,16 @@ def check_report_writable(output_dir: str | os.PathLike) -> None:
         if (path.exists() or path.is_symlink()) and not (path.is_file() and not path.is_symlink() and _is_kit_report(path)):
             raise ValueError(f"{path} exists and is not a report hf_bigsmall wrote: it is left as it is. Pass another "
                              "output_dir (--output_dir) for the report, or move or delete that file yourself.")
+
+
+def _scored_while_timed(report: dict[str, Any]) -> str:
+    """How the throughput pass relates to the quality scores, for the models where they share their forwards."""
+    names = [m["name"] for m in report["models"] if m.get("scored_while_timed")]
+    if not names:
+        return ""
+    which = "every model" if len(names) == len(report["models"]) else ", ".join(f"`{n}`" for n in names)
+    return (f"; for {which} the throughput and energy pass is also the one that scores quality: each batch's "
+            "forward is timed and metered alone, the metric computed from its logits outside the timer")
 
 
 def write_report(report: dict[str, Any], output_dir: str | os.PathLike, plots: list[str] | None = None) -> tuple[Path, Path]:

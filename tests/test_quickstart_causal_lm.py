@@ -67,7 +67,7 @@ def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS, 
     for name in ("quality_vs_size.png", "quality_vs_energy.png", "quality_vs_decode_speed.png", "importance.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and imread(out / name).ndim == 3
     report_md = (out / "report.md").read_text()
-    assert all(f"| `{name}` |" in report_md for name in models)
+    assert all(f"| `{name}` " in report_md for name in models)
     importance = Importance.load(out)
     assert len(importance.blocks) == teacher_layers and importance.num_samples > 0
     rows = {m["name"]: m for m in report["models"]}
@@ -82,6 +82,9 @@ def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS, 
         assert rows[name]["decode_joules_per_token"] > 0 and rows[name]["energy_joules_per_token"] > 0
         validate_card((out / name / "README.md").read_text())
     assert rows["student"]["parameters"] < rows["teacher"]["parameters"]
+    # the pruned student has the healed one's shape: timed once, its row says whose timing it shows
+    assert rows["student-pruned"]["speed_from"] == "student" and "(speed of `student`)" in report_md
+    assert rows["student-pruned"]["decode_tokens_per_s"] == rows["student"]["decode_tokens_per_s"]
     student = AutoModelForCausalLM.from_pretrained(out / "student")
     assert student.config.distillation["layer_selection"] == "block influence (ShortGPT)"
     assert Importance.load(out / "student").layers == student.config.distillation["teacher_layers"]

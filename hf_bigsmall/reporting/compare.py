@@ -90,6 +90,9 @@ class ModelMeasurement:
     quality_batch_size: int | None = None
     # True when its quality was scored on the forwards its throughput and energy were timed on (`scores_while_timing`)
     scored_while_timed: bool | None = None
+    # the model whose speed and inference-energy figures this row shows, for a model scored for quality only
+    # (`compare_models(speed_from=...)`): same architecture and weight shapes, timed in the same run
+    speed_from: str | None = None
 
 
 @dataclass
@@ -499,6 +502,7 @@ def compare_models(
     generation_prompts: int = 3,
     prompt_tokens: int = 64,
     new_tokens: int = 32,
+    speed_from: Mapping[str, str] | None = None,
 ) -> Comparison:
     """Measure models on the same evaluation data: size, quality, latency, throughput and energy.
 
@@ -534,6 +538,11 @@ def compare_models(
         dataset_name: the name the report gives a `Dataset` passed as `eval_dataset`.
         generation_prompts, prompt_tokens, new_tokens: causal LMs: generate `new_tokens` after each
             of the first `generation_prompts` evaluation texts cut to `prompt_tokens` tokens.
+        speed_from: `{model: other}`: score `model` for quality and size only, and show the speed and
+            inference-energy figures of `other`, timed in this run, in its row (`speed_from` in `report.json`;
+            the report names it). Only for models of the same class and weight shapes run the same way
+            (a pruned model and the same model healed: only the weights' values differ), where timing both
+            twice measures the machine's noise, not the model; anything else raises a `ValueError`.
 
     Example:
     ```python
@@ -572,15 +581,27 @@ def compare_models(
     settings = _RunSettings(task=task, label_column=label_column, batch_size=batch_size,
                             latency_samples=latency_samples, generation_prompts=generation_prompts,
                             prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    speed_from = dict(speed_from or {})
+    _check_speed_from(loaded, speed_from)
     measurements, generation = [], None
     latency_runs: dict[str, list[float]] = {}  # every model's batch-1 forward times, in sample order
     for name, (model, path) in loaded.items():
         tokenized = tokenized_by_vocabulary[vocabulary[name]]
+        if name in speed_from:
+            measurements.append(_measure_quality(name, model, path, tokenizers[name], tokenized, settings))
+            continue
         measurement, latency_runs[name], generation_settings = _measure_model(
             name, model, path, tokenizers[name], tokenized, settings)
         if generation_settings is not None:
             generation = generation_settings
         measurements.append(measurement)
+    timed = {m.name: m for m in measurements}
+    for measurement in measurements:
+        if measurement.name in speed_from:
+            source = speed_from[measurement.name]
+            for name in _SPEED_FIELDS:
+                setattr(measurement, name, getattr(timed[source], name))
+            measurement.speed_from, latency_runs[measurement.name] = source, latency_runs[source]
     quality_metric = _QUALITY_METRIC[task]
     cores = _add_verdicts(measurements, latency_runs, quality_metric, lower_is_better=task == CAUSAL_LM)
     comparison = Comparison(
@@ -595,6 +616,39 @@ def compare_models(
     if output_dir is not None:
         comparison.save(output_dir, plots=plots)
     return comparison
+
+
+# what a model scored for quality only takes from the model of the same shape that was timed (`speed_from`)
+_SPEED_FIELDS = ("latency_ms_p50", "latency_ms_p95", "throughput_samples_per_s", "energy_joules_per_sample",
+                 "energy_source", "inference_co2_grams_per_1k_samples", "prefill_ms_p50", "decode_tokens_per_s",
+                 "decode_joules_per_token", "inference_kwh_per_1k_samples", "energy_joules_per_token",
+                 "latency_ms_p10", "latency_ms_p90", "latency_relative_spread", "load_average_1min",
+                 "other_cpu_cores")
+
+
+def _check_speed_from(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]], speed_from: Mapping[str, str]) -> None:
+    """Raise unless every `{model: other}` of `speed_from` names two compared PyTorch models of one class and the
+    same weight names, shapes and dtypes, `other` timed itself and `model` not the reference."""
+    import torch
+
+    reference = next(iter(loaded))
+    for name, source in speed_from.items():
+        missing = [n for n in (name, source) if n not in loaded]
+        if missing:
+            raise ValueError(f"speed_from names {missing}, not among the compared models {list(loaded)}.")
+        if name == reference or source in speed_from or name == source:
+            raise ValueError(f"speed_from={{{name!r}: {source!r}}}: the reference ({reference!r}) and every model "
+                             "another takes its speed from are timed themselves, and a model cannot lend to itself.")
+        models = {n: loaded[n][0] for n in (name, source)}
+        if not all(isinstance(m, torch.nn.Module) for m in models.values()) or type(models[name]) is not type(
+                models[source]):
+            raise ValueError(f"speed_from: {name!r} ({type(models[name]).__name__}) and {source!r} "
+                             f"({type(models[source]).__name__}) are not PyTorch models of one class: time both.")
+        shapes = {n: [(k, tuple(p.shape), p.dtype) for k, p in m.named_parameters()] for n, m in models.items()}
+        if shapes[name] != shapes[source]:
+            first = next((a, b) for a, b in zip(shapes[name] + [None], shapes[source] + [None]) if a != b)
+            raise ValueError(f"speed_from: {name!r} and {source!r} differ in their weights ({first[0]} against "
+                             f"{first[1]}): only a model of the same shape can lend its speed; time both.")
 
 
 def _resolve_models(models) -> dict[str, tuple[PreTrainedModel, Path | None]]:
@@ -699,12 +753,7 @@ def _measure_model(name: str, model, path: Path | None, tokenizer: PreTrainedTok
     task, label_column = settings.task, settings.label_column
     inputs_only = tokenized.remove_columns([c for c in tokenized.column_names if c == label_column])
     total, nonzero, sparsity = count_parameters(model, path)
-    if path is None:  # measure what saving it would write
-        with tempfile.TemporaryDirectory() as scratch:
-            model.save_pretrained(scratch)
-            disk_mb = size_on_disk_mb(Path(scratch))
-    else:
-        disk_mb = size_on_disk_mb(path)
+    disk_mb = _disk_mb(model, path)
     scored = None
     if scores_while_timing(model, settings.batch_size):  # one pass scores and times the same forwards
         scorer = _QualityScorer(task, label_column, model.config.num_labels if task == CLASSIFICATION else None)
@@ -738,6 +787,31 @@ def _measure_model(name: str, model, path: Path | None, tokenizer: PreTrainedTok
         quality_batch_size=scoring_batch_size(model, settings.batch_size), scored_while_timed=scored is not None,
     )
     return measurement, latencies, generation_settings
+
+
+def _measure_quality(name: str, model, path: Path | None, tokenizer: PreTrainedTokenizerBase, tokenized: Dataset,
+                     settings: _RunSettings) -> ModelMeasurement:
+    """A row without timings: size, parameters, quality and training energy (`speed_from` fills the speed)."""
+    total, nonzero, sparsity = count_parameters(model, path)
+    inputs_only = tokenized.remove_columns([c for c in tokenized.column_names if c == settings.label_column])
+    return ModelMeasurement(
+        name=name, path=str(path) if path else None, parameters=total, nonzero_parameters=nonzero, sparsity=sparsity,
+        size_on_disk_mb=round(_disk_mb(model, path), 3),
+        metrics=evaluate_quality(model, tokenized, tokenizer, settings.task, settings.label_column, settings.batch_size),
+        latency_ms_p50=float("nan"), latency_ms_p95=float("nan"), throughput_samples_per_s=float("nan"),
+        energy_joules_per_sample=float("nan"), energy_source="", inference_co2_grams_per_1k_samples=float("nan"),
+        **_training_energy(path), **_energy_per_query(float("nan"), inputs_only, settings.task),
+        quantization=getattr(model.config, "quantization", None),
+        quality_batch_size=scoring_batch_size(model, settings.batch_size),
+    )
+
+
+def _disk_mb(model, path: Path | None) -> float:
+    if path is None:  # measure what saving it would write
+        with tempfile.TemporaryDirectory() as scratch:
+            model.save_pretrained(scratch)
+            return size_on_disk_mb(Path(scratch))
+    return size_on_disk_mb(path)
 
 
 def _add_verdicts(measurements: list[ModelMeasurement], latency_runs: Mapping[str, list[float]], quality_metric: str,

@@ -42,6 +42,7 @@ from .quickstart import DEFAULT_OUTPUT_DIRS, check_cache_replaceable, check_outp
 from .utils.console import echo
 from .utils.files import KIT_MARKER, atomic_write_json, fresh_partial_dir, partial_path, publish_dir, publishing
 from .utils.import_utils import _is_package_available, require
+from .utils.precision import native_bf16
 
 # The engines (`quantize` backends) that can serve the teacher and the student, fastest at equal quality
 # first, and the precisions they serve them at. The quickstart serves with the first one installed: the
@@ -93,9 +94,13 @@ class CausalLMQuickstartArguments:
     learning_rate: float = field(default=3e-4, metadata={
         "help": "Peak learning rate of the healing (cosine, 10% warm-up); 3e-4 healed SmolLM2 faster than 1e-3 "
                 "(BENCHMARKS.md)."})
-    bf16: bool = field(default=False, metadata={
-        "help": "Heal under bf16 autocast (weights stay float32). Fast on GPUs and on CPUs with AMX; slower than "
-                "float32 on CPUs without native bf16."})
+    bf16: bool | None = field(default=None, metadata={
+        "help": "Heal (and correct the teacher) under bf16 autocast, weights in float32: `--bf16 true` or `--bf16 "
+                "false`. Default: on where the hardware computes bf16 natively (a CUDA GPU with bf16, a CPU with "
+                "AMX-BF16 or AVX512-BF16), off elsewhere, where emulated bf16 trains slower than float32. On the "
+                "2-core AMX Xeon of BENCHMARKS.md it healed the default student faster at the same held-out "
+                "perplexity (BENCHMARKS.md). The choice and why are in bigsmall_run.json.",
+        "nargs": "?", "const": True})
     temperature: float = field(default=1.0, metadata={"help": "Distillation temperature."})
     alpha_kd: float = field(default=0.5, metadata={
         "help": "Weight of the teacher's soft targets; the next-token loss gets 1 - alpha_kd. Minitron heals with "
@@ -138,6 +143,13 @@ class CausalLMQuickstartArguments:
         self.batch_size = batch if self.batch_size is None else self.batch_size
         self.eval_samples = eval_samples if self.eval_samples is None else self.eval_samples
         self.latency_samples = latency
+        # bf16 where the hardware has it, unless the user said otherwise; `bf16_origin` says which
+        native = native_bf16()
+        if self.bf16 is None:
+            self.bf16 = native is not None
+            self.bf16_origin = f"default: {native}" if native else "default: no native bf16 on this machine"
+        else:
+            self.bf16_origin = f"--bf16 {str(self.bf16).lower()}"
         for name in ("calibration_samples", "batch_size", "block_size", "eval_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive number, got {getattr(self, name)}.")
@@ -209,6 +221,11 @@ def _teacher(args: CausalLMQuickstartArguments):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), tokenizer
 
 
+def _precision(args: CausalLMQuickstartArguments) -> str:
+    """How the training stages compute, and why: `bf16 autocast (default: CPU with AMX-BF16)`."""
+    return f"{'bf16 autocast' if args.bf16 else 'float32'} ({args.bf16_origin})"
+
+
 def _default_layers(depth: int) -> int:
     return max(1, round(depth * 0.8))
 
@@ -221,10 +238,14 @@ def _default_intermediate(teacher) -> int | None:
 
 def _training_arguments(args: CausalLMQuickstartArguments, output_dir: Path, steps: int, learning_rate: float) -> dict:
     """What the correction and the healing share: cosine schedule, 10% warm-up, no checkpoints."""
+    import torch
+
+    # TrainingArguments refuses bf16 without a GPU unless told that the CPU is meant; training runs there anyway
+    on_cpu = args.bf16 and not torch.cuda.is_available()
     return dict(output_dir=str(output_dir), max_steps=max(steps, 1), per_device_train_batch_size=args.batch_size,
                 learning_rate=learning_rate, warmup_steps=0.1, lr_scheduler_type="cosine",
                 logging_steps=max(1, steps // 10), save_strategy="no", eval_strategy="no", report_to="none",
-                seed=args.seed, disable_tqdm=False, bf16=args.bf16)
+                seed=args.seed, disable_tqdm=False, bf16=args.bf16, **({"use_cpu": True} if on_cpu else {}))
 
 
 def _correct_teacher(args: CausalLMQuickstartArguments, teacher, tokenizer, train, folder: Path) -> None:
@@ -408,7 +429,8 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
         correction_rows = dataset["train"].select(range(train_samples, train_samples + correct_samples))
         dataset["train"] = dataset["train"].select(range(train_samples))
     output_dir.mkdir(parents=True, exist_ok=True)
-    record_run(output_dir, "causal-lm", teacher=args.teacher, dataset=args.dataset)
+    record_run(output_dir, "causal-lm", teacher=args.teacher, dataset=args.dataset,
+               training_precision="bf16 autocast" if args.bf16 else "float32", training_precision_origin=args.bf16_origin)
     _save(teacher, tokenizer, teacher_dir)
     _done(start, teacher_dir)
 
@@ -416,7 +438,8 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     if correct:
         rows = "the blocks after the healing and calibration ones" if disjoint else "the healing blocks"
         start = stage(f"Correct the teacher: fine-tune it on {rows}, {args.correct_teacher_steps} steps of "
-                      f"{args.batch_size} x {args.block_size} tokens ({correct_samples * args.block_size:,} tokens)")
+                      f"{args.batch_size} x {args.block_size} tokens ({correct_samples * args.block_size:,} tokens), "
+                      f"{_precision(args)}")
         _correct_teacher(args, teacher, tokenizer, correction_rows, corrected_dir)
         del teacher
         gc.collect()  # the trained object, its optimizer state and the Trainer's autocast wrapper
@@ -457,7 +480,8 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
     _done(start, pruned_dir)
 
     start = stage(f"Heal: distil from the {'corrected' if correct else 'unpruned'} teacher, {args.heal_steps} steps "
-                  f"of {args.batch_size} x {args.block_size} tokens ({heal_samples * args.block_size:,} tokens)")
+                  f"of {args.batch_size} x {args.block_size} tokens ({heal_samples * args.block_size:,} tokens), "
+                  f"{_precision(args)}")
     partial = fresh_partial_dir(student_dir)
     config = DistillationConfig(
         **_training_arguments(args, partial, args.heal_steps, args.learning_rate), temperature=args.temperature,
@@ -503,11 +527,13 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
                                            trained=trained))
 
     start = stage(f"Compare: perplexity on {args.eval_samples} held-out articles, size, prefill latency, decode "
-                  "tokens/s and energy per token")
+                  "tokens/s and energy per token (student-pruned is timed as student: the same shape)")
     comparison = compare_models(models, args.dataset, split="test", max_samples=args.eval_samples,
                                 max_length=args.block_size, batch_size=8, latency_samples=args.latency_samples,
                                 output_dir=output_dir, generation_prompts=1 if args.fast else 3,
-                                prompt_tokens=args.block_size // 2, new_tokens=8 if args.fast else 32)
+                                prompt_tokens=args.block_size // 2, new_tokens=8 if args.fast else 32,
+                                # the healed student is the pruned one with other weights: timed once, shown in both
+                                speed_from={"student-pruned": "student"})
     base_model = None if args.teacher == TINY_TEACHER else hub_id(args.teacher)
     for folder in models.values():
         build_model_card(folder, base_model=base_model, dataset=args.dataset).save(folder / "README.md")

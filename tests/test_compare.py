@@ -169,6 +169,74 @@ def test_perplexity_of_causal_lms_equals_a_direct_computation(tmp_path):
             f"`small` {small_ppl:.2f} ({small_ppl / big_ppl:.2f}x the reference's).") in markdown
 
 
+def test_each_evaluation_batch_runs_once_scoring_and_timing_alike(tmp_path):
+    """On a CPU the throughput pass is the scoring pass: 12 texts in batches of 5 are 3 batched forwards plus the
+    one warm-up batch, not 3 more; the metric is the one scored alone, the report says so."""
+    from datasets import Dataset
+    from transformers import GPT2LMHeadModel
+
+    from hf_bigsmall.reporting.compare import evaluate_quality
+    from hf_bigsmall.reporting.report import render_markdown
+
+    tokenizer = _save_tokenizer(tmp_path / "tok")
+    model = GPT2LMHeadModel(tiny_gpt2_config()).eval()
+    texts = Dataset.from_dict({"text": _dataset(12)["text"]})
+    batched_forwards = []
+    model.register_forward_pre_hook(lambda module, args, kwargs: batched_forwards.append(
+        kwargs["input_ids"].shape[0]) if kwargs["input_ids"].shape[0] > 1 else None, with_kwargs=True)
+    comparison = compare_models({"lm": model}, texts, tokenizer=tokenizer, batch_size=5, latency_samples=3,
+                                generation_prompts=1, new_tokens=2)
+    assert batched_forwards == [5, 5, 5, 2]  # the warm-up batch, then each batch once
+    measured = comparison.models[0]
+    assert measured.scored_while_timed and measured.throughput_samples_per_s > 0 and measured.energy_joules_per_sample > 0
+    tokenized = texts.map(lambda rows: tokenizer(rows["text"], truncation=True, max_length=128), batched=True,
+                          remove_columns=["text"])
+    assert measured.metrics["perplexity"] == pytest.approx(
+        evaluate_quality(model, tokenized, tokenizer, "text-generation", batch_size=5)["perplexity"], rel=1e-6)
+    assert "the throughput and energy pass is also the one that scores quality" in render_markdown(comparison.to_dict())
+
+
+def test_a_model_of_the_same_shape_can_lend_its_timing_to_one_scored_for_quality_only(tmp_path):
+    from datasets import Dataset
+    from transformers import GPT2LMHeadModel
+
+    from hf_bigsmall.reporting.compare import _SPEED_FIELDS, evaluate_quality
+    from hf_bigsmall.reporting.report import render_markdown
+
+    tokenizer = _save_tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    teacher, healed, pruned = (GPT2LMHeadModel(tiny_gpt2_config(**shape)).eval()
+                               for shape in ({}, {"n_layer": 1}, {"n_layer": 1}))
+    texts = Dataset.from_dict({"text": _dataset(12)["text"]})
+    calls = []
+    pruned.register_forward_pre_hook(lambda module, args, kwargs: calls.append(tuple(kwargs["input_ids"].shape)),
+                                     with_kwargs=True)
+    comparison = compare_models({"teacher": teacher, "pruned": pruned, "healed": healed}, texts, tokenizer=tokenizer,
+                                batch_size=5, latency_samples=3, generation_prompts=1, new_tokens=2,
+                                speed_from={"pruned": "healed"})
+    assert [shape[0] for shape in calls] == [5, 5, 2]  # scored once; no warm-up, latency or generation
+    teacher_row, pruned_row, healed_row = comparison.models
+    assert pruned_row.speed_from == "healed" and healed_row.speed_from is None
+    for name in _SPEED_FIELDS:
+        assert getattr(pruned_row, name) == getattr(healed_row, name), name
+    assert pruned_row.decode_tokens_per_s > 0 and pruned_row.ratios["faster"] == healed_row.ratios["faster"]
+    tokenized = texts.map(lambda rows: tokenizer(rows["text"], truncation=True, max_length=128), batched=True,
+                          remove_columns=["text"])
+    assert pruned_row.metrics["perplexity"] == pytest.approx(
+        evaluate_quality(pruned, tokenized, tokenizer, "text-generation", batch_size=5)["perplexity"], rel=1e-6)
+    assert pruned_row.metrics["perplexity"] != healed_row.metrics["perplexity"]  # its own quality
+    markdown = render_markdown(comparison.to_dict())
+    assert "| `pruned` (speed of `healed`) |" in markdown
+    assert "- Not timed, scored for quality and size only: `pruned`." in markdown
+    assert "`pruned` " not in markdown.split("- Timing spread")[1].split("\n")[0]  # its spread is not a measurement
+    with pytest.raises(ValueError, match="differ in their weights"):
+        compare_models({"teacher": teacher, "pruned": pruned}, texts, tokenizer=tokenizer, speed_from={"pruned": "teacher"})
+    with pytest.raises(ValueError, match="not among the compared models"):
+        compare_models({"teacher": teacher, "pruned": pruned}, texts, tokenizer=tokenizer, speed_from={"pruned": "x"})
+    with pytest.raises(ValueError, match="timed themselves"):
+        compare_models({"teacher": teacher, "pruned": pruned}, texts, tokenizer=tokenizer, speed_from={"teacher": "pruned"})
+
+
 def test_a_left_padding_tokenizer_measures_what_the_texts_give_one_at_a_time(tmp_path):
     """Left padding shifted absolute positions and had a causal LM predict each row's first token from padding:
     the perplexity and accuracy then depended on the tokenizer's padding_side and on the batch."""

@@ -36,6 +36,24 @@ def test_measure_inference_on_batches(tiny_bert):
     json.dumps(result.to_dict())
 
 
+def test_measure_inference_hands_each_timed_forward_to_a_callback_outside_the_timer(tiny_bert):
+    import time
+
+    batches = [random_token_batch(4, 16, seed=i) for i in range(3)]
+    seen = []
+
+    def slow_scorer(index, batch, outputs):
+        seen.append((index, batch["input_ids"].shape[0], tuple(outputs.logits.shape)))
+        time.sleep(0.2)
+
+    result = measure_inference(tiny_bert, batches, latency_samples=2, cpu_tdp_watts=40, cpu_threads=10,
+                               on_batch_outputs=slow_scorer)
+    assert seen == [(0, 4, (4, 2)), (1, 4, (4, 2)), (2, 4, (4, 2))]  # the first measured pass only, in order
+    assert result.num_samples == 12 and result.energy_joules > 0
+    assert result.duration_s < 0.3  # the forwards alone, not the 0.6 s the callback slept
+    assert result.throughput_samples_per_s == pytest.approx(12 / result.duration_s)
+
+
 def test_measure_inference_on_a_ragged_dataset_with_min_duration(tiny_bert):
     from datasets import Dataset
 

@@ -6,6 +6,7 @@ import pytest
 
 from hf_bigsmall.cli import main
 from hf_bigsmall.reporting.report import _DECODE_NOISE
+from hf_bigsmall.utils.precision import native_bf16
 
 from .testing_utils import requires_package
 
@@ -57,11 +58,16 @@ def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS, 
     assert [m["name"] for m in report["models"]] == [*models, *served]
     assert sorted(p.name for p in out.iterdir() if p.name.endswith(("-int8", "-int4"))) == sorted(served)
     assert report["quality_metric"] == "perplexity" and report["dataset"] == "embedded/news"
-    assert json.loads((out / "bigsmall_run.json").read_text())["task"] == "causal-lm"
+    run = json.loads((out / "bigsmall_run.json").read_text())
+    assert run["task"] == "causal-lm"
+    # how it trained, and why: bf16 autocast by default where the hardware computes bf16 natively
+    assert run["training_precision"] == ("bf16 autocast" if native_bf16() else "float32")
+    assert run["training_precision_origin"] == (f"default: {native_bf16()}" if native_bf16()
+                                                else "default: no native bf16 on this machine")
     for name in ("quality_vs_size.png", "quality_vs_energy.png", "quality_vs_decode_speed.png", "importance.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and imread(out / name).ndim == 3
     report_md = (out / "report.md").read_text()
-    assert all(f"| `{name}` |" in report_md for name in models)
+    assert all(f"| `{name}` " in report_md for name in models)
     importance = Importance.load(out)
     assert len(importance.blocks) == teacher_layers and importance.num_samples > 0
     rows = {m["name"]: m for m in report["models"]}
@@ -76,6 +82,9 @@ def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS, 
         assert rows[name]["decode_joules_per_token"] > 0 and rows[name]["energy_joules_per_token"] > 0
         validate_card((out / name / "README.md").read_text())
     assert rows["student"]["parameters"] < rows["teacher"]["parameters"]
+    # the pruned student has the healed one's shape: timed once, its row says whose timing it shows
+    assert rows["student-pruned"]["speed_from"] == "student" and "(speed of `student`)" in report_md
+    assert rows["student-pruned"]["decode_tokens_per_s"] == rows["student"]["decode_tokens_per_s"]
     student = AutoModelForCausalLM.from_pretrained(out / "student")
     assert student.config.distillation["layer_selection"] == "block influence (ShortGPT)"
     assert Importance.load(out / "student").layers == student.config.distillation["teacher_layers"]
@@ -196,6 +205,30 @@ def test_an_explicit_zero_is_refused_not_replaced_by_the_default_budget(option):
     with pytest.raises(ValueError, match=f"{option} must be a positive number, got 0"):
         CausalLMQuickstartArguments(**{option: 0})
     assert getattr(CausalLMQuickstartArguments(**{option: 3}), option) == 3
+
+
+@pytest.mark.parametrize(
+    "native, argv, bf16, origin",
+    [
+        ("CPU with AMX-BF16", [], True, "default: CPU with AMX-BF16"),
+        ("CUDA GPU with bf16", [], True, "default: CUDA GPU with bf16"),
+        (None, [], False, "default: no native bf16 on this machine"),
+        ("CPU with AMX-BF16", ["--bf16", "false"], False, "--bf16 false"),
+        (None, ["--bf16", "true"], True, "--bf16 true"),
+        (None, ["--bf16"], True, "--bf16 true"),  # the switch as it was before it had a default
+    ],
+)
+def test_bf16_is_the_default_only_where_the_hardware_computes_it(monkeypatch, native, argv, bf16, origin):
+    from transformers import HfArgumentParser
+
+    from hf_bigsmall import quickstart_causal_lm
+    from hf_bigsmall.cli import _parse_quickstart
+
+    monkeypatch.setattr(quickstart_causal_lm, "native_bf16", lambda: native)
+    parser = HfArgumentParser(quickstart_causal_lm.CausalLMQuickstartArguments)
+    args = _parse_quickstart(parser, argv)
+    assert (args.bf16, args.bf16_origin) == (bf16, origin)
+    assert quickstart_causal_lm._precision(args) == f"{'bf16 autocast' if bf16 else 'float32'} ({origin})"
 
 
 @pytest.mark.slow

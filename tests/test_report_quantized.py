@@ -101,6 +101,17 @@ def test_verdict_for_perplexity_and_without_a_quantized_teacher():
     assert "big one quantized" not in render_markdown(plain)
 
 
+def test_of_equally_fast_students_the_verdict_names_the_better_one():
+    # a pruned student shows the healed one's timing (`speed_from`): equally fast, the healed one is better
+    report = _report([20.0, 9.0, 9.0], [12.0, 15.0, 30.0], causal=True)
+    report["models"][2]["speed_from"] = "student"
+    report["models"].append({**report["models"][0], "name": "teacher-int8", "metrics": {"perplexity": 12.1},
+                             "latency_ms_p50": 18.0, "quantization": {"method": "int8", "source": "/out/teacher"}})
+    report["models"][1], report["models"][2] = report["models"][2], report["models"][1]  # the pruned one listed first
+    assert "the fastest, `student` (perplexity 15.0000)" in student_vs_quantized_teacher(report)
+    assert "| `student-pruned` (speed of `student`) |" in markdown_table(report)
+
+
 def _served(figures: dict, caveat: str | None = None) -> dict:
     """A causal-LM report as the LLM quickstart writes it: `{name: (perplexity, decode tokens/s)}`, the
     `-int8`/`-int4` rows served by ONNX Runtime GenAI from the folder their name starts with."""

@@ -88,6 +88,11 @@ class ModelMeasurement:
     speed_ratio_caveat: str | None = None
     # the batch size its quality was scored at: 1 for a model whose outputs depend on its batch (`scoring_batch_size`)
     quality_batch_size: int | None = None
+    # True when its quality was scored on the forwards its throughput and energy were timed on (`scores_while_timing`)
+    scored_while_timed: bool | None = None
+    # the model whose speed and inference-energy figures this row shows, for a model scored for quality only
+    # (`compare_models(speed_from=...)`): same architecture and weight shapes, timed in the same run
+    speed_from: str | None = None
 
 
 @dataclass
@@ -340,23 +345,63 @@ def scoring_batch_size(model: PreTrainedModel, batch_size: int) -> int:
     return 1 if getattr(model, "outputs_depend_on_batch", False) else batch_size
 
 
-def scored_batches(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreTrainedTokenizerBase,
-                   label_column: str = "label", batch_size: int = 32) -> Iterator[tuple[dict, Any, Any]]:
-    """`(rows, padded batch, logits)` over `tokenized`, at `scoring_batch_size(model, batch_size)`."""
-    import torch
-
+def _padded_batches(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreTrainedTokenizerBase,
+                    label_column: str = "label", batch_size: int = 32) -> list[tuple[dict, Any]]:
+    """`(rows, padded batch)` over `tokenized`, at `scoring_batch_size(model, batch_size)`: what its quality is scored on."""
     step = scoring_batch_size(model, batch_size)
     input_columns = [c for c in tokenized.column_names if c != label_column]
+    batches = []
     for start in range(0, len(tokenized), step):
         rows = tokenized[start:start + step]
         # padded on the right whatever the tokenizer's `padding_side`: left padding shifts the positions of
         # models without position ids from the mask (BERT, GPT-2) and made a causal LM predict a row's first
         # token from padding, so the metric differed from the same texts measured one at a time
-        batch = tokenizer.pad({c: rows[c] for c in input_columns}, padding=True, padding_side="right",
-                              return_tensors="pt")
+        batches.append((rows, tokenizer.pad({c: rows[c] for c in input_columns}, padding=True, padding_side="right",
+                                            return_tensors="pt")))
+    return batches
+
+
+def scored_batches(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreTrainedTokenizerBase,
+                   label_column: str = "label", batch_size: int = 32) -> Iterator[tuple[dict, Any, Any]]:
+    """`(rows, padded batch, logits)` over `tokenized`, at `scoring_batch_size(model, batch_size)`."""
+    import torch
+
+    for rows, batch in _padded_batches(model, tokenized, tokenizer, label_column, batch_size):
         with torch.inference_mode():
             logits = model(**batch).logits
         yield rows, batch, logits
+
+
+class _QualityScorer:
+    """The task metric, accumulated batch by batch from a model's logits: accuracy and F1, or perplexity."""
+
+    def __init__(self, task: str, label_column: str, num_labels: int | None = None):
+        self.task, self.label_column, self.num_labels = task, label_column, num_labels
+        if task == CLASSIFICATION:
+            self.metrics = [load_metric("accuracy"), load_metric("f1")]
+        else:
+            self.metrics = [load_metric("perplexity")]
+
+    def add(self, rows: dict, batch: Mapping[str, Any], logits) -> None:
+        import torch
+
+        if self.task == CLASSIFICATION:
+            predictions = logits.argmax(-1).tolist()
+            for metric in self.metrics:
+                metric.add_batch(predictions=predictions, references=rows[self.label_column])
+            return
+        # token t is predicted from tokens < t; padding is never a target
+        targets = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
+        losses = torch.nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
+        ).view(targets.shape)
+        self.metrics[0].add_batch(nll_sums=losses.sum(-1).tolist(), num_tokens=(targets != -100).sum(-1).tolist())
+
+    def compute(self) -> dict[str, float]:
+        if self.task == CLASSIFICATION:
+            accuracy, f1 = self.metrics
+            return {**accuracy.compute(), **f1.compute(average="binary" if self.num_labels == 2 else "macro")}
+        return self.metrics[0].compute()
 
 
 def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreTrainedTokenizerBase, task: str,
@@ -366,34 +411,46 @@ def evaluate_quality(model: PreTrainedModel, tokenized: Dataset, tokenizer: PreT
     Models are scored in padded batches of `batch_size`, except those whose outputs depend on their batch
     (`scoring_batch_size`): one input at a time.
     """
+    scorer = _QualityScorer(task, label_column, model.config.num_labels if task == CLASSIFICATION else None)
+    for rows, batch, logits in scored_batches(model, tokenized, tokenizer, label_column, batch_size):
+        scorer.add(rows, batch, logits)
+    return scorer.compute()
+
+
+def _device_of(model: PreTrainedModel):
     import torch
 
-    if task == CLASSIFICATION:
-        accuracy, f1 = load_metric("accuracy"), load_metric("f1")
-        num_labels = model.config.num_labels
-    else:
-        perplexity = load_metric("perplexity")
-    for rows, batch, logits in scored_batches(model, tokenized, tokenizer, label_column, batch_size):
-        if task == CLASSIFICATION:
-            predictions = logits.argmax(-1).tolist()
-            accuracy.add_batch(predictions=predictions, references=rows[label_column])
-            f1.add_batch(predictions=predictions, references=rows[label_column])
-        else:
-            # token t is predicted from tokens < t; padding is never a target
-            targets = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
-            losses = torch.nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="none"
-            ).view(targets.shape)
-            perplexity.add_batch(nll_sums=losses.sum(-1).tolist(), num_tokens=(targets != -100).sum(-1).tolist())
-    if task == CLASSIFICATION:
-        f1_kwargs = {"average": "binary"} if num_labels == 2 else {"average": "macro"}
-        return {**accuracy.compute(), **f1.compute(**f1_kwargs)}
-    return perplexity.compute()
+    parameter = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+    return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _measure_inference(model: PreTrainedModel, tokenized: Dataset, batch_size: int, latency_samples: int):
-    return measure_inference(model, tokenized, batch_size=batch_size, latency_samples=latency_samples,
-                             warmup_batches=1)
+def scores_while_timing(model: PreTrainedModel, batch_size: int) -> bool:
+    """Whether `compare_models` scores `model`'s quality on the forwards of its throughput pass.
+
+    The throughput and energy pass runs every evaluation sample through the model in batches of `batch_size`,
+    which is what scoring its quality does: on a CPU, where the energy meters (RAPL, the CPU-time estimate)
+    resolve one batch, the two are one pass, each forward timed and metered alone and scored outside the
+    timer. A model scored one input at a time (`scoring_batch_size`) and a GPU (NVML's energy counter needs
+    windows longer than one batch) keep two passes.
+    """
+    return _device_of(model).type == "cpu" and scoring_batch_size(model, batch_size) == batch_size
+
+
+def _measure_inference(model: PreTrainedModel, tokenized: Dataset, batch_size: int, latency_samples: int,
+                       scored: tuple[list[tuple[dict, Any]], _QualityScorer] | None = None):
+    """`measure_inference` on `tokenized`, or, given `scored` (padded batches and a scorer), on those batches,
+    each forward's logits handed to the scorer (`scores_while_timing`)."""
+    if scored is None:
+        return measure_inference(model, tokenized, batch_size=batch_size, latency_samples=latency_samples,
+                                 warmup_batches=1)
+    batches, scorer = scored
+
+    def score(index: int, batch: Mapping[str, Any], outputs) -> None:
+        rows, padded = batches[index]
+        scorer.add(rows, padded, outputs.logits)
+
+    return measure_inference(model, [batch for _, batch in batches], batch_size=batch_size,
+                             latency_samples=latency_samples, warmup_batches=1, on_batch_outputs=score)
 
 
 def _generation_prompts(tokenized: Dataset, num_prompts: int, prompt_tokens: int):
@@ -418,12 +475,14 @@ def _energy_per_query(joules_per_sample: float, tokenized: Dataset, task: str) -
 
 
 def _time_model(model, inputs_only, tokenized, task: str, batch_size: int, latency_samples: int,
-                generation_prompts: int, prompt_tokens: int, new_tokens: int):
-    """Batch-1 latency and throughput, and for a causal LM prefill and decode at batch 1.
+                generation_prompts: int, prompt_tokens: int, new_tokens: int,
+                scored: tuple[list[tuple[dict, Any]], _QualityScorer] | None = None):
+    """Batch-1 latency and throughput, and for a causal LM prefill and decode at batch 1; with `scored`, the
+    throughput pass also feeds the scorer (`_measure_inference`).
 
     Returns `(inference, generated columns, generation settings or None)`.
     """
-    inference = _measure_inference(model, inputs_only, batch_size, latency_samples)
+    inference = _measure_inference(model, inputs_only, batch_size, latency_samples, scored)
     # An ONNX export runs one forward without a KV cache: it has no generation to time (its columns stay empty).
     engine_timing = getattr(model, "measure_generation", None)  # an engine's runner times its own decoding
     if task != CAUSAL_LM or not (engine_timing or hasattr(model, "generate")):
@@ -456,6 +515,7 @@ def compare_models(
     generation_prompts: int = 3,
     prompt_tokens: int = 64,
     new_tokens: int = 32,
+    speed_from: Mapping[str, str] | None = None,
 ) -> Comparison:
     """Measure models on the same evaluation data: size, quality, latency, throughput and energy.
 
@@ -492,6 +552,11 @@ def compare_models(
         dataset_name: the name the report gives a `Dataset` passed as `eval_dataset`.
         generation_prompts, prompt_tokens, new_tokens: causal LMs: generate `new_tokens` after each
             of the first `generation_prompts` evaluation texts cut to `prompt_tokens` tokens.
+        speed_from: `{model: other}`: score `model` for quality and size only, and show the speed and
+            inference-energy figures of `other`, timed in this run, in its row (`speed_from` in `report.json`;
+            the report names it). Only for models of the same class and weight shapes run the same way
+            (a pruned model and the same model healed: only the weights' values differ), where timing both
+            twice measures the machine's noise, not the model; anything else raises a `ValueError`.
 
     Example:
     ```python
@@ -537,15 +602,27 @@ def compare_models(
     settings = _RunSettings(task=task, label_column=label_column, batch_size=batch_size,
                             latency_samples=latency_samples, generation_prompts=generation_prompts,
                             prompt_tokens=prompt_tokens, new_tokens=new_tokens)
+    speed_from = dict(speed_from or {})
+    _check_speed_from(loaded, speed_from)
     measurements, generation = [], None
     latency_runs: dict[str, list[float]] = {}  # every model's batch-1 forward times, in sample order
     for name, (model, path) in loaded.items():
         tokenized = tokenized_by_vocabulary[vocabulary[name]]
+        if name in speed_from:
+            measurements.append(_measure_quality(name, model, path, tokenizers[name], tokenized, settings))
+            continue
         measurement, latency_runs[name], generation_settings = _measure_model(
             name, model, path, tokenizers[name], tokenized, settings)
         if generation_settings is not None:
             generation = generation_settings
         measurements.append(measurement)
+    timed = {m.name: m for m in measurements}
+    for measurement in measurements:
+        if measurement.name in speed_from:
+            source = speed_from[measurement.name]
+            for name in _SPEED_FIELDS:
+                setattr(measurement, name, getattr(timed[source], name))
+            measurement.speed_from, latency_runs[measurement.name] = source, latency_runs[source]
     quality_metric = _QUALITY_METRIC[task]
     cores = _add_verdicts(measurements, latency_runs, quality_metric, lower_is_better=task == CAUSAL_LM)
     comparison = Comparison(
@@ -560,6 +637,39 @@ def compare_models(
     if output_dir is not None:
         comparison.save(output_dir, plots=plots)
     return comparison
+
+
+# what a model scored for quality only takes from the model of the same shape that was timed (`speed_from`)
+_SPEED_FIELDS = ("latency_ms_p50", "latency_ms_p95", "throughput_samples_per_s", "energy_joules_per_sample",
+                 "energy_source", "inference_co2_grams_per_1k_samples", "prefill_ms_p50", "decode_tokens_per_s",
+                 "decode_joules_per_token", "inference_kwh_per_1k_samples", "energy_joules_per_token",
+                 "latency_ms_p10", "latency_ms_p90", "latency_relative_spread", "load_average_1min",
+                 "other_cpu_cores")
+
+
+def _check_speed_from(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]], speed_from: Mapping[str, str]) -> None:
+    """Raise unless every `{model: other}` of `speed_from` names two compared PyTorch models of one class and the
+    same weight names, shapes and dtypes, `other` timed itself and `model` not the reference."""
+    import torch
+
+    reference = next(iter(loaded))
+    for name, source in speed_from.items():
+        missing = [n for n in (name, source) if n not in loaded]
+        if missing:
+            raise ValueError(f"speed_from names {missing}, not among the compared models {list(loaded)}.")
+        if name == reference or source in speed_from or name == source:
+            raise ValueError(f"speed_from={{{name!r}: {source!r}}}: the reference ({reference!r}) and every model "
+                             "another takes its speed from are timed themselves, and a model cannot lend to itself.")
+        models = {n: loaded[n][0] for n in (name, source)}
+        if not all(isinstance(m, torch.nn.Module) for m in models.values()) or type(models[name]) is not type(
+                models[source]):
+            raise ValueError(f"speed_from: {name!r} ({type(models[name]).__name__}) and {source!r} "
+                             f"({type(models[source]).__name__}) are not PyTorch models of one class: time both.")
+        shapes = {n: [(k, tuple(p.shape), p.dtype) for k, p in m.named_parameters()] for n, m in models.items()}
+        if shapes[name] != shapes[source]:
+            first = next((a, b) for a, b in zip(shapes[name] + [None], shapes[source] + [None]) if a != b)
+            raise ValueError(f"speed_from: {name!r} and {source!r} differ in their weights ({first[0]} against "
+                             f"{first[1]}): only a model of the same shape can lend its speed; time both.")
 
 
 def _resolve_models(models) -> dict[str, tuple[PreTrainedModel, Path | None]]:
@@ -705,18 +815,20 @@ def _measure_model(name: str, model, path: Path | None, tokenizer: PreTrainedTok
     task, label_column = settings.task, settings.label_column
     inputs_only = tokenized.remove_columns([c for c in tokenized.column_names if c == label_column])
     total, nonzero, sparsity = count_parameters(model, path)
-    if path is None:  # measure what saving it would write
-        with tempfile.TemporaryDirectory() as scratch:
-            model.save_pretrained(scratch)
-            disk_mb = size_on_disk_mb(Path(scratch))
+    disk_mb = _disk_mb(model, path)
+    scored = None
+    if scores_while_timing(model, settings.batch_size):  # one pass scores and times the same forwards
+        scorer = _QualityScorer(task, label_column, model.config.num_labels if task == CLASSIFICATION else None)
+        scored = (_padded_batches(model, tokenized, tokenizer, label_column, settings.batch_size), scorer)
     else:
-        disk_mb = size_on_disk_mb(path)
-    metrics = evaluate_quality(model, tokenized, tokenizer, task, label_column, settings.batch_size)
+        metrics = evaluate_quality(model, tokenized, tokenizer, task, label_column, settings.batch_size)
     load_before = _load_average()
     with OtherCpuWork() as other_work:  # the timings: what else ran on the machine meanwhile
         inference, generated, generation_settings = _time_model(
             model, inputs_only, tokenized, task, settings.batch_size, settings.latency_samples,
-            settings.generation_prompts, settings.prompt_tokens, settings.new_tokens)
+            settings.generation_prompts, settings.prompt_tokens, settings.new_tokens, scored)
+    if scored is not None:
+        metrics = scored[1].compute()
     latencies = inference.latencies_ms
     p10, p90 = _percentiles(latencies, 10, 90) if latencies else (None, None)
     timing = {"latency_ms_p10": p10, "latency_ms_p90": p90,
@@ -734,9 +846,34 @@ def _measure_model(name: str, model, path: Path | None, tokenizer: PreTrainedTok
         **_training_energy(path), **generated,
         **_energy_per_query(inference.joules_per_sample, inputs_only, task),
         quantization=getattr(model.config, "quantization", None), **timing,
-        quality_batch_size=scoring_batch_size(model, settings.batch_size),
+        quality_batch_size=scoring_batch_size(model, settings.batch_size), scored_while_timed=scored is not None,
     )
     return measurement, latencies, generation_settings
+
+
+def _measure_quality(name: str, model, path: Path | None, tokenizer: PreTrainedTokenizerBase, tokenized: Dataset,
+                     settings: _RunSettings) -> ModelMeasurement:
+    """A row without timings: size, parameters, quality and training energy (`speed_from` fills the speed)."""
+    total, nonzero, sparsity = count_parameters(model, path)
+    inputs_only = tokenized.remove_columns([c for c in tokenized.column_names if c == settings.label_column])
+    return ModelMeasurement(
+        name=name, path=str(path) if path else None, parameters=total, nonzero_parameters=nonzero, sparsity=sparsity,
+        size_on_disk_mb=round(_disk_mb(model, path), 3),
+        metrics=evaluate_quality(model, tokenized, tokenizer, settings.task, settings.label_column, settings.batch_size),
+        latency_ms_p50=float("nan"), latency_ms_p95=float("nan"), throughput_samples_per_s=float("nan"),
+        energy_joules_per_sample=float("nan"), energy_source="", inference_co2_grams_per_1k_samples=float("nan"),
+        **_training_energy(path), **_energy_per_query(float("nan"), inputs_only, settings.task),
+        quantization=getattr(model.config, "quantization", None),
+        quality_batch_size=scoring_batch_size(model, settings.batch_size),
+    )
+
+
+def _disk_mb(model, path: Path | None) -> float:
+    if path is None:  # measure what saving it would write
+        with tempfile.TemporaryDirectory() as scratch:
+            model.save_pretrained(scratch)
+            return size_on_disk_mb(Path(scratch))
+    return size_on_disk_mb(path)
 
 
 def _add_verdicts(measurements: list[ModelMeasurement], latency_runs: Mapping[str, list[float]], quality_metric: str,

@@ -26,7 +26,11 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
-from .cached_loss import cached_distillation_losses
+from .cached_loss import (
+    cached_distillation_losses,
+    cached_losses_and_logit_gradient,
+    needs_untempered_logits,
+)
 from .divergences import LOG_FLOOR, Divergence, resolve_divergence, rows_and_logit_gradient
 
 logger = logging.get_logger(__name__)
@@ -346,7 +350,8 @@ def fused_distillation_losses(
         kd_weight, ce_weight (`float` or scalar `torch.Tensor`): what the two sums are multiplied
             by in the returned loss (loss weight over the normalising count).
         label_smoothing (`float`): label smoothing of the task loss, in `[0, 1)`.
-        chunk_size (`int`, *optional*): rows per chunk (default: about 16M logits).
+        chunk_size (`int`, *optional*): rows per chunk (default: about 16M logits; 32M for cached targets
+            that need no second buffer, at T = 1 or without labels).
         check_teacher_logits (`Callable`, *optional*): called with each chunk's teacher logits `(C, V)`
             and the chunk's `kd_mask` rows (or None), where it may raise: a teacher whose logits are NaN
             or infinite is stopped before its soft targets reach the student.
@@ -390,7 +395,13 @@ def fused_distillation_losses(
                          f"{vocab_size}: teacher and student must share the vocabulary.")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
-    chunk_size = chunk_size or max(1, FUSED_CHUNK_LOGITS // vocab_size)
+    if chunk_size is None:
+        chunk_size = FUSED_CHUNK_LOGITS // vocab_size
+        if cached is not None and label_smoothing == 0 and not needs_untempered_logits(temperature, labels is not None, cached.tail_shape):
+            # cached targets then work in one buffer, the logits overwritten by their log-softmax and then their
+            # gradient, where the autograd path held two: twice the rows at the same peak, half the chunks
+            chunk_size *= 2
+        chunk_size = max(1, chunk_size)
     buffers = _ChunkBuffers(max(1, min(chunk_size, rows)), vocab_size, student_hidden.device)
     with_kd = teacher_hidden is not None or cached is not None
     if cached is not None:
@@ -453,6 +464,13 @@ def fused_distillation_losses(
                                  None if labels is None else labels[chunk], temperature, divergence, params,
                                  kd_weight, ce_weight, label_smoothing, needs_grad and (kd_graph or ce_graph),
                                  spare=buffers.get("spare", logits.shape[0]) if shared_spare else None)
+        if label_smoothing == 0:  # the task loss from the soft-target loss's own log-softmax, all in place
+            keep = kd_mask[chunk]
+            return cached_losses_and_logit_gradient(
+                logits, cached.ids[chunk], cached.logprobs[chunk], cached.tail[chunk], keep,
+                None if labels is None else labels[chunk], temperature, divergence, params, cached.tail_shape,
+                kd_weight if kd_graph else 0.0, ce_weight if ce_graph else 0.0, needs_grad,
+                spare=lambda: buffers.get("spare", logits.shape[0]))
         if not needs_grad:
             return *cached_losses(logits, chunk), None
         logits.requires_grad_(True)

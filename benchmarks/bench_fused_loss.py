@@ -15,12 +15,14 @@ materialised path (the whole `[rows x vocabulary]` logits made by the head, then
 `cached_distillation_losses` with that chunk size, as `DistillationTrainer(fused_lm_head_loss=False)`
 runs them; 85 rows is its default chunk here). Each is run once before the timed rounds (the compiled
 one compiles then: that time is printed). Ratios are medians of per-round ratios to the first setting.
-`--profile` then prints torch.profiler's per-operation table of one more run of each setting.
+`--profile` then prints torch.profiler's per-operation table of one more run of each setting. The peak
+resident memory printed is the whole process's: compare settings run alone (`--repeats 0`).
 """
 
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import time
@@ -123,9 +125,11 @@ def main():
     print(f"targets={args.targets} kd_loss={args.kd_loss} T={args.temperature} rows={args.rows} vocab={args.vocab} "
           f"threads={torch.get_num_threads()} repeats={args.repeats}")
     first = settings[0]
-    for setting in settings:
+    for setting in settings if args.repeats else ():
         ratio = statistics.median(a / b for a, b in zip(times[setting], times[first]))
         print(f"{setting:>6}: median {statistics.median(times[setting]):.3f} s, per-round ratio to {first} {ratio:.3f}")
+    # of the whole process, every setting and the inputs included: run one setting per process to compare
+    print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -178,7 +178,8 @@ def _interleave(modes: dict, warmup: int, repeats: int) -> dict[str, list[float]
 
 
 def _summary(times: dict[str, list[float]]) -> dict:
-    return {name: {"median_s": statistics.median(values), "runs": len(values)} for name, values in times.items()}
+    return {name: {"median_s": statistics.median(values), "runs": len(values), "times_s": [round(v, 2) for v in values]}
+            for name, values in times.items()}
 
 
 # ----------------------------------------------------------------------------------------------

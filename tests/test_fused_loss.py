@@ -84,6 +84,27 @@ def test_cached_targets_give_the_materialised_cached_loss(kind, temperature, tai
         torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_cached_targets_with_label_smoothing_give_the_materialised_losses():
+    hidden, weight, _, _, _, _, labels, _ = random_problem(bias=False)
+    teacher = torch.randn(ROWS, VOCAB).log_softmax(-1)
+    logprobs, ids = teacher.topk(5, dim=-1)
+    tail = torch.log1p(-logprobs.exp().sum(-1))
+    present = labels.ne(-100)
+    cached = CachedTargets(ids, logprobs, tail, present)
+    loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight), labels, cached=cached, kd_weight=0.5,
+                                             ce_weight=0.25, label_smoothing=0.1, chunk_size=4)
+    logits = hidden @ weight.T
+    expected_kd, _ = cached_distillation_losses(logits, ids[present], logprobs[present], tail[present], mask=present,
+                                                reduction="sum")
+    expected_ce = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=0.1)
+    expected = 0.5 * expected_kd + 0.25 * expected_ce
+    torch.testing.assert_close(kd, expected_kd.detach(), rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(ce, expected_ce.detach(), rtol=1e-6, atol=1e-5)
+    expected_gradients = torch.autograd.grad(expected, (hidden, weight))
+    for fused, reference in zip(torch.autograd.grad(loss, (hidden, weight)), expected_gradients):
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+
+
 def test_task_loss_alone_is_the_models_cross_entropy():
     hidden, weight, bias, _, _, _, labels, _ = random_problem()
     loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight, bias), labels, kd_weight=0.0, ce_weight=1.0,

@@ -247,8 +247,8 @@ def _collapsed_losses(student: _StudentRows, support: torch.Tensor, student_tail
 
 
 def _student_rows(student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
-                  tail_logprob: torch.Tensor, temperature: float, mask: torch.Tensor | None, labels: torch.Tensor | None,
-                  tail: str, placed: bool = False) -> _StudentRows:
+                  tail_logprob: torch.Tensor, temperature: float, mask: torch.Tensor | None,
+                  labels: torch.Tensor | None, tail: str, placed: bool = False) -> _StudentRows:
     """The checked inputs of a cached loss, the ids placed on their rows (`placed`: they are already)."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}.")

@@ -82,7 +82,8 @@ class DistillationConfig(TrainingArguments):
                   "rows, default about 16M logits, 32M for cached targets at T = 1), so the [tokens x vocabulary] logits "
                   "never exist. Same losses and gradients as the materialised logits. Unset: on wherever the model "
                   "allows it (its forward takes logits_to_keep, a plain nn.Linear head, no softcapping or logit "
-                  "scale, no FSDP/DeepSpeed), otherwise off with an info log; True: raise where it cannot; False: always materialise the logits. "
+                  "scale, no FSDP/DeepSpeed), otherwise off with an info log; True: raise where it cannot; False: "
+                  "always materialise the logits. "
                   "Calls that ask for the logits (return_outputs=True, evaluation) get them materialised."},
     )
     compile_fused_loss: bool = field(

@@ -397,7 +397,8 @@ def fused_distillation_losses(
         raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
     if chunk_size is None:
         chunk_size = FUSED_CHUNK_LOGITS // vocab_size
-        if cached is not None and label_smoothing == 0 and not needs_untempered_logits(temperature, labels is not None, cached.tail_shape):
+        in_place = cached is not None and label_smoothing == 0
+        if in_place and not needs_untempered_logits(temperature, labels is not None, cached.tail_shape):
             # cached targets then work in one buffer, the logits overwritten by their log-softmax and then their
             # gradient, where the autograd path held two: twice the rows at the same peak, half the chunks
             chunk_size *= 2
@@ -448,7 +449,7 @@ def fused_distillation_losses(
         return None if sums is None else (*sums, logits)  # the gradient is written into the logits' buffer
 
     def chunk_losses(logits: torch.Tensor, chunk: slice, needs_grad: bool):
-        """`(kd, ce, grad)` of one chunk: written-out gradients online, autograd on the chunk for a cache."""
+        """`(kd, ce, grad)` of one chunk: written-out gradients (autograd on the chunk: cache + label smoothing)."""
         if cached is None:
             teacher_logits = None
             if teacher is not None:
@@ -481,21 +482,14 @@ def fused_distillation_losses(
         return kd.detach(), ce.detach(), grad
 
     def cached_losses(logits: torch.Tensor, chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label smoothing's task loss is a cross-entropy of its own, beside the cached loss under autograd."""
         keep, present = kd_mask[chunk], cached.present[chunk]
         pick = keep[present]  # the present rows whose target counts
-        # from a cache the task loss comes out of the soft-target loss's own log-softmax
-        shared = labels is not None and label_smoothing == 0
-        kd, ce = cached_distillation_losses(
+        kd, _ = cached_distillation_losses(
             logits, cached.ids[chunk][present][pick], cached.logprobs[chunk][present][pick],
-            cached.tail[chunk][present][pick], temperature, kind=divergence.name, mask=keep,
-            labels=labels[chunk] if shared else None, reduction="sum", tail=cached.tail_shape, divergence_params=params)
-        if not kd_graph:
-            kd = kd.detach()
-        if ce is None:
-            ce = task_loss(logits, chunk)
-        elif not ce_graph:
-            ce = ce.detach()
-        return kd, ce
+            cached.tail[chunk][present][pick], temperature, kind=divergence.name, mask=keep, reduction="sum",
+            tail=cached.tail_shape, divergence_params=params)
+        return (kd if kd_graph else kd.detach()), task_loss(logits, chunk)
 
     return _FusedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, chunk_losses,
                                 _as_weight(kd_weight), _as_weight(ce_weight), buffers)

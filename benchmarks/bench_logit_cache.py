@@ -5,10 +5,13 @@
     python benchmarks/bench_logit_cache.py storage                      # bytes per token, caching throughput
     python benchmarks/bench_logit_cache.py quality --task causal_lm     # same budget: plain, online, cached
 
-`step` times, interleaved (A, B, C, A, B, C, ...) on the same batch so a shared machine's load hits
-all alike: A. a plain fine-tuning step of the student (`Trainer`), B. a distillation step from the
-cache (`DistillationTrainer(teacher_model=None)`, collating the cached rows read from disk
-included), C. an online distillation step (teacher in the loop). Target: B / A <= 1.10.
+`step` times, interleaved (A, B, C, C, B, A, ...: every other round reversed) on the same batch so a
+shared machine's load hits all alike: A. a plain fine-tuning step of the student (`Trainer`), B. a
+distillation step from the cache (`DistillationTrainer(teacher_model=None)`, collating the cached rows
+read from disk included), C. an online distillation step (teacher in the loop), and for a causal LM
+D. step B from materialised logits (`fused_lm_head_loss=False`); with `--before PATH`, E. step B run
+by another copy of the package (e.g. an older checkout). `--step_modes` picks among them. Ratios are
+given as ratios of medians and as medians of per-round ratios. Target: B / A <= 1.10.
 
 `storage` caches SmolLM2's top-128 on real news blocks in each storage format (bytes per target
 token from the manifest) and times, interleaved, the teacher's plain forward of a batch against
@@ -39,6 +42,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 WORK = Path(tempfile.gettempdir()) / "bench_logit_cache"
 
@@ -105,7 +109,24 @@ def bench_step(args) -> dict:
     materialised = DistillationTrainer(model=copies[3], teacher_model=None, train_dataset=cached_rows,
                                        args=DistillationConfig(**common, **losses, fused_lm_head_loss=False),
                                        data_collator=collator)
-    for trainer in (plain, cached, online, materialised):
+    trainers = [plain, cached, online, materialised]
+    before = None
+    if args.before:  # the cached step of another copy of the package, e.g. an older checkout, on its own copy
+        import importlib
+
+        from bench_distillation import import_package_copy
+
+        # its own modules by their full names: the package's top-level names may lead back to this copy
+        name = import_package_copy(args.before).__name__
+        before_trainer = importlib.import_module(f"{name}.distillation.trainer").DistillationTrainer
+        before_config = importlib.import_module(f"{name}.distillation.config").DistillationConfig
+        before_rows = importlib.import_module(f"{name}.distillation.cache").load_teacher_logits(cache_dir, rows)
+        copy = type(student)(student.config)
+        copy.load_state_dict(student.state_dict())
+        before = (before_trainer(model=copy, teacher_model=None, args=before_config(**common, **losses),
+                                 train_dataset=before_rows, data_collator=collator), before_rows)
+        trainers.append(before[0])
+    for trainer in trainers:
         trainer.create_optimizer()
         trainer.current_gradient_accumulation_steps = 1
 
@@ -121,13 +142,24 @@ def bench_step(args) -> dict:
              "online_step": lambda: step(online, plain_rows)}
     if args.task == "causal_lm":
         modes["cached_materialised_step"] = lambda: step(materialised, cached_rows)
+    if before is not None:
+        modes["cached_before_step"] = lambda: step(*before)
+    wanted = ["plain_step"] + [f"{mode}_step" for mode in args.step_modes.split(",") if mode != "plain"]
+    modes = {name: modes[name] for name in wanted if name in modes}
     times = _interleave(modes, args.warmup, args.repeats)
     result = _summary(times)
-    result["cached_over_plain"] = result["cached_step"]["median_s"] / result["plain_step"]["median_s"]
-    result["online_over_plain"] = result["online_step"]["median_s"] / result["plain_step"]["median_s"]
-    if "cached_materialised_step" in result:
-        result["cached_materialised_over_plain"] = (result["cached_materialised_step"]["median_s"]
-                                                    / result["plain_step"]["median_s"])
+    for name in modes:  # each mode against the plain step: ratio of medians and median of per-round ratios
+        if name != "plain_step":
+            short = name.removesuffix("_step")
+            result[f"{short}_over_plain"] = result[name]["median_s"] / result["plain_step"]["median_s"]
+            result[f"{short}_over_plain_per_round"] = statistics.median(
+                a / b for a, b in zip(times[name], times["plain_step"]))
+    if "cached_before_step" in modes:
+        result["cached_over_before_per_round"] = statistics.median(
+            a / b for a, b in zip(times["cached_step"], times["cached_before_step"]))
+    if "cached_materialised_step" in modes:
+        result["cached_over_materialised_per_round"] = statistics.median(
+            a / b for a, b in zip(times["cached_step"], times["cached_materialised_step"]))
     return result
 
 
@@ -136,8 +168,9 @@ def _interleave(modes: dict, warmup: int, repeats: int) -> dict[str, list[float]
         for run in modes.values():
             run()
     times = {name: [] for name in modes}
-    for _ in range(repeats):
-        for name, run in modes.items():
+    for round_index in range(repeats):
+        # every other round in reverse order, so that no mode always follows the same one
+        for name, run in list(modes.items())[::-1] if round_index % 2 else modes.items():
             start = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - start)
@@ -145,7 +178,8 @@ def _interleave(modes: dict, warmup: int, repeats: int) -> dict[str, list[float]
 
 
 def _summary(times: dict[str, list[float]]) -> dict:
-    return {name: {"median_s": statistics.median(values), "runs": len(values)} for name, values in times.items()}
+    return {name: {"median_s": statistics.median(values), "runs": len(values), "times_s": [round(v, 2) for v in values]}
+            for name, values in times.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,6 +351,12 @@ def main() -> None:
     parser.add_argument("--alpha_kd", type=float, default=0.5,
                         help="step: weight of the soft targets, the task loss gets the rest (DistillationConfig's 0.5)")
     parser.add_argument("--modes", default="plain,online,cached", help="runs of quality, comma-separated")
+    parser.add_argument("--step_modes", default="plain,cached,online,cached_materialised,cached_before",
+                        help="step: modes to time, comma-separated (plain always; cached_materialised for causal LMs, "
+                             "cached_before with --before)")
+    parser.add_argument("--before", default=None,
+                        help="step: folder of another copy of the package (e.g. an older checkout's hf_bigsmall), "
+                             "whose cached step is timed beside this one's")
     parser.add_argument("--mode", default=None)
     parser.add_argument("--prepared", default=None)
     args = parser.parse_args()

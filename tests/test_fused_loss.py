@@ -51,24 +51,57 @@ def test_online_loss_and_gradients_equal_the_materialised_ones(kind, temperature
 
 
 @pytest.mark.parametrize("kind", KD_LOSSES)
-def test_cached_targets_give_the_materialised_cached_loss(kind):
+@pytest.mark.parametrize("temperature, tail_shape", [(1.0, "uniform"), (2.0, "uniform"), (2.0, "student")])
+@pytest.mark.parametrize("with_labels, sharp", [(True, False), (False, False), (True, True)])
+def test_cached_targets_give_the_materialised_cached_loss(kind, temperature, tail_shape, with_labels, sharp):
+    hidden, weight, _, _, _, _, labels, kd_mask = random_problem(bias=False)
+    if sharp:  # a confident student: tails below 1e-3 take the exact sum over the excluded tokens
+        weight = (weight.detach() * 6).requires_grad_()
+    teacher = torch.randn(ROWS, VOCAB).log_softmax(-1)
+    logprobs, ids = teacher.topk(5, dim=-1)
+    tail = torch.log1p(-logprobs.exp().sum(-1))
+    present = labels.ne(-100)
+    labels = labels if with_labels else None
+    cached = CachedTargets(ids, logprobs, tail, present, tail_shape=tail_shape)
+    loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight), labels, kd_mask, cached=cached,
+                                             temperature=temperature, kind=kind, kd_weight=0.5, ce_weight=0.25,
+                                             chunk_size=4)
+    fused_gradients = torch.autograd.grad(loss, (hidden, weight))
+
+    keep = present & kd_mask
+    logits = hidden @ weight.T
+    expected_kd, expected_ce = cached_distillation_losses(
+        logits, ids[keep], logprobs[keep], tail[keep], temperature, kind, mask=keep, labels=labels, reduction="sum",
+        tail=tail_shape)
+    expected = 0.5 * expected_kd + (0.25 * expected_ce if with_labels else 0)
+    if sharp:
+        student_tail = logits.log_softmax(-1).scatter(1, ids, float("-inf")).logsumexp(-1)
+        assert (student_tail[keep] < -7).any()  # the exact tail is exercised (a mass below 1e-3)
+    torch.testing.assert_close(kd, expected_kd.detach(), rtol=1e-6, atol=1e-5)
+    if with_labels:
+        torch.testing.assert_close(ce, expected_ce.detach(), rtol=1e-6, atol=1e-5)
+    for fused, reference in zip(fused_gradients, torch.autograd.grad(expected, (hidden, weight))):
+        torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_cached_targets_with_label_smoothing_give_the_materialised_losses():
     hidden, weight, _, _, _, _, labels, _ = random_problem(bias=False)
     teacher = torch.randn(ROWS, VOCAB).log_softmax(-1)
     logprobs, ids = teacher.topk(5, dim=-1)
     tail = torch.log1p(-logprobs.exp().sum(-1))
     present = labels.ne(-100)
     cached = CachedTargets(ids, logprobs, tail, present)
-    loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight), labels, cached=cached, temperature=2.0, kind=kind,
-                                             kd_weight=0.5, ce_weight=0.25, chunk_size=4)
-    fused_gradients = torch.autograd.grad(loss, (hidden, weight))
-
-    expected_kd, expected_ce = cached_distillation_losses(
-        hidden @ weight.T, ids[present], logprobs[present], tail[present], 2.0, kind, mask=present, labels=labels,
-        reduction="sum")
+    loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight), labels, cached=cached, kd_weight=0.5,
+                                             ce_weight=0.25, label_smoothing=0.1, chunk_size=4)
+    logits = hidden @ weight.T
+    expected_kd, _ = cached_distillation_losses(logits, ids[present], logprobs[present], tail[present], mask=present,
+                                                reduction="sum")
+    expected_ce = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=0.1)
     expected = 0.5 * expected_kd + 0.25 * expected_ce
     torch.testing.assert_close(kd, expected_kd.detach(), rtol=1e-6, atol=1e-5)
     torch.testing.assert_close(ce, expected_ce.detach(), rtol=1e-6, atol=1e-5)
-    for fused, reference in zip(fused_gradients, torch.autograd.grad(expected, (hidden, weight))):
+    expected_gradients = torch.autograd.grad(expected, (hidden, weight))
+    for fused, reference in zip(torch.autograd.grad(loss, (hidden, weight)), expected_gradients):
         torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
 
 

@@ -26,7 +26,11 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
-from .cached_loss import cached_distillation_losses
+from .cached_loss import (
+    cached_distillation_losses,
+    cached_losses_and_logit_gradient,
+    needs_untempered_logits,
+)
 from .divergences import LOG_FLOOR, Divergence, resolve_divergence, rows_and_logit_gradient
 from .liger_loss import (
     liger_beta,
@@ -355,7 +359,8 @@ def fused_distillation_losses(
         kd_weight, ce_weight (`float` or scalar `torch.Tensor`): what the two sums are multiplied
             by in the returned loss (loss weight over the normalising count).
         label_smoothing (`float`): label smoothing of the task loss, in `[0, 1)`.
-        chunk_size (`int`, *optional*): rows per chunk (default: about 16M logits).
+        chunk_size (`int`, *optional*): rows per chunk (default: about 16M logits; 32M for cached targets
+            that need no second buffer, at T = 1 or without labels).
         check_teacher_logits (`Callable`, *optional*): called with each chunk's teacher logits `(C, V)`
             and the chunk's `kd_mask` rows (or None), where it may raise: a teacher whose logits are NaN
             or infinite is stopped before its soft targets reach the student.
@@ -405,7 +410,14 @@ def fused_distillation_losses(
                          f"{vocab_size}: teacher and student must share the vocabulary.")
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of rows or None, got {chunk_size}.")
-    chunk_size = chunk_size or max(1, FUSED_CHUNK_LOGITS // vocab_size)
+    if chunk_size is None:
+        chunk_size = FUSED_CHUNK_LOGITS // vocab_size
+        in_place = cached is not None and label_smoothing == 0
+        if in_place and not needs_untempered_logits(temperature, labels is not None, cached.tail_shape):
+            # cached targets then work in one buffer, the logits overwritten by their log-softmax and then their
+            # gradient, where the autograd path held two: twice the rows at the same peak, half the chunks
+            chunk_size *= 2
+        chunk_size = max(1, chunk_size)
     if backend not in FUSED_LOSS_BACKENDS:
         raise ValueError(f"backend must be one of {FUSED_LOSS_BACKENDS}, got {backend!r}.")
     if backend == "liger":
@@ -460,7 +472,7 @@ def fused_distillation_losses(
         return None if sums is None else (*sums, logits)  # the gradient is written into the logits' buffer
 
     def chunk_losses(logits: torch.Tensor, chunk: slice, needs_grad: bool):
-        """`(kd, ce, grad)` of one chunk: written-out gradients online, autograd on the chunk for a cache."""
+        """`(kd, ce, grad)` of one chunk: written-out gradients (autograd on the chunk: cache + label smoothing)."""
         if cached is None:
             teacher_logits = None
             if teacher is not None:
@@ -476,6 +488,13 @@ def fused_distillation_losses(
                                  None if labels is None else labels[chunk], temperature, divergence, params,
                                  kd_weight, ce_weight, label_smoothing, needs_grad and (kd_graph or ce_graph),
                                  spare=buffers.get("spare", logits.shape[0]) if shared_spare else None)
+        if label_smoothing == 0:  # the task loss from the soft-target loss's own log-softmax, all in place
+            keep = kd_mask[chunk]
+            return cached_losses_and_logit_gradient(
+                logits, cached.ids[chunk], cached.logprobs[chunk], cached.tail[chunk], keep,
+                None if labels is None else labels[chunk], temperature, divergence, params, cached.tail_shape,
+                kd_weight if kd_graph else 0.0, ce_weight if ce_graph else 0.0, needs_grad,
+                spare=lambda: buffers.get("spare", logits.shape[0]))
         if not needs_grad:
             return *cached_losses(logits, chunk), None
         logits.requires_grad_(True)
@@ -486,21 +505,14 @@ def fused_distillation_losses(
         return kd.detach(), ce.detach(), grad
 
     def cached_losses(logits: torch.Tensor, chunk: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Label smoothing's task loss is a cross-entropy of its own, beside the cached loss under autograd."""
         keep, present = kd_mask[chunk], cached.present[chunk]
         pick = keep[present]  # the present rows whose target counts
-        # from a cache the task loss comes out of the soft-target loss's own log-softmax
-        shared = labels is not None and label_smoothing == 0
-        kd, ce = cached_distillation_losses(
+        kd, _ = cached_distillation_losses(
             logits, cached.ids[chunk][present][pick], cached.logprobs[chunk][present][pick],
-            cached.tail[chunk][present][pick], temperature, kind=divergence.name, mask=keep,
-            labels=labels[chunk] if shared else None, reduction="sum", tail=cached.tail_shape, divergence_params=params)
-        if not kd_graph:
-            kd = kd.detach()
-        if ce is None:
-            ce = task_loss(logits, chunk)
-        elif not ce_graph:
-            ce = ce.detach()
-        return kd, ce
+            cached.tail[chunk][present][pick], temperature, kind=divergence.name, mask=keep, reduction="sum",
+            tail=cached.tail_shape, divergence_params=params)
+        return (kd if kd_graph else kd.detach()), task_loss(logits, chunk)
 
     return _FusedHeadLoss.apply(student_hidden, student_head.weight, student_head.bias, chunk_losses,
                                 _as_weight(kd_weight), _as_weight(ce_weight), buffers)

@@ -504,7 +504,10 @@ def run_quickstart(args: QuickstartArguments) -> Path:
                                                        extras, tokenizer)}
     if training_data:  # what the student saw, for its card (kept by the trainer's own record)
         labelled = sum(1 for label in distill_data["train"]["labels"] if label != -100)
-        DistillationRecord.from_dict({"training_data": {"labelled": labelled, **training_data}}).write(student.config)
+        # each stage draws steps x batch rows: fewer than the mixture holds, so the card says how many
+        drawn = args.distill_steps * args.batch_size
+        DistillationRecord.from_dict({"training_data": {"labelled": labelled, **training_data, "rows_drawn": drawn}}
+                                     ).write(student.config)
         echo(f"      teacher logits cached for {len(distill_data['train']):,} training rows -> "
              f"{output_dir / 'teacher_logits'}")
     _distill(args, student, distill_teacher, distill_data, tokenizer, student_dir, args.distill_steps, callbacks=[])

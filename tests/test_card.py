@@ -384,6 +384,24 @@ def test_card_says_what_the_student_was_distilled_on(tmp_path):
     assert "private" not in text and "training data |" not in text  # a sentence, not a dict in a table row
 
 
+@pytest.mark.parametrize("drawn, says", [
+    (3840, "The student was offered 3,840 labelled training texts and 3,831 augmented copies"),
+    (7671, "The student saw 3,840 labelled training texts and 3,831 augmented copies"),
+    (None, "The student saw 3,840 labelled training texts and 3,831 augmented copies"),
+])
+def test_card_says_how_much_of_a_larger_pool_the_distillation_drew(drawn, says):
+    """A fixed number of steps draws a random part of labelled rows plus augmented copies: "saw" would overstate it."""
+    from hf_bigsmall.data.record import TrainingDataRecord
+
+    record = TrainingDataRecord(labelled=3840, rows_drawn=drawn, augmentation={
+        "method": "word replacement", "ratio": 1.0, "replace_probability": 0.4, "seed": 42, "samples": 3831})
+    sentence = record.sentence()
+    assert sentence.startswith(says)
+    assert ("Its distillation drew 3,840 of these 7,671 rows at random (steps x batch size), about 50% of them."
+            in sentence) == (drawn == 3840)
+    assert TrainingDataRecord.from_dict(record.to_dict()).rows_drawn == drawn
+
+
 def test_a_served_folders_snippet_that_names_the_folder_says_what_the_name_stands_for(tmp_path):
     """The ONNX Runtime GenAI snippet loads `og.Model("<folder name>")`: the card must say that name stands for
     the folder (its path, or its Hub id once pushed), as it does for transformers' snippet."""

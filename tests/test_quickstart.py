@@ -279,6 +279,7 @@ def test_quickstart_distils_on_a_transfer_set_and_augmented_copies(tmp_path, cap
     assert "transfer set: 2 texts" in output and "the teacher labels" in output
     record = json.loads((out / "student" / "config.json").read_text())["distillation"]["training_data"]
     assert record["labelled"] == 32 and record["transfer_set"]["overlapping"] == 1
+    assert record["rows_drawn"] == 6 * 16  # --fast: 6 steps of 16, more than the 32 + 2 + copies on offer
     copies = json.loads((out / "augmented.json").read_text())["texts"]
     assert len(copies) == record["augmentation"]["samples"] <= 32
     assert read_manifest(out / "teacher_logits")["num_rows"] == 32 + 2 + len(copies)

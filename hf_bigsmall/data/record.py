@@ -15,7 +15,8 @@ class TrainingDataRecord(ConfigRecord):
 
     `transfer_set` and `augmentation` are the records `extra_training_rows` returns (`source`,
     `available`, `overlapping`, `repeats`, `samples`; `method`, `ratio`, `replace_probability`, `seed`,
-    `samples`).
+    `samples`). `rows_drawn` is how many rows the distillation drew (steps x batch size) when that is
+    known: fewer than the rows on offer means the student saw a random part of them, not all.
 
     Example:
 
@@ -31,6 +32,7 @@ class TrainingDataRecord(ConfigRecord):
     labelled: int | None = None
     transfer_set: dict[str, Any] | None = None
     augmentation: dict[str, Any] | None = None
+    rows_drawn: int | None = None
 
     def sentence(self) -> str:
         """What the student was distilled on: the labelled rows, a teacher-labelled transfer set, augmented copies."""
@@ -48,4 +50,14 @@ class TrainingDataRecord(ConfigRecord):
                          f"({augmentation.get('method')}, ratio {augmentation.get('ratio')}, replacement probability "
                          f"{augmentation.get('replace_probability')}, seed {augmentation.get('seed')})")
         sentence = "The student saw " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0])
-        return sentence + ("; the teacher labelled the unlabelled ones (soft targets only)." if len(parts) > 1 else ".")
+        sentence += "; the teacher labelled the unlabelled ones (soft targets only)." if len(parts) > 1 else "."
+        counts = [self.labelled, *(extra.get("samples") for extra in (transfer, augmentation) if isinstance(extra, dict))]
+        drawn = self.rows_drawn
+        if (isinstance(drawn, int) and not isinstance(drawn, bool)
+                and all(isinstance(count, int) and not isinstance(count, bool) for count in counts)):
+            offered = sum(counts)
+            if 0 < drawn < offered:  # a fixed number of steps draws a random part of a larger pool
+                sentence = sentence.replace("The student saw ", "The student was offered ", 1) + (
+                    f" Its distillation drew {drawn:,} of these {offered:,} rows at random (steps x batch size), "
+                    f"about {drawn / offered:.0%} of them.")
+        return sentence

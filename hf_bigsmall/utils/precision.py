@@ -1,7 +1,7 @@
 """Whether this machine computes in bfloat16 natively, which is when bf16 autocast makes training faster.
 
 On a CPU without bf16 instructions, autocast emulates bf16 through float32 and trains slower than
-float32 (PLATFORM notes: about 15 against 44 GFLOP/s on an AVX-512 Xeon without them); with AMX tiles a
+float32 (about 15 against 44 GFLOP/s, measured on an AVX-512 Xeon without them); with AMX tiles a
 bf16 matmul ran at 3.5 to 8 times the float32 rate of the same 2-core Xeon (BENCHMARKS.md, "Healing on up
 to 1 M tokens"). So bf16 is a default only where the hardware has it.
 """

@@ -367,6 +367,9 @@ def cached_losses_and_logit_gradient(
         `needs_grad`, or when neither sum is weighted).
     """
     student = _student_rows(logits, ids, logprobs, tail_logprob, temperature, keep, labels, tail, placed=True)
+    # every row's ids are gathered below, but a row whose target is ignored may hold anything (a padding id such
+    # as -1, as `CachedTargets` allows): id 0 there keeps the gather in range, and nothing reads its value
+    student.ids = student.ids.masked_fill(~student.keep[:, None], 0)
     need_normaliser = temperature != 1.0 and tail == "student"
     buffer = logits
     if needs_untempered_logits(temperature, labels is not None, tail):

@@ -130,6 +130,33 @@ def test_cached_targets_of_rows_that_do_not_count_are_ignored_whatever_they_hold
         torch.testing.assert_close(padded_value, zeroed_value)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("temperature, with_labels", [(1.0, True), (2.0, True), (2.0, False)])
+def test_cached_targets_in_place_on_cuda_give_the_materialised_loss(temperature, with_labels):
+    """The in-place path writes the log-softmax over its own input (`out=` the source): CUDA's kernels as well as
+    the CPU's must read each row before they overwrite it."""
+    hidden, weight, _, _, _, _, labels, kd_mask = (value.detach().cuda() if torch.is_tensor(value) else value
+                                                   for value in random_problem(bias=False))
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    teacher = torch.randn(ROWS, VOCAB, device="cuda").log_softmax(-1)
+    logprobs, ids = teacher.topk(5, dim=-1)
+    tail = teacher.scatter(1, ids, float("-inf")).logsumexp(-1)
+    present = labels.ne(-100)
+    labels = labels if with_labels else None
+    loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight), labels, kd_mask,
+                                             cached=CachedTargets(ids, logprobs, tail, present),
+                                             temperature=temperature, kd_weight=0.5, ce_weight=0.25, chunk_size=4)
+    keep = present & kd_mask
+    expected_kd, expected_ce = cached_distillation_losses(hidden @ weight.T, ids[keep], logprobs[keep], tail[keep],
+                                                          temperature, mask=keep, labels=labels, reduction="sum")
+    expected = 0.5 * expected_kd + (0.25 * expected_ce if with_labels else 0)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-5)
+    expected_gradients = torch.autograd.grad(expected, (hidden, weight))
+    for fused, reference in zip(torch.autograd.grad(loss, (hidden, weight)), expected_gradients):
+        torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
+
+
 def test_task_loss_alone_is_the_models_cross_entropy():
     hidden, weight, bias, _, _, _, labels, _ = random_problem()
     loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight, bias), labels, kd_weight=0.0, ce_weight=1.0,

@@ -96,7 +96,7 @@ class CausalLMQuickstartArguments:
                 "(BENCHMARKS.md)."})
     bf16: bool | None = field(default=None, metadata={
         "help": "Heal (and correct the teacher) under bf16 autocast, weights in float32: `--bf16 true` or `--bf16 "
-                "false`. Default: on where the hardware computes bf16 natively (a CUDA GPU with bf16, a CPU with "
+                "false`. Default: on where the hardware computes bf16 natively (an Ampere or newer CUDA GPU, a CPU with "
                 "AMX-BF16 or AVX512-BF16), off elsewhere, where emulated bf16 trains slower than float32. On the "
                 "2-core AMX Xeon of BENCHMARKS.md it healed the default student faster at the same held-out "
                 "perplexity (BENCHMARKS.md). The choice and why are in bigsmall_run.json.",

@@ -237,6 +237,34 @@ def test_a_model_of_the_same_shape_can_lend_its_timing_to_one_scored_for_quality
         compare_models({"teacher": teacher, "pruned": pruned}, texts, tokenizer=tokenizer, speed_from={"teacher": "pruned"})
 
 
+def test_speed_from_refuses_a_model_of_the_same_shapes_that_runs_otherwise(tmp_path):
+    """torchao keeps a quantized weight's shape and float dtype (a tensor subclass), so shapes and dtypes alone let a
+    quantized model show the timing of the float one: the quantization record and the weights' tensor types count."""
+    import copy
+
+    from datasets import Dataset
+    from transformers import GPT2LMHeadModel
+
+    tokenizer = _save_tokenizer(tmp_path / "tok")
+    student = GPT2LMHeadModel(tiny_gpt2_config(n_layer=1)).eval()
+    texts = Dataset.from_dict({"text": _dataset(4)["text"]})
+    quantized = copy.deepcopy(student)
+    quantized.config.quantization = {"method": "int8", "backend": "torchao", "device": "cuda"}
+    with pytest.raises(ValueError, match="quantization"):
+        compare_models({"student": student, "quantized": quantized}, texts, tokenizer=tokenizer,
+                       speed_from={"quantized": "student"})
+
+    class MarkedWeight(torch.Tensor):  # a weight of another tensor type, same shape and dtype
+        pass
+
+    subclassed = copy.deepcopy(student)
+    layer = subclassed.transformer.h[0].mlp.c_fc
+    layer.weight = torch.nn.Parameter(layer.weight.detach().clone().as_subclass(MarkedWeight))
+    with pytest.raises(ValueError, match="MarkedWeight"):
+        compare_models({"student": student, "marked": subclassed}, texts, tokenizer=tokenizer,
+                       speed_from={"marked": "student"})
+
+
 def test_a_left_padding_tokenizer_measures_what_the_texts_give_one_at_a_time(tmp_path):
     """Left padding shifted absolute positions and had a causal LM predict each row's first token from padding:
     the perplexity and accuracy then depended on the tokenizer's padding_side and on the batch."""

@@ -105,6 +105,58 @@ def test_cached_targets_with_label_smoothing_give_the_materialised_losses():
         torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("temperature, smoothing", [(1.0, 0.0), (2.0, 0.0), (1.0, 0.1)])
+def test_cached_targets_of_rows_that_do_not_count_are_ignored_whatever_they_hold(temperature, smoothing):
+    """`CachedTargets` ignores the ids of rows without a target: ids out of the vocabulary (a padding value) and
+    NaN log-probabilities there give the loss and gradients of zeros there, in place and under autograd alike."""
+    hidden, weight, _, _, _, _, labels, kd_mask = random_problem(bias=False)
+    teacher = torch.randn(ROWS, VOCAB).log_softmax(-1)
+    logprobs, ids = teacher.topk(5, dim=-1)
+    tail = torch.log1p(-logprobs.exp().sum(-1))
+    present = labels.ne(-100)
+    absent = ~present
+    padded = (ids.masked_fill(absent[:, None], -1), logprobs.masked_fill(absent[:, None], float("nan")),
+              tail.masked_fill(absent, float("nan")))
+    zeroed = (ids.masked_fill(absent[:, None], 0), logprobs.masked_fill(absent[:, None], 0.0),
+              tail.masked_fill(absent, 0.0))
+    padded[0][absent.nonzero()[0]] = VOCAB + 3  # and one row's ids past the vocabulary's end
+    results = []
+    for targets in (zeroed, padded):
+        loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight), labels, kd_mask,
+                                                 cached=CachedTargets(*targets, present), temperature=temperature,
+                                                 kd_weight=0.5, ce_weight=0.25, label_smoothing=smoothing, chunk_size=4)
+        results.append((kd, ce, *torch.autograd.grad(loss, (hidden, weight))))
+    for padded_value, zeroed_value in zip(results[1], results[0]):
+        torch.testing.assert_close(padded_value, zeroed_value)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("temperature, with_labels", [(1.0, True), (2.0, True), (2.0, False)])
+def test_cached_targets_in_place_on_cuda_give_the_materialised_loss(temperature, with_labels):
+    """The in-place path writes the log-softmax over its own input (`out=` the source): CUDA's kernels as well as
+    the CPU's must read each row before they overwrite it."""
+    hidden, weight, _, _, _, _, labels, kd_mask = (value.detach().cuda() if torch.is_tensor(value) else value
+                                                   for value in random_problem(bias=False))
+    hidden.requires_grad_()
+    weight.requires_grad_()
+    teacher = torch.randn(ROWS, VOCAB, device="cuda").log_softmax(-1)
+    logprobs, ids = teacher.topk(5, dim=-1)
+    tail = teacher.scatter(1, ids, float("-inf")).logsumexp(-1)
+    present = labels.ne(-100)
+    labels = labels if with_labels else None
+    loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight), labels, kd_mask,
+                                             cached=CachedTargets(ids, logprobs, tail, present),
+                                             temperature=temperature, kd_weight=0.5, ce_weight=0.25, chunk_size=4)
+    keep = present & kd_mask
+    expected_kd, expected_ce = cached_distillation_losses(hidden @ weight.T, ids[keep], logprobs[keep], tail[keep],
+                                                          temperature, mask=keep, labels=labels, reduction="sum")
+    expected = 0.5 * expected_kd + (0.25 * expected_ce if with_labels else 0)
+    torch.testing.assert_close(loss, expected.detach(), rtol=1e-5, atol=1e-5)
+    expected_gradients = torch.autograd.grad(expected, (hidden, weight))
+    for fused, reference in zip(torch.autograd.grad(loss, (hidden, weight)), expected_gradients):
+        torch.testing.assert_close(fused, reference, rtol=1e-4, atol=1e-5)
+
+
 def test_task_loss_alone_is_the_models_cross_entropy():
     hidden, weight, bias, _, _, _, labels, _ = random_problem()
     loss, kd, ce = fused_distillation_losses(hidden, LMHead(weight, bias), labels, kd_weight=0.0, ce_weight=1.0,

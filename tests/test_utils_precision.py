@@ -32,6 +32,14 @@ def test_a_cuda_gpu_counts_by_what_torch_says_of_it(monkeypatch, supported, expe
     assert native_bf16() == expected
 
 
+def test_a_cuda_gpu_that_only_emulates_bf16_does_not_count(monkeypatch):
+    """A T4 or V100 (compute capability 7.x) runs bf16 only by emulation, slower than float32; torch's
+    `is_bf16_supported()` says True for it unless told `including_emulation=False`."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert native_bf16() is None
+
+
 def test_torch_without_the_capability_probe_is_asked_the_older_way(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.delattr(torch.cpu, "get_capabilities", raising=False)

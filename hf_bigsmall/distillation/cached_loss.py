@@ -55,14 +55,17 @@ def _tail_logprob(logprobs: torch.Tensor, ids: torch.Tensor, support: torch.Tens
 
     `log(1 - sum(exp(support)))` where that keeps its digits (a mass of at least `_EXACT_TAIL_BELOW`);
     below it, where float32 rounding of the difference would dominate, a logsumexp over the excluded
-    entries of those rows (the cached ones set to -inf in a copy): exact, and finite however small.
+    entries of those rows (the cached ones set to -inf in a copy of at most a quarter of the rows at a
+    time): exact, and finite however small.
     """
     inside = torch.logsumexp(support, dim=-1).clamp(max=0.0)
     estimate = -torch.expm1(inside)
     tail = estimate.clamp(min=_TAIL_FLOOR).log()
     small = (estimate < _EXACT_TAIL_BELOW).nonzero().flatten()
-    if small.numel():
-        tail[small] = torch.logsumexp(logprobs[small].scatter_(1, ids[small], float("-inf")), dim=-1)
+    # a confident student has most rows below the threshold: copied a quarter of the rows at a time, the copy
+    # stays a fraction of the chunk's logits instead of adding a second buffer of their size to the peak
+    for rows in small.split(max(1, logprobs.shape[0] // 4)):
+        tail[rows] = torch.logsumexp(logprobs[rows].scatter_(1, ids[rows], float("-inf")), dim=-1)
     return tail
 
 
@@ -367,6 +370,9 @@ def cached_losses_and_logit_gradient(
         `needs_grad`, or when neither sum is weighted).
     """
     student = _student_rows(logits, ids, logprobs, tail_logprob, temperature, keep, labels, tail, placed=True)
+    # every row's ids are gathered below, but a row whose target is ignored may hold anything (a padding id such
+    # as -1, as `CachedTargets` allows): id 0 there keeps the gather in range, and nothing reads its value
+    student.ids = student.ids.masked_fill(~student.keep[:, None], 0)
     need_normaliser = temperature != 1.0 and tail == "student"
     buffer = logits
     if needs_untempered_logits(temperature, labels is not None, tail):

@@ -81,11 +81,11 @@ class DistillationConfig(TrainingArguments):
         default=None,
         metadata={"help": "Causal LMs: feed the final hidden states and the output layer's weight (the student's and, "
                   "online, the teacher's) into a loss that makes the logits a chunk of tokens at a time (kd_chunk_size "
-                  "rows, default about 16M logits, 32M for cached targets at T = 1), so the [tokens x vocabulary] logits "
-                  "never exist. Same losses and gradients as the materialised logits. Unset: on wherever the model "
-                  "allows it (its forward takes logits_to_keep, a plain nn.Linear head, no softcapping or logit "
-                  "scale, no FSDP/DeepSpeed), otherwise off with an info log; True: raise where it cannot; False: "
-                  "always materialise the logits. "
+                  "rows, default about 16M logits, 32M for cached targets at T = 1 without label smoothing), so the "
+                  "[tokens x vocabulary] logits never exist. Same losses and gradients as the materialised logits. "
+                  "Unset: on wherever the model allows it (its forward takes logits_to_keep, a plain nn.Linear head, "
+                  "no softcapping or logit scale, no FSDP/DeepSpeed), otherwise off with an info log; True: raise "
+                  "where it cannot; False: always materialise the logits. "
                   "Calls that ask for the logits (return_outputs=True, evaluation) get them materialised."},
     )
     compile_fused_loss: bool = field(

@@ -360,7 +360,7 @@ def fused_distillation_losses(
             by in the returned loss (loss weight over the normalising count).
         label_smoothing (`float`): label smoothing of the task loss, in `[0, 1)`.
         chunk_size (`int`, *optional*): rows per chunk (default: about 16M logits; 32M for cached targets
-            that need no second buffer, at T = 1 or without labels).
+            that need no second buffer: no label smoothing, and T = 1 or, without labels, the uniform tail).
         check_teacher_logits (`Callable`, *optional*): called with each chunk's teacher logits `(C, V)`
             and the chunk's `kd_mask` rows (or None), where it may raise: a teacher whose logits are NaN
             or infinite is stopped before its soft targets reach the student.

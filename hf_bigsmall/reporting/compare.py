@@ -648,8 +648,9 @@ _SPEED_FIELDS = ("latency_ms_p50", "latency_ms_p95", "throughput_samples_per_s",
 
 
 def _check_speed_from(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]], speed_from: Mapping[str, str]) -> None:
-    """Raise unless every `{model: other}` of `speed_from` names two compared PyTorch models of one class and the
-    same weight names, shapes and dtypes, `other` timed itself and `model` not the reference."""
+    """Raise unless every `{model: other}` of `speed_from` names two compared PyTorch models of one class, the
+    same weight names, shapes, dtypes and tensor types, on one device with the same quantization, `other` timed
+    itself and `model` not the reference."""
     import torch
 
     reference = next(iter(loaded))
@@ -665,11 +666,29 @@ def _check_speed_from(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
                 models[source]):
             raise ValueError(f"speed_from: {name!r} ({type(models[name]).__name__}) and {source!r} "
                              f"({type(models[source]).__name__}) are not PyTorch models of one class: time both.")
-        shapes = {n: [(k, tuple(p.shape), p.dtype) for k, p in m.named_parameters()] for n, m in models.items()}
+        # the tensor type too: a quantized (torchao) or sparse weight can keep its float dtype and shape
+        shapes = {n: [(k, tuple(p.shape), p.dtype, type(p).__name__, p.layout) for k, p in m.named_parameters()]
+                  for n, m in models.items()}
         if shapes[name] != shapes[source]:
             first = next((a, b) for a, b in zip(shapes[name] + [None], shapes[source] + [None]) if a != b)
             raise ValueError(f"speed_from: {name!r} and {source!r} differ in their weights ({first[0]} against "
                              f"{first[1]}): only a model of the same shape can lend its speed; time both.")
+        setups = {n: _runs_as(m) for n, m in models.items()}
+        for key, value in setups[name].items():
+            if value != setups[source][key]:
+                raise ValueError(f"speed_from: {name!r} and {source!r} run differently ({key} {value!r} against "
+                                 f"{setups[source][key]!r}): only a model run the same way can lend its speed; time both.")
+
+
+def _runs_as(model) -> dict[str, Any]:
+    """What decides a model's speed besides its weights' shapes and types: its device and its quantization (the
+    kit's `quantization` record and transformers' `quantization_config`)."""
+    config = getattr(model, "config", None)
+    quantization_config = getattr(config, "quantization_config", None)
+    if hasattr(quantization_config, "to_dict"):
+        quantization_config = quantization_config.to_dict()
+    return {"device": str(_device_of(model)), "quantization": getattr(config, "quantization", None),
+            "quantization_config": quantization_config}
 
 
 def _resolve_models(models) -> dict[str, tuple[PreTrainedModel, Path | None]]:

@@ -16,7 +16,8 @@ _NATIVE_BF16_CPU = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16"))
 def native_bf16() -> str | None:
     """What runs bf16 natively on this machine, in words (`"CUDA GPU with bf16"`, `"CPU with AMX-BF16"`), or None.
 
-    A CUDA device counts when torch says it supports bf16 (Ampere and newer); training then runs there, so
+    A CUDA device counts when torch says it supports bf16 natively (Ampere and newer, or ROCm), not by emulation
+    (a T4 or V100 has no bf16 tensor cores); training then runs there, so
     the CPU is not asked. Without CUDA, the CPU counts when it has AMX-BF16 or AVX512-BF16 instructions, as
     torch's own CPU capability probe reports them (`torch.cpu.get_capabilities()`, torch 2.9+; older releases
     answer through `torch.cpu._is_amx_tile_supported` and `_is_avx512_bf16_supported`). Arm CPUs are not
@@ -32,7 +33,11 @@ def native_bf16() -> str | None:
     import torch
 
     if torch.cuda.is_available():
-        return "CUDA GPU with bf16" if torch.cuda.is_bf16_supported() else None
+        try:  # by default torch also says True for a GPU that only emulates bf16 (T4, V100): not native
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # an older torch takes no argument and answers for native support alone
+            native = torch.cuda.is_bf16_supported()
+        return "CUDA GPU with bf16" if native else None
     probe = getattr(torch.cpu, "get_capabilities", None)
     if probe is not None:
         capabilities = probe()

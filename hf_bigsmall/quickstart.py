@@ -54,9 +54,9 @@ from .utils.files import (
     atomic_write_json,
     check_replaceable,
     fresh_partial_dir,
-    partial_path,
     publish_dir,
     publishing,
+    remove_leftovers,
 )
 from .utils.import_utils import is_matplotlib_available
 
@@ -254,12 +254,17 @@ def check_cache_replaceable(folder: Path) -> None:
 
 
 def drop_stale(folder: Path) -> None:
-    """Remove a folder (and its `.partial`) that an earlier run of the same pipeline left and this one does not make."""
-    for path in (folder, partial_path(folder)):
-        if path.exists():
-            check_cache_replaceable(path)
-            shutil.rmtree(path)
-            echo(f"      removed {path}: an earlier run left it, this one does not make it")
+    """Remove a folder that an earlier run of the same pipeline left and this one does not make.
+
+    What interrupted writes of it left (`.partial` folders) goes too, once their writers are gone; another run's
+    live one is kept.
+    """
+    if folder.exists() or folder.is_symlink():
+        check_cache_replaceable(folder)
+        shutil.rmtree(folder)
+        echo(f"      removed {folder}: an earlier run left it, this one does not make it")
+    for path in remove_leftovers(folder):
+        echo(f"      removed {path}: an interrupted earlier run left it")
 
 
 def drop_stale_augmentation(path: Path) -> None:
@@ -295,7 +300,7 @@ def _training_arguments(args: QuickstartArguments, output_dir: Path, max_steps: 
 
 
 def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_steps: int, callbacks: list) -> Path:
-    """Train `student` against `teacher`, writing to `<final_dir>.partial` and renaming when complete."""
+    """Train `student` against `teacher`, writing to `<final_dir>.<writer>.partial` and renaming when complete."""
     from transformers import DataCollatorWithPadding
 
     from . import DistillationConfig, DistillationTrainer, EnergyCallback

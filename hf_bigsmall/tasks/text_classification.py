@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from .. import assets
 from ..utils.distributed import needs_cpu_process_group
 from ..utils.files import atomic_write_json, atomic_write_text, fresh_partial_dir, publish_dir
 from ..utils.heads import evaluation_split
+from ..utils.writers import release_writer
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -194,8 +196,8 @@ def train_teacher(
     A second call with the same `output_dir` finds the saved teacher and returns at once if it was
     made from the same inputs (`teacher_fingerprint`, stored as `teacher_inputs.json`): another
     backbone, dataset, sample limit, `max_length` or training argument is reported as a warning
-    naming what differs, and the teacher is trained again in its place. The checkpoint is written to `<output_dir>.partial` and renamed when complete, so an interrupted
-    run never leaves a half-written teacher that a later run would trust. Under several processes
+    naming what differs, and the teacher is trained again in its place. The checkpoint is written to `<output_dir>.<writer>.partial` (this run's
+    own) and renamed when complete, so an interrupted run never leaves a half-written teacher that a later run would trust. Under several processes
     every rank trains (DDP) and the main process saves.
 
     Args:
@@ -260,6 +262,9 @@ def train_teacher(
         atomic_write_json(partial / "teacher_eval_results.json", metrics)
         atomic_write_text(partial / TEACHER_INPUTS_NAME, json.dumps(fingerprint, indent=2))
         publish_dir(partial, output_dir)
+    else:  # every process made a `.partial` of its own; the main process's is the one saved and published
+        shutil.rmtree(partial, ignore_errors=True)
+        release_writer(partial)
     trainer.accelerator.wait_for_everyone()
     return output_dir
 

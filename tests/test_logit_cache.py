@@ -964,7 +964,7 @@ def test_another_machines_fresh_partial_is_kept_when_this_clock_runs_hours_ahead
     import time
     import types
 
-    from hf_bigsmall.distillation import cache as cache_module
+    from hf_bigsmall.utils import writers
 
     teacher, _, dataset = build("gpt2")
     folder = tmp_path / "cache"
@@ -974,7 +974,7 @@ def test_another_machines_fresh_partial_is_kept_when_this_clock_runs_hours_ahead
     (live / "data-00000-of-00001.arrow").write_bytes(b"being written")
     # this machine's clock 8 hours ahead of the one that stamps the folder's files (a network file system's)
     ahead = types.SimpleNamespace(time=lambda: time.time() + 8 * 3600)
-    monkeypatch.setattr(cache_module, "time", ahead)
+    monkeypatch.setattr(writers, "time", ahead)
     cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
     assert (live / "data-00000-of-00001.arrow").read_bytes() == b"being written"
     assert sorted(path.name for path in folder.iterdir()) == sorted(

@@ -402,7 +402,7 @@ def test_cli_quantize_writes_the_folder_and_says_how_to_load_it(saved_classifier
     assert "already quantized" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("where", ["around", "within", "partial", "replaced"])
+@pytest.mark.parametrize("where", ["around", "within", "partial", "replaced", "writer-partial"])
 def test_an_output_folder_around_or_within_the_model_is_refused(saved_classifier, tmp_path, where):
     """Replacing an earlier export removes it whole: a model inside it would go with it; so would a model at the
     names the export removes as an interrupted export's leftovers (`<output>.partial`, `.<output>.replaced`)."""
@@ -410,8 +410,11 @@ def test_an_output_folder_around_or_within_the_model_is_refused(saved_classifier
 
     from hf_bigsmall.utils.files import mark_kit_folder
 
-    if where in ("partial", "replaced"):  # a model the kit saved, at the sibling name of the output folder
-        model = tmp_path / ("int8.partial" if where == "partial" else ".int8.replaced")
+    from hf_bigsmall.utils.writers import machine_tag
+
+    if where in ("partial", "replaced", "writer-partial"):  # a model the kit saved, at a sibling name of the output
+        model = tmp_path / {"partial": "int8.partial", "replaced": ".int8.replaced",
+                            "writer-partial": f"int8.{machine_tag()}-1-0123abcd.partial"}[where]
         shutil.copytree(saved_classifier, model)
         mark_kit_folder(model)
         output = tmp_path / "int8"
@@ -426,7 +429,7 @@ def test_an_output_folder_around_or_within_the_model_is_refused(saved_classifier
         model, output = saved_classifier, saved_classifier / "int8"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(ValueError, match="inside one another" if where in ("around", "within") else
-                       "which an export to .* empties and removes"):
+                       "a name an export to .* writes through and removes as a leftover"):
         quantize(model, output)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 

@@ -433,7 +433,7 @@ def _quantize_stage(args: QuickstartArguments, teacher_dir: Path, student_dir: P
 
 def run_quickstart(args: QuickstartArguments) -> Path:
     """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from . import EnergyCallback, MagnitudePruningCallback, compact, make_student
     from .data.augment import is_augmentation_cache
@@ -444,7 +444,9 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     from .reporting.report import markdown_table, timing_lines
     from .tasks.text_classification import (
         TEACHER_INPUTS_NAME,
+        align_labels,
         classification_teacher,
+        has_classification_head,
         load_classification_dataset,
     )
 
@@ -475,6 +477,8 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     dataset = load_classification_dataset(tokenizer, args.dataset, max_length=args.max_length,
                                           max_train_samples=args.max_train_samples,
                                           max_eval_samples=args.eval_samples, seed=args.seed)
+    if has_classification_head(args.teacher):  # a trained classifier: its ids, not the dataset's, name the classes
+        dataset = align_labels(dataset, AutoConfig.from_pretrained(assets.resolve_model(args.teacher)))
     output_dir.mkdir(parents=True, exist_ok=True)  # only once the dataset is known to be usable
     record_run(output_dir, "text-classification", teacher=args.teacher, dataset=args.dataset)
     inputs_record = teacher_dir / TEACHER_INPUTS_NAME  # what made the teacher: reused only if the inputs match

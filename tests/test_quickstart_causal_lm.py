@@ -283,7 +283,7 @@ def test_causal_lm_quickstart_names_the_correction_data_it_takes(tmp_path, capsy
 
 def test_a_stale_folder_is_removed_only_when_the_kit_wrote_it(tmp_path):
     from hf_bigsmall.quickstart import drop_stale
-    from hf_bigsmall.utils.files import publishing
+    from hf_bigsmall.utils.files import mark_kit_folder, publishing
 
     with publishing(tmp_path / "teacher-corrected") as partial:
         (partial / "config.json").write_text("{}")
@@ -294,6 +294,21 @@ def test_a_stale_folder_is_removed_only_when_the_kit_wrote_it(tmp_path):
     with pytest.raises(ValueError, match="teacher-corrected already exists and was not written by hf_bigsmall"):
         drop_stale(tmp_path / "teacher-corrected")
     assert (tmp_path / "teacher-corrected" / "notes.txt").read_text() == "mine"
+    # what killed runs left goes with it, once their writers are gone; a running writer's is kept
+    import os
+    import subprocess
+    import sys
+
+    from hf_bigsmall.utils.writers import machine_tag
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    killed = tmp_path / f"student-pruned.{machine_tag()}-{ended}-0123abcd.partial"
+    running = tmp_path / f"student-pruned.{machine_tag()}-{os.getppid()}-0123abcd.partial"
+    for leftover in (killed, running):
+        mark_kit_folder(leftover)
+    drop_stale(tmp_path / "student-pruned")
+    assert not killed.exists() and running.exists()
 
 
 @pytest.mark.parametrize("installed, chosen", [

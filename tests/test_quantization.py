@@ -409,7 +409,6 @@ def test_an_output_folder_around_or_within_the_model_is_refused(saved_classifier
     import shutil
 
     from hf_bigsmall.utils.files import mark_kit_folder
-
     from hf_bigsmall.utils.writers import machine_tag
 
     if where in ("partial", "replaced", "writer-partial"):  # a model the kit saved, at a sibling name of the output

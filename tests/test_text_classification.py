@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from .test_compare import WORDS, _save_tokenizer
 
 
@@ -49,7 +51,6 @@ def _neg_pos_dataset(tmp_path):
 def test_a_trained_teacher_numbering_the_classes_otherwise_gets_the_dataset_renumbered_or_refused(tmp_path):
     """A teacher with a head whose id2label is {0: "pos", 1: "neg"} was used as it was with the dataset's ClassLabel
     ["neg", "pos"]: the student learnt every "neg" text as the teacher's "pos"."""
-    import pytest
     from transformers import AutoConfig
 
     from hf_bigsmall.tasks.text_classification import align_labels, classification_teacher, label_names
@@ -70,7 +71,6 @@ def test_a_trained_teacher_numbering_the_classes_otherwise_gets_the_dataset_renu
 
 
 def test_a_trained_teacher_of_other_classes_is_refused_naming_both(tmp_path):
-    import pytest
     from transformers import AutoConfig
 
     from hf_bigsmall.tasks.text_classification import align_labels, classification_teacher

@@ -109,5 +109,6 @@ def folder_clock(folder: str | os.PathLike, probe_name: str = ".hf_bigsmall-cloc
             return min(local, probe.stat().st_mtime)
         finally:
             probe.unlink(missing_ok=True)
+            release_writer(probe)
     except OSError:  # a folder this process cannot write: its own clock is all there is
         return local

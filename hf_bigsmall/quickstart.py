@@ -54,9 +54,9 @@ from .utils.files import (
     atomic_write_json,
     check_replaceable,
     fresh_partial_dir,
-    partial_path,
     publish_dir,
     publishing,
+    remove_leftovers,
 )
 from .utils.import_utils import is_matplotlib_available
 
@@ -254,12 +254,17 @@ def check_cache_replaceable(folder: Path) -> None:
 
 
 def drop_stale(folder: Path) -> None:
-    """Remove a folder (and its `.partial`) that an earlier run of the same pipeline left and this one does not make."""
-    for path in (folder, partial_path(folder)):
-        if path.exists():
-            check_cache_replaceable(path)
-            shutil.rmtree(path)
-            echo(f"      removed {path}: an earlier run left it, this one does not make it")
+    """Remove a folder that an earlier run of the same pipeline left and this one does not make.
+
+    What interrupted writes of it left (`.partial` folders) goes too, once their writers are gone; another run's
+    live one is kept.
+    """
+    if folder.exists() or folder.is_symlink():
+        check_cache_replaceable(folder)
+        shutil.rmtree(folder)
+        echo(f"      removed {folder}: an earlier run left it, this one does not make it")
+    for path in remove_leftovers(folder):
+        echo(f"      removed {path}: an interrupted earlier run left it")
 
 
 def drop_stale_augmentation(path: Path) -> None:
@@ -295,7 +300,7 @@ def _training_arguments(args: QuickstartArguments, output_dir: Path, max_steps: 
 
 
 def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_steps: int, callbacks: list) -> Path:
-    """Train `student` against `teacher`, writing to `<final_dir>.partial` and renaming when complete."""
+    """Train `student` against `teacher`, writing to `<final_dir>.<writer>.partial` and renaming when complete."""
     from transformers import DataCollatorWithPadding
 
     from . import DistillationConfig, DistillationTrainer, EnergyCallback
@@ -428,7 +433,7 @@ def _quantize_stage(args: QuickstartArguments, teacher_dir: Path, student_dir: P
 
 def run_quickstart(args: QuickstartArguments) -> Path:
     """Run the whole pipeline; returns the output folder (see the module docstring for its layout)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     from . import EnergyCallback, MagnitudePruningCallback, compact, make_student
     from .data.augment import is_augmentation_cache
@@ -439,7 +444,9 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     from .reporting.report import markdown_table, timing_lines
     from .tasks.text_classification import (
         TEACHER_INPUTS_NAME,
+        align_labels,
         classification_teacher,
+        has_classification_head,
         load_classification_dataset,
     )
 
@@ -470,6 +477,8 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     dataset = load_classification_dataset(tokenizer, args.dataset, max_length=args.max_length,
                                           max_train_samples=args.max_train_samples,
                                           max_eval_samples=args.eval_samples, seed=args.seed)
+    if has_classification_head(args.teacher):  # a trained classifier: its ids, not the dataset's, name the classes
+        dataset = align_labels(dataset, AutoConfig.from_pretrained(assets.resolve_model(args.teacher)))
     output_dir.mkdir(parents=True, exist_ok=True)  # only once the dataset is known to be usable
     record_run(output_dir, "text-classification", teacher=args.teacher, dataset=args.dataset)
     inputs_record = teacher_dir / TEACHER_INPUTS_NAME  # what made the teacher: reused only if the inputs match

@@ -38,9 +38,9 @@ from pathlib import Path
 
 from . import assets
 from .distillation.record import DistillationRecord, TeacherCorrectionRecord
-from .quickstart import DEFAULT_OUTPUT_DIRS, check_cache_replaceable, check_output_dir, drop_stale, record_run
+from .quickstart import DEFAULT_OUTPUT_DIRS, check_output_dir, drop_stale, record_run
 from .utils.console import echo
-from .utils.files import KIT_MARKER, atomic_write_json, fresh_partial_dir, partial_path, publish_dir, publishing
+from .utils.files import KIT_MARKER, atomic_write_json, fresh_partial_dir, publish_dir, publishing
 from .utils.import_utils import _is_package_available, require
 from .utils.precision import native_bf16
 
@@ -200,7 +200,7 @@ def _done(start: float, where: Path) -> None:
 
 
 def _save(model, tokenizer, folder: Path, importance=None) -> Path:
-    """Write a model folder through `<folder>.partial`, so an interrupted run never leaves half of one."""
+    """Write a model folder through a `.partial` of its own, so an interrupted run never leaves half of one."""
     with publishing(folder) as partial:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
@@ -345,7 +345,6 @@ def check_served_folder(folder: Path) -> None:
         raise ValueError(f"{folder} already exists and is not a served model hf_bigsmall wrote (a quantized export): "
                          "it is left as it is, with everything in it. Pass another --output_dir, or move or delete "
                          "it yourself.")
-    check_cache_replaceable(partial_path(folder))  # a `.partial` the kit left is removed, another refused
 
 
 def _holds_more_than_the_marker(folder: Path) -> bool:

@@ -1,4 +1,5 @@
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -309,6 +310,58 @@ def test_labels_written_as_class_names_are_read_through_the_models_label2id(tmp_
         as_names = data.map(lambda row: {"name": written(row["label"])}).remove_columns("label").rename_column("name", "label")
         measured = compare_models({"m": model}, as_names, tokenizer=tokenizer, latency_samples=1).models[0].metrics
         assert measured == expected
+
+
+def test_a_class_label_in_another_order_than_id2label_is_renumbered_to_the_models_ids(tmp_path):
+    """A ClassLabel ["neg", "pos"] read by a model whose id2label is {0: "pos", 1: "neg"}: its ids were compared
+    with the predicted ids as they stood, so every label was the other class and the accuracy silently wrong."""
+    from datasets import ClassLabel
+    from transformers import BertForSequenceClassification
+
+    tokenizer = _save_tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    names = {0: "pos", 1: "neg"}
+    model = BertForSequenceClassification(tiny_bert_config(
+        initializer_range=2.0, id2label=names, label2id={name: index for index, name in names.items()})).eval()
+    data = _dataset(16)  # plain ints: the model's own ids
+    expected = compare_models({"m": model}, data, tokenizer=tokenizer, latency_samples=1).models[0].metrics
+    assert expected["accuracy"] != 0.5  # the permuted labels would score 1 - accuracy
+    # the same rows as a ClassLabel of the dataset's own order: model class 0 ("pos") is the dataset's 1
+    in_dataset_order = data.map(lambda row: {"label": 1 - row["label"]}).cast_column(
+        "label", ClassLabel(names=["NEG", " pos"]))  # case and spaces aside, the same names
+    measured = compare_models({"m": model}, in_dataset_order, tokenizer=tokenizer, latency_samples=1).models[0].metrics
+    assert measured == expected
+
+
+@pytest.mark.parametrize("dataset_names", [["bad", "good"], ["neg", "neutral"]])
+def test_a_class_label_naming_other_classes_than_id2label_is_refused_before_anything_is_measured(
+        compared, tmp_path, monkeypatch, dataset_names):
+    import shutil
+
+    from datasets import ClassLabel
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    class Measuring(Exception):
+        pass
+
+    def measuring(*args, **kwargs):
+        raise Measuring
+
+    root, _ = compared
+    shutil.copytree(root / "teacher", tmp_path / "named")
+    config = json.loads((tmp_path / "named" / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "neg", "1": "pos"}, {"neg": 0, "pos": 1}
+    (tmp_path / "named" / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(compare_module, "measure_inference", measuring)
+    data = _dataset().cast_column("label", ClassLabel(names=dataset_names))
+    with pytest.raises(ValueError, match=re.escape(f"{dataset_names} are not the model's id2label names ['neg', 'pos']")):
+        compare_models([tmp_path / "named"], data, output_dir=tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+    # names that are no names (the ids spelled out, a fresh head's LABEL_0 ...) are read as the ids they are
+    for generic in (ClassLabel(num_classes=2), ClassLabel(names=["LABEL_0", "LABEL_1"])):
+        with pytest.raises(Measuring):
+            compare_models([tmp_path / "named"], _dataset().cast_column("label", generic), latency_samples=1)
 
 
 def test_bad_input_is_rejected(compared, tmp_path):

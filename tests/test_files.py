@@ -1,6 +1,7 @@
 """Files and folders appear whole or not at all."""
 
 import json
+import os
 
 import pytest
 
@@ -8,12 +9,14 @@ from hf_bigsmall.utils.files import (
     KIT_MARKER,
     atomic_write,
     atomic_write_json,
+    final_name,
     fresh_partial_dir,
     is_kit_folder,
-    partial_path,
     publish_dir,
     publishing,
+    remove_leftovers,
 )
+from hf_bigsmall.utils.writers import machine_tag, writer_partial
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
@@ -84,11 +87,10 @@ def _contents(folder):
     return {path.relative_to(folder): path.read_text() for path in folder.rglob("*") if path.is_file()}
 
 
-@pytest.mark.parametrize("where", ["final", "partial"])
 @pytest.mark.parametrize("marker", [None, "not json", '{"written_by": "someone else"}'])
-def test_a_folder_the_kit_did_not_write_is_refused_and_left_whole(tmp_path, where, marker):
+def test_a_folder_the_kit_did_not_write_is_refused_and_left_whole(tmp_path, marker):
     final = tmp_path / "student"
-    user = final if where == "final" else partial_path(final)
+    user = final
     (user / "data").mkdir(parents=True)
     (user / "model.gguf").write_text("weights")
     (user / "data" / "notes.txt").write_text("keep me")
@@ -131,3 +133,93 @@ def test_a_folder_that_appears_during_the_write_is_not_replaced(tmp_path):
     with pytest.raises(ValueError, match="was not written by hf_bigsmall"):
         publish_dir(partial, final)
     assert (final / "notes.txt").read_text() == "written meanwhile" and (partial / "config.json").is_file()
+
+
+def _user_files(folder):
+    folder.mkdir(parents=True)
+    (folder / "model.gguf").write_text("weights")
+    return _contents(folder)
+
+
+@pytest.mark.parametrize("name", ["student.partial", f"student.{machine_tag()}-1-0123abcd.partial"])
+def test_a_folder_of_the_users_at_a_partial_name_is_left_whole_and_written_around(tmp_path, name):
+    """The kit writes through a `.partial` of its own: a folder of the user's at such a name, even one that looks
+    like an old leftover, is never emptied or removed."""
+    final, user = tmp_path / "student", tmp_path / name
+    before = _user_files(user)
+    for path in (user, *user.rglob("*")):
+        os.utime(path, (0, 0))  # untouched for decades
+    with publishing(final) as partial:
+        assert partial != user
+        (partial / "config.json").write_text("{}")
+    assert _contents(user) == before and (final / "config.json").is_file()
+
+
+def _finished_process_id():
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def test_two_writers_of_one_folder_never_delete_each_others_partial(tmp_path):
+    final = tmp_path / "student"
+    first = fresh_partial_dir(final)
+    (first / "model.safetensors").write_text("first, half written")
+    second = fresh_partial_dir(final)  # a second run into the same folder starts meanwhile
+    assert first != second and final_name(first.name) == final_name(second.name) == "student"
+    (second / "model.safetensors").write_text("second")
+    publish_dir(second, final)
+    assert (first / "model.safetensors").read_text() == "first, half written"  # still being written
+    (first / "model.safetensors").write_text("first")
+    publish_dir(first, final)
+    assert (final / "model.safetensors").read_text() == "first"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["student"]
+
+
+def test_a_live_writers_partial_is_kept_and_a_gone_writers_is_removed(tmp_path):
+    machine = machine_tag()
+    running = os.getppid()  # a process that runs (pytest's parent)
+    names = {
+        "gone": f"student.{machine}-{_finished_process_id()}-0123abcd.partial",  # its writer ended
+        "running": f"student.{machine}-{running}-0123abcd.partial",  # its writer still runs
+        "elsewhere": "student.ffffffff-1-0123abcd.partial",  # another machine's, changed just now
+        "elsewhere-old": "student.ffffffff-2-0123abcd.partial",  # another machine's, untouched for hours
+        "replaced": f".student.{machine}-{_finished_process_id()}-0123abcd.replaced",  # an interrupted swap's
+        "old-version": ".student.replaced",  # an older version's name, untouched for hours
+        "other-target": f"teacher.{machine}-{_finished_process_id()}-0123abcd.partial",  # another folder's
+    }
+    for key, name in names.items():
+        with publishing(tmp_path / name.strip(".").split(".")[0]) as partial:  # a kit folder, renamed below
+            (partial / "model.safetensors").write_text(key)
+        (tmp_path / name.strip(".").split(".")[0]).rename(tmp_path / name)
+        if key in ("elsewhere-old", "old-version"):
+            for path in (tmp_path / name, *(tmp_path / name).rglob("*")):
+                os.utime(path, (0, 0))
+    with publishing(tmp_path / "student") as partial:
+        (partial / "model.safetensors").write_text("new")
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == sorted(["student", names["running"], names["elsewhere"], names["other-target"]])
+    assert (tmp_path / names["running"] / "model.safetensors").read_text() == "running"
+
+
+def test_an_atomic_write_removes_only_the_partial_files_of_gone_writers(tmp_path):
+    path = tmp_path / "report.json"
+    gone = tmp_path / f"report.json.{machine_tag()}-{_finished_process_id()}-0123abcd.partial"
+    running = tmp_path / f"report.json.{machine_tag()}-{os.getppid()}-0123abcd.partial"
+    for leftover in (gone, running):
+        leftover.write_text("half")
+    atomic_write_json(path, {"version": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["report.json", running.name])
+    assert remove_leftovers(path) == []
+
+
+def test_temporary_names_are_ignored_by_the_hub_upload(tmp_path):
+    from huggingface_hub.utils import filter_repo_objects
+
+    from hf_bigsmall.hub.push import IGNORE_PATTERNS
+
+    names = [writer_partial(tmp_path / "README.md").name, writer_partial(tmp_path / "student").name + "/config.json",
+             f".student.{machine_tag()}-1-0123abcd.replaced/config.json", "config.json"]
+    assert list(filter_repo_objects(names, ignore_patterns=IGNORE_PATTERNS)) == ["config.json"]

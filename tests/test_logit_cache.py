@@ -10,6 +10,7 @@ from transformers import BertForSequenceClassification, GPT2LMHeadModel, Trainer
 
 from hf_bigsmall import DistillationTrainer, cache_teacher_logits, cached_kd_loss, kd_loss, load_teacher_logits
 from hf_bigsmall.distillation.cache import MANIFEST_NAME, read_manifest, topk_targets
+from hf_bigsmall.utils.writers import machine_tag
 from tests.test_distillation import build, causal_dataset, classification_dataset, config
 from tests.testing_utils import TINY_VOCAB, GradientRecorder, tiny_bert_config, tiny_gpt2_config
 
@@ -847,12 +848,10 @@ def test_a_partial_is_removed_by_a_later_run_only_once_its_writer_is_gone(tmp_pa
     import subprocess
     import sys
 
-    from hf_bigsmall.distillation import cache as cache_module
-
     teacher, _, dataset = build("gpt2")
     folder = tmp_path / "cache"
     folder.mkdir()
-    machine = cache_module._machine_tag()
+    machine = machine_tag()
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     gone, running = int(finished.stdout), os.getppid()  # a process that ended, and one that runs (pytest's parent)
     names = {
@@ -932,13 +931,11 @@ def test_a_partial_of_a_container_sharing_the_host_name_is_kept_while_it_may_be_
 
 
 def test_a_partial_whose_process_id_was_taken_since_goes_once_unchanged_for_hours(tmp_path):
-    from hf_bigsmall.distillation import cache as cache_module
-
     teacher, _, dataset = build("gpt2")
     folder = tmp_path / "cache"
     folder.mkdir()
     # this machine's writer ended a day ago and a process that runs now (pytest's parent) got its id since
-    taken = folder / f"shard-00000.{cache_module._machine_tag()}-{os.getppid()}-0123abcd.partial"
+    taken = folder / f"shard-00000.{machine_tag()}-{os.getppid()}-0123abcd.partial"
     taken.mkdir()
     (taken / "data-00000-of-00001.arrow").write_bytes(b"half")
     for path in (taken / "data-00000-of-00001.arrow", taken):
@@ -967,7 +964,7 @@ def test_another_machines_fresh_partial_is_kept_when_this_clock_runs_hours_ahead
     import time
     import types
 
-    from hf_bigsmall.distillation import cache as cache_module
+    from hf_bigsmall.utils import writers
 
     teacher, _, dataset = build("gpt2")
     folder = tmp_path / "cache"
@@ -977,7 +974,7 @@ def test_another_machines_fresh_partial_is_kept_when_this_clock_runs_hours_ahead
     (live / "data-00000-of-00001.arrow").write_bytes(b"being written")
     # this machine's clock 8 hours ahead of the one that stamps the folder's files (a network file system's)
     ahead = types.SimpleNamespace(time=lambda: time.time() + 8 * 3600)
-    monkeypatch.setattr(cache_module, "time", ahead)
+    monkeypatch.setattr(writers, "time", ahead)
     cache_teacher_logits(teacher, dataset, folder, top_k=8, shard_size=4)
     assert (live / "data-00000-of-00001.arrow").read_bytes() == b"being written"
     assert sorted(path.name for path in folder.iterdir()) == sorted(

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_int8_onnx_reproduces_the_model_and_reloads_with_a_plain_session(tmp_pat
     output = quantize(tmp_path / "fp32", tmp_path / "int8")
 
     assert output == tmp_path / "int8" and is_onnx_folder(output)
-    assert not (tmp_path / "int8.partial").exists()
+    assert not list(tmp_path.glob("int8*.partial"))
     record = json.loads((output / "config.json").read_text())["quantization"]
     assert (record["method"], record["backend"], record["device"], record["format"]) == ("int8", "onnxruntime", "cpu",
                                                                                         "onnx")
@@ -179,7 +180,7 @@ def saved_classifier(tmp_path):
 
 
 def _nothing_written(output):
-    return not output.exists() and not output.with_name(output.name + ".partial").exists()
+    return not output.exists() and not list(output.parent.glob(output.name + "*.partial"))
 
 
 def test_missing_backend_names_the_extra(saved_classifier, monkeypatch):
@@ -296,7 +297,7 @@ def test_a_folder_the_kit_did_not_write_is_never_replaced(saved_classifier, tmp_
     with pytest.raises(ValueError, match=f"{folder}.*not a quantized model folder written by hf_bigsmall"):
         quantize(saved_classifier, folder)
     assert {path: path.read_text() for path in folder.rglob("*") if path.is_file()} == before
-    assert not folder.with_name(folder.name + ".partial").exists()
+    assert not list(folder.parent.glob(folder.name + "*.partial"))
 
 
 @requires_onnxruntime
@@ -315,13 +316,15 @@ def test_only_a_folder_quantize_wrote_is_replaced(saved_classifier, tmp_path):
     with pytest.raises(ValueError, match="not a quantized model folder written by hf_bigsmall"):
         quantize(saved_classifier, student)
     assert (student / "model.safetensors").is_file()
-    # a leftover `.partial` that is not the kit's is the user's too
+    # a folder at a `.partial` name that is not the kit's is the user's too: the export writes through a `.partial`
+    # of its own and leaves it whole
     leftover = tmp_path / "fresh.partial"
     before = _user_folder(leftover)
-    with pytest.raises(ValueError, match=f"{leftover} already exists and was not written by hf_bigsmall"):
-        quantize(saved_classifier, tmp_path / "fresh")
+    for path in (leftover, *leftover.rglob("*")):
+        os.utime(path, (0, 0))  # old enough to be removed, were it the kit's
+    quantize(saved_classifier, tmp_path / "fresh")
     assert {path: path.read_text() for path in leftover.rglob("*") if path.is_file()} == before
-    assert not (tmp_path / "fresh").exists()
+    assert (tmp_path / "fresh" / "model.onnx").is_file()
 
 
 def test_plan_picks_the_backend_per_device():
@@ -399,16 +402,18 @@ def test_cli_quantize_writes_the_folder_and_says_how_to_load_it(saved_classifier
     assert "already quantized" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("where", ["around", "within", "partial", "replaced"])
+@pytest.mark.parametrize("where", ["around", "within", "partial", "replaced", "writer-partial"])
 def test_an_output_folder_around_or_within_the_model_is_refused(saved_classifier, tmp_path, where):
     """Replacing an earlier export removes it whole: a model inside it would go with it; so would a model at the
-    names the export is written through (`<output>.partial`, emptied first) or moved aside to (removed)."""
+    names the export removes as an interrupted export's leftovers (`<output>.partial`, `.<output>.replaced`)."""
     import shutil
 
     from hf_bigsmall.utils.files import mark_kit_folder
+    from hf_bigsmall.utils.writers import machine_tag
 
-    if where in ("partial", "replaced"):  # a model the kit saved, at the sibling name of the output folder
-        model = tmp_path / ("int8.partial" if where == "partial" else ".int8.replaced")
+    if where in ("partial", "replaced", "writer-partial"):  # a model the kit saved, at a sibling name of the output
+        model = tmp_path / {"partial": "int8.partial", "replaced": ".int8.replaced",
+                            "writer-partial": f"int8.{machine_tag()}-1-0123abcd.partial"}[where]
         shutil.copytree(saved_classifier, model)
         mark_kit_folder(model)
         output = tmp_path / "int8"
@@ -423,7 +428,7 @@ def test_an_output_folder_around_or_within_the_model_is_refused(saved_classifier
         model, output = saved_classifier, saved_classifier / "int8"
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     with pytest.raises(ValueError, match="inside one another" if where in ("around", "within") else
-                       "which an export to .* empties and removes"):
+                       "a name an export to .* writes through and removes as a leftover"):
         quantize(model, output)
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 

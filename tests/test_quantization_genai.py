@@ -411,3 +411,52 @@ def test_smollm2_int4_loads_with_its_tied_embedding_and_keeps_its_measured_perpl
     int4 = perplexity(lambda ids: torch.from_numpy(runner.prompt_logits(ids)))
     # between the kit's x1.274 and the x1.406 of the same settings with an int4 output layer
     assert int4 / fp32 < 1.33, (fp32, int4)
+
+
+def test_an_export_removes_the_builds_killed_exports_left_and_keeps_a_running_ones(tmp_path, monkeypatch):
+    """A killed export leaves its hidden build (hundreds of MB): the next export of the same folder removes it
+    once its writer is gone, before building, and never a running export's nor anything not named by the kit."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import onnxruntime_genai.models.builder as builder
+
+    from hf_bigsmall.utils.files import leftover_match
+    from hf_bigsmall.utils.writers import machine_tag
+
+    source = _save(_tiny_llama(), tmp_path / "fp32")
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    machine = machine_tag()
+    leftovers = {
+        "killed": f".out.{machine}-{ended}-0123abcd.genai",
+        "killed-swap": f".out.{machine}-{ended}-0123abcd.replaced",
+        "older-version": ".out.genai-k2j4h5g6",  # mkdtemp's name, untouched for hours
+        "older-version-swap": f".out.replaced-{ended}",
+        "running": f".out.{machine}-{os.getppid()}-0123abcd.genai",  # its writer (pytest's parent) runs
+        "other-target": f".other.{machine}-{ended}-0123abcd.genai",
+        "not-the-kits": ".out.genai-backup",
+    }
+    for key, name in leftovers.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.onnx").write_text(key)
+        if key.startswith("older-version"):
+            for path in (tmp_path / name, tmp_path / name / "model.onnx"):
+                os.utime(path, (0, 0))
+    seen = []
+
+    def stop(model_name, input_path, output_dir, *args, **kwargs):  # the builder is reached: what is there now
+        build = Path(output_dir)
+        match = leftover_match(tmp_path / "out", build.name)
+        assert match and int(match["pid"]) == os.getpid() and build.parent == tmp_path
+        seen.append(sorted(path.name for path in tmp_path.iterdir() if path != build))
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(builder, "create_model", stop)
+    with pytest.raises(ValueError, match="stopped"):
+        export_genai(source, tmp_path / "out", "int8")
+    kept = sorted(["fp32", *(leftovers[key] for key in ("running", "other-target", "not-the-kits"))])
+    assert seen == [kept] and sorted(path.name for path in tmp_path.iterdir()) == kept
+    assert (tmp_path / leftovers["running"] / "model.onnx").read_text() == "running"

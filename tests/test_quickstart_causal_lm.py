@@ -89,7 +89,7 @@ def _check_folder(out, teacher_layers: int, student_layers: int, models=MODELS, 
     assert student.config.distillation["layer_selection"] == "block influence (ShortGPT)"
     assert Importance.load(out / "student").layers == student.config.distillation["teacher_layers"]
     assert (out / "student" / "energy.json").is_file()
-    assert not list(out.glob("*.partial")) and not list(out.glob(".*genai-*"))
+    assert not list(out.glob("*.partial")) and not list(out.glob(".*genai*"))
     if served:
         _check_served(out, rows, report_md, backend)
     return rows
@@ -170,9 +170,17 @@ def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
         == "healing"
 
     # a rerun without the correction (and without healing) leaves no corrected teacher of the older run behind
-    (out / "teacher-corrected.partial").mkdir()  # as if an earlier run had been killed mid-correction
+    import subprocess
+    import sys
+
+    from hf_bigsmall.utils.writers import machine_tag
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    killed = out / f"teacher-corrected.{machine_tag()}-{ended}-0123abcd.partial"  # an earlier run killed mid-correction
+    killed.mkdir()
     assert _tiny(out, "--heal_steps", "0", "--no_quantize") == 0
-    assert not (out / "teacher-corrected").exists() and not (out / "teacher-corrected.partial").exists()
+    assert not (out / "teacher-corrected").exists() and not list(out.glob("teacher-corrected*.partial"))
     report = json.loads((out / "report.json").read_text())
     assert [m["name"] for m in report["models"]] == list(MODELS)
     runs = _runs(out / "student")
@@ -275,7 +283,7 @@ def test_causal_lm_quickstart_names_the_correction_data_it_takes(tmp_path, capsy
 
 def test_a_stale_folder_is_removed_only_when_the_kit_wrote_it(tmp_path):
     from hf_bigsmall.quickstart import drop_stale
-    from hf_bigsmall.utils.files import publishing
+    from hf_bigsmall.utils.files import mark_kit_folder, publishing
 
     with publishing(tmp_path / "teacher-corrected") as partial:
         (partial / "config.json").write_text("{}")
@@ -286,6 +294,21 @@ def test_a_stale_folder_is_removed_only_when_the_kit_wrote_it(tmp_path):
     with pytest.raises(ValueError, match="teacher-corrected already exists and was not written by hf_bigsmall"):
         drop_stale(tmp_path / "teacher-corrected")
     assert (tmp_path / "teacher-corrected" / "notes.txt").read_text() == "mine"
+    # what killed runs left goes with it, once their writers are gone; a running writer's is kept
+    import os
+    import subprocess
+    import sys
+
+    from hf_bigsmall.utils.writers import machine_tag
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    killed = tmp_path / f"student-pruned.{machine_tag()}-{ended}-0123abcd.partial"
+    running = tmp_path / f"student-pruned.{machine_tag()}-{os.getppid()}-0123abcd.partial"
+    for leftover in (killed, running):
+        mark_kit_folder(leftover)
+    drop_stale(tmp_path / "student-pruned")
+    assert not killed.exists() and running.exists()
 
 
 @pytest.mark.parametrize("installed, chosen", [

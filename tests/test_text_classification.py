@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from .test_compare import WORDS, _save_tokenizer
 
 
@@ -23,3 +25,64 @@ def test_an_eval_split_missing_a_class_keeps_the_training_numbering(tmp_path):
     assert dataset["eval"].features["labels"].names == ["neg", "neu", "pos"]
     assert dataset["eval"]["labels"] == [1, 2, 1, 2, 1, 2]
     assert dataset["train"]["labels"][:3] == [0, 1, 2]
+
+
+def _classifier(folder, id2label):
+    from transformers import BertForSequenceClassification
+
+    from .testing_utils import tiny_bert_config
+
+    BertForSequenceClassification(tiny_bert_config(
+        id2label=id2label, label2id={name: index for index, name in id2label.items()})).save_pretrained(folder)
+    _save_tokenizer(folder)
+    return folder
+
+
+def _neg_pos_dataset(tmp_path):
+    from hf_bigsmall.tasks.text_classification import load_classification_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_split(data / "train.json", ["neg", "pos", "pos"], 12)
+    _write_split(data / "test.json", ["pos", "neg"], 6)
+    return load_classification_dataset(_save_tokenizer(tmp_path / "tok"), str(data), max_length=8)
+
+
+def test_a_trained_teacher_numbering_the_classes_otherwise_gets_the_dataset_renumbered_or_refused(tmp_path):
+    """A teacher with a head whose id2label is {0: "pos", 1: "neg"} was used as it was with the dataset's ClassLabel
+    ["neg", "pos"]: the student learnt every "neg" text as the teacher's "pos"."""
+    from transformers import AutoConfig
+
+    from hf_bigsmall.tasks.text_classification import align_labels, classification_teacher, label_names
+
+    dataset = _neg_pos_dataset(tmp_path)
+    teacher = _classifier(tmp_path / "teacher", {0: "pos", 1: "neg"})
+    as_text = {split: [label_names(dataset)[label] for label in dataset[split]["labels"]] for split in dataset}
+    with pytest.raises(ValueError, match="another order.*align_labels"):
+        classification_teacher(str(teacher), dataset, None, tmp_path / "out")
+
+    aligned = align_labels(dataset, AutoConfig.from_pretrained(teacher))
+    assert label_names(aligned) == ["pos", "neg"] and aligned["eval"].features["labels"].names == ["pos", "neg"]
+    for split in dataset:  # every row keeps its class, under the teacher's id
+        assert [label_names(aligned)[label] for label in aligned[split]["labels"]] == as_text[split]
+    assert aligned["train"]["labels"][:3] == [1, 0, 0]
+    assert classification_teacher(str(teacher), aligned, None, tmp_path / "out") == str(teacher)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_trained_teacher_of_other_classes_is_refused_naming_both(tmp_path):
+    from transformers import AutoConfig
+
+    from hf_bigsmall.tasks.text_classification import align_labels, classification_teacher
+
+    dataset = _neg_pos_dataset(tmp_path)
+    teacher = _classifier(tmp_path / "teacher", {0: "bad", 1: "good"})
+    message = r"\['neg', 'pos'\] are not the model's id2label names \['bad', 'good'\]"
+    with pytest.raises(ValueError, match=message):
+        classification_teacher(str(teacher), dataset, None, tmp_path / "out")
+    with pytest.raises(ValueError, match=message):
+        align_labels(dataset, AutoConfig.from_pretrained(teacher))
+    # a fresh head's placeholders (LABEL_0, LABEL_1) are no names: nothing to renumber
+    fresh = _classifier(tmp_path / "fresh", {0: "LABEL_0", 1: "LABEL_1"})
+    assert align_labels(dataset, AutoConfig.from_pretrained(fresh)) is dataset
+    assert classification_teacher(str(fresh), dataset, None, tmp_path / "out") == str(fresh)

@@ -40,7 +40,7 @@ manifest the other finished: one of another teacher, rows or storage is refused,
 is kept. A `.partial` left by an interrupted run is removed by a later run only once its writer is
 gone: a process of this machine that no longer runs, or (another machine's, a container's with its own
 process ids, a name without a writer, or one whose process id a later process took) after
-`STALE_PARTIAL_SECONDS` without a change.
+`hf_bigsmall.utils.writers.STALE_PARTIAL_SECONDS` without a change.
 """
 
 from __future__ import annotations
@@ -50,10 +50,7 @@ import json
 import math
 import os
 import re
-import secrets
 import shutil
-import socket
-import time
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +64,7 @@ from ..losses import (  # target_mask: one rule for the cache, losses and traine
 )
 from ..utils.distributed import needs_cpu_process_group
 from ..utils.files import KIT_MARKER
+from ..utils.writers import WRITER_TAG_PATTERN, folder_clock, writer_is_gone, writer_partial
 from .teacher import head_kind
 
 if TYPE_CHECKING:
@@ -99,10 +97,7 @@ _MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "labels")
 # what a cache folder holds: shards (finished or not), the manifest, and the labelling pass's energy record
 _CACHE_ENTRY = re.compile(r"(shard-\d{5,}|manifest\.json|energy\.json)((\.[0-9a-f]{8}-\d+-[0-9a-f]{8})?\.partial)?")
 # a writer's half-written entry: `<name>.<machine>-<pid>-<random>.partial` (or `<name>.partial` of older versions)
-_PARTIAL_ENTRY = re.compile(r"(?P<name>shard-\d{5,}|manifest\.json)(\.(?P<machine>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8})?\.partial")
-# a `.partial` whose writer cannot be checked (another machine's, or one without a writer in its name) is
-# stale only after this long without a change: writing one shard takes seconds to minutes
-STALE_PARTIAL_SECONDS = 6 * 3600
+_PARTIAL_ENTRY = re.compile(rf"(?P<name>shard-\d{{5,}}|manifest\.json)(\.{WRITER_TAG_PATTERN})?\.partial")
 
 
 def is_teacher_logit_cache(folder: str | os.PathLike) -> bool:
@@ -354,7 +349,7 @@ def cache_teacher_logits(
         targets = sum(shard["num_targets"] for shard in shards)
         record.update(shards=shards, num_target_tokens=targets, bytes=total_bytes,
                       bytes_per_target=total_bytes / max(targets, 1))
-        partial = _writer_partial(manifest_path)
+        partial = writer_partial(manifest_path)
         try:
             partial.write_text(json.dumps(record, indent=2))
             # last: only now does the cache look complete. This run started from a folder without a manifest:
@@ -574,7 +569,7 @@ def _write_shard(table, shard_dir: Path, index: int, start: int, stop: int, num_
                  process_index: int = 0) -> None:
     from datasets import Dataset
 
-    partial = _writer_partial(shard_dir)  # this writer's own: no other run deletes or renames it
+    partial = writer_partial(shard_dir)  # this writer's own: no other run deletes or renames it
     try:
         Dataset(table).save_to_disk(str(partial))
         files = sorted(path.name for path in partial.iterdir() if path.suffix == ".arrow")
@@ -630,76 +625,14 @@ def _publish_file_once(partial: Path, target: Path) -> bool:
         return True
 
 
-def _machine_tag() -> str:
-    """Eight hex digits naming where this process's id means something, for `.partial` names.
-
-    The host name alone is not enough: containers started with the host's network share its name but number
-    their processes apart (a writer that is process 42 in one is no process, or another one, in the next),
-    and two machines may share one name and one folder. On Linux the boot and the process-id namespace are
-    named too, so a writer whose process id cannot be checked from here falls under the time rule instead.
-    """
-    identity = [socket.gethostname()]
-    for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
-                 lambda: os.readlink("/proc/self/ns/pid")):
-        try:
-            identity.append(read())
-        except OSError:  # not Linux, or /proc not mounted: the host name is all there is
-            pass
-    return f"{zlib.crc32(chr(0).join(identity).encode()) & 0xFFFFFFFF:08x}"
-
-
-def _writer_partial(path: Path) -> Path:
-    """The `.partial` sibling of `path` that this writer alone uses: machine, process id and a random suffix."""
-    return path.with_name(f"{path.name}.{_machine_tag()}-{os.getpid()}-{secrets.token_hex(4)}.partial")
-
-
-def _writer_is_gone(entry: Path, machine: str | None, pid: str | None, now: float) -> bool:
-    """Whether the writer of the `.partial` `entry` has stopped: only then may a later run remove it."""
-    if machine == _machine_tag() and pid is not None and os.name == "posix":
-        try:
-            os.kill(int(pid), 0)  # signal 0: checks the process exists, sends nothing
-        except ProcessLookupError:
-            return True
-        except OSError:  # exists, owned by another user
-            pass
-        # a process of that id runs: the writer, or (process ids are reused) another one since, so the
-        # `.partial` goes once it has not changed for as long as an unchecked writer's would
-    # another machine's writer, or a name without one: stale once nothing in it changed for long
-    try:
-        changed = max([entry.lstat().st_mtime] + [path.lstat().st_mtime for path in entry.rglob("*")])
-    except OSError:
-        return False
-    return now - changed > STALE_PARTIAL_SECONDS
-
-
-def _folder_clock(output_dir: Path) -> float:
-    """Now, by the clock that stamps the files in `output_dir`, or by this machine's where that reads earlier.
-
-    On a network file system the server stamps the files: a machine whose clock runs hours ahead of the server's
-    (a clock set to local time, no time sync) would see another machine's `.partial`, written a minute ago, as
-    hours old. A file written here now reads the folder's time; the earlier of the two never makes a file look
-    older than it is.
-    """
-    local = time.time()
-    probe = _writer_partial(output_dir / MANIFEST_NAME)  # a name of this writer's own, gone at once
-    try:
-        probe.write_bytes(b"")
-        try:
-            return min(local, probe.stat().st_mtime)
-        finally:
-            probe.unlink(missing_ok=True)
-    except OSError:  # a folder this process cannot write: its own clock is all there is
-        return local
-
-
 def _remove_stale_partials(output_dir: Path, names: list[str]) -> None:
     """Remove the `.partial` entries of `names` in `output_dir` whose writers are gone; log the others."""
     wanted = set(names)
     found = [(entry, match) for entry in sorted(output_dir.iterdir())
              if (match := _PARTIAL_ENTRY.fullmatch(entry.name)) and match["name"] in wanted and not entry.is_symlink()]
-    now = _folder_clock(output_dir) if found else 0.0
+    now = folder_clock(output_dir, MANIFEST_NAME) if found else 0.0
     for entry, match in found:
-        if not _writer_is_gone(entry, match["machine"], match["pid"], now):
+        if not writer_is_gone(entry, match["machine"], match["pid"], now):
             logger.info(f"left {entry}: its writer may still be running (another caching run into this folder?)")
             continue
         if entry.is_dir():

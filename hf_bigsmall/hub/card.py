@@ -24,7 +24,7 @@ from ..quantization.backends import get_quantization_backend, quantization_backe
 from ..quantization.record import QuantizationRecord
 from ..reporting.report import REPORT_JSON, markdown_table, perplexity_lines, speed_caveat, timing_lines
 from ..utils.card_text import describe_model, hub_id, public_name
-from ..utils.files import PARTIAL_SUFFIX
+from ..utils.files import final_name
 from ..utils.heads import task_head
 
 if TYPE_CHECKING:
@@ -278,7 +278,7 @@ def build_model_card(
     head = task_head(architecture)
     pipeline_tag = head.pipeline_tag if head is not None else None
     # a card built in the `.partial` folder names the folder it becomes
-    model_name = (repo_id or model_dir.name.removesuffix(PARTIAL_SUFFIX)).split("/")[-1]
+    model_name = (repo_id or final_name(model_dir.name)).split("/")[-1]
 
     eval_results = _eval_results(row, report, pipeline_tag, dataset)
     card_data = ModelCardData(

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..utils.files import KIT_MARKER, REPLACED_SUFFIX, check_replaceable, is_kit_folder, partial_path
+from ..utils.files import KIT_MARKER, check_replaceable, is_kit_folder, leftover_match
 
 # key of the record that `quantize` adds to config.json (beside `distillation`, `sparsity`)
 QUANTIZATION_KEY = "quantization"
@@ -83,13 +83,13 @@ def check_quantized_output(model_dir: str | Path, output_dir: str | Path) -> Non
     if source.is_relative_to(target) or target.is_relative_to(source):
         raise ValueError(f"output_dir {output_dir} and the model's folder {model_dir} are inside one another: write "
                          "the quantized model into a folder beside the model, not around or within it.")
-    # the export is written through `<output_dir>.partial` (emptied first) and an earlier one moved aside to
-    # `.<output_dir>.replaced` (removed): a model at either name would be deleted
-    for sibling in (partial_path(target), target.with_name(f".{target.name}{REPLACED_SUFFIX}")):
-        if source.is_relative_to(sibling):
-            raise ValueError(f"the model's folder {model_dir} is {sibling.name}, which an export to {output_dir} "
-                             "empties and removes as it writes: move or rename the model's folder first, or pass "
-                             "another output_dir.")
+    # an export removes what interrupted exports to `output_dir` left beside it (`<output_dir>[.<writer>].partial`,
+    # `.<output_dir>[.<writer>].replaced`, ...): a model at such a name could be deleted
+    sibling = next((parent for parent in (source, *source.parents) if parent.parent == target.parent), None)
+    if sibling is not None and leftover_match(target, sibling.name):
+        raise ValueError(f"the model's folder {model_dir} is {sibling.name}, a name an export to {output_dir} "
+                         "writes through and removes as a leftover: move or rename the model's folder first, or "
+                         "pass another output_dir.")
     # the kit's marker and the kit's quantization record: a GGUF file or another tool's model.onnx says
     # nothing about who owns the rest of the folder, and the marker alone is on every model the kit saves
     # (a folder holding the kit's marker alone, as an interrupted write leaves it, has nothing to lose)

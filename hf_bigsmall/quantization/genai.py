@@ -24,9 +24,10 @@ from typing import Any
 from transformers.utils import logging
 
 from ..pruning.parameters import count_parameters
-from ..utils.files import KIT_MARKER, is_kit_folder, mark_kit_folder
+from ..utils.files import KIT_MARKER, is_kit_folder, mark_kit_folder, remove_leftovers
 from ..utils.heads import TEXT_GENERATION as CAUSAL_LM
 from ..utils.import_utils import require
+from ..utils.writers import release_writer, writer_tag
 from .config import QUANTIZATION_KEY, check_full_precision_source, has_kit_record
 from .engine_timing import padded_logits, time_engine_generation
 from .record import QuantizationRecord
@@ -302,8 +303,9 @@ def export_genai(
         extra_options.update(_int4_options(config, block_size))
     extra_options.update(builder_options or {})
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    # a fresh hidden sibling: never a name a user's folder could have, on the same disk for the rename
-    build_dir = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.genai-", dir=output_dir.parent))
+    # builds of earlier exports to this folder that were killed (hundreds of MB each), once their writers are gone
+    remove_leftovers(output_dir)
+    build_dir = genai_build_dir(output_dir)
     try:
         _run_builder(model_dir, build_dir, scheme, extra_options)
         config.save_pretrained(build_dir)  # the runner reads the vocabulary from it; the record follows below
@@ -332,9 +334,23 @@ def export_genai(
     except BaseException:  # a failed build, check or save leaves nothing half-written behind
         shutil.rmtree(build_dir, ignore_errors=True)
         raise
+    finally:
+        release_writer(build_dir)  # what a Ctrl-C in the removal above left goes at the next export
     logger.info(f"Exported {model_dir} for ONNX Runtime GenAI ({scheme}, max logit difference from transformers "
                 f"{difference:.2g}) -> {output_dir}; load with onnxruntime_genai.Model('{output_dir}')")
     return output_dir
+
+
+def genai_build_dir(output_dir: Path) -> Path:
+    """A new, empty folder of this writer's own that the builder writes `output_dir`'s export into.
+
+    Hidden (never uploaded), beside `output_dir` (on the same disk, for the rename), and named
+    `.<name>.<writer>.genai`: a later export of the same folder tells from the name whose it is, and removes it
+    once that writer is gone (`hf_bigsmall.utils.files.remove_leftovers`), never while it builds.
+    """
+    build_dir = output_dir.with_name(f".{output_dir.name}.{writer_tag()}.genai")
+    build_dir.mkdir()
+    return build_dir
 
 
 def _publish(build_dir: Path, output_dir: Path) -> None:
@@ -347,12 +363,9 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
                                     and not is_kit_export(output_dir))):
         raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall as a quantized "
                          "export: it is left as it is. Choose another output_dir or remove it yourself.")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(build_dir, 0o777 & ~umask)  # mkdtemp made it private; the folder gets the usual permissions
     old = None
     if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.replaced-{os.getpid()}")
+        old = output_dir.with_name(f".{output_dir.name}.{writer_tag()}.replaced")  # this writer's own, as above
         output_dir.rename(old)
     try:
         build_dir.rename(output_dir)
@@ -361,7 +374,10 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
             old.rename(output_dir)
         raise
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        try:
+            shutil.rmtree(old, ignore_errors=True)
+        finally:
+            release_writer(old)
 
 
 class GenAIModelRunner:

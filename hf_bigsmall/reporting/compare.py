@@ -19,6 +19,7 @@ from ..metrics import load_metric
 from ..pruning.parameters import count_parameters
 from ..quantization.backends import backend_of_folder, load_runner
 from ..quantization.config import quantization_of
+from ..utils.class_labels import dataset_to_model_ids, model_class_names
 from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
 from ..utils.import_utils import is_matplotlib_available
@@ -758,8 +759,7 @@ def _evaluation_data(eval_dataset: Dataset | str | None, task: str, *, split: st
 
 def _class_names(config) -> dict[int, str] | None:
     """A classifier's `id2label`, or None when it holds only transformers' placeholder names (`LABEL_0`, ...)."""
-    names = {int(index): str(name) for index, name in (getattr(config, "id2label", None) or {}).items()}
-    return None if all(name == f"LABEL_{index}" for index, name in names.items()) else names
+    return model_class_names(config)
 
 
 def _folded(names: dict[int, str]) -> dict[int, str]:
@@ -792,9 +792,21 @@ def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]
 def _labels_as_class_ids(dataset: Dataset, label_column: str, config) -> Dataset:
     """The labels as the models' class ids. A label column that is no `ClassLabel` holds the class names (strings,
     or numbers such as 1 and 2) that training numbered with the models' `label2id`: read through it when it names
-    every label, so a 2 is class 1, never compared with the predicted ids as it stands."""
-    from datasets import ClassLabel
+    every label, so a 2 is class 1, never compared with the predicted ids as it stands. A `ClassLabel` whose names
+    are the models' classes in another order is renumbered to the models' ids; one with other names is refused."""
+    from datasets import ClassLabel, Value
 
+    feature = dataset.features[label_column]
+    if isinstance(feature, ClassLabel):
+        id2label = _class_names(config)
+        mapping = dataset_to_model_ids(feature.names, id2label, what=f"the evaluation column {label_column!r}")
+        if mapping is not None:
+            features = dataset.features.copy()
+            features[label_column] = (ClassLabel(names=[id2label[index] for index in range(len(id2label))])
+                                      if sorted(id2label) == list(range(len(id2label))) else Value("int64"))
+            # ids outside the names (-1 for unlabelled rows) are kept as they are, and refused below
+            dataset = dataset.map(lambda rows: {label_column: [mapping.get(value, value) for value in rows[label_column]]},
+                                  batched=True, features=features)
     label2id = {str(name): int(index) for name, index in (getattr(config, "label2id", None) or {}).items()}
     if not isinstance(dataset.features[label_column], ClassLabel) and label2id and (
             {str(value) for value in dataset.unique(label_column)} <= label2id.keys()):

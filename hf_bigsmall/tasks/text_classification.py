@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,9 +18,11 @@ import numpy as np
 from transformers.utils import logging
 
 from .. import assets
+from ..utils.class_labels import dataset_to_model_ids, model_class_names
 from ..utils.distributed import needs_cpu_process_group
 from ..utils.files import atomic_write_json, atomic_write_text, fresh_partial_dir, publish_dir
 from ..utils.heads import evaluation_split
+from ..utils.writers import release_writer
 
 if TYPE_CHECKING:
     from datasets import DatasetDict
@@ -92,6 +95,36 @@ def load_classification_dataset(
 def label_names(dataset: DatasetDict) -> list[str]:
     """Class names of the `labels` column, in id order."""
     return list(dataset["train"].features["labels"].names)
+
+
+def align_labels(dataset: DatasetDict, config) -> DatasetDict:
+    """`dataset` with its `labels` renumbered to a trained classifier's ids (`config.id2label`).
+
+    A `ClassLabel` names its classes in the dataset's order (sorted, for labels given as strings); a model
+    fine-tuned elsewhere numbers the same classes in its own. Training or scoring the model on the
+    dataset's ids as they stand would teach or count every example as another class. The result's
+    `labels` are the model's ids, and its `ClassLabel` carries the model's names in the model's order.
+    Names that are no names (a fresh head's `LABEL_0`, a `ClassLabel` of ids "0", "1") are left alone.
+
+    Raises:
+        ValueError: the dataset's class names are not the model's (other than for case and spaces); the
+            message names both lists.
+
+    Example:
+    ```python
+    >>> dataset = align_labels(load_classification_dataset(tokenizer, "rotten_tomatoes"), teacher.config)
+    ```
+    """
+    from datasets import ClassLabel
+
+    id2label = model_class_names(config)
+    mapping = dataset_to_model_ids(label_names(dataset), id2label, what="the dataset's labels")
+    if mapping is None:
+        return dataset
+    features = dataset["train"].features.copy()
+    features["labels"] = ClassLabel(names=[id2label[index] for index in range(len(id2label))])
+    return dataset.map(lambda batch: {"labels": [mapping.get(value, value) for value in batch["labels"]]},
+                       batched=True, features=features)
 
 
 def accuracy(eval_prediction: EvalPrediction) -> dict[str, float]:
@@ -194,8 +227,8 @@ def train_teacher(
     A second call with the same `output_dir` finds the saved teacher and returns at once if it was
     made from the same inputs (`teacher_fingerprint`, stored as `teacher_inputs.json`): another
     backbone, dataset, sample limit, `max_length` or training argument is reported as a warning
-    naming what differs, and the teacher is trained again in its place. The checkpoint is written to `<output_dir>.partial` and renamed when complete, so an interrupted
-    run never leaves a half-written teacher that a later run would trust. Under several processes
+    naming what differs, and the teacher is trained again in its place. The checkpoint is written to `<output_dir>.<writer>.partial` (this run's
+    own) and renamed when complete, so an interrupted run never leaves a half-written teacher that a later run would trust. Under several processes
     every rank trains (DDP) and the main process saves.
 
     Args:
@@ -260,6 +293,9 @@ def train_teacher(
         atomic_write_json(partial / "teacher_eval_results.json", metrics)
         atomic_write_text(partial / TEACHER_INPUTS_NAME, json.dumps(fingerprint, indent=2))
         publish_dir(partial, output_dir)
+    else:  # every process made a `.partial` of its own; the main process's is the one saved and published
+        shutil.rmtree(partial, ignore_errors=True)
+        release_writer(partial)
     trainer.accelerator.wait_for_everyone()
     return output_dir
 
@@ -272,7 +308,22 @@ def classification_teacher(
     **train_kwargs,
 ) -> str:
     """A teacher ready to distil from: the checkpoint itself if it has a classification head,
-    else the one `train_teacher` fine-tunes (or already fine-tuned) in `output_dir`."""
+    else the one `train_teacher` fine-tunes (or already fine-tuned) in `output_dir`.
+
+    Raises:
+        ValueError: the checkpoint has a classification head whose `id2label` names other classes than the
+            dataset's labels, or the same ones numbered otherwise (then pass `align_labels(dataset, config)`,
+            which renumbers the dataset to the checkpoint's ids).
+    """
     if has_classification_head(model_name_or_path):
-        return assets.resolve_model(model_name_or_path)
+        from transformers import AutoConfig
+
+        path = assets.resolve_model(model_name_or_path)
+        id2label = model_class_names(AutoConfig.from_pretrained(path))
+        if dataset_to_model_ids(label_names(dataset), id2label, what="the dataset's labels") is not None:
+            raise ValueError(f"{model_name_or_path} numbers the classes {label_names(dataset)} of the dataset in "
+                             f"another order ({id2label}): a student distilled on "
+                             "the dataset's ids would learn permuted labels. Renumber the dataset first with "
+                             "align_labels(dataset, config) from hf_bigsmall.tasks.text_classification.")
+        return path
     return str(train_teacher(model_name_or_path, dataset, tokenizer, output_dir, **train_kwargs))

@@ -4,6 +4,12 @@ Everything the kit writes goes first to a `.partial` sibling, then is renamed in
 step: a crash, a full disk or Ctrl-C mid-write leaves the previous file (or no file), never a
 truncated one, and the leftover `.partial` is what the Hub upload ignores.
 
+Each writer's temporary names are its own (`<name>.<writer>.partial`, and the hidden
+`.<name>.<writer>.replaced` an old folder is moved aside to, with `<writer>` the tag of
+`hf_bigsmall.utils.writers`): two runs writing the same target at once never delete or overwrite
+each other's half-written data. What an interrupted run left is removed by the next write of the
+same target once its writer is gone (`remove_leftovers`), never while it may still be writing.
+
 Every folder the kit writes this way carries a small marker file of its own (`.hf_bigsmall.json`,
 which the Hub upload leaves out like every hidden file). Only a folder holding that marker, or an
 empty one, is ever replaced: any other folder at that path is the user's, and is refused with a
@@ -14,11 +20,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from transformers.utils import logging
+
+from .writers import WRITER_TAG_PATTERN, folder_clock, release_writer, writer_is_gone, writer_partial, writer_tag
+
+logger = logging.get_logger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 # the old folder `publish_dir` moves aside (as a hidden sibling) while the new one takes its place
@@ -28,25 +41,79 @@ KIT_MARKER = ".hf_bigsmall.json"
 _MARKER_CONTENT = {"written_by": "hf_bigsmall"}
 
 
-def partial_path(path: str | os.PathLike) -> Path:
-    """The `.partial` sibling that `path` is written to before it is renamed into place."""
-    path = Path(path)
-    return path.with_name(path.name + PARTIAL_SUFFIX)
+def leftover_match(target: str | os.PathLike, name: str) -> re.Match | None:
+    """Whether `name` is one of the temporary siblings the kit writes `target` through; its groups `machine`, `pid`.
+
+    `<name>.<writer>.partial` (the new file or folder), `.<name>.<writer>.replaced` (an old folder moved aside),
+    `.<name>.<writer>.genai` (an ONNX Runtime GenAI build), and the names of older versions of the kit
+    (`<name>.partial`, `.<name>.replaced`, `.<name>.replaced-<pid>`, `.<name>.genai-<random>`), whose writer
+    is unnamed (`machine` and `pid` None): they fall under the time rule of
+    `hf_bigsmall.utils.writers.writer_is_gone`.
+    """
+    target_name = re.escape(Path(target).name)
+    match = re.fullmatch(rf"(?P<hidden>\.?){target_name}(?:\.{WRITER_TAG_PATTERN})?\.(?P<kind>partial|replaced|genai)"
+                         rf"|\.{target_name}\.(?:replaced-\d+|genai-[a-z0-9_]{{8}})", name)
+    if match is None or match["kind"] is None:  # None: an older version's hidden name
+        return match
+    # a `.partial` is a visible sibling, the others hidden ones; a build always names its writer
+    if (match["kind"] == "partial") == bool(match["hidden"]) or (match["kind"] == "genai" and not match["machine"]):
+        return None
+    return match
+
+
+def final_name(name: str) -> str:
+    """The name a `.partial` file or folder called `name` gets once complete (`name` itself if it is none)."""
+    return re.sub(rf"(?:\.{WRITER_TAG_PATTERN})?\.partial$", "", name)
+
+
+def remove_leftovers(target: str | os.PathLike) -> list[Path]:
+    """Remove what interrupted writes of `target` left beside it (see `leftover_match`) once their writers are gone.
+
+    A leftover whose writer may still be running is left (and logged), as is a link, and a `.partial` folder
+    that holds something but not the kit's marker. Returns the paths removed.
+    """
+    target = Path(target)
+    try:
+        found = [(entry, match) for entry in sorted(target.parent.iterdir())
+                 if (match := leftover_match(target, entry.name)) and not entry.is_symlink()]
+    except OSError:  # no folder yet: nothing left in it
+        return []
+    removed = []
+    now = folder_clock(target.parent) if found else 0.0
+    for entry, match in found:
+        if not writer_is_gone(entry, match["machine"], match["pid"], now):
+            logger.info(f"left {entry}: its writer may still be running (another run writing {target}?)")
+            continue
+        if entry.is_dir():
+            # a `.partial` name is one a user might pick too: only the kit's own (or an empty one) goes
+            if not entry.name.startswith(".") and any(entry.iterdir()) and not is_kit_folder(entry):
+                logger.info(f"left {entry}: it has the name of a leftover but was not written by hf_bigsmall")
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        logger.info(f"removed {entry}, left by an interrupted write of {target}")
+        removed.append(entry)
+    return removed
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call `write(partial)` to write the file, then rename it to `path` (replacing any old one).
 
-    If `write` fails, the partial file is removed and `path` is left as it was.
+    If `write` fails, the partial file is removed and `path` is left as it was. The partial file's name is
+    this writer's own (`<name>.<writer>.partial`); what interrupted writers of `path` left is removed first.
     """
     path = Path(path)
-    partial = partial_path(path)
+    remove_leftovers(path)
+    partial = writer_partial(path)
     try:
         write(partial)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
+    finally:
+        release_writer(partial)
     return path
 
 
@@ -98,15 +165,16 @@ def check_replaceable(folder: str | os.PathLike) -> None:
 
 
 def fresh_partial_dir(final_dir: str | os.PathLike) -> Path:
-    """The empty, marked `.partial` folder a model folder is written into.
+    """The empty, marked `<final_dir>.<writer>.partial` folder (this writer's own) a model folder is written into.
 
-    Checks first that `final_dir` may be replaced (see `check_replaceable`); a `.partial` leftover of
-    an interrupted run is removed, one that the kit did not write is refused the same way.
+    Checks first that `final_dir` may be replaced (see `check_replaceable`); what interrupted runs left beside it
+    is removed once their writers are gone (`remove_leftovers`), while another run's live `.partial` is kept.
     """
     check_replaceable(final_dir)
-    partial = partial_path(final_dir)
-    check_replaceable(partial)
-    shutil.rmtree(partial, ignore_errors=True)
+    Path(final_dir).parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(final_dir)
+    partial = writer_partial(final_dir)
+    partial.mkdir()  # a new name: never a folder of another writer's
     mark_kit_folder(partial)
     return partial
 
@@ -123,20 +191,30 @@ def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike) -> Pat
     mark_kit_folder(partial)
     if not final_dir.exists():
         Path(partial).rename(final_dir)
+        release_writer(partial)
         return final_dir
     # renamed aside, not deleted in place: a crash or Ctrl-C while a large old folder was being deleted left it
     # half gone (its marker too, so the next run refused it) with the new one still in `partial`
-    replaced = final_dir.with_name(f".{final_dir.name}{REPLACED_SUFFIX}")  # hidden: never uploaded
-    shutil.rmtree(replaced, ignore_errors=True)  # what an interrupted earlier swap left
+    # hidden (never uploaded), and this writer's own: another run's swap of the same folder never deletes it
+    replaced = final_dir.with_name(f".{final_dir.name}.{writer_tag()}{REPLACED_SUFFIX}")
     final_dir.rename(replaced)
-    Path(partial).rename(final_dir)
-    shutil.rmtree(replaced, ignore_errors=True)
+    try:
+        Path(partial).rename(final_dir)
+    except BaseException:
+        if not final_dir.exists():
+            replaced.rename(final_dir)  # the old folder back in place: a failed swap loses nothing
+        raise
+    release_writer(partial)
+    try:
+        shutil.rmtree(replaced, ignore_errors=True)
+    finally:
+        release_writer(replaced)  # interrupted, it is a leftover the next write of `final_dir` removes
     return final_dir
 
 
 @contextmanager
 def publishing(final_dir: str | os.PathLike) -> Iterator[Path]:
-    """Write a folder in a `.partial` sibling and put it in place only once the block completes.
+    """Write a folder in a `.partial` sibling of its own and put it in place only once the block completes.
 
     The `.partial` folder exists (empty but for the kit's marker) when the block starts. A folder
     at `final_dir` that the kit did not write is refused before the block runs.
@@ -150,5 +228,10 @@ def publishing(final_dir: str | os.PathLike) -> Iterator[Path]:
     ```
     """
     partial = fresh_partial_dir(final_dir)
-    yield partial
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # half a folder is worth nothing: the old one stays in place
+        release_writer(partial)
+        raise
     publish_dir(partial, final_dir)

@@ -44,16 +44,21 @@ GENAI_MODULES = ("onnxruntime_genai", "onnx_ir")
 # pruned Llamas: fewer layers, narrower FFN, fewer heads and KV groups, head_dim != hidden/heads); the
 # builder has no GPT-2 converter
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-# int4 MatMulNBits settings, measured on SmolLM2 (BENCHMARKS.md, "Serving with ONNX Runtime GenAI" and "The
-# 4-bit types, measured"): blocks of 32 input channels and accuracy level 4 (int8 activations in the kernel), the
-# builder's CPU defaults (blocks of 128 lost twice as much perplexity, accuracy level 1 changed nothing); then
-# asymmetric blocks (a zero point each) by round-to-nearest, and the output layer in int8 (a tied input embedding
-# reads the same int8 weights): perplexity x1.27 of fp32 against the defaults' x1.43, for 19% more disk. The
-# builder's default algorithm names an asymmetric or int8 output layer's weights differently from what its tied
-# embedding then reads, so those models built but failed to load in 0.18.0; `algo_config=rtn` names them alike
+# int4 MatMulNBits settings, measured on SmolLM2 (BENCHMARKS.md, "Serving with ONNX Runtime GenAI", "The 4-bit
+# types, measured" and "Mixed precision in GenAI int4"): blocks of 32 input channels and accuracy level 4 (int8
+# activations in the kernel), the builder's CPU defaults (blocks of 128 lost twice as much perplexity, accuracy level
+# 1 changed nothing); asymmetric blocks (a zero point each) by round-to-nearest; the output layer in int8 (a tied
+# input embedding reads the same int8 weights); and llama.cpp's mixed strategy, the builder's `mixed_layers`: the
+# attention qkv and MLP down projections of the first and last eighth of the layers and of every third layer between
+# in int8. Perplexity x1.145 of fp32 on the SmolLM2 teacher and x1.113 on the quickstart's student, against x1.274
+# and x1.226 without the mixed layers and x1.43 with the builder's defaults, for 10% more disk at the same decode
+# speed. The builder's default algorithm names an asymmetric or int8 output layer's weights differently from what
+# its tied embedding then reads, so those models built but failed to load in 0.18.0; `algo_config=rtn` names them
+# alike
 INT4_BLOCK_SIZE = 32
 INT4_ACCURACY_LEVEL = 4
-INT4_BUILDER_OPTIONS = {"is_symmetric": "false", "algo_config": "rtn", "matmul_mixed_precision": "last_matmul:int8"}
+INT4_BUILDER_OPTIONS = {"is_symmetric": "false", "algo_config": "rtn",
+                        "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"}
 # ONNX Runtime's CPU GroupQueryAttention kernel refuses other head sizes at run time (checked with 0.18.0)
 _HEAD_DIM_MULTIPLE = 16
 # the fp32 export must reproduce transformers' logits to this (absolute, plus relative to their size)
@@ -99,17 +104,20 @@ def scheme_description(scheme: str, builder_options: dict[str, Any] | None = Non
     algorithm = options.get("algo_config", "default")
     # the builder quantizes the output layer with the others unless told otherwise; a tied input embedding
     # (shared_embeddings, the builder's default for tied models) reads the output layer's stored weights
-    last_matmul = dict(part.split(":", 1) for part in str(options.get("matmul_mixed_precision", "")).split(",")
-                       if ":" in part).get("last_matmul")
+    placement = dict(part.split(":", 1) for part in str(options.get("matmul_mixed_precision", "")).split(",")
+                     if ":" in part)
     if "/lm_head/MatMul" in str(options.get("nodes_to_exclude", "")):
         head = "fp32"
     else:
-        head = last_matmul or f"int{bits}"
+        head = placement.get("last_matmul") or f"int{bits}"
+    # the builder's `mixed_layers` selection (llama.cpp's mixed strategy), in words
+    mixed = (f"; attention qkv and MLP down projections of the first and last eighth of the layers and of every "
+             f"third layer between {placement['mixed_layers']}" if placement.get("mixed_layers") else "")
     return (f"int{bits} weight-only MatMulNBits, {'symmetric' if symmetric else 'asymmetric (zero points)'}, "
             f"{'round-to-nearest' if algorithm == 'rtn' else algorithm + ' algorithm'}, blocks of "
             f"{options.get('block_size', INT4_BLOCK_SIZE)} input channels, accuracy level "
             f"{options.get('accuracy_level', INT4_ACCURACY_LEVEL)}; output layer {head} (an input embedding tied to "
-            "it reads the same weights, an untied one stays fp32); norms fp32; KV cache in the graph")
+            f"it reads the same weights, an untied one stays fp32){mixed}; norms fp32; KV cache in the graph")
 
 
 def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLike, scheme: str):
@@ -273,7 +281,8 @@ def export_genai(
         block_size, accuracy_level: int4/int8 MatMulNBits settings (see `INT4_BLOCK_SIZE`).
         builder_options: further `--extra_options` of the builder (e.g. `{"nodes_to_exclude":
             "/lm_head/MatMul"}`), passed as they are and recorded; for int4 they go over
-            `INT4_BUILDER_OPTIONS` (asymmetric round-to-nearest, output layer int8), so
+            `INT4_BUILDER_OPTIONS` (asymmetric round-to-nearest, output layer and the most sensitive
+            layers int8), so
             `{"is_symmetric": "true", "algo_config": "default", "matmul_mixed_precision": ""}` gives the
             builder's own defaults back.
 

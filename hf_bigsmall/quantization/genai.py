@@ -112,7 +112,7 @@ def scheme_description(scheme: str, builder_options: dict[str, Any] | None = Non
         head = placement.get("last_matmul") or f"int{bits}"
     # the builder's `mixed_layers` selection (llama.cpp's mixed strategy), in words
     mixed = (f"; attention qkv and MLP down projections of the first and last eighth of the layers and of every "
-             f"third layer between {placement['mixed_layers']}" if placement.get("mixed_layers") else "")
+             f"third layer between in {placement['mixed_layers']}" if placement.get("mixed_layers") else "")
     return (f"int{bits} weight-only MatMulNBits, {'symmetric' if symmetric else 'asymmetric (zero points)'}, "
             f"{'round-to-nearest' if algorithm == 'rtn' else algorithm + ' algorithm'}, blocks of "
             f"{options.get('block_size', INT4_BLOCK_SIZE)} input channels, accuracy level "

@@ -67,8 +67,8 @@ def test_an_interrupted_replacement_never_leaves_the_folder_half_deleted(tmp_pat
     real_rmtree = shutil.rmtree
 
     def interrupted_rmtree(path, *args, **kwargs):
-        if (path / KIT_MARKER).is_file() and (path / "config.json").read_text() == "old":
-            (path / KIT_MARKER).unlink()  # deleting the old folder, then Ctrl-C
+        if (path / "config.json").is_file() and (path / "config.json").read_text() == "old":
+            (path / KIT_MARKER).unlink(missing_ok=True)  # deleting the old folder, then Ctrl-C
             raise KeyboardInterrupt
         real_rmtree(path, *args, **kwargs)
 
@@ -223,3 +223,52 @@ def test_temporary_names_are_ignored_by_the_hub_upload(tmp_path):
     names = [writer_partial(tmp_path / "README.md").name, writer_partial(tmp_path / "student").name + "/config.json",
              f".student.{machine_tag()}-1-0123abcd.replaced/config.json", "config.json"]
     assert list(filter_repo_objects(names, ignore_patterns=IGNORE_PATTERNS)) == ["config.json"]
+
+
+def test_a_swap_killed_between_its_renames_gets_the_old_folder_back(tmp_path):
+    """Killed after the old folder was moved aside and before the new one took its place, a swap left the only
+    copy of the old folder at `.student.<writer>.replaced`: the next write removed it as a leftover, and when that
+    write failed too nothing was left at all."""
+    final = tmp_path / "student"
+    with publishing(final) as partial:
+        (partial / "model.safetensors").write_text("old")
+    writer = f"{machine_tag()}-{_finished_process_id()}-0123abcd"
+    final.rename(tmp_path / f".student.{writer}.replaced")  # the first rename of the killed swap
+    with publishing(tmp_path / f"student.{writer}") as new:  # its complete new folder, never renamed into place
+        (new / "model.safetensors").write_text("new")
+    (tmp_path / f"student.{writer}").rename(tmp_path / f"student.{writer}.partial")
+    with pytest.raises(RuntimeError, match="interrupted again"):
+        with publishing(final):
+            raise RuntimeError("interrupted again")
+    assert (final / "model.safetensors").read_text() == "old" and is_kit_folder(final)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["student"]
+
+
+def test_an_old_folder_whose_removal_was_interrupted_is_never_put_back(tmp_path, monkeypatch):
+    """The old folder moved aside loses the kit's marker before it is removed: one half removed (the swap done, its
+    removal interrupted) is a leftover to delete, never a folder to restore where the new one is missing."""
+    import shutil
+
+    from hf_bigsmall.utils import files
+
+    final, remove = tmp_path / "student", shutil.rmtree
+    with publishing(final) as partial:
+        (partial / "model.safetensors").write_text("old")
+
+    class Interrupted(BaseException):  # as Ctrl-C is
+        pass
+
+    def interrupted(path, *args, **kwargs):  # stopped while the old folder is being removed, its weights gone
+        (tmp_path / path / "model.safetensors").unlink()
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        with publishing(final) as partial:
+            (partial / "model.safetensors").write_text("new")
+            monkeypatch.setattr(files.shutil, "rmtree", interrupted)
+    monkeypatch.setattr(files.shutil, "rmtree", remove)
+    remove(final)  # the new folder deleted since, by hand
+    with pytest.raises(RuntimeError, match="interrupted again"):
+        with publishing(final):
+            raise RuntimeError("interrupted again")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []

@@ -375,6 +375,8 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
         raise
     if old is not None:
         try:
+            # the marker first: a removal stopped halfway leaves no folder that looks whole and would be put back
+            (old / KIT_MARKER).unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
         finally:
             release_writer(old)

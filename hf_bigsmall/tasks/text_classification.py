@@ -20,7 +20,7 @@ from transformers.utils import logging
 from .. import assets
 from ..utils.class_labels import dataset_to_model_ids, model_class_names
 from ..utils.distributed import needs_cpu_process_group
-from ..utils.files import atomic_write_json, atomic_write_text, fresh_partial_dir, publish_dir
+from ..utils.files import atomic_write_json, atomic_write_text, fresh_partial_dir, publish_dir, restore_moved_aside
 from ..utils.heads import evaluation_split
 from ..utils.writers import release_writer
 
@@ -258,6 +258,7 @@ def train_teacher(
     fingerprint = teacher_fingerprint(
         model_name_or_path, dataset, num_train_epochs=num_train_epochs, learning_rate=learning_rate,
         per_device_train_batch_size=per_device_train_batch_size, seed=seed, **training_kwargs)
+    restore_moved_aside(output_dir)  # a run killed while replacing the teacher left the old one aside: reuse it
     differences = teacher_differences(output_dir, fingerprint)
     if differences == []:
         logger.info("Reusing the fine-tuned teacher in %s", output_dir)

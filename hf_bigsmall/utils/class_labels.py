@@ -6,8 +6,9 @@ orders differ, reading the dataset's ids as the model's ids scores (or trains) e
 the wrong class without a word. `dataset_to_model_ids` says how to renumber the dataset, or refuses
 names that are not the same classes.
 
-Names that mean "no names" are ignored: transformers' placeholders of a fresh head (`LABEL_0`,
-`LABEL_1`, ...) and a `ClassLabel` made from a class count (`"0"`, `"1"`, ...).
+Names that mean "no names" are ignored, on either side: transformers' placeholders of a fresh head
+(`LABEL_0`, `LABEL_1`, ...) and the class ids spelled out (`"0"`, `"1"`, ...: a `ClassLabel` made from a
+class count, or a model fine-tuned on labels given as ids).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ def _folded(name: str) -> str:
 
 
 def model_class_names(config) -> dict[int, str] | None:
-    """A classifier's `id2label`, or None when it holds only transformers' placeholder names (`LABEL_0`, ...)."""
+    """A classifier's `id2label`, or None when it holds only transformers' placeholder names (`LABEL_0`, ...) or its
+    ids spelled out (`"0"`, `"1"`: a model fine-tuned on labels given as class ids, as `train_teacher` names them)."""
     names = {int(index): str(name) for index, name in (getattr(config, "id2label", None) or {}).items()}
-    return None if all(name == f"LABEL_{index}" for index, name in names.items()) else names
+    return None if all(name in (str(index), f"LABEL_{index}") for index, name in names.items()) else names
 
 
 def dataset_class_names(names: Sequence[str] | None) -> list[str] | None:

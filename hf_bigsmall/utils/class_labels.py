@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 
-def _folded(name: str) -> str:
-    # spelled alike but for case and spaces ("POSITIVE", "positive"): the same class
+def folded_class_name(name: str) -> str:
+    """The class name with case and runs of spaces ignored: "POSITIVE" and " positive" are the same class."""
     return " ".join(str(name).split()).casefold()
 
 
@@ -55,11 +55,12 @@ def dataset_to_model_ids(dataset_names: Sequence[str] | None, id2label: Mapping[
     if dataset_names is None or not id2label:
         return None
     model_names = [id2label[index] for index in sorted(id2label)]
-    model_ids = {_folded(name): index for index, name in id2label.items()}
-    if sorted(_folded(name) for name in dataset_names) != sorted(model_ids) or len(model_ids) != len(id2label):
+    model_ids = {folded_class_name(name): index for index, name in id2label.items()}
+    folded = sorted(folded_class_name(name) for name in dataset_names)
+    if folded != sorted(model_ids) or len(model_ids) != len(id2label):
         raise ValueError(f"The class names of {what} {dataset_names} are not the model's id2label names {model_names}: "
                          "every example would be read as the class of the same number in the model. If they are the "
                          "same classes under other names, rename the dataset's ClassLabel to the model's names "
                          "(dataset.cast_column with ClassLabel(names=...)); else use a model trained on these classes.")
-    mapping = {index: model_ids[_folded(name)] for index, name in enumerate(dataset_names)}
+    mapping = {index: model_ids[folded_class_name(name)] for index, name in enumerate(dataset_names)}
     return None if all(index == model_id for index, model_id in mapping.items()) else mapping

@@ -272,3 +272,28 @@ def test_an_old_folder_whose_removal_was_interrupted_is_never_put_back(tmp_path,
         with publishing(final):
             raise RuntimeError("interrupted again")
     assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_two_machines_of_one_host_name_without_proc_have_different_writer_tags(monkeypatch):
+    """Without /proc (macOS, a BSD) the machine tag was the host name alone: two laptops both called "MacBook-Pro"
+    writing one shared folder took each other's running writers, whose process ids they cannot see, for gone ones
+    and deleted their half-written folders. The hardware address tells them apart."""
+    import secrets
+    import uuid
+
+    from hf_bigsmall.utils import writers
+
+    def no_proc(*args, **kwargs):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(writers.socket, "gethostname", lambda: "MacBook-Pro")
+    monkeypatch.setattr(writers.Path, "read_text", no_proc)
+    monkeypatch.setattr(writers.os, "readlink", no_proc)
+    tags = set()
+    for node in (0x3C22FB000001, 0x3C22FB000002):  # two network cards' addresses (not uuid's random stand-in)
+        monkeypatch.setattr(uuid, "getnode", lambda node=node: node)
+        tags.add(writers.machine_tag())
+    assert len(tags) == 2
+    # where it finds no address, uuid makes one up (multicast bit set), anew in each process: left out
+    monkeypatch.setattr(uuid, "getnode", lambda: 0x010000000000 | secrets.randbits(40))
+    assert writers.machine_tag() == writers.machine_tag()

@@ -16,6 +16,7 @@ import os
 import secrets
 import socket
 import time
+import uuid
 import zlib
 from pathlib import Path
 
@@ -34,15 +35,22 @@ def machine_tag() -> str:
 
     The host name alone is not enough: containers started with the host's network share its name but number
     their processes apart (a writer that is process 42 in one is no process, or another one, in the next),
-    and two machines may share one name and one folder. On Linux the boot and the process-id namespace are
-    named too, so a writer whose process id cannot be checked from here falls under the time rule instead.
+    and two machines may share one name and one folder. The network card's address is named too, and on Linux
+    the boot and the process-id namespace, so a writer whose process id cannot be checked from here falls under
+    the time rule instead.
     """
     identity = [socket.gethostname()]
+    # two machines may share a host name ("MacBook-Pro"); without /proc (macOS, BSD) the network card's address
+    # tells them apart. uuid makes a random one up (multicast bit set) where it finds none: left out, as it
+    # would differ between two processes of one machine
+    node = uuid.getnode()
+    if not node >> 40 & 1:
+        identity.append(f"{node:012x}")
     for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
                  lambda: os.readlink("/proc/self/ns/pid")):
         try:
             identity.append(read())
-        except OSError:  # not Linux, or /proc not mounted: the host name is all there is
+        except OSError:  # not Linux, or /proc not mounted: the host name and the card's address are all there is
             pass
     return f"{zlib.crc32(chr(0).join(identity).encode()) & 0xFFFFFFFF:08x}"
 

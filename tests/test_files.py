@@ -297,3 +297,22 @@ def test_two_machines_of_one_host_name_without_proc_have_different_writer_tags(m
     # where it finds no address, uuid makes one up (multicast bit set), anew in each process: left out
     monkeypatch.setattr(uuid, "getnode", lambda: 0x010000000000 | secrets.randbits(40))
     assert writers.machine_tag() == writers.machine_tag()
+
+
+def test_a_tag_taken_by_another_thread_while_the_live_tags_are_read_breaks_no_write(tmp_path, monkeypatch):
+    """Two threads writing at once (exports in a thread pool): one took a writer tag while the other went through the
+    live tags, and the other's write failed with "Set changed size during iteration"."""
+    from hf_bigsmall.utils import writers
+
+    class TakenMeanwhile(set):
+        def __iter__(self):  # another thread runs between two steps of the iteration
+            for tag in super().__iter__():
+                writers.writer_tag()
+                yield tag
+
+    first, second = (f"{machine_tag()}-{os.getpid()}-{suffix}" for suffix in ("aaaaaaaa", "bbbbbbbb"))
+    monkeypatch.setattr(writers, "_LIVE_TAGS", TakenMeanwhile([first, second]))
+    leftover = tmp_path / f"student.{machine_tag()}-{os.getpid()}-0123abcd.partial"
+    assert writers.writer_is_gone(leftover, machine_tag(), str(os.getpid()), 0.0)
+    writers.release_writer(tmp_path / f"student.{first}.partial")
+    assert first not in writers._LIVE_TAGS and second in writers._LIVE_TAGS

@@ -68,7 +68,8 @@ def writer_tag() -> str:
 def release_writer(path: str | os.PathLike) -> None:
     """Say that this process no longer writes under the tag in `path`'s name: what it left may now be removed."""
     name = Path(path).name
-    _LIVE_TAGS.difference_update([tag for tag in _LIVE_TAGS if tag in name])
+    # a copy (one step): another thread may take a tag meanwhile, and a set must not grow while it is iterated
+    _LIVE_TAGS.difference_update([tag for tag in _LIVE_TAGS.copy() if tag in name])
 
 
 def writer_partial(path: str | os.PathLike) -> Path:
@@ -83,7 +84,8 @@ def writer_is_gone(entry: Path, machine: str | None, pid: str | None, now: float
     Only then may a later run remove `entry`. `now` is `folder_clock` of the folder holding it.
     """
     if machine == machine_tag() and pid is not None and int(pid) == os.getpid():
-        return not any(tag in entry.name for tag in _LIVE_TAGS)  # this process knows what it writes now
+        # this process knows what it writes now (a copy: another thread may take a tag meanwhile)
+        return not any(tag in entry.name for tag in _LIVE_TAGS.copy())
     if machine == machine_tag() and pid is not None and os.name == "posix":
         try:
             os.kill(int(pid), 0)  # signal 0: checks the process exists, sends nothing

@@ -491,3 +491,21 @@ def test_an_earlier_export_whose_removal_was_interrupted_is_never_put_back(tmp_p
     (aside,) = tmp_path.glob(".out.*.replaced")
     assert (output_dir / "model.onnx").read_text() == "new" and not is_kit_folder(aside)
     assert not (aside / KIT_MARKER).exists()
+
+
+@pytest.mark.parametrize("name", ["{machine}-{ended}-0123abcd.replaced", "{machine}-{ended}-0123abcd.genai"])
+def test_a_source_model_at_a_name_an_export_removes_as_a_leftover_is_refused_and_kept(tmp_path, name):
+    """export_genai removes (or puts back) what killed exports to `out` left: a model saved at such a name beside it
+    was the source of the export and was taken as a leftover, as quantize's other backends already refuse."""
+    import subprocess
+    import sys
+
+    from hf_bigsmall.utils.writers import machine_tag
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    source = _save(_tiny_llama(), tmp_path / f".out.{name.format(machine=machine_tag(), ended=ended)}")
+    before = sorted(path.name for path in source.iterdir())
+    with pytest.raises(ValueError, match="writes through and removes as a leftover"):
+        export_genai(source, tmp_path / "out", "int8")
+    assert sorted(path.name for path in source.iterdir()) == before and not (tmp_path / "out").exists()

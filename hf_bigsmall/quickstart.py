@@ -263,7 +263,7 @@ def drop_stale(folder: Path) -> None:
         check_cache_replaceable(folder)
         shutil.rmtree(folder)
         echo(f"      removed {folder}: an earlier run left it, this one does not make it")
-    for path in remove_leftovers(folder):
+    for path in remove_leftovers(folder, restore=False):  # an old copy moved aside is not put back: it goes too
         echo(f"      removed {path}: an interrupted earlier run left it")
 
 

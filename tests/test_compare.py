@@ -312,6 +312,20 @@ def test_labels_written_as_class_names_are_read_through_the_models_label2id(tmp_
         assert measured == expected
 
 
+def test_labels_written_as_class_names_in_another_case_are_read_through_label2id():
+    """Labels "negative"/"positive" for a model of {0: "NEGATIVE", 1: "POSITIVE"}: the quickstart takes such a teacher
+    (case and spaces aside, the same classes), then the comparison after the training refused every label."""
+    from datasets import Dataset
+    from transformers import PretrainedConfig
+
+    from hf_bigsmall.reporting.compare import _labels_as_class_ids
+
+    names = {0: "NEGATIVE", 1: "POSITIVE"}
+    config = PretrainedConfig(id2label=names, label2id={name: index for index, name in names.items()})
+    data = Dataset.from_dict({"text": ["a", "b", "c"], "label": ["positive", "negative ", "Positive"]})
+    assert _labels_as_class_ids(data, "label", config)["label"] == [1, 0, 1]
+
+
 def test_a_class_label_in_another_order_than_id2label_is_renumbered_to_the_models_ids(tmp_path):
     """A ClassLabel ["neg", "pos"] read by a model whose id2label is {0: "pos", 1: "neg"}: its ids were compared
     with the predicted ids as they stood, so every label was the other class and the accuracy silently wrong."""

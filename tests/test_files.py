@@ -67,8 +67,8 @@ def test_an_interrupted_replacement_never_leaves_the_folder_half_deleted(tmp_pat
     real_rmtree = shutil.rmtree
 
     def interrupted_rmtree(path, *args, **kwargs):
-        if (path / KIT_MARKER).is_file() and (path / "config.json").read_text() == "old":
-            (path / KIT_MARKER).unlink()  # deleting the old folder, then Ctrl-C
+        if (path / "config.json").is_file() and (path / "config.json").read_text() == "old":
+            (path / KIT_MARKER).unlink(missing_ok=True)  # deleting the old folder, then Ctrl-C
             raise KeyboardInterrupt
         real_rmtree(path, *args, **kwargs)
 
@@ -223,3 +223,96 @@ def test_temporary_names_are_ignored_by_the_hub_upload(tmp_path):
     names = [writer_partial(tmp_path / "README.md").name, writer_partial(tmp_path / "student").name + "/config.json",
              f".student.{machine_tag()}-1-0123abcd.replaced/config.json", "config.json"]
     assert list(filter_repo_objects(names, ignore_patterns=IGNORE_PATTERNS)) == ["config.json"]
+
+
+def test_a_swap_killed_between_its_renames_gets_the_old_folder_back(tmp_path):
+    """Killed after the old folder was moved aside and before the new one took its place, a swap left the only
+    copy of the old folder at `.student.<writer>.replaced`: the next write removed it as a leftover, and when that
+    write failed too nothing was left at all."""
+    final = tmp_path / "student"
+    with publishing(final) as partial:
+        (partial / "model.safetensors").write_text("old")
+    writer = f"{machine_tag()}-{_finished_process_id()}-0123abcd"
+    final.rename(tmp_path / f".student.{writer}.replaced")  # the first rename of the killed swap
+    with publishing(tmp_path / f"student.{writer}") as new:  # its complete new folder, never renamed into place
+        (new / "model.safetensors").write_text("new")
+    (tmp_path / f"student.{writer}").rename(tmp_path / f"student.{writer}.partial")
+    with pytest.raises(RuntimeError, match="interrupted again"):
+        with publishing(final):
+            raise RuntimeError("interrupted again")
+    assert (final / "model.safetensors").read_text() == "old" and is_kit_folder(final)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["student"]
+
+
+def test_an_old_folder_whose_removal_was_interrupted_is_never_put_back(tmp_path, monkeypatch):
+    """The old folder moved aside loses the kit's marker before it is removed: one half removed (the swap done, its
+    removal interrupted) is a leftover to delete, never a folder to restore where the new one is missing."""
+    import shutil
+
+    from hf_bigsmall.utils import files
+
+    final, remove = tmp_path / "student", shutil.rmtree
+    with publishing(final) as partial:
+        (partial / "model.safetensors").write_text("old")
+
+    class Interrupted(BaseException):  # as Ctrl-C is
+        pass
+
+    def interrupted(path, *args, **kwargs):  # stopped while the old folder is being removed, its weights gone
+        (tmp_path / path / "model.safetensors").unlink()
+        raise Interrupted
+
+    with pytest.raises(Interrupted):
+        with publishing(final) as partial:
+            (partial / "model.safetensors").write_text("new")
+            monkeypatch.setattr(files.shutil, "rmtree", interrupted)
+    monkeypatch.setattr(files.shutil, "rmtree", remove)
+    remove(final)  # the new folder deleted since, by hand
+    with pytest.raises(RuntimeError, match="interrupted again"):
+        with publishing(final):
+            raise RuntimeError("interrupted again")
+    assert sorted(path.name for path in tmp_path.iterdir()) == []
+
+
+def test_two_machines_of_one_host_name_without_proc_have_different_writer_tags(monkeypatch):
+    """Without /proc (macOS, a BSD) the machine tag was the host name alone: two laptops both called "MacBook-Pro"
+    writing one shared folder took each other's running writers, whose process ids they cannot see, for gone ones
+    and deleted their half-written folders. The hardware address tells them apart."""
+    import secrets
+    import uuid
+
+    from hf_bigsmall.utils import writers
+
+    def no_proc(*args, **kwargs):
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(writers.socket, "gethostname", lambda: "MacBook-Pro")
+    monkeypatch.setattr(writers.Path, "read_text", no_proc)
+    monkeypatch.setattr(writers.os, "readlink", no_proc)
+    tags = set()
+    for node in (0x3C22FB000001, 0x3C22FB000002):  # two network cards' addresses (not uuid's random stand-in)
+        monkeypatch.setattr(uuid, "getnode", lambda node=node: node)
+        tags.add(writers.machine_tag())
+    assert len(tags) == 2
+    # where it finds no address, uuid makes one up (multicast bit set), anew in each process: left out
+    monkeypatch.setattr(uuid, "getnode", lambda: 0x010000000000 | secrets.randbits(40))
+    assert writers.machine_tag() == writers.machine_tag()
+
+
+def test_a_tag_taken_by_another_thread_while_the_live_tags_are_read_breaks_no_write(tmp_path, monkeypatch):
+    """Two threads writing at once (exports in a thread pool): one took a writer tag while the other went through the
+    live tags, and the other's write failed with "Set changed size during iteration"."""
+    from hf_bigsmall.utils import writers
+
+    class TakenMeanwhile(set):
+        def __iter__(self):  # another thread runs between two steps of the iteration
+            for tag in super().__iter__():
+                writers.writer_tag()
+                yield tag
+
+    first, second = (f"{machine_tag()}-{os.getpid()}-{suffix}" for suffix in ("aaaaaaaa", "bbbbbbbb"))
+    monkeypatch.setattr(writers, "_LIVE_TAGS", TakenMeanwhile([first, second]))
+    leftover = tmp_path / f"student.{machine_tag()}-{os.getpid()}-0123abcd.partial"
+    assert writers.writer_is_gone(leftover, machine_tag(), str(os.getpid()), 0.0)
+    writers.release_writer(tmp_path / f"student.{first}.partial")
+    assert first not in writers._LIVE_TAGS and second in writers._LIVE_TAGS

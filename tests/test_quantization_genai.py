@@ -474,3 +474,52 @@ def test_an_export_removes_the_builds_killed_exports_left_and_keeps_a_running_on
     kept = sorted(["fp32", *(leftovers[key] for key in ("running", "other-target", "not-the-kits"))])
     assert seen == [kept] and sorted(path.name for path in tmp_path.iterdir()) == kept
     assert (tmp_path / leftovers["running"] / "model.onnx").read_text() == "running"
+
+
+def test_an_earlier_export_whose_removal_was_interrupted_is_never_put_back(tmp_path, monkeypatch):
+    """The earlier export moved aside loses the kit's marker before it is removed: a removal stopped halfway leaves
+    a leftover to delete, never a folder the next export would put back as whole where the new one went missing."""
+    import shutil
+
+    from hf_bigsmall.quantization import genai
+    from hf_bigsmall.utils.files import KIT_MARKER, is_kit_folder, mark_kit_folder
+
+    output_dir, build = tmp_path / "out", tmp_path / ".out.build"
+    for folder, version in ((output_dir, "old"), (build, "new")):
+        mark_kit_folder(folder)
+        (folder / "config.json").write_text(json.dumps({"quantization": {"backend": GENAI_BACKEND}}))
+        (folder / "model.onnx").write_text(version)
+    remove = shutil.rmtree
+
+    class Interrupted(BaseException):  # as Ctrl-C is
+        pass
+
+    def interrupted(path, *args, **kwargs):  # stopped while the old export is being removed, its model gone
+        (tmp_path / path / "model.onnx").unlink()
+        raise Interrupted
+
+    monkeypatch.setattr(genai.shutil, "rmtree", interrupted)
+    with pytest.raises(Interrupted):
+        genai._publish(build, output_dir)
+    monkeypatch.setattr(genai.shutil, "rmtree", remove)
+    (aside,) = tmp_path.glob(".out.*.replaced")
+    assert (output_dir / "model.onnx").read_text() == "new" and not is_kit_folder(aside)
+    assert not (aside / KIT_MARKER).exists()
+
+
+@pytest.mark.parametrize("name", ["{machine}-{ended}-0123abcd.replaced", "{machine}-{ended}-0123abcd.genai"])
+def test_a_source_model_at_a_name_an_export_removes_as_a_leftover_is_refused_and_kept(tmp_path, name):
+    """export_genai removes (or puts back) what killed exports to `out` left: a model saved at such a name beside it
+    was the source of the export and was taken as a leftover, as quantize's other backends already refuse."""
+    import subprocess
+    import sys
+
+    from hf_bigsmall.utils.writers import machine_tag
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    source = _save(_tiny_llama(), tmp_path / f".out.{name.format(machine=machine_tag(), ended=ended)}")
+    before = sorted(path.name for path in source.iterdir())
+    with pytest.raises(ValueError, match="writes through and removes as a leftover"):
+        export_genai(source, tmp_path / "out", "int8")
+    assert sorted(path.name for path in source.iterdir()) == before and not (tmp_path / "out").exists()

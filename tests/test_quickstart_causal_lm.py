@@ -305,10 +305,13 @@ def test_a_stale_folder_is_removed_only_when_the_kit_wrote_it(tmp_path):
                            check=True).stdout.strip()
     killed = tmp_path / f"student-pruned.{machine_tag()}-{ended}-0123abcd.partial"
     running = tmp_path / f"student-pruned.{machine_tag()}-{os.getppid()}-0123abcd.partial"
-    for leftover in (killed, running):
+    moved_aside = tmp_path / f".student-pruned.{machine_tag()}-{ended}-0123abcd.replaced"  # a swap killed midway
+    for leftover in (killed, running, moved_aside):
         mark_kit_folder(leftover)
     drop_stale(tmp_path / "student-pruned")
-    assert not killed.exists() and running.exists()
+    # a folder this run does not make is not put back either: it goes with the rest
+    assert not killed.exists() and running.exists() and not moved_aside.exists()
+    assert not (tmp_path / "student-pruned").exists()
 
 
 @pytest.mark.parametrize("installed, chosen", [

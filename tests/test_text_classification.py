@@ -86,3 +86,75 @@ def test_a_trained_teacher_of_other_classes_is_refused_naming_both(tmp_path):
     fresh = _classifier(tmp_path / "fresh", {0: "LABEL_0", 1: "LABEL_1"})
     assert align_labels(dataset, AutoConfig.from_pretrained(fresh)) is dataset
     assert classification_teacher(str(fresh), dataset, None, tmp_path / "out") == str(fresh)
+
+
+def test_a_teacher_left_aside_by_a_killed_swap_is_put_back_and_reused(tmp_path, monkeypatch):
+    """A run killed between moving the saved teacher aside and renaming the new one into place left the only copy at
+    `.teacher.<writer>.replaced`: the next run found no teacher, trained one again and deleted the old as a leftover."""
+    import subprocess
+    import sys
+
+    from transformers import BertModel
+
+    from hf_bigsmall import trainer as trainer_module
+    from hf_bigsmall.tasks.text_classification import TEACHER_INPUTS_NAME, teacher_fingerprint, train_teacher
+    from hf_bigsmall.utils.files import publishing
+    from hf_bigsmall.utils.writers import machine_tag
+
+    from .testing_utils import tiny_bert_config
+
+    dataset = _neg_pos_dataset(tmp_path)
+    backbone = tmp_path / "backbone"
+    BertModel(tiny_bert_config()).save_pretrained(backbone)
+    fingerprint = teacher_fingerprint(backbone, dataset, num_train_epochs=1.0, learning_rate=1e-4,
+                                      per_device_train_batch_size=16, seed=42, max_steps=1)
+    teacher = tmp_path / "teacher"
+    with publishing(teacher) as partial:  # the teacher an earlier run saved
+        (partial / "config.json").write_text("{}")
+        (partial / TEACHER_INPUTS_NAME).write_text(json.dumps(fingerprint, indent=2))
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    teacher.rename(tmp_path / f".teacher.{machine_tag()}-{ended}-0123abcd.replaced")
+
+    def trained_again(*args, **kwargs):
+        raise AssertionError("the teacher was trained again")
+
+    monkeypatch.setattr(trainer_module, "BigSmallTrainer", trained_again)
+    assert train_teacher(backbone, dataset, None, teacher, max_steps=1) == teacher
+    assert json.loads((teacher / TEACHER_INPUTS_NAME).read_text()) == fingerprint
+    assert not list(tmp_path.glob(".teacher.*"))
+
+
+def test_a_dataset_without_class_names_is_taken_as_class_ids_by_a_trained_teacher(tmp_path):
+    """Labels that are plain ints (no ClassLabel) have no names to order: a teacher with a head was used as it is,
+    and the name check added for ClassLabels must not fail on them (it raised AttributeError)."""
+    from datasets import Dataset, DatasetDict
+    from transformers import AutoConfig
+
+    from hf_bigsmall.tasks.text_classification import align_labels, classification_teacher
+
+    rows = Dataset.from_dict({"input_ids": [[1, 2, 3]] * 4, "labels": [0, 1, 1, 0]})
+    dataset = DatasetDict(train=rows, eval=rows)
+    teacher = _classifier(tmp_path / "teacher", {0: "pos", 1: "neg"})
+    assert align_labels(dataset, AutoConfig.from_pretrained(teacher)) is dataset
+    assert classification_teacher(str(teacher), dataset, None, tmp_path / "out") == str(teacher)
+
+
+@pytest.mark.parametrize("id2label", [{0: "LABEL_0", 1: "LABEL_1"}, {0: "neg", 1: "pos"}])
+def test_a_trained_teacher_with_fewer_classes_than_the_dataset_is_refused(tmp_path, id2label):
+    """A binary teacher without class names and a dataset of three classes: nothing to renumber, so both were taken,
+    and the distillation met label 2 of a two-class head only once training ran."""
+    from transformers import AutoConfig
+
+    from hf_bigsmall.tasks.text_classification import align_labels, classification_teacher, load_classification_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_split(data / "train.json", ["neg", "neu", "pos"], 12)
+    _write_split(data / "test.json", ["pos", "neg", "neu"], 6)
+    dataset = load_classification_dataset(_save_tokenizer(tmp_path / "tok"), str(data), max_length=8)
+    teacher = _classifier(tmp_path / "teacher", id2label)
+    with pytest.raises(ValueError, match=r"3 classes.*2"):
+        align_labels(dataset, AutoConfig.from_pretrained(teacher))
+    with pytest.raises(ValueError, match=r"3 classes.*2"):
+        classification_teacher(str(teacher), dataset, None, tmp_path / "out")

@@ -60,6 +60,24 @@ def is_onnx_folder(model_dir: str | Path) -> bool:
             and not (model_dir / "genai_config.json").is_file())
 
 
+def check_source_is_no_leftover(model_dir: str | Path, output_dir: str | Path) -> None:
+    """Refuse a model folder at (or inside) a name an export to `output_dir` removes as a leftover.
+
+    An export removes what interrupted exports to `output_dir` left beside it (`<output_dir>[.<writer>].partial`,
+    `.<output_dir>[.<writer>].replaced`, `.<output_dir>.<writer>.genai`, ...; see
+    `hf_bigsmall.utils.files.leftover_match`): a model at such a name could be deleted or moved.
+
+    Raises:
+        ValueError: the message names the folder and the fix. Nothing is changed.
+    """
+    source, target = Path(model_dir).resolve(), Path(output_dir).resolve()
+    sibling = next((parent for parent in (source, *source.parents) if parent.parent == target.parent), None)
+    if sibling is not None and leftover_match(target, sibling.name):
+        raise ValueError(f"the model's folder {model_dir} is {sibling.name}, a name an export to {output_dir} "
+                         "writes through and removes as a leftover: move or rename the model's folder first, or "
+                         "pass another output_dir.")
+
+
 def check_quantized_output(model_dir: str | Path, output_dir: str | Path) -> None:
     """Refuse an `output_dir` that an export may not write, before anything is written.
 
@@ -83,13 +101,7 @@ def check_quantized_output(model_dir: str | Path, output_dir: str | Path) -> Non
     if source.is_relative_to(target) or target.is_relative_to(source):
         raise ValueError(f"output_dir {output_dir} and the model's folder {model_dir} are inside one another: write "
                          "the quantized model into a folder beside the model, not around or within it.")
-    # an export removes what interrupted exports to `output_dir` left beside it (`<output_dir>[.<writer>].partial`,
-    # `.<output_dir>[.<writer>].replaced`, ...): a model at such a name could be deleted
-    sibling = next((parent for parent in (source, *source.parents) if parent.parent == target.parent), None)
-    if sibling is not None and leftover_match(target, sibling.name):
-        raise ValueError(f"the model's folder {model_dir} is {sibling.name}, a name an export to {output_dir} "
-                         "writes through and removes as a leftover: move or rename the model's folder first, or "
-                         "pass another output_dir.")
+    check_source_is_no_leftover(model_dir, output_dir)
     # the kit's marker and the kit's quantization record: a GGUF file or another tool's model.onnx says
     # nothing about who owns the rest of the folder, and the marker alone is on every model the kit saves
     # (a folder holding the kit's marker alone, as an interrupted write leaves it, has nothing to lose)

@@ -28,7 +28,7 @@ from ..utils.files import KIT_MARKER, is_kit_folder, mark_kit_folder, remove_lef
 from ..utils.heads import TEXT_GENERATION as CAUSAL_LM
 from ..utils.import_utils import require
 from ..utils.writers import release_writer, writer_tag
-from .config import QUANTIZATION_KEY, check_full_precision_source, has_kit_record
+from .config import QUANTIZATION_KEY, check_full_precision_source, check_source_is_no_leftover, has_kit_record
 from .engine_timing import padded_logits, time_engine_generation
 from .record import QuantizationRecord
 
@@ -160,6 +160,7 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
     if source.is_relative_to(target) or target.is_relative_to(source):  # replacing one would change the other
         raise ValueError(f"output_dir {output_dir} and the model's folder {model_dir} are inside one another: write "
                          "the quantized model into a folder beside the model, not around or within it.")
+    check_source_is_no_leftover(model_dir, output_dir)  # the export removes those names as leftovers
     foreign = output_dir.exists() and (not output_dir.is_dir() or _holds_files(output_dir))
     if foreign and not is_kit_export(output_dir):
         raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall as a quantized export: "
@@ -384,6 +385,8 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
         raise
     if old is not None:
         try:
+            # the marker first: a removal stopped halfway leaves no folder that looks whole and would be put back
+            (old / KIT_MARKER).unlink(missing_ok=True)
             shutil.rmtree(old, ignore_errors=True)
         finally:
             release_writer(old)

@@ -19,7 +19,7 @@ from ..metrics import load_metric
 from ..pruning.parameters import count_parameters
 from ..quantization.backends import backend_of_folder, load_runner
 from ..quantization.config import quantization_of
-from ..utils.class_labels import dataset_to_model_ids, model_class_names
+from ..utils.class_labels import dataset_to_model_ids, folded_class_name, model_class_names
 from ..utils.cpu import OtherCpuWork
 from ..utils.heads import TEXT_CLASSIFICATION, TEXT_GENERATION, task_of
 from ..utils.import_utils import is_matplotlib_available
@@ -808,10 +808,16 @@ def _labels_as_class_ids(dataset: Dataset, label_column: str, config) -> Dataset
             dataset = dataset.map(lambda rows: {label_column: [mapping.get(value, value) for value in rows[label_column]]},
                                   batched=True, features=features)
     label2id = {str(name): int(index) for name, index in (getattr(config, "label2id", None) or {}).items()}
-    if not isinstance(dataset.features[label_column], ClassLabel) and label2id and (
-            {str(value) for value in dataset.unique(label_column)} <= label2id.keys()):
-        dataset = dataset.map(lambda rows: {label_column: [label2id[str(value)] for value in rows[label_column]]},
-                              batched=True)
+    if not isinstance(dataset.features[label_column], ClassLabel) and label2id:
+        values = {str(value) for value in dataset.unique(label_column)}
+        # "positive" for a model's "POSITIVE": the same class, as for ClassLabel names (unless folding merges two)
+        folded = {folded_class_name(name): index for name, index in label2id.items()}
+        if values <= label2id.keys():
+            dataset = dataset.map(lambda rows: {label_column: [label2id[str(value)] for value in rows[label_column]]},
+                                  batched=True)
+        elif len(folded) == len(label2id) and {folded_class_name(value) for value in values} <= folded.keys():
+            dataset = dataset.map(lambda rows: {label_column: [folded[folded_class_name(str(value))]
+                                                               for value in rows[label_column]]}, batched=True)
     # else the labels are not the class names: read as class ids, which must be ones the models predict
     num_labels = int(config.num_labels)
     outside = sorted({value for value in dataset.unique(label_column) if isinstance(value, bool)

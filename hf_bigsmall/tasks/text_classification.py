@@ -20,7 +20,7 @@ from transformers.utils import logging
 from .. import assets
 from ..utils.class_labels import dataset_to_model_ids, model_class_names
 from ..utils.distributed import needs_cpu_process_group
-from ..utils.files import atomic_write_json, atomic_write_text, fresh_partial_dir, publish_dir
+from ..utils.files import atomic_write_json, atomic_write_text, fresh_partial_dir, publish_dir, restore_moved_aside
 from ..utils.heads import evaluation_split
 from ..utils.writers import release_writer
 
@@ -108,7 +108,7 @@ def align_labels(dataset: DatasetDict, config) -> DatasetDict:
 
     Raises:
         ValueError: the dataset's class names are not the model's (other than for case and spaces); the
-            message names both lists.
+            message names both lists. Or the dataset has more classes than the model's head.
 
     Example:
     ```python
@@ -118,13 +118,32 @@ def align_labels(dataset: DatasetDict, config) -> DatasetDict:
     from datasets import ClassLabel
 
     id2label = model_class_names(config)
-    mapping = dataset_to_model_ids(label_names(dataset), id2label, what="the dataset's labels")
+    mapping = _dataset_to_teacher_ids(dataset, config)
     if mapping is None:
         return dataset
     features = dataset["train"].features.copy()
     features["labels"] = ClassLabel(names=[id2label[index] for index in range(len(id2label))])
     return dataset.map(lambda batch: {"labels": [mapping.get(value, value) for value in batch["labels"]]},
                        batched=True, features=features)
+
+
+def _dataset_to_teacher_ids(dataset: DatasetDict, config) -> dict[int, int] | None:
+    """`dataset_to_model_ids` for a trained classifier's `config`; labels without a `ClassLabel` are its ids already.
+
+    Raises:
+        ValueError: the dataset has more classes than the classifier's head, or other class names.
+    """
+    from datasets import ClassLabel
+
+    feature = dataset["train"].features["labels"]
+    if not isinstance(feature, ClassLabel):  # plain ids: no names to put in the model's order
+        return None
+    if feature.num_classes > int(config.num_labels):  # no renumbering fits them in: refused before anything trains
+        raise ValueError(f"The dataset's labels have {feature.num_classes} classes {list(feature.names)} and the "
+                         f"model's classification head {config.num_labels}: the labels beyond its ids cannot be "
+                         "learnt or scored. Use a teacher without a classification head (it is fine-tuned on these "
+                         "classes) or one trained on them.")
+    return dataset_to_model_ids(feature.names, model_class_names(config), what="the dataset's labels")
 
 
 def accuracy(eval_prediction: EvalPrediction) -> dict[str, float]:
@@ -258,6 +277,7 @@ def train_teacher(
     fingerprint = teacher_fingerprint(
         model_name_or_path, dataset, num_train_epochs=num_train_epochs, learning_rate=learning_rate,
         per_device_train_batch_size=per_device_train_batch_size, seed=seed, **training_kwargs)
+    restore_moved_aside(output_dir)  # a run killed while replacing the teacher left the old one aside: reuse it
     differences = teacher_differences(output_dir, fingerprint)
     if differences == []:
         logger.info("Reusing the fine-tuned teacher in %s", output_dir)
@@ -313,14 +333,15 @@ def classification_teacher(
     Raises:
         ValueError: the checkpoint has a classification head whose `id2label` names other classes than the
             dataset's labels, or the same ones numbered otherwise (then pass `align_labels(dataset, config)`,
-            which renumbers the dataset to the checkpoint's ids).
+            which renumbers the dataset to the checkpoint's ids), or fewer classes than the dataset's.
     """
     if has_classification_head(model_name_or_path):
         from transformers import AutoConfig
 
         path = assets.resolve_model(model_name_or_path)
-        id2label = model_class_names(AutoConfig.from_pretrained(path))
-        if dataset_to_model_ids(label_names(dataset), id2label, what="the dataset's labels") is not None:
+        config = AutoConfig.from_pretrained(path)
+        id2label = model_class_names(config)
+        if _dataset_to_teacher_ids(dataset, config) is not None:
             raise ValueError(f"{model_name_or_path} numbers the classes {label_names(dataset)} of the dataset in "
                              f"another order ({id2label}): a student distilled on "
                              "the dataset's ids would learn permuted labels. Renumber the dataset first with "

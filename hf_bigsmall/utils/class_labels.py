@@ -6,8 +6,9 @@ orders differ, reading the dataset's ids as the model's ids scores (or trains) e
 the wrong class without a word. `dataset_to_model_ids` says how to renumber the dataset, or refuses
 names that are not the same classes.
 
-Names that mean "no names" are ignored: transformers' placeholders of a fresh head (`LABEL_0`,
-`LABEL_1`, ...) and a `ClassLabel` made from a class count (`"0"`, `"1"`, ...).
+Names that mean "no names" are ignored, on either side: transformers' placeholders of a fresh head
+(`LABEL_0`, `LABEL_1`, ...) and the class ids spelled out (`"0"`, `"1"`, ...: a `ClassLabel` made from a
+class count, or a model fine-tuned on labels given as ids).
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 
-def _folded(name: str) -> str:
-    # spelled alike but for case and spaces ("POSITIVE", "positive"): the same class
+def folded_class_name(name: str) -> str:
+    """The class name with case and runs of spaces ignored: "POSITIVE" and " positive" are the same class."""
     return " ".join(str(name).split()).casefold()
 
 
 def model_class_names(config) -> dict[int, str] | None:
-    """A classifier's `id2label`, or None when it holds only transformers' placeholder names (`LABEL_0`, ...)."""
+    """A classifier's `id2label`, or None when it holds only transformers' placeholder names (`LABEL_0`, ...) or its
+    ids spelled out (`"0"`, `"1"`: a model fine-tuned on labels given as class ids, as `train_teacher` names them)."""
     names = {int(index): str(name) for index, name in (getattr(config, "id2label", None) or {}).items()}
-    return None if all(name == f"LABEL_{index}" for index, name in names.items()) else names
+    return None if all(name in (str(index), f"LABEL_{index}") for index, name in names.items()) else names
 
 
 def dataset_class_names(names: Sequence[str] | None) -> list[str] | None:
@@ -53,11 +55,12 @@ def dataset_to_model_ids(dataset_names: Sequence[str] | None, id2label: Mapping[
     if dataset_names is None or not id2label:
         return None
     model_names = [id2label[index] for index in sorted(id2label)]
-    model_ids = {_folded(name): index for index, name in id2label.items()}
-    if sorted(_folded(name) for name in dataset_names) != sorted(model_ids) or len(model_ids) != len(id2label):
+    model_ids = {folded_class_name(name): index for index, name in id2label.items()}
+    folded = sorted(folded_class_name(name) for name in dataset_names)
+    if folded != sorted(model_ids) or len(model_ids) != len(id2label):
         raise ValueError(f"The class names of {what} {dataset_names} are not the model's id2label names {model_names}: "
                          "every example would be read as the class of the same number in the model. If they are the "
                          "same classes under other names, rename the dataset's ClassLabel to the model's names "
                          "(dataset.cast_column with ClassLabel(names=...)); else use a model trained on these classes.")
-    mapping = {index: model_ids[_folded(name)] for index, name in enumerate(dataset_names)}
+    mapping = {index: model_ids[folded_class_name(name)] for index, name in enumerate(dataset_names)}
     return None if all(index == model_id for index, model_id in mapping.items()) else mapping

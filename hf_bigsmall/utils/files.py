@@ -66,21 +66,65 @@ def final_name(name: str) -> str:
     return re.sub(rf"(?:\.{WRITER_TAG_PATTERN})?\.partial$", "", name)
 
 
-def remove_leftovers(target: str | os.PathLike) -> list[Path]:
+def _leftovers(target: Path) -> list[tuple[Path, re.Match]]:
+    """The temporary siblings of `target` (see `leftover_match`) that are no links, with their matches."""
+    try:
+        return [(entry, match) for entry in sorted(target.parent.iterdir())
+                if (match := leftover_match(target, entry.name)) and not entry.is_symlink()]
+    except OSError:  # no folder yet: nothing left in it
+        return []
+
+
+def _restore(target: Path, found: list[tuple[Path, re.Match]], now: float) -> Path | None:
+    """Rename back to `target` the old folder a swap killed between its two renames left aside; None if there is none.
+
+    Only where nothing is at `target`, only a `.<name>.<writer>.replaced` folder whose writer is gone, and only one
+    still holding the kit's marker: `publish_dir` removes the marker first when it deletes the old folder, so a
+    folder that has it was moved aside whole, never half deleted. Of several, the one written last comes back.
+    """
+    if target.exists() or target.is_symlink():
+        return None
+    whole = [entry for entry, match in found
+             if match["kind"] == "replaced" and match["machine"] and entry.is_dir() and is_kit_folder(entry)
+             and writer_is_gone(entry, match["machine"], match["pid"], now)]
+    for entry in sorted(whole, key=lambda entry: (entry / KIT_MARKER).stat().st_mtime, reverse=True):
+        try:
+            entry.rename(target)
+        except OSError:  # another run put it (or another folder) back first
+            continue
+        logger.warning(f"put {entry} back at {target}: a run writing {target} was stopped after moving it aside, "
+                       "before the new folder took its place")
+        return entry
+    return None
+
+
+def restore_moved_aside(target: str | os.PathLike) -> Path | None:
+    """Put back a folder that a swap killed between its two renames left aside (see `publish_dir`).
+
+    A run that decides from what is at `target` (reuse a saved teacher, or train a new one) calls this first, so it
+    sees the old folder rather than nothing. Returns the name it was put back from, or None.
+    """
+    target = Path(target)
+    found = _leftovers(target)
+    return _restore(target, found, folder_clock(target.parent)) if found else None
+
+
+def remove_leftovers(target: str | os.PathLike, restore: bool = True) -> list[Path]:
     """Remove what interrupted writes of `target` left beside it (see `leftover_match`) once their writers are gone.
 
     A leftover whose writer may still be running is left (and logged), as is a link, and a `.partial` folder
-    that holds something but not the kit's marker. Returns the paths removed.
+    that holds something but not the kit's marker. An old folder that a swap killed between its two renames left
+    aside, with nothing at `target`, is the only copy of it: with `restore` (the default) it is put back at
+    `target` rather than removed (`restore_moved_aside`). Returns the paths removed.
     """
     target = Path(target)
-    try:
-        found = [(entry, match) for entry in sorted(target.parent.iterdir())
-                 if (match := leftover_match(target, entry.name)) and not entry.is_symlink()]
-    except OSError:  # no folder yet: nothing left in it
-        return []
+    found = _leftovers(target)
     removed = []
     now = folder_clock(target.parent) if found else 0.0
+    restored = _restore(target, found, now) if found and restore else None
     for entry, match in found:
+        if entry == restored:
+            continue
         if not writer_is_gone(entry, match["machine"], match["pid"], now):
             logger.info(f"left {entry}: its writer may still be running (another run writing {target}?)")
             continue
@@ -206,6 +250,8 @@ def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike) -> Pat
         raise
     release_writer(partial)
     try:
+        # the marker first: a removal stopped halfway leaves no folder that looks whole and would be put back
+        (replaced / KIT_MARKER).unlink(missing_ok=True)
         shutil.rmtree(replaced, ignore_errors=True)
     finally:
         release_writer(replaced)  # interrupted, it is a leftover the next write of `final_dir` removes

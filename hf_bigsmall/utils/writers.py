@@ -16,6 +16,7 @@ import os
 import secrets
 import socket
 import time
+import uuid
 import zlib
 from pathlib import Path
 
@@ -34,15 +35,22 @@ def machine_tag() -> str:
 
     The host name alone is not enough: containers started with the host's network share its name but number
     their processes apart (a writer that is process 42 in one is no process, or another one, in the next),
-    and two machines may share one name and one folder. On Linux the boot and the process-id namespace are
-    named too, so a writer whose process id cannot be checked from here falls under the time rule instead.
+    and two machines may share one name and one folder. The network card's address is named too, and on Linux
+    the boot and the process-id namespace, so a writer whose process id cannot be checked from here falls under
+    the time rule instead.
     """
     identity = [socket.gethostname()]
+    # two machines may share a host name ("MacBook-Pro"); without /proc (macOS, BSD) the network card's address
+    # tells them apart. uuid makes a random one up (multicast bit set) where it finds none: left out, as it
+    # would differ between two processes of one machine
+    node = uuid.getnode()
+    if not node >> 40 & 1:
+        identity.append(f"{node:012x}")
     for read in (lambda: Path("/proc/sys/kernel/random/boot_id").read_text().strip(),
                  lambda: os.readlink("/proc/self/ns/pid")):
         try:
             identity.append(read())
-        except OSError:  # not Linux, or /proc not mounted: the host name is all there is
+        except OSError:  # not Linux, or /proc not mounted: the host name and the card's address are all there is
             pass
     return f"{zlib.crc32(chr(0).join(identity).encode()) & 0xFFFFFFFF:08x}"
 
@@ -60,7 +68,8 @@ def writer_tag() -> str:
 def release_writer(path: str | os.PathLike) -> None:
     """Say that this process no longer writes under the tag in `path`'s name: what it left may now be removed."""
     name = Path(path).name
-    _LIVE_TAGS.difference_update([tag for tag in _LIVE_TAGS if tag in name])
+    # a copy (one step): another thread may take a tag meanwhile, and a set must not grow while it is iterated
+    _LIVE_TAGS.difference_update([tag for tag in _LIVE_TAGS.copy() if tag in name])
 
 
 def writer_partial(path: str | os.PathLike) -> Path:
@@ -75,7 +84,8 @@ def writer_is_gone(entry: Path, machine: str | None, pid: str | None, now: float
     Only then may a later run remove `entry`. `now` is `folder_clock` of the folder holding it.
     """
     if machine == machine_tag() and pid is not None and int(pid) == os.getpid():
-        return not any(tag in entry.name for tag in _LIVE_TAGS)  # this process knows what it writes now
+        # this process knows what it writes now (a copy: another thread may take a tag meanwhile)
+        return not any(tag in entry.name for tag in _LIVE_TAGS.copy())
     if machine == machine_tag() and pid is not None and os.name == "posix":
         try:
             os.kill(int(pid), 0)  # signal 0: checks the process exists, sends nothing

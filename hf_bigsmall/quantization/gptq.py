@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
 
 # the lazy-update batch of columns (Frantar et al. 2022, section 4 "Lazy Batch-Updates"): the error of a whole batch
 # reaches the remaining columns in one matrix product instead of one rank-1 update per column
@@ -348,7 +352,9 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
         raise ValueError(f"{graph_file} keeps its weights in several files {sorted(locations)}: GPTQ calibration "
                          "rewrites one external data file, as onnxruntime-genai's builder writes it.")
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    started = time.process_time()
     hessians, tokens = calibration_hessians(model, sequences, sorted({reads for _, _, reads in nodes}))
+    hessian_seconds, started = time.process_time() - started, time.process_time()
     parameters = dict(model.named_parameters())
     del graph
     graph = onnx.load(graph_file)  # with its weights now
@@ -375,9 +381,42 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
                 raise ValueError(f"{name} of {node.name} is not laid out as onnxruntime's quantizer writes it "
                                  f"(dims {list(old.dims)}): GPTQ calibration cannot rewrite it.")
             old.CopyFrom(numpy_helper.from_array(values.reshape(tuple(old.dims)), name))
+    logger.info(f"GPTQ: Hessians of {len(hessians)} inputs from {tokens} tokens in {hessian_seconds:.1f} s, "
+                f"{len(nodes)} int4 matrices in {time.process_time() - started:.1f} s (CPU time)")
     location = next(iter(locations), "model.onnx.data")
     (Path(build_dir) / location).unlink(missing_ok=True)  # onnx appends to an existing external data file
     onnx.save_model(graph, graph_file, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
                     size_threshold=0)
     return {"method": "gptq", "sequences": len(sequences), "tokens": tokens, "damp": damp,
             "matrices": len(nodes)}
+
+
+def calibration_blocks(model_dir: str | os.PathLike, dataset: str, samples: int = 32,
+                       block_size: int = 128) -> list[list[int]]:
+    """`samples` evenly spaced blocks of `block_size` tokens from the training split of a text corpus.
+
+    The corpus is tokenized with the model's tokenizer and cut into blocks as the causal-LM task cuts
+    its training data (`tasks.causal_lm.load_causal_lm_dataset`); the held-out split is left alone, so a
+    perplexity measured on it stays held out.
+
+    Args:
+        model_dir: the saved model, with its tokenizer.
+        dataset: an embedded corpus (`embedded/news`, `embedded/hamlet`), a Hub id or a local dataset
+            path (`datasets.load_dataset`), with a `text` column.
+        samples: blocks wanted (fewer when the split holds fewer).
+        block_size: tokens per block (at most the model's positions).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..tasks.causal_lm import load_causal_lm_dataset
+
+    if samples < 1 or block_size < 2:
+        raise ValueError(f"calibration needs at least 1 sample of at least 2 tokens, got {samples} x {block_size}.")
+    positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None) or block_size
+    train = load_causal_lm_dataset(AutoTokenizer.from_pretrained(model_dir), dataset,
+                                   block_size=min(block_size, positions))["train"]
+    if len(train) == 0:
+        raise ValueError(f"{dataset}'s training split holds less than one block of {block_size} tokens: give more "
+                         "text or a shorter block.")
+    step = max(len(train) // samples, 1)
+    return [list(train[index]["input_ids"]) for index in range(0, step * samples, step) if index < len(train)]

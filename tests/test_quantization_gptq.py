@@ -11,7 +11,6 @@ from hf_bigsmall.quantization import quantization_of, quantize
 from hf_bigsmall.quantization.backends import QuantizationBackend
 from hf_bigsmall.quantization.genai import GENAI_BACKEND, GenAIModelRunner, export_genai
 from hf_bigsmall.quantization.gptq import (
-    calibrate_genai_int4,
     dequantize,
     gptq_quantize,
     pack_matmul_nbits,
@@ -100,6 +99,21 @@ def test_dead_columns_and_a_partial_last_block_are_stored_as_zeros():
     values = dequantize(codes, scales, zero_points, 32)
     assert codes.shape == (48, 64) and torch.isfinite(values).all()
     assert (values[:, 5] == 0).all() and (values[:, 40:] == 0).all()
+
+
+def test_calibration_hessians_sum_every_tokens_input_and_leave_no_hooks():
+    from hf_bigsmall.quantization.gptq import calibration_hessians
+
+    torch.manual_seed(0)
+    embedding, linear = torch.nn.Embedding(20, 6), torch.nn.Linear(6, 3)
+    model = torch.nn.Sequential(embedding, linear)
+    hessians, tokens = calibration_hessians(model, [[1, 2, 3], [4, 5]], ["1"])
+    inputs = embedding(torch.tensor([1, 2, 3, 4, 5])).detach().double()
+    assert tokens == 5 and torch.allclose(hessians["1"], inputs.T @ inputs)
+    for names, error in ((["1", "2"], ValueError), (["0"], TypeError)):
+        with pytest.raises(error):
+            calibration_hessians(model, [[1, 2]], names)
+    assert not linear._forward_hooks and not embedding._forward_hooks
 
 
 def test_a_hessian_of_another_layer_is_refused():
@@ -198,7 +212,7 @@ def test_cli_calibrates_on_a_corpus_training_split(tiny_source, tmp_path, capsys
     _, source, _ = tiny_source
     corpus = tmp_path / "corpus"
     corpus.mkdir()
-    words = "the cat sat on the mat and the dog ran in the park".split()
+    words = ["the", "cat", "sat", "on", "the", "mat", "and", "the", "dog", "ran", "in", "the", "park"]
     (corpus / "train.txt").write_text("\n".join(" ".join(words[i:] + words[:i]) for i in range(12)) * 8)
     (corpus / "validation.txt").write_text(" ".join(words * 12))  # at least one block, as the task asks
     assert main(["quantize", str(source), str(tmp_path / "int4"), "--backend", GENAI_BACKEND, "--method", "int4",
@@ -319,5 +333,5 @@ def test_smollm2_calibrated_int4_loses_less_perplexity_than_round_to_nearest(tmp
     ratios = {}
     for name, folder in (("rtn", rtn), ("gptq", calibrated)):
         runner = GenAIModelRunner(folder, num_threads=2)
-        ratios[name] = perplexity(lambda ids: torch.from_numpy(runner.prompt_logits(ids))) / fp32
+        ratios[name] = perplexity(lambda ids, runner=runner: torch.from_numpy(runner.prompt_logits(ids))) / fp32
     assert ratios["gptq"] < ratios["rtn"], ratios

@@ -52,7 +52,6 @@ def calibration_hessians(model: torch.nn.Module, sequences: Iterable[Sequence[in
     """
     wanted = set(module_names)
     hessians: dict[str, torch.Tensor] = {}
-    hooks = []
 
     def accumulate(name: str):
         def hook(module, inputs, output):
@@ -63,14 +62,13 @@ def calibration_hessians(model: torch.nn.Module, sequences: Iterable[Sequence[in
                 hessians[name] = rows.T @ rows
         return hook
 
-    for name, module in model.named_modules():
-        if name in wanted:
-            if not isinstance(module, torch.nn.Linear):
-                raise TypeError(f"{name} is a {type(module).__name__}, not an nn.Linear: GPTQ quantizes linear layers.")
-            hooks.append(module.register_forward_hook(accumulate(name)))
-    missing = wanted - {name for name, _ in model.named_modules()}
-    if missing:
-        raise ValueError(f"The model has no modules named {sorted(missing)[:3]}.")
+    modules = {name: module for name, module in model.named_modules() if name in wanted}
+    if len(modules) < len(wanted):
+        raise ValueError(f"The model has no modules named {sorted(wanted - set(modules))[:3]}.")
+    for name, module in modules.items():
+        if not isinstance(module, torch.nn.Linear):
+            raise TypeError(f"{name} is a {type(module).__name__}, not an nn.Linear: GPTQ quantizes linear layers.")
+    hooks = [module.register_forward_hook(accumulate(name)) for name, module in modules.items()]
     tokens = 0
     try:
         with torch.inference_mode():

@@ -6,6 +6,8 @@ hf-bigsmall quickstart --task causal-lm            # SmolLM2 pruned by importanc
 hf-bigsmall compare out/teacher out/student --output_dir out
 hf-bigsmall push out/student me/minilm-rt-student
 hf-bigsmall quantize out/student-compact out/student-int8     # int8 for the CPU (ONNX Runtime)
+hf-bigsmall quantize out/student out/student-int4 --backend onnxruntime-genai --method int4 \
+    --calibration_dataset embedded/news                        # GPTQ-calibrated int4 for ONNX Runtime GenAI
 ```
 """
 
@@ -58,9 +60,16 @@ def _quantize(args: argparse.Namespace) -> int:
     from .quantization import get_quantization_backend, quantize
     from .quantization.config import quantization_of
 
+    calibration = None
+    if args.calibration_dataset:  # refused for a backend that takes none before the corpus is read
+        from .quantization import plan_quantization
+        from .quantization.gptq import calibration_blocks
+
+        plan_quantization(args.method, args.device, args.backend).check_calibration()
+        calibration = calibration_blocks(args.model_dir, args.calibration_dataset, args.calibration_samples)
     try:
         folder = quantize(args.model_dir, args.output_dir, method=args.method, device=args.device,
-                          backend=args.backend)
+                          backend=args.backend, calibration=calibration)
     except ImportError as error:  # the backend's extra is missing: the message says what to install
         echo(f"hf-bigsmall quantize: {error}", error=True)
         return 2
@@ -195,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--backend", default="auto", choices=["auto", *(b.name for b in backends)],
                           help="a registered quantization backend; gguf: one GGUF file for llama.cpp / Ollama "
                                "(Llama-family and GPT-2 causal LMs)")
+    calibrated = ", ".join(f"{b.name} {'/'.join(b.calibrated_schemes)}" for b in backends if b.calibrated_schemes)
+    quantize.add_argument("--calibration_dataset", default=None,
+                          help="calibrate on 128-token blocks of this corpus's training split (embedded/news, "
+                               f"embedded/hamlet, a Hub id or a path): GPTQ for {calibrated}")
+    quantize.add_argument("--calibration_samples", type=int, default=32,
+                          help="calibration blocks of 128 tokens")
     quantize.set_defaults(handler=_quantize)
     return parser
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from transformers.utils import logging
 
@@ -23,6 +24,7 @@ def quantize(
     method: str = "int8",
     device: str = "cpu",
     backend: str = "auto",
+    calibration: Any = None,
 ) -> Path:
     """Quantize a saved sequence classifier or causal LM for `device`, into a new folder.
 
@@ -54,6 +56,11 @@ def quantize(
             `q4_k_m`) or `int8` (= q8_0) / `int4` (q4_k_m where it can be made, else q4_0); see
             `gguf_export.export_gguf`. A backend registered from your own code
             (`register_quantization_backend`) is taken by its name the same way.
+        calibration: token-id sequences of the model's usual text (lists of ints, or a `datasets.Dataset`
+            with `input_ids`; `gptq.calibration_blocks` cuts them from a corpus), for the methods a backend
+            declares in `calibrated_schemes`: `backend="onnxruntime-genai"`, `method="int4"` quantizes its
+            4-bit matrices by GPTQ instead of round-to-nearest (same size and speed, less perplexity lost;
+            see `genai.export_genai`). Refused for every other backend and method.
 
     Returns:
         `output_dir` as a `Path`.
@@ -63,7 +70,8 @@ def quantize(
             usable, but the card could not be built; the message says how to write it again.
         ImportError: the backend is not installed (the message names the extra, e.g.
             `pip install "hf-bigsmall[onnx]"`).
-        ValueError: int4 on a CPU or a GPU without its kernels, a model that is already quantized,
+        ValueError: calibration for a backend or method that takes none, int4 on a CPU or a GPU without its
+            kernels, a model that is already quantized,
             a model without a classification or causal LM head, a model the backend cannot export,
             a missing tokenizer, or an `output_dir` that `quantize` did not write.
 
@@ -79,7 +87,11 @@ def quantize(
     """
     plan = plan_quantization(method, device, backend)  # every check that needs no model, before anything is read
     entry = get_quantization_backend(plan.backend)
-    folder = Path(entry.export(Path(model_dir), Path(output_dir), plan.method))
+    if calibration is not None:
+        plan.check_calibration()
+    # only a calibrated request passes the keyword, so backends registered without calibration keep their signature
+    options = {"calibration": calibration} if calibration is not None else {}
+    folder = Path(entry.export(Path(model_dir), Path(output_dir), plan.method, **options))
     if entry.model_card:  # a folder served as it is (GGUF) carries its card
         try:
             atomic_write_text(folder / "README.md", str(build_model_card(folder, energy=False)))

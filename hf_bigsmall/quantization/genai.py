@@ -94,8 +94,8 @@ def _holds_files(folder: Path) -> bool:
     return any(entry.name != KIT_MARKER for entry in folder.iterdir())
 
 
-def scheme_description(scheme: str, builder_options: dict[str, Any] | None = None) -> str:
-    """What a scheme stores, as the record and the model card state it."""
+def scheme_description(scheme: str, builder_options: dict[str, Any] | None = None, calibrated: bool = False) -> str:
+    """What a scheme stores, as the record and the model card state it (`calibrated`: int4 matrices by GPTQ)."""
     if scheme == "fp32":
         return "fp32 weights, KV cache in the graph (GroupQueryAttention)"
     options = builder_options or {}
@@ -111,10 +111,13 @@ def scheme_description(scheme: str, builder_options: dict[str, Any] | None = Non
     else:
         head = placement.get("last_matmul") or f"int{bits}"
     # the builder's `mixed_layers` selection (llama.cpp's mixed strategy), in words
+    rounding = "round-to-nearest" if algorithm == "rtn" else f"{algorithm} algorithm"
+    if calibrated and bits == 4:  # the builder's 8-bit matrices keep its rounding
+        rounding = f"4-bit matrices GPTQ-calibrated (Frantar et al. 2022), 8-bit ones {rounding}"
     mixed = (f"; attention qkv and MLP down projections of the first and last eighth of the layers and of every "
              f"third layer between in {placement['mixed_layers']}" if placement.get("mixed_layers") else "")
     return (f"int{bits} weight-only MatMulNBits, {'symmetric' if symmetric else 'asymmetric (zero points)'}, "
-            f"{'round-to-nearest' if algorithm == 'rtn' else algorithm + ' algorithm'}, blocks of "
+            f"{rounding}, blocks of "
             f"{options.get('block_size', INT4_BLOCK_SIZE)} input channels, accuracy level "
             f"{options.get('accuracy_level', INT4_ACCURACY_LEVEL)}; output layer {head} (an input embedding tied to "
             f"it reads the same weights, an untied one stays fp32){mixed}; norms fp32; KV cache in the graph")
@@ -264,6 +267,7 @@ def export_genai(
     block_size: int = INT4_BLOCK_SIZE,
     accuracy_level: int = INT4_ACCURACY_LEVEL,
     builder_options: dict[str, Any] | None = None,
+    calibration: Any = None,
 ) -> Path:
     """Export a saved Llama-family causal LM for ONNX Runtime GenAI on CPU, into a new folder.
 
@@ -286,14 +290,22 @@ def export_genai(
             layers int8), so
             `{"is_symmetric": "true", "algo_config": "default", "matmul_mixed_precision": ""}` gives the
             builder's own defaults back.
+        calibration: int4 only: token-id sequences of the model's usual text (a list of lists of ints,
+            or a `datasets.Dataset` with `input_ids`), e.g. 32 blocks of 128 tokens of its training
+            data. The 4-bit matrices are then quantized by GPTQ (`quantization.gptq`) instead of
+            round-to-nearest: the same format, size and speed, less perplexity lost (BENCHMARKS.md,
+            "GPTQ-calibrated GenAI int4"), for a forward pass over the sequences and seconds of CPU
+            per matrix set. The int8 matrices stay round-to-nearest.
 
     Returns:
         `output_dir` as a `Path`.
 
     Raises:
         ImportError: onnxruntime-genai is missing (`pip install "hf-bigsmall[genai]"`).
-        ValueError: see `check_genai_source`; or the builder failed, or its fp32 export does not
-            reproduce transformers' logits.
+        ValueError: see `check_genai_source`; calibration with another scheme than int4, or calibration
+            sequences that are empty, shorter than 2 tokens, longer than the model's positions or hold ids
+            outside its vocabulary (all checked before anything is written); or the builder failed, or its
+            fp32 export does not reproduce transformers' logits.
 
     Example:
     ```python
@@ -308,6 +320,15 @@ def export_genai(
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     config = check_genai_source(model_dir, output_dir, scheme)
+    sequences = None
+    if calibration is not None:
+        from .gptq import check_calibration
+
+        if scheme != "int4":
+            raise ValueError(f"calibration (GPTQ) applies to the int4 scheme only, got scheme={scheme!r}: drop "
+                             "calibration, or export int4.")
+        sequences = check_calibration(calibration, config.vocab_size,
+                                      getattr(config, "max_position_embeddings", None))
     extra_options = {} if scheme == "fp32" else {"block_size": block_size, "accuracy_level": accuracy_level}
     if scheme == "int4":
         extra_options.update(_int4_options(config, block_size))
@@ -318,6 +339,11 @@ def export_genai(
     build_dir = genai_build_dir(output_dir)
     try:
         _run_builder(model_dir, build_dir, scheme, extra_options)
+        calibration_record = None
+        if sequences is not None:
+            from .gptq import GPTQ_DAMP, calibrate_genai_int4
+
+            calibration_record = calibrate_genai_int4(model_dir, build_dir, sequences, damp=GPTQ_DAMP)
         config.save_pretrained(build_dir)  # the runner reads the vocabulary from it; the record follows below
         probe = _probe(model_dir, build_dir)
         difference, scale = probe["max_logit_difference_from_transformers"], probe.pop("logit_scale")
@@ -332,11 +358,13 @@ def export_genai(
                              f"correlation {correlation:.2f} on a probe text, below {_QUANTIZED_MIN_CORRELATION}): "
                              f"onnxruntime-genai {onnxruntime_genai.__version__}'s builder does not convert this model "
                              "correctly. Serve it with backend='gguf' instead.")
-        record = {"method": scheme, "scheme": scheme_description(scheme, extra_options),
+        record = {"method": scheme,
+                  "scheme": scheme_description(scheme, extra_options, calibrated=calibration_record is not None),
                   "backend": GENAI_BACKEND, "backend_version": onnxruntime_genai.__version__, "device": "cpu",
                   "format": GENAI_BACKEND, "file": "model.onnx", "source": str(model_dir),
                   **probe,
-                  **({"builder_options": extra_options} if extra_options else {})}
+                  **({"builder_options": extra_options} if extra_options else {}),
+                  **({"calibration": calibration_record} if calibration_record else {})}
         QuantizationRecord.from_dict(record).write(config)
         config.save_pretrained(build_dir)
         mark_kit_folder(build_dir)  # like every folder the kit writes: a later run may replace or remove it

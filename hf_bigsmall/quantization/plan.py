@@ -30,6 +30,16 @@ class QuantizationPlan:
     def extra(self) -> str | None:
         return get_quantization_backend(self.backend).extra
 
+    def check_calibration(self) -> None:
+        """Raise a `ValueError` unless the backend's export of this method takes calibration data."""
+        if self.method in get_quantization_backend(self.backend).calibrated_schemes:
+            return
+        takers = [f"{entry.name} ({', '.join(entry.calibrated_schemes)})" for entry in quantization_backends()
+                  if entry.calibrated_schemes]
+        raise ValueError(f"{self.backend} {self.method} takes no calibration data: calibrated quantization is offered "
+                         f"by {', '.join(takers) or 'no registered backend'}. Drop the calibration, or choose one of "
+                         "those.")
+
 
 def _unique(values) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))

@@ -13,7 +13,7 @@ from ..utils.records import ConfigRecord
 from .config import QUANTIZATION_KEY
 
 # the settings the card lists, in this order
-_CARD_SETTINGS = ("method", "scheme", "backend", "backend_version", "device", "format", "source",
+_CARD_SETTINGS = ("method", "scheme", "calibration", "backend", "backend_version", "device", "format", "source",
                   "int8_max_logit_change", "max_logit_difference_from_transformers",
                   "logit_correlation_with_transformers")
 # methods of an engine export that keeps float weights (ONNX Runtime GenAI fp32, GGUF F32/F16)
@@ -47,6 +47,9 @@ class QuantizationRecord(ConfigRecord):
     int8_max_logit_change: float | None = None
     max_logit_difference_from_transformers: float | None = None
     logit_correlation_with_transformers: float | None = None
+    #: how the weights were fitted to calibration data (`{"method": "gptq", "sequences": ..., "tokens": ...,
+    #: "damp": ...}`), None for plain rounding
+    calibration: dict | None = None
 
     @property
     def is_onnx(self) -> bool:
@@ -66,6 +69,14 @@ class QuantizationRecord(ConfigRecord):
     def card_section(self) -> list[str]:
         stored = ("Exported for the engine after training; the weights stay floating point."
                   if self.method in _FLOAT_METHODS else "Quantized after training; the weights stored are integers.")
-        return ["### Quantization", "", stored, "", *settings_table((key, getattr(self, key)) for key in _CARD_SETTINGS),
-                ""]
+        return ["### Quantization", "", stored, "",
+                *settings_table((key, self._card_value(key)) for key in _CARD_SETTINGS), ""]
+
+    def _card_value(self, key: str):
+        value = getattr(self, key)
+        if key == "calibration" and isinstance(value, dict):  # one line: "gptq on 32 sequences (4096 tokens), ..."
+            details = ", ".join(f"{name} {value[name]}" for name in ("damp",) if name in value)
+            return (f"{value.get('method')} on {value.get('sequences')} sequences ({value.get('tokens')} tokens)"
+                    + (f", {details}" if details else ""))
+        return value
 

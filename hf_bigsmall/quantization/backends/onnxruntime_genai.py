@@ -20,9 +20,10 @@ from ..genai import (
 from .base import QuantizationBackend, register_quantization_backend
 
 
-def export(model_dir: Path, output_dir: Path, method: str) -> Path:
-    """The builder's export with the kit's measured int4/int8 settings (see `genai.export_genai`)."""
-    return export_genai(model_dir, output_dir, method)
+def export(model_dir: Path, output_dir: Path, method: str, calibration: Any = None) -> Path:
+    """The builder's export with the kit's measured int4/int8 settings; int4 calibrated by GPTQ when calibration
+    data is given (see `genai.export_genai`)."""
+    return export_genai(model_dir, output_dir, method, calibration=calibration)
 
 
 def how_to_use(where: str, record: dict[str, Any], **context: Any) -> str:
@@ -56,4 +57,5 @@ register_quantization_backend(QuantizationBackend(
     requires=GENAI_MODULES,
     description="exporting and serving causal LMs with ONNX Runtime GenAI",
     loading='onnxruntime_genai.Model("{path}")  # or hf_bigsmall.quantization.GenAIModelRunner',
+    calibrated_schemes=("int4",),  # GPTQ on the 4-bit matrices (quantization/gptq.py)
 ))

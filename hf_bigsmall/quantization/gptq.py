@@ -1,0 +1,420 @@
+"""GPTQ for ONNX Runtime's int4 `MatMulNBits`: calibration Hessians, the quantizer, and the initializers' packing.
+
+GPTQ (Frantar et al. 2022, "GPTQ: Accurate Post-Training Quantization for Generative Pre-trained
+Transformers") quantizes a linear layer's input columns one after the other and spreads each column's
+rounding error over the columns not yet quantized, weighted by the inverse of the layer's input Hessian
+`H = sum x x^T` over calibration tokens, so the layer's *output* on such inputs moves as little as it can.
+The integers it picks are stored exactly as ONNX Runtime's round-to-nearest stores them (codes, a scale
+and a zero point per block of input channels), so the engine runs a calibrated model with the same
+kernel, speed and size.
+
+`calibration_hessians` collects the Hessians from a transformers model, `gptq_quantize` quantizes one
+matrix, and `unpack_matmul_nbits` / `pack_matmul_nbits` read and write the three initializers of a
+4-bit `MatMulNBits` node (the layout of onnxruntime's contrib op schema, as its quantizer writes it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# the lazy-update batch of columns (Frantar et al. 2022, section 4 "Lazy Batch-Updates"): the error of a whole batch
+# reaches the remaining columns in one matrix product instead of one rank-1 update per column
+_LAZY_BATCH = 128
+# GPTQ's dampening of the Hessian's diagonal, relative to its mean (the paper's 1%)
+GPTQ_DAMP = 0.01
+
+
+def calibration_hessians(model: torch.nn.Module, sequences: Iterable[Sequence[int]],
+                         module_names: Iterable[str]) -> tuple[dict[str, torch.Tensor], int]:
+    """The input Hessians `sum x x^T` (float64, `(in_features, in_features)`) of some `nn.Linear` modules.
+
+    Each sequence runs through `model` on its own (no padding); a forward hook adds every token's
+    input row of each named module.
+
+    Args:
+        model: a transformers model in fp32, in `eval()`.
+        sequences: token-id sequences.
+        module_names: names (as `model.named_modules()` gives them) of the `nn.Linear` modules.
+
+    Returns:
+        The Hessian of each named module, and the number of tokens (rows) summed into each.
+    """
+    wanted = set(module_names)
+    hessians: dict[str, torch.Tensor] = {}
+
+    def accumulate(name: str):
+        def hook(module, inputs, output):
+            rows = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).double()
+            if name in hessians:
+                hessians[name].addmm_(rows.T, rows)
+            else:
+                hessians[name] = rows.T @ rows
+        return hook
+
+    modules = {name: module for name, module in model.named_modules() if name in wanted}
+    if len(modules) < len(wanted):
+        raise ValueError(f"The model has no modules named {sorted(wanted - set(modules))[:3]}.")
+    for name, module in modules.items():
+        if not isinstance(module, torch.nn.Linear):
+            raise TypeError(f"{name} is a {type(module).__name__}, not an nn.Linear: GPTQ quantizes linear layers.")
+    hooks = [module.register_forward_hook(accumulate(name)) for name, module in modules.items()]
+    tokens = 0
+    try:
+        with torch.inference_mode():
+            for ids in sequences:
+                model(torch.tensor([list(ids)], dtype=torch.long))
+                tokens += len(ids)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return hessians, tokens
+
+
+def _grid(block: torch.Tensor, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point `(rows, 1)` of each row of `block` (rows, block_size).
+
+    Asymmetric: the block's range widened to include 0, `scale = (max - min) / (2^bits - 1)`, zero point
+    `round(-min / scale)`, so 0 is exact and both ends are on the grid (ONNX Runtime's round-to-nearest
+    takes the block's own min and max, which for a block of one sign wastes part of the grid).
+    Symmetric: `scale = 2 max|w| / (2^bits - 1)` and the zero point fixed at `2^(bits-1)`, as ONNX
+    Runtime stores a symmetric block without zero points.
+    """
+    levels = 2**bits - 1
+    if symmetric:
+        scale = 2 * block.abs().amax(dim=1, keepdim=True) / levels
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        return scale, torch.full_like(scale, 2 ** (bits - 1))
+    low = block.amin(dim=1, keepdim=True).clamp(max=0)
+    high = block.amax(dim=1, keepdim=True).clamp(min=0)
+    scale = (high - low) / levels
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return scale, torch.round(-low / scale).clamp(0, levels)
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    bits: int = 4,
+    block_size: int = 32,
+    damp: float = GPTQ_DAMP,
+    symmetric: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Quantize `weight` (out_features N, in_features K) on ONNX Runtime's blocked grid, by GPTQ.
+
+    Input columns are taken in order; at the first column of each block the block's scale and zero point
+    are set from the weights as the earlier columns' errors have updated them; each column is rounded on
+    that grid and its error, divided by the inverse Hessian's diagonal, is subtracted from the later
+    columns in proportion to the inverse Hessian's row (Frantar et al. 2022, eq. 2-4, with the Cholesky
+    form of the inverse). `damp` times the mean diagonal is added to the Hessian's diagonal. Columns no
+    calibration input reached (a zero diagonal, and the zero padding of a last partial block) are stored
+    as zeros. `K` need not be a multiple of `block_size`: the last block is zero-padded, as the engine
+    pads it.
+
+    Args:
+        weight: the float weights, `(N, K)`, as `nn.Linear.weight` holds them.
+        hessian: `(K, K)`, `sum x x^T` over calibration inputs (`calibration_hessians`).
+        bits: 4 (or 8).
+        block_size: input channels per block (a scale and a zero point each).
+        damp: the dampening, relative to the mean of the Hessian's diagonal.
+        symmetric: no zero points (fixed at `2^(bits-1)`), as the engine stores symmetric blocks.
+
+    Returns:
+        `codes` (N, padded K) uint8 in `[0, 2^bits)`, `scales` (N, blocks) float32 and `zero_points`
+        (N, blocks) uint8; the weight is `(codes - zero_point) * scale` per block.
+    """
+    rows, columns = weight.shape
+    if hessian.shape != (columns, columns):
+        raise ValueError(f"The Hessian is {tuple(hessian.shape)}, the weight {tuple(weight.shape)}: it must be "
+                         f"({columns}, {columns}), from the inputs of the layer that holds this weight.")
+    if not 0 <= damp < 1:
+        raise ValueError(f"damp must be in [0, 1) (a fraction of the Hessian's mean diagonal), got {damp}.")
+    blocks = -(-columns // block_size)
+    padded = blocks * block_size
+    work = torch.zeros(rows, padded, dtype=torch.float32)
+    work[:, :columns] = weight.detach().float()
+    h = torch.zeros(padded, padded, dtype=torch.float64)
+    h[:columns, :columns] = hessian.double()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1
+    work[:, dead] = 0
+    h += damp * torch.diagonal(h).mean() * torch.eye(padded, dtype=torch.float64)
+    # the upper Cholesky factor of H^-1: its rows give each column's update of the later ones (Frantar et al. 2022)
+    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    levels = 2**bits - 1
+    codes = torch.zeros(rows, padded, dtype=torch.uint8)
+    scales = torch.zeros(rows, blocks, dtype=torch.float32)
+    zero_points = torch.zeros(rows, blocks, dtype=torch.float32)
+    # a lazy batch holds whole blocks, so a block's grid is set from weights its batch has fully updated
+    batch = max(_LAZY_BATCH // block_size, 1) * block_size
+    for start in range(0, padded, batch):
+        end = min(start + batch, padded)
+        chunk = work[:, start:end].clone()
+        errors = torch.zeros_like(chunk)
+        chunk_inverse = inverse[start:end, start:end]
+        for column in range(end - start):
+            if (start + column) % block_size == 0:
+                block = (start + column) // block_size
+                scale, zero_point = _grid(chunk[:, column:column + block_size], bits, symmetric)
+                scales[:, block], zero_points[:, block] = scale[:, 0], zero_point[:, 0]
+            values = chunk[:, column]
+            code = torch.clamp(torch.round(values / scale[:, 0] + zero_point[:, 0]), 0, levels)
+            codes[:, start + column] = code.to(torch.uint8)
+            error = (values - (code - zero_point[:, 0]) * scale[:, 0]) / chunk_inverse[column, column]
+            chunk[:, column + 1:] -= error[:, None] * chunk_inverse[column, column + 1:][None, :]
+            errors[:, column] = error
+        work[:, end:] -= errors @ inverse[start:end, end:]
+    return codes, scales, zero_points.to(torch.uint8)
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, zero_points: torch.Tensor,
+               block_size: int = 32) -> torch.Tensor:
+    """The float weights `(N, padded K)` that codes, scales and zero points stand for."""
+    rows, padded = codes.shape
+    shape = (rows, padded // block_size, block_size)
+    values = (codes.float().reshape(shape) - zero_points.float()[..., None]) * scales.float()[..., None]
+    return values.reshape(rows, padded)
+
+
+def round_to_nearest(weight: torch.Tensor, bits: int = 4, block_size: int = 32,
+                     symmetric: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Codes, scales and zero points of plain rounding on `gptq_quantize`'s grid (no calibration)."""
+    rows, columns = weight.shape
+    blocks = -(-columns // block_size)
+    padded = torch.zeros(rows, blocks * block_size, dtype=torch.float32)
+    padded[:, :columns] = weight.detach().float()
+    grouped = padded.reshape(rows * blocks, block_size)
+    scale, zero_point = _grid(grouped, bits, symmetric)
+    codes = torch.clamp(torch.round(grouped / scale + zero_point), 0, 2**bits - 1)
+    return (codes.to(torch.uint8).reshape(rows, -1), scale.reshape(rows, blocks),
+            zero_point.reshape(rows, blocks).to(torch.uint8))
+
+
+def pack_matmul_nbits(codes: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None,
+                      block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The 4-bit `MatMulNBits` initializers B, scales and zero points, as onnxruntime's quantizer writes them.
+
+    B is uint8 `(N, blocks, block_size / 2)`, two codes a byte, the even input channel in the low nibble;
+    scales float32 `(N, blocks)`; zero points uint8, two a byte (low nibble first) over the flattened
+    `(N * blocks)` sequence, shaped `(N, blocks / 2)` (which needs an even number of blocks, the reason
+    rows of an odd number of blocks are stored symmetric, without zero points).
+    """
+    codes, scales = np.asarray(codes, dtype=np.uint8), np.asarray(scales, dtype=np.float32)
+    rows, padded = codes.shape
+    blocks = padded // block_size
+    if padded != blocks * block_size or scales.shape != (rows, blocks):
+        raise ValueError(f"codes {codes.shape} and scales {scales.shape} do not make blocks of {block_size}.")
+    packed = (codes[:, 0::2] | (codes[:, 1::2] << 4)).astype(np.uint8).reshape(rows, blocks, block_size // 2)
+    if zero_points is None:
+        return packed, scales, None
+    flat = np.asarray(zero_points, dtype=np.uint8).reshape(-1)
+    if flat.size % 2:
+        raise ValueError("4-bit zero points are packed two a byte across rows: rows of an odd number of blocks "
+                         "must be stored symmetric (no zero points).")
+    packed_zero_points = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8).reshape(rows, -1)
+    return packed, scales, packed_zero_points
+
+
+def unpack_matmul_nbits(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray | None,
+                        rows: int, block_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Codes `(N, padded K)`, scales `(N, blocks)` and zero points `(N, blocks)` of a 4-bit `MatMulNBits`
+    node's initializers (any shapes holding the bytes of `pack_matmul_nbits`); without zero points, 8."""
+    packed = np.asarray(packed, dtype=np.uint8).reshape(rows, -1)
+    codes = np.empty((rows, packed.shape[1] * 2), dtype=np.uint8)
+    codes[:, 0::2], codes[:, 1::2] = packed & 0x0F, packed >> 4
+    blocks = codes.shape[1] // block_size
+    scales = np.asarray(scales, dtype=np.float32).reshape(rows, blocks)
+    if zero_points is None:
+        return codes, scales, np.full((rows, blocks), 8, dtype=np.uint8)
+    flat = np.asarray(zero_points, dtype=np.uint8).reshape(-1)
+    unpacked = np.empty(flat.size * 2, dtype=np.uint8)
+    unpacked[0::2], unpacked[1::2] = flat & 0x0F, flat >> 4
+    return codes, scales, unpacked[: rows * blocks].reshape(rows, blocks)
+
+
+def check_calibration(calibration: Any, vocab_size: int, max_positions: int | None = None) -> list[list[int]]:
+    """Calibration token sequences as lists of ints, or a `ValueError`/`TypeError` saying what is wrong.
+
+    Args:
+        calibration: a sequence of token-id sequences, or a `datasets.Dataset` with an `input_ids` column.
+        vocab_size: ids must be in `[0, vocab_size)`.
+        max_positions: the longest sequence the model takes (its `max_position_embeddings`).
+    """
+    if calibration is None or isinstance(calibration, (str, bytes)):
+        raise TypeError("calibration must be a sequence of token-id sequences (or a datasets.Dataset with an "
+                        f"'input_ids' column), got {type(calibration).__name__}: tokenize the text first.")
+    column_names = getattr(calibration, "column_names", None)
+    if column_names is not None:
+        if "input_ids" not in column_names:
+            raise ValueError(f"The calibration dataset has no 'input_ids' column (columns: {column_names}): "
+                             "tokenize it with the model's tokenizer first.")
+        calibration = calibration["input_ids"]
+    try:
+        sequences = [[int(token) for token in ids] for ids in calibration]
+    except TypeError as error:
+        raise TypeError(f"calibration must be a sequence of token-id sequences (lists of ints): {error}.") from error
+    if not sequences:
+        raise ValueError("calibration holds no sequences: give a few dozen blocks of the model's usual text "
+                         "(e.g. 32 blocks of 128 tokens of its training data).")
+    for index, ids in enumerate(sequences):
+        if len(ids) < 2:
+            raise ValueError(f"calibration sequence {index} has {len(ids)} token(s): give sequences of at least 2 "
+                             "tokens (blocks of 128 are typical).")
+        if max_positions is not None and len(ids) > max_positions:
+            raise ValueError(f"calibration sequence {index} has {len(ids)} tokens, more than the model's "
+                             f"{max_positions} positions: cut it into shorter blocks.")
+        low, high = min(ids), max(ids)
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"calibration sequence {index} holds token id {low if low < 0 else high}, outside the "
+                             f"model's vocabulary [0, {vocab_size}): tokenize with the model's own tokenizer.")
+    return sequences
+
+
+# the 4-bit MatMulNBits nodes of onnxruntime-genai's Llama graph -> the transformers weights they hold (concatenated
+# along the outputs, in this order) and the module whose input they read; `{}` is the layer
+_GENAI_NODE = re.compile(r"^/model/layers\.(\d+)/(attn/(?:qkv|q|k|v|o)_proj|mlp/(?:gate|up|down)_proj)/MatMul_Q4$")
+_GENAI_WEIGHTS = {
+    "attn/qkv_proj": (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn.q_proj"),
+    "attn/q_proj": (("self_attn.q_proj",), "self_attn.q_proj"),
+    "attn/k_proj": (("self_attn.k_proj",), "self_attn.q_proj"),
+    "attn/v_proj": (("self_attn.v_proj",), "self_attn.q_proj"),
+    "attn/o_proj": (("self_attn.o_proj",), "self_attn.o_proj"),
+    "mlp/gate_proj": (("mlp.gate_proj",), "mlp.gate_proj"),
+    "mlp/up_proj": (("mlp.up_proj",), "mlp.gate_proj"),
+    "mlp/down_proj": (("mlp.down_proj",), "mlp.down_proj"),
+}
+
+
+def _genai_int4_nodes(graph) -> list[tuple[Any, list[str], str]]:
+    """Each 4-bit MatMulNBits node of a GenAI Llama graph, the transformers weights it holds, the module it reads."""
+    nodes = []
+    for node in graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        bits = next((attribute.i for attribute in node.attribute if attribute.name == "bits"), 4)
+        if bits != 4:
+            continue  # int8 nodes (the output layer, the mixed layers) keep the builder's round-to-nearest
+        match = _GENAI_NODE.match(node.name)
+        if match is None:
+            raise ValueError(f"The GenAI int4 graph holds a 4-bit node {node.name!r} that GPTQ calibration does not "
+                             "know how to map to the model's weights: export without calibration, or with "
+                             "builder_options that keep that matrix in int8.")
+        layer, part = match.groups()
+        weights, reads = _GENAI_WEIGHTS[part]
+        nodes.append((node, [f"model.layers.{layer}.{name}" for name in weights], f"model.layers.{layer}.{reads}"))
+    return nodes
+
+
+def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathLike, sequences: list[list[int]],
+                         damp: float = GPTQ_DAMP) -> dict[str, Any]:
+    """Replace the 4-bit `MatMulNBits` weights of a GenAI Llama export by GPTQ's, calibrated on `sequences`.
+
+    The builder's graph in `build_dir` (`model.onnx` and its external `model.onnx.data`) keeps its nodes,
+    names, shapes and 8-bit nodes; only the codes, scales and zero points of its 4-bit nodes change, and
+    the files are written again under the same names. A symmetric node (no zero point input) stays
+    symmetric.
+
+    Args:
+        model_dir: the transformers folder the export was built from (the fp32 weights and the model the
+            Hessians come from).
+        build_dir: the builder's output folder.
+        sequences: calibration token sequences (`check_calibration`).
+        damp: GPTQ's dampening, relative to the mean diagonal of each Hessian.
+
+    Returns:
+        The calibration record: method, sequences, tokens, damp, and the number of matrices calibrated.
+
+    Raises:
+        ValueError: a 4-bit node that does not map to the model's weights, or whose shape differs from them.
+    """
+    import onnx
+    from onnx import numpy_helper
+    from transformers import AutoModelForCausalLM
+
+    graph_file = Path(build_dir) / "model.onnx"
+    graph = onnx.load(graph_file, load_external_data=False)
+    nodes = _genai_int4_nodes(graph.graph)
+    locations = {entry.value for tensor in graph.graph.initializer for entry in tensor.external_data
+                 if entry.key == "location"}
+    if len(locations) > 1:
+        raise ValueError(f"{graph_file} keeps its weights in several files {sorted(locations)}: GPTQ calibration "
+                         "rewrites one external data file, as onnxruntime-genai's builder writes it.")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    started = time.process_time()
+    hessians, tokens = calibration_hessians(model, sequences, sorted({reads for _, _, reads in nodes}))
+    hessian_seconds, started = time.process_time() - started, time.process_time()
+    parameters = dict(model.named_parameters())
+    del graph
+    graph = onnx.load(graph_file)  # with its weights now
+    initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
+    for node, weights, reads in _genai_int4_nodes(graph.graph):
+        attributes = {attribute.name: attribute.i for attribute in node.attribute}
+        weight = torch.cat([parameters[f"{name}.weight"].detach() for name in weights])
+        if tuple(weight.shape) != (attributes["N"], attributes["K"]):
+            raise ValueError(f"{node.name} holds a ({attributes['N']}, {attributes['K']}) matrix, the model's "
+                             f"{'+'.join(weights)} weights are {tuple(weight.shape)}: the graph was not built from "
+                             f"{model_dir}.")
+        symmetric = len(node.input) < 4 or not node.input[3]
+        codes, scales, zero_points = gptq_quantize(weight, hessians[reads], bits=4,
+                                                   block_size=attributes["block_size"], damp=damp,
+                                                   symmetric=symmetric)
+        packed = pack_matmul_nbits(codes.numpy(), scales.numpy(), None if symmetric else zero_points.numpy(),
+                                   attributes["block_size"])
+        for name, values in zip(node.input[1:4], packed):
+            if not name:
+                continue
+            old = initializers[name]
+            if int(np.prod(old.dims)) != values.size or old.data_type != onnx.helper.np_dtype_to_tensor_dtype(
+                    values.dtype):
+                raise ValueError(f"{name} of {node.name} is not laid out as onnxruntime's quantizer writes it "
+                                 f"(dims {list(old.dims)}): GPTQ calibration cannot rewrite it.")
+            old.CopyFrom(numpy_helper.from_array(values.reshape(tuple(old.dims)), name))
+    logger.info(f"GPTQ: Hessians of {len(hessians)} inputs from {tokens} tokens in {hessian_seconds:.1f} s, "
+                f"{len(nodes)} int4 matrices in {time.process_time() - started:.1f} s (CPU time)")
+    location = next(iter(locations), "model.onnx.data")
+    (Path(build_dir) / location).unlink(missing_ok=True)  # onnx appends to an existing external data file
+    onnx.save_model(graph, graph_file, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
+                    size_threshold=0)
+    return {"method": "gptq", "sequences": len(sequences), "tokens": tokens, "damp": damp,
+            "matrices": len(nodes)}
+
+
+def calibration_blocks(model_dir: str | os.PathLike, dataset: str, samples: int = 32,
+                       block_size: int = 128) -> list[list[int]]:
+    """`samples` evenly spaced blocks of `block_size` tokens from the training split of a text corpus.
+
+    The corpus is tokenized with the model's tokenizer and cut into blocks as the causal-LM task cuts
+    its training data (`tasks.causal_lm.load_causal_lm_dataset`); the held-out split is left alone, so a
+    perplexity measured on it stays held out.
+
+    Args:
+        model_dir: the saved model, with its tokenizer.
+        dataset: an embedded corpus (`embedded/news`, `embedded/hamlet`), a Hub id or a local dataset
+            path (`datasets.load_dataset`), with a `text` column.
+        samples: blocks wanted (fewer when the split holds fewer).
+        block_size: tokens per block (at most the model's positions).
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..tasks.causal_lm import load_causal_lm_dataset
+
+    if samples < 1 or block_size < 2:
+        raise ValueError(f"calibration needs at least 1 sample of at least 2 tokens, got {samples} x {block_size}.")
+    positions = getattr(AutoConfig.from_pretrained(model_dir), "max_position_embeddings", None) or block_size
+    train = load_causal_lm_dataset(AutoTokenizer.from_pretrained(model_dir), dataset,
+                                   block_size=min(block_size, positions))["train"]
+    if len(train) == 0:
+        raise ValueError(f"{dataset}'s training split holds less than one block of {block_size} tokens: give more "
+                         "text or a shorter block.")
+    step = max(len(train) // samples, 1)
+    return [list(train[index]["input_ids"]) for index in range(0, step * samples, step) if index < len(train)]

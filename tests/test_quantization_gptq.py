@@ -335,3 +335,23 @@ def test_smollm2_calibrated_int4_loses_less_perplexity_than_round_to_nearest(tmp
         runner = GenAIModelRunner(folder, num_threads=2)
         ratios[name] = perplexity(lambda ids, runner=runner: torch.from_numpy(runner.prompt_logits(ids))) / fp32
     assert ratios["gptq"] < ratios["rtn"], ratios
+
+
+@genai
+@pytest.mark.parametrize("part, weights", [
+    ("attn/qkv_proj", ("self_attn.q_proj", "self_attn.v_proj", "self_attn.k_proj")),  # k and v: one shape with GQA
+    ("mlp/gate_proj", ("mlp.up_proj",)),  # gate and up: one shape always
+])
+def test_a_mapping_that_puts_other_weights_in_a_node_fails_the_export_and_leaves_nothing(tiny_source, tmp_path,
+                                                                                         monkeypatch, part, weights):
+    """Weights of the right shape but of another matrix pass the shape check and, at 4 bits, the probe's correlation
+    check too; the builder's own rounding of the node is far from them, and the export is refused."""
+    from hf_bigsmall.quantization import gptq
+
+    _, source, _ = tiny_source
+    mapping = dict(gptq._GENAI_WEIGHTS)
+    mapping[part] = (weights, mapping[part][1])
+    monkeypatch.setattr(gptq, "_GENAI_WEIGHTS", mapping)
+    with pytest.raises(ValueError, match="does not hold the model's"):
+        export_genai(source, tmp_path / "int4", "int4", calibration=_token_sequences(4))
+    assert list(tmp_path.iterdir()) == []

@@ -315,6 +315,33 @@ def _genai_int4_nodes(graph) -> list[tuple[Any, list[str], str]]:
     return nodes
 
 
+# the builder's own rounding of a node lies within half a step of the weights it was given (its symmetric grid clips
+# the top code by half a step more); a node is taken to hold the mapped weights when every one of them lies within
+# this many steps of what the builder stored, which weights of another matrix (q, k and v in another order, a square
+# matrix transposed) miss by several steps
+_BUILDER_ROUNDING_STEPS = 1.0
+
+
+def _check_builder_rounding(node, weight: torch.Tensor, arrays: list, attributes: dict[str, int], names: str) -> None:
+    """Refuse a node whose stored (round-to-nearest) weights are not the mapped model weights, rounded.
+
+    The shapes alone cannot tell q, k and v apart in a fused node of a GQA model (k and v have one shape), nor a
+    square matrix from its transpose; the builder's own bytes can, so a wrong mapping fails here instead of
+    shipping a model with the wrong weights in its matrices.
+    """
+    rows, columns, block_size = attributes["N"], attributes["K"], attributes["block_size"]
+    codes, scales, zero_points = unpack_matmul_nbits(arrays[0], arrays[1], arrays[2], rows=rows,
+                                                     block_size=block_size)
+    stored = dequantize(torch.tensor(codes), torch.tensor(scales), torch.tensor(zero_points), block_size)[:, :columns]
+    step = torch.tensor(np.abs(scales)).repeat_interleave(block_size, dim=1)[:, :columns]
+    miss = (stored - weight.float()).abs() - _BUILDER_ROUNDING_STEPS * step
+    if (miss > 1e-6 * (1 + weight.float().abs())).any():
+        worst = float(((stored - weight.float()).abs() / step.clamp(min=1e-12)).max())
+        raise ValueError(f"{node.name} does not hold the model's {names} weights (the builder's rounding of it is "
+                         f"{worst:.1f} steps away from them): GPTQ calibration maps this graph's nodes wrongly, so "
+                         "nothing is written. Export without calibration.")
+
+
 def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathLike, sequences: list[list[int]],
                          damp: float = GPTQ_DAMP) -> dict[str, Any]:
     """Replace the 4-bit `MatMulNBits` weights of a GenAI Llama export by GPTQ's, calibrated on `sequences`.
@@ -365,6 +392,9 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
                              f"{'+'.join(weights)} weights are {tuple(weight.shape)}: the graph was not built from "
                              f"{model_dir}.")
         symmetric = len(node.input) < 4 or not node.input[3]
+        _check_builder_rounding(node, weight, [numpy_helper.to_array(initializers[name]) if name else None
+                                               for name in list(node.input[1:4]) + [""] * (4 - len(node.input))],
+                                attributes, "+".join(weights))
         codes, scales, zero_points = gptq_quantize(weight, hessians[reads], bits=4,
                                                    block_size=attributes["block_size"], damp=damp,
                                                    symmetric=symmetric)

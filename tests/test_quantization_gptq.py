@@ -268,6 +268,54 @@ def test_a_dataset_with_input_ids_is_taken(tiny_source, tmp_path):
     assert check_calibration(Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]]}), TINY_VOCAB) == [[1, 2, 3], [4, 5]]
 
 
+@pytest.mark.parametrize("as_dataset", [True, False])
+def test_padding_in_calibration_is_left_out_of_the_hessians(as_dataset):
+    """Padded batches (a dataset's or the tokenizer's `attention_mask`, left or right padding): the masked positions
+    are pad tokens, not text, and are dropped; a dict or `BatchEncoding` of `input_ids` is taken as the dataset is."""
+    from datasets import Dataset
+    from transformers import BatchEncoding
+
+    from hf_bigsmall.quantization.gptq import check_calibration
+
+    columns = {"input_ids": [[5, 6, 7, 0, 0], [0, 0, 8, 9, 10], [11, 12, 13, 14, 15]],
+               "attention_mask": [[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]}
+    calibration = Dataset.from_dict(columns) if as_dataset else BatchEncoding(columns)
+    assert check_calibration(calibration, TINY_VOCAB) == [[5, 6, 7], [8, 9, 10], [11, 12, 13, 14, 15]]
+    assert check_calibration({"input_ids": [[1, 2, 3]]}, TINY_VOCAB) == [[1, 2, 3]]
+    with pytest.raises(ValueError, match="no 'input_ids'"):
+        check_calibration({"labels": [[1, 2, 3]]}, TINY_VOCAB)
+    with pytest.raises(ValueError, match="attention_mask of sequence 0"):
+        check_calibration({"input_ids": [[1, 2, 3]], "attention_mask": [[1, 0, 1]]}, TINY_VOCAB)
+    with pytest.raises(TypeError, match="whole numbers"):
+        check_calibration([[1.5, 2, 3]], TINY_VOCAB)
+
+
+@genai
+@pytest.mark.parametrize("builder_options", [{"matmul_mixed_precision": ""},
+                                             {"matmul_mixed_precision": "last_matmul:int4,mixed_layers:int8"}])
+def test_calibration_with_a_4_bit_output_layer_is_refused_before_the_builder_runs(tiny_source, tmp_path, monkeypatch,
+                                                                                 builder_options):
+    from hf_bigsmall.quantization import genai as genai_module
+
+    _, source, _ = tiny_source
+    monkeypatch.setattr(genai_module, "_run_builder", lambda *args: pytest.fail("the builder ran"))
+    with pytest.raises(ValueError, match="output layer in 4 bits"):
+        export_genai(source, tmp_path / "int4", "int4", calibration=_token_sequences(2),
+                     builder_options=builder_options)
+    assert list(tmp_path.iterdir()) == []
+
+
+@genai
+def test_calibration_works_without_the_mixed_layers(tiny_source, tmp_path):
+    """`matmul_mixed_precision: "last_matmul:int8"` (the int4 default before the mixed layers): every layer's
+    matrices in 4 bits, all calibrated."""
+    _, source, _ = tiny_source
+    folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4),
+                          builder_options={"matmul_mixed_precision": "last_matmul:int8"})
+    record = quantization_of(folder)
+    assert record["calibration"]["matrices"] == 20 and "mixed" not in record["scheme"]
+
+
 @genai
 @pytest.mark.parametrize("method, backend", [("int8", GENAI_BACKEND), ("fp32", GENAI_BACKEND),
                                              ("int8", "onnxruntime")])

@@ -15,10 +15,11 @@ matrix, and `unpack_matmul_nbits` / `pack_matmul_nbits` read and write the three
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,24 +246,47 @@ def unpack_matmul_nbits(packed: np.ndarray, scales: np.ndarray, zero_points: np.
 def check_calibration(calibration: Any, vocab_size: int, max_positions: int | None = None) -> list[list[int]]:
     """Calibration token sequences as lists of ints, or a `ValueError`/`TypeError` saying what is wrong.
 
+    Padded sequences come with an `attention_mask` (a dataset column, or the tokenizer's output): the
+    masked positions are padding, not text, and are left out, so no pad token reaches the Hessians.
+
     Args:
-        calibration: a sequence of token-id sequences, or a `datasets.Dataset` with an `input_ids` column.
+        calibration: a sequence of token-id sequences, or a `datasets.Dataset`, a dict or a `BatchEncoding`
+            with `input_ids` (and optionally `attention_mask`).
         vocab_size: ids must be in `[0, vocab_size)`.
         max_positions: the longest sequence the model takes (its `max_position_embeddings`).
     """
     if calibration is None or isinstance(calibration, (str, bytes)):
         raise TypeError("calibration must be a sequence of token-id sequences (or a datasets.Dataset with an "
                         f"'input_ids' column), got {type(calibration).__name__}: tokenize the text first.")
+    masks = None
     column_names = getattr(calibration, "column_names", None)
+    if column_names is None and isinstance(calibration, Mapping):
+        column_names = list(calibration.keys())
     if column_names is not None:
         if "input_ids" not in column_names:
-            raise ValueError(f"The calibration dataset has no 'input_ids' column (columns: {column_names}): "
+            raise ValueError(f"The calibration data has no 'input_ids' column (columns: {list(column_names)}): "
                              "tokenize it with the model's tokenizer first.")
+        if "attention_mask" in column_names:
+            masks = calibration["attention_mask"]
         calibration = calibration["input_ids"]
     try:
-        sequences = [[int(token) for token in ids] for ids in calibration]
+        sequences = [[_token_id(token) for token in ids] for ids in calibration]
+        if masks is not None:
+            masks = [[_token_id(flag) for flag in mask] for mask in masks]
     except TypeError as error:
         raise TypeError(f"calibration must be a sequence of token-id sequences (lists of ints): {error}.") from error
+    if masks is not None:
+        if len(masks) != len(sequences):
+            raise ValueError(f"calibration has {len(sequences)} input_ids but {len(masks)} attention masks.")
+        kept = []
+        for index, (ids, mask) in enumerate(zip(sequences, masks)):
+            positions = [position for position, flag in enumerate(mask) if flag]
+            # left or right padding leaves the text in one run; a hole in it is no padding the model was fed
+            if len(mask) != len(ids) or (positions and positions[-1] - positions[0] + 1 != len(positions)):
+                raise ValueError(f"The attention_mask of sequence {index} is not padding around one run of text "
+                                 f"({len(mask)} flags for {len(ids)} ids): give unpadded sequences instead.")
+            kept.append([ids[position] for position in positions])
+        sequences = kept
     if not sequences:
         raise ValueError("calibration holds no sequences: give a few dozen blocks of the model's usual text "
                          "(e.g. 32 blocks of 128 tokens of its training data).")
@@ -278,6 +302,14 @@ def check_calibration(calibration: Any, vocab_size: int, max_positions: int | No
             raise ValueError(f"calibration sequence {index} holds token id {low if low < 0 else high}, outside the "
                              f"model's vocabulary [0, {vocab_size}): tokenize with the model's own tokenizer.")
     return sequences
+
+
+def _token_id(value: Any) -> int:
+    """An int token id (or mask flag) from a Python, NumPy or torch integer; a float or a string is refused."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"token ids must be whole numbers, got {value!r}") from None
 
 
 # the 4-bit MatMulNBits nodes of onnxruntime-genai's Llama graph -> the transformers weights they hold (concatenated

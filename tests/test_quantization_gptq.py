@@ -403,3 +403,25 @@ def test_a_mapping_that_puts_other_weights_in_a_node_fails_the_export_and_leaves
     with pytest.raises(ValueError, match="does not hold the model's"):
         export_genai(source, tmp_path / "int4", "int4", calibration=_token_sequences(4))
     assert list(tmp_path.iterdir()) == []
+
+
+@genai
+def test_a_node_gptq_does_worse_on_than_rounding_keeps_the_builders_bytes(tiny_source, rtn_exports, tmp_path,
+                                                                          monkeypatch):
+    """GPTQ minimizes each matrix's output error on the calibration inputs; a result above round-to-nearest's (a
+    quantizer off by one code here) is no calibration, so the export keeps the builder's rounding and says so."""
+    from hf_bigsmall.quantization import gptq
+
+    original = gptq.gptq_quantize
+
+    def off_by_one(*args, **kwargs):
+        codes, scales, zero_points = original(*args, **kwargs)
+        return (codes.int() + 1).clamp(max=15).to(torch.uint8), scales, zero_points
+    monkeypatch.setattr(gptq, "gptq_quantize", off_by_one)
+    _, source, _ = tiny_source
+    folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4))
+    assert quantization_of(folder)["calibration"]["matrices"] == 0
+    assert quantization_of(folder)["calibration"]["round_to_nearest_kept"] == 16
+    calibrated, plain = _graph(folder), _graph(rtn_exports[16])
+    for name, (_, _, arrays) in calibrated.items():
+        assert all((a is None and b is None) or a.tobytes() == b.tobytes() for a, b in zip(arrays, plain[name][2]))

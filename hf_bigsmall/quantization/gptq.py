@@ -354,8 +354,9 @@ def _genai_int4_nodes(graph) -> list[tuple[Any, list[str], str]]:
 _BUILDER_ROUNDING_STEPS = 1.0
 
 
-def _check_builder_rounding(node, weight: torch.Tensor, arrays: list, attributes: dict[str, int], names: str) -> None:
-    """Refuse a node whose stored (round-to-nearest) weights are not the mapped model weights, rounded.
+def _check_builder_rounding(node, weight: torch.Tensor, arrays: list, attributes: dict[str, int],
+                            names: str) -> torch.Tensor:
+    """The weights `(N, K)` a node stores; refused when they are not the mapped model weights, rounded.
 
     The shapes alone cannot tell q, k and v apart in a fused node of a GQA model (k and v have one shape), nor a
     square matrix from its transpose; the builder's own bytes can, so a wrong mapping fails here instead of
@@ -372,6 +373,13 @@ def _check_builder_rounding(node, weight: torch.Tensor, arrays: list, attributes
         raise ValueError(f"{node.name} does not hold the model's {names} weights (the builder's rounding of it is "
                          f"{worst:.1f} steps away from them): GPTQ calibration maps this graph's nodes wrongly, so "
                          "nothing is written. Export without calibration.")
+    return stored
+
+
+def _output_error(weight: torch.Tensor, stored: torch.Tensor, hessian: torch.Tensor) -> float:
+    """`sum ||x (W - Q)^T||^2` over the calibration inputs: `trace((W - Q) H (W - Q)^T)`, what GPTQ minimizes."""
+    difference = (weight.double() - stored.double())
+    return float(((difference @ hessian.double()) * difference).sum())
 
 
 def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathLike, sequences: list[list[int]],
@@ -391,7 +399,9 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
         damp: GPTQ's dampening, relative to the mean diagonal of each Hessian.
 
     Returns:
-        The calibration record: method, sequences, tokens, damp, and the number of matrices calibrated.
+        The calibration record: method, sequences, tokens, damp, the number of matrices calibrated, and (when
+        some) `round_to_nearest_kept`: matrices whose GPTQ result had a larger output error on the calibration
+        inputs than the builder's rounding, which they keep.
 
     Raises:
         ValueError: a 4-bit node that does not map to the model's weights, or whose shape differs from them.
@@ -416,6 +426,7 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
     del graph
     graph = onnx.load(graph_file)  # with its weights now
     initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
+    kept: list[str] = []
     for node, weights, reads in _genai_int4_nodes(graph.graph):
         attributes = {attribute.name: attribute.i for attribute in node.attribute}
         weight = torch.cat([parameters[f"{name}.weight"].detach() for name in weights])
@@ -424,12 +435,18 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
                              f"{'+'.join(weights)} weights are {tuple(weight.shape)}: the graph was not built from "
                              f"{model_dir}.")
         symmetric = len(node.input) < 4 or not node.input[3]
-        _check_builder_rounding(node, weight, [numpy_helper.to_array(initializers[name]) if name else None
+        rounded = _check_builder_rounding(node, weight, [numpy_helper.to_array(initializers[name]) if name else None
                                                for name in list(node.input[1:4]) + [""] * (4 - len(node.input))],
                                 attributes, "+".join(weights))
         codes, scales, zero_points = gptq_quantize(weight, hessians[reads], bits=4,
                                                    block_size=attributes["block_size"], damp=damp,
                                                    symmetric=symmetric)
+        calibrated = dequantize(codes, scales, zero_points, attributes["block_size"])[:, :attributes["K"]]
+        if _output_error(weight, calibrated, hessians[reads]) > _output_error(weight, rounded, hessians[reads]):
+            # GPTQ minimizes this very error; a result above plain rounding's is no gain, so the node keeps the
+            # builder's bytes and the export is never worse than round-to-nearest on the calibration text
+            kept.append(node.name)
+            continue
         packed = pack_matmul_nbits(codes.numpy(), scales.numpy(), None if symmetric else zero_points.numpy(),
                                    attributes["block_size"])
         for name, values in zip(node.input[1:4], packed):
@@ -442,13 +459,17 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
                                  f"(dims {list(old.dims)}): GPTQ calibration cannot rewrite it.")
             old.CopyFrom(numpy_helper.from_array(values.reshape(tuple(old.dims)), name))
     logger.info(f"GPTQ: Hessians of {len(hessians)} inputs from {tokens} tokens in {hessian_seconds:.1f} s, "
-                f"{len(nodes)} int4 matrices in {time.process_time() - started:.1f} s (CPU time)")
+                f"{len(nodes) - len(kept)} int4 matrices in {time.process_time() - started:.1f} s (CPU time)")
+    if kept:
+        logger.warning(f"GPTQ did not lower the calibration output error of {len(kept)} of {len(nodes)} int4 "
+                       f"matrices ({', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''}): they keep the builder's "
+                       "round-to-nearest. Give more calibration text of the model's usual kind.")
     location = next(iter(locations), "model.onnx.data")
     (Path(build_dir) / location).unlink(missing_ok=True)  # onnx appends to an existing external data file
     onnx.save_model(graph, graph_file, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
                     size_threshold=0)
     return {"method": "gptq", "sequences": len(sequences), "tokens": tokens, "damp": damp,
-            "matrices": len(nodes)}
+            "matrices": len(nodes) - len(kept), **({"round_to_nearest_kept": len(kept)} if kept else {})}
 
 
 def calibration_blocks(model_dir: str | os.PathLike, dataset: str, samples: int = 32,

@@ -422,6 +422,9 @@ def test_a_node_gptq_does_worse_on_than_rounding_keeps_the_builders_bytes(tiny_s
     folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4))
     assert quantization_of(folder)["calibration"]["matrices"] == 0
     assert quantization_of(folder)["calibration"]["round_to_nearest_kept"] == 16
+    from hf_bigsmall.hub.card import build_model_card
+
+    assert "16 matrices kept round-to-nearest" in str(build_model_card(folder, energy=False))
     calibrated, plain = _graph(folder), _graph(rtn_exports[16])
     for name, (_, _, arrays) in calibrated.items():
         assert all((a is None and b is None) or a.tobytes() == b.tobytes() for a, b in zip(arrays, plain[name][2]))

@@ -116,6 +116,24 @@ def test_calibration_hessians_sum_every_tokens_input_and_leave_no_hooks():
     assert not linear._forward_hooks and not embedding._forward_hooks
 
 
+def test_calibration_hessians_compute_no_logits_they_do_not_need():
+    """Only the output layer's own Hessian needs its input at every position; the others are the same with the
+    logits of the last position alone (positions x vocabulary floats saved on long sequences)."""
+    from hf_bigsmall.quantization.gptq import calibration_hessians
+
+    model = _tiny_llama()
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[1]))
+    sequences = _token_sequences(2, length=20)
+    hessians, _ = calibration_hessians(model, sequences, ["model.layers.0.mlp.down_proj"])
+    assert rows == [1, 1]
+    rows.clear()
+    with_head, _ = calibration_hessians(model, sequences, ["model.layers.0.mlp.down_proj", "lm_head"])
+    hook.remove()
+    assert rows == [20, 20] and torch.allclose(hessians["model.layers.0.mlp.down_proj"],
+                                               with_head["model.layers.0.mlp.down_proj"])
+
+
 def test_a_hessian_of_another_layer_is_refused():
     with pytest.raises(ValueError, match="must be \\(32, 32\\)"):
         gptq_quantize(torch.randn(4, 32), torch.eye(16))

@@ -69,12 +69,20 @@ def calibration_hessians(model: torch.nn.Module, sequences: Iterable[Sequence[in
     for name, module in modules.items():
         if not isinstance(module, torch.nn.Linear):
             raise TypeError(f"{name} is a {type(module).__name__}, not an nn.Linear: GPTQ quantizes linear layers.")
+    # the output layer's logits (positions x vocabulary: 1.6 GB for 8192 tokens of a 49152-word vocabulary) are of no
+    # use unless its own input is wanted; nor is a KV cache
+    options: dict[str, Any] = {}
+    if hasattr(model, "get_output_embeddings"):  # a transformers model
+        options["use_cache"] = False
+        output_layer = model.get_output_embeddings()
+        if output_layer is not None and not any(module is output_layer for module in modules.values()):
+            options["logits_to_keep"] = 1
     hooks = [module.register_forward_hook(accumulate(name)) for name, module in modules.items()]
     tokens = 0
     try:
         with torch.inference_mode():
             for ids in sequences:
-                model(torch.tensor([list(ids)], dtype=torch.long))
+                model(torch.tensor([list(ids)], dtype=torch.long), **options)
                 tokens += len(ids)
     finally:
         for hook in hooks:

@@ -300,6 +300,8 @@ def test_padding_in_calibration_is_left_out_of_the_hessians(as_dataset):
     calibration = Dataset.from_dict(columns) if as_dataset else BatchEncoding(columns)
     assert check_calibration(calibration, TINY_VOCAB) == [[5, 6, 7], [8, 9, 10], [11, 12, 13, 14, 15]]
     assert check_calibration({"input_ids": [[1, 2, 3]]}, TINY_VOCAB) == [[1, 2, 3]]
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]  # a dataset's rows, one tokenizer call each
+    assert check_calibration(iter(rows), TINY_VOCAB) == [[5, 6, 7], [8, 9, 10], [11, 12, 13, 14, 15]]
     with pytest.raises(ValueError, match="no 'input_ids'"):
         check_calibration({"labels": [[1, 2, 3]]}, TINY_VOCAB)
     with pytest.raises(ValueError, match="attention_mask of sequence 0"):

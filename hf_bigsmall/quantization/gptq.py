@@ -277,6 +277,15 @@ def check_calibration(calibration: Any, vocab_size: int, max_positions: int | No
         if "attention_mask" in column_names:
             masks = calibration["attention_mask"]
         calibration = calibration["input_ids"]
+    elif isinstance(calibration, Iterable):
+        calibration = list(calibration)
+        if calibration and all(isinstance(row, Mapping) for row in calibration):  # rows of a dataset, tokenizer calls
+            if any("input_ids" not in row for row in calibration):
+                raise ValueError("Some calibration rows have no 'input_ids': tokenize them with the model's tokenizer "
+                                 "first.")
+            if any("attention_mask" in row for row in calibration):
+                masks = [row.get("attention_mask", [1] * len(row["input_ids"])) for row in calibration]
+            calibration = [row["input_ids"] for row in calibration]
     try:
         sequences = [[_token_id(token) for token in ids] for ids in calibration]
         if masks is not None:

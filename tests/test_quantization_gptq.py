@@ -448,3 +448,33 @@ def test_a_node_gptq_does_worse_on_than_rounding_keeps_the_builders_bytes(tiny_s
     calibrated, plain = _graph(folder), _graph(rtn_exports[16])
     for name, (_, _, arrays) in calibrated.items():
         assert all((a is None and b is None) or a.tobytes() == b.tobytes() for a, b in zip(arrays, plain[name][2]))
+
+
+def _tied_llama():
+    from transformers import LlamaForCausalLM
+
+    from .testing_utils import tiny_llama_config
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config(head_dim=16, initializer_range=0.2, tie_word_embeddings=True)).eval()
+
+
+@genai
+@pytest.mark.parametrize("make, dtype, block_size", [
+    ("kit_pruned", torch.float32, 32),  # hidden 48: K not a multiple of the block, odd blocks (symmetric), 1 KV group
+    ("tied", torch.float32, 16),  # tied embeddings, asymmetric
+    ("tiny", torch.bfloat16, 16),  # saved in bf16
+    ("tiny", torch.float32, 64),  # one padded block per row
+    ("tiny", torch.float32, 128),
+])
+def test_every_4_bit_node_maps_to_its_weights_across_the_shapes_the_kit_makes(tmp_path, make, dtype, block_size):
+    """The builder's rounding of every node matches the weights mapped to it (else the export is refused), and GPTQ
+    improves every one of them on the calibration inputs."""
+    from .test_quantization_genai import _kit_pruned_llama
+
+    model = {"kit_pruned": _kit_pruned_llama, "tied": _tied_llama, "tiny": _tiny_llama}[make]().to(dtype)
+    source = _save(model, tmp_path / "source")
+    folder = export_genai(source, tmp_path / "int4", "int4", block_size=block_size, calibration=_token_sequences(8))
+    calibration = quantization_of(folder)["calibration"]
+    four_bit = [name for name, (_, attributes, _) in _graph(folder).items() if attributes["bits"] == 4]
+    assert calibration["matrices"] == len(four_bit) > 0 and "round_to_nearest_kept" not in calibration

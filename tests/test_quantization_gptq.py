@@ -442,6 +442,7 @@ def test_a_node_gptq_does_worse_on_than_rounding_keeps_the_builders_bytes(tiny_s
     folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4))
     assert quantization_of(folder)["calibration"]["matrices"] == 0
     assert quantization_of(folder)["calibration"]["round_to_nearest_kept"] == 16
+    assert "GPTQ" not in quantization_of(folder)["scheme"]  # no matrix is calibrated: the scheme says rounding
     from hf_bigsmall.hub.card import build_model_card
 
     assert "16 matrices kept round-to-nearest" in str(build_model_card(folder, energy=False))

@@ -374,7 +374,7 @@ def export_genai(
                              f"onnxruntime-genai {onnxruntime_genai.__version__}'s builder does not convert this model "
                              "correctly. Serve it with backend='gguf' instead.")
         record = {"method": scheme,
-                  "scheme": scheme_description(scheme, extra_options, calibrated=calibration_record is not None),
+                  "scheme": scheme_description(scheme, extra_options, calibrated=bool(calibration_record and calibration_record["matrices"])),
                   "backend": GENAI_BACKEND, "backend_version": onnxruntime_genai.__version__, "device": "cpu",
                   "format": GENAI_BACKEND, "file": "model.onnx", "source": str(model_dir),
                   **probe,

@@ -479,3 +479,12 @@ def test_every_4_bit_node_maps_to_its_weights_across_the_shapes_the_kit_makes(tm
     calibration = quantization_of(folder)["calibration"]
     four_bit = [name for name, (_, attributes, _) in _graph(folder).items() if attributes["bits"] == 4]
     assert calibration["matrices"] == len(four_bit) > 0 and "round_to_nearest_kept" not in calibration
+
+
+@genai
+def test_a_builder_quantizer_that_fits_its_scales_passes_the_mapping_check(tiny_source, tmp_path):
+    """k_quant fits each block's scale and clips a few weights by about a step: still the mapped weights."""
+    _, source, _ = tiny_source
+    folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4),
+                          builder_options={"algo_config": "k_quant"})
+    assert quantization_of(folder)["calibration"]["matrices"] == 16

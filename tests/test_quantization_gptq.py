@@ -116,6 +116,24 @@ def test_calibration_hessians_sum_every_tokens_input_and_leave_no_hooks():
     assert not linear._forward_hooks and not embedding._forward_hooks
 
 
+def test_calibration_hessians_compute_no_logits_they_do_not_need():
+    """Only the output layer's own Hessian needs its input at every position; the others are the same with the
+    logits of the last position alone (positions x vocabulary floats saved on long sequences)."""
+    from hf_bigsmall.quantization.gptq import calibration_hessians
+
+    model = _tiny_llama()
+    rows = []
+    hook = model.lm_head.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[1]))
+    sequences = _token_sequences(2, length=20)
+    hessians, _ = calibration_hessians(model, sequences, ["model.layers.0.mlp.down_proj"])
+    assert rows == [1, 1]
+    rows.clear()
+    with_head, _ = calibration_hessians(model, sequences, ["model.layers.0.mlp.down_proj", "lm_head"])
+    hook.remove()
+    assert rows == [20, 20] and torch.allclose(hessians["model.layers.0.mlp.down_proj"],
+                                               with_head["model.layers.0.mlp.down_proj"])
+
+
 def test_a_hessian_of_another_layer_is_refused():
     with pytest.raises(ValueError, match="must be \\(32, 32\\)"):
         gptq_quantize(torch.randn(4, 32), torch.eye(16))
@@ -268,6 +286,56 @@ def test_a_dataset_with_input_ids_is_taken(tiny_source, tmp_path):
     assert check_calibration(Dataset.from_dict({"input_ids": [[1, 2, 3], [4, 5]]}), TINY_VOCAB) == [[1, 2, 3], [4, 5]]
 
 
+@pytest.mark.parametrize("as_dataset", [True, False])
+def test_padding_in_calibration_is_left_out_of_the_hessians(as_dataset):
+    """Padded batches (a dataset's or the tokenizer's `attention_mask`, left or right padding): the masked positions
+    are pad tokens, not text, and are dropped; a dict or `BatchEncoding` of `input_ids` is taken as the dataset is."""
+    from datasets import Dataset
+    from transformers import BatchEncoding
+
+    from hf_bigsmall.quantization.gptq import check_calibration
+
+    columns = {"input_ids": [[5, 6, 7, 0, 0], [0, 0, 8, 9, 10], [11, 12, 13, 14, 15]],
+               "attention_mask": [[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]}
+    calibration = Dataset.from_dict(columns) if as_dataset else BatchEncoding(columns)
+    assert check_calibration(calibration, TINY_VOCAB) == [[5, 6, 7], [8, 9, 10], [11, 12, 13, 14, 15]]
+    assert check_calibration({"input_ids": [[1, 2, 3]]}, TINY_VOCAB) == [[1, 2, 3]]
+    rows = [dict(zip(columns, values)) for values in zip(*columns.values())]  # a dataset's rows, one tokenizer call each
+    assert check_calibration(iter(rows), TINY_VOCAB) == [[5, 6, 7], [8, 9, 10], [11, 12, 13, 14, 15]]
+    with pytest.raises(ValueError, match="no 'input_ids'"):
+        check_calibration({"labels": [[1, 2, 3]]}, TINY_VOCAB)
+    with pytest.raises(ValueError, match="attention_mask of sequence 0"):
+        check_calibration({"input_ids": [[1, 2, 3]], "attention_mask": [[1, 0, 1]]}, TINY_VOCAB)
+    with pytest.raises(TypeError, match="whole numbers"):
+        check_calibration([[1.5, 2, 3]], TINY_VOCAB)
+
+
+@genai
+@pytest.mark.parametrize("builder_options", [{"matmul_mixed_precision": ""},
+                                             {"matmul_mixed_precision": "last_matmul:int4,mixed_layers:int8"}])
+def test_calibration_with_a_4_bit_output_layer_is_refused_before_the_builder_runs(tiny_source, tmp_path, monkeypatch,
+                                                                                 builder_options):
+    from hf_bigsmall.quantization import genai as genai_module
+
+    _, source, _ = tiny_source
+    monkeypatch.setattr(genai_module, "_run_builder", lambda *args: pytest.fail("the builder ran"))
+    with pytest.raises(ValueError, match="output layer in 4 bits"):
+        export_genai(source, tmp_path / "int4", "int4", calibration=_token_sequences(2),
+                     builder_options=builder_options)
+    assert list(tmp_path.iterdir()) == []
+
+
+@genai
+def test_calibration_works_without_the_mixed_layers(tiny_source, tmp_path):
+    """`matmul_mixed_precision: "last_matmul:int8"` (the int4 default before the mixed layers): every layer's
+    matrices in 4 bits, all calibrated."""
+    _, source, _ = tiny_source
+    folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4),
+                          builder_options={"matmul_mixed_precision": "last_matmul:int8"})
+    record = quantization_of(folder)
+    assert record["calibration"]["matrices"] == 20 and "mixed" not in record["scheme"]
+
+
 @genai
 @pytest.mark.parametrize("method, backend", [("int8", GENAI_BACKEND), ("fp32", GENAI_BACKEND),
                                              ("int8", "onnxruntime")])
@@ -335,3 +403,88 @@ def test_smollm2_calibrated_int4_loses_less_perplexity_than_round_to_nearest(tmp
         runner = GenAIModelRunner(folder, num_threads=2)
         ratios[name] = perplexity(lambda ids, runner=runner: torch.from_numpy(runner.prompt_logits(ids))) / fp32
     assert ratios["gptq"] < ratios["rtn"], ratios
+
+
+@genai
+@pytest.mark.parametrize("part, weights", [
+    ("attn/qkv_proj", ("self_attn.q_proj", "self_attn.v_proj", "self_attn.k_proj")),  # k and v: one shape with GQA
+    ("mlp/gate_proj", ("mlp.up_proj",)),  # gate and up: one shape always
+])
+def test_a_mapping_that_puts_other_weights_in_a_node_fails_the_export_and_leaves_nothing(tiny_source, tmp_path,
+                                                                                         monkeypatch, part, weights):
+    """Weights of the right shape but of another matrix pass the shape check and, at 4 bits, the probe's correlation
+    check too; the builder's own rounding of the node is far from them, and the export is refused."""
+    from hf_bigsmall.quantization import gptq
+
+    _, source, _ = tiny_source
+    mapping = dict(gptq._GENAI_WEIGHTS)
+    mapping[part] = (weights, mapping[part][1])
+    monkeypatch.setattr(gptq, "_GENAI_WEIGHTS", mapping)
+    with pytest.raises(ValueError, match="does not hold the model's"):
+        export_genai(source, tmp_path / "int4", "int4", calibration=_token_sequences(4))
+    assert list(tmp_path.iterdir()) == []
+
+
+@genai
+def test_a_node_gptq_does_worse_on_than_rounding_keeps_the_builders_bytes(tiny_source, rtn_exports, tmp_path,
+                                                                          monkeypatch):
+    """GPTQ minimizes each matrix's output error on the calibration inputs; a result above round-to-nearest's (a
+    quantizer off by one code here) is no calibration, so the export keeps the builder's rounding and says so."""
+    from hf_bigsmall.quantization import gptq
+
+    original = gptq.gptq_quantize
+
+    def off_by_one(*args, **kwargs):
+        codes, scales, zero_points = original(*args, **kwargs)
+        return (codes.int() + 1).clamp(max=15).to(torch.uint8), scales, zero_points
+    monkeypatch.setattr(gptq, "gptq_quantize", off_by_one)
+    _, source, _ = tiny_source
+    folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4))
+    assert quantization_of(folder)["calibration"]["matrices"] == 0
+    assert quantization_of(folder)["calibration"]["round_to_nearest_kept"] == 16
+    assert "GPTQ" not in quantization_of(folder)["scheme"]  # no matrix is calibrated: the scheme says rounding
+    from hf_bigsmall.hub.card import build_model_card
+
+    assert "16 matrices kept round-to-nearest" in str(build_model_card(folder, energy=False))
+    calibrated, plain = _graph(folder), _graph(rtn_exports[16])
+    for name, (_, _, arrays) in calibrated.items():
+        assert all((a is None and b is None) or a.tobytes() == b.tobytes() for a, b in zip(arrays, plain[name][2]))
+
+
+def _tied_llama():
+    from transformers import LlamaForCausalLM
+
+    from .testing_utils import tiny_llama_config
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config(head_dim=16, initializer_range=0.2, tie_word_embeddings=True)).eval()
+
+
+@genai
+@pytest.mark.parametrize("make, dtype, block_size", [
+    ("kit_pruned", torch.float32, 32),  # hidden 48: K not a multiple of the block, odd blocks (symmetric), 1 KV group
+    ("tied", torch.float32, 16),  # tied embeddings, asymmetric
+    ("tiny", torch.bfloat16, 16),  # saved in bf16
+    ("tiny", torch.float32, 64),  # one padded block per row
+    ("tiny", torch.float32, 128),
+])
+def test_every_4_bit_node_maps_to_its_weights_across_the_shapes_the_kit_makes(tmp_path, make, dtype, block_size):
+    """The builder's rounding of every node matches the weights mapped to it (else the export is refused), and GPTQ
+    improves every one of them on the calibration inputs."""
+    from .test_quantization_genai import _kit_pruned_llama
+
+    model = {"kit_pruned": _kit_pruned_llama, "tied": _tied_llama, "tiny": _tiny_llama}[make]().to(dtype)
+    source = _save(model, tmp_path / "source")
+    folder = export_genai(source, tmp_path / "int4", "int4", block_size=block_size, calibration=_token_sequences(8))
+    calibration = quantization_of(folder)["calibration"]
+    four_bit = [name for name, (_, attributes, _) in _graph(folder).items() if attributes["bits"] == 4]
+    assert calibration["matrices"] == len(four_bit) > 0 and "round_to_nearest_kept" not in calibration
+
+
+@genai
+def test_a_builder_quantizer_that_fits_its_scales_passes_the_mapping_check(tiny_source, tmp_path):
+    """k_quant fits each block's scale and clips a few weights by about a step: still the mapped weights."""
+    _, source, _ = tiny_source
+    folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4),
+                          builder_options={"algo_config": "k_quant"})
+    assert quantization_of(folder)["calibration"]["matrices"] == 16

@@ -94,6 +94,21 @@ def _holds_files(folder: Path) -> bool:
     return any(entry.name != KIT_MARKER for entry in folder.iterdir())
 
 
+def _placement(options: dict[str, Any]) -> dict[str, str]:
+    """The builder's `matmul_mixed_precision` option as {matrices: type}, e.g. {"last_matmul": "int8"}."""
+    return dict(part.split(":", 1) for part in str(options.get("matmul_mixed_precision", "")).split(",")
+                if ":" in part)
+
+
+def _output_layer_type(options: dict[str, Any], bits: int) -> str:
+    """How the builder stores the output layer under `options` ("fp32", "int8", "int4")."""
+    # the builder quantizes the output layer with the others unless told otherwise; a tied input embedding
+    # (shared_embeddings, the builder's default for tied models) reads the output layer's stored weights
+    if "/lm_head/MatMul" in str(options.get("nodes_to_exclude", "")):
+        return "fp32"
+    return _placement(options).get("last_matmul") or f"int{bits}"
+
+
 def scheme_description(scheme: str, builder_options: dict[str, Any] | None = None, calibrated: bool = False) -> str:
     """What a scheme stores, as the record and the model card state it (`calibrated`: int4 matrices by GPTQ)."""
     if scheme == "fp32":
@@ -102,14 +117,8 @@ def scheme_description(scheme: str, builder_options: dict[str, Any] | None = Non
     bits = 4 if scheme == "int4" else 8
     symmetric = str(options.get("is_symmetric", True)).lower() not in ("false", "0")
     algorithm = options.get("algo_config", "default")
-    # the builder quantizes the output layer with the others unless told otherwise; a tied input embedding
-    # (shared_embeddings, the builder's default for tied models) reads the output layer's stored weights
-    placement = dict(part.split(":", 1) for part in str(options.get("matmul_mixed_precision", "")).split(",")
-                     if ":" in part)
-    if "/lm_head/MatMul" in str(options.get("nodes_to_exclude", "")):
-        head = "fp32"
-    else:
-        head = placement.get("last_matmul") or f"int{bits}"
+    placement = _placement(options)
+    head = _output_layer_type(options, bits)
     # the builder's `mixed_layers` selection (llama.cpp's mixed strategy), in words
     rounding = "round-to-nearest" if algorithm == "rtn" else f"{algorithm} algorithm"
     if calibrated and bits == 4:  # the builder's 8-bit matrices keep its rounding
@@ -333,6 +342,12 @@ def export_genai(
     if scheme == "int4":
         extra_options.update(_int4_options(config, block_size))
     extra_options.update(builder_options or {})
+    if sequences is not None and _output_layer_type(extra_options, 4) == "int4":
+        # a tied input embedding reads the output layer's 4-bit weights, which GPTQ calibrated for the output alone
+        # would change under it; the output layer is not calibrated, and a partly calibrated export is not made
+        raise ValueError("GPTQ calibration needs the output layer in 8 bits, but builder_options leave the output "
+                         "layer in 4 bits: keep 'last_matmul:int8' in matmul_mixed_precision (the default), or "
+                         "export without calibration.")
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     # builds of earlier exports to this folder that were killed (hundreds of MB each), once their writers are gone
     remove_leftovers(output_dir)
@@ -359,7 +374,7 @@ def export_genai(
                              f"onnxruntime-genai {onnxruntime_genai.__version__}'s builder does not convert this model "
                              "correctly. Serve it with backend='gguf' instead.")
         record = {"method": scheme,
-                  "scheme": scheme_description(scheme, extra_options, calibrated=calibration_record is not None),
+                  "scheme": scheme_description(scheme, extra_options, calibrated=bool(calibration_record and calibration_record["matrices"])),
                   "backend": GENAI_BACKEND, "backend_version": onnxruntime_genai.__version__, "device": "cpu",
                   "format": GENAI_BACKEND, "file": "model.onnx", "source": str(model_dir),
                   **probe,

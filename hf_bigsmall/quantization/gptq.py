@@ -15,10 +15,11 @@ matrix, and `unpack_matmul_nbits` / `pack_matmul_nbits` read and write the three
 
 from __future__ import annotations
 
+import operator
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,12 +69,20 @@ def calibration_hessians(model: torch.nn.Module, sequences: Iterable[Sequence[in
     for name, module in modules.items():
         if not isinstance(module, torch.nn.Linear):
             raise TypeError(f"{name} is a {type(module).__name__}, not an nn.Linear: GPTQ quantizes linear layers.")
+    # the output layer's logits (positions x vocabulary: 1.6 GB for 8192 tokens of a 49152-word vocabulary) are of no
+    # use unless its own input is wanted; nor is a KV cache
+    options: dict[str, Any] = {}
+    if hasattr(model, "get_output_embeddings"):  # a transformers model
+        options["use_cache"] = False
+        output_layer = model.get_output_embeddings()
+        if output_layer is not None and not any(module is output_layer for module in modules.values()):
+            options["logits_to_keep"] = 1
     hooks = [module.register_forward_hook(accumulate(name)) for name, module in modules.items()]
     tokens = 0
     try:
         with torch.inference_mode():
             for ids in sequences:
-                model(torch.tensor([list(ids)], dtype=torch.long))
+                model(torch.tensor([list(ids)], dtype=torch.long), **options)
                 tokens += len(ids)
     finally:
         for hook in hooks:
@@ -245,24 +254,56 @@ def unpack_matmul_nbits(packed: np.ndarray, scales: np.ndarray, zero_points: np.
 def check_calibration(calibration: Any, vocab_size: int, max_positions: int | None = None) -> list[list[int]]:
     """Calibration token sequences as lists of ints, or a `ValueError`/`TypeError` saying what is wrong.
 
+    Padded sequences come with an `attention_mask` (a dataset column, or the tokenizer's output): the
+    masked positions are padding, not text, and are left out, so no pad token reaches the Hessians.
+
     Args:
-        calibration: a sequence of token-id sequences, or a `datasets.Dataset` with an `input_ids` column.
+        calibration: a sequence of token-id sequences, or a `datasets.Dataset`, a dict or a `BatchEncoding`
+            with `input_ids` (and optionally `attention_mask`).
         vocab_size: ids must be in `[0, vocab_size)`.
         max_positions: the longest sequence the model takes (its `max_position_embeddings`).
     """
     if calibration is None or isinstance(calibration, (str, bytes)):
         raise TypeError("calibration must be a sequence of token-id sequences (or a datasets.Dataset with an "
                         f"'input_ids' column), got {type(calibration).__name__}: tokenize the text first.")
+    masks = None
     column_names = getattr(calibration, "column_names", None)
+    if column_names is None and isinstance(calibration, Mapping):
+        column_names = list(calibration.keys())
     if column_names is not None:
         if "input_ids" not in column_names:
-            raise ValueError(f"The calibration dataset has no 'input_ids' column (columns: {column_names}): "
+            raise ValueError(f"The calibration data has no 'input_ids' column (columns: {list(column_names)}): "
                              "tokenize it with the model's tokenizer first.")
+        if "attention_mask" in column_names:
+            masks = calibration["attention_mask"]
         calibration = calibration["input_ids"]
+    elif isinstance(calibration, Iterable):
+        calibration = list(calibration)
+        if calibration and all(isinstance(row, Mapping) for row in calibration):  # rows of a dataset, tokenizer calls
+            if any("input_ids" not in row for row in calibration):
+                raise ValueError("Some calibration rows have no 'input_ids': tokenize them with the model's tokenizer "
+                                 "first.")
+            if any("attention_mask" in row for row in calibration):
+                masks = [row.get("attention_mask", [1] * len(row["input_ids"])) for row in calibration]
+            calibration = [row["input_ids"] for row in calibration]
     try:
-        sequences = [[int(token) for token in ids] for ids in calibration]
+        sequences = [[_token_id(token) for token in ids] for ids in calibration]
+        if masks is not None:
+            masks = [[_token_id(flag) for flag in mask] for mask in masks]
     except TypeError as error:
         raise TypeError(f"calibration must be a sequence of token-id sequences (lists of ints): {error}.") from error
+    if masks is not None:
+        if len(masks) != len(sequences):
+            raise ValueError(f"calibration has {len(sequences)} input_ids but {len(masks)} attention masks.")
+        kept = []
+        for index, (ids, mask) in enumerate(zip(sequences, masks)):
+            positions = [position for position, flag in enumerate(mask) if flag]
+            # left or right padding leaves the text in one run; a hole in it is no padding the model was fed
+            if len(mask) != len(ids) or (positions and positions[-1] - positions[0] + 1 != len(positions)):
+                raise ValueError(f"The attention_mask of sequence {index} is not padding around one run of text "
+                                 f"({len(mask)} flags for {len(ids)} ids): give unpadded sequences instead.")
+            kept.append([ids[position] for position in positions])
+        sequences = kept
     if not sequences:
         raise ValueError("calibration holds no sequences: give a few dozen blocks of the model's usual text "
                          "(e.g. 32 blocks of 128 tokens of its training data).")
@@ -278,6 +319,14 @@ def check_calibration(calibration: Any, vocab_size: int, max_positions: int | No
             raise ValueError(f"calibration sequence {index} holds token id {low if low < 0 else high}, outside the "
                              f"model's vocabulary [0, {vocab_size}): tokenize with the model's own tokenizer.")
     return sequences
+
+
+def _token_id(value: Any) -> int:
+    """An int token id (or mask flag) from a Python, NumPy or torch integer; a float or a string is refused."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"token ids must be whole numbers, got {value!r}") from None
 
 
 # the 4-bit MatMulNBits nodes of onnxruntime-genai's Llama graph -> the transformers weights they hold (concatenated
@@ -315,6 +364,42 @@ def _genai_int4_nodes(graph) -> list[tuple[Any, list[str], str]]:
     return nodes
 
 
+# the builder's rounding of a node lies within half a step of the weights it was given (round-to-nearest; its
+# symmetric grid clips the top code by half a step more) or about one (k_quant, which fits its scales, clipping a few
+# weights further): a root mean square of 0.3 step or less; weights of another matrix of one shape (q, k and v in
+# another order, gate for up, a square matrix transposed) lie several steps away
+_BUILDER_ROUNDING_STEPS = 0.6
+
+
+def _check_builder_rounding(node, weight: torch.Tensor, arrays: list, attributes: dict[str, int],
+                            names: str) -> torch.Tensor:
+    """The weights `(N, K)` a node stores; refused when they are not the mapped model weights, rounded.
+
+    The shapes alone cannot tell q, k and v apart in a fused node of a GQA model (k and v have one shape), nor a
+    square matrix from its transpose; the builder's own bytes can, so a wrong mapping fails here instead of
+    shipping a model with the wrong weights in its matrices.
+    """
+    rows, columns, block_size = attributes["N"], attributes["K"], attributes["block_size"]
+    codes, scales, zero_points = unpack_matmul_nbits(arrays[0], arrays[1], arrays[2], rows=rows,
+                                                     block_size=block_size)
+    stored = dequantize(torch.tensor(codes), torch.tensor(scales), torch.tensor(zero_points), block_size)[:, :columns]
+    step = torch.tensor(np.abs(scales)).repeat_interleave(block_size, dim=1)[:, :columns]
+    steps = (stored - weight.float()).abs() / step.clamp(min=1e-12)
+    distance = float(steps.square().mean().sqrt())
+    if distance > _BUILDER_ROUNDING_STEPS:
+        raise ValueError(f"{node.name} does not hold the model's {names} weights (the builder's rounding of it is "
+                         f"{distance:.1f} steps from them, root mean square): GPTQ calibration maps this graph's "
+                         "nodes wrongly, so "
+                         "nothing is written. Export without calibration.")
+    return stored
+
+
+def _output_error(weight: torch.Tensor, stored: torch.Tensor, hessian: torch.Tensor) -> float:
+    """`sum ||x (W - Q)^T||^2` over the calibration inputs: `trace((W - Q) H (W - Q)^T)`, what GPTQ minimizes."""
+    difference = (weight.double() - stored.double())
+    return float(((difference @ hessian.double()) * difference).sum())
+
+
 def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathLike, sequences: list[list[int]],
                          damp: float = GPTQ_DAMP) -> dict[str, Any]:
     """Replace the 4-bit `MatMulNBits` weights of a GenAI Llama export by GPTQ's, calibrated on `sequences`.
@@ -332,7 +417,9 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
         damp: GPTQ's dampening, relative to the mean diagonal of each Hessian.
 
     Returns:
-        The calibration record: method, sequences, tokens, damp, and the number of matrices calibrated.
+        The calibration record: method, sequences, tokens, damp, the number of matrices calibrated, and (when
+        some) `round_to_nearest_kept`: matrices whose GPTQ result had a larger output error on the calibration
+        inputs than the builder's rounding, which they keep.
 
     Raises:
         ValueError: a 4-bit node that does not map to the model's weights, or whose shape differs from them.
@@ -357,6 +444,7 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
     del graph
     graph = onnx.load(graph_file)  # with its weights now
     initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
+    kept: list[str] = []
     for node, weights, reads in _genai_int4_nodes(graph.graph):
         attributes = {attribute.name: attribute.i for attribute in node.attribute}
         weight = torch.cat([parameters[f"{name}.weight"].detach() for name in weights])
@@ -365,9 +453,18 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
                              f"{'+'.join(weights)} weights are {tuple(weight.shape)}: the graph was not built from "
                              f"{model_dir}.")
         symmetric = len(node.input) < 4 or not node.input[3]
+        rounded = _check_builder_rounding(node, weight, [numpy_helper.to_array(initializers[name]) if name else None
+                                               for name in list(node.input[1:4]) + [""] * (4 - len(node.input))],
+                                attributes, "+".join(weights))
         codes, scales, zero_points = gptq_quantize(weight, hessians[reads], bits=4,
                                                    block_size=attributes["block_size"], damp=damp,
                                                    symmetric=symmetric)
+        calibrated = dequantize(codes, scales, zero_points, attributes["block_size"])[:, :attributes["K"]]
+        if _output_error(weight, calibrated, hessians[reads]) > _output_error(weight, rounded, hessians[reads]):
+            # GPTQ minimizes this very error; a result above plain rounding's is no gain, so the node keeps the
+            # builder's bytes and the export is never worse than round-to-nearest on the calibration text
+            kept.append(node.name)
+            continue
         packed = pack_matmul_nbits(codes.numpy(), scales.numpy(), None if symmetric else zero_points.numpy(),
                                    attributes["block_size"])
         for name, values in zip(node.input[1:4], packed):
@@ -380,13 +477,17 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
                                  f"(dims {list(old.dims)}): GPTQ calibration cannot rewrite it.")
             old.CopyFrom(numpy_helper.from_array(values.reshape(tuple(old.dims)), name))
     logger.info(f"GPTQ: Hessians of {len(hessians)} inputs from {tokens} tokens in {hessian_seconds:.1f} s, "
-                f"{len(nodes)} int4 matrices in {time.process_time() - started:.1f} s (CPU time)")
+                f"{len(nodes) - len(kept)} int4 matrices in {time.process_time() - started:.1f} s (CPU time)")
+    if kept:
+        logger.warning(f"GPTQ did not lower the calibration output error of {len(kept)} of {len(nodes)} int4 "
+                       f"matrices ({', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''}): they keep the builder's "
+                       "round-to-nearest. Give more calibration text of the model's usual kind.")
     location = next(iter(locations), "model.onnx.data")
     (Path(build_dir) / location).unlink(missing_ok=True)  # onnx appends to an existing external data file
     onnx.save_model(graph, graph_file, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
                     size_threshold=0)
     return {"method": "gptq", "sequences": len(sequences), "tokens": tokens, "damp": damp,
-            "matrices": len(nodes)}
+            "matrices": len(nodes) - len(kept), **({"round_to_nearest_kept": len(kept)} if kept else {})}
 
 
 def calibration_blocks(model_dir: str | os.PathLike, dataset: str, samples: int = 32,

@@ -76,7 +76,9 @@ class QuantizationRecord(ConfigRecord):
         value = getattr(self, key)
         if key == "calibration" and isinstance(value, dict):  # one line: "gptq on 32 sequences (4096 tokens), ..."
             details = ", ".join(f"{name} {value[name]}" for name in ("damp",) if name in value)
+            kept = value.get("round_to_nearest_kept")  # matrices the calibration did not improve keep plain rounding
             return (f"{value.get('method')} on {value.get('sequences')} sequences ({value.get('tokens')} tokens)"
-                    + (f", {details}" if details else ""))
+                    + (f", {details}" if details else "")
+                    + (f"; {kept} matrices kept round-to-nearest" if kept else ""))
         return value
 

@@ -128,13 +128,15 @@ class SharedHessians:
         return self.hessians.pop(name)
 
 
-def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float, name: str) -> tuple[torch.Tensor, float]:
+def inverse_hessian_factor(hessian: torch.Tensor, dampening: float, name: str,
+                           method: str = "SparseGPT") -> tuple[torch.Tensor, float]:
     """Upper Cholesky factor `U` of `(H + lambda I)^-1`, `lambda = dampening x mean(diag H)`, and the
     dampening used: raised tenfold, with a warning, while `H + lambda I` is not positive definite.
 
     One factorisation and one triangular inverse: with `P` the permutation that reverses the order,
     `P H P = L L^T` gives `H^-1 = (P L^-1 P)^T (P L^-1 P)`, and `P L^-1 P` is upper triangular with
-    a positive diagonal, hence `U` (cheaper than inverting `H` and factorising `H^-1` again)."""
+    a positive diagonal, hence `U` (cheaper than inverting `H` and factorising `H^-1` again). SparseGPT and
+    GPTQ (`quantization.gptq`) share it; `method` names the caller in the messages."""
     diagonal = torch.diagonal(hessian)
     scale = float(diagonal.mean()) or 1.0
     reversed_hessian = hessian.flip(0, 1)
@@ -147,15 +149,15 @@ def _inverse_hessian_factor(hessian: torch.Tensor, dampening: float, name: str) 
             if bool(torch.isfinite(upper.sum())) and bool((torch.diagonal(upper) > 0).all()):
                 if attempt:
                     logger.warning(
-                        f"SparseGPT: the Hessian of {name!r} is not positive definite with dampening={dampening}; "
+                        f"{method}: the Hessian of {name!r} is not positive definite with dampening={dampening}; "
                         f"used {used:g} x mean(diag H) instead. More calibration tokens usually avoid this."
                     )
                 return upper, used
         used *= 10
     raise ValueError(
-        f"SparseGPT: the Hessian of {name!r} stays singular even with dampening {used / 10:g} x mean(diag H): its "
-        "calibration inputs are degenerate. Pass more (or more varied) calibration data, or leave the layer out "
-        "of target_modules."
+        f"{method}: the Hessian of {name!r} stays singular even with dampening {used / 10:g} x mean(diag H): its "
+        "calibration inputs are degenerate. Pass more (or more varied) calibration data"
+        + (", or leave the layer out of target_modules." if method == "SparseGPT" else ".")
     )
 
 
@@ -208,7 +210,7 @@ def sparsegpt_rows(
     if dead.any():
         hessian = hessian.clone()
         hessian[dead, dead] = 1.0
-    upper = _inverse_hessian_factor(hessian, dampening, name)[0].float()
+    upper = inverse_hessian_factor(hessian, dampening, name)[0].float()
     del hessian
     # The sweep works on the transposed weight, `(in, out)`: visiting input column `c` then reads and
     # updates contiguous rows.

@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from transformers.utils import logging
 
+from ..pruning.sparsegpt import inverse_hessian_factor
+
 logger = logging.get_logger(__name__)
 
 # the lazy-update batch of columns (Frantar et al. 2022, section 4 "Lazy Batch-Updates"): the error of a whole batch
@@ -118,6 +120,7 @@ def gptq_quantize(
     block_size: int = 32,
     damp: float = GPTQ_DAMP,
     symmetric: bool = False,
+    name: str = "weight",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Quantize `weight` (out_features N, in_features K) on ONNX Runtime's blocked grid, by GPTQ.
 
@@ -137,6 +140,7 @@ def gptq_quantize(
         block_size: input channels per block (a scale and a zero point each).
         damp: the dampening, relative to the mean of the Hessian's diagonal.
         symmetric: no zero points (fixed at `2^(bits-1)`), as the engine stores symmetric blocks.
+        name: what the messages call the matrix (e.g. its graph node).
 
     Returns:
         `codes` (N, padded K) uint8 in `[0, 2^bits)`, `scales` (N, blocks) float32 and `zero_points`
@@ -157,9 +161,9 @@ def gptq_quantize(
     dead = torch.diagonal(h) == 0
     h[dead, dead] = 1
     work[:, dead] = 0
-    h += damp * torch.diagonal(h).mean() * torch.eye(padded, dtype=torch.float64)
-    # the upper Cholesky factor of H^-1: its rows give each column's update of the later ones (Frantar et al. 2022)
-    inverse = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).float()
+    # the upper Cholesky factor of (H + damp mean(diag H) I)^-1: its rows give each column's update of the later
+    # ones (Frantar et al. 2022); the dampening is raised, with a warning, while the Hessian is not positive definite
+    inverse = inverse_hessian_factor(h, damp, name, method="GPTQ")[0].float()
     levels = 2**bits - 1
     codes = torch.zeros(rows, padded, dtype=torch.uint8)
     scales = torch.zeros(rows, blocks, dtype=torch.float32)
@@ -458,7 +462,7 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
                                 attributes, "+".join(weights))
         codes, scales, zero_points = gptq_quantize(weight, hessians[reads], bits=4,
                                                    block_size=attributes["block_size"], damp=damp,
-                                                   symmetric=symmetric)
+                                                   symmetric=symmetric, name=node.name)
         calibrated = dequantize(codes, scales, zero_points, attributes["block_size"])[:, :attributes["K"]]
         if _output_error(weight, calibrated, hessians[reads]) > _output_error(weight, rounded, hessians[reads]):
             # GPTQ minimizes this very error; a result above plain rounding's is no gain, so the node keeps the

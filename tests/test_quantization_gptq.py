@@ -1,8 +1,6 @@
 """GPTQ-calibrated int4 for ONNX Runtime GenAI: the quantizer, the MatMulNBits packing against the builder's own
 bytes, the calibrated export, and refusals of bad calibration before anything is written."""
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -18,7 +16,7 @@ from hf_bigsmall.quantization.gptq import (
     unpack_matmul_nbits,
 )
 
-from .test_quantization_genai import _save, _tiny_llama
+from .test_quantization_genai import _save, _tiny_llama, smollm2_perplexity_ratios
 from .testing_utils import TINY_VOCAB, requires_package
 
 genai = requires_package("onnxruntime_genai", '"hf-bigsmall[genai]" (onnxruntime-genai 0.18, Python 3.11+)')
@@ -376,32 +374,15 @@ def test_an_int4_node_the_mapping_does_not_know_fails_the_export_and_leaves_noth
 def test_smollm2_calibrated_int4_loses_less_perplexity_than_round_to_nearest(tmp_path):
     """Calibrated on 32 training blocks of the news corpus, scored on 16 held-out ones (BENCHMARKS.md, "GPTQ-calibrated
     GenAI int4")."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from hf_bigsmall import assets
     from hf_bigsmall.quantization.gptq import calibration_blocks
-    from hf_bigsmall.tasks.causal_lm import load_causal_lm_dataset
 
     source = assets.smollm2_path()
     rtn = export_genai(source, tmp_path / "int4", "int4")
     calibrated = export_genai(source, tmp_path / "int4-gptq", "int4",
                               calibration=calibration_blocks(source, assets.NEWS, 32))
     assert quantization_of(calibrated)["calibration"]["tokens"] == 32 * 128
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
-    blocks = load_causal_lm_dataset(AutoTokenizer.from_pretrained(source), assets.NEWS, block_size=128)["eval"]
-    blocks = [blocks[i]["input_ids"] for i in range(0, len(blocks), max(len(blocks) // 16, 1))][:16]
-
-    def perplexity(logits_of):
-        nll = sum(float(torch.nn.functional.cross_entropy(logits_of(ids)[:-1], torch.tensor(ids[1:]), reduction="sum"))
-                  for ids in blocks)
-        return math.exp(nll / sum(len(ids) - 1 for ids in blocks))
-
-    with torch.no_grad():
-        fp32 = perplexity(lambda ids: model(torch.tensor([ids])).logits[0])
-    ratios = {}
-    for name, folder in (("rtn", rtn), ("gptq", calibrated)):
-        runner = GenAIModelRunner(folder, num_threads=2)
-        ratios[name] = perplexity(lambda ids, runner=runner: torch.from_numpy(runner.prompt_logits(ids))) / fp32
+    ratios = smollm2_perplexity_ratios(source, {"rtn": rtn, "gptq": calibrated})
     assert ratios["gptq"] < ratios["rtn"], ratios
 
 

@@ -316,3 +316,32 @@ def test_a_tag_taken_by_another_thread_while_the_live_tags_are_read_breaks_no_wr
     assert writers.writer_is_gone(leftover, machine_tag(), str(os.getpid()), 0.0)
     writers.release_writer(tmp_path / f"student.{first}.partial")
     assert first not in writers._LIVE_TAGS and second in writers._LIVE_TAGS
+
+
+@pytest.mark.parametrize("name", ["model.onnx.partial", ".model.onnx.replaced", ".model.onnx.replaced-12345"])
+def test_a_file_without_a_writer_tag_is_never_removed_as_a_leftover(tmp_path, name):
+    """A leftover's name alone does not make it the kit's: a plain file at `<target>.partial` (a user's own, or an
+    older version's) carries no writer tag, and a file has no marker to prove it is the kit's: it stays, however
+    old. A tagged file of a writer that is gone still goes."""
+    import time
+
+    target = tmp_path / "model.onnx"
+    users = tmp_path / name
+    users.write_bytes(b"the user's own bytes")
+    tagged = tmp_path / f"model.onnx.{machine_tag()}-{_finished_process_id()}-0123abcd.partial"
+    tagged.write_bytes(b"half")
+    seven_hours_ago = time.time() - 7 * 3600  # past STALE_PARTIAL_SECONDS (6 h)
+    for path in (users, tagged):
+        os.utime(path, (seven_hours_ago, seven_hours_ago))
+    atomic_write(target, lambda partial: partial.write_bytes(b"model"))
+    assert users.read_bytes() == b"the user's own bytes"
+    assert not tagged.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", name])
+    # a folder target too: its writes remove the same names
+    with publishing(tmp_path / "student") as partial:
+        (partial / "config.json").write_text("{}")
+    (tmp_path / name.replace("model.onnx", "student")).write_bytes(b"mine")
+    os.utime(tmp_path / name.replace("model.onnx", "student"), (seven_hours_ago, seven_hours_ago))
+    with publishing(tmp_path / "student") as partial:
+        (partial / "config.json").write_text("{}")
+    assert (tmp_path / name.replace("model.onnx", "student")).read_bytes() == b"mine"

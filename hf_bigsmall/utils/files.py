@@ -29,7 +29,15 @@ from typing import Any
 
 from transformers.utils import logging
 
-from .writers import WRITER_TAG_PATTERN, folder_clock, release_writer, writer_is_gone, writer_partial, writer_tag
+from .writers import (
+    WRITER_TAG_PATTERN,
+    folder_clock,
+    may_be_leftover,
+    release_writer,
+    writer_is_gone,
+    writer_partial,
+    writer_tag,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -47,8 +55,8 @@ def leftover_match(target: str | os.PathLike, name: str) -> re.Match | None:
     `<name>.<writer>.partial` (the new file or folder), `.<name>.<writer>.replaced` (an old folder moved aside),
     `.<name>.<writer>.genai` (an ONNX Runtime GenAI build), and the names of older versions of the kit
     (`<name>.partial`, `.<name>.replaced`, `.<name>.replaced-<pid>`, `.<name>.genai-<random>`), whose writer
-    is unnamed (`machine` and `pid` None): they fall under the time rule of
-    `hf_bigsmall.utils.writers.writer_is_gone`.
+    is unnamed (`machine` and `pid` None): such a folder falls under the time rule of
+    `hf_bigsmall.utils.writers.writer_is_gone`, such a file is never removed (`may_be_leftover`).
     """
     target_name = re.escape(Path(target).name)
     match = re.fullmatch(rf"(?P<hidden>\.?){target_name}(?:\.{WRITER_TAG_PATTERN})?\.(?P<kind>partial|replaced|genai)"
@@ -112,8 +120,9 @@ def restore_moved_aside(target: str | os.PathLike) -> Path | None:
 def remove_leftovers(target: str | os.PathLike, restore: bool = True) -> list[Path]:
     """Remove what interrupted writes of `target` left beside it (see `leftover_match`) once their writers are gone.
 
-    A leftover whose writer may still be running is left (and logged), as is a link, and a `.partial` folder
-    that holds something but not the kit's marker. An old folder that a swap killed between its two renames left
+    A leftover whose writer may still be running is left (and logged), as is a link, a file whose name carries no
+    writer tag (`<name>.partial` of a user's, or of an older version), and a `.partial` folder that holds something
+    but not the kit's marker. An old folder that a swap killed between its two renames left
     aside, with nothing at `target`, is the only copy of it: with `restore` (the default) it is put back at
     `target` rather than removed (`restore_moved_aside`). Returns the paths removed.
     """
@@ -124,6 +133,9 @@ def remove_leftovers(target: str | os.PathLike, restore: bool = True) -> list[Pa
     restored = _restore(target, found, now) if found and restore else None
     for entry, match in found:
         if entry == restored:
+            continue
+        if not may_be_leftover(entry, match["machine"]):
+            logger.debug(f"left {entry}: a file with a leftover's name but no writer tag may be anyone's")
             continue
         if not writer_is_gone(entry, match["machine"], match["pid"], now):
             logger.info(f"left {entry}: its writer may still be running (another run writing {target}?)")

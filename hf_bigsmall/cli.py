@@ -23,6 +23,8 @@ from .utils.console import echo
 
 # the quickstart's pipelines; `--task` also takes them with underscores (causal_lm)
 QUICKSTART_TASKS = ("text-classification", "causal-lm")
+# `quantize --calibration_dataset`'s blocks of 128 tokens when `--calibration_samples` is not given
+DEFAULT_CALIBRATION_SAMPLES = 32
 
 
 def _compare(args: argparse.Namespace) -> int:
@@ -60,13 +62,22 @@ def _quantize(args: argparse.Namespace) -> int:
     from .quantization import get_quantization_backend, quantize
     from .quantization.config import quantization_of
 
+    # checked before anything is read: a sample count given alone would otherwise be silently unused
+    if args.calibration_samples is not None and not args.calibration_dataset:
+        raise ValueError(f"--calibration_samples {args.calibration_samples} needs --calibration_dataset: "
+                         "add the corpus to calibrate on (e.g. --calibration_dataset embedded/news), or drop "
+                         "--calibration_samples for uncalibrated quantization.")
+    samples = DEFAULT_CALIBRATION_SAMPLES if args.calibration_samples is None else args.calibration_samples
+    if samples < 1:
+        raise ValueError(f"--calibration_samples must be >= 1, got {samples}: give a positive count with "
+                         f"--calibration_dataset embedded/news (default {DEFAULT_CALIBRATION_SAMPLES}).")
     calibration = None
     if args.calibration_dataset:  # refused for a backend that takes none before the corpus is read
         from .quantization import plan_quantization
         from .quantization.gptq import calibration_blocks
 
         plan_quantization(args.method, args.device, args.backend).check_calibration()
-        calibration = calibration_blocks(args.model_dir, args.calibration_dataset, args.calibration_samples)
+        calibration = calibration_blocks(args.model_dir, args.calibration_dataset, samples)
     try:
         folder = quantize(args.model_dir, args.output_dir, method=args.method, device=args.device,
                           backend=args.backend, calibration=calibration)
@@ -208,8 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--calibration_dataset", default=None,
                           help="calibrate on 128-token blocks of this corpus's training split (embedded/news, "
                                f"embedded/hamlet, a Hub id or a path): GPTQ for {calibrated}")
-    quantize.add_argument("--calibration_samples", type=int, default=32,
-                          help="calibration blocks of 128 tokens")
+    quantize.add_argument("--calibration_samples", type=int, default=None,
+                          help="calibration blocks of 128 tokens with --calibration_dataset "
+                               f"(default {DEFAULT_CALIBRATION_SAMPLES})")
     quantize.set_defaults(handler=_quantize)
     return parser
 

@@ -115,3 +115,22 @@ def test_a_quickstart_refuses_a_report_of_the_users_before_it_trains(tmp_path, c
     assert main(["quickstart", "--fast", "--output_dir", str(out)]) == 2
     assert "report.md exists and is not a report hf_bigsmall wrote" in capsys.readouterr().err
     assert [p.name for p in out.iterdir()] == ["report.md"]  # nothing written
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--calibration_samples", "64"], "needs --calibration_dataset"),
+    (["--calibration_dataset", "embedded/news", "--calibration_samples", "0"], "--calibration_samples must be >= 1"),
+])
+def test_quantize_refuses_calibration_samples_it_would_not_use(tmp_path, capsys, argv, message):
+    # the model folder does not exist: the refusal comes before anything is read or written
+    assert main(["quantize", str(tmp_path / "model"), str(tmp_path / "out"), *argv]) == 2
+    error = capsys.readouterr().err
+    assert message in error
+    assert "--calibration_dataset embedded/news" in error  # the fix is named
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantize_help_says_when_calibration_samples_counts(capsys):
+    text = " ".join(_help(capsys, "quantize").split())
+    assert "--calibration_samples CALIBRATION_SAMPLES calibration blocks of 128 tokens with --calibration_dataset " \
+           "(default 32)" in text

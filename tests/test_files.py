@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -316,3 +317,98 @@ def test_a_tag_taken_by_another_thread_while_the_live_tags_are_read_breaks_no_wr
     assert writers.writer_is_gone(leftover, machine_tag(), str(os.getpid()), 0.0)
     writers.release_writer(tmp_path / f"student.{first}.partial")
     assert first not in writers._LIVE_TAGS and second in writers._LIVE_TAGS
+
+
+@pytest.mark.parametrize("name", ["model.onnx.partial", ".model.onnx.replaced", ".model.onnx.replaced-12345"])
+def test_a_file_without_a_writer_tag_is_never_removed_as_a_leftover(tmp_path, name):
+    """A leftover's name alone does not make it the kit's: a plain file at `<target>.partial` (a user's own, or an
+    older version's) carries no writer tag, and a file has no marker to prove it is the kit's: it stays, however
+    old. A tagged file of a writer that is gone still goes."""
+    import time
+
+    target = tmp_path / "model.onnx"
+    users = tmp_path / name
+    users.write_bytes(b"the user's own bytes")
+    tagged = tmp_path / f"model.onnx.{machine_tag()}-{_finished_process_id()}-0123abcd.partial"
+    tagged.write_bytes(b"half")
+    seven_hours_ago = time.time() - 7 * 3600  # past STALE_PARTIAL_SECONDS (6 h)
+    for path in (users, tagged):
+        os.utime(path, (seven_hours_ago, seven_hours_ago))
+    atomic_write(target, lambda partial: partial.write_bytes(b"model"))
+    assert users.read_bytes() == b"the user's own bytes"
+    assert not tagged.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["model.onnx", name])
+    # a folder target too: its writes remove the same names
+    with publishing(tmp_path / "student") as partial:
+        (partial / "config.json").write_text("{}")
+    (tmp_path / name.replace("model.onnx", "student")).write_bytes(b"mine")
+    os.utime(tmp_path / name.replace("model.onnx", "student"), (seven_hours_ago, seven_hours_ago))
+    with publishing(tmp_path / "student") as partial:
+        (partial / "config.json").write_text("{}")
+    assert (tmp_path / name.replace("model.onnx", "student")).read_bytes() == b"mine"
+
+
+def _another_writer_publishes_first(monkeypatch, tmp_path, times=1):
+    """Make another writer's complete folder appear at the target just before this writer's rename puts its own there,
+    as a second process publishing the same folder at the same instant does; returns the folders it published."""
+    from hf_bigsmall.utils import files
+
+    rename_into_place, published = files._rename_into_place, []
+
+    def race(source, target):
+        if len(published) < times and not target.exists():
+            other = fresh_partial_dir(target)
+            (other / "model.safetensors").write_text(f"other writer {len(published)}")
+            other.rename(target)
+            published.append(f"other writer {len(published)}")
+        return rename_into_place(source, target)
+
+    monkeypatch.setattr(files, "_rename_into_place", race)
+    return published
+
+
+@pytest.mark.parametrize("earlier", [False, True], ids=["new-folder", "replacing-an-earlier-one"])
+def test_two_writers_publishing_one_folder_at_once_leave_one_whole_folder(tmp_path, monkeypatch, earlier):
+    """A second process published the same folder between this one's check and its rename: the rename met a full
+    folder and raised a bare OSError (ENOTEMPTY), leaving the earlier folder moved aside and the partial behind."""
+    final = tmp_path / "student"
+    if earlier:
+        with publishing(final) as partial:
+            (partial / "model.safetensors").write_text("earlier")
+    published = _another_writer_publishes_first(monkeypatch, tmp_path)
+    with publishing(final) as partial:
+        (partial / "model.safetensors").write_text("this writer")
+    assert published == ["other writer 0"]
+    assert (final / "model.safetensors").read_text() == "this writer" and is_kit_folder(final)  # the last one wins
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["student"]  # no partial, nothing moved aside
+
+
+def test_a_writer_that_loses_every_race_says_so_and_cleans_up(tmp_path, monkeypatch):
+    final = tmp_path / "student"
+    published = _another_writer_publishes_first(monkeypatch, tmp_path, times=100)
+    with pytest.raises(FileExistsError, match=f"{final}.*another process published it at the same time"):
+        with publishing(final) as partial:
+            (partial / "model.safetensors").write_text("this writer")
+    assert not partial.exists()
+    # the target holds the last folder another writer published, whole; nothing of this writer's is left
+    assert (final / "model.safetensors").read_text() == published[-1] and is_kit_folder(final)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["student"]
+
+
+def test_a_kit_folder_another_writer_swaps_while_it_is_checked_is_not_taken_for_the_users(tmp_path, monkeypatch):
+    """Between seeing the folder hold files and reading its marker, another process moved it aside to put its own in
+    place: the marker read found nothing, and the check refused the kit's own folder as the user's."""
+    from hf_bigsmall.utils import files
+
+    final = tmp_path / "student"
+    with publishing(final) as partial:
+        (partial / "config.json").write_text("{}")
+    is_kit_folder_now = files.is_kit_folder
+
+    def moved_aside_meanwhile(folder):
+        if Path(folder) == final and final.exists():  # another writer's first rename of its swap
+            final.rename(tmp_path / f".student.{machine_tag()}-1-0123abcd.replaced")
+        return is_kit_folder_now(folder)
+
+    monkeypatch.setattr(files, "is_kit_folder", moved_aside_meanwhile)
+    files.check_replaceable(final)

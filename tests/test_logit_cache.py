@@ -979,3 +979,23 @@ def test_another_machines_fresh_partial_is_kept_when_this_clock_runs_hours_ahead
     assert (live / "data-00000-of-00001.arrow").read_bytes() == b"being written"
     assert sorted(path.name for path in folder.iterdir()) == sorted(
         [MANIFEST_NAME, "shard-00000", "shard-00001", live.name])  # the clock's probe file is gone
+
+
+def test_an_untagged_partial_file_in_a_cache_is_kept_and_a_gone_writers_is_removed(tmp_path):
+    """Only a name with a writer tag proves a half-written cache file the kit's: an untagged `manifest.json.partial`
+    file stays however old, a gone writer's tagged one goes."""
+    import subprocess
+    import sys
+    import time
+
+    from hf_bigsmall.distillation.cache import _remove_stale_partials
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    untagged, tagged = tmp_path / "manifest.json.partial", tmp_path / f"manifest.json.{machine_tag()}-{gone}-0123abcd.partial"
+    seven_hours_ago = time.time() - 7 * 3600
+    for path in (untagged, tagged):
+        path.write_text("{}")
+        os.utime(path, (seven_hours_ago, seven_hours_ago))
+    _remove_stale_partials(tmp_path, [MANIFEST_NAME])
+    assert untagged.is_file() and not tagged.exists()

@@ -158,3 +158,55 @@ def test_a_trained_teacher_with_fewer_classes_than_the_dataset_is_refused(tmp_pa
         align_labels(dataset, AutoConfig.from_pretrained(teacher))
     with pytest.raises(ValueError, match=r"3 classes.*2"):
         classification_teacher(str(teacher), dataset, None, tmp_path / "out")
+
+
+def _labels_dataset(tmp_path, classes):
+    from hf_bigsmall.tasks.text_classification import load_classification_dataset
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_split(data / "train.json", classes, 12)
+    _write_split(data / "test.json", classes[::-1], 6)
+    return load_classification_dataset(_save_tokenizer(tmp_path / "tok"), str(data), max_length=8)
+
+
+@pytest.mark.parametrize("head, classes, trained_names", [
+    # the same classes numbered otherwise: the dataset is renumbered to the head's ids, the head keeps its names
+    ({0: "pos", 1: "neg"}, ["neg", "pos", "pos"], ["pos", "neg"]),
+    # a dataset whose names are only ids spelled out ("0", "1") names nothing: the head keeps its names
+    ({0: "neg", 1: "pos"}, [0, 1, 1], ["0", "1"]),
+    # a head with placeholder names: nothing to renumber, and its config is left as it is
+    ({0: "LABEL_0", 1: "LABEL_1"}, ["neg", "pos", "pos"], ["neg", "pos"]),
+])
+def test_training_a_classifier_further_keeps_its_heads_classes(tmp_path, head, classes, trained_names):
+    """A checkpoint with a classification head trained further on a dataset: the dataset's ClassLabel names were
+    written over the head's id2label, so {0: "pos", 1: "neg"} became {0: "neg", 1: "pos"} and every "neg" text was
+    trained into the row that meant "pos"."""
+    from transformers import AutoConfig
+
+    from hf_bigsmall.tasks.text_classification import TEACHER_INPUTS_NAME, label_names, train_teacher
+
+    dataset = _labels_dataset(tmp_path, classes)
+    as_text = [label_names(dataset)[label] for label in dataset["train"]["labels"]]
+    checkpoint = _classifier(tmp_path / "checkpoint", head)
+    teacher = train_teacher(checkpoint, dataset, _save_tokenizer(tmp_path / "tok2"), tmp_path / "teacher",
+                            max_steps=1, use_cpu=True, disable_tqdm=True)
+    config = AutoConfig.from_pretrained(teacher)
+    assert config.id2label == head and config.label2id == {name: index for index, name in head.items()}
+    record = json.loads((teacher / TEACHER_INPUTS_NAME).read_text())
+    assert record["labels"] == trained_names  # the classes in the ids the head was trained on
+    if trained_names == ["pos", "neg"]:  # every row kept its class, under the head's id
+        from hf_bigsmall.tasks.text_classification import align_labels
+
+        aligned = align_labels(dataset, config)
+        assert [label_names(aligned)[label] for label in aligned["train"]["labels"]] == as_text
+
+
+def test_training_a_classifier_of_other_classes_further_is_refused_naming_both(tmp_path):
+    from hf_bigsmall.tasks.text_classification import train_teacher
+
+    dataset = _labels_dataset(tmp_path, ["neg", "pos", "pos"])
+    checkpoint = _classifier(tmp_path / "checkpoint", {0: "bad", 1: "good"})
+    with pytest.raises(ValueError, match=r"\['neg', 'pos'\] are not the model's id2label names \['bad', 'good'\]"):
+        train_teacher(checkpoint, dataset, _save_tokenizer(tmp_path / "tok2"), tmp_path / "teacher", max_steps=1)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint", "data", "tok", "tok2"]  # nothing written

@@ -39,8 +39,8 @@ mistake) never delete or rename each other's half-written files, and neither rep
 manifest the other finished: one of another teacher, rows or storage is refused, one of the same run
 is kept. A `.partial` left by an interrupted run is removed by a later run only once its writer is
 gone: a process of this machine that no longer runs, or (another machine's, a container's with its own
-process ids, a name without a writer, or one whose process id a later process took) after
-`hf_bigsmall.utils.writers.STALE_PARTIAL_SECONDS` without a change.
+process ids, a folder named without a writer, or one whose process id a later process took) after
+`hf_bigsmall.utils.writers.STALE_PARTIAL_SECONDS` without a change; a file named without a writer is kept.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from ..losses import (  # target_mask: one rule for the cache, losses and traine
 )
 from ..utils.distributed import needs_cpu_process_group
 from ..utils.files import KIT_MARKER
-from ..utils.writers import WRITER_TAG_PATTERN, folder_clock, writer_is_gone, writer_partial
+from ..utils.writers import WRITER_TAG_PATTERN, folder_clock, may_be_leftover, writer_is_gone, writer_partial
 from .teacher import head_kind
 
 if TYPE_CHECKING:
@@ -632,6 +632,9 @@ def _remove_stale_partials(output_dir: Path, names: list[str]) -> None:
              if (match := _PARTIAL_ENTRY.fullmatch(entry.name)) and match["name"] in wanted and not entry.is_symlink()]
     now = folder_clock(output_dir, MANIFEST_NAME) if found else 0.0
     for entry, match in found:
+        if not may_be_leftover(entry, match["machine"]):
+            logger.debug(f"left {entry}: a file with a leftover's name but no writer tag may be anyone's")
+            continue
         if not writer_is_gone(entry, match["machine"], match["pid"], now):
             logger.info(f"left {entry}: its writer may still be running (another caching run into this folder?)")
             continue

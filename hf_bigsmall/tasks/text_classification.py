@@ -241,7 +241,12 @@ def train_teacher(
     callbacks: list | None = None,
     **training_kwargs,
 ) -> Path:
-    """Fine-tune a classification teacher from a checkpoint without a task head, and save it.
+    """Fine-tune a classification teacher from a checkpoint without a task head, or train a classifier further; save it.
+
+    A backbone gets a new head named after the dataset's classes. A checkpoint that has a classification head keeps
+    its `id2label`: the dataset is renumbered to the head's ids when it names the same classes in another order
+    (`align_labels`), and refused when it names other ones; names that are no names (`LABEL_0`, `"0"`) on either
+    side rename and renumber nothing.
 
     A second call with the same `output_dir` finds the saved teacher and returns at once if it was
     made from the same inputs (`teacher_fingerprint`, stored as `teacher_inputs.json`): another
@@ -261,8 +266,13 @@ def train_teacher(
 
     Returns:
         `Path` of the fine-tuned teacher.
+
+    Raises:
+        ValueError: the checkpoint's classification head names other classes than the dataset, or fewer; the
+            message names both lists. Nothing is written.
     """
     from transformers import (
+        AutoConfig,
         AutoModelForSequenceClassification,
         DataCollatorWithPadding,
         TrainingArguments,
@@ -272,8 +282,15 @@ def train_teacher(
     from ..trainer import BigSmallTrainer
 
     output_dir = Path(output_dir)
-    names = label_names(dataset)
-    id2label = dict(enumerate(names))
+    if has_classification_head(model_name_or_path):
+        # a classifier trained further: its head's rows mean its own classes, so the dataset takes its ids (or is
+        # refused, naming both lists) and the config keeps its id2label; the dataset's names are never written over it
+        head = AutoConfig.from_pretrained(assets.resolve_model(model_name_or_path))
+        dataset = align_labels(dataset, head)
+        new_head = {}
+    else:
+        id2label = dict(enumerate(label_names(dataset)))
+        new_head = dict(num_labels=len(id2label), id2label=id2label, label2id={name: i for i, name in id2label.items()})
     fingerprint = teacher_fingerprint(
         model_name_or_path, dataset, num_train_epochs=num_train_epochs, learning_rate=learning_rate,
         per_device_train_batch_size=per_device_train_batch_size, seed=seed, **training_kwargs)
@@ -287,8 +304,7 @@ def train_teacher(
                        output_dir, "; ".join(differences))
 
     model = AutoModelForSequenceClassification.from_pretrained(
-        assets.resolve_model(model_name_or_path),
-        num_labels=len(names), id2label=id2label, label2id={name: i for i, name in id2label.items()},
+        assets.resolve_model(model_name_or_path), **new_head,
         # decoder classifiers (GPT-2, Llama) read the last non-padding token, so they need the id
         pad_token_id=tokenizer.pad_token_id,
     )

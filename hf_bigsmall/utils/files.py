@@ -18,10 +18,12 @@ empty one, is ever replaced: any other folder at that path is the user's, and is
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,7 +31,15 @@ from typing import Any
 
 from transformers.utils import logging
 
-from .writers import WRITER_TAG_PATTERN, folder_clock, release_writer, writer_is_gone, writer_partial, writer_tag
+from .writers import (
+    WRITER_TAG_PATTERN,
+    folder_clock,
+    may_be_leftover,
+    release_writer,
+    writer_is_gone,
+    writer_partial,
+    writer_tag,
+)
 
 logger = logging.get_logger(__name__)
 
@@ -39,6 +49,8 @@ REPLACED_SUFFIX = ".replaced"
 # the marker of a folder the kit wrote (and so may replace); its content is checked, not only its name
 KIT_MARKER = ".hf_bigsmall.json"
 _MARKER_CONTENT = {"written_by": "hf_bigsmall"}
+# how often `publish_dir` tries again when another writer's folder takes the target first
+PUBLISH_ATTEMPTS = 5
 
 
 def leftover_match(target: str | os.PathLike, name: str) -> re.Match | None:
@@ -47,8 +59,8 @@ def leftover_match(target: str | os.PathLike, name: str) -> re.Match | None:
     `<name>.<writer>.partial` (the new file or folder), `.<name>.<writer>.replaced` (an old folder moved aside),
     `.<name>.<writer>.genai` (an ONNX Runtime GenAI build), and the names of older versions of the kit
     (`<name>.partial`, `.<name>.replaced`, `.<name>.replaced-<pid>`, `.<name>.genai-<random>`), whose writer
-    is unnamed (`machine` and `pid` None): they fall under the time rule of
-    `hf_bigsmall.utils.writers.writer_is_gone`.
+    is unnamed (`machine` and `pid` None): such a folder falls under the time rule of
+    `hf_bigsmall.utils.writers.writer_is_gone`, such a file is never removed (`may_be_leftover`).
     """
     target_name = re.escape(Path(target).name)
     match = re.fullmatch(rf"(?P<hidden>\.?){target_name}(?:\.{WRITER_TAG_PATTERN})?\.(?P<kind>partial|replaced|genai)"
@@ -112,8 +124,9 @@ def restore_moved_aside(target: str | os.PathLike) -> Path | None:
 def remove_leftovers(target: str | os.PathLike, restore: bool = True) -> list[Path]:
     """Remove what interrupted writes of `target` left beside it (see `leftover_match`) once their writers are gone.
 
-    A leftover whose writer may still be running is left (and logged), as is a link, and a `.partial` folder
-    that holds something but not the kit's marker. An old folder that a swap killed between its two renames left
+    A leftover whose writer may still be running is left (and logged), as is a link, a file whose name carries no
+    writer tag (`<name>.partial` of a user's, or of an older version), and a `.partial` folder that holds something
+    but not the kit's marker. An old folder that a swap killed between its two renames left
     aside, with nothing at `target`, is the only copy of it: with `restore` (the default) it is put back at
     `target` rather than removed (`restore_moved_aside`). Returns the paths removed.
     """
@@ -124,6 +137,9 @@ def remove_leftovers(target: str | os.PathLike, restore: bool = True) -> list[Pa
     restored = _restore(target, found, now) if found and restore else None
     for entry, match in found:
         if entry == restored:
+            continue
+        if not may_be_leftover(entry, match["machine"]):
+            logger.debug(f"left {entry}: a file with a leftover's name but no writer tag may be anyone's")
             continue
         if not writer_is_gone(entry, match["machine"], match["pid"], now):
             logger.info(f"left {entry}: its writer may still be running (another run writing {target}?)")
@@ -189,6 +205,21 @@ def mark_kit_folder(folder: str | os.PathLike) -> None:
         (folder / KIT_MARKER).write_text(json.dumps(_MARKER_CONTENT) + "\n", encoding="utf-8")
 
 
+def _holds_users_files(folder: Path) -> bool | None:
+    """Whether the folder at `folder` holds anything and not the kit's marker; None where it was moved meanwhile.
+
+    Another writer publishing the same folder moves it aside for an instant: a marker read by path then finds
+    nothing, though the folder is the kit's. Only an answer about one folder, there from first look to last, counts.
+    """
+    try:
+        before = folder.lstat()
+        unmarked = any(folder.iterdir()) and not is_kit_folder(folder)
+        after = folder.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return unmarked if (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino) else None
+
+
 def check_replaceable(folder: str | os.PathLike) -> None:
     """Raise unless `folder` is missing, an empty folder, or a folder the kit wrote (its marker inside).
 
@@ -197,12 +228,19 @@ def check_replaceable(folder: str | os.PathLike) -> None:
             write; the message names it. Nothing is changed.
     """
     folder = Path(folder)
-    if not folder.exists() and not folder.is_symlink():
-        return
-    if folder.is_symlink() or not folder.is_dir():
-        raise ValueError(f"{folder} already exists and is not a folder hf_bigsmall wrote (a file or a link): it is "
-                         "left as it is. Choose another output folder, or move or delete it yourself.")
-    if any(folder.iterdir()) and not is_kit_folder(folder):
+    for _ in range(PUBLISH_ATTEMPTS):
+        try:
+            mode = folder.lstat().st_mode  # one look: a folder another writer moves aside is missing, not a file
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
+            raise ValueError(f"{folder} already exists and is not a folder hf_bigsmall wrote (a file or a link): it "
+                             "is left as it is. Choose another output folder, or move or delete it yourself.")
+        unmarked = _holds_users_files(folder)
+        if unmarked is not None:
+            break
+    # moved on every look: only the kit's writers swap folders at its targets
+    if unmarked:
         raise ValueError(f"{folder} already exists and was not written by hf_bigsmall (it has no {KIT_MARKER}): it is "
                          "left as it is, with everything in it. Choose another output folder, or move or delete it "
                          "yourself.")
@@ -223,39 +261,79 @@ def fresh_partial_dir(final_dir: str | os.PathLike) -> Path:
     return partial
 
 
+def _rename_into_place(source: Path, target: Path) -> bool:
+    """Rename the folder `source` to `target`; False, with nothing changed, where a folder took `target` first.
+
+    A folder is never renamed onto one that holds anything (ENOTEMPTY or EEXIST; every folder the kit publishes holds
+    its marker): at a target that was free a moment ago, that is another writer's rename that came first.
+    """
+    try:
+        source.rename(target)
+    except OSError as error:
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST) and target.is_dir() and not target.is_symlink():
+            return False
+        raise
+    return True
+
+
+def _remove_moved_aside(replaced: Path) -> None:
+    """Delete a folder `publish_dir` moved aside, its marker first: a removal stopped halfway leaves no folder that
+    looks whole and would be put back (`restore_moved_aside`)."""
+    try:
+        (replaced / KIT_MARKER).unlink(missing_ok=True)
+        shutil.rmtree(replaced, ignore_errors=True)
+    finally:
+        release_writer(replaced)  # interrupted, it is a leftover the next write of its target removes
+
+
 def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
     """Move a completely written `partial` folder to `final_dir`, replacing an older one the kit wrote.
+
+    Two processes publishing the same folder at the same instant: the one that renames last wins, and `final_dir`
+    holds one writer's whole folder at every moment but between a swap's two renames (see `restore_moved_aside`).
+    A writer whose rename meets another's folder arriving first replaces it as it would an older one, and tries
+    `PUBLISH_ATTEMPTS` times in all.
 
     Raises:
         ValueError: `final_dir` is a folder the kit did not write (see `check_replaceable`); it and
             `partial` are left as they are.
+        FileExistsError: another process published `final_dir` first on every attempt; its folder stays in place,
+            and `partial` is removed.
     """
-    final_dir = Path(final_dir)
-    check_replaceable(final_dir)  # again: the folder may have appeared while `partial` was written
-    mark_kit_folder(partial)
-    if not final_dir.exists():
-        Path(partial).rename(final_dir)
-        release_writer(partial)
-        return final_dir
-    # renamed aside, not deleted in place: a crash or Ctrl-C while a large old folder was being deleted left it
-    # half gone (its marker too, so the next run refused it) with the new one still in `partial`
-    # hidden (never uploaded), and this writer's own: another run's swap of the same folder never deletes it
-    replaced = final_dir.with_name(f".{final_dir.name}.{writer_tag()}{REPLACED_SUFFIX}")
-    final_dir.rename(replaced)
-    try:
-        Path(partial).rename(final_dir)
-    except BaseException:
+    final_dir, partial = Path(final_dir), Path(partial)
+    for _ in range(PUBLISH_ATTEMPTS):
+        check_replaceable(final_dir)  # again: the folder may have appeared while `partial` was written
+        mark_kit_folder(partial)
         if not final_dir.exists():
-            replaced.rename(final_dir)  # the old folder back in place: a failed swap loses nothing
-        raise
+            if _rename_into_place(partial, final_dir):
+                release_writer(partial)
+                return final_dir
+            continue  # another writer published it meanwhile: replaced below, like an older folder
+        # renamed aside, not deleted in place: a crash or Ctrl-C while a large old folder was being deleted left it
+        # half gone (its marker too, so the next run refused it) with the new one still in `partial`
+        # hidden (never uploaded), and this writer's own: another run's swap of the same folder never deletes it
+        replaced = final_dir.with_name(f".{final_dir.name}.{writer_tag()}{REPLACED_SUFFIX}")
+        try:
+            final_dir.rename(replaced)
+        except FileNotFoundError:  # another writer moved it aside first
+            release_writer(replaced)
+            continue
+        try:
+            placed = _rename_into_place(partial, final_dir)
+        except BaseException:
+            if not final_dir.exists():
+                replaced.rename(final_dir)  # the old folder back in place: a failed swap loses nothing
+            raise
+        # placed or not, a whole folder is at `final_dir`, newer than the one moved aside
+        _remove_moved_aside(replaced)
+        if placed:
+            release_writer(partial)
+            return final_dir
+    shutil.rmtree(partial, ignore_errors=True)
     release_writer(partial)
-    try:
-        # the marker first: a removal stopped halfway leaves no folder that looks whole and would be put back
-        (replaced / KIT_MARKER).unlink(missing_ok=True)
-        shutil.rmtree(replaced, ignore_errors=True)
-    finally:
-        release_writer(replaced)  # interrupted, it is a leftover the next write of `final_dir` removes
-    return final_dir
+    raise FileExistsError(f"{final_dir} was not replaced: another process published it at the same time, "
+                          f"{PUBLISH_ATTEMPTS} times in a row, and its whole folder is the one in place. This run's "
+                          "copy was removed; run it again, or give each run its own output folder.")
 
 
 @contextmanager

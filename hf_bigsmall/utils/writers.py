@@ -7,7 +7,7 @@ half-written data. Every such temporary name therefore carries its writer's tag:
 writer is gone: a process of this machine that no longer runs or, where the process cannot be
 checked (another machine's or container's, a name without a writer, a process id taken since),
 once nothing in it changed for `STALE_PARTIAL_SECONDS`, measured by the clock of the folder's
-file system (`folder_clock`).
+file system (`folder_clock`). A file whose name names no writer is never removed (`may_be_leftover`).
 """
 
 from __future__ import annotations
@@ -76,6 +76,16 @@ def writer_partial(path: str | os.PathLike) -> Path:
     """The `.partial` sibling of `path` that this writer alone uses: `<name>.<writer_tag>.partial`."""
     path = Path(path)
     return path.with_name(f"{path.name}.{writer_tag()}.partial")
+
+
+def may_be_leftover(entry: Path, machine: str | None) -> bool:
+    """Whether `entry` at a leftover's name may be the kit's at all: its name carries a writer tag, or it is a folder.
+
+    A plain file at an untagged name (`<name>.partial`, as older versions wrote and as a user may name a file of
+    their own) has nothing that proves the kit wrote it, where a folder has the kit's marker (checked by the
+    caller): such a file is never removed, however old. `machine` is the tag's machine, None for an untagged name.
+    """
+    return machine is not None or (entry.is_dir() and not entry.is_symlink())
 
 
 def writer_is_gone(entry: Path, machine: str | None, pid: str | None, now: float) -> bool:

@@ -12,7 +12,8 @@ alike and their times compare side by side; the largest logit change from the fp
 
 The `fused` schemes export with eager attention and fuse the graph with ONNX Runtime's transformer optimizer
 (`Attention`, `SkipLayerNormalization`, `EmbedLayerNormalization`, `BiasGelu`; `onnx.fuse_transformer_graph`)
-before the default dynamic quantization (`fused`) or none (`fused fp32`).
+before the default dynamic quantization (`fused`) or none (`fused fp32`); `fused, attention unfused` fuses all
+but the attention.
 
 Static schemes calibrate on 256 training reviews (seeded), one at a time. Percentile and entropy
 calibration need equal-length calibration tensors in onnxruntime 1.32 and are not offered.
@@ -64,19 +65,32 @@ def _static(**options):
     return quantize
 
 
-def _fused(quantized: bool = True):
+def _fuse(source: Path, target: Path, model_dir: Path, attention: bool) -> dict[str, int]:
+    """ONNX Runtime's transformer optimizer on an eager-attention export (the SDPA graph's attention does not
+    match its patterns); opt_level=1 keeps to hardware-independent rewrites. Returns the operators fused."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_dir)
+    options = FusionOptions("bert")
+    options.enable_attention = attention
+    optimized = optimize_model(str(source), model_type="bert", num_heads=config.num_attention_heads,
+                               hidden_size=config.hidden_size, optimization_options=options, opt_level=1)
+    optimized.save_model_to_file(str(target))
+    return {operator: count for operator, count in optimized.get_fused_operator_statistics().items() if count}
+
+
+def _fused(quantized: bool = True, attention: bool = True):
     """Eager-attention export, fused by ONNX Runtime's transformer optimizer, then `quantize`'s dynamic int8."""
     def quantize(source: Path, target: Path, calibration, model_dir: Path) -> None:
         import onnx
-        from transformers import AutoConfig
-
-        from hf_bigsmall.quantization.onnx import fuse_transformer_graph
 
         eager = source.with_name(f"{source.stem}-eager.onnx")
         if not eager.exists():
             _export(model_dir, eager, attn_implementation="eager")
         fused = target.with_name(f"{target.stem}-fused-fp32.onnx") if quantized else target
-        fusions = fuse_transformer_graph(eager, fused, AutoConfig.from_pretrained(model_dir))
+        fusions = _fuse(eager, fused, model_dir, attention)
         print(f"{model_dir}: fused {fusions}", flush=True)
         if quantized:  # the quantizer's shape inference cannot type the outputs of the fused (contrib) operators
             _dynamic(extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})(fused, target, calibration, model_dir)
@@ -107,6 +121,7 @@ def schemes():
         "dynamic (default)": _dynamic(),
         "fused fp32": _fused(quantized=False),
         "fused": _fused(),
+        "fused, attention unfused": _fused(attention=False),
         "dynamic, MatMul only": _dynamic(op_types_to_quantize=["MatMul"]),
         "dynamic, head fp32": _dynamic(exclude=_head),
         "dynamic, MatMul only, head fp32": _dynamic(op_types_to_quantize=["MatMul"], exclude=_head),

@@ -69,7 +69,7 @@ def _quantize(args: argparse.Namespace) -> int:
         calibration = calibration_blocks(args.model_dir, args.calibration_dataset, args.calibration_samples)
     try:
         folder = quantize(args.model_dir, args.output_dir, method=args.method, device=args.device,
-                          backend=args.backend, calibration=calibration, fuse=args.fuse)
+                          backend=args.backend, calibration=calibration)
     except ImportError as error:  # the backend's extra is missing: the message says what to install
         echo(f"hf-bigsmall quantize: {error}", error=True)
         return 2
@@ -210,10 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
                                f"embedded/hamlet, a Hub id or a path): GPTQ for {calibrated}")
     quantize.add_argument("--calibration_samples", type=int, default=32,
                           help="calibration blocks of 128 tokens")
-    fusing = ", ".join(f"{b.name} {'/'.join(b.fusing_schemes)}" for b in backends if b.fusing_schemes)
-    quantize.add_argument("--no_fuse", dest="fuse", action="store_false",
-                          help="keep the graph unfused (the default fuses a BERT-family classifier's attention and "
-                               f"layer norms with ONNX Runtime's transformer optimizer: {fusing})")
     quantize.set_defaults(handler=_quantize)
     return parser
 

@@ -25,7 +25,6 @@ def quantize(
     device: str = "cpu",
     backend: str = "auto",
     calibration: Any = None,
-    fuse: bool = True,
 ) -> Path:
     """Quantize a saved sequence classifier or causal LM for `device`, into a new folder.
 
@@ -62,12 +61,6 @@ def quantize(
             declares in `calibrated_schemes`: `backend="onnxruntime-genai"`, `method="int4"` quantizes its
             4-bit matrices by GPTQ instead of round-to-nearest (same size and speed, less perplexity lost;
             see `genai.export_genai`). Refused for every other backend and method.
-        fuse: for the backends that fuse the graph (`onnxruntime` int8): a BERT-family classifier is quantized
-            from the graph fused by ONNX Runtime's transformer optimizer (one `QAttention` per layer,
-            `SkipLayerNormalization`, `EmbedLayerNormalization`, `BiasGelu`), checked against the model's
-            logits first; other model types, causal LMs and a fusion that fails or changes the logits keep the
-            unfused graph (the folder's record says `"fused"` and which `"fusions"`). `False` always keeps
-            the unfused graph; refused (`ValueError`) for a backend or method that fuses nothing.
 
     Returns:
         `output_dir` as a `Path`.
@@ -77,8 +70,7 @@ def quantize(
             usable, but the card could not be built; the message says how to write it again.
         ImportError: the backend is not installed (the message names the extra, e.g.
             `pip install "hf-bigsmall[onnx]"`).
-        TypeError: `fuse` is not a bool.
-        ValueError: calibration for a backend or method that takes none, `fuse=False` for one that fuses nothing, int4 on a CPU or a GPU without its
+        ValueError: calibration for a backend or method that takes none, int4 on a CPU or a GPU without its
             kernels, a model that is already quantized,
             a model without a classification or causal LM head, a model the backend cannot export,
             a missing tokenizer, or an `output_dir` that `quantize` did not write.
@@ -95,17 +87,10 @@ def quantize(
     """
     plan = plan_quantization(method, device, backend)  # every check that needs no model, before anything is read
     entry = get_quantization_backend(plan.backend)
-    if not isinstance(fuse, bool):
-        raise TypeError(f"fuse must be True or False, got {fuse!r}.")
     if calibration is not None:
         plan.check_calibration()
-    if not fuse:
-        plan.check_fuse()
-    # only a request that differs from the default passes its keyword, so backends registered without calibration
-    # or fusion keep their signature
+    # only a calibrated request passes the keyword, so backends registered without calibration keep their signature
     options = {"calibration": calibration} if calibration is not None else {}
-    if not fuse:
-        options["fuse"] = False
     folder = Path(entry.export(Path(model_dir), Path(output_dir), plan.method, **options))
     if entry.model_card:  # a folder served as it is (GGUF) carries its card
         try:

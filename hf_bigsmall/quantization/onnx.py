@@ -112,96 +112,18 @@ def _export(module, args: tuple, path: Path, input_names: list[str], dynamic_axe
                           dynamic_axes=dynamic_axes, opset_version=OPSET, do_constant_folding=True)
 
 
-# transformers model types whose encoder graph ONNX Runtime's transformer optimizer fuses, and the optimizer's
-# model type for each: these keep BERT's layer layout (embeddings + LayerNorm, attention, residual + LayerNorm)
-FUSABLE_MODEL_TYPES = {"bert": "bert", "distilbert": "bert", "roberta": "bert", "xlm-roberta": "bert",
-                       "camembert": "bert", "electra": "bert"}
-
-
-def fuse_transformer_graph(source: Path, target: Path, config) -> dict[str, int]:
-    """Fuse the operators of an exported encoder graph with ONNX Runtime's transformer optimizer; returns the counts.
-
-    Each layer's attention becomes one `Attention` operator (`QAttention` after dynamic int8), each residual
-    add and LayerNorm one `SkipLayerNormalization`, the embeddings and their LayerNorm one
-    `EmbedLayerNormalization`, the FFN's bias and GELU one `BiasGelu`: fewer, larger kernels, which is what
-    counts at batch 1 where per-operator overhead is a large share of the time. `opt_level=1` keeps to
-    ONNX Runtime's basic, hardware-independent rewrites, so the file runs on any CPU. The attention pattern is
-    matched on the eager attention graph (`attn_implementation="eager"`), not on the SDPA one.
-
-    Returns:
-        operator -> how many were fused (only those fused at least once).
-    """
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    optimized = optimize_model(str(source), model_type=FUSABLE_MODEL_TYPES[config.model_type],
-                               num_heads=config.num_attention_heads, hidden_size=config.hidden_size, opt_level=1)
-    optimized.save_model_to_file(str(target))
-    return {operator: count for operator, count in optimized.get_fused_operator_statistics().items() if count}
-
-
-def _fused_graph(model: PreTrainedModel, input_names: list[str], probe: dict[str, Any], dynamic_axes: dict,
-                 reference, scratch: Path) -> tuple[Path | None, dict[str, int], float | None]:
-    """The classifier exported with eager attention and fused, checked against PyTorch's logits like the export.
-
-    Returns its path, the fusions and its largest logit difference from PyTorch, or (None, {}, None) with an info log when it cannot be had: a model type the
-    optimizer does not take, a failed export or fusion, no attention fused, or logits off by more than the
-    export's tolerance. The caller then quantizes the unfused graph.
-    """
-    import numpy as np
-    import onnxruntime
-
-    model_type = model.config.model_type
-    if model_type not in FUSABLE_MODEL_TYPES:
-        logger.info(f"ONNX Runtime's transformer optimizer does not take {model_type} models "
-                    f"(it takes {sorted(FUSABLE_MODEL_TYPES)}): quantizing the unfused graph.")
-        return None, {}, None
-    eager_path, fused_path = scratch / "model-eager.onnx", scratch / "model-fused.onnx"
-    implementation = model.config._attn_implementation
-    try:
-        model.set_attn_implementation("eager")  # the optimizer matches the attention pattern of eager attention
-        try:
-            _export(_logits_module(model, input_names, False), tuple(probe[name] for name in input_names),
-                    eager_path, input_names, dynamic_axes)
-        finally:
-            model.set_attn_implementation(implementation)
-        fusions = fuse_transformer_graph(eager_path, fused_path, model.config)
-        session = onnxruntime.InferenceSession(str(fused_path), providers=["CPUExecutionProvider"])
-        feed = {name: tensor.numpy() for name, tensor in probe.items()}
-        difference = _max_difference(reference, session.run(["logits"], feed)[0], None, False)
-    except Exception as error:  # noqa: BLE001  (an optimisation: whatever stops it, the unfused graph serves)
-        logger.info(f"Fusing the ONNX graph of {type(model).__name__} failed ({type(error).__name__}: {error}): "
-                    "quantizing the unfused graph.")
-        return None, {}, None
-    if not fusions.get("Attention"):
-        logger.info(f"ONNX Runtime's optimizer fused no attention in {type(model).__name__} ({fusions}): "
-                    "quantizing the unfused graph.")
-        return None, {}, None
-    if not difference <= _EXPORT_TOLERANCE * (1 + float(np.abs(reference).max())):
-        logger.info(f"The fused ONNX graph of {type(model).__name__} changes its logits by {difference:.3g}, more "
-                    "than the export may: quantizing the unfused graph.")
-        return None, {}, None
-    return fused_path, fusions, difference
-
-
 def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, output_dir: Path,
-                     task: str, fuse: bool = True) -> dict[str, Any]:
+                     task: str) -> dict[str, Any]:
     """Export `model` (fp32, CPU) to ONNX, check it, quantize to int8 into `output_dir / model.onnx`.
 
-    With `fuse` (the default), a classifier whose model type ONNX Runtime's transformer optimizer takes
-    (`FUSABLE_MODEL_TYPES`) is quantized from its fused graph (`fuse_transformer_graph`: one `Attention`
-    per layer, which dynamic quantization makes `QAttention`), once that graph reproduces the model's
-    logits as the export must; any other model, a failed fusion, and causal LMs (served by
-    ONNX Runtime GenAI or llama.cpp) are quantized from the unfused export, as with `fuse=False`.
-
-    Returns what the record in config.json states about the export (opset, inputs, the check, whether the
-    graph was fused and the operators fused).
+    Returns what the record in config.json states about the export (opset, inputs, the check).
 
     Raises:
         ValueError: the model cannot be traced to ONNX, or the exported graph does not reproduce
             the model's logits (a data-dependent branch the trace froze).
     """
     import numpy as np
-    import onnx  # onnxruntime's quantizer reads and writes the graph with it
+    import onnx  # noqa: F401  (onnxruntime's quantizer reads and writes the graph with it)
     import onnxruntime
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -232,28 +154,18 @@ def export_onnx_int8(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             raise ValueError(f"The ONNX export of {type(model).__name__} does not reproduce its logits (max "
                              f"difference {export_difference:.3g}): the trace froze a data-dependent branch, so "
                              "this model type cannot be quantized with ONNX Runtime here.")
-        source, fusions, fused_difference = fp32_path, {}, None
-        if fuse and not causal:
-            fused_path, fusions, fused_difference = _fused_graph(model, input_names, probe, dynamic_axes, reference, Path(scratch))
-            source = fused_path or fp32_path
         quantized_path = output_dir / ONNX_FILE
         # int8 weights are symmetric (ONNX Runtime's default for QInt8), so pruned zeros stay exact zeros;
         # a scale per output channel rather than per matrix: on the quickstart's compacted student it halved
         # the largest logit change and raised agreement with fp32 from 95.7% to 97.7% of the test
         # reviews, at the same speed (BENCHMARKS.md, "Quantization")
-        # the quantizer's shape inference cannot type the outputs of the fused (contrib) operators: they are float
-        options = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fusions else {}
-        quantize_dynamic(str(source), str(quantized_path), weight_type=QuantType.QInt8, per_channel=True,
-                         extra_options=options)
+        quantize_dynamic(str(fp32_path), str(quantized_path), weight_type=QuantType.QInt8, per_channel=True)
     session = onnxruntime.InferenceSession(str(quantized_path), providers=["CPUExecutionProvider"])
     int8_difference = _max_difference(reference, session.run(["logits"], feed)[0], mask, causal)
-    logger.info(f"Exported {type(model).__name__} to ONNX (max logit difference {export_difference:.2g}), "
-                + (f"fused it ({fusions}) " if fusions else "")
-                + f"and quantized it to int8 (max logit change {int8_difference:.2g}).")
+    logger.info(f"Exported {type(model).__name__} to ONNX (max logit difference {export_difference:.2g}) and "
+                f"quantized it to int8 (max logit change {int8_difference:.2g}).")
     return {"format": "onnx", "file": ONNX_FILE, "opset": OPSET, "inputs": input_names,
-            "export_max_logit_difference": export_difference, "int8_max_logit_change": int8_difference,
-            "fused": bool(fusions), "fusions": fusions,
-            **({"fused_max_logit_difference": fused_difference} if fusions else {})}
+            "export_max_logit_difference": export_difference, "int8_max_logit_change": int8_difference}
 
 
 def quantizes_activations_at_run_time(onnx_path: str | os.PathLike) -> bool:

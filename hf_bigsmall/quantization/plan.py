@@ -41,17 +41,6 @@ class QuantizationPlan:
                          "those.")
 
 
-    def check_fuse(self) -> None:
-        """Raise a `ValueError` unless the backend's export of this method fuses its graph (so `fuse=False` means something)."""
-        if self.method in get_quantization_backend(self.backend).fusing_schemes:
-            return
-        takers = [f"{entry.name} ({', '.join(entry.fusing_schemes)})" for entry in quantization_backends()
-                  if entry.fusing_schemes]
-        raise ValueError(f"{self.backend} {self.method} fuses no graph, so fuse=False has nothing to turn off: graph "
-                         f"fusion is done by {', '.join(takers) or 'no registered backend'}. Drop fuse=False, or "
-                         "choose one of those.")
-
-
 def _unique(values) -> tuple[str, ...]:
     return tuple(dict.fromkeys(values))
 

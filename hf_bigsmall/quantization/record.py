@@ -14,7 +14,7 @@ from .config import QUANTIZATION_KEY
 
 # the settings the card lists, in this order
 _CARD_SETTINGS = ("method", "scheme", "calibration", "backend", "backend_version", "device", "format", "source",
-                  "fusions", "int8_max_logit_change", "max_logit_difference_from_transformers",
+                  "int8_max_logit_change", "max_logit_difference_from_transformers",
                   "logit_correlation_with_transformers")
 # methods of an engine export that keeps float weights (ONNX Runtime GenAI fp32, GGUF F32/F16)
 _FLOAT_METHODS = ("fp32", "f32", "f16")
@@ -50,10 +50,6 @@ class QuantizationRecord(ConfigRecord):
     #: how the weights were fitted to calibration data (`{"method": "gptq", "sequences": ..., "tokens": ...,
     #: "damp": ...}`), None for plain rounding
     calibration: dict | None = None
-    #: whether the graph was quantized after ONNX Runtime's transformer optimizer fused it (ONNX Runtime int8)
-    fused: bool | None = None
-    #: the operators fused, with their counts (`{"Attention": 6, "SkipLayerNormalization": 12, ...}`)
-    fusions: dict | None = None
 
     @property
     def is_onnx(self) -> bool:
@@ -84,7 +80,5 @@ class QuantizationRecord(ConfigRecord):
             return (f"{value.get('method')} on {value.get('sequences')} sequences ({value.get('tokens')} tokens)"
                     + (f", {details}" if details else "")
                     + (f"; {kept} matrices kept round-to-nearest" if kept else ""))
-        if key == "fusions" and self.fused is not None:  # "Attention 6, SkipLayerNormalization 12" or "none"
-            return ", ".join(f"{operator} {count}" for operator, count in (value or {}).items()) or "none"
         return value
 

@@ -63,9 +63,6 @@ class QuantizationBackend:
             `quantize(..., calibration=...)` calls `export(model_dir, output_dir, method,
             calibration=calibration)` (token-id sequences, or a dataset with `input_ids`); for any
             other method, and for backends without any, `quantize` refuses calibration.
-        fusing_schemes: the methods whose export fuses the graph's operators (attention, layer norms) by
-            default: for them `quantize(..., fuse=False)` calls `export(model_dir, output_dir, method,
-            fuse=False)`, which keeps the graph unfused; for any other method `quantize` refuses `fuse=False`.
 
     Example:
 
@@ -93,12 +90,11 @@ class QuantizationBackend:
     loading: str = ""
     model_card: bool = False
     calibrated_schemes: tuple[str, ...] = ()
-    fusing_schemes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or self.name == "auto":
             raise ValueError(f"A quantization backend needs a non-empty name other than 'auto', got {self.name!r}.")
-        for attribute in ("tasks", "devices", "requires", "auto_devices", "calibrated_schemes", "fusing_schemes"):
+        for attribute in ("tasks", "devices", "requires", "auto_devices", "calibrated_schemes"):
             value = getattr(self, attribute)
             if isinstance(value, str) or not all(isinstance(item, str) and item for item in value):
                 raise TypeError(f"QuantizationBackend {self.name!r}: {attribute} must be a tuple of non-empty strings, "
@@ -117,10 +113,9 @@ class QuantizationBackend:
             raise TypeError(f"QuantizationBackend {self.name!r}: schemes must be a non-empty mapping of method -> "
                             f"description (str -> str), got {self.schemes!r}.")
         object.__setattr__(self, "schemes", MappingProxyType(dict(self.schemes)))
-        for attribute in ("calibrated_schemes", "fusing_schemes"):
-            if not set(getattr(self, attribute)) <= set(self.schemes):
-                raise ValueError(f"QuantizationBackend {self.name!r}: {attribute} {getattr(self, attribute)} must be "
-                                 f"among its schemes {tuple(self.schemes)}.")
+        if not set(self.calibrated_schemes) <= set(self.schemes):
+            raise ValueError(f"QuantizationBackend {self.name!r}: calibrated_schemes {self.calibrated_schemes} must be "
+                             f"among its schemes {tuple(self.schemes)}.")
         for attribute in ("export", "how_to_use"):
             if not callable(getattr(self, attribute)):
                 raise TypeError(f"QuantizationBackend {self.name!r}: {attribute} must be callable, "

@@ -6,7 +6,6 @@ picks it on the CPU. Export and runner live in `quantization/onnx.py`.
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from .folder import ExportJob, write_quantized_folder
 NAME = "onnxruntime"
 
 
-def _write(job: ExportJob, fuse: bool = True) -> None:
+def _write(job: ExportJob) -> None:
     import onnxruntime
 
     from ...pruning.parameters import count_parameters
@@ -28,14 +27,12 @@ def _write(job: ExportJob, fuse: bool = True) -> None:
     parameters, nonzero, sparsity = count_parameters(model, job.model_dir)
     job.record.update(backend_version=onnxruntime.__version__, parameters=parameters, nonzero_parameters=nonzero,
                       sparsity=sparsity)
-    job.record.update(export_onnx_int8(model, job.tokenizer, job.folder, job.task, fuse=fuse))
+    job.record.update(export_onnx_int8(model, job.tokenizer, job.folder, job.task))
 
 
-def export(model_dir: Path, output_dir: Path, method: str, fuse: bool = True) -> Path:
-    """Export to ONNX, check it against PyTorch, fuse a BERT-family classifier's graph unless `fuse=False`, quantize
-    to dynamic int8 (see `onnx.export_onnx_int8`)."""
-    return write_quantized_folder(model_dir, output_dir, backend=NAME, method=method, device="cpu",
-                                  write=functools.partial(_write, fuse=fuse))
+def export(model_dir: Path, output_dir: Path, method: str) -> Path:
+    """Export to ONNX, check it against PyTorch, quantize to dynamic int8 (see `onnx.export_onnx_int8`)."""
+    return write_quantized_folder(model_dir, output_dir, backend=NAME, method=method, device="cpu", write=_write)
 
 
 def how_to_use(where: str, record: dict[str, Any], **context: Any) -> str:
@@ -60,7 +57,6 @@ register_quantization_backend(QuantizationBackend(
     extra="onnx",
     requires=("onnx", "onnxruntime"),
     auto_devices=("cpu",),
-    fusing_schemes=("int8",),
     description="int8 quantization and inference on CPU with ONNX Runtime",
     loading='onnxruntime.InferenceSession("{path}/model.onnx")  # or hf_bigsmall.quantization.OnnxModelRunner',
 ))

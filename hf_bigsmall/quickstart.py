@@ -95,6 +95,9 @@ class QuickstartArguments:
     output_dir: str = field(default=DEFAULT_OUTPUT_DIRS["text-classification"], metadata={
         "help": "Folder that receives everything. A folder holding a `--task causal-lm` run's results is refused."})
     student_layers: int = field(default=3, metadata={"help": "Transformer layers of the student."})
+    student_teacher_layers: str | None = field(default=None, metadata={
+        "help": "Teacher layers the student starts from, one per student layer, comma-separated (e.g. 0,2,5; "
+                "default: spread over the teacher, first and last included)."})
     student_hidden_size: int | None = field(default=None, metadata={
         "help": "Width of the student (default: the teacher's, so it starts from the teacher's weights)."})
     target_sparsity: float = field(default=0.25, metadata={
@@ -141,6 +144,12 @@ class QuickstartArguments:
                              "with `hf-bigsmall quickstart --task causal-lm`.")
         if self.student_layers < 1:
             raise ValueError(f"student_layers must be at least 1, got {self.student_layers}.")
+        if self.student_teacher_layers is not None:
+            layers = [part.strip() for part in str(self.student_teacher_layers).split(",")]
+            if not all(part.isdigit() for part in layers) or len(layers) != self.student_layers:
+                raise ValueError(f"student_teacher_layers must name {self.student_layers} teacher layer(s), one per "
+                                 f"student layer, as comma-separated indices (e.g. "
+                                 f"{','.join(map(str, range(self.student_layers)))}), got {self.student_teacher_layers!r}.")
         from .utils.checks import check_finite
 
         check_finite("target_sparsity", self.target_sparsity, "in [0, 1)")
@@ -298,6 +307,21 @@ def _training_arguments(args: QuickstartArguments, output_dir: Path, max_steps: 
         logging_steps=max(1, max_steps // 5), save_strategy="no", eval_strategy="no", report_to="none",
         seed=args.seed, disable_tqdm=False,
     )
+
+
+def _check_student_layers(args: QuickstartArguments, teacher_config) -> None:
+    """Refuse a student deeper than the teacher, or made from layers it lacks, before the teacher is fine-tuned."""
+    depth = getattr(teacher_config, "num_hidden_layers", None)
+    if depth is None:  # make_student says what it needs
+        return
+    if args.student_layers > depth:
+        raise ValueError(f"--student_layers {args.student_layers} is more than the teacher's {depth} layers; nothing "
+                         "was written. Choose fewer.")
+    if args.student_teacher_layers is not None:
+        layers = [int(part) for part in str(args.student_teacher_layers).split(",")]
+        if not all(0 <= layer < depth for layer in layers):
+            raise ValueError(f"--student_teacher_layers {args.student_teacher_layers} names a layer the teacher lacks: "
+                             f"its layers are 0 to {depth - 1}; nothing was written.")
 
 
 def _distill(args, student, teacher, dataset, tokenizer, final_dir: Path, max_steps: int, callbacks: list) -> Path:
@@ -480,6 +504,7 @@ def run_quickstart(args: QuickstartArguments) -> Path:
                                           max_eval_samples=args.eval_samples, seed=args.seed)
     if has_classification_head(args.teacher):  # a trained classifier: its ids, not the dataset's, name the classes
         dataset = align_labels(dataset, AutoConfig.from_pretrained(assets.resolve_model(args.teacher)))
+    _check_student_layers(args, AutoConfig.from_pretrained(assets.resolve_model(args.teacher)))
     output_dir.mkdir(parents=True, exist_ok=True)  # only once the dataset is known to be usable
     record_run(output_dir, "text-classification", teacher=args.teacher, dataset=args.dataset)
     inputs_record = teacher_dir / TEACHER_INPUTS_NAME  # what made the teacher: reused only if the inputs match
@@ -503,7 +528,10 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     _done(start, teacher_dir)
 
     start = _stage(2, f"Student: {args.student_layers} layers made from the teacher, distilled ({args.distill_steps} steps)")
-    student = make_student(teacher, num_layers=args.student_layers, hidden_size=args.student_hidden_size)
+    teacher_layers = None if args.student_teacher_layers is None else [
+        int(part) for part in str(args.student_teacher_layers).split(",")]
+    student = make_student(teacher, num_layers=args.student_layers, hidden_size=args.student_hidden_size,
+                           teacher_layers=teacher_layers)
     extras, training_data = _extra_rows(args, teacher, tokenizer, dataset["train"], output_dir)
     if not args.augment_ratio:
         drop_stale_augmentation(output_dir / "augmented.json")

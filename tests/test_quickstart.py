@@ -369,6 +369,46 @@ def test_quickstart_without_pruning_trims_and_quantizes_the_distilled_student(tm
     assert trimmed["intermediate_size"] == student["intermediate_size"]  # nothing was pruned
 
 
+@pytest.mark.parametrize("layers, teacher_layers", [(1, "0,1"), (2, "0"), (1, "first"), (1, "-1")])
+def test_student_teacher_layers_must_name_one_layer_per_student_layer(layers, teacher_layers):
+    from hf_bigsmall.quickstart import QuickstartArguments
+
+    with pytest.raises(ValueError, match="student_teacher_layers must name"):
+        QuickstartArguments(student_layers=layers, student_teacher_layers=teacher_layers)
+    assert QuickstartArguments(student_layers=2, student_teacher_layers="0, 3").student_teacher_layers == "0, 3"
+
+
+@requires_scattertext
+@pytest.mark.parametrize("options, message", [
+    (["--student_layers", "5"], "more than the teacher's 4 layers"),
+    (["--student_layers", "1", "--student_teacher_layers", "4"], "its layers are 0 to 3"),
+])
+def test_a_student_the_teacher_cannot_make_is_refused_before_anything_is_written(tmp_path, capsys, options,
+                                                                                   message):
+    """Caught once the teacher's depth is known, before its fine-tuning: not after it, at make_student."""
+    from .test_teacher_reuse import save_backbone
+
+    save_backbone(tmp_path / "small")
+    out = tmp_path / "out"
+    assert main(["quickstart", "--fast", "--teacher", str(tmp_path / "small"), "--output_dir", str(out),
+                 *options]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@requires_scattertext
+def test_the_student_starts_from_the_teacher_layers_named(tmp_path):
+    from .test_teacher_reuse import save_backbone
+
+    save_backbone(tmp_path / "small")
+    out = tmp_path / "out"
+    assert main(["quickstart", "--fast", "--eval_samples", "8", "--max_train_samples", "32", "--teacher",
+                 str(tmp_path / "small"), "--output_dir", str(out), "--student_layers", "1",
+                 "--student_teacher_layers", "2", "--target_sparsity", "0", "--no_quantize"]) == 0
+    config = json.loads((out / "student" / "config.json").read_text())
+    assert config["num_hidden_layers"] == 1 and config["distillation"]["teacher_layers"] == [2]
+
+
 @pytest.mark.parametrize("task, name", [("text-classification", "quality_vs_size.png"),
                                         ("causal-lm", "quality_vs_decode_speed.png"),
                                         ("causal-lm", "importance.png"), ("causal-lm", "pruning.json"),

@@ -24,7 +24,7 @@ from typing import Any
 from transformers.utils import logging
 
 from ..pruning.parameters import count_parameters
-from ..utils.files import KIT_MARKER, is_kit_folder, mark_kit_folder, remove_leftovers
+from ..utils.files import KIT_MARKER, is_kit_folder, mark_kit_folder, publish_dir, remove_leftovers
 from ..utils.heads import TEXT_GENERATION as CAUSAL_LM
 from ..utils.import_utils import require
 from ..utils.writers import release_writer, writer_tag
@@ -406,33 +406,28 @@ def genai_build_dir(output_dir: Path) -> Path:
     return build_dir
 
 
+def _is_replaceable_export(folder: Path) -> bool:
+    """Whether an export may replace the folder `folder`: nothing in it but the kit's marker, or an earlier export."""
+    return not _holds_files(folder) or is_kit_export(folder)
+
+
 def _publish(build_dir: Path, output_dir: Path) -> None:
     """Rename the finished build into place; an earlier export there is moved aside, then removed.
 
     The folder is checked again here: the build takes minutes, and a folder of the user's may have
-    appeared at `output_dir` since `check_genai_source` ran. Such a folder is refused and kept.
+    appeared at `output_dir` since `check_genai_source` ran. Such a folder is refused and kept. Two exports to one
+    folder at once leave one whole export there, as `hf_bigsmall.utils.files.publish_dir` does for every folder the
+    kit writes (it is the one that moves and renames here).
+
+    Raises:
+        ValueError: a file, a link or a folder that is not a quantized export of the kit's is at `output_dir`.
+        FileExistsError: another export was renamed into `output_dir` first on every attempt; the build is removed.
     """
-    if (output_dir.is_symlink() or (output_dir.exists() and (not output_dir.is_dir() or _holds_files(output_dir))
-                                    and not is_kit_export(output_dir))):
-        raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall as a quantized "
-                         "export: it is left as it is. Choose another output_dir or remove it yourself.")
-    old = None
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.{writer_tag()}.replaced")  # this writer's own, as above
-        output_dir.rename(old)
     try:
-        build_dir.rename(output_dir)
-    except BaseException:
-        if old is not None:
-            old.rename(output_dir)
-        raise
-    if old is not None:
-        try:
-            # the marker first: a removal stopped halfway leaves no folder that looks whole and would be put back
-            (old / KIT_MARKER).unlink(missing_ok=True)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            release_writer(old)
+        publish_dir(build_dir, output_dir, is_replaceable=_is_replaceable_export)
+    except ValueError as error:
+        raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall as a quantized "
+                         "export: it is left as it is. Choose another output_dir or remove it yourself.") from error
 
 
 class GenAIModelRunner:

@@ -305,7 +305,7 @@ def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike,
         FileExistsError: another process published `final_dir` first on every attempt; its folder stays in place,
             and `partial` is removed.
     """
-    final_dir, partial = Path(final_dir), Path(partial)
+    final_dir, partial, is_replaceable = Path(final_dir), Path(partial), is_replaceable or is_kit_folder
     for _ in range(PUBLISH_ATTEMPTS):
         # again: the folder may have appeared while `partial` was written
         check_replaceable(final_dir, is_replaceable)
@@ -323,6 +323,18 @@ def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike,
             final_dir.rename(replaced)
         except FileNotFoundError:  # another writer moved it aside first
             release_writer(replaced)
+            continue
+        if not stat.S_ISDIR(replaced.lstat().st_mode) or _holds_users_files(replaced, is_replaceable):
+            # checked while the target was free or the kit's, a file, link or folder of someone else's took its
+            # place since: it goes back untouched (only this writer uses `replaced`), and the check refuses it by name
+            try:
+                replaced.rename(final_dir)
+            except OSError as error:
+                raise ValueError(f"{final_dir} appeared while it was being replaced and was not written by "
+                                 f"hf_bigsmall: it was moved to {replaced}, where it is kept; move it back yourself."
+                                 ) from error
+            release_writer(replaced)
+            check_replaceable(final_dir, is_replaceable)  # the refusal, on the last attempt too
             continue
         try:
             placed = _rename_into_place(partial, final_dir)

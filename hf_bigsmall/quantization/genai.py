@@ -315,6 +315,8 @@ def export_genai(
             sequences that are empty, shorter than 2 tokens, longer than the model's positions or hold ids
             outside its vocabulary (all checked before anything is written); or the builder failed, or its
             fp32 export does not reproduce transformers' logits.
+        FileExistsError: another export to `output_dir` was renamed into place first on every attempt (see
+            `hf_bigsmall.utils.files.publish_dir`); its whole folder is there, and this build is removed.
 
     Example:
     ```python

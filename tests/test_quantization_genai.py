@@ -597,3 +597,21 @@ def test_an_export_that_loses_every_race_says_so_and_removes_its_build(tmp_path,
         genai._publish(build, output_dir)
     assert (output_dir / "model.onnx").read_text() == published[-1]  # another export's whole folder, in place
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_earlier_export_another_export_swaps_while_it_is_checked_is_not_taken_for_the_users(tmp_path, monkeypatch):
+    """The first check read the earlier export's record after another export had moved it aside: it refused the
+    kit's own export as the user's folder (or raised a bare FileNotFoundError listing it)."""
+    from hf_bigsmall.quantization import genai
+
+    source, output_dir = _save(_tiny_llama(), tmp_path / "fp32"), tmp_path / "out"
+    _genai_folder(output_dir, "earlier")
+    is_kit_export = genai.is_kit_export
+
+    def moved_aside_meanwhile(folder):
+        if folder == output_dir and output_dir.exists():  # another export's first rename of its swap
+            output_dir.rename(tmp_path / ".out.0123abcd-1-0123abcd.replaced")
+        return is_kit_export(folder)
+
+    monkeypatch.setattr(genai, "is_kit_export", moved_aside_meanwhile)
+    genai.check_genai_source(source, output_dir, "int8")

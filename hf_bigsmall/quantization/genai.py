@@ -24,7 +24,15 @@ from typing import Any
 from transformers.utils import logging
 
 from ..pruning.parameters import count_parameters
-from ..utils.files import KIT_MARKER, is_kit_folder, mark_kit_folder, publish_dir, remove_leftovers
+from ..utils.files import (
+    KIT_MARKER,
+    NotReplaceableError,
+    check_replaceable,
+    is_kit_folder,
+    mark_kit_folder,
+    publish_dir,
+    remove_leftovers,
+)
 from ..utils.heads import TEXT_GENERATION as CAUSAL_LM
 from ..utils.import_utils import require
 from ..utils.writers import release_writer, writer_tag
@@ -92,6 +100,11 @@ def is_kit_export(folder: str | os.PathLike) -> bool:
 def _holds_files(folder: Path) -> bool:
     """Whether `folder` holds anything but the kit's marker (a folder with the marker alone has nothing to lose)."""
     return any(entry.name != KIT_MARKER for entry in folder.iterdir())
+
+
+def _is_replaceable_export(folder: Path) -> bool:
+    """Whether an export may replace the folder `folder`: nothing in it but the kit's marker, or an earlier export."""
+    return not _holds_files(folder) or is_kit_export(folder)
 
 
 def _placement(options: dict[str, Any]) -> dict[str, str]:
@@ -173,10 +186,12 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
         raise ValueError(f"output_dir {output_dir} and the model's folder {model_dir} are inside one another: write "
                          "the quantized model into a folder beside the model, not around or within it.")
     check_source_is_no_leftover(model_dir, output_dir)  # the export removes those names as leftovers
-    foreign = output_dir.exists() and (not output_dir.is_dir() or _holds_files(output_dir))
-    if foreign and not is_kit_export(output_dir):
+    try:  # one look at one folder: an earlier export another export is swapping that instant is not the user's
+        check_replaceable(output_dir, _is_replaceable_export)
+    except NotReplaceableError as error:
         raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall as a quantized export: "
-                         "choose another output_dir or remove it yourself (only an earlier quantized export is replaced).")
+                         "choose another output_dir or remove it yourself (only an earlier quantized export is "
+                         "replaced).") from error
     return config
 
 
@@ -408,11 +423,6 @@ def genai_build_dir(output_dir: Path) -> Path:
     return build_dir
 
 
-def _is_replaceable_export(folder: Path) -> bool:
-    """Whether an export may replace the folder `folder`: nothing in it but the kit's marker, or an earlier export."""
-    return not _holds_files(folder) or is_kit_export(folder)
-
-
 def _publish(build_dir: Path, output_dir: Path) -> None:
     """Rename the finished build into place; an earlier export there is moved aside, then removed.
 
@@ -427,7 +437,7 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
     """
     try:
         publish_dir(build_dir, output_dir, is_replaceable=_is_replaceable_export)
-    except ValueError as error:
+    except NotReplaceableError as error:
         raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall as a quantized "
                          "export: it is left as it is. Choose another output_dir or remove it yourself.") from error
 

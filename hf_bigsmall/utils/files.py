@@ -53,6 +53,10 @@ _MARKER_CONTENT = {"written_by": "hf_bigsmall"}
 PUBLISH_ATTEMPTS = 5
 
 
+class NotReplaceableError(ValueError):
+    """A file, a link or a folder that the kit may not replace stands where it would write; it is left as it is."""
+
+
 def leftover_match(target: str | os.PathLike, name: str) -> re.Match | None:
     """Whether `name` is one of the temporary siblings the kit writes `target` through; its groups `machine`, `pid`.
 
@@ -227,8 +231,8 @@ def check_replaceable(folder: str | os.PathLike, is_replaceable: Callable[[Path]
     a file or a link is refused whatever it says.
 
     Raises:
-        ValueError: `folder` is a file, a link, or a folder with anything in it that the kit did not
-            write; the message names it. Nothing is changed.
+        NotReplaceableError: a `ValueError`: `folder` is a file, a link, or a folder with anything in it that the
+            kit did not write; the message names it. Nothing is changed.
     """
     folder, is_replaceable = Path(folder), is_replaceable or is_kit_folder
     for _ in range(PUBLISH_ATTEMPTS):
@@ -237,16 +241,17 @@ def check_replaceable(folder: str | os.PathLike, is_replaceable: Callable[[Path]
         except FileNotFoundError:
             return
         if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
-            raise ValueError(f"{folder} already exists and is not a folder hf_bigsmall wrote (a file or a link): it "
-                             "is left as it is. Choose another output folder, or move or delete it yourself.")
+            raise NotReplaceableError(f"{folder} already exists and is not a folder hf_bigsmall wrote (a file or a "
+                                      "link): it is left as it is. Choose another output folder, or move or delete it "
+                                      "yourself.")
         unmarked = _holds_users_files(folder, is_replaceable)
         if unmarked is not None:
             break
     # moved on every look: only the kit's writers swap folders at its targets
     if unmarked:
-        raise ValueError(f"{folder} already exists and was not written by hf_bigsmall (it has no {KIT_MARKER}): it is "
-                         "left as it is, with everything in it. Choose another output folder, or move or delete it "
-                         "yourself.")
+        raise NotReplaceableError(f"{folder} already exists and was not written by hf_bigsmall (it has no "
+                                  f"{KIT_MARKER}): it is left as it is, with everything in it. Choose another output "
+                                  "folder, or move or delete it yourself.")
 
 
 def fresh_partial_dir(final_dir: str | os.PathLike) -> Path:

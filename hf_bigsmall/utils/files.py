@@ -329,7 +329,11 @@ def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike,
         except FileNotFoundError:  # another writer moved it aside first
             release_writer(replaced)
             continue
-        if not stat.S_ISDIR(replaced.lstat().st_mode) or _holds_users_files(replaced, is_replaceable):
+        try:
+            someone_elses = not stat.S_ISDIR(replaced.lstat().st_mode) or _holds_users_files(replaced, is_replaceable)
+        except OSError:  # a folder it cannot read: not one the kit wrote
+            someone_elses = True
+        if someone_elses:
             # checked while the target was free or the kit's, a file, link or folder of someone else's took its
             # place since: it goes back untouched (only this writer uses `replaced`), and the check refuses it by name
             try:

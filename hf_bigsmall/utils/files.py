@@ -12,8 +12,9 @@ same target once its writer is gone (`remove_leftovers`), never while it may sti
 
 Every folder the kit writes this way carries a small marker file of its own (`.hf_bigsmall.json`,
 which the Hub upload leaves out like every hidden file). Only a folder holding that marker, or an
-empty one, is ever replaced: any other folder at that path is the user's, and is refused with a
-`ValueError` that names it, before anything is written.
+empty one, is ever replaced (an output may narrow that rule, or name its own earlier folders from before
+the marker: `is_replaceable`): any other folder at that path is the user's, and is refused with a
+`ValueError` that names it, before anything is written, and again when the new folder is renamed into place.
 """
 
 from __future__ import annotations

@@ -412,3 +412,63 @@ def test_a_kit_folder_another_writer_swaps_while_it_is_checked_is_not_taken_for_
 
     monkeypatch.setattr(files, "is_kit_folder", moved_aside_meanwhile)
     files.check_replaceable(final)
+
+
+@pytest.mark.parametrize("appears", ["folder", "file"])
+@pytest.mark.parametrize("earlier", [False, True], ids=["free-target", "earlier-kit-folder"])
+def test_what_appears_at_the_target_after_the_check_is_never_moved_aside_and_deleted(tmp_path, monkeypatch, earlier,
+                                                                                    appears):
+    """The check found the target free (or the kit's), then a folder or file of the user's took its place before the
+    swap: the swap moved it aside unchecked and deleted it as the old folder (a file survived only by an error)."""
+    import shutil
+
+    from hf_bigsmall.utils import files
+
+    final = tmp_path / "student"
+    if earlier:
+        with publishing(final) as partial:
+            (partial / "config.json").write_text("{}")
+    partial = fresh_partial_dir(final)
+    (partial / "model.safetensors").write_text("this writer")
+    check, users = files.check_replaceable, final / "notes.txt" if appears == "folder" else final
+
+    def users_own_lands_after(folder, *args):
+        check(folder, *args)
+        if not users.is_file():  # the user's own, in place of whatever was checked
+            shutil.rmtree(final, ignore_errors=True)
+            users.parent.mkdir(exist_ok=True)
+            users.write_text("keep me")
+
+    monkeypatch.setattr(files, "check_replaceable", users_own_lands_after)
+    with pytest.raises(ValueError, match="not (a folder hf_bigsmall wrote|written by hf_bigsmall)"):
+        publish_dir(partial, final)
+    assert users.read_text() == "keep me" and (appears == "file" or [p.name for p in final.iterdir()] == ["notes.txt"])
+    assert (partial / "model.safetensors").read_text() == "this writer"  # left as it is, as for any refusal
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["student", partial.name])
+
+
+def test_an_unreadable_folder_that_appears_after_the_check_goes_back_in_place(tmp_path, monkeypatch):
+    """A folder the swap moved aside and could not read (PermissionError) stayed aside with the target missing."""
+    from hf_bigsmall.utils import files
+
+    final = tmp_path / "student"
+    partial = fresh_partial_dir(final)
+    check, holds_users_files = files.check_replaceable, files._holds_users_files
+
+    def users_folder_lands_after(folder, *args):
+        check(folder, *args)
+        if not final.exists():
+            final.mkdir()
+            (final / "notes.txt").write_text("keep me")
+
+    def unreadable_aside(folder, *args):
+        if folder.name.endswith(".replaced"):
+            raise PermissionError(13, "Permission denied", str(folder))
+        return holds_users_files(folder, *args)
+
+    monkeypatch.setattr(files, "check_replaceable", users_folder_lands_after)
+    monkeypatch.setattr(files, "_holds_users_files", unreadable_aside)
+    with pytest.raises(ValueError, match="was not written by hf_bigsmall"):
+        publish_dir(partial, final)
+    assert (final / "notes.txt").read_text() == "keep me"
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["student", partial.name])

@@ -508,3 +508,48 @@ def test_an_output_folder_holding_the_kits_marker_alone_is_written(saved_classif
 
     mark_kit_folder(tmp_path / "int8")
     assert is_onnx_folder(quantize(saved_classifier, tmp_path / "int8"))
+
+
+@requires_onnxruntime
+def test_a_kit_student_that_appears_at_the_output_during_the_export_is_refused_and_kept(saved_classifier, tmp_path,
+                                                                                         monkeypatch):
+    """The first check refuses a trained model of the kit's (its marker, no quantization record) at the output, but
+    the rename at the end only asked for the marker: a student saved there while the export ran was deleted."""
+    from hf_bigsmall.quantization.backends import folder as folder_backend
+    from hf_bigsmall.utils.files import mark_kit_folder
+
+    output = tmp_path / "out"
+    fresh_partial_dir = folder_backend.fresh_partial_dir
+
+    def student_saved_meanwhile(final_dir):
+        partial = fresh_partial_dir(final_dir)
+        shutil.copytree(saved_classifier, output)
+        mark_kit_folder(output)
+        return partial
+
+    monkeypatch.setattr(folder_backend, "fresh_partial_dir", student_saved_meanwhile)
+    with pytest.raises(ValueError, match=f"{output}.*not a quantized model folder written by hf_bigsmall"):
+        quantize(saved_classifier, output)
+    assert sorted(path.name for path in output.iterdir()) == sorted(
+        [".hf_bigsmall.json", *(path.name for path in saved_classifier.iterdir())])
+
+
+def test_an_earlier_export_another_export_swaps_while_it_is_checked_is_not_taken_for_the_users(saved_classifier,
+                                                                                                tmp_path, monkeypatch):
+    """Between seeing the folder hold files and reading its record, another export moved it aside to put its own in
+    place: the record read found nothing, and the check refused the kit's own export as the user's folder."""
+    from hf_bigsmall.quantization import config
+    from hf_bigsmall.utils.files import mark_kit_folder
+
+    output = tmp_path / "out"
+    mark_kit_folder(output)
+    (output / "config.json").write_text(json.dumps({config.QUANTIZATION_KEY: {"backend": "onnxruntime"}}))
+    has_kit_record = config.has_kit_record
+
+    def moved_aside_meanwhile(folder):
+        if folder == output and output.exists():  # another export's first rename of its swap
+            output.rename(tmp_path / ".out.0123abcd-1-0123abcd.replaced")
+        return has_kit_record(folder)
+
+    monkeypatch.setattr(config, "has_kit_record", moved_aside_meanwhile)
+    config.check_quantized_output(saved_classifier, output)

@@ -534,3 +534,84 @@ def test_a_source_model_at_a_name_an_export_removes_as_a_leftover_is_refused_and
     with pytest.raises(ValueError, match="writes through and removes as a leftover"):
         export_genai(source, tmp_path / "out", "int8")
     assert sorted(path.name for path in source.iterdir()) == before and not (tmp_path / "out").exists()
+
+
+def _genai_folder(folder, version, marked=True):
+    """A finished GenAI export as `export_genai` leaves it (the kit's marker, its record, the engine's files)."""
+    from hf_bigsmall.utils.files import mark_kit_folder
+
+    folder.mkdir()
+    if marked:
+        mark_kit_folder(folder)
+    (folder / "config.json").write_text(json.dumps({"quantization": {"backend": GENAI_BACKEND}}))
+    (folder / "genai_config.json").write_text("{}")
+    (folder / "model.onnx").write_text(version)
+    return folder
+
+
+def _another_export_lands_first(monkeypatch, build, output_dir, times=1):
+    """Make another export's finished folder appear at `output_dir` just before this build is renamed there, as a
+    second process exporting to the same folder at the same instant does; returns the versions it published."""
+    from pathlib import Path
+
+    rename, published = Path.rename, []
+
+    def race(self, target):
+        if self == build and Path(target) == output_dir and len(published) < times and not output_dir.exists():
+            other = _genai_folder(output_dir.with_name(f".{output_dir.name}.other{len(published)}.genai"),
+                                  f"other export {len(published)}")
+            rename(other, output_dir)
+            published.append(f"other export {len(published)}")
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", race)
+    return published
+
+
+@pytest.mark.parametrize("earlier", [None, "marked", "unmarked"],
+                         ids=["new-folder", "replacing-an-export", "replacing-an-export-older-than-the-marker"])
+def test_two_exports_to_one_folder_at_once_leave_one_whole_export(tmp_path, monkeypatch, earlier):
+    """Another export renamed its build into `out` between this one's check and its rename: the rename met a full
+    folder and raised a bare OSError (ENOTEMPTY), leaving the build (hundreds of MB) and the earlier export aside."""
+    from hf_bigsmall.quantization import genai
+    from hf_bigsmall.utils.files import is_kit_folder
+
+    output_dir = tmp_path / "out"
+    if earlier:
+        _genai_folder(output_dir, "earlier", marked=earlier == "marked")
+    build = _genai_folder(tmp_path / ".out.this.genai", "this export")
+    published = _another_export_lands_first(monkeypatch, build, output_dir)
+    genai._publish(build, output_dir)
+    assert published == ["other export 0"]
+    assert (output_dir / "model.onnx").read_text() == "this export" and is_kit_folder(output_dir)  # the last one wins
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]  # no build, nothing moved aside
+
+
+def test_an_export_that_loses_every_race_says_so_and_removes_its_build(tmp_path, monkeypatch):
+    from hf_bigsmall.quantization import genai
+
+    output_dir = tmp_path / "out"
+    build = _genai_folder(tmp_path / ".out.this.genai", "this export")
+    published = _another_export_lands_first(monkeypatch, build, output_dir, times=100)
+    with pytest.raises(FileExistsError, match=f"{output_dir}.*another process published it at the same time"):
+        genai._publish(build, output_dir)
+    assert (output_dir / "model.onnx").read_text() == published[-1]  # another export's whole folder, in place
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
+
+
+def test_an_earlier_export_another_export_swaps_while_it_is_checked_is_not_taken_for_the_users(tmp_path, monkeypatch):
+    """The first check read the earlier export's record after another export had moved it aside: it refused the
+    kit's own export as the user's folder (or raised a bare FileNotFoundError listing it)."""
+    from hf_bigsmall.quantization import genai
+
+    source, output_dir = _save(_tiny_llama(), tmp_path / "fp32"), tmp_path / "out"
+    _genai_folder(output_dir, "earlier")
+    is_kit_export = genai.is_kit_export
+
+    def moved_aside_meanwhile(folder):
+        if folder == output_dir and output_dir.exists():  # another export's first rename of its swap
+            output_dir.rename(tmp_path / ".out.0123abcd-1-0123abcd.replaced")
+        return is_kit_export(folder)
+
+    monkeypatch.setattr(genai, "is_kit_export", moved_aside_meanwhile)
+    genai.check_genai_source(source, output_dir, "int8")

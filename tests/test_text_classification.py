@@ -33,7 +33,8 @@ def _classifier(folder, id2label):
     from .testing_utils import tiny_bert_config
 
     BertForSequenceClassification(tiny_bert_config(
-        id2label=id2label, label2id={name: index for index, name in id2label.items()})).save_pretrained(folder)
+        num_labels=len(id2label), id2label=id2label, label2id={name: index for index, name in id2label.items()}
+    )).save_pretrained(folder)
     _save_tokenizer(folder)
     return folder
 
@@ -175,8 +176,6 @@ def _labels_dataset(tmp_path, classes):
     ({0: "pos", 1: "neg"}, ["neg", "pos", "pos"], ["pos", "neg"]),
     # a dataset whose names are only ids spelled out ("0", "1") names nothing: the head keeps its names
     ({0: "neg", 1: "pos"}, [0, 1, 1], ["0", "1"]),
-    # a head with placeholder names: nothing to renumber, and its config is left as it is
-    ({0: "LABEL_0", 1: "LABEL_1"}, ["neg", "pos", "pos"], ["neg", "pos"]),
 ])
 def test_training_a_classifier_further_keeps_its_heads_classes(tmp_path, head, classes, trained_names):
     """A checkpoint with a classification head trained further on a dataset: the dataset's ClassLabel names were
@@ -210,3 +209,25 @@ def test_training_a_classifier_of_other_classes_further_is_refused_naming_both(t
     with pytest.raises(ValueError, match=r"\['neg', 'pos'\] are not the model's id2label names \['bad', 'good'\]"):
         train_teacher(checkpoint, dataset, _save_tokenizer(tmp_path / "tok2"), tmp_path / "teacher", max_steps=1)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["checkpoint", "data", "tok", "tok2"]  # nothing written
+
+
+@pytest.mark.parametrize("head, expected", [
+    ({0: "LABEL_0", 1: "LABEL_1"}, {0: "neg", 1: "pos"}),  # a head saved with transformers' placeholders
+    ({0: "0", 1: "1"}, {0: "neg", 1: "pos"}),  # one trained on labels given as ids
+    # more rows than the dataset has classes: no names for them all, the head is left as it is
+    ({0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}, {0: "LABEL_0", 1: "LABEL_1", 2: "LABEL_2"}),
+])
+def test_a_head_without_class_names_trained_further_takes_the_datasets_names(tmp_path, head, expected):
+    """A head whose id2label holds no names kept them after training on ["neg", "pos"]: its rows then meant the
+    dataset's classes with nothing saying so, and `align_labels` could not renumber a later dataset that orders
+    them otherwise (it takes such a head to have no names), so it was read in the wrong rows without a word."""
+    from transformers import AutoConfig
+
+    from hf_bigsmall.tasks.text_classification import train_teacher
+
+    dataset = _labels_dataset(tmp_path, ["neg", "pos", "pos"])
+    checkpoint = _classifier(tmp_path / "checkpoint", head)
+    teacher = train_teacher(checkpoint, dataset, _save_tokenizer(tmp_path / "tok2"), tmp_path / "teacher",
+                            max_steps=1, use_cpu=True, disable_tqdm=True)
+    config = AutoConfig.from_pretrained(teacher)
+    assert config.id2label == expected and config.label2id == {name: index for index, name in expected.items()}

@@ -11,7 +11,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..utils.files import KIT_MARKER, check_replaceable, is_kit_folder, leftover_match
+from ..utils.files import (
+    KIT_MARKER,
+    NotReplaceableError,
+    check_replaceable,
+    is_kit_folder,
+    leftover_match,
+    publish_dir,
+)
 
 # key of the record that `quantize` adds to config.json (beside `distillation`, `sparsity`)
 QUANTIZATION_KEY = "quantization"
@@ -102,16 +109,44 @@ def check_quantized_output(model_dir: str | Path, output_dir: str | Path) -> Non
         raise ValueError(f"output_dir {output_dir} and the model's folder {model_dir} are inside one another: write "
                          "the quantized model into a folder beside the model, not around or within it.")
     check_source_is_no_leftover(model_dir, output_dir)
-    # the kit's marker and the kit's quantization record: a GGUF file or another tool's model.onnx says
-    # nothing about who owns the rest of the folder, and the marker alone is on every model the kit saves
-    # (a folder holding the kit's marker alone, as an interrupted write leaves it, has nothing to lose)
-    if output_dir.is_dir() and not output_dir.is_symlink() and any(p.name != KIT_MARKER for p in output_dir.iterdir()):
-        if not (is_kit_folder(output_dir) and has_kit_record(output_dir)):
-            raise ValueError(f"{output_dir} already exists and is not a quantized model folder written by hf_bigsmall: "
-                             "it is left as it is, with everything in it. Choose another output_dir, or move or "
-                             "delete that folder yourself (only a folder an earlier quantized export wrote is "
-                             "replaced).")
-    check_replaceable(output_dir)  # a file or a link there is refused too
+    try:
+        check_replaceable(output_dir, is_replaceable_export)  # a file or a link there is refused too
+    except NotReplaceableError as error:
+        raise _export_refusal(output_dir, error) from error
+
+
+def is_replaceable_export(folder: Path) -> bool:
+    """Whether a quantized export may replace the folder `folder`: an earlier quantized export the kit wrote.
+
+    The kit's marker and the kit's quantization record: a GGUF file or another tool's model.onnx says nothing about
+    who owns the rest of the folder, and the marker alone is on every model the kit saves. A folder holding the
+    kit's marker alone, as an interrupted write leaves it, has nothing to lose.
+    """
+    return not any(path.name != KIT_MARKER for path in folder.iterdir()) or (
+        is_kit_folder(folder) and has_kit_record(folder))
+
+
+def _export_refusal(output_dir: Path, error: NotReplaceableError) -> ValueError:
+    """The refusal of a folder at `output_dir` that is no earlier export, said as such (a file or a link: `error`)."""
+    if output_dir.is_symlink() or not output_dir.is_dir():
+        return error
+    return ValueError(f"{output_dir} already exists and is not a quantized model folder written by hf_bigsmall: it "
+                      "is left as it is, with everything in it. Choose another output_dir, or move or delete that "
+                      "folder yourself (only a folder an earlier quantized export wrote is replaced).")
+
+
+def publish_export(partial: Path, output_dir: Path) -> Path:
+    """`publish_dir` for a quantized export: what stands at `output_dir` when it is renamed into place (minutes
+    after `check_quantized_output`) is replaced only if it is an earlier export (`is_replaceable_export`).
+
+    Raises:
+        ValueError: `output_dir` holds something else now (a student saved there meanwhile, a file); it and
+            `partial` are left as they are. FileExistsError: see `publish_dir`.
+    """
+    try:
+        return publish_dir(partial, output_dir, is_replaceable_export)
+    except NotReplaceableError as error:
+        raise _export_refusal(output_dir, error) from error
 
 
 def has_kit_record(folder: str | os.PathLike) -> bool:

@@ -24,7 +24,15 @@ from typing import Any
 from transformers.utils import logging
 
 from ..pruning.parameters import count_parameters
-from ..utils.files import KIT_MARKER, is_kit_folder, mark_kit_folder, remove_leftovers
+from ..utils.files import (
+    KIT_MARKER,
+    NotReplaceableError,
+    check_replaceable,
+    is_kit_folder,
+    mark_kit_folder,
+    publish_dir,
+    remove_leftovers,
+)
 from ..utils.heads import TEXT_GENERATION as CAUSAL_LM
 from ..utils.import_utils import require
 from ..utils.writers import release_writer, writer_tag
@@ -92,6 +100,11 @@ def is_kit_export(folder: str | os.PathLike) -> bool:
 def _holds_files(folder: Path) -> bool:
     """Whether `folder` holds anything but the kit's marker (a folder with the marker alone has nothing to lose)."""
     return any(entry.name != KIT_MARKER for entry in folder.iterdir())
+
+
+def _is_replaceable_export(folder: Path) -> bool:
+    """Whether an export may replace the folder `folder`: nothing in it but the kit's marker, or an earlier export."""
+    return not _holds_files(folder) or is_kit_export(folder)
 
 
 def _placement(options: dict[str, Any]) -> dict[str, str]:
@@ -173,10 +186,12 @@ def check_genai_source(model_dir: str | os.PathLike, output_dir: str | os.PathLi
         raise ValueError(f"output_dir {output_dir} and the model's folder {model_dir} are inside one another: write "
                          "the quantized model into a folder beside the model, not around or within it.")
     check_source_is_no_leftover(model_dir, output_dir)  # the export removes those names as leftovers
-    foreign = output_dir.exists() and (not output_dir.is_dir() or _holds_files(output_dir))
-    if foreign and not is_kit_export(output_dir):
+    try:  # one look at one folder: an earlier export another export is swapping that instant is not the user's
+        check_replaceable(output_dir, _is_replaceable_export)
+    except NotReplaceableError as error:
         raise ValueError(f"{output_dir} already exists and was not written by hf_bigsmall as a quantized export: "
-                         "choose another output_dir or remove it yourself (only an earlier quantized export is replaced).")
+                         "choose another output_dir or remove it yourself (only an earlier quantized export is "
+                         "replaced).") from error
     return config
 
 
@@ -315,6 +330,8 @@ def export_genai(
             sequences that are empty, shorter than 2 tokens, longer than the model's positions or hold ids
             outside its vocabulary (all checked before anything is written); or the builder failed, or its
             fp32 export does not reproduce transformers' logits.
+        FileExistsError: another export to `output_dir` was renamed into place first on every attempt (see
+            `hf_bigsmall.utils.files.publish_dir`); its whole folder is there, and this build is removed.
 
     Example:
     ```python
@@ -410,29 +427,19 @@ def _publish(build_dir: Path, output_dir: Path) -> None:
     """Rename the finished build into place; an earlier export there is moved aside, then removed.
 
     The folder is checked again here: the build takes minutes, and a folder of the user's may have
-    appeared at `output_dir` since `check_genai_source` ran. Such a folder is refused and kept.
+    appeared at `output_dir` since `check_genai_source` ran. Such a folder is refused and kept. Two exports to one
+    folder at once leave one whole export there, as `hf_bigsmall.utils.files.publish_dir` does for every folder the
+    kit writes (it is the one that moves and renames here).
+
+    Raises:
+        ValueError: a file, a link or a folder that is not a quantized export of the kit's is at `output_dir`.
+        FileExistsError: another export was renamed into `output_dir` first on every attempt; the build is removed.
     """
-    if (output_dir.is_symlink() or (output_dir.exists() and (not output_dir.is_dir() or _holds_files(output_dir))
-                                    and not is_kit_export(output_dir))):
-        raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall as a quantized "
-                         "export: it is left as it is. Choose another output_dir or remove it yourself.")
-    old = None
-    if output_dir.exists():
-        old = output_dir.with_name(f".{output_dir.name}.{writer_tag()}.replaced")  # this writer's own, as above
-        output_dir.rename(old)
     try:
-        build_dir.rename(output_dir)
-    except BaseException:
-        if old is not None:
-            old.rename(output_dir)
-        raise
-    if old is not None:
-        try:
-            # the marker first: a removal stopped halfway leaves no folder that looks whole and would be put back
-            (old / KIT_MARKER).unlink(missing_ok=True)
-            shutil.rmtree(old, ignore_errors=True)
-        finally:
-            release_writer(old)
+        publish_dir(build_dir, output_dir, is_replaceable=_is_replaceable_export)
+    except NotReplaceableError as error:
+        raise ValueError(f"{output_dir} appeared during the export and was not written by hf_bigsmall as a quantized "
+                         "export: it is left as it is. Choose another output_dir or remove it yourself.") from error
 
 
 class GenAIModelRunner:

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 from transformers.utils import logging
 
-from ..utils.files import fresh_partial_dir, publish_dir
+from ..utils.files import fresh_partial_dir
 from ..utils.import_utils import is_llama_cpp_available, require
-from .config import QUANTIZATION_KEY, check_quantized_output
+from .config import QUANTIZATION_KEY, check_quantized_output, publish_export
 from .record import QuantizationRecord
 
 logger = logging.get_logger(__name__)
@@ -452,7 +452,7 @@ def export_gguf(model_dir: str | os.PathLike, output_dir: str | os.PathLike, *, 
     except BaseException:  # a failed export leaves no half-written folder behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    publish_dir(partial, output_dir)
+    publish_export(partial, output_dir)  # an earlier export only, as checked first
     logger.info(f"Exported {model_dir} to GGUF {plan.gguf_type} -> {output_dir / plan.file_name}")
     return output_dir
 

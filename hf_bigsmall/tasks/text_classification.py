@@ -18,7 +18,7 @@ import numpy as np
 from transformers.utils import logging
 
 from .. import assets
-from ..utils.class_labels import dataset_to_model_ids, model_class_names
+from ..utils.class_labels import dataset_class_names, dataset_to_model_ids, model_class_names
 from ..utils.distributed import needs_cpu_process_group
 from ..utils.files import atomic_write_json, atomic_write_text, fresh_partial_dir, publish_dir, restore_moved_aside
 from ..utils.heads import evaluation_split
@@ -246,7 +246,7 @@ def train_teacher(
     A backbone gets a new head named after the dataset's classes. A checkpoint that has a classification head keeps
     its `id2label`: the dataset is renumbered to the head's ids when it names the same classes in another order
     (`align_labels`), and refused when it names other ones; names that are no names (`LABEL_0`, `"0"`) on either
-    side rename and renumber nothing.
+    side renumber nothing, and a head of such names with one row per class takes the dataset's names.
 
     A second call with the same `output_dir` finds the saved teacher and returns at once if it was
     made from the same inputs (`teacher_fingerprint`, stored as `teacher_inputs.json`): another
@@ -282,15 +282,18 @@ def train_teacher(
     from ..trainer import BigSmallTrainer
 
     output_dir = Path(output_dir)
+    names = label_names(dataset)
+    new_head = dict(num_labels=len(names), id2label=dict(enumerate(names)),
+                    label2id={name: index for index, name in enumerate(names)})
     if has_classification_head(model_name_or_path):
         # a classifier trained further: its head's rows mean its own classes, so the dataset takes its ids (or is
         # refused, naming both lists) and the config keeps its id2label; the dataset's names are never written over it
         head = AutoConfig.from_pretrained(assets.resolve_model(model_name_or_path))
         dataset = align_labels(dataset, head)
-        new_head = {}
-    else:
-        id2label = dict(enumerate(label_names(dataset)))
-        new_head = dict(num_labels=len(id2label), id2label=id2label, label2id={name: i for i, name in id2label.items()})
+        # but a head without names (`LABEL_0`, "0") takes the dataset's when they fit its rows: trained on them, its
+        # rows mean them, and a later dataset ordering them otherwise can only be renumbered (`align_labels`) by name
+        if not (model_class_names(head) is None and dataset_class_names(names) and len(names) == head.num_labels):
+            new_head = {}
     fingerprint = teacher_fingerprint(
         model_name_or_path, dataset, num_train_epochs=num_train_epochs, learning_rate=learning_rate,
         per_device_train_batch_size=per_device_train_batch_size, seed=seed, **training_kwargs)

@@ -12,8 +12,9 @@ same target once its writer is gone (`remove_leftovers`), never while it may sti
 
 Every folder the kit writes this way carries a small marker file of its own (`.hf_bigsmall.json`,
 which the Hub upload leaves out like every hidden file). Only a folder holding that marker, or an
-empty one, is ever replaced: any other folder at that path is the user's, and is refused with a
-`ValueError` that names it, before anything is written.
+empty one, is ever replaced (an output may narrow that rule, or name its own earlier folders from before
+the marker: `is_replaceable`): any other folder at that path is the user's, and is refused with a
+`ValueError` that names it, before anything is written, and again when the new folder is renamed into place.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ KIT_MARKER = ".hf_bigsmall.json"
 _MARKER_CONTENT = {"written_by": "hf_bigsmall"}
 # how often `publish_dir` tries again when another writer's folder takes the target first
 PUBLISH_ATTEMPTS = 5
+
+
+class NotReplaceableError(ValueError):
+    """A file, a link or a folder that the kit may not replace stands where it would write; it is left as it is."""
 
 
 def leftover_match(target: str | os.PathLike, name: str) -> re.Match | None:
@@ -205,45 +210,49 @@ def mark_kit_folder(folder: str | os.PathLike) -> None:
         (folder / KIT_MARKER).write_text(json.dumps(_MARKER_CONTENT) + "\n", encoding="utf-8")
 
 
-def _holds_users_files(folder: Path) -> bool | None:
-    """Whether the folder at `folder` holds anything and not the kit's marker; None where it was moved meanwhile.
+def _holds_users_files(folder: Path, is_replaceable: Callable[[Path], bool]) -> bool | None:
+    """Whether the folder at `folder` holds anything and is not `is_replaceable`; None where it was moved meanwhile.
 
     Another writer publishing the same folder moves it aside for an instant: a marker read by path then finds
     nothing, though the folder is the kit's. Only an answer about one folder, there from first look to last, counts.
     """
     try:
         before = folder.lstat()
-        unmarked = any(folder.iterdir()) and not is_kit_folder(folder)
+        unmarked = any(folder.iterdir()) and not is_replaceable(folder)
         after = folder.lstat()
     except (FileNotFoundError, NotADirectoryError):
         return None
     return unmarked if (before.st_dev, before.st_ino) == (after.st_dev, after.st_ino) else None
 
 
-def check_replaceable(folder: str | os.PathLike) -> None:
+def check_replaceable(folder: str | os.PathLike, is_replaceable: Callable[[Path], bool] | None = None) -> None:
     """Raise unless `folder` is missing, an empty folder, or a folder the kit wrote (its marker inside).
 
+    `is_replaceable` narrows or widens "a folder the kit wrote" for one kind of output (`is_kit_folder` if None);
+    a file or a link is refused whatever it says.
+
     Raises:
-        ValueError: `folder` is a file, a link, or a folder with anything in it that the kit did not
-            write; the message names it. Nothing is changed.
+        NotReplaceableError: a `ValueError`: `folder` is a file, a link, or a folder with anything in it that the
+            kit did not write; the message names it. Nothing is changed.
     """
-    folder = Path(folder)
+    folder, is_replaceable = Path(folder), is_replaceable or is_kit_folder
     for _ in range(PUBLISH_ATTEMPTS):
         try:
             mode = folder.lstat().st_mode  # one look: a folder another writer moves aside is missing, not a file
         except FileNotFoundError:
             return
         if stat.S_ISLNK(mode) or not stat.S_ISDIR(mode):
-            raise ValueError(f"{folder} already exists and is not a folder hf_bigsmall wrote (a file or a link): it "
-                             "is left as it is. Choose another output folder, or move or delete it yourself.")
-        unmarked = _holds_users_files(folder)
+            raise NotReplaceableError(f"{folder} already exists and is not a folder hf_bigsmall wrote (a file or a "
+                                      "link): it is left as it is. Choose another output folder, or move or delete it "
+                                      "yourself.")
+        unmarked = _holds_users_files(folder, is_replaceable)
         if unmarked is not None:
             break
     # moved on every look: only the kit's writers swap folders at its targets
     if unmarked:
-        raise ValueError(f"{folder} already exists and was not written by hf_bigsmall (it has no {KIT_MARKER}): it is "
-                         "left as it is, with everything in it. Choose another output folder, or move or delete it "
-                         "yourself.")
+        raise NotReplaceableError(f"{folder} already exists and was not written by hf_bigsmall (it has no "
+                                  f"{KIT_MARKER}): it is left as it is, with everything in it. Choose another output "
+                                  "folder, or move or delete it yourself.")
 
 
 def fresh_partial_dir(final_dir: str | os.PathLike) -> Path:
@@ -286,13 +295,15 @@ def _remove_moved_aside(replaced: Path) -> None:
         release_writer(replaced)  # interrupted, it is a leftover the next write of its target removes
 
 
-def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike) -> Path:
+def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike,
+                is_replaceable: Callable[[Path], bool] | None = None) -> Path:
     """Move a completely written `partial` folder to `final_dir`, replacing an older one the kit wrote.
 
     Two processes publishing the same folder at the same instant: the one that renames last wins, and `final_dir`
     holds one writer's whole folder at every moment but between a swap's two renames (see `restore_moved_aside`).
     A writer whose rename meets another's folder arriving first replaces it as it would an older one, and tries
-    `PUBLISH_ATTEMPTS` times in all.
+    `PUBLISH_ATTEMPTS` times in all. `is_replaceable` is `check_replaceable`'s, for an output that only some of the
+    kit's folders may replace.
 
     Raises:
         ValueError: `final_dir` is a folder the kit did not write (see `check_replaceable`); it and
@@ -300,9 +311,10 @@ def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike) -> Pat
         FileExistsError: another process published `final_dir` first on every attempt; its folder stays in place,
             and `partial` is removed.
     """
-    final_dir, partial = Path(final_dir), Path(partial)
+    final_dir, partial, is_replaceable = Path(final_dir), Path(partial), is_replaceable or is_kit_folder
     for _ in range(PUBLISH_ATTEMPTS):
-        check_replaceable(final_dir)  # again: the folder may have appeared while `partial` was written
+        # again: the folder may have appeared while `partial` was written
+        check_replaceable(final_dir, is_replaceable)
         mark_kit_folder(partial)
         if not final_dir.exists():
             if _rename_into_place(partial, final_dir):
@@ -317,6 +329,22 @@ def publish_dir(partial: str | os.PathLike, final_dir: str | os.PathLike) -> Pat
             final_dir.rename(replaced)
         except FileNotFoundError:  # another writer moved it aside first
             release_writer(replaced)
+            continue
+        try:
+            someone_elses = not stat.S_ISDIR(replaced.lstat().st_mode) or _holds_users_files(replaced, is_replaceable)
+        except OSError:  # a folder it cannot read: not one the kit wrote
+            someone_elses = True
+        if someone_elses:
+            # checked while the target was free or the kit's, a file, link or folder of someone else's took its
+            # place since: it goes back untouched (only this writer uses `replaced`), and the check refuses it by name
+            try:
+                replaced.rename(final_dir)
+            except OSError as error:
+                raise ValueError(f"{final_dir} appeared while it was being replaced and was not written by "
+                                 f"hf_bigsmall: it was moved to {replaced}, where it is kept; move it back yourself."
+                                 ) from error
+            release_writer(replaced)
+            check_replaceable(final_dir, is_replaceable)  # the refusal, on the last attempt too
             continue
         try:
             placed = _rename_into_place(partial, final_dir)

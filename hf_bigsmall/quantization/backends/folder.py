@@ -16,9 +16,15 @@ from typing import Any
 
 from transformers.utils import logging
 
-from ...utils.files import fresh_partial_dir, publish_dir
+from ...utils.files import fresh_partial_dir
 from ...utils.heads import TEXT_CLASSIFICATION, task_of
-from ..config import QUANTIZATION_KEY, check_full_precision_source, check_quantized_output, has_kit_record
+from ..config import (
+    QUANTIZATION_KEY,
+    check_full_precision_source,
+    check_quantized_output,
+    has_kit_record,
+    publish_export,
+)
 from ..record import QuantizationRecord
 from .base import get_quantization_backend
 
@@ -96,5 +102,5 @@ def write_quantized_folder(model_dir: str | os.PathLike, output_dir: str | os.Pa
     except BaseException:  # a failed export or save leaves no half-written folder behind
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    publish_dir(partial, output_dir)
+    publish_export(partial, output_dir)  # an earlier export only, as checked first
     return output_dir

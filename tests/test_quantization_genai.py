@@ -146,32 +146,75 @@ def _int4_graph(folder):
     return bits, all(len(node.input) > 3 and node.input[3] for node in matrices)
 
 
-def test_int4_is_asymmetric_with_an_int8_output_layer_and_int8_sensitive_layers(tiny_export, tmp_path):
-    """The kit's int4 settings (measured on SmolLM2): every block with a zero point, the output layer in int8, and
-    llama.cpp's mixed strategy: the qkv and down projections of the first and last eighth of the layers in int8."""
+def test_int4_is_asymmetric_with_an_int8_output_layer_and_int8_qkv_and_down_projections(tiny_export, tmp_path):
+    """The kit's int4 settings (measured on SmolLM2 and the quickstart's student): every block with a zero point, the
+    output layer in int8, and every layer's qkv and down projections in int8 (`int8_projections`, which reaches the
+    builder as per-node types); the output, gate and up projections in 4 bits."""
     model, source, _ = tiny_export
     # blocks of 16: two per row of this hidden-32 model (an odd count gets the symmetric scheme, below)
     folder = export_genai(source, tmp_path / "int4", "int4", block_size=16)
     record = quantization_of(folder)
+    assert record["builder_options"]["int8_projections"] == "qkv_proj,down_proj"
     assert "asymmetric" in record["scheme"] and "round-to-nearest" in record["scheme"]
-    assert "output layer int8" in record["scheme"] and "down projections" in record["scheme"]
+    assert "output layer int8" in record["scheme"]
+    assert "every layer's qkv_proj, down_proj projections in int8" in record["scheme"]
     bits, zero_points = _int4_graph(folder)
     assert bits.pop("/lm_head/MatMul_Q8") == 8 and zero_points
     layers = model.config.num_hidden_layers
-    # of 4 layers, 0 (the first eighth) and 2 (every third from the first) keep qkv and down in int8; the last
-    # eighth (layers >= 3.5) holds none
-    assert layers == 4
-    for layer in (0, 2):
+    for layer in range(layers):
         assert bits.pop(f"/model/layers.{layer}/attn/qkv_proj/MatMul_Q8") == 8
         assert bits.pop(f"/model/layers.{layer}/mlp/down_proj/MatMul_Q8") == 8
-    # the rest is int4: layers 1 and 3's qkv and down, and the output, gate and up projections of every layer
-    expected = {f"/model/layers.{layer}/{name}/MatMul_Q4" for layer in (1, 3)
-                for name in ("attn/qkv_proj", "mlp/down_proj")}
-    expected |= {f"/model/layers.{layer}/{name}/MatMul_Q4" for layer in range(layers)
-                 for name in ("attn/o_proj", "mlp/gate_proj", "mlp/up_proj")}
+    expected = {f"/model/layers.{layer}/{name}/MatMul_Q4" for layer in range(layers)
+                for name in ("attn/o_proj", "mlp/gate_proj", "mlp/up_proj")}
     assert set(bits) == expected and set(bits.values()) == {4}
     # it runs, and follows transformers' logits as 4 bits can
     assert record["logit_correlation_with_transformers"] > 0.9
+
+
+def test_int8_projections_off_gives_the_builders_mixed_layers_and_other_projections_can_be_named(tiny_export,
+                                                                                                 tmp_path):
+    """`int8_projections: ""` leaves the builder's flat options alone: llama.cpp's `mixed_layers` (the default
+    before) gives layers 0 and 2 of 4 their qkv and down in int8; a named projection set reaches every layer."""
+    _, source, _ = tiny_export
+    mixed = export_genai(source, tmp_path / "mixed", "int4", block_size=16, builder_options={
+        "int8_projections": "", "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"})
+    bits, _ = _int4_graph(mixed)
+    assert sorted(name for name, width in bits.items() if width == 8) == [
+        "/lm_head/MatMul_Q8", "/model/layers.0/attn/qkv_proj/MatMul_Q8", "/model/layers.0/mlp/down_proj/MatMul_Q8",
+        "/model/layers.2/attn/qkv_proj/MatMul_Q8", "/model/layers.2/mlp/down_proj/MatMul_Q8"]
+    assert "every layer's" not in quantization_of(mixed)["scheme"] and "every third" in quantization_of(mixed)["scheme"]
+    gates = export_genai(source, tmp_path / "gates", "int4", block_size=16,
+                         builder_options={"int8_projections": "gate_proj,o_proj"})
+    bits, _ = _int4_graph(gates)
+    assert sorted(name for name, width in bits.items() if width == 8) == ["/lm_head/MatMul_Q8"] + sorted(
+        f"/model/layers.{layer}/{name}/MatMul_Q8" for layer in range(4) for name in ("attn/o_proj", "mlp/gate_proj"))
+    assert quantization_of(gates)["builder_options"]["int8_projections"] == "gate_proj,o_proj"
+
+
+def test_int8_projections_keep_a_tied_embedding_reading_the_output_layers_weights(tmp_path):
+    """The per-node types go through the builder's structured settings, whose op types the kit sets: a tied input
+    embedding still reads the output layer's int8 weights (GatherBlockQuantized), not an fp32 copy."""
+    import onnx
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(head_dim=16, initializer_range=0.2, tie_word_embeddings=True)).eval()
+    folder = export_genai(_save(model, tmp_path / "model"), tmp_path / "int4", "int4", block_size=16)
+    graph = onnx.load(folder / "model.onnx", load_external_data=False).graph
+    assert "GatherBlockQuantized" in {node.op_type for node in graph.node if "embed_tokens" in node.name}
+    assert not any(tensor.name.startswith("model.embed_tokens") for tensor in graph.initializer)
+    assert _int4_graph(folder)[0]["/model/layers.1/mlp/down_proj/MatMul_Q8"] == 8
+
+
+@pytest.mark.parametrize("scheme, options, message", [
+    ("int4", {"int8_projections": "qkv_proj,mlp"}, "'mlp', which is no decoder-layer projection"),
+    ("int8", {"int8_projections": "down_proj"}, "int4 scheme only"),
+])
+def test_bad_int8_projections_are_refused_before_anything_is_written(tiny_export, tmp_path, scheme, options, message):
+    _, source, _ = tiny_export
+    with pytest.raises(ValueError, match=message):
+        export_genai(source, tmp_path / "out", scheme, builder_options=options)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_quantized_export_the_builder_converts_wrongly_is_refused_and_leaves_nothing(tmp_path):

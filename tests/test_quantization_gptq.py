@@ -155,7 +155,7 @@ def test_unpacking_and_packing_the_builders_int4_nodes_gives_its_bytes_and_the_m
 
     mapped = {node.name: weights for node, weights, _ in _genai_int4_nodes(
         onnx.load(rtn_exports[block_size] / "model.onnx", load_external_data=False).graph)}
-    assert len(mapped) == 16  # 4 layers x (qkv, o, gate, up, down) less the 4 int8 mixed ones
+    assert len(mapped) == 12  # 4 layers x (o, gate, up): every qkv and down projection is int8
     for name, weights in mapped.items():
         _, attributes, arrays = nodes[name]
         codes, scales, zero_points = unpack_matmul_nbits(*arrays, rows=attributes["N"], block_size=block_size)
@@ -185,7 +185,7 @@ def test_a_calibrated_export_follows_transformers_closer_than_round_to_nearest(t
                           calibration=_token_sequences(16))
     record = quantization_of(folder)
     assert record["calibration"] == {"method": "gptq", "sequences": 16, "tokens": 16 * 32, "damp": 0.01,
-                                     "matrices": 16}
+                                     "matrices": 12}
     assert "GPTQ-calibrated" in record["scheme"] and record["logit_correlation_with_transformers"] > 0.9
     calibrated, plain = _graph(folder), _graph(rtn_exports[block_size])
     assert calibrated.keys() == plain.keys()
@@ -325,13 +325,13 @@ def test_calibration_with_a_4_bit_output_layer_is_refused_before_the_builder_run
 
 @genai
 def test_calibration_works_without_the_mixed_layers(tiny_source, tmp_path):
-    """`matmul_mixed_precision: "last_matmul:int8"` (the int4 default before the mixed layers): every layer's
-    matrices in 4 bits, all calibrated."""
+    """`matmul_mixed_precision: "last_matmul:int8"` and no `int8_projections` (the int4 default before the int8
+    layers): every layer's matrices in 4 bits, all calibrated."""
     _, source, _ = tiny_source
     folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4),
-                          builder_options={"matmul_mixed_precision": "last_matmul:int8"})
+                          builder_options={"matmul_mixed_precision": "last_matmul:int8", "int8_projections": ""})
     record = quantization_of(folder)
-    assert record["calibration"]["matrices"] == 20 and "mixed" not in record["scheme"]
+    assert record["calibration"]["matrices"] == 20 and "int8" not in record["scheme"].split("output layer int8")[1]
 
 
 @genai
@@ -401,8 +401,9 @@ def test_a_mapping_that_puts_other_weights_in_a_node_fails_the_export_and_leaves
     mapping = dict(gptq._GENAI_WEIGHTS)
     mapping[part] = (weights, mapping[part][1])
     monkeypatch.setattr(gptq, "_GENAI_WEIGHTS", mapping)
-    with pytest.raises(ValueError, match="does not hold the model's"):
-        export_genai(source, tmp_path / "int4", "int4", calibration=_token_sequences(4))
+    with pytest.raises(ValueError, match="does not hold the model's"):  # qkv in 4 bits: no int8 projections
+        export_genai(source, tmp_path / "int4", "int4", calibration=_token_sequences(4),
+                     builder_options={"int8_projections": ""})
     assert list(tmp_path.iterdir()) == []
 
 
@@ -422,11 +423,11 @@ def test_a_node_gptq_does_worse_on_than_rounding_keeps_the_builders_bytes(tiny_s
     _, source, _ = tiny_source
     folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4))
     assert quantization_of(folder)["calibration"]["matrices"] == 0
-    assert quantization_of(folder)["calibration"]["round_to_nearest_kept"] == 16
+    assert quantization_of(folder)["calibration"]["round_to_nearest_kept"] == 12
     assert "GPTQ" not in quantization_of(folder)["scheme"]  # no matrix is calibrated: the scheme says rounding
     from hf_bigsmall.hub.card import build_model_card
 
-    assert "16 matrices kept round-to-nearest" in str(build_model_card(folder, energy=False))
+    assert "12 matrices kept round-to-nearest" in str(build_model_card(folder, energy=False))
     calibrated, plain = _graph(folder), _graph(rtn_exports[16])
     for name, (_, _, arrays) in calibrated.items():
         assert all((a is None and b is None) or a.tobytes() == b.tobytes() for a, b in zip(arrays, plain[name][2]))
@@ -468,4 +469,4 @@ def test_a_builder_quantizer_that_fits_its_scales_passes_the_mapping_check(tiny_
     _, source, _ = tiny_source
     folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, calibration=_token_sequences(4),
                           builder_options={"algo_config": "k_quant"})
-    assert quantization_of(folder)["calibration"]["matrices"] == 16
+    assert quantization_of(folder)["calibration"]["matrices"] == 12

@@ -52,21 +52,24 @@ GENAI_MODULES = ("onnxruntime_genai", "onnx_ir")
 # pruned Llamas: fewer layers, narrower FFN, fewer heads and KV groups, head_dim != hidden/heads); the
 # builder has no GPT-2 converter
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
-# int4 MatMulNBits settings, measured on SmolLM2 (BENCHMARKS.md, "Serving with ONNX Runtime GenAI", "The 4-bit
-# types, measured" and "Mixed precision in GenAI int4"): blocks of 32 input channels and accuracy level 4 (int8
-# activations in the kernel), the builder's CPU defaults (blocks of 128 lost twice as much perplexity, accuracy level
-# 1 changed nothing); asymmetric blocks (a zero point each) by round-to-nearest; the output layer in int8 (a tied
-# input embedding reads the same int8 weights); and llama.cpp's mixed strategy, the builder's `mixed_layers`: the
-# attention qkv and MLP down projections of the first and last eighth of the layers and of every third layer between
-# in int8. Perplexity x1.145 of fp32 on the SmolLM2 teacher and x1.113 on the quickstart's student, against x1.274
-# and x1.226 without the mixed layers and x1.43 with the builder's defaults, for 10% more disk at the same decode
-# speed. The builder's default algorithm names an asymmetric or int8 output layer's weights differently from what
-# its tied embedding then reads, so those models built but failed to load in 0.18.0; `algo_config=rtn` names them
-# alike
+# int4 MatMulNBits settings, measured on SmolLM2 and the quickstart's student (BENCHMARKS.md, "Serving with ONNX
+# Runtime GenAI", "The 4-bit types, measured", "Mixed precision in GenAI int4" and "Every qkv and down projection in
+# int8"): blocks of 32 input channels and accuracy level 4 (int8 activations in the kernel), the builder's CPU defaults
+# (blocks of 128 lost twice as much perplexity, accuracy level 1 changed nothing); asymmetric blocks (a zero point
+# each) by round-to-nearest; the output layer in int8 (a tied input embedding reads the same int8 weights); and every
+# layer's attention qkv and MLP down projections in int8 (`int8_projections`, the kit's own option: the builder's
+# flat options only reach llama.cpp's `mixed_layers`, half of those layers). Perplexity x1.086 of fp32 on the
+# quickstart's student (x1.113 with `mixed_layers`, x1.226 with neither) for 7 MB more than `mixed_layers`, at the
+# same decode speed; the gate, up and output projections, two thirds of the weights, stay 4-bit. The builder's
+# default algorithm names an asymmetric or int8 output layer's weights differently from what its tied embedding then
+# reads, so those models built but failed to load in 0.18.0; `algo_config=rtn` names them alike
 INT4_BLOCK_SIZE = 32
 INT4_ACCURACY_LEVEL = 4
-INT4_BUILDER_OPTIONS = {"is_symmetric": "false", "algo_config": "rtn",
-                        "matmul_mixed_precision": "last_matmul:int8,mixed_layers:int8"}
+INT4_BUILDER_OPTIONS = {"is_symmetric": "false", "algo_config": "rtn", "matmul_mixed_precision": "last_matmul:int8",
+                        "int8_projections": "qkv_proj,down_proj"}
+# the decoder-layer projections `int8_projections` may name, and the builder's node group of each (it fuses the
+# query, key and value projections into one `qkv_proj`)
+INT8_PROJECTIONS = {"qkv_proj": "attn", "o_proj": "attn", "gate_proj": "mlp", "up_proj": "mlp", "down_proj": "mlp"}
 # ONNX Runtime's CPU GroupQueryAttention kernel refuses other head sizes at run time (checked with 0.18.0)
 _HEAD_DIM_MULTIPLE = 16
 # the fp32 export must reproduce transformers' logits to this (absolute, plus relative to their size)
@@ -113,6 +116,53 @@ def _placement(options: dict[str, Any]) -> dict[str, str]:
                 if ":" in part)
 
 
+def _int8_projections(options: dict[str, Any]) -> list[str]:
+    """The kit's `int8_projections` option ("qkv_proj,down_proj") as a list, every name checked."""
+    names = [name.strip() for name in str(options.get("int8_projections") or "").split(",") if name.strip()]
+    unknown = [name for name in names if name not in INT8_PROJECTIONS]
+    if unknown:
+        raise ValueError(f"int8_projections names {', '.join(map(repr, unknown))}, which is no decoder-layer "
+                         f"projection: use a comma-separated subset of {', '.join(INT8_PROJECTIONS)}, or '' to keep "
+                         "every layer's projections in 4 bits.")
+    return names
+
+
+def _is_on(value: Any) -> bool:
+    """A builder flag as the builder reads it ("true", "1", True; "false", "0", False, None and "" are off)."""
+    return str(value).strip().lower() in ("true", "1")
+
+
+def _builder_target_options(config, options: dict[str, Any]) -> dict[str, Any] | None:
+    """The builder's structured quantization settings that put `int8_projections` in int8, or None without any.
+
+    The builder's flat options type matrices only by group (`matmul_mixed_precision`); per-node types go through its
+    structured `target_options`, whose override list replaces the one the flat options imply: it is rebuilt here from
+    them (exclusions first, then the groups, as the builder orders them), and so are the op types, to which the builder
+    adds `Gather` for a tied input embedding only on the flat path (without it the embedding would be stored fp32).
+    """
+    from onnxruntime_genai.models.quantization.quant_config import desugar_algo_config
+
+    projections = _int8_projections(options)
+    if not projections:
+        return None
+    excluded = [name for name in str(options.get("nodes_to_exclude") or "").split(",") if name]
+    overrides = [{"match": {"name": name}, "exclude": True} for name in excluded]
+    _, placement = desugar_algo_config({key: value for key, value in options.items()
+                                        if key in ("algo_config", "matmul_mixed_precision")})
+    overrides += [{"match": {"preset": group}, "type": kind} for group, kind in placement.items()]
+    fused_qkv = _is_on(options["fuse_qkv"]) if "fuse_qkv" in options else not _is_on(options.get("disable_qkv_fusion"))
+    layers = int(options.get("num_hidden_layers", config.num_hidden_layers))
+    for projection in projections:
+        names = [projection] if projection != "qkv_proj" or fused_qkv else ["q_proj", "k_proj", "v_proj"]
+        nodes = [f"/model/layers.{layer}/{INT8_PROJECTIONS[projection]}/{name}/MatMul"
+                 for layer in range(layers) for name in names]
+        overrides += [{"match": {"name": node}, "type": "int8"} for node in nodes if node not in excluded]
+    op_types = [kind for kind in str(options.get("op_types_to_quantize") or "MatMul").split("/") if kind]
+    if _is_on(options.get("shared_embeddings", getattr(config, "tie_word_embeddings", False))):
+        op_types += [kind for kind in ("MatMul", "Gather") if kind not in op_types]
+    return {"quant_config": {"weights": {"overrides": overrides, "op_types": op_types}}}
+
+
 def _output_layer_type(options: dict[str, Any], bits: int) -> str:
     """How the builder stores the output layer under `options` ("fp32", "int8", "int4")."""
     # the builder quantizes the output layer with the others unless told otherwise; a tied input embedding
@@ -138,6 +188,9 @@ def scheme_description(scheme: str, builder_options: dict[str, Any] | None = Non
         rounding = f"4-bit matrices GPTQ-calibrated (Frantar et al. 2022), 8-bit ones {rounding}"
     mixed = (f"; attention qkv and MLP down projections of the first and last eighth of the layers and of every "
              f"third layer between in {placement['mixed_layers']}" if placement.get("mixed_layers") else "")
+    projections = _int8_projections(options) if bits == 4 else []
+    if projections:
+        mixed += f"; every layer's {', '.join(projections)} projections in int8"
     return (f"int{bits} weight-only MatMulNBits, {'symmetric' if symmetric else 'asymmetric (zero points)'}, "
             f"{rounding}, blocks of "
             f"{options.get('block_size', INT4_BLOCK_SIZE)} input channels, accuracy level "
@@ -235,16 +288,23 @@ def _quiet_builder(console: io.StringIO) -> Iterator[None]:
         quantizer.setLevel(quantizer_level)
 
 
-def _run_builder(model_dir: Path, build_dir: Path, scheme: str, extra_options: dict[str, Any]) -> None:
-    """onnxruntime-genai's model builder, in this process, its console output sent to the debug log."""
-    options = [f"{key}={value}" for key, value in extra_options.items()]
+def _run_builder(model_dir: Path, build_dir: Path, scheme: str, extra_options: dict[str, Any],
+                 target_options: dict[str, Any] | None = None) -> None:
+    """onnxruntime-genai's model builder, in this process, its console output sent to the debug log.
+
+    `extra_options` are the builder's flat options except the kit's own `int8_projections`, whose per-node types
+    reach it in `target_options` (see `_builder_target_options`).
+    """
+    options = [f"{key}={value}" for key, value in extra_options.items() if key != "int8_projections"]
+    structured = {"target_options": target_options} if target_options else {}
     console = io.StringIO()
     with tempfile.TemporaryDirectory() as cache_dir, _quiet_builder(console):
         try:
             import onnx_ir  # noqa: F401  (the builder needs it and does not declare it)
             from onnxruntime_genai.models.builder import create_model, parse_extra_options
 
-            parsed = parse_extra_options(None, str(model_dir), str(build_dir), scheme, "cpu", cache_dir, options)
+            parsed = parse_extra_options(None, str(model_dir), str(build_dir), scheme, "cpu", cache_dir, options,
+                                         **structured)
             create_model(None, str(model_dir), str(build_dir), scheme, "cpu", cache_dir, **parsed)
         except Exception as error:
             tail = "\n".join(console.getvalue().splitlines()[-5:])
@@ -310,10 +370,11 @@ def export_genai(
         block_size, accuracy_level: int4/int8 MatMulNBits settings (see `INT4_BLOCK_SIZE`).
         builder_options: further `--extra_options` of the builder (e.g. `{"nodes_to_exclude":
             "/lm_head/MatMul"}`), passed as they are and recorded; for int4 they go over
-            `INT4_BUILDER_OPTIONS` (asymmetric round-to-nearest, output layer and the most sensitive
-            layers int8), so
-            `{"is_symmetric": "true", "algo_config": "default", "matmul_mixed_precision": ""}` gives the
-            builder's own defaults back.
+            `INT4_BUILDER_OPTIONS` (asymmetric round-to-nearest, output layer and every layer's qkv and
+            down projections int8), so `{"is_symmetric": "true", "algo_config": "default",
+            "matmul_mixed_precision": "", "int8_projections": ""}` gives the builder's own defaults back.
+            `int8_projections` is the kit's own option, not the builder's: a comma-separated subset of
+            `INT8_PROJECTIONS` whose matrices every decoder layer keeps in int8 (int4 only).
         calibration: int4 only: token-id sequences of the model's usual text (a list of lists of ints,
             or a `datasets.Dataset` with `input_ids`), e.g. 32 blocks of 128 tokens of its training
             data. The 4-bit matrices are then quantized by GPTQ (`quantization.gptq`) instead of
@@ -359,6 +420,10 @@ def export_genai(
     if scheme == "int4":
         extra_options.update(_int4_options(config, block_size))
     extra_options.update(builder_options or {})
+    if _int8_projections(extra_options) and scheme != "int4":
+        raise ValueError(f"int8_projections applies to the int4 scheme only, got scheme={scheme!r}: drop it from "
+                         "builder_options, or export int4.")
+    target_options = _builder_target_options(config, extra_options) if scheme == "int4" else None
     if sequences is not None and _output_layer_type(extra_options, 4) == "int4":
         # a tied input embedding reads the output layer's 4-bit weights, which GPTQ calibrated for the output alone
         # would change under it; the output layer is not calibrated, and a partly calibrated export is not made
@@ -370,7 +435,7 @@ def export_genai(
     remove_leftovers(output_dir)
     build_dir = genai_build_dir(output_dir)
     try:
-        _run_builder(model_dir, build_dir, scheme, extra_options)
+        _run_builder(model_dir, build_dir, scheme, extra_options, target_options)
         calibration_record = None
         if sequences is not None:
             from .gptq import GPTQ_DAMP, calibrate_genai_int4

@@ -356,7 +356,7 @@ def _genai_int4_nodes(graph) -> list[tuple[Any, list[str], str]]:
             continue
         bits = next((attribute.i for attribute in node.attribute if attribute.name == "bits"), 4)
         if bits != 4:
-            continue  # int8 nodes (the output layer, the mixed layers) keep the builder's round-to-nearest
+            continue  # int8 nodes (the output layer, the qkv and down projections) keep the builder's round-to-nearest
         match = _GENAI_NODE.match(node.name)
         if match is None:
             raise ValueError(f"The GenAI int4 graph holds a 4-bit node {node.name!r} that GPTQ calibration does not "

@@ -47,7 +47,7 @@ register_quantization_backend(QuantizationBackend(
     # what each scheme stores as the plan states it; the folder's record says it with the exact block settings
     schemes={"fp32": "fp32 weights, KV cache in the graph",
              "int8": "int8 weight-only MatMulNBits, KV cache in the graph",
-             "int4": "int4 weight-only MatMulNBits, asymmetric, the output layer and the most sensitive "
+             "int4": "int4 weight-only MatMulNBits, asymmetric, the output layer and every layer's qkv and down "
                      "projections int8, KV cache in the graph"},
     export=export,
     how_to_use=how_to_use,

@@ -706,3 +706,11 @@ def test_a_head_without_one_class_per_text_is_refused_as_such(compared, tmp_path
     kind = "regression" if problem_type == "regression" else "multi-label"
     with pytest.raises(ValueError, match=f"'head' is a {kind} head: compare_models scores classifiers that predict one"):
         compare_models([tmp_path / "head"], scores)
+
+
+def test_two_folders_of_one_name_are_refused_naming_it(tmp_path):
+    """Folders name the models: two `student-int8` folders of two runs were refused with advice only a Python
+    caller could follow."""
+    first, second = tmp_path / "a" / "student-int8", tmp_path / "b" / "student-int8"
+    with pytest.raises(ValueError, match="'student-int8' is the name of more than one.*symlinks of distinct names"):
+        compare_models([first, second], "unused")

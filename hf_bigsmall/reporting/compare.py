@@ -697,8 +697,14 @@ def _resolve_models(models) -> dict[str, tuple[PreTrainedModel, Path | None]]:
     named = dict(models) if isinstance(models, Mapping) else {
         (Path(m).name if isinstance(m, (str, os.PathLike)) else f"model_{i}"): m for i, m in enumerate(models)
     }
-    if len(named) < 1 or (not isinstance(models, Mapping) and len(named) != len(models)):
-        raise ValueError("compare_models needs one or more models with distinct names: pass a {name: model} mapping.")
+    if len(named) < 1:
+        raise ValueError("compare_models needs one or more models: pass folders or a {name: model} mapping.")
+    if not isinstance(models, Mapping) and len(named) != len(models):
+        names = [Path(m).name if isinstance(m, (str, os.PathLike)) else None for m in models]
+        shared = sorted({name for name in names if name is not None and names.count(name) > 1})
+        raise ValueError(f"compare_models names each model by its folder, and {', '.join(map(repr, shared))} is the name "
+                         "of more than one: pass a {name: model} mapping, or (from the command line) folders or "
+                         "symlinks of distinct names.")
     loaded: dict[str, tuple[PreTrainedModel, Path | None]] = {}
     for name, model in named.items():
         if isinstance(model, (str, os.PathLike)):

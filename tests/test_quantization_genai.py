@@ -206,6 +206,34 @@ def test_int8_projections_keep_a_tied_embedding_reading_the_output_layers_weight
     assert _int4_graph(folder)[0]["/model/layers.1/mlp/down_proj/MatMul_Q8"] == 8
 
 
+@pytest.mark.parametrize("options, split_layers", [
+    ({"fuse_qkv": "false"}, [0, 1, 2, 3]),
+    # the builder's own example exclusion on this untied model (its embedding Gather is not quantized anyway), and
+    # one of the projections int8_projections names, which stays fp32
+    ({"nodes_to_exclude": "/lm_head/MatMul,/model/embed_tokens/Gather,/model/layers.1/mlp/down_proj/MatMul"}, []),
+])
+def test_int8_projections_follow_split_qkv_and_the_builders_exclusions(tiny_export, tmp_path, monkeypatch, options,
+                                                                       split_layers):
+    """`int8_projections` names q, k and v one by one where the builder does not pack them, leaves excluded nodes
+    fp32 (as the flat option does), and never reaches the builder as one of its flat options."""
+    from onnxruntime_genai.models import builder
+
+    flat_options, parse = [], builder.parse_extra_options
+    monkeypatch.setattr(builder, "parse_extra_options",
+                        lambda *args, **kwargs: flat_options.extend(args[6]) or parse(*args, **kwargs))
+    _, source, _ = tiny_export
+    folder = export_genai(source, tmp_path / "int4", "int4", block_size=16, builder_options=options)
+    assert not [option for option in flat_options if option.startswith("int8_projections")]
+    excluded = set(options.get("nodes_to_exclude", "").replace("/MatMul", "/MatMul_Q8").split(","))
+    expected = {f"/model/layers.{layer}/{name}/MatMul_Q8" for layer in range(4)
+                for name in ["mlp/down_proj"] + (["attn/q_proj", "attn/k_proj", "attn/v_proj"] if layer in split_layers
+                                                 else ["attn/qkv_proj"])}
+    expected = (expected | {"/lm_head/MatMul_Q8"}) - excluded
+    bits, _ = _int4_graph(folder)
+    assert {name for name, width in bits.items() if width == 8} == expected
+    assert quantization_of(folder)["builder_options"]["int8_projections"] == "qkv_proj,down_proj"
+
+
 @pytest.mark.parametrize("scheme, options, message", [
     ("int4", {"int8_projections": "qkv_proj,mlp"}, "'mlp', which is no decoder-layer projection"),
     ("int8", {"int8_projections": "down_proj"}, "int4 scheme only"),

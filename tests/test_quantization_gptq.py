@@ -194,6 +194,8 @@ def test_a_calibrated_export_follows_transformers_closer_than_round_to_nearest(t
         assert same == name.endswith("_Q8"), name
     assert sorted(p.name for p in folder.iterdir() if p.name.startswith("model.onnx")) == ["model.onnx",
                                                                                           "model.onnx.data"]
+    # the rewritten weights file is as readable as the builder's (onnx alone would make it the owner's only)
+    assert (folder / "model.onnx.data").stat().st_mode == (rtn_exports[block_size] / "model.onnx.data").stat().st_mode
 
     def error(export):  # on unseen sequences of the calibration distribution
         runner = GenAIModelRunner(export, num_threads=1)

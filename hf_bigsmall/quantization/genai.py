@@ -59,10 +59,11 @@ SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)
 # each) by round-to-nearest; the output layer in int8 (a tied input embedding reads the same int8 weights); and every
 # layer's attention qkv and MLP down projections in int8 (`int8_projections`, the kit's own option: the builder's
 # flat options only reach llama.cpp's `mixed_layers`, half of those layers). Perplexity x1.086 of fp32 on the
-# quickstart's student (x1.113 with `mixed_layers`, x1.226 with neither) for 7 MB more than `mixed_layers`, at the
-# same decode speed; the gate, up and output projections, two thirds of the weights, stay 4-bit. The builder's
-# default algorithm names an asymmetric or int8 output layer's weights differently from what its tied embedding then
-# reads, so those models built but failed to load in 0.18.0; `algo_config=rtn` names them alike
+# quickstart's student (x1.113 with `mixed_layers`, x1.226 with neither) for 7 MB more than `mixed_layers`, decoding as
+# fast within the noise of a loaded machine; the gate, up and output projections, 58 to 59% of the layers' weights
+# on both models, stay 4-bit. The builder's default algorithm names an asymmetric or int8 output layer's weights
+# differently from what its tied embedding then reads, so those models built but failed to load in 0.18.0;
+# `algo_config=rtn` names them alike
 INT4_BLOCK_SIZE = 32
 INT4_ACCURACY_LEVEL = 4
 INT4_BUILDER_OPTIONS = {"is_symmetric": "false", "algo_config": "rtn", "matmul_mixed_precision": "last_matmul:int8",
@@ -139,13 +140,25 @@ def _builder_target_options(config, options: dict[str, Any]) -> dict[str, Any] |
     structured `target_options`, whose override list replaces the one the flat options imply: it is rebuilt here from
     them (exclusions first, then the groups, as the builder orders them), and so are the op types, to which the builder
     adds `Gather` for a tied input embedding only on the flat path (without it the embedding would be stored fp32).
+
+    The structured list checks each exclusion against the graph, which the flat `nodes_to_exclude` does not: an
+    exclusion of a node whose op type is not quantized anyway (an untied input embedding's `Gather`, as in the
+    builder's own `/lm_head/MatMul,/model/embed_tokens/Gather` example) changes nothing and is left out.
     """
     from onnxruntime_genai.models.quantization.quant_config import desugar_algo_config
 
     projections = _int8_projections(options)
     if not projections:
         return None
-    excluded = [name for name in str(options.get("nodes_to_exclude") or "").split(",") if name]
+    op_types = [kind for kind in str(options.get("op_types_to_quantize") or "MatMul").split("/") if kind]
+    if _is_on(options.get("shared_embeddings", getattr(config, "tie_word_embeddings", False))):
+        op_types += [kind for kind in ("MatMul", "Gather") if kind not in op_types]
+
+    def quantized(name: str) -> bool:
+        kind = name.rsplit("/", 1)[-1]
+        return kind not in ("MatMul", "Gather") or kind in op_types
+
+    excluded = [name for name in str(options.get("nodes_to_exclude") or "").split(",") if name and quantized(name)]
     overrides = [{"match": {"name": name}, "exclude": True} for name in excluded]
     _, placement = desugar_algo_config({key: value for key, value in options.items()
                                         if key in ("algo_config", "matmul_mixed_precision")})
@@ -157,9 +170,6 @@ def _builder_target_options(config, options: dict[str, Any]) -> dict[str, Any] |
         nodes = [f"/model/layers.{layer}/{INT8_PROJECTIONS[projection]}/{name}/MatMul"
                  for layer in range(layers) for name in names]
         overrides += [{"match": {"name": node}, "type": "int8"} for node in nodes if node not in excluded]
-    op_types = [kind for kind in str(options.get("op_types_to_quantize") or "MatMul").split("/") if kind]
-    if _is_on(options.get("shared_embeddings", getattr(config, "tie_word_embeddings", False))):
-        op_types += [kind for kind in ("MatMul", "Gather") if kind not in op_types]
     return {"quant_config": {"weights": {"overrides": overrides, "op_types": op_types}}}
 
 
@@ -374,7 +384,9 @@ def export_genai(
             down projections int8), so `{"is_symmetric": "true", "algo_config": "default",
             "matmul_mixed_precision": "", "int8_projections": ""}` gives the builder's own defaults back.
             `int8_projections` is the kit's own option, not the builder's: a comma-separated subset of
-            `INT8_PROJECTIONS` whose matrices every decoder layer keeps in int8 (int4 only).
+            `INT8_PROJECTIONS` whose matrices every decoder layer keeps in int8 (int4 only); with it,
+            `nodes_to_exclude` names are checked against the graph by the builder (see
+            `_builder_target_options`).
         calibration: int4 only: token-id sequences of the model's usual text (a list of lists of ints,
             or a `datasets.Dataset` with `input_ids`), e.g. 32 blocks of 128 tokens of its training
             data. The 4-bit matrices are then quantized by GPTQ (`quantization.gptq`) instead of

@@ -487,9 +487,13 @@ def calibrate_genai_int4(model_dir: str | os.PathLike, build_dir: str | os.PathL
                        f"matrices ({', '.join(kept[:3])}{', ...' if len(kept) > 3 else ''}): they keep the builder's "
                        "round-to-nearest. Give more calibration text of the model's usual kind.")
     location = next(iter(locations), "model.onnx.data")
-    (Path(build_dir) / location).unlink(missing_ok=True)  # onnx appends to an existing external data file
+    data_file = Path(build_dir) / location
+    # onnx creates the external data file readable by its owner alone: it keeps the mode the builder gave it
+    mode = (data_file if data_file.exists() else graph_file).stat().st_mode & 0o777
+    data_file.unlink(missing_ok=True)  # onnx appends to an existing external data file
     onnx.save_model(graph, graph_file, save_as_external_data=True, all_tensors_to_one_file=True, location=location,
                     size_threshold=0)
+    data_file.chmod(mode)
     return {"method": "gptq", "sequences": len(sequences), "tokens": tokens, "damp": damp,
             "matrices": len(nodes) - len(kept), **({"round_to_nearest_kept": len(kept)} if kept else {})}
 

@@ -686,3 +686,13 @@ def test_an_earlier_export_another_export_swaps_while_it_is_checked_is_not_taken
 
     monkeypatch.setattr(genai, "is_kit_export", moved_aside_meanwhile)
     genai.check_genai_source(source, output_dir, "int8")
+
+
+def test_the_scheme_names_the_nodes_left_in_fp32():
+    """The record said every qkv and down projection was int8 when the user had left some of them in fp32."""
+    from hf_bigsmall.quantization.genai import INT4_BUILDER_OPTIONS, scheme_description
+
+    options = {**INT4_BUILDER_OPTIONS, "nodes_to_exclude": "/model/layers.0/mlp/down_proj/MatMul, /lm_head/MatMul"}
+    described = scheme_description("int4", options)
+    assert "left in fp32 (nodes_to_exclude): /model/layers.0/mlp/down_proj/MatMul, /lm_head/MatMul" in described
+    assert "fp32 (nodes_to_exclude)" not in scheme_description("int4", INT4_BUILDER_OPTIONS)

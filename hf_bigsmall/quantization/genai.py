@@ -201,6 +201,9 @@ def scheme_description(scheme: str, builder_options: dict[str, Any] | None = Non
     projections = _int8_projections(options) if bits == 4 else []
     if projections:
         mixed += f"; every layer's {', '.join(projections)} projections in int8"
+    excluded = [name.strip() for name in str(options.get("nodes_to_exclude") or "").split(",") if name.strip()]
+    if excluded:  # the builder leaves these unquantized, whatever the groups above say
+        mixed += f"; left in fp32 (nodes_to_exclude): {', '.join(excluded)}"
     return (f"int{bits} weight-only MatMulNBits, {'symmetric' if symmetric else 'asymmetric (zero points)'}, "
             f"{rounding}, blocks of "
             f"{options.get('block_size', INT4_BLOCK_SIZE)} input channels, accuracy level "

@@ -50,7 +50,6 @@ from .reporting.plots import comparison_plot_names
 from .reporting.report import check_report_writable
 from .utils.console import echo
 from .utils.files import (
-    KIT_MARKER,
     atomic_write_json,
     check_replaceable,
     fresh_partial_dir,
@@ -312,6 +311,13 @@ def _training_arguments(args: QuickstartArguments, output_dir: Path, max_steps: 
     )
 
 
+def _teacher_layers(args: QuickstartArguments) -> list[int] | None:
+    """`--student_teacher_layers` as indices (checked as digits by `QuickstartArguments`), or None when not given."""
+    if args.student_teacher_layers is None:
+        return None
+    return [int(part) for part in str(args.student_teacher_layers).split(",")]
+
+
 def _check_student_layers(args: QuickstartArguments, teacher_config) -> None:
     """Refuse a student deeper than the teacher, or made from layers it lacks, before the teacher is fine-tuned."""
     depth = getattr(teacher_config, "num_hidden_layers", None)
@@ -320,8 +326,8 @@ def _check_student_layers(args: QuickstartArguments, teacher_config) -> None:
     if args.student_layers > depth:
         raise ValueError(f"--student_layers {args.student_layers} is more than the teacher's {depth} layers; nothing "
                          "was written. Choose fewer.")
-    if args.student_teacher_layers is not None:
-        layers = [int(part) for part in str(args.student_teacher_layers).split(",")]
+    layers = _teacher_layers(args)
+    if layers is not None:
         if not all(0 <= layer < depth for layer in layers):
             raise ValueError(f"--student_teacher_layers {args.student_teacher_layers} names a layer the teacher lacks: "
                              f"its layers are 0 to {depth - 1}; nothing was written.")
@@ -531,10 +537,8 @@ def run_quickstart(args: QuickstartArguments) -> Path:
     _done(start, teacher_dir)
 
     start = _stage(2, f"Student: {args.student_layers} layers made from the teacher, distilled ({args.distill_steps} steps)")
-    teacher_layers = None if args.student_teacher_layers is None else [
-        int(part) for part in str(args.student_teacher_layers).split(",")]
     student = make_student(teacher, num_layers=args.student_layers, hidden_size=args.student_hidden_size,
-                           teacher_layers=teacher_layers)
+                           teacher_layers=_teacher_layers(args))
     extras, training_data = _extra_rows(args, teacher, tokenizer, dataset["train"], output_dir)
     if not args.augment_ratio:
         drop_stale_augmentation(output_dir / "augmented.json")

@@ -205,6 +205,41 @@ def test_classification_cache_keeps_every_logit(tmp_path):
     np.testing.assert_allclose(np.stack(loaded["teacher_logits"]), expected.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_classification_rows_of_many_lengths_keep_their_own_logits(tmp_path):
+    # the teacher reads a shard longest first (less padding); every row's logits must still land in its own place
+    teacher, _, dataset = build("bert")
+    teacher.eval()
+    generator = torch.Generator().manual_seed(0)
+    lengths = [3, 16, 5, 11, 2, 16, 7, 9, 4, 13, 6, 8]
+    rows = [torch.randint(5, teacher.config.vocab_size, (length,), generator=generator).tolist() for length in lengths]
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(row) for row in rows],
+                                 "labels": [index % 2 for index in range(len(rows))]})
+    cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=None, batch_size=3, shard_size=5)
+    loaded = np.stack(load_teacher_logits(tmp_path / "cache", dataset)["teacher_logits"])
+    with torch.no_grad():
+        alone = torch.cat([teacher(input_ids=torch.tensor([row])).logits for row in rows]).numpy()
+    np.testing.assert_allclose(loaded, alone, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(loaded[0], loaded[1])  # distinct rows, so a row moved to another's place would show
+
+
+def test_classification_teacher_with_non_finite_logits_names_the_rows_in_dataset_order(tmp_path):
+    teacher, _, dataset = build("bert")
+    marker = teacher.config.vocab_size - 1
+    generator = torch.Generator().manual_seed(0)
+    rows = [torch.randint(5, marker, (length,), generator=generator).tolist() for length in (4, 9, 2, 12, 6, 3)]
+    rows[1][0] = rows[4][2] = marker  # rows read in another order than the dataset's (longest first)
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"input_ids": rows, "attention_mask": [[1] * len(row) for row in rows],
+                                 "labels": [0] * len(rows)})
+    _spoil_logits(teacher, float("nan"), marker=marker)
+    with pytest.raises(ValueError, match=r"dataset rows 1, 4 \(2 rows"):
+        cache_teacher_logits(teacher, dataset, tmp_path / "cache", top_k=None, batch_size=2)
+    assert not any((tmp_path / "cache").glob("shard-*"))
+
+
 class _Interrupt(RuntimeError):
     pass
 

@@ -437,8 +437,14 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
     per_row: dict[str, list[np.ndarray]] = {name: [] for name in CACHE_COLUMNS}
     lengths: list[int] = []
     bad_rows: list[int] = []
+    order = list(range(len(rows)))
+    if not causal:  # the teacher reads rows longest first, so a batch pads little; each row's logits keep its place
+        row_lengths = [len(ids) for ids in rows["input_ids"]]
+        order.sort(key=lambda index: -row_lengths[index])
+        logits_by_row: list[np.ndarray | None] = [None] * len(rows)
     for start in range(0, len(rows), batch_size):
-        batch = _pad([rows[i] for i in range(start, min(start + batch_size, len(rows)))], pad_token_id)
+        chunk = order[start:start + batch_size]
+        batch = _pad([rows[i] for i in chunk], pad_token_id)
         inputs = {name: value.to(device) for name, value in batch.items() if name != "labels"}
         with torch.no_grad():
             logits = teacher(**inputs).logits.float()
@@ -448,14 +454,15 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
         invalid = invalid_logit_rows(logits)
         invalid = invalid if mask is None else (invalid & mask).any(-1)
         if bool(invalid.any()):  # the rest of the shard is still checked, so every such row is named
-            first = shard_index * record["shard_size"] + start
-            bad_rows.extend(first + int(index) for index in invalid.nonzero().flatten())
+            first = shard_index * record["shard_size"]
+            bad_rows.extend(first + chunk[int(index)] for index in invalid.nonzero().flatten())
         if progress is not None:
             progress.update(len(batch["input_ids"]))
         if bad_rows:
             continue
         if not causal:
-            per_row["teacher_logits"].extend(logits.cpu().numpy())
+            for index, row_logits in zip(chunk, logits.cpu().numpy()):
+                logits_by_row[index] = row_logits
             continue
         ids, logprobs, tail = topk_targets(logits[mask], record["top_k"], record.get("tail_samples") or 0, generator)
         counts = mask.sum(1).tolist()
@@ -471,6 +478,7 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
         per_row["teacher_topk_logprobs"].append(logprobs_np)
         per_row["teacher_tail_logprob"].append(tail.cpu().numpy().astype(np.float32))
     if bad_rows:
+        bad_rows.sort()
         shown = ", ".join(map(str, bad_rows[:20])) + (", ..." if len(bad_rows) > 20 else "")
         raise ValueError(
             f"the teacher's logits are NaN or infinite at the target positions of dataset rows {shown} "
@@ -480,7 +488,7 @@ def _shard_table(teacher, rows: Dataset, hashes: np.ndarray, record: dict, batch
         )
     arrays = {ROW_HASH_COLUMN: pa.array(hashes, pa.int64())}
     if not causal:
-        arrays["teacher_logits"] = pa.array([row.astype(np.float32) for row in per_row["teacher_logits"]],
+        arrays["teacher_logits"] = pa.array([row.astype(np.float32) for row in logits_by_row],
                                             pa.list_(pa.float32()))
         return pa.table(arrays), len(rows)
     k = entries_per_target(record)

@@ -51,6 +51,28 @@ def test_published_folder_replaces_the_old_one_only_when_complete(tmp_path):
     assert sorted(p.name for p in final.iterdir()) == [KIT_MARKER, "model.safetensors"]
 
 
+def test_an_old_folder_that_cannot_be_deleted_is_kept_and_the_new_one_is_published(tmp_path, monkeypatch, caplog):
+    # a read-only old folder (its files a user made read-only, or another user's): the new folder is in place, so
+    # the run succeeds and says where the old one was kept, instead of failing after the fact
+    final = tmp_path / "student"
+    with publishing(final) as partial:
+        (partial / "config.json").write_text("old")
+    unlink = Path.unlink
+
+    def refuse_in_the_old_folder(self, *args, **kwargs):
+        if self.parent.name.endswith(".replaced"):
+            raise PermissionError(13, "Permission denied", str(self))
+        return unlink(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "unlink", refuse_in_the_old_folder)
+    with caplog.at_level("WARNING"), publishing(final) as partial:
+        (partial / "config.json").write_text("new")
+    assert (final / "config.json").read_text() == "new"
+    kept = [path for path in tmp_path.iterdir() if path.name.endswith(".replaced")]
+    assert len(kept) == 1 and (kept[0] / "config.json").read_text() == "old"
+    assert str(kept[0]) in caplog.text
+
+
 def test_an_interrupted_replacement_never_leaves_the_folder_half_deleted(tmp_path, monkeypatch):
     """The old folder was deleted in place before the new one was renamed: Ctrl-C in that deletion left a
     half-deleted folder (marker gone, so refused next time) and the finished new one only in `.partial`."""

@@ -291,6 +291,9 @@ def _remove_moved_aside(replaced: Path) -> None:
     try:
         (replaced / KIT_MARKER).unlink(missing_ok=True)
         shutil.rmtree(replaced, ignore_errors=True)
+    except OSError as error:  # a folder this process may not change: the new one is in place all the same
+        logger.warning("The old folder, replaced by the new one, could not be deleted and was kept at %s (%s): "
+                       "delete it yourself.", replaced, error)
     finally:
         release_writer(replaced)  # interrupted, it is a leftover the next write of its target removes
 

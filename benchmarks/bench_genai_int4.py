@@ -5,8 +5,9 @@
     python benchmarks/bench_genai_int4.py --variants transformers int4 int4:calibration=gptq --rounds 1
 
 Each variant `scheme[:key=value...]` is exported from `--model` (default the embedded SmolLM2) with
-`export_genai`, its builder settings passed as they are (a folder already in `--work_dir` is reused;
-names as `bench_serving.py` gives them), and a variant the builder or the engine refuses is reported as
+`export_genai`, its builder settings passed as they are (a folder already in `--work_dir` is reused
+only when made from the same model as it is now, with the same settings; names as `bench_serving.py` gives
+them), and a variant the builder or the engine refuses is reported as
 such. `calibration=gptq` is not a builder setting: that variant's 4-bit matrices are calibrated by GPTQ
 (`export_genai(..., calibration=...)`) on `--calibration_blocks` 128-token blocks of the news corpus's
 *training* split, evenly spaced (the scored blocks come from its held-out split). The CPU time of each
@@ -30,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import _reuse
 from bench_serving import _blocks, _disk_mb, _engine_settings  # noqa: E402
 
 
@@ -82,11 +84,17 @@ def main() -> None:
         target = work_dir / f"{args.name}-{engine.replace(':', '-').replace('=', '').replace('/', '_').replace(',', '_')}"
         export_seconds = None
         try:
-            if not (target / "genai_config.json").is_file():
+            settings = {"engine": engine, "calibration_blocks": args.calibration_blocks if method else None}
+            if _reuse.is_current(target, source, settings):
+                print(f"{variant}: reusing {target} (made from {source} as it is now, with these settings)",
+                      file=sys.stderr, flush=True)
+            else:  # missing, or made from another folder, other weights, settings or kit version: made again
+                _reuse.forget(target)
                 started = time.process_time()
                 export_genai(source, target, scheme, builder_options=options,
                              calibration=calibration if method else None)
                 export_seconds = time.process_time() - started
+                _reuse.record(target, source, settings)
                 print(f"{variant}: exported in {export_seconds:.1f} s of CPU time", file=sys.stderr, flush=True)
             runners[variant] = GenAIModelRunner(target, num_threads=1)
         except Exception as error:  # a setting the builder or the engine refuses is a result too

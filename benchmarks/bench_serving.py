@@ -8,7 +8,8 @@ For each model (`--models name=folder`; default the embedded SmolLM2 as `teacher
 keep) and each engine, it reports the size on disk, held-out perplexity on `--blocks` evenly spaced
 128-token blocks of the embedded news corpus (from each engine's own logits, same tokens), and at batch 1
 the prefill latency of a `--prompt_tokens` prompt and the decode speed of `--new_tokens` greedy tokens.
-Every measurement runs in its own process (no engine warms another's caches), rounds are interleaved
+An export already in `--work_dir` is reused only when made from the same model folder as it is now, with the same
+settings and kit version (`benchmarks/_reuse.py`); otherwise it is made again. Every measurement runs in its own process (no engine warms another's caches), rounds are interleaved
 (round 1 of every engine and thread count, then round 2, ...), and medians over rounds are reported.
 An engine spec `genai:int4:block_size=128:accuracy_level=1` passes builder settings to the export;
 `gguf:<method>` exports with `export_gguf` (`f32`, `q8_0`, `int4` = Q4_K_M where the widths allow it,
@@ -28,6 +29,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _reuse
 
 
 def _blocks(tokenizer, count: int):
@@ -164,7 +168,12 @@ def main() -> None:
             family = engine.split(":", 1)[0]
             if family not in ("gguf", "genai"):
                 parser.error(f"unknown engine {engine!r}: use transformers, gguf:<method> or genai:<method>")
-            if not (target / ("config.json" if family == "gguf" else "genai_config.json")).is_file():
+            settings = {"engine": engine}
+            if _reuse.is_current(target, source, settings):
+                print(f"{name} {engine}: reusing {target} (made from {source} as it is now, with these settings)",
+                      file=sys.stderr, flush=True)
+            else:  # missing, or made from another folder, other weights, settings or kit version: made again
+                _reuse.forget(target)
                 try:
                     if family == "gguf":
                         export_gguf(source, target, method=scheme)
@@ -174,6 +183,7 @@ def main() -> None:
                     failed[name, engine] = str(error).splitlines()[0][:300]
                     print(f"{name} {engine}: export failed: {failed[name, engine]}", file=sys.stderr, flush=True)
                     continue
+                _reuse.record(target, source, settings)
             folders[name, engine] = target
 
     def run(key, threads: int, quality: bool) -> dict:

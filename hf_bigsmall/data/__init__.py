@@ -1,4 +1,5 @@
-"""More training text for a student: a teacher-labelled transfer set and augmented copies of the labelled text."""
+"""More training text for a student (a teacher-labelled transfer set and augmented copies of the labelled text),
+and batches of similar length that pad little (`ShuffledLengthGroupedSampler`)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from ..utils.lazy import lazy_names
 # (`hf_bigsmall.data.record`, which the model card does) imports no tokenizer or dataset code.
 _LAZY_IMPORTS = {
     "ROTTEN_TOMATOES_FULL": ".transfer",
+    "ShuffledLengthGroupedSampler": ".sampling",
     "augment_texts": ".augment",
     "cached_augmentation": ".augment",
     "embedding_neighbours": ".augment",
+    "length_grouped_batches": ".sampling",
     "load_transfer_texts": ".transfer",
     "mix_with_labelled": ".transfer",
     "normalise_text": ".transfer",
@@ -23,6 +26,7 @@ __all__ = list(_LAZY_IMPORTS)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .augment import augment_texts, cached_augmentation, embedding_neighbours
+    from .sampling import ShuffledLengthGroupedSampler, length_grouped_batches
     from .transfer import (
         ROTTEN_TOMATOES_FULL,
         load_transfer_texts,

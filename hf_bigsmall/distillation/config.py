@@ -153,6 +153,15 @@ class DistillationConfig(TrainingArguments):
         },
     )
 
+    shuffle_length_groups: bool = field(
+        default=False,
+        metadata={
+            "help": "With train_sampling_strategy='group_by_length': draw the batches of similar length in random "
+            "order (hf_bigsmall.data.ShuffledLengthGroupedSampler) instead of the Trainer's longest-first windows, "
+            "which cost the quickstart's student about a point of accuracy (BENCHMARKS.md)."
+        },
+    )
+
     def __post_init__(self):
         if needs_cpu_process_group(self.use_cpu):
             # several processes on a machine without a GPU only form a (gloo) group with use_cpu:
@@ -202,6 +211,10 @@ class DistillationConfig(TrainingArguments):
             self.layer_map = [int(index) for index in self.layer_map]
             if any(index < 0 for index in self.layer_map):
                 raise ValueError(f"layer_map holds teacher layer indices >= 0, got {self.layer_map}.")
+        if self.shuffle_length_groups and self.train_sampling_strategy != "group_by_length":
+            raise ValueError(f"shuffle_length_groups=True orders the batches of train_sampling_strategy='group_by_length', "
+                             f"but it is {self.train_sampling_strategy!r}: set train_sampling_strategy='group_by_length' "
+                             "too, or drop shuffle_length_groups.")
         self._check_fused_loss_backend()
         if self.teacher_logits:  # before anything reads or writes there
             check_cache_folder(self.teacher_logits)

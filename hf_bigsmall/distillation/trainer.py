@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel, Trainer
+from transformers.trainer_utils import has_length
 from transformers.utils import logging
 
 from ..losses import attention_loss, hidden_state_loss, invalid_logit_rows, kd_loss, target_mask
@@ -614,6 +615,30 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         return CachedTargets(placed_ids.index_select(0, rows), placed_logprobs.index_select(0, rows),
                              placed_tail.index_select(0, rows), cached_rows.index_select(0, rows),
                              tail_shape=tail_shape)
+
+    def _get_train_sampler(self, train_dataset=None):
+        """The Trainer's sampler, or with `shuffle_length_groups` batches of similar length in random order.
+
+        The one override of the Trainer's sampler choice: `train_sampling_strategy="group_by_length"` with
+        `shuffle_length_groups=True` draws from `hf_bigsmall.data.ShuffledLengthGroupedSampler` (lengths from
+        `args.length_column_name` where the dataset has that column, else from its `input_ids`); anything else is
+        the Trainer's own choice.
+        """
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        if not (self.args.shuffle_length_groups and self.args.train_sampling_strategy == "group_by_length"
+                and dataset is not None and has_length(dataset)):
+            return super()._get_train_sampler(train_dataset)
+        from ..data.sampling import ShuffledLengthGroupedSampler
+
+        column = self.args.length_column_name
+        names = getattr(dataset, "column_names", None) or []
+        if column in names:
+            lengths = list(dataset[column])
+        elif "input_ids" in names:
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+        else:  # a map-style dataset of dicts
+            lengths = [len(dataset[index]["input_ids"]) for index in range(len(dataset))]
+        return ShuffledLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
 
     # ------------------------------------------------------------------------------------------
     # distilling from a teacher-logit cache (teacher_model=None)

@@ -1,0 +1,122 @@
+import pytest
+import torch
+from datasets import Dataset
+from transformers import BertForSequenceClassification
+
+from hf_bigsmall import DistillationConfig, DistillationTrainer, make_student
+from hf_bigsmall.data import ShuffledLengthGroupedSampler, length_grouped_batches
+from tests.testing_utils import requires_minilm, requires_scattertext, tiny_bert_config
+
+
+def _lengths(count=200, seed=0):
+    return torch.randint(2, 64, (count,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _padded(batches, lengths):
+    return sum(max(lengths[index] for index in batch) * len(batch) for batch in batches)
+
+
+@pytest.mark.parametrize("count, batch_size", [(200, 8), (203, 8), (7, 8), (64, 1)])
+def test_every_row_comes_once_in_whole_batches_but_the_last(count, batch_size):
+    lengths = _lengths(count)
+    batches = length_grouped_batches(lengths, batch_size, generator=torch.Generator().manual_seed(0))
+    assert sorted(index for batch in batches for index in batch) == list(range(count))
+    assert all(len(batch) == batch_size for batch in batches[:-1]) and 0 < len(batches[-1]) <= batch_size
+
+
+def test_batches_pad_little_and_come_in_random_order():
+    lengths = _lengths(1600)
+    generator = torch.Generator().manual_seed(0)
+    grouped = length_grouped_batches(lengths, 16, generator=generator)
+    random_order = torch.randperm(len(lengths), generator=generator).tolist()
+    random_batches = [random_order[start:start + 16] for start in range(0, len(lengths), 16)]
+    assert _padded(grouped, lengths) < 0.65 * _padded(random_batches, lengths)
+    # not longest first, as the Trainer's LengthGroupedSampler orders each window: the batch maxima are shuffled
+    maxima = [max(lengths[index] for index in batch) for batch in grouped]
+    descents = sum(later <= earlier for earlier, later in zip(maxima, maxima[1:]))
+    assert 0.3 < descents / (len(maxima) - 1) < 0.7
+
+
+def test_the_same_generator_seed_gives_the_same_batches_and_another_seed_others():
+    lengths = _lengths(300)
+
+    def draw(seed):
+        return length_grouped_batches(lengths, 8, generator=torch.Generator().manual_seed(seed))
+
+    assert draw(1) == draw(1) and draw(1) != draw(2)
+    sampler = ShuffledLengthGroupedSampler(lengths, 8, generator=torch.Generator().manual_seed(0))
+    assert len(sampler) == 300 and list(sampler) != list(sampler)  # a new draw every epoch
+
+
+@pytest.mark.parametrize("lengths, batch_size, window, message", [
+    ([], 8, None, "dataset is empty"),
+    ([3, 4], 0, None, "batch_size must be >= 1"),
+    ([3, 4], 2, 0, "window_batches must be >= 1"),
+])
+def test_bad_settings_are_refused_when_the_sampler_is_made(lengths, batch_size, window, message):
+    with pytest.raises(ValueError, match=message):
+        ShuffledLengthGroupedSampler(lengths, batch_size, window)
+
+
+def test_shuffle_length_groups_without_group_by_length_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="set train_sampling_strategy='group_by_length'"):
+        DistillationConfig(output_dir=str(tmp_path), shuffle_length_groups=True, report_to="none", use_cpu=True)
+
+
+def _train_and_record(tmp_path, **sampling):
+    torch.manual_seed(0)
+    teacher = BertForSequenceClassification(tiny_bert_config())
+    student = make_student(teacher, num_layers=1)
+    lengths = _lengths(96, seed=3)
+    rows = [[5 + (index * 7 + position) % 90 for position in range(length)] for index, length in enumerate(lengths)]
+    dataset = Dataset.from_dict({"input_ids": rows, "labels": [index % 2 for index in range(len(rows))]})
+    seen = []
+
+    def collate(features):
+        width = max(len(feature["input_ids"]) for feature in features)
+        seen.append(sorted(len(feature["input_ids"]) for feature in features))
+        ids = torch.zeros(len(features), width, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, feature in enumerate(features):
+            ids[row, :len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
+            mask[row, :len(feature["input_ids"])] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["labels"] for f in features])}
+
+    args = DistillationConfig(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=12,
+                              report_to="none", use_cpu=True, save_strategy="no", seed=0, learning_rate=1e-4,
+                              **sampling)
+    DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset,
+                        data_collator=collate).train()
+    return seen[-12:], lengths  # the trainer may collate a few rows first to check them
+
+
+def test_distillation_trainer_draws_shuffled_length_groups(tmp_path):
+    seen, lengths = _train_and_record(tmp_path, train_sampling_strategy="group_by_length", shuffle_length_groups=True)
+    assert sorted(length for batch in seen for length in batch) == sorted(lengths)  # one epoch, every row once
+    random_spread = max(lengths) - min(lengths)
+    assert all(batch[-1] - batch[0] < random_spread / 2 for batch in seen)  # each batch of similar lengths
+    # the Trainer's own sampler puts the longest row in the first batch; here that is chance (1 in 12)
+    plain, _ = _train_and_record(tmp_path / "plain", train_sampling_strategy="group_by_length")
+    assert plain[0][-1] == max(lengths)
+    assert [batch[-1] for batch in seen] != [batch[-1] for batch in plain]
+
+
+@requires_minilm
+@requires_scattertext
+def test_real_reviews_in_shuffled_length_groups_pad_to_about_half():
+    # the quickstart's data: Rotten Tomatoes training reviews through the embedded MiniLM tokenizer, batches of 32
+    from transformers import AutoTokenizer
+
+    from hf_bigsmall import assets
+    from hf_bigsmall.tasks.text_classification import load_classification_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(assets.minilm_path())
+    train = load_classification_dataset(tokenizer, assets.ROTTEN_TOMATOES, max_length=64)["train"]
+    lengths = [len(ids) for ids in train["input_ids"]]
+    generator = torch.Generator().manual_seed(0)
+    grouped = length_grouped_batches(lengths, 32, generator=generator)
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    random_batches = [order[start:start + 32] for start in range(0, len(order), 32)]
+    assert len(lengths) > 3000
+    assert _padded(grouped, lengths) < 0.6 * _padded(random_batches, lengths)
+    assert sum(lengths) / _padded(grouped, lengths) > 0.9

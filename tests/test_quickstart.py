@@ -147,6 +147,29 @@ def test_quickstart_fast_writes_a_complete_folder(quickstart_output):
 
 @requires_minilm
 @requires_scattertext
+def test_students_train_on_length_grouped_batches_and_the_teacher_on_random_ones(quickstart_output):
+    # the Trainer saves the arguments it trained with beside the weights
+    def arguments(name):
+        return torch.load(quickstart_output / name / "training_args.bin", weights_only=False)
+
+    for name in ("student", "student-pruned"):
+        assert arguments(name).train_sampling_strategy == "group_by_length" and arguments(name).shuffle_length_groups
+    assert arguments("teacher").train_sampling_strategy == "random"
+
+
+def test_no_group_by_length_trains_the_students_on_random_batches(tmp_path):
+    from transformers import HfArgumentParser
+
+    from hf_bigsmall.quickstart import QuickstartArguments, _training_arguments
+
+    for argv, expected, shuffled in (([], "group_by_length", True), (["--no_group_by_length"], "random", False)):
+        (args,) = HfArgumentParser(QuickstartArguments).parse_args_into_dataclasses(argv)
+        arguments = _training_arguments(args, tmp_path, 10)
+        assert (arguments["train_sampling_strategy"], arguments["shuffle_length_groups"]) == (expected, shuffled)
+
+
+@requires_minilm
+@requires_scattertext
 def test_quickstart_quantizes_the_trimmed_student_and_the_teacher(quickstart_output):
     from pathlib import Path
 

@@ -8,11 +8,12 @@ Every part reads the quickstart's real data: the 3,892 Rotten Tomatoes training 
 embedded MiniLM teacher (`max_length` 64, the quickstart's), batches of 32.
 
 `padding` counts, for one epoch, the real tokens over the tokens a batch pads to, with the rows drawn at
-random (`train_sampling_strategy="random"`, the `Trainer`'s default) and grouped by length
-(`"group_by_length"`). It measures nothing noisy: it is the share of each step's work that is not padding.
+random (`train_sampling_strategy="random"`, the `Trainer`'s default), grouped by length (`"group_by_length"`)
+and in shuffled length groups (`shuffle_length_groups=True`, the quickstart's students). It measures nothing noisy: it is the share of each step's work that is not padding.
 
 `training` times, interleaved (random, grouped, grouped, random, ...), `--steps` training steps of the
-quickstart's 3-layer student (made from the teacher) under each strategy, and gives seconds per step as
+quickstart's 3-layer student (made from the teacher) under each strategy (the `Trainer`'s grouping: its padding
+is that of the shuffled groups, which only order the same batches otherwise), and gives seconds per step as
 medians and as the median of per-round ratios.
 
 `labelling` times the teacher-logit cache's pass over the training rows (`cache_teacher_logits`, batch 64)
@@ -75,15 +76,23 @@ def bench_padding(args) -> dict:
     tokenizer, data = _data(args.max_length)
     model = AutoModelForSequenceClassification.from_pretrained(assets.minilm_path(), num_labels=2)
     results = {}
-    for strategy in ("random", "group_by_length"):
-        batches = _batches(_trainer(strategy, model, data, tokenizer, args))
+    from hf_bigsmall.data import length_grouped_batches
+
+    lengths = [len(ids) for ids in data["train"]["input_ids"]]
+    torch.manual_seed(args.seed)
+    for strategy in ("random", "group_by_length", "shuffled groups"):
+        if strategy == "shuffled groups":  # DistillationConfig(shuffle_length_groups=True), the quickstart's
+            batches = [[lengths[index] for index in batch] for batch in length_grouped_batches(lengths, args.batch_size)]
+        else:
+            batches = _batches(_trainer(strategy, model, data, tokenizer, args))
         real = sum(sum(batch) for batch in batches)
         padded = sum(max(batch) * len(batch) for batch in batches)
         results[strategy] = {"batches": len(batches), "real_tokens": real, "padded_tokens": padded,
                              "efficiency": round(real / padded, 4)}
         print(f"{strategy:>16}: {len(batches)} batches, {real:,} tokens in {padded:,} padded ({real / padded:.1%})")
-    print(f"padded tokens, grouped / random: "
-          f"{results['group_by_length']['padded_tokens'] / results['random']['padded_tokens']:.3f}")
+    for strategy in ("group_by_length", "shuffled groups"):
+        print(f"padded tokens, {strategy} / random: "
+              f"{results[strategy]['padded_tokens'] / results['random']['padded_tokens']:.3f}")
     return results
 
 

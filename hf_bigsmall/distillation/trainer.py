@@ -96,6 +96,30 @@ def _scaler(num_items_in_batch: torch.Tensor | int | None):
     return scale
 
 
+def _row_lengths(dataset, length_column: str, processing_class=None) -> list[int] | None:
+    """Each row's length: its `length_column`, else the length of its model input (`input_ids`), read from the Arrow
+    table without decoding rows where it can; None when the dataset has neither."""
+    names = getattr(dataset, "column_names", None) or []
+    if length_column in names:
+        return [int(length) for length in dataset[length_column]]
+    input_names = getattr(processing_class, "model_input_names", None) or ["input_ids"]
+    column = input_names[0] if input_names[0] in names else "input_ids" if "input_ids" in names else None
+    if column is not None:
+        try:
+            import pyarrow.compute as pc
+
+            table = dataset.with_format("arrow")[:]  # the rows in their order, a select/shuffle view included
+            return pc.list_value_length(table[column]).to_pylist()
+        except Exception:  # noqa: BLE001 - an unusual storage: read the rows
+            return [len(ids) for ids in dataset[column]]
+    if names or not has_length(dataset):
+        return None
+    try:  # a map-style dataset of dicts
+        return [len(dataset[index]["input_ids"]) for index in range(len(dataset))]
+    except (KeyError, TypeError, IndexError):
+        return None
+
+
 class DistillationTrainer(BigSmallTrainerMixin, Trainer):
     r"""
     Trains a student on its task loss plus the soft targets of a frozen teacher (Hinton et al. 2015).
@@ -620,9 +644,10 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         """The Trainer's sampler, or with `shuffle_length_groups` batches of similar length in random order.
 
         The one override of the Trainer's sampler choice: `train_sampling_strategy="group_by_length"` with
-        `shuffle_length_groups=True` draws from `hf_bigsmall.data.ShuffledLengthGroupedSampler` (lengths from
-        `args.length_column_name` where the dataset has that column, else from its `input_ids`); anything else is
-        the Trainer's own choice.
+        `shuffle_length_groups=True` draws from `hf_bigsmall.data.ShuffledLengthGroupedSampler`, seeded with
+        `args.data_seed` (else `args.seed`), in groups of the rows of one optimizer step on all processes. Lengths
+        come from `args.length_column_name` where the training dataset has that column, else from the model's
+        first input (`input_ids`); anything else is the Trainer's own choice.
         """
         dataset = self.train_dataset if train_dataset is None else train_dataset
         if not (self.args.shuffle_length_groups and self.args.train_sampling_strategy == "group_by_length"
@@ -630,15 +655,17 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             return super()._get_train_sampler(train_dataset)
         from ..data.sampling import ShuffledLengthGroupedSampler
 
-        column = self.args.length_column_name
-        names = getattr(dataset, "column_names", None) or []
-        if column in names:
-            lengths = list(dataset[column])
-        elif "input_ids" in names:
-            lengths = [len(ids) for ids in dataset["input_ids"]]
-        else:  # a map-style dataset of dicts
-            lengths = [len(dataset[index]["input_ids"]) for index in range(len(dataset))]
-        return ShuffledLengthGroupedSampler(lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps)
+        # the dataset as given: the Trainer passes it here with the columns the model does not take removed
+        lengths = _row_lengths(self.train_dataset, self.args.length_column_name, self.processing_class)
+        if lengths is None or len(lengths) != len(dataset):
+            lengths = _row_lengths(dataset, self.args.length_column_name, self.processing_class)
+        if lengths is None:
+            raise ValueError("shuffle_length_groups needs each row's length: the training dataset has no "
+                             f"{self.args.length_column_name!r} column and no input_ids. Add a length column "
+                             "(length_column_name), or use train_sampling_strategy='random'.")
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        group = self.args.train_batch_size * self.args.gradient_accumulation_steps * max(1, self.args.world_size)
+        return ShuffledLengthGroupedSampler(lengths, group, seed=seed)
 
     # ------------------------------------------------------------------------------------------
     # distilling from a teacher-logit cache (teacher_model=None)

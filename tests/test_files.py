@@ -16,6 +16,7 @@ from hf_bigsmall.utils.files import (
     publish_dir,
     publishing,
     remove_leftovers,
+    restore_moved_aside,
 )
 from hf_bigsmall.utils.writers import machine_tag, writer_partial
 
@@ -51,26 +52,53 @@ def test_published_folder_replaces_the_old_one_only_when_complete(tmp_path):
     assert sorted(p.name for p in final.iterdir()) == [KIT_MARKER, "model.safetensors"]
 
 
-def test_an_old_folder_that_cannot_be_deleted_is_kept_and_the_new_one_is_published(tmp_path, monkeypatch, caplog):
-    # a read-only old folder (its files a user made read-only, or another user's): the new folder is in place, so
-    # the run succeeds and says where the old one was kept, instead of failing after the fact
+@pytest.mark.parametrize("refused", ["marker", "a file"])
+def test_an_old_folder_that_cannot_be_deleted_is_kept_and_the_new_one_is_published(tmp_path, monkeypatch, caplog,
+                                                                                   refused):
+    # an old folder this process may not change (another user's, a read-only folder): the new folder is in place, so
+    # the run succeeds and says where the old one was kept, instead of failing after the fact or keeping it silently
+    import shutil as shutil_module
+
+    from hf_bigsmall.utils import files
+
     final = tmp_path / "student"
     with publishing(final) as partial:
         (partial / "config.json").write_text("old")
-    unlink = Path.unlink
+        (partial / "model.bin").write_text("old weights")
+    if refused == "marker":
+        unlink = Path.unlink
 
-    def refuse_in_the_old_folder(self, *args, **kwargs):
-        if self.parent.name.endswith(".replaced"):
-            raise PermissionError(13, "Permission denied", str(self))
-        return unlink(self, *args, **kwargs)
+        def refuse(self, *args, **kwargs):
+            if self.parent.name.endswith(".replaced"):
+                raise PermissionError(13, "Permission denied", str(self))
+            return unlink(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "unlink", refuse_in_the_old_folder)
+        monkeypatch.setattr(Path, "unlink", refuse)
+    else:
+        rmtree = shutil_module.rmtree
+
+        def refuse(path, ignore_errors=False, onerror=None, **kwargs):
+            path = Path(path)
+            if path.name.endswith(".replaced"):  # everything goes but the weights, which it may not delete
+                for entry in path.iterdir():
+                    if entry.name != "model.bin":
+                        entry.unlink()
+                onerror(os.unlink, str(path / "model.bin"), (PermissionError, PermissionError(13, "denied"), None))
+                return None
+            return rmtree(path, ignore_errors=ignore_errors, onerror=onerror, **kwargs)
+
+        monkeypatch.setattr(files.shutil, "rmtree", refuse)
     with caplog.at_level("WARNING"), publishing(final) as partial:
         (partial / "config.json").write_text("new")
     assert (final / "config.json").read_text() == "new"
-    kept = [path for path in tmp_path.iterdir() if path.name.endswith(".replaced")]
-    assert len(kept) == 1 and (kept[0] / "config.json").read_text() == "old"
+    kept = [path for path in tmp_path.iterdir() if path.name.startswith(".student.")]
+    assert len(kept) == 1 and kept[0].name.endswith(".kept") and (kept[0] / "model.bin").read_text() == "old weights"
     assert str(kept[0]) in caplog.text
+    monkeypatch.undo()
+    # kept aside under its own name: never put back in the new folder's place, nor removed as a leftover
+    shutil_module.rmtree(final)
+    assert restore_moved_aside(final) is None and not final.exists()
+    assert remove_leftovers(final) == [] and kept[0].exists()
 
 
 def test_an_interrupted_replacement_never_leaves_the_folder_half_deleted(tmp_path, monkeypatch):

@@ -287,13 +287,32 @@ def _rename_into_place(source: Path, target: Path) -> bool:
 
 def _remove_moved_aside(replaced: Path) -> None:
     """Delete a folder `publish_dir` moved aside, its marker first: a removal stopped halfway leaves no folder that
-    looks whole and would be put back (`restore_moved_aside`)."""
+    looks whole and would be put back (`restore_moved_aside`).
+
+    What cannot be deleted (a folder or file this process may not change) is kept, under a name no later run takes
+    for a leftover to put back or remove (`.<name>.<writer>.kept`), with a warning naming it: the new folder is in
+    place all the same.
+    """
+    errors: list[str] = []
+
+    def note(function, path, error) -> None:  # shutil.rmtree's onerror: go on, and say what stayed
+        errors.append(f"{path}: {error[1] if isinstance(error, tuple) else error}")
+
     try:
-        (replaced / KIT_MARKER).unlink(missing_ok=True)
-        shutil.rmtree(replaced, ignore_errors=True)
-    except OSError as error:  # a folder this process may not change: the new one is in place all the same
-        logger.warning("The old folder, replaced by the new one, could not be deleted and was kept at %s (%s): "
-                       "delete it yourself.", replaced, error)
+        try:
+            (replaced / KIT_MARKER).unlink(missing_ok=True)
+        except OSError as error:
+            errors.append(f"{replaced / KIT_MARKER}: {error}")
+        else:
+            shutil.rmtree(replaced, onerror=note)
+        if errors and replaced.exists():
+            kept = replaced.with_name(replaced.name[: -len(REPLACED_SUFFIX)] + ".kept")
+            try:
+                replaced.rename(kept)
+            except OSError:
+                kept = replaced
+            logger.warning("The old folder, replaced by the new one, could not be deleted and was kept at %s (%s): "
+                           "delete it yourself.", kept, "; ".join(errors[:3]))
     finally:
         release_writer(replaced)  # interrupted, it is a leftover the next write of its target removes
 

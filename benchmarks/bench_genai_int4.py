@@ -88,7 +88,7 @@ def main() -> None:
             if _reuse.is_current(target, source, settings):
                 print(f"{variant}: reusing {target} (made from {source} as it is now, with these settings)",
                       file=sys.stderr, flush=True)
-            else:  # missing, or made from another folder, other weights, settings or kit version: made again
+            else:  # missing, or made from another folder, other weights, settings, kit code or engine version: made again
                 _reuse.forget(target)
                 started = time.process_time()
                 export_genai(source, target, scheme, builder_options=options,

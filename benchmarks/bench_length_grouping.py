@@ -12,9 +12,9 @@ random (`train_sampling_strategy="random"`, the `Trainer`'s default), grouped by
 and in shuffled length groups (`shuffle_length_groups=True`, the quickstart's students). It measures nothing noisy: it is the share of each step's work that is not padding.
 
 `training` times, interleaved (random, grouped, grouped, random, ...), `--steps` training steps of the
-quickstart's 3-layer student (made from the teacher) under each strategy (the `Trainer`'s grouping: its padding
-is that of the shuffled groups, which only order the same batches otherwise), and gives seconds per step as
-medians and as the median of per-round ratios.
+quickstart's 3-layer student (made from the teacher) on random batches and on shuffled length groups (the
+quickstart's), and gives seconds per step as medians and as the median of per-round ratios. (The `Trainer`'s own
+grouping would put its longest batches first: the first steps of an epoch would overstate a grouped step's cost.)
 
 `labelling` times the teacher-logit cache's pass over the training rows (`cache_teacher_logits`, batch 64)
 by this copy of the package and by another one (`--before`, the `hf_bigsmall` folder of an older
@@ -59,13 +59,25 @@ def _batches(trainer) -> list[list[int]]:
 
 
 def _trainer(strategy: str, model, data, tokenizer, args, steps: int = 1):
+    """A plain `Trainer` drawing batches as `strategy` says: "random", "group_by_length" (the Trainer's own) or
+    "shuffled groups" (`ShuffledLengthGroupedSampler`, which `DistillationConfig(shuffle_length_groups=True)` uses)."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from hf_bigsmall.data import ShuffledLengthGroupedSampler
+
+    class _Trainer(Trainer):  # the benchmark's own: the quickstart's students draw through DistillationTrainer
+        def _get_train_sampler(self, train_dataset=None):
+            if strategy != "shuffled groups":
+                return super()._get_train_sampler(train_dataset)
+            return ShuffledLengthGroupedSampler([len(ids) for ids in data["train"]["input_ids"]],
+                                                self.args.train_batch_size, seed=args.seed)
 
     arguments = TrainingArguments(output_dir=str(WORK / "trainer"), report_to="none", use_cpu=True, seed=args.seed,
                                   per_device_train_batch_size=args.batch_size, max_steps=steps, save_strategy="no",
-                                  learning_rate=1e-4, disable_tqdm=True, train_sampling_strategy=strategy)
-    return Trainer(model=model, args=arguments, train_dataset=data["train"],
-                   data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+                                  learning_rate=1e-4, disable_tqdm=True,
+                                  train_sampling_strategy="group_by_length" if strategy != "random" else "random")
+    return _Trainer(model=model, args=arguments, train_dataset=data["train"],
+                    data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
 
 
 def bench_padding(args) -> dict:
@@ -76,15 +88,8 @@ def bench_padding(args) -> dict:
     tokenizer, data = _data(args.max_length)
     model = AutoModelForSequenceClassification.from_pretrained(assets.minilm_path(), num_labels=2)
     results = {}
-    from hf_bigsmall.data import length_grouped_batches
-
-    lengths = [len(ids) for ids in data["train"]["input_ids"]]
-    torch.manual_seed(args.seed)
     for strategy in ("random", "group_by_length", "shuffled groups"):
-        if strategy == "shuffled groups":  # DistillationConfig(shuffle_length_groups=True), the quickstart's
-            batches = [[lengths[index] for index in batch] for batch in length_grouped_batches(lengths, args.batch_size)]
-        else:
-            batches = _batches(_trainer(strategy, model, data, tokenizer, args))
+        batches = _batches(_trainer(strategy, model, data, tokenizer, args))
         real = sum(sum(batch) for batch in batches)
         padded = sum(max(batch) * len(batch) for batch in batches)
         results[strategy] = {"batches": len(batches), "real_tokens": real, "padded_tokens": padded,
@@ -105,9 +110,9 @@ def bench_training(args) -> dict:
     tokenizer, data = _data(args.max_length)
     teacher = AutoModelForSequenceClassification.from_pretrained(assets.minilm_path(), num_labels=2)
     student = make_student(teacher, num_layers=3)
-    seconds: dict[str, list[float]] = {"random": [], "group_by_length": []}
+    seconds: dict[str, list[float]] = {"random": [], "shuffled groups": []}
     for round_index in range(args.rounds):
-        order = ["random", "group_by_length"] if round_index % 2 == 0 else ["group_by_length", "random"]
+        order = ["random", "shuffled groups"] if round_index % 2 == 0 else ["shuffled groups", "random"]
         for strategy in order:
             copy = type(student)(student.config)
             copy.load_state_dict(student.state_dict())
@@ -116,9 +121,9 @@ def bench_training(args) -> dict:
             trainer.train()
             seconds[strategy].append((time.perf_counter() - start) / args.steps)
             print(f"round {round_index + 1} {strategy:>16}: {seconds[strategy][-1]:.3f} s/step", flush=True)
-    ratios = [grouped / plain for grouped, plain in zip(seconds["group_by_length"], seconds["random"])]
+    ratios = [grouped / plain for grouped, plain in zip(seconds["shuffled groups"], seconds["random"])]
     summary = {strategy: statistics.median(values) for strategy, values in seconds.items()}
-    print(f"median s/step: random {summary['random']:.3f}, grouped {summary['group_by_length']:.3f}; "
+    print(f"median s/step: random {summary['random']:.3f}, grouped {summary['shuffled groups']:.3f}; "
           f"grouped / random per round {[round(r, 3) for r in ratios]} (median {statistics.median(ratios):.3f})")
     return {"seconds_per_step": seconds, "median": summary, "ratios": ratios}
 

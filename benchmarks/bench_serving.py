@@ -9,7 +9,7 @@ keep) and each engine, it reports the size on disk, held-out perplexity on `--bl
 128-token blocks of the embedded news corpus (from each engine's own logits, same tokens), and at batch 1
 the prefill latency of a `--prompt_tokens` prompt and the decode speed of `--new_tokens` greedy tokens.
 An export already in `--work_dir` is reused only when made from the same model folder as it is now, with the same
-settings and kit version (`benchmarks/_reuse.py`); otherwise it is made again. Every measurement runs in its own process (no engine warms another's caches), rounds are interleaved
+settings, kit code and engine versions (`benchmarks/_reuse.py`); otherwise it is made again. Every measurement runs in its own process (no engine warms another's caches), rounds are interleaved
 (round 1 of every engine and thread count, then round 2, ...), and medians over rounds are reported.
 An engine spec `genai:int4:block_size=128:accuracy_level=1` passes builder settings to the export;
 `gguf:<method>` exports with `export_gguf` (`f32`, `q8_0`, `int4` = Q4_K_M where the widths allow it,
@@ -172,7 +172,7 @@ def main() -> None:
             if _reuse.is_current(target, source, settings):
                 print(f"{name} {engine}: reusing {target} (made from {source} as it is now, with these settings)",
                       file=sys.stderr, flush=True)
-            else:  # missing, or made from another folder, other weights, settings or kit version: made again
+            else:  # missing, or made from another folder, other weights, settings, kit code or engine version: made again
                 _reuse.forget(target)
                 try:
                     if family == "gguf":

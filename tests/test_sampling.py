@@ -163,6 +163,8 @@ def test_two_processes_share_every_epoch_between_them(tmp_path):
     run_accelerate(REPO_ROOT / "tests" / "scripts" / "shuffled_groups_ddp.py", str(output), timeout=300)
     result = json.loads(output.read_text())
     assert result["world_size"] == 2
+    # resumed 3 steps into the second epoch, each process trains on the batches the whole run did
+    assert result["resumed_as_whole"] == [True, True]
     for rows in result["epochs"]:  # every row once per epoch, on one process or the other
         assert sorted(rows) == list(range(64))
     # each step's rows on both processes come from one length group, never from two: fewer than half the range
@@ -178,5 +180,7 @@ def test_row_lengths_follow_a_shuffled_view_and_prefer_the_length_column():
     assert _row_lengths(view, "length") == [len(ids) for ids in view["input_ids"]] != lengths[:20]
     assert _row_lengths(data.with_format("numpy"), "length") == lengths
     declared = data.add_column("length", [7] * 50)
+    assert _row_lengths(declared, "length") == [7] * 50
+    declared.set_format("torch", columns=["input_ids"])  # a format that leaves the length column out
     assert _row_lengths(declared, "length") == [7] * 50
     assert _row_lengths(Dataset.from_dict({"text": ["a"]}), "length") is None

@@ -68,9 +68,10 @@ def length_grouped_batches(lengths: Sequence[int], batch_size: int, window_batch
 
 class ShuffledLengthGroupedSampler(Sampler[int]):
     """Yields row indices so that every `batch_size` consecutive ones form a batch of similar lengths, the
-    batches in random order (see `length_grouped_batches`).
+    batches in random order (see `length_grouped_batches`). Iterating it yourself, call `set_epoch` at each epoch
+    for a new order.
 
-    Each epoch's order is drawn from a generator of its own seeded with `seed + epoch` (`set_epoch`, which the
+    Each epoch's order is drawn from a generator of its own seeded from `seed` and the epoch (`set_epoch`, which the
     `Trainer` and `accelerate` call at each epoch), never from torch's global random state: every process of a
     distributed run draws the same order and takes its own share of it, and a run resumed from a checkpoint
     draws the order the interrupted run was in.
@@ -108,6 +109,7 @@ class ShuffledLengthGroupedSampler(Sampler[int]):
         return len(self.lengths)
 
     def __iter__(self) -> Iterator[int]:
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        # seed and epoch mixed, not added: seed s in epoch e + 1 draws another order than seed s + 1 in epoch e
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         batches = length_grouped_batches(self.lengths, self.batch_size, self.window_batches, generator)
         return iter([index for batch in batches for index in batch])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import MutableMapping
 from contextlib import nullcontext
@@ -100,8 +101,9 @@ def _row_lengths(dataset, length_column: str, processing_class=None) -> list[int
     """Each row's length: its `length_column`, else the length of its model input (`input_ids`), read from the Arrow
     table without decoding rows where it can; None when the dataset has neither."""
     names = getattr(dataset, "column_names", None) or []
-    if length_column in names:
-        return [int(length) for length in dataset[length_column]]
+    if length_column in names:  # read past a format that leaves the column out (set_format(columns=[...]))
+        column = dataset.with_format(None)[length_column] if hasattr(dataset, "with_format") else dataset[length_column]
+        return [int(length) for length in column]
     input_names = getattr(processing_class, "model_input_names", None) or ["input_ids"]
     column = input_names[0] if input_names[0] in names else "input_ids" if "input_ids" in names else None
     if column is not None:
@@ -115,7 +117,7 @@ def _row_lengths(dataset, length_column: str, processing_class=None) -> list[int
     if names or not has_length(dataset):
         return None
     try:  # a map-style dataset of dicts
-        return [len(dataset[index]["input_ids"]) for index in range(len(dataset))]
+        return [len(dataset[index][input_names[0]]) for index in range(len(dataset))]
     except (KeyError, TypeError, IndexError):
         return None
 
@@ -199,6 +201,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
             check_teacher_student(teacher_model, model)
 
         self.layer_map: list[int] | None = None
+        self._length_groups_sampler = None  # set by _get_train_sampler with shuffle_length_groups
         if teacher_model is not None and (args.layer_map is not None or args.alpha_hidden > 0 or args.alpha_attention > 0):
             self.layer_map = args.layer_map or default_layer_map(model, teacher_model.config.num_hidden_layers)
             check_layer_map(self.layer_map, model, teacher_model)
@@ -665,7 +668,22 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                              "(length_column_name), or use train_sampling_strategy='random'.")
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         group = self.args.train_batch_size * self.args.gradient_accumulation_steps * max(1, self.args.world_size)
-        return ShuffledLengthGroupedSampler(lengths, group, seed=seed)
+        self._length_groups_sampler = ShuffledLengthGroupedSampler(lengths, group, seed=seed)
+        return self._length_groups_sampler
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """The Trainer's loader that skips the batches a resumed run already trained on, with shuffle_length_groups
+        first putting the sampler at the epoch the run resumes in.
+
+        The Trainer's `set_epoch` does not reach the sampler through accelerate's skipping wrapper when several
+        processes train, so a resumed run would draw the first epoch's order and skip the wrong batches.
+        """
+        sampler = self._length_groups_sampler
+        if sampler is not None and has_length(dataloader):
+            # the epoch the Trainer resumes in, from the same count it uses (`Trainer.set_initial_training_values`)
+            steps_per_epoch = max(math.ceil(len(dataloader) / self.args.gradient_accumulation_steps), 1)
+            sampler.set_epoch(self.state.global_step // steps_per_epoch)
+        return super().get_resumed_dataloader(dataloader, num_batches)
 
     # ------------------------------------------------------------------------------------------
     # distilling from a teacher-logit cache (teacher_model=None)

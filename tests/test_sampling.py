@@ -5,7 +5,7 @@ from transformers import BertForSequenceClassification
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, make_student
 from hf_bigsmall.data import ShuffledLengthGroupedSampler, length_grouped_batches
-from tests.testing_utils import requires_minilm, requires_scattertext, tiny_bert_config
+from tests.testing_utils import pad_rows, requires_minilm, requires_scattertext, tiny_bert_config
 
 
 def _lengths(count=200, seed=0):
@@ -90,14 +90,8 @@ def _train_and_record(tmp_path, resume=None, **sampling):
     seen = []
 
     def collate(features):
-        width = max(len(feature["input_ids"]) for feature in features)
         seen.append(sorted((len(feature["input_ids"]), feature["input_ids"][0] - 5) for feature in features))
-        ids = torch.zeros(len(features), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, feature in enumerate(features):
-            ids[row, :len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
-            mask[row, :len(feature["input_ids"])] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["labels"] for f in features])}
+        return pad_rows(features)
 
     settings = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=12, report_to="none",
                     use_cpu=True, save_strategy="no", seed=0, learning_rate=1e-4)

@@ -173,3 +173,16 @@ class GradientRecorder(TrainerCallback):
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         if self.gradients is None:
             self.gradients = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def pad_rows(features: list[dict]) -> dict:
+    """Right-pad rows of `input_ids` and integer `labels` into a batch with its attention mask (a test collator)."""
+    import torch
+
+    width = max(len(feature["input_ids"]) for feature in features)
+    ids = torch.zeros(len(features), width, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, feature in enumerate(features):
+        ids[row, :len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
+        mask[row, :len(feature["input_ids"])] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["labels"] for f in features])}

@@ -15,7 +15,7 @@ from datasets import Dataset
 from transformers import BertForSequenceClassification, set_seed
 
 from hf_bigsmall import DistillationConfig, DistillationTrainer, make_student
-from tests.testing_utils import exit_launched_rank, tiny_bert_config
+from tests.testing_utils import exit_launched_rank, pad_rows, tiny_bert_config
 
 ROWS, PER_DEVICE, EPOCHS = 64, 4, 3
 
@@ -28,13 +28,7 @@ def train(output: str, data: Dataset, seen: list, max_steps: int, save_steps: in
 
     def collate(features):
         seen.append([feature["input_ids"][0] - 5 for feature in features])
-        width = max(len(feature["input_ids"]) for feature in features)
-        ids = torch.zeros(len(features), width, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, feature in enumerate(features):
-            ids[row, :len(feature["input_ids"])] = torch.tensor(feature["input_ids"])
-            mask[row, :len(feature["input_ids"])] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([f["labels"] for f in features])}
+        return pad_rows(features)
 
     args = DistillationConfig(output_dir=output, per_device_train_batch_size=PER_DEVICE, max_steps=max_steps,
                               report_to="none", save_strategy="steps" if save_steps else "no", save_steps=save_steps or 500,

@@ -251,7 +251,7 @@ def test_a_quantized_export_the_builder_converts_wrongly_is_refused_and_leaves_n
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config(hidden_size=64, head_dim=16, intermediate_size=128,
+    model = LlamaForCausalLM(tiny_llama_config(hidden_size=64, head_dim=16, intermediate_size=64, num_hidden_layers=2,
                                                initializer_range=0.2)).eval()
     source = _save(model, tmp_path / "model")
     for scheme in ("fp32", "int8"):
@@ -268,6 +268,26 @@ def test_int4_is_symmetric_where_a_row_holds_an_odd_number_of_blocks(tiny_export
     assert "symmetric, round-to-nearest" in quantization_of(folder)["scheme"]
     bits, zero_points = _int4_graph(folder)
     assert bits.pop("/lm_head/MatMul_Q8") == 8 and not zero_points
+
+
+def test_a_block_size_among_builder_options_decides_symmetry_before_the_builder_runs(tmp_path):
+    # hidden 64: two blocks of 32 per row (asymmetric builds) but one block of 64, which must go symmetric; the
+    # block size passed as a builder option used to be ignored here and the builder crashed on the packing
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(tiny_llama_config(hidden_size=64, head_dim=16, intermediate_size=64, num_hidden_layers=2,
+                                               initializer_range=0.2)).eval()
+    source = _save(model, tmp_path / "model")
+    folder = export_genai(source, tmp_path / "int4-64", "int4", builder_options={"block_size": "64"})
+    record = quantization_of(folder)["builder_options"]
+    assert (record["block_size"], record["is_symmetric"]) == ("64", "true")
+    assert quantization_of(export_genai(source, tmp_path / "int4-32", "int4"))["builder_options"]["is_symmetric"] == "false"
+    for options, message in (({"block_size": 64, "is_symmetric": "false"}, "odd number of blocks"),
+                             ({"block_size": "48"}, "power of two")):
+        with pytest.raises(ValueError, match=message):
+            export_genai(source, tmp_path / "refused", "int4", builder_options=options)
+    assert not (tmp_path / "refused").exists()
 
 
 def test_compare_models_measures_the_engine_like_a_torch_model(tiny_export, tmp_path):

@@ -268,12 +268,31 @@ def _int4_options(config, block_size: int) -> dict[str, str]:
     row boundaries, so a row of an odd number of blocks (a width of 32 or 96 with blocks of 32) fails to
     build asymmetric; symmetric blocks have no zero points.
     """
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    widths = (config.hidden_size, config.intermediate_size, config.num_attention_heads * head_dim)
     options = dict(INT4_BUILDER_OPTIONS)
-    if any(math.ceil(width / block_size) % 2 for width in widths):
+    if _odd_rows(config, block_size):
         options["is_symmetric"] = "true"
     return options
+
+
+def _row_widths(config) -> tuple[int, int, int]:
+    """Input widths of the decoder's matrices: hidden (q, k, v, gate, up), FFN (down), heads x head size (o)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return config.hidden_size, config.intermediate_size, config.num_attention_heads * head_dim
+
+
+def _odd_rows(config, block_size: int) -> bool:
+    return any(math.ceil(width / block_size) % 2 for width in _row_widths(config))
+
+
+def _block_size(value: Any) -> int:
+    """A builder block size as an int: a power of two of at least 16, as MatMulNBits takes."""
+    try:
+        size = int(str(value))
+    except ValueError:
+        size = 0
+    if size < 16 or size & (size - 1):
+        raise ValueError(f"block_size must be a power of two of at least 16 (16, 32, 64, 128...), got {value!r}.")
+    return size
 
 
 @contextlib.contextmanager
@@ -433,8 +452,15 @@ def export_genai(
                                       getattr(config, "max_position_embeddings", None))
     extra_options = {} if scheme == "fp32" else {"block_size": block_size, "accuracy_level": accuracy_level}
     if scheme == "int4":
-        extra_options.update(_int4_options(config, block_size))
+        # the block size the builder will use: a `block_size` among builder_options wins over the argument
+        blocks = _block_size((builder_options or {}).get("block_size", block_size))
+        extra_options.update(_int4_options(config, blocks))
     extra_options.update(builder_options or {})
+    if scheme == "int4" and str(extra_options.get("is_symmetric")).lower() == "false" and _odd_rows(config, blocks):
+        raise ValueError(f"is_symmetric=false cannot be built with blocks of {blocks}: some matrix rows of {model_dir} "
+                         f"hold an odd number of blocks (widths {_row_widths(config)}), whose 4-bit zero points ONNX "
+                         "Runtime cannot pack. Leave is_symmetric out (symmetric is then chosen) or pick a block size "
+                         "that divides every width an even number of times.")
     if _int8_projections(extra_options) and scheme != "int4":
         raise ValueError(f"int8_projections applies to the int4 scheme only, got scheme={scheme!r}: drop it from "
                          "builder_options, or export int4.")

@@ -55,6 +55,9 @@ SERVING_BACKENDS = ("onnxruntime-genai", "gguf")
 _ENGINE_MODULES = {"gguf": (("gguf", "llama_cpp"), "llamacpp"),
                    "onnxruntime-genai": (("onnxruntime_genai", "onnx_ir"), "genai")}
 SERVED_METHODS = ("int8", "int4")
+# training blocks that calibrate the served int4 models with --calibrate_int4 (GPTQ), as `quantize
+# --calibration_dataset` takes by default (BENCHMARKS.md, "GPTQ-calibrated GenAI int4")
+INT4_CALIBRATION_BLOCKS = 32
 SERVED_MODELS = ("teacher", "student")  # the original teacher: quantizing it is what a user would do instead
 
 # (calibration samples, healing steps, batch size, evaluation articles, latency samples)
@@ -129,6 +132,12 @@ class CausalLMQuickstartArguments:
                 "MatMulNBits; `pip install \"hf-bigsmall[genai]\"`) or else llama.cpp (GGUF Q8_0 and Q4_K_M or "
                 "Q4_0; `pip install \"hf-bigsmall[llamacpp]\"`), measured beside the PyTorch models. "
                 "--no_quantize leaves them out."})
+    calibrate_int4: bool = field(default=False, metadata={
+        "help": "Quantize the 4-bit matrices of teacher-int4 and student-int4 by GPTQ, calibrated on the first "
+                f"{INT4_CALIBRATION_BLOCKS} training blocks, instead of round-to-nearest (ONNX Runtime GenAI only): "
+                "x1.03 of fp32 perplexity instead of x1.09 on SmolLM2 and its student, same size and speed, for 20 to 45 s "
+                "of CPU per model (BENCHMARKS.md, 'Every qkv and down projection in int8'). Off by default to keep the "
+                "run within 10 minutes."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
     def __post_init__(self):
@@ -168,6 +177,9 @@ class CausalLMQuickstartArguments:
                              f"{self.correct_teacher_learning_rate}.")
         if self.student_layers is not None and self.student_layers < 1:
             raise ValueError(f"student_layers={self.student_layers} would remove every layer: keep at least 1.")
+        if self.calibrate_int4 and not self.quantize:
+            raise ValueError("--calibrate_int4 calibrates the served int4 models, which --no_quantize leaves out: drop "
+                             "one of the two.")
 
 
 def tiny_random_llama(tokenizer):
@@ -297,10 +309,11 @@ def served_names() -> list[str]:
     return [f"{name}-{method}" for method in SERVED_METHODS for name in SERVED_MODELS]
 
 
-def _serve(sources: dict[str, Path], output_dir: Path,
-           backend: str | None = None) -> tuple[dict[str, Path], str | None]:
+def _serve(sources: dict[str, Path], output_dir: Path, backend: str | None = None,
+           calibration=None) -> tuple[dict[str, Path], str | None]:
     """Serve every model of `sources` at every `SERVED_METHODS` precision with `backend` (default:
-    `serving_backend()`, the fastest engine installed).
+    `serving_backend()`, the fastest engine installed); `calibration` (token-id blocks) calibrates the int4
+    builds by GPTQ (ONNX Runtime GenAI only).
 
     Returns the folders written, by name, and why nothing was served (None when all were). Every source
     is checked before the first build, so a model the engine cannot take (a GPT-2 teacher, heads of a
@@ -314,6 +327,9 @@ def _serve(sources: dict[str, Path], output_dir: Path,
         return {}, ("no serving engine is installed: `pip install \"hf-bigsmall[genai]\"` (ONNX Runtime GenAI, the "
                     "fastest measured; Python 3.11+) or `pip install \"hf-bigsmall[llamacpp]\"` (llama.cpp; builds "
                     "from source).")
+    if calibration is not None and backend != "onnxruntime-genai":
+        raise ValueError(f"GPTQ calibration of the int4 builds needs ONNX Runtime GenAI, but {backend} serves here: "
+                         "`pip install \"hf-bigsmall[genai]\"` or drop --calibrate_int4.")
     targets = {f"{name}-{method}": (source, method) for method in SERVED_METHODS for name, source in sources.items()}
     for name in targets:  # a folder of the user's in the way is an error, never a reason to skip serving
         check_served_folder(output_dir / name)
@@ -322,7 +338,8 @@ def _serve(sources: dict[str, Path], output_dir: Path,
             _check_servable(backend, source, output_dir / name, method)
     except (ImportError, ValueError) as error:
         return {}, str(error)
-    return {name: quantize(source, output_dir / name, method=method, backend=backend)
+    return {name: quantize(source, output_dir / name, method=method, backend=backend,
+                           **({"calibration": calibration} if calibration is not None and method == "int4" else {}))
             for name, (source, method) in targets.items()}, None
 
 
@@ -395,6 +412,10 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
           f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
 
     check_output_dir(output_dir, "causal-lm")
+    if args.calibrate_int4 and serving_backend() != "onnxruntime-genai":
+        raise ValueError("--calibrate_int4 calibrates ONNX Runtime GenAI's int4 builds, and "
+                         f"{serving_backend() or 'no engine'} would serve here: `pip install \"hf-bigsmall[genai]\"` "
+                         "(Python 3.11+) or drop --calibrate_int4.")
     for name in served_names():  # replaced or removed by the serving stage, after the training: checked now
         check_served_folder(output_dir / name)
     start = stage(f"Teacher and data: {args.teacher}, {args.dataset} in blocks of {args.block_size} tokens")
@@ -506,10 +527,13 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
         engine = {"gguf": "llama.cpp (GGUF)", "onnxruntime-genai": "ONNX Runtime GenAI"}.get(backend, "no engine")
         start = stage(f"Serve the teacher and the student with {engine}, the fastest engine installed "
                       f"({', '.join(SERVING_BACKENDS)} in order), {' and '.join(SERVED_METHODS)}, built from their "
-                      "saved folders")
+                      "saved folders" + (", int4 calibrated by GPTQ on training blocks" if args.calibrate_int4 else ""))
         del trainer, teacher
         gc.collect()  # the healing's teacher and optimizer state: the builds load each model again
-        served, why_not = _serve({"teacher": teacher_dir, "student": student_dir}, output_dir, backend)
+        calibration = None
+        if args.calibrate_int4:  # training blocks, never the held-out ones the report scores
+            calibration = dataset["train"].select(range(min(INT4_CALIBRATION_BLOCKS, len(dataset["train"]))))["input_ids"]
+        served, why_not = _serve({"teacher": teacher_dir, "student": student_dir}, output_dir, backend, calibration)
         if why_not:
             echo(f"      not served: {why_not}")
         _done(start, output_dir / served_names()[-1] if served else output_dir)

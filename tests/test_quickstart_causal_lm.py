@@ -196,6 +196,7 @@ def test_causal_lm_quickstart_corrects_the_teacher_first(tmp_path):
         (["--intermediate_size", "0"], "every neuron"),
         (["--num_attention_heads", "1"], "every query head of a group"),
         (["--student_layers", "9"], "more than the teacher"),
+        (["--calibrate_int4", "--no_quantize"], "which --no_quantize leaves out"),
     ],
 )
 @requires_smollm2
@@ -329,6 +330,44 @@ def test_the_fastest_installed_engine_serves(tmp_path, monkeypatch, installed, c
         served, why_not = quickstart_causal_lm._serve({"teacher": tmp_path / "teacher"}, tmp_path / "out")
         assert served == {} and "hf-bigsmall[llamacpp]" in why_not and "hf-bigsmall[genai]" in why_not
         assert not (tmp_path / "out").exists()
+
+
+@requires_smollm2
+@pytest.mark.parametrize("engine", ["gguf", None])
+def test_calibrate_int4_without_genai_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys, engine):
+    from hf_bigsmall import quickstart_causal_lm
+
+    monkeypatch.setattr(quickstart_causal_lm, "serving_backend", lambda: engine)
+    out = tmp_path / "out"
+    assert _tiny(out, "--calibrate_int4") == 2
+    assert f"{engine or 'no engine'} would serve here" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@requires_smollm2
+@requires_genai
+def test_calibrate_int4_calibrates_the_int4_builds_only_on_the_blocks_given(tmp_path):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from hf_bigsmall import assets
+    from hf_bigsmall.quantization import quantization_of
+    from hf_bigsmall.quickstart_causal_lm import _serve
+
+    tokenizer = AutoTokenizer.from_pretrained(assets.smollm2_path())
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, initializer_range=0.2)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    blocks = torch.randint(1, len(tokenizer), (4, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    served, why_not = _serve({"teacher": tmp_path / "teacher"}, tmp_path / "out", "onnxruntime-genai", blocks)
+    assert why_not is None and sorted(served) == ["teacher-int4", "teacher-int8"]
+    record = quantization_of(served["teacher-int4"])
+    assert record["calibration"]["matrices"] and "calibrated" in record["scheme"]
+    assert "calibration" not in quantization_of(served["teacher-int8"])
+    with pytest.raises(ValueError, match="needs ONNX Runtime GenAI, but gguf serves here"):
+        _serve({"teacher": tmp_path / "teacher"}, tmp_path / "gguf", "gguf", blocks)
 
 
 @requires_smollm2

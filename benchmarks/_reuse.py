@@ -22,7 +22,9 @@ def _record_path(target: Path) -> Path:
 
 
 # the libraries an export's bytes depend on, beside the kit's own code
-_LIBRARIES = ("transformers", "torch", "onnx", "onnxruntime", "onnxruntime-genai", "onnx-ir", "gguf", "llama-cpp-python")
+# (the GPU builds of the engines install under their own distribution names)
+_LIBRARIES = ("transformers", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxruntime-genai",
+              "onnxruntime-genai-cuda", "onnx-ir", "gguf", "llama-cpp-python", "torchao")
 
 
 def _kit_code() -> str:

@@ -91,6 +91,43 @@ def test_damaged_masks_on_resume_name_the_file_and_the_fix(tmp_path, damage, mes
     assert masks_file.read_bytes() == damaged and not (tmp_path / "checkpoint-8").exists()
 
 
+def test_another_runs_masks_are_refused_on_resume_not_armed(tmp_path):
+    # a plain Trainer cannot see the folder train(resume_from_checkpoint=<path>) names and reads
+    # output_dir/checkpoint-<step>: there, another run's masks of the same shapes used to be armed silently
+    def run(output_dir, seed):
+        args = training_args(output_dir, max_steps=4, save_strategy="steps", save_steps=2)
+        return pruning_trainer(tiny_bert(seed), args, MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot"))
+
+    shared, other = tmp_path / "runs", tmp_path / "other"
+    run(shared, seed=0).train()
+    run(other, seed=1).train()
+    before = (shared / "checkpoint-2" / SPARSITY_MASKS_NAME).read_bytes()
+    with pytest.raises(ValueError, match="do not belong to the weights this run resumes") as error:
+        run(shared, seed=1).train(resume_from_checkpoint=str(other / "checkpoint-2"))
+    assert str(shared / "checkpoint-2") in str(error.value) and "resume_from_checkpoint" in str(error.value)
+    assert (shared / "checkpoint-2" / SPARSITY_MASKS_NAME).read_bytes() == before
+    # named in the arguments too, the right folder is read and the run resumes
+    args = training_args(shared, max_steps=4, save_strategy="steps", save_steps=2,
+                         resume_from_checkpoint=str(other / "checkpoint-2"))
+    callback = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot")
+    pruning_trainer(tiny_bert(1), args, callback).train(resume_from_checkpoint=str(other / "checkpoint-2"))
+    expected = load_file(str(other / "checkpoint-2" / SPARSITY_MASKS_NAME))
+    assert all(torch.equal(callback.masks[name].cpu(), mask) for name, mask in expected.items())
+
+
+@pytest.mark.parametrize("damage, message", [(_truncate, "truncated or corrupted"), (_wrong_shape, "do not fit this model")])
+def test_damaged_imp_rewind_weights_name_the_file_before_resuming(tmp_path, damage, message):
+    from hf_bigsmall.pruning.io import SPARSITY_REWIND_NAME, load_pruning_state
+
+    weights = {name: param.detach().clone() for name, param in tiny_bert().named_parameters()}
+    save_file(weights, str(tmp_path / SPARSITY_REWIND_NAME))
+    assert load_pruning_state(tmp_path, model=tiny_bert()).rewind_weights.keys() == weights.keys()
+    damage(tmp_path / SPARSITY_REWIND_NAME)
+    with pytest.raises(ValueError, match=message) as error:
+        load_pruning_state(tmp_path, model=tiny_bert())
+    assert SPARSITY_REWIND_NAME in str(error.value)
+
+
 def test_pruning_a_pruned_model_again_keeps_its_masks(tmp_path):
     first = MagnitudePruningCallback(target_sparsity=0.5, schedule="one_shot")
     model = tiny_bert()

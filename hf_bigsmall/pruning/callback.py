@@ -429,6 +429,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             self.pruning_state.last_pruned_step = stored["attributes"].get("last_pruned_step")
         folder = self._resumed_folder(args, state)
         saved = load_pruning_state(folder, model=model)
+        _check_masks_fit_weights(saved.masks, model, folder)
         self.pruning_state.masks = saved.masks
         if not saved.masks:
             logger.warning(f"No pruning masks in {folder}: reading them back from the exact zeros of the resumed weights.")
@@ -584,3 +585,29 @@ def _broadcast_from_main(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         torch.distributed.broadcast(as_bytes, src=0)
         synced[name] = as_bytes.bool()
     return synced
+
+
+@torch.no_grad()
+def _check_masks_fit_weights(masks: dict[str, torch.Tensor], model: nn.Module, folder: Path) -> None:
+    """Raise unless every weight the masks prune is zero in the resumed model.
+
+    A checkpoint's weights are saved with its masks applied, so masks that leave a pruned weight non-zero were
+    saved by another run (a plain Trainer cannot see the folder `train(resume_from_checkpoint=...)` was given and
+    reads `output_dir/checkpoint-{step}`): arming them would zero weights this run kept and let its pruned ones grow
+    back. Collective under FSDP2 (every process checks the same weights in the same order).
+    """
+    params = dict(model.named_parameters())
+    for name, mask in masks.items():
+        param = params[name]
+        if tuple(param.shape) != tuple(mask.shape):  # not held whole nor as an FSDP2 DTensor (e.g. ZeRO-3)
+            continue
+        alive = int(full_tensor(((param != 0) & shard_like(mask.to(param.device), param)).sum()))
+        if alive:
+            raise ValueError(
+                f"The pruning masks in {folder} do not belong to the weights this run resumes: {alive} weights of "
+                f"{name} they prune are not zero. A plain Trainer reads the masks of output_dir/checkpoint-<step> "
+                "when train(resume_from_checkpoint=...) names a folder elsewhere: pass that folder as "
+                "TrainingArguments(resume_from_checkpoint=...) too, or use a trainer with BigSmallTrainerMixin "
+                "(BigSmallTrainer, DistillationTrainer), which records it."
+            )
+

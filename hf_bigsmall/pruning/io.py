@@ -187,8 +187,34 @@ def load_pruning_state(directory: str | os.PathLike, model: nn.Module | None = N
         record=record,
         last_pruned_step=record.get("pruned_at_step"),
         imp_round=record.get("imp_round") or 0,
-        rewind_weights=load_tensors(rewind_file) if rewind_file.is_file() else None,
+        rewind_weights=load_rewind_weights(directory, model=model),
     )
+
+
+def load_rewind_weights(directory: str | os.PathLike, model: nn.Module | None = None) -> dict[str, torch.Tensor] | None:
+    """The IMP rewind weights saved in a folder (`None` if there are none), checked as [`load_masks`] checks masks:
+    a file that cannot be read, or (with `model`) names a parameter the model lacks or has another shape, raises a
+    `ValueError` naming it before anything changes, not at the next round's rewind."""
+    path = Path(directory) / SPARSITY_REWIND_NAME
+    if not path.is_file():
+        return None
+    fix = f"Resume from a checkpoint whose {SPARSITY_REWIND_NAME} is whole, or start the IMP run again."
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise ValueError(f"Cannot read the IMP rewind weights {path} ({error}): the file is truncated or corrupted. "
+                         f"{fix}") from error
+    if model is not None:
+        params = dict(model.named_parameters())
+        wrong = sorted(name for name, weight in weights.items()
+                       if name not in params or weight.shape != params[name].shape)
+        if wrong:
+            name = wrong[0]
+            now = tuple(params[name].shape) if name in params else "no such parameter"
+            raise ValueError(f"The IMP rewind weights {path} do not fit this model: {name} has shape "
+                             f"{tuple(weights[name].shape)} in the file and {now} in the model ({len(wrong)} such "
+                             f"tensors): they were saved for another model. {fix}")
+    return weights
 
 
 def attach_masks(model: nn.Module, masks: dict[str, torch.Tensor], info: dict | None = None) -> PruningState:

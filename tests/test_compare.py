@@ -655,6 +655,29 @@ def test_classifiers_that_number_their_classes_differently_are_refused(compared,
         compare_models([tmp_path / "named", tmp_path / "three"], _dataset())
 
 
+def test_named_classifiers_numbered_differently_are_refused_beside_a_reference_without_names(compared, tmp_path,
+                                                                                            monkeypatch):
+    """A reference with transformers' placeholders (LABEL_0, LABEL_1) checks no names: two students after it that
+    number their classes the other way round must still be refused, not scored through the first one's numbering."""
+    import shutil
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    for name, id2label in (("named", {0: "negative", 1: "positive"}), ("swapped", {0: "positive", 1: "negative"})):
+        shutil.copytree(root / "student", tmp_path / name)
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        config["id2label"] = {str(k): v for k, v in id2label.items()}
+        config["label2id"] = {v: k for k, v in id2label.items()}
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(ValueError, match="'swapped' numbers its classes .* and 'named' numbers them"):
+        compare_models([root / "teacher", tmp_path / "named", tmp_path / "swapped"], _dataset())
+    # placeholders everywhere but one named model: nothing to compare the names with, measured as before
+    with pytest.raises(pytest.fail.Exception, match="measured before refusing"):
+        compare_models([root / "teacher", tmp_path / "swapped", root / "student"], _dataset())
+
+
 def test_labels_the_models_cannot_predict_are_refused_before_anything_is_measured(compared, monkeypatch):
     from hf_bigsmall.reporting import compare as compare_module
 

@@ -776,6 +776,10 @@ def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]
     """Refuse classifiers that number their classes differently: every prediction is scored against the same
     label ids, so a model whose class 0 is another's class 1 would get a wrong accuracy without a word."""
     first_name, (first, _) = next(iter(loaded.items()))
+    # the names are checked against the first model that has names: a reference with transformers' placeholders
+    # (LABEL_0, ...) checks nothing, yet two named students beside it may still number their classes differently
+    named_name, named_classes = next(((other, _class_names(model.config)) for other, (model, _) in loaded.items()
+                                      if _class_names(model.config) is not None), (None, None))
     for name, (model, _) in loaded.items():
         # accuracy and F1 score one predicted class per text: a regression head's score or multi-label head's
         # independent yes/no per class has none, and its labels (floats, lists) would be refused as class ids
@@ -787,11 +791,11 @@ def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]
         if model.config.num_labels != first.config.num_labels:
             raise ValueError(f"Model {name!r} has {model.config.num_labels} classes and {first_name!r} has "
                              f"{first.config.num_labels}: compare classifiers of the same labels.")
-        names, first_names = _class_names(model.config), _class_names(first.config)
+        names = _class_names(model.config)
         # spelled alike but for case and spaces ("POSITIVE", "positive"): the same classes, numbered alike
-        if names is not None and first_names is not None and _folded(names) != _folded(first_names):
-            raise ValueError(f"Model {name!r} numbers its classes {names} and {first_name!r} numbers them "
-                             f"{first_names}: their predictions cannot be scored against the same labels. Compare "
+        if names is not None and named_classes is not None and _folded(names) != _folded(named_classes):
+            raise ValueError(f"Model {name!r} numbers its classes {names} and {named_name!r} numbers them "
+                             f"{named_classes}: their predictions cannot be scored against the same labels. Compare "
                              "models trained with one id2label (students made with make_student keep the teacher's).")
 
 

@@ -396,6 +396,41 @@ def test_bad_input_is_rejected(compared, tmp_path):
     assert not (tmp_path / "report").exists()
 
 
+def test_tokenizers_of_one_vocabulary_but_other_settings_each_tokenize_the_texts(tmp_path, monkeypatch):
+    """Texts are tokenized once per tokenization, not per vocabulary: a student whose tokenizer keeps the case
+    is scored on its own ids, not on the lower-cased ids of the teacher's tokenizer of the same vocabulary."""
+    from transformers import AutoTokenizer, BertForSequenceClassification, BertTokenizerFast
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    torch.manual_seed(0)
+    for name in ("teacher", "copy", "cased"):
+        BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1)).save_pretrained(tmp_path / name)
+        _save_tokenizer(tmp_path / name)  # lower-cases, as BERT's tokenizer does by default
+    BertTokenizerFast(str(tmp_path / "cased" / "vocab.txt"), do_lower_case=False).save_pretrained(tmp_path / "cased")
+    tokenized_with, fed = [], {}
+    real_tokenize = compare_module._tokenize
+    monkeypatch.setattr(compare_module, "_tokenize", lambda data, tokenizer, *a: (
+        tokenized_with.append(tokenizer), real_tokenize(data, tokenizer, *a))[1])
+    real_load = compare_module.load_model
+
+    def load_model(path):
+        model = real_load(path)
+        model.register_forward_pre_hook(lambda module, args, kwargs: fed.setdefault(
+            Path(path).name, kwargs["input_ids"][0].tolist()) and None, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(compare_module, "load_model", load_model)
+    data = _dataset(8).map(lambda row: {"text": row["text"].upper()})
+    compare_models([tmp_path / "teacher", tmp_path / "copy", tmp_path / "cased"], data, batch_size=4, latency_samples=1,
+                   plots=False)
+    assert len(tokenized_with) == 2  # the identical tokenizers of teacher and copy share their tokenized texts
+    for name in ("teacher", "copy", "cased"):
+        own = AutoTokenizer.from_pretrained(tmp_path / name)(data[0]["text"])["input_ids"]
+        assert fed[name][:len(own)] == own
+    assert fed["cased"] != fed["teacher"]
+
+
 def test_a_model_without_a_tokenizer_never_borrows_one_of_another_vocabulary(tmp_path):
     """A teacher saved without its tokenizer beside a vocabulary-trimmed student: the trimmed ids would index the
     wrong rows of the teacher's embedding, and its accuracy would be silently wrong."""

@@ -319,12 +319,34 @@ def _tokenizers_for(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
     return chosen
 
 
-def _vocabulary_key(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A fingerprint of the vocabulary: equal keys tokenize the same texts alike."""
+# what a slow tokenizer's init arguments hold besides how it splits texts: where it was read from, and how
+# batches are padded and cut, which `compare_models` sets itself (right padding, its own `max_length`)
+_NOT_TOKENIZATION = ("name_or_path", "model_max_length", "padding_side", "clean_up_tokenization_spaces", "auto_map",
+                     "tokenizer_class", "backend")
+
+
+def _tokenization_key(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A fingerprint of how `tokenizer` turns texts into ids: equal keys tokenize the same texts alike.
+
+    The vocabulary alone is not enough: two tokenizers of one vocabulary may lower-case or strip accents
+    differently, or add other special tokens around a text. A fast tokenizer's pipeline (normalizer,
+    pre-tokenizer, model, post-processor, added tokens) is hashed as `tokenizers` serialises it, less the
+    padding and truncation state each call sets; a slow one's by its init arguments. The truncation side
+    decides which end of a long text is kept.
+    """
     import hashlib
 
-    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-    return hashlib.sha1(vocabulary.encode("utf-8")).hexdigest()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        behaviour = json.loads(backend.to_str())
+        behaviour.pop("truncation", None), behaviour.pop("padding", None)
+    else:
+        behaviour = {key: value for key, value in tokenizer.init_kwargs.items()
+                     if key not in _NOT_TOKENIZATION and not key.endswith("_file")}
+    fingerprint = json.dumps({"vocabulary": sorted(tokenizer.get_vocab().items()), "behaviour": behaviour,
+                              "truncation_side": getattr(tokenizer, "truncation_side", "right")},
+                             ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha1(fingerprint.encode("utf-8")).hexdigest()
 
 
 def _tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, text_column: str,
@@ -594,7 +616,8 @@ def compare_models(
         configs = [model.config for model, _ in loaded.values()]
         named = next((config for config in configs if _class_names(config) is not None), configs[0])
         eval_dataset = _labels_as_class_ids(eval_dataset, label_column, named)
-    tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
+    # the same texts, tokenized once per distinct tokenization (the vocabulary and how texts are split into it)
+    tokenized_by_vocabulary: dict[str, Any] = {}
     for name, key in vocabulary.items():
         if key not in tokenized_by_vocabulary:
             tokenized_by_vocabulary[key] = _tokenize(eval_dataset, tokenizers[name], task, text_column, label_column,
@@ -725,7 +748,7 @@ def _common_task(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]]) -> s
 
 def _vocabularies(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
                   tokenizers: Mapping[str, PreTrainedTokenizerBase], task: str) -> dict[str, str]:
-    """Each model's vocabulary fingerprint, once every model's embedding covers its tokenizer."""
+    """Each model's tokenization fingerprint (`_tokenization_key`), once every model's embedding covers its tokenizer."""
     for name, (model, _) in loaded.items():
         if model.config.vocab_size < len(tokenizers[name]):
             raise ValueError(
@@ -733,7 +756,7 @@ def _vocabularies(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
                 f"{len(tokenizers[name])} tokens: save each model with the tokenizer it was trained with "
                 "(students made with make_student share the teacher's)."
             )
-    vocabulary = {name: _vocabulary_key(model_tokenizer) for name, model_tokenizer in tokenizers.items()}
+    vocabulary = {name: _tokenization_key(model_tokenizer) for name, model_tokenizer in tokenizers.items()}
     if task == CAUSAL_LM and len(set(vocabulary.values())) > 1:
         raise ValueError("Causal LMs with different tokenizers cannot be compared: perplexity per token depends on "
                          "the tokenization. Compare models that share one tokenizer.")

@@ -109,6 +109,35 @@ def test_sizes_and_ratios_match_the_models(compared):
     assert student.training_energy_kwh == 2e-6 and teacher.training_energy_kwh is None
 
 
+def test_size_on_disk_counts_the_weights_transformers_loads_once(tmp_path):
+    """A folder with the weights in both formats counts the safetensors only; a sharded checkpoint counts the
+    shards its index lists; an ONNX model and its external data count beside them, training files never."""
+    from transformers import BertForSequenceClassification
+
+    from hf_bigsmall.reporting.compare import size_on_disk_mb
+
+    def mib(*paths):
+        return sum(path.stat().st_size for path in paths) / 2**20
+
+    model = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1))
+    model.save_pretrained(tmp_path / "both")
+    torch.save(model.state_dict(), tmp_path / "both" / "pytorch_model.bin")
+    (tmp_path / "both" / "training_args.bin").write_bytes(b"x" * 4096)
+    (tmp_path / "both" / "model.onnx").write_bytes(b"x" * 1000)
+    (tmp_path / "both" / "model.onnx.data").write_bytes(b"x" * 3000)
+    assert size_on_disk_mb(tmp_path / "both") == pytest.approx(mib(
+        *(tmp_path / "both" / name for name in ("model.safetensors", "model.onnx", "model.onnx.data"))))
+    (tmp_path / "both" / "model.safetensors").unlink()  # the legacy format alone: the .bin is the weights
+    assert size_on_disk_mb(tmp_path / "both") == pytest.approx(mib(
+        *(tmp_path / "both" / name for name in ("pytorch_model.bin", "model.onnx", "model.onnx.data"))))
+
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    shards = sorted((tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    (tmp_path / "sharded" / "model-99999-of-99999.safetensors").write_bytes(b"x" * 8192)  # a stale shard
+    assert size_on_disk_mb(tmp_path / "sharded") == pytest.approx(mib(*shards))
+
+
 def test_report_files_hold_the_comparison(compared):
     from matplotlib.image import imread
 

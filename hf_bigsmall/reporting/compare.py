@@ -251,13 +251,34 @@ def load_model(path: str | os.PathLike) -> PreTrainedModel:
                          "compare_models calls like a model, see QuantizationBackend) to compare it.") from error
 
 
+def _transformers_weight_files(model_dir: Path) -> list[Path]:
+    """The checkpoint files `from_pretrained` would read: the safetensors ones if any, else the `.bin` ones, and
+    of a sharded checkpoint only the shards its `*.index.json` lists. A folder holding one model in both formats
+    (a Hub snapshot, a `safe_serialization=False` save into a folder of safetensors) holds its weights once."""
+    for suffix in (".safetensors", ".bin"):
+        files = [p for p in model_dir.iterdir() if p.suffix == suffix and p.name not in _NOT_WEIGHTS]
+        if not files:
+            continue
+        indexes = [p for p in model_dir.iterdir() if p.name.endswith(f"{suffix}.index.json")]
+        listed = set()
+        for index in indexes:
+            try:
+                listed |= set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+            except (OSError, ValueError, AttributeError):
+                listed = set()
+                break
+        return [p for p in files if p.name in listed] if listed else files
+    return []
+
+
 def size_on_disk_mb(model_dir: Path) -> float:
-    """MiB (2**20 bytes) of the weight files: the usual formats, and the file a quantization record names (a backend's own format)."""
+    """MiB (2**20 bytes) of the weight files: what transformers loads (`_transformers_weight_files`), an ONNX
+    model with its external data, a GGUF file, and the file a quantization record names (a backend's own format)."""
     named = (quantization_of(model_dir) or {}).get("file")
-    files = [p for p in model_dir.iterdir()
-             if (p.suffix in (".safetensors", ".bin", ".onnx", ".gguf") or p.name.endswith(".onnx.data")
-                 or p.name == named)
-             and p.name not in _NOT_WEIGHTS]
+    files = set(_transformers_weight_files(model_dir))
+    files |= {p for p in model_dir.iterdir()
+              if (p.suffix in (".onnx", ".gguf") or p.name.endswith(".onnx.data") or p.name == named)
+              and p.name not in _NOT_WEIGHTS}
     return sum(p.stat().st_size for p in files) / 2**20
 
 

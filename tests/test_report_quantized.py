@@ -228,3 +228,19 @@ def test_the_verdict_leaves_out_and_names_models_without_a_finite_score():
     assert student_vs_quantized_teacher(report) == (
         "**Not shown.** No student has a finite perplexity. No finite perplexity for `student`, `student-pruned`: "
         "left out of this verdict.")
+
+
+def test_a_perplexity_past_the_largest_float_is_inf_and_reported_as_such():
+    """exp() of a mean loss above ~709.8 nats overflows: the metric gives inf, and the report prints it without
+    a meaningless ratio."""
+    import math
+
+    from hf_bigsmall.metrics import load_metric
+
+    metric = load_metric("perplexity")
+    assert metric.compute(nll_sums=[40000.0], num_tokens=[2]) == {"perplexity": math.inf, "mean_nll": 20000.0}
+    assert metric.compute(nll_sums=[6.0, 2.0], num_tokens=[3, 1])["perplexity"] == pytest.approx(math.exp(2.0))
+    report = _report([20.0, 2.0, 3.0], [10.0, math.inf, 14.0], causal=True)
+    markdown = render_markdown(report)
+    assert "`student` inf;" in markdown and "infx" not in markdown
+    assert "`student-pruned` 14.00 (1.40x the reference's)" in markdown

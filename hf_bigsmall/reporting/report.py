@@ -109,7 +109,9 @@ def perplexity_lines(report: dict[str, Any]) -> list[str]:
     lines = ["", sentence]
     for model in report["models"][1:]:
         value = model["metrics"].get("perplexity")
-        times = f" ({value / base:.2f}x the reference's)" if value is not None and base else ""
+        # an infinite perplexity (exploding logits) or one beside an infinite reference has no ratio worth printing
+        times = (f" ({value / base:.2f}x the reference's)" if value is not None and base and _is_finite(value)
+                 and _is_finite(base) else "")
         lines[-1] += f"; `{model['name']}` {_fmt(value, '.2f')}{times}"
     lines[-1] += "."
     return lines

@@ -795,6 +795,26 @@ def test_a_head_without_one_class_per_text_is_refused_as_such(compared, tmp_path
         compare_models([tmp_path / "head"], scores)
 
 
+def test_texts_longer_than_a_models_positions_are_refused_naming_the_model_and_max_length(tmp_path, monkeypatch):
+    from datasets import Dataset
+    from transformers import BertForSequenceClassification, LlamaConfig
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1, max_position_embeddings=32)).save_pretrained(
+        tmp_path / "short")
+    _save_tokenizer(tmp_path / "short")
+    long_texts = Dataset.from_dict({"text": [" ".join(WORDS[:50])] * 4, "label": [0, 1, 0, 1]})
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(ValueError, match=r"'short' takes at most 32 tokens \(max_position_embeddings=32\) but max_length "
+                                         r"is 128 .* reach 52 tokens: pass --max_length 32"):
+        compare_models([tmp_path / "short"], long_texts)
+    with pytest.raises(pytest.fail.Exception, match="measured before refusing"):  # the fix it names works
+        compare_models([tmp_path / "short"], long_texts, max_length=32)
+    assert compare_module._position_limit(tiny_gpt2_config()) == (64, "n_positions")
+    assert compare_module._position_limit(LlamaConfig(max_position_embeddings=16)) is None  # RoPE indexes no table
+
+
 def test_two_folders_of_one_name_are_refused_naming_it(tmp_path):
     """Folders name the models: two `student-int8` folders of two runs were refused with advice only a Python
     caller could follow."""

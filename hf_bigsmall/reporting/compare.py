@@ -644,6 +644,8 @@ def compare_models(
             tokenized_by_vocabulary[key] = _tokenize(eval_dataset, tokenizers[name], task, text_column, label_column,
                                                      max_length)
 
+    _check_positions(loaded, {name: tokenized_by_vocabulary[key] for name, key in vocabulary.items()}, max_length)
+
     settings = _RunSettings(task=task, label_column=label_column, batch_size=batch_size,
                             latency_samples=latency_samples, generation_prompts=generation_prompts,
                             prompt_tokens=prompt_tokens, new_tokens=new_tokens)
@@ -805,6 +807,44 @@ def _evaluation_data(eval_dataset: Dataset | str | None, task: str, *, split: st
     if max_samples is not None:
         eval_dataset = eval_dataset.select(range(min(max_samples, len(eval_dataset))))
     return eval_dataset, dataset_name
+
+
+# models whose position ids start after the padding index: RoBERTa's 514 positions hold 512 tokens
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert",
+                            "longformer")
+
+
+def _position_limit(config) -> tuple[int, str] | None:
+    """The most tokens a model with learned absolute positions takes, and the config field that says so; None for
+    rotary or relative positions (RoPE, ALiBi), which index no table and take longer inputs."""
+    if any(getattr(config, name, None) is not None for name in
+           ("rope_theta", "rope_scaling", "rope_parameters", "rotary_dim", "rotary_pct", "partial_rotary_factor")):
+        return None
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    for name in ("n_positions", "max_position_embeddings"):
+        limit = getattr(config, name, None)
+        if isinstance(limit, int) and limit > 0:
+            if getattr(config, "model_type", None) in _POSITIONS_AFTER_PADDING:
+                limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+            return limit, name
+    return None
+
+
+def _check_positions(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]], tokenized: Mapping[str, Dataset],
+                     max_length: int) -> None:
+    """Refuse, before anything is measured, an evaluation text longer than a model's position table: indexing past
+    it fails deep in torch ("index out of range", a tensor size mismatch) without naming the model or the fix."""
+    for name, (model, _) in loaded.items():
+        found = _position_limit(getattr(model, "config", None))
+        if found is None:
+            continue
+        limit, field_name = found
+        longest = max((len(ids) for ids in tokenized[name]["input_ids"]), default=0)
+        if longest > limit:
+            raise ValueError(f"Model {name!r} takes at most {limit} tokens ({field_name}={getattr(model.config, field_name)})"
+                             f" but max_length is {max_length} and the evaluation texts reach {longest} tokens: pass "
+                             f"--max_length {limit} (max_length={limit} in Python).")
 
 
 def _class_names(config) -> dict[int, str] | None:

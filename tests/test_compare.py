@@ -815,6 +815,44 @@ def test_texts_longer_than_a_models_positions_are_refused_naming_the_model_and_m
     assert compare_module._position_limit(LlamaConfig(max_position_embeddings=16)) is None  # RoPE indexes no table
 
 
+def test_max_samples_warns_when_the_first_rows_miss_a_class_or_its_share(compared, monkeypatch, caplog):
+    """The first max_samples rows are scored, as transformers' examples take them; a split sorted by label gives
+    them one class only, and that is said, with the fix."""
+    import logging
+
+    from datasets import Dataset
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    texts = _dataset(40)["text"]
+
+    class Measuring(Exception):
+        pass
+
+    def measuring(*args, **kwargs):
+        raise Measuring
+
+    monkeypatch.setattr(compare_module, "measure_inference", measuring)
+    for labels, max_samples, warned in (
+        ([1] * 20 + [0] * 20, 16, "miss the class(es) ['0']"),  # sorted by label
+        ([0] * 2 + [1] * 28 + [0] * 10, 20, "hold '0' at 10% (the split: 30%)"),  # more than 15 points off
+        ([0] * 5 + [1] * 25 + [0] * 10, 20, None),  # 25% against 37.5%: within 15 points
+        ([i % 2 for i in range(40)], 16, None),  # mixed: the first rows are like the split
+        ([1] * 20 + [0] * 20, None, None),  # the whole split
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hf_bigsmall.reporting.compare"), pytest.raises(Measuring):
+            compare_models([root / "teacher"], Dataset.from_dict({"text": texts, "label": labels}),
+                           max_samples=max_samples, latency_samples=1)
+        messages = [record.getMessage() for record in caplog.records if "max_samples" in record.getMessage()]
+        if warned is None:
+            assert messages == []
+        else:
+            assert len(messages) == 1 and warned in messages[0]
+            assert "Shuffle the split first" in messages[0] and "--max_samples 0" in messages[0]
+
+
 def test_two_folders_of_one_name_are_refused_naming_it(tmp_path):
     """Folders name the models: two `student-int8` folders of two runs were refused with advice only a Python
     caller could follow."""

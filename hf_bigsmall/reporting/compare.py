@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from transformers.utils import logging
+
 from .. import assets
 from ..energy.generation import measure_generation
 from ..energy.inference import measure_inference
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 CLASSIFICATION = TEXT_CLASSIFICATION
 CAUSAL_LM = TEXT_GENERATION
+logger = logging.get_logger(__name__)
 _QUALITY_METRIC = {CLASSIFICATION: "accuracy", CAUSAL_LM: "perplexity"}
 # weights only: optimizer states, Trainer arguments and pruning masks are not part of the model's size
 _NOT_WEIGHTS = {"sparsity_masks.safetensors", "training_args.bin", "optimizer.pt", "scheduler.pt"}
@@ -804,9 +807,39 @@ def _evaluation_data(eval_dataset: Dataset | str | None, task: str, *, split: st
     if missing:
         raise ValueError(f"The evaluation dataset has no column(s) {missing} (it has {eval_dataset.column_names}): "
                          "pass text_column=/label_column=.")
-    if max_samples is not None:
-        eval_dataset = eval_dataset.select(range(min(max_samples, len(eval_dataset))))
+    if max_samples is not None and max_samples < len(eval_dataset):
+        kept = eval_dataset.select(range(max_samples))
+        if task == CLASSIFICATION:
+            _warn_if_classes_differ(eval_dataset[label_column], kept[label_column], max_samples)
+        eval_dataset = kept
     return eval_dataset, dataset_name
+
+
+# a class whose share among the first `max_samples` rows differs from the whole split's by more than this
+MAX_CLASS_SHARE_GAP = 0.15
+
+
+def _warn_if_classes_differ(labels: Sequence[Any], kept: Sequence[Any], max_samples: int) -> None:
+    """Warn when the first `max_samples` rows, which are scored as transformers' examples take them, miss a class of
+    the split or hold it in another share: Hub splits are often sorted by label, and a model that always answers
+    the first class would then score 100%."""
+    from collections import Counter
+
+    whole, head = Counter(map(str, labels)), Counter(map(str, kept))
+    missing = sorted(whole.keys() - head.keys())
+    shifted = sorted(label for label in whole if label in head
+                     and abs(head[label] / len(kept) - whole[label] / len(labels)) > MAX_CLASS_SHARE_GAP)
+    if not missing and not shifted:
+        return
+    problems = []
+    if missing:
+        problems.append(f"miss the class(es) {missing}")
+    if shifted:
+        problems.append("hold " + ", ".join(f"{label!r} at {head[label] / len(kept):.0%} (the split: "
+                                            f"{whole[label] / len(labels):.0%})" for label in shifted))
+    logger.warning(f"The first {max_samples} evaluation rows (max_samples) {' and '.join(problems)}: the split may "
+                   "be sorted by label, and the metrics would not be those of the split. Shuffle the split first "
+                   "(dataset.shuffle(seed=0)), or score all of it (max_samples=None, --max_samples 0).")
 
 
 # models whose position ids start after the padding index: RoBERTa's 514 positions hold 512 tokens

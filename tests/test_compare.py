@@ -853,6 +853,18 @@ def test_max_samples_warns_when_the_first_rows_miss_a_class_or_its_share(compare
             assert "Shuffle the split first" in messages[0] and "--max_samples 0" in messages[0]
 
 
+@pytest.mark.parametrize("no_plots", [True, False])
+def test_the_cli_names_the_plots_only_when_it_draws_them(compared, monkeypatch, capsys, tmp_path, no_plots):
+    from hf_bigsmall import cli
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, comparison = compared
+    monkeypatch.setattr(compare_module, "compare_models", lambda *a, **k: comparison)
+    cli.main(["compare", str(root / "teacher"), "--output_dir", str(tmp_path), *(["--no_plots"] if no_plots else [])])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"Report written to {tmp_path}/report.md (and report.json{'' if no_plots else ', plots'})."
+
+
 def test_two_folders_of_one_name_are_refused_naming_it(tmp_path):
     """Folders name the models: two `student-int8` folders of two runs were refused with advice only a Python
     caller could follow."""

@@ -39,7 +39,10 @@ def _compare(args: argparse.Namespace) -> int:
 
     echo("\n".join([markdown_table(comparison.to_dict()), *timing_lines(comparison.to_dict())]))
     echo("\n".join(perplexity_lines(comparison.to_dict())))
-    echo(f"\nReport written to {args.output_dir}/report.md (and report.json, plots).")
+    from .utils.import_utils import is_matplotlib_available
+
+    drawn = ", plots" if not args.no_plots and is_matplotlib_available() else ""
+    echo(f"\nReport written to {args.output_dir}/report.md (and report.json{drawn}).")
     return 0
 
 

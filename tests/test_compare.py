@@ -109,6 +109,35 @@ def test_sizes_and_ratios_match_the_models(compared):
     assert student.training_energy_kwh == 2e-6 and teacher.training_energy_kwh is None
 
 
+def test_size_on_disk_counts_the_weights_transformers_loads_once(tmp_path):
+    """A folder with the weights in both formats counts the safetensors only; a sharded checkpoint counts the
+    shards its index lists; an ONNX model and its external data count beside them, training files never."""
+    from transformers import BertForSequenceClassification
+
+    from hf_bigsmall.reporting.compare import size_on_disk_mb
+
+    def mib(*paths):
+        return sum(path.stat().st_size for path in paths) / 2**20
+
+    model = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1))
+    model.save_pretrained(tmp_path / "both")
+    torch.save(model.state_dict(), tmp_path / "both" / "pytorch_model.bin")
+    (tmp_path / "both" / "training_args.bin").write_bytes(b"x" * 4096)
+    (tmp_path / "both" / "model.onnx").write_bytes(b"x" * 1000)
+    (tmp_path / "both" / "model.onnx.data").write_bytes(b"x" * 3000)
+    assert size_on_disk_mb(tmp_path / "both") == pytest.approx(mib(
+        *(tmp_path / "both" / name for name in ("model.safetensors", "model.onnx", "model.onnx.data"))))
+    (tmp_path / "both" / "model.safetensors").unlink()  # the legacy format alone: the .bin is the weights
+    assert size_on_disk_mb(tmp_path / "both") == pytest.approx(mib(
+        *(tmp_path / "both" / name for name in ("pytorch_model.bin", "model.onnx", "model.onnx.data"))))
+
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    shards = sorted((tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) > 1
+    (tmp_path / "sharded" / "model-99999-of-99999.safetensors").write_bytes(b"x" * 8192)  # a stale shard
+    assert size_on_disk_mb(tmp_path / "sharded") == pytest.approx(mib(*shards))
+
+
 def test_report_files_hold_the_comparison(compared):
     from matplotlib.image import imread
 
@@ -396,6 +425,41 @@ def test_bad_input_is_rejected(compared, tmp_path):
     assert not (tmp_path / "report").exists()
 
 
+def test_tokenizers_of_one_vocabulary_but_other_settings_each_tokenize_the_texts(tmp_path, monkeypatch):
+    """Texts are tokenized once per tokenization, not per vocabulary: a student whose tokenizer keeps the case
+    is scored on its own ids, not on the lower-cased ids of the teacher's tokenizer of the same vocabulary."""
+    from transformers import AutoTokenizer, BertForSequenceClassification, BertTokenizerFast
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    torch.manual_seed(0)
+    for name in ("teacher", "copy", "cased"):
+        BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1)).save_pretrained(tmp_path / name)
+        _save_tokenizer(tmp_path / name)  # lower-cases, as BERT's tokenizer does by default
+    BertTokenizerFast(str(tmp_path / "cased" / "vocab.txt"), do_lower_case=False).save_pretrained(tmp_path / "cased")
+    tokenized_with, fed = [], {}
+    real_tokenize = compare_module._tokenize
+    monkeypatch.setattr(compare_module, "_tokenize", lambda data, tokenizer, *a: (
+        tokenized_with.append(tokenizer), real_tokenize(data, tokenizer, *a))[1])
+    real_load = compare_module.load_model
+
+    def load_model(path):
+        model = real_load(path)
+        model.register_forward_pre_hook(lambda module, args, kwargs: fed.setdefault(
+            Path(path).name, kwargs["input_ids"][0].tolist()) and None, with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(compare_module, "load_model", load_model)
+    data = _dataset(8).map(lambda row: {"text": row["text"].upper()})
+    compare_models([tmp_path / "teacher", tmp_path / "copy", tmp_path / "cased"], data, batch_size=4, latency_samples=1,
+                   plots=False)
+    assert len(tokenized_with) == 2  # the identical tokenizers of teacher and copy share their tokenized texts
+    for name in ("teacher", "copy", "cased"):
+        own = AutoTokenizer.from_pretrained(tmp_path / name)(data[0]["text"])["input_ids"]
+        assert fed[name][:len(own)] == own
+    assert fed["cased"] != fed["teacher"]
+
+
 def test_a_model_without_a_tokenizer_never_borrows_one_of_another_vocabulary(tmp_path):
     """A teacher saved without its tokenizer beside a vocabulary-trimmed student: the trimmed ids would index the
     wrong rows of the teacher's embedding, and its accuracy would be silently wrong."""
@@ -655,6 +719,29 @@ def test_classifiers_that_number_their_classes_differently_are_refused(compared,
         compare_models([tmp_path / "named", tmp_path / "three"], _dataset())
 
 
+def test_named_classifiers_numbered_differently_are_refused_beside_a_reference_without_names(compared, tmp_path,
+                                                                                            monkeypatch):
+    """A reference with transformers' placeholders (LABEL_0, LABEL_1) checks no names: two students after it that
+    number their classes the other way round must still be refused, not scored through the first one's numbering."""
+    import shutil
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    for name, id2label in (("named", {0: "negative", 1: "positive"}), ("swapped", {0: "positive", 1: "negative"})):
+        shutil.copytree(root / "student", tmp_path / name)
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        config["id2label"] = {str(k): v for k, v in id2label.items()}
+        config["label2id"] = {v: k for k, v in id2label.items()}
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(ValueError, match="'swapped' numbers its classes .* and 'named' numbers them"):
+        compare_models([root / "teacher", tmp_path / "named", tmp_path / "swapped"], _dataset())
+    # placeholders everywhere but one named model: nothing to compare the names with, measured as before
+    with pytest.raises(pytest.fail.Exception, match="measured before refusing"):
+        compare_models([root / "teacher", tmp_path / "swapped", root / "student"], _dataset())
+
+
 def test_labels_the_models_cannot_predict_are_refused_before_anything_is_measured(compared, monkeypatch):
     from hf_bigsmall.reporting import compare as compare_module
 
@@ -706,6 +793,76 @@ def test_a_head_without_one_class_per_text_is_refused_as_such(compared, tmp_path
     kind = "regression" if problem_type == "regression" else "multi-label"
     with pytest.raises(ValueError, match=f"'head' is a {kind} head: compare_models scores classifiers that predict one"):
         compare_models([tmp_path / "head"], scores)
+
+
+def test_texts_longer_than_a_models_positions_are_refused_naming_the_model_and_max_length(tmp_path, monkeypatch):
+    from datasets import Dataset
+    from transformers import BertForSequenceClassification, LlamaConfig
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1, max_position_embeddings=32)).save_pretrained(
+        tmp_path / "short")
+    _save_tokenizer(tmp_path / "short")
+    long_texts = Dataset.from_dict({"text": [" ".join(WORDS[:50])] * 4, "label": [0, 1, 0, 1]})
+    monkeypatch.setattr(compare_module, "measure_inference", lambda *a, **k: pytest.fail("measured before refusing"))
+    with pytest.raises(ValueError, match=r"'short' takes at most 32 tokens \(max_position_embeddings=32\) but max_length "
+                                         r"is 128 .* reach 52 tokens: pass --max_length 32"):
+        compare_models([tmp_path / "short"], long_texts)
+    with pytest.raises(pytest.fail.Exception, match="measured before refusing"):  # the fix it names works
+        compare_models([tmp_path / "short"], long_texts, max_length=32)
+    assert compare_module._position_limit(tiny_gpt2_config()) == (64, "n_positions")
+    assert compare_module._position_limit(LlamaConfig(max_position_embeddings=16)) is None  # RoPE indexes no table
+
+
+def test_max_samples_warns_when_the_first_rows_miss_a_class_or_its_share(compared, monkeypatch, caplog):
+    """The first max_samples rows are scored, as transformers' examples take them; a split sorted by label gives
+    them one class only, and that is said, with the fix."""
+    import logging
+
+    from datasets import Dataset
+
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, _ = compared
+    texts = _dataset(40)["text"]
+
+    class Measuring(Exception):
+        pass
+
+    def measuring(*args, **kwargs):
+        raise Measuring
+
+    monkeypatch.setattr(compare_module, "measure_inference", measuring)
+    for labels, max_samples, warned in (
+        ([1] * 20 + [0] * 20, 16, "miss the class(es) ['0']"),  # sorted by label
+        ([0] * 2 + [1] * 28 + [0] * 10, 20, "hold '0' at 10% (the split: 30%)"),  # more than 15 points off
+        ([0] * 5 + [1] * 25 + [0] * 10, 20, None),  # 25% against 37.5%: within 15 points
+        ([i % 2 for i in range(40)], 16, None),  # mixed: the first rows are like the split
+        ([1] * 20 + [0] * 20, None, None),  # the whole split
+    ):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="hf_bigsmall.reporting.compare"), pytest.raises(Measuring):
+            compare_models([root / "teacher"], Dataset.from_dict({"text": texts, "label": labels}),
+                           max_samples=max_samples, latency_samples=1)
+        messages = [record.getMessage() for record in caplog.records if "max_samples" in record.getMessage()]
+        if warned is None:
+            assert messages == []
+        else:
+            assert len(messages) == 1 and warned in messages[0]
+            assert "Shuffle the split first" in messages[0] and "--max_samples 0" in messages[0]
+
+
+@pytest.mark.parametrize("no_plots", [True, False])
+def test_the_cli_names_the_plots_only_when_it_draws_them(compared, monkeypatch, capsys, tmp_path, no_plots):
+    from hf_bigsmall import cli
+    from hf_bigsmall.reporting import compare as compare_module
+
+    root, comparison = compared
+    monkeypatch.setattr(compare_module, "compare_models", lambda *a, **k: comparison)
+    cli.main(["compare", str(root / "teacher"), "--output_dir", str(tmp_path), *(["--no_plots"] if no_plots else [])])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"Report written to {tmp_path}/report.md (and report.json{'' if no_plots else ', plots'})."
 
 
 def test_two_folders_of_one_name_are_refused_naming_it(tmp_path):

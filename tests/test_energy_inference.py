@@ -80,6 +80,38 @@ def test_measure_inference_bad_arguments(tiny_bert, kwargs, error, message):
         measure_inference(tiny_bert, [random_token_batch(2, 8)], **kwargs)
 
 
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_batch_1_latency_is_timed_on_each_text_without_its_batchs_padding(tiny_bert, padding_side):
+    """Each single forward carries only its own tokens, whatever batch it was padded in: batch size 8 and 1
+    time the same shapes."""
+    lengths = [3, 3, 3, 3, 3, 3, 3, 20]
+    ids = [list(range(5, 5 + length)) for length in lengths]
+
+    def batches(batch_size):
+        out = []
+        for start in range(0, len(ids), batch_size):
+            rows = ids[start:start + batch_size]
+            longest = max(map(len, rows))
+            pad = [[0] * (longest - len(r)) for r in rows]
+            join = (lambda r, p: r + p) if padding_side == "right" else (lambda r, p: p + r)
+            out.append({"input_ids": torch.tensor([join(r, p) for r, p in zip(rows, pad)]),
+                        "attention_mask": torch.tensor([join([1] * len(r), p) for r, p in zip(rows, pad)]),
+                        "token_type_ids": torch.zeros(len(rows), longest, dtype=torch.long)})
+        return out
+
+    timed = {}
+    for batch_size in (8, 1):
+        shapes = []
+        hook = tiny_bert.register_forward_pre_hook(
+            lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)) and None, with_kwargs=True)
+        try:
+            measure_inference(tiny_bert, batches(batch_size), latency_samples=8, warmup_batches=0)
+        finally:
+            hook.remove()
+        timed[batch_size] = shapes[-8:]  # the latency forwards come last
+    assert timed[8] == timed[1] == [(1, length) for length in lengths]
+
+
 def test_measure_inference_bad_data(tiny_bert):
     with pytest.raises(ValueError, match="empty"):
         measure_inference(tiny_bert, [])

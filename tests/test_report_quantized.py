@@ -208,3 +208,39 @@ def test_a_quantized_teacher_recorded_with_a_relative_source_is_still_the_teache
     assert [(t["name"], s["name"]) for t, s in served_pairs(report)] == [
         ("teacher-int8", "student-int8"), ("teacher-int4", "student-int4")]
     assert "teacher-int4" not in student_vs_quantized_teacher(report)
+
+
+def test_the_verdict_leaves_out_and_names_models_without_a_finite_score():
+    """A NaN perplexity (a broken export) is never "the best", nor a NaN quantized teacher beaten by no one."""
+    nan = float("nan")
+    report = _report([20.0, 2.0, 3.0, 6.0, 6.0, 1.0, 5.0], [10.0, nan, 14.0, 15.0, 15.0, 15.0, 11.0], causal=True)
+    report["models"] = [m for m in report["models"] if m["name"] in ("teacher", "student", "student-pruned",
+                                                                     "teacher-int8")]
+    verdict = student_vs_quantized_teacher(report)
+    assert verdict.startswith("**No.** No student reaches the perplexity of `teacher-int8`")
+    assert "the best, `student-pruned`, has 14.0000" in verdict and "the fastest, `student-pruned`" in verdict
+    assert verdict.endswith("No finite perplexity for `student`: left out of this verdict.")
+    report["models"][-1]["metrics"]["perplexity"] = nan
+    assert student_vs_quantized_teacher(report).startswith(
+        "**Not shown.** `teacher-int8` has no finite perplexity to compare the students with.")
+    report["models"][2]["metrics"]["perplexity"] = float("inf")
+    report["models"][-1]["metrics"]["perplexity"] = 11.0
+    assert student_vs_quantized_teacher(report) == (
+        "**Not shown.** No student has a finite perplexity. No finite perplexity for `student`, `student-pruned`: "
+        "left out of this verdict.")
+
+
+def test_a_perplexity_past_the_largest_float_is_inf_and_reported_as_such():
+    """exp() of a mean loss above ~709.8 nats overflows: the metric gives inf, and the report prints it without
+    a meaningless ratio."""
+    import math
+
+    from hf_bigsmall.metrics import load_metric
+
+    metric = load_metric("perplexity")
+    assert metric.compute(nll_sums=[40000.0], num_tokens=[2]) == {"perplexity": math.inf, "mean_nll": 20000.0}
+    assert metric.compute(nll_sums=[6.0, 2.0], num_tokens=[3, 1])["perplexity"] == pytest.approx(math.exp(2.0))
+    report = _report([20.0, 2.0, 3.0], [10.0, math.inf, 14.0], causal=True)
+    markdown = render_markdown(report)
+    assert "`student` inf;" in markdown and "infx" not in markdown
+    assert "`student-pruned` 14.00 (1.40x the reference's)" in markdown

@@ -141,7 +141,20 @@ def _prepare_batches(model, data, batch_size, max_samples, tokenizer, text_colum
 
 
 def _slice(batch: Mapping[str, Any], index: int) -> dict[str, Any]:
-    return {k: v[index : index + 1] for k, v in batch.items()}
+    """Sample `index` of a padded batch as a batch of one, cut to its own tokens (the span its attention mask
+    covers, left or right padding alike): a text served alone carries no padding, so its batch-1 latency must
+    not depend on the longest text that shared its batch."""
+    single = {k: v[index : index + 1] for k, v in batch.items()}
+    mask = single.get("attention_mask")
+    if mask is None or getattr(mask, "ndim", 0) != 2 or not bool(mask.any()):
+        return single
+    kept = mask[0].nonzero()
+    start, stop = int(kept[0]), int(kept[-1]) + 1
+    if (start, stop) == (0, mask.shape[1]):
+        return single
+    # every per-token column (input ids, token types, position ids) is cut alike
+    return {k: v[:, start:stop] if getattr(v, "ndim", 0) >= 2 and v.shape[1] == mask.shape[1] else v
+            for k, v in single.items()}
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from transformers.utils import logging
+
 from .. import assets
 from ..energy.generation import measure_generation
 from ..energy.inference import measure_inference
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 
 CLASSIFICATION = TEXT_CLASSIFICATION
 CAUSAL_LM = TEXT_GENERATION
+logger = logging.get_logger(__name__)
 _QUALITY_METRIC = {CLASSIFICATION: "accuracy", CAUSAL_LM: "perplexity"}
 # weights only: optimizer states, Trainer arguments and pruning masks are not part of the model's size
 _NOT_WEIGHTS = {"sparsity_masks.safetensors", "training_args.bin", "optimizer.pt", "scheduler.pt"}
@@ -251,13 +254,34 @@ def load_model(path: str | os.PathLike) -> PreTrainedModel:
                          "compare_models calls like a model, see QuantizationBackend) to compare it.") from error
 
 
+def _transformers_weight_files(model_dir: Path) -> list[Path]:
+    """The checkpoint files `from_pretrained` would read: the safetensors ones if any, else the `.bin` ones, and
+    of a sharded checkpoint only the shards its `*.index.json` lists. A folder holding one model in both formats
+    (a Hub snapshot, a `safe_serialization=False` save into a folder of safetensors) holds its weights once."""
+    for suffix in (".safetensors", ".bin"):
+        files = [p for p in model_dir.iterdir() if p.suffix == suffix and p.name not in _NOT_WEIGHTS]
+        if not files:
+            continue
+        indexes = [p for p in model_dir.iterdir() if p.name.endswith(f"{suffix}.index.json")]
+        listed = set()
+        for index in indexes:
+            try:
+                listed |= set(json.loads(index.read_text(encoding="utf-8")).get("weight_map", {}).values())
+            except (OSError, ValueError, AttributeError):
+                listed = set()
+                break
+        return [p for p in files if p.name in listed] if listed else files
+    return []
+
+
 def size_on_disk_mb(model_dir: Path) -> float:
-    """MiB (2**20 bytes) of the weight files: the usual formats, and the file a quantization record names (a backend's own format)."""
+    """MiB (2**20 bytes) of the weight files: what transformers loads (`_transformers_weight_files`), an ONNX
+    model with its external data, a GGUF file, and the file a quantization record names (a backend's own format)."""
     named = (quantization_of(model_dir) or {}).get("file")
-    files = [p for p in model_dir.iterdir()
-             if (p.suffix in (".safetensors", ".bin", ".onnx", ".gguf") or p.name.endswith(".onnx.data")
-                 or p.name == named)
-             and p.name not in _NOT_WEIGHTS]
+    files = set(_transformers_weight_files(model_dir))
+    files |= {p for p in model_dir.iterdir()
+              if (p.suffix in (".onnx", ".gguf") or p.name.endswith(".onnx.data") or p.name == named)
+              and p.name not in _NOT_WEIGHTS}
     return sum(p.stat().st_size for p in files) / 2**20
 
 
@@ -319,12 +343,34 @@ def _tokenizers_for(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
     return chosen
 
 
-def _vocabulary_key(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A fingerprint of the vocabulary: equal keys tokenize the same texts alike."""
+# what a slow tokenizer's init arguments hold besides how it splits texts: where it was read from, and how
+# batches are padded and cut, which `compare_models` sets itself (right padding, its own `max_length`)
+_NOT_TOKENIZATION = ("name_or_path", "model_max_length", "padding_side", "clean_up_tokenization_spaces", "auto_map",
+                     "tokenizer_class", "backend")
+
+
+def _tokenization_key(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A fingerprint of how `tokenizer` turns texts into ids: equal keys tokenize the same texts alike.
+
+    The vocabulary alone is not enough: two tokenizers of one vocabulary may lower-case or strip accents
+    differently, or add other special tokens around a text. A fast tokenizer's pipeline (normalizer,
+    pre-tokenizer, model, post-processor, added tokens) is hashed as `tokenizers` serialises it, less the
+    padding and truncation state each call sets; a slow one's by its init arguments. The truncation side
+    decides which end of a long text is kept.
+    """
     import hashlib
 
-    vocabulary = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
-    return hashlib.sha1(vocabulary.encode("utf-8")).hexdigest()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        behaviour = json.loads(backend.to_str())
+        behaviour.pop("truncation", None), behaviour.pop("padding", None)
+    else:
+        behaviour = {key: value for key, value in tokenizer.init_kwargs.items()
+                     if key not in _NOT_TOKENIZATION and not key.endswith("_file")}
+    fingerprint = json.dumps({"vocabulary": sorted(tokenizer.get_vocab().items()), "behaviour": behaviour,
+                              "truncation_side": getattr(tokenizer, "truncation_side", "right")},
+                             ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha1(fingerprint.encode("utf-8")).hexdigest()
 
 
 def _tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, text_column: str,
@@ -594,11 +640,14 @@ def compare_models(
         configs = [model.config for model, _ in loaded.values()]
         named = next((config for config in configs if _class_names(config) is not None), configs[0])
         eval_dataset = _labels_as_class_ids(eval_dataset, label_column, named)
-    tokenized_by_vocabulary: dict[str, Any] = {}  # the same texts, tokenized once per distinct vocabulary
+    # the same texts, tokenized once per distinct tokenization (the vocabulary and how texts are split into it)
+    tokenized_by_vocabulary: dict[str, Any] = {}
     for name, key in vocabulary.items():
         if key not in tokenized_by_vocabulary:
             tokenized_by_vocabulary[key] = _tokenize(eval_dataset, tokenizers[name], task, text_column, label_column,
                                                      max_length)
+
+    _check_positions(loaded, {name: tokenized_by_vocabulary[key] for name, key in vocabulary.items()}, max_length)
 
     settings = _RunSettings(task=task, label_column=label_column, batch_size=batch_size,
                             latency_samples=latency_samples, generation_prompts=generation_prompts,
@@ -725,7 +774,7 @@ def _common_task(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]]) -> s
 
 def _vocabularies(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
                   tokenizers: Mapping[str, PreTrainedTokenizerBase], task: str) -> dict[str, str]:
-    """Each model's vocabulary fingerprint, once every model's embedding covers its tokenizer."""
+    """Each model's tokenization fingerprint (`_tokenization_key`), once every model's embedding covers its tokenizer."""
     for name, (model, _) in loaded.items():
         if model.config.vocab_size < len(tokenizers[name]):
             raise ValueError(
@@ -733,7 +782,7 @@ def _vocabularies(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]],
                 f"{len(tokenizers[name])} tokens: save each model with the tokenizer it was trained with "
                 "(students made with make_student share the teacher's)."
             )
-    vocabulary = {name: _vocabulary_key(model_tokenizer) for name, model_tokenizer in tokenizers.items()}
+    vocabulary = {name: _tokenization_key(model_tokenizer) for name, model_tokenizer in tokenizers.items()}
     if task == CAUSAL_LM and len(set(vocabulary.values())) > 1:
         raise ValueError("Causal LMs with different tokenizers cannot be compared: perplexity per token depends on "
                          "the tokenization. Compare models that share one tokenizer.")
@@ -758,9 +807,77 @@ def _evaluation_data(eval_dataset: Dataset | str | None, task: str, *, split: st
     if missing:
         raise ValueError(f"The evaluation dataset has no column(s) {missing} (it has {eval_dataset.column_names}): "
                          "pass text_column=/label_column=.")
-    if max_samples is not None:
-        eval_dataset = eval_dataset.select(range(min(max_samples, len(eval_dataset))))
+    if max_samples is not None and max_samples < len(eval_dataset):
+        kept = eval_dataset.select(range(max_samples))
+        if task == CLASSIFICATION:
+            _warn_if_classes_differ(eval_dataset[label_column], kept[label_column], max_samples)
+        eval_dataset = kept
     return eval_dataset, dataset_name
+
+
+# a class whose share among the first `max_samples` rows differs from the whole split's by more than this
+MAX_CLASS_SHARE_GAP = 0.15
+
+
+def _warn_if_classes_differ(labels: Sequence[Any], kept: Sequence[Any], max_samples: int) -> None:
+    """Warn when the first `max_samples` rows, which are scored as transformers' examples take them, miss a class of
+    the split or hold it in another share: Hub splits are often sorted by label, and a model that always answers
+    the first class would then score 100%."""
+    from collections import Counter
+
+    whole, head = Counter(map(str, labels)), Counter(map(str, kept))
+    missing = sorted(whole.keys() - head.keys())
+    shifted = sorted(label for label in whole if label in head
+                     and abs(head[label] / len(kept) - whole[label] / len(labels)) > MAX_CLASS_SHARE_GAP)
+    if not missing and not shifted:
+        return
+    problems = []
+    if missing:
+        problems.append(f"miss the class(es) {missing}")
+    if shifted:
+        problems.append("hold " + ", ".join(f"{label!r} at {head[label] / len(kept):.0%} (the split: "
+                                            f"{whole[label] / len(labels):.0%})" for label in shifted))
+    logger.warning(f"The first {max_samples} evaluation rows (max_samples) {' and '.join(problems)}: the split may "
+                   "be sorted by label, and the metrics would not be those of the split. Shuffle the split first "
+                   "(dataset.shuffle(seed=0)), or score all of it (max_samples=None, --max_samples 0).")
+
+
+# models whose position ids start after the padding index: RoBERTa's 514 positions hold 512 tokens
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert",
+                            "longformer")
+
+
+def _position_limit(config) -> tuple[int, str] | None:
+    """The most tokens a model with learned absolute positions takes, and the config field that says so; None for
+    rotary or relative positions (RoPE, ALiBi), which index no table and take longer inputs."""
+    if any(getattr(config, name, None) is not None for name in
+           ("rope_theta", "rope_scaling", "rope_parameters", "rotary_dim", "rotary_pct", "partial_rotary_factor")):
+        return None
+    if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    for name in ("n_positions", "max_position_embeddings"):
+        limit = getattr(config, name, None)
+        if isinstance(limit, int) and limit > 0:
+            if getattr(config, "model_type", None) in _POSITIONS_AFTER_PADDING:
+                limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+            return limit, name
+    return None
+
+
+def _check_positions(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]], tokenized: Mapping[str, Dataset],
+                     max_length: int) -> None:
+    """Refuse, before anything is measured, an evaluation text longer than a model's position table: indexing past
+    it fails deep in torch ("index out of range", a tensor size mismatch) without naming the model or the fix."""
+    for name, (model, _) in loaded.items():
+        found = _position_limit(getattr(model, "config", None))
+        if found is None:
+            continue
+        limit, field_name = found
+        longest = max((len(ids) for ids in tokenized[name]["input_ids"]), default=0)
+        if longest > limit:
+            raise ValueError(f"Model {name!r} takes at most {limit} tokens ({field_name}={getattr(model.config, field_name)})"
+                             f" but max_length is {max_length} and the evaluation texts reach {longest} tokens: pass "
+                             f"--max_length {limit} (max_length={limit} in Python).")
 
 
 def _class_names(config) -> dict[int, str] | None:
@@ -776,6 +893,10 @@ def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]
     """Refuse classifiers that number their classes differently: every prediction is scored against the same
     label ids, so a model whose class 0 is another's class 1 would get a wrong accuracy without a word."""
     first_name, (first, _) = next(iter(loaded.items()))
+    # the names are checked against the first model that has names: a reference with transformers' placeholders
+    # (LABEL_0, ...) checks nothing, yet two named students beside it may still number their classes differently
+    named_name, named_classes = next(((other, _class_names(model.config)) for other, (model, _) in loaded.items()
+                                      if _class_names(model.config) is not None), (None, None))
     for name, (model, _) in loaded.items():
         # accuracy and F1 score one predicted class per text: a regression head's score or multi-label head's
         # independent yes/no per class has none, and its labels (floats, lists) would be refused as class ids
@@ -787,11 +908,11 @@ def _check_same_classes(loaded: Mapping[str, tuple[PreTrainedModel, Path | None]
         if model.config.num_labels != first.config.num_labels:
             raise ValueError(f"Model {name!r} has {model.config.num_labels} classes and {first_name!r} has "
                              f"{first.config.num_labels}: compare classifiers of the same labels.")
-        names, first_names = _class_names(model.config), _class_names(first.config)
+        names = _class_names(model.config)
         # spelled alike but for case and spaces ("POSITIVE", "positive"): the same classes, numbered alike
-        if names is not None and first_names is not None and _folded(names) != _folded(first_names):
-            raise ValueError(f"Model {name!r} numbers its classes {names} and {first_name!r} numbers them "
-                             f"{first_names}: their predictions cannot be scored against the same labels. Compare "
+        if names is not None and named_classes is not None and _folded(names) != _folded(named_classes):
+            raise ValueError(f"Model {name!r} numbers its classes {names} and {named_name!r} numbers them "
+                             f"{named_classes}: their predictions cannot be scored against the same labels. Compare "
                              "models trained with one id2label (students made with make_student keep the teacher's).")
 
 

@@ -7,6 +7,7 @@ from disk renders exactly like a fresh one (model cards reuse `markdown_table`).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -108,7 +109,9 @@ def perplexity_lines(report: dict[str, Any]) -> list[str]:
     lines = ["", sentence]
     for model in report["models"][1:]:
         value = model["metrics"].get("perplexity")
-        times = f" ({value / base:.2f}x the reference's)" if value is not None and base else ""
+        # an infinite perplexity (exploding logits) or one beside an infinite reference has no ratio worth printing
+        times = (f" ({value / base:.2f}x the reference's)" if value is not None and base and _is_finite(value)
+                 and _is_finite(base) else "")
         lines[-1] += f"; `{model['name']}` {_fmt(value, '.2f')}{times}"
     lines[-1] += "."
     return lines
@@ -174,6 +177,29 @@ def student_vs_quantized_teacher(report: dict[str, Any]) -> str | None:
 
     def quality(model: dict[str, Any]) -> float:
         return model["metrics"].get(metric, float("nan"))
+
+    # a NaN or infinite score (a broken export) ranks nowhere: min() and max() would name it the best, and a NaN
+    # quantized teacher would beat every student; such models are left out and named, as in `decode_points`
+    unscored = [m["name"] for m in (rival, *students) if not _is_finite(quality(m))]
+    if unscored:
+        left_out = f" No finite {metric} for {', '.join(f'`{name}`' for name in unscored)}: left out of this verdict."
+        if not _is_finite(quality(rival)):
+            return f"**Not shown.** `{rival['name']}` has no finite {metric} to compare the students with." + (
+                left_out if len(unscored) > 1 else "")
+        students = [m for m in students if _is_finite(quality(m))]
+        if not students:
+            return f"**Not shown.** No student has a finite {metric}." + left_out
+        return _student_verdict(rival, students, metric, lower, quality) + left_out
+    return _student_verdict(rival, students, metric, lower, quality)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _student_verdict(rival: dict[str, Any], students: list[dict[str, Any]], metric: str, lower: bool,
+                     quality) -> str:
+    """The verdict of `student_vs_quantized_teacher` among students that all have a finite score."""
 
     def at_least_as_good(model: dict[str, Any]) -> bool:
         if lower:

@@ -7,16 +7,19 @@ mean token cross-entropy.
 """
 
 import math
+import sys
 
 import datasets
 import evaluate
+
+_LARGEST_EXPONENT = math.log(sys.float_info.max)
 
 _KWARGS_DESCRIPTION = """
 Args:
     nll_sums (`list[float]`): summed negative log-likelihood (nats) of the predicted tokens of each item.
     num_tokens (`list[int]`): number of predicted tokens in each item.
 Returns:
-    perplexity (`float`), mean_nll (`float`, nats per token).
+    perplexity (`float`, inf where exp(mean_nll) exceeds the largest float), mean_nll (`float`, nats per token).
 Example:
     >>> evaluate.load("path/to/perplexity").compute(nll_sums=[6.0, 2.0], num_tokens=[3, 1])
     {'perplexity': 7.38905609893065, 'mean_nll': 2.0}
@@ -37,4 +40,6 @@ class Perplexity(evaluate.Metric):
         if total_tokens <= 0:
             raise ValueError("perplexity needs at least one predicted token.")
         mean_nll = float(sum(nll_sums)) / total_tokens
-        return {"perplexity": math.exp(mean_nll), "mean_nll": mean_nll}
+        # past ~709.8 nats per token exp() overflows a float: such a model (exploding logits) is infinitely perplexed
+        perplexity = math.exp(mean_nll) if mean_nll <= _LARGEST_EXPONENT else math.inf
+        return {"perplexity": perplexity, "mean_nll": mean_nll}

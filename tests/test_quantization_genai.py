@@ -251,7 +251,7 @@ def test_a_quantized_export_the_builder_converts_wrongly_is_refused_and_leaves_n
     from transformers import LlamaForCausalLM
 
     torch.manual_seed(0)
-    model = LlamaForCausalLM(tiny_llama_config(hidden_size=64, head_dim=16, intermediate_size=64, num_hidden_layers=2,
+    model = LlamaForCausalLM(tiny_llama_config(hidden_size=64, head_dim=16, intermediate_size=128,
                                                initializer_range=0.2)).eval()
     source = _save(model, tmp_path / "model")
     for scheme in ("fp32", "int8"):

@@ -11,6 +11,7 @@ from transformers import BertForSequenceClassification, Trainer, TrainerCallback
 from hf_bigsmall import BigSmallTrainer, EnergyCallback
 from hf_bigsmall.energy import callback as callback_module
 from hf_bigsmall.energy.meters import RaplMeter
+from hf_bigsmall.energy.meters.estimate import CpuTimeEstimateMeter
 from tests.scripts.energy_utils import TinyClassificationData
 from tests.testing_utils import tiny_bert_config
 
@@ -39,6 +40,21 @@ def make_trainer(tmp_path, energy, max_steps=4, trainer_class=BigSmallTrainer, *
 
 def energy_entries(history, key="energy_joules"):
     return [entry for entry in history if key in entry]
+
+
+class Ticks(TrainerCallback):
+    """Drives a 1 W estimate meter's clock: 1 J per training step, 50 J per evaluation batch."""
+
+    def __init__(self, monkeypatch):
+        self.seconds = 0.0
+        meter = lambda *a, **k: [CpuTimeEstimateMeter(cpu_tdp_watts=10, cpu_threads=10, clock=lambda: self.seconds)]
+        monkeypatch.setattr(callback_module, "select_meters", meter)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.seconds += 1.0
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self.seconds += 50.0
 
 
 def test_energy_reaches_log_history_and_energy_json(tmp_path):
@@ -133,6 +149,37 @@ def test_totals_survive_resume(tmp_path, restore_callback_states):
     (final,) = energy_entries(history, "train_energy_joules")
     assert record["energy_joules"] == pytest.approx(final["train_energy_joules"])
     assert record["energy_joules"] >= restored_plus_new - 1e-12
+
+
+@pytest.mark.parametrize("trainer_class", [BigSmallTrainer, Trainer])
+@pytest.mark.parametrize("eval_strategy", ["no", "epoch"])
+def test_epoch_saves_and_evaluations_bring_the_totals_up_to_date(tmp_path, monkeypatch, trainer_class, eval_strategy):
+    """Epoch strategies decide to save and evaluate in on_epoch_end, not on_step_end."""
+    ticks = Ticks(monkeypatch)
+    trainer = make_trainer(tmp_path, EnergyCallback(), max_steps=-1, num_train_epochs=2, trainer_class=trainer_class,
+                           logging_steps=100, eval_strategy=eval_strategy, save_strategy="epoch")
+    trainer.add_callback(ticks)
+    trainer.train()  # 32 samples / 4 per step: 8 steps per epoch; an evaluation is 2 batches
+    record = json.loads((tmp_path / "energy.json").read_text())
+    evaluations = 2 if eval_strategy == "epoch" else 0
+    assert record["energy_joules"] == pytest.approx(16.0)  # the evaluations are not training energy
+    assert record["evaluation"]["windows"] == evaluations
+    assert record["evaluation"]["energy_joules"] == pytest.approx(100.0 * evaluations)
+    checkpoint = tmp_path / "checkpoint-8"
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["EnergyCallback"]
+    assert saved["attributes"]["totals"]["train"]["energy_joules"] == pytest.approx(8.0)
+    assert saved["attributes"]["totals"]["train"]["num_samples"] == 32
+    assert json.loads((checkpoint / "energy.json").read_text())["energy_joules"] == pytest.approx(8.0)
+
+    # a run resumed from the first epoch's checkpoint keeps that epoch's energy
+    (tmp_path / "energy.json").unlink()
+    resumed = make_trainer(tmp_path, EnergyCallback(), max_steps=-1, num_train_epochs=2, trainer_class=trainer_class,
+                           logging_steps=100, eval_strategy="no", save_strategy="no")
+    resumed.add_callback(Ticks(monkeypatch))
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    record = json.loads((tmp_path / "energy.json").read_text())
+    assert record["resumed_from_step"] == 8 and record["num_samples"] == 64
+    assert record["energy_joules"] == pytest.approx(16.0)
 
 
 def test_counter_vanishing_mid_run_falls_back_and_keeps_earlier_logs(tmp_path, monkeypatch, caplog):

@@ -16,7 +16,7 @@ Under a trainer with `BigSmallTrainerMixin` (`DistillationTrainer`, `BigSmallTra
 through `trainer.log`, so they reach `log_history` and every `report_to` integration, and every
 `evaluate`/`predict` call is a window. Under a plain `Trainer` the callback has its events only:
 entries are appended to `state.log_history` (not sent to integrations), and only evaluations run
-during training are measured (from the step that triggers them to `on_evaluate`).
+during training are measured (from the step or epoch end that triggers them to `on_evaluate`).
 Integrations take numbers only (TensorBoard and MLflow drop strings with a warning at every step),
 so `energy_source` travels as a number, `energy_is_estimate` (1.0 when any CPU-time estimate or
 CodeCarbon figure is included), and its label is added to this callback's own `log_history`
@@ -291,14 +291,23 @@ class EnergyCallback(TrainerCallback, ExportableState):
     def on_step_end(self, args, state, control, **kwargs):
         if self._tracker is not None and not self._disabled:
             self._tracker.poll()
-            if control.should_save:
-                # the checkpoint's trainer_state.json is written before on_save: bring totals up
-                # to this step now, on every process (gathering is collective)
-                self._guard("on_step_end", self._gather_training, args, state)
-            if control.should_evaluate and self._training:
-                # the evaluation comes next; a plain Trainer fires no event when it starts
-                self._guard("on_step_end", self._gather_training, args, state)
-                self._pending_evaluation = dict(self._mark)
+            self._before_save_or_evaluate("on_step_end", args, state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # epoch strategies set should_save/should_evaluate here (DefaultFlowCallback runs first)
+        if self._tracker is not None and not self._disabled:
+            self._before_save_or_evaluate("on_epoch_end", args, state, control)
+
+    def _before_save_or_evaluate(self, hook: str, args, state, control) -> None:
+        """The Trainer saves and evaluates right after `on_step_end` and `on_epoch_end`: close the training
+        window first. `control` is the same on every process, so all of them gather (a collective) or none."""
+        if not (control.should_save or control.should_evaluate):
+            return
+        # the checkpoint's trainer_state.json is written before on_save: totals must be up to this step
+        self._guard(hook, self._gather_training, args, state)
+        if control.should_evaluate and self._training:
+            # the evaluation comes next; a plain Trainer fires no event when it starts
+            self._pending_evaluation = dict(self._mark)
 
     def on_evaluate(self, args, state, control, metrics=None, eval_dataloader=None, **kwargs):
         start, self._pending_evaluation = self._pending_evaluation, None

@@ -266,6 +266,41 @@ def test_the_seam_measures_an_evaluation_before_training(tmp_path):
     assert record["evaluation"]["windows"] == 1 and record["energy_joules"] == 0.0
 
 
+def test_a_later_evaluation_keeps_the_training_run_in_energy_json(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, EnergyCallback())  # 4 steps, evaluated at steps 2 and 4
+    trainer.add_callback(Ticks(monkeypatch))
+    trainer.train()
+    trained = json.loads((tmp_path / "energy.json").read_text())
+    assert trained["energy_joules"] == pytest.approx(4.0) and trained["evaluation"]["windows"] == 2
+
+    # an evaluation script run later on the same output_dir, with a callback of its own
+    evaluator = make_trainer(tmp_path, EnergyCallback(), eval_strategy="no")
+    evaluator.add_callback(Ticks(monkeypatch))
+    evaluator.evaluate()
+    evaluator.evaluate()
+    evaluator.predict(TinyClassificationData(8))
+    record = json.loads((tmp_path / "energy.json").read_text())
+    training = {key: value for key, value in trained.items() if key not in ("evaluation", "prediction")}
+    assert {key: record[key] for key in training} == training
+    assert record["evaluation"]["windows"] == 4 and record["evaluation"]["num_samples"] == 64
+    assert record["evaluation"]["energy_joules"] == pytest.approx(400.0)  # 2 during training + 2 later, once each
+    assert record["evaluation"]["energy_kwh"] == pytest.approx(400.0 / 3.6e6)
+    assert record["evaluation"]["co2_grams"] == pytest.approx(2 * trained["evaluation"]["co2_grams"])
+    assert record["prediction"]["windows"] == 1 and record["prediction"]["energy_joules"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("damaged", ["{truncated", "[1, 2]", '{"evaluation": {"energy_joules": "lots"}}'])
+def test_a_damaged_energy_json_is_replaced_with_a_warning(tmp_path, damaged, caplog):
+    (tmp_path / "energy.json").write_text(damaged)
+    evaluator = make_trainer(tmp_path, EnergyCallback(), eval_strategy="no")
+    with caplog.at_level(logging.WARNING, logger="hf_bigsmall.energy"):
+        evaluator.evaluate()
+        evaluator.evaluate()  # still measuring
+    assert "cannot read" in caplog.text and "energy.json" in caplog.text
+    record = json.loads((tmp_path / "energy.json").read_text())
+    assert record["evaluation"]["windows"] == 2 and record["energy_joules"] == 0.0
+
+
 def test_joules_per_token_when_tokens_are_counted(tmp_path):
     trainer = make_trainer(tmp_path, EnergyCallback(), eval_strategy="no", include_num_input_tokens_seen=True)
     trainer.train()

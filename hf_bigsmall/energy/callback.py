@@ -54,11 +54,18 @@ folder), schema version 1:
   "prediction": {...}
 }
 ```
+
+A callback that has not trained (an evaluation script run later on a trained model's `output_dir`) keeps
+the training run of the `energy.json` already there: its windows are added to that file's `evaluation` and
+`prediction` totals, read once, so successive `evaluate()` calls are counted once each. A file that cannot
+be read is replaced by this callback's own record, with a warning. Once the callback trains, its record
+replaces the file.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from typing import Any
 
@@ -67,7 +74,7 @@ from transformers.trainer_callback import ExportableState
 
 from ..trainer_context import running_trainer
 from ..utils.files import atomic_write_json
-from .card import ENERGY_FILE_NAME
+from .card import ENERGY_FILE_NAME, load_energy_record
 from .carbon import resolve_grid_intensity
 from .distributed import gather_objects, gather_readings
 from .meters import BACKENDS, select_meters
@@ -161,6 +168,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._last_gather_step = 0
         self._last_tokens = 0
         self._training = False
+        self._trained = False  # trained at least once: this callback's record is the whole file
+        self._existing_records: dict[str, dict[str, Any] | None] = {}  # energy.json found before a first write
         self._logging = False
         self._disabled = False
         self._pending_evaluation: dict[str, float] | None = None  # plain Trainer: start of an evaluation in training
@@ -287,6 +296,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._last_gather_step = state.global_step
         self._last_tokens = state.num_input_tokens_seen
         self._training = True
+        self._trained = True
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._tracker is not None and not self._disabled:
@@ -478,8 +488,32 @@ class EnergyCallback(TrainerCallback, ExportableState):
             return
         self._global_step = state.global_step
         record = self.record(parts)
+        if not self._trained:
+            record = self._add_to_existing(os.path.join(folder, ENERGY_FILE_NAME), record)
         os.makedirs(folder, exist_ok=True)
         atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)  # readers never see half a file
+
+    def _add_to_existing(self, path: str, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` of evaluations alone, added to the `energy.json` that was at `path` before this callback
+        first wrote there (read once: later writes add to the same baseline, never to their own)."""
+        if path not in self._existing_records:
+            self._existing_records[path] = _read_existing_record(path)
+        existing = self._existing_records[path]
+        if existing is None:
+            return record
+        merged = {**existing, "is_estimate": bool(existing.get("is_estimate")) or record["is_estimate"]}
+        for phase in ("evaluation", "prediction"):
+            before, ours = existing.get(phase) or {}, record[phase]
+            joules = before.get("energy_joules", 0.0) + ours["energy_joules"]
+            merged[phase] = {
+                "energy_joules": joules,
+                "num_samples": before.get("num_samples", 0) + ours["num_samples"],
+                "windows": before.get("windows", 0) + ours["windows"],
+                "energy_kwh": joules / JOULES_PER_KWH,
+                # each run's grams at its own grid intensity
+                "co2_grams": before.get("co2_grams", 0.0) + ours["co2_grams"],
+            }
+        return merged
 
     # ---- resume ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -495,6 +529,31 @@ class EnergyCallback(TrainerCallback, ExportableState):
             },
             "attributes": {"totals": copy.deepcopy(self.totals)},
         }
+
+
+def _read_existing_record(path: str) -> dict[str, Any] | None:
+    """The `energy.json` at `path` to add evaluations to; None when there is none or it is damaged (warned)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        record = load_energy_record(path)
+        if not isinstance(record, dict):
+            raise ValueError("it is not a JSON object")  # noqa: TRY004 - a damaged file
+        for phase in ("evaluation", "prediction"):
+            figures = record.get(phase) or {}
+            if not isinstance(figures, dict) or not all(
+                _is_figure(figures.get(key, 0)) for key in ("energy_joules", "num_samples", "windows", "co2_grams")
+            ):
+                raise ValueError(f"its {phase} totals are not finite numbers")
+    except (OSError, ValueError) as error:
+        logger.warning("EnergyCallback: cannot read %s (%s): it is replaced by this callback's own record, without "
+                       "the training run it may have held.", path, error)
+        return None
+    return record
+
+
+def _is_figure(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
 
 
 def _dataset_size(dataloader) -> int | None:

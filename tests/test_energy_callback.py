@@ -10,6 +10,7 @@ from transformers import BertForSequenceClassification, Trainer, TrainerCallback
 
 from hf_bigsmall import BigSmallTrainer, EnergyCallback
 from hf_bigsmall.energy import callback as callback_module
+from hf_bigsmall.energy.card import co2_eq_emissions
 from hf_bigsmall.energy.meters import RaplMeter
 from hf_bigsmall.energy.meters.estimate import CpuTimeEstimateMeter
 from tests.scripts.energy_utils import TinyClassificationData
@@ -89,6 +90,7 @@ def test_energy_reaches_log_history_and_energy_json(tmp_path):
     assert record["energy_joules"] == pytest.approx(final["train_energy_joules"])
     assert record["co2_grams"] == pytest.approx(final["train_co2_grams"])
     assert record["num_samples"] == 16 and record["num_processes"] == 1
+    assert record["status"] == "complete" and record["global_step"] == record["max_steps"] == 4
     assert record["grid_intensity_g_per_kwh"] == 56 and "FRA" in record["grid_intensity_origin"]
     assert record["meters"][0]["watts_per_thread"] == 4.0 and record["meters"][0]["origin"] == "user"
     assert record["evaluation"]["windows"] == 2 and record["evaluation"]["num_samples"] == 32
@@ -133,7 +135,9 @@ def test_totals_survive_resume(tmp_path, restore_callback_states):
     saved = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
     saved_totals = saved["stateful_callbacks"]["EnergyCallback"]["attributes"]["totals"]["train"]
     assert saved_totals["energy_joules"] > 0 and saved_totals["num_samples"] == 8
-    assert json.loads((tmp_path / "checkpoint-2" / "energy.json").read_text())["energy_joules"] == pytest.approx(saved_totals["energy_joules"])
+    checkpoint_record = json.loads((tmp_path / "checkpoint-2" / "energy.json").read_text())
+    assert checkpoint_record["energy_joules"] == pytest.approx(saved_totals["energy_joules"])
+    assert checkpoint_record["status"] == "in progress" and checkpoint_record["max_steps"] == 4
 
     # with restore_callback_states_from_checkpoint the Trainer swaps in a new EnergyCallback
     resumed = make_trainer(tmp_path, EnergyCallback(), max_steps=4, save_strategy="no", eval_strategy="no",
@@ -264,6 +268,7 @@ def test_the_seam_measures_an_evaluation_before_training(tmp_path):
     assert trainer.state.log_history[-1]["eval_energy_joules"] == metrics["eval_energy_joules"]
     record = json.loads((tmp_path / "energy.json").read_text())
     assert record["evaluation"]["windows"] == 1 and record["energy_joules"] == 0.0
+    assert record["status"] is None and record["max_steps"] is None  # no training measured
 
 
 def test_a_later_evaluation_keeps_the_training_run_in_energy_json(tmp_path, monkeypatch):
@@ -351,7 +356,9 @@ def test_training_stopped_by_an_exception_is_written_and_a_later_evaluate_is_its
         trainer.train()
     record = json.loads((tmp_path / "energy.json").read_text())  # what the two steps used is not lost
     assert record["global_step"] == 2 and record["num_samples"] == 8 and record["energy_joules"] > 0
+    assert record["status"] == "aborted" and record["max_steps"] == 4  # not to be read as a finished run
+    assert co2_eq_emissions(tmp_path)["source"].endswith("(run aborted at step 2 of 4)")
     trainer.remove_callback(Interrupt)
     trainer.evaluate()
     record = json.loads((tmp_path / "energy.json").read_text())
-    assert record["evaluation"]["windows"] == 1 and record["num_samples"] == 8
+    assert record["evaluation"]["windows"] == 1 and record["num_samples"] == 8 and record["status"] == "aborted"

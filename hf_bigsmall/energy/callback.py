@@ -48,6 +48,9 @@ folder), schema version 1:
   "num_processes": 1,
   "training_type": "fine-tuning",
   "global_step": 200, "resumed_from_step": null,
+  "status": "complete",                    # "in progress" (checkpoint), "aborted" (train() raised), or null
+                                           # when this callback measured no training (evaluations only)
+  "max_steps": 200,                        # the steps training was set to run, null without training
   "meters": [{"energy_source": "estimate", "method": "...", "watts_per_thread": 3.5, "origin": "..."}],
   "failures": [],                          # meters that failed mid-run and what replaced them
   "evaluation": {"energy_joules": ..., "energy_kwh": ..., "co2_grams": ..., "num_samples": ..., "windows": 2},
@@ -160,6 +163,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self.resumed_from_step: int | None = None
         self._training_type_seen = "fine-tuning"
         self._global_step: int | None = None
+        self._status: str | None = None  # "in progress", "complete" or "aborted" once training started
+        self._max_steps: int | None = None
         self._tracker: EnergyTracker | None = None
         self._mark: dict[str, float] = {}
         self._unlogged: dict[str, float] = {}  # gathered training energy not yet in an interval log
@@ -297,6 +302,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._last_tokens = state.num_input_tokens_seen
         self._training = True
         self._trained = True
+        self._status, self._max_steps = "in progress", state.max_steps
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._tracker is not None and not self._disabled:
@@ -365,6 +371,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
     def on_train_end(self, args, state, control, **kwargs):
         if self._training:
             self._training = False
+            self._status = "complete"
             self._guard("on_train_end", self._write, args, state, args.output_dir)
 
     def on_train_abort(self, args, state, control, **kwargs):
@@ -375,6 +382,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if not self._training:
             return
         self._training = False
+        self._status = "aborted"  # never read as a finished training, here or in a later evaluation's write
         self._pending_evaluation = None
         if args.world_size == 1:
             self._guard("on_train_abort", self._write_aborted, args, state)
@@ -475,6 +483,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
             "training_type": self.training_type or self._training_type_seen,
             "global_step": self._global_step,
             "resumed_from_step": self.resumed_from_step,
+            "status": self._status,
+            "max_steps": self._max_steps,
             "meters": meters,
             "failures": [f for part in parts for f in part.get("failures", [])],
             "evaluation": phase("evaluation"),

@@ -363,10 +363,11 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._log(state, figures, label)
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and not self._disabled:
+        # the Trainer calls on_save on every process after a checkpoint, so its record gathers every
+        # process's meters (a collective), as the one at the end of training does
+        if not self._disabled:
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(folder):
-                self._guard("on_save", self._write, args, state, folder, gather=False)
+            self._guard("on_save", self._write, args, state, folder, into_existing_folder=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._training:
@@ -491,10 +492,9 @@ class EnergyCallback(TrainerCallback, ExportableState):
             "prediction": phase("prediction"),
         }
 
-    def _write(self, args, state, folder: str, gather: bool = True) -> None:
-        part = self._local_part()
-        parts = gather_objects(part) if gather else [part]  # collective: every process is here
-        if not state.is_world_process_zero:
+    def _write(self, args, state, folder: str, into_existing_folder: bool = False) -> None:
+        parts = gather_objects(self._local_part())  # collective: every process is here
+        if not state.is_world_process_zero or (into_existing_folder and not os.path.isdir(folder)):
             return
         self._global_step = state.global_step
         record = self.record(parts)

@@ -177,6 +177,31 @@ def test_co2_eq_emissions_from_a_record_or_its_folder(tmp_path):
         co2_eq_emissions({"energy_joules": 1.0})
 
 
+@pytest.mark.parametrize(
+    "run, suffix",
+    [
+        ({}, None),  # written before records had a status
+        ({"status": "complete", "global_step": 8, "max_steps": 8}, None),
+        ({"status": "aborted", "global_step": 3, "max_steps": 8}, " (run aborted at step 3 of 8)"),
+    ],
+)
+def test_co2_eq_emissions_of_an_aborted_run_says_so(run, suffix):
+    metadata = co2_eq_emissions({**RECORD, **run})
+    assert metadata["emissions"] == 12.3457  # what it used is stated, not refused
+    if suffix is None:
+        assert metadata["source"] == co2_eq_emissions(RECORD)["source"] and "aborted" not in metadata["source"]
+    else:
+        assert metadata["source"].endswith(suffix)
+
+
+def test_negative_co2_grams_is_refused_naming_the_record(tmp_path):
+    (tmp_path / "energy.json").write_text(json.dumps({**RECORD, "co2_grams": -0.5}))
+    with pytest.raises(ValueError, match=r"energy\.json has co2_grams -0\.5.*damaged"):
+        co2_eq_emissions(tmp_path / "energy.json")
+    with pytest.raises(ValueError, match="This record has co2_grams -0.5"):
+        co2_eq_emissions({**RECORD, "co2_grams": -0.5})
+
+
 def test_add_co2_to_model_card_keeps_the_card(tmp_path):
     from huggingface_hub import ModelCard
 

@@ -10,7 +10,9 @@ from transformers import BertForSequenceClassification, Trainer, TrainerCallback
 
 from hf_bigsmall import BigSmallTrainer, EnergyCallback
 from hf_bigsmall.energy import callback as callback_module
+from hf_bigsmall.energy.card import co2_eq_emissions
 from hf_bigsmall.energy.meters import RaplMeter
+from hf_bigsmall.energy.meters.estimate import CpuTimeEstimateMeter
 from tests.scripts.energy_utils import TinyClassificationData
 from tests.testing_utils import tiny_bert_config
 
@@ -39,6 +41,21 @@ def make_trainer(tmp_path, energy, max_steps=4, trainer_class=BigSmallTrainer, *
 
 def energy_entries(history, key="energy_joules"):
     return [entry for entry in history if key in entry]
+
+
+class Ticks(TrainerCallback):
+    """Drives a 1 W estimate meter's clock: 1 J per training step, 50 J per evaluation batch."""
+
+    def __init__(self, monkeypatch):
+        self.seconds = 0.0
+        meter = lambda *a, **k: [CpuTimeEstimateMeter(cpu_tdp_watts=10, cpu_threads=10, clock=lambda: self.seconds)]
+        monkeypatch.setattr(callback_module, "select_meters", meter)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.seconds += 1.0
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self.seconds += 50.0
 
 
 def test_energy_reaches_log_history_and_energy_json(tmp_path):
@@ -73,6 +90,7 @@ def test_energy_reaches_log_history_and_energy_json(tmp_path):
     assert record["energy_joules"] == pytest.approx(final["train_energy_joules"])
     assert record["co2_grams"] == pytest.approx(final["train_co2_grams"])
     assert record["num_samples"] == 16 and record["num_processes"] == 1
+    assert record["status"] == "complete" and record["global_step"] == record["max_steps"] == 4
     assert record["grid_intensity_g_per_kwh"] == 56 and "FRA" in record["grid_intensity_origin"]
     assert record["meters"][0]["watts_per_thread"] == 4.0 and record["meters"][0]["origin"] == "user"
     assert record["evaluation"]["windows"] == 2 and record["evaluation"]["num_samples"] == 32
@@ -117,7 +135,9 @@ def test_totals_survive_resume(tmp_path, restore_callback_states):
     saved = json.loads((tmp_path / "checkpoint-2" / "trainer_state.json").read_text())
     saved_totals = saved["stateful_callbacks"]["EnergyCallback"]["attributes"]["totals"]["train"]
     assert saved_totals["energy_joules"] > 0 and saved_totals["num_samples"] == 8
-    assert json.loads((tmp_path / "checkpoint-2" / "energy.json").read_text())["energy_joules"] == pytest.approx(saved_totals["energy_joules"])
+    checkpoint_record = json.loads((tmp_path / "checkpoint-2" / "energy.json").read_text())
+    assert checkpoint_record["energy_joules"] == pytest.approx(saved_totals["energy_joules"])
+    assert checkpoint_record["status"] == "in progress" and checkpoint_record["max_steps"] == 4
 
     # with restore_callback_states_from_checkpoint the Trainer swaps in a new EnergyCallback
     resumed = make_trainer(tmp_path, EnergyCallback(), max_steps=4, save_strategy="no", eval_strategy="no",
@@ -133,6 +153,37 @@ def test_totals_survive_resume(tmp_path, restore_callback_states):
     (final,) = energy_entries(history, "train_energy_joules")
     assert record["energy_joules"] == pytest.approx(final["train_energy_joules"])
     assert record["energy_joules"] >= restored_plus_new - 1e-12
+
+
+@pytest.mark.parametrize("trainer_class", [BigSmallTrainer, Trainer])
+@pytest.mark.parametrize("eval_strategy", ["no", "epoch"])
+def test_epoch_saves_and_evaluations_bring_the_totals_up_to_date(tmp_path, monkeypatch, trainer_class, eval_strategy):
+    """Epoch strategies decide to save and evaluate in on_epoch_end, not on_step_end."""
+    ticks = Ticks(monkeypatch)
+    trainer = make_trainer(tmp_path, EnergyCallback(), max_steps=-1, num_train_epochs=2, trainer_class=trainer_class,
+                           logging_steps=100, eval_strategy=eval_strategy, save_strategy="epoch")
+    trainer.add_callback(ticks)
+    trainer.train()  # 32 samples / 4 per step: 8 steps per epoch; an evaluation is 2 batches
+    record = json.loads((tmp_path / "energy.json").read_text())
+    evaluations = 2 if eval_strategy == "epoch" else 0
+    assert record["energy_joules"] == pytest.approx(16.0)  # the evaluations are not training energy
+    assert record["evaluation"]["windows"] == evaluations
+    assert record["evaluation"]["energy_joules"] == pytest.approx(100.0 * evaluations)
+    checkpoint = tmp_path / "checkpoint-8"
+    saved = json.loads((checkpoint / "trainer_state.json").read_text())["stateful_callbacks"]["EnergyCallback"]
+    assert saved["attributes"]["totals"]["train"]["energy_joules"] == pytest.approx(8.0)
+    assert saved["attributes"]["totals"]["train"]["num_samples"] == 32
+    assert json.loads((checkpoint / "energy.json").read_text())["energy_joules"] == pytest.approx(8.0)
+
+    # a run resumed from the first epoch's checkpoint keeps that epoch's energy
+    (tmp_path / "energy.json").unlink()
+    resumed = make_trainer(tmp_path, EnergyCallback(), max_steps=-1, num_train_epochs=2, trainer_class=trainer_class,
+                           logging_steps=100, eval_strategy="no", save_strategy="no")
+    resumed.add_callback(Ticks(monkeypatch))
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    record = json.loads((tmp_path / "energy.json").read_text())
+    assert record["resumed_from_step"] == 8 and record["num_samples"] == 64
+    assert record["energy_joules"] == pytest.approx(16.0)
 
 
 def test_counter_vanishing_mid_run_falls_back_and_keeps_earlier_logs(tmp_path, monkeypatch, caplog):
@@ -217,6 +268,42 @@ def test_the_seam_measures_an_evaluation_before_training(tmp_path):
     assert trainer.state.log_history[-1]["eval_energy_joules"] == metrics["eval_energy_joules"]
     record = json.loads((tmp_path / "energy.json").read_text())
     assert record["evaluation"]["windows"] == 1 and record["energy_joules"] == 0.0
+    assert record["status"] is None and record["max_steps"] is None  # no training measured
+
+
+def test_a_later_evaluation_keeps_the_training_run_in_energy_json(tmp_path, monkeypatch):
+    trainer = make_trainer(tmp_path, EnergyCallback())  # 4 steps, evaluated at steps 2 and 4
+    trainer.add_callback(Ticks(monkeypatch))
+    trainer.train()
+    trained = json.loads((tmp_path / "energy.json").read_text())
+    assert trained["energy_joules"] == pytest.approx(4.0) and trained["evaluation"]["windows"] == 2
+
+    # an evaluation script run later on the same output_dir, with a callback of its own
+    evaluator = make_trainer(tmp_path, EnergyCallback(), eval_strategy="no")
+    evaluator.add_callback(Ticks(monkeypatch))
+    evaluator.evaluate()
+    evaluator.evaluate()
+    evaluator.predict(TinyClassificationData(8))
+    record = json.loads((tmp_path / "energy.json").read_text())
+    training = {key: value for key, value in trained.items() if key not in ("evaluation", "prediction")}
+    assert {key: record[key] for key in training} == training
+    assert record["evaluation"]["windows"] == 4 and record["evaluation"]["num_samples"] == 64
+    assert record["evaluation"]["energy_joules"] == pytest.approx(400.0)  # 2 during training + 2 later, once each
+    assert record["evaluation"]["energy_kwh"] == pytest.approx(400.0 / 3.6e6)
+    assert record["evaluation"]["co2_grams"] == pytest.approx(2 * trained["evaluation"]["co2_grams"])
+    assert record["prediction"]["windows"] == 1 and record["prediction"]["energy_joules"] == pytest.approx(50.0)
+
+
+@pytest.mark.parametrize("damaged", ["{truncated", "[1, 2]", '{"evaluation": {"energy_joules": "lots"}}'])
+def test_a_damaged_energy_json_is_replaced_with_a_warning(tmp_path, damaged, caplog):
+    (tmp_path / "energy.json").write_text(damaged)
+    evaluator = make_trainer(tmp_path, EnergyCallback(), eval_strategy="no")
+    with caplog.at_level(logging.WARNING, logger="hf_bigsmall.energy"):
+        evaluator.evaluate()
+        evaluator.evaluate()  # still measuring
+    assert "cannot read" in caplog.text and "energy.json" in caplog.text
+    record = json.loads((tmp_path / "energy.json").read_text())
+    assert record["evaluation"]["windows"] == 2 and record["energy_joules"] == 0.0
 
 
 def test_joules_per_token_when_tokens_are_counted(tmp_path):
@@ -269,7 +356,9 @@ def test_training_stopped_by_an_exception_is_written_and_a_later_evaluate_is_its
         trainer.train()
     record = json.loads((tmp_path / "energy.json").read_text())  # what the two steps used is not lost
     assert record["global_step"] == 2 and record["num_samples"] == 8 and record["energy_joules"] > 0
+    assert record["status"] == "aborted" and record["max_steps"] == 4  # not to be read as a finished run
+    assert co2_eq_emissions(tmp_path)["source"].endswith("(run aborted at step 2 of 4)")
     trainer.remove_callback(Interrupt)
     trainer.evaluate()
     record = json.loads((tmp_path / "energy.json").read_text())
-    assert record["evaluation"]["windows"] == 1 and record["num_samples"] == 8
+    assert record["evaluation"]["windows"] == 1 and record["num_samples"] == 8 and record["status"] == "aborted"

@@ -87,7 +87,7 @@ def test_models_that_only_share_a_folder_name_are_two_runs(tmp_path):
     assert record["energy_kwh"] == pytest.approx(6e-4) and len(record["runs"]) == 2
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1e-4])
 def test_a_run_whose_figures_are_not_finite_counts_as_not_measured(tmp_path, bad):
     parent, child = tmp_path / "teacher", tmp_path / "student"
     _save(parent, bad)
@@ -108,13 +108,14 @@ def test_a_damaged_record_raises_a_value_error_naming_it(tmp_path, name):
         build_lineage(child, [parent])
 
 
-def test_a_card_never_states_nan_emissions(tmp_path):
-    _save(tmp_path / "model", float("nan"))  # an energy.json with NaN figures and no emissions.json
+@pytest.mark.parametrize("bad", [float("nan"), -1e-4])
+def test_a_card_never_states_nan_emissions(tmp_path, bad):
+    _save(tmp_path / "model", bad)  # an energy.json with NaN (or negative) figures and no emissions.json
     card = build_model_card(tmp_path / "model", energy=True)
     assert "co2_eq_emissions" not in card.data.to_dict()
     from hf_bigsmall.energy.card import co2_eq_emissions
 
-    with pytest.raises(ValueError, match="not a finite number"):
+    with pytest.raises(ValueError, match=r"model.* not a finite number"):  # names the damaged record
         co2_eq_emissions(tmp_path / "model")
 
 

@@ -13,6 +13,8 @@ def test_two_processes_sum_parts_without_double_counting(tmp_path):
     parts = [json.loads((tmp_path / f"part-{rank}.json").read_text()) for rank in (0, 1)]
     record = json.loads((tmp_path / "energy.json").read_text())
     assert record["num_processes"] == 2
+    checkpoint = json.loads((tmp_path / "checkpoint-2" / "energy.json").read_text())
+    assert checkpoint["num_processes"] == 2 and checkpoint["status"] == "in progress"  # every process's meters
 
     estimate_keys = [key for part in parts for key in part]
     assert len(set(estimate_keys)) == 2  # one estimate per process, distinct keys

@@ -16,7 +16,7 @@ Under a trainer with `BigSmallTrainerMixin` (`DistillationTrainer`, `BigSmallTra
 through `trainer.log`, so they reach `log_history` and every `report_to` integration, and every
 `evaluate`/`predict` call is a window. Under a plain `Trainer` the callback has its events only:
 entries are appended to `state.log_history` (not sent to integrations), and only evaluations run
-during training are measured (from the step that triggers them to `on_evaluate`).
+during training are measured (from the step or epoch end that triggers them to `on_evaluate`).
 Integrations take numbers only (TensorBoard and MLflow drop strings with a warning at every step),
 so `energy_source` travels as a number, `energy_is_estimate` (1.0 when any CPU-time estimate or
 CodeCarbon figure is included), and its label is added to this callback's own `log_history`
@@ -48,17 +48,27 @@ folder), schema version 1:
   "num_processes": 1,
   "training_type": "fine-tuning",
   "global_step": 200, "resumed_from_step": null,
+  "status": "complete",                    # "in progress" (checkpoint), "aborted" (train() raised), or null
+                                           # when this callback measured no training (evaluations only)
+  "max_steps": 200,                        # the steps training was set to run, null without training
   "meters": [{"energy_source": "estimate", "method": "...", "watts_per_thread": 3.5, "origin": "..."}],
   "failures": [],                          # meters that failed mid-run and what replaced them
   "evaluation": {"energy_joules": ..., "energy_kwh": ..., "co2_grams": ..., "num_samples": ..., "windows": 2},
   "prediction": {...}
 }
 ```
+
+A callback that has not trained (an evaluation script run later on a trained model's `output_dir`) keeps
+the training run of the `energy.json` already there: its windows are added to that file's `evaluation` and
+`prediction` totals, read once, so successive `evaluate()` calls are counted once each. A file that cannot
+be read is replaced by this callback's own record, with a warning. Once the callback trains, its record
+replaces the file.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 import os
 from typing import Any
 
@@ -67,7 +77,7 @@ from transformers.trainer_callback import ExportableState
 
 from ..trainer_context import running_trainer
 from ..utils.files import atomic_write_json
-from .card import ENERGY_FILE_NAME
+from .card import ENERGY_FILE_NAME, load_energy_record
 from .carbon import resolve_grid_intensity
 from .distributed import gather_objects, gather_readings
 from .meters import BACKENDS, select_meters
@@ -153,6 +163,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self.resumed_from_step: int | None = None
         self._training_type_seen = "fine-tuning"
         self._global_step: int | None = None
+        self._status: str | None = None  # "in progress", "complete" or "aborted" once training started
+        self._max_steps: int | None = None
         self._tracker: EnergyTracker | None = None
         self._mark: dict[str, float] = {}
         self._unlogged: dict[str, float] = {}  # gathered training energy not yet in an interval log
@@ -161,6 +173,8 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._last_gather_step = 0
         self._last_tokens = 0
         self._training = False
+        self._trained = False  # trained at least once: this callback's record is the whole file
+        self._existing_records: dict[str, dict[str, Any] | None] = {}  # energy.json found before a first write
         self._logging = False
         self._disabled = False
         self._pending_evaluation: dict[str, float] | None = None  # plain Trainer: start of an evaluation in training
@@ -287,18 +301,29 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._last_gather_step = state.global_step
         self._last_tokens = state.num_input_tokens_seen
         self._training = True
+        self._trained = True
+        self._status, self._max_steps = "in progress", state.max_steps
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._tracker is not None and not self._disabled:
             self._tracker.poll()
-            if control.should_save:
-                # the checkpoint's trainer_state.json is written before on_save: bring totals up
-                # to this step now, on every process (gathering is collective)
-                self._guard("on_step_end", self._gather_training, args, state)
-            if control.should_evaluate and self._training:
-                # the evaluation comes next; a plain Trainer fires no event when it starts
-                self._guard("on_step_end", self._gather_training, args, state)
-                self._pending_evaluation = dict(self._mark)
+            self._before_save_or_evaluate("on_step_end", args, state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        # epoch strategies set should_save/should_evaluate here (DefaultFlowCallback runs first)
+        if self._tracker is not None and not self._disabled:
+            self._before_save_or_evaluate("on_epoch_end", args, state, control)
+
+    def _before_save_or_evaluate(self, hook: str, args, state, control) -> None:
+        """The Trainer saves and evaluates right after `on_step_end` and `on_epoch_end`: close the training
+        window first. `control` is the same on every process, so all of them gather (a collective) or none."""
+        if not (control.should_save or control.should_evaluate):
+            return
+        # the checkpoint's trainer_state.json is written before on_save: totals must be up to this step
+        self._guard(hook, self._gather_training, args, state)
+        if control.should_evaluate and self._training:
+            # the evaluation comes next; a plain Trainer fires no event when it starts
+            self._pending_evaluation = dict(self._mark)
 
     def on_evaluate(self, args, state, control, metrics=None, eval_dataloader=None, **kwargs):
         start, self._pending_evaluation = self._pending_evaluation, None
@@ -338,14 +363,16 @@ class EnergyCallback(TrainerCallback, ExportableState):
         self._log(state, figures, label)
 
     def on_save(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and not self._disabled:
+        # the Trainer calls on_save on every process after a checkpoint, so its record gathers every
+        # process's meters (a collective), as the one at the end of training does
+        if not self._disabled:
             folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if os.path.isdir(folder):
-                self._guard("on_save", self._write, args, state, folder, gather=False)
+            self._guard("on_save", self._write, args, state, folder, into_existing_folder=True)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self._training:
             self._training = False
+            self._status = "complete"
             self._guard("on_train_end", self._write, args, state, args.output_dir)
 
     def on_train_abort(self, args, state, control, **kwargs):
@@ -356,6 +383,7 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if not self._training:
             return
         self._training = False
+        self._status = "aborted"  # never read as a finished training, here or in a later evaluation's write
         self._pending_evaluation = None
         if args.world_size == 1:
             self._guard("on_train_abort", self._write_aborted, args, state)
@@ -456,21 +484,46 @@ class EnergyCallback(TrainerCallback, ExportableState):
             "training_type": self.training_type or self._training_type_seen,
             "global_step": self._global_step,
             "resumed_from_step": self.resumed_from_step,
+            "status": self._status,
+            "max_steps": self._max_steps,
             "meters": meters,
             "failures": [f for part in parts for f in part.get("failures", [])],
             "evaluation": phase("evaluation"),
             "prediction": phase("prediction"),
         }
 
-    def _write(self, args, state, folder: str, gather: bool = True) -> None:
-        part = self._local_part()
-        parts = gather_objects(part) if gather else [part]  # collective: every process is here
-        if not state.is_world_process_zero:
+    def _write(self, args, state, folder: str, into_existing_folder: bool = False) -> None:
+        parts = gather_objects(self._local_part())  # collective: every process is here
+        if not state.is_world_process_zero or (into_existing_folder and not os.path.isdir(folder)):
             return
         self._global_step = state.global_step
         record = self.record(parts)
+        if not self._trained:
+            record = self._add_to_existing(os.path.join(folder, ENERGY_FILE_NAME), record)
         os.makedirs(folder, exist_ok=True)
         atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)  # readers never see half a file
+
+    def _add_to_existing(self, path: str, record: dict[str, Any]) -> dict[str, Any]:
+        """`record` of evaluations alone, added to the `energy.json` that was at `path` before this callback
+        first wrote there (read once: later writes add to the same baseline, never to their own)."""
+        if path not in self._existing_records:
+            self._existing_records[path] = _read_existing_record(path)
+        existing = self._existing_records[path]
+        if existing is None:
+            return record
+        merged = {**existing, "is_estimate": bool(existing.get("is_estimate")) or record["is_estimate"]}
+        for phase in ("evaluation", "prediction"):
+            before, ours = existing.get(phase) or {}, record[phase]
+            joules = before.get("energy_joules", 0.0) + ours["energy_joules"]
+            merged[phase] = {
+                "energy_joules": joules,
+                "num_samples": before.get("num_samples", 0) + ours["num_samples"],
+                "windows": before.get("windows", 0) + ours["windows"],
+                "energy_kwh": joules / JOULES_PER_KWH,
+                # each run's grams at its own grid intensity
+                "co2_grams": before.get("co2_grams", 0.0) + ours["co2_grams"],
+            }
+        return merged
 
     # ---- resume ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -486,6 +539,31 @@ class EnergyCallback(TrainerCallback, ExportableState):
             },
             "attributes": {"totals": copy.deepcopy(self.totals)},
         }
+
+
+def _read_existing_record(path: str) -> dict[str, Any] | None:
+    """The `energy.json` at `path` to add evaluations to; None when there is none or it is damaged (warned)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        record = load_energy_record(path)
+        if not isinstance(record, dict):
+            raise ValueError("it is not a JSON object")  # noqa: TRY004 - a damaged file
+        for phase in ("evaluation", "prediction"):
+            figures = record.get(phase) or {}
+            if not isinstance(figures, dict) or not all(
+                _is_figure(figures.get(key, 0)) for key in ("energy_joules", "num_samples", "windows", "co2_grams")
+            ):
+                raise ValueError(f"its {phase} totals are not finite numbers")
+    except (OSError, ValueError) as error:
+        logger.warning("EnergyCallback: cannot read %s (%s): it is replaced by this callback's own record, without "
+                       "the training run it may have held.", path, error)
+        return None
+    return record
+
+
+def _is_figure(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
 
 
 def _dataset_size(dataloader) -> int | None:

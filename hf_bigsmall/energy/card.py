@@ -3,7 +3,8 @@
 The Hub reads these fields from a model card's YAML header
 (https://huggingface.co/docs/hub/model-cards-co2): `emissions` in grams of CO2eq, `source`,
 `training_type`, `geographical_location` and `hardware_used`. `source` says how the energy was
-obtained, so an estimate is never shown as a measurement.
+obtained, so an estimate is never shown as a measurement, nor a run that stopped early (`"status":
+"aborted"` in `energy.json`) as a finished training.
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def describe_source(record: Mapping[str, Any]) -> str:
     intensity = record.get("grid_intensity_g_per_kwh")
     if intensity is not None:
         details.append(f"{intensity:g} gCO2eq/kWh, {record.get('grid_intensity_origin', 'unknown origin')}")
-    return f"hf_bigsmall EnergyCallback: {label}" + (f" ({'; '.join(details)})" if details else "")
+    source = f"hf_bigsmall EnergyCallback: {label}" + (f" ({'; '.join(details)})" if details else "")
+    if record.get("status") == "aborted":  # records written before `status` existed say nothing of it
+        steps = f" of {record['max_steps']}" if record.get("max_steps") else ""
+        source += f" (run aborted at step {record.get('global_step')}{steps})"
+    return source
 
 
 def co2_eq_emissions(
@@ -61,14 +66,16 @@ def co2_eq_emissions(
      'training_type': 'fine-tuning', 'hardware_used': 'AMD EPYC (2 threads)'}
     ```
     """
+    name = "This record"
     if not isinstance(record, Mapping):
+        name = f"The record {os.fspath(record)}"
         record = load_energy_record(record)
     if "co2_grams" not in record:
-        raise ValueError("This record has no co2_grams: pass the energy.json an EnergyCallback wrote.")
+        raise ValueError(f"{name} has no co2_grams: pass the energy.json an EnergyCallback wrote.")
     grams = record["co2_grams"]
-    if isinstance(grams, bool) or not isinstance(grams, (int, float)) or not math.isfinite(grams):
-        raise ValueError(f"This record's co2_grams is {grams!r}, not a finite number of grams: the record is damaged; "
-                         "measure the run again (a card never states NaN emissions).")
+    if isinstance(grams, bool) or not isinstance(grams, (int, float)) or not math.isfinite(grams) or grams < 0:
+        raise ValueError(f"{name} has co2_grams {grams!r}, not a finite number of grams at least 0: it is damaged; "
+                         "measure the run again (a card never states NaN or negative emissions).")
     metadata: dict[str, Any] = {
         "emissions": float(f"{float(record['co2_grams']):.6g}"),  # 6 significant figures
         "source": describe_source(record),

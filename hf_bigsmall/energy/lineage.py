@@ -24,7 +24,7 @@ only share a folder name are two runs) and adds them up:
 ```
 
 A run that was not measured here (a teacher that came already fine-tuned), or whose figures are
-not finite numbers, is listed with `null` figures and left out of the sums; pretraining of the
+not finite numbers at least 0, is listed with `null` figures and left out of the sums; pretraining of the
 original checkpoint is never included.
 """
 
@@ -57,8 +57,8 @@ def _read_record(path: Path, fix: str) -> dict[str, Any]:
 
 
 def _finite(value: Any) -> float | None:
-    """A figure that can be added up, or None (NaN or inf would turn every sum into NaN)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    """A figure that can be added up, or None (NaN or inf would turn every sum into NaN; energy is never negative)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         return None
     return value
 

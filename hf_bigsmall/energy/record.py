@@ -43,10 +43,10 @@ class EnergyRecord:
         return cls(data) if data else None  # an empty record says nothing
 
     def co2_eq_emissions(self) -> dict[str, Any] | None:
-        """The card's `co2_eq_emissions`, or None when the record has no finite figure of grams."""
+        """The card's `co2_eq_emissions`, or None when the record has no finite, non-negative figure of grams."""
         grams = self.data.get("co2_grams")
-        # a NaN or inf figure (a damaged record) states nothing, rather than `emissions: .nan` on the Hub
-        if isinstance(grams, (int, float)) and math.isfinite(grams):
+        # a NaN, inf or negative figure (a damaged record) states nothing, rather than `emissions: .nan` on the Hub
+        if isinstance(grams, (int, float)) and math.isfinite(grams) and grams >= 0:
             return co2_eq_emissions(self.data)
         return None
 

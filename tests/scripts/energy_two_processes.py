@@ -49,7 +49,7 @@ def main():
         for name, value in (("name", "package-0"), ("max_energy_range_uj", "262143328850"), ("energy_uj", "0")):
             (powercap / "intel-rapl:0" / name).write_text(f"{value}\n")
     args = TrainingArguments(
-        output_dir=str(out_dir), max_steps=4, per_device_train_batch_size=4, logging_steps=2, save_strategy="no",
+        output_dir=str(out_dir), max_steps=4, per_device_train_batch_size=4, logging_steps=2, save_strategy="steps", save_steps=2,
         report_to="none", use_cpu=True, disable_tqdm=True, ddp_find_unused_parameters=False,
     )
     assert args.world_size == 2, f"expected 2 processes, got world size {args.world_size}"

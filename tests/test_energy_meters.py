@@ -60,6 +60,19 @@ def test_rapl_wraparound(powercap):
     assert package == pytest.approx(((999_900 - 100) + (1_000_000 - 999_900 + 400)) / 1e6)
 
 
+def test_rapl_counts_every_wrap_of_a_window_it_is_not_asked_to_read_in(powercap):
+    # a window read only at its start and end (measure_work, an evaluation) used to lose every range the
+    # counter went round in between: the meter reads it in the background
+    meter = RaplMeter(powercap, poll_interval_s=0.02)
+    start = meter.read()
+    for value in (600_000, 100_000, 700_000, 300_000):  # two wraps of the 1,000,000 range, none seen by the caller
+        set_uj(powercap, "intel-rapl:0", value)
+        time.sleep(0.2)
+    package = next(v - start[k] for k, v in meter.read().items() if k.endswith("/package-0"))
+    meter.close()
+    assert package == pytest.approx((2_000_000 + 300_000 - 100) / 1e6)
+
+
 def test_rapl_permission_error_is_unavailable(powercap, monkeypatch):
     from hf_bigsmall.energy.meters import rapl
 

@@ -12,7 +12,9 @@ with what to do, and the caller falls back to the CPU-time estimate.
 from __future__ import annotations
 
 import os
+import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -60,15 +62,41 @@ def find_rapl_zones(root: str | os.PathLike = DEFAULT_POWERCAP_ROOT) -> list[tup
     return zones
 
 
+class _Poller(threading.Thread):
+    """Reads a meter's counters every `interval_s` while the meter lives, so that no window, however long and
+    whatever runs in it (an evaluation, `measure_work`, `measure_inference`), spans a counter's whole range."""
+
+    def __init__(self, meter: RaplMeter, interval_s: float):
+        super().__init__(daemon=True, name="hf_bigsmall-rapl-poller")
+        self._meter = weakref.ref(meter)  # the thread does not keep the meter alive
+        self._interval_s = interval_s
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self._interval_s):
+            meter = self._meter()
+            if meter is None:
+                return
+            try:
+                meter.poll()
+            except Exception:  # the caller's next read() meets the same error and reports it
+                return
+            del meter
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
 class RaplMeter(EnergyMeter):
     """Reads RAPL package and DRAM counters, handling wraparound.
 
     Args:
         root (`str`, *optional*, defaults to `/sys/class/powercap`): the powercap folder; tests
             point it at a tree written in a temporary folder.
-        poll_interval_s (`float`, *optional*, defaults to 10): `poll()` reads the counters at most
-            this often, so that a counter never wraps twice between two reads (a 262 kJ range wraps
-            after about 20 minutes at 200 W).
+        poll_interval_s (`float`, *optional*, defaults to 10): the counters are read at least this
+            often, by a background thread while the meter lives, so that a counter never wraps twice
+            between two reads (a 262 kJ range wraps after about 20 minutes at 200 W) in any window;
+            `poll()` reads them when that long has passed.
 
     Example:
 
@@ -100,17 +128,24 @@ class RaplMeter(EnergyMeter):
             except (OSError, ValueError) as error:
                 raise MeterUnavailable(f"RAPL zone {path} is unreadable: {error}") from error
         self._host = hostname()
+        self._lock = threading.Lock()  # the poller and the caller update the same zones
         self._last_poll = time.monotonic()
+        self._poller = _Poller(self, poll_interval_s)
+        self._poller.start()
 
     def poll(self) -> None:
         if time.monotonic() - self._last_poll >= self.poll_interval_s:
             self.read()
 
     def read(self) -> dict[str, float]:
-        for zone in self.zones:
-            zone.update()
-        self._last_poll = time.monotonic()
-        return {f"rapl/{self._host}/{zone.name}": zone.total_uj / 1e6 for zone in self.zones}
+        with self._lock:
+            for zone in self.zones:
+                zone.update()
+            self._last_poll = time.monotonic()
+            return {f"rapl/{self._host}/{zone.name}": zone.total_uj / 1e6 for zone in self.zones}
+
+    def close(self) -> None:
+        self._poller.stop()
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -123,6 +123,7 @@ def test_size_on_disk_counts_the_weights_transformers_loads_once(tmp_path):
     model.save_pretrained(tmp_path / "both")
     torch.save(model.state_dict(), tmp_path / "both" / "pytorch_model.bin")
     (tmp_path / "both" / "training_args.bin").write_bytes(b"x" * 4096)
+    (tmp_path / "both" / "sparsity_rewind.safetensors").write_bytes(b"x" * 4096)  # IMP's rewind weights: no model's
     (tmp_path / "both" / "model.onnx").write_bytes(b"x" * 1000)
     (tmp_path / "both" / "model.onnx.data").write_bytes(b"x" * 3000)
     assert size_on_disk_mb(tmp_path / "both") == pytest.approx(mib(
@@ -813,6 +814,12 @@ def test_texts_longer_than_a_models_positions_are_refused_naming_the_model_and_m
         compare_models([tmp_path / "short"], long_texts, max_length=32)
     assert compare_module._position_limit(tiny_gpt2_config()) == (64, "n_positions")
     assert compare_module._position_limit(LlamaConfig(max_position_embeddings=16)) is None  # RoPE indexes no table
+    from transformers import DebertaV2Config, MPNetConfig
+
+    # DeBERTa-v3 adds no absolute positions to its inputs; MPNet's ids start after the padding index
+    assert compare_module._position_limit(DebertaV2Config(position_biased_input=False)) is None
+    assert compare_module._position_limit(MPNetConfig(max_position_embeddings=514, pad_token_id=1)) == (
+        512, "max_position_embeddings")
 
 
 def test_max_samples_warns_when_the_first_rows_miss_a_class_or_its_share(compared, monkeypatch, caplog):

@@ -306,6 +306,27 @@ def test_a_damaged_energy_json_is_replaced_with_a_warning(tmp_path, damaged, cap
     assert record["evaluation"]["windows"] == 2 and record["energy_joules"] == 0.0
 
 
+def test_a_failed_write_of_energy_json_leaves_the_callback_measuring(tmp_path, monkeypatch, caplog):
+    # only the main process writes: had the error switched the callback off there alone, the other processes
+    # would wait for it at the next gather
+    from hf_bigsmall.energy import callback as callback_module
+
+    callback = EnergyCallback()
+    trainer = make_trainer(tmp_path, callback, eval_strategy="no")
+    real_write = callback_module.atomic_write_json
+
+    def full_disk(path, record):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(callback_module, "atomic_write_json", full_disk)
+    with caplog.at_level(logging.ERROR, logger="hf_bigsmall.energy"):
+        trainer.evaluate()
+    assert "could not write" in caplog.text and not callback._disabled
+    monkeypatch.setattr(callback_module, "atomic_write_json", real_write)
+    trainer.evaluate()
+    assert json.loads((tmp_path / "energy.json").read_text())["evaluation"]["windows"] == 2
+
+
 def test_joules_per_token_when_tokens_are_counted(tmp_path):
     trainer = make_trainer(tmp_path, EnergyCallback(), eval_strategy="no", include_num_input_tokens_seen=True)
     trainer.train()

@@ -115,6 +115,28 @@ def test_another_runs_masks_are_refused_on_resume_not_armed(tmp_path):
     assert all(torch.equal(callback.masks[name].cpu(), mask) for name, mask in expected.items())
 
 
+def test_masks_that_leave_pruned_weights_alive_are_refused_but_warned_under_deepspeed(tmp_path, caplog):
+    # DeepSpeed may restore the fp32 master weights, whose pruned entries were never zeroed, into the model
+    import logging
+
+    from hf_bigsmall.pruning.callback import _check_masks_fit_weights
+
+    model = tiny_bert()
+    name, weight = next((n, p) for n, p in model.named_parameters() if n.endswith("output.dense.weight"))
+    masks = {name: torch.zeros_like(weight, dtype=torch.bool)}
+    masks[name][0, :3] = True
+    with torch.no_grad():
+        weight[0, :3] = 0.0
+    _check_masks_fit_weights(masks, model, tmp_path)  # every pruned weight is zero: accepted
+    with torch.no_grad():
+        weight[0, 1] = 0.5
+    with pytest.raises(ValueError, match="1 weights of .* they prune are not zero"):
+        _check_masks_fit_weights(masks, model, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        _check_masks_fit_weights(masks, model, tmp_path, deepspeed=True)
+    assert "DeepSpeed" in caplog.text and "applied again" in caplog.text
+
+
 @pytest.mark.parametrize("damage, message", [(_truncate, "truncated or corrupted"), (_wrong_shape, "do not fit this model")])
 def test_damaged_imp_rewind_weights_name_the_file_before_resuming(tmp_path, damage, message):
     from hf_bigsmall.pruning.io import SPARSITY_REWIND_NAME, load_pruning_state

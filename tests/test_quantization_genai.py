@@ -284,7 +284,8 @@ def test_a_block_size_among_builder_options_decides_symmetry_before_the_builder_
     assert (record["block_size"], record["is_symmetric"]) == ("64", "true")
     assert quantization_of(export_genai(source, tmp_path / "int4-32", "int4"))["builder_options"]["is_symmetric"] == "false"
     for options, message in (({"block_size": 64, "is_symmetric": "false"}, "odd number of blocks"),
-                             ({"block_size": "48"}, "power of two")):
+                             ({"block_size": 64, "is_symmetric": "0"}, "odd number of blocks"),
+                             ({"block_size": "48"}, "power of two"), ({"block_size": 512}, "from 16 to 256")):
         with pytest.raises(ValueError, match=message):
             export_genai(source, tmp_path / "refused", "int4", builder_options=options)
     assert not (tmp_path / "refused").exists()

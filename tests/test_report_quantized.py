@@ -240,6 +240,7 @@ def test_a_perplexity_past_the_largest_float_is_inf_and_reported_as_such():
     metric = load_metric("perplexity")
     assert metric.compute(nll_sums=[40000.0], num_tokens=[2]) == {"perplexity": math.inf, "mean_nll": 20000.0}
     assert metric.compute(nll_sums=[6.0, 2.0], num_tokens=[3, 1])["perplexity"] == pytest.approx(math.exp(2.0))
+    assert math.isnan(metric.compute(nll_sums=[math.nan], num_tokens=[2])["perplexity"])  # not finite is not inf
     report = _report([20.0, 2.0, 3.0], [10.0, math.inf, 14.0], causal=True)
     markdown = render_markdown(report)
     assert "`student` inf;" in markdown and "infx" not in markdown

@@ -497,18 +497,24 @@ class EnergyCallback(TrainerCallback, ExportableState):
         if not state.is_world_process_zero or (into_existing_folder and not os.path.isdir(folder)):
             return
         self._global_step = state.global_step
-        record = self.record(parts)
-        if not self._trained:
-            record = self._add_to_existing(os.path.join(folder, ENERGY_FILE_NAME), record)
-        os.makedirs(folder, exist_ok=True)
-        atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)  # readers never see half a file
+        try:
+            record = self.record(parts)
+            if not self._trained:
+                record = self._add_to_existing(os.path.join(folder, ENERGY_FILE_NAME), record)
+            os.makedirs(folder, exist_ok=True)
+            atomic_write_json(os.path.join(folder, ENERGY_FILE_NAME), record)  # readers never see half a file
+        except Exception as error:
+            # the main process alone is here: were this error to switch the callback off there only, the next
+            # collective (a gather at a save or an evaluation) would wait forever for it. Only this file is lost.
+            logger.exception("EnergyCallback could not write %s: %s", os.path.join(folder, ENERGY_FILE_NAME), error)
 
     def _add_to_existing(self, path: str, record: dict[str, Any]) -> dict[str, Any]:
         """`record` of evaluations alone, added to the `energy.json` that was at `path` before this callback
         first wrote there (read once: later writes add to the same baseline, never to their own)."""
-        if path not in self._existing_records:
-            self._existing_records[path] = _read_existing_record(path)
-        existing = self._existing_records[path]
+        key = os.path.realpath(path)  # `out` and `./out` are one file, with one baseline
+        if key not in self._existing_records:
+            self._existing_records[key] = _read_existing_record(path)
+        existing = self._existing_records[key]
         if existing is None:
             return record
         merged = {**existing, "is_estimate": bool(existing.get("is_estimate")) or record["is_estimate"]}

@@ -8,6 +8,7 @@ batched pass gives energy and throughput, and single-sample forwards give the la
 from __future__ import annotations
 
 import inspect
+import itertools
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -242,7 +243,9 @@ def measure_inference(
         raise ValueError("dataset_or_batches is empty: nothing to measure.")
     batches = [{k: v.to(device) for k, v in batch.items()} for batch in batches]
     samples_per_pass = sum(_batch_size_of(batch) for batch in batches)
-    singles = [_slice(batch, i) for batch in batches for i in range(_batch_size_of(batch))][:latency_samples]
+    # only as many singles as are timed are cut out (each cut reads its attention mask)
+    singles = list(itertools.islice((_slice(batch, i) for batch in batches for i in range(_batch_size_of(batch))),
+                                    latency_samples))
 
     def synchronize():
         if device.type == "cuda":

@@ -429,7 +429,7 @@ class MagnitudePruningCallback(TrainerCallback, ExportableState):
             self.pruning_state.last_pruned_step = stored["attributes"].get("last_pruned_step")
         folder = self._resumed_folder(args, state)
         saved = load_pruning_state(folder, model=model)
-        _check_masks_fit_weights(saved.masks, model, folder)
+        _check_masks_fit_weights(saved.masks, model, folder, deepspeed=_uses_deepspeed(args))
         self.pruning_state.masks = saved.masks
         if not saved.masks:
             logger.warning(f"No pruning masks in {folder}: reading them back from the exact zeros of the resumed weights.")
@@ -587,14 +587,22 @@ def _broadcast_from_main(masks: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return synced
 
 
+def _uses_deepspeed(args) -> bool:
+    """DeepSpeed set in the arguments or by `accelerate launch` (which exports ACCELERATE_USE_DEEPSPEED)."""
+    return bool(getattr(args, "deepspeed", None)) or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+
+
 @torch.no_grad()
-def _check_masks_fit_weights(masks: dict[str, torch.Tensor], model: nn.Module, folder: Path) -> None:
+def _check_masks_fit_weights(masks: dict[str, torch.Tensor], model: nn.Module, folder: Path,
+                             deepspeed: bool = False) -> None:
     """Raise unless every weight the masks prune is zero in the resumed model.
 
     A checkpoint's weights are saved with its masks applied, so masks that leave a pruned weight non-zero were
     saved by another run (a plain Trainer cannot see the folder `train(resume_from_checkpoint=...)` was given and
     reads `output_dir/checkpoint-{step}`): arming them would zero weights this run kept and let its pruned ones grow
-    back. Collective under FSDP2 (every process checks the same weights in the same order).
+    back. Under DeepSpeed a resume may copy the optimizer's fp32 master weights, in which pruned entries need not be
+    zero, into the model: there a mismatch is only a warning, and the masks are armed as before. Collective under
+    FSDP2 (every process checks the same weights in the same order).
     """
     params = dict(model.named_parameters())
     for name, mask in masks.items():
@@ -602,6 +610,11 @@ def _check_masks_fit_weights(masks: dict[str, torch.Tensor], model: nn.Module, f
         if tuple(param.shape) != tuple(mask.shape):  # not held whole nor as an FSDP2 DTensor (e.g. ZeRO-3)
             continue
         alive = int(full_tensor(((param != 0) & shard_like(mask.to(param.device), param)).sum()))
+        if alive and deepspeed:
+            logger.warning(f"{alive} weights of {name} that the masks in {folder} prune are not zero in the resumed "
+                           "model (DeepSpeed may restore them from its fp32 master weights): the masks are applied "
+                           "again. Check that this is the checkpoint you meant to resume.")
+            return
         if alive:
             raise ValueError(
                 f"The pruning masks in {folder} do not belong to the weights this run resumes: {alive} weights of "

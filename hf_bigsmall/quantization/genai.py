@@ -285,13 +285,13 @@ def _odd_rows(config, block_size: int) -> bool:
 
 
 def _block_size(value: Any) -> int:
-    """A builder block size as an int: a power of two of at least 16, as MatMulNBits takes."""
+    """A builder block size as an int: a power of two from 16 to 256, as the builder documents for MatMulNBits."""
     try:
         size = int(str(value))
     except ValueError:
         size = 0
-    if size < 16 or size & (size - 1):
-        raise ValueError(f"block_size must be a power of two of at least 16 (16, 32, 64, 128...), got {value!r}.")
+    if size < 16 or size > 256 or size & (size - 1):
+        raise ValueError(f"block_size must be a power of two from 16 to 256 (16, 32, 64, 128, 256), got {value!r}.")
     return size
 
 
@@ -456,7 +456,7 @@ def export_genai(
         blocks = _block_size((builder_options or {}).get("block_size", block_size))
         extra_options.update(_int4_options(config, blocks))
     extra_options.update(builder_options or {})
-    if scheme == "int4" and str(extra_options.get("is_symmetric")).lower() == "false" and _odd_rows(config, blocks):
+    if scheme == "int4" and str(extra_options.get("is_symmetric")).lower() in ("false", "0") and _odd_rows(config, blocks):
         raise ValueError(f"is_symmetric=false cannot be built with blocks of {blocks}: some matrix rows of {model_dir} "
                          f"hold an odd number of blocks (widths {_row_widths(config)}), whose 4-bit zero points ONNX "
                          "Runtime cannot pack. Leave is_symmetric out (symmetric is then chosen) or pick a block size "

@@ -37,7 +37,8 @@ CAUSAL_LM = TEXT_GENERATION
 logger = logging.get_logger(__name__)
 _QUALITY_METRIC = {CLASSIFICATION: "accuracy", CAUSAL_LM: "perplexity"}
 # weights only: optimizer states, Trainer arguments and pruning masks are not part of the model's size
-_NOT_WEIGHTS = {"sparsity_masks.safetensors", "training_args.bin", "optimizer.pt", "scheduler.pt"}
+_NOT_WEIGHTS = {"sparsity_masks.safetensors", "sparsity_rewind.safetensors", "training_args.bin", "optimizer.pt",
+                "scheduler.pt"}
 
 
 @dataclass
@@ -349,6 +350,14 @@ _NOT_TOKENIZATION = ("name_or_path", "model_max_length", "padding_side", "clean_
                      "tokenizer_class", "backend")
 
 
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _tokenization_key(tokenizer: PreTrainedTokenizerBase) -> str:
     """A fingerprint of how `tokenizer` turns texts into ids: equal keys tokenize the same texts alike.
 
@@ -364,12 +373,12 @@ def _tokenization_key(tokenizer: PreTrainedTokenizerBase) -> str:
     if backend is not None:
         behaviour = json.loads(backend.to_str())
         behaviour.pop("truncation", None), behaviour.pop("padding", None)
-    else:
+    else:  # values that are not JSON (objects whose text holds their address) say nothing comparable: left out
         behaviour = {key: value for key, value in tokenizer.init_kwargs.items()
-                     if key not in _NOT_TOKENIZATION and not key.endswith("_file")}
+                     if key not in _NOT_TOKENIZATION and not key.endswith("_file") and _is_json(value)}
     fingerprint = json.dumps({"vocabulary": sorted(tokenizer.get_vocab().items()), "behaviour": behaviour,
                               "truncation_side": getattr(tokenizer, "truncation_side", "right")},
-                             ensure_ascii=False, sort_keys=True, default=str)
+                             ensure_ascii=False, sort_keys=True)
     return hashlib.sha1(fingerprint.encode("utf-8")).hexdigest()
 
 
@@ -844,7 +853,7 @@ def _warn_if_classes_differ(labels: Sequence[Any], kept: Sequence[Any], max_samp
 
 # models whose position ids start after the padding index: RoBERTa's 514 positions hold 512 tokens
 _POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "ibert",
-                            "longformer")
+                            "longformer", "mpnet", "roberta-prelayernorm")
 
 
 def _position_limit(config) -> tuple[int, str] | None:
@@ -854,6 +863,8 @@ def _position_limit(config) -> tuple[int, str] | None:
            ("rope_theta", "rope_scaling", "rope_parameters", "rotary_dim", "rotary_pct", "partial_rotary_factor")):
         return None
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return None
+    if getattr(config, "position_biased_input", True) is False:  # DeBERTa-v2/v3: relative positions only
         return None
     for name in ("n_positions", "max_position_embeddings"):
         limit = getattr(config, name, None)

@@ -18,7 +18,7 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from .base import EnergyMeter, MeterUnavailable, hostname
+from .base import EnergyMeter, MeterUnavailable, hostname, logger
 
 DEFAULT_POWERCAP_ROOT = "/sys/class/powercap"
 
@@ -79,8 +79,8 @@ class _Poller(threading.Thread):
                 return
             try:
                 meter.poll()
-            except Exception:  # the caller's next read() meets the same error and reports it
-                return
+            except Exception as error:  # one failed read (a busy sysfs) must not end the protection for good
+                logger.debug("RAPL background read failed (%s); trying again in %.0f s", error, self._interval_s)
             del meter
 
     def stop(self) -> None:

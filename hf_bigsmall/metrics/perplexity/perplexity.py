@@ -41,5 +41,5 @@ class Perplexity(evaluate.Metric):
             raise ValueError("perplexity needs at least one predicted token.")
         mean_nll = float(sum(nll_sums)) / total_tokens
         # past ~709.8 nats per token exp() overflows a float: such a model (exploding logits) is infinitely perplexed
-        perplexity = math.exp(mean_nll) if mean_nll <= _LARGEST_EXPONENT else math.inf
+        perplexity = math.inf if mean_nll > _LARGEST_EXPONENT else math.exp(mean_nll)  # NaN stays NaN
         return {"perplexity": perplexity, "mean_nll": mean_nll}

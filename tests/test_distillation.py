@@ -114,6 +114,29 @@ def test_training_moves_student_and_never_teacher(tmp_path, arch, student_width,
     assert {f"test_{n}" for n in expected} <= trainer.predict(dataset).metrics.keys()
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_a_copied_layer_aligns_with_its_teacher_layer_even_when_one_side_is_last(tmp_path, arch):
+    # decoders return their last layer's output after the final norm and every other layer's before it: a student's
+    # last layer copied from a teacher layer that is not the teacher's last used to be compared across that norm
+    from transformers import GPT2LMHeadModel, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    teacher = (GPT2LMHeadModel(tiny_gpt2_config(n_layer=4)) if arch == "gpt2"
+               else LlamaForCausalLM(tiny_llama_config(initializer_range=0.2))).eval()
+    ids = torch.randint(1, TINY_VOCAB, (2, 8), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+    # the first two layers copied: the student's last beside the teacher's second (not its last); and all four
+    for layers in ([0, 1], [0, 1, 2, 3]):
+        student = make_student(teacher, num_layers=len(layers), teacher_layers=layers)
+        args = DistillationConfig(output_dir=str(tmp_path), alpha_kd=0.0, alpha_ce=0.0, alpha_hidden=1.0,
+                                  report_to="none", use_cpu=True, fused_lm_head_loss=False)
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
+                                      train_dataset=Dataset.from_dict({k: v.tolist() for k, v in batch.items()}))
+        assert trainer.layer_map == layers
+        with torch.no_grad():
+            assert trainer.compute_loss(trainer.model.eval(), dict(batch)).item() == pytest.approx(0.0, abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "arch, overrides",
     [

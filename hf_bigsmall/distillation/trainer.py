@@ -881,16 +881,23 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
         return logits, target_labels, row_mask, row_mask
 
     def _hidden_per_position(self, model, student_hidden, teacher_hidden) -> torch.Tensor:
-        projection = getattr(self.accelerator.unwrap_model(model), PROJECTION_NAME, None)
+        student = self.accelerator.unwrap_model(model)
+        projection = getattr(student, PROJECTION_NAME, None)
+        student_last, teacher_last = len(student_hidden) - 2, len(teacher_hidden) - 2
         losses = []
         for student_layer, teacher_layer in enumerate(self.layer_map):
             # hidden_states[0] is the embedding output, so layer i's output is hidden_states[i + 1]
-            hidden = student_hidden[student_layer + 1]
+            hidden, target = student_hidden[student_layer + 1], teacher_hidden[teacher_layer + 1]
+            # decoders (GPT-2, Llama) return their last layer's output after the final norm and the others before
+            # it: a last layer paired with another is compared after that other model's own final norm too
+            if (student_layer == student_last) != (teacher_layer == teacher_last):
+                if student_layer == student_last:
+                    target = _apply_final_norm(self.accelerator.unwrap_model(self.teacher_model), target)
+                else:
+                    hidden = _apply_final_norm(student, hidden)
             if projection is not None:
                 hidden = projection[student_layer](hidden)
-            losses.append(
-                hidden_state_loss(hidden, teacher_hidden[teacher_layer + 1], self.args.hidden_loss, reduction="none")
-            )
+            losses.append(hidden_state_loss(hidden, target, self.args.hidden_loss, reduction="none"))
         return torch.stack(losses).mean(0)
 
     @staticmethod
@@ -926,3 +933,19 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                 logs[name] = total / steps
             self._loss_parts = {}
         super().log(logs, start_time)
+
+
+# the attribute of a decoder's base model that normalises its last hidden state (GPT-2, Llama and most decoders)
+_FINAL_NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "norm_f")
+
+
+def _apply_final_norm(model, hidden: torch.Tensor) -> torch.Tensor:
+    """`hidden` through `model`'s final norm, where it has one (decoders); as it is otherwise (BERT has none: its
+    last layer's output is returned as the others are)."""
+    base = getattr(model, "base_model", model)
+    for name in _FINAL_NORM_NAMES:
+        module = getattr(base, name, None)
+        if isinstance(module, nn.Module):
+            return module(hidden)
+    return hidden
+

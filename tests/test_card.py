@@ -418,6 +418,20 @@ def test_a_served_folders_snippet_that_names_the_folder_says_what_the_name_stand
     assert "`student-int4` stands for this folder" in how_to_use
 
 
+def test_a_report_found_beside_a_model_it_never_measured_stays_off_its_card(student_dir, tmp_path):
+    from transformers import BertForSequenceClassification
+
+    # the output folder's report.json measured teacher/ and student/; a new model saved beside them is not in it
+    (tmp_path / "report.json").write_text(json.dumps(_report([tmp_path / "teacher", student_dir])))
+    newcomer = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1))
+    newcomer.config.distillation = {**DISTILLATION, "dataset": "stanfordnlp/imdb"}
+    newcomer.save_pretrained(tmp_path / "newcomer")
+    card = build_model_card(tmp_path / "newcomer")
+    assert card.data.datasets == ["stanfordnlp/imdb"] and "Measured on" not in card.text
+    # the model the report did measure keeps it
+    assert "Measured on" in build_model_card(student_dir).text
+
+
 def test_card_does_not_take_the_row_of_another_existing_folder_of_the_same_name(student_dir, tmp_path):
     import shutil
 

@@ -266,7 +266,12 @@ def build_model_card(
         raise ValueError(f"{model_dir} has no config.json: pass a folder written by `save_pretrained`.")
     if report is not None and not isinstance(report, dict):
         report = _read_json(Path(report) if Path(report).is_file() else Path(report) / REPORT_JSON)
-    report = report if report is not None else _find_report(model_dir)
+    if report is None:
+        report = _find_report(model_dir)
+        if report and _own_row(report, model_dir) is None:
+            # a report found beside the folder that never measured this model (another run's in the same output
+            # folder) says nothing about it: neither its dataset nor its table go on this card
+            report = None
     row = _own_row(report, model_dir) if report else None
     steps = _Steps.from_config(config)
     energy_record = EnergyRecord.from_folder(model_dir) if energy else None

@@ -104,6 +104,7 @@ class LoopbackHub:
         if repo not in self.repos:
             return 404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"}
         added: dict[str, bytes] = {}
+        deleted: list[str] = []
         header: dict = {}
         for line in body.decode().splitlines():
             item = json.loads(line)
@@ -111,13 +112,17 @@ class LoopbackHub:
                 header = item["value"]
             elif item["key"] == "file":
                 added[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+            elif item["key"] == "deletedFile":
+                deleted.append(item["value"]["path"])
             else:
                 return 400, {"error": f"loopback Hub does not support {item['key']!r} operations"}, {}
         with self._lock:
             self.repos[repo].update(added)
+            for path in deleted:
+                self.repos[repo].pop(path, None)
             oid = hashlib.sha1(json.dumps(sorted(self.repos[repo])).encode() + body).hexdigest()
             self.commits.append({"repo": repo, "revision": rev, "oid": oid, "summary": header.get("summary"),
-                                 "files": sorted(added)})
+                                 "files": sorted(added), "deleted": sorted(deleted)})
         return 200, {"commitUrl": f"{self.url}/{repo}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}, {}
 
     def repo_info(self, repo: str, **_):

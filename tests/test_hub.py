@@ -70,6 +70,30 @@ def test_push_delivers_weights_tokenizer_card_masks_and_report(model_dir, hub_on
         torch.testing.assert_close(original(**batch).logits, reloaded(**batch).logits)
 
 
+def test_a_second_push_leaves_no_model_file_of_the_first_behind(model_dir, tmp_path, hub_online):
+    # commits only add: the first push's single weights file would win over the second's shards, and its masks and
+    # report would be read as the new model's
+    from transformers import BertForSequenceClassification
+
+    newer = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=1))
+    newer.save_pretrained(tmp_path / "dense", max_shard_size="20KB")
+    (tmp_path / "dense" / "vocab.txt").write_text((model_dir / "vocab.txt").read_text())
+    with LoopbackHub() as hub:
+        push_folder(model_dir, "me/tiny-student", token="hf_loopback", endpoint=hub.url)
+        hub.repos["me/tiny-student"]["NOTES.md"] = b"the user's own file"
+        push_folder(tmp_path / "dense", "me/tiny-student", token="hf_loopback", endpoint=hub.url)
+    files = hub.files("me/tiny-student")
+    assert len(hub.commits) == 2 and "model.safetensors" in hub.commits[1]["deleted"]
+    assert not {"model.safetensors", "sparsity_masks.safetensors", "report.md", "energy.json"} & set(files)
+    assert set(files) == set(_snapshot(tmp_path / "dense")) | {"README.md", "NOTES.md"}
+    received = tmp_path / "received"
+    received.mkdir()
+    for path, data in files.items():
+        (received / path).write_bytes(data)
+    reloaded = BertForSequenceClassification.from_pretrained(received).eval()
+    assert all(torch.equal(a, b) for a, b in zip(newer.state_dict().values(), reloaded.state_dict().values()))
+
+
 def test_existing_card_is_uploaded_unchanged(model_dir, hub_online):
     (model_dir / "README.md").write_text("---\nlicense: mit\n---\n\n# my own card\n")
     with LoopbackHub() as hub:

@@ -20,6 +20,30 @@ IGNORE_PATTERNS = ["checkpoint-*", "*/checkpoint-*", "imp-round-*", "*/imp-round
                    "*.partial/*", "*.tmp", "*.tmp/*", ".*", "*/.*", "__pycache__/*", "*/__pycache__/*"]
 
 
+# what describes a model in a repository: a file of these left there from an earlier push that this upload does not
+# hold would be loaded (older weights, another tokenizer), armed (masks) or read (report, energy) as this model's
+MODEL_FILE_PATTERNS = ["*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json", "*.onnx", "*.onnx.data",
+                       "*.gguf", "*.pt", "sparsity_*", "report.md", "report.json", "*.png", "energy.json",
+                       "emissions.json", "config.json", "generation_config.json", "genai_config.json",
+                       "chat_template.jinja", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                       "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model",
+                       "sentencepiece.bpe.model"]
+
+
+def _stale_model_files(api, repo_id: str, revision: str | None, uploading: set[str]) -> list[str]:
+    """Files of an earlier push in the repository that this upload replaces by not holding them (`MODEL_FILE_PATTERNS`);
+    files of other kinds (a user's own additions) stay."""
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import filter_repo_objects
+
+    try:
+        existing = [sibling.rfilename for sibling in api.model_info(repo_id, revision=revision).siblings or []]
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        return []
+    stale = [path for path in existing if path not in uploading]
+    return sorted(filter_repo_objects(stale, allow_patterns=MODEL_FILE_PATTERNS))
+
+
 def retry_command(folder: str | os.PathLike, repo_id: str, *, token: str | None = None, private: bool | None = None,
                   revision: str | None = None, commit_message: str | None = None, endpoint: str | None = None,
                   write_card: bool = True) -> str:
@@ -72,7 +96,10 @@ def push_folder(
     config blocks, `energy.json` and `report.json`), uploaded, and written into the folder once the
     commit has landed, so what is uploaded is also what stays on disk.
 
-    The upload is one commit: it lands whole or not at all. On failure nothing in `folder` is
+    A model file an earlier push left in the repository that this folder does not hold (`MODEL_FILE_PATTERNS`:
+    weights in another format or sharding, masks, a report, tokenizer files) is deleted in the same commit, so
+    `from_pretrained` on the repository never loads the earlier model's weights beside the new card; other files
+    stay. The upload is one commit: it lands whole or not at all. On failure nothing in `folder` is
     changed, added or removed and a [`HubUploadError`] gives the command that retries it with the
     same options (`--revision`, `--private`, ...).
 
@@ -115,7 +142,7 @@ def push_folder(
         # kept in memory until the commit has landed: a failed upload leaves the folder as it was
         card_text = str(build_model_card(folder, repo_id=repo_id))
 
-    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     api = HfApi(endpoint=endpoint, token=token)
     retry = retry_command(folder, repo_id, token=token, private=private, revision=revision,
@@ -125,6 +152,10 @@ def push_folder(
         operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card_text.encode("utf-8")))
     try:
         api.create_repo(repo_id, private=private, exist_ok=True)
+        # the same commit deletes what an earlier push left that this one does not replace
+        uploading = {operation.path_in_repo for operation in operations}
+        operations += [CommitOperationDelete(path_in_repo=path)
+                       for path in _stale_model_files(api, repo_id, revision, uploading)]
         commit = api.create_commit(
             repo_id=repo_id,
             operations=operations,

@@ -67,7 +67,7 @@ def _find_report(model_dir: Path) -> dict[str, Any] | None:
     # quickstart writes report.json in the output folder, one level above each model folder
     for candidate in (model_dir / REPORT_JSON, model_dir.parent / REPORT_JSON):
         report = _read_json(candidate)
-        if report is not None:
+        if isinstance(report, dict) and isinstance(report.get("models"), list):  # a report `compare` wrote
             return report
     return None
 

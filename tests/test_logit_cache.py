@@ -1034,3 +1034,22 @@ def test_an_untagged_partial_file_in_a_cache_is_kept_and_a_gone_writers_is_remov
         os.utime(path, (seven_hours_ago, seven_hours_ago))
     _remove_stale_partials(tmp_path, [MANIFEST_NAME])
     assert untagged.is_file() and not tagged.exists()
+
+
+def test_an_evaluation_set_cached_by_another_teacher_is_refused(tmp_path):
+    # the evaluation loss would otherwise measure the student against another teacher, without a word
+    torch.manual_seed(0)
+    teacher, student, dataset = build("gpt2")
+    other = GPT2LMHeadModel(teacher.config)  # same shapes, other weights
+    train_rows, eval_rows = dataset.select(range(4)), dataset.select(range(4, 8))
+    cache_teacher_logits(teacher, train_rows, tmp_path / "train", top_k=8)
+    cache_teacher_logits(teacher, eval_rows, tmp_path / "eval", top_k=8)
+    cache_teacher_logits(other, eval_rows, tmp_path / "eval-other", top_k=8)
+    cache_teacher_logits(teacher, eval_rows, tmp_path / "eval-top4", top_k=4)
+    train = load_teacher_logits(tmp_path / "train", train_rows)
+    DistillationTrainer(model=student, args=config(tmp_path), train_dataset=train,
+                        eval_dataset=load_teacher_logits(tmp_path / "eval", eval_rows))  # the same teacher: accepted
+    for folder, differs in (("eval-other", "teacher_fingerprint"), ("eval-top4", "top_k")):
+        with pytest.raises(ValueError, match=f"differ in .*{differs}"):
+            DistillationTrainer(model=student, args=config(tmp_path), train_dataset=train,
+                                eval_dataset={"held_out": load_teacher_logits(tmp_path / folder, eval_rows)})

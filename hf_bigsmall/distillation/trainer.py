@@ -779,6 +779,7 @@ class DistillationTrainer(BigSmallTrainerMixin, Trainer):
                     "cache the logits of a teacher that shares the student's vocabulary."
                 )
         self.teacher_logits_record = record
+        _check_eval_caches(record, kwargs.get("eval_dataset"))
         distillation = dict(getattr(student.config, "distillation", None) or {})
         distillation.setdefault("teacher", record.get("teacher"))
         distillation.update(args.loss_settings())
@@ -948,4 +949,26 @@ def _apply_final_norm(model, hidden: torch.Tensor) -> torch.Tensor:
         if isinstance(module, nn.Module):
             return module(hidden)
     return hidden
+
+
+# what makes two teacher-logit caches interchangeable: the same teacher and the same stored targets
+_CACHE_IDENTITY = ("task", "teacher_fingerprint", "top_k", "tail_samples", "logprob_dtype")
+
+
+def _check_eval_caches(record: dict[str, Any], eval_dataset) -> None:
+    """Refuse evaluation sets whose cached teacher logits came from another teacher or other settings than the
+    training set's: the evaluation loss would measure the student against another teacher without a word."""
+    named = eval_dataset.items() if isinstance(eval_dataset, dict) else [("eval_dataset", eval_dataset)]
+    for name, dataset in named:
+        if dataset is None or not cached_columns(dataset):
+            continue
+        other = cache_record(dataset) or {}
+        differ = {key: (record.get(key), other.get(key)) for key in _CACHE_IDENTITY if record.get(key) != other.get(key)}
+        if differ:
+            raise ValueError(
+                f"{name} carries teacher logits from {other.get('path', 'another cache')} and train_dataset from "
+                f"{record.get('path', 'its cache')}, which differ in (train, eval) {differ}: cache the evaluation rows "
+                "with the same teacher and settings (cache_teacher_logits(teacher, eval_rows, ...)), or evaluate on "
+                "rows without cached columns."
+            )
 

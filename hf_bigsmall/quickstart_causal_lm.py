@@ -136,7 +136,7 @@ class CausalLMQuickstartArguments:
         "help": "Quantize the 4-bit matrices of teacher-int4 and student-int4 by GPTQ, calibrated on the first "
                 f"{INT4_CALIBRATION_BLOCKS} training blocks, instead of round-to-nearest (ONNX Runtime GenAI only): "
                 "x1.03 of fp32 perplexity instead of x1.09 on SmolLM2 and its student, same size and speed, for 20 to 45 s "
-                "of CPU per model (BENCHMARKS.md, 'Every qkv and down projection in int8'). Off by default to keep the "
+                "of CPU per model (BENCHMARKS.md, '--calibrate_int4'). Off by default to keep the "
                 "run within 10 minutes."})
     seed: int = field(default=42, metadata={"help": "Random seed."})
 
@@ -412,9 +412,10 @@ def run_causal_lm_quickstart(args: CausalLMQuickstartArguments) -> Path:
           f"{' (--fast)' if args.fast else ''}; everything goes to {output_dir.resolve()}")
 
     check_output_dir(output_dir, "causal-lm")
-    if args.calibrate_int4 and serving_backend() != "onnxruntime-genai":
+    serving = serving_backend()
+    if args.calibrate_int4 and serving != "onnxruntime-genai":
         raise ValueError("--calibrate_int4 calibrates ONNX Runtime GenAI's int4 builds, and "
-                         f"{serving_backend() or 'no engine'} would serve here: `pip install \"hf-bigsmall[genai]\"` "
+                         f"{serving or 'no engine'} would serve here: `pip install \"hf-bigsmall[genai]\"` "
                          "(Python 3.11+) or drop --calibrate_int4.")
     for name in served_names():  # replaced or removed by the serving stage, after the training: checked now
         check_served_folder(output_dir / name)

@@ -51,6 +51,14 @@ def save_masks(masks: dict[str, torch.Tensor], save_directory: str | os.PathLike
     return path
 
 
+def _read_tensors(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """A safetensors file of the pruning state, or a `ValueError` naming it and `fix` when it cannot be read."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise ValueError(f"Cannot read {what} {path} ({error}): the file is truncated or corrupted. {fix}") from error
+
+
 def load_masks(directory: str | os.PathLike, device: torch.device | str | None = None,
                model: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Load `sparsity_masks.safetensors` from a checkpoint folder (`{}` if there is none).
@@ -64,10 +72,7 @@ def load_masks(directory: str | os.PathLike, device: torch.device | str | None =
         return {}
     fix = (f"Delete {path} to read the masks back from the exact zeros of the saved weights, or resume from "
            "another checkpoint.")
-    try:
-        masks = load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
-        raise ValueError(f"Cannot read the pruning masks {path} ({error}): the file is truncated or corrupted. {fix}") from error
+    masks = _read_tensors(path, "the pruning masks", fix)
     if model is not None:
         params = dict(model.named_parameters())
         unknown = sorted(set(masks) - set(params))
@@ -199,11 +204,7 @@ def load_rewind_weights(directory: str | os.PathLike, model: nn.Module | None = 
     if not path.is_file():
         return None
     fix = f"Resume from a checkpoint whose {SPARSITY_REWIND_NAME} is whole, or start the IMP run again."
-    try:
-        weights = load_file(str(path))
-    except (SafetensorError, OSError, RuntimeError, ValueError) as error:
-        raise ValueError(f"Cannot read the IMP rewind weights {path} ({error}): the file is truncated or corrupted. "
-                         f"{fix}") from error
+    weights = _read_tensors(path, "the IMP rewind weights", fix)
     if model is not None:
         params = dict(model.named_parameters())
         wrong = sorted(name for name, weight in weights.items()

@@ -186,7 +186,6 @@ def load_pruning_state(directory: str | os.PathLike, model: nn.Module | None = N
     the `sparsity` block of its `config.json` as the record, the schedule position that block holds,
     and the IMP rewind weights when the folder has them. Missing files give empty fields."""
     record = read_sparsity_block(directory)
-    rewind_file = Path(directory) / SPARSITY_REWIND_NAME
     return PruningState(
         masks=load_masks(directory, model=model),
         record=record,
